@@ -1,0 +1,134 @@
+//! The connection to containerd: one gRPC channel over its unix socket, the namespace
+//! every request is made in, and the per-request deadline.
+
+use std::time::Duration;
+
+use containerd_client::tonic::{self, transport::Channel};
+use thiserror::Error;
+
+/// Labels put on every containerd object nodelet creates.
+pub mod labels {
+    /// Marks an object as created by nodelet.
+    pub const MANAGED_BY: &str = "io.nodelet.managed-by";
+    /// Value of [`MANAGED_BY`].
+    pub const MANAGED_BY_VALUE: &str = "nodelet";
+}
+
+/// The default deadline of one unary request to containerd. Long enough for a slow
+/// disk to commit a layer, short enough that a stalled containerd shows in the logs.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors from connecting to containerd.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    /// The endpoint is not a `unix://` URL or an absolute socket path.
+    #[error(
+        "container runtime endpoint {endpoint:?} is not a unix socket (want unix:///path/to.sock)"
+    )]
+    BadEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+    },
+    /// The socket could not be reached.
+    #[error("cannot connect to containerd at {path}: {source}")]
+    Connect {
+        /// The socket path.
+        path: String,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// A handle on containerd, in one namespace. Cheap to clone: clones share the channel.
+#[derive(Clone, Debug)]
+pub struct Containerd {
+    channel: Channel,
+    namespace: String,
+    snapshotter: String,
+    timeout: Duration,
+}
+
+impl Containerd {
+    /// Connects to containerd at `endpoint` (`unix:///run/containerd/containerd.sock`
+    /// or a plain absolute path), making every request in `namespace`.
+    ///
+    /// # Errors
+    /// [`ConnectError`] when the endpoint is malformed or the socket can't be reached.
+    pub async fn connect(endpoint: &str, namespace: &str) -> Result<Self, ConnectError> {
+        let path = socket_path(endpoint)?;
+        let channel =
+            containerd_client::connect(&path)
+                .await
+                .map_err(|source| ConnectError::Connect {
+                    path: path.clone(),
+                    source,
+                })?;
+        Ok(Self {
+            channel,
+            namespace: namespace.to_owned(),
+            snapshotter: "overlayfs".to_owned(),
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+        })
+    }
+
+    /// The containerd namespace requests are made in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The snapshotter used for image layers and container root filesystems.
+    pub fn snapshotter(&self) -> &str {
+        &self.snapshotter
+    }
+
+    /// The gRPC channel, for building service clients.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Wraps `message` in a request carrying the namespace header and the deadline.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        self.request_with_timeout(message, self.timeout)
+    }
+
+    /// Like [`Containerd::request`] with another deadline (streams that stay open use
+    /// a long one).
+    pub fn request_with_timeout<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        if let Ok(ns) = self.namespace.parse() {
+            req.metadata_mut().insert("containerd-namespace", ns);
+        }
+        req.set_timeout(timeout);
+        req
+    }
+}
+
+fn socket_path(endpoint: &str) -> Result<String, ConnectError> {
+    let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
+    if path.starts_with('/') {
+        Ok(path.to_owned())
+    } else {
+        Err(ConnectError::BadEndpoint {
+            endpoint: endpoint.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_forms() {
+        assert_eq!(
+            socket_path("unix:///run/containerd/containerd.sock").ok(),
+            Some("/run/containerd/containerd.sock".to_owned())
+        );
+        assert_eq!(
+            socket_path("/tmp/c.sock").ok(),
+            Some("/tmp/c.sock".to_owned())
+        );
+        assert!(socket_path("tcp://1.2.3.4:5").is_err());
+    }
+}

@@ -1,0 +1,738 @@
+//! [`Runtime`] on containerd's native API: pause sandboxes with pinned network
+//! namespaces and CNI, app containers that join them, CRI log files through the shim
+//! logging driver, and labels on every object so a restarted agent finds them again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use containerd_client::services::v1::container::Runtime as ContainerRuntimeInfo;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::snapshots::MountsRequest;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, GetContainerRequest, KillRequest, ListContainersRequest, ListTasksRequest,
+    StartRequest, UpdateContainerRequest, WaitRequest,
+};
+use containerd_client::types::v1::Status as TaskStatus;
+use tonic::Code;
+use tracing::{debug, warn};
+
+use super::events::{self, RuntimeEvent, to_system_time};
+use super::{
+    ContainerConfig, ContainerInfo, ContainerState, PodRef, Runtime, RuntimeError, SandboxConfig,
+    SandboxInfo, cgroup, keys, pod_files, spec,
+};
+use crate::cni::{Cni, CniConfig, CniRequest};
+use crate::containerd::{Containerd, labels};
+use crate::image::ImageInfo;
+use crate::logs;
+use crate::netns::NetNs;
+
+/// How long a killed process gets to go after SIGKILL before the stop is an error.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+const SIGTERM: u32 = 15;
+const SIGKILL: u32 = 9;
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// How to reach containerd and where the runtime keeps its files.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// `unix:///run/containerd/containerd.sock`.
+    pub endpoint: String,
+    /// containerd namespace (`k8s.io`).
+    pub namespace: String,
+    /// Sandbox files and network namespace pins live here.
+    pub state_dir: PathBuf,
+    /// The binary the runc shim starts as the CRI log driver (the `nodelet` binary).
+    pub log_driver: PathBuf,
+    /// containerd runtime name (`io.containerd.runc.v2`).
+    pub runtime_name: String,
+    /// CNI configuration.
+    pub cni: CniConfig,
+}
+
+/// The containerd-backed runtime.
+#[derive(Debug, Clone)]
+pub struct ContainerdRuntime {
+    containerd: Containerd,
+    config: RuntimeConfig,
+}
+
+fn grpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
+    let id = id.to_owned();
+    move |status| RuntimeError::Containerd {
+        op,
+        id,
+        status: Box::new(status),
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let path = path.to_path_buf();
+    move |source| RuntimeError::Io { path, source }
+}
+
+/// A new random 64-hex-digit object ID, the form CRI implementations use.
+fn new_id() -> Result<String, RuntimeError> {
+    let mut bytes = [0u8; 32];
+    let path = Path::new("/dev/urandom");
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(path).map_err(io_err(path))?,
+        &mut bytes,
+    )
+    .map_err(io_err(path))?;
+    Ok(hex::encode(bytes))
+}
+
+fn label_bool(labels: &HashMap<String, String>, key: &str) -> bool {
+    labels.get(key).is_some_and(|v| v == "true")
+}
+
+fn label_u32(labels: &HashMap<String, String>, key: &str) -> u32 {
+    labels.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn label(labels: &HashMap<String, String>, key: &str) -> String {
+    labels.get(key).cloned().unwrap_or_default()
+}
+
+fn pod_of(labels: &HashMap<String, String>) -> PodRef {
+    PodRef {
+        uid: label(labels, keys::POD_UID),
+        name: label(labels, keys::POD_NAME),
+        namespace: label(labels, keys::POD_NAMESPACE),
+    }
+}
+
+fn pod_labels(pod: &PodRef, kind: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (keys::POD_UID.to_owned(), pod.uid.clone()),
+        (keys::POD_NAME.to_owned(), pod.name.clone()),
+        (keys::POD_NAMESPACE.to_owned(), pod.namespace.clone()),
+        (keys::KIND.to_owned(), kind.to_owned()),
+        (
+            labels::MANAGED_BY.to_owned(),
+            labels::MANAGED_BY_VALUE.to_owned(),
+        ),
+    ])
+}
+
+fn parse_time(s: &str) -> Option<SystemTime> {
+    let ts: jiff::Timestamp = s.parse().ok()?;
+    Some(SystemTime::from(ts))
+}
+
+impl ContainerdRuntime {
+    /// Connects to containerd.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Connect`] when containerd can't be reached.
+    pub async fn connect(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let containerd = Containerd::connect(&config.endpoint, &config.namespace).await?;
+        Ok(Self { containerd, config })
+    }
+
+    /// The containerd handle (images, namespace).
+    pub fn containerd(&self) -> &Containerd {
+        &self.containerd
+    }
+
+    /// The runtime configuration.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Follows containerd's task events, forwarding them to `tx` until it closes.
+    pub async fn follow_events(&self, tx: tokio::sync::mpsc::Sender<RuntimeEvent>) {
+        events::follow(self.containerd.clone(), tx).await;
+    }
+
+    fn containers(&self) -> ContainersClient<tonic::transport::Channel> {
+        ContainersClient::new(self.containerd.channel())
+    }
+
+    fn tasks(&self) -> TasksClient<tonic::transport::Channel> {
+        TasksClient::new(self.containerd.channel())
+    }
+
+    fn netns_path(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("netns").join(id)
+    }
+
+    fn files_dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("sandboxes").join(id)
+    }
+
+    async fn get_container(&self, id: &str) -> Result<Option<Container>, RuntimeError> {
+        let req = self
+            .containerd
+            .request(GetContainerRequest { id: id.to_owned() });
+        match self.containers().get(req).await {
+            Ok(resp) => Ok(resp.into_inner().container),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(grpc("get container", id)(s)),
+        }
+    }
+
+    async fn list_raw(&self, filter: String) -> Result<Vec<Container>, RuntimeError> {
+        let req = self.containerd.request(ListContainersRequest {
+            filters: vec![filter],
+        });
+        Ok(self
+            .containers()
+            .list(req)
+            .await
+            .map_err(grpc("list containers", ""))?
+            .into_inner()
+            .containers)
+    }
+
+    async fn task_states(
+        &self,
+    ) -> Result<HashMap<String, containerd_client::types::v1::Process>, RuntimeError> {
+        let req = self.containerd.request(ListTasksRequest {
+            filter: String::new(),
+        });
+        let tasks = self
+            .tasks()
+            .list(req)
+            .await
+            .map_err(grpc("list tasks", ""))?
+            .into_inner()
+            .tasks;
+        Ok(tasks.into_iter().map(|t| (t.id.clone(), t)).collect())
+    }
+
+    fn kind_filter(kind: &str, pod_uid: Option<&str>) -> String {
+        let mut f = format!("labels.{:?}=={kind:?}", keys::KIND);
+        if let Some(uid) = pod_uid {
+            f.push_str(&format!(",labels.{:?}=={uid:?}", keys::POD_UID));
+        }
+        f
+    }
+
+    /// Sends `signal` to a task; `Ok(false)` when there is no live process to signal.
+    async fn kill(&self, id: &str, signal: u32) -> Result<bool, RuntimeError> {
+        let req = self.containerd.request(KillRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+            signal,
+            all: false,
+        });
+        match self.tasks().kill(req).await {
+            Ok(_) => Ok(true),
+            Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => Ok(false),
+            Err(s) => Err(grpc("kill task", id)(s)),
+        }
+    }
+
+    /// Waits for a task's exit; `Ok(false)` if `timeout` passed first.
+    async fn wait(&self, id: &str, timeout: Duration) -> Result<bool, RuntimeError> {
+        // The local timeout decides; the request's own deadline only backs it up
+        // (containerd reports an expired deadline as `Unknown`, not DeadlineExceeded).
+        let req = self.containerd.request_with_timeout(
+            WaitRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+            },
+            timeout + Duration::from_secs(30),
+        );
+        match tokio::time::timeout(timeout, self.tasks().wait(req)).await {
+            Err(_) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(s)) if s.code() == Code::NotFound => Ok(true),
+            Ok(Err(s)) => Err(grpc("wait task", id)(s)),
+        }
+    }
+
+    async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {
+        let req = self.containerd.request(DeleteTaskRequest {
+            container_id: id.to_owned(),
+        });
+        match self.tasks().delete(req).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(grpc("delete task", id)(s)),
+        }
+    }
+
+    async fn delete_container_record(&self, id: &str) -> Result<(), RuntimeError> {
+        let req = self
+            .containerd
+            .request(DeleteContainerRequest { id: id.to_owned() });
+        match self.containers().delete(req).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(grpc("delete container", id)(s)),
+        }
+    }
+
+    async fn create_record(
+        &self,
+        id: &str,
+        image: &str,
+        spec: &oci_spec::runtime::Spec,
+        labels: HashMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        let value = serde_json::to_vec(spec).map_err(|e| RuntimeError::Spec {
+            name: id.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let container = Container {
+            id: id.to_owned(),
+            labels,
+            image: image.to_owned(),
+            runtime: Some(ContainerRuntimeInfo {
+                name: self.config.runtime_name.clone(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.to_owned(),
+                value,
+            }),
+            snapshotter: self.containerd.snapshotter().to_owned(),
+            snapshot_key: id.to_owned(),
+            ..Default::default()
+        };
+        let req = self.containerd.request(CreateContainerRequest {
+            container: Some(container),
+        });
+        self.containers()
+            .create(req)
+            .await
+            .map_err(grpc("create container", id))?;
+        Ok(())
+    }
+
+    async fn create_and_start_task(
+        &self,
+        id: &str,
+        rootfs: Vec<containerd_client::types::Mount>,
+        stdio: &str,
+    ) -> Result<u32, RuntimeError> {
+        let req = self.containerd.request(CreateTaskRequest {
+            container_id: id.to_owned(),
+            rootfs,
+            stdout: stdio.to_owned(),
+            stderr: stdio.to_owned(),
+            ..Default::default()
+        });
+        let pid = self
+            .tasks()
+            .create(req)
+            .await
+            .map_err(grpc("create task", id))?
+            .into_inner()
+            .pid;
+        let req = self.containerd.request(StartRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        });
+        if let Err(status) = self.tasks().start(req).await {
+            // Leave no half-made task behind: the caller sees the start error.
+            let _ = self.delete_task(id).await;
+            return Err(grpc("start task", id)(status));
+        }
+        Ok(pid)
+    }
+
+    fn sandbox_info(
+        &self,
+        c: &Container,
+        task: Option<&containerd_client::types::v1::Process>,
+    ) -> SandboxInfo {
+        let l = &c.labels;
+        let ips: Vec<IpAddr> = l
+            .get(keys::IPS)
+            .map(|v| v.split(',').filter_map(|s| s.parse().ok()).collect())
+            .unwrap_or_default();
+        let running = task.is_some_and(|t| t.status == TaskStatus::Running as i32);
+        SandboxInfo {
+            id: c.id.clone(),
+            pod: pod_of(l),
+            attempt: label_u32(l, keys::ATTEMPT),
+            ready: running,
+            pid: task.map_or(0, |t| t.pid),
+            ips,
+            netns: l.get(keys::NETNS).map(PathBuf::from),
+            host_network: label_bool(l, keys::HOST_NETWORK),
+            share_pid: label_bool(l, keys::SHARE_PID),
+            cgroup_parent: l.get(keys::CGROUP_PARENT).cloned(),
+            files_dir: self.files_dir(&c.id),
+            log_directory: l.get(keys::LOG_PATH).map(PathBuf::from).unwrap_or_default(),
+            created_at: to_system_time(c.created_at.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    fn container_info(
+        c: &Container,
+        task: Option<&containerd_client::types::v1::Process>,
+    ) -> ContainerInfo {
+        let l = &c.labels;
+        let state = match task.and_then(|t| TaskStatus::try_from(t.status).ok()) {
+            None | Some(TaskStatus::Created) => ContainerState::Created,
+            Some(TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing) => {
+                ContainerState::Running
+            }
+            Some(TaskStatus::Stopped) => ContainerState::Exited,
+            Some(TaskStatus::Unknown) => ContainerState::Unknown,
+        };
+        let exited = state == ContainerState::Exited;
+        ContainerInfo {
+            id: c.id.clone(),
+            pod_uid: label(l, keys::POD_UID),
+            name: label(l, keys::CONTAINER_NAME),
+            attempt: label_u32(l, keys::ATTEMPT),
+            sandbox_id: label(l, keys::SANDBOX_ID),
+            image: c.image.clone(),
+            image_id: label(l, keys::IMAGE_ID),
+            state,
+            pid: task.map_or(0, |t| t.pid),
+            created_at: to_system_time(c.created_at.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH),
+            started_at: l.get(keys::STARTED_AT).and_then(|s| parse_time(s)),
+            finished_at: if exited {
+                task.and_then(|t| to_system_time(t.exited_at.as_ref()))
+            } else {
+                None
+            },
+            exit_code: if exited {
+                task.map(|t| i32::try_from(t.exit_status).unwrap_or(i32::MAX))
+            } else {
+                None
+            },
+            log_path: l.get(keys::LOG_PATH).map(PathBuf::from).unwrap_or_default(),
+            labels: l
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    /// Removes everything of a sandbox that exists, continuing past failures.
+    async fn teardown_sandbox(
+        &self,
+        id: &str,
+        pod: &PodRef,
+        netns: Option<&Path>,
+        cgroup_parent: Option<&str>,
+    ) -> Result<(), RuntimeError> {
+        let mut errors = Vec::new();
+        if self.kill(id, SIGKILL).await.unwrap_or(false) {
+            let _ = self.wait(id, KILL_WAIT).await;
+        }
+        if let Err(e) = self.delete_task(id).await {
+            errors.push(e);
+        }
+        if let Some(netns) = netns {
+            match Cni::load(self.config.cni.clone()) {
+                Ok(cni) => {
+                    let req = CniRequest {
+                        container_id: id,
+                        netns,
+                        ifname: "eth0",
+                        pod_namespace: &pod.namespace,
+                        pod_name: &pod.name,
+                        pod_uid: &pod.uid,
+                    };
+                    if let Err(source) = cni.teardown(&req).await {
+                        errors.push(RuntimeError::Network {
+                            id: id.to_owned(),
+                            source: Box::new(source),
+                        });
+                    }
+                }
+                Err(source) => errors.push(RuntimeError::Network {
+                    id: id.to_owned(),
+                    source: Box::new(source),
+                }),
+            }
+            if let Err(e) = NetNs::remove(netns) {
+                errors.push(e.into());
+            }
+        }
+        if let Err(e) = self.delete_container_record(id).await {
+            errors.push(e);
+        }
+        if let Err(e) = self.containerd.remove_snapshot(id).await {
+            errors.push(e.into());
+        }
+        let files = self.files_dir(id);
+        match std::fs::remove_dir_all(&files) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => errors.push(RuntimeError::Io {
+                path: files,
+                source: e,
+            }),
+            _ => {}
+        }
+        // Busy when another sandbox of the pod still runs there: not an error.
+        if let Some(Err((path, e))) = cgroup_parent.map(cgroup::remove) {
+            debug!(path = %path.display(), error = %e, "pod cgroup not removed");
+        }
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(RuntimeError::Teardown(errors)),
+        }
+    }
+}
+
+impl Runtime for ContainerdRuntime {
+    async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxInfo, RuntimeError> {
+        let pause = self.containerd.ensure_pause_image().await?;
+        let id = new_id()?;
+        let netns = (!config.host_network).then(|| self.netns_path(&id));
+        let result = self
+            .make_sandbox(config, &id, netns.as_deref(), &pause)
+            .await;
+        if result.is_err()
+            && let Err(e) = self
+                .teardown_sandbox(&id, &config.pod, netns.as_deref(), None)
+                .await
+        {
+            warn!(sandbox = %id, error = %e, "cleanup of a failed sandbox");
+        }
+        result
+    }
+
+    async fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(c) = self.get_container(id).await? else {
+            // The record may be gone while the pin is left from a crash mid-teardown.
+            let pin = self.netns_path(id);
+            let netns = pin.exists().then_some(pin);
+            let pod = PodRef {
+                uid: String::new(),
+                name: String::new(),
+                namespace: String::new(),
+            };
+            return self
+                .teardown_sandbox(id, &pod, netns.as_deref(), None)
+                .await;
+        };
+        let l = &c.labels;
+        let netns = l.get(keys::NETNS).map(PathBuf::from);
+        let parent = l.get(keys::CGROUP_PARENT).cloned();
+        self.teardown_sandbox(id, &pod_of(l), netns.as_deref(), parent.as_deref())
+            .await
+    }
+
+    async fn list_sandboxes(
+        &self,
+        pod_uid: Option<&str>,
+    ) -> Result<Vec<SandboxInfo>, RuntimeError> {
+        let records = self
+            .list_raw(Self::kind_filter(keys::KIND_SANDBOX, pod_uid))
+            .await?;
+        let tasks = self.task_states().await?;
+        Ok(records
+            .iter()
+            .map(|c| self.sandbox_info(c, tasks.get(&c.id)))
+            .collect())
+    }
+
+    async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        Ok(self.containerd.get_image(reference).await?)
+    }
+
+    async fn create_container(
+        &self,
+        sandbox: &SandboxInfo,
+        config: &ContainerConfig,
+        image: &ImageInfo,
+    ) -> Result<String, RuntimeError> {
+        let id = new_id()?;
+        let spec = spec::container_spec(sandbox, config, &image.config, &id)?;
+        let log_path = sandbox.log_directory.join(&config.log_path);
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        self.containerd.prepare_snapshot(image, &id).await?;
+        let mut labels = pod_labels(&sandbox.pod, keys::KIND_CONTAINER);
+        labels.extend([
+            (keys::CONTAINER_NAME.to_owned(), config.name.clone()),
+            (keys::ATTEMPT.to_owned(), config.attempt.to_string()),
+            (keys::SANDBOX_ID.to_owned(), sandbox.id.clone()),
+            (keys::IMAGE_ID.to_owned(), image.id.clone()),
+            (
+                keys::LOG_PATH.to_owned(),
+                log_path.to_string_lossy().into_owned(),
+            ),
+        ]);
+        if let Err(e) = self.create_record(&id, &config.image, &spec, labels).await {
+            let _ = self.containerd.remove_snapshot(&id).await;
+            return Err(e);
+        }
+        debug!(container = %config.name, id = %id, "container created");
+        Ok(id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let c = self.get_container(id).await?.ok_or_else(|| {
+            grpc("start container", id)(tonic::Status::not_found("no such container"))
+        })?;
+        let log_path = PathBuf::from(label(&c.labels, keys::LOG_PATH));
+        let mut snapshots = SnapshotsClient::new(self.containerd.channel());
+        let req = self.containerd.request(MountsRequest {
+            snapshotter: c.snapshotter.clone(),
+            key: c.snapshot_key.clone(),
+        });
+        let rootfs = snapshots
+            .mounts(req)
+            .await
+            .map_err(grpc("snapshot mounts", id))?
+            .into_inner()
+            .mounts;
+        let stdio = logs::driver_uri(&self.config.log_driver, &log_path);
+        self.create_and_start_task(id, rootfs, &stdio).await?;
+        let mut c = c;
+        c.labels.insert(
+            keys::STARTED_AT.to_owned(),
+            jiff::Timestamp::now().to_string(),
+        );
+        let req = self.containerd.request(UpdateContainerRequest {
+            container: Some(c),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec![format!("labels.{}", keys::STARTED_AT)],
+            }),
+        });
+        self.containers()
+            .update(req)
+            .await
+            .map_err(grpc("update container", id))?;
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        if !self.kill(id, SIGTERM).await? {
+            return Ok(());
+        }
+        if self.wait(id, grace).await? {
+            return Ok(());
+        }
+        debug!(id, "grace period over, killing");
+        self.kill(id, SIGKILL).await?;
+        if self.wait(id, KILL_WAIT).await? {
+            Ok(())
+        } else {
+            Err(grpc("stop container", id)(
+                tonic::Status::deadline_exceeded("process did not exit after SIGKILL"),
+            ))
+        }
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        if self.kill(id, SIGKILL).await? {
+            self.wait(id, KILL_WAIT).await?;
+        }
+        self.delete_task(id).await?;
+        self.delete_container_record(id).await?;
+        self.containerd.remove_snapshot(id).await?;
+        Ok(())
+    }
+
+    async fn list_containers(
+        &self,
+        pod_uid: Option<&str>,
+    ) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let records = self
+            .list_raw(Self::kind_filter(keys::KIND_CONTAINER, pod_uid))
+            .await?;
+        let tasks = self.task_states().await?;
+        Ok(records
+            .iter()
+            .map(|c| Self::container_info(c, tasks.get(&c.id)))
+            .collect())
+    }
+}
+
+impl ContainerdRuntime {
+    async fn make_sandbox(
+        &self,
+        config: &SandboxConfig,
+        id: &str,
+        netns: Option<&Path>,
+        pause: &ImageInfo,
+    ) -> Result<SandboxInfo, RuntimeError> {
+        let mut ips = Vec::new();
+        if let Some(netns) = netns {
+            NetNs::create(netns)?;
+            let cni =
+                Cni::load(self.config.cni.clone()).map_err(|source| RuntimeError::Network {
+                    id: id.to_owned(),
+                    source: Box::new(source),
+                })?;
+            let req = CniRequest {
+                container_id: id,
+                netns,
+                ifname: "eth0",
+                pod_namespace: &config.pod.namespace,
+                pod_name: &config.pod.name,
+                pod_uid: &config.pod.uid,
+            };
+            ips = cni
+                .setup(&req)
+                .await
+                .map_err(|source| RuntimeError::Network {
+                    id: id.to_owned(),
+                    source: Box::new(source),
+                })?
+                .ips;
+        }
+        let files_dir = self.files_dir(id);
+        pod_files::write(&files_dir, config, &ips)?;
+        std::fs::create_dir_all(&config.log_directory).map_err(io_err(&config.log_directory))?;
+
+        let spec = spec::sandbox_spec(config, id, netns, &pause.config)?;
+        let rootfs = self.containerd.prepare_snapshot(pause, id).await?;
+        let mut labels = pod_labels(&config.pod, keys::KIND_SANDBOX);
+        labels.extend([
+            (keys::ATTEMPT.to_owned(), config.attempt.to_string()),
+            (
+                keys::HOST_NETWORK.to_owned(),
+                config.host_network.to_string(),
+            ),
+            (
+                keys::SHARE_PID.to_owned(),
+                (config.share_process_namespace || config.host_pid).to_string(),
+            ),
+            (
+                keys::LOG_PATH.to_owned(),
+                config.log_directory.to_string_lossy().into_owned(),
+            ),
+            (
+                keys::IPS.to_owned(),
+                ips.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ]);
+        if let Some(netns) = netns {
+            labels.insert(keys::NETNS.to_owned(), netns.to_string_lossy().into_owned());
+        }
+        if let Some(parent) = &config.cgroup_parent {
+            labels.insert(keys::CGROUP_PARENT.to_owned(), parent.clone());
+        }
+        self.create_record(id, &pause.name, &spec, labels).await?;
+        let pid = self.create_and_start_task(id, rootfs, "").await?;
+        debug!(pod = %config.pod.name, sandbox = %id, pid, ?ips, "sandbox running");
+        Ok(SandboxInfo {
+            id: id.to_owned(),
+            pod: config.pod.clone(),
+            attempt: config.attempt,
+            ready: true,
+            pid,
+            ips,
+            netns: netns.map(Path::to_path_buf),
+            host_network: config.host_network,
+            share_pid: config.share_process_namespace || config.host_pid,
+            cgroup_parent: config.cgroup_parent.clone(),
+            files_dir,
+            log_directory: config.log_directory.clone(),
+            created_at: SystemTime::now(),
+        })
+    }
+}

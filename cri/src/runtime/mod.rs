@@ -1,0 +1,365 @@
+//! Pod sandboxes and containers on containerd: what a pod worker asks of the runtime.
+//!
+//! The shapes follow the CRI (`RunPodSandbox`, `CreateContainer`, …) trimmed to what
+//! nodelet uses, so the kubelet-side logic reads like upstream's. [`Runtime`] is the
+//! seam the agent programs against; [`ContainerdRuntime`] is the real implementation.
+
+pub mod cgroup;
+mod containerd;
+mod events;
+mod pod_files;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use thiserror::Error;
+
+pub use self::containerd::{ContainerdRuntime, RuntimeConfig};
+pub use self::events::RuntimeEvent;
+
+use crate::cni::CniError;
+use crate::containerd::ConnectError;
+use crate::image::ImageError;
+use crate::netns::NetNsError;
+
+/// Label and annotation keys on containerd objects. The `io.kubernetes.*` keys are
+/// the ones upstream's CRI implementations use, so tools that know them work here.
+pub mod keys {
+    /// Pod UID.
+    pub const POD_UID: &str = "io.kubernetes.pod.uid";
+    /// Pod name.
+    pub const POD_NAME: &str = "io.kubernetes.pod.name";
+    /// Pod namespace.
+    pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+    /// Container name within the pod.
+    pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+    /// Restart count of a container, or attempt of a sandbox.
+    pub const ATTEMPT: &str = "io.kubernetes.container.restartCount";
+    /// `sandbox` or `container`.
+    pub const KIND: &str = "io.nodelet.kind";
+    /// The sandbox a container belongs to.
+    pub const SANDBOX_ID: &str = "io.nodelet.sandbox-id";
+    /// The CRI log file of a container.
+    pub const LOG_PATH: &str = "io.nodelet.log-path";
+    /// When the container's process started (RFC 3339), set after start.
+    pub const STARTED_AT: &str = "io.nodelet.started-at";
+    /// A sandbox's pinned network namespace.
+    pub const NETNS: &str = "io.nodelet.netns";
+    /// A sandbox's pod IPs, comma separated.
+    pub const IPS: &str = "io.nodelet.ips";
+    /// Whether a sandbox uses the host network (`true`).
+    pub const HOST_NETWORK: &str = "io.nodelet.host-network";
+    /// Whether the sandbox's PID namespace is shared by its containers (`true`).
+    pub const SHARE_PID: &str = "io.nodelet.share-pid";
+    /// A sandbox's cgroup parent.
+    pub const CGROUP_PARENT: &str = "io.nodelet.cgroup-parent";
+    /// The image ID (config digest) a container was created from.
+    pub const IMAGE_ID: &str = "io.nodelet.image-id";
+    /// OCI annotation grouping a pod's containers into one runc shim (containerd's
+    /// runc v2 shim reads it from the spec), as the CRI plugin does.
+    pub const SHIM_GROUP: &str = "io.containerd.runc.v2.group";
+    /// Value of [`KIND`] for sandboxes.
+    pub const KIND_SANDBOX: &str = "sandbox";
+    /// Value of [`KIND`] for containers.
+    pub const KIND_CONTAINER: &str = "container";
+}
+
+/// Errors from the runtime, each naming the object it concerns.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// containerd could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A containerd call failed.
+    #[error("containerd {op} {id}: {status}")]
+    Containerd {
+        /// The operation (`create container`, `start task`, …).
+        op: &'static str,
+        /// The container or sandbox ID.
+        id: String,
+        /// The gRPC status.
+        #[source]
+        status: Box<tonic::Status>,
+    },
+    /// An image operation failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Pod networking failed.
+    #[error("pod network for sandbox {id}: {source}")]
+    Network {
+        /// The sandbox ID.
+        id: String,
+        /// Why.
+        #[source]
+        source: Box<CniError>,
+    },
+    /// The network namespace could not be made or removed.
+    #[error(transparent)]
+    NetNs(#[from] NetNsError),
+    /// A host file the pod needs could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The OCI runtime spec could not be built from the configuration.
+    #[error("container {name}: {reason}")]
+    Spec {
+        /// The container name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The sandbox is not running, so containers can't join it.
+    #[error("sandbox {id} is not running")]
+    SandboxNotRunning {
+        /// The sandbox ID.
+        id: String,
+    },
+    /// Several errors during a teardown that kept going.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Teardown(Vec<RuntimeError>),
+}
+
+/// Identity of the pod an object belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PodRef {
+    /// Pod UID.
+    pub uid: String,
+    /// Pod name.
+    pub name: String,
+    /// Pod namespace.
+    pub namespace: String,
+}
+
+/// DNS settings written to a pod's `resolv.conf`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// `nameserver` lines.
+    pub servers: Vec<String>,
+    /// The `search` line.
+    pub searches: Vec<String>,
+    /// The `options` line.
+    pub options: Vec<String>,
+}
+
+/// What a pod sandbox needs (CRI `PodSandboxConfig`).
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The pod.
+    pub pod: PodRef,
+    /// How many sandboxes this pod had before.
+    pub attempt: u32,
+    /// The pod's hostname (UTS namespace and `/etc/hostname`).
+    pub hostname: String,
+    /// Use the host's network (and UTS) namespace.
+    pub host_network: bool,
+    /// Use the host's IPC namespace.
+    pub host_ipc: bool,
+    /// Use the host's PID namespace.
+    pub host_pid: bool,
+    /// Containers share the sandbox's PID namespace (`shareProcessNamespace`).
+    pub share_process_namespace: bool,
+    /// Where the pod's container logs go (`/var/log/pods/<ns>_<name>_<uid>`).
+    pub log_directory: PathBuf,
+    /// The pod's cgroup (absolute path within each hierarchy), if any.
+    pub cgroup_parent: Option<String>,
+    /// `resolv.conf` contents; `None` copies the host's (dnsPolicy `Default`).
+    pub dns: Option<DnsConfig>,
+    /// Extra `/etc/hosts` entries: IP and its hostnames (`hostAliases`).
+    pub host_aliases: Vec<(String, Vec<String>)>,
+}
+
+/// A bind mount into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The path inside the container.
+    pub container_path: String,
+    /// The host file or directory.
+    pub host_path: PathBuf,
+    /// Mounted read-only.
+    pub readonly: bool,
+}
+
+/// Security settings of a container (CRI `LinuxContainerSecurityContext`, trimmed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecurityConfig {
+    /// `runAsUser`.
+    pub run_as_user: Option<u32>,
+    /// `runAsGroup`.
+    pub run_as_group: Option<u32>,
+    /// Supplemental group IDs.
+    pub supplemental_groups: Vec<u32>,
+    /// `privileged`.
+    pub privileged: bool,
+    /// Capabilities to add (`NET_ADMIN` or `CAP_NET_ADMIN`; `ALL`).
+    pub add_capabilities: Vec<String>,
+    /// Capabilities to drop (`ALL` drops every default).
+    pub drop_capabilities: Vec<String>,
+    /// `readOnlyRootFilesystem`.
+    pub readonly_rootfs: bool,
+    /// `!allowPrivilegeEscalation`.
+    pub no_new_privileges: bool,
+}
+
+/// What a container needs (CRI `ContainerConfig`).
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// The container name in the pod spec.
+    pub name: String,
+    /// The restart count this instance gets.
+    pub attempt: u32,
+    /// The image reference (normalized).
+    pub image: String,
+    /// Overrides the image's entrypoint (`command`).
+    pub command: Vec<String>,
+    /// Overrides the image's cmd (`args`).
+    pub args: Vec<String>,
+    /// `workingDir`.
+    pub working_dir: Option<String>,
+    /// Environment, in order, already expanded.
+    pub env: Vec<(String, String)>,
+    /// Volume and file mounts.
+    pub mounts: Vec<Mount>,
+    /// Log file, relative to the sandbox's log directory (`<name>/<attempt>.log`).
+    pub log_path: PathBuf,
+    /// Security settings.
+    pub security: SecurityConfig,
+}
+
+/// A running or dead sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxInfo {
+    /// containerd container ID of the pause container.
+    pub id: String,
+    /// The pod.
+    pub pod: PodRef,
+    /// The attempt.
+    pub attempt: u32,
+    /// Whether the pause process runs.
+    pub ready: bool,
+    /// The pause process.
+    pub pid: u32,
+    /// Pod IPs from CNI, IPv4 first; empty with host networking.
+    pub ips: Vec<IpAddr>,
+    /// The pinned network namespace, if the pod has its own.
+    pub netns: Option<PathBuf>,
+    /// Host network.
+    pub host_network: bool,
+    /// Shared PID namespace.
+    pub share_pid: bool,
+    /// The pod's cgroup parent.
+    pub cgroup_parent: Option<String>,
+    /// Where the pod's files (`hosts`, `resolv.conf`, `hostname`) live.
+    pub files_dir: PathBuf,
+    /// The pod log directory.
+    pub log_directory: PathBuf,
+    /// Creation time.
+    pub created_at: SystemTime,
+}
+
+/// A container's lifecycle state as containerd reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, not started.
+    Created,
+    /// Its process runs.
+    Running,
+    /// Its process ended.
+    Exited,
+    /// containerd doesn't know (no task, or the task is in an odd state).
+    Unknown,
+}
+
+/// A container as the runtime sees it.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    /// containerd container ID.
+    pub id: String,
+    /// The pod UID.
+    pub pod_uid: String,
+    /// The container name in the pod spec.
+    pub name: String,
+    /// Restart count of this instance.
+    pub attempt: u32,
+    /// The sandbox it runs in.
+    pub sandbox_id: String,
+    /// Image reference.
+    pub image: String,
+    /// Image ID (config digest).
+    pub image_id: String,
+    /// State.
+    pub state: ContainerState,
+    /// Main process PID, 0 if none.
+    pub pid: u32,
+    /// When created.
+    pub created_at: SystemTime,
+    /// When its process started.
+    pub started_at: Option<SystemTime>,
+    /// When its process ended.
+    pub finished_at: Option<SystemTime>,
+    /// Exit code, once exited.
+    pub exit_code: Option<i32>,
+    /// The CRI log file.
+    pub log_path: PathBuf,
+    /// All labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The runtime operations pod workers use.
+pub trait Runtime: Send + Sync + 'static {
+    /// Creates and starts a pod sandbox: network namespace, CNI, pod files, pause.
+    fn run_sandbox(
+        &self,
+        config: &SandboxConfig,
+    ) -> impl Future<Output = Result<SandboxInfo, RuntimeError>> + Send;
+
+    /// Stops and removes a sandbox and everything of its network. Idempotent.
+    fn remove_sandbox(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// The sandboxes of one pod (or all, with `None`).
+    fn list_sandboxes(
+        &self,
+        pod_uid: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<SandboxInfo>, RuntimeError>> + Send;
+
+    /// Looks up an image; `None` when it is not present.
+    fn image(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<crate::image::ImageInfo>, RuntimeError>> + Send;
+
+    /// Creates a container in a sandbox (not started).
+    fn create_container(
+        &self,
+        sandbox: &SandboxInfo,
+        config: &ContainerConfig,
+        image: &crate::image::ImageInfo,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
+    /// Starts a created container.
+    fn start_container(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Sends `signal` (SIGTERM when `None`), waits up to `grace`, then SIGKILL.
+    fn stop_container(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Removes a stopped container and its root filesystem. Idempotent.
+    fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// The containers of one pod (or all, with `None`), sandboxes excluded.
+    fn list_containers(
+        &self,
+        pod_uid: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
+}

@@ -1,0 +1,756 @@
+//! OCI runtime specs for pause and app containers, built with `oci-spec` from the
+//! sandbox and container configuration and the image's config, as containerd's CRI
+//! plugin builds them. Pure functions: what reaches runc is unit-tested here.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilities, LinuxDeviceCgroup, LinuxNamespace,
+    LinuxNamespaceType, LinuxResources, Mount as OciMount, Process, RootBuilder, Spec, User,
+    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
+};
+
+use super::{ContainerConfig, Mount, RuntimeError, SandboxConfig, SandboxInfo, keys};
+use crate::image::ImageRuntimeConfig;
+
+/// The capabilities a non-privileged container gets, containerd's default set.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// The files every container of a pod gets from the sandbox, unless a volume mount
+/// covers the same path (as upstream, where a user mount wins).
+pub const POD_FILES: &[(&str, &str)] = &[
+    ("/etc/hosts", "hosts"),
+    ("/etc/resolv.conf", "resolv.conf"),
+    ("/etc/hostname", "hostname"),
+];
+
+/// Builds the pause container's spec.
+///
+/// # Errors
+/// [`RuntimeError::Spec`] if `oci-spec` rejects a value.
+pub fn sandbox_spec(
+    config: &SandboxConfig,
+    id: &str,
+    netns: Option<&Path>,
+    image: &ImageRuntimeConfig,
+) -> Result<Spec, RuntimeError> {
+    let err = |reason: String| RuntimeError::Spec {
+        name: "pause".to_owned(),
+        reason,
+    };
+    let mut args: Vec<String> = image.entrypoint.clone();
+    args.extend(image.cmd.iter().cloned());
+    if args.is_empty() {
+        args.push("/pause".to_owned());
+    }
+    let mut process = Process::default();
+    process.set_args(Some(args));
+    process.set_env(Some(image.env.clone()));
+    process.set_cwd(PathBuf::from("/"));
+    process.set_no_new_privileges(Some(true));
+    process.set_rlimits(None);
+    process.set_capabilities(Some(capabilities(&HashSet::new(), &[], &[], false)));
+    // The pause image names its user (65535, as upstream's); run as that.
+    let no_overrides = ContainerConfig {
+        name: "pause".to_owned(),
+        attempt: 0,
+        image: String::new(),
+        command: vec![],
+        args: vec![],
+        working_dir: None,
+        env: vec![],
+        mounts: vec![],
+        log_path: PathBuf::new(),
+        security: super::SecurityConfig::default(),
+    };
+    process.set_user(user(&no_overrides, image).map_err(err)?);
+
+    let mut namespaces = vec![ns(LinuxNamespaceType::Mount, None)];
+    if !config.host_pid {
+        namespaces.push(ns(LinuxNamespaceType::Pid, None));
+    }
+    if !config.host_ipc {
+        namespaces.push(ns(LinuxNamespaceType::Ipc, None));
+    }
+    if !config.host_network {
+        namespaces.push(ns(LinuxNamespaceType::Uts, None));
+        namespaces.push(ns(LinuxNamespaceType::Network, netns));
+    }
+    let linux = linux_section(namespaces, config.cgroup_parent.as_deref(), id, false)
+        .map_err(|e| err(e.to_string()))?;
+
+    let mut spec = Spec::default();
+    spec.set_hostname((!config.host_network).then(|| config.hostname.clone()));
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(true)
+            .build()
+            .map_err(|e| err(e.to_string()))?,
+    ));
+    spec.set_mounts(Some(default_mounts()));
+    spec.set_linux(Some(linux));
+    spec.set_annotations(Some([(keys::SHIM_GROUP.to_owned(), id.to_owned())].into()));
+    Ok(spec)
+}
+
+/// Builds an app container's spec, joining the sandbox's namespaces by path.
+///
+/// # Errors
+/// [`RuntimeError::Spec`] for a command that resolves to nothing, a non-numeric image
+/// user, an unknown capability, or a value `oci-spec` rejects.
+pub fn container_spec(
+    sandbox: &SandboxInfo,
+    config: &ContainerConfig,
+    image: &ImageRuntimeConfig,
+    id: &str,
+) -> Result<Spec, RuntimeError> {
+    let err = |reason: String| RuntimeError::Spec {
+        name: config.name.clone(),
+        reason,
+    };
+    let args = command_line(config, image);
+    if args.is_empty() {
+        return Err(err(
+            "no command specified: the pod gives no command and the image has no entrypoint or cmd"
+                .to_owned(),
+        ));
+    }
+
+    let mut process = Process::default();
+    process.set_args(Some(args));
+    process.set_env(Some(environment(&sandbox_hostname(sandbox), image, config)));
+    let cwd = config
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .or_else(|| Some(image.working_dir.clone()).filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".to_owned());
+    process.set_cwd(PathBuf::from(cwd));
+    process.set_user(user(config, image).map_err(err)?);
+    process.set_no_new_privileges(Some(config.security.no_new_privileges));
+    // Like the CRI plugin: no rlimits in the spec, the container inherits the shim's.
+    process.set_rlimits(None);
+    let sec = &config.security;
+    let caps = if sec.privileged {
+        capabilities(&HashSet::new(), &[], &[], true)
+    } else {
+        let defaults: HashSet<Capability> = DEFAULT_CAPABILITIES
+            .iter()
+            .filter_map(|c| Capability::from_str(c).ok())
+            .collect();
+        for c in sec.add_capabilities.iter().chain(&sec.drop_capabilities) {
+            if !c.eq_ignore_ascii_case("ALL") && parse_capability(c).is_none() {
+                return Err(err(format!("unknown capability {c:?}")));
+            }
+        }
+        capabilities(
+            &defaults,
+            &sec.add_capabilities,
+            &sec.drop_capabilities,
+            false,
+        )
+    };
+    process.set_capabilities(Some(caps));
+
+    let pause_ns = |kind: &str| PathBuf::from(format!("/proc/{}/ns/{kind}", sandbox.pid));
+    let net_path = sandbox.netns.clone().unwrap_or_else(|| pause_ns("net"));
+    let mut namespaces = vec![
+        ns(LinuxNamespaceType::Mount, None),
+        ns(LinuxNamespaceType::Network, Some(&net_path)),
+        ns(LinuxNamespaceType::Ipc, Some(&pause_ns("ipc"))),
+        ns(LinuxNamespaceType::Uts, Some(&pause_ns("uts"))),
+    ];
+    if sandbox.share_pid {
+        namespaces.push(ns(LinuxNamespaceType::Pid, Some(&pause_ns("pid"))));
+    } else {
+        namespaces.push(ns(LinuxNamespaceType::Pid, None));
+    }
+    let linux = linux_section(
+        namespaces,
+        sandbox.cgroup_parent.as_deref(),
+        id,
+        sec.privileged,
+    )
+    .map_err(|e| err(e.to_string()))?;
+
+    let mut spec = Spec::default();
+    spec.set_hostname(None);
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(sec.readonly_rootfs)
+            .build()
+            .map_err(|e| err(e.to_string()))?,
+    ));
+    spec.set_mounts(Some(container_mounts(
+        &sandbox.files_dir,
+        &config.mounts,
+        sec.privileged,
+    )));
+    spec.set_linux(Some(linux));
+    spec.set_annotations(Some(
+        [(keys::SHIM_GROUP.to_owned(), sandbox.id.clone())].into(),
+    ));
+    Ok(spec)
+}
+
+/// The process arguments, by Kubernetes' rules: `command` replaces the image's
+/// entrypoint (and drops its cmd), `args` replaces the image's cmd.
+pub fn command_line(config: &ContainerConfig, image: &ImageRuntimeConfig) -> Vec<String> {
+    let mut out = if config.command.is_empty() {
+        image.entrypoint.clone()
+    } else {
+        config.command.clone()
+    };
+    if !config.args.is_empty() {
+        out.extend(config.args.iter().cloned());
+    } else if config.command.is_empty() {
+        out.extend(image.cmd.iter().cloned());
+    }
+    out
+}
+
+/// The environment: `HOSTNAME`, then the image's, then the container's, a later
+/// definition of a name replacing an earlier one in place (containerd's order).
+pub fn environment(
+    hostname: &str,
+    image: &ImageRuntimeConfig,
+    config: &ContainerConfig,
+) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    let mut set = |k: &str, v: &str| {
+        if values.insert(k.to_owned(), v.to_owned()).is_none() {
+            order.push(k.to_owned());
+        }
+    };
+    set("HOSTNAME", hostname);
+    for kv in &image.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        set(k, v);
+    }
+    for (k, v) in &config.env {
+        set(k, v);
+    }
+    order
+        .into_iter()
+        .map(|k| {
+            let v = values.get(&k).map(String::as_str).unwrap_or("");
+            format!("{k}={v}")
+        })
+        .collect()
+}
+
+fn sandbox_hostname(sandbox: &SandboxInfo) -> String {
+    std::fs::read_to_string(sandbox.files_dir.join("hostname"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn user(config: &ContainerConfig, image: &ImageRuntimeConfig) -> Result<User, String> {
+    let (mut uid, mut gid) = (0u32, 0u32);
+    if !image.user.is_empty() {
+        let (u, g) = image
+            .user
+            .split_once(':')
+            .map_or((image.user.as_str(), None), |(u, g)| (u, Some(g)));
+        uid = u.parse().map_err(|_| {
+            format!(
+                "image user {:?} is not numeric; set securityContext.runAsUser",
+                image.user
+            )
+        })?;
+        if let Some(g) = g {
+            gid = g.parse().map_err(|_| {
+                format!(
+                    "image group in user {:?} is not numeric; set securityContext.runAsGroup",
+                    image.user
+                )
+            })?;
+        }
+    }
+    if let Some(u) = config.security.run_as_user {
+        uid = u;
+    }
+    if let Some(g) = config.security.run_as_group {
+        gid = g;
+    }
+    let mut user = User::default();
+    user.set_uid(uid);
+    user.set_gid(gid);
+    if !config.security.supplemental_groups.is_empty() {
+        user.set_additional_gids(Some(config.security.supplemental_groups.clone()));
+    }
+    Ok(user)
+}
+
+/// Parses `NET_ADMIN` or `CAP_NET_ADMIN` (any case).
+pub fn parse_capability(name: &str) -> Option<Capability> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    Capability::from_str(bare).ok()
+}
+
+/// Every capability runc knows, for privileged containers and `add: [ALL]`.
+const ALL_CAPABILITIES: &[&str] = &[
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETGID",
+    "SETFCAP",
+    "SETPCAP",
+    "SETUID",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "SYSLOG",
+    "WAKE_ALARM",
+];
+
+fn all_capabilities() -> HashSet<Capability> {
+    ALL_CAPABILITIES
+        .iter()
+        .filter_map(|c| Capability::from_str(c).ok())
+        .collect()
+}
+
+fn capabilities(
+    defaults: &HashSet<Capability>,
+    add: &[String],
+    drop: &[String],
+    all: bool,
+) -> LinuxCapabilities {
+    let mut set = if all {
+        all_capabilities()
+    } else {
+        defaults.clone()
+    };
+    if !all {
+        if add.iter().any(|c| c.eq_ignore_ascii_case("ALL")) {
+            set = all_capabilities();
+        } else {
+            set.extend(add.iter().filter_map(|c| parse_capability(c)));
+        }
+        if drop.iter().any(|c| c.eq_ignore_ascii_case("ALL")) {
+            // Upstream: drop ALL, then add back what `add` names.
+            set = add.iter().filter_map(|c| parse_capability(c)).collect();
+        } else {
+            for c in drop.iter().filter_map(|c| parse_capability(c)) {
+                set.remove(&c);
+            }
+        }
+    }
+    let mut caps = LinuxCapabilities::default();
+    caps.set_bounding(Some(set.clone()));
+    caps.set_effective(Some(set.clone()));
+    caps.set_permitted(Some(set));
+    caps.set_inheritable(None);
+    caps.set_ambient(None);
+    caps
+}
+
+fn ns(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
+    let mut n = LinuxNamespace::default();
+    n.set_typ(typ);
+    n.set_path(path.map(Path::to_path_buf));
+    n
+}
+
+fn linux_section(
+    namespaces: Vec<LinuxNamespace>,
+    cgroup_parent: Option<&str>,
+    id: &str,
+    privileged: bool,
+) -> Result<oci_spec::runtime::Linux, oci_spec::OciSpecError> {
+    let mut resources = LinuxResources::default();
+    let mut dev = LinuxDeviceCgroup::default();
+    dev.set_allow(privileged);
+    dev.set_access(Some("rwm".to_owned()));
+    resources.set_devices(Some(vec![dev]));
+    let mut b = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources);
+    if let Some(parent) = cgroup_parent {
+        b = b.cgroups_path(PathBuf::from(format!(
+            "{}/{id}",
+            parent.trim_end_matches('/')
+        )));
+    }
+    if !privileged {
+        b = b
+            .masked_paths(get_default_maskedpaths())
+            .readonly_paths(get_default_readonly_paths());
+    }
+    b.build()
+}
+
+fn default_mounts() -> Vec<OciMount> {
+    let mut mounts = get_default_mounts();
+    let mut cgroup = OciMount::default();
+    cgroup.set_destination(PathBuf::from("/sys/fs/cgroup"));
+    cgroup.set_typ(Some("cgroup".to_owned()));
+    cgroup.set_source(Some(PathBuf::from("cgroup")));
+    cgroup.set_options(Some(
+        ["nosuid", "noexec", "nodev", "relatime", "ro"]
+            .map(String::from)
+            .to_vec(),
+    ));
+    mounts.push(cgroup);
+    mounts
+}
+
+fn bind(destination: &str, source: &Path, readonly: bool) -> OciMount {
+    let mut m = OciMount::default();
+    m.set_destination(PathBuf::from(destination));
+    m.set_typ(Some("bind".to_owned()));
+    m.set_source(Some(source.to_path_buf()));
+    let mut opts = vec!["rbind".to_owned(), "rprivate".to_owned()];
+    opts.push(if readonly { "ro" } else { "rw" }.to_owned());
+    m.set_options(Some(opts));
+    m
+}
+
+/// The default mounts, then the pod files, then the volumes, parents before children
+/// (runc mounts in order, so `/data` must come before `/data/sub`).
+pub fn container_mounts(files_dir: &Path, mounts: &[Mount], privileged: bool) -> Vec<OciMount> {
+    let mut out = default_mounts();
+    if privileged {
+        for m in &mut out {
+            if m.destination() == Path::new("/sys")
+                || m.destination() == Path::new("/sys/fs/cgroup")
+            {
+                let opts: Vec<String> = m
+                    .options()
+                    .iter()
+                    .flatten()
+                    .filter(|o| o.as_str() != "ro")
+                    .cloned()
+                    .collect();
+                m.set_options(Some(opts));
+            }
+        }
+    }
+    let user_paths: HashSet<&str> = mounts.iter().map(|m| m.container_path.as_str()).collect();
+    for (dest, file) in POD_FILES {
+        if !user_paths.contains(dest) {
+            out.push(bind(dest, &files_dir.join(file), false));
+        }
+    }
+    let mut user: Vec<&Mount> = mounts.iter().collect();
+    user.sort_by_key(|m| Path::new(&m.container_path).components().count());
+    out.extend(
+        user.into_iter()
+            .map(|m| bind(&m.container_path, &m.host_path, m.readonly)),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{PodRef, SecurityConfig};
+    use std::time::SystemTime;
+
+    fn image() -> ImageRuntimeConfig {
+        ImageRuntimeConfig {
+            entrypoint: vec!["/bin/entry".into()],
+            cmd: vec!["default".into()],
+            env: vec!["PATH=/bin".into(), "A=image".into()],
+            working_dir: "/work".into(),
+            user: String::new(),
+            stop_signal: None,
+        }
+    }
+
+    fn config() -> ContainerConfig {
+        ContainerConfig {
+            name: "app".into(),
+            attempt: 0,
+            image: "x".into(),
+            command: vec![],
+            args: vec![],
+            working_dir: None,
+            env: vec![],
+            mounts: vec![],
+            log_path: "app/0.log".into(),
+            security: SecurityConfig::default(),
+        }
+    }
+
+    fn sandbox() -> SandboxInfo {
+        SandboxInfo {
+            id: "sb".into(),
+            pod: PodRef {
+                uid: "u".into(),
+                name: "p".into(),
+                namespace: "default".into(),
+            },
+            attempt: 0,
+            ready: true,
+            pid: 42,
+            ips: vec![],
+            netns: Some("/run/netns/x".into()),
+            host_network: false,
+            share_pid: false,
+            cgroup_parent: Some("/kubepods/podu".into()),
+            files_dir: "/nonexistent".into(),
+            log_directory: "/var/log/pods/x".into(),
+            created_at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn command_rules_follow_kubernetes() {
+        let img = image();
+        let mut c = config();
+        assert_eq!(command_line(&c, &img), ["/bin/entry", "default"]);
+        c.args = vec!["a".into()];
+        assert_eq!(command_line(&c, &img), ["/bin/entry", "a"]);
+        c.command = vec!["/bin/sh".into()];
+        assert_eq!(command_line(&c, &img), ["/bin/sh", "a"]);
+        c.args.clear();
+        assert_eq!(
+            command_line(&c, &img),
+            ["/bin/sh"],
+            "command drops the image cmd"
+        );
+    }
+
+    #[test]
+    fn env_overrides_in_place() {
+        let mut c = config();
+        c.env = vec![("A".into(), "pod".into()), ("B".into(), "1".into())];
+        assert_eq!(
+            environment("h", &image(), &c),
+            ["HOSTNAME=h", "PATH=/bin", "A=pod", "B=1"]
+        );
+    }
+
+    #[test]
+    fn container_joins_sandbox_namespaces() {
+        let spec = container_spec(&sandbox(), &config(), &image(), "cid").expect("spec");
+        let linux = spec.linux().as_ref().expect("linux");
+        let nss = linux.namespaces().as_ref().expect("namespaces");
+        let path = |t| {
+            nss.iter()
+                .find(|n| n.typ() == t)
+                .and_then(|n| n.path().clone())
+        };
+        assert_eq!(
+            path(LinuxNamespaceType::Network),
+            Some("/run/netns/x".into())
+        );
+        assert_eq!(
+            path(LinuxNamespaceType::Ipc),
+            Some("/proc/42/ns/ipc".into())
+        );
+        assert_eq!(
+            path(LinuxNamespaceType::Uts),
+            Some("/proc/42/ns/uts".into())
+        );
+        assert_eq!(path(LinuxNamespaceType::Pid), None, "own PID namespace");
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/kubepods/podu/cid"))
+        );
+        let process = spec.process().as_ref().expect("process");
+        assert_eq!(process.cwd(), Path::new("/work"));
+        let annotations = spec.annotations().as_ref().expect("annotations");
+        assert_eq!(
+            annotations.get(keys::SHIM_GROUP).map(String::as_str),
+            Some("sb")
+        );
+    }
+
+    #[test]
+    fn shared_pid_namespace_joins_pause() {
+        let mut sb = sandbox();
+        sb.share_pid = true;
+        let spec = container_spec(&sb, &config(), &image(), "cid").expect("spec");
+        let nss = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .expect("namespaces");
+        assert!(nss.iter().any(|n| n.typ() == LinuxNamespaceType::Pid
+            && n.path().as_deref() == Some(Path::new("/proc/42/ns/pid"))));
+    }
+
+    #[test]
+    fn users_and_groups() {
+        let mut img = image();
+        img.user = "1000:2000".into();
+        let mut c = config();
+        let spec = container_spec(&sandbox(), &c, &img, "cid").expect("spec");
+        let u = spec.process().as_ref().expect("p").user().clone();
+        assert_eq!((u.uid(), u.gid()), (1000, 2000));
+        c.security.run_as_user = Some(7);
+        c.security.supplemental_groups = vec![5];
+        let spec = container_spec(&sandbox(), &c, &img, "cid").expect("spec");
+        let u = spec.process().as_ref().expect("p").user().clone();
+        assert_eq!((u.uid(), u.gid()), (7, 2000));
+        assert_eq!(u.additional_gids().as_deref(), Some(&[5][..]));
+        img.user = "nginx".into();
+        c.security.run_as_user = None;
+        assert!(container_spec(&sandbox(), &c, &img, "cid").is_err());
+    }
+
+    #[test]
+    fn capabilities_add_drop_all() {
+        let mut c = config();
+        c.security.add_capabilities = vec!["NET_ADMIN".into()];
+        c.security.drop_capabilities = vec!["CAP_CHOWN".into()];
+        let spec = container_spec(&sandbox(), &c, &image(), "cid").expect("spec");
+        let caps = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().clone())
+            .expect("caps");
+        let bounding = caps.bounding().clone().expect("bounding");
+        assert!(bounding.contains(&Capability::NetAdmin));
+        assert!(!bounding.contains(&Capability::Chown));
+        assert!(bounding.contains(&Capability::Kill));
+
+        c.security.drop_capabilities = vec!["ALL".into()];
+        let spec = container_spec(&sandbox(), &c, &image(), "cid").expect("spec");
+        let caps = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().clone())
+            .expect("caps");
+        assert_eq!(
+            caps.bounding().clone().expect("bounding"),
+            [Capability::NetAdmin].into()
+        );
+
+        c.security.add_capabilities = vec!["NOT_A_CAP".into()];
+        assert!(container_spec(&sandbox(), &c, &image(), "cid").is_err());
+    }
+
+    #[test]
+    fn mounts_order_and_pod_files() {
+        let mounts = vec![
+            Mount {
+                container_path: "/data/sub".into(),
+                host_path: "/h/sub".into(),
+                readonly: true,
+            },
+            Mount {
+                container_path: "/data".into(),
+                host_path: "/h".into(),
+                readonly: false,
+            },
+            Mount {
+                container_path: "/etc/hosts".into(),
+                host_path: "/my/hosts".into(),
+                readonly: false,
+            },
+        ];
+        let out = container_mounts(Path::new("/pod"), &mounts, false);
+        let dests: Vec<_> = out.iter().map(|m| m.destination().clone()).collect();
+        let pos = |p: &str| dests.iter().position(|d| d == Path::new(p)).expect(p);
+        assert!(pos("/data") < pos("/data/sub"));
+        let hosts: Vec<_> = out
+            .iter()
+            .filter(|m| m.destination() == Path::new("/etc/hosts"))
+            .collect();
+        assert_eq!(hosts.len(), 1, "a user mount replaces the pod file");
+        assert_eq!(hosts[0].source().as_deref(), Some(Path::new("/my/hosts")));
+        let resolv = &out[pos("/etc/resolv.conf")];
+        assert_eq!(
+            resolv.source().as_deref(),
+            Some(Path::new("/pod/resolv.conf"))
+        );
+        let sub = &out[pos("/data/sub")];
+        assert!(sub.options().iter().flatten().any(|o| o == "ro"));
+    }
+
+    #[test]
+    fn sandbox_with_host_network_has_no_net_or_uts_namespace() {
+        let cfg = SandboxConfig {
+            pod: PodRef {
+                uid: "u".into(),
+                name: "p".into(),
+                namespace: "d".into(),
+            },
+            attempt: 0,
+            hostname: "p".into(),
+            host_network: true,
+            host_ipc: false,
+            host_pid: false,
+            share_process_namespace: false,
+            log_directory: "/l".into(),
+            cgroup_parent: None,
+            dns: None,
+            host_aliases: vec![],
+        };
+        let img = ImageRuntimeConfig {
+            entrypoint: vec!["/pause".into()],
+            cmd: vec![],
+            env: vec![],
+            working_dir: String::new(),
+            user: String::new(),
+            stop_signal: None,
+        };
+        let spec = sandbox_spec(&cfg, "sb", None, &img).expect("spec");
+        let nss = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .expect("namespaces");
+        assert!(!nss.iter().any(|n| matches!(
+            n.typ(),
+            LinuxNamespaceType::Network | LinuxNamespaceType::Uts
+        )));
+        assert_eq!(spec.hostname(), &None);
+    }
+}

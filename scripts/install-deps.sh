@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what nodelet needs on a Debian/Ubuntu host, only what is missing:
+# containerd and runc, the CNI plugins, nftables, conntrack, iproute2, iptables (the
+# bridge plugin's masquerade), busybox-static (the demo and test image) and protoc
+# (containerd's API is compiled from its .proto files). Idempotent; needs root.
+set -euo pipefail
+
+packages=(containerd runc containernetworking-plugins nftables conntrack iproute2 iptables
+  busybox-static protobuf-compiler util-linux procps curl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is not installed: install a Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi

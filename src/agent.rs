@@ -1,0 +1,174 @@
+//! Wiring of the running agent: validate flags, connect to containerd, start the pod
+//! manager, the sources, the runtime event stream and the HTTP servers, and shut down
+//! on SIGTERM/SIGINT (pods keep running; a restarted agent adopts them).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use nodelet_cri::cni::{Cni, CniConfig, DefaultNetwork};
+use nodelet_cri::runtime::{ContainerdRuntime, RuntimeConfig};
+use nodelet_manifests::FileSource;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::cli::AgentArgs;
+use crate::manager::PodManager;
+use crate::server;
+use crate::worker::{PodMap, WorkerEnv};
+
+/// Runs the agent until a shutdown signal.
+///
+/// # Errors
+/// Bad flags, an unusable root directory or CNI directory, or a port already taken.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    if args.kubeconfig.is_some() {
+        bail!(
+            "--kubeconfig: joining a cluster is not built yet; run without it for standalone mode"
+        );
+    }
+    let node_name = crate::node::node_name(args.hostname_override.as_deref());
+    let host_ip = crate::node::node_ip(args.node_ip);
+    std::fs::create_dir_all(&args.root_dir)
+        .with_context(|| format!("--root-dir {}", args.root_dir.display()))?;
+    std::fs::create_dir_all(&args.pod_logs_dir)
+        .with_context(|| format!("--pod-logs-dir {}", args.pod_logs_dir.display()))?;
+    let default_net = DefaultNetwork {
+        name: "nodelet".to_owned(),
+        bridge: "nodelet0".to_owned(),
+        pod_cidr: args.pod_cidr.clone(),
+        ip_masq: true,
+        ipam_data_dir: Some(args.root_dir.join("cni/networks")),
+    };
+    if let Some(written) = Cni::write_default_config(&args.cni_conf_dir, &default_net)
+        .with_context(|| format!("--cni-conf-dir {}", args.cni_conf_dir.display()))?
+    {
+        info!(path = %written.display(), cidr = %args.pod_cidr, "wrote the default CNI network");
+    }
+    let log_driver = std::env::current_exe().context("cannot find the nodelet binary")?;
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone());
+
+    let (status_tx, status_rx) = watch::channel(PodMap::new());
+    let mut servers = Vec::new();
+    if args.read_only_port != 0 {
+        let addr = SocketAddr::new(args.address, args.read_only_port);
+        servers.push(
+            server::bind(
+                addr,
+                server::read_only_router(status_rx.clone()),
+                cancel.clone(),
+            )
+            .await?,
+        );
+        info!(%addr, "read-only API listening");
+    }
+    if args.healthz_port != 0 {
+        let addr = SocketAddr::new(args.healthz_bind_address, args.healthz_port);
+        servers.push(server::bind(addr, server::healthz_router(), cancel.clone()).await?);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in servers {
+        tasks.spawn(s);
+    }
+
+    let runtime_config = RuntimeConfig {
+        endpoint: args.container_runtime_endpoint.clone(),
+        namespace: args.containerd_namespace.clone(),
+        state_dir: args.root_dir.join("runtime"),
+        log_driver,
+        runtime_name: "io.containerd.runc.v2".to_owned(),
+        cni: CniConfig {
+            conf_dir: args.cni_conf_dir.clone(),
+            bin_dirs: args.cni_bin_dir.clone(),
+            cache_dir: args.root_dir.join("cni/cache"),
+            timeout: Duration::from_secs(60),
+        },
+    };
+    let Some(runtime) = connect_runtime(runtime_config, &cancel).await else {
+        return Ok(());
+    };
+    if let Err(e) = runtime.containerd().ensure_pause_image().await {
+        // Not fatal: each sandbox tries again, and its pod shows the error.
+        error!(error = %e, "cannot import the pause image");
+    }
+    let runtime = Arc::new(runtime);
+    info!(node = %node_name, ip = %host_ip, namespace = %args.containerd_namespace, "agent running");
+
+    let env = Arc::new(WorkerEnv {
+        runtime: Arc::clone(&runtime),
+        root_dir: args.root_dir.clone(),
+        pod_logs_dir: args.pod_logs_dir.clone(),
+        cgroup_root: args.cgroup_root.clone(),
+        node_name: node_name.clone(),
+        host_ip: host_ip.to_string(),
+        statuses: status_tx,
+    });
+    let (source_tx, source_rx) = mpsc::channel(16);
+    let mut sources = Vec::new();
+    if let Some(path) = &args.pod_manifest_path {
+        sources.push("file");
+        let source = FileSource::new(path.clone(), node_name.clone(), args.file_check_frequency);
+        tasks.spawn(source.run(source_tx.clone(), cancel.clone()));
+        info!(path = %path.display(), "watching static pod manifests");
+    }
+    drop(source_tx);
+
+    let (event_tx, event_rx) = mpsc::channel(256);
+    {
+        let runtime = Arc::clone(&runtime);
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = runtime.follow_events(event_tx) => {}
+                () = cancel.cancelled() => {}
+            }
+        });
+    }
+    let manager = PodManager::new(env, &sources);
+    manager.run(source_rx, event_rx, cancel.clone()).await;
+    cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    info!("agent stopped; pods keep running");
+    Ok(())
+}
+
+/// Connects to containerd, retrying while it is away (it may start after the agent).
+async fn connect_runtime(
+    config: RuntimeConfig,
+    cancel: &CancellationToken,
+) -> Option<ContainerdRuntime> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match ContainerdRuntime::connect(config.clone()).await {
+            Ok(rt) => return Some(rt),
+            Err(e) => warn!(error = %e, retry_in = ?delay, "containerd not reachable"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// SIGTERM or SIGINT cancels `cancel`; a second signal exits at once.
+fn spawn_signal_handler(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        info!("shutting down (signal again to exit at once)");
+        cancel.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        std::process::exit(130);
+    });
+}

@@ -1,0 +1,209 @@
+//! Command-line interface. Flag names are upstream kubelet's where one exists, so an
+//! operator's unit files and habits carry over.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// nodelet: the kubelet and the kube-proxy in one small daemon.
+#[derive(Debug, Parser)]
+#[command(name = "nodelet", version, about, long_about = None)]
+pub struct Cli {
+    /// Run the agent (the default), or a tool.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Agent flags (when no subcommand is given).
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// Tools beside the agent.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the local agent's pods as a table, like `kubectl get pods -o wide`.
+    Pods {
+        /// The agent's read-only port.
+        #[arg(long, default_value_t = 10255)]
+        read_only_port: u16,
+        /// The agent's address.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: IpAddr,
+    },
+    /// Manage images in containerd without a registry.
+    Image {
+        /// What to do.
+        #[command(subcommand)]
+        command: ImageCommand,
+        /// containerd socket.
+        #[arg(
+            long,
+            global = true,
+            default_value = "unix:///run/containerd/containerd.sock"
+        )]
+        container_runtime_endpoint: String,
+        /// containerd namespace.
+        #[arg(long, global = true, default_value = "k8s.io")]
+        containerd_namespace: String,
+    },
+}
+
+/// Image tools.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image-layout tar archive.
+    Import {
+        /// The archive.
+        file: PathBuf,
+    },
+    /// List images.
+    Ls,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The agent's flags.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Directory (or single file) of static pod manifests.
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// How often the manifest directory is rescanned besides inotify.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub file_check_frequency: Duration,
+    /// The agent's state directory.
+    #[arg(long, default_value = "/var/lib/nodelet")]
+    pub root_dir: PathBuf,
+    /// Where container logs go (`<dir>/<ns>_<pod>_<uid>/<container>/<n>.log`).
+    #[arg(long, default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
+    /// containerd socket.
+    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
+    pub container_runtime_endpoint: String,
+    /// containerd namespace for everything the agent creates.
+    #[arg(long, default_value = "k8s.io")]
+    pub containerd_namespace: String,
+    /// The node name (default: the hostname).
+    #[arg(long)]
+    pub hostname_override: Option<String>,
+    /// The node IP reported as `hostIP` (default: the address of the default route's interface).
+    #[arg(long)]
+    pub node_ip: Option<IpAddr>,
+    /// Address the read-only port listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub address: IpAddr,
+    /// The read-only API port (`GET /pods`); 0 disables it.
+    #[arg(long, default_value_t = 10255)]
+    pub read_only_port: u16,
+    /// The healthz port; 0 disables it.
+    #[arg(long, default_value_t = 10248)]
+    pub healthz_port: u16,
+    /// Address the healthz port listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub healthz_bind_address: IpAddr,
+    /// The pod CIDR for the default bridge network written when /etc/cni/net.d is empty.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub pod_cidr: String,
+    /// CNI configuration directory.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin directories, in search order (comma separated).
+    #[arg(
+        long,
+        default_value = "/opt/cni/bin,/usr/lib/cni",
+        value_delimiter = ','
+    )]
+    pub cni_bin_dir: Vec<PathBuf>,
+    /// The cgroup under which the `kubepods` hierarchy is made.
+    #[arg(long, default_value = "/")]
+    pub cgroup_root: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log level filter (tracing's EnvFilter syntax; `RUST_LOG` overrides).
+    #[arg(long, default_value = "info")]
+    pub v: String,
+    /// kubeconfig of an apiserver. Joining a cluster is not built yet: the agent
+    /// refuses to start with it rather than silently run standalone.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Parses `10s`, `1m30s`, `500ms`, `2h` (Go's `time.ParseDuration` subset kubelet flags use).
+///
+/// # Errors
+/// A message naming the bad input.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?} (want e.g. 20s, 1m30s, 500ms)");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (num, tail) = rest.split_at(digits);
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let secs = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += Duration::try_from_secs_f64(value * secs).map_err(|_| bad())?;
+        rest = tail;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("20").is_err());
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "nodelet",
+            "--pod-manifest-path",
+            "/etc/kubernetes/manifests",
+            "--read-only-port",
+            "0",
+        ])
+        .expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.agent.read_only_port, 0);
+        assert_eq!(cli.agent.root_dir, PathBuf::from("/var/lib/nodelet"));
+        assert!(Cli::try_parse_from(["nodelet", "--read-only-port", "x"]).is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! nodelet: a Kubernetes node agent (the kubelet and, to come, the kube-proxy in one
+//! daemon) on containerd and runc.
+//!
+//! `main` is the binary's edge: it parses flags, sets up logging, maps errors to exit
+//! codes, and dispatches to the agent or a tool. When the runc shim starts this binary
+//! as a container's log driver (`nodelet cri-log <path>`), it does only that.
+
+mod agent;
+mod cli;
+mod manager;
+mod node;
+mod pods_cmd;
+mod podspec;
+mod server;
+mod status;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use nodelet_cri::containerd::Containerd;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, ImageCommand, LogFormat};
+
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(nodelet_cri::logs::DRIVER_ARG) {
+        nodelet_cri::logs::run_driver();
+    }
+    let cli = Cli::parse();
+    init_logging(cli.agent.log_format, &cli.agent.v);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nodelet: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => agent::run(cli.agent).await,
+            Some(Command::Pods {
+                read_only_port,
+                address,
+            }) => pods_cmd::run(address, read_only_port).await,
+            Some(Command::Image {
+                command,
+                container_runtime_endpoint,
+                containerd_namespace,
+            }) => image_cmd(command, &container_runtime_endpoint, &containerd_namespace).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nodelet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn image_cmd(cmd: ImageCommand, endpoint: &str, namespace: &str) -> anyhow::Result<()> {
+    let containerd = Containerd::connect(endpoint, namespace).await?;
+    match cmd {
+        ImageCommand::Import { file } => {
+            for name in containerd.import_oci_archive(&file).await? {
+                println!("imported {name}");
+            }
+        }
+        ImageCommand::Ls => {
+            println!("{:<50} {:<20} {:>10}", "IMAGE", "ID", "SIZE");
+            for image in containerd.list_images().await? {
+                let id = image.id.trim_start_matches("sha256:");
+                println!(
+                    "{:<50} {:<20} {:>10}",
+                    image.name,
+                    &id[..id.len().min(13)],
+                    image.size
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,278 @@
+//! The pod manager: turns source snapshots into pod workers and routes runtime events
+//! to them. It owns the set of workers; each worker owns its pod.
+//!
+//! - A UID new in a snapshot gets a worker; a changed pod is sent to its worker; a UID
+//!   gone from its source is terminated. A UID that is terminating is not restarted
+//!   until its worker has finished (upstream's rule), then it starts afresh.
+//! - Once every source has reported, sandboxes and containers in the runtime that
+//!   belong to no desired pod (left from before a restart) are terminated.
+//! - A container exit is routed to its pod's worker by container ID.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use nodelet_cri::runtime::{Runtime, RuntimeEvent};
+use nodelet_manifests::SourceEvent;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::worker::{PodWorker, WorkerEnv, WorkerMsg};
+
+/// Queue depth of each worker's inbox: a worker coalesces what it finds queued.
+const WORKER_QUEUE: usize = 16;
+
+struct Handle {
+    tx: mpsc::Sender<WorkerMsg>,
+    terminating: bool,
+}
+
+/// The pod manager.
+pub struct PodManager<R> {
+    env: Arc<WorkerEnv<R>>,
+    workers: HashMap<String, Handle>,
+    join: JoinSet<String>,
+    /// Desired pods by source.
+    desired: HashMap<&'static str, BTreeMap<String, Pod>>,
+    /// Pods wanted again while their previous worker still terminates.
+    pending: HashMap<String, Pod>,
+    /// Sources that have not sent their first snapshot.
+    unready_sources: HashSet<&'static str>,
+    /// Container and sandbox IDs to pod UIDs, for routing events.
+    owners: HashMap<String, String>,
+}
+
+impl<R: Runtime> PodManager<R> {
+    /// A manager that waits for a first snapshot from each of `sources` before
+    /// cleaning up runtime objects of pods nobody wants.
+    pub fn new(env: Arc<WorkerEnv<R>>, sources: &[&'static str]) -> Self {
+        Self {
+            env,
+            workers: HashMap::new(),
+            join: JoinSet::new(),
+            desired: HashMap::new(),
+            pending: HashMap::new(),
+            unready_sources: sources.iter().copied().collect(),
+            owners: HashMap::new(),
+        }
+    }
+
+    /// Runs until `cancel`: pods keep running when the agent stops, as upstream.
+    pub async fn run(
+        mut self,
+        mut sources: mpsc::Receiver<SourceEvent>,
+        mut events: mpsc::Receiver<RuntimeEvent>,
+        cancel: CancellationToken,
+    ) {
+        if self.unready_sources.is_empty() {
+            self.remove_orphans().await;
+        }
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                Some(ev) = sources.recv() => self.on_source(ev).await,
+                Some(ev) = events.recv() => self.on_runtime_event(ev).await,
+                Some(done) = self.join.join_next(), if !self.join.is_empty() => {
+                    match done {
+                        Ok(uid) => self.on_worker_done(&uid),
+                        Err(e) => warn!(error = %e, "pod worker panicked"),
+                    }
+                }
+            }
+        }
+        // Dropping the senders ends every worker; their pods keep running.
+        self.workers.clear();
+        self.join.shutdown().await;
+    }
+
+    async fn on_source(&mut self, ev: SourceEvent) {
+        let SourceEvent::Snapshot { source, pods } = ev;
+        let pods: BTreeMap<String, Pod> = pods
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
+            .collect();
+        debug!(source, count = pods.len(), "source snapshot");
+        self.desired.insert(source, pods);
+        self.reconcile();
+        if self.unready_sources.remove(source) && self.unready_sources.is_empty() {
+            self.remove_orphans().await;
+        }
+    }
+
+    fn all_desired(&self) -> BTreeMap<String, Pod> {
+        self.desired
+            .values()
+            .flat_map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect()
+    }
+
+    fn reconcile(&mut self) {
+        let desired = self.all_desired();
+        for (uid, pod) in &desired {
+            match self.workers.get(uid) {
+                None => self.spawn(pod.clone()),
+                Some(h) if h.terminating => {
+                    self.pending.insert(uid.clone(), pod.clone());
+                }
+                Some(h) => {
+                    let _ = h.tx.try_send(WorkerMsg::Update(Box::new(pod.clone())));
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(uid, h)| !h.terminating && !desired.contains_key(*uid))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            self.terminate(&uid);
+        }
+        self.pending.retain(|uid, _| desired.contains_key(uid));
+    }
+
+    fn spawn(&mut self, pod: Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        info!(
+            pod = pod.metadata.name.as_deref().unwrap_or(""),
+            namespace = pod.metadata.namespace.as_deref().unwrap_or(""),
+            uid = %uid,
+            "pod added"
+        );
+        let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+        let worker = PodWorker::new(Arc::clone(&self.env), pod);
+        let id = uid.clone();
+        self.join.spawn(async move {
+            worker.run(rx).await;
+            id
+        });
+        self.workers.insert(
+            uid,
+            Handle {
+                tx,
+                terminating: false,
+            },
+        );
+    }
+
+    fn terminate(&mut self, uid: &str) {
+        if let Some(h) = self.workers.get_mut(uid) {
+            info!(uid, "pod removed from its source, terminating");
+            h.terminating = true;
+            // Terminate must not be lost to a full queue: if the inbox is full, send
+            // it from a task that waits for room.
+            if let Err(mpsc::error::TrySendError::Full(msg)) = h.tx.try_send(WorkerMsg::Terminate) {
+                let tx = h.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(msg).await;
+                });
+            }
+        }
+    }
+
+    fn on_worker_done(&mut self, uid: &str) {
+        self.workers.remove(uid);
+        self.owners.retain(|_, owner| owner != uid);
+        if let Some(pod) = self.pending.remove(uid) {
+            self.spawn(pod);
+        }
+    }
+
+    async fn refresh_owners(&mut self) {
+        let rt = &self.env.runtime;
+        match (
+            rt.list_containers(None).await,
+            rt.list_sandboxes(None).await,
+        ) {
+            (Ok(cs), Ok(sbs)) => {
+                self.owners = cs
+                    .into_iter()
+                    .map(|c| (c.id, c.pod_uid))
+                    .chain(sbs.into_iter().map(|s| (s.id, s.pod.uid)))
+                    .collect();
+            }
+            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "cannot list runtime objects"),
+        }
+    }
+
+    async fn on_runtime_event(&mut self, ev: RuntimeEvent) {
+        let id = match &ev {
+            RuntimeEvent::ContainerExited { id, .. } | RuntimeEvent::ContainerOom { id } => id,
+            RuntimeEvent::Resync => {
+                for h in self.workers.values() {
+                    let _ = h.tx.try_send(WorkerMsg::Sync);
+                }
+                return;
+            }
+        };
+        if !self.owners.contains_key(id) {
+            self.refresh_owners().await;
+        }
+        if let Some(h) = self.owners.get(id).and_then(|uid| self.workers.get(uid)) {
+            // A full queue already holds a pending sync: dropping this one is fine.
+            let _ = h.tx.try_send(WorkerMsg::Sync);
+        }
+    }
+
+    /// Terminates runtime objects of pods that no source wants.
+    async fn remove_orphans(&mut self) {
+        let rt = &self.env.runtime;
+        let (containers, sandboxes) = match (
+            rt.list_containers(None).await,
+            rt.list_sandboxes(None).await,
+        ) {
+            (Ok(c), Ok(s)) => (c, s),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "cannot list runtime objects for orphan cleanup");
+                return;
+            }
+        };
+        let mut orphans: BTreeMap<String, Pod> = BTreeMap::new();
+        let desired = self.all_desired();
+        for sb in &sandboxes {
+            if !desired.contains_key(&sb.pod.uid) && !self.workers.contains_key(&sb.pod.uid) {
+                orphans
+                    .entry(sb.pod.uid.clone())
+                    .or_insert_with(|| synthetic_pod(&sb.pod.uid, &sb.pod.name, &sb.pod.namespace));
+            }
+        }
+        for c in &containers {
+            if !desired.contains_key(&c.pod_uid) && !self.workers.contains_key(&c.pod_uid) {
+                let name = c
+                    .labels
+                    .get(nodelet_cri::runtime::keys::POD_NAME)
+                    .cloned()
+                    .unwrap_or_default();
+                let ns = c
+                    .labels
+                    .get(nodelet_cri::runtime::keys::POD_NAMESPACE)
+                    .cloned()
+                    .unwrap_or_default();
+                orphans
+                    .entry(c.pod_uid.clone())
+                    .or_insert_with(|| synthetic_pod(&c.pod_uid, &name, &ns));
+            }
+        }
+        for (uid, pod) in orphans {
+            info!(uid = %uid, pod = pod.metadata.name.as_deref().unwrap_or(""), "removing pod no source wants");
+            self.spawn(pod);
+            self.terminate(&uid);
+        }
+    }
+}
+
+/// A stand-in for a pod known only from runtime labels, for terminating it.
+fn synthetic_pod(uid: &str, name: &str, namespace: &str) -> Pod {
+    let mut pod = Pod::default();
+    pod.metadata.uid = Some(uid.to_owned());
+    pod.metadata.name = Some(name.to_owned());
+    pod.metadata.namespace = Some(namespace.to_owned());
+    // Upstream kills pods it no longer knows with a minimal grace period.
+    pod.spec = Some(PodSpec {
+        termination_grace_period_seconds: Some(2),
+        ..Default::default()
+    });
+    pod
+}

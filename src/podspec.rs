@@ -1,0 +1,592 @@
+//! From a PodSpec to what the runtime needs: the sandbox and container configurations,
+//! the pod's volumes on disk, and the paths upstream uses (`/var/log/pods/...`,
+//! `<root>/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, Volume};
+use nodelet_cri::runtime::{ContainerConfig, Mount, PodRef, SandboxConfig, SecurityConfig};
+use thiserror::Error;
+
+/// Why a container's configuration can't be made (status `CreateContainerConfigError`).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A volume type nodelet doesn't provide (yet).
+    #[error("volume {volume:?}: {kind} volumes are not supported by nodelet yet")]
+    UnsupportedVolume {
+        /// The volume name.
+        volume: String,
+        /// Its source type.
+        kind: &'static str,
+    },
+    /// A hostPath's type check failed.
+    #[error("hostPath type check failed: {path} is not a {want}")]
+    HostPathType {
+        /// The host path.
+        path: String,
+        /// The expected type.
+        want: String,
+    },
+    /// A mount names a volume the pod doesn't have.
+    #[error("volumeMount {mount:?} references unknown volume {volume:?}")]
+    UnknownVolume {
+        /// The mount path.
+        mount: String,
+        /// The volume name.
+        volume: String,
+    },
+    /// A subPath escapes its volume.
+    #[error("subPath {0:?} must be a relative path without '..'")]
+    BadSubPath(String),
+    /// An env var source nodelet can't resolve.
+    #[error("env var {name:?}: {reason}")]
+    Env {
+        /// The variable.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A file or directory the pod needs could not be made.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError {
+    let path = path.display().to_string();
+    move |e| ConfigError::Io {
+        path,
+        reason: e.to_string(),
+    }
+}
+
+/// The identity of a pod as the runtime labels it.
+pub fn pod_ref(pod: &Pod) -> PodRef {
+    PodRef {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+    }
+}
+
+/// The pod's log directory, `<logs>/<namespace>_<name>_<uid>`, as upstream.
+pub fn log_dir(pod_logs_dir: &Path, pod: &PodRef) -> PathBuf {
+    pod_logs_dir.join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid))
+}
+
+/// The QoS class (`Guaranteed`, `Burstable`, `BestEffort`), computed as upstream's
+/// `GetPodQOS` for CPU and memory.
+pub fn qos_class(spec: &PodSpec) -> &'static str {
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in containers {
+        let res = c.resources.as_ref();
+        let requests = res.and_then(|r| r.requests.as_ref());
+        let limits = res.and_then(|r| r.limits.as_ref());
+        for name in ["cpu", "memory"] {
+            let req = requests.and_then(|r| r.get(name));
+            let lim = limits.and_then(|l| l.get(name));
+            if req.is_some() || lim.is_some() {
+                any = true;
+            }
+            match (req, lim) {
+                (_, None) => guaranteed = false,
+                (Some(r), Some(l)) if r.0 != l.0 => guaranteed = false,
+                _ => {}
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+/// The pod's cgroup, `<root>/kubepods[/burstable|/besteffort]/pod<uid>`, as upstream
+/// lays out the `cgroupfs` driver's hierarchy.
+pub fn cgroup_parent(cgroup_root: &str, qos: &str, uid: &str) -> String {
+    let root = cgroup_root.trim_end_matches('/');
+    match qos {
+        "Guaranteed" => format!("{root}/kubepods/pod{uid}"),
+        "Burstable" => format!("{root}/kubepods/burstable/pod{uid}"),
+        _ => format!("{root}/kubepods/besteffort/pod{uid}"),
+    }
+}
+
+/// The sandbox configuration of a pod.
+pub fn sandbox_config(
+    pod: &Pod,
+    attempt: u32,
+    pod_logs_dir: &Path,
+    cgroup_root: &str,
+) -> SandboxConfig {
+    let r = pod_ref(pod);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let hostname = spec
+        .hostname
+        .clone()
+        .unwrap_or_else(|| r.name.chars().take(63).collect());
+    let qos = qos_class(&spec);
+    SandboxConfig {
+        log_directory: log_dir(pod_logs_dir, &r),
+        cgroup_parent: Some(cgroup_parent(cgroup_root, qos, &r.uid)),
+        attempt,
+        hostname: hostname.trim_end_matches(['-', '.']).to_owned(),
+        host_network: spec.host_network.unwrap_or(false),
+        host_ipc: spec.host_ipc.unwrap_or(false),
+        host_pid: spec.host_pid.unwrap_or(false),
+        share_process_namespace: spec.share_process_namespace.unwrap_or(false),
+        // No cluster DNS in standalone mode: ClusterFirst falls back to the host's
+        // resolv.conf, as upstream does when --cluster-dns is empty.
+        dns: None,
+        host_aliases: spec
+            .host_aliases
+            .iter()
+            .flatten()
+            .map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default()))
+            .collect(),
+        pod: r,
+    }
+}
+
+/// Makes the pod's volumes exist on disk; returns each volume's host path.
+///
+/// # Errors
+/// [`ConfigError`] for unsupported volume types, failed hostPath type checks, and
+/// directories that can't be made.
+pub fn prepare_volumes(
+    pod: &Pod,
+    pod_dir: &Path,
+) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        out.insert(v.name.clone(), prepare_volume(v, pod_dir)?);
+    }
+    Ok(out)
+}
+
+fn prepare_volume(v: &Volume, pod_dir: &Path) -> Result<PathBuf, ConfigError> {
+    if let Some(ed) = &v.empty_dir {
+        let dir = pod_dir
+            .join("volumes/kubernetes.io~empty-dir")
+            .join(&v.name);
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
+            // Upstream makes emptyDirs world-writable so any container user can use them.
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).map_err(io(&dir))?;
+        }
+        if ed.medium.as_deref() == Some("Memory") && !is_mountpoint(&dir) {
+            let size = ed.size_limit.as_ref().map(|q| format!(",size={}", q.0));
+            nix::mount::mount(
+                Some("tmpfs"),
+                &dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some(format!("mode=0777{}", size.unwrap_or_default()).as_str()),
+            )
+            .map_err(|e| ConfigError::Io {
+                path: dir.display().to_string(),
+                reason: format!("mount tmpfs: {e}"),
+            })?;
+        }
+        return Ok(dir);
+    }
+    if let Some(hp) = &v.host_path {
+        let path = PathBuf::from(&hp.path);
+        check_host_path(&path, hp.type_.as_deref().unwrap_or(""))?;
+        return Ok(path);
+    }
+    let kind = if v.config_map.is_some() {
+        "configMap"
+    } else if v.secret.is_some() {
+        "secret"
+    } else if v.downward_api.is_some() {
+        "downwardAPI"
+    } else if v.projected.is_some() {
+        "projected"
+    } else if v.persistent_volume_claim.is_some() {
+        "persistentVolumeClaim"
+    } else {
+        "this"
+    };
+    Err(ConfigError::UnsupportedVolume {
+        volume: v.name.clone(),
+        kind,
+    })
+}
+
+fn is_mountpoint(dir: &Path) -> bool {
+    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let want = dir.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(want.as_ref()))
+}
+
+/// Unmounts memory-backed emptyDirs and removes the pod's directory.
+pub fn cleanup_pod_dir(pod_dir: &Path) {
+    let empty_dirs = pod_dir.join("volumes/kubernetes.io~empty-dir");
+    if let Ok(entries) = fs::read_dir(&empty_dirs) {
+        for e in entries.flatten() {
+            if is_mountpoint(&e.path()) {
+                let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+    if let Err(e) = fs::remove_dir_all(pod_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %pod_dir.display(), error = %e, "cannot remove pod directory");
+    }
+}
+
+fn check_host_path(path: &Path, kind: &str) -> Result<(), ConfigError> {
+    let meta = fs::metadata(path);
+    let fail = |want: &str| ConfigError::HostPathType {
+        path: path.display().to_string(),
+        want: want.to_owned(),
+    };
+    match kind {
+        "" => Ok(()),
+        "DirectoryOrCreate" => {
+            if meta.is_err() {
+                fs::create_dir_all(path).map_err(io(path))?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(io(path))?;
+                return Ok(());
+            }
+            meta.ok()
+                .filter(|m| m.is_dir())
+                .map(|_| ())
+                .ok_or_else(|| fail("directory"))
+        }
+        "Directory" => meta
+            .ok()
+            .filter(|m| m.is_dir())
+            .map(|_| ())
+            .ok_or_else(|| fail("directory")),
+        "FileOrCreate" => {
+            if meta.is_err() {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(io(parent))?;
+                }
+                fs::File::create(path).map_err(io(path))?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(io(path))?;
+                return Ok(());
+            }
+            meta.ok()
+                .filter(|m| m.is_file())
+                .map(|_| ())
+                .ok_or_else(|| fail("file"))
+        }
+        "File" => meta
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|_| ())
+            .ok_or_else(|| fail("file")),
+        "Socket" => meta
+            .ok()
+            .filter(|m| m.file_type().is_socket())
+            .map(|_| ())
+            .ok_or_else(|| fail("socket")),
+        "CharDevice" => meta
+            .ok()
+            .filter(|m| m.file_type().is_char_device())
+            .map(|_| ())
+            .ok_or_else(|| fail("character device")),
+        "BlockDevice" => meta
+            .ok()
+            .filter(|m| m.file_type().is_block_device())
+            .map(|_| ())
+            .ok_or_else(|| fail("block device")),
+        other => Err(fail(other)),
+    }
+}
+
+/// Values the downward API can give an env var.
+#[derive(Debug, Clone, Default)]
+pub struct FieldValues {
+    /// The node name.
+    pub node_name: String,
+    /// The node IP.
+    pub host_ip: String,
+    /// The pod IP (empty with none yet).
+    pub pod_ip: String,
+    /// All pod IPs, comma separated.
+    pub pod_ips: String,
+}
+
+fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String> {
+    let m = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    let from_map = |map: Option<&BTreeMap<String, String>>, prefix: &str| {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(map.and_then(|m| m.get(key)).cloned().unwrap_or_default())
+    };
+    match path {
+        "metadata.name" => m.name.clone(),
+        "metadata.namespace" => m.namespace.clone(),
+        "metadata.uid" => m.uid.clone(),
+        "spec.nodeName" => Some(f.node_name.clone()),
+        "spec.serviceAccountName" => Some(
+            spec.and_then(|s| s.service_account_name.clone())
+                .unwrap_or_default(),
+        ),
+        "status.podIP" => Some(f.pod_ip.clone()),
+        "status.podIPs" => Some(f.pod_ips.clone()),
+        "status.hostIP" | "status.hostIPs" => Some(f.host_ip.clone()),
+        _ => from_map(m.labels.as_ref(), "metadata.labels['")
+            .or_else(|| from_map(m.annotations.as_ref(), "metadata.annotations['")),
+    }
+}
+
+fn env_value(pod: &Pod, e: &EnvVar, f: &FieldValues) -> Result<String, ConfigError> {
+    if let Some(v) = &e.value {
+        return Ok(v.clone());
+    }
+    let Some(from) = &e.value_from else {
+        return Ok(String::new());
+    };
+    if let Some(fr) = &from.field_ref {
+        return field_ref(pod, &fr.field_path, f).ok_or_else(|| ConfigError::Env {
+            name: e.name.clone(),
+            reason: format!("unsupported fieldRef {:?}", fr.field_path),
+        });
+    }
+    let source = if from.config_map_key_ref.is_some() {
+        "configMapKeyRef"
+    } else if from.secret_key_ref.is_some() {
+        "secretKeyRef"
+    } else {
+        "resourceFieldRef"
+    };
+    Err(ConfigError::Env {
+        name: e.name.clone(),
+        reason: format!("{source} is not supported by nodelet yet"),
+    })
+}
+
+fn relative_clean(sub: &str) -> Result<&Path, ConfigError> {
+    let p = Path::new(sub);
+    if p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(ConfigError::BadSubPath(sub.to_owned()));
+    }
+    Ok(p)
+}
+
+/// Security settings: the container's `securityContext` over the pod's.
+pub fn security(pod: &PodSpec, c: &Container) -> SecurityConfig {
+    let psc = pod.security_context.as_ref();
+    let csc = c.security_context.as_ref();
+    let to_u32 = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+    let caps = csc.and_then(|s| s.capabilities.as_ref());
+    SecurityConfig {
+        run_as_user: to_u32(
+            csc.and_then(|s| s.run_as_user)
+                .or_else(|| psc.and_then(|s| s.run_as_user)),
+        ),
+        run_as_group: to_u32(
+            csc.and_then(|s| s.run_as_group)
+                .or_else(|| psc.and_then(|s| s.run_as_group)),
+        ),
+        supplemental_groups: psc
+            .and_then(|s| s.supplemental_groups.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|g| u32::try_from(g).ok())
+            .collect(),
+        privileged: csc.and_then(|s| s.privileged).unwrap_or(false),
+        add_capabilities: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
+        drop_capabilities: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
+        readonly_rootfs: csc
+            .and_then(|s| s.read_only_root_filesystem)
+            .unwrap_or(false),
+        no_new_privileges: csc.and_then(|s| s.allow_privilege_escalation) == Some(false),
+    }
+}
+
+/// The runtime configuration of one container instance.
+///
+/// # Errors
+/// [`ConfigError`] for bad mounts and env sources nodelet can't resolve.
+pub fn container_config(
+    pod: &Pod,
+    c: &Container,
+    attempt: u32,
+    volumes: &BTreeMap<String, PathBuf>,
+    termination_log: &Path,
+    image: &str,
+    fields: &FieldValues,
+) -> Result<ContainerConfig, ConfigError> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut mounts = Vec::new();
+    for vm in c.volume_mounts.iter().flatten() {
+        let base = volumes
+            .get(&vm.name)
+            .ok_or_else(|| ConfigError::UnknownVolume {
+                mount: vm.mount_path.clone(),
+                volume: vm.name.clone(),
+            })?;
+        let host_path = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => {
+                let p = base.join(relative_clean(sub)?);
+                if !p.exists() {
+                    fs::create_dir_all(&p).map_err(io(&p))?;
+                }
+                p
+            }
+            None => base.clone(),
+        };
+        // A relative mountPath is taken from the root, as the kubelet does.
+        let container_path = if vm.mount_path.starts_with('/') {
+            vm.mount_path.clone()
+        } else {
+            format!("/{}", vm.mount_path)
+        };
+        mounts.push(Mount {
+            container_path,
+            host_path,
+            readonly: vm.read_only.unwrap_or(false),
+        });
+    }
+    let tm_path = c
+        .termination_message_path
+        .clone()
+        .unwrap_or_else(|| "/dev/termination-log".to_owned());
+    if !mounts.iter().any(|m| m.container_path == tm_path) {
+        mounts.push(Mount {
+            container_path: tm_path,
+            host_path: termination_log.to_path_buf(),
+            readonly: false,
+        });
+    }
+    let mut env = Vec::new();
+    for e in c.env.iter().flatten() {
+        env.push((e.name.clone(), env_value(pod, e, fields)?));
+    }
+    Ok(ContainerConfig {
+        name: c.name.clone(),
+        attempt,
+        image: image.to_owned(),
+        command: c.command.clone().unwrap_or_default(),
+        args: c.args.clone().unwrap_or_default(),
+        working_dir: c.working_dir.clone(),
+        env,
+        mounts,
+        log_path: PathBuf::from(&c.name).join(format!("{attempt}.log")),
+        security: security(&spec, c),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn container(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> Container {
+        let map = |kv: &[(&str, &str)]| {
+            (!kv.is_empty()).then(|| {
+                kv.iter()
+                    .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+                    .collect()
+            })
+        };
+        Container {
+            name: "c".into(),
+            resources: Some(ResourceRequirements {
+                requests: map(requests),
+                limits: map(limits),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn spec(cs: Vec<Container>) -> PodSpec {
+        PodSpec {
+            containers: cs,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn qos_classes() {
+        assert_eq!(qos_class(&spec(vec![container(&[], &[])])), "BestEffort");
+        assert_eq!(
+            qos_class(&spec(vec![container(
+                &[("cpu", "1"), ("memory", "1Gi")],
+                &[("cpu", "1"), ("memory", "1Gi")]
+            )])),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&spec(vec![container(&[("cpu", "100m")], &[])])),
+            "Burstable"
+        );
+        assert_eq!(
+            qos_class(&spec(vec![
+                container(
+                    &[("cpu", "1"), ("memory", "1Gi")],
+                    &[("cpu", "1"), ("memory", "1Gi")]
+                ),
+                container(&[], &[])
+            ])),
+            "Burstable"
+        );
+    }
+
+    #[test]
+    fn cgroup_parents() {
+        assert_eq!(cgroup_parent("/", "Guaranteed", "u"), "/kubepods/podu");
+        assert_eq!(
+            cgroup_parent("/t", "BestEffort", "u"),
+            "/t/kubepods/besteffort/podu"
+        );
+    }
+
+    #[test]
+    fn sub_paths_must_stay_inside() {
+        assert!(relative_clean("a/b").is_ok());
+        assert!(relative_clean("../x").is_err());
+        assert!(relative_clean("/x").is_err());
+    }
+
+    #[test]
+    fn field_refs() {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("p".into());
+        pod.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
+        let f = FieldValues {
+            pod_ip: "10.0.0.1".into(),
+            ..Default::default()
+        };
+        assert_eq!(field_ref(&pod, "metadata.name", &f).as_deref(), Some("p"));
+        assert_eq!(
+            field_ref(&pod, "metadata.labels['app']", &f).as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            field_ref(&pod, "status.podIP", &f).as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(field_ref(&pod, "spec.nope", &f), None);
+    }
+}

@@ -1,0 +1,73 @@
+//! The agent's HTTP endpoints: the read-only port (`GET /pods`, a `v1.PodList` with
+//! live status, as upstream's read-only port serves) and the healthz port.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use k8s_openapi::List;
+use k8s_openapi::api::core::v1::Pod;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::worker::PodMap;
+
+/// Builds the read-only API.
+pub fn read_only_router(pods: watch::Receiver<PodMap>) -> Router {
+    Router::new()
+        .route("/pods", get(list_pods))
+        .route("/pods/", get(list_pods))
+        .route("/healthz", get(healthz))
+        .with_state(pods)
+}
+
+/// Builds the healthz endpoint.
+pub fn healthz_router() -> Router {
+    Router::new().route("/healthz", get(healthz))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The pods as a `v1.PodList`, sorted by namespace and name.
+pub fn pod_list(pods: &PodMap) -> List<Pod> {
+    let mut items: Vec<Pod> = pods.values().map(|p| Pod::clone(p)).collect();
+    items.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    List {
+        items,
+        metadata: Default::default(),
+    }
+}
+
+async fn list_pods(State(pods): State<watch::Receiver<PodMap>>) -> impl IntoResponse {
+    let list = pod_list(&pods.borrow());
+    let body = serde_json::to_vec(&list).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Binds `addr` (so a taken port fails start-up) and returns the server future.
+///
+/// # Errors
+/// The bind error, naming the address.
+pub async fn bind(
+    addr: SocketAddr,
+    router: Router,
+    cancel: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    Ok(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::warn!(%addr, error = %e, "http server stopped");
+        }
+    })
+}

@@ -1,0 +1,590 @@
+//! Pod status as upstream computes it: container states from what the runtime reports
+//! plus the worker's own reasons (`ContainerCreating`, `ErrImagePull`,
+//! `CrashLoopBackOff`), the pod phase (`getPhase`), conditions, and the STATUS column
+//! kubectl prints. Pure functions, tested with tables of upstream cases.
+
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use nodelet_cri::runtime::{ContainerInfo, ContainerState as RtState};
+
+/// A `Time` from a `SystemTime`.
+pub fn k8s_time(t: SystemTime) -> Option<Time> {
+    jiff::Timestamp::try_from(t).ok().map(Time)
+}
+
+/// A reason the worker holds a container back, shown as its `waiting` state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// `ContainerCreating`, `ErrImagePull`, `CrashLoopBackOff`, …
+    pub reason: String,
+    /// The detail.
+    pub message: Option<String>,
+}
+
+/// What the worker knows of one container of the spec.
+#[derive(Debug, Clone)]
+pub struct ContainerView {
+    /// The name in the spec.
+    pub name: String,
+    /// The image in the spec.
+    pub image: String,
+    /// The newest instance, if any.
+    pub current: Option<ContainerInfo>,
+    /// The instance before it, for `lastState`.
+    pub previous: Option<ContainerInfo>,
+    /// Set when the worker holds the container back.
+    pub waiting: Option<Waiting>,
+}
+
+fn terminated(info: &ContainerInfo) -> ContainerStateTerminated {
+    let code = info.exit_code.unwrap_or(0);
+    ContainerStateTerminated {
+        exit_code: code,
+        reason: Some(if code == 0 { "Completed" } else { "Error" }.to_owned()),
+        started_at: info.started_at.and_then(k8s_time),
+        finished_at: info.finished_at.and_then(k8s_time),
+        container_id: Some(format!("containerd://{}", info.id)),
+        ..Default::default()
+    }
+}
+
+fn waiting(reason: &str, message: Option<String>) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.to_owned()),
+            message,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The status of one container.
+pub fn container_status(v: &ContainerView) -> ContainerStatus {
+    let current = v.current.as_ref();
+    let exited = current.is_some_and(|c| c.state == RtState::Exited);
+    let (state, last) = match (&v.waiting, current) {
+        (Some(w), Some(c)) if exited => {
+            (waiting(&w.reason, w.message.clone()), Some(terminated(c)))
+        }
+        (Some(w), _) => (
+            waiting(&w.reason, w.message.clone()),
+            v.previous.as_ref().map(terminated),
+        ),
+        (None, Some(c)) => {
+            let state = match c.state {
+                RtState::Running => ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: c.started_at.and_then(k8s_time),
+                    }),
+                    ..Default::default()
+                },
+                RtState::Exited => ContainerState {
+                    terminated: Some(terminated(c)),
+                    ..Default::default()
+                },
+                RtState::Created | RtState::Unknown => waiting("ContainerCreating", None),
+            };
+            (state, v.previous.as_ref().map(terminated))
+        }
+        (None, None) => (waiting("ContainerCreating", None), None),
+    };
+    let running = state.running.is_some();
+    ContainerStatus {
+        name: v.name.clone(),
+        image: current.map_or_else(|| v.image.clone(), |c| c.image.clone()),
+        image_id: current.map(|c| c.image_id.clone()).unwrap_or_default(),
+        container_id: current.map(|c| format!("containerd://{}", c.id)),
+        restart_count: current.map_or(0, |c| i32::try_from(c.attempt).unwrap_or(i32::MAX)),
+        ready: running,
+        started: Some(running),
+        state: Some(state),
+        last_state: Some(
+            last.map_or_else(ContainerState::default, |t| ContainerState {
+                terminated: Some(t),
+                ..Default::default()
+            }),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The pod phase from its container statuses, as upstream's `getPhase`.
+pub fn phase(restart_policy: &str, statuses: &[ContainerStatus]) -> &'static str {
+    let (mut waiting, mut running, mut stopped, mut succeeded, mut unknown) = (0, 0, 0, 0, 0);
+    for s in statuses {
+        let state = s.state.clone().unwrap_or_default();
+        if state.running.is_some() {
+            running += 1;
+        } else if let Some(t) = &state.terminated {
+            stopped += 1;
+            if t.exit_code == 0 {
+                succeeded += 1;
+            }
+        } else if state.waiting.is_some() {
+            if s.last_state
+                .as_ref()
+                .and_then(|l| l.terminated.as_ref())
+                .is_some()
+            {
+                stopped += 1;
+            } else {
+                waiting += 1;
+            }
+        } else {
+            unknown += 1;
+        }
+    }
+    if waiting > 0 {
+        return "Pending";
+    }
+    if running > 0 && unknown == 0 {
+        return "Running";
+    }
+    if running == 0 && stopped > 0 && unknown == 0 {
+        if restart_policy == "Always" {
+            return "Running";
+        }
+        if stopped == succeeded {
+            return "Succeeded";
+        }
+        if restart_policy == "Never" {
+            return "Failed";
+        }
+        return "Running";
+    }
+    "Pending"
+}
+
+/// Inputs of a pod's status besides its containers.
+#[derive(Debug, Clone)]
+pub struct PodFacts {
+    /// The sandbox runs and its network is set up.
+    pub sandbox_ready: bool,
+    /// Pod IPs.
+    pub pod_ips: Vec<String>,
+    /// Node IP.
+    pub host_ip: String,
+    /// When the agent accepted the pod.
+    pub start_time: SystemTime,
+    /// A pod-level failure reason and message (`Failed`).
+    pub failure: Option<(String, String)>,
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: Option<&str>,
+    message: Option<String>,
+    previous: &[PodCondition],
+    now: SystemTime,
+) -> PodCondition {
+    let status = if ok { "True" } else { "False" };
+    // A condition's transition time moves only when its status changes.
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .or_else(|| k8s_time(now));
+    PodCondition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.map(str::to_owned),
+        message,
+        last_transition_time: since,
+        ..Default::default()
+    }
+}
+
+/// The pod's status.
+pub fn pod_status(
+    pod: &Pod,
+    views: &[ContainerView],
+    facts: &PodFacts,
+    previous: Option<&PodStatus>,
+    now: SystemTime,
+) -> PodStatus {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    let statuses: Vec<ContainerStatus> = views.iter().map(container_status).collect();
+    let mut phase = phase(policy, &statuses).to_owned();
+    let (mut reason, mut message) = (None, None);
+    if let Some((r, m)) = &facts.failure {
+        phase = "Failed".to_owned();
+        reason = Some(r.clone());
+        message = Some(m.clone());
+    }
+    let prev_conditions = previous
+        .and_then(|p| p.conditions.clone())
+        .unwrap_or_default();
+    let not_ready: Vec<&str> = statuses
+        .iter()
+        .filter(|s| !s.ready)
+        .map(|s| s.name.as_str())
+        .collect();
+    let terminal = phase == "Succeeded" || phase == "Failed";
+    let (ready_reason, ready_message) = if terminal && phase == "Succeeded" {
+        (Some("PodCompleted"), None)
+    } else if !not_ready.is_empty() {
+        (
+            Some("ContainersNotReady"),
+            Some(format!(
+                "containers with unready status: [{}]",
+                not_ready.join(" ")
+            )),
+        )
+    } else {
+        (None, None)
+    };
+    let all_ready = not_ready.is_empty() && !terminal;
+    let conditions = vec![
+        condition(
+            "PodReadyToStartContainers",
+            facts.sandbox_ready,
+            None,
+            None,
+            &prev_conditions,
+            now,
+        ),
+        condition(
+            "Initialized",
+            true,
+            (phase == "Succeeded").then_some("PodCompleted"),
+            None,
+            &prev_conditions,
+            now,
+        ),
+        condition(
+            "Ready",
+            all_ready,
+            ready_reason,
+            ready_message.clone(),
+            &prev_conditions,
+            now,
+        ),
+        condition(
+            "ContainersReady",
+            all_ready,
+            ready_reason,
+            ready_message,
+            &prev_conditions,
+            now,
+        ),
+        condition("PodScheduled", true, None, None, &prev_conditions, now),
+    ];
+    PodStatus {
+        phase: Some(phase),
+        reason,
+        message,
+        conditions: Some(conditions),
+        host_ip: Some(facts.host_ip.clone()),
+        host_ips: Some(vec![HostIP {
+            ip: facts.host_ip.clone(),
+        }]),
+        pod_ip: facts.pod_ips.first().cloned(),
+        pod_ips: (!facts.pod_ips.is_empty()).then(|| {
+            facts
+                .pod_ips
+                .iter()
+                .map(|ip| PodIP { ip: ip.clone() })
+                .collect()
+        }),
+        start_time: k8s_time(facts.start_time),
+        container_statuses: Some(statuses),
+        qos_class: Some(crate::podspec::qos_class(&spec).to_owned()),
+        ..Default::default()
+    }
+}
+
+/// The STATUS column of `kubectl get pods` (kubectl's `printPod`).
+pub fn status_column(pod: &Pod) -> String {
+    let status = pod.status.clone().unwrap_or_default();
+    let mut reason = status
+        .reason
+        .clone()
+        .filter(|r| !r.is_empty())
+        .or(status.phase.clone())
+        .unwrap_or_else(|| "Unknown".to_owned());
+    let mut has_running = false;
+    for c in status.container_statuses.iter().flatten().rev() {
+        let state = c.state.clone().unwrap_or_default();
+        if let Some(w) = state
+            .waiting
+            .as_ref()
+            .and_then(|w| w.reason.clone())
+            .filter(|r| !r.is_empty())
+        {
+            reason = w;
+        } else if let Some(t) = &state.terminated {
+            reason = match &t.reason {
+                Some(r) if !r.is_empty() => r.clone(),
+                _ if t.signal.unwrap_or(0) != 0 => format!("Signal:{}", t.signal.unwrap_or(0)),
+                _ => format!("ExitCode:{}", t.exit_code),
+            };
+        } else if c.ready && state.running.is_some() {
+            has_running = true;
+        }
+    }
+    if reason == "Completed" && has_running {
+        reason = "Running".to_owned();
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        reason = "Terminating".to_owned();
+    }
+    reason
+}
+
+/// The READY column: ready containers / containers.
+pub fn ready_column(pod: &Pod) -> String {
+    let total = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+    let ready = pod
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter(|c| c.ready)
+        .count();
+    format!("{ready}/{total}")
+}
+
+/// The RESTARTS column: the sum, with how long ago the last one was.
+pub fn restarts_column(pod: &Pod, now: SystemTime) -> String {
+    let mut total = 0;
+    let mut last: Option<jiff::Timestamp> = None;
+    for c in pod
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+    {
+        total += c.restart_count;
+        if let Some(t) = c
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .and_then(|t| t.finished_at.as_ref())
+        {
+            last = Some(last.map_or(t.0, |l| l.max(t.0)));
+        }
+    }
+    match last {
+        Some(t) if total > 0 => {
+            let ago = now.duration_since(SystemTime::from(t)).unwrap_or_default();
+            format!("{total} ({} ago)", human_duration(ago))
+        }
+        _ => total.to_string(),
+    }
+}
+
+/// kubectl's `HumanDuration`: `45s`, `3m20s`, `12m`, `5h`, `2d3h`, …
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..120 => format!("{s}s"),
+        120..600 => {
+            let (m, sec) = (s / 60, s % 60);
+            if sec == 0 {
+                format!("{m}m")
+            } else {
+                format!("{m}m{sec}s")
+            }
+        }
+        600..10800 => format!("{}m", s / 60),
+        10800..28800 => {
+            let (h, m) = (s / 3600, (s % 3600) / 60);
+            if m == 0 {
+                format!("{h}h")
+            } else {
+                format!("{h}h{m}m")
+            }
+        }
+        28800..172800 => format!("{}h", s / 3600),
+        _ => {
+            let (days, h) = (s / 86400, (s % 86400) / 3600);
+            if days < 8 && h != 0 {
+                format!("{days}d{h}h")
+            } else {
+                format!("{days}d")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn info(state: RtState, attempt: u32, exit: Option<i32>) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("id{attempt}"),
+            pod_uid: "u".into(),
+            name: "c".into(),
+            attempt,
+            sandbox_id: "s".into(),
+            image: "img".into(),
+            image_id: "sha256:x".into(),
+            state,
+            pid: 1,
+            created_at: SystemTime::UNIX_EPOCH,
+            started_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(10)),
+            finished_at: exit.map(|_| SystemTime::UNIX_EPOCH + Duration::from_secs(20)),
+            exit_code: exit,
+            log_path: "/l".into(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn view(current: Option<ContainerInfo>, w: Option<&str>) -> ContainerView {
+        ContainerView {
+            name: "c".into(),
+            image: "img".into(),
+            current,
+            previous: None,
+            waiting: w.map(|r| Waiting {
+                reason: r.into(),
+                message: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn phases_follow_get_phase() {
+        let running = container_status(&view(Some(info(RtState::Running, 0, None)), None));
+        let ok = container_status(&view(Some(info(RtState::Exited, 0, Some(0))), None));
+        let failed = container_status(&view(Some(info(RtState::Exited, 0, Some(3))), None));
+        let creating = container_status(&view(None, None));
+        let backoff = container_status(&view(
+            Some(info(RtState::Exited, 1, Some(1))),
+            Some("CrashLoopBackOff"),
+        ));
+        let cases: &[(&str, Vec<ContainerStatus>, &str)] = &[
+            ("Always", vec![running.clone()], "Running"),
+            ("Always", vec![creating.clone()], "Pending"),
+            ("Always", vec![running.clone(), creating.clone()], "Pending"),
+            ("Never", vec![ok.clone()], "Succeeded"),
+            ("Never", vec![failed.clone()], "Failed"),
+            ("Never", vec![ok.clone(), failed.clone()], "Failed"),
+            ("Never", vec![ok.clone(), running.clone()], "Running"),
+            ("OnFailure", vec![ok.clone()], "Succeeded"),
+            ("OnFailure", vec![failed.clone()], "Running"),
+            ("Always", vec![ok.clone()], "Running"),
+            ("Always", vec![backoff.clone()], "Running"),
+        ];
+        for (policy, statuses, want) in cases {
+            assert_eq!(phase(policy, statuses), *want, "{policy} {statuses:?}");
+        }
+    }
+
+    #[test]
+    fn terminated_reasons_and_last_state() {
+        let s = container_status(&view(Some(info(RtState::Exited, 0, Some(3))), None));
+        let t = s.state.and_then(|s| s.terminated).expect("terminated");
+        assert_eq!((t.exit_code, t.reason.as_deref()), (3, Some("Error")));
+        assert_eq!(t.container_id.as_deref(), Some("containerd://id0"));
+
+        let s = container_status(&view(
+            Some(info(RtState::Exited, 2, Some(1))),
+            Some("CrashLoopBackOff"),
+        ));
+        assert_eq!(s.restart_count, 2);
+        assert_eq!(
+            s.state
+                .and_then(|s| s.waiting)
+                .and_then(|w| w.reason)
+                .as_deref(),
+            Some("CrashLoopBackOff")
+        );
+        assert_eq!(
+            s.last_state.and_then(|l| l.terminated).map(|t| t.exit_code),
+            Some(1)
+        );
+    }
+
+    fn pod_with(statuses: Vec<ContainerStatus>, phase: &str) -> Pod {
+        Pod {
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                containers: statuses
+                    .iter()
+                    .map(|s| k8s_openapi::api::core::v1::Container {
+                        name: s.name.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                container_statuses: Some(statuses),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_column_like_kubectl() {
+        let running = container_status(&view(Some(info(RtState::Running, 0, None)), None));
+        let ok = container_status(&view(Some(info(RtState::Exited, 0, Some(0))), None));
+        let backoff = container_status(&view(
+            Some(info(RtState::Exited, 1, Some(1))),
+            Some("CrashLoopBackOff"),
+        ));
+        let pull = container_status(&view(None, Some("ErrImagePull")));
+        let cases = [
+            (pod_with(vec![running.clone()], "Running"), "Running", "1/1"),
+            (pod_with(vec![ok.clone()], "Succeeded"), "Completed", "0/1"),
+            (
+                pod_with(vec![backoff], "Running"),
+                "CrashLoopBackOff",
+                "0/1",
+            ),
+            (pod_with(vec![pull], "Pending"), "ErrImagePull", "0/1"),
+            (pod_with(vec![ok, running], "Running"), "Running", "1/2"),
+        ];
+        for (pod, status, ready) in cases {
+            assert_eq!(status_column(&pod), status);
+            assert_eq!(ready_column(&pod), ready);
+        }
+    }
+
+    #[test]
+    fn human_durations() {
+        for (secs, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (200, "3m20s"),
+            (720, "12m"),
+            (4 * 3600 + 60, "4h1m"),
+            (9 * 3600, "9h"),
+            (3 * 86400 + 3600, "3d1h"),
+        ] {
+            assert_eq!(human_duration(Duration::from_secs(secs)), want);
+        }
+    }
+
+    #[test]
+    fn transition_time_kept_while_status_unchanged() {
+        let pod = pod_with(vec![], "Running");
+        let facts = PodFacts {
+            sandbox_ready: true,
+            pod_ips: vec!["10.0.0.2".into()],
+            host_ip: "192.0.2.1".into(),
+            start_time: SystemTime::UNIX_EPOCH,
+            failure: None,
+        };
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let first = pod_status(&pod, &[], &facts, None, t0);
+        let later = pod_status(
+            &pod,
+            &[],
+            &facts,
+            Some(&first),
+            t0 + Duration::from_secs(50),
+        );
+        assert_eq!(first.conditions, later.conditions);
+        assert_eq!(later.pod_ip.as_deref(), Some("10.0.0.2"));
+    }
+}

@@ -1,0 +1,704 @@
+//! The pod worker: one task per pod, the only owner of that pod's runtime state.
+//!
+//! Each sync observes the pod's sandboxes and containers in the runtime (the truth,
+//! which is also how a restarted agent adopts what it left running), brings them
+//! toward the spec — sandbox first, then containers, restarting per `restartPolicy`
+//! with upstream's crash-loop back-off — and publishes the pod's status. Syncs are
+//! triggered by messages (spec updates, runtime events) and by a slow resync timer.
+//! Termination stops containers with the grace period, then removes everything.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use nodelet_cri::runtime::{ContainerInfo, ContainerState, Runtime, RuntimeError, SandboxInfo};
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::podspec::{self, FieldValues};
+use crate::status::{self, ContainerView, PodFacts, Waiting};
+
+/// The published pods, by UID.
+pub type PodMap = std::collections::BTreeMap<String, Arc<Pod>>;
+
+/// How often a worker re-lists its pod's runtime state without being asked.
+pub const RESYNC_PERIOD: Duration = Duration::from_secs(10);
+/// Upstream's crash-loop back-off: 10 s doubling to 5 minutes.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+/// The back-off cap.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A container that ran this long before exiting restarts without back-off.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// What a worker is told.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// A new version of the pod's spec.
+    Update(Box<Pod>),
+    /// The pod is gone from its source: stop and remove it.
+    Terminate,
+    /// Something changed in the runtime: look again.
+    Sync,
+}
+
+/// What every worker shares.
+#[derive(Debug)]
+pub struct WorkerEnv<R> {
+    /// The runtime.
+    pub runtime: Arc<R>,
+    /// `--root-dir`.
+    pub root_dir: PathBuf,
+    /// `--pod-logs-dir`.
+    pub pod_logs_dir: PathBuf,
+    /// `--cgroup-root`.
+    pub cgroup_root: String,
+    /// The node name.
+    pub node_name: String,
+    /// The node IP.
+    pub host_ip: String,
+    /// Where pod statuses are published.
+    pub statuses: watch::Sender<PodMap>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    delay: Duration,
+}
+
+/// One pod's worker.
+pub struct PodWorker<R> {
+    env: Arc<WorkerEnv<R>>,
+    pod: Pod,
+    uid: String,
+    start_time: SystemTime,
+    backoff: HashMap<String, Backoff>,
+    image_backoff: HashMap<String, (u32, SystemTime)>,
+    last_ips: Vec<String>,
+    last_status: Option<PodStatus>,
+    sandbox_error: Option<(String, SystemTime)>,
+}
+
+/// The outcome of one sync.
+enum Next {
+    /// Sync again after this long (or earlier, when a message comes).
+    After(Duration),
+    /// The pod is removed; the worker ends.
+    Done,
+}
+
+fn display_name(pod: &Pod) -> String {
+    format!(
+        "{}_{}({})",
+        pod.metadata.name.as_deref().unwrap_or(""),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.uid.as_deref().unwrap_or("")
+    )
+}
+
+fn restart_wanted(policy: &str, exit_code: Option<i32>) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => exit_code.unwrap_or(0) != 0,
+        _ => true,
+    }
+}
+
+impl<R: Runtime> PodWorker<R> {
+    /// A worker for `pod`.
+    pub fn new(env: Arc<WorkerEnv<R>>, pod: Pod) -> Self {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        Self {
+            env,
+            pod,
+            uid,
+            start_time: SystemTime::now(),
+            backoff: HashMap::new(),
+            image_backoff: HashMap::new(),
+            last_ips: Vec::new(),
+            last_status: None,
+            sandbox_error: None,
+        }
+    }
+
+    /// Runs until the pod is terminated and removed, or `rx` closes (agent shutdown,
+    /// which leaves the pod running, as upstream does).
+    pub async fn run(mut self, mut rx: mpsc::Receiver<WorkerMsg>) {
+        let span = info_span!(
+            "pod",
+            pod = self.pod.metadata.name.as_deref().unwrap_or(""),
+            namespace = self.pod.metadata.namespace.as_deref().unwrap_or(""),
+            uid = %self.uid
+        );
+        async move {
+            let mut terminating = false;
+            // An orphan's worker is told to terminate before it first runs.
+            while let Ok(m) = rx.try_recv() {
+                terminating |= self.apply(m);
+            }
+            let mut failures = 0u32;
+            loop {
+                let result = if terminating {
+                    self.terminate().await
+                } else {
+                    self.sync().await
+                };
+                let wait = match result {
+                    Ok(Next::Done) => return,
+                    Ok(Next::After(d)) => {
+                        failures = 0;
+                        d
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        warn!(error = %e, "pod sync failed");
+                        Duration::from_millis(500 * 2u64.pow(failures.min(5)))
+                    }
+                };
+                let deadline = tokio::time::Instant::now() + wait;
+                // Take every message that is already queued before syncing again, so
+                // a burst of events costs one sync.
+                tokio::select! {
+                    msg = rx.recv() => match msg {
+                        None => return,
+                        Some(m) => terminating |= self.apply(m),
+                    },
+                    () = tokio::time::sleep_until(deadline) => {}
+                }
+                while let Ok(m) = rx.try_recv() {
+                    terminating |= self.apply(m);
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Applies a message; true when it asks for termination.
+    fn apply(&mut self, msg: WorkerMsg) -> bool {
+        match msg {
+            WorkerMsg::Update(pod) => {
+                self.pod = *pod;
+                false
+            }
+            WorkerMsg::Terminate => true,
+            WorkerMsg::Sync => false,
+        }
+    }
+
+    /// Shows the pod as being deleted (kubectl prints `Terminating`), as the
+    /// apiserver's deletion timestamp does for a pod the kubelet is stopping.
+    fn mark_terminating(&mut self) {
+        if self.pod.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        let grace = self.grace_period();
+        self.pod.metadata.deletion_timestamp = status::k8s_time(SystemTime::now() + grace);
+        self.pod.metadata.deletion_grace_period_seconds = i64::try_from(grace.as_secs()).ok();
+        let mut pod = self.pod.clone();
+        pod.status = self.last_status.clone();
+        let pod = Arc::new(pod);
+        self.env.statuses.send_modify(|m| {
+            if m.contains_key(&self.uid) {
+                m.insert(self.uid.clone(), pod);
+            }
+        });
+    }
+
+    fn grace_period(&self) -> Duration {
+        let secs = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+    }
+
+    fn pod_dir(&self) -> PathBuf {
+        self.env.root_dir.join("pods").join(&self.uid)
+    }
+
+    async fn terminate(&mut self) -> Result<Next, RuntimeError> {
+        self.mark_terminating();
+        let rt = &self.env.runtime;
+        let containers = rt.list_containers(Some(&self.uid)).await?;
+        let grace = self.grace_period();
+        let stops = containers
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .map(|c| rt.stop_container(&c.id, grace));
+        for r in futures::future::join_all(stops).await {
+            r?;
+        }
+        for c in &containers {
+            rt.remove_container(&c.id).await?;
+        }
+        for sb in rt.list_sandboxes(Some(&self.uid)).await? {
+            rt.remove_sandbox(&sb.id).await?;
+        }
+        podspec::cleanup_pod_dir(&self.pod_dir());
+        self.env.statuses.send_modify(|m| {
+            m.remove(&self.uid);
+        });
+        info!("pod removed");
+        Ok(Next::Done)
+    }
+
+    async fn sync(&mut self) -> Result<Next, RuntimeError> {
+        let now = SystemTime::now();
+        let rt = Arc::clone(&self.env.runtime);
+        let sandboxes = rt.list_sandboxes(Some(&self.uid)).await?;
+        let mut containers = rt.list_containers(Some(&self.uid)).await?;
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        let mut wake = RESYNC_PERIOD;
+        let mut waiting: HashMap<String, Waiting> = HashMap::new();
+        // An adopted pod started when its oldest sandbox was made, not when this
+        // agent process first saw it.
+        if let Some(first) = sandboxes.iter().map(|s| s.created_at).min() {
+            self.start_time = self.start_time.min(first);
+        }
+
+        let latest = |infos: &[ContainerInfo],
+                      name: &str|
+         -> (Option<ContainerInfo>, Option<ContainerInfo>) {
+            let mut mine: Vec<&ContainerInfo> = infos.iter().filter(|c| c.name == name).collect();
+            mine.sort_by_key(|c| (c.attempt, c.created_at));
+            let cur = mine.pop().cloned();
+            (cur, mine.pop().cloned())
+        };
+        // The pod is finished when no container will run again.
+        let done = spec.containers.iter().all(|c| {
+            let (cur, _) = latest(&containers, &c.name);
+            cur.is_some_and(|cur| {
+                cur.state == ContainerState::Exited && !restart_wanted(&policy, cur.exit_code)
+            })
+        });
+
+        let mut sandbox: Option<SandboxInfo> = sandboxes
+            .iter()
+            .filter(|s| s.ready)
+            .max_by_key(|s| s.attempt)
+            .cloned();
+        if done {
+            // A finished pod gives back its sandbox and IP, keeping its containers
+            // (their logs and exit codes) until the pod is removed.
+            for sb in &sandboxes {
+                rt.remove_sandbox(&sb.id).await?;
+                debug!(sandbox = %sb.id, "sandbox of a finished pod removed");
+            }
+            sandbox = None;
+        } else if sandbox.is_none() {
+            sandbox = self
+                .new_sandbox(&sandboxes, &containers, now, &mut wake)
+                .await?;
+            if sandbox.is_some() {
+                containers = rt.list_containers(Some(&self.uid)).await?;
+            }
+        }
+        if let Some(sb) = &sandbox {
+            // A host-network pod has the node's IP, as upstream reports it.
+            self.last_ips = if sb.host_network {
+                vec![self.env.host_ip.clone()]
+            } else {
+                sb.ips.iter().map(ToString::to_string).collect()
+            };
+            // Old sandboxes of this pod go once a new one runs.
+            for old in sandboxes.iter().filter(|s| s.id != sb.id) {
+                rt.remove_sandbox(&old.id).await?;
+            }
+        }
+
+        if let (Some(sb), false) = (&sandbox, done) {
+            match podspec::prepare_volumes(&self.pod, &self.pod_dir()) {
+                Err(e) => {
+                    for c in &spec.containers {
+                        waiting.insert(
+                            c.name.clone(),
+                            Waiting {
+                                reason: "CreateContainerConfigError".into(),
+                                message: Some(e.to_string()),
+                            },
+                        );
+                    }
+                }
+                Ok(volumes) => {
+                    for c in &spec.containers {
+                        let (cur, prev) = latest(&containers, &c.name);
+                        let result = self
+                            .sync_container(
+                                sb,
+                                c,
+                                cur.as_ref(),
+                                prev.as_ref(),
+                                &volumes,
+                                &policy,
+                                now,
+                            )
+                            .await?;
+                        if let Some((w, retry)) = result {
+                            wake = wake.min(retry);
+                            waiting.insert(c.name.clone(), w);
+                        }
+                    }
+                    containers = rt.list_containers(Some(&self.uid)).await?;
+                }
+            }
+        } else if let (None, false, Some((msg, _))) = (&sandbox, done, &self.sandbox_error) {
+            for c in &spec.containers {
+                waiting.insert(
+                    c.name.clone(),
+                    Waiting {
+                        reason: "ContainerCreating".into(),
+                        message: Some(msg.clone()),
+                    },
+                );
+            }
+        }
+
+        self.publish(&containers, sandbox.as_ref(), waiting, now);
+        Ok(Next::After(wake))
+    }
+
+    /// Replaces a dead or missing sandbox: containers of the old one are killed (they
+    /// lost their network), as upstream does when a sandbox changes.
+    async fn new_sandbox(
+        &mut self,
+        sandboxes: &[SandboxInfo],
+        containers: &[ContainerInfo],
+        now: SystemTime,
+        wake: &mut Duration,
+    ) -> Result<Option<SandboxInfo>, RuntimeError> {
+        if let Some((_, retry_at)) = &self.sandbox_error
+            && now < *retry_at
+        {
+            *wake = retry_at.duration_since(now).unwrap_or_default();
+            return Ok(None);
+        }
+        let rt = &self.env.runtime;
+        for c in containers
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+        {
+            rt.stop_container(&c.id, Duration::ZERO).await?;
+        }
+        for sb in sandboxes {
+            rt.remove_sandbox(&sb.id).await?;
+        }
+        let attempt = sandboxes.iter().map(|s| s.attempt + 1).max().unwrap_or(0);
+        let config = podspec::sandbox_config(
+            &self.pod,
+            attempt,
+            &self.env.pod_logs_dir,
+            &self.env.cgroup_root,
+        );
+        match rt.run_sandbox(&config).await {
+            Ok(sb) => {
+                self.sandbox_error = None;
+                info!(sandbox = %sb.id, ips = ?sb.ips, "sandbox running");
+                Ok(Some(sb))
+            }
+            Err(e) => {
+                warn!(error = %e, "failed to create pod sandbox");
+                let retry = BACKOFF_INITIAL;
+                self.sandbox_error =
+                    Some((format!("failed to create pod sandbox: {e}"), now + retry));
+                *wake = retry;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Brings one container toward its spec. Returns the waiting reason to show and
+    /// when to look again, if the container is held back.
+    #[allow(clippy::too_many_arguments)]
+    async fn sync_container(
+        &mut self,
+        sb: &SandboxInfo,
+        c: &Container,
+        cur: Option<&ContainerInfo>,
+        prev: Option<&ContainerInfo>,
+        volumes: &std::collections::BTreeMap<String, PathBuf>,
+        policy: &str,
+        now: SystemTime,
+    ) -> Result<Option<(Waiting, Duration)>, RuntimeError> {
+        let rt = Arc::clone(&self.env.runtime);
+        let attempt = match cur {
+            None => 0,
+            Some(cur) => match cur.state {
+                ContainerState::Running if cur.sandbox_id == sb.id => return Ok(None),
+                ContainerState::Running => {
+                    // Left from an old sandbox: it has no network any more.
+                    rt.stop_container(&cur.id, Duration::ZERO).await?;
+                    cur.attempt + 1
+                }
+                ContainerState::Created if cur.sandbox_id == sb.id => {
+                    rt.start_container(&cur.id).await?;
+                    return Ok(None);
+                }
+                ContainerState::Created | ContainerState::Unknown => {
+                    rt.remove_container(&cur.id).await?;
+                    cur.attempt
+                }
+                ContainerState::Exited => {
+                    if !restart_wanted(policy, cur.exit_code) {
+                        return Ok(None);
+                    }
+                    if let Some(w) = self.crash_backoff(c, cur, now) {
+                        return Ok(Some(w));
+                    }
+                    // Keep one dead instance (for lastState and logs), as upstream's
+                    // MaxPerPodContainer = 1.
+                    if let Some(prev) = prev {
+                        rt.remove_container(&prev.id).await?;
+                    }
+                    cur.attempt + 1
+                }
+            },
+        };
+        self.start_instance(sb, c, attempt, volumes, now).await
+    }
+
+    /// Upstream's crash-loop back-off. The first restart is immediate; later ones wait
+    /// 10 s, 20 s, … 300 s after the last exit; a long clean run resets it.
+    fn crash_backoff(
+        &mut self,
+        c: &Container,
+        cur: &ContainerInfo,
+        now: SystemTime,
+    ) -> Option<(Waiting, Duration)> {
+        let finished = cur.finished_at.unwrap_or(now);
+        let ran = cur
+            .started_at
+            .and_then(|s| finished.duration_since(s).ok())
+            .unwrap_or_default();
+        let entry = self.backoff.get(&c.name).copied();
+        let delay = match entry {
+            Some(b) if ran < BACKOFF_RESET => b.delay,
+            _ => {
+                self.backoff.insert(
+                    c.name.clone(),
+                    Backoff {
+                        delay: BACKOFF_INITIAL,
+                    },
+                );
+                return None;
+            }
+        };
+        let until = finished + delay;
+        if now < until {
+            let message = format!(
+                "back-off {} restarting failed container={} pod={}",
+                crate::status::human_duration(delay),
+                c.name,
+                display_name(&self.pod)
+            );
+            let wait = until.duration_since(now).unwrap_or_default();
+            return Some((
+                Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: Some(message),
+                },
+                wait,
+            ));
+        }
+        self.backoff.insert(
+            c.name.clone(),
+            Backoff {
+                delay: (delay * 2).min(BACKOFF_MAX),
+            },
+        );
+        None
+    }
+
+    async fn start_instance(
+        &mut self,
+        sb: &SandboxInfo,
+        c: &Container,
+        attempt: u32,
+        volumes: &std::collections::BTreeMap<String, PathBuf>,
+        now: SystemTime,
+    ) -> Result<Option<(Waiting, Duration)>, RuntimeError> {
+        let rt = Arc::clone(&self.env.runtime);
+        let image_ref = c.image.clone().unwrap_or_default();
+        let reference = match nodelet_cri::image::normalize_reference(&image_ref) {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Some((
+                    Waiting {
+                        reason: "InvalidImageName".into(),
+                        message: Some(format!(
+                            "Failed to apply default image tag {image_ref:?}: {e}"
+                        )),
+                    },
+                    RESYNC_PERIOD,
+                )));
+            }
+        };
+        let Some(image) = rt.image(&reference).await? else {
+            return Ok(Some(self.image_missing(c, &image_ref, now)));
+        };
+        self.image_backoff.remove(&c.name);
+        let term_dir = self.pod_dir().join("containers").join(&c.name);
+        let term_log = term_dir.join(format!("termination-log-{attempt}"));
+        let config = std::fs::create_dir_all(&term_dir)
+            .and_then(|()| std::fs::write(&term_log, b""))
+            .map_err(|e| podspec::ConfigError::Io {
+                path: term_log.display().to_string(),
+                reason: e.to_string(),
+            })
+            .and_then(|()| {
+                let fields = FieldValues {
+                    node_name: self.env.node_name.clone(),
+                    host_ip: self.env.host_ip.clone(),
+                    pod_ip: sb.ips.first().map(ToString::to_string).unwrap_or_default(),
+                    pod_ips: sb
+                        .ips
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                };
+                podspec::container_config(
+                    &self.pod, c, attempt, volumes, &term_log, &reference, &fields,
+                )
+            });
+        let config = match config {
+            Ok(config) => config,
+            Err(e) => {
+                return Ok(Some((
+                    Waiting {
+                        reason: "CreateContainerConfigError".into(),
+                        message: Some(e.to_string()),
+                    },
+                    RESYNC_PERIOD,
+                )));
+            }
+        };
+        let id = match rt.create_container(sb, &config, &image).await {
+            Ok(id) => id,
+            Err(e @ RuntimeError::Spec { .. }) => {
+                return Ok(Some((
+                    Waiting {
+                        reason: "CreateContainerError".into(),
+                        message: Some(e.to_string()),
+                    },
+                    RESYNC_PERIOD,
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = rt.start_container(&id).await {
+            warn!(container = %c.name, error = %e, "container failed to start");
+            // Counted like a crash: the next try waits out the back-off.
+            self.backoff.entry(c.name.clone()).or_insert(Backoff {
+                delay: BACKOFF_INITIAL,
+            });
+            return Ok(Some((
+                Waiting {
+                    reason: "RunContainerError".into(),
+                    message: Some(e.to_string()),
+                },
+                BACKOFF_INITIAL,
+            )));
+        }
+        info!(container = %c.name, id = %id, attempt, "container started");
+        Ok(None)
+    }
+
+    fn image_missing(
+        &mut self,
+        c: &Container,
+        image: &str,
+        now: SystemTime,
+    ) -> (Waiting, Duration) {
+        if c.image_pull_policy.as_deref() == Some("Never") {
+            return (
+                Waiting {
+                    reason: "ErrImageNeverPull".into(),
+                    message: Some(format!(
+                        "Container image {image:?} is not present with pull policy of Never"
+                    )),
+                },
+                RESYNC_PERIOD,
+            );
+        }
+        let (failures, since) = self.image_backoff.get(&c.name).copied().unwrap_or((0, now));
+        self.image_backoff
+            .insert(c.name.clone(), (failures + 1, since));
+        let delay = (BACKOFF_INITIAL * 2u32.saturating_pow(failures)).min(BACKOFF_MAX);
+        let reason = if failures == 0 {
+            "ErrImagePull"
+        } else {
+            "ImagePullBackOff"
+        };
+        let message = if failures == 0 {
+            format!(
+                "failed to pull image {image:?}: the image is not in containerd and nodelet cannot pull from registries yet; import it with `nodelet image import`"
+            )
+        } else {
+            format!("Back-off pulling image {image:?}")
+        };
+        (
+            Waiting {
+                reason: reason.into(),
+                message: Some(message),
+            },
+            delay,
+        )
+    }
+
+    fn publish(
+        &mut self,
+        containers: &[ContainerInfo],
+        sandbox: Option<&SandboxInfo>,
+        mut waiting: HashMap<String, Waiting>,
+        now: SystemTime,
+    ) {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let views: Vec<ContainerView> = spec
+            .containers
+            .iter()
+            .map(|c| {
+                let mut mine: Vec<&ContainerInfo> =
+                    containers.iter().filter(|i| i.name == c.name).collect();
+                mine.sort_by_key(|i| (i.attempt, i.created_at));
+                let current = mine.pop().cloned();
+                ContainerView {
+                    name: c.name.clone(),
+                    image: c.image.clone().unwrap_or_default(),
+                    previous: mine.pop().cloned(),
+                    waiting: waiting.remove(&c.name),
+                    current,
+                }
+            })
+            .collect();
+        let facts = PodFacts {
+            sandbox_ready: sandbox.is_some(),
+            pod_ips: self.last_ips.clone(),
+            host_ip: self.env.host_ip.clone(),
+            start_time: self.start_time,
+            failure: None,
+        };
+        let status = status::pod_status(&self.pod, &views, &facts, self.last_status.as_ref(), now);
+        if self.last_status.as_ref() == Some(&status) {
+            return;
+        }
+        debug!(
+            phase = status.phase.as_deref().unwrap_or(""),
+            "status changed"
+        );
+        self.last_status = Some(status.clone());
+        let mut pod = self.pod.clone();
+        pod.status = Some(status);
+        let pod = Arc::new(pod);
+        self.env.statuses.send_modify(|m| {
+            m.insert(self.uid.clone(), pod);
+        });
+    }
+}

@@ -1,0 +1,506 @@
+//! Support for end-to-end tests: a private world per test (containerd namespace,
+//! CNI bridge and /24, cgroup root, directories, ports) and the real `nodelet` binary
+//! running in it. Everything is removed on drop, also when the test fails.
+//!
+//! containerd: `NODELET_TEST_CONTAINERD` (a socket path; `scripts/test.sh` starts a
+//! private containerd and sets it), else `/run/containerd/containerd.sock`. If neither
+//! answers, tests fail with a message saying so: they never pass without running.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::List;
+use k8s_openapi::api::core::v1::Pod;
+use nodelet_cri::cni::CniConfig;
+use nodelet_cri::runtime::{ContainerdRuntime, Runtime, RuntimeConfig};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The containerd socket tests use.
+pub fn containerd_socket() -> String {
+    std::env::var("NODELET_TEST_CONTAINERD")
+        .unwrap_or_else(|_| "/run/containerd/containerd.sock".to_owned())
+}
+
+/// The busybox test image archive, built once per test run.
+pub fn busybox_archive() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = root.join("target/nodelet-test/busybox.tar");
+        if !out.exists() {
+            std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+            let tmp = out.with_extension(format!("tar.{}", std::process::id()));
+            let status = Command::new(root.join("scripts/build-busybox-image.sh"))
+                .arg(&tmp)
+                .stdout(Stdio::null())
+                .status()
+                .expect("run scripts/build-busybox-image.sh");
+            assert!(status.success(), "build-busybox-image.sh failed");
+            std::fs::rename(&tmp, &out).unwrap();
+        }
+        out
+    })
+    .clone()
+}
+
+/// The busybox image name in the archive.
+pub const BUSYBOX: &str = "nodelet.local/busybox:1.35";
+
+/// Waits for `cond` to hold, polling, up to `limit`; panics naming `what` on timeout.
+pub async fn wait_for<F, Fut, T>(what: &str, limit: Duration, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One test's private world.
+pub struct World {
+    /// Short unique ID.
+    pub id: String,
+    /// containerd namespace.
+    pub namespace: String,
+    /// containerd socket.
+    pub socket: String,
+    /// Temp directory holding everything below.
+    pub dir: tempfile::TempDir,
+    /// `--root-dir`.
+    pub root: PathBuf,
+    /// `--pod-logs-dir`.
+    pub logs: PathBuf,
+    /// `--pod-manifest-path`.
+    pub manifests: PathBuf,
+    /// `--cni-conf-dir`.
+    pub cni_conf: PathBuf,
+    /// host-local's data dir.
+    pub ipam: PathBuf,
+    /// The CNI network name.
+    pub network: String,
+    /// The test bridge.
+    pub bridge: String,
+    /// The test subnet's third octet (10.99.N.0/24).
+    pub subnet: u8,
+    /// `--cgroup-root`.
+    pub cgroup_root: String,
+    /// `--read-only-port`.
+    pub port: u16,
+    /// `--healthz-port`.
+    pub healthz: u16,
+    /// The node name.
+    pub node: String,
+    /// The running agent, if any.
+    pub agent: Option<Child>,
+    http: reqwest::Client,
+}
+
+impl World {
+    /// Makes the world and imports the busybox image into its namespace.
+    pub async fn new() -> World {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let id = format!("{:x}{n:x}", pid % 0xfffff);
+        // A /24 per test from 10.99.0.0/16, spread by process and test.
+        let subnet = u8::try_from((pid.wrapping_mul(7).wrapping_add(n * 13)) % 250 + 1).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("nodelet-e2e-")
+            .tempdir()
+            .unwrap();
+        let w = World {
+            namespace: format!("nodelet-test-{id}"),
+            socket: containerd_socket(),
+            root: dir.path().join("root"),
+            logs: dir.path().join("logs"),
+            manifests: dir.path().join("manifests"),
+            cni_conf: dir.path().join("cni"),
+            ipam: dir.path().join("ipam"),
+            network: format!("nlt{id}"),
+            bridge: format!("nlt{id}"),
+            subnet,
+            cgroup_root: format!("/nodelet-test-{id}"),
+            port: free_port(),
+            healthz: free_port(),
+            node: format!("node-{id}"),
+            agent: None,
+            http: reqwest::Client::new(),
+            id,
+            dir,
+        };
+        for d in [&w.root, &w.logs, &w.manifests, &w.cni_conf] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        // The test's own network: a bridge of its own, no masquerade, so nothing of
+        // it reaches the host's firewall or leaves the machine.
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": w.network,
+            "plugins": [{
+                "type": "bridge", "bridge": w.bridge, "isGateway": true, "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {"type": "host-local", "dataDir": w.ipam,
+                         "ranges": [[{"subnet": format!("10.99.{}.0/24", w.subnet)}]]}
+            }]
+        });
+        std::fs::write(w.cni_conf.join("10-test.conflist"), conf.to_string()).unwrap();
+        let containerd = nodelet_cri::containerd::Containerd::connect(&w.socket, &w.namespace)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{e}: start a containerd for the tests (scripts/containerd-private.sh start) and set NODELET_TEST_CONTAINERD")
+            });
+        containerd
+            .import_oci_archive(&busybox_archive())
+            .await
+            .expect("import busybox");
+        w
+    }
+
+    /// The agent's flags.
+    pub fn agent_args(&self) -> Vec<String> {
+        let p = |p: &Path| p.display().to_string();
+        vec![
+            "--pod-manifest-path".into(),
+            p(&self.manifests),
+            "--root-dir".into(),
+            p(&self.root),
+            "--pod-logs-dir".into(),
+            p(&self.logs),
+            "--container-runtime-endpoint".into(),
+            format!("unix://{}", self.socket),
+            "--containerd-namespace".into(),
+            self.namespace.clone(),
+            "--cni-conf-dir".into(),
+            p(&self.cni_conf),
+            "--cgroup-root".into(),
+            self.cgroup_root.clone(),
+            "--hostname-override".into(),
+            self.node.clone(),
+            "--address".into(),
+            "127.0.0.1".into(),
+            "--read-only-port".into(),
+            self.port.to_string(),
+            "--healthz-port".into(),
+            self.healthz.to_string(),
+            "--node-ip".into(),
+            "127.0.0.1".into(),
+            "--v".into(),
+            "info,nodelet=debug,nodelet_cri=debug,nodelet_manifests=debug".into(),
+        ]
+    }
+
+    /// The agent's log file.
+    pub fn agent_log(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// Starts the agent binary and waits for its read-only API.
+    pub async fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.agent_log())
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_nodelet"))
+            .args(self.agent_args())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start nodelet");
+        self.agent = Some(child);
+        let url = format!("http://127.0.0.1:{}/healthz", self.port);
+        let http = self.http.clone();
+        wait_for("the agent's read-only API", Duration::from_secs(30), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                http.get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+    }
+
+    /// Kills the agent (SIGKILL by PID), as a crash would.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the agent with SIGTERM and waits for it to exit.
+    pub fn stop_agent(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.agent.take()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).ok()?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Writes a manifest file.
+    pub fn write_manifest(&self, file: &str, yaml: &str) {
+        // Write then rename, as an editor or config tool would, so the source never
+        // sees half a file.
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.manifests.join(file)).unwrap();
+    }
+
+    /// The pods from the agent's read-only API.
+    pub async fn pods(&self) -> Vec<Pod> {
+        let url = format!("http://127.0.0.1:{}/pods", self.port);
+        match self.http.get(&url).send().await {
+            Ok(r) => r
+                .json::<List<Pod>>()
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The pod named `<name>-<node>`, if the agent has it.
+    pub async fn pod(&self, name: &str) -> Option<Pod> {
+        let full = format!("{name}-{}", self.node);
+        self.pods()
+            .await
+            .into_iter()
+            .find(|p| p.metadata.name.as_deref() == Some(full.as_str()))
+    }
+
+    /// Waits until the pod satisfies `check`, returning it.
+    pub async fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Pod) -> bool) -> Pod {
+        let limit = Duration::from_secs(60);
+        let start = Instant::now();
+        loop {
+            let pod = self.pod(name).await;
+            if let Some(p) = pod.as_ref().filter(|p| check(p)) {
+                return p.clone();
+            }
+            if start.elapsed() > limit {
+                let log = std::fs::read_to_string(self.agent_log()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "timed out waiting for pod {name} to be {what}; last seen: {}\nagent log tail:\n{}",
+                    serde_json::to_string_pretty(&pod.map(|p| p.status)).unwrap_or_default(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A runtime handle on the test's namespace, for checking what the agent did.
+    pub async fn runtime(&self) -> ContainerdRuntime {
+        ContainerdRuntime::connect(RuntimeConfig {
+            endpoint: self.socket.clone(),
+            namespace: self.namespace.clone(),
+            state_dir: self.root.join("runtime"),
+            log_driver: PathBuf::from(env!("CARGO_BIN_EXE_nodelet")),
+            runtime_name: "io.containerd.runc.v2".into(),
+            cni: CniConfig {
+                conf_dir: self.cni_conf.clone(),
+                bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+                cache_dir: self.root.join("cni/cache"),
+                timeout: Duration::from_secs(60),
+            },
+        })
+        .await
+        .expect("connect to containerd")
+    }
+
+    /// The IPs host-local has handed out in this network.
+    pub fn allocated_ips(&self) -> Vec<Ipv4Addr> {
+        std::fs::read_dir(self.ipam.join(&self.network))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Runs `ctr` in the test's namespace.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .args([
+                "60",
+                "ctr",
+                "--address",
+                &self.socket,
+                "-n",
+                &self.namespace,
+            ])
+            .args(args)
+            .output()
+            .expect("run ctr")
+    }
+
+    fn ctr_list(&self, args: &[&str]) -> Vec<String> {
+        String::from_utf8_lossy(&self.ctr(args).stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn cleanup(&mut self) {
+        self.kill_agent();
+        // Sandboxes through the runtime (CNI DEL, netns pins), then whatever is left.
+        let this = &*self;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let Ok(rt) = tokio::runtime::Runtime::new() else {
+                    return;
+                };
+                rt.block_on(async {
+                    let runtime = this.runtime().await;
+                    for c in runtime.list_containers(None).await.unwrap_or_default() {
+                        let _ = runtime.remove_container(&c.id).await;
+                    }
+                    for sb in runtime.list_sandboxes(None).await.unwrap_or_default() {
+                        let _ = runtime.remove_sandbox(&sb.id).await;
+                    }
+                });
+            });
+        });
+        for task in self.ctr_list(&["tasks", "ls", "-q"]) {
+            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", &task]);
+            let _ = self.ctr(&["tasks", "rm", "-f", &task]);
+        }
+        for c in self.ctr_list(&["containers", "ls", "-q"]) {
+            let _ = self.ctr(&["containers", "rm", &c]);
+        }
+        for image in self.ctr_list(&["images", "ls", "-q"]) {
+            let _ = self.ctr(&["images", "rm", &image]);
+        }
+        for lease in self.ctr_list(&["leases", "ls", "-q"]) {
+            let _ = self.ctr(&["leases", "rm", &lease]);
+        }
+        let digests = self.ctr_list(&["content", "ls", "-q"]);
+        if !digests.is_empty() {
+            let mut args = vec!["content", "rm"];
+            args.extend(digests.iter().map(String::as_str));
+            let _ = self.ctr(&args);
+        }
+        for _ in 0..16 {
+            let keys: Vec<String> = self
+                .ctr_list(&["snapshots", "ls"])
+                .into_iter()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            for key in keys {
+                let _ = self.ctr(&["snapshots", "rm", &key]);
+            }
+        }
+        let _ = Command::new("timeout")
+            .args([
+                "60",
+                "ctr",
+                "--address",
+                &self.socket,
+                "namespaces",
+                "rm",
+                &self.namespace,
+            ])
+            .output();
+        // Only the bridge this test's network made.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+        if let Err((path, e)) = nodelet_cri::runtime::cgroup::remove(&self.cgroup_root) {
+            eprintln!("cleanup: cgroup {} not removed: {e}", path.display());
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.agent_log())
+        {
+            eprintln!(
+                "---- agent log ({}) ----\n{log}",
+                self.agent_log().display()
+            );
+        }
+        self.cleanup();
+    }
+}
+
+/// The state of container `name` in a pod's status.
+pub fn container_status<'a>(
+    pod: &'a Pod,
+    name: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == name)
+}
+
+/// The pod's phase.
+pub fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+/// The text lines of a CRI log file (timestamp, stream and tag checked and dropped).
+pub fn log_lines(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let parsed = nodelet_cri::logs::parse_line(l)?;
+            let stream = match parsed.stream {
+                nodelet_cri::logs::Stream::Stdout => "stdout",
+                nodelet_cri::logs::Stream::Stderr => "stderr",
+            };
+            Some((stream.to_owned(), parsed.text))
+        })
+        .collect()
+}
