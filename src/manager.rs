@@ -94,8 +94,9 @@ impl<R: Runtime> PodManager<R> {
             .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
             .collect();
         debug!(source, count = pods.len(), "source snapshot");
+        let before = self.all_desired();
         self.desired.insert(source, pods);
-        self.reconcile();
+        self.reconcile(&before);
         if self.unready_sources.remove(source) && self.unready_sources.is_empty() {
             self.remove_orphans().await;
         }
@@ -108,7 +109,9 @@ impl<R: Runtime> PodManager<R> {
             .collect()
     }
 
-    fn reconcile(&mut self) {
+    /// Moves the workers toward the desired pods; `before` is what was desired until
+    /// now, so only workers whose pod changed are told.
+    fn reconcile(&mut self, before: &BTreeMap<String, Pod>) {
         let desired = self.all_desired();
         for (uid, pod) in &desired {
             match self.workers.get(uid) {
@@ -116,9 +119,10 @@ impl<R: Runtime> PodManager<R> {
                 Some(h) if h.terminating => {
                     self.pending.insert(uid.clone(), pod.clone());
                 }
-                Some(h) => {
-                    let _ = h.tx.try_send(WorkerMsg::Update(Box::new(pod.clone())));
+                Some(h) if before.get(uid) != Some(pod) => {
+                    deliver(&h.tx, WorkerMsg::Update(Box::new(pod.clone())));
                 }
+                Some(_) => {}
             }
         }
         let gone: Vec<String> = self
@@ -161,14 +165,7 @@ impl<R: Runtime> PodManager<R> {
         if let Some(h) = self.workers.get_mut(uid) {
             info!(uid, "pod removed from its source, terminating");
             h.terminating = true;
-            // Terminate must not be lost to a full queue: if the inbox is full, send
-            // it from a task that waits for room.
-            if let Err(mpsc::error::TrySendError::Full(msg)) = h.tx.try_send(WorkerMsg::Terminate) {
-                let tx = h.tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(msg).await;
-                });
-            }
+            deliver(&h.tx, WorkerMsg::Terminate);
         }
     }
 
@@ -260,6 +257,18 @@ impl<R: Runtime> PodManager<R> {
             self.spawn(pod);
             self.terminate(&uid);
         }
+    }
+}
+
+/// Sends a message that must not be lost (a spec update, a termination): at once if
+/// the worker's inbox has room, else from a task that waits for room. (A `Sync` may
+/// be dropped instead: a full inbox already holds a pending sync.)
+fn deliver(tx: &mpsc::Sender<WorkerMsg>, msg: WorkerMsg) {
+    if let Err(mpsc::error::TrySendError::Full(msg)) = tx.try_send(msg) {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(msg).await;
+        });
     }
 }
 

@@ -3,7 +3,7 @@
 //! `config.source`/`config.seen` annotations the pod config merge adds),
 //! and [`load_static_pods`], which takes one file's bytes to the pods it yields.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Toleration};
 use sha2::{Digest, Sha256};
@@ -233,26 +233,11 @@ fn add_or_update_toleration(spec: &mut PodSpec, toleration: Toleration) {
 #[must_use]
 pub fn rfc3339_nanos(time: SystemTime) -> String {
     // Times before 1970 do not occur on a running node; clamp rather than fail.
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil conversion.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let ts = jiff::Timestamp::try_from(time).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60,
-        since_epoch.subsec_nanos()
+        "{}.{:09}Z",
+        ts.strftime("%Y-%m-%dT%H:%M:%S"),
+        ts.subsec_nanosecond()
     )
 }
 
@@ -260,7 +245,7 @@ pub fn rfc3339_nanos(time: SystemTime) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     const POD: &str = "\
 apiVersion: v1

@@ -115,6 +115,8 @@ pub struct World {
     pub node: String,
     /// The running agent, if any.
     pub agent: Option<Child>,
+    /// The agent's `--v` log filter.
+    pub log_filter: String,
     http: reqwest::Client,
 }
 
@@ -146,6 +148,7 @@ impl World {
             healthz: free_port(),
             node: format!("node-{id}"),
             agent: None,
+            log_filter: "info,nodelet=debug,nodelet_cri=debug,nodelet_manifests=debug".into(),
             http: reqwest::Client::new(),
             id,
             dir,
@@ -207,7 +210,7 @@ impl World {
             "--node-ip".into(),
             "127.0.0.1".into(),
             "--v".into(),
-            "info,nodelet=debug,nodelet_cri=debug,nodelet_manifests=debug".into(),
+            self.log_filter.clone(),
         ]
     }
 

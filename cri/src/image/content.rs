@@ -5,12 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::{
-    CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest, Info, InfoRequest,
-    ReadContentRequest, UpdateRequest, WriteAction, WriteContentRequest, WriteContentResponse,
-    content_client::ContentClient, leases_client::LeasesClient,
+    AddResourceRequest, CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest,
+    Info, InfoRequest, ReadContentRequest, Resource as LeaseResource, UpdateRequest, WriteAction,
+    WriteContentRequest, WriteContentResponse, content_client::ContentClient,
+    leases_client::LeasesClient,
 };
 use containerd_client::tonic::{Code, Request, Status, Streaming};
 use containerd_client::types::Descriptor as ContainerdDescriptor;
@@ -125,6 +126,29 @@ impl Containerd {
         }
     }
 
+    /// Puts an object (`kind`: `content` or `snapshots/<snapshotter>`) under `lease`,
+    /// whether or not it exists yet: an object that is already there when an import
+    /// finds it must be held too, or a GC between finding and using it takes it.
+    pub(super) async fn lease_add(
+        &self,
+        lease: &str,
+        id: &str,
+        kind: &str,
+    ) -> Result<(), ImageError> {
+        let req = AddResourceRequest {
+            id: lease.to_owned(),
+            resource: Some(LeaseResource {
+                id: id.to_owned(),
+                r#type: kind.to_owned(),
+            }),
+        };
+        LeasesClient::new(self.channel())
+            .add_resource(self.request(req))
+            .await
+            .map_err(|s| ImageError::containerd("lease add", id, s))?;
+        Ok(())
+    }
+
     /// Deletes a lease; one already gone is fine. What it held becomes collectable.
     pub(super) async fn delete_lease(&self, id: &str) -> Result<(), ImageError> {
         let req = DeleteLeaseRequest {
@@ -197,6 +221,8 @@ impl Containerd {
         data: BlobData<'_>,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), ImageError> {
+        // Held first, then looked at: a blob found present stays present.
+        self.lease_add(lease, &desc.digest, "content").await?;
         let mut attempt = 0;
         loop {
             if let Some(info) = self.content_info(&desc.digest).await? {
@@ -427,32 +453,16 @@ impl<'a> Chunks<'a> {
     }
 }
 
-/// `t` as RFC 3339 in UTC, e.g. `2025-01-02T03:04:05Z`.
+/// `t` as RFC 3339 in UTC to the second, e.g. `2025-01-02T03:04:05Z`.
 pub(super) fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let ts = jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn rfc3339_dates() {

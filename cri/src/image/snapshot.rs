@@ -72,6 +72,12 @@ impl Containerd {
         diff_ids: &[String],
     ) -> Result<String, ImageError> {
         let chains = chain_ids(diff_ids);
+        // Hold every chain under the lease before looking (a snapshot keeps its
+        // parents, but one found present must not be collected before it is used).
+        let kind = format!("snapshots/{}", self.snapshotter());
+        for chain in &chains {
+            self.lease_add(lease, chain, &kind).await?;
+        }
         // Find the highest layer already unpacked; everything below it is too.
         let mut start = chains.len();
         while start > 0 && !self.snapshot_exists(&chains[start - 1]).await? {

@@ -644,33 +644,48 @@ mod tests {
         assert!(container_spec(&sandbox(), &c, &img, "cid").is_err());
     }
 
+    fn bounding(spec: &Spec) -> HashSet<Capability> {
+        spec.process()
+            .as_ref()
+            .and_then(|p| p.capabilities().clone())
+            .and_then(|c| c.bounding().clone())
+            .expect("bounding capabilities")
+    }
+
+    #[test]
+    fn every_capability_name_parses() {
+        assert_eq!(all_capabilities().len(), ALL_CAPABILITIES.len());
+        for c in DEFAULT_CAPABILITIES {
+            assert!(parse_capability(c).is_some(), "{c}");
+        }
+    }
+
     #[test]
     fn capabilities_add_drop_all() {
         let mut c = config();
         c.security.add_capabilities = vec!["NET_ADMIN".into()];
         c.security.drop_capabilities = vec!["CAP_CHOWN".into()];
-        let spec = container_spec(&sandbox(), &c, &image(), "cid").expect("spec");
-        let caps = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.capabilities().clone())
-            .expect("caps");
-        let bounding = caps.bounding().clone().expect("bounding");
-        assert!(bounding.contains(&Capability::NetAdmin));
-        assert!(!bounding.contains(&Capability::Chown));
-        assert!(bounding.contains(&Capability::Kill));
+        let caps = bounding(&container_spec(&sandbox(), &c, &image(), "cid").expect("spec"));
+        assert!(caps.contains(&Capability::NetAdmin));
+        assert!(!caps.contains(&Capability::Chown));
+        assert!(caps.contains(&Capability::Kill));
 
         c.security.drop_capabilities = vec!["ALL".into()];
-        let spec = container_spec(&sandbox(), &c, &image(), "cid").expect("spec");
-        let caps = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.capabilities().clone())
-            .expect("caps");
+        let caps = bounding(&container_spec(&sandbox(), &c, &image(), "cid").expect("spec"));
         assert_eq!(
-            caps.bounding().clone().expect("bounding"),
-            [Capability::NetAdmin].into()
+            caps,
+            [Capability::NetAdmin].into(),
+            "drop ALL keeps only what add names"
         );
+
+        c.security.privileged = true;
+        let caps = bounding(&container_spec(&sandbox(), &c, &image(), "cid").expect("spec"));
+        assert_eq!(
+            caps.len(),
+            ALL_CAPABILITIES.len(),
+            "privileged gets every capability"
+        );
+        c.security.privileged = false;
 
         c.security.add_capabilities = vec!["NOT_A_CAP".into()];
         assert!(container_spec(&sandbox(), &c, &image(), "cid").is_err());
