@@ -2,11 +2,13 @@
 # Installs what nodelet needs on a Debian/Ubuntu host, only what is missing:
 # containerd and runc, the CNI plugins, nftables, conntrack, iproute2, iptables (the
 # bridge plugin's masquerade), busybox-static (the demo and test image) and protoc
-# (containerd's API is compiled from its .proto files). Idempotent; needs root.
+# (containerd's API is compiled from its .proto files), and for the tests a local
+# registry (docker-registry, htpasswd from apache2-utils, openssl). Idempotent; needs root.
 set -euo pipefail
 
 packages=(containerd runc containernetworking-plugins nftables conntrack iproute2 iptables
-  busybox-static protobuf-compiler util-linux procps curl)
+  busybox-static protobuf-compiler util-linux procps curl
+  docker-registry apache2-utils openssl gzip)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use nodelet_cri::cni::{Cni, CniConfig, DefaultNetwork};
 use nodelet_cri::runtime::{ContainerdRuntime, RuntimeConfig};
 use nodelet_manifests::FileSource;
+use nodelet_manifests::url_source::UrlSource;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -30,6 +31,24 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         );
     }
     let node_name = crate::node::node_name(args.hostname_override.as_deref());
+    // Every source is checked before anything starts, so a bad flag is an exit, not
+    // a log line.
+    let url_source = match &args.manifest_url {
+        None => None,
+        Some(url) => {
+            let mut headers = Vec::new();
+            for h in &args.manifest_url_header {
+                headers.extend(
+                    nodelet_manifests::url_source::parse_header_flag(h)
+                        .with_context(|| format!("--manifest-url-header {h:?}"))?,
+                );
+            }
+            Some(
+                UrlSource::new(url, headers, node_name.clone(), args.http_check_frequency)
+                    .with_context(|| format!("--manifest-url {url:?}"))?,
+            )
+        }
+    };
     let host_ip = crate::node::node_ip(args.node_ip);
     std::fs::create_dir_all(&args.root_dir)
         .with_context(|| format!("--root-dir {}", args.root_dir.display()))?;
@@ -52,7 +71,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     spawn_signal_handler(cancel.clone());
 
     let (status_tx, status_rx) = watch::channel(PodMap::new());
+    let (source_tx, source_rx) = mpsc::channel(16);
     let mut servers = Vec::new();
+    let mut push_store = None;
+    if args.enable_pod_push {
+        let (api, store_task) =
+            crate::push_api::start(&node_name, source_tx.clone(), cancel.clone());
+        push_store = Some(store_task);
+        let addr = SocketAddr::new(args.pod_push_address, args.pod_push_port);
+        servers.push(server::bind(addr, crate::push_api::router(api), cancel.clone()).await?);
+        info!(%addr, "pod push API listening");
+    }
     if args.read_only_port != 0 {
         let addr = SocketAddr::new(args.address, args.read_only_port);
         servers.push(
@@ -104,15 +133,28 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         cgroup_root: args.cgroup_root.clone(),
         node_name: node_name.clone(),
         host_ip: host_ip.to_string(),
+        dns: crate::podspec::DnsSettings {
+            cluster_dns: args.cluster_dns.iter().map(ToString::to_string).collect(),
+            cluster_domain: args.cluster_domain.clone(),
+            resolv_conf: Some(args.resolv_conf.clone()).filter(|p| !p.as_os_str().is_empty()),
+        },
         statuses: status_tx,
     });
-    let (source_tx, source_rx) = mpsc::channel(16);
     let mut sources = Vec::new();
     if let Some(path) = &args.pod_manifest_path {
         sources.push("file");
         let source = FileSource::new(path.clone(), node_name.clone(), args.file_check_frequency);
         tasks.spawn(source.run(source_tx.clone(), cancel.clone()));
         info!(path = %path.display(), "watching static pod manifests");
+    }
+    if let Some(source) = url_source {
+        sources.push(nodelet_manifests::HTTP_SOURCE);
+        info!(url = ?args.manifest_url, "polling the manifest URL");
+        tasks.spawn(source.run(source_tx.clone(), cancel.clone()));
+    }
+    if let Some(store_task) = push_store.take() {
+        sources.push(nodelet_manifests::PUSH_SOURCE);
+        tasks.spawn(store_task);
     }
     drop(source_tx);
 

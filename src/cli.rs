@@ -31,6 +31,19 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1")]
         address: IpAddr,
     },
+    /// Check pod manifests as the agent would (defaulting and validation), without
+    /// running them: every error with its file, document and field path.
+    Validate {
+        /// Manifest files or directories (a directory means its non-dot files).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// `yaml` prints the defaulted pods to stdout; errors then go to stderr.
+        #[arg(long, short = 'o', value_enum, default_value = "text")]
+        output: ValidateOutputArg,
+        /// Node name for static pod identity (`<name>-<node>`); default: the hostname.
+        #[arg(long, alias = "hostname-override")]
+        node_name: Option<String>,
+    },
     /// Manage images in containerd without a registry.
     Image {
         /// What to do.
@@ -61,6 +74,15 @@ pub enum ImageCommand {
     Ls,
 }
 
+/// `nodelet validate --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ValidateOutputArg {
+    /// Errors only.
+    Text,
+    /// The defaulted pods as YAML.
+    Yaml,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -79,6 +101,24 @@ pub struct AgentArgs {
     /// How often the manifest directory is rescanned besides inotify.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub file_check_frequency: Duration,
+    /// A URL serving pod manifests, polled every `--http-check-frequency`.
+    #[arg(long)]
+    pub manifest_url: Option<String>,
+    /// Headers for `--manifest-url` requests, `key:value` (repeatable, or comma separated).
+    #[arg(long)]
+    pub manifest_url_header: Vec<String>,
+    /// How often `--manifest-url` is polled.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub http_check_frequency: Duration,
+    /// Accept pods pushed with `POST /pods` (and `DELETE /pods/<ns>/<name>`).
+    #[arg(long)]
+    pub enable_pod_push: bool,
+    /// Address of the push API.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub pod_push_address: IpAddr,
+    /// Port of the push API.
+    #[arg(long, default_value_t = 10250)]
+    pub pod_push_port: u16,
     /// The agent's state directory.
     #[arg(long, default_value = "/var/lib/nodelet")]
     pub root_dir: PathBuf,
@@ -122,6 +162,15 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub cni_bin_dir: Vec<PathBuf>,
+    /// Cluster DNS server IPs (comma separated) for pods with `dnsPolicy: ClusterFirst`.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_dns: Vec<IpAddr>,
+    /// The cluster domain, e.g. `cluster.local`.
+    #[arg(long, default_value = "")]
+    pub cluster_domain: String,
+    /// The resolv.conf pods with `dnsPolicy: Default` inherit; empty for none.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
     /// The cgroup under which the `kubepods` hierarchy is made.
     #[arg(long, default_value = "/")]
     pub cgroup_root: String,

@@ -7,12 +7,18 @@
 
 mod agent;
 mod cli;
+mod expand;
+mod hooks;
 mod manager;
 mod node;
 mod pods_cmd;
 mod podspec;
+#[allow(dead_code)] // until the pod worker runs probes (issue 3)
+mod probe;
+mod push_api;
 mod server;
 mod status;
+mod validate_cmd;
 mod worker;
 
 use std::process::ExitCode;
@@ -21,7 +27,7 @@ use clap::Parser as _;
 use nodelet_cri::containerd::Containerd;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, ImageCommand, LogFormat};
+use crate::cli::{Cli, Command, ImageCommand, LogFormat, ValidateOutputArg};
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some(nodelet_cri::logs::DRIVER_ARG) {
@@ -29,6 +35,27 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging(cli.agent.log_format, &cli.agent.v);
+    // Validation needs no runtime: exit 0 when every pod is valid, 1 otherwise.
+    if let Some(Command::Validate {
+        paths,
+        output,
+        node_name,
+    }) = &cli.command
+    {
+        let node = node::node_name(node_name.as_deref());
+        let output = match output {
+            ValidateOutputArg::Text => validate_cmd::ValidateOutput::Text,
+            ValidateOutputArg::Yaml => validate_cmd::ValidateOutput::Yaml,
+        };
+        return match validate_cmd::run(paths, output, &node) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("nodelet: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -52,6 +79,7 @@ fn main() -> ExitCode {
                 container_runtime_endpoint,
                 containerd_namespace,
             }) => image_cmd(command, &container_runtime_endpoint, &containerd_namespace).await,
+            Some(Command::Validate { .. }) => Ok(()),
         }
     });
     match result {

@@ -195,8 +195,9 @@ impl<R: Runtime> PodManager<R> {
     }
 
     async fn on_runtime_event(&mut self, ev: RuntimeEvent) {
-        let id = match &ev {
-            RuntimeEvent::ContainerExited { id, .. } | RuntimeEvent::ContainerOom { id } => id,
+        let (id, msg) = match &ev {
+            RuntimeEvent::ContainerExited { id, .. } => (id, WorkerMsg::Sync),
+            RuntimeEvent::ContainerOom { id } => (id, WorkerMsg::Oom(id.clone())),
             RuntimeEvent::Resync => {
                 for h in self.workers.values() {
                     let _ = h.tx.try_send(WorkerMsg::Sync);
@@ -208,8 +209,13 @@ impl<R: Runtime> PodManager<R> {
             self.refresh_owners().await;
         }
         if let Some(h) = self.owners.get(id).and_then(|uid| self.workers.get(uid)) {
-            // A full queue already holds a pending sync: dropping this one is fine.
-            let _ = h.tx.try_send(WorkerMsg::Sync);
+            match msg {
+                // A full queue already holds a pending sync: dropping this one is fine.
+                WorkerMsg::Sync => {
+                    let _ = h.tx.try_send(WorkerMsg::Sync);
+                }
+                other => deliver(&h.tx, other),
+            }
         }
     }
 

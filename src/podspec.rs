@@ -8,7 +8,9 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, Volume};
-use nodelet_cri::runtime::{ContainerConfig, Mount, PodRef, SandboxConfig, SecurityConfig};
+use nodelet_cri::runtime::{
+    ContainerConfig, DnsConfig, Mount, PodRef, SandboxConfig, SecurityConfig,
+};
 use thiserror::Error;
 
 /// Why a container's configuration can't be made (status `CreateContainerConfigError`).
@@ -129,12 +131,116 @@ pub fn cgroup_parent(cgroup_root: &str, qos: &str, uid: &str) -> String {
     }
 }
 
+/// The node's DNS settings (`--cluster-dns`, `--cluster-domain`, `--resolv-conf`).
+#[derive(Debug, Clone, Default)]
+pub struct DnsSettings {
+    /// Cluster DNS server IPs.
+    pub cluster_dns: Vec<String>,
+    /// The cluster domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// The host resolv.conf pods with `dnsPolicy: Default` inherit; `None` for none.
+    pub resolv_conf: Option<PathBuf>,
+}
+
+/// Upstream's limits on what goes in a pod's resolv.conf.
+const MAX_NAMESERVERS: usize = 3;
+const MAX_SEARCHES: usize = 32;
+
+/// Parses resolv.conf text into nameservers, search domains and options.
+pub fn parse_resolv_conf(text: &str) -> DnsConfig {
+    let mut dns = DnsConfig::default();
+    for line in text.lines() {
+        let line = line.split(['#', ';']).next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => dns.servers.extend(words.next().map(str::to_owned)),
+            // The last search line wins, as the resolver reads it.
+            Some("search") => dns.searches = words.map(str::to_owned).collect(),
+            Some("options") => dns.options.extend(words.map(str::to_owned)),
+            _ => {}
+        }
+    }
+    dns
+}
+
+fn push_unique(list: &mut Vec<String>, items: impl IntoIterator<Item = String>) {
+    for item in items {
+        if !list.contains(&item) {
+            list.push(item);
+        }
+    }
+}
+
+/// The pod's resolv.conf, from its `dnsPolicy` and `dnsConfig`, as upstream's
+/// `pkg/kubelet/network/dns` computes it. `host` is the `--resolv-conf` content.
+pub fn dns_config(
+    spec: &PodSpec,
+    namespace: &str,
+    settings: &DnsSettings,
+    host: &str,
+) -> DnsConfig {
+    let host_network = spec.host_network.unwrap_or(false);
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let cluster_first = match policy {
+        "ClusterFirstWithHostNet" => true,
+        "ClusterFirst" => !host_network,
+        _ => false,
+    };
+    let mut dns = match policy {
+        "None" => DnsConfig::default(),
+        // Without cluster DNS, ClusterFirst falls back to Default (upstream warns with
+        // a MissingClusterDNS event).
+        _ if cluster_first && !settings.cluster_dns.is_empty() => {
+            let host = parse_resolv_conf(host);
+            let domain = settings.cluster_domain.trim_end_matches('.');
+            let mut searches = if domain.is_empty() {
+                Vec::new()
+            } else {
+                vec![
+                    format!("{namespace}.svc.{domain}"),
+                    format!("svc.{domain}"),
+                    domain.to_owned(),
+                ]
+            };
+            push_unique(&mut searches, host.searches);
+            DnsConfig {
+                servers: settings.cluster_dns.clone(),
+                searches,
+                options: vec!["ndots:5".to_owned()],
+            }
+        }
+        _ => parse_resolv_conf(host),
+    };
+    if let Some(cfg) = &spec.dns_config {
+        push_unique(
+            &mut dns.servers,
+            cfg.nameservers.clone().unwrap_or_default(),
+        );
+        push_unique(&mut dns.searches, cfg.searches.clone().unwrap_or_default());
+        for o in cfg.options.iter().flatten() {
+            let rendered = match &o.value {
+                Some(v) => format!("{}:{v}", o.name.as_deref().unwrap_or("")),
+                None => o.name.clone().unwrap_or_default(),
+            };
+            // A pod option replaces the same-named one from the policy.
+            let name = rendered.split(':').next().unwrap_or("").to_owned();
+            dns.options
+                .retain(|x| x.split(':').next() != Some(name.as_str()));
+            dns.options.push(rendered);
+        }
+    }
+    dns.servers.truncate(MAX_NAMESERVERS);
+    dns.searches.truncate(MAX_SEARCHES);
+    dns
+}
+
 /// The sandbox configuration of a pod.
 pub fn sandbox_config(
     pod: &Pod,
     attempt: u32,
     pod_logs_dir: &Path,
     cgroup_root: &str,
+    dns: &DnsSettings,
 ) -> SandboxConfig {
     let r = pod_ref(pod);
     let spec = pod.spec.clone().unwrap_or_default();
@@ -152,14 +258,41 @@ pub fn sandbox_config(
         host_ipc: spec.host_ipc.unwrap_or(false),
         host_pid: spec.host_pid.unwrap_or(false),
         share_process_namespace: spec.share_process_namespace.unwrap_or(false),
-        // No cluster DNS in standalone mode: ClusterFirst falls back to the host's
-        // resolv.conf, as upstream does when --cluster-dns is empty.
-        dns: None,
+        dns: Some(dns_config(
+            &spec,
+            &r.namespace,
+            dns,
+            &dns.resolv_conf
+                .as_ref()
+                .and_then(|p| fs::read_to_string(p).ok())
+                .unwrap_or_default(),
+        )),
         host_aliases: spec
             .host_aliases
             .iter()
             .flatten()
             .map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default()))
+            .collect(),
+        fqdn: spec
+            .subdomain
+            .as_ref()
+            .filter(|s| !s.is_empty())
+            .map(|sub| {
+                let domain = dns.cluster_domain.trim_end_matches('.');
+                let base = format!("{hostname}.{sub}.{}.svc", r.namespace);
+                if domain.is_empty() {
+                    base
+                } else {
+                    format!("{base}.{domain}")
+                }
+            }),
+        sysctls: spec
+            .security_context
+            .as_ref()
+            .and_then(|s| s.sysctls.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.name, s.value))
             .collect(),
         pod: r,
     }
@@ -174,22 +307,39 @@ pub fn prepare_volumes(
     pod: &Pod,
     pod_dir: &Path,
 ) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
+    let fs_group = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|s| s.fs_group)
+        .and_then(|g| u32::try_from(g).ok());
     let mut out = BTreeMap::new();
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        out.insert(v.name.clone(), prepare_volume(v, pod_dir)?);
+        out.insert(v.name.clone(), prepare_volume(v, pod_dir, fs_group)?);
     }
     Ok(out)
 }
 
-fn prepare_volume(v: &Volume, pod_dir: &Path) -> Result<PathBuf, ConfigError> {
+fn prepare_volume(
+    v: &Volume,
+    pod_dir: &Path,
+    fs_group: Option<u32>,
+) -> Result<PathBuf, ConfigError> {
     if let Some(ed) = &v.empty_dir {
         let dir = pod_dir
             .join("volumes/kubernetes.io~empty-dir")
             .join(&v.name);
         if !dir.exists() {
             fs::create_dir_all(&dir).map_err(io(&dir))?;
-            // Upstream makes emptyDirs world-writable so any container user can use them.
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).map_err(io(&dir))?;
+            // Upstream makes emptyDirs world-writable so any container user can use them;
+            // with fsGroup the volume belongs to that group, setgid so new files do too.
+            let mode = if let Some(gid) = fs_group {
+                std::os::unix::fs::chown(&dir, None, Some(gid)).map_err(io(&dir))?;
+                0o2777
+            } else {
+                0o777
+            };
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(io(&dir))?;
         }
         if ed.medium.as_deref() == Some("Memory") && !is_mountpoint(&dir) {
             let size = ed.size_limit.as_ref().map(|q| format!(",size={}", q.0));
@@ -406,10 +556,13 @@ pub fn security(pod: &PodSpec, c: &Container) -> SecurityConfig {
             csc.and_then(|s| s.run_as_group)
                 .or_else(|| psc.and_then(|s| s.run_as_group)),
         ),
+        // fsGroup joins the supplemental groups so the container can use volumes
+        // owned by it, as upstream does.
         supplemental_groups: psc
             .and_then(|s| s.supplemental_groups.clone())
             .unwrap_or_default()
             .into_iter()
+            .chain(psc.and_then(|s| s.fs_group))
             .filter_map(|g| u32::try_from(g).ok())
             .collect(),
         privileged: csc.and_then(|s| s.privileged).unwrap_or(false),
@@ -419,6 +572,57 @@ pub fn security(pod: &PodSpec, c: &Container) -> SecurityConfig {
             .and_then(|s| s.read_only_root_filesystem)
             .unwrap_or(false),
         no_new_privileges: csc.and_then(|s| s.allow_privilege_escalation) == Some(false),
+        unmasked_proc: csc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked"),
+    }
+}
+
+/// Upstream's `runAsNonRoot` check against the user the container would run as.
+///
+/// # Errors
+/// The upstream message when the container would run as root, or the image's user
+/// is a name that can't be checked.
+pub fn verify_run_as_non_root(pod: &Pod, c: &Container, image_user: &str) -> Result<(), String> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let psc = spec.security_context.as_ref();
+    let csc = c.security_context.as_ref();
+    let non_root = csc
+        .and_then(|s| s.run_as_non_root)
+        .or_else(|| psc.and_then(|s| s.run_as_non_root))
+        .unwrap_or(false);
+    if !non_root {
+        return Ok(());
+    }
+    let who = format!(
+        "(pod: \"{}_{}({})\", container: {})",
+        pod.metadata.name.as_deref().unwrap_or(""),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.uid.as_deref().unwrap_or(""),
+        c.name
+    );
+    let run_as = csc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| psc.and_then(|s| s.run_as_user));
+    if let Some(uid) = run_as {
+        return if uid == 0 {
+            Err(format!(
+                "container's runAsUser breaks non-root policy {who}"
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    let user = image_user.split(':').next().unwrap_or("");
+    match user.parse::<u64>() {
+        _ if user.is_empty() => Err(format!(
+            "container has runAsNonRoot and image will run as root {who}"
+        )),
+        Ok(0) => Err(format!(
+            "container has runAsNonRoot and image will run as root {who}"
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root {who}"
+        )),
     }
 }
 
@@ -481,12 +685,28 @@ pub fn container_config(
     for e in c.env.iter().flatten() {
         env.push((e.name.clone(), env_value(pod, e, fields)?));
     }
+    // `$(VAR)` references: each value sees the variables before it; command and
+    // args see them all.
+    let env = crate::expand::expand_env(&env);
+    let lookup = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let expand_all = |v: &Option<Vec<String>>| -> Vec<String> {
+        v.iter()
+            .flatten()
+            .map(|s| crate::expand::expand(s, lookup))
+            .collect()
+    };
+    let (command, args) = (expand_all(&c.command), expand_all(&c.args));
     Ok(ContainerConfig {
         name: c.name.clone(),
         attempt,
         image: image.to_owned(),
-        command: c.command.clone().unwrap_or_default(),
-        args: c.args.clone().unwrap_or_default(),
+        command,
+        args,
         working_dir: c.working_dir.clone(),
         env,
         mounts,
@@ -559,6 +779,101 @@ mod tests {
         assert_eq!(
             cgroup_parent("/t", "BestEffort", "u"),
             "/t/kubepods/besteffort/podu"
+        );
+    }
+
+    fn dns_spec(policy: &str, host_network: bool) -> PodSpec {
+        PodSpec {
+            dns_policy: Some(policy.into()),
+            host_network: Some(host_network),
+            ..Default::default()
+        }
+    }
+
+    const HOST: &str = "# host\nnameserver 192.0.2.53\nnameserver 192.0.2.54\nsearch corp.example\noptions edns0\n";
+
+    #[test]
+    fn dns_policies_as_upstream() {
+        let cluster = DnsSettings {
+            cluster_dns: vec!["10.96.0.10".into()],
+            cluster_domain: "cluster.local".into(),
+            resolv_conf: None,
+        };
+        let first = dns_config(&dns_spec("ClusterFirst", false), "web", &cluster, HOST);
+        assert_eq!(first.servers, ["10.96.0.10"]);
+        assert_eq!(
+            first.searches,
+            [
+                "web.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "corp.example"
+            ]
+        );
+        assert_eq!(first.options, ["ndots:5"]);
+
+        let default = dns_config(&dns_spec("Default", false), "web", &cluster, HOST);
+        assert_eq!(default.servers, ["192.0.2.53", "192.0.2.54"]);
+        assert_eq!(default.searches, ["corp.example"]);
+        assert_eq!(default.options, ["edns0"]);
+
+        // Host network: ClusterFirst means Default, ClusterFirstWithHostNet means cluster.
+        assert_eq!(
+            dns_config(&dns_spec("ClusterFirst", true), "web", &cluster, HOST),
+            default
+        );
+        assert_eq!(
+            dns_config(
+                &dns_spec("ClusterFirstWithHostNet", true),
+                "web",
+                &cluster,
+                HOST
+            ),
+            first
+        );
+        // No cluster DNS: ClusterFirst falls back to the host's.
+        let standalone = DnsSettings::default();
+        assert_eq!(
+            dns_config(&dns_spec("ClusterFirst", false), "web", &standalone, HOST),
+            default
+        );
+    }
+
+    #[test]
+    fn dns_config_merges() {
+        use k8s_openapi::api::core::v1::{PodDNSConfig, PodDNSConfigOption};
+        let mut spec = dns_spec("None", false);
+        spec.dns_config = Some(PodDNSConfig {
+            nameservers: Some(vec!["1.2.3.4".into()]),
+            searches: Some(vec!["ns1.svc.cluster-domain.example".into()]),
+            options: Some(vec![
+                PodDNSConfigOption {
+                    name: Some("ndots".into()),
+                    value: Some("2".into()),
+                },
+                PodDNSConfigOption {
+                    name: Some("edns0".into()),
+                    value: None,
+                },
+            ]),
+        });
+        let dns = dns_config(&spec, "web", &DnsSettings::default(), HOST);
+        assert_eq!(dns.servers, ["1.2.3.4"]);
+        assert_eq!(dns.searches, ["ns1.svc.cluster-domain.example"]);
+        assert_eq!(dns.options, ["ndots:2", "edns0"]);
+
+        spec.dns_policy = Some("ClusterFirst".into());
+        let cluster = DnsSettings {
+            cluster_dns: vec!["10.96.0.10".into()],
+            cluster_domain: "cluster.local".into(),
+            resolv_conf: None,
+        };
+        let dns = dns_config(&spec, "web", &cluster, HOST);
+        assert_eq!(dns.servers, ["10.96.0.10", "1.2.3.4"]);
+        assert_eq!(
+            dns.options,
+            ["ndots:2", "edns0"],
+            "the pod's ndots replaces the default"
         );
     }
 

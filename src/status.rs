@@ -27,7 +27,7 @@ pub struct Waiting {
 }
 
 /// What the worker knows of one container of the spec.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ContainerView {
     /// The name in the spec.
     pub name: String,
@@ -39,13 +39,34 @@ pub struct ContainerView {
     pub previous: Option<ContainerInfo>,
     /// Set when the worker holds the container back.
     pub waiting: Option<Waiting>,
+    /// The readiness probe's verdict; `None` (no probe) means ready while running.
+    pub ready: Option<bool>,
+    /// The startup probe's verdict; `None` (no probe) means started while running.
+    pub started: Option<bool>,
+    /// How instances ended, by container ID: reason override and termination message.
+    pub endings: std::collections::HashMap<String, Ending>,
 }
 
-fn terminated(info: &ContainerInfo) -> ContainerStateTerminated {
+/// How a container instance ended, beyond its exit code.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ending {
+    /// A reason replacing `Completed`/`Error` (`OOMKilled`, `StartError`, …).
+    pub reason: Option<String>,
+    /// `state.terminated.message` (the termination message).
+    pub message: Option<String>,
+}
+
+fn terminated(info: &ContainerInfo, ending: Option<&Ending>) -> ContainerStateTerminated {
     let code = info.exit_code.unwrap_or(0);
+    let reason = ending
+        .and_then(|e| e.reason.clone())
+        .unwrap_or_else(|| if code == 0 { "Completed" } else { "Error" }.to_owned());
     ContainerStateTerminated {
         exit_code: code,
-        reason: Some(if code == 0 { "Completed" } else { "Error" }.to_owned()),
+        reason: Some(reason),
+        message: ending
+            .and_then(|e| e.message.clone())
+            .filter(|m| !m.is_empty()),
         started_at: info.started_at.and_then(k8s_time),
         finished_at: info.finished_at.and_then(k8s_time),
         container_id: Some(format!("containerd://{}", info.id)),
@@ -67,13 +88,12 @@ fn waiting(reason: &str, message: Option<String>) -> ContainerState {
 pub fn container_status(v: &ContainerView) -> ContainerStatus {
     let current = v.current.as_ref();
     let exited = current.is_some_and(|c| c.state == RtState::Exited);
+    let term = |c: &ContainerInfo| terminated(c, v.endings.get(&c.id));
     let (state, last) = match (&v.waiting, current) {
-        (Some(w), Some(c)) if exited => {
-            (waiting(&w.reason, w.message.clone()), Some(terminated(c)))
-        }
+        (Some(w), Some(c)) if exited => (waiting(&w.reason, w.message.clone()), Some(term(c))),
         (Some(w), _) => (
             waiting(&w.reason, w.message.clone()),
-            v.previous.as_ref().map(terminated),
+            v.previous.as_ref().map(term),
         ),
         (None, Some(c)) => {
             let state = match c.state {
@@ -84,24 +104,25 @@ pub fn container_status(v: &ContainerView) -> ContainerStatus {
                     ..Default::default()
                 },
                 RtState::Exited => ContainerState {
-                    terminated: Some(terminated(c)),
+                    terminated: Some(term(c)),
                     ..Default::default()
                 },
                 RtState::Created | RtState::Unknown => waiting("ContainerCreating", None),
             };
-            (state, v.previous.as_ref().map(terminated))
+            (state, v.previous.as_ref().map(term))
         }
         (None, None) => (waiting("ContainerCreating", None), None),
     };
     let running = state.running.is_some();
+    let started = running && v.started.unwrap_or(true);
     ContainerStatus {
         name: v.name.clone(),
         image: current.map_or_else(|| v.image.clone(), |c| c.image.clone()),
         image_id: current.map(|c| c.image_id.clone()).unwrap_or_default(),
         container_id: current.map(|c| format!("containerd://{}", c.id)),
         restart_count: current.map_or(0, |c| i32::try_from(c.attempt).unwrap_or(i32::MAX)),
-        ready: running,
-        started: Some(running),
+        ready: started && v.ready.unwrap_or(true),
+        started: Some(started),
         state: Some(state),
         last_state: Some(
             last.map_or_else(ContainerState::default, |t| ContainerState {
@@ -113,7 +134,62 @@ pub fn container_status(v: &ContainerView) -> ContainerStatus {
     }
 }
 
-/// The pod phase from its container statuses, as upstream's `getPhase`.
+/// Whether an init container is a sidecar (`restartPolicy: Always`).
+pub fn is_sidecar(c: &k8s_openapi::api::core::v1::Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+/// Counts regular init containers still to finish and those that failed, as
+/// upstream's `getPhase` does.
+fn init_progress(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    statuses: &[ContainerStatus],
+) -> (usize, usize) {
+    let (mut pending, mut failed) = (0, 0);
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| !is_sidecar(c))
+    {
+        let Some(s) = statuses.iter().find(|s| s.name == c.name) else {
+            pending += 1;
+            continue;
+        };
+        let state = s.state.clone().unwrap_or_default();
+        let last_failed = s
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .is_some_and(|t| t.exit_code != 0);
+        match (&state.running, &state.terminated, &state.waiting) {
+            (Some(_), _, _) => pending += 1,
+            (_, Some(t), _) => failed += usize::from(t.exit_code != 0),
+            (_, _, Some(_)) if last_failed => failed += 1,
+            _ => pending += 1,
+        }
+    }
+    (pending, failed)
+}
+
+/// The pod phase from its init and app container statuses, as upstream's `getPhase`.
+pub fn pod_phase(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    init: &[ContainerStatus],
+    statuses: &[ContainerStatus],
+) -> &'static str {
+    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    let (pending_init, failed_init) = init_progress(spec, init);
+    if failed_init > 0 && policy == "Never" {
+        return "Failed";
+    }
+    if pending_init > 0 {
+        return "Pending";
+    }
+    phase(policy, statuses)
+}
+
+/// The pod phase from its app container statuses, as upstream's `getPhase`.
 pub fn phase(restart_policy: &str, statuses: &[ContainerStatus]) -> &'static str {
     let (mut waiting, mut running, mut stopped, mut succeeded, mut unknown) = (0, 0, 0, 0, 0);
     for s in statuses {
@@ -173,6 +249,9 @@ pub struct PodFacts {
     pub start_time: SystemTime,
     /// A pod-level failure reason and message (`Failed`).
     pub failure: Option<(String, String)>,
+    /// False once an app container has run: init containers then count as done even
+    /// if their records are gone (upstream's rule for adopted pods).
+    pub init_required: bool,
 }
 
 fn condition(
@@ -203,15 +282,16 @@ fn condition(
 /// The pod's status.
 pub fn pod_status(
     pod: &Pod,
+    init_views: &[ContainerView],
     views: &[ContainerView],
     facts: &PodFacts,
     previous: Option<&PodStatus>,
     now: SystemTime,
 ) -> PodStatus {
     let spec = pod.spec.clone().unwrap_or_default();
-    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    let init_statuses: Vec<ContainerStatus> = init_views.iter().map(container_status).collect();
     let statuses: Vec<ContainerStatus> = views.iter().map(container_status).collect();
-    let mut phase = phase(policy, &statuses).to_owned();
+    let mut phase = pod_phase(&spec, &init_statuses, &statuses).to_owned();
     let (mut reason, mut message) = (None, None);
     if let Some((r, m)) = &facts.failure {
         phase = "Failed".to_owned();
@@ -221,12 +301,51 @@ pub fn pod_status(
     let prev_conditions = previous
         .and_then(|p| p.conditions.clone())
         .unwrap_or_default();
-    let not_ready: Vec<&str> = statuses
-        .iter()
+    // Sidecars count toward readiness like app containers, as upstream.
+    let sidecars = init_statuses.iter().filter(|s| {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == s.name && is_sidecar(c))
+    });
+    let not_ready: Vec<&str> = sidecars
+        .chain(&statuses)
         .filter(|s| !s.ready)
         .map(|s| s.name.as_str())
         .collect();
     let terminal = phase == "Succeeded" || phase == "Failed";
+    let uninitialized: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| !is_sidecar(c))
+        .filter(|c| {
+            !init_statuses.iter().any(|s| {
+                s.name == c.name
+                    && s.state
+                        .as_ref()
+                        .and_then(|st| st.terminated.as_ref())
+                        .is_some_and(|t| t.exit_code == 0)
+            })
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    let initialized = uninitialized.is_empty() || !facts.init_required;
+    // Readiness gates: nothing sets their conditions in standalone mode, so each one
+    // not already True holds the pod's Ready, with upstream's message.
+    let missing_gate = spec
+        .readiness_gates
+        .iter()
+        .flatten()
+        .find(|g| {
+            !previous
+                .and_then(|p| p.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == g.condition_type && c.status == "True")
+                })
+        })
+        .map(|g| g.condition_type.clone());
     let (ready_reason, ready_message) = if terminal && phase == "Succeeded" {
         (Some("PodCompleted"), None)
     } else if !not_ready.is_empty() {
@@ -240,7 +359,17 @@ pub fn pod_status(
     } else {
         (None, None)
     };
-    let all_ready = not_ready.is_empty() && !terminal;
+    let containers_ready = not_ready.is_empty() && !terminal;
+    let all_ready = containers_ready && missing_gate.is_none();
+    let (pod_ready_reason, pod_ready_message) = match (&ready_reason, &missing_gate) {
+        (None, Some(g)) if !terminal => (
+            Some("ReadinessGatesNotReady"),
+            Some(format!(
+                "corresponding condition of pod readiness gate \"{g}\" does not exist."
+            )),
+        ),
+        _ => (ready_reason, ready_message.clone()),
+    };
     let conditions = vec![
         condition(
             "PodReadyToStartContainers",
@@ -252,23 +381,32 @@ pub fn pod_status(
         ),
         condition(
             "Initialized",
-            true,
-            (phase == "Succeeded").then_some("PodCompleted"),
-            None,
+            initialized,
+            if initialized {
+                (phase == "Succeeded" && spec.init_containers.is_none()).then_some("PodCompleted")
+            } else {
+                Some("ContainersNotInitialized")
+            },
+            (!initialized).then(|| {
+                format!(
+                    "containers with incomplete status: [{}]",
+                    uninitialized.join(" ")
+                )
+            }),
             &prev_conditions,
             now,
         ),
         condition(
             "Ready",
             all_ready,
-            ready_reason,
-            ready_message.clone(),
+            pod_ready_reason,
+            pod_ready_message,
             &prev_conditions,
             now,
         ),
         condition(
             "ContainersReady",
-            all_ready,
+            containers_ready,
             ready_reason,
             ready_message,
             &prev_conditions,
@@ -294,6 +432,7 @@ pub fn pod_status(
                 .collect()
         }),
         start_time: k8s_time(facts.start_time),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         container_statuses: Some(statuses),
         qos_class: Some(crate::podspec::qos_class(&spec).to_owned()),
         ..Default::default()
@@ -310,7 +449,48 @@ pub fn status_column(pod: &Pod) -> String {
         .or(status.phase.clone())
         .unwrap_or_else(|| "Unknown".to_owned());
     let mut has_running = false;
-    for c in status.container_statuses.iter().flatten().rev() {
+    let init_specs = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.clone())
+        .unwrap_or_default();
+    let mut initializing = false;
+    for (i, c) in status.init_container_statuses.iter().flatten().enumerate() {
+        let state = c.state.clone().unwrap_or_default();
+        let sidecar = init_specs.iter().any(|s| s.name == c.name && is_sidecar(s));
+        if sidecar && c.started == Some(true) {
+            continue;
+        }
+        match (&state.terminated, &state.waiting) {
+            (Some(t), _) if t.exit_code == 0 => continue,
+            (Some(t), _) => {
+                reason = match &t.reason {
+                    Some(r) if !r.is_empty() => format!("Init:{r}"),
+                    _ if t.signal.unwrap_or(0) != 0 => {
+                        format!("Init:Signal:{}", t.signal.unwrap_or(0))
+                    }
+                    _ => format!("Init:ExitCode:{}", t.exit_code),
+                };
+            }
+            (_, Some(w))
+                if w.reason
+                    .as_deref()
+                    .is_some_and(|r| !r.is_empty() && r != "PodInitializing") =>
+            {
+                reason = format!("Init:{}", w.reason.clone().unwrap_or_default());
+            }
+            _ => reason = format!("Init:{i}/{}", init_specs.len()),
+        }
+        initializing = true;
+        break;
+    }
+    for c in status
+        .container_statuses
+        .iter()
+        .flatten()
+        .rev()
+        .filter(|_| !initializing)
+    {
         let state = c.state.clone().unwrap_or_default();
         if let Some(w) = state
             .waiting
@@ -447,6 +627,126 @@ mod tests {
                 reason: r.into(),
                 message: None,
             }),
+            ..Default::default()
+        }
+    }
+
+    fn named(name: &str, mut s: ContainerStatus) -> ContainerStatus {
+        s.name = name.into();
+        s
+    }
+
+    fn init_spec(policy: &str, inits: &[&str]) -> k8s_openapi::api::core::v1::PodSpec {
+        k8s_openapi::api::core::v1::PodSpec {
+            restart_policy: Some(policy.into()),
+            init_containers: Some(
+                inits
+                    .iter()
+                    .map(|n| k8s_openapi::api::core::v1::Container {
+                        name: (*n).into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            containers: vec![k8s_openapi::api::core::v1::Container {
+                name: "c".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn phases_with_init_containers() {
+        let running = container_status(&view(Some(info(RtState::Running, 0, None)), None));
+        let ok = container_status(&view(Some(info(RtState::Exited, 0, Some(0))), None));
+        let failed = container_status(&view(Some(info(RtState::Exited, 0, Some(1))), None));
+        let backoff = container_status(&view(
+            Some(info(RtState::Exited, 1, Some(1))),
+            Some("CrashLoopBackOff"),
+        ));
+        let initializing = container_status(&view(None, Some("PodInitializing")));
+        let spec = init_spec("Always", &["a", "b"]);
+        let cases: Vec<(&str, Vec<ContainerStatus>, ContainerStatus, &str)> = vec![
+            (
+                "Always",
+                vec![named("a", running.clone())],
+                initializing.clone(),
+                "Pending",
+            ),
+            (
+                "Always",
+                vec![named("a", ok.clone()), named("b", running.clone())],
+                initializing.clone(),
+                "Pending",
+            ),
+            (
+                "Always",
+                vec![named("a", ok.clone()), named("b", ok.clone())],
+                running.clone(),
+                "Running",
+            ),
+            (
+                "Always",
+                vec![named("a", backoff.clone())],
+                initializing.clone(),
+                "Pending",
+            ),
+            (
+                "Never",
+                vec![named("a", failed.clone())],
+                initializing.clone(),
+                "Failed",
+            ),
+            (
+                "OnFailure",
+                vec![named("a", failed.clone())],
+                initializing.clone(),
+                "Pending",
+            ),
+        ];
+        for (policy, init, app, want) in cases {
+            let mut spec = spec.clone();
+            spec.restart_policy = Some(policy.into());
+            assert_eq!(pod_phase(&spec, &init, &[app]), want, "{policy} {init:?}");
+        }
+    }
+
+    #[test]
+    fn init_status_column_like_kubectl() {
+        let mk = |init: Vec<ContainerStatus>| {
+            let mut pod = pod_with(
+                vec![container_status(&view(None, Some("PodInitializing")))],
+                "Pending",
+            );
+            pod.spec = Some(init_spec("Always", &["a", "b"]));
+            if let Some(s) = pod.status.as_mut() {
+                s.init_container_statuses = Some(init);
+            }
+            pod
+        };
+        let running = container_status(&view(Some(info(RtState::Running, 0, None)), None));
+        let ok = container_status(&view(Some(info(RtState::Exited, 0, Some(0))), None));
+        let failed = container_status(&view(Some(info(RtState::Exited, 0, Some(1))), None));
+        let backoff = container_status(&view(
+            Some(info(RtState::Exited, 1, Some(1))),
+            Some("CrashLoopBackOff"),
+        ));
+        let cases = [
+            (vec![named("a", running.clone())], "Init:0/2"),
+            (
+                vec![named("a", ok.clone()), named("b", running.clone())],
+                "Init:1/2",
+            ),
+            (vec![named("a", failed)], "Init:Error"),
+            (vec![named("a", backoff)], "Init:CrashLoopBackOff"),
+            (
+                vec![named("a", ok.clone()), named("b", ok)],
+                "PodInitializing",
+            ),
+        ];
+        for (init, want) in cases {
+            assert_eq!(status_column(&mk(init)), want);
         }
     }
 
@@ -574,11 +874,13 @@ mod tests {
             host_ip: "192.0.2.1".into(),
             start_time: SystemTime::UNIX_EPOCH,
             failure: None,
+            init_required: true,
         };
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
-        let first = pod_status(&pod, &[], &facts, None, t0);
+        let first = pod_status(&pod, &[], &[], &facts, None, t0);
         let later = pod_status(
             &pod,
+            &[],
             &[],
             &facts,
             Some(&first),

@@ -17,8 +17,9 @@ use nodelet_cri::runtime::{ContainerInfo, ContainerState, Runtime, RuntimeError,
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
+use crate::hooks;
 use crate::podspec::{self, FieldValues};
-use crate::status::{self, ContainerView, PodFacts, Waiting};
+use crate::status::{self, ContainerView, Ending, PodFacts, Waiting};
 
 /// The published pods, by UID.
 pub type PodMap = std::collections::BTreeMap<String, Arc<Pod>>;
@@ -29,6 +30,9 @@ pub const RESYNC_PERIOD: Duration = Duration::from_secs(10);
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 /// The back-off cap.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// The least a container gets for its stop signal after its preStop hook used up the
+/// grace period (upstream's `minimumGracePeriodInSeconds`).
+pub const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
 /// A container that ran this long before exiting restarts without back-off.
 pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
@@ -41,6 +45,8 @@ pub enum WorkerMsg {
     Terminate,
     /// Something changed in the runtime: look again.
     Sync,
+    /// The OOM killer hit this container (its exit follows).
+    Oom(String),
 }
 
 /// What every worker shares.
@@ -58,6 +64,8 @@ pub struct WorkerEnv<R> {
     pub node_name: String,
     /// The node IP.
     pub host_ip: String,
+    /// Cluster DNS settings for pods' resolv.conf.
+    pub dns: podspec::DnsSettings,
     /// Where pod statuses are published.
     pub statuses: watch::Sender<PodMap>,
 }
@@ -78,6 +86,12 @@ pub struct PodWorker<R> {
     last_ips: Vec<String>,
     last_status: Option<PodStatus>,
     sandbox_error: Option<(String, SystemTime)>,
+    /// A pod-level failure (`DeadlineExceeded`): reason and message.
+    failure: Option<(String, String)>,
+    /// How exited instances ended, by container ID.
+    endings: HashMap<String, Ending>,
+    /// Containers the OOM killer hit.
+    oom_killed: std::collections::HashSet<String>,
 }
 
 /// The outcome of one sync.
@@ -95,6 +109,14 @@ fn display_name(pod: &Pod) -> String {
         pod.metadata.namespace.as_deref().unwrap_or("default"),
         pod.metadata.uid.as_deref().unwrap_or("")
     )
+}
+
+/// The newest instance of container `name` and the one before it.
+fn latest(infos: &[ContainerInfo], name: &str) -> (Option<ContainerInfo>, Option<ContainerInfo>) {
+    let mut mine: Vec<&ContainerInfo> = infos.iter().filter(|c| c.name == name).collect();
+    mine.sort_by_key(|c| (c.attempt, c.created_at));
+    let cur = mine.pop().cloned();
+    (cur, mine.pop().cloned())
 }
 
 fn restart_wanted(policy: &str, exit_code: Option<i32>) -> bool {
@@ -119,6 +141,9 @@ impl<R: Runtime> PodWorker<R> {
             last_ips: Vec::new(),
             last_status: None,
             sandbox_error: None,
+            failure: None,
+            endings: HashMap::new(),
+            oom_killed: std::collections::HashSet::new(),
         }
     }
 
@@ -132,6 +157,10 @@ impl<R: Runtime> PodWorker<R> {
             uid = %self.uid
         );
         async move {
+            // The pod shows up at once as Pending, before any runtime work.
+            if self.last_status.is_none() {
+                self.publish(&[], None, HashMap::new(), true, SystemTime::now());
+            }
             let mut terminating = false;
             // An orphan's worker is told to terminate before it first runs.
             while let Ok(m) = rx.try_recv() {
@@ -184,6 +213,10 @@ impl<R: Runtime> PodWorker<R> {
             }
             WorkerMsg::Terminate => true,
             WorkerMsg::Sync => false,
+            WorkerMsg::Oom(id) => {
+                self.oom_killed.insert(id);
+                false
+            }
         }
     }
 
@@ -224,14 +257,7 @@ impl<R: Runtime> PodWorker<R> {
         self.mark_terminating();
         let rt = &self.env.runtime;
         let containers = rt.list_containers(Some(&self.uid)).await?;
-        let grace = self.grace_period();
-        let stops = containers
-            .iter()
-            .filter(|c| c.state == ContainerState::Running)
-            .map(|c| rt.stop_container(&c.id, grace));
-        for r in futures::future::join_all(stops).await {
-            r?;
-        }
+        self.stop_all(&containers).await?;
         for c in &containers {
             rt.remove_container(&c.id).await?;
         }
@@ -256,6 +282,7 @@ impl<R: Runtime> PodWorker<R> {
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".into());
+        let init_specs = spec.init_containers.clone().unwrap_or_default();
         let mut wake = RESYNC_PERIOD;
         let mut waiting: HashMap<String, Waiting> = HashMap::new();
         // An adopted pod started when its oldest sandbox was made, not when this
@@ -263,22 +290,30 @@ impl<R: Runtime> PodWorker<R> {
         if let Some(first) = sandboxes.iter().map(|s| s.created_at).min() {
             self.start_time = self.start_time.min(first);
         }
+        self.check_deadline(&spec, now, &mut wake);
 
-        let latest = |infos: &[ContainerInfo],
-                      name: &str|
-         -> (Option<ContainerInfo>, Option<ContainerInfo>) {
-            let mut mine: Vec<&ContainerInfo> = infos.iter().filter(|c| c.name == name).collect();
-            mine.sort_by_key(|c| (c.attempt, c.created_at));
-            let cur = mine.pop().cloned();
-            (cur, mine.pop().cloned())
-        };
-        // The pod is finished when no container will run again.
-        let done = spec.containers.iter().all(|c| {
-            let (cur, _) = latest(&containers, &c.name);
-            cur.is_some_and(|cur| {
+        // Init containers count as done once an app container has run (upstream's
+        // rule, which also covers adopted pods whose init records are gone).
+        let apps_started = spec
+            .containers
+            .iter()
+            .any(|c| latest(&containers, &c.name).0.is_some());
+        let init_failed = policy == "Never"
+            && init_specs
+                .iter()
+                .filter(|c| !status::is_sidecar(c))
+                .any(|c| {
+                    latest(&containers, &c.name).0.is_some_and(|cur| {
+                        cur.state == ContainerState::Exited && cur.exit_code.unwrap_or(0) != 0
+                    })
+                });
+        // The pod is finished when no app container will run again.
+        let apps_done = spec.containers.iter().all(|c| {
+            latest(&containers, &c.name).0.is_some_and(|cur| {
                 cur.state == ContainerState::Exited && !restart_wanted(&policy, cur.exit_code)
             })
         });
+        let done = self.failure.is_some() || init_failed || apps_done;
 
         let mut sandbox: Option<SandboxInfo> = sandboxes
             .iter()
@@ -286,11 +321,16 @@ impl<R: Runtime> PodWorker<R> {
             .max_by_key(|s| s.attempt)
             .cloned();
         if done {
-            // A finished pod gives back its sandbox and IP, keeping its containers
+            // A finished pod stops what still runs (sidecars, or everything past its
+            // deadline) and gives back its sandbox and IP, keeping its containers
             // (their logs and exit codes) until the pod is removed.
+            self.stop_all(&containers).await?;
             for sb in &sandboxes {
                 rt.remove_sandbox(&sb.id).await?;
                 debug!(sandbox = %sb.id, "sandbox of a finished pod removed");
+            }
+            if !sandboxes.is_empty() {
+                containers = rt.list_containers(Some(&self.uid)).await?;
             }
             sandbox = None;
         } else if sandbox.is_none() {
@@ -314,12 +354,18 @@ impl<R: Runtime> PodWorker<R> {
             }
         }
 
+        let all_names = || {
+            init_specs
+                .iter()
+                .chain(&spec.containers)
+                .map(|c| c.name.clone())
+        };
         if let (Some(sb), false) = (&sandbox, done) {
             match podspec::prepare_volumes(&self.pod, &self.pod_dir()) {
                 Err(e) => {
-                    for c in &spec.containers {
+                    for name in all_names() {
                         waiting.insert(
-                            c.name.clone(),
+                            name,
                             Waiting {
                                 reason: "CreateContainerConfigError".into(),
                                 message: Some(e.to_string()),
@@ -328,7 +374,30 @@ impl<R: Runtime> PodWorker<R> {
                     }
                 }
                 Ok(volumes) => {
+                    let initialized = apps_started
+                        || self
+                            .sync_init(
+                                sb,
+                                &init_specs,
+                                &containers,
+                                &volumes,
+                                &policy,
+                                now,
+                                &mut waiting,
+                                &mut wake,
+                            )
+                            .await?;
                     for c in &spec.containers {
+                        if !initialized {
+                            waiting.insert(
+                                c.name.clone(),
+                                Waiting {
+                                    reason: "PodInitializing".into(),
+                                    message: None,
+                                },
+                            );
+                            continue;
+                        }
                         let (cur, prev) = latest(&containers, &c.name);
                         let result = self
                             .sync_container(
@@ -350,9 +419,9 @@ impl<R: Runtime> PodWorker<R> {
                 }
             }
         } else if let (None, false, Some((msg, _))) = (&sandbox, done, &self.sandbox_error) {
-            for c in &spec.containers {
+            for name in all_names() {
                 waiting.insert(
-                    c.name.clone(),
+                    name,
                     Waiting {
                         reason: "ContainerCreating".into(),
                         message: Some(msg.clone()),
@@ -361,8 +430,161 @@ impl<R: Runtime> PodWorker<R> {
             }
         }
 
-        self.publish(&containers, sandbox.as_ref(), waiting, now);
+        // App containers that never ran while initialization is incomplete wait on it,
+        // also once the pod is finished (an init container failed under `Never`).
+        if !init_specs.is_empty() {
+            let never_ran = spec
+                .containers
+                .iter()
+                .filter(|c| latest(&containers, &c.name).0.is_none());
+            for c in never_ran {
+                waiting.entry(c.name.clone()).or_insert_with(|| Waiting {
+                    reason: "PodInitializing".into(),
+                    message: None,
+                });
+            }
+        }
+        self.publish(&containers, sandbox.as_ref(), waiting, !apps_started, now);
         Ok(Next::After(wake))
+    }
+
+    /// Runs the init containers in order, each to completion before the next (a
+    /// sidecar only has to be running); true when all are done.
+    #[allow(clippy::too_many_arguments)]
+    async fn sync_init(
+        &mut self,
+        sb: &SandboxInfo,
+        init_specs: &[Container],
+        containers: &[ContainerInfo],
+        volumes: &std::collections::BTreeMap<String, PathBuf>,
+        policy: &str,
+        now: SystemTime,
+        waiting: &mut HashMap<String, Waiting>,
+        wake: &mut Duration,
+    ) -> Result<bool, RuntimeError> {
+        for c in init_specs {
+            let (cur, prev) = latest(containers, &c.name);
+            let sidecar = status::is_sidecar(c);
+            let running = cur
+                .as_ref()
+                .is_some_and(|cur| cur.state == ContainerState::Running && cur.sandbox_id == sb.id);
+            let succeeded = cur
+                .as_ref()
+                .is_some_and(|cur| cur.state == ContainerState::Exited && cur.exit_code == Some(0));
+            if (sidecar && running) || (!sidecar && succeeded) {
+                continue;
+            }
+            // Under `Always` a failed init container is retried like `OnFailure`; a
+            // sidecar restarts whenever it stops.
+            let init_policy = match (sidecar, policy) {
+                (true, _) => "Always",
+                (false, "Never") => "Never",
+                _ => "OnFailure",
+            };
+            let result = self
+                .sync_container(
+                    sb,
+                    c,
+                    cur.as_ref(),
+                    prev.as_ref(),
+                    volumes,
+                    init_policy,
+                    now,
+                )
+                .await?;
+            match result {
+                Some((w, retry)) => {
+                    *wake = (*wake).min(retry);
+                    waiting.insert(c.name.clone(), w);
+                }
+                // Just started: its exit event (or, for a sidecar, a short wait)
+                // moves initialization on.
+                None if sidecar => *wake = (*wake).min(Duration::from_millis(200)),
+                None => {}
+            }
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Fails the pod once it has been active longer than `activeDeadlineSeconds`.
+    fn check_deadline(
+        &mut self,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        now: SystemTime,
+        wake: &mut Duration,
+    ) {
+        let Some(secs) = spec
+            .active_deadline_seconds
+            .and_then(|s| u64::try_from(s).ok())
+        else {
+            return;
+        };
+        let deadline = self.start_time + Duration::from_secs(secs);
+        match deadline.duration_since(now) {
+            Ok(left) => *wake = (*wake).min(left),
+            Err(_) if self.failure.is_none() => {
+                info!("pod passed its active deadline");
+                self.failure = Some((
+                    "DeadlineExceeded".to_owned(),
+                    "Pod was active on the node longer than the specified deadline".to_owned(),
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Stops every running container of the pod with its grace period, all at once.
+    async fn stop_all(&self, containers: &[ContainerInfo]) -> Result<(), RuntimeError> {
+        let grace = self.grace_period();
+        let stops = containers
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .map(|c| self.stop_one(c, grace));
+        for r in futures::future::join_all(stops).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// The spec of container `name` (app or init).
+    fn container_spec(&self, name: &str) -> Option<Container> {
+        let spec = self.pod.spec.as_ref()?;
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == name)
+            .cloned()
+    }
+
+    /// The IP hooks and probes reach the pod on.
+    fn pod_ip(&self) -> std::net::IpAddr {
+        self.last_ips
+            .first()
+            .or(Some(&self.env.host_ip))
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    }
+
+    /// Stops one container as upstream's `killContainer` does: the preStop hook first,
+    /// within the grace period, then the stop signal with what is left of it (at
+    /// least 2 s), then SIGKILL.
+    async fn stop_one(&self, info: &ContainerInfo, grace: Duration) -> Result<(), RuntimeError> {
+        let mut grace = grace;
+        if let Some(c) = self.container_spec(&info.name)
+            && let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+            && !grace.is_zero()
+        {
+            let start = tokio::time::Instant::now();
+            let rt = &*self.env.runtime;
+            if let Err(message) = hooks::run(hook, rt, &c, &info.id, self.pod_ip(), grace).await {
+                warn!(container = %info.name, %message, "FailedPreStopHook");
+            }
+            grace = grace
+                .saturating_sub(start.elapsed())
+                .max(MIN_GRACE_AFTER_HOOK);
+        }
+        self.env.runtime.stop_container(&info.id, grace).await
     }
 
     /// Replaces a dead or missing sandbox: containers of the old one are killed (they
@@ -396,6 +618,7 @@ impl<R: Runtime> PodWorker<R> {
             attempt,
             &self.env.pod_logs_dir,
             &self.env.cgroup_root,
+            &self.env.dns,
         );
         match rt.run_sandbox(&config).await {
             Ok(sb) => {
@@ -544,6 +767,15 @@ impl<R: Runtime> PodWorker<R> {
             return Ok(Some(self.image_missing(c, &image_ref, now)));
         };
         self.image_backoff.remove(&c.name);
+        if let Err(message) = podspec::verify_run_as_non_root(&self.pod, c, &image.config.user) {
+            return Ok(Some((
+                Waiting {
+                    reason: "CreateContainerConfigError".into(),
+                    message: Some(message),
+                },
+                RESYNC_PERIOD,
+            )));
+        }
         let term_dir = self.pod_dir().join("containers").join(&c.name);
         let term_log = term_dir.join(format!("termination-log-{attempt}"));
         let config = std::fs::create_dir_all(&term_dir)
@@ -608,6 +840,26 @@ impl<R: Runtime> PodWorker<R> {
             )));
         }
         info!(container = %c.name, id = %id, attempt, "container started");
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let rt = &*self.env.runtime;
+            let grace = self.grace_period();
+            if let Err(message) = hooks::run(hook, rt, c, &id, self.pod_ip(), grace).await {
+                // Upstream kills a container whose postStart hook failed; the restart
+                // policy and back-off decide what comes next.
+                warn!(container = %c.name, %message, "FailedPostStartHook");
+                rt.stop_container(&id, grace).await?;
+                self.backoff.entry(c.name.clone()).or_insert(Backoff {
+                    delay: BACKOFF_INITIAL,
+                });
+                return Ok(Some((
+                    Waiting {
+                        reason: "PostStartHookError".into(),
+                        message: Some(message),
+                    },
+                    BACKOFF_INITIAL,
+                )));
+            }
+        }
         Ok(None)
     }
 
@@ -653,39 +905,96 @@ impl<R: Runtime> PodWorker<R> {
         )
     }
 
+    /// How an exited instance ended: its termination message (the file, or with
+    /// `FallbackToLogsOnError` the log's tail after a failure) and OOMKilled. Read
+    /// once per instance.
+    fn ending(&mut self, c: &Container, info: &ContainerInfo) -> Option<Ending> {
+        if info.state != ContainerState::Exited {
+            return None;
+        }
+        if let Some(e) = self.endings.get(&info.id) {
+            return Some(e.clone());
+        }
+        let file = self
+            .pod_dir()
+            .join("containers")
+            .join(&c.name)
+            .join(format!("termination-log-{}", info.attempt));
+        let mut message = read_capped(&file, TERMINATION_MESSAGE_MAX);
+        let failed = info.exit_code.unwrap_or(0) != 0;
+        if message.is_empty()
+            && failed
+            && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
+        {
+            message = log_tail(&info.log_path, FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES);
+        }
+        let ending = Ending {
+            reason: self
+                .oom_killed
+                .contains(&info.id)
+                .then(|| "OOMKilled".to_owned()),
+            message: Some(message).filter(|m| !m.is_empty()),
+        };
+        self.endings.insert(info.id.clone(), ending.clone());
+        Some(ending)
+    }
+
+    fn views(
+        &mut self,
+        specs: &[Container],
+        containers: &[ContainerInfo],
+        waiting: &mut HashMap<String, Waiting>,
+    ) -> Vec<ContainerView> {
+        specs
+            .iter()
+            .map(|c| {
+                let (current, previous) = latest(containers, &c.name);
+                let endings = current
+                    .iter()
+                    .chain(previous.iter())
+                    .filter_map(|i| Some((i.id.clone(), self.ending(c, i)?)))
+                    .collect();
+                ContainerView {
+                    name: c.name.clone(),
+                    image: c.image.clone().unwrap_or_default(),
+                    waiting: waiting.remove(&c.name),
+                    current,
+                    previous,
+                    endings,
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+
     fn publish(
         &mut self,
         containers: &[ContainerInfo],
         sandbox: Option<&SandboxInfo>,
         mut waiting: HashMap<String, Waiting>,
+        init_required: bool,
         now: SystemTime,
     ) {
         let spec = self.pod.spec.clone().unwrap_or_default();
-        let views: Vec<ContainerView> = spec
-            .containers
-            .iter()
-            .map(|c| {
-                let mut mine: Vec<&ContainerInfo> =
-                    containers.iter().filter(|i| i.name == c.name).collect();
-                mine.sort_by_key(|i| (i.attempt, i.created_at));
-                let current = mine.pop().cloned();
-                ContainerView {
-                    name: c.name.clone(),
-                    image: c.image.clone().unwrap_or_default(),
-                    previous: mine.pop().cloned(),
-                    waiting: waiting.remove(&c.name),
-                    current,
-                }
-            })
-            .collect();
+        let init_specs = spec.init_containers.clone().unwrap_or_default();
+        let init_views = self.views(&init_specs, containers, &mut waiting);
+        let views = self.views(&spec.containers, containers, &mut waiting);
         let facts = PodFacts {
             sandbox_ready: sandbox.is_some(),
             pod_ips: self.last_ips.clone(),
             host_ip: self.env.host_ip.clone(),
             start_time: self.start_time,
-            failure: None,
+            failure: self.failure.clone(),
+            init_required,
         };
-        let status = status::pod_status(&self.pod, &views, &facts, self.last_status.as_ref(), now);
+        let status = status::pod_status(
+            &self.pod,
+            &init_views,
+            &views,
+            &facts,
+            self.last_status.as_ref(),
+            now,
+        );
         if self.last_status.as_ref() == Some(&status) {
             return;
         }
@@ -701,4 +1010,47 @@ impl<R: Runtime> PodWorker<R> {
             m.insert(self.uid.clone(), pod);
         });
     }
+}
+
+/// Upstream's cap on a termination message read from its file.
+const TERMINATION_MESSAGE_MAX: u64 = 4096;
+/// With `FallbackToLogsOnError`: at most this many lines of the log's tail…
+const FALLBACK_LOG_LINES: usize = 80;
+/// …and at most this many bytes.
+const FALLBACK_LOG_BYTES: usize = 2048;
+
+/// The first `max` bytes of a file as text; empty when it is missing.
+fn read_capped(path: &std::path::Path, max: u64) -> String {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(max).read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The last `lines` lines (at most `bytes` bytes) of a CRI log file's text, as
+/// upstream's fallback termination message.
+fn log_tail(path: &std::path::Path, lines: usize, bytes: usize) -> String {
+    let content = std::fs::read_to_string(path).unwrap_or_default();
+    let mut text = String::new();
+    for line in content.lines().filter_map(nodelet_cri::logs::parse_line) {
+        text.push_str(&line.text);
+        if line.full {
+            text.push('\n');
+        }
+    }
+    let kept: Vec<&str> = text.lines().collect();
+    let mut tail = kept[kept.len().saturating_sub(lines)..].join("\n");
+    if !tail.is_empty() && text.ends_with('\n') {
+        tail.push('\n');
+    }
+    if tail.len() > bytes {
+        let mut cut = tail.len() - bytes;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = tail[cut..].to_owned();
+    }
+    tail
 }

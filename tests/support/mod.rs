@@ -117,6 +117,8 @@ pub struct World {
     pub agent: Option<Child>,
     /// The agent's `--v` log filter.
     pub log_filter: String,
+    /// More agent flags.
+    pub extra_args: Vec<String>,
     http: reqwest::Client,
 }
 
@@ -149,6 +151,7 @@ impl World {
             node: format!("node-{id}"),
             agent: None,
             log_filter: "info,nodelet=debug,nodelet_cri=debug,nodelet_manifests=debug".into(),
+            extra_args: Vec::new(),
             http: reqwest::Client::new(),
             id,
             dir,
@@ -212,6 +215,9 @@ impl World {
             "--v".into(),
             self.log_filter.clone(),
         ]
+        .into_iter()
+        .chain(self.extra_args.iter().cloned())
+        .collect()
     }
 
     /// The agent's log file.
@@ -329,6 +335,10 @@ impl World {
 
     /// A runtime handle on the test's namespace, for checking what the agent did.
     pub async fn runtime(&self) -> ContainerdRuntime {
+        self.try_runtime().await.expect("connect to containerd")
+    }
+
+    async fn try_runtime(&self) -> Result<ContainerdRuntime, nodelet_cri::runtime::RuntimeError> {
         ContainerdRuntime::connect(RuntimeConfig {
             endpoint: self.socket.clone(),
             namespace: self.namespace.clone(),
@@ -343,7 +353,6 @@ impl World {
             },
         })
         .await
-        .expect("connect to containerd")
     }
 
     /// The IPs host-local has handed out in this network.
@@ -392,7 +401,10 @@ impl World {
                     return;
                 };
                 rt.block_on(async {
-                    let runtime = this.runtime().await;
+                    // Cleanup never panics: a test that failed already says why.
+                    let Ok(runtime) = this.try_runtime().await else {
+                        return;
+                    };
                     for c in runtime.list_containers(None).await.unwrap_or_default() {
                         let _ = runtime.remove_container(&c.id).await;
                     }

@@ -1,7 +1,8 @@
-//! Reading OCI image-layout archives (`oci-layout`, `index.json`, `blobs/<alg>/<hex>`)
-//! without unpacking them: one pass over the tar records where each blob's bytes start,
-//! and blobs are then read from the file at those offsets, so a large layer streams to
-//! containerd without being held in memory.
+//! Reading image archives without unpacking them: OCI image layouts (`oci-layout`,
+//! `index.json`, `blobs/<alg>/<hex>`) and, through [`super::docker_archive`], `docker
+//! save` archives (`manifest.json`). One pass over the tar records where each file's
+//! bytes start, and blobs are then read from the file at those offsets, so a large
+//! layer streams to containerd without being held in memory.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,6 +26,8 @@ pub(super) struct OciArchive {
     pub path: PathBuf,
     /// Blobs by digest (`sha256:<hex>`).
     pub blobs: HashMap<String, Span>,
+    /// Blobs made in memory for the archive (a `docker save` archive's manifests).
+    pub extra: HashMap<String, Vec<u8>>,
     pub index: ImageIndex,
 }
 
@@ -42,8 +45,10 @@ impl OciArchive {
         let file = File::open(path).map_err(io)?;
         let mut archive = tar::Archive::new(file);
         let mut blobs = HashMap::new();
+        let mut files = HashMap::new();
         let mut layout = None;
         let mut index = None;
+        let mut docker_manifest = None;
         for entry in archive.entries().map_err(io)? {
             let mut entry = entry.map_err(io)?;
             if entry.header().entry_type() != tar::EntryType::Regular {
@@ -51,7 +56,19 @@ impl OciArchive {
             }
             let name = entry.path().map_err(io)?.to_string_lossy().into_owned();
             let name = name.trim_start_matches("./").trim_start_matches('/');
+            files.insert(
+                name.to_owned(),
+                Span {
+                    offset: entry.raw_file_position(),
+                    size: entry.size(),
+                },
+            );
             match name.split('/').collect::<Vec<_>>()[..] {
+                ["manifest.json"] => {
+                    let mut buf = Vec::new();
+                    entry.read_to_end(&mut buf).map_err(io)?;
+                    docker_manifest = Some(buf);
+                }
                 ["oci-layout"] => {
                     let mut buf = Vec::new();
                     entry.read_to_end(&mut buf).map_err(io)?;
@@ -72,7 +89,17 @@ impl OciArchive {
                 _ => {}
             }
         }
-        let layout = layout.ok_or_else(|| not_layout("no oci-layout file"))?;
+        let Some(layout) = layout else {
+            // Not an OCI layout: a `docker save` archive, if it has a manifest.json.
+            let manifest = docker_manifest.ok_or_else(|| not_layout("no oci-layout file"))?;
+            let docker = super::docker_archive::convert(path, &files, &manifest)?;
+            return Ok(Self {
+                path: path.to_owned(),
+                blobs: docker.blobs,
+                extra: docker.extra,
+                index: docker.index,
+            });
+        };
         let layout: serde_json::Value =
             serde_json::from_slice(&layout).map_err(|_| not_layout("oci-layout is not JSON"))?;
         if layout["imageLayoutVersion"] != "1.0.0" {
@@ -88,6 +115,7 @@ impl OciArchive {
         Ok(Self {
             path: path.to_owned(),
             blobs,
+            extra: HashMap::new(),
             index,
         })
     }
@@ -110,6 +138,9 @@ impl OciArchive {
 
     /// Reads a whole (small) blob. Blocking, but only used for manifests and configs.
     pub fn read(&self, digest: &str, size: u64) -> Result<Vec<u8>, ImageError> {
+        if let Some(data) = self.extra.get(digest) {
+            return Ok(data.clone());
+        }
         let span = self.span(digest, size)?;
         let io = |source| ImageError::Io {
             path: self.path.clone(),

@@ -28,7 +28,7 @@ const LEASE_HEADER: &str = "containerd-lease";
 /// Lease label holding the RFC 3339 time after which the GC may delete the lease.
 const LEASE_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
 /// Size of one `Write` message's data.
-const CHUNK: usize = 1 << 20;
+pub(super) const CHUNK: usize = 1 << 20;
 /// Deadline of a whole blob write stream (a large layer on a slow disk).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How often a write waits for another writer of the same blob to finish.
@@ -324,6 +324,78 @@ impl Containerd {
         Ok(())
     }
 
+    /// Opens (or resumes) the ingest `reference` of the blob `desc`, outside any lease:
+    /// containerd then keeps a partial ingest for 24 hours, so a pull that fails half-way
+    /// continues from where it stopped next time. Waits for another writer holding the
+    /// same ingest. The ingest's current offset is [`Ingest::offset`].
+    pub(super) async fn open_ingest(&self, reference: &str, desc: &Desc) -> Result<Ingest, Status> {
+        let total = i64::try_from(desc.size).map_err(|_| Status::out_of_range("blob too large"))?;
+        let mut attempt = 0;
+        loop {
+            let (tx, rx) = mpsc::channel(2);
+            let stat = WriteContentRequest {
+                action: WriteAction::Stat as i32,
+                r#ref: reference.to_owned(),
+                total,
+                expected: desc.digest.clone(),
+                offset: 0,
+                data: Vec::new(),
+                labels: HashMap::new(),
+            };
+            // Queued before the call: the server answers headers after a first message.
+            tx.send(stat)
+                .await
+                .map_err(|_| Status::internal("write stream closed"))?;
+            let req = self.request_with_timeout(ReceiverStream::new(rx), WRITE_TIMEOUT);
+            let opened = async {
+                let mut responses = ContentClient::new(self.channel())
+                    .write(req)
+                    .await?
+                    .into_inner();
+                let first = next(&mut responses).await?;
+                Ok::<_, Status>((responses, first))
+            }
+            .await;
+            match opened {
+                Ok((responses, first)) => {
+                    return Ok(Ingest {
+                        tx,
+                        responses,
+                        reference: reference.to_owned(),
+                        expected: desc.digest.clone(),
+                        total,
+                        offset: first.offset.clamp(0, total),
+                    });
+                }
+                Err(s)
+                    if s.code() == Code::Unavailable
+                        && s.message().contains("locked")
+                        && attempt < LOCKED_RETRIES * 5 =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+
+    /// Drops the ingest `reference` and its partial data (after a digest mismatch, so
+    /// the next attempt starts clean). One that does not exist is fine.
+    pub(super) async fn abort_ingest(&self, reference: &str) -> Result<(), ImageError> {
+        let req = containerd_client::services::v1::AbortRequest {
+            r#ref: reference.to_owned(),
+        };
+        match ContentClient::new(self.channel())
+            .abort(self.request(req))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(ImageError::containerd("content abort", reference, s)),
+        }
+    }
+
     /// Reads a whole blob of at most `max` bytes, checking its digest.
     pub(super) async fn read_blob(
         &self,
@@ -407,6 +479,74 @@ async fn send(
         return Err(Status::internal("containerd closed the write stream"));
     }
     Ok(())
+}
+
+/// An open ingest: one `Write` stream to containerd for one blob, written in order
+/// from [`Ingest::offset`], then committed with the expected digest (containerd checks
+/// it, also over bytes written by an earlier, interrupted session).
+pub(super) struct Ingest {
+    tx: mpsc::Sender<WriteContentRequest>,
+    responses: Streaming<WriteContentResponse>,
+    reference: String,
+    expected: String,
+    total: i64,
+    offset: i64,
+}
+
+impl Ingest {
+    /// Bytes already in the ingest: where the next write goes.
+    pub fn offset(&self) -> u64 {
+        u64::try_from(self.offset).unwrap_or(0)
+    }
+
+    /// Makes the next write start the blob over (containerd truncates the ingest when a
+    /// write comes at offset 0).
+    pub fn restart(&mut self) {
+        self.offset = 0;
+    }
+
+    fn message(&self, action: WriteAction, data: Vec<u8>) -> WriteContentRequest {
+        WriteContentRequest {
+            action: action as i32,
+            r#ref: self.reference.clone(),
+            total: self.total,
+            expected: self.expected.clone(),
+            offset: self.offset,
+            data,
+            labels: HashMap::new(),
+        }
+    }
+
+    /// Appends `data` at the current offset.
+    pub async fn write(&mut self, data: Vec<u8>) -> Result<(), Status> {
+        let len = i64::try_from(data.len()).map_err(|_| Status::out_of_range("chunk too large"))?;
+        let msg = self.message(WriteAction::Write, data);
+        send(&self.tx, &mut self.responses, msg).await?;
+        let resp = next(&mut self.responses).await?;
+        self.offset += len;
+        if resp.offset != self.offset {
+            return Err(Status::data_loss(format!(
+                "containerd is at offset {} after a write up to {}",
+                resp.offset, self.offset
+            )));
+        }
+        Ok(())
+    }
+
+    /// Commits the blob with `labels`; containerd verifies size and digest.
+    pub async fn commit(mut self, labels: &BTreeMap<String, String>) -> Result<(), Status> {
+        let mut msg = self.message(WriteAction::Commit, Vec::new());
+        msg.labels = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        send(&self.tx, &mut self.responses, msg).await?;
+        let resp = next(&mut self.responses).await?;
+        if resp.digest != self.expected {
+            return Err(Status::data_loss(format!(
+                "committed digest {} is not the expected {}",
+                resp.digest, self.expected
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A blob's data in chunks of at most [`CHUNK`] bytes.

@@ -1,21 +1,54 @@
-//! Images: references, building OCI images in memory, importing them (and OCI
-//! image-layout archives) into containerd, unpacking their layers into snapshots, and
-//! preparing a container's writable root filesystem on top of them.
-//!
-//! No registry is needed for any of it: the pause image is built from the pause binary
-//! this crate embeds, and test images come as OCI archives built on the machine.
+//! Images: references, building OCI images in memory, importing them (OCI image-layout
+//! and `docker save` archives) into containerd, pulling them from registries, unpacking
+//! their layers into snapshots, preparing a container's writable root filesystem on top
+//! of them, removing them, and planning image garbage collection.
 //!
 //! Everything written to containerd follows containerd's own conventions, so that
 //! `ctr` and containerd's garbage collector see the same thing they would after a
-//! `ctr images import`: blobs carry the `containerd.io/gc.ref.*` labels that keep an
-//! image's manifest, config, layers and snapshots alive while the image record exists,
-//! every import runs under a lease so that nothing is collected half-way, and layers are
-//! unpacked into committed snapshots named by their chain ID.
+//! `ctr images import` or `ctr images pull`: blobs carry the `containerd.io/gc.ref.*`
+//! labels that keep an image's manifest, config, layers and snapshots alive while the
+//! image record exists, every import and pull runs under a lease so that nothing is
+//! collected half-way, and layers are unpacked into committed snapshots named by their
+//! chain ID.
+//!
+//! # The API the agent uses
+//!
+//! ```text
+//! // Registry pulls (pull.rs, registry.rs, auth.rs)
+//! Containerd::pull_image(&self, reference: &str, auth: &PullAuth, registries: &RegistryConfig)
+//!     -> Result<ImageInfo, PullError>
+//! Containerd::resolve_digest(&self, reference: &str, auth: &PullAuth, registries: &RegistryConfig)
+//!     -> Result<String, PullError>                      // imagePullPolicy: Always
+//! PullAuth::anonymous() / add_dockerconfigjson(&[u8]) / add_dockercfg(&[u8])
+//!     / add_docker_config_file(&Path) / lookup(image) -> Vec<Credential>
+//! RegistryConfig { hosts: BTreeMap<host, RegistryHostConfig { insecure, ca_file, mirrors }>,
+//!                  docker_config: Option<PathBuf>, max_concurrent_downloads }
+//!
+//! // Local images (store.rs, archive.rs, docker_archive.rs)
+//! Containerd::import_oci_archive(&self, path) -> Result<Vec<String>, ImageError>  // OCI layout or docker save
+//! Containerd::get_image(&self, reference) -> Result<Option<ImageInfo>, ImageError>
+//! Containerd::list_images(&self) -> Result<Vec<ImageInfo>, ImageError>
+//! Containerd::remove_image(&self, name_or_id) -> Result<(), ImageError>
+//! Containerd::ensure_pause_image(&self) -> Result<ImageInfo, ImageError>
+//!
+//! // Image GC (gc.rs): pure; the agent tracks first-detected/last-used times
+//! plan_image_gc(&GcPolicy, &[GcImage], FsUsage, now, began_gc) -> Result<GcPlan, GcError>
+//! plan_delete_unused(&GcPolicy, &[GcImage], now) -> Vec<String>
+//! ```
+//!
+//! [`PullError`]'s messages are containerd's (`failed to pull and unpack image "...":
+//! failed to resolve reference "...": ...`), for the agent's `ErrImagePull` events;
+//! [`PullError::InvalidReference`] is upstream's `InvalidImageName`.
 
 mod archive;
+mod auth;
 mod content;
+mod docker_archive;
+mod gc;
 mod oci;
+mod pull;
 mod reference;
+mod registry;
 mod resolve;
 mod snapshot;
 mod store;
@@ -25,8 +58,12 @@ use std::path::PathBuf;
 use containerd_client::tonic;
 use thiserror::Error;
 
+pub use auth::{AuthError, Credential, PullAuth};
+pub use gc::{FsUsage, GcError, GcImage, GcPlan, GcPolicy, plan_delete_unused, plan_image_gc};
 pub use oci::{Blob, ImageBlobs, Layer, OciImage, pause_image};
+pub use pull::{PullError, RequestTarget, Stage};
 pub use reference::normalize_reference;
+pub use registry::{RegistryConfig, RegistryHostConfig};
 
 /// The name the agent gives the pause image it builds and imports itself.
 pub const PAUSE_IMAGE: &str = "nodelet.local/pause:3.10";
@@ -106,6 +143,16 @@ pub enum ImageError {
         path: PathBuf,
         /// What is missing or wrong.
         reason: &'static str,
+    },
+    /// A `docker save` archive's `manifest.json` is not what `docker save` writes.
+    #[error("{path} is not a docker save archive: {reason}{}", file.as_ref().map(|f| format!(" ({f})")).unwrap_or_default())]
+    NotDockerArchive {
+        /// The archive.
+        path: PathBuf,
+        /// What is missing or wrong.
+        reason: &'static str,
+        /// The file in the archive it is about, if one.
+        file: Option<String>,
     },
     /// An archive's index names an image by a bare tag, which says nothing about the
     /// repository it belongs to.

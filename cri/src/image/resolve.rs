@@ -2,7 +2,7 @@
 //! for this machine, its config and its layers, wherever the blobs are: in containerd,
 //! in an OCI archive, or in an image built in memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use oci_spec::image::{Arch, ImageConfiguration, ImageIndex, ImageManifest, Os};
 
@@ -17,11 +17,11 @@ const MAX_DOCUMENT: u64 = 4 << 20;
 /// How deep indexes may nest.
 const MAX_DEPTH: usize = 8;
 
-const INDEX_TYPES: [&str; 2] = [
+pub(super) const INDEX_TYPES: [&str; 2] = [
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
-const MANIFEST_TYPES: [&str; 2] = [
+pub(super) const MANIFEST_TYPES: [&str; 2] = [
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
@@ -32,6 +32,8 @@ pub(super) enum Source<'a> {
     Containerd(&'a Containerd),
     Archive(&'a OciArchive),
     Memory(&'a ImageBlobs),
+    /// Documents fetched from a registry, by digest (layers are streamed separately).
+    Fetched(&'a HashMap<String, Vec<u8>>),
 }
 
 impl Source<'_> {
@@ -49,6 +51,7 @@ impl Source<'_> {
                 a.read(&desc.digest, desc.size)?
             }
             Self::Memory(blobs) => memory_blob(blobs, desc)?.to_vec(),
+            Self::Fetched(docs) => fetched(docs, desc)?.to_vec(),
         };
         check_digest(what, &desc.digest, &data)?;
         Ok(data)
@@ -58,6 +61,9 @@ impl Source<'_> {
     pub fn data(&self, desc: &Desc) -> Result<BlobData<'_>, ImageError> {
         match self {
             Self::Archive(a) => {
+                if let Some(data) = a.extra.get(&desc.digest) {
+                    return Ok(BlobData::Memory(data));
+                }
                 let span = a.span(&desc.digest, desc.size)?;
                 Ok(BlobData::File {
                     path: &a.path,
@@ -66,12 +72,22 @@ impl Source<'_> {
                 })
             }
             Self::Memory(blobs) => memory_blob(blobs, desc).map(BlobData::Memory),
+            Self::Fetched(docs) => fetched(docs, desc).map(BlobData::Memory),
             Self::Containerd(_) => Err(ImageError::MissingBlob {
                 digest: desc.digest.clone(),
                 location: "a source to import from (blobs are already in containerd)".to_owned(),
             }),
         }
     }
+}
+
+fn fetched<'a>(docs: &'a HashMap<String, Vec<u8>>, desc: &Desc) -> Result<&'a [u8], ImageError> {
+    docs.get(&desc.digest)
+        .map(Vec::as_slice)
+        .ok_or_else(|| ImageError::MissingBlob {
+            digest: desc.digest.clone(),
+            location: "the documents fetched from the registry".to_owned(),
+        })
 }
 
 fn memory_blob<'a>(blobs: &'a ImageBlobs, desc: &Desc) -> Result<&'a [u8], ImageError> {
@@ -117,6 +133,18 @@ fn is_host_platform(os: &Os, arch: &Arch) -> bool {
     *os == Os::Linux && *arch == Arch::default()
 }
 
+/// The entry of `index` for this machine: the first manifest (or nested index) whose
+/// platform is linux and this architecture, or that names no platform.
+pub(super) fn select_child(index: &ImageIndex) -> Option<&oci_spec::image::Descriptor> {
+    index.manifests().iter().find(|m| {
+        let kind = m.media_type().to_string();
+        (MANIFEST_TYPES.contains(&kind.as_str()) || INDEX_TYPES.contains(&kind.as_str()))
+            && m.platform()
+                .as_ref()
+                .is_none_or(|p| is_host_platform(p.os(), p.architecture()))
+    })
+}
+
 /// Follows `target` (named `image` in errors) down to the manifest for this machine.
 pub(super) async fn resolve(
     source: Source<'_>,
@@ -135,17 +163,7 @@ pub(super) async fn resolve(
         }
         let data = source.read(&current, "index").await?;
         let index: ImageIndex = parse(&data, "index", &current.digest)?;
-        let child = index
-            .manifests()
-            .iter()
-            .find(|m| {
-                let kind = m.media_type().to_string();
-                (MANIFEST_TYPES.contains(&kind.as_str()) || INDEX_TYPES.contains(&kind.as_str()))
-                    && m.platform()
-                        .as_ref()
-                        .is_none_or(|p| is_host_platform(p.os(), p.architecture()))
-            })
-            .ok_or_else(no_platform)?;
+        let child = select_child(&index).ok_or_else(no_platform)?;
         let child = Desc::from_oci(child);
         let labels = BTreeMap::from([(
             format!("{}0", gc::REF_MANIFEST_PREFIX),

@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::{
-    CreateImageRequest, GetImageRequest, Image, ListImagesRequest, UpdateImageRequest,
+    CreateImageRequest, DeleteImageRequest, GetImageRequest, Image, ListImagesRequest,
+    UpdateImageRequest,
 };
 use containerd_client::tonic::Code;
 use oci_spec::image::ANNOTATION_REF_NAME;
@@ -169,7 +170,11 @@ impl Containerd {
     }
 
     /// Creates the image record `name` → `target`, or points an existing one there.
-    async fn put_image_record(&self, name: &str, target: &Desc) -> Result<(), ImageError> {
+    pub(super) async fn put_image_record(
+        &self,
+        name: &str,
+        target: &Desc,
+    ) -> Result<(), ImageError> {
         let image = Image {
             name: name.to_owned(),
             labels: [(
@@ -210,7 +215,7 @@ impl Containerd {
         Ok(())
     }
 
-    async fn image_record(&self, name: &str) -> Result<Option<Image>, ImageError> {
+    pub(super) async fn image_record(&self, name: &str) -> Result<Option<Image>, ImageError> {
         let req = GetImageRequest {
             name: name.to_owned(),
         };
@@ -286,6 +291,78 @@ impl Containerd {
         self.import_blobs(&blobs, PAUSE_IMAGE.to_owned()).await
     }
 
+    /// Removes an image: `name` is a reference (normalized first) or an image ID (the
+    /// config digest, `sha256:...`, as image GC names images). Every image record of
+    /// that image goes, as the CRI's `RemoveImage` does, the last one synchronously so
+    /// that containerd's GC has freed its content and snapshots on return. An image
+    /// that is not there is not an error. Snapshots still used by containers stay (the
+    /// GC keeps them).
+    ///
+    /// # Errors
+    /// [`ImageError::InvalidReference`] for a bad name, [`ImageError::Containerd`] when
+    /// listing or deleting fails.
+    pub async fn remove_image(&self, name: &str) -> Result<(), ImageError> {
+        let records = self.image_records().await?;
+        let by_id = name.starts_with("sha256:") && super::reference::valid_digest(name);
+        let id = if by_id {
+            name.to_owned()
+        } else {
+            let name = normalize_reference(name)?;
+            let Some(record) = records.iter().find(|r| r.name == name) else {
+                return Ok(());
+            };
+            match self.resolve_record(record).await {
+                Ok(image) => image.config.digest,
+                // Broken or foreign image: it has no ID to share with others.
+                Err(error) => {
+                    tracing::debug!(image = %name, %error, "removing an image that does not resolve");
+                    return self.delete_image_record(&name, true).await;
+                }
+            }
+        };
+        let mut names = Vec::new();
+        for record in &records {
+            if let Ok(image) = self.resolve_record(record).await
+                && image.config.digest == id
+            {
+                names.push(record.name.clone());
+            }
+        }
+        let last = names.len().saturating_sub(1);
+        for (i, n) in names.iter().enumerate() {
+            self.delete_image_record(n, i == last).await?;
+        }
+        if !names.is_empty() {
+            tracing::info!(image = %id, names = ?names, "image removed");
+        }
+        Ok(())
+    }
+
+    async fn delete_image_record(&self, name: &str, sync: bool) -> Result<(), ImageError> {
+        let req = DeleteImageRequest {
+            name: name.to_owned(),
+            sync,
+            target: None,
+        };
+        match ImagesClient::new(self.channel())
+            .delete(self.request(req))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(ImageError::containerd("image delete", name, s)),
+        }
+    }
+
+    async fn image_records(&self) -> Result<Vec<Image>, ImageError> {
+        Ok(ImagesClient::new(self.channel())
+            .list(self.request(ListImagesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| ImageError::containerd("image list", self.namespace(), s))?
+            .into_inner()
+            .images)
+    }
+
     /// Every image in the namespace that resolves for this machine. Images that don't
     /// (another platform only, missing content) are left out with a warning. Nothing
     /// is unpacked: `chain_id` is what the snapshot is or would be named.
@@ -293,12 +370,7 @@ impl Containerd {
     /// # Errors
     /// [`ImageError::Containerd`] when the list itself fails.
     pub async fn list_images(&self) -> Result<Vec<ImageInfo>, ImageError> {
-        let records = ImagesClient::new(self.channel())
-            .list(self.request(ListImagesRequest { filters: vec![] }))
-            .await
-            .map_err(|s| ImageError::containerd("image list", self.namespace(), s))?
-            .into_inner()
-            .images;
+        let records = self.image_records().await?;
         let mut out = Vec::with_capacity(records.len());
         for record in records {
             match self.resolve_record(&record).await {
@@ -315,7 +387,7 @@ impl Containerd {
     }
 }
 
-fn info(name: String, image: &Resolved, chain_id: String) -> ImageInfo {
+pub(super) fn info(name: String, image: &Resolved, chain_id: String) -> ImageInfo {
     ImageInfo {
         name,
         id: image.config.digest.clone(),

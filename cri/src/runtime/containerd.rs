@@ -37,6 +37,24 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// The image's `StopSignal`, recorded at creation so a stop doesn't need the image.
+const STOP_SIGNAL_LABEL: &str = "io.nodelet.stop-signal";
+
+/// Parses a stop signal as images name it: `SIGQUIT`, `QUIT` or `3`.
+fn parse_signal(s: &str) -> Option<u32> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Some(n);
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .and_then(|sig| u32::try_from(sig as i32).ok())
+}
 
 /// How to reach containerd and where the runtime keeps its files.
 #[derive(Debug, Clone)]
@@ -557,6 +575,10 @@ impl Runtime for ContainerdRuntime {
             (keys::SANDBOX_ID.to_owned(), sandbox.id.clone()),
             (keys::IMAGE_ID.to_owned(), image.id.clone()),
             (
+                STOP_SIGNAL_LABEL.to_owned(),
+                image.config.stop_signal.clone().unwrap_or_default(),
+            ),
+            (
                 keys::LOG_PATH.to_owned(),
                 log_path.to_string_lossy().into_owned(),
             ),
@@ -606,7 +628,26 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        if !self.kill(id, SIGTERM).await? {
+        // The image's StopSignal, else SIGTERM, as the CRI plugin does.
+        let signal = self
+            .get_container(id)
+            .await?
+            .and_then(|c| {
+                c.labels
+                    .get(STOP_SIGNAL_LABEL)
+                    .and_then(|s| parse_signal(s))
+            })
+            .unwrap_or(SIGTERM);
+        if grace.is_zero() {
+            // No grace: straight to SIGKILL.
+            if self.kill(id, SIGKILL).await? && !self.wait(id, KILL_WAIT).await? {
+                return Err(grpc("stop container", id)(
+                    tonic::Status::deadline_exceeded("process did not exit after SIGKILL"),
+                ));
+            }
+            return Ok(());
+        }
+        if !self.kill(id, signal).await? {
             return Ok(());
         }
         if self.wait(id, grace).await? {
@@ -645,6 +686,16 @@ impl Runtime for ContainerdRuntime {
             .iter()
             .map(|c| Self::container_info(c, tasks.get(&c.id)))
             .collect())
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<super::ExecResult, RuntimeError> {
+        // The inherent method (runtime/exec.rs), not this one.
+        ContainerdRuntime::exec_sync(self, id, cmd, timeout).await
     }
 }
 
@@ -734,5 +785,20 @@ impl ContainerdRuntime {
             log_directory: config.log_directory.clone(),
             created_at: SystemTime::now(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_as_images_name_them() {
+        assert_eq!(parse_signal("SIGQUIT"), Some(3));
+        assert_eq!(parse_signal("quit"), Some(3));
+        assert!(parse_signal("SIGRTMIN+3").is_none());
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal(""), None);
+        assert_eq!(parse_signal("NOPE"), None);
     }
 }

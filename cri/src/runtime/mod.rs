@@ -7,6 +7,7 @@
 pub mod cgroup;
 mod containerd;
 mod events;
+mod exec;
 mod pod_files;
 pub mod spec;
 
@@ -20,6 +21,7 @@ use thiserror::Error;
 
 pub use self::containerd::{ContainerdRuntime, RuntimeConfig};
 pub use self::events::RuntimeEvent;
+pub use self::exec::{EXEC_OUTPUT_LIMIT, ExecResult};
 
 use crate::cni::CniError;
 use crate::containerd::ConnectError;
@@ -123,6 +125,16 @@ pub enum RuntimeError {
         /// The sandbox ID.
         id: String,
     },
+    /// A command run in a container did not end within its timeout; it was killed.
+    #[error("container {id}: command {command:?} timed out after {timeout:?}")]
+    ExecTimeout {
+        /// The container ID.
+        id: String,
+        /// The command, its words joined by spaces.
+        command: String,
+        /// The timeout it ran past.
+        timeout: Duration,
+    },
     /// Several errors during a teardown that kept going.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Teardown(Vec<RuntimeError>),
@@ -175,6 +187,11 @@ pub struct SandboxConfig {
     pub dns: Option<DnsConfig>,
     /// Extra `/etc/hosts` entries: IP and its hostnames (`hostAliases`).
     pub host_aliases: Vec<(String, Vec<String>)>,
+    /// The pod's fully qualified name when it has a `subdomain`
+    /// (`<hostname>.<subdomain>.<namespace>.svc.<domain>`), listed in `/etc/hosts`.
+    pub fqdn: Option<String>,
+    /// Namespaced sysctls for the pod (`securityContext.sysctls`), set on the sandbox.
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// A bind mount into a container.
@@ -207,6 +224,8 @@ pub struct SecurityConfig {
     pub readonly_rootfs: bool,
     /// `!allowPrivilegeEscalation`.
     pub no_new_privileges: bool,
+    /// `procMount: Unmasked`: no masked or read-only /proc paths.
+    pub unmasked_proc: bool,
 }
 
 /// What a container needs (CRI `ContainerConfig`).
@@ -362,4 +381,14 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         pod_uid: Option<&str>,
     ) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
+
+    /// Runs `cmd` in a running container and waits for it, at most `timeout` (the
+    /// CRI's `ExecSync`); past it the command is killed and the result is
+    /// [`RuntimeError::ExecTimeout`].
+    fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecResult, RuntimeError>> + Send;
 }

@@ -27,7 +27,14 @@ pub fn hosts_file(config: &SandboxConfig, ips: &[IpAddr], host_hosts: Option<&st
         out.push_str("fe00::1\tip6-allnodes\n");
         out.push_str("fe00::2\tip6-allrouters\n");
         for ip in ips {
-            let _ = writeln!(out, "{ip}\t{}", config.hostname);
+            match &config.fqdn {
+                Some(fqdn) => {
+                    let _ = writeln!(out, "{ip}\t{fqdn}\t{}", config.hostname);
+                }
+                None => {
+                    let _ = writeln!(out, "{ip}\t{}", config.hostname);
+                }
+            }
         }
     }
     if !config.host_aliases.is_empty() {
@@ -115,6 +122,8 @@ mod tests {
             cgroup_parent: None,
             dns: None,
             host_aliases: vec![("10.1.2.3".into(), vec!["foo".into(), "bar".into()])],
+            fqdn: None,
+            sysctls: vec![],
         }
     }
 
@@ -124,6 +133,18 @@ mod tests {
         assert_eq!(
             hosts_file(&config(), &ips, None),
             "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n10.88.0.5\tweb\n\n# Entries added by HostAliases.\n10.1.2.3\tfoo\tbar\n"
+        );
+    }
+
+    #[test]
+    fn subdomain_adds_the_fqdn() {
+        let mut c = config();
+        c.host_aliases.clear();
+        c.fqdn = Some("web.sub.default.svc.cluster.local".into());
+        let ips = ["10.88.0.5".parse().expect("ip")];
+        assert!(
+            hosts_file(&c, &ips, None)
+                .ends_with("10.88.0.5\tweb.sub.default.svc.cluster.local\tweb\n")
         );
     }
 

@@ -93,8 +93,17 @@ pub fn sandbox_spec(
         namespaces.push(ns(LinuxNamespaceType::Uts, None));
         namespaces.push(ns(LinuxNamespaceType::Network, netns));
     }
-    let linux = linux_section(namespaces, config.cgroup_parent.as_deref(), id, false)
-        .map_err(|e| err(e.to_string()))?;
+    let mut linux = linux_section(
+        namespaces,
+        config.cgroup_parent.as_deref(),
+        id,
+        false,
+        false,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    if !config.sysctls.is_empty() {
+        linux.set_sysctl(Some(config.sysctls.iter().cloned().collect()));
+    }
 
     let mut spec = Spec::default();
     spec.set_hostname((!config.host_network).then(|| config.hostname.clone()));
@@ -189,6 +198,7 @@ pub fn container_spec(
         sandbox.cgroup_parent.as_deref(),
         id,
         sec.privileged,
+        sec.unmasked_proc,
     )
     .map_err(|e| err(e.to_string()))?;
 
@@ -410,6 +420,7 @@ fn linux_section(
     cgroup_parent: Option<&str>,
     id: &str,
     privileged: bool,
+    unmasked_proc: bool,
 ) -> Result<oci_spec::runtime::Linux, oci_spec::OciSpecError> {
     let mut resources = LinuxResources::default();
     let mut dev = LinuxDeviceCgroup::default();
@@ -425,7 +436,7 @@ fn linux_section(
             parent.trim_end_matches('/')
         )));
     }
-    if !privileged {
+    if !privileged && !unmasked_proc {
         b = b
             .masked_paths(get_default_maskedpaths())
             .readonly_paths(get_default_readonly_paths());
@@ -747,6 +758,8 @@ mod tests {
             cgroup_parent: None,
             dns: None,
             host_aliases: vec![],
+            fqdn: None,
+            sysctls: vec![("net.ipv4.ip_unprivileged_port_start".into(), "0".into())],
         };
         let img = ImageRuntimeConfig {
             entrypoint: vec!["/pause".into()],
@@ -767,5 +780,13 @@ mod tests {
             LinuxNamespaceType::Network | LinuxNamespaceType::Uts
         )));
         assert_eq!(spec.hostname(), &None);
+        let sysctl = spec.linux().as_ref().and_then(|l| l.sysctl().clone());
+        assert_eq!(
+            sysctl
+                .as_ref()
+                .and_then(|s| s.get("net.ipv4.ip_unprivileged_port_start"))
+                .map(String::as_str),
+            Some("0")
+        );
     }
 }
