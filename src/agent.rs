@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use nodelet_cri::cni::{Cni, CniConfig, DefaultNetwork};
 use nodelet_cri::runtime::{ContainerdRuntime, RuntimeConfig};
-use nodelet_manifests::FileSource;
 use nodelet_manifests::url_source::UrlSource;
+use nodelet_manifests::{FileSource, SourceEvent};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -25,17 +25,85 @@ use crate::worker::{PodMap, WorkerEnv};
 /// # Errors
 /// Bad flags, an unusable root directory or CNI directory, or a port already taken.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let options = StartOptions {
+        sources: true,
+        orphan_cleanup: true,
+    };
+    let Some(agent) = start(&args, options, cancel.clone(), |cancel| {
+        spawn_signal_handler(cancel);
+    })
+    .await?
+    else {
+        return Ok(());
+    };
+    agent.join().await;
+    info!("agent stopped; pods keep running");
+    Ok(())
+}
+
+/// What [`start`] wires besides the runtime, the pod manager and the servers.
+#[derive(Debug, Clone, Copy)]
+pub struct StartOptions {
+    /// Start the sources the flags name (`--pod-manifest-path`, `--manifest-url`,
+    /// `--enable-pod-push`); without, pods come only through [`RunningAgent::sources`].
+    pub sources: bool,
+    /// Once every source has reported, remove runtime objects of pods nobody wants
+    /// (off for a tool sharing a containerd namespace with a running agent).
+    pub orphan_cleanup: bool,
+}
+
+/// A started agent: its pod manager, runtime event stream and servers run as tasks
+/// until [`RunningAgent::cancel`] is cancelled.
+#[derive(Debug)]
+pub struct RunningAgent {
+    /// The published pods, by UID.
+    pub statuses: watch::Receiver<PodMap>,
+    /// Sends snapshots to the pod manager, as a source would.
+    pub sources: mpsc::Sender<SourceEvent>,
+    /// Stops everything (pods keep running).
+    pub cancel: CancellationToken,
+    manager: tokio::task::JoinHandle<()>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl RunningAgent {
+    /// Waits until the pod manager has stopped (after a cancel), then stops the
+    /// other tasks and waits for them.
+    pub async fn join(mut self) {
+        if let Err(e) = self.manager.await {
+            error!(error = %e, "pod manager panicked");
+        }
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Wires the agent and starts it: flags checked, directories and the default CNI
+/// network made, servers bound, containerd connected (retrying), the pod manager
+/// running. `on_cancel_ready` is called with `cancel` once the flags are checked,
+/// before any port is bound (the agent installs its signal handler there).
+/// Returns `None` when `cancel` fires before containerd answered.
+///
+/// # Errors
+/// Bad flags, an unusable root directory or CNI directory, or a port already taken.
+pub async fn start(
+    args: &AgentArgs,
+    options: StartOptions,
+    cancel: CancellationToken,
+    on_cancel_ready: impl FnOnce(CancellationToken),
+) -> anyhow::Result<Option<RunningAgent>> {
     if args.kubeconfig.is_some() {
         bail!(
             "--kubeconfig: joining a cluster is not built yet; run without it for standalone mode"
         );
     }
+    let image_gc = args.image_gc.config().context("image garbage collection")?;
     let node_name = crate::node::node_name(args.hostname_override.as_deref());
     // Every source is checked before anything starts, so a bad flag is an exit, not
     // a log line.
     let url_source = match &args.manifest_url {
-        None => None,
-        Some(url) => {
+        Some(url) if options.sources => {
             let mut headers = Vec::new();
             for h in &args.manifest_url_header {
                 headers.extend(
@@ -48,6 +116,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("--manifest-url {url:?}"))?,
             )
         }
+        _ => None,
     };
     let host_ip = crate::node::node_ip(args.node_ip);
     std::fs::create_dir_all(&args.root_dir)
@@ -67,14 +136,22 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         info!(path = %written.display(), cidr = %args.pod_cidr, "wrote the default CNI network");
     }
     let log_driver = std::env::current_exe().context("cannot find the nodelet binary")?;
-    let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone());
+    // Node-level registry credentials, where upstream's kubelet looks for them
+    // (`<root-dir>/config.json`), checked before anything starts.
+    let mut pull_auth = nodelet_cri::image::PullAuth::anonymous();
+    let node_config = args.root_dir.join("config.json");
+    if node_config.exists() {
+        pull_auth
+            .add_docker_config_file(&node_config)
+            .with_context(|| format!("registry credentials {}", node_config.display()))?;
+    }
+    on_cancel_ready(cancel.clone());
 
     let (status_tx, status_rx) = watch::channel(PodMap::new());
     let (source_tx, source_rx) = mpsc::channel(16);
     let mut servers = Vec::new();
     let mut push_store = None;
-    if args.enable_pod_push {
+    if args.enable_pod_push && options.sources {
         let (api, store_task) =
             crate::push_api::start(&node_name, source_tx.clone(), cancel.clone());
         push_store = Some(store_task);
@@ -108,6 +185,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         namespace: args.containerd_namespace.clone(),
         state_dir: args.root_dir.join("runtime"),
         log_driver,
+        registries: nodelet_cri::image::RegistryConfig::default(),
         runtime_name: "io.containerd.runc.v2".to_owned(),
         cni: CniConfig {
             conf_dir: args.cni_conf_dir.clone(),
@@ -117,7 +195,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         },
     };
     let Some(runtime) = connect_runtime(runtime_config, &cancel).await else {
-        return Ok(());
+        return Ok(None);
     };
     if let Err(e) = runtime.containerd().ensure_pause_image().await {
         // Not fatal: each sandbox tries again, and its pod shows the error.
@@ -138,10 +216,18 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             cluster_domain: args.cluster_domain.clone(),
             resolv_conf: Some(args.resolv_conf.clone()).filter(|p| !p.as_os_str().is_empty()),
         },
+        pull_auth,
+        // Upstream: one pull at a time unless serializeImagePulls is off, then
+        // maxParallelImagePulls (unset: no limit).
+        pull_slots: match (args.serialize_image_pulls, args.max_parallel_image_pulls) {
+            (true, _) => Some(Arc::new(tokio::sync::Semaphore::new(1))),
+            (false, Some(n)) if n > 0 => Some(Arc::new(tokio::sync::Semaphore::new(n))),
+            (false, _) => None,
+        },
         statuses: status_tx,
     });
     let mut sources = Vec::new();
-    if let Some(path) = &args.pod_manifest_path {
+    if let Some(path) = args.pod_manifest_path.as_ref().filter(|_| options.sources) {
         sources.push("file");
         let source = FileSource::new(path.clone(), node_name.clone(), args.file_check_frequency);
         tasks.spawn(source.run(source_tx.clone(), cancel.clone()));
@@ -156,7 +242,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         sources.push(nodelet_manifests::PUSH_SOURCE);
         tasks.spawn(store_task);
     }
-    drop(source_tx);
 
     let (event_tx, event_rx) = mpsc::channel(256);
     {
@@ -169,12 +254,26 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let manager = PodManager::new(env, &sources);
-    manager.run(source_rx, event_rx, cancel.clone()).await;
-    cancel.cancel();
-    while tasks.join_next().await.is_some() {}
-    info!("agent stopped; pods keep running");
-    Ok(())
+    // `nodelet run` shares the namespace with whatever else runs there: it leaves
+    // images alone, as it leaves other pods alone.
+    if options.orphan_cleanup {
+        tasks.spawn(
+            crate::image_gc::ImageGcManager::new(Arc::clone(&runtime), image_gc)
+                .run(cancel.clone()),
+        );
+    }
+    let mut manager = PodManager::new(env, &sources);
+    if !options.orphan_cleanup {
+        manager = manager.without_orphan_cleanup();
+    }
+    let manager = tokio::spawn(manager.run(source_rx, event_rx, cancel.clone()));
+    Ok(Some(RunningAgent {
+        statuses: status_rx,
+        sources: source_tx,
+        cancel,
+        manager,
+        tasks,
+    }))
 }
 
 /// Connects to containerd, retrying while it is away (it may start after the agent).
@@ -197,7 +296,7 @@ async fn connect_runtime(
 }
 
 /// SIGTERM or SIGINT cancels `cancel`; a second signal exits at once.
-fn spawn_signal_handler(cancel: CancellationToken) {
+pub fn spawn_signal_handler(cancel: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (

@@ -44,6 +44,10 @@ pub enum Command {
         #[arg(long, alias = "hostname-override")]
         node_name: Option<String>,
     },
+    /// Run the pods of a manifest file on this machine until they complete (or, with
+    /// `--until ready`, are Ready), streaming their status; then tear them down.
+    /// Exit 0 when every pod Succeeded (or became Ready), 1 otherwise.
+    Run(Box<RunArgs>),
     /// Manage images in containerd without a registry.
     Image {
         /// What to do.
@@ -60,6 +64,55 @@ pub enum Command {
         #[arg(long, global = true, default_value = "k8s.io")]
         containerd_namespace: String,
     },
+}
+
+/// `nodelet run` flags: its own, plus the agent's runtime, CNI and directory flags.
+/// The agent's ports default to off here, and its logs to warnings only.
+#[derive(Debug, Args)]
+#[command(
+    mut_arg("read_only_port", |a| a.default_value("0")),
+    mut_arg("healthz_port", |a| a.default_value("0")),
+    mut_arg("v", |a| a.default_value("warn"))
+)]
+pub struct RunArgs {
+    /// The manifest file (one or more v1 Pod documents).
+    pub file: PathBuf,
+    /// When to stop: when every pod has completed, or as soon as every pod is Ready.
+    #[arg(long, value_enum, default_value = "complete")]
+    pub until: RunUntil,
+    /// Give up after this long (exit 1, tearing the pods down); `0` waits forever.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Stream container output, each line prefixed with `[container]`.
+    #[arg(long)]
+    pub logs: bool,
+    /// Leave the pods running at exit instead of tearing them down.
+    #[arg(long)]
+    pub keep: bool,
+    /// `json` prints the final PodStatus as JSON on stdout (progress goes to stderr).
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: RunOutput,
+    /// Runtime, CNI and directory flags, as the agent's.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// `nodelet run --until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunUntil {
+    /// Every pod Succeeded or Failed.
+    Complete,
+    /// Every pod Ready (or already Succeeded).
+    Ready,
+}
+
+/// `nodelet run --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunOutput {
+    /// Status lines on stdout.
+    Text,
+    /// The final PodStatus as JSON on stdout.
+    Json,
 }
 
 /// Image tools.
@@ -171,6 +224,15 @@ pub struct AgentArgs {
     /// The resolv.conf pods with `dnsPolicy: Default` inherit; empty for none.
     #[arg(long, default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
+    /// Pull one image at a time (upstream's default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub serialize_image_pulls: bool,
+    /// With `--serialize-image-pulls=false`: at most this many pulls at once (unset: no limit).
+    #[arg(long)]
+    pub max_parallel_image_pulls: Option<usize>,
+    /// Image garbage collection.
+    #[command(flatten)]
+    pub image_gc: crate::image_gc::ImageGcArgs,
     /// The cgroup under which the `kubepods` hierarchy is made.
     #[arg(long, default_value = "/")]
     pub cgroup_root: String,
@@ -254,5 +316,37 @@ mod tests {
         assert_eq!(cli.agent.read_only_port, 0);
         assert_eq!(cli.agent.root_dir, PathBuf::from("/var/lib/nodelet"));
         assert!(Cli::try_parse_from(["nodelet", "--read-only-port", "x"]).is_err());
+    }
+
+    #[test]
+    fn run_flags_parse_with_ports_off() {
+        let cli = Cli::try_parse_from([
+            "nodelet",
+            "run",
+            "pod.yaml",
+            "--until",
+            "ready",
+            "--timeout",
+            "1m",
+            "--root-dir",
+            "/tmp/r",
+        ])
+        .expect("parses");
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("not run: {:?}", cli.command);
+        };
+        assert_eq!(run.file, PathBuf::from("pod.yaml"));
+        assert_eq!(run.until, RunUntil::Ready);
+        assert_eq!(run.timeout, Duration::from_secs(60));
+        assert_eq!(run.output, RunOutput::Text);
+        assert!(!run.logs && !run.keep);
+        assert_eq!(run.agent.read_only_port, 0);
+        assert_eq!(run.agent.healthz_port, 0);
+        assert_eq!(run.agent.v, "warn");
+        assert_eq!(run.agent.root_dir, PathBuf::from("/tmp/r"));
+        // The agent's own defaults are untouched.
+        let cli = Cli::try_parse_from(["nodelet"]).expect("parses");
+        assert_eq!(cli.agent.read_only_port, 10255);
+        assert_eq!(cli.agent.v, "info");
     }
 }

@@ -9,13 +9,15 @@ mod agent;
 mod cli;
 mod expand;
 mod hooks;
+mod image_gc;
 mod manager;
 mod node;
 mod pods_cmd;
 mod podspec;
-#[allow(dead_code)] // until the pod worker runs probes (issue 3)
+
 mod probe;
 mod push_api;
+mod run_cmd;
 mod server;
 mod status;
 mod validate_cmd;
@@ -34,7 +36,11 @@ fn main() -> ExitCode {
         nodelet_cri::logs::run_driver();
     }
     let cli = Cli::parse();
-    init_logging(cli.agent.log_format, &cli.agent.v);
+    let log_flags = match &cli.command {
+        Some(Command::Run(run)) => &run.agent,
+        _ => &cli.agent,
+    };
+    init_logging(log_flags.log_format, &log_flags.v);
     // Validation needs no runtime: exit 0 when every pod is valid, 1 otherwise.
     if let Some(Command::Validate {
         paths,
@@ -69,6 +75,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            // Its own exit codes: 0 when the pods succeeded, 1 when not.
+            Some(Command::Run(args)) => return run_cmd::run(*args).await,
             None => agent::run(cli.agent).await,
             Some(Command::Pods {
                 read_only_port,
@@ -81,9 +89,10 @@ fn main() -> ExitCode {
             }) => image_cmd(command, &container_runtime_endpoint, &containerd_namespace).await,
             Some(Command::Validate { .. }) => Ok(()),
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("nodelet: {e:#}");
             ExitCode::FAILURE

@@ -42,6 +42,9 @@ pub struct PodManager<R> {
     unready_sources: HashSet<&'static str>,
     /// Container and sandbox IDs to pod UIDs, for routing events.
     owners: HashMap<String, String>,
+    /// Whether runtime objects no source wants are removed (not when the namespace is
+    /// shared with another agent, as under `nodelet run`).
+    orphan_cleanup: bool,
 }
 
 impl<R: Runtime> PodManager<R> {
@@ -56,7 +59,15 @@ impl<R: Runtime> PodManager<R> {
             pending: HashMap::new(),
             unready_sources: sources.iter().copied().collect(),
             owners: HashMap::new(),
+            orphan_cleanup: true,
         }
+    }
+
+    /// Leaves runtime objects of pods no source wants alone.
+    #[must_use]
+    pub fn without_orphan_cleanup(mut self) -> Self {
+        self.orphan_cleanup = false;
+        self
     }
 
     /// Runs until `cancel`: pods keep running when the agent stops, as upstream.
@@ -221,6 +232,9 @@ impl<R: Runtime> PodManager<R> {
 
     /// Terminates runtime objects of pods that no source wants.
     async fn remove_orphans(&mut self) {
+        if !self.orphan_cleanup {
+            return;
+        }
         let rt = &self.env.runtime;
         let (containers, sandboxes) = match (
             rt.list_containers(None).await,

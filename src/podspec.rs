@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, Volume};
 use nodelet_cri::runtime::{
-    ContainerConfig, DnsConfig, Mount, PodRef, SandboxConfig, SecurityConfig,
+    ContainerConfig, DnsConfig, Mount, PodRef, SandboxConfig, SeccompMode, SecurityConfig,
 };
 use thiserror::Error;
 
@@ -43,6 +43,9 @@ pub enum ConfigError {
     /// A subPath escapes its volume.
     #[error("subPath {0:?} must be a relative path without '..'")]
     BadSubPath(String),
+    /// A `seccompProfile` nodelet can't apply.
+    #[error("seccompProfile: {0}")]
+    BadSeccompProfile(String),
     /// An env var source nodelet can't resolve.
     #[error("env var {name:?}: {reason}")]
     Env {
@@ -542,12 +545,54 @@ fn relative_clean(sub: &str) -> Result<&Path, ConfigError> {
 }
 
 /// Security settings: the container's `securityContext` over the pod's.
-pub fn security(pod: &PodSpec, c: &Container) -> SecurityConfig {
+/// `Localhost` seccomp profiles are files under `seccomp_root` (upstream's
+/// `<root-dir>/seccomp`).
+///
+/// # Errors
+/// [`ConfigError::BadSeccompProfile`] for an unknown profile type, or a `Localhost`
+/// profile without a `localhostProfile` or one that leaves `seccomp_root`.
+pub fn security(
+    pod: &PodSpec,
+    c: &Container,
+    seccomp_root: &Path,
+) -> Result<SecurityConfig, ConfigError> {
     let psc = pod.security_context.as_ref();
     let csc = c.security_context.as_ref();
+    let profile = csc
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .or_else(|| psc.and_then(|s| s.seccomp_profile.as_ref()));
+    let seccomp = match profile {
+        None => SeccompMode::Unconfined,
+        Some(p) => match p.type_.as_str() {
+            "Unconfined" => SeccompMode::Unconfined,
+            "RuntimeDefault" => SeccompMode::RuntimeDefault,
+            "Localhost" => {
+                let name = p
+                    .localhost_profile
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| {
+                        ConfigError::BadSeccompProfile(
+                            "type Localhost needs localhostProfile".to_owned(),
+                        )
+                    })?;
+                let rel = relative_clean(name).map_err(|_| {
+                    ConfigError::BadSeccompProfile(format!(
+                        "localhostProfile {name:?} must be a relative path without '..'"
+                    ))
+                })?;
+                SeccompMode::Localhost(seccomp_root.join(rel))
+            }
+            other => {
+                return Err(ConfigError::BadSeccompProfile(format!(
+                    "unknown type {other:?}"
+                )));
+            }
+        },
+    };
     let to_u32 = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
     let caps = csc.and_then(|s| s.capabilities.as_ref());
-    SecurityConfig {
+    Ok(SecurityConfig {
         run_as_user: to_u32(
             csc.and_then(|s| s.run_as_user)
                 .or_else(|| psc.and_then(|s| s.run_as_user)),
@@ -573,7 +618,8 @@ pub fn security(pod: &PodSpec, c: &Container) -> SecurityConfig {
             .unwrap_or(false),
         no_new_privileges: csc.and_then(|s| s.allow_privilege_escalation) == Some(false),
         unmasked_proc: csc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked"),
-    }
+        seccomp,
+    })
 }
 
 /// Upstream's `runAsNonRoot` check against the user the container would run as.
@@ -629,7 +675,12 @@ pub fn verify_run_as_non_root(pod: &Pod, c: &Container, image_user: &str) -> Res
 /// The runtime configuration of one container instance.
 ///
 /// # Errors
-/// [`ConfigError`] for bad mounts and env sources nodelet can't resolve.
+/// [`ConfigError`] for bad mounts, env sources nodelet can't resolve and seccomp
+/// profiles it can't apply.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, in the worker, which has each piece separately"
+)]
 pub fn container_config(
     pod: &Pod,
     c: &Container,
@@ -638,6 +689,7 @@ pub fn container_config(
     termination_log: &Path,
     image: &str,
     fields: &FieldValues,
+    seccomp_root: &Path,
 ) -> Result<ContainerConfig, ConfigError> {
     let spec = pod.spec.clone().unwrap_or_default();
     let mut mounts = Vec::new();
@@ -711,7 +763,7 @@ pub fn container_config(
         env,
         mounts,
         log_path: PathBuf::from(&c.name).join(format!("{attempt}.log")),
-        security: security(&spec, c),
+        security: security(&spec, c, seccomp_root)?,
     })
 }
 
@@ -903,5 +955,56 @@ mod tests {
             Some("10.0.0.1")
         );
         assert_eq!(field_ref(&pod, "spec.nope", &f), None);
+    }
+
+    #[test]
+    fn seccomp_profile_container_over_pod() {
+        use k8s_openapi::api::core::v1::{PodSecurityContext, SeccompProfile, SecurityContext};
+        let profile = |t: &str, l: Option<&str>| SeccompProfile {
+            type_: t.to_owned(),
+            localhost_profile: l.map(str::to_owned),
+        };
+        let root = Path::new("/var/lib/nodelet/seccomp");
+        let mut pod = PodSpec::default();
+        let mut c = Container::default();
+        let mode = |pod: &PodSpec, c: &Container| security(pod, c, root).map(|s| s.seccomp);
+        assert_eq!(mode(&pod, &c).expect("ok"), SeccompMode::Unconfined);
+
+        pod.security_context = Some(PodSecurityContext {
+            seccomp_profile: Some(profile("RuntimeDefault", None)),
+            ..Default::default()
+        });
+        assert_eq!(mode(&pod, &c).expect("ok"), SeccompMode::RuntimeDefault);
+
+        c.security_context = Some(SecurityContext {
+            seccomp_profile: Some(profile("Localhost", Some("profiles/audit.json"))),
+            ..Default::default()
+        });
+        assert_eq!(
+            mode(&pod, &c).expect("ok"),
+            SeccompMode::Localhost(root.join("profiles/audit.json"))
+        );
+
+        c.security_context = Some(SecurityContext {
+            seccomp_profile: Some(profile("Unconfined", None)),
+            ..Default::default()
+        });
+        assert_eq!(mode(&pod, &c).expect("ok"), SeccompMode::Unconfined);
+
+        for bad in [
+            profile("Localhost", None),
+            profile("Localhost", Some("../escape.json")),
+            profile("Localhost", Some("/etc/abs.json")),
+            profile("Strict", None),
+        ] {
+            c.security_context = Some(SecurityContext {
+                seccomp_profile: Some(bad.clone()),
+                ..Default::default()
+            });
+            assert!(
+                matches!(mode(&pod, &c), Err(ConfigError::BadSeccompProfile(_))),
+                "{bad:?}"
+            );
+        }
     }
 }

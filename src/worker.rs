@@ -15,10 +15,13 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use nodelet_cri::runtime::{ContainerInfo, ContainerState, Runtime, RuntimeError, SandboxInfo};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::hooks;
 use crate::podspec::{self, FieldValues};
+use crate::probe::worker::{ProbeKind, ProbeUpdate};
+use crate::probe::{self, ProbeResult, ProbeTarget};
 use crate::status::{self, ContainerView, Ending, PodFacts, Waiting};
 
 /// The published pods, by UID.
@@ -66,6 +69,11 @@ pub struct WorkerEnv<R> {
     pub host_ip: String,
     /// Cluster DNS settings for pods' resolv.conf.
     pub dns: podspec::DnsSettings,
+    /// Registry credentials for pulls (the node's config.json).
+    pub pull_auth: nodelet_cri::image::PullAuth,
+    /// How many image pulls may run at once across pods (`serializeImagePulls` is 1,
+    /// `maxParallelImagePulls` N); `None` for no limit.
+    pub pull_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// Where pod statuses are published.
     pub statuses: watch::Sender<PodMap>,
 }
@@ -82,7 +90,8 @@ pub struct PodWorker<R> {
     uid: String,
     start_time: SystemTime,
     backoff: HashMap<String, Backoff>,
-    image_backoff: HashMap<String, (u32, SystemTime)>,
+    /// Image pull back-off per container: the current delay and when it ends.
+    image_backoff: HashMap<String, (Duration, SystemTime)>,
     last_ips: Vec<String>,
     last_status: Option<PodStatus>,
     sandbox_error: Option<(String, SystemTime)>,
@@ -92,6 +101,16 @@ pub struct PodWorker<R> {
     endings: HashMap<String, Ending>,
     /// Containers the OOM killer hit.
     oom_killed: std::collections::HashSet<String>,
+    /// Probe results come back here.
+    probe_tx: mpsc::Sender<ProbeUpdate>,
+    probe_rx: Option<mpsc::Receiver<ProbeUpdate>>,
+    /// The probe workers of each running container instance, by container ID.
+    probes: HashMap<String, CancellationToken>,
+    /// Readiness and startup verdicts, by container ID.
+    ready: HashMap<String, bool>,
+    started: HashMap<String, bool>,
+    /// Instances whose liveness or startup probe failed: to be killed.
+    unhealthy: std::collections::HashSet<String>,
 }
 
 /// The outcome of one sync.
@@ -131,6 +150,7 @@ impl<R: Runtime> PodWorker<R> {
     /// A worker for `pod`.
     pub fn new(env: Arc<WorkerEnv<R>>, pod: Pod) -> Self {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let (probe_tx, probe_rx) = mpsc::channel(64);
         Self {
             env,
             pod,
@@ -144,6 +164,12 @@ impl<R: Runtime> PodWorker<R> {
             failure: None,
             endings: HashMap::new(),
             oom_killed: std::collections::HashSet::new(),
+            probe_tx,
+            probe_rx: Some(probe_rx),
+            probes: HashMap::new(),
+            ready: HashMap::new(),
+            started: HashMap::new(),
+            unhealthy: std::collections::HashSet::new(),
         }
     }
 
@@ -162,6 +188,9 @@ impl<R: Runtime> PodWorker<R> {
                 self.publish(&[], None, HashMap::new(), true, SystemTime::now());
             }
             let mut terminating = false;
+            let Some(mut probe_rx) = self.probe_rx.take() else {
+                return;
+            };
             // An orphan's worker is told to terminate before it first runs.
             while let Ok(m) = rx.try_recv() {
                 terminating |= self.apply(m);
@@ -190,13 +219,20 @@ impl<R: Runtime> PodWorker<R> {
                 // a burst of events costs one sync.
                 tokio::select! {
                     msg = rx.recv() => match msg {
-                        None => return,
+                        None => {
+                            self.stop_probes(|_| true);
+                            return;
+                        }
                         Some(m) => terminating |= self.apply(m),
                     },
+                    Some(update) = probe_rx.recv() => self.on_probe(update),
                     () = tokio::time::sleep_until(deadline) => {}
                 }
                 while let Ok(m) = rx.try_recv() {
                     terminating |= self.apply(m);
+                }
+                while let Ok(update) = probe_rx.try_recv() {
+                    self.on_probe(update);
                 }
             }
         }
@@ -255,6 +291,7 @@ impl<R: Runtime> PodWorker<R> {
 
     async fn terminate(&mut self) -> Result<Next, RuntimeError> {
         self.mark_terminating();
+        self.stop_probes(|_| true);
         let rt = &self.env.runtime;
         let containers = rt.list_containers(Some(&self.uid)).await?;
         self.stop_all(&containers).await?;
@@ -444,6 +481,7 @@ impl<R: Runtime> PodWorker<R> {
                 });
             }
         }
+        self.sync_probes(&containers, sandbox.is_some() && !done);
         self.publish(&containers, sandbox.as_ref(), waiting, !apps_started, now);
         Ok(Next::After(wake))
     }
@@ -654,7 +692,23 @@ impl<R: Runtime> PodWorker<R> {
         let attempt = match cur {
             None => 0,
             Some(cur) => match cur.state {
-                ContainerState::Running if cur.sandbox_id == sb.id => return Ok(None),
+                ContainerState::Running if cur.sandbox_id == sb.id => {
+                    if !self.unhealthy.remove(&cur.id) {
+                        return Ok(None);
+                    }
+                    // A failed liveness (or startup) probe: kill it; its exit brings the
+                    // restart policy and back-off in on the next sync.
+                    let grace = c
+                        .liveness_probe
+                        .as_ref()
+                        .or(c.startup_probe.as_ref())
+                        .and_then(|p| p.termination_grace_period_seconds)
+                        .and_then(|s| u64::try_from(s).ok())
+                        .map_or_else(|| self.grace_period(), Duration::from_secs);
+                    info!(container = %c.name, "container failed its liveness probe, restarting");
+                    self.stop_one(cur, grace).await?;
+                    return Ok(None);
+                }
                 ContainerState::Running => {
                     // Left from an old sandbox: it has no network any more.
                     rt.stop_container(&cur.id, Duration::ZERO).await?;
@@ -763,10 +817,10 @@ impl<R: Runtime> PodWorker<R> {
                 )));
             }
         };
-        let Some(image) = rt.image(&reference).await? else {
-            return Ok(Some(self.image_missing(c, &image_ref, now)));
+        let image = match self.ensure_image(c, &image_ref, &reference, now).await? {
+            Ok(image) => image,
+            Err(held) => return Ok(Some(held)),
         };
-        self.image_backoff.remove(&c.name);
         if let Err(message) = podspec::verify_run_as_non_root(&self.pod, c, &image.config.user) {
             return Ok(Some((
                 Waiting {
@@ -797,7 +851,14 @@ impl<R: Runtime> PodWorker<R> {
                         .join(","),
                 };
                 podspec::container_config(
-                    &self.pod, c, attempt, volumes, &term_log, &reference, &fields,
+                    &self.pod,
+                    c,
+                    attempt,
+                    volumes,
+                    &term_log,
+                    &reference,
+                    &fields,
+                    &self.env.root_dir.join("seccomp"),
                 )
             });
         let config = match config {
@@ -863,46 +924,173 @@ impl<R: Runtime> PodWorker<R> {
         Ok(None)
     }
 
-    fn image_missing(
+    /// The image a new instance runs, by upstream's pull policies: `Never` uses only
+    /// what is present (`ErrImageNeverPull`), `IfNotPresent` pulls when missing,
+    /// `Always` pulls every time (a pull of a present image re-resolves the tag and
+    /// fetches only what changed). A failed pull shows `ErrImagePull` with the
+    /// registry's reason, then `ImagePullBackOff` while the back-off (10 s doubling to
+    /// 300 s) runs.
+    async fn ensure_image(
         &mut self,
         c: &Container,
-        image: &str,
+        image_ref: &str,
+        reference: &str,
         now: SystemTime,
-    ) -> (Waiting, Duration) {
-        if c.image_pull_policy.as_deref() == Some("Never") {
-            return (
-                Waiting {
-                    reason: "ErrImageNeverPull".into(),
-                    message: Some(format!(
-                        "Container image {image:?} is not present with pull policy of Never"
-                    )),
-                },
-                RESYNC_PERIOD,
-            );
+    ) -> Result<Result<nodelet_cri::image::ImageInfo, (Waiting, Duration)>, RuntimeError> {
+        let rt = Arc::clone(&self.env.runtime);
+        let policy = c.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
+        let present = rt.image(reference).await?;
+        match (policy, present) {
+            ("Always", _) => {}
+            (_, Some(image)) => return Ok(Ok(image)),
+            ("Never", None) => {
+                return Ok(Err((
+                    Waiting {
+                        reason: "ErrImageNeverPull".into(),
+                        message: Some(format!(
+                            "Container image {image_ref:?} is not present with pull policy of Never"
+                        )),
+                    },
+                    RESYNC_PERIOD,
+                )));
+            }
+            _ => {}
         }
-        let (failures, since) = self.image_backoff.get(&c.name).copied().unwrap_or((0, now));
-        self.image_backoff
-            .insert(c.name.clone(), (failures + 1, since));
-        let delay = (BACKOFF_INITIAL * 2u32.saturating_pow(failures)).min(BACKOFF_MAX);
-        let reason = if failures == 0 {
-            "ErrImagePull"
-        } else {
-            "ImagePullBackOff"
+        if let Some((_, until)) = self.image_backoff.get(&c.name)
+            && now < *until
+        {
+            return Ok(Err((
+                Waiting {
+                    reason: "ImagePullBackOff".into(),
+                    message: Some(format!("Back-off pulling image {image_ref:?}")),
+                },
+                until.duration_since(now).unwrap_or_default(),
+            )));
+        }
+        let waited = tokio::time::Instant::now();
+        // Held for the pull: a closed semaphore (never closed here) means no limit.
+        let _slot = match &self.env.pull_slots {
+            Some(slots) => Arc::clone(slots).acquire_owned().await.ok(),
+            None => None,
         };
-        let message = if failures == 0 {
-            format!(
-                "failed to pull image {image:?}: the image is not in containerd and nodelet cannot pull from registries yet; import it with `nodelet image import`"
-            )
-        } else {
-            format!("Back-off pulling image {image:?}")
-        };
-        (
-            Waiting {
-                reason: reason.into(),
-                message: Some(message),
-            },
-            delay,
-        )
+        info!(container = %c.name, image = %image_ref, "Pulling image");
+        let started = tokio::time::Instant::now();
+        match rt.pull_image(reference, &self.env.pull_auth).await {
+            Ok(image) => {
+                info!(
+                    container = %c.name,
+                    image = %image_ref,
+                    size = image.size,
+                    took = ?started.elapsed(),
+                    including_waiting = ?waited.elapsed(),
+                    "Successfully pulled image"
+                );
+                self.image_backoff.remove(&c.name);
+                Ok(Ok(image))
+            }
+            Err(e) => {
+                let delay = self
+                    .image_backoff
+                    .get(&c.name)
+                    .map_or(BACKOFF_INITIAL, |(d, _)| (*d * 2).min(BACKOFF_MAX));
+                self.image_backoff
+                    .insert(c.name.clone(), (delay, now + delay));
+                warn!(container = %c.name, image = %image_ref, error = %e, "Failed to pull image");
+                // Look again shortly: the status then moves on to ImagePullBackOff
+                // for the rest of the window, as upstream's does.
+                Ok(Err((
+                    Waiting {
+                        reason: "ErrImagePull".into(),
+                        message: Some(e.to_string()),
+                    },
+                    Duration::from_secs(1).min(delay),
+                )))
+            }
+        }
+    }
+
+    /// Records a probe result; a liveness or startup failure marks the instance for
+    /// killing, which the next sync does.
+    fn on_probe(&mut self, u: ProbeUpdate) {
+        debug!(
+            container = %u.container,
+            probe = u.kind.as_str(),
+            result = u.result.as_str(),
+            message = %u.message,
+            "probe result changed"
+        );
+        let ok = u.result == ProbeResult::Success;
+        match u.kind {
+            ProbeKind::Readiness => {
+                self.ready.insert(u.container_id, ok);
+            }
+            ProbeKind::Startup => {
+                if u.result == ProbeResult::Failure {
+                    self.unhealthy.insert(u.container_id.clone());
+                }
+                self.started.insert(u.container_id, ok);
+            }
+            ProbeKind::Liveness if u.result == ProbeResult::Failure => {
+                debug!(container = %u.container, message = %u.message, "liveness probe failed");
+                self.unhealthy.insert(u.container_id);
+            }
+            ProbeKind::Liveness => {}
+        }
+    }
+
+    /// Starts probe workers for running instances that have none and stops those of
+    /// instances that no longer run.
+    fn sync_probes(&mut self, containers: &[ContainerInfo], active: bool) {
+        let running: Vec<&ContainerInfo> = containers
+            .iter()
+            .filter(|c| active && c.state == ContainerState::Running)
+            .collect();
+        self.stop_probes(|id| !running.iter().any(|c| c.id == id));
+        for info in running {
+            if self.probes.contains_key(&info.id) {
+                continue;
+            }
+            let Some(spec) = self.container_spec(&info.name) else {
+                continue;
+            };
+            if spec.liveness_probe.is_none()
+                && spec.readiness_probe.is_none()
+                && spec.startup_probe.is_none()
+            {
+                continue;
+            }
+            let cancel = CancellationToken::new();
+            let target = ProbeTarget {
+                pod_ip: self.pod_ip(),
+                container_id: info.id.clone(),
+                container: spec.clone(),
+            };
+            let started_at =
+                probe::worker::instant_of(info.started_at.unwrap_or_else(SystemTime::now));
+            probe::worker::spawn_container_probes(
+                &spec,
+                &target,
+                &self.env.runtime,
+                started_at,
+                &self.probe_tx,
+                &cancel,
+            );
+            self.probes.insert(info.id.clone(), cancel);
+        }
+    }
+
+    /// Stops the probe workers of the instances `which` selects, forgetting their
+    /// verdicts.
+    fn stop_probes(&mut self, which: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = self.probes.keys().filter(|id| which(id)).cloned().collect();
+        for id in gone {
+            if let Some(cancel) = self.probes.remove(&id) {
+                cancel.cancel();
+            }
+            self.ready.remove(&id);
+            self.started.remove(&id);
+            self.unhealthy.remove(&id);
+        }
     }
 
     /// How an exited instance ended: its termination message (the file, or with
@@ -954,6 +1142,16 @@ impl<R: Runtime> PodWorker<R> {
                     .chain(previous.iter())
                     .filter_map(|i| Some((i.id.clone(), self.ending(c, i)?)))
                     .collect();
+                let id = current.as_ref().map(|i| i.id.clone()).unwrap_or_default();
+                // With a probe, its verdict decides (false until it has one).
+                let ready = c
+                    .readiness_probe
+                    .as_ref()
+                    .map(|_| self.ready.get(&id).copied().unwrap_or(false));
+                let started = c
+                    .startup_probe
+                    .as_ref()
+                    .map(|_| self.started.get(&id).copied().unwrap_or(false));
                 ContainerView {
                     name: c.name.clone(),
                     image: c.image.clone().unwrap_or_default(),
@@ -961,7 +1159,8 @@ impl<R: Runtime> PodWorker<R> {
                     current,
                     previous,
                     endings,
-                    ..Default::default()
+                    ready,
+                    started,
                 }
             })
             .collect()

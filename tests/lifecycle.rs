@@ -528,3 +528,67 @@ spec:
     );
     w.stop_agent();
 }
+
+/// `seccompProfile`: the pod's `RuntimeDefault` puts a container in filter mode
+/// (`Seccomp: 2`), a container's `Unconfined` overrides it (`Seccomp: 0`), and a
+/// `Localhost` profile under `<root-dir>/seccomp` is applied (its denied `mkdir`
+/// fails with EPERM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_profiles() {
+    let mut w = World::new().await;
+    let profiles = w.root.join("seccomp/profiles");
+    std::fs::create_dir_all(&profiles).expect("seccomp dir");
+    std::fs::write(
+        profiles.join("deny-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .expect("write profile");
+    w.write_manifest(
+        "seccomp.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: seccomp}}
+spec:
+  securityContext:
+    seccompProfile: {{type: RuntimeDefault}}
+  containers:
+  - name: confined
+    image: {BUSYBOX}
+    command: [sh, -c, "grep Seccomp: /proc/self/status; exec sleep 3600"]
+  - name: unconfined
+    image: {BUSYBOX}
+    securityContext:
+      seccompProfile: {{type: Unconfined}}
+    command: [sh, -c, "grep Seccomp: /proc/self/status; exec sleep 3600"]
+  - name: localhost
+    image: {BUSYBOX}
+    securityContext:
+      seccompProfile: {{type: Localhost, localhostProfile: profiles/deny-mkdir.json}}
+    command: [sh, -c, "grep Seccomp: /proc/self/status; mkdir /tmp/made 2>&1 || true; exec sleep 3600"]
+"#
+        ),
+    );
+    w.start_agent().await;
+    let pod = w
+        .wait_pod("seccomp", "all containers ready", |p| {
+            ["confined", "unconfined", "localhost"]
+                .iter()
+                .all(|c| container_status(p, c).is_some_and(|s| s.ready))
+        })
+        .await;
+    let output = |name: &'static str, want: usize| {
+        let log = log_of(&w, &pod, name, 0);
+        wait_for(name, Duration::from_secs(20), move || {
+            let t = texts(log_lines(&log));
+            async move { (t.len() >= want).then_some(t) }
+        })
+    };
+    assert_eq!(output("confined", 1).await[0], "Seccomp:\t2");
+    assert_eq!(output("unconfined", 1).await[0], "Seccomp:\t0");
+    let lines = output("localhost", 2).await;
+    assert_eq!(lines[0], "Seccomp:\t2");
+    assert!(lines[1].contains("Operation not permitted"), "{lines:?}");
+    w.stop_agent();
+}

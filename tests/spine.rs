@@ -364,8 +364,10 @@ spec:
 }
 
 /// Bad input never stops the agent or other pods: a manifest that doesn't parse is
-/// reported with its file and position, a missing image shows `ErrImagePull` with a
-/// message, and the good pod runs regardless.
+/// reported with its file and position, an image that can't be pulled shows
+/// `ErrImagePull` with the registry's reason and then `ImagePullBackOff`, and the good
+/// pod runs regardless. (The registry is a closed loopback port: nothing leaves the
+/// machine.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_manifests_and_missing_images_are_reported() {
     let mut w = World::new().await;
@@ -386,9 +388,9 @@ metadata: {name: noimage}
 spec:
   containers:
   - name: main
-    image: nodelet.local/does-not-exist:1.0
+    image: 127.0.0.1:1/does-not-exist:1.0
   - name: never
-    image: nodelet.local/does-not-exist:1.0
+    image: 127.0.0.1:1/does-not-exist:1.0
     imagePullPolicy: Never
 "#,
     );
@@ -415,9 +417,15 @@ spec:
         waiting
             .message
             .as_deref()
-            .is_some_and(|m| m.contains("nodelet.local/does-not-exist:1.0")),
+            .is_some_and(|m| m.contains("127.0.0.1:1/does-not-exist:1.0")),
         "{waiting:?}"
     );
+    w.wait_pod("noimage", "backing off its pull", |p| {
+        container_status(p, "main")
+            .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+            .is_some_and(|r| r == "ImagePullBackOff")
+    })
+    .await;
     let never = container_status(&pod, "never")
         .and_then(|c| c.state.clone()?.waiting)
         .expect("waiting");
@@ -425,7 +433,7 @@ spec:
     assert_eq!(
         never.message.as_deref(),
         Some(
-            r#"Container image "nodelet.local/does-not-exist:1.0" is not present with pull policy of Never"#
+            r#"Container image "127.0.0.1:1/does-not-exist:1.0" is not present with pull policy of Never"#
         )
     );
     assert_eq!(w.pods().await.len(), 2, "only the valid pods exist");

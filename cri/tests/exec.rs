@@ -70,6 +70,7 @@ impl TestPod {
             namespace: ns.clone(),
             state_dir: dir.path().join("runtime"),
             log_driver: driver,
+            registries: Default::default(),
             runtime_name: "io.containerd.runc.v2".into(),
             cni: CniConfig {
                 conf_dir: dir.path().join("cni"),

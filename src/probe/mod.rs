@@ -255,6 +255,19 @@ pub(crate) mod testing {
         async fn list_sandboxes(&self, _: Option<&str>) -> Result<Vec<SandboxInfo>, RuntimeError> {
             Err(refused("list sandboxes"))
         }
+        async fn pull_image(
+            &self,
+            reference: &str,
+            _: &nodelet_cri::image::PullAuth,
+        ) -> Result<ImageInfo, nodelet_cri::image::PullError> {
+            Err(nodelet_cri::image::PullError::InvalidReference {
+                reference: reference.to_owned(),
+                source: Box::new(nodelet_cri::image::ImageError::InvalidReference {
+                    reference: reference.to_owned(),
+                    reason: "the fake runtime pulls nothing",
+                }),
+            })
+        }
         async fn image(&self, _: &str) -> Result<Option<ImageInfo>, RuntimeError> {
             Err(refused("image"))
         }

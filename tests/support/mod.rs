@@ -344,6 +344,7 @@ impl World {
             namespace: self.namespace.clone(),
             state_dir: self.root.join("runtime"),
             log_driver: PathBuf::from(env!("CARGO_BIN_EXE_nodelet")),
+            registries: Default::default(),
             runtime_name: "io.containerd.runc.v2".into(),
             cni: CniConfig {
                 conf_dir: self.cni_conf.clone(),

@@ -29,6 +29,10 @@ use super::snapshot::chain_ids;
 use super::{ImageError, ImageInfo, normalize_reference};
 use crate::containerd::Containerd;
 
+/// One layer download, boxed so the pull future is provably `Send`.
+type LayerFetch<'f> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PullError>> + Send + 'f>>;
+
 /// Manifests, indexes and configs larger than this are refused (as containerd does).
 const MAX_DOCUMENT: u64 = 4 << 20;
 /// How deep indexes may nest.
@@ -833,9 +837,14 @@ impl Containerd {
             .iter()
             .filter(|(d, _)| !docs.contains_key(&d.digest) && seen.insert(d.digest.clone()))
             .collect();
-        let mut fetches = futures::stream::iter(layers)
-            .map(|(desc, labels)| self.fetch_layer(a, ep, lease, desc, labels))
-            .buffer_unordered(a.max_downloads);
+        // Boxed as `Send` futures in a plain loop: with a closure over borrowed layers
+        // the compiler can't prove the whole pull `Send` (rust-lang/rust#102211),
+        // which the `Runtime` trait's futures must be.
+        let mut pending: Vec<LayerFetch<'_>> = Vec::with_capacity(layers.len());
+        for (desc, labels) in layers {
+            pending.push(Box::pin(self.fetch_layer(a, ep, lease, desc, labels)));
+        }
+        let mut fetches = futures::stream::iter(pending).buffer_unordered(a.max_downloads);
         let mut first_error = None;
         while let Some(r) = fetches.next().await {
             if let Err(e) = r {

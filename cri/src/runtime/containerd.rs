@@ -67,6 +67,8 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     /// The binary the runc shim starts as the CRI log driver (the `nodelet` binary).
     pub log_driver: PathBuf,
+    /// Registry transport settings, mirrors and the node's credentials file.
+    pub registries: crate::image::RegistryConfig,
     /// containerd runtime name (`io.containerd.runc.v2`).
     pub runtime_name: String,
     /// CNI configuration.
@@ -549,6 +551,16 @@ impl Runtime for ContainerdRuntime {
             .iter()
             .map(|c| self.sandbox_info(c, tasks.get(&c.id)))
             .collect())
+    }
+
+    async fn pull_image(
+        &self,
+        reference: &str,
+        auth: &crate::image::PullAuth,
+    ) -> Result<ImageInfo, crate::image::PullError> {
+        self.containerd
+            .pull_image(reference, auth, &self.config.registries)
+            .await
     }
 
     async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, RuntimeError> {

@@ -9,6 +9,7 @@ mod containerd;
 mod events;
 mod exec;
 mod pod_files;
+pub mod seccomp;
 pub mod spec;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use thiserror::Error;
 pub use self::containerd::{ContainerdRuntime, RuntimeConfig};
 pub use self::events::RuntimeEvent;
 pub use self::exec::{EXEC_OUTPUT_LIMIT, ExecResult};
+pub use self::seccomp::SeccompMode;
 
 use crate::cni::CniError;
 use crate::containerd::ConnectError;
@@ -226,6 +228,8 @@ pub struct SecurityConfig {
     pub no_new_privileges: bool,
     /// `procMount: Unmasked`: no masked or read-only /proc paths.
     pub unmasked_proc: bool,
+    /// `seccompProfile`; ignored for privileged containers (as upstream).
+    pub seccomp: SeccompMode,
 }
 
 /// What a container needs (CRI `ContainerConfig`).
@@ -348,6 +352,14 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         pod_uid: Option<&str>,
     ) -> impl Future<Output = Result<Vec<SandboxInfo>, RuntimeError>> + Send;
+
+    /// Pulls an image from its registry (a pull of an image already present
+    /// re-resolves the reference and fetches only what changed).
+    fn pull_image(
+        &self,
+        reference: &str,
+        auth: &crate::image::PullAuth,
+    ) -> impl Future<Output = Result<crate::image::ImageInfo, crate::image::PullError>> + Send;
 
     /// Looks up an image; `None` when it is not present.
     fn image(

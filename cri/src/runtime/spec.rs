@@ -12,6 +12,7 @@ use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
 };
 
+use super::seccomp::{self, SeccompMode};
 use super::{ContainerConfig, Mount, RuntimeError, SandboxConfig, SandboxInfo, keys};
 use crate::image::ImageRuntimeConfig;
 
@@ -178,6 +179,20 @@ pub fn container_spec(
             false,
         )
     };
+    let seccomp = if sec.privileged {
+        None
+    } else {
+        match &sec.seccomp {
+            SeccompMode::Unconfined => None,
+            SeccompMode::RuntimeDefault => {
+                let bounding = caps.bounding().clone().unwrap_or_default();
+                Some(seccomp::default_profile(std::env::consts::ARCH, &bounding))
+            }
+            SeccompMode::Localhost(path) => {
+                Some(seccomp::load_localhost(path).map_err(|e| err(e.to_string()))?)
+            }
+        }
+    };
     process.set_capabilities(Some(caps));
 
     let pause_ns = |kind: &str| PathBuf::from(format!("/proc/{}/ns/{kind}", sandbox.pid));
@@ -193,7 +208,7 @@ pub fn container_spec(
     } else {
         namespaces.push(ns(LinuxNamespaceType::Pid, None));
     }
-    let linux = linux_section(
+    let mut linux = linux_section(
         namespaces,
         sandbox.cgroup_parent.as_deref(),
         id,
@@ -201,6 +216,7 @@ pub fn container_spec(
         sec.unmasked_proc,
     )
     .map_err(|e| err(e.to_string()))?;
+    linux.set_seccomp(seccomp);
 
     let mut spec = Spec::default();
     spec.set_hostname(None);
@@ -700,6 +716,83 @@ mod tests {
 
         c.security.add_capabilities = vec!["NOT_A_CAP".into()];
         assert!(container_spec(&sandbox(), &c, &image(), "cid").is_err());
+    }
+
+    fn seccomp_of(c: &ContainerConfig) -> Option<oci_spec::runtime::LinuxSeccomp> {
+        container_spec(&sandbox(), c, &image(), "cid")
+            .expect("spec")
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().clone())
+    }
+
+    #[test]
+    fn seccomp_runtime_default_follows_capabilities() {
+        use oci_spec::runtime::LinuxSeccompAction;
+        let mut c = config();
+        c.security.seccomp = SeccompMode::RuntimeDefault;
+        let p = seccomp_of(&c).expect("a seccomp section");
+        assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
+        assert_eq!(p.default_errno_ret(), Some(1));
+        assert!(seccomp::allows(&p, "read"));
+        assert!(!seccomp::allows(&p, "mount"), "mount needs CAP_SYS_ADMIN");
+        assert!(
+            seccomp::allows(&p, "chroot"),
+            "SYS_CHROOT is a default capability"
+        );
+
+        c.security.add_capabilities = vec!["SYS_ADMIN".into()];
+        let p = seccomp_of(&c).expect("a seccomp section");
+        assert!(seccomp::allows(&p, "mount"));
+        assert!(seccomp::allows(&p, "unshare"));
+
+        c.security.add_capabilities.clear();
+        c.security.drop_capabilities = vec!["ALL".into()];
+        let p = seccomp_of(&c).expect("a seccomp section");
+        assert!(
+            !seccomp::allows(&p, "chroot"),
+            "dropped capability, no rule"
+        );
+    }
+
+    #[test]
+    fn seccomp_unconfined_and_privileged_have_none() {
+        let mut c = config();
+        assert!(seccomp_of(&c).is_none(), "unconfined by default");
+        c.security.seccomp = SeccompMode::RuntimeDefault;
+        c.security.privileged = true;
+        assert!(seccomp_of(&c).is_none(), "privileged runs unconfined");
+        c.security.seccomp = SeccompMode::Localhost("/nonexistent/profile.json".into());
+        assert!(
+            seccomp_of(&c).is_none(),
+            "privileged ignores a localhost profile"
+        );
+    }
+
+    #[test]
+    fn seccomp_localhost_is_read_or_fails_with_its_path() {
+        use oci_spec::runtime::LinuxSeccompAction;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("profiles/strict.json");
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(
+            &path,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        )
+        .expect("write");
+        let mut c = config();
+        c.security.seccomp = SeccompMode::Localhost(path.clone());
+        let p = seccomp_of(&c).expect("a seccomp section");
+        assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActAllow);
+
+        let missing = dir.path().join("profiles/missing.json");
+        c.security.seccomp = SeccompMode::Localhost(missing.clone());
+        let err = container_spec(&sandbox(), &c, &image(), "cid").expect_err("missing profile");
+        assert!(matches!(err, RuntimeError::Spec { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&missing.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
