@@ -11,7 +11,7 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -186,79 +186,10 @@ impl TestPod {
         })
     }
 
-    /// Runs `ctr` in this namespace, bounded in time.
-    fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("timeout")
-            .args(["120", "ctr", "--address", &self.socket, "-n", &self.ns])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ctr")
-    }
-
     /// Removes everything in the namespace, then the namespace and the cgroup parent;
     /// returns what failed.
     fn cleanup(&self) -> Vec<String> {
-        let mut errors = Vec::new();
-        let mut check = |what: &str, out: Output| {
-            if !out.status.success() {
-                errors.push(format!("{what}: {}", String::from_utf8_lossy(&out.stderr)));
-            }
-        };
-        let list = |args: &[&str]| -> Vec<String> {
-            String::from_utf8_lossy(&self.ctr(args).stdout)
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect()
-        };
-        for task in list(&["tasks", "ls", "-q"]) {
-            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", &task]);
-            check("task rm", self.ctr(&["tasks", "rm", "-f", &task]));
-        }
-        for container in list(&["containers", "ls", "-q"]) {
-            check("container rm", self.ctr(&["containers", "rm", &container]));
-        }
-        for image in list(&["images", "ls", "-q"]) {
-            check("image rm", self.ctr(&["images", "rm", &image]));
-        }
-        for lease in list(&["leases", "ls", "-q"]) {
-            check("lease rm", self.ctr(&["leases", "rm", &lease]));
-        }
-        let digests = list(&["content", "ls", "-q"]);
-        if !digests.is_empty() {
-            let mut args = vec!["content", "rm"];
-            args.extend(digests.iter().map(String::as_str));
-            check("content rm", self.ctr(&args));
-        }
-        // Children before parents: retry until nothing is left or nothing moves.
-        for _ in 0..16 {
-            let keys: Vec<String> = list(&["snapshots", "ls"])
-                .into_iter()
-                .skip(1)
-                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-                .collect();
-            if keys.is_empty() {
-                break;
-            }
-            for key in keys {
-                let _ = self.ctr(&["snapshots", "rm", &key]);
-            }
-        }
-        let out = Command::new("timeout")
-            .args([
-                "60",
-                "ctr",
-                "--address",
-                &self.socket,
-                "namespaces",
-                "rm",
-                &self.ns,
-            ])
-            .output()
-            .expect("run ctr");
-        check("namespace rm", out);
+        let mut errors = nodelet_testkit::purge_namespace(&self.socket, &self.ns);
         if let Err((path, e)) = nodelet_cri::runtime::cgroup::remove(&self.cgroup_parent) {
             errors.push(format!("cgroup {}: {e}", path.display()));
         }

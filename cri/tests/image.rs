@@ -103,67 +103,7 @@ impl TestNs {
 
     /// Removes everything in the namespace, then the namespace; returns what failed.
     fn cleanup(&self) -> Vec<String> {
-        let mut errors = Vec::new();
-        let mut check = |what: &str, out: Output| {
-            if !out.status.success() {
-                errors.push(format!("{what}: {}", String::from_utf8_lossy(&out.stderr)));
-            }
-        };
-        let list = |args: &[&str]| -> Vec<String> {
-            let out = self.ctr(args);
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect()
-        };
-        for task in list(&["tasks", "ls", "-q"]) {
-            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", &task]);
-            check("task rm", self.ctr(&["tasks", "rm", "-f", &task]));
-        }
-        for container in list(&["containers", "ls", "-q"]) {
-            check("container rm", self.ctr(&["containers", "rm", &container]));
-        }
-        for image in list(&["images", "ls", "-q"]) {
-            check("image rm", self.ctr(&["images", "rm", &image]));
-        }
-        for lease in list(&["leases", "ls", "-q"]) {
-            check("lease rm", self.ctr(&["leases", "rm", &lease]));
-        }
-        let digests = list(&["content", "ls", "-q"]);
-        if !digests.is_empty() {
-            let mut args = vec!["content", "rm"];
-            args.extend(digests.iter().map(String::as_str));
-            check("content rm", self.ctr(&args));
-        }
-        // Children before parents: retry until nothing is left or nothing moves.
-        for _ in 0..16 {
-            let keys: Vec<String> = list(&["snapshots", "ls"])
-                .into_iter()
-                .skip(1)
-                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-                .collect();
-            if keys.is_empty() {
-                break;
-            }
-            for key in keys {
-                let _ = self.ctr(&["snapshots", "rm", &key]);
-            }
-        }
-        let out = Command::new("timeout")
-            .args([
-                "60",
-                "ctr",
-                "--address",
-                &self.socket,
-                "namespaces",
-                "rm",
-                &self.ns,
-            ])
-            .output()
-            .expect("run ctr");
-        check("namespace rm", out);
+        let mut errors = nodelet_testkit::purge_namespace(&self.socket, &self.ns);
         // `ctr run` puts containers under containerd's default cgroup `/<namespace>`.
         if let Err((path, e)) = nodelet_cri::runtime::cgroup::remove(&format!("/{}", self.ns)) {
             errors.push(format!("cgroup {}: {e}", path.display()));

@@ -133,63 +133,12 @@ impl TestNs {
     }
 
     fn cleanup(&self) -> Vec<String> {
-        let mut errors = Vec::new();
-        let mut check = |what: &str, out: Output| {
-            if !out.status.success() {
-                errors.push(format!("{what}: {}", String::from_utf8_lossy(&out.stderr)));
-            }
-        };
-        let list = |args: &[&str]| -> Vec<String> {
-            String::from_utf8_lossy(&self.ctr(args).stdout)
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect()
-        };
-        for image in list(&["images", "ls", "-q"]) {
-            check("image rm", self.ctr(&["images", "rm", &image]));
-        }
-        for lease in list(&["leases", "ls", "-q"]) {
-            check("lease rm", self.ctr(&["leases", "rm", &lease]));
-        }
-        let digests = list(&["content", "ls", "-q"]);
-        if !digests.is_empty() {
-            let mut args = vec!["content", "rm"];
-            args.extend(digests.iter().map(String::as_str));
-            check("content rm", self.ctr(&args));
-        }
-        for _ in 0..16 {
-            let keys: Vec<String> = list(&["snapshots", "ls"])
-                .into_iter()
-                .skip(1)
-                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-                .collect();
-            if keys.is_empty() {
-                break;
-            }
-            for key in keys {
-                let _ = self.ctr(&["snapshots", "rm", &key]);
-            }
-        }
+        let mut errors = nodelet_testkit::purge_objects(&self.socket, &self.ns);
         // Partial downloads (kept for resumption) are ingests: abort them.
-        let aborted = abort_ingests(&self.socket, &self.ns);
-        let out = Command::new("timeout")
-            .args([
-                "60",
-                "ctr",
-                "--address",
-                &self.socket,
-                "namespaces",
-                "rm",
-                &self.ns,
-            ])
-            .output()
-            .expect("run ctr");
-        check("namespace rm", out);
-        if let Err(e) = aborted {
+        if let Err(e) = abort_ingests(&self.socket, &self.ns) {
             errors.push(format!("ingest abort: {e}"));
         }
+        errors.extend(nodelet_testkit::remove_namespace(&self.socket, &self.ns));
         errors
     }
 }

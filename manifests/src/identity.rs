@@ -14,13 +14,10 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use sha2::{Digest, Sha256};
 
-use crate::defaults::default_pod;
-use crate::parse::parse_manifests;
 use crate::static_pod::{
     CONFIG_HASH_ANNOTATION, CONFIG_SEEN_ANNOTATION, CONFIG_SOURCE_ANNOTATION, FileLoad,
-    ManifestError, rfc3339_nanos,
+    rfc3339_nanos,
 };
-use crate::validate::validate_pod;
 
 /// The source name of the manifest URL (`kubetypes.HTTPSource`).
 pub const HTTP_SOURCE: &str = "http";
@@ -127,42 +124,9 @@ pub fn load_pods_at(
     node_name: &str,
     seen: SystemTime,
 ) -> FileLoad {
-    let label = origin.label();
-    let documents = match parse_manifests(bytes, label) {
-        Ok(documents) => documents,
-        Err(e) => {
-            return FileLoad {
-                pods: Vec::new(),
-                errors: vec![e.into()],
-            };
-        }
-    };
-    let mut load = FileLoad::default();
-    for document in documents {
-        let Some(mut pod) = document.pod else {
-            load.errors.push(ManifestError::UnsupportedKind {
-                path: label.to_owned(),
-                index: document.index,
-                kind: document.kind,
-                api_version: document.api_version,
-            });
-            continue;
-        };
-        default_pod(&mut pod);
-        apply_origin_identity(&mut pod, node_name, origin, seen);
-        let errors = validate_pod(&pod);
-        if errors.is_empty() {
-            load.pods.push(pod);
-        } else {
-            load.errors.push(ManifestError::Invalid {
-                path: label.to_owned(),
-                index: document.index,
-                name: pod.metadata.name.unwrap_or_default(),
-                errors,
-            });
-        }
-    }
-    load
+    crate::static_pod::load_pods_with(bytes, origin.label(), |pod| {
+        apply_origin_identity(pod, node_name, origin, seen);
+    })
 }
 
 /// Carries `config.seen` over from the previous version of each pod with the

@@ -108,7 +108,18 @@ pub fn load_static_pods_at(
     node_name: &str,
     seen: SystemTime,
 ) -> FileLoad {
-    let documents = match parse_manifests(bytes, path) {
+    // Upstream order: the decoder defaults, applyDefaults hashes and renames, then
+    // the result is validated.
+    load_pods_with(bytes, path, |pod| {
+        apply_static_identity(pod, node_name, path, seen);
+    })
+}
+
+/// Parses, defaults, identifies (with `identify`) and validates every pod document of
+/// one manifest; the shared path of every source. `label` names the origin (a file
+/// path or URL) in errors.
+pub(crate) fn load_pods_with(bytes: &[u8], label: &str, identify: impl Fn(&mut Pod)) -> FileLoad {
+    let documents = match parse_manifests(bytes, label) {
         Ok(documents) => documents,
         Err(e) => {
             return FileLoad {
@@ -121,23 +132,21 @@ pub fn load_static_pods_at(
     for document in documents {
         let Some(mut pod) = document.pod else {
             load.errors.push(ManifestError::UnsupportedKind {
-                path: path.to_owned(),
+                path: label.to_owned(),
                 index: document.index,
                 kind: document.kind,
                 api_version: document.api_version,
             });
             continue;
         };
-        // Upstream order: the decoder defaults, applyDefaults hashes and
-        // renames, then the result is validated.
         default_pod(&mut pod);
-        apply_static_identity(&mut pod, node_name, path, seen);
+        identify(&mut pod);
         let errors = validate_pod(&pod);
         if errors.is_empty() {
             load.pods.push(pod);
         } else {
             load.errors.push(ManifestError::Invalid {
-                path: path.to_owned(),
+                path: label.to_owned(),
                 index: document.index,
                 name: pod.metadata.name.unwrap_or_default(),
                 errors,

@@ -24,8 +24,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The containerd socket tests use.
 pub fn containerd_socket() -> String {
-    std::env::var("NODELET_TEST_CONTAINERD")
-        .unwrap_or_else(|_| "/run/containerd/containerd.sock".to_owned())
+    nodelet_testkit::containerd_socket()
 }
 
 /// The busybox test image archive, built once per test run.
@@ -369,27 +368,7 @@ impl World {
 
     /// Runs `ctr` in the test's namespace.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("timeout")
-            .args([
-                "60",
-                "ctr",
-                "--address",
-                &self.socket,
-                "-n",
-                &self.namespace,
-            ])
-            .args(args)
-            .output()
-            .expect("run ctr")
-    }
-
-    fn ctr_list(&self, args: &[&str]) -> Vec<String> {
-        String::from_utf8_lossy(&self.ctr(args).stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect()
+        nodelet_testkit::ctr(&self.socket, &self.namespace, args)
     }
 
     fn cleanup(&mut self) {
@@ -415,50 +394,8 @@ impl World {
                 });
             });
         });
-        for task in self.ctr_list(&["tasks", "ls", "-q"]) {
-            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", &task]);
-            let _ = self.ctr(&["tasks", "rm", "-f", &task]);
-        }
-        for c in self.ctr_list(&["containers", "ls", "-q"]) {
-            let _ = self.ctr(&["containers", "rm", &c]);
-        }
-        for image in self.ctr_list(&["images", "ls", "-q"]) {
-            let _ = self.ctr(&["images", "rm", &image]);
-        }
-        for lease in self.ctr_list(&["leases", "ls", "-q"]) {
-            let _ = self.ctr(&["leases", "rm", &lease]);
-        }
-        let digests = self.ctr_list(&["content", "ls", "-q"]);
-        if !digests.is_empty() {
-            let mut args = vec!["content", "rm"];
-            args.extend(digests.iter().map(String::as_str));
-            let _ = self.ctr(&args);
-        }
-        for _ in 0..16 {
-            let keys: Vec<String> = self
-                .ctr_list(&["snapshots", "ls"])
-                .into_iter()
-                .skip(1)
-                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-                .collect();
-            if keys.is_empty() {
-                break;
-            }
-            for key in keys {
-                let _ = self.ctr(&["snapshots", "rm", &key]);
-            }
-        }
-        let _ = Command::new("timeout")
-            .args([
-                "60",
-                "ctr",
-                "--address",
-                &self.socket,
-                "namespaces",
-                "rm",
-                &self.namespace,
-            ])
-            .output();
+        // Whatever is left, with containerd's own client.
+        let _ = nodelet_testkit::purge_namespace(&self.socket, &self.namespace);
         // Only the bridge this test's network made.
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])

@@ -82,7 +82,7 @@ pub struct ContainerdRuntime {
     config: RuntimeConfig,
 }
 
-fn grpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
+pub(super) fn grpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
     let id = id.to_owned();
     move |status| RuntimeError::Containerd {
         op,
@@ -91,21 +91,22 @@ fn grpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeErro
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
     let path = path.to_path_buf();
     move |source| RuntimeError::Io { path, source }
 }
 
-/// A new random 64-hex-digit object ID, the form CRI implementations use.
-fn new_id() -> Result<String, RuntimeError> {
-    let mut bytes = [0u8; 32];
+/// A new random ID of `bytes` random bytes in hex: 32 bytes (64 hex digits, the form
+/// CRI implementations use) for objects, 16 for exec processes.
+pub(super) fn new_id(bytes: usize) -> Result<String, RuntimeError> {
+    let mut buf = vec![0u8; bytes];
     let path = Path::new("/dev/urandom");
     std::io::Read::read_exact(
         &mut std::fs::File::open(path).map_err(io_err(path))?,
-        &mut bytes,
+        &mut buf,
     )
     .map_err(io_err(path))?;
-    Ok(hex::encode(bytes))
+    Ok(hex::encode(buf))
 }
 
 fn label_bool(labels: &HashMap<String, String>, key: &str) -> bool {
@@ -503,7 +504,7 @@ impl ContainerdRuntime {
 impl Runtime for ContainerdRuntime {
     async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxInfo, RuntimeError> {
         let pause = self.containerd.ensure_pause_image().await?;
-        let id = new_id()?;
+        let id = new_id(32)?;
         let netns = (!config.host_network).then(|| self.netns_path(&id));
         let result = self
             .make_sandbox(config, &id, netns.as_deref(), &pause)
@@ -573,7 +574,7 @@ impl Runtime for ContainerdRuntime {
         config: &ContainerConfig,
         image: &ImageInfo,
     ) -> Result<String, RuntimeError> {
-        let id = new_id()?;
+        let id = new_id(32)?;
         let spec = spec::container_spec(sandbox, config, &image.config, &id)?;
         let log_path = sandbox.log_directory.join(&config.log_path);
         if let Some(dir) = log_path.parent() {

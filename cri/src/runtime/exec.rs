@@ -25,6 +25,7 @@ use tokio::net::unix::pipe;
 use tonic::Code;
 use tracing::{debug, warn};
 
+use super::containerd::{grpc, io_err, new_id};
 use super::{ContainerdRuntime, RuntimeError};
 
 /// The most of each stream an [`ExecResult`] keeps; the rest is read and dropped, so
@@ -50,32 +51,6 @@ pub struct ExecResult {
     pub stdout: Vec<u8>,
     /// Its stderr, at most [`EXEC_OUTPUT_LIMIT`] bytes.
     pub stderr: Vec<u8>,
-}
-
-fn grpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
-    let id = id.to_owned();
-    move |status| RuntimeError::Containerd {
-        op,
-        id,
-        status: Box::new(status),
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    let path = path.to_path_buf();
-    move |source| RuntimeError::Io { path, source }
-}
-
-/// A new random exec ID (containerd wants IDs unique per container).
-fn new_exec_id() -> Result<String, RuntimeError> {
-    let mut bytes = [0u8; 16];
-    let path = Path::new("/dev/urandom");
-    std::io::Read::read_exact(
-        &mut std::fs::File::open(path).map_err(io_err(path))?,
-        &mut bytes,
-    )
-    .map_err(io_err(path))?;
-    Ok(hex::encode(bytes))
 }
 
 /// Reads a FIFO to its end, keeping the first `limit` bytes.
@@ -166,7 +141,7 @@ impl ContainerdRuntime {
             });
         }
         let process = self.exec_process_spec(container_id, cmd).await?;
-        let exec_id = new_exec_id()?;
+        let exec_id = new_id(16)?;
         let io = ExecIo::create(self.config().state_dir.join("exec").join(&exec_id))?;
         let (out_rx, out_tx) = ExecIo::open(&io.stdout)?;
         let (err_rx, err_tx) = ExecIo::open(&io.stderr)?;
