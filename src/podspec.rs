@@ -318,12 +318,13 @@ pub fn prepare_volumes(
         .and_then(|g| u32::try_from(g).ok());
     let mut out = BTreeMap::new();
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        out.insert(v.name.clone(), prepare_volume(v, pod_dir, fs_group)?);
+        out.insert(v.name.clone(), prepare_volume(pod, v, pod_dir, fs_group)?);
     }
     Ok(out)
 }
 
 fn prepare_volume(
+    pod: &Pod,
     v: &Volume,
     pod_dir: &Path,
     fs_group: Option<u32>,
@@ -360,6 +361,13 @@ fn prepare_volume(
         }
         return Ok(dir);
     }
+    if let Some(source) = &v.downward_api {
+        let dir = pod_dir
+            .join("volumes/kubernetes.io~downward-api")
+            .join(&v.name);
+        write_downward_api(pod, source, &dir)?;
+        return Ok(dir);
+    }
     if let Some(hp) = &v.host_path {
         let path = PathBuf::from(&hp.path);
         check_host_path(&path, hp.type_.as_deref().unwrap_or(""))?;
@@ -369,8 +377,6 @@ fn prepare_volume(
         "configMap"
     } else if v.secret.is_some() {
         "secret"
-    } else if v.downward_api.is_some() {
-        "downwardAPI"
     } else if v.projected.is_some() {
         "projected"
     } else if v.persistent_volume_claim.is_some() {
@@ -473,6 +479,170 @@ fn check_host_path(path: &Path, kind: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// The node's capacity, which stands in for a container's unset limits in the
+/// downward API (upstream merges node allocatable into them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeCapacity {
+    /// CPUs, in millicores.
+    pub cpu_millis: i128,
+    /// Memory, in bytes.
+    pub memory_bytes: i128,
+}
+
+impl NodeCapacity {
+    /// The CPUs this process may use and the machine's memory.
+    pub fn detect() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let mem_kib: i128 = fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(0);
+        Self {
+            cpu_millis: i128::try_from(cpus).unwrap_or(1) * 1000,
+            memory_bytes: mem_kib * 1024,
+        }
+    }
+}
+
+fn quantity(
+    q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+) -> Option<nodelet_manifests::Quantity> {
+    q.and_then(|q| nodelet_manifests::Quantity::parse(&q.0).ok())
+}
+
+fn ceil_div(a: i128, b: i128) -> i128 {
+    if b == 0 {
+        return 0;
+    }
+    let q = a / b;
+    if (a % b != 0) && ((a > 0) == (b > 0)) {
+        q + 1
+    } else {
+        q
+    }
+}
+
+/// A `resourceFieldRef` value, as upstream's `ExtractContainerResourceValue`: CPU as
+/// ceil(milli-value / divisor's milli-value), memory and storage as ceil(value /
+/// divisor's value); an unset limit is the node's capacity.
+///
+/// # Errors
+/// An unsupported resource name.
+pub fn resource_field(
+    c: &Container,
+    rf: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+    node: &NodeCapacity,
+) -> Result<String, String> {
+    let divisor = quantity(rf.divisor.as_ref())
+        .filter(|d| d.nanos() != 0)
+        .unwrap_or_else(|| nodelet_manifests::Quantity::from_nanos(1_000_000_000));
+    let res = c.resources.clone().unwrap_or_default();
+    let limits = res.limits.unwrap_or_default();
+    let requests = res.requests.unwrap_or_default();
+    let value = |q: nodelet_manifests::Quantity| ceil_div(q.nanos(), 1_000_000_000);
+    let out = match rf.resource.as_str() {
+        "limits.cpu" | "requests.cpu" => {
+            let q = if rf.resource == "limits.cpu" {
+                quantity(limits.get("cpu")).map_or(node.cpu_millis, |q| q.milli_value_ceil())
+            } else {
+                quantity(requests.get("cpu")).map_or(0, |q| q.milli_value_ceil())
+            };
+            ceil_div(q, divisor.milli_value_ceil())
+        }
+        "limits.memory" => ceil_div(
+            quantity(limits.get("memory")).map_or(node.memory_bytes, value),
+            value(divisor),
+        ),
+        "requests.memory" => ceil_div(
+            quantity(requests.get("memory")).map_or(0, value),
+            value(divisor),
+        ),
+        "limits.ephemeral-storage" | "requests.ephemeral-storage" => {
+            let map = if rf.resource.starts_with("limits") {
+                &limits
+            } else {
+                &requests
+            };
+            ceil_div(
+                quantity(map.get("ephemeral-storage")).map_or(0, value),
+                value(divisor),
+            )
+        }
+        other => return Err(format!("unsupported container resource {other:?}")),
+    };
+    Ok(out.to_string())
+}
+
+/// A label or annotation map as the downward API writes it: `key="value"` lines,
+/// sorted, quoted as Go's `%q` does (upstream's `fieldpath.FormatMap`).
+pub fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
+    map.into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", serde_json::to_string(v).unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Writes a downward API volume's files (`metadata.*` fields and
+/// `resourceFieldRef`s, as upstream allows in volumes) into `dir`.
+fn write_downward_api(
+    pod: &Pod,
+    source: &k8s_openapi::api::core::v1::DownwardAPIVolumeSource,
+    dir: &Path,
+) -> Result<(), ConfigError> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let m = &pod.metadata;
+    for item in source.items.iter().flatten() {
+        let rel = relative_clean(&item.path)?;
+        let value = if let Some(fr) = &item.field_ref {
+            match fr.field_path.as_str() {
+                "metadata.name" => m.name.clone().unwrap_or_default(),
+                "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+                "metadata.uid" => m.uid.clone().unwrap_or_default(),
+                "metadata.labels" => format_map(m.labels.as_ref()),
+                "metadata.annotations" => format_map(m.annotations.as_ref()),
+                other => field_ref(pod, other, &FieldValues::default()).ok_or_else(|| {
+                    ConfigError::Io {
+                        path: item.path.clone(),
+                        reason: format!("unsupported fieldRef {other:?} in a downwardAPI volume"),
+                    }
+                })?,
+            }
+        } else if let Some(rf) = &item.resource_field_ref {
+            let spec = pod.spec.clone().unwrap_or_default();
+            let name = rf.container_name.clone().unwrap_or_default();
+            let c = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .find(|c| c.name == name)
+                .ok_or_else(|| ConfigError::Io {
+                    path: item.path.clone(),
+                    reason: format!("resourceFieldRef names unknown container {name:?}"),
+                })?;
+            resource_field(c, rf, &NodeCapacity::detect()).map_err(|reason| ConfigError::Io {
+                path: item.path.clone(),
+                reason,
+            })?
+        } else {
+            String::new()
+        };
+        let file = dir.join(rel);
+        if let Some(parent) = file.parent() {
+            fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        fs::write(&file, value).map_err(io(&file))?;
+        let mode = item.mode.or(source.default_mode).unwrap_or(0o644);
+        let mode = u32::try_from(mode).unwrap_or(0o644);
+        fs::set_permissions(&file, fs::Permissions::from_mode(mode)).map_err(io(&file))?;
+    }
+    Ok(())
+}
+
 /// Values the downward API can give an env var.
 #[derive(Debug, Clone, Default)]
 pub struct FieldValues {
@@ -484,6 +654,8 @@ pub struct FieldValues {
     pub pod_ip: String,
     /// All pod IPs, comma separated.
     pub pod_ips: String,
+    /// The container whose env this is (for `resourceFieldRef` without a name).
+    pub container: Option<Container>,
 }
 
 fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String> {
@@ -523,12 +695,25 @@ fn env_value(pod: &Pod, e: &EnvVar, f: &FieldValues) -> Result<String, ConfigErr
             reason: format!("unsupported fieldRef {:?}", fr.field_path),
         });
     }
+    if let Some(rf) = &from.resource_field_ref {
+        // In env the selector names the container itself unless it says otherwise.
+        let spec = pod.spec.clone().unwrap_or_default();
+        let container = match rf.container_name.as_deref().filter(|n| !n.is_empty()) {
+            None => f.container.clone(),
+            Some(name) => spec.containers.iter().find(|c| c.name == name).cloned(),
+        };
+        let value = container
+            .ok_or_else(|| format!("container {:?} not found", rf.container_name))
+            .and_then(|c| resource_field(&c, rf, &NodeCapacity::detect()));
+        return value.map_err(|reason| ConfigError::Env {
+            name: e.name.clone(),
+            reason,
+        });
+    }
     let source = if from.config_map_key_ref.is_some() {
         "configMapKeyRef"
-    } else if from.secret_key_ref.is_some() {
-        "secretKeyRef"
     } else {
-        "resourceFieldRef"
+        "secretKeyRef"
     };
     Err(ConfigError::Env {
         name: e.name.clone(),
@@ -716,10 +901,14 @@ pub fn container_config(
         } else {
             format!("/{}", vm.mount_path)
         };
+        // Downward API volumes are always read-only, as upstream mounts them.
+        let downward = host_path
+            .components()
+            .any(|c| c.as_os_str() == "kubernetes.io~downward-api");
         mounts.push(Mount {
             container_path,
             host_path,
-            readonly: vm.read_only.unwrap_or(false),
+            readonly: vm.read_only.unwrap_or(false) || downward,
         });
     }
     let tm_path = c
@@ -927,6 +1116,55 @@ mod tests {
             ["ndots:2", "edns0"],
             "the pod's ndots replaces the default"
         );
+    }
+
+    #[test]
+    fn resource_field_refs_as_upstream() {
+        use k8s_openapi::api::core::v1::ResourceFieldSelector;
+        let c = container(
+            &[("cpu", "250m"), ("memory", "32Mi")],
+            &[("cpu", "1500m"), ("memory", "64Mi")],
+        );
+        let node = NodeCapacity {
+            cpu_millis: 2000,
+            memory_bytes: 8 << 30,
+        };
+        let get = |resource: &str, divisor: Option<&str>, c: &Container| {
+            resource_field(
+                c,
+                &ResourceFieldSelector {
+                    resource: resource.into(),
+                    divisor: divisor.map(|d| Quantity(d.into())),
+                    container_name: None,
+                },
+                &node,
+            )
+        };
+        assert_eq!(get("limits.cpu", None, &c).as_deref(), Ok("2"), "ceil(1.5)");
+        assert_eq!(get("limits.cpu", Some("1m"), &c).as_deref(), Ok("1500"));
+        assert_eq!(get("requests.cpu", Some("1m"), &c).as_deref(), Ok("250"));
+        assert_eq!(get("limits.memory", Some("1Mi"), &c).as_deref(), Ok("64"));
+        assert_eq!(get("requests.memory", None, &c).as_deref(), Ok("33554432"));
+        let bare = container(&[], &[]);
+        assert_eq!(
+            get("limits.cpu", None, &bare).as_deref(),
+            Ok("2"),
+            "node capacity"
+        );
+        assert_eq!(get("limits.memory", Some("1Gi"), &bare).as_deref(), Ok("8"));
+        assert_eq!(get("requests.cpu", None, &bare).as_deref(), Ok("0"));
+        assert!(get("limits.gpu", None, &c).is_err());
+    }
+
+    #[test]
+    fn maps_formatted_as_upstream() {
+        let map: BTreeMap<String, String> = [
+            ("b".into(), "two".into()),
+            ("a".into(), "say \"hi\"".into()),
+        ]
+        .into();
+        assert_eq!(format_map(Some(&map)), "a=\"say \\\"hi\\\"\"\nb=\"two\"");
+        assert_eq!(format_map(None), "");
     }
 
     #[test]

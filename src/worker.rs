@@ -849,6 +849,7 @@ impl<R: Runtime> PodWorker<R> {
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join(","),
+                    container: Some(c.clone()),
                 };
                 podspec::container_config(
                     &self.pod,

@@ -592,3 +592,61 @@ spec:
     assert!(lines[1].contains("Operation not permitted"), "{lines:?}");
     w.stop_agent();
 }
+
+/// `resourceFieldRef` in env and the downward API volume, as upstream writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downward_api() {
+    let mut w = World::new().await;
+    w.write_manifest(
+        "downward.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: downward
+  labels: {{app: web, tier: front}}
+  annotations: {{note: "hello"}}
+spec:
+  restartPolicy: Never
+  volumes:
+  - name: info
+    downwardAPI:
+      items:
+      - {{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}
+      - {{path: sub/name, fieldRef: {{fieldPath: metadata.name}}}}
+      - {{path: cpu, resourceFieldRef: {{containerName: main, resource: limits.cpu, divisor: 1m}}}}
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    resources:
+      requests: {{cpu: 250m, memory: 32Mi}}
+      limits: {{cpu: 500m, memory: 64Mi}}
+    env:
+    - name: MEM_MI
+      valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}
+    - name: CPU_REQ
+      valueFrom: {{resourceFieldRef: {{resource: requests.cpu, divisor: 1m}}}}
+    volumeMounts: [{{name: info, mountPath: /info}}]
+    command: [sh, -c, "echo mem=$MEM_MI cpu=$CPU_REQ; cat /info/labels; echo; cat /info/sub/name; echo; cat /info/cpu; echo; touch /info/x 2>/dev/null || echo read-only"]
+"#
+        ),
+    );
+    w.start_agent().await;
+    let pod = w
+        .wait_pod("downward", "Succeeded", |p| phase(p) == "Succeeded")
+        .await;
+    let lines = texts(log_lines(&log_of(&w, &pod, "main", 0)));
+    assert_eq!(
+        lines,
+        [
+            "mem=64 cpu=250".to_owned(),
+            "app=\"web\"".to_owned(),
+            "tier=\"front\"".to_owned(),
+            format!("downward-{}", w.node),
+            "500".to_owned(),
+            "read-only".to_owned(),
+        ]
+    );
+    w.stop_agent();
+}
