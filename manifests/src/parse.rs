@@ -111,26 +111,22 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
+    /// Reads the file's top-level documents one at a time (empty YAML documents
+    /// included, as `null`, so positions in the stream stay known) and adds each before
+    /// reading the next, so an error in a later document carries that document's index.
     fn run(&mut self) -> Result<(), ParseError> {
-        for (raw_index, value) in self.raw_values()?.into_iter().enumerate() {
-            self.push_top_level(raw_index, value)?;
-        }
-        Ok(())
-    }
-
-    /// Every top-level document of the file as a JSON value, empty YAML
-    /// documents included (as `null`) so positions in the stream stay known.
-    fn raw_values(&self) -> Result<Vec<Value>, ParseError> {
-        let mut values = Vec::new();
+        let bytes = self.bytes;
         match self.format {
             Format::Json => {
-                for item in serde_json::Deserializer::from_slice(self.bytes).into_iter::<Value>() {
+                let stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
+                for (raw_index, item) in stream.enumerate() {
                     let value = item.map_err(|e| self.json_error(&e))?;
-                    values.push(value);
+                    self.push_top_level(raw_index, value)?;
                 }
             }
             Format::Yaml => {
-                for document in serde_yaml::Deserializer::from_slice(self.bytes) {
+                for (raw_index, document) in serde_yaml::Deserializer::from_slice(bytes).enumerate()
+                {
                     let mut value = serde_yaml::Value::deserialize(document)
                         .map_err(|e| self.yaml_error(&e))?;
                     // `<<: *anchor` merge keys, which upstream's YAML library honours.
@@ -141,11 +137,11 @@ impl Parser<'_> {
                             ParseErrorReason::Yaml(format!("cannot be represented as JSON: {e}")),
                         )
                     })?;
-                    values.push(value);
+                    self.push_top_level(raw_index, value)?;
                 }
             }
         }
-        Ok(values)
+        Ok(())
     }
 
     fn push_top_level(&mut self, raw_index: usize, value: Value) -> Result<(), ParseError> {
@@ -315,6 +311,14 @@ spec:
         docs.iter()
             .map(|d| (d.index, d.kind.as_str(), d.pod.is_some()))
             .collect()
+    }
+
+    #[test]
+    fn syntax_errors_name_the_failing_document() {
+        let input = b"apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b}\n---\nmetadata: {name: [\n";
+        let e = parse_manifests(input, "f.yaml").expect_err("broken third document");
+        assert_eq!(e.index, 2);
+        assert!(e.location.is_some_and(|l| l.line >= 9), "{e}");
     }
 
     #[test]
