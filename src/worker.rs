@@ -411,19 +411,20 @@ impl<R: Runtime> PodWorker<R> {
                     }
                 }
                 Ok(volumes) => {
-                    let initialized = apps_started
-                        || self
-                            .sync_init(
-                                sb,
-                                &init_specs,
-                                &containers,
-                                &volumes,
-                                &policy,
-                                now,
-                                &mut waiting,
-                                &mut wake,
-                            )
-                            .await?;
+                    // Sidecars are kept running for the pod's whole life, so this
+                    // runs even once the app containers have started.
+                    let initialized = self
+                        .sync_init(
+                            sb,
+                            &init_specs,
+                            &containers,
+                            &volumes,
+                            (&policy, apps_started),
+                            now,
+                            &mut waiting,
+                            &mut wake,
+                        )
+                        .await?;
                     for c in &spec.containers {
                         if !initialized {
                             waiting.insert(
@@ -487,7 +488,9 @@ impl<R: Runtime> PodWorker<R> {
     }
 
     /// Runs the init containers in order, each to completion before the next (a
-    /// sidecar only has to be running); true when all are done.
+    /// sidecar only has to be running); true when all are done. Once the app
+    /// containers have started, regular init containers count as done and only the
+    /// sidecars are looked after (restarted when they stop, killed when unhealthy).
     #[allow(clippy::too_many_arguments)]
     async fn sync_init(
         &mut self,
@@ -495,7 +498,7 @@ impl<R: Runtime> PodWorker<R> {
         init_specs: &[Container],
         containers: &[ContainerInfo],
         volumes: &std::collections::BTreeMap<String, PathBuf>,
-        policy: &str,
+        (policy, apps_started): (&str, bool),
         now: SystemTime,
         waiting: &mut HashMap<String, Waiting>,
         wake: &mut Duration,
@@ -503,13 +506,19 @@ impl<R: Runtime> PodWorker<R> {
         for c in init_specs {
             let (cur, prev) = latest(containers, &c.name);
             let sidecar = status::is_sidecar(c);
+            if !sidecar && apps_started {
+                continue;
+            }
             let running = cur
                 .as_ref()
                 .is_some_and(|cur| cur.state == ContainerState::Running && cur.sandbox_id == sb.id);
             let succeeded = cur
                 .as_ref()
                 .is_some_and(|cur| cur.state == ContainerState::Exited && cur.exit_code == Some(0));
-            if (sidecar && running) || (!sidecar && succeeded) {
+            let unhealthy = cur
+                .as_ref()
+                .is_some_and(|cur| self.unhealthy.contains(&cur.id));
+            if (sidecar && running && !unhealthy) || (!sidecar && succeeded) {
                 continue;
             }
             // Under `Always` a failed init container is retried like `OnFailure`; a
@@ -539,6 +548,9 @@ impl<R: Runtime> PodWorker<R> {
                 // moves initialization on.
                 None if sidecar => *wake = (*wake).min(Duration::from_millis(200)),
                 None => {}
+            }
+            if sidecar && apps_started {
+                continue;
             }
             return Ok(false);
         }

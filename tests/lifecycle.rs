@@ -650,3 +650,52 @@ spec:
     );
     w.stop_agent();
 }
+
+/// A sidecar that stops after the app containers have started is restarted: sidecars
+/// are kept for the pod's whole life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_is_restarted_while_the_app_runs() {
+    let mut w = World::new().await;
+    w.write_manifest(
+        "flaky.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: flaky}}
+spec:
+  initContainers:
+  - name: helper
+    image: {BUSYBOX}
+    restartPolicy: Always
+    command: [sh, -c, "sleep 2; exit 1"]
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+"#
+        ),
+    );
+    w.start_agent().await;
+    let pod = w
+        .wait_pod(
+            "flaky",
+            "the sidecar restarted beside the running app",
+            |p| {
+                let helper = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.init_container_statuses.as_ref())
+                    .and_then(|cs| cs.iter().find(|c| c.name == "helper"))
+                    .map_or(0, |c| c.restart_count);
+                helper >= 1 && container_status(p, "main").is_some_and(|c| c.ready)
+            },
+        )
+        .await;
+    assert_eq!(phase(&pod), "Running");
+    assert_eq!(
+        container_status(&pod, "main").map(|c| c.restart_count),
+        Some(0)
+    );
+    w.stop_agent();
+}
