@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::static_pod::{CONFIG_SEEN_ANNOTATION, FILE_SOURCE, load_static_pods};
+use crate::identity::keep_first_seen;
+use crate::static_pod::{FILE_SOURCE, load_static_pods};
 
 /// How long a burst of file events is collected before one rescan.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -433,26 +434,6 @@ impl Scanner {
         self.conflicts = conflicts;
         pods
     }
-}
-
-/// Carries `config.seen` over from the previous version of a pod with the
-/// same UID, so an unchanged pod compares equal to what was already sent.
-fn keep_first_seen(mut pods: Vec<Pod>, old: &[Pod]) -> Vec<Pod> {
-    for pod in &mut pods {
-        let Some(previous) = old.iter().find(|p| p.metadata.uid == pod.metadata.uid) else {
-            continue;
-        };
-        let seen = previous
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(CONFIG_SEEN_ANNOTATION))
-            .cloned();
-        if let (Some(seen), Some(annotations)) = (seen, pod.metadata.annotations.as_mut()) {
-            annotations.insert(CONFIG_SEEN_ANNOTATION.to_owned(), seen);
-        }
-    }
-    pods
 }
 
 #[cfg(test)]
