@@ -131,12 +131,25 @@ impl Parser<'_> {
                         .map_err(|e| self.yaml_error(&e))?;
                     // `<<: *anchor` merge keys, which upstream's YAML library honours.
                     value.apply_merge().map_err(|e| self.yaml_error(&e))?;
-                    let value = serde_json::to_value(value).map_err(|e| {
-                        self.error(
-                            None,
-                            ParseErrorReason::Yaml(format!("cannot be represented as JSON: {e}")),
-                        )
-                    })?;
+                    let value = match serde_json::to_value(value) {
+                        Ok(value) => value,
+                        // Not representable as JSON (a key that isn't a string): read the
+                        // same document straight into JSON, which fails with a position.
+                        Err(e) => {
+                            let located = serde_yaml::Deserializer::from_slice(bytes)
+                                .nth(raw_index)
+                                .map(Value::deserialize);
+                            return Err(match located {
+                                Some(Err(located)) => self.yaml_error(&located),
+                                _ => self.error(
+                                    None,
+                                    ParseErrorReason::Yaml(format!(
+                                        "cannot be represented as JSON: {e}"
+                                    )),
+                                ),
+                            });
+                        }
+                    };
                     self.push_top_level(raw_index, value)?;
                 }
             }
@@ -311,6 +324,13 @@ spec:
         docs.iter()
             .map(|d| (d.index, d.kind.as_str(), d.pod.is_some()))
             .collect()
+    }
+
+    #[test]
+    fn non_string_keys_are_located() {
+        let e = parse_manifests(b"apiVersion: v1\nkind: Pod\n[a]: x\n", "f.yaml")
+            .expect_err("an integer key");
+        assert!(e.location.is_some(), "{e}");
     }
 
     #[test]
