@@ -587,24 +587,8 @@ impl Attempt<'_> {
             .map_err(|e| e.in_stage(stage.clone()))?;
         let status = resp.status();
         let url = resp.url().to_string();
-        if status == StatusCode::NOT_FOUND {
-            return Err(PullError::NotFound {
-                reference: p.name.clone(),
-                host: ep.host.clone(),
-                stage,
-            });
-        }
         if !status.is_success() {
-            return Err(PullError::UnexpectedStatus {
-                reference: p.name.clone(),
-                host: ep.host.clone(),
-                stage,
-                request: Box::new(RequestTarget {
-                    method: "GET".to_owned(),
-                    url,
-                }),
-                status: status.as_u16(),
-            });
+            return Err(fetch_error(&p.name, &ep.host, stage, url, status));
         }
         let body = read_limited(resp, desc.size.max(1))
             .await
@@ -951,25 +935,7 @@ impl Containerd {
                     tracing::debug!(digest = %desc.digest, offset = resumed, "resuming blob download");
                 }
                 StatusCode::OK | StatusCode::PARTIAL_CONTENT => ingest.restart(),
-                StatusCode::NOT_FOUND => {
-                    return Err(PullError::NotFound {
-                        reference: p.name.clone(),
-                        host: ep.host.clone(),
-                        stage,
-                    });
-                }
-                status => {
-                    return Err(PullError::UnexpectedStatus {
-                        reference: p.name.clone(),
-                        host: ep.host.clone(),
-                        stage,
-                        request: Box::new(RequestTarget {
-                            method: "GET".to_owned(),
-                            url,
-                        }),
-                        status: status.as_u16(),
-                    });
-                }
+                status => return Err(fetch_error(&p.name, &ep.host, stage, url, status)),
             }
             // From the start, the digest is checked here too, to name what came.
             let mut hasher = (ingest.offset() == 0).then(Sha256::new);
@@ -1101,6 +1067,34 @@ fn candidates(auth: &PullAuth, config: &RegistryConfig, reference: &str) -> Vec<
         vec![Credential::default()]
     } else {
         found
+    }
+}
+
+/// The error for a GET of content that answered `status` instead: `NotFound` for 404,
+/// else `UnexpectedStatus` with the request.
+fn fetch_error(
+    reference: &str,
+    host: &str,
+    stage: Stage,
+    url: String,
+    status: StatusCode,
+) -> PullError {
+    if status == StatusCode::NOT_FOUND {
+        return PullError::NotFound {
+            reference: reference.to_owned(),
+            host: host.to_owned(),
+            stage,
+        };
+    }
+    PullError::UnexpectedStatus {
+        reference: reference.to_owned(),
+        host: host.to_owned(),
+        stage,
+        request: Box::new(RequestTarget {
+            method: "GET".to_owned(),
+            url,
+        }),
+        status: status.as_u16(),
     }
 }
 
