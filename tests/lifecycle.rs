@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use support::{BUSYBOX, World, container_status, log_lines, phase, wait_for};
+use support::{BUSYBOX, World, condition, container_status, log_lines, phase, wait_for};
 
 fn log_of(w: &World, pod: &Pod, container: &str, attempt: u32) -> std::path::PathBuf {
     w.logs
@@ -22,16 +22,6 @@ fn log_of(w: &World, pod: &Pod, container: &str, attempt: u32) -> std::path::Pat
 
 fn texts(lines: Vec<(String, String)>) -> Vec<String> {
     lines.into_iter().map(|(_, t)| t).collect()
-}
-
-fn condition(pod: &Pod, type_: &str) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
 }
 
 /// Init containers run one at a time, in order, before the app container; the order

@@ -3,18 +3,7 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::Pod;
-use support::{BUSYBOX, World, container_status, phase};
-
-fn condition(pod: &Pod, type_: &str) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
-}
+use support::{BUSYBOX, World, condition, container_status, phase};
 
 /// An HTTP readiness probe: the pod becomes Ready when the page appears and stops
 /// being Ready when it goes, while the container keeps running.

@@ -434,6 +434,17 @@ pub fn container_status<'a>(
         .find(|c| c.name == name)
 }
 
+/// The status of a pod condition (`True`/`False`) of type `type_`.
+pub fn condition(pod: &Pod, type_: &str) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
 /// The pod's phase.
 pub fn phase(pod: &Pod) -> &str {
     pod.status
