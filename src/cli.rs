@@ -236,6 +236,9 @@ pub struct AgentArgs {
     /// The cgroup under which the `kubepods` hierarchy is made.
     #[arg(long, default_value = "/")]
     pub cgroup_root: String,
+    /// Cgroups, allocatable and per-pod limits.
+    #[command(flatten)]
+    pub resources: crate::resource_args::ResourceArgs,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

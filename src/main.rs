@@ -12,11 +12,13 @@ mod hooks;
 mod image_gc;
 mod manager;
 mod node;
+mod node_status;
 mod pods_cmd;
 mod podspec;
 
 mod probe;
 mod push_api;
+mod resource_args;
 mod run_cmd;
 mod server;
 mod status;

@@ -297,6 +297,7 @@ pub fn sandbox_config(
             .into_iter()
             .map(|s| (s.name, s.value))
             .collect(),
+        oom_score_adj: None,
         pod: r,
     }
 }
@@ -953,6 +954,7 @@ pub fn container_config(
         mounts,
         log_path: PathBuf::from(&c.name).join(format!("{attempt}.log")),
         security: security(&spec, c, seccomp_root)?,
+        resources: nodelet_cri::runtime::ContainerResources::default(),
     })
 }
 

@@ -126,6 +126,7 @@ impl TestPod {
                 host_aliases: vec![],
                 fqdn: None,
                 sysctls: vec![],
+                oom_score_adj: None,
             })
             .await
             .expect("run sandbox");
@@ -144,6 +145,7 @@ impl TestPod {
                 run_as_group: Some(65534),
                 ..SecurityConfig::default()
             },
+            resources: Default::default(),
         };
         pod.container = pod
             .runtime

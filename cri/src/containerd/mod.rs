@@ -87,6 +87,17 @@ impl Containerd {
         self.channel.clone()
     }
 
+    /// containerd's version (`1.6.20`), as `containerRuntimeVersion` reports it.
+    ///
+    /// # Errors
+    /// The gRPC status of the Version call.
+    pub async fn version(&self) -> Result<String, tonic::Status> {
+        let mut client =
+            containerd_client::services::v1::version_client::VersionClient::new(self.channel());
+        let reply = client.version(self.request(())).await?.into_inner();
+        Ok(reply.version.trim_start_matches('v').to_owned())
+    }
+
     /// Wraps `message` in a request carrying the namespace header and the deadline.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         self.request_with_timeout(message, self.timeout)

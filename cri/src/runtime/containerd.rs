@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use super::events::{self, RuntimeEvent, to_system_time};
 use super::{
     ContainerConfig, ContainerInfo, ContainerState, PodRef, Runtime, RuntimeError, SandboxConfig,
-    SandboxInfo, cgroup, keys, pod_files, spec,
+    SandboxInfo, cgroup, keys, oom, pod_files, spec,
 };
 use crate::cni::{Cni, CniConfig, CniRequest};
 use crate::containerd::{Containerd, labels};
@@ -80,6 +80,8 @@ pub struct RuntimeConfig {
 pub struct ContainerdRuntime {
     containerd: Containerd,
     config: RuntimeConfig,
+    /// The lowest `oom_score_adj` runc can set here (see [`oom`]).
+    lowest_oom_score_adj: i32,
 }
 
 pub(super) fn grpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
@@ -154,7 +156,11 @@ impl ContainerdRuntime {
     /// [`RuntimeError::Connect`] when containerd can't be reached.
     pub async fn connect(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let containerd = Containerd::connect(&config.endpoint, &config.namespace).await?;
-        Ok(Self { containerd, config })
+        Ok(Self {
+            containerd,
+            config,
+            lowest_oom_score_adj: oom::lowest_allowed(),
+        })
     }
 
     /// The containerd handle (images, namespace).
@@ -575,6 +581,12 @@ impl Runtime for ContainerdRuntime {
         image: &ImageInfo,
     ) -> Result<String, RuntimeError> {
         let id = new_id(32)?;
+        let mut config = config.clone();
+        config.resources.oom_score_adj = config
+            .resources
+            .oom_score_adj
+            .map(|adj| oom::restrict(adj, self.lowest_oom_score_adj));
+        let config = &config;
         let spec = spec::container_spec(sandbox, config, &image.config, &id)?;
         let log_path = sandbox.log_directory.join(&config.log_path);
         if let Some(dir) = log_path.parent() {
@@ -749,6 +761,12 @@ impl ContainerdRuntime {
         pod_files::write(&files_dir, config, &ips)?;
         std::fs::create_dir_all(&config.log_directory).map_err(io_err(&config.log_directory))?;
 
+        let mut config = config.clone();
+        config.oom_score_adj = Some(oom::restrict(
+            config.oom_score_adj.unwrap_or(spec::PAUSE_OOM_SCORE_ADJ),
+            self.lowest_oom_score_adj,
+        ));
+        let config = &config;
         let spec = spec::sandbox_spec(config, id, netns, &pause.config)?;
         let rootfs = self.containerd.prepare_snapshot(pause, id).await?;
         let mut labels = pod_labels(&config.pod, keys::KIND_SANDBOX);

@@ -8,6 +8,7 @@ pub mod cgroup;
 mod containerd;
 mod events;
 mod exec;
+pub mod oom;
 mod pod_files;
 pub mod seccomp;
 pub mod spec;
@@ -194,6 +195,9 @@ pub struct SandboxConfig {
     pub fqdn: Option<String>,
     /// Namespaced sysctls for the pod (`securityContext.sysctls`), set on the sandbox.
     pub sysctls: Vec<(String, String)>,
+    /// The pause container's `oom_score_adj`; `None` gives containerd's -998. The
+    /// runtime raises it to what the host allows.
+    pub oom_score_adj: Option<i32>,
 }
 
 /// A bind mount into a container.
@@ -255,6 +259,31 @@ pub struct ContainerConfig {
     pub log_path: PathBuf,
     /// Security settings.
     pub security: SecurityConfig,
+    /// Cgroup limits and the OOM score (CRI `LinuxContainerResources`).
+    pub resources: ContainerResources,
+}
+
+/// A container's cgroup limits and OOM score adjustment (CRI `LinuxContainerResources`),
+/// computed by the agent from the pod's requests and limits. `None` leaves a value to
+/// the runtime's default (unlimited, or the parent's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerResources {
+    /// CFS period in microseconds (`cpu.cfs_period_us`).
+    pub cpu_period: Option<u64>,
+    /// CFS quota in microseconds per period (`cpu.cfs_quota_us`).
+    pub cpu_quota: Option<i64>,
+    /// CPU shares (v1 `cpu.shares`; runc converts to `cpu.weight` on v2).
+    pub cpu_shares: Option<u64>,
+    /// Memory limit in bytes.
+    pub memory_limit: Option<i64>,
+    /// The container's `oom_score_adj`. The runtime raises a value the host doesn't
+    /// allow (no `CAP_SYS_RESOURCE`) to the lowest it does, as containerd's
+    /// `restrict_oom_score_adj` does.
+    pub oom_score_adj: Option<i32>,
+    /// Hugepage limits: page size in bytes and the limit in bytes.
+    pub hugepage_limits: Vec<(u64, u64)>,
+    /// cgroup v2 files to write as they are (e.g. `memory.high`, `memory.min`).
+    pub unified: Vec<(String, String)>,
 }
 
 /// A running or dead sandbox.

@@ -124,6 +124,7 @@ mod tests {
             host_aliases: vec![("10.1.2.3".into(), vec!["foo".into(), "bar".into()])],
             fqdn: None,
             sysctls: vec![],
+            oom_score_adj: None,
         }
     }
 

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilities, LinuxDeviceCgroup, LinuxNamespace,
-    LinuxNamespaceType, LinuxResources, Mount as OciMount, Process, RootBuilder, Spec, User,
+    Capability, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxDeviceCgroup,
+    LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType,
+    LinuxResources, Mount as OciMount, Process, RootBuilder, Spec, User,
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
 };
 
@@ -80,6 +81,7 @@ pub fn sandbox_spec(
         mounts: vec![],
         log_path: PathBuf::new(),
         security: super::SecurityConfig::default(),
+        resources: super::ContainerResources::default(),
     };
     process.set_user(user(&no_overrides, image).map_err(err)?);
 
@@ -105,6 +107,16 @@ pub fn sandbox_spec(
     if !config.sysctls.is_empty() {
         linux.set_sysctl(Some(config.sysctls.iter().cloned().collect()));
     }
+    // As containerd's CRI plugin: the pause container gets the minimum CPU shares and
+    // the OOM score of a guaranteed pod's infrastructure (the caller restricts it to
+    // what the host allows).
+    let pause_resources = super::ContainerResources {
+        cpu_shares: Some(PAUSE_CPU_SHARES),
+        oom_score_adj: Some(config.oom_score_adj.unwrap_or(PAUSE_OOM_SCORE_ADJ)),
+        ..Default::default()
+    };
+    apply_resources(&mut linux, &pause_resources).map_err(|e| err(e.to_string()))?;
+    process.set_oom_score_adj(pause_resources.oom_score_adj);
 
     let mut spec = Spec::default();
     spec.set_hostname((!config.host_network).then(|| config.hostname.clone()));
@@ -217,6 +229,8 @@ pub fn container_spec(
     )
     .map_err(|e| err(e.to_string()))?;
     linux.set_seccomp(seccomp);
+    apply_resources(&mut linux, &config.resources).map_err(|e| err(e.to_string()))?;
+    process.set_oom_score_adj(config.resources.oom_score_adj);
 
     let mut spec = Spec::default();
     spec.set_hostname(None);
@@ -460,6 +474,66 @@ fn linux_section(
     b.build()
 }
 
+/// The pause container's CPU shares (containerd's `DefaultSandboxCPUshares`).
+pub const PAUSE_CPU_SHARES: u64 = 2;
+/// The pause container's OOM score adjustment (containerd's `defaultSandboxOOMAdj`).
+pub const PAUSE_OOM_SCORE_ADJ: i32 = -998;
+
+/// Writes a container's CPU, memory, hugepage and unified limits into the spec's
+/// `linux.resources` (the device rules already there are kept).
+fn apply_resources(
+    linux: &mut oci_spec::runtime::Linux,
+    r: &super::ContainerResources,
+) -> Result<(), oci_spec::OciSpecError> {
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    if r.cpu_shares.is_some() || r.cpu_quota.is_some() || r.cpu_period.is_some() {
+        let mut cpu = LinuxCpuBuilder::default();
+        if let Some(v) = r.cpu_shares {
+            cpu = cpu.shares(v);
+        }
+        if let Some(v) = r.cpu_quota {
+            cpu = cpu.quota(v);
+        }
+        if let Some(v) = r.cpu_period {
+            cpu = cpu.period(v);
+        }
+        resources.set_cpu(Some(cpu.build()?));
+    }
+    if let Some(limit) = r.memory_limit {
+        resources.set_memory(Some(LinuxMemoryBuilder::default().limit(limit).build()?));
+    }
+    if !r.hugepage_limits.is_empty() {
+        let limits = r
+            .hugepage_limits
+            .iter()
+            .map(|(size, limit)| {
+                LinuxHugepageLimitBuilder::default()
+                    .page_size(hugepage_size_name(*size))
+                    .limit(i64::try_from(*limit).unwrap_or(i64::MAX))
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        resources.set_hugepage_limits(Some(limits));
+    }
+    if !r.unified.is_empty() {
+        resources.set_unified(Some(r.unified.iter().cloned().collect()));
+    }
+    linux.set_resources(Some(resources));
+    Ok(())
+}
+
+/// A hugepage size as runc and the kernel's `hugetlb.<size>.*` files name it: `2MB`,
+/// `1GB`, `64KB`.
+fn hugepage_size_name(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KB", "MB", "GB"];
+    let (mut value, mut unit) = (bytes, 0);
+    while unit + 1 < UNITS.len() && value >= 1024 && value % 1024 == 0 {
+        value /= 1024;
+        unit += 1;
+    }
+    format!("{value}{}", UNITS[unit])
+}
+
 fn default_mounts() -> Vec<OciMount> {
     let mut mounts = get_default_mounts();
     let mut cgroup = OciMount::default();
@@ -550,6 +624,7 @@ mod tests {
             mounts: vec![],
             log_path: "app/0.log".into(),
             security: SecurityConfig::default(),
+            resources: crate::runtime::ContainerResources::default(),
         }
     }
 
@@ -834,6 +909,56 @@ mod tests {
     }
 
     #[test]
+    fn resources_go_to_linux_resources_and_the_process() {
+        let mut c = config();
+        c.resources = crate::runtime::ContainerResources {
+            cpu_period: Some(100_000),
+            cpu_quota: Some(50_000),
+            cpu_shares: Some(512),
+            memory_limit: Some(67_108_864),
+            oom_score_adj: Some(-997),
+            hugepage_limits: vec![(2 << 20, 4 << 20), (1 << 30, 0)],
+            unified: vec![("memory.high".into(), "60000000".into())],
+        };
+        let spec = container_spec(&sandbox(), &c, &image(), "cid").expect("spec");
+        let r = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone())
+            .expect("resources");
+        let cpu = r.cpu().clone().expect("cpu");
+        assert_eq!(
+            (cpu.shares(), cpu.quota(), cpu.period()),
+            (Some(512), Some(50_000), Some(100_000))
+        );
+        assert_eq!(r.memory().as_ref().and_then(|m| m.limit()), Some(67_108_864));
+        let huge: Vec<(String, i64)> = r
+            .hugepage_limits()
+            .iter()
+            .flatten()
+            .map(|h| (h.page_size().clone(), h.limit()))
+            .collect();
+        assert_eq!(huge, [("2MB".into(), 4 << 20), ("1GB".into(), 0)]);
+        assert_eq!(
+            r.unified().as_ref().and_then(|u| u.get("memory.high")).map(String::as_str),
+            Some("60000000")
+        );
+        // The device rules stay.
+        assert!(r.devices().as_ref().is_some_and(|d| !d.is_empty()));
+        let oom = spec.process().as_ref().and_then(|p| p.oom_score_adj());
+        assert_eq!(oom, Some(-997));
+    }
+
+    #[test]
+    fn no_resources_leave_the_runtime_defaults() {
+        let spec = container_spec(&sandbox(), &config(), &image(), "cid").expect("spec");
+        let r = spec.linux().as_ref().and_then(|l| l.resources().clone());
+        let r = r.expect("resources");
+        assert!(r.cpu().is_none() && r.memory().is_none());
+        assert_eq!(spec.process().as_ref().and_then(|p| p.oom_score_adj()), None);
+    }
+
+    #[test]
     fn sandbox_with_host_network_has_no_net_or_uts_namespace() {
         let cfg = SandboxConfig {
             pod: PodRef {
@@ -853,6 +978,7 @@ mod tests {
             host_aliases: vec![],
             fqdn: None,
             sysctls: vec![("net.ipv4.ip_unprivileged_port_start".into(), "0".into())],
+            oom_score_adj: None,
         };
         let img = ImageRuntimeConfig {
             entrypoint: vec!["/pause".into()],
@@ -863,6 +989,15 @@ mod tests {
             stop_signal: None,
         };
         let spec = sandbox_spec(&cfg, "sb", None, &img).expect("spec");
+        let process = spec.process().as_ref().expect("process");
+        assert_eq!(process.oom_score_adj(), Some(PAUSE_OOM_SCORE_ADJ));
+        let shares = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.cpu().as_ref())
+            .and_then(|c| c.shares());
+        assert_eq!(shares, Some(PAUSE_CPU_SHARES));
         let nss = spec
             .linux()
             .as_ref()
