@@ -246,17 +246,26 @@ mod tests {
             image("localhost:5000/big:v1", "sha256:c", 100_000),
         ];
         let out = images(&list, MAX_IMAGES);
-        let names: Vec<Vec<String>> = out.iter().map(|i| i.names.clone().unwrap_or_default()).collect();
+        let names: Vec<Vec<String>> = out
+            .iter()
+            .map(|i| i.names.clone().unwrap_or_default())
+            .collect();
         assert_eq!(
             names,
             [
-                vec!["localhost:5000/big@sha256:c".to_owned(), "localhost:5000/big:v1".to_owned()],
+                vec![
+                    "localhost:5000/big@sha256:c".to_owned(),
+                    "localhost:5000/big:v1".to_owned()
+                ],
                 vec![
                     "docker.io/library/busybox@sha256:b".to_owned(),
                     "docker.io/library/busybox:1.35".to_owned(),
                     "docker.io/library/busybox:latest".to_owned()
                 ],
-                vec!["nodelet.local/pause@sha256:p".to_owned(), "nodelet.local/pause:3.10".to_owned()],
+                vec![
+                    "nodelet.local/pause@sha256:p".to_owned(),
+                    "nodelet.local/pause:3.10".to_owned()
+                ],
             ]
         );
         assert_eq!(out[0].size_bytes, Some(100_000));
@@ -274,7 +283,10 @@ mod tests {
             .map(|i| image(&format!("r/same:t{i}"), "sha256:s", 5))
             .collect();
         let out = images(&tags, MAX_IMAGES);
-        assert_eq!(out[0].names.as_ref().map(Vec::len), Some(MAX_NAMES_PER_IMAGE));
+        assert_eq!(
+            out[0].names.as_ref().map(Vec::len),
+            Some(MAX_NAMES_PER_IMAGE)
+        );
     }
 
     #[test]
@@ -324,22 +336,19 @@ mod tests {
             .map(|c| c.type_.clone())
             .collect();
         assert_eq!(types, ["MemoryPressure", "Ready"]);
-        assert_eq!(
-            n.spec.and_then(|s| s.taints).map(|t| t.len()),
-            Some(1)
-        );
+        assert_eq!(n.spec.and_then(|s| s.taints).map(|t| t.len()), Some(1));
         let info = status.node_info.expect("info");
         assert_eq!(info.container_runtime_version, "containerd://1.6.20");
         assert!(info.kubelet_version.starts_with("v1.34.0+nodelet-"));
-        assert_eq!(
-            status.addresses.expect("addresses")[0].type_,
-            "InternalIP"
-        );
+        assert_eq!(status.addresses.expect("addresses")[0].type_, "InternalIP");
     }
 
     #[test]
     fn pretty_name_from_os_release() {
         let text = "NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n";
-        assert_eq!(pretty_name(text).as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+        assert_eq!(
+            pretty_name(text).as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
     }
 }

@@ -1259,6 +1259,76 @@ async fn pull_time_against_ctr() {
     );
 }
 
+/// A 100 MiB image of four 25 MiB layers of incompressible data, unique to `seed`.
+fn big_multilayer(seed: u64) -> PushImage {
+    // xorshift: cheap, deterministic bytes no layer shares with another.
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut bytes = |n: usize| {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.truncate(n);
+        out
+    };
+    let mut image = OciImage::new();
+    for i in 0..4 {
+        image = image.layer(Layer::new().file(&format!("/data/blob{i}"), bytes(25 << 20), 0o644));
+    }
+    PushImage::from_blobs(
+        &image
+            .config(ImageRuntimeConfig::default())
+            .build()
+            .expect("build"),
+    )
+}
+
+/// Figures for a 100 MiB, four-layer image: our pull (layers in parallel) against
+/// `ctr images pull --plain-http` from the same registry, three fresh images each.
+/// Opt-in, for release builds: `cargo test --release -p nodelet-cri --test pull --
+/// --ignored pull_time_100mib`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a figure, not a check: run it in release with --ignored"]
+async fn pull_time_100mib_multilayer_against_ctr() {
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for round in 0..3u64 {
+        for (k, tool) in ["nodelet", "ctr"].into_iter().enumerate() {
+            let t = TestNs::new().await;
+            let image = big_multilayer(round * 2 + k as u64 + u64::from(std::process::id()));
+            let repo = format!("bench/big-{tool}{round}");
+            reg.push(&repo, "v1", &image).await;
+            let name = format!("{}/{repo}:v1", reg.host);
+            let start = Instant::now();
+            if tool == "nodelet" {
+                t.client
+                    .pull_image(&name, &anon(), &reg.config())
+                    .await
+                    .expect("pull");
+                ours.push(start.elapsed());
+            } else {
+                let out = t.ctr(&["images", "pull", "--plain-http", &name]);
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                theirs.push(start.elapsed());
+            }
+        }
+    }
+    ours.sort();
+    theirs.sort();
+    eprintln!(
+        "FIGURE pull 100 MiB / 4 layers from a loopback registry: nodelet median {:?} (runs {:?}), ctr images pull --plain-http median {:?} (runs {:?})",
+        ours[1], ours, theirs[1], theirs
+    );
+}
+
 /// A loopback front for a registry that demands a Bearer token, as Docker Hub does:
 /// requests without `Authorization: Bearer <token>` get a 401 challenge naming the
 /// realm `/token` on this front, which hands out the token for Basic `user:pass` (an

@@ -9,8 +9,8 @@ use std::str::FromStr;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxDeviceCgroup,
     LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType,
-    LinuxResources, Mount as OciMount, Process, RootBuilder, Spec, User,
-    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
+    LinuxResources, Mount as OciMount, Process, RootBuilder, Spec, User, get_default_maskedpaths,
+    get_default_mounts, get_default_readonly_paths,
 };
 
 use super::seccomp::{self, SeccompMode};
@@ -931,7 +931,10 @@ mod tests {
             (cpu.shares(), cpu.quota(), cpu.period()),
             (Some(512), Some(50_000), Some(100_000))
         );
-        assert_eq!(r.memory().as_ref().and_then(|m| m.limit()), Some(67_108_864));
+        assert_eq!(
+            r.memory().as_ref().and_then(|m| m.limit()),
+            Some(67_108_864)
+        );
         let huge: Vec<(String, i64)> = r
             .hugepage_limits()
             .iter()
@@ -940,7 +943,10 @@ mod tests {
             .collect();
         assert_eq!(huge, [("2MB".into(), 4 << 20), ("1GB".into(), 0)]);
         assert_eq!(
-            r.unified().as_ref().and_then(|u| u.get("memory.high")).map(String::as_str),
+            r.unified()
+                .as_ref()
+                .and_then(|u| u.get("memory.high"))
+                .map(String::as_str),
             Some("60000000")
         );
         // The device rules stay.
@@ -955,7 +961,10 @@ mod tests {
         let r = spec.linux().as_ref().and_then(|l| l.resources().clone());
         let r = r.expect("resources");
         assert!(r.cpu().is_none() && r.memory().is_none());
-        assert_eq!(spec.process().as_ref().and_then(|p| p.oom_score_adj()), None);
+        assert_eq!(
+            spec.process().as_ref().and_then(|p| p.oom_score_adj()),
+            None
+        );
     }
 
     #[test]
