@@ -493,7 +493,14 @@ pub fn oom_score_adj(spec: &PodSpec, c: &Container, memory_capacity: i64) -> i64
         let scaled = i128::from(request) * 1000 / i128::from(capacity);
         1000 - i64::try_from(scaled).unwrap_or(i64::MAX)
     };
-    let mut adj = score(memory_request(c));
+    // Pod-level memory requests: what the containers don't claim is shared equally
+    // (upstream `remainingPodMemReqPerContainer`).
+    let remaining = if pod_level_requests_set(spec) {
+        remaining_pod_memory_per_container(spec)
+    } else {
+        0
+    };
+    let mut adj = score(memory_request(c) + remaining);
 
     let is_sidecar = is_restartable_init(c)
         && spec
@@ -502,7 +509,7 @@ pub fn oom_score_adj(spec: &PodSpec, c: &Container, memory_capacity: i64) -> i64
             .flatten()
             .any(|i| i.name == c.name);
     if is_sidecar && let Some(min) = spec.containers.iter().map(memory_request).min() {
-        adj = adj.min(score(min));
+        adj = adj.min(score(min + remaining));
     }
 
     if adj < 1000 + GUARANTEED_OOM_SCORE_ADJ {
@@ -512,6 +519,29 @@ pub fn oom_score_adj(spec: &PodSpec, c: &Container, memory_capacity: i64) -> i64
         return adj - 1;
     }
     adj
+}
+
+/// component-helpers `IsPodLevelRequestsSet`.
+fn pod_level_requests_set(spec: &PodSpec) -> bool {
+    spec.resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .is_some_and(|r| r.keys().any(|k| is_supported_pod_level_resource(k)))
+}
+
+/// policy.go `remainingPodMemReqPerContainer`: (pod memory request − the containers'
+/// aggregated memory requests) / number of containers, init containers included.
+fn remaining_pod_memory_per_container(spec: &PodSpec) -> i64 {
+    let pod_memory =
+        crate::qos::parse_list(spec.resources.as_ref().and_then(|r| r.requests.as_ref()))
+            .get("memory")
+            .map_or(0, |q| value(*q));
+    if pod_memory == 0 {
+        return 0;
+    }
+    let n = spec.containers.len() + spec.init_containers.as_ref().map_or(0, Vec::len);
+    let containers = get(&aggregate(spec, container_requests), "memory").map_or(0, value);
+    (pod_memory - containers) / i64::try_from(n.max(1)).unwrap_or(1)
 }
 
 /// The QoS-level cgroups' values (`/kubepods` itself for Guaranteed, `burstable`,
@@ -992,6 +1022,21 @@ mod tests {
         let spec = pod(vec![app.clone()], vec![sidecar.clone()]);
         assert_eq!(oom_score_adj(&spec, &app, CAP), 500);
         assert_eq!(oom_score_adj(&spec, &sidecar, CAP), 500);
+    }
+
+    #[test]
+    fn pod_level_memory_request_shared_in_oom_score() {
+        const CAP: i64 = 4_000_000_000;
+        let a = container("a", &[("memory", "1000000000")], &[]);
+        let b = container("b", &[], &[]);
+        let mut spec = pod(vec![a.clone(), b.clone()], vec![]);
+        spec.resources = Some(ResourceRequirements {
+            requests: rl(&[("memory", "2000000000")]),
+            ..Default::default()
+        });
+        // 1e9 unclaimed, 5e8 each: a = 1000 - 1000*1.5e9/4e9 = 625, b = 875.
+        assert_eq!(oom_score_adj(&spec, &a, CAP), 625);
+        assert_eq!(oom_score_adj(&spec, &b, CAP), 875);
     }
 
     #[test]
