@@ -11,7 +11,8 @@
 //! `pids.max`, `hugetlb.<size>.max`, unified files). The QoS layout follows
 //! `qos_container_manager_linux.go` and `pod_container_manager_linux.go`.
 //!
-//! Why not the `cgroups-rs` crate (kata-containers): its `Hierarchy` trait can be
+//! Why not the `cgroups-rs` crate (kata-containers; read as vendored in
+//! `kata-containers/src/agent/vendor/cgroups-rs`): its `Hierarchy` trait can be
 //! implemented over an arbitrary root, but v2 creation reads the controllers to enable
 //! from the hard-coded `/sys/fs/cgroup/cgroup.controllers` whatever the hierarchy's
 //! root, and writes `+<controller>` into the root's and every ancestor's

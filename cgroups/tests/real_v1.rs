@@ -149,6 +149,30 @@ fn qos_hierarchy_and_guaranteed_pod_on_real_v1() {
     mgr.update(&name, &rc).expect("update period");
     assert_eq!(read(&cpu.join("cpu.cfs_period_us")), "20000");
     assert_eq!(read(&cpu.join("cpu.cfs_quota_us")), "10000");
+    // libcontainer's EINVAL retry: under a parent limited to 0.5 CPU, a child at
+    // 50000/100000 moving to 10000/20000 has its new period refused first (50000/20000
+    // would exceed the parent), so the quota goes in and the period is written again.
+    let parent = format!("{root}/period");
+    let half = ResourceConfig {
+        cpu_quota: Some(50_000),
+        cpu_period: Some(100_000),
+        ..Default::default()
+    };
+    mgr.create(&parent, &half).expect("limited parent");
+    let child_name = format!("{parent}/child");
+    mgr.create(&child_name, &half).expect("child");
+    let rc = ResourceConfig {
+        cpu_quota: Some(10_000),
+        cpu_period: Some(20_000),
+        ..Default::default()
+    };
+    let child = dir("cpu", &child_name);
+    std::fs::write(child.join("cpu.cfs_period_us"), "20000")
+        .expect_err("the kernel refuses this period before the quota changes");
+    mgr.update(&child_name, &rc).expect("period after quota");
+    assert_eq!(read(&child.join("cpu.cfs_period_us")), "20000");
+    assert_eq!(read(&child.join("cpu.cfs_quota_us")), "10000");
+
     // Unlimited.
     let rc = ResourceConfig {
         cpu_quota: Some(-1),
