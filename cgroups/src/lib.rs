@@ -11,3 +11,14 @@
 pub mod layout;
 
 pub use layout::{CgroupVersion, Layout};
+pub mod allocatable;
+pub mod manager;
+pub mod qos;
+pub mod systemd;
+pub mod values;
+
+pub use allocatable::{Allocatable, AllocatableError, NodeCapacity, Reserved};
+pub use manager::{CgroupError, CgroupManager, pod_cgroup_name};
+pub use qos::{QosClass, qos_class};
+pub use systemd::CgroupDriver;
+pub use values::{ContainerResources, ContainerSettings, QosResources, ResourceConfig};
