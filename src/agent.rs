@@ -3,6 +3,7 @@
 //! on SIGTERM/SIGINT (pods keep running; a restarted agent adopts them).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ use tracing::{error, info, warn};
 
 use crate::cli::AgentArgs;
 use crate::manager::PodManager;
+use crate::pod_cgroups::PodCgroups;
+use crate::resource_args::ResourceSettings;
 use crate::server;
 use crate::worker::{PodMap, WorkerEnv};
 
@@ -99,6 +102,8 @@ pub async fn start(
         );
     }
     let image_gc = args.image_gc.config().context("image garbage collection")?;
+    let resources = args.resources.settings()?;
+    let node_resources = setup_cgroups(&args.cgroup_root, &resources)?;
     let node_name = crate::node::node_name(args.hostname_override.as_deref());
     // Every source is checked before anything starts, so a bad flag is an exit, not
     // a log line.
@@ -208,7 +213,7 @@ pub async fn start(
         runtime: Arc::clone(&runtime),
         root_dir: args.root_dir.clone(),
         pod_logs_dir: args.pod_logs_dir.clone(),
-        cgroup_root: args.cgroup_root.clone(),
+        cgroups: Arc::clone(&node_resources.cgroups),
         node_name: node_name.clone(),
         host_ip: host_ip.to_string(),
         dns: crate::podspec::DnsSettings {
@@ -274,6 +279,62 @@ pub async fn start(
         manager,
         tasks,
     }))
+}
+
+/// The node's resources as the agent set them up.
+#[derive(Debug)]
+pub struct NodeResources {
+    /// The pod cgroups.
+    pub cgroups: Arc<PodCgroups>,
+    /// What the machine has.
+    pub capacity: nodelet_cgroups::NodeCapacity,
+    /// What pods may use (node status `allocatable`).
+    pub allocatable: nodelet_cgroups::Allocatable,
+}
+
+/// Reads the machine's capacity, works out node allocatable and makes the QoS cgroup
+/// hierarchy under `cgroup_root` (limited to allocatable when `pods` is enforced).
+fn setup_cgroups(cgroup_root: &str, settings: &ResourceSettings) -> anyhow::Result<NodeResources> {
+    let layout = nodelet_cgroups::Layout::detect().context("cgroups")?;
+    let capacity = nodelet_cgroups::NodeCapacity::read(Path::new("/")).context("node capacity")?;
+    let kube =
+        nodelet_cgroups::Reserved::parse(&settings.kube_reserved).context("--kube-reserved")?;
+    let system =
+        nodelet_cgroups::Reserved::parse(&settings.system_reserved).context("--system-reserved")?;
+    let allocatable = nodelet_cgroups::allocatable::allocatable(
+        &capacity,
+        &kube,
+        &system,
+        &nodelet_cgroups::Reserved::default(),
+    );
+    let kubepods = nodelet_cgroups::allocatable::kubepods_resources(
+        &capacity,
+        &kube,
+        &system,
+        settings.enforce_pods,
+    );
+    let mut container = nodelet_cgroups::ContainerSettings::new(capacity.memory, layout.version());
+    container.allocatable_memory = allocatable.memory;
+    container.enforce_cpu_limits = settings.cpu_cfs_quota;
+    container.cpu_period = settings.cpu_period_us;
+    container.memory_qos = settings.memory_qos;
+    container.hugepage_sizes = capacity.hugepages.keys().copied().collect();
+    info!(
+        version = ?layout.version(),
+        cgroup_root,
+        cpu_milli = allocatable.cpu_milli,
+        memory = allocatable.memory,
+        "node allocatable"
+    );
+    let cgroups = PodCgroups::setup(layout, cgroup_root, settings.clone(), container, kubepods)
+        .with_context(|| {
+            format!("cannot create the QoS cgroups under --cgroup-root {cgroup_root}")
+        })?;
+    Ok(NodeResources {
+        cgroups: Arc::new(cgroups),
+        capacity,
+        allocatable,
+    })
 }
 
 /// Connects to containerd, retrying while it is away (it may start after the agent).

@@ -13,6 +13,7 @@ mod image_gc;
 mod manager;
 mod node;
 mod node_status;
+mod pod_cgroups;
 mod pods_cmd;
 mod podspec;
 

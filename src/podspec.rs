@@ -90,50 +90,6 @@ pub fn log_dir(pod_logs_dir: &Path, pod: &PodRef) -> PathBuf {
     pod_logs_dir.join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid))
 }
 
-/// The QoS class (`Guaranteed`, `Burstable`, `BestEffort`), computed as upstream's
-/// `GetPodQOS` for CPU and memory.
-pub fn qos_class(spec: &PodSpec) -> &'static str {
-    let containers = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten());
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in containers {
-        let res = c.resources.as_ref();
-        let requests = res.and_then(|r| r.requests.as_ref());
-        let limits = res.and_then(|r| r.limits.as_ref());
-        for name in ["cpu", "memory"] {
-            let req = requests.and_then(|r| r.get(name));
-            let lim = limits.and_then(|l| l.get(name));
-            if req.is_some() || lim.is_some() {
-                any = true;
-            }
-            match (req, lim) {
-                (_, None) => guaranteed = false,
-                (Some(r), Some(l)) if r.0 != l.0 => guaranteed = false,
-                _ => {}
-            }
-        }
-    }
-    match (any, guaranteed) {
-        (false, _) => "BestEffort",
-        (true, true) => "Guaranteed",
-        (true, false) => "Burstable",
-    }
-}
-
-/// The pod's cgroup, `<root>/kubepods[/burstable|/besteffort]/pod<uid>`, as upstream
-/// lays out the `cgroupfs` driver's hierarchy.
-pub fn cgroup_parent(cgroup_root: &str, qos: &str, uid: &str) -> String {
-    let root = cgroup_root.trim_end_matches('/');
-    match qos {
-        "Guaranteed" => format!("{root}/kubepods/pod{uid}"),
-        "Burstable" => format!("{root}/kubepods/burstable/pod{uid}"),
-        _ => format!("{root}/kubepods/besteffort/pod{uid}"),
-    }
-}
-
 /// The node's DNS settings (`--cluster-dns`, `--cluster-domain`, `--resolv-conf`).
 #[derive(Debug, Clone, Default)]
 pub struct DnsSettings {
@@ -242,7 +198,7 @@ pub fn sandbox_config(
     pod: &Pod,
     attempt: u32,
     pod_logs_dir: &Path,
-    cgroup_root: &str,
+    cgroup_parent: Option<String>,
     dns: &DnsSettings,
 ) -> SandboxConfig {
     let r = pod_ref(pod);
@@ -251,10 +207,9 @@ pub fn sandbox_config(
         .hostname
         .clone()
         .unwrap_or_else(|| r.name.chars().take(63).collect());
-    let qos = qos_class(&spec);
     SandboxConfig {
         log_directory: log_dir(pod_logs_dir, &r),
-        cgroup_parent: Some(cgroup_parent(cgroup_root, qos, &r.uid)),
+        cgroup_parent,
         attempt,
         hostname: hostname.trim_end_matches(['-', '.']).to_owned(),
         host_network: spec.host_network.unwrap_or(false),
@@ -491,20 +446,12 @@ pub struct NodeCapacity {
 }
 
 impl NodeCapacity {
-    /// The CPUs this process may use and the machine's memory.
+    /// The machine's online CPUs and memory.
     pub fn detect() -> Self {
-        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let mem_kib: i128 = fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("MemTotal:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            })
-            .unwrap_or(0);
+        let cap = nodelet_cgroups::NodeCapacity::read(Path::new("/")).unwrap_or_default();
         Self {
-            cpu_millis: i128::try_from(cpus).unwrap_or(1) * 1000,
-            memory_bytes: mem_kib * 1024,
+            cpu_millis: i128::from(cap.cpu_milli.max(1000)),
+            memory_bytes: i128::from(cap.memory),
         }
     }
 }
@@ -988,41 +935,6 @@ mod tests {
             containers: cs,
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn qos_classes() {
-        assert_eq!(qos_class(&spec(vec![container(&[], &[])])), "BestEffort");
-        assert_eq!(
-            qos_class(&spec(vec![container(
-                &[("cpu", "1"), ("memory", "1Gi")],
-                &[("cpu", "1"), ("memory", "1Gi")]
-            )])),
-            "Guaranteed"
-        );
-        assert_eq!(
-            qos_class(&spec(vec![container(&[("cpu", "100m")], &[])])),
-            "Burstable"
-        );
-        assert_eq!(
-            qos_class(&spec(vec![
-                container(
-                    &[("cpu", "1"), ("memory", "1Gi")],
-                    &[("cpu", "1"), ("memory", "1Gi")]
-                ),
-                container(&[], &[])
-            ])),
-            "Burstable"
-        );
-    }
-
-    #[test]
-    fn cgroup_parents() {
-        assert_eq!(cgroup_parent("/", "Guaranteed", "u"), "/kubepods/podu");
-        assert_eq!(
-            cgroup_parent("/t", "BestEffort", "u"),
-            "/t/kubepods/besteffort/podu"
-        );
     }
 
     fn dns_spec(policy: &str, host_network: bool) -> PodSpec {

@@ -434,7 +434,7 @@ pub fn pod_status(
         start_time: k8s_time(facts.start_time),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         container_statuses: Some(statuses),
-        qos_class: Some(crate::podspec::qos_class(&spec).to_owned()),
+        qos_class: Some(nodelet_cgroups::qos_class(&spec).as_str().to_owned()),
         ..Default::default()
     }
 }

@@ -61,8 +61,8 @@ pub struct WorkerEnv<R> {
     pub root_dir: PathBuf,
     /// `--pod-logs-dir`.
     pub pod_logs_dir: PathBuf,
-    /// `--cgroup-root`.
-    pub cgroup_root: String,
+    /// The pod cgroups (`kubepods` hierarchy) and container resource values.
+    pub cgroups: Arc<crate::pod_cgroups::PodCgroups>,
     /// The node name.
     pub node_name: String,
     /// The node IP.
@@ -298,9 +298,16 @@ impl<R: Runtime> PodWorker<R> {
         for c in &containers {
             rt.remove_container(&c.id).await?;
         }
+        // The pod cgroup goes after the last sandbox: the one each sandbox recorded
+        // (an adopted pod's spec may be a stand-in) and the one this spec gives.
+        let mut cgroups: Vec<String> = self.env.cgroups.pod_cgroup(&self.pod).into_iter().collect();
         for sb in rt.list_sandboxes(Some(&self.uid)).await? {
             rt.remove_sandbox(&sb.id).await?;
+            cgroups.extend(sb.cgroup_parent);
         }
+        cgroups.sort();
+        cgroups.dedup();
+        self.env.cgroups.remove_pod(&self.uid, &cgroups);
         podspec::cleanup_pod_dir(&self.pod_dir());
         self.env.statuses.send_modify(|m| {
             m.remove(&self.uid);
@@ -667,10 +674,19 @@ impl<R: Runtime> PodWorker<R> {
             &self.pod,
             attempt,
             &self.env.pod_logs_dir,
-            &self.env.cgroup_root,
+            self.env.cgroups.pod_cgroup(&self.pod),
             &self.env.dns,
         );
-        match rt.run_sandbox(&config).await {
+        // The pod cgroup first, with the pod's limits, as upstream's syncPod does
+        // before it asks the runtime for a sandbox.
+        let made = match self.env.cgroups.ensure_pod(&self.pod) {
+            Ok(()) => rt.run_sandbox(&config).await,
+            Err(e) => Err(RuntimeError::Io {
+                path: PathBuf::from(config.cgroup_parent.clone().unwrap_or_default()),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        };
+        match made {
             Ok(sb) => {
                 self.sandbox_error = None;
                 info!(sandbox = %sb.id, ips = ?sb.ips, "sandbox running");
@@ -875,7 +891,12 @@ impl<R: Runtime> PodWorker<R> {
                 )
             });
         let config = match config {
-            Ok(config) => config,
+            Ok(mut config) => {
+                if let Some(spec) = self.pod.spec.as_ref() {
+                    config.resources = self.env.cgroups.container_resources(spec, c);
+                }
+                config
+            }
             Err(e) => {
                 return Ok(Some((
                     Waiting {

@@ -192,7 +192,7 @@ impl TestPod {
     /// returns what failed.
     fn cleanup(&self) -> Vec<String> {
         let mut errors = nodelet_testkit::purge_namespace(&self.socket, &self.ns);
-        if let Err((path, e)) = nodelet_cri::runtime::cgroup::remove(&self.cgroup_parent) {
+        if let Err((path, e)) = nodelet_testkit::remove_cgroup(&self.cgroup_parent) {
             errors.push(format!("cgroup {}: {e}", path.display()));
         }
         errors

@@ -105,7 +105,7 @@ impl TestNs {
     fn cleanup(&self) -> Vec<String> {
         let mut errors = nodelet_testkit::purge_namespace(&self.socket, &self.ns);
         // `ctr run` puts containers under containerd's default cgroup `/<namespace>`.
-        if let Err((path, e)) = nodelet_cri::runtime::cgroup::remove(&format!("/{}", self.ns)) {
+        if let Err((path, e)) = nodelet_testkit::remove_cgroup(&format!("/{}", self.ns)) {
             errors.push(format!("cgroup {}: {e}", path.display()));
         }
         errors

@@ -1,6 +1,6 @@
 //! Support shared by nodelet's integration and end-to-end tests: which containerd the
 //! tests use, and emptying and removing a test's containerd namespace so that nothing
-//! a test made outlives it, also when it fails. Uses `ctr`, containerd's own client,
+//! a test made outlives it (including its cgroups), also when it fails. Uses `ctr`, containerd's own client,
 //! so cleanup doesn't depend on the code under test.
 
 use std::process::{Command, Output};
@@ -99,4 +99,59 @@ pub fn purge_namespace(socket: &str, ns: &str) -> Vec<String> {
     let mut errors = purge_objects(socket, ns);
     errors.extend(remove_namespace(socket, ns));
     errors
+}
+
+/// The mount points of every cgroup hierarchy (v1 controllers and the v2 unified one),
+/// read from `mounts` (normally `/proc/self/mounts`).
+fn hierarchies(mounts: &str) -> Vec<std::path::PathBuf> {
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_, target, fstype) = (f.next()?, f.next()?, f.next()?);
+            matches!(fstype, "cgroup" | "cgroup2").then(|| std::path::PathBuf::from(target))
+        })
+        .collect()
+}
+
+/// Removes the test's cgroup `parent` (and the child cgroups left in it) from every
+/// hierarchy, deepest first. It is plain `rmdir`, independent of the code under test. A missing
+/// directory is fine; a non-empty one (a process still in it) is an error.
+///
+/// # Errors
+/// The first `rmdir` failure other than "not found", with its path.
+pub fn remove_cgroup(parent: &str) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")
+        .map_err(|e| (std::path::PathBuf::from("/proc/self/mounts"), e))?;
+    let rel = parent.trim_start_matches('/');
+    if rel.is_empty() {
+        return Ok(());
+    }
+    let mut first_err = None;
+    for root in hierarchies(&mounts) {
+        let dir = root.join(rel);
+        if let Err(e) = remove_tree(&dir) {
+            first_err.get_or_insert((dir, e));
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Removes a cgroup directory and any child cgroups left in it (cgroup directories are
+/// removed with rmdir, children first; their control files go with them).
+fn remove_tree(dir: &std::path::Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
 }

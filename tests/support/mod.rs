@@ -401,7 +401,7 @@ impl World {
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())
             .status();
-        if let Err((path, e)) = nodelet_cri::runtime::cgroup::remove(&self.cgroup_root) {
+        if let Err((path, e)) = nodelet_testkit::remove_cgroup(&self.cgroup_root) {
             eprintln!("cleanup: cgroup {} not removed: {e}", path.display());
         }
     }

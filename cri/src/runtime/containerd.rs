@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use super::events::{self, RuntimeEvent, to_system_time};
 use super::{
     ContainerConfig, ContainerInfo, ContainerState, PodRef, Runtime, RuntimeError, SandboxConfig,
-    SandboxInfo, cgroup, keys, oom, pod_files, spec,
+    SandboxInfo, keys, oom, pod_files, spec,
 };
 use crate::cni::{Cni, CniConfig, CniRequest};
 use crate::containerd::{Containerd, labels};
@@ -445,7 +445,6 @@ impl ContainerdRuntime {
         id: &str,
         pod: &PodRef,
         netns: Option<&Path>,
-        cgroup_parent: Option<&str>,
     ) -> Result<(), RuntimeError> {
         let mut errors = Vec::new();
         if self.kill(id, SIGKILL).await.unwrap_or(false) {
@@ -495,10 +494,6 @@ impl ContainerdRuntime {
             }),
             _ => {}
         }
-        // Busy when another sandbox of the pod still runs there: not an error.
-        if let Some(Err((path, e))) = cgroup_parent.map(cgroup::remove) {
-            debug!(path = %path.display(), error = %e, "pod cgroup not removed");
-        }
         match errors.len() {
             0 => Ok(()),
             1 => Err(errors.remove(0)),
@@ -517,7 +512,7 @@ impl Runtime for ContainerdRuntime {
             .await;
         if result.is_err()
             && let Err(e) = self
-                .teardown_sandbox(&id, &config.pod, netns.as_deref(), None)
+                .teardown_sandbox(&id, &config.pod, netns.as_deref())
                 .await
         {
             warn!(sandbox = %id, error = %e, "cleanup of a failed sandbox");
@@ -535,14 +530,11 @@ impl Runtime for ContainerdRuntime {
                 name: String::new(),
                 namespace: String::new(),
             };
-            return self
-                .teardown_sandbox(id, &pod, netns.as_deref(), None)
-                .await;
+            return self.teardown_sandbox(id, &pod, netns.as_deref()).await;
         };
         let l = &c.labels;
         let netns = l.get(keys::NETNS).map(PathBuf::from);
-        let parent = l.get(keys::CGROUP_PARENT).cloned();
-        self.teardown_sandbox(id, &pod_of(l), netns.as_deref(), parent.as_deref())
+        self.teardown_sandbox(id, &pod_of(l), netns.as_deref())
             .await
     }
 

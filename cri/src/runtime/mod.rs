@@ -4,7 +4,6 @@
 //! nodelet uses, so the kubelet-side logic reads like upstream's. [`Runtime`] is the
 //! seam the agent programs against; [`ContainerdRuntime`] is the real implementation.
 
-pub mod cgroup;
 mod containerd;
 mod events;
 mod exec;

@@ -1,0 +1,302 @@
+//! The agent's side of the cgroup hierarchy: at start the `kubepods` QoS hierarchy
+//! limited to node allocatable; per pod, its `pod<uid>` cgroup with the pod's summed
+//! limits and `--pod-max-pids`, made before the sandbox and removed after the last
+//! container; per container, the values runc writes. The QoS levels' shares follow the
+//! active pods, as upstream's QoS container manager updates them on each pod sync.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use nodelet_cgroups::values::{self, container_resources, qos_level_resources};
+use nodelet_cgroups::{
+    CgroupError, CgroupManager, ContainerSettings, Layout, ResourceConfig, pod_cgroup_name,
+    qos_class,
+};
+use tracing::{debug, warn};
+
+use crate::resource_args::ResourceSettings;
+
+/// The pod cgroups of this node.
+#[derive(Debug)]
+pub struct PodCgroups {
+    manager: CgroupManager,
+    cgroup_root: String,
+    settings: ResourceSettings,
+    container: ContainerSettings,
+    kubepods: ResourceConfig,
+    /// The pods with a cgroup, by UID, for the QoS levels' values.
+    active: Mutex<BTreeMap<String, PodSpec>>,
+}
+
+impl PodCgroups {
+    /// Creates (or updates) the QoS hierarchy under `cgroup_root`: `kubepods` with
+    /// `kubepods` (node allocatable), then `burstable` and `besteffort`.
+    ///
+    /// # Errors
+    /// A cgroup that can't be made or a value the kernel refuses.
+    pub fn setup(
+        layout: Layout,
+        cgroup_root: &str,
+        settings: ResourceSettings,
+        container: ContainerSettings,
+        kubepods: ResourceConfig,
+    ) -> Result<Self, CgroupError> {
+        let manager =
+            CgroupManager::new(layout).with_hugepage_sizes(container.hugepage_sizes.clone());
+        let this = PodCgroups {
+            manager,
+            cgroup_root: cgroup_root.to_owned(),
+            settings,
+            container,
+            kubepods,
+            active: Mutex::new(BTreeMap::new()),
+        };
+        if this.settings.cgroups_per_qos {
+            this.update_qos(&[])?;
+        }
+        Ok(this)
+    }
+
+    /// The manager (for stats and the eviction manager's notifier).
+    pub fn manager(&self) -> &CgroupManager {
+        &self.manager
+    }
+
+    /// `--cgroup-root`.
+    pub fn cgroup_root(&self) -> &str {
+        &self.cgroup_root
+    }
+
+    /// The pod's cgroup name, or `None` without `--cgroups-per-qos`.
+    pub fn pod_cgroup(&self, pod: &Pod) -> Option<String> {
+        if !self.settings.cgroups_per_qos {
+            return None;
+        }
+        let spec = pod.spec.as_ref()?;
+        let uid = pod.metadata.uid.as_deref()?;
+        Some(pod_cgroup_name(&self.cgroup_root, qos_class(spec), uid))
+    }
+
+    /// Makes the pod's cgroup with its values (upstream's `podContainerManager.EnsureExists`)
+    /// and brings the QoS levels up to date.
+    ///
+    /// # Errors
+    /// A cgroup that can't be made or a value the kernel refuses.
+    pub fn ensure_pod(&self, pod: &Pod) -> Result<(), CgroupError> {
+        let (Some(name), Some(spec), Some(uid)) = (
+            self.pod_cgroup(pod),
+            pod.spec.as_ref(),
+            pod.metadata.uid.as_deref(),
+        ) else {
+            return Ok(());
+        };
+        let mut rc = values::pod_resources(
+            spec,
+            self.settings.cpu_cfs_quota,
+            self.settings.cpu_period_us,
+            self.settings.memory_qos,
+        );
+        rc.pids_limit = self.settings.pod_pids_limit;
+        let newly = {
+            let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            active.insert(uid.to_owned(), spec.clone()).is_none()
+        };
+        if newly {
+            self.update_qos_from_active()?;
+        }
+        if self.manager.exists(&name) {
+            self.manager.update(&name, &rc)
+        } else {
+            debug!(cgroup = %name, "creating the pod cgroup");
+            self.manager.create(&name, &rc)
+        }
+    }
+
+    /// Removes a pod's cgroups (with whatever runc left in them) once its containers
+    /// are gone, and updates the QoS levels.
+    pub fn remove_pod(&self, uid: &str, cgroups: &[String]) {
+        for name in cgroups {
+            if let Err(e) = self.manager.destroy(name) {
+                warn!(cgroup = %name, error = %e, "pod cgroup not removed");
+            }
+        }
+        let removed = {
+            let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            active.remove(uid).is_some()
+        };
+        if removed && let Err(e) = self.update_qos_from_active() {
+            warn!(error = %e, "QoS cgroups not updated");
+        }
+    }
+
+    /// The runtime values of container `c` of a pod with `spec`.
+    pub fn container_resources(
+        &self,
+        spec: &PodSpec,
+        c: &Container,
+    ) -> nodelet_cri::runtime::ContainerResources {
+        let r = container_resources(spec, c, &self.container);
+        nodelet_cri::runtime::ContainerResources {
+            cpu_period: u64::try_from(r.cpu_period).ok().filter(|p| *p > 0),
+            cpu_quota: (r.cpu_quota != 0).then_some(r.cpu_quota),
+            cpu_shares: Some(r.cpu_shares),
+            memory_limit: (r.memory_limit != 0).then_some(r.memory_limit),
+            oom_score_adj: i32::try_from(r.oom_score_adj).ok(),
+            hugepage_limits: r
+                .hugepage_limits
+                .iter()
+                .map(|(size, limit)| (*size, u64::try_from(*limit).unwrap_or(0)))
+                .collect(),
+            unified: r.unified.into_iter().collect(),
+        }
+    }
+
+    fn update_qos_from_active(&self) -> Result<(), CgroupError> {
+        if !self.settings.cgroups_per_qos {
+            return Ok(());
+        }
+        let specs: Vec<PodSpec> = {
+            let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            active.values().cloned().collect()
+        };
+        let refs: Vec<&PodSpec> = specs.iter().collect();
+        self.update_qos(&refs)
+    }
+
+    fn update_qos(&self, pods: &[&PodSpec]) -> Result<(), CgroupError> {
+        let qos = qos_level_resources(
+            pods,
+            self.manager.layout().version(),
+            self.settings.memory_qos,
+            &self.container.hugepage_sizes,
+        );
+        self.manager
+            .ensure_qos_hierarchy(&self.cgroup_root, &self.kubepods, &qos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodelet_cgroups::CgroupVersion;
+
+    fn pod(uid: &str, cpu: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": uid, "uid": uid},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "resources": {"requests": {"cpu": cpu}}}]}
+        }))
+        .expect("pod")
+    }
+
+    fn settings() -> ResourceSettings {
+        ResourceSettings {
+            cgroups_per_qos: true,
+            cpu_cfs_quota: true,
+            cpu_period_us: 100_000,
+            enforce_pods: true,
+            pod_pids_limit: Some(64),
+            max_pods: 110,
+            memory_qos: false,
+            kube_reserved: String::new(),
+            system_reserved: String::new(),
+        }
+    }
+
+    /// A fake v1 cgroupfs: each controller a directory with its control files.
+    fn fake_v1() -> (tempfile::TempDir, Layout) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let controllers = ["cpu", "cpuacct", "cpuset", "memory", "pids"];
+        for c in controllers {
+            std::fs::create_dir_all(dir.path().join(c)).expect("mkdir");
+        }
+        std::fs::write(dir.path().join("cpuset/cpuset.cpus"), "0-1\n").expect("cpus");
+        std::fs::write(dir.path().join("cpuset/cpuset.mems"), "0\n").expect("mems");
+        let layout = Layout::v1_at(dir.path(), &controllers);
+        (dir, layout)
+    }
+
+    fn read(dir: &tempfile::TempDir, rel: &str) -> String {
+        std::fs::read_to_string(dir.path().join(rel))
+            .unwrap_or_else(|e| panic!("{rel}: {e}"))
+            .trim()
+            .to_owned()
+    }
+
+    #[test]
+    fn pods_get_their_cgroup_and_move_the_burstable_shares() {
+        let (dir, layout) = fake_v1();
+        let kubepods = ResourceConfig {
+            cpu_shares: Some(2048),
+            ..Default::default()
+        };
+        let container = ContainerSettings::new(1 << 30, CgroupVersion::V1);
+        let pc = PodCgroups::setup(layout, "/t", settings(), container, kubepods).expect("setup");
+        assert_eq!(read(&dir, "cpu/t/kubepods/cpu.shares"), "2048");
+        assert_eq!(read(&dir, "cpu/t/kubepods/besteffort/cpu.shares"), "2");
+        assert_eq!(read(&dir, "cpu/t/kubepods/burstable/cpu.shares"), "2");
+
+        let a = pod("a", "250m");
+        pc.ensure_pod(&a).expect("pod a");
+        assert_eq!(
+            pc.pod_cgroup(&a).as_deref(),
+            Some("/t/kubepods/burstable/poda")
+        );
+        assert_eq!(
+            read(&dir, "cpu/t/kubepods/burstable/poda/cpu.shares"),
+            "256"
+        );
+        assert_eq!(read(&dir, "pids/t/kubepods/burstable/poda/pids.max"), "64");
+        assert_eq!(read(&dir, "cpu/t/kubepods/burstable/cpu.shares"), "256");
+        pc.ensure_pod(&pod("b", "500m")).expect("pod b");
+        assert_eq!(read(&dir, "cpu/t/kubepods/burstable/cpu.shares"), "768");
+
+        let cgroups: Vec<String> = pc.pod_cgroup(&a).into_iter().collect();
+        pc.remove_pod("a", &cgroups);
+        assert!(!dir.path().join("cpu/t/kubepods/burstable/poda").exists());
+        assert_eq!(read(&dir, "cpu/t/kubepods/burstable/cpu.shares"), "512");
+    }
+
+    #[test]
+    fn container_values_become_runtime_values() {
+        let (_dir, layout) = fake_v1();
+        let container = ContainerSettings::new(1 << 30, CgroupVersion::V1);
+        let pc = PodCgroups::setup(
+            layout,
+            "/",
+            settings(),
+            container,
+            ResourceConfig::default(),
+        )
+        .expect("setup");
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "g", "uid": "g"},
+            "spec": {"containers": [{"name": "c", "image": "i", "resources": {
+                "requests": {"cpu": "500m", "memory": "64Mi"},
+                "limits": {"cpu": "500m", "memory": "64Mi"}}}]}
+        }))
+        .expect("pod");
+        let spec = p.spec.as_ref().expect("spec");
+        let r = pc.container_resources(spec, &spec.containers[0]);
+        assert_eq!(r.cpu_shares, Some(512));
+        assert_eq!(r.cpu_quota, Some(50_000));
+        assert_eq!(r.cpu_period, Some(100_000));
+        assert_eq!(r.memory_limit, Some(67_108_864));
+        assert_eq!(r.oom_score_adj, Some(-997));
+    }
+
+    #[test]
+    fn without_cgroups_per_qos_pods_have_no_cgroup() {
+        let (dir, layout) = fake_v1();
+        let mut s = settings();
+        s.cgroups_per_qos = false;
+        let container = ContainerSettings::new(1 << 30, CgroupVersion::V1);
+        let pc = PodCgroups::setup(layout, "/t", s, container, ResourceConfig::default())
+            .expect("setup");
+        let a = pod("a", "1");
+        assert_eq!(pc.pod_cgroup(&a), None);
+        pc.ensure_pod(&a).expect("no-op");
+        assert!(!dir.path().join("cpu/t").exists());
+    }
+}
