@@ -11,3 +11,10 @@
 pub mod layout;
 
 pub use layout::{CgroupVersion, Layout};
+pub mod fs_usage;
+pub mod meminfo;
+pub mod stats;
+
+pub use fs_usage::{DirLimits, DirUsage, FsStats, FsUsageError, dir_usage, statvfs};
+pub use meminfo::{MemInfo, MemInfoError, NodeMemory, node_memory, read_meminfo};
+pub use stats::{CgroupStats, StatsError};
