@@ -20,6 +20,8 @@ mod push_api;
 mod run_cmd;
 mod server;
 mod status;
+#[allow(dead_code)] // the integrator wires /stats/summary to it
+mod summary;
 mod validate_cmd;
 mod worker;
 

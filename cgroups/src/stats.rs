@@ -40,7 +40,10 @@ pub struct CgroupStats {
     pub memory_working_set: Option<u64>,
     /// Anonymous memory (v1 `total_rss`, v2 `anon`).
     pub memory_rss: Option<u64>,
-    /// Minor + major page faults (v1 `total_pgfault`, v2 `pgfault`).
+    /// Minor + major page faults (v1 `total_pgfault`, v2 `pgfault`): the whole subtree
+    /// in both versions. (cadvisor's v1 `ContainerData.Pgfault`, which the upstream
+    /// kubelet reports, is the cgroup's own `pgfault`, near 0 for a pod cgroup whose
+    /// tasks all live in container cgroups; the hierarchical figure is the one v2 has.)
     pub page_faults: Option<u64>,
     /// Major page faults (v1 `total_pgmajfault`, v2 `pgmajfault`).
     pub major_page_faults: Option<u64>,
