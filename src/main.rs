@@ -23,6 +23,8 @@ mod resource_args;
 mod run_cmd;
 mod server;
 mod status;
+#[allow(dead_code)] // the integrator wires /stats/summary to it
+mod summary;
 mod validate_cmd;
 mod worker;
 

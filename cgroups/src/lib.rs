@@ -22,3 +22,10 @@ pub use manager::{CgroupError, CgroupManager, pod_cgroup_name};
 pub use qos::{QosClass, qos_class};
 pub use systemd::CgroupDriver;
 pub use values::{ContainerResources, ContainerSettings, QosResources, ResourceConfig};
+pub mod fs_usage;
+pub mod meminfo;
+pub mod stats;
+
+pub use fs_usage::{DirLimits, DirUsage, FsStats, FsUsageError, dir_usage, statvfs};
+pub use meminfo::{MemInfo, MemInfoError, NodeMemory, node_memory, read_meminfo};
+pub use stats::{CgroupStats, StatsError};
