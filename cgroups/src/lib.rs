@@ -9,5 +9,6 @@
 //! `/proc/self/mountinfo`.
 
 pub mod layout;
+pub mod notify;
 
 pub use layout::{CgroupVersion, Layout};
