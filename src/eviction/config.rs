@@ -61,7 +61,14 @@ pub struct EvictionArgs {
     /// `cgroup.event_control` on v1, PSI on v2) instead of only polling. Default true
     /// here, beyond upstream's false: the notification costs nothing and shortens
     /// reaction time to memory pressure.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     pub kernel_memcg_notification: bool,
     /// Keep the default hard thresholds for signals `--eviction-hard` doesn't name
     /// (upstream's `mergeDefaultEvictionSettings` configuration field).
@@ -520,6 +527,8 @@ mod tests {
         assert_eq!(c.thresholds.len(), 3);
         assert!(!c.kernel_memcg_notification);
         assert!(c.evict_static_pods);
+        // A bare boolean flag means true, as Go's flags.
+        assert!(args(&["--kernel-memcg-notification"]).kernel_memcg_notification);
     }
 
     /// upstream helpers_test.go `TestParseThresholdConfig`, the cases that apply.

@@ -344,6 +344,14 @@ impl Threshold {
     pub fn is_hard(&self) -> bool {
         self.grace_period.is_zero()
     }
+
+    /// The threshold as an integer amount against `capacity` (bytes for memory): what
+    /// the v1 memory notifier subtracts from capacity
+    /// (`nodelet_cgroups::notify::usage_threshold`).
+    pub fn amount_against(&self, capacity: u64) -> u64 {
+        let cap = i64::try_from(capacity).unwrap_or(i64::MAX);
+        u64::try_from(self.value.quantity(cap).value().max(0)).unwrap_or(u64::MAX)
+    }
 }
 
 impl fmt::Display for Threshold {
@@ -455,6 +463,18 @@ mod tests {
             Amount::int(536_870_920, Format::BinarySi)
         );
         assert_eq!(ThresholdValue::Percentage(0.15).to_string(), "15%");
+        let t = Threshold {
+            signal: Signal::MemoryAvailable,
+            value: ThresholdValue::Quantity(amount("100Mi")),
+            grace_period: Duration::ZERO,
+            min_reclaim: None,
+        };
+        assert_eq!(t.amount_against(1 << 30), 100 * 1024 * 1024);
+        let t = Threshold {
+            value: ThresholdValue::Percentage(0.5),
+            ..t
+        };
+        assert_eq!(t.amount_against(1000), 500);
     }
 
     #[test]
