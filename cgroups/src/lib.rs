@@ -9,6 +9,7 @@
 //! `/proc/self/mountinfo`.
 
 pub mod layout;
+pub mod notify;
 
 pub use layout::{CgroupVersion, Layout};
 pub mod allocatable;
