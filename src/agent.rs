@@ -99,6 +99,7 @@ pub async fn start(
         );
     }
     let image_gc = args.image_gc.config().context("image garbage collection")?;
+    let pull_limit = crate::pull_limit::PullLimiter::new(args.registry_qps, args.registry_burst)?;
     let node_name = crate::node::node_name(args.hostname_override.as_deref());
     // Every source is checked before anything starts, so a bad flag is an exit, not
     // a log line.
@@ -224,6 +225,7 @@ pub async fn start(
             (false, Some(n)) if n > 0 => Some(Arc::new(tokio::sync::Semaphore::new(n))),
             (false, _) => None,
         },
+        pull_limit: Arc::new(pull_limit),
         statuses: status_tx,
     });
     let mut sources = Vec::new();

@@ -16,6 +16,7 @@ mod pods_cmd;
 mod podspec;
 
 mod probe;
+mod pull_limit;
 mod push_api;
 mod run_cmd;
 mod server;

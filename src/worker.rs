@@ -74,6 +74,8 @@ pub struct WorkerEnv<R> {
     /// How many image pulls may run at once across pods (`serializeImagePulls` is 1,
     /// `maxParallelImagePulls` N); `None` for no limit.
     pub pull_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// `--registry-qps` / `--registry-burst`: a pull over the limit is refused.
+    pub pull_limit: Arc<crate::pull_limit::PullLimiter>,
     /// Where pod statuses are published.
     pub statuses: watch::Sender<PodMap>,
 }
@@ -988,7 +990,15 @@ impl<R: Runtime> PodWorker<R> {
         };
         info!(container = %c.name, image = %image_ref, "Pulling image");
         let started = tokio::time::Instant::now();
-        match rt.pull_image(reference, &self.env.pull_auth).await {
+        // Upstream's throttledImageService: no token, no pull ("pull QPS exceeded").
+        let pulled = match self.env.pull_limit.try_accept() {
+            Ok(()) => rt
+                .pull_image(reference, &self.env.pull_auth)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match pulled {
             Ok(image) => {
                 info!(
                     container = %c.name,
