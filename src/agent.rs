@@ -149,6 +149,7 @@ pub async fn start(
     on_cancel_ready(cancel.clone());
 
     let (status_tx, status_rx) = watch::channel(PodMap::new());
+    let events = crate::events::EventRecorder::new(&node_name, crate::events::EVENT_CAPACITY);
     let (source_tx, source_rx) = mpsc::channel(16);
     let mut servers = Vec::new();
     let mut push_store = None;
@@ -165,7 +166,7 @@ pub async fn start(
         servers.push(
             server::bind(
                 addr,
-                server::read_only_router(status_rx.clone()),
+                server::read_only_router(status_rx.clone(), events.clone()),
                 cancel.clone(),
             )
             .await?,
@@ -226,6 +227,7 @@ pub async fn start(
             (false, _) => None,
         },
         pull_limit: Arc::new(pull_limit),
+        events,
         statuses: status_tx,
     });
     let mut sources = Vec::new();

@@ -7,6 +7,7 @@
 
 mod agent;
 mod cli;
+mod events;
 mod expand;
 mod hooks;
 mod image_gc;

@@ -39,6 +39,25 @@ async fn a_pull_over_the_limit_is_refused_with_pull_qps_exceeded() {
         .await;
     let main = container_status(&pod, "main").expect("main's status");
     assert!(!main.ready);
+    // Upstream's Failed event carries the refusal.
+    let url = format!(
+        "http://127.0.0.1:{}/api/v1/namespaces/default/events",
+        w.port
+    );
+    let events: k8s_openapi::List<k8s_openapi::api::core::v1::Event> = reqwest::get(&url)
+        .await
+        .expect("GET events")
+        .json()
+        .await
+        .expect("an EventList");
+    let want = r#"Failed to pull image "127.0.0.1:1/nodelet/never-pulled:1": pull QPS exceeded"#;
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Failed") && e.message.as_deref() == Some(want)),
+        "no Failed event with {want:?}"
+    );
     let log = std::fs::read_to_string(w.agent_log()).expect("agent log");
     assert!(
         log.lines()
