@@ -644,8 +644,10 @@ impl<R: Runtime> PodWorker<R> {
             let rt = &*self.env.runtime;
             if let Err(message) = hooks::run(hook, rt, &c, &info.id, self.pod_ip(), grace).await {
                 warn!(container = %info.name, %message, "FailedPreStopHook");
+                // Upstream leaves the hook's output out of the event (it may hold
+                // secrets); the log line has it.
                 self.events_of(&info.name)
-                    .warning(ev::FAILED_PRE_STOP_HOOK, &message);
+                    .warning(ev::FAILED_PRE_STOP_HOOK, "PreStopHook failed");
             }
             grace = grace
                 .saturating_sub(start.elapsed())
@@ -988,8 +990,13 @@ impl<R: Runtime> PodWorker<R> {
                 // Upstream kills a container whose postStart hook failed; the restart
                 // policy and back-off decide what comes next.
                 warn!(container = %c.name, %message, "FailedPostStartHook");
+                // Upstream leaves the hook's output out of the event (it may hold
+                // secrets); the log line and the waiting message have it.
                 self.events_of(&c.name)
-                    .warning(ev::FAILED_POST_START_HOOK, &message);
+                    .warning(ev::FAILED_POST_START_HOOK, "PostStartHook failed");
+                // Upstream's killContainer with the message "FailedPostStartHook".
+                self.events_of(&c.name)
+                    .normal(ev::KILLING_CONTAINER, "FailedPostStartHook");
                 rt.stop_container(&id, grace).await?;
                 self.backoff.entry(c.name.clone()).or_insert(Backoff {
                     delay: BACKOFF_INITIAL,

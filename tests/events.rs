@@ -216,3 +216,47 @@ spec:
     .await;
     assert_eq!(field_path(&killing), "spec.containers{sick}");
 }
+
+#[tokio::test]
+async fn failing_hooks_show_failed_post_start_and_pre_stop_hook() {
+    let mut w = World::new().await;
+    w.start_agent().await;
+    w.write_manifest(
+        "hooks.yaml",
+        r"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hooks
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: post
+    image: nodelet.local/busybox:1.35
+    command: [sh, -c, 'sleep 3600']
+    lifecycle:
+      postStart: {exec: {command: [sh, -c, 'echo secret; exit 3']}}
+  - name: pre
+    image: nodelet.local/busybox:1.35
+    command: [sh, -c, 'sleep 3600']
+    lifecycle:
+      preStop: {exec: {command: [sh, -c, 'echo secret; exit 4']}}
+",
+    );
+    let post = wait_event(&w, "hooks", "FailedPostStartHook", |m| {
+        m == "PostStartHook failed"
+    })
+    .await;
+    assert_eq!(post.type_.as_deref(), Some("Warning"));
+    assert_eq!(field_path(&post), "spec.containers{post}");
+    let killing = wait_event(&w, "hooks", "Killing", |m| m == "FailedPostStartHook").await;
+    assert_eq!(field_path(&killing), "spec.containers{post}");
+    wait_event(&w, "hooks", "Started", |m| m == "Started container pre").await;
+    std::fs::remove_file(w.manifests.join("hooks.yaml")).expect("remove manifest");
+    let pre = wait_event(&w, "hooks", "FailedPreStopHook", |m| {
+        m == "PreStopHook failed"
+    })
+    .await;
+    assert_eq!(pre.type_.as_deref(), Some("Warning"));
+    assert_eq!(field_path(&pre), "spec.containers{pre}");
+}
