@@ -104,6 +104,7 @@ pub async fn start(
     let image_gc = args.image_gc.config().context("image garbage collection")?;
     let resources = args.resources.settings()?;
     let node_resources = setup_cgroups(&args.cgroup_root, &resources)?;
+    let pull_limit = crate::pull_limit::PullLimiter::new(args.registry_qps, args.registry_burst)?;
     let node_name = crate::node::node_name(args.hostname_override.as_deref());
     // Every source is checked before anything starts, so a bad flag is an exit, not
     // a log line.
@@ -153,6 +154,7 @@ pub async fn start(
     on_cancel_ready(cancel.clone());
 
     let (status_tx, status_rx) = watch::channel(PodMap::new());
+    let events = crate::events::EventRecorder::new(&node_name, crate::events::EVENT_CAPACITY);
     let (source_tx, source_rx) = mpsc::channel(16);
     let mut servers = Vec::new();
     let mut push_store = None;
@@ -169,7 +171,7 @@ pub async fn start(
         servers.push(
             server::bind(
                 addr,
-                server::read_only_router(status_rx.clone()),
+                server::read_only_router(status_rx.clone(), events.clone()),
                 cancel.clone(),
             )
             .await?,
@@ -229,6 +231,8 @@ pub async fn start(
             (false, Some(n)) if n > 0 => Some(Arc::new(tokio::sync::Semaphore::new(n))),
             (false, _) => None,
         },
+        pull_limit: Arc::new(pull_limit),
+        events,
         statuses: status_tx,
     });
     let mut sources = Vec::new();

@@ -230,6 +230,15 @@ pub struct AgentArgs {
     /// With `--serialize-image-pulls=false`: at most this many pulls at once (unset: no limit).
     #[arg(long)]
     pub max_parallel_image_pulls: Option<usize>,
+    /// If > 0, limit registry pull QPS to this value; if 0, unlimited (upstream's
+    /// `registryPullQPS`). A pull over the limit fails with "pull QPS exceeded".
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
+    pub registry_qps: i32,
+    /// Maximum size of a bursty pulls, temporarily allows pulls to burst to this
+    /// number, while still not exceeding `--registry-qps`; only used if
+    /// `--registry-qps` > 0 (upstream's `registryBurst`).
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
+    pub registry_burst: i32,
     /// Image garbage collection.
     #[command(flatten)]
     pub image_gc: crate::image_gc::ImageGcArgs,

@@ -9,9 +9,6 @@
 //! The runtime calls go through the narrow [`ImageGcRuntime`] trait so the manager is
 //! unit-tested against a recording fake.
 
-// The agent starts the manager once the lead wires it in (`agent.rs`, `cli.rs`);
-// until then only the tests use it. Remove this line with the wiring.
-
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -236,6 +236,24 @@ async fn below_threshold_nothing_removed() {
     assert_eq!(fake.image_ids().len(), 5);
 }
 
+/// `--image-maximum-gc-age` below the threshold: nothing goes until GC has run
+/// longer than the maximum age, then every unused image idle longer than it goes
+/// (upstream's `freeOldImages`). The end-to-end test can't show this without
+/// sleeping: passes run every 5 minutes (upstream's fixed `ImageGCPeriod`) and the
+/// age counts from the agent's start.
+#[tokio::test]
+async fn max_age_removes_unused_images_idle_longer_even_below_the_threshold() {
+    let (fake, mut gc) = crowded(0).await;
+    gc.config.policy.max_age = 30 * MINUTE;
+    let report = gc.collect(t(10 * 60), t(0)).await.expect("collect");
+    assert!(report.removed.is_empty(), "GC younger than the maximum age");
+    // 31.5 minutes in: `a` (idle since 0) and `b` (since 1 min) are over 30 minutes
+    // idle; `d` (since 2 min) is not; `c` is in use; pause is pinned.
+    let report = gc.collect(t(31 * 60 + 30), t(0)).await.expect("collect");
+    assert_eq!(report.removed, ["a", "b"]);
+    assert_eq!(fake.image_ids(), ["c", "d", PAUSE_ID]);
+}
+
 #[tokio::test]
 async fn last_used_follows_containers() {
     let fake = Fake::new(1000, 0, &[("a", 10)]);

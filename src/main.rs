@@ -10,6 +10,7 @@ mod cli;
 // The integrator wires the eviction manager into the agent; until then only tests use it.
 #[allow(dead_code, unused_imports)]
 mod eviction;
+mod events;
 mod expand;
 mod hooks;
 mod image_gc;
@@ -21,6 +22,7 @@ mod pods_cmd;
 mod podspec;
 
 mod probe;
+mod pull_limit;
 mod push_api;
 mod resource_args;
 mod run_cmd;

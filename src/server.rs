@@ -1,10 +1,12 @@
 //! The agent's HTTP endpoints: the read-only port (`GET /pods`, a `v1.PodList` with
-//! live status, as upstream's read-only port serves) and the healthz port.
+//! live status, as upstream's read-only port serves; `GET /events` and
+//! `GET /api/v1/namespaces/{ns}/events`, the recorded events as a `v1.EventList`, a
+//! nodelet addition while there is no apiserver to post them to) and the healthz port.
 
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -14,15 +16,38 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::EventRecorder;
 use crate::worker::PodMap;
 
 /// Builds the read-only API.
-pub fn read_only_router(pods: watch::Receiver<PodMap>) -> Router {
+pub fn read_only_router(pods: watch::Receiver<PodMap>, events: EventRecorder) -> Router {
+    let events = Router::new()
+        .route("/events", get(list_all_events))
+        .route("/api/v1/events", get(list_all_events))
+        .route("/api/v1/namespaces/{namespace}/events", get(list_events))
+        .with_state(events);
     Router::new()
         .route("/pods", get(list_pods))
         .route("/pods/", get(list_pods))
         .route("/healthz", get(healthz))
         .with_state(pods)
+        .merge(events)
+}
+
+fn json(body: &impl serde::Serialize) -> axum::response::Response {
+    let body = serde_json::to_vec(body).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn list_all_events(State(events): State<EventRecorder>) -> impl IntoResponse {
+    json(&events.list(None))
+}
+
+async fn list_events(
+    State(events): State<EventRecorder>,
+    Path(namespace): Path<String>,
+) -> impl IntoResponse {
+    json(&events.list(Some(&namespace)))
 }
 
 /// Builds the healthz endpoint.

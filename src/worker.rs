@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
+use crate::events::reason as ev;
 use crate::hooks;
 use crate::podspec::{self, FieldValues};
 use crate::probe::worker::{ProbeKind, ProbeUpdate};
@@ -74,6 +75,10 @@ pub struct WorkerEnv<R> {
     /// How many image pulls may run at once across pods (`serializeImagePulls` is 1,
     /// `maxParallelImagePulls` N); `None` for no limit.
     pub pull_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// `--registry-qps` / `--registry-burst`: a pull over the limit is refused.
+    pub pull_limit: Arc<crate::pull_limit::PullLimiter>,
+    /// Where pod and container events are recorded.
+    pub events: crate::events::EventRecorder,
     /// Where pod statuses are published.
     pub statuses: watch::Sender<PodMap>,
 }
@@ -591,13 +596,23 @@ impl<R: Runtime> PodWorker<R> {
         }
     }
 
+    /// Events of container `name` of this pod.
+    fn events_of(&self, name: &str) -> crate::events::ObjectEvents {
+        self.env.events.for_container(&self.pod, name)
+    }
+
     /// Stops every running container of the pod with its grace period, all at once.
     async fn stop_all(&self, containers: &[ContainerInfo]) -> Result<(), RuntimeError> {
         let grace = self.grace_period();
         let stops = containers
             .iter()
             .filter(|c| c.state == ContainerState::Running)
-            .map(|c| self.stop_one(c, grace));
+            .map(|c| {
+                let message = format!("Stopping container {}", c.name);
+                self.events_of(&c.name)
+                    .normal(ev::KILLING_CONTAINER, &message);
+                self.stop_one(c, grace)
+            });
         for r in futures::future::join_all(stops).await {
             r?;
         }
@@ -636,6 +651,10 @@ impl<R: Runtime> PodWorker<R> {
             let rt = &*self.env.runtime;
             if let Err(message) = hooks::run(hook, rt, &c, &info.id, self.pod_ip(), grace).await {
                 warn!(container = %info.name, %message, "FailedPreStopHook");
+                // Upstream leaves the hook's output out of the event (it may hold
+                // secrets); the log line has it.
+                self.events_of(&info.name)
+                    .warning(ev::FAILED_PRE_STOP_HOOK, "PreStopHook failed");
             }
             grace = grace
                 .saturating_sub(start.elapsed())
@@ -660,6 +679,12 @@ impl<R: Runtime> PodWorker<R> {
             return Ok(None);
         }
         let rt = &self.env.runtime;
+        if !sandboxes.is_empty() {
+            self.env.events.for_pod(&self.pod).normal(
+                ev::SANDBOX_CHANGED,
+                "Pod sandbox changed, it will be killed and re-created.",
+            );
+        }
         for c in containers
             .iter()
             .filter(|c| c.state == ContainerState::Running)
@@ -694,6 +719,10 @@ impl<R: Runtime> PodWorker<R> {
             }
             Err(e) => {
                 warn!(error = %e, "failed to create pod sandbox");
+                self.env.events.for_pod(&self.pod).warning(
+                    ev::FAILED_CREATE_POD_SANDBOX,
+                    &format!("Failed to create pod sandbox: {e}"),
+                );
                 let retry = BACKOFF_INITIAL;
                 self.sandbox_error =
                     Some((format!("failed to create pod sandbox: {e}"), now + retry));
@@ -734,6 +763,21 @@ impl<R: Runtime> PodWorker<R> {
                         .and_then(|s| u64::try_from(s).ok())
                         .map_or_else(|| self.grace_period(), Duration::from_secs);
                     info!(container = %c.name, "container failed its liveness probe, restarting");
+                    // Upstream's computePodActions message, with killContainer's suffix.
+                    let probe = if c.startup_probe.is_some()
+                        && !self.started.get(&cur.id).copied().unwrap_or(false)
+                    {
+                        "startup"
+                    } else {
+                        "liveness"
+                    };
+                    self.events_of(&c.name).normal(
+                        ev::KILLING_CONTAINER,
+                        &format!(
+                            "Container {} failed {probe} probe, will be restarted",
+                            c.name
+                        ),
+                    );
                     self.stop_one(cur, grace).await?;
                     return Ok(None);
                 }
@@ -804,6 +848,14 @@ impl<R: Runtime> PodWorker<R> {
                 display_name(&self.pod)
             );
             let wait = until.duration_since(now).unwrap_or_default();
+            self.events_of(&c.name).warning(
+                ev::BACK_OFF_START_CONTAINER,
+                &format!(
+                    "Back-off restarting failed container {} in pod {}",
+                    c.name,
+                    display_name(&self.pod)
+                ),
+            );
             return Some((
                 Waiting {
                     reason: "CrashLoopBackOff".into(),
@@ -834,12 +886,13 @@ impl<R: Runtime> PodWorker<R> {
         let reference = match nodelet_cri::image::normalize_reference(&image_ref) {
             Ok(r) => r,
             Err(e) => {
+                let message = format!("Failed to apply default image tag {image_ref:?}: {e}");
+                self.events_of(&c.name)
+                    .warning(ev::FAILED_TO_INSPECT_IMAGE, &message);
                 return Ok(Some((
                     Waiting {
                         reason: "InvalidImageName".into(),
-                        message: Some(format!(
-                            "Failed to apply default image tag {image_ref:?}: {e}"
-                        )),
+                        message: Some(message),
                     },
                     RESYNC_PERIOD,
                 )));
@@ -850,6 +903,8 @@ impl<R: Runtime> PodWorker<R> {
             Err(held) => return Ok(Some(held)),
         };
         if let Err(message) = podspec::verify_run_as_non_root(&self.pod, c, &image.config.user) {
+            self.events_of(&c.name)
+                .warning(ev::FAILED_TO_CREATE_CONTAINER, &format!("Error: {message}"));
             return Ok(Some((
                 Waiting {
                     reason: "CreateContainerConfigError".into(),
@@ -898,6 +953,8 @@ impl<R: Runtime> PodWorker<R> {
                 config
             }
             Err(e) => {
+                self.events_of(&c.name)
+                    .warning(ev::FAILED_TO_CREATE_CONTAINER, &format!("Error: {e}"));
                 return Ok(Some((
                     Waiting {
                         reason: "CreateContainerConfigError".into(),
@@ -910,6 +967,8 @@ impl<R: Runtime> PodWorker<R> {
         let id = match rt.create_container(sb, &config, &image).await {
             Ok(id) => id,
             Err(e @ RuntimeError::Spec { .. }) => {
+                self.events_of(&c.name)
+                    .warning(ev::FAILED_TO_CREATE_CONTAINER, &format!("Error: {e}"));
                 return Ok(Some((
                     Waiting {
                         reason: "CreateContainerError".into(),
@@ -920,8 +979,14 @@ impl<R: Runtime> PodWorker<R> {
             }
             Err(e) => return Err(e),
         };
+        self.events_of(&c.name).normal(
+            ev::CREATED_CONTAINER,
+            &format!("Created container: {}", c.name),
+        );
         if let Err(e) = rt.start_container(&id).await {
             warn!(container = %c.name, error = %e, "container failed to start");
+            self.events_of(&c.name)
+                .warning(ev::FAILED_TO_CREATE_CONTAINER, &format!("Error: {e}"));
             // Counted like a crash: the next try waits out the back-off.
             self.backoff.entry(c.name.clone()).or_insert(Backoff {
                 delay: BACKOFF_INITIAL,
@@ -935,6 +1000,10 @@ impl<R: Runtime> PodWorker<R> {
             )));
         }
         info!(container = %c.name, id = %id, attempt, "container started");
+        self.events_of(&c.name).normal(
+            ev::STARTED_CONTAINER,
+            &format!("Started container {}", c.name),
+        );
         if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
             let rt = &*self.env.runtime;
             let grace = self.grace_period();
@@ -942,6 +1011,13 @@ impl<R: Runtime> PodWorker<R> {
                 // Upstream kills a container whose postStart hook failed; the restart
                 // policy and back-off decide what comes next.
                 warn!(container = %c.name, %message, "FailedPostStartHook");
+                // Upstream leaves the hook's output out of the event (it may hold
+                // secrets); the log line and the waiting message have it.
+                self.events_of(&c.name)
+                    .warning(ev::FAILED_POST_START_HOOK, "PostStartHook failed");
+                // Upstream's killContainer with the message "FailedPostStartHook".
+                self.events_of(&c.name)
+                    .normal(ev::KILLING_CONTAINER, "FailedPostStartHook");
                 rt.stop_container(&id, grace).await?;
                 self.backoff.entry(c.name.clone()).or_insert(Backoff {
                     delay: BACKOFF_INITIAL,
@@ -973,17 +1049,31 @@ impl<R: Runtime> PodWorker<R> {
     ) -> Result<Result<nodelet_cri::image::ImageInfo, (Waiting, Duration)>, RuntimeError> {
         let rt = Arc::clone(&self.env.runtime);
         let policy = c.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
-        let present = rt.image(reference).await?;
+        let events = self.events_of(&c.name);
+        let present = match rt.image(reference).await {
+            Ok(present) => present,
+            Err(e) => {
+                let message = format!("Failed to inspect image {image_ref:?}: {e}");
+                events.warning(ev::FAILED_TO_INSPECT_IMAGE, &message);
+                return Err(e);
+            }
+        };
         match (policy, present) {
             ("Always", _) => {}
-            (_, Some(image)) => return Ok(Ok(image)),
+            (_, Some(image)) => {
+                let message = format!("Container image {image_ref:?} already present on machine");
+                events.normal(ev::PULLED_IMAGE, &message);
+                return Ok(Ok(image));
+            }
             ("Never", None) => {
+                let message = format!(
+                    "Container image {image_ref:?} is not present with pull policy of Never"
+                );
+                events.warning(ev::ERR_IMAGE_NEVER_PULL, &message);
                 return Ok(Err((
                     Waiting {
                         reason: "ErrImageNeverPull".into(),
-                        message: Some(format!(
-                            "Container image {image_ref:?} is not present with pull policy of Never"
-                        )),
+                        message: Some(message),
                     },
                     RESYNC_PERIOD,
                 )));
@@ -993,6 +1083,10 @@ impl<R: Runtime> PodWorker<R> {
         if let Some((_, until)) = self.image_backoff.get(&c.name)
             && now < *until
         {
+            events.normal(
+                ev::BACK_OFF_PULL_IMAGE,
+                &format!("Back-off pulling image {image_ref:?}"),
+            );
             return Ok(Err((
                 Waiting {
                     reason: "ImagePullBackOff".into(),
@@ -1008,8 +1102,17 @@ impl<R: Runtime> PodWorker<R> {
             None => None,
         };
         info!(container = %c.name, image = %image_ref, "Pulling image");
+        events.normal(ev::PULLING_IMAGE, &format!("Pulling image {image_ref:?}"));
         let started = tokio::time::Instant::now();
-        match rt.pull_image(reference, &self.env.pull_auth).await {
+        // Upstream's throttledImageService: no token, no pull ("pull QPS exceeded").
+        let pulled = match self.env.pull_limit.try_accept() {
+            Ok(()) => rt
+                .pull_image(reference, &self.env.pull_auth)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match pulled {
             Ok(image) => {
                 info!(
                     container = %c.name,
@@ -1018,6 +1121,15 @@ impl<R: Runtime> PodWorker<R> {
                     took = ?started.elapsed(),
                     including_waiting = ?waited.elapsed(),
                     "Successfully pulled image"
+                );
+                events.normal(
+                    ev::PULLED_IMAGE,
+                    &format!(
+                        "Successfully pulled image {image_ref:?} in {} ({} including waiting). Image size: {} bytes.",
+                        crate::events::go_duration_ms(started.elapsed()),
+                        crate::events::go_duration_ms(waited.elapsed()),
+                        image.size
+                    ),
                 );
                 self.image_backoff.remove(&c.name);
                 Ok(Ok(image))
@@ -1030,6 +1142,10 @@ impl<R: Runtime> PodWorker<R> {
                 self.image_backoff
                     .insert(c.name.clone(), (delay, now + delay));
                 warn!(container = %c.name, image = %image_ref, error = %e, "Failed to pull image");
+                events.warning(
+                    ev::FAILED_TO_PULL_IMAGE,
+                    &format!("Failed to pull image {image_ref:?}: {e}"),
+                );
                 // Look again shortly: the status then moves on to ImagePullBackOff
                 // for the rest of the window, as upstream's does.
                 Ok(Err((
@@ -1108,6 +1224,7 @@ impl<R: Runtime> PodWorker<R> {
                 started_at,
                 &self.probe_tx,
                 &cancel,
+                &self.events_of(&spec.name),
             );
             self.probes.insert(info.id.clone(), cancel);
         }

@@ -143,6 +143,7 @@ pub struct ProbeWorker<P> {
     gate: Option<watch::Receiver<bool>>,
     on_started: Option<watch::Sender<bool>>,
     updates: mpsc::Sender<ProbeUpdate>,
+    events: Option<crate::events::ObjectEvents>,
 }
 
 /// `at` (wall clock) as a tokio instant, for a container's start time.
@@ -174,7 +175,16 @@ impl<P: ProbeRunner> ProbeWorker<P> {
             gate: None,
             on_started: None,
             updates,
+            events: None,
         }
+    }
+
+    /// Records upstream's `Unhealthy` events (a failed or errored probe) for the
+    /// container on `events`.
+    #[must_use]
+    pub fn records_events(mut self, events: crate::events::ObjectEvents) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Liveness and readiness: probe only while `started` is true (the container's
@@ -238,12 +248,40 @@ impl<P: ProbeRunner> ProbeWorker<P> {
                     container = %self.container, probe = self.kind.as_str(),
                     message = %outcome.message, "probe errored"
                 );
+                if let Some(events) = &self.events {
+                    events.warning(
+                        crate::events::reason::CONTAINER_UNHEALTHY,
+                        &format!(
+                            "{} probe errored and resulted in unknown state: {}",
+                            self.kind.as_str(),
+                            outcome.message
+                        ),
+                    );
+                }
                 continue;
             }
             if outcome.result == ProbeResult::Failure {
                 debug!(
                     container = %self.container, probe = self.kind.as_str(),
                     message = %outcome.message, "probe failed"
+                );
+                // Upstream's prober records every failed run.
+                if let Some(events) = &self.events {
+                    events.warning(
+                        crate::events::reason::CONTAINER_UNHEALTHY,
+                        &format!("{} probe failed: {}", self.kind.as_str(), outcome.message),
+                    );
+                }
+            }
+            // Upstream's `probe.Warning`: the HTTP prober's only one is a redirect it
+            // did not follow, a pass whose message says so.
+            if outcome.result == ProbeResult::Success
+                && outcome.message.starts_with("Probe terminated redirects")
+                && let Some(events) = &self.events
+            {
+                events.warning(
+                    crate::events::reason::CONTAINER_PROBE_WARNING,
+                    &format!("{} probe warning: {}", self.kind.as_str(), outcome.message),
                 );
             }
             if outcome.result == last {
@@ -309,6 +347,7 @@ pub fn spawn_container_probes<R: Runtime>(
     started_at: Instant,
     updates: &mpsc::Sender<ProbeUpdate>,
     cancel: &CancellationToken,
+    events: &crate::events::ObjectEvents,
 ) -> Vec<JoinHandle<ProbeResult>> {
     let (started_tx, started_rx) = watch::channel(container.startup_probe.is_none());
     let worker = |kind: ProbeKind, probe: &Probe| {
@@ -321,6 +360,7 @@ pub fn spawn_container_probes<R: Runtime>(
             started_at,
             updates.clone(),
         )
+        .records_events(events.clone())
     };
     let mut handles = Vec::new();
     if let Some(p) = &container.startup_probe {
