@@ -103,7 +103,8 @@ pub async fn start(
     }
     let image_gc = args.image_gc.config().context("image garbage collection")?;
     let resources = args.resources.settings()?;
-    let node_resources = setup_cgroups(&args.cgroup_root, &resources)?;
+    let eviction = args.eviction.config(resources.enforce_pods)?;
+    let node_resources = setup_cgroups(&args.cgroup_root, &args.root_dir, &resources, &eviction)?;
     let pull_limit = crate::pull_limit::PullLimiter::new(args.registry_qps, args.registry_burst)?;
     let node_name = crate::node::node_name(args.hostname_override.as_deref());
     // Every source is checked before anything starts, so a bad flag is an exit, not
@@ -154,6 +155,7 @@ pub async fn start(
     on_cancel_ready(cancel.clone());
 
     let (status_tx, status_rx) = watch::channel(PodMap::new());
+    let (node_view_tx, node_view_rx) = watch::channel(None);
     let events = crate::events::EventRecorder::new(&node_name, crate::events::EVENT_CAPACITY);
     let (source_tx, source_rx) = mpsc::channel(16);
     let mut servers = Vec::new();
@@ -171,7 +173,7 @@ pub async fn start(
         servers.push(
             server::bind(
                 addr,
-                server::read_only_router(status_rx.clone(), events.clone()),
+                server::read_only_router(status_rx.clone(), events.clone(), node_view_rx.clone()),
                 cancel.clone(),
             )
             .await?,
@@ -275,7 +277,62 @@ pub async fn start(
     if !options.orphan_cleanup {
         manager = manager.without_orphan_cleanup();
     }
-    let manager = tokio::spawn(manager.run(source_rx, event_rx, cancel.clone()));
+    let (command_tx, command_rx) = mpsc::channel(16);
+    let (pressure_tx, pressure_rx) = watch::channel(crate::pressure::Pressure::default());
+    // Like image GC, eviction is the node agent's: `nodelet run` leaves it alone.
+    if options.orphan_cleanup {
+        let dedicated_image_fs =
+            same_device(&args.root_dir, &args.image_gc.containerd_root) == Some(false);
+        let monitor = crate::pressure::PressureMonitor::new(
+            crate::eviction::EvictionManager::new(eviction, dedicated_image_fs),
+            Arc::clone(&node_resources.cgroups),
+            crate::pressure::Filesystems {
+                root_dir: args.root_dir.clone(),
+                image_dir: args.image_gc.containerd_root.clone(),
+            },
+            status_rx.clone(),
+            pressure_tx,
+            command_tx,
+        );
+        tasks.spawn(monitor.run(cancel.clone()));
+    }
+    let (capacity, allocatable) = crate::node_view::resource_lists(
+        &node_resources.capacity,
+        &node_resources.allocatable,
+        resources.max_pods,
+    );
+    let runtime_version = runtime.containerd().version().await.unwrap_or_else(|e| {
+        warn!(error = %e, "cannot read containerd's version");
+        String::new()
+    });
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| node_name.clone());
+    node_view_tx.send_replace(Some(Arc::new(crate::node_view::NodeView {
+        runtime: Arc::clone(&runtime),
+        base: crate::node_status::NodeInputs {
+            name: node_name.clone(),
+            ip: host_ip.to_string(),
+            hostname,
+            capacity,
+            allocatable,
+            ready_since: jiff::Timestamp::now(),
+            runtime_version,
+            pod_cidr: Some(args.pod_cidr.clone()).filter(|c| !c.is_empty()),
+            ..Default::default()
+        },
+        pressure: pressure_rx,
+        pods: status_rx.clone(),
+        cgroups: Arc::clone(&node_resources.cgroups),
+        fs: crate::pressure::Filesystems {
+            root_dir: args.root_dir.clone(),
+            image_dir: args.image_gc.containerd_root.clone(),
+        },
+        pod_logs_dir: args.pod_logs_dir.clone(),
+        cpu: std::sync::Mutex::new(crate::summary::CpuRateTracker::new()),
+    })));
+    let manager = tokio::spawn(manager.run(source_rx, event_rx, command_rx, cancel.clone()));
     Ok(Some(RunningAgent {
         statuses: status_rx,
         sources: source_tx,
@@ -283,6 +340,12 @@ pub async fn start(
         manager,
         tasks,
     }))
+}
+
+/// Whether two paths are on the same filesystem (`None` when one can't be read).
+fn same_device(a: &Path, b: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    Some(std::fs::metadata(a).ok()?.dev() == std::fs::metadata(b).ok()?.dev())
 }
 
 /// The node's resources as the agent set them up.
@@ -298,19 +361,48 @@ pub struct NodeResources {
 
 /// Reads the machine's capacity, works out node allocatable and makes the QoS cgroup
 /// hierarchy under `cgroup_root` (limited to allocatable when `pods` is enforced).
-fn setup_cgroups(cgroup_root: &str, settings: &ResourceSettings) -> anyhow::Result<NodeResources> {
+fn setup_cgroups(
+    cgroup_root: &str,
+    root_dir: &Path,
+    settings: &ResourceSettings,
+    eviction: &crate::eviction::EvictionConfig,
+) -> anyhow::Result<NodeResources> {
     let layout = nodelet_cgroups::Layout::detect().context("cgroups")?;
-    let capacity = nodelet_cgroups::NodeCapacity::read(Path::new("/")).context("node capacity")?;
+    let mut capacity =
+        nodelet_cgroups::NodeCapacity::read(Path::new("/")).context("node capacity")?;
+    // Ephemeral storage is the root dir's filesystem, as upstream's nodefs.
+    capacity.ephemeral_storage = nodelet_cgroups::statvfs(root_dir)
+        .map(|f| i64::try_from(f.capacity).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    // Allocatable also leaves room for the hard eviction thresholds
+    // (upstream's GetNodeAllocatableReservation).
+    let hard = |signal: crate::eviction::thresholds::Signal, capacity: i64| {
+        eviction
+            .thresholds
+            .iter()
+            .find(|t| t.signal == signal && t.is_hard())
+            .map_or(0, |t| {
+                i64::try_from(t.amount_against(u64::try_from(capacity).unwrap_or(0)))
+                    .unwrap_or(i64::MAX)
+            })
+    };
+    let eviction_reserved = nodelet_cgroups::Reserved {
+        memory: hard(
+            crate::eviction::thresholds::Signal::MemoryAvailable,
+            capacity.memory,
+        ),
+        ephemeral_storage: hard(
+            crate::eviction::thresholds::Signal::NodeFsAvailable,
+            capacity.ephemeral_storage,
+        ),
+        ..Default::default()
+    };
     let kube =
         nodelet_cgroups::Reserved::parse(&settings.kube_reserved).context("--kube-reserved")?;
     let system =
         nodelet_cgroups::Reserved::parse(&settings.system_reserved).context("--system-reserved")?;
-    let allocatable = nodelet_cgroups::allocatable::allocatable(
-        &capacity,
-        &kube,
-        &system,
-        &nodelet_cgroups::Reserved::default(),
-    );
+    let allocatable =
+        nodelet_cgroups::allocatable::allocatable(&capacity, &kube, &system, &eviction_reserved);
     let kubepods = nodelet_cgroups::allocatable::kubepods_resources(
         &capacity,
         &kube,

@@ -248,6 +248,9 @@ pub struct AgentArgs {
     /// Cgroups, allocatable and per-pod limits.
     #[command(flatten)]
     pub resources: crate::resource_args::ResourceArgs,
+    /// Node-pressure eviction.
+    #[command(flatten)]
+    pub eviction: crate::eviction::EvictionArgs,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -63,6 +63,8 @@ pub mod reason {
     pub const FAILED_POST_START_HOOK: &str = "FailedPostStartHook";
     /// A `preStop` hook failed.
     pub const FAILED_PRE_STOP_HOOK: &str = "FailedPreStopHook";
+    /// The eviction manager evicted the pod (upstream's `Evicted`).
+    pub const EVICTED: &str = "Evicted";
 }
 
 /// `Normal` or `Warning`, as `core/v1` `Event.type`.

@@ -7,19 +7,20 @@
 
 mod agent;
 mod cli;
-// The integrator wires the eviction manager into the agent; until then only tests use it.
-#[allow(dead_code, unused_imports)]
-mod eviction;
+
 mod events;
+mod eviction;
 mod expand;
 mod hooks;
 mod image_gc;
 mod manager;
 mod node;
 mod node_status;
+mod node_view;
 mod pod_cgroups;
 mod pods_cmd;
 mod podspec;
+mod pressure;
 
 mod probe;
 mod pull_limit;

@@ -75,6 +75,7 @@ impl<R: Runtime> PodManager<R> {
         mut self,
         mut sources: mpsc::Receiver<SourceEvent>,
         mut events: mpsc::Receiver<RuntimeEvent>,
+        mut commands: mpsc::Receiver<crate::pressure::PodCommand>,
         cancel: CancellationToken,
     ) {
         if self.unready_sources.is_empty() {
@@ -85,6 +86,7 @@ impl<R: Runtime> PodManager<R> {
                 () = cancel.cancelled() => break,
                 Some(ev) = sources.recv() => self.on_source(ev).await,
                 Some(ev) = events.recv() => self.on_runtime_event(ev).await,
+                Some(cmd) = commands.recv() => self.on_command(cmd),
                 Some(done) = self.join.join_next(), if !self.join.is_empty() => {
                     match done {
                         Ok(uid) => self.on_worker_done(&uid),
@@ -110,6 +112,19 @@ impl<R: Runtime> PodManager<R> {
         self.reconcile(&before);
         if self.unready_sources.remove(source) && self.unready_sources.is_empty() {
             self.remove_orphans().await;
+        }
+    }
+
+    fn on_command(&mut self, cmd: crate::pressure::PodCommand) {
+        match cmd {
+            crate::pressure::PodCommand::Evict {
+                uid,
+                message,
+                grace,
+            } => match self.workers.get(&uid) {
+                Some(h) => deliver(&h.tx, WorkerMsg::Evict { message, grace }),
+                None => debug!(uid = %uid, "eviction of a pod without a worker ignored"),
+            },
         }
     }
 

@@ -63,6 +63,14 @@ impl PodCgroups {
         &self.manager
     }
 
+    /// The `kubepods` cgroup's memory limit (node allocatable when `pods` is enforced).
+    pub fn allocatable_memory(&self) -> u64 {
+        self.kubepods
+            .memory
+            .and_then(|m| u64::try_from(m).ok())
+            .unwrap_or(u64::MAX)
+    }
+
     /// `--cgroup-root`.
     pub fn cgroup_root(&self) -> &str {
         &self.cgroup_root

@@ -1,9 +1,12 @@
 //! The agent's HTTP endpoints: the read-only port (`GET /pods`, a `v1.PodList` with
 //! live status, as upstream's read-only port serves; `GET /events` and
 //! `GET /api/v1/namespaces/{ns}/events`, the recorded events as a `v1.EventList`, a
-//! nodelet addition while there is no apiserver to post them to) and the healthz port.
+//! nodelet addition while there is no apiserver to post them to; `GET /stats/summary`,
+//! upstream's stats summary; `GET /node`, the Node object this agent would post, a
+//! nodelet addition) and the healthz port.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -17,10 +20,22 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventRecorder;
+use crate::node_view::NodeView;
 use crate::worker::PodMap;
 
+/// The node's view once the runtime is connected (`None` until then).
+pub type NodeViewCell = watch::Receiver<Option<Arc<NodeView>>>;
+
 /// Builds the read-only API.
-pub fn read_only_router(pods: watch::Receiver<PodMap>, events: EventRecorder) -> Router {
+pub fn read_only_router(
+    pods: watch::Receiver<PodMap>,
+    events: EventRecorder,
+    node: NodeViewCell,
+) -> Router {
+    let node = Router::new()
+        .route("/node", get(get_node))
+        .route("/stats/summary", get(get_summary))
+        .with_state(node);
     let events = Router::new()
         .route("/events", get(list_all_events))
         .route("/api/v1/events", get(list_all_events))
@@ -32,6 +47,35 @@ pub fn read_only_router(pods: watch::Receiver<PodMap>, events: EventRecorder) ->
         .route("/healthz", get(healthz))
         .with_state(pods)
         .merge(events)
+        .merge(node)
+}
+
+fn not_ready() -> axum::response::Response {
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "the agent is not connected to its container runtime yet",
+    )
+        .into_response()
+}
+
+async fn get_node(State(node): State<NodeViewCell>) -> axum::response::Response {
+    let view = node.borrow().clone();
+    match view {
+        Some(view) => json(&view.node().await),
+        None => not_ready(),
+    }
+}
+
+async fn get_summary(State(node): State<NodeViewCell>) -> axum::response::Response {
+    let view = node.borrow().clone();
+    match view {
+        // Reading cgroup files and walking log dirs blocks: off the async workers.
+        Some(view) => match tokio::task::spawn_blocking(move || view.summary()).await {
+            Ok(summary) => json(&summary),
+            Err(_) => not_ready(),
+        },
+        None => not_ready(),
+    }
 }
 
 fn json(body: &impl serde::Serialize) -> axum::response::Response {

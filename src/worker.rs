@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::events::reason as ev;
+use crate::eviction::messages;
 use crate::hooks;
 use crate::podspec::{self, FieldValues};
 use crate::probe::worker::{ProbeKind, ProbeUpdate};
@@ -51,6 +52,14 @@ pub enum WorkerMsg {
     Sync,
     /// The OOM killer hit this container (its exit follows).
     Oom(String),
+    /// The eviction manager picked this pod: kill it within `grace` and end it
+    /// `Failed` with reason `Evicted`.
+    Evict {
+        /// Upstream's eviction message.
+        message: String,
+        /// The containers' grace period.
+        grace: Duration,
+    },
 }
 
 /// What every worker shares.
@@ -100,8 +109,12 @@ pub struct PodWorker<R> {
     last_ips: Vec<String>,
     last_status: Option<PodStatus>,
     sandbox_error: Option<(String, SystemTime)>,
-    /// A pod-level failure (`DeadlineExceeded`): reason and message.
+    /// A pod-level failure (`DeadlineExceeded`, `Evicted`): reason and message.
     failure: Option<(String, String)>,
+    /// An eviction's grace period, replacing the pod's.
+    grace_override: Option<Duration>,
+    /// When the pod was evicted (its `DisruptionTarget` condition's time).
+    evicted_at: Option<SystemTime>,
     /// How exited instances ended, by container ID.
     endings: HashMap<String, Ending>,
     /// Containers the OOM killer hit.
@@ -167,6 +180,8 @@ impl<R: Runtime> PodWorker<R> {
             last_status: None,
             sandbox_error: None,
             failure: None,
+            grace_override: None,
+            evicted_at: None,
             endings: HashMap::new(),
             oom_killed: std::collections::HashSet::new(),
             probe_tx,
@@ -258,6 +273,20 @@ impl<R: Runtime> PodWorker<R> {
                 self.oom_killed.insert(id);
                 false
             }
+            WorkerMsg::Evict { message, grace } => {
+                if self.failure.is_none() {
+                    info!(%message, "evicted");
+                    self.env
+                        .events
+                        .for_pod(&self.pod)
+                        .warning(ev::EVICTED, &message);
+                    self.failure = Some((messages::REASON.to_owned(), message));
+                    // Upstream kills with the override, but never under its minimum.
+                    self.grace_override = Some(grace.max(MIN_GRACE_AFTER_HOOK));
+                    self.evicted_at = Some(SystemTime::now());
+                }
+                false
+            }
         }
     }
 
@@ -281,6 +310,9 @@ impl<R: Runtime> PodWorker<R> {
     }
 
     fn grace_period(&self) -> Duration {
+        if let Some(grace) = self.grace_override {
+            return grace;
+        }
         let secs = self
             .pod
             .spec
@@ -1337,7 +1369,7 @@ impl<R: Runtime> PodWorker<R> {
             failure: self.failure.clone(),
             init_required,
         };
-        let status = status::pod_status(
+        let mut status = status::pod_status(
             &self.pod,
             &init_views,
             &views,
@@ -1345,6 +1377,11 @@ impl<R: Runtime> PodWorker<R> {
             self.last_status.as_ref(),
             now,
         );
+        if let (Some(at), Some((_, message))) = (self.evicted_at, &self.failure)
+            && let Some(at) = status::k8s_time(at)
+        {
+            messages::apply_evicted_status(&mut status, message, at);
+        }
         if self.last_status.as_ref() == Some(&status) {
             return;
         }
