@@ -7,7 +7,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use support::{BUSYBOX, World, condition, container_status, log_lines, phase, wait_for};
+use nodelet_cri::image::ImageRuntimeConfig;
+use support::{
+    BUSYBOX, World, busybox_image, condition, container_status, log_lines, phase, wait_for,
+};
 
 fn log_of(w: &World, pod: &Pod, container: &str, attempt: u32) -> std::path::PathBuf {
     w.logs
@@ -686,6 +689,73 @@ spec:
     assert_eq!(
         container_status(&pod, "main").map(|c| c.restart_count),
         Some(0)
+    );
+    w.stop_agent();
+}
+
+/// The lines of `path` (none if it doesn't exist).
+fn lines_of(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Deletes the pod's manifest and waits until the agent no longer reports the pod.
+async fn delete_and_wait(w: &World, file: &str, name: &str) {
+    std::fs::remove_file(w.manifests.join(file)).expect("remove manifest");
+    wait_for("the pod gone", Duration::from_secs(60), || async move {
+        w.pod(name).await.is_none().then_some(())
+    })
+    .await;
+}
+
+/// An image whose config says `StopSignal: SIGUSR1`: deleting the pod stops the
+/// container with SIGUSR1, not SIGTERM (the container's traps write which one came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_stop_signal() {
+    const IMAGE: &str = "nodelet.local/busybox-usr1:test";
+    let mut w = World::new().await;
+    let image = busybox_image(ImageRuntimeConfig {
+        cmd: vec!["sh".into()],
+        env: vec!["PATH=/bin".into()],
+        stop_signal: Some("SIGUSR1".into()),
+        ..ImageRuntimeConfig::default()
+    });
+    w.import_image(&image, IMAGE).await;
+    let shared = w.dir.path().join("shared");
+    w.write_manifest(
+        "usr1.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: usr1}}
+spec:
+  terminationGracePeriodSeconds: 10
+  volumes: [{{name: shared, hostPath: {{path: {shared}, type: DirectoryOrCreate}}}}]
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: [sh, -c, "trap 'echo USR1 >> /shared/log; exit 0' USR1; trap 'echo TERM >> /shared/log; exit 0' TERM; echo up >> /shared/log; while true; do sleep 0.1; done"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+"#,
+            shared = shared.display()
+        ),
+    );
+    w.start_agent().await;
+    let log = shared.join("log");
+    wait_for("the container up", Duration::from_secs(30), || {
+        let up = lines_of(&log).contains(&"up".to_owned());
+        async move { up.then_some(()) }
+    })
+    .await;
+    delete_and_wait(&w, "usr1.yaml", "usr1").await;
+    assert_eq!(
+        lines_of(&log),
+        ["up", "USR1"],
+        "stopped by the image's StopSignal"
     );
     w.stop_agent();
 }
