@@ -759,3 +759,142 @@ spec:
     );
     w.stop_agent();
 }
+
+/// Writes a busybox httpd CGI script at `<www>/cgi-bin/<name>` that appends `line` to
+/// `/shared/log` (in the container) and answers 200.
+fn cgi_marker(www: &std::path::Path, name: &str, line: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = www.join("cgi-bin");
+    std::fs::create_dir_all(&dir).expect("mkdir cgi-bin");
+    let script = dir.join(name);
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho {line} >> /shared/log\nprintf 'Content-Type: text/plain\\r\\n\\r\\nok\\n'\n"),
+    )
+    .expect("write cgi script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// `httpGet` and `sleep` hooks: a postStart httpGet reaches its server (a handler
+/// pod, as upstream's e2e test does: the container's own server may not listen yet
+/// when postStart fires); a preStop httpGet to the container's own busybox `httpd`
+/// runs before its SIGTERM; a preStop `sleep` delays its container's SIGTERM, so a
+/// container without hooks, stopped at the same time, gets SIGTERM first. Each
+/// request and signal appends a line to a shared host file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_sleep_hooks() {
+    let mut w = World::new().await;
+    let shared = w.dir.path().join("shared");
+    let www = shared.join("www");
+    cgi_marker(&www, "poststart", "postStart-http");
+    cgi_marker(&www, "prestop", "preStop-http");
+    let volume = format!(
+        "volumes: [{{name: shared, hostPath: {{path: {}, type: Directory}}}}]",
+        shared.display()
+    );
+    w.write_manifest(
+        "handler.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: handler}}
+spec:
+  {volume}
+  containers:
+  - name: httpd
+    image: {BUSYBOX}
+    command: [httpd, -f, -p, "8080", -h, /shared/www]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+    readinessProbe:
+      tcpSocket: {{port: 8080}}
+      periodSeconds: 1
+"#
+        ),
+    );
+    w.start_agent().await;
+    let handler = w
+        .wait_pod("handler", "Ready", |p| {
+            condition(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    let handler_ip = handler
+        .status
+        .and_then(|s| s.pod_ip)
+        .expect("handler pod IP");
+
+    // Each container traps TERM and writes "<name> TERM".
+    let trap = |name: &str| {
+        format!(
+            "trap 'echo {name} TERM >> /shared/log; exit 0' TERM; while true; do sleep 0.1; done"
+        )
+    };
+    w.write_manifest(
+        "hooks.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hooks}}
+spec:
+  terminationGracePeriodSeconds: 20
+  {volume}
+  containers:
+  - name: web
+    image: {BUSYBOX}
+    command: [sh, -c, "httpd -p 8080 -h /shared/www; {web}"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+    lifecycle:
+      postStart: {{httpGet: {{host: "{handler_ip}", port: 8080, path: /cgi-bin/poststart}}}}
+      preStop: {{httpGet: {{port: 8080, path: /cgi-bin/prestop}}}}
+  - name: sleeper
+    image: {BUSYBOX}
+    command: [sh, -c, "{sleeper}"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+    lifecycle:
+      preStop: {{sleep: {{seconds: 3}}}}
+  - name: plain
+    image: {BUSYBOX}
+    command: [sh, -c, "{plain}"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+"#,
+            web = trap("web"),
+            sleeper = trap("sleeper"),
+            plain = trap("plain"),
+        ),
+    );
+    let log = shared.join("log");
+    let pod = w
+        .wait_pod("hooks", "Running with every container started", |p| {
+            phase(p) == "Running"
+                && ["web", "sleeper", "plain"]
+                    .iter()
+                    .all(|c| container_status(p, c).is_some_and(|s| s.started == Some(true)))
+        })
+        .await;
+    assert_eq!(
+        container_status(&pod, "web").map(|c| c.restart_count),
+        Some(0),
+        "the postStart hook passed"
+    );
+    assert_eq!(lines_of(&log), ["postStart-http"]);
+
+    delete_and_wait(&w, "hooks.yaml", "hooks").await;
+    let lines = lines_of(&log);
+    let at = |l: &str| {
+        lines
+            .iter()
+            .position(|x| x == l)
+            .unwrap_or_else(|| panic!("{l:?} missing from {lines:?}"))
+    };
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(
+        at("preStop-http") < at("web TERM"),
+        "preStop httpGet before SIGTERM: {lines:?}"
+    );
+    assert!(
+        at("plain TERM") < at("sleeper TERM"),
+        "preStop sleep delays SIGTERM: {lines:?}"
+    );
+    w.stop_agent();
+}
