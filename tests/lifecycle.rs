@@ -898,3 +898,69 @@ spec:
     );
     w.stop_agent();
 }
+
+/// Crash-loop back-off end to end: a container exiting 1 under `Always` is restarted
+/// at once the first time, then waits in `CrashLoopBackOff` with upstream's message,
+/// `back-off 10s restarting failed container=…`, and after the next crash
+/// `back-off 20s …`; `restartCount` and `lastState.terminated` follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_backoff_grows() {
+    let mut w = World::new().await;
+    w.write_manifest(
+        "crash.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: crash}}
+spec:
+  restartPolicy: Always
+  containers:
+  - name: crasher
+    image: {BUSYBOX}
+    command: [sh, -c, "exit 1"]
+"#
+        ),
+    );
+    w.start_agent().await;
+    let pod_name = format!("crash-{}", w.node);
+    let waiting = |p: &Pod| {
+        container_status(p, "crasher")
+            .and_then(|c| c.state.as_ref()?.waiting.clone())
+            .filter(|wt| wt.reason.as_deref() == Some("CrashLoopBackOff"))
+            .and_then(|wt| wt.message)
+    };
+    let backoff = |delay: &'static str| {
+        let prefix =
+            format!("back-off {delay} restarting failed container=crasher pod={pod_name}_default(");
+        move |p: &Pod| waiting(p).is_some_and(|m| m.starts_with(&prefix))
+    };
+    let first = w
+        .wait_pod("crash", "in CrashLoopBackOff for 10s", backoff("10s"))
+        .await;
+    let cs = container_status(&first, "crasher").expect("status");
+    let last = cs
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .expect("lastState.terminated");
+    assert_eq!(last.exit_code, 1);
+    assert_eq!(last.reason.as_deref(), Some("Error"));
+    assert_eq!(
+        phase(&first),
+        "Running",
+        "a crash-looping pod stays Running"
+    );
+    let first_count = cs.restart_count;
+    assert!(first_count >= 1);
+
+    let second = w
+        .wait_pod("crash", "in CrashLoopBackOff for 20s", backoff("20s"))
+        .await;
+    let count = container_status(&second, "crasher").map(|c| c.restart_count);
+    assert!(
+        count > Some(first_count),
+        "restarted after the 10s back-off: {count:?} after {first_count}"
+    );
+    w.stop_agent();
+}
