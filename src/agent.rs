@@ -225,6 +225,8 @@ pub async fn start(
             (false, _) => None,
         },
         statuses: status_tx,
+        // Upstream's prober manager `start`.
+        agent_start: tokio::time::Instant::now(),
     });
     let mut sources = Vec::new();
     if let Some(path) = args.pod_manifest_path.as_ref().filter(|_| options.sources) {

@@ -76,6 +76,8 @@ pub struct WorkerEnv<R> {
     pub pull_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// Where pod statuses are published.
     pub statuses: watch::Sender<PodMap>,
+    /// When the agent started: probes started soon after are jittered.
+    pub agent_start: tokio::time::Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1085,6 +1087,7 @@ impl<R: Runtime> PodWorker<R> {
                 &target,
                 &self.env.runtime,
                 started_at,
+                self.env.agent_start,
                 &self.probe_tx,
                 &cancel,
             );
