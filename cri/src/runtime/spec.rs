@@ -9,8 +9,8 @@ use std::str::FromStr;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxDeviceCgroup,
     LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType,
-    LinuxResources, Mount as OciMount, Process, RootBuilder, Spec, User,
-    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
+    LinuxResources, Mount as OciMount, Process, RootBuilder, Spec, User, get_default_maskedpaths,
+    get_default_mounts, get_default_readonly_paths,
 };
 
 use super::seccomp::{self, SeccompMode};
@@ -307,34 +307,34 @@ fn sandbox_hostname(sandbox: &SandboxInfo) -> String {
         .unwrap_or_default()
 }
 
+/// The process user: the image's `User`, numeric by now (names were resolved from
+/// the rootfs, `user::resolve_in_rootfs`), with `runAsUser`/`runAsGroup` replacing
+/// its parts.
 fn user(config: &ContainerConfig, image: &ImageRuntimeConfig) -> Result<User, String> {
-    let (mut uid, mut gid) = (0u32, 0u32);
-    if !image.user.is_empty() {
-        let (u, g) = image
-            .user
-            .split_once(':')
-            .map_or((image.user.as_str(), None), |(u, g)| (u, Some(g)));
-        uid = u.parse().map_err(|_| {
+    let (u, g) = image
+        .user
+        .split_once(':')
+        .map_or((image.user.as_str(), None), |(u, g)| (u, Some(g)));
+    let uid = match config.security.run_as_user {
+        Some(uid) => uid,
+        None if u.is_empty() => 0,
+        None => u.parse().map_err(|_| {
             format!(
                 "image user {:?} is not numeric; set securityContext.runAsUser",
                 image.user
             )
-        })?;
-        if let Some(g) = g {
-            gid = g.parse().map_err(|_| {
-                format!(
-                    "image group in user {:?} is not numeric; set securityContext.runAsGroup",
-                    image.user
-                )
-            })?;
-        }
-    }
-    if let Some(u) = config.security.run_as_user {
-        uid = u;
-    }
-    if let Some(g) = config.security.run_as_group {
-        gid = g;
-    }
+        })?,
+    };
+    let gid = match (config.security.run_as_group, g) {
+        (Some(gid), _) => gid,
+        (None, None) => 0,
+        (None, Some(g)) => g.parse().map_err(|_| {
+            format!(
+                "image group in user {:?} is not numeric; set securityContext.runAsGroup",
+                image.user
+            )
+        })?,
+    };
     let mut user = User::default();
     user.set_uid(uid);
     user.set_gid(gid);
@@ -741,7 +741,13 @@ mod tests {
         let u = spec.process().as_ref().expect("p").user().clone();
         assert_eq!((u.uid(), u.gid()), (7, 2000));
         assert_eq!(u.additional_gids().as_deref(), Some(&[5][..]));
-        img.user = "nginx".into();
+        // Names are resolved before the spec is built; one left over is an error
+        // unless the pod overrides it.
+        img.user = "nginx:staff".into();
+        c.security.run_as_group = Some(9);
+        let spec = container_spec(&sandbox(), &c, &img, "cid").expect("spec");
+        let u = spec.process().as_ref().expect("p").user().clone();
+        assert_eq!((u.uid(), u.gid()), (7, 9));
         c.security.run_as_user = None;
         assert!(container_spec(&sandbox(), &c, &img, "cid").is_err());
     }
@@ -931,7 +937,10 @@ mod tests {
             (cpu.shares(), cpu.quota(), cpu.period()),
             (Some(512), Some(50_000), Some(100_000))
         );
-        assert_eq!(r.memory().as_ref().and_then(|m| m.limit()), Some(67_108_864));
+        assert_eq!(
+            r.memory().as_ref().and_then(|m| m.limit()),
+            Some(67_108_864)
+        );
         let huge: Vec<(String, i64)> = r
             .hugepage_limits()
             .iter()
@@ -940,7 +949,10 @@ mod tests {
             .collect();
         assert_eq!(huge, [("2MB".into(), 4 << 20), ("1GB".into(), 0)]);
         assert_eq!(
-            r.unified().as_ref().and_then(|u| u.get("memory.high")).map(String::as_str),
+            r.unified()
+                .as_ref()
+                .and_then(|u| u.get("memory.high"))
+                .map(String::as_str),
             Some("60000000")
         );
         // The device rules stay.
@@ -955,7 +967,10 @@ mod tests {
         let r = spec.linux().as_ref().and_then(|l| l.resources().clone());
         let r = r.expect("resources");
         assert!(r.cpu().is_none() && r.memory().is_none());
-        assert_eq!(spec.process().as_ref().and_then(|p| p.oom_score_adj()), None);
+        assert_eq!(
+            spec.process().as_ref().and_then(|p| p.oom_score_adj()),
+            None
+        );
     }
 
     #[test]
