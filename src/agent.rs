@@ -236,6 +236,8 @@ pub async fn start(
         pull_limit: Arc::new(pull_limit),
         events,
         statuses: status_tx,
+        // Upstream's prober manager `start`.
+        agent_start: tokio::time::Instant::now(),
     });
     let mut sources = Vec::new();
     if let Some(path) = args.pod_manifest_path.as_ref().filter(|_| options.sources) {

@@ -1159,4 +1159,39 @@ mod tests {
             );
         }
     }
+
+    /// upstream `verifyRunAsNonRoot` (pkg/kubelet/kuberuntime/security_context_others.go):
+    /// an image user that is a name can't be checked, so runAsNonRoot refuses it
+    /// unless runAsUser says who runs; without runAsNonRoot the name is resolved by
+    /// the runtime.
+    #[test]
+    fn run_as_non_root_refuses_a_named_image_user() {
+        use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("web".into());
+        pod.metadata.namespace = Some("default".into());
+        pod.metadata.uid = Some("u1".into());
+        let mut c = Container {
+            name: "app".into(),
+            ..Default::default()
+        };
+        assert_eq!(verify_run_as_non_root(&pod, &c, "nginx"), Ok(()));
+        pod.spec = Some(PodSpec {
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            verify_run_as_non_root(&pod, &c, "nginx:staff"),
+            Err("container has runAsNonRoot and image has non-numeric user (nginx), cannot verify user is non-root (pod: \"web_default(u1)\", container: app)".to_owned())
+        );
+        assert_eq!(verify_run_as_non_root(&pod, &c, "1000:staff"), Ok(()));
+        c.security_context = Some(SecurityContext {
+            run_as_user: Some(1000),
+            ..Default::default()
+        });
+        assert_eq!(verify_run_as_non_root(&pod, &c, "nginx"), Ok(()));
+    }
 }

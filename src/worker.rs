@@ -90,6 +90,8 @@ pub struct WorkerEnv<R> {
     pub events: crate::events::EventRecorder,
     /// Where pod statuses are published.
     pub statuses: watch::Sender<PodMap>,
+    /// When the agent started: probes started soon after are jittered.
+    pub agent_start: tokio::time::Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1254,6 +1256,7 @@ impl<R: Runtime> PodWorker<R> {
                 &target,
                 &self.env.runtime,
                 started_at,
+                self.env.agent_start,
                 &self.probe_tx,
                 &cancel,
                 &self.events_of(&spec.name),

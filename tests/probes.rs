@@ -1,9 +1,120 @@
 //! End-to-end tests of probes (issue 3): readiness drives Ready, liveness restarts,
-//! startup gates — real HTTP, TCP and exec probes against real containers.
+//! startup gates — real HTTP, TCP, exec and gRPC probes against real containers
+//! (gRPC against `nodelet-agnhost grpc-health-checking` in the agnhost test image).
 
 mod support;
 
-use support::{BUSYBOX, World, condition, container_status, phase};
+use support::{AGNHOST, BUSYBOX, World, agnhost_image, condition, container_status, phase};
+
+/// A pod running `nodelet-agnhost grpc-health-checking` on port 5000 for service
+/// `svc`, its status file in the hostPath `dir` (mounted at `/status`), with `probes`
+/// (YAML lines at container level).
+fn agnhost_pod(name: &str, dir: &std::path::Path, probes: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: grpc
+    image: {AGNHOST}
+    args: [grpc-health-checking, --port, "5000", --service, svc, --status-file, /status/status]
+    ports: [{{name: grpc, containerPort: 5000}}]
+    volumeMounts: [{{name: status, mountPath: /status}}]
+{probes}
+  volumes: [{{name: status, hostPath: {{path: {dir}, type: DirectoryOrCreate}}}}]
+"#,
+        dir = dir.display()
+    )
+}
+
+/// A gRPC readiness probe (grpc.health.v1 through the pod IP): Ready while the server
+/// answers SERVING for the probe's service, not Ready once it answers NOT_SERVING,
+/// and the container is not restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_readiness_flips_ready() {
+    let mut w = World::new().await;
+    w.import_image(&agnhost_image(), AGNHOST).await;
+    let dir = w.dir.path().join("grpc-ready");
+    w.write_manifest(
+        "grpc-ready.yaml",
+        &agnhost_pod(
+            "grpc-ready",
+            &dir,
+            "    readinessProbe:\n      grpc: {port: 5000, service: svc}\n      periodSeconds: 1\n      failureThreshold: 1",
+        ),
+    );
+    w.start_agent().await;
+    w.wait_pod("grpc-ready", "Ready", |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    std::fs::write(dir.join("status"), "NOT_SERVING").expect("flip the status");
+    let unready = w
+        .wait_pod("grpc-ready", "not Ready after NOT_SERVING", |p| {
+            condition(p, "Ready").as_deref() == Some("False")
+        })
+        .await;
+    let cs = container_status(&unready, "grpc").expect("status");
+    assert!(!cs.ready);
+    assert_eq!(cs.restart_count, 0, "readiness never restarts");
+    assert!(cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some());
+    std::fs::write(dir.join("status"), "SERVING").expect("flip the status back");
+    w.wait_pod("grpc-ready", "Ready again after SERVING", |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    w.stop_agent();
+}
+
+/// A gRPC liveness probe that starts failing (NOT_SERVING) gets the container killed
+/// and restarted; the restarted container passes again once the server serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_liveness_failure_restarts() {
+    let mut w = World::new().await;
+    w.import_image(&agnhost_image(), AGNHOST).await;
+    let dir = w.dir.path().join("grpc-live");
+    w.write_manifest(
+        "grpc-live.yaml",
+        &agnhost_pod(
+            "grpc-live",
+            &dir,
+            "    livenessProbe:\n      grpc: {port: 5000}\n      periodSeconds: 1\n      failureThreshold: 2\n    readinessProbe:\n      grpc: {port: 5000}\n      periodSeconds: 1",
+        ),
+    );
+    w.start_agent().await;
+    let ready = w
+        .wait_pod("grpc-live", "Ready", |p| {
+            condition(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    assert_eq!(
+        container_status(&ready, "grpc").map(|c| c.restart_count),
+        Some(0),
+        "no restart while SERVING"
+    );
+    std::fs::write(dir.join("status"), "NOT_SERVING").expect("flip the status");
+    let pod = w
+        .wait_pod("grpc-live", "restarted by its gRPC liveness probe", |p| {
+            container_status(p, "grpc").is_some_and(|c| c.restart_count >= 1)
+        })
+        .await;
+    let last =
+        container_status(&pod, "grpc").and_then(|c| c.last_state.as_ref()?.terminated.clone());
+    assert!(
+        last.is_some(),
+        "lastState.terminated of the killed container"
+    );
+    std::fs::write(dir.join("status"), "SERVING").expect("flip the status back");
+    w.wait_pod("grpc-live", "Ready again after the restart", |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+            && container_status(p, "grpc").is_some_and(|c| c.restart_count >= 1)
+    })
+    .await;
+    w.stop_agent();
+}
 
 /// An HTTP readiness probe: the pod becomes Ready when the page appears and stops
 /// being Ready when it goes, while the container keeps running.

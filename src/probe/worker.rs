@@ -6,6 +6,10 @@
 //! readiness quiet until the container has started (its startup probe passed).
 //! Each change of result is sent as a [`ProbeUpdate`].
 //!
+//! Probes started within one period of the agent's start (an agent restart adopting
+//! running containers starts them all at once) first wait a random part of their
+//! period, so they don't all run in the same instant, as upstream's `worker.run`.
+//!
 //! A worker belongs to one container instance: after a liveness or startup failure
 //! the container must be restarted, and its next instance gets new workers (upstream
 //! keeps one worker and puts it on hold until the container ID changes).
@@ -142,8 +146,20 @@ pub struct ProbeWorker<P> {
     started_at: Instant,
     gate: Option<watch::Receiver<bool>>,
     on_started: Option<watch::Sender<bool>>,
+    agent_start: Option<Instant>,
     updates: mpsc::Sender<ProbeUpdate>,
     events: Option<crate::events::ObjectEvents>,
+}
+
+/// How long a worker waits before its first probe (upstream `worker.run`): when the
+/// agent started less than a `period` ago, `unit` (uniform in [0, 1)) of the period,
+/// else nothing.
+pub fn start_jitter(period: Duration, since_agent_start: Duration, unit: f64) -> Duration {
+    if period > since_agent_start {
+        period.mul_f64(unit.clamp(0.0, 1.0))
+    } else {
+        Duration::ZERO
+    }
 }
 
 /// `at` (wall clock) as a tokio instant, for a container's start time.
@@ -174,6 +190,7 @@ impl<P: ProbeRunner> ProbeWorker<P> {
             started_at,
             gate: None,
             on_started: None,
+            agent_start: None,
             updates,
             events: None,
         }
@@ -203,6 +220,14 @@ impl<P: ProbeRunner> ProbeWorker<P> {
         self
     }
 
+    /// Before the first probe, wait [`start_jitter`] when the agent started at
+    /// `agent_start`. Without it the first probe runs at once.
+    #[must_use]
+    pub fn jittered_after(mut self, agent_start: Instant) -> Self {
+        self.agent_start = Some(agent_start);
+        self
+    }
+
     /// Runs the worker as a task; see [`ProbeWorker::run`].
     pub fn spawn(self, cancel: CancellationToken) -> JoinHandle<ProbeResult>
     where
@@ -219,6 +244,19 @@ impl<P: ProbeRunner> ProbeWorker<P> {
         let mut current = self.kind.initial_result();
         if !self.send(current, String::new(), &cancel).await {
             return current;
+        }
+        if let Some(agent_start) = self.agent_start {
+            let wait = start_jitter(self.settings.period, agent_start.elapsed(), fastrand::f64());
+            if !wait.is_zero() {
+                debug!(
+                    container = %self.container, probe = self.kind.as_str(),
+                    wait_ms = wait.as_millis(), "agent just started: first probe jittered"
+                );
+                tokio::select! {
+                    () = cancel.cancelled() => return current,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
         }
         let mut last = ProbeResult::Unknown;
         let mut run = 0u32;
@@ -339,12 +377,14 @@ impl<P: ProbeRunner> ProbeWorker<P> {
 
 /// Starts the workers of a container instance's probes: startup first, and liveness
 /// and readiness gated on it (ungated when there is no startup probe). `started_at`
-/// is when the container's process started. Every worker stops when `cancel` fires.
+/// is when the container's process started, `agent_start` when the agent did (for
+/// [`start_jitter`]). Every worker stops when `cancel` fires.
 pub fn spawn_container_probes<R: Runtime>(
     container: &Container,
     target: &ProbeTarget,
     runtime: &Arc<R>,
     started_at: Instant,
+    agent_start: Instant,
     updates: &mpsc::Sender<ProbeUpdate>,
     cancel: &CancellationToken,
     events: &crate::events::ObjectEvents,
@@ -361,6 +401,7 @@ pub fn spawn_container_probes<R: Runtime>(
             updates.clone(),
         )
         .records_events(events.clone())
+        .jittered_after(agent_start)
     };
     let mut handles = Vec::new();
     if let Some(p) = &container.startup_probe {
@@ -653,5 +694,73 @@ mod tests {
             .expect("ends")
             .expect("join");
         assert_eq!(end, F);
+    }
+
+    #[test]
+    fn start_jitter_only_within_a_period_of_the_agent_start() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(
+            start_jitter(ten, Duration::ZERO, 0.5),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            start_jitter(ten, Duration::from_secs(9), 0.0),
+            Duration::ZERO
+        );
+        assert_eq!(
+            start_jitter(ten, Duration::from_secs(9), 0.25),
+            Duration::from_millis(2500)
+        );
+        // Not when the agent has run a whole period (upstream compares with `>`).
+        assert_eq!(start_jitter(ten, ten, 0.5), Duration::ZERO);
+        assert_eq!(
+            start_jitter(ten, Duration::from_secs(60), 0.99),
+            Duration::ZERO
+        );
+        // Never a whole period or more.
+        assert!(start_jitter(ten, Duration::ZERO, 0.999_999) < ten);
+    }
+
+    /// Workers started right after the agent start probe first at a random point of
+    /// their first period, not all at once; long after the agent start, at once.
+    #[tokio::test(start_paused = true)]
+    async fn first_probe_jittered_after_an_agent_start() {
+        let period = Duration::from_secs(10);
+        let agent_start = Instant::now();
+        let cancel = CancellationToken::new();
+        let mut started = Vec::new();
+        for _ in 0..8 {
+            let (runner, calls) = Scripted::new(&[S]);
+            let (w, rx) = worker(ProbeKind::Readiness, settings(0, 10, 1, 3), runner);
+            let task = w.jittered_after(agent_start).spawn(cancel.clone());
+            started.push((task, calls, rx));
+        }
+        tokio::time::sleep(period).await;
+        cancel.cancel();
+        let mut firsts = Vec::new();
+        for (task, calls, _rx) in started {
+            task.await.expect("join");
+            let first = calls.lock().expect("lock").first().copied();
+            let first = first.expect("probed within the first period");
+            assert!(first < period, "{first:?}");
+            firsts.push(first);
+        }
+        // Not all at the same instant (8 equal draws from [0, 10 s) at nanosecond
+        // resolution don't happen).
+        firsts.sort();
+        firsts.dedup();
+        assert!(firsts.len() > 1, "{firsts:?}");
+
+        // The agent has now run a whole period: no wait.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The agent has now run 80 s: no wait.
+        let (runner, calls) = Scripted::new(&[S]);
+        let (w, _rx) = worker(ProbeKind::Readiness, settings(0, 10, 1, 3), runner);
+        let cancel = CancellationToken::new();
+        let task = w.jittered_after(agent_start).spawn(cancel.clone());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cancel.cancel();
+        task.await.expect("join");
+        assert_eq!(calls.lock().expect("lock").first(), Some(&Duration::ZERO));
     }
 }

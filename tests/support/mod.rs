@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::List;
 use k8s_openapi::api::core::v1::Pod;
 use nodelet_cri::cni::CniConfig;
+use nodelet_cri::image::{ImageRuntimeConfig, Layer, OciImage};
 use nodelet_cri::runtime::{ContainerdRuntime, Runtime, RuntimeConfig};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -51,6 +52,79 @@ pub fn busybox_archive() -> PathBuf {
 
 /// The busybox image name in the archive.
 pub const BUSYBOX: &str = "nodelet.local/busybox:1.35";
+
+/// The name the agnhost test image is imported under.
+pub const AGNHOST: &str = "nodelet.local/agnhost:test";
+
+/// The agnhost test image, like upstream's `agnhost`: `/agnhost`, the
+/// `nodelet-agnhost` binary of `nodelet-testkit` (built beside this test binary:
+/// `cargo build -p nodelet-testkit --bin nodelet-agnhost`, which `scripts/test.sh`
+/// runs), stripped, plus the shared libraries `ldd` says it loads, at the same paths,
+/// so the dynamic loader finds them. Entrypoint `/agnhost`.
+pub fn agnhost_image() -> OciImage {
+    // target/<profile>/deps/<test> -> target/<profile>/nodelet-agnhost
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("nodelet-agnhost");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p nodelet-testkit --bin nodelet-agnhost` (scripts/test.sh does)",
+        bin.display()
+    );
+    let stripped = tempfile::NamedTempFile::new().unwrap();
+    let status = Command::new("strip")
+        .arg("-o")
+        .arg(stripped.path())
+        .arg(&bin)
+        .status()
+        .expect("run strip");
+    assert!(status.success(), "strip {} failed", bin.display());
+    let mut layer = Layer::new()
+        .file("/agnhost", std::fs::read(stripped.path()).unwrap(), 0o755)
+        .dir("/tmp", 0o1777);
+    let ldd = Command::new("ldd").arg(&bin).output().expect("run ldd");
+    assert!(ldd.status.success(), "ldd {} failed", bin.display());
+    for lib in shared_libraries(&String::from_utf8_lossy(&ldd.stdout)) {
+        let data = std::fs::read(&lib).unwrap_or_else(|e| panic!("read {lib}: {e}"));
+        layer = layer.file(&lib, data, 0o755);
+    }
+    OciImage::new().layer(layer).config(ImageRuntimeConfig {
+        entrypoint: vec!["/agnhost".into()],
+        ..ImageRuntimeConfig::default()
+    })
+}
+
+/// A minimal busybox image (Debian's static `/bin/busybox`, which
+/// [`busybox_archive`] installs, with `sh` and `sleep` links, `/tmp`) whose config
+/// carries `config`: for tests of image config fields the busybox archive doesn't set.
+pub fn busybox_image(config: ImageRuntimeConfig) -> OciImage {
+    busybox_archive();
+    let layer = Layer::new()
+        .file(
+            "/bin/busybox",
+            std::fs::read("/bin/busybox").unwrap(),
+            0o755,
+        )
+        .symlink("/bin/sh", "busybox")
+        .symlink("/bin/sleep", "busybox")
+        .dir("/tmp", 0o1777);
+    OciImage::new().layer(layer).config(config)
+}
+
+/// The absolute paths in `ldd` output: `libc.so.6 => /lib/.../libc.so.6 (0x...)` and
+/// `/lib64/ld-linux-x86-64.so.2 (0x...)`; `linux-vdso.so.1 (0x...)` has none.
+fn shared_libraries(ldd: &str) -> Vec<String> {
+    ldd.lines()
+        .filter_map(|l| {
+            let l = l.split_once("=>").map_or(l, |(_, r)| r).trim();
+            let path = l.split_whitespace().next()?;
+            path.starts_with('/').then(|| path.to_owned())
+        })
+        .collect()
+}
 
 /// Waits for `cond` to hold, polling, up to `limit`; panics naming `what` on timeout.
 pub async fn wait_for<F, Fut, T>(what: &str, limit: Duration, mut cond: F) -> T
@@ -364,6 +438,16 @@ impl World {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Imports an image built in memory into the test's namespace as `name`.
+    pub async fn import_image(&self, image: &OciImage, name: &str) {
+        nodelet_cri::containerd::Containerd::connect(&self.socket, &self.namespace)
+            .await
+            .expect("connect to containerd")
+            .import_image(image, name)
+            .await
+            .unwrap_or_else(|e| panic!("import {name}: {e}"));
     }
 
     /// Runs `ctr` in the test's namespace.

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use super::events::{self, RuntimeEvent, to_system_time};
 use super::{
     ContainerConfig, ContainerInfo, ContainerState, PodRef, Runtime, RuntimeError, SandboxConfig,
-    SandboxInfo, keys, oom, pod_files, spec,
+    SandboxInfo, keys, oom, pod_files, spec, user,
 };
 use crate::cni::{Cni, CniConfig, CniRequest};
 use crate::containerd::{Containerd, labels};
@@ -579,12 +579,19 @@ impl Runtime for ContainerdRuntime {
             .oom_score_adj
             .map(|adj| oom::restrict(adj, self.lowest_oom_score_adj));
         let config = &config;
-        let spec = spec::container_spec(sandbox, config, &image.config, &id)?;
         let log_path = sandbox.log_directory.join(&config.log_path);
         if let Some(dir) = log_path.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
-        self.containerd.prepare_snapshot(image, &id).await?;
+        // The snapshot first: user names in the image are resolved from its files.
+        let mounts = self.containerd.prepare_snapshot(image, &id).await?;
+        let spec = match build_spec(sandbox, config, image, &id, &mounts).await {
+            Ok(spec) => spec,
+            Err(e) => {
+                let _ = self.containerd.remove_snapshot(&id).await;
+                return Err(e);
+            }
+        };
         let mut labels = pod_labels(&sandbox.pod, keys::KIND_CONTAINER);
         labels.extend([
             (keys::CONTAINER_NAME.to_owned(), config.name.clone()),
@@ -809,6 +816,35 @@ impl ContainerdRuntime {
             created_at: SystemTime::now(),
         })
     }
+}
+
+/// The container's OCI spec. An image user with names (`USER nginx`) is first
+/// resolved to numbers from the rootfs that `mounts` make, as containerd's CRI does.
+async fn build_spec(
+    sandbox: &SandboxInfo,
+    config: &ContainerConfig,
+    image: &ImageInfo,
+    id: &str,
+    mounts: &[containerd_client::types::Mount],
+) -> Result<oci_spec::runtime::Spec, RuntimeError> {
+    let security = &config.security;
+    if !user::needs_lookup(
+        &image.config.user,
+        security.run_as_user.is_some(),
+        security.run_as_group.is_some(),
+    ) {
+        return spec::container_spec(sandbox, config, &image.config, id);
+    }
+    let (uid, gid) = user::resolve_in_rootfs(&image.config.user, mounts)
+        .await
+        .map_err(|source| RuntimeError::User {
+            name: config.name.clone(),
+            source,
+        })?;
+    debug!(container = %config.name, user = %image.config.user, uid, gid, "image user resolved");
+    let mut resolved = image.config.clone();
+    resolved.user = format!("{uid}:{gid}");
+    spec::container_spec(sandbox, config, &resolved, id)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod oom;
 mod pod_files;
 pub mod seccomp;
 pub mod spec;
+pub mod user;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -112,6 +113,15 @@ pub enum RuntimeError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The image's user names could not be resolved in the container's rootfs.
+    #[error("container {name}: {source}")]
+    User {
+        /// The container name.
+        name: String,
+        /// Why.
+        #[source]
+        source: user::UserError,
     },
     /// The OCI runtime spec could not be built from the configuration.
     #[error("container {name}: {reason}")]

@@ -307,34 +307,34 @@ fn sandbox_hostname(sandbox: &SandboxInfo) -> String {
         .unwrap_or_default()
 }
 
+/// The process user: the image's `User`, numeric by now (names were resolved from
+/// the rootfs, `user::resolve_in_rootfs`), with `runAsUser`/`runAsGroup` replacing
+/// its parts.
 fn user(config: &ContainerConfig, image: &ImageRuntimeConfig) -> Result<User, String> {
-    let (mut uid, mut gid) = (0u32, 0u32);
-    if !image.user.is_empty() {
-        let (u, g) = image
-            .user
-            .split_once(':')
-            .map_or((image.user.as_str(), None), |(u, g)| (u, Some(g)));
-        uid = u.parse().map_err(|_| {
+    let (u, g) = image
+        .user
+        .split_once(':')
+        .map_or((image.user.as_str(), None), |(u, g)| (u, Some(g)));
+    let uid = match config.security.run_as_user {
+        Some(uid) => uid,
+        None if u.is_empty() => 0,
+        None => u.parse().map_err(|_| {
             format!(
                 "image user {:?} is not numeric; set securityContext.runAsUser",
                 image.user
             )
-        })?;
-        if let Some(g) = g {
-            gid = g.parse().map_err(|_| {
-                format!(
-                    "image group in user {:?} is not numeric; set securityContext.runAsGroup",
-                    image.user
-                )
-            })?;
-        }
-    }
-    if let Some(u) = config.security.run_as_user {
-        uid = u;
-    }
-    if let Some(g) = config.security.run_as_group {
-        gid = g;
-    }
+        })?,
+    };
+    let gid = match (config.security.run_as_group, g) {
+        (Some(gid), _) => gid,
+        (None, None) => 0,
+        (None, Some(g)) => g.parse().map_err(|_| {
+            format!(
+                "image group in user {:?} is not numeric; set securityContext.runAsGroup",
+                image.user
+            )
+        })?,
+    };
     let mut user = User::default();
     user.set_uid(uid);
     user.set_gid(gid);
@@ -741,7 +741,13 @@ mod tests {
         let u = spec.process().as_ref().expect("p").user().clone();
         assert_eq!((u.uid(), u.gid()), (7, 2000));
         assert_eq!(u.additional_gids().as_deref(), Some(&[5][..]));
-        img.user = "nginx".into();
+        // Names are resolved before the spec is built; one left over is an error
+        // unless the pod overrides it.
+        img.user = "nginx:staff".into();
+        c.security.run_as_group = Some(9);
+        let spec = container_spec(&sandbox(), &c, &img, "cid").expect("spec");
+        let u = spec.process().as_ref().expect("p").user().clone();
+        assert_eq!((u.uid(), u.gid()), (7, 9));
         c.security.run_as_user = None;
         assert!(container_spec(&sandbox(), &c, &img, "cid").is_err());
     }
