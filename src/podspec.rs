@@ -930,13 +930,6 @@ mod tests {
         }
     }
 
-    fn spec(cs: Vec<Container>) -> PodSpec {
-        PodSpec {
-            containers: cs,
-            ..Default::default()
-        }
-    }
-
     fn dns_spec(policy: &str, host_network: bool) -> PodSpec {
         PodSpec {
             dns_policy: Some(policy.into()),

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::eviction::manager::POD_CLEANUP_TIMEOUT;
 use crate::eviction::ranking::{ContainerUsage, PodStats};
 use crate::eviction::signals::{AllocatableMemoryStats, FsStats, MemoryStats, PidStats};
 use crate::eviction::thresholds::{Amount, PressureCondition, Signal};
@@ -32,9 +33,6 @@ use crate::eviction::{
 };
 use crate::pod_cgroups::PodCgroups;
 use crate::worker::PodMap;
-
-/// Upstream's `podCleanupTimeout`: how long the loop waits for an evicted pod to stop.
-const POD_CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The node's pressure as the eviction manager last saw it.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -306,13 +306,9 @@ impl CpuRateTracker {
     }
 
     /// How many keys are tracked.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.last.len()
-    }
-
-    /// Whether no key is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.last.is_empty()
     }
 }
 

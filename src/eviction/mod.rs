@@ -27,7 +27,7 @@ pub mod ranking;
 pub mod signals;
 pub mod thresholds;
 
-pub use config::{EvictionArgs, EvictionConfig, EvictionConfigError};
-pub use manager::{Eviction, EvictionManager, NodeReclaim, SyncOutcome};
+pub use config::{EvictionArgs, EvictionConfig};
+pub use manager::{Eviction, EvictionManager};
 pub use ranking::{PodUsage, Qos};
 pub use signals::{NodeStats, Observations};

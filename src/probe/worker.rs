@@ -379,6 +379,7 @@ impl<P: ProbeRunner> ProbeWorker<P> {
 /// and readiness gated on it (ungated when there is no startup probe). `started_at`
 /// is when the container's process started, `agent_start` when the agent did (for
 /// [`start_jitter`]). Every worker stops when `cancel` fires.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_container_probes<R: Runtime>(
     container: &Container,
     target: &ProbeTarget,
