@@ -372,6 +372,10 @@ fn setup_cgroups(
     let layout = nodelet_cgroups::Layout::detect().context("cgroups")?;
     let mut capacity =
         nodelet_cgroups::NodeCapacity::read(Path::new("/")).context("node capacity")?;
+    // Huge pages only count where the hugetlb controller is there to limit them.
+    if !layout.has_controller("hugetlb") {
+        capacity.hugepages.clear();
+    }
     // Ephemeral storage is the root dir's filesystem, as upstream's nodefs.
     capacity.ephemeral_storage = nodelet_cgroups::statvfs(root_dir)
         .map(|f| i64::try_from(f.capacity).unwrap_or(i64::MAX))

@@ -210,7 +210,9 @@ async fn pod_pids_limit_stops_a_fork_loop() {
     }
     let mut w = World::new().await;
     w.extra_args = vec!["--pod-max-pids=20".into()];
-    // A bounded "fork bomb": 100 background sleeps, counting the ones that started.
+    // A bounded "fork bomb": a subshell starts 100 background sleeps (busybox's shell
+    // gives up at the first fork that fails); the container's shell, which only uses
+    // builtins and exec afterwards, reports when it is done.
     w.write_manifest(
         "forks.yaml",
         &format!(
@@ -222,7 +224,7 @@ spec:
   containers:
   - name: forker
     image: {BUSYBOX}
-    command: [sh, -c, 'n=0; for i in $(seq 1 100); do sleep 600 & n=$((n+1)); done; echo tried $n; sleep 600']
+    command: [sh, -c, '( for i in $(seq 1 100); do sleep 600 & done ); echo tried; exec sleep 600']
 "#
         ),
     );
@@ -235,7 +237,11 @@ spec:
     // Wait until the loop is done (it prints "tried") and look at the count.
     let log = w
         .logs
-        .join(format!("default_forks_{}", uid(&pod)))
+        .join(format!(
+            "default_{}_{}",
+            pod.metadata.name.as_deref().unwrap_or(""),
+            uid(&pod)
+        ))
         .join("forker/0.log");
     wait_for("the fork loop to finish", Duration::from_secs(60), || {
         let done = std::fs::read_to_string(&log).is_ok_and(|l| l.contains("tried"));

@@ -137,6 +137,19 @@ impl Layout {
         })
     }
 
+    /// Whether `controller` is usable: mounted (v1) or listed in the root's
+    /// `cgroup.controllers` (v2). Hosts often have huge pages without the `hugetlb`
+    /// controller, and runc refuses limits for a controller that isn't there.
+    pub fn has_controller(&self, controller: &str) -> bool {
+        match self.version {
+            CgroupVersion::V1 => self.v1.contains_key(controller),
+            CgroupVersion::V2 => self.unified.as_ref().is_some_and(|root| {
+                std::fs::read_to_string(root.join("cgroup.controllers"))
+                    .is_ok_and(|c| c.split_whitespace().any(|c| c == controller))
+            }),
+        }
+    }
+
     /// The mounted v1 controllers (empty in v2).
     pub fn v1_controllers(&self) -> impl Iterator<Item = &str> {
         self.v1.keys().map(String::as_str)
@@ -205,6 +218,7 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/memory/kubepods/pod1"))
         );
         assert_eq!(l.dir("hugetlb", "/kubepods"), None);
+        assert!(l.has_controller("memory") && !l.has_controller("hugetlb"));
         assert_eq!(l.hierarchy_roots().len(), 5);
     }
 

@@ -72,12 +72,26 @@ pub struct EvictionArgs {
     pub kernel_memcg_notification: bool,
     /// Keep the default hard thresholds for signals `--eviction-hard` doesn't name
     /// (upstream's `mergeDefaultEvictionSettings` configuration field).
-    #[arg(long)]
+    #[arg(
+        long,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = false,
+        default_missing_value = "true"
+    )]
     pub merge_default_eviction_settings: bool,
     /// Evict static pods too (nodelet only; upstream never evicts them), unless their
     /// priority class is system-node-critical or system-cluster-critical or their
     /// priority is at least 2000000000.
-    #[arg(long)]
+    #[arg(
+        long,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = false,
+        default_missing_value = "true"
+    )]
     pub evict_static_pods: bool,
 }
 
