@@ -269,11 +269,12 @@ pub async fn start(
     }
     // `nodelet run` shares the namespace with whatever else runs there: it leaves
     // images alone, as it leaves other pods alone.
+    let mut image_reclaim = None;
     if options.orphan_cleanup {
-        tasks.spawn(
-            crate::image_gc::ImageGcManager::new(Arc::clone(&runtime), image_gc)
-                .run(cancel.clone()),
-        );
+        let (gc, requests) =
+            crate::image_gc::ImageGcManager::new(Arc::clone(&runtime), image_gc).with_reclaim();
+        image_reclaim = Some(requests);
+        tasks.spawn(gc.run(cancel.clone()));
     }
     let mut manager = PodManager::new(env, &sources);
     if !options.orphan_cleanup {
@@ -285,7 +286,7 @@ pub async fn start(
     if options.orphan_cleanup {
         let dedicated_image_fs =
             same_device(&args.root_dir, &args.image_gc.containerd_root) == Some(false);
-        let monitor = crate::pressure::PressureMonitor::new(
+        let mut monitor = crate::pressure::PressureMonitor::new(
             crate::eviction::EvictionManager::new(eviction, dedicated_image_fs),
             Arc::clone(&node_resources.cgroups),
             crate::pressure::Filesystems {
@@ -296,6 +297,9 @@ pub async fn start(
             pressure_tx,
             command_tx,
         );
+        if let Some(requests) = image_reclaim.take() {
+            monitor = monitor.with_image_reclaim(requests);
+        }
         tasks.spawn(monitor.run(cancel.clone()));
     }
     let (capacity, allocatable) = crate::node_view::resource_lists(

@@ -20,6 +20,7 @@ use nodelet_cri::image::{
 };
 use nodelet_cri::runtime::{ContainerdRuntime, Runtime as _, RuntimeError};
 use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::parse_duration;
@@ -295,7 +296,14 @@ pub struct ImageGcManager<R> {
     config: ImageGcConfig,
     records: HashMap<String, ImageRecord>,
     pause: String,
+    /// Requests from the eviction manager to free what it can now; each gets the
+    /// bytes freed.
+    reclaim: Option<mpsc::Receiver<oneshot::Sender<u64>>>,
 }
+
+/// Asks the image GC manager to delete every unused image now (upstream's
+/// `DeleteUnusedImages`, the eviction manager's node-level reclaim under disk pressure).
+pub type ReclaimRequests = mpsc::Sender<oneshot::Sender<u64>>;
 
 impl<R: ImageGcRuntime> ImageGcManager<R> {
     /// A manager with no images detected yet.
@@ -306,7 +314,31 @@ impl<R: ImageGcRuntime> ImageGcManager<R> {
             config,
             records: HashMap::new(),
             pause,
+            reclaim: None,
         }
+    }
+
+    /// Also serve node-level reclaim requests (see [`ReclaimRequests`]).
+    #[must_use]
+    pub fn with_reclaim(mut self) -> (Self, ReclaimRequests) {
+        let (tx, rx) = mpsc::channel(4);
+        self.reclaim = Some(rx);
+        (self, tx)
+    }
+
+    /// Upstream's `DeleteUnusedImages`: removes every image no container uses that is
+    /// past the minimum age, whatever the disk usage.
+    ///
+    /// # Errors
+    /// As [`ImageGcManager::collect`].
+    pub async fn delete_unused(&mut self, now: SystemTime) -> Result<GcReport, ImageGcError> {
+        let policy = self.config.policy;
+        // Thresholds that make the planner free all it can: start at 1 %, aim for 0 %.
+        self.config.policy.high_threshold_percent = 1;
+        self.config.policy.low_threshold_percent = 0;
+        let report = self.collect_inner(now, now, false).await;
+        self.config.policy = policy;
+        report
     }
 
     /// Runs a pass now and then every period until `cancel` fires. Errors of a pass
@@ -323,9 +355,26 @@ impl<R: ImageGcRuntime> ImageGcManager<R> {
             "image garbage collection started"
         );
         loop {
+            let reclaim = async {
+                match self.reclaim.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => {}
+                Some(reply) = reclaim => {
+                    let freed = match self.delete_unused(SystemTime::now()).await {
+                        Ok(report) => report.freed,
+                        Err(error) => {
+                            tracing::error!(%error, "node-level image reclaim failed");
+                            0
+                        }
+                    };
+                    let _ = reply.send(freed);
+                    continue;
+                }
             }
             let pass = self.collect(SystemTime::now(), began_gc);
             let report = tokio::select! {
@@ -396,6 +445,15 @@ impl<R: ImageGcRuntime> ImageGcManager<R> {
         now: SystemTime,
         began_gc: SystemTime,
     ) -> Result<GcReport, ImageGcError> {
+        self.collect_inner(now, began_gc, true).await
+    }
+
+    async fn collect_inner(
+        &mut self,
+        now: SystemTime,
+        began_gc: SystemTime,
+        warn_short: bool,
+    ) -> Result<GcReport, ImageGcError> {
         self.detect(now).await?;
         let fs = self
             .runtime
@@ -457,7 +515,7 @@ impl<R: ImageGcRuntime> ImageGcManager<R> {
                 "image garbage collection freed bytes"
             );
         }
-        if plan.falls_short() {
+        if warn_short && plan.falls_short() {
             tracing::warn!(
                 bytes_to_free = plan.bytes_to_free,
                 bytes_eligible = plan.bytes_planned,

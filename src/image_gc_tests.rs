@@ -227,6 +227,36 @@ async fn images_younger_than_min_age_kept() {
     assert_eq!(report.removed.len(), 2, "old enough now");
 }
 
+/// Node-level reclaim under disk pressure (upstream's `DeleteUnusedImages`): below the
+/// threshold, every unused image past the minimum age goes; in-use and pause stay.
+#[tokio::test]
+async fn delete_unused_frees_every_unused_image_whatever_the_usage() {
+    let (fake, mut gc) = crowded(0).await;
+    let report = gc.delete_unused(t(3600)).await.expect("reclaim");
+    let mut removed = fake.removed();
+    removed.sort();
+    assert_eq!(removed, ["a", "b", "d"]);
+    assert_eq!(report.freed, 300);
+    assert_eq!(fake.image_ids(), ["c", PAUSE_ID]);
+    // The thresholds are the configured ones again afterwards.
+    assert_eq!(gc.config.policy.high_threshold_percent, 85);
+}
+
+#[tokio::test]
+async fn reclaim_requests_are_served_by_the_running_manager() {
+    let (fake, gc) = crowded(0).await;
+    let (gc, requests) = gc.with_reclaim();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(gc.run(cancel.clone()));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    requests.send(tx).await.expect("send");
+    // The images were last used at 0–2 minutes of the fake's clock, long before now.
+    assert_eq!(rx.await.expect("reply"), 300);
+    assert_eq!(fake.image_ids(), ["c", PAUSE_ID]);
+    cancel.cancel();
+    task.await.expect("join");
+}
+
 #[tokio::test]
 async fn below_threshold_nothing_removed() {
     let (fake, mut gc) = crowded(0).await;

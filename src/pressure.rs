@@ -76,6 +76,7 @@ pub struct PressureMonitor {
     pressure: watch::Sender<Pressure>,
     commands: mpsc::Sender<PodCommand>,
     notifiers: Vec<(Signal, MemoryNotifier)>,
+    image_reclaim: Option<crate::image_gc::ReclaimRequests>,
 }
 
 impl std::fmt::Debug for PressureMonitor {
@@ -104,6 +105,41 @@ impl PressureMonitor {
             pressure,
             commands,
             notifiers: Vec::new(),
+            image_reclaim: None,
+        }
+    }
+
+    /// Node-level reclaim of images goes to the image GC manager.
+    #[must_use]
+    pub fn with_image_reclaim(mut self, requests: crate::image_gc::ReclaimRequests) -> Self {
+        self.image_reclaim = Some(requests);
+        self
+    }
+
+    /// Upstream's `reclaimNodeLevelResources`: dead containers, then unused images.
+    /// Dead containers here are only each container's last instance (kept for its
+    /// status and logs, as upstream's `MaxPerPodContainer` 1), so images are what
+    /// can be freed.
+    async fn reclaim_node_level(&self, what: &[crate::eviction::manager::NodeReclaim]) {
+        for r in what {
+            match r {
+                crate::eviction::manager::NodeReclaim::ImageGc => {
+                    let Some(requests) = &self.image_reclaim else {
+                        continue;
+                    };
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if requests.send(tx).await.is_err() {
+                        continue;
+                    }
+                    match tokio::time::timeout(Duration::from_secs(120), rx).await {
+                        Ok(Ok(freed)) => info!(freed, "node-level reclaim: unused images removed"),
+                        _ => warn!("node-level reclaim: image GC did not answer"),
+                    }
+                }
+                crate::eviction::manager::NodeReclaim::ContainerGc => {
+                    debug!("node-level reclaim: no dead containers beyond each container's last");
+                }
+            }
         }
     }
 
@@ -121,9 +157,8 @@ impl PressureMonitor {
             self.publish(&outcome.node_conditions);
             let mut eviction = outcome.evict;
             if !outcome.reclaim.is_empty() {
-                // Node-level reclaim: image GC runs on its own schedule, and dead
-                // containers go with their pods, so look again before evicting.
-                debug!(reclaim = ?outcome.reclaim, "node-level reclaim before evicting");
+                // Node-level reclaim first, then look again before evicting.
+                self.reclaim_node_level(&outcome.reclaim).await;
                 let stats = self.node_stats();
                 let pods = self.pod_usages();
                 eviction = self
