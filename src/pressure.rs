@@ -377,7 +377,7 @@ impl PressureMonitor {
             node_fs: fs(&self.fs.root_dir),
             image_fs: fs(&self.fs.image_dir),
             container_fs: None,
-            pids: pid_stats(),
+            pids: pid_counts().map(|(max, running)| PidStats { max, running }),
         }
     }
 
@@ -478,9 +478,9 @@ fn container_id(pod: &Pod, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// `pid_max` and the number of tasks (`/proc/loadavg`'s total), as upstream's rlimit
-/// stats feed `pid.available`.
-fn pid_stats() -> Option<PidStats> {
+/// `pid_max` and the number of tasks (`/proc/loadavg`'s total): upstream's rlimit stats,
+/// which feed `pid.available` and the summary's `rlimit`.
+pub fn pid_counts() -> Option<(u64, u64)> {
     let max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()?
         .trim()
@@ -494,5 +494,5 @@ fn pid_stats() -> Option<PidStats> {
         .1
         .parse()
         .ok()?;
-    Some(PidStats { max, running })
+    Some((max, running))
 }

@@ -47,8 +47,7 @@ fn running(pod: &Pod) -> bool {
 /// clears them after the (shortened) transition period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_pressure_evicts_the_best_effort_pod_first() {
-    if !std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
-        eprintln!("skipped: this host has no cgroup v1 memory hierarchy");
+    if !support::cgroup_v1_host() {
         return;
     }
     let mut w = World::new().await;
@@ -96,6 +95,24 @@ spec:
         .map(|q| q.0.clone());
     // 512Mi left by the reservation, minus the 400Mi hard threshold.
     assert_eq!(allocatable.as_deref(), Some("112Mi"));
+    // The images list: busybox and the pause image, each with its repo digest first.
+    let images: Vec<Vec<String>> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.images.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.names.unwrap_or_default())
+        .collect();
+    for name in [BUSYBOX, "nodelet.local/pause:3.10"] {
+        assert!(
+            images.iter().any(|names| {
+                names.iter().any(|n| n == name)
+                    && names.first().is_some_and(|n| n.contains("@sha256:"))
+            }),
+            "{name} not in the node's images: {images:?}"
+        );
+    }
     let summary: serde_json::Value = get_json(&w, "/stats/summary").await.expect("summary");
     let steady_uid = steady.metadata.uid.clone().expect("uid");
     let pod_stats = summary["pods"]

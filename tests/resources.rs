@@ -43,21 +43,13 @@ fn running(pod: &Pod, name: &str) -> bool {
         .is_some_and(|s| s.running.is_some())
 }
 
-fn is_v1_host() -> bool {
-    let v1 = std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists();
-    if !v1 {
-        eprintln!("skipped: this host has no cgroup v1 memory hierarchy");
-    }
-    v1
-}
-
 /// A Guaranteed pod with `cpu: 500m, memory: 64Mi` gets a 50 ms quota per 100 ms
 /// period and a 64 MiB limit in its pod cgroup and its container's cgroup, under
 /// `kubepods` (no QoS level for Guaranteed); shares follow the request; the QoS
 /// cgroups exist; the pause container gets the minimum shares.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guaranteed_pod_gets_its_limits_from_the_kernel() {
-    if !is_v1_host() {
+    if !support::cgroup_v1_host() {
         return;
     }
     let mut w = World::new().await;
@@ -160,7 +152,7 @@ spec:
 /// 137, and its restart count shows under `Always`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_past_its_memory_limit_is_oom_killed() {
-    if !is_v1_host() {
+    if !support::cgroup_v1_host() {
         return;
     }
     let mut w = World::new().await;
@@ -205,7 +197,7 @@ spec:
 /// node is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_pids_limit_stops_a_fork_loop() {
-    if !is_v1_host() {
+    if !support::cgroup_v1_host() {
         return;
     }
     let mut w = World::new().await;

@@ -1198,22 +1198,20 @@ async fn docker_save_archive_import() {
     );
 }
 
-/// Figures: our pull against `ctr images pull --plain-http` from the same registry, each
-/// on an image of the same size no one has pulled before. Prints, never fails on time.
-#[tokio::test(flavor = "multi_thread")]
-async fn pull_time_against_ctr() {
-    let reg = Registry::start(RegistryOpts::default()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let script = script_busybox(dir.path());
-    let script_digest = reg.push("bench/script-busybox", "1.35", &script).await;
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
-    for round in 0..3 {
+/// Three rounds of pulling a fresh image (from `make(round, tool)`) with nodelet and
+/// with `ctr images pull --plain-http` from the same registry, each into a fresh
+/// namespace: the durations of ours and of ctr's.
+async fn race_against_ctr(
+    reg: &Registry,
+    repo_prefix: &str,
+    make: impl Fn(u64, &str) -> PushImage,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..3u64 {
         for tool in ["nodelet", "ctr"] {
             let t = TestNs::new().await;
-            let image = unique_busybox(&format!("{round}-{tool}-{}", unique()));
-            let repo = format!("bench/{tool}{round}");
-            reg.push(&repo, "v1", &image).await;
+            let repo = format!("{repo_prefix}{tool}{round}");
+            reg.push(&repo, "v1", &make(round, tool)).await;
             let name = format!("{}/{repo}:v1", reg.host);
             let start = Instant::now();
             if tool == "nodelet" {
@@ -1235,6 +1233,21 @@ async fn pull_time_against_ctr() {
             }
         }
     }
+    (ours, theirs)
+}
+
+/// Figures: our pull against `ctr images pull --plain-http` from the same registry, each
+/// on an image of the same size no one has pulled before. Prints, never fails on time.
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_time_against_ctr() {
+    let reg = Registry::start(RegistryOpts::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = script_busybox(dir.path());
+    let script_digest = reg.push("bench/script-busybox", "1.35", &script).await;
+    let (mut ours, mut theirs) = race_against_ctr(&reg, "bench/", |round, tool| {
+        unique_busybox(&format!("{round}-{tool}-{}", unique()))
+    })
+    .await;
     // The script's image itself, once each (the second may find the blobs shared).
     let t = TestNs::new().await;
     let name = format!("{}/bench/script-busybox:1.35", reg.host);
@@ -1294,33 +1307,11 @@ fn big_multilayer(seed: u64) -> PushImage {
 #[ignore = "a figure, not a check: run it in release with --ignored"]
 async fn pull_time_100mib_multilayer_against_ctr() {
     let reg = Registry::start(RegistryOpts::default()).await;
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
-    for round in 0..3u64 {
-        for (k, tool) in ["nodelet", "ctr"].into_iter().enumerate() {
-            let t = TestNs::new().await;
-            let image = big_multilayer(round * 2 + k as u64 + u64::from(std::process::id()));
-            let repo = format!("bench/big-{tool}{round}");
-            reg.push(&repo, "v1", &image).await;
-            let name = format!("{}/{repo}:v1", reg.host);
-            let start = Instant::now();
-            if tool == "nodelet" {
-                t.client
-                    .pull_image(&name, &anon(), &reg.config())
-                    .await
-                    .expect("pull");
-                ours.push(start.elapsed());
-            } else {
-                let out = t.ctr(&["images", "pull", "--plain-http", &name]);
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                theirs.push(start.elapsed());
-            }
-        }
-    }
+    let seed = u64::from(std::process::id());
+    let (mut ours, mut theirs) = race_against_ctr(&reg, "bench/big-", |round, tool| {
+        big_multilayer(seed + round * 2 + u64::from(tool == "ctr"))
+    })
+    .await;
     ours.sort();
     theirs.sort();
     eprintln!(

@@ -552,3 +552,13 @@ pub fn log_lines(path: &Path) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Whether the host has cgroup v1's memory hierarchy (the resource tests read the
+/// kernel's v1 files); says so when it doesn't, for the test to skip.
+pub fn cgroup_v1_host() -> bool {
+    let v1 = Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists();
+    if !v1 {
+        eprintln!("skipped: this host has no cgroup v1 memory hierarchy");
+    }
+    v1
+}
