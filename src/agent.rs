@@ -276,10 +276,7 @@ pub async fn start(
         image_reclaim = Some(requests);
         tasks.spawn(gc.run(cancel.clone()));
     }
-    let mut manager = PodManager::new(env, &sources);
-    if !options.orphan_cleanup {
-        manager = manager.without_orphan_cleanup();
-    }
+    let evict_static_pods = eviction.evict_static_pods;
     let (command_tx, command_rx) = mpsc::channel(16);
     let (pressure_tx, pressure_rx) = watch::channel(crate::pressure::Pressure::default());
     // Like image GC, eviction is the node agent's: `nodelet run` leaves it alone.
@@ -328,7 +325,7 @@ pub async fn start(
             pod_cidr: Some(args.pod_cidr.clone()).filter(|c| !c.is_empty()),
             ..Default::default()
         },
-        pressure: pressure_rx,
+        pressure: pressure_rx.clone(),
         pods: status_rx.clone(),
         cgroups: Arc::clone(&node_resources.cgroups),
         fs: crate::pressure::Filesystems {
@@ -338,6 +335,12 @@ pub async fn start(
         pod_logs_dir: args.pod_logs_dir.clone(),
         cpu: std::sync::Mutex::new(crate::summary::CpuRateTracker::new()),
     })));
+    let mut manager = PodManager::new(env, &sources);
+    if options.orphan_cleanup {
+        manager = manager.with_admission(pressure_rx, evict_static_pods);
+    } else {
+        manager = manager.without_orphan_cleanup();
+    }
     let manager = tokio::spawn(manager.run(source_rx, event_rx, command_rx, cancel.clone()));
     Ok(Some(RunningAgent {
         statuses: status_rx,

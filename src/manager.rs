@@ -14,7 +14,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use nodelet_cri::runtime::{Runtime, RuntimeEvent};
 use nodelet_manifests::SourceEvent;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -45,6 +45,8 @@ pub struct PodManager<R> {
     /// Whether runtime objects no source wants are removed (not when the namespace is
     /// shared with another agent, as under `nodelet run`).
     orphan_cleanup: bool,
+    /// Node pressure for admitting new pods, and `--evict-static-pods`.
+    admission: Option<(watch::Receiver<crate::pressure::Pressure>, bool)>,
 }
 
 impl<R: Runtime> PodManager<R> {
@@ -60,7 +62,20 @@ impl<R: Runtime> PodManager<R> {
             unready_sources: sources.iter().copied().collect(),
             owners: HashMap::new(),
             orphan_cleanup: true,
+            admission: None,
         }
+    }
+
+    /// Refuses new pods the node can't take under pressure, as upstream's eviction
+    /// manager admits pods.
+    #[must_use]
+    pub fn with_admission(
+        mut self,
+        pressure: watch::Receiver<crate::pressure::Pressure>,
+        evict_static_pods: bool,
+    ) -> Self {
+        self.admission = Some((pressure, evict_static_pods));
+        self
     }
 
     /// Leaves runtime objects of pods no source wants alone.
@@ -172,7 +187,17 @@ impl<R: Runtime> PodManager<R> {
             "pod added"
         );
         let (tx, rx) = mpsc::channel(WORKER_QUEUE);
-        let worker = PodWorker::new(Arc::clone(&self.env), pod);
+        let rejection = self
+            .admission
+            .as_ref()
+            .and_then(|(pressure, evict_static)| {
+                crate::pressure::admit(&pressure.borrow(), &pod, *evict_static).err()
+            });
+        let mut worker = PodWorker::new(Arc::clone(&self.env), pod);
+        if let Some(r) = rejection {
+            info!(uid = %uid, reason = r.reason, message = %r.message, "pod rejected");
+            worker = worker.rejected(r.reason, r.message);
+        }
         let id = uid.clone();
         self.join.spawn(async move {
             worker.run(rx).await;

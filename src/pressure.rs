@@ -395,12 +395,6 @@ impl PressureMonitor {
 
     fn pod_usage(&self, pod: &Pod) -> PodUsage {
         let spec = pod.spec.clone().unwrap_or_default();
-        let requests = nodelet_cgroups::values::pod_requests(&spec);
-        let bytes = |name: &str| {
-            requests.get(name).map_or(0, |q| {
-                i64::try_from(q.nanos() / 1_000_000_000).unwrap_or(i64::MAX)
-            })
-        };
         let stats = self.cgroups.pod_cgroup(pod).and_then(|cg| {
             let s = stats::read(&self.layout, &cg).ok()?;
             let containers = spec
@@ -436,30 +430,97 @@ impl PressureMonitor {
             })
         });
         PodUsage {
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
-            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-            name: pod.metadata.name.clone().unwrap_or_default(),
-            qos: match qos_class(&spec) {
-                QosClass::Guaranteed => Qos::Guaranteed,
-                QosClass::Burstable => Qos::Burstable,
-                QosClass::BestEffort => Qos::BestEffort,
-            },
-            priority: spec.priority.unwrap_or(0),
-            priority_class_name: spec.priority_class_name.clone(),
-            // Every pod of a standalone node comes from a file, URL or push source:
-            // upstream calls those static.
-            is_static: true,
-            termination_grace_period_seconds: spec.termination_grace_period_seconds,
-            memory_request_bytes: bytes("memory"),
-            ephemeral_storage_request_bytes: bytes("ephemeral-storage"),
-            pod_memory_request: spec
-                .resources
-                .as_ref()
-                .and_then(|r| r.requests.as_ref())
-                .and_then(|r| r.get("memory"))
-                .and_then(|q| Amount::parse(&q.0).ok()),
             stats,
+            ..pod_identity(pod)
         }
+    }
+}
+
+/// A pod as the eviction manager ranks it, without measured usage.
+fn pod_identity(pod: &Pod) -> PodUsage {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let requests = nodelet_cgroups::values::pod_requests(&spec);
+    let bytes = |name: &str| {
+        requests.get(name).map_or(0, |q| {
+            i64::try_from(q.nanos() / 1_000_000_000).unwrap_or(i64::MAX)
+        })
+    };
+    PodUsage {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        qos: match qos_class(&spec) {
+            QosClass::Guaranteed => Qos::Guaranteed,
+            QosClass::Burstable => Qos::Burstable,
+            QosClass::BestEffort => Qos::BestEffort,
+        },
+        priority: spec.priority.unwrap_or(0),
+        priority_class_name: spec.priority_class_name.clone(),
+        // Every pod of a standalone node comes from a file, URL or push source:
+        // upstream calls those static.
+        is_static: true,
+        termination_grace_period_seconds: spec.termination_grace_period_seconds,
+        memory_request_bytes: bytes("memory"),
+        ephemeral_storage_request_bytes: bytes("ephemeral-storage"),
+        pod_memory_request: spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("memory"))
+            .and_then(|q| Amount::parse(&q.0).ok()),
+        stats: None,
+    }
+}
+
+/// Upstream's admission under node pressure (the eviction manager's `Admit`), from the
+/// published conditions: under memory pressure alone only best-effort pods that
+/// don't tolerate the memory-pressure taint are refused; under other pressure every
+/// pod that isn't critical is.
+///
+/// # Errors
+/// The rejection: reason `Evicted`, message `The node had condition: [...]. `.
+pub fn admit(
+    pressure: &Pressure,
+    pod: &Pod,
+    evict_static_pods: bool,
+) -> Result<(), crate::eviction::manager::AdmitRejection> {
+    let conditions = pressure
+        .conditions
+        .iter()
+        .filter(|c| c.status == "True")
+        .filter_map(|c| {
+            PressureCondition::ALL
+                .iter()
+                .find(|k| k.as_str() == c.type_)
+                .copied()
+        })
+        .collect();
+    let identity = pod_identity(pod);
+    let tolerates = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_ref())
+        .is_some_and(|ts| ts.iter().any(tolerates_memory_pressure));
+    crate::eviction::manager::admit(
+        &conditions,
+        identity.qos,
+        identity.is_critical(evict_static_pods),
+        tolerates,
+    )
+}
+
+/// Whether a toleration tolerates `node.kubernetes.io/memory-pressure:NoSchedule`
+/// (upstream's `ToleratesTaint`).
+fn tolerates_memory_pressure(t: &k8s_openapi::api::core::v1::Toleration) -> bool {
+    const KEY: &str = "node.kubernetes.io/memory-pressure";
+    let effect_ok = t
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == "NoSchedule");
+    let key = t.key.as_deref().unwrap_or("");
+    match t.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => effect_ok && (key.is_empty() || key == KEY),
+        _ => effect_ok && key == KEY && t.value.as_deref().unwrap_or("").is_empty(),
     }
 }
 
@@ -495,4 +556,63 @@ pub fn pid_counts() -> Option<(u64, u64)> {
         .parse()
         .ok()?;
     Some((max, running))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).expect("pod")
+    }
+
+    fn under(kinds: &[&str]) -> Pressure {
+        Pressure {
+            conditions: kinds
+                .iter()
+                .map(|k| NodeCondition {
+                    type_: (*k).to_owned(),
+                    status: "True".to_owned(),
+                    ..Default::default()
+                })
+                .collect(),
+            taints: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn admission_follows_upstream_under_pressure() {
+        let best_effort = pod(serde_json::json!({
+            "metadata": {"name": "be", "uid": "1"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}
+        }));
+        let burstable = pod(serde_json::json!({
+            "metadata": {"name": "b", "uid": "2"},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "resources": {"requests": {"memory": "1Mi"}}}]}
+        }));
+        let tolerating = pod(serde_json::json!({
+            "metadata": {"name": "t", "uid": "3"},
+            "spec": {"containers": [{"name": "c", "image": "i"}],
+                "tolerations": [{"key": "node.kubernetes.io/memory-pressure",
+                    "operator": "Exists", "effect": "NoSchedule"}]}
+        }));
+        assert!(admit(&Pressure::default(), &best_effort, true).is_ok());
+        let memory = under(&["MemoryPressure"]);
+        let rejected = admit(&memory, &best_effort, true).expect_err("rejected");
+        assert_eq!(rejected.reason, "Evicted");
+        assert_eq!(
+            rejected.message,
+            "The node had condition: [MemoryPressure]. "
+        );
+        assert!(admit(&memory, &burstable, true).is_ok());
+        assert!(admit(&memory, &tolerating, true).is_ok());
+        // Static pods are critical upstream: admitted unless --evict-static-pods.
+        assert!(admit(&memory, &best_effort, false).is_ok());
+        assert!(admit(&under(&["DiskPressure"]), &burstable, true).is_err());
+        // A condition that is False doesn't count.
+        let mut cleared = under(&["MemoryPressure"]);
+        cleared.conditions[0].status = "False".to_owned();
+        assert!(admit(&cleared, &best_effort, true).is_ok());
+    }
 }

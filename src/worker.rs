@@ -195,6 +195,15 @@ impl<R: Runtime> PodWorker<R> {
         }
     }
 
+    /// A pod refused at admission: it never starts and shows `Failed` with `reason`
+    /// and `message` (upstream's `rejectPod`).
+    #[must_use]
+    pub fn rejected(mut self, reason: &str, message: String) -> Self {
+        self.env.events.for_pod(&self.pod).warning(reason, &message);
+        self.failure = Some((reason.to_owned(), message));
+        self
+    }
+
     /// Runs until the pod is terminated and removed, or `rx` closes (agent shutdown,
     /// which leaves the pod running, as upstream does).
     pub async fn run(mut self, mut rx: mpsc::Receiver<WorkerMsg>) {

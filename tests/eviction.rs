@@ -44,7 +44,8 @@ fn running(pod: &Pod) -> bool {
 /// A BestEffort pod that takes 200 MB is evicted (Failed, Evicted, upstream's
 /// message, a DisruptionTarget condition, an Evicted event) while a Guaranteed pod
 /// under its request keeps running; the node shows MemoryPressure and its taint, and
-/// clears them after the (shortened) transition period.
+/// clears them after the (shortened) transition period; meanwhile a new BestEffort pod
+/// is refused at admission.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_pressure_evicts_the_best_effort_pod_first() {
     if !support::cgroup_v1_host() {
@@ -55,7 +56,7 @@ async fn memory_pressure_evicts_the_best_effort_pod_first() {
     w.extra_args = vec![
         format!("--system-reserved=memory={reserved}"),
         "--eviction-hard=memory.available<400Mi".into(),
-        "--eviction-pressure-transition-period=5s".into(),
+        "--eviction-pressure-transition-period=20s".into(),
         "--evict-static-pods=true".into(),
     ];
     w.write_manifest(
@@ -165,6 +166,41 @@ spec:
     })
     .await;
     let mut saw_pressure = pressure_seen.load(std::sync::atomic::Ordering::Relaxed);
+    // While the node is under memory pressure (it stays so for the transition period
+    // after the eviction), a new BestEffort pod is refused at admission.
+    w.write_manifest(
+        "late.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: late}}
+spec:
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+"#
+        ),
+    );
+    let late = w
+        .wait_pod("late", "rejected", |p| phase(p) == "Failed")
+        .await;
+    let late_status = late.status.clone().expect("status");
+    assert_eq!(late_status.reason.as_deref(), Some("Evicted"));
+    assert_eq!(
+        late_status.message.as_deref(),
+        Some("The node had condition: [MemoryPressure]. ")
+    );
+    assert!(
+        late_status
+            .container_statuses
+            .iter()
+            .flatten()
+            .all(|c| c.state.as_ref().is_none_or(|s| s.running.is_none())),
+        "{late_status:?}"
+    );
+
     let status = hog.status.clone().expect("status");
     assert_eq!(status.reason.as_deref(), Some("Evicted"));
     let message = status.message.clone().unwrap_or_default();

@@ -86,6 +86,32 @@ pub struct AdmitRejection {
     pub message: String,
 }
 
+/// Upstream's `Admit` over a set of node conditions (see [`EvictionManager::admit`]),
+/// for callers that hold the published conditions rather than the manager.
+///
+/// # Errors
+/// The rejection, with upstream's reason and message.
+pub fn admit(
+    conditions: &BTreeSet<PressureCondition>,
+    qos: Qos,
+    is_critical: bool,
+    tolerates_memory_pressure_taint: bool,
+) -> Result<(), AdmitRejection> {
+    if conditions.is_empty() || is_critical {
+        return Ok(());
+    }
+    let only_memory =
+        conditions.len() == 1 && conditions.contains(&PressureCondition::MemoryPressure);
+    if only_memory && (qos != Qos::BestEffort || tolerates_memory_pressure_taint) {
+        return Ok(());
+    }
+    let conditions: Vec<&str> = conditions.iter().map(|c| c.as_str()).collect();
+    Err(AdmitRejection {
+        reason: REASON,
+        message: format!("The node had condition: [{}]. ", conditions.join(" ")),
+    })
+}
+
 /// What an eviction decision waits on while node-level reclaim runs.
 #[derive(Debug, Clone)]
 struct PendingReclaim {
@@ -181,18 +207,12 @@ impl EvictionManager {
         is_critical: bool,
         tolerates_memory_pressure_taint: bool,
     ) -> Result<(), AdmitRejection> {
-        if self.node_conditions.is_empty() || is_critical {
-            return Ok(());
-        }
-        let only_memory = self.node_conditions.len() == 1 && self.is_under_memory_pressure();
-        if only_memory && (qos != Qos::BestEffort || tolerates_memory_pressure_taint) {
-            return Ok(());
-        }
-        let conditions: Vec<&str> = self.node_conditions.iter().map(|c| c.as_str()).collect();
-        Err(AdmitRejection {
-            reason: REASON,
-            message: format!("The node had condition: [{}]. ", conditions.join(" ")),
-        })
+        admit(
+            &self.node_conditions,
+            qos,
+            is_critical,
+            tolerates_memory_pressure_taint,
+        )
     }
 
     /// One synchronisation (upstream `synchronize`), at `now`, with this moment's
