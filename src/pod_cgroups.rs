@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use nodelet_cgroups::values::{self, container_resources, qos_level_resources};
 use nodelet_cgroups::{
-    CgroupError, CgroupManager, ContainerSettings, Layout, ResourceConfig, pod_cgroup_name,
-    qos_class,
+    CgroupDriver, CgroupError, CgroupManager, ContainerSettings, Layout, ResourceConfig,
+    pod_cgroup_name, qos_class,
 };
 use tracing::{debug, warn};
 
@@ -31,10 +31,12 @@ pub struct PodCgroups {
 
 impl PodCgroups {
     /// Creates (or updates) the QoS hierarchy under `cgroup_root`: `kubepods` with
-    /// `kubepods` (node allocatable), then `burstable` and `besteffort`.
+    /// `kubepods` (node allocatable), then `burstable` and `besteffort`. With the
+    /// systemd driver, connects to systemd on the system bus first.
     ///
     /// # Errors
-    /// A cgroup that can't be made or a value the kernel refuses.
+    /// systemd's bus can't be reached, a cgroup can't be made or the kernel (or
+    /// systemd) refuses a value.
     pub fn setup(
         layout: Layout,
         cgroup_root: &str,
@@ -42,8 +44,12 @@ impl PodCgroups {
         container: ContainerSettings,
         kubepods: ResourceConfig,
     ) -> Result<Self, CgroupError> {
-        let manager =
+        let mut manager =
             CgroupManager::new(layout).with_hugepage_sizes(container.hugepage_sizes.clone());
+        if settings.cgroup_driver == CgroupDriver::Systemd {
+            let bus = nodelet_cgroups::SystemdBus::system()?;
+            manager = manager.with_systemd(std::sync::Arc::new(bus));
+        }
         let this = PodCgroups {
             manager,
             cgroup_root: cgroup_root.to_owned(),
@@ -76,14 +82,19 @@ impl PodCgroups {
         &self.cgroup_root
     }
 
-    /// The pod's cgroup name, or `None` without `--cgroups-per-qos`.
+    /// The pod's cgroup in the driver's form (upstream's `cgroupManager.Name`):
+    /// `/kubepods/burstable/pod<uid>`, or with the systemd driver
+    /// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`
+    /// (the runtime turns that into runc's `slice:cri-containerd:<id>`). `None`
+    /// without `--cgroups-per-qos`.
     pub fn pod_cgroup(&self, pod: &Pod) -> Option<String> {
         if !self.settings.cgroups_per_qos {
             return None;
         }
         let spec = pod.spec.as_ref()?;
         let uid = pod.metadata.uid.as_deref()?;
-        Some(pod_cgroup_name(&self.cgroup_root, qos_class(spec), uid))
+        let name = pod_cgroup_name(&self.cgroup_root, qos_class(spec), uid);
+        Some(self.manager.path(&name))
     }
 
     /// Makes the pod's cgroup with its values (upstream's `podContainerManager.EnsureExists`)
@@ -200,6 +211,7 @@ mod tests {
 
     fn settings() -> ResourceSettings {
         ResourceSettings {
+            cgroup_driver: nodelet_cgroups::CgroupDriver::Cgroupfs,
             cgroups_per_qos: true,
             cpu_cfs_quota: true,
             cpu_period_us: 100_000,
