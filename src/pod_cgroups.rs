@@ -97,6 +97,27 @@ impl PodCgroups {
         Some(self.manager.path(&name))
     }
 
+    /// The `kubepods` cgroup in the driver's form (`/kubepods`, `/kubepods.slice`), for
+    /// stats and memory notifications.
+    pub fn kubepods_path(&self) -> String {
+        self.manager
+            .path(&nodelet_cgroups::manager::kubepods_name(&self.cgroup_root))
+    }
+
+    /// Where the runtime puts container `id` of the pod whose cgroup is `pod_cgroup`
+    /// (from [`PodCgroups::pod_cgroup`]): `<pod>/<id>`, or with the systemd driver
+    /// runc's scope `<pod slice>/cri-containerd-<id>.scope`.
+    pub fn container_cgroup(&self, pod_cgroup: &str, id: &str) -> String {
+        let pod_cgroup = pod_cgroup.trim_end_matches('/');
+        match self.manager.driver() {
+            CgroupDriver::Cgroupfs => format!("{pod_cgroup}/{id}"),
+            CgroupDriver::Systemd => format!(
+                "{pod_cgroup}/{}-{id}.scope",
+                nodelet_cri::runtime::spec::SYSTEMD_SCOPE_PREFIX
+            ),
+        }
+    }
+
     /// Makes the pod's cgroup with its values (upstream's `podContainerManager.EnsureExists`)
     /// and brings the QoS levels up to date.
     ///
@@ -276,6 +297,39 @@ mod tests {
         pc.remove_pod("a", &cgroups);
         assert!(!dir.path().join("cpu/t/kubepods/burstable/poda").exists());
         assert_eq!(read(&dir, "cpu/t/kubepods/burstable/cpu.shares"), "512");
+    }
+
+    // The driver's forms of the names the agent hands out (no bus needed for names).
+    #[test]
+    fn names_follow_the_driver() {
+        let (_dir, layout) = fake_v1();
+        let container = ContainerSettings::new(1 << 30, CgroupVersion::V1);
+        let mut settings = settings();
+        settings.cgroup_driver = CgroupDriver::Systemd;
+        let pc = PodCgroups {
+            manager: CgroupManager::new(layout).with_driver(CgroupDriver::Systemd),
+            cgroup_root: "/".to_owned(),
+            settings,
+            container,
+            kubepods: ResourceConfig::default(),
+            active: Mutex::new(BTreeMap::new()),
+        };
+        let cg = pc.pod_cgroup(&pod("ab-cd", "100m")).expect("pod cgroup");
+        assert_eq!(
+            cg,
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podab_cd.slice"
+        );
+        assert_eq!(
+            pc.container_cgroup(&cg, "c0ffee"),
+            format!("{cg}/cri-containerd-c0ffee.scope")
+        );
+        assert_eq!(pc.kubepods_path(), "/kubepods.slice");
+        assert_eq!(
+            nodelet_cri::runtime::spec::cgroups_path(&cg, "c0ffee"),
+            "kubepods-burstable-podab_cd.slice:cri-containerd:c0ffee"
+        );
+        // The manager takes the slice path back as a name.
+        assert_eq!(pc.manager().path(&cg), cg);
     }
 
     #[test]
