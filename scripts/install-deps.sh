@@ -3,12 +3,13 @@
 # containerd and runc, the CNI plugins, nftables, conntrack, iproute2, iptables (the
 # bridge plugin's masquerade), busybox-static (the demo and test image) and protoc
 # (containerd's API is compiled from its .proto files), and for the tests a local
-# registry (docker-registry, htpasswd from apache2-utils, openssl). Idempotent; needs root.
+# registry (docker-registry, htpasswd from apache2-utils, openssl) and dbus-daemon (the
+# systemd cgroup driver's tests run a fake systemd on a private bus). Idempotent; needs root.
 set -euo pipefail
 
 packages=(containerd runc containernetworking-plugins nftables conntrack iproute2 iptables
   busybox-static protobuf-compiler util-linux procps curl
-  docker-registry apache2-utils openssl gzip)
+  docker-registry apache2-utils openssl gzip dbus-daemon)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

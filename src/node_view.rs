@@ -131,7 +131,7 @@ impl NodeView {
         let mut usage = |cg: &str| stats::read(&layout, cg).ok().map(|s| cpu.usage(cg, s, now));
         let root_fs = nodelet_cgroups::statvfs(&self.fs.root_dir).ok();
         let image_fs = nodelet_cgroups::statvfs(&self.fs.image_dir).ok();
-        let kubepods = nodelet_cgroups::manager::kubepods_name(self.cgroups.cgroup_root());
+        let kubepods = self.cgroups.kubepods_path();
         let pods_container = ContainerInput {
             name: "pods".to_owned(),
             start_time: self.base.ready_since,
@@ -174,7 +174,7 @@ impl NodeView {
                     .as_deref()
                     .and_then(|id| id.strip_prefix("containerd://"));
                 let container_usage = match (&cgroup, id) {
-                    (Some(cg), Some(id)) => usage(&format!("{cg}/{id}")),
+                    (Some(cg), Some(id)) => usage(&self.cgroups.container_cgroup(cg, id)),
                     _ => None,
                 };
                 let log_dir = self

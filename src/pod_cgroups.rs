@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use nodelet_cgroups::values::{self, container_resources, qos_level_resources};
 use nodelet_cgroups::{
-    CgroupError, CgroupManager, ContainerSettings, Layout, ResourceConfig, pod_cgroup_name,
-    qos_class,
+    CgroupDriver, CgroupError, CgroupManager, ContainerSettings, Layout, ResourceConfig,
+    pod_cgroup_name, qos_class,
 };
 use tracing::{debug, warn};
 
@@ -31,10 +31,12 @@ pub struct PodCgroups {
 
 impl PodCgroups {
     /// Creates (or updates) the QoS hierarchy under `cgroup_root`: `kubepods` with
-    /// `kubepods` (node allocatable), then `burstable` and `besteffort`.
+    /// `kubepods` (node allocatable), then `burstable` and `besteffort`. With the
+    /// systemd driver, connects to systemd on the system bus first.
     ///
     /// # Errors
-    /// A cgroup that can't be made or a value the kernel refuses.
+    /// systemd's bus can't be reached, a cgroup can't be made or the kernel (or
+    /// systemd) refuses a value.
     pub fn setup(
         layout: Layout,
         cgroup_root: &str,
@@ -42,8 +44,12 @@ impl PodCgroups {
         container: ContainerSettings,
         kubepods: ResourceConfig,
     ) -> Result<Self, CgroupError> {
-        let manager =
+        let mut manager =
             CgroupManager::new(layout).with_hugepage_sizes(container.hugepage_sizes.clone());
+        if settings.cgroup_driver == CgroupDriver::Systemd {
+            let bus = nodelet_cgroups::SystemdBus::system()?;
+            manager = manager.with_systemd(std::sync::Arc::new(bus));
+        }
         let this = PodCgroups {
             manager,
             cgroup_root: cgroup_root.to_owned(),
@@ -76,14 +82,40 @@ impl PodCgroups {
         &self.cgroup_root
     }
 
-    /// The pod's cgroup name, or `None` without `--cgroups-per-qos`.
+    /// The pod's cgroup in the driver's form (upstream's `cgroupManager.Name`):
+    /// `/kubepods/burstable/pod<uid>`, or with the systemd driver
+    /// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`
+    /// (the runtime turns that into runc's `slice:cri-containerd:<id>`). `None`
+    /// without `--cgroups-per-qos`.
     pub fn pod_cgroup(&self, pod: &Pod) -> Option<String> {
         if !self.settings.cgroups_per_qos {
             return None;
         }
         let spec = pod.spec.as_ref()?;
         let uid = pod.metadata.uid.as_deref()?;
-        Some(pod_cgroup_name(&self.cgroup_root, qos_class(spec), uid))
+        let name = pod_cgroup_name(&self.cgroup_root, qos_class(spec), uid);
+        Some(self.manager.path(&name))
+    }
+
+    /// The `kubepods` cgroup in the driver's form (`/kubepods`, `/kubepods.slice`), for
+    /// stats and memory notifications.
+    pub fn kubepods_path(&self) -> String {
+        self.manager
+            .path(&nodelet_cgroups::manager::kubepods_name(&self.cgroup_root))
+    }
+
+    /// Where the runtime puts container `id` of the pod whose cgroup is `pod_cgroup`
+    /// (from [`PodCgroups::pod_cgroup`]): `<pod>/<id>`, or with the systemd driver
+    /// runc's scope `<pod slice>/cri-containerd-<id>.scope`.
+    pub fn container_cgroup(&self, pod_cgroup: &str, id: &str) -> String {
+        let pod_cgroup = pod_cgroup.trim_end_matches('/');
+        match self.manager.driver() {
+            CgroupDriver::Cgroupfs => format!("{pod_cgroup}/{id}"),
+            CgroupDriver::Systemd => format!(
+                "{pod_cgroup}/{}-{id}.scope",
+                nodelet_cri::runtime::spec::SYSTEMD_SCOPE_PREFIX
+            ),
+        }
     }
 
     /// Makes the pod's cgroup with its values (upstream's `podContainerManager.EnsureExists`)
@@ -200,6 +232,7 @@ mod tests {
 
     fn settings() -> ResourceSettings {
         ResourceSettings {
+            cgroup_driver: nodelet_cgroups::CgroupDriver::Cgroupfs,
             cgroups_per_qos: true,
             cpu_cfs_quota: true,
             cpu_period_us: 100_000,
@@ -265,6 +298,39 @@ mod tests {
         // real-kernel removal is what the e2e tests check.)
         pc.remove_pod("a", &cgroups);
         assert_eq!(read(&dir, "cpu/t/kubepods/burstable/cpu.shares"), "512");
+    }
+
+    // The driver's forms of the names the agent hands out (no bus needed for names).
+    #[test]
+    fn names_follow_the_driver() {
+        let (_dir, layout) = fake_v1();
+        let container = ContainerSettings::new(1 << 30, CgroupVersion::V1);
+        let mut settings = settings();
+        settings.cgroup_driver = CgroupDriver::Systemd;
+        let pc = PodCgroups {
+            manager: CgroupManager::new(layout).with_driver(CgroupDriver::Systemd),
+            cgroup_root: "/".to_owned(),
+            settings,
+            container,
+            kubepods: ResourceConfig::default(),
+            active: Mutex::new(BTreeMap::new()),
+        };
+        let cg = pc.pod_cgroup(&pod("ab-cd", "100m")).expect("pod cgroup");
+        assert_eq!(
+            cg,
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podab_cd.slice"
+        );
+        assert_eq!(
+            pc.container_cgroup(&cg, "c0ffee"),
+            format!("{cg}/cri-containerd-c0ffee.scope")
+        );
+        assert_eq!(pc.kubepods_path(), "/kubepods.slice");
+        assert_eq!(
+            nodelet_cri::runtime::spec::cgroups_path(&cg, "c0ffee"),
+            "kubepods-burstable-podab_cd.slice:cri-containerd:c0ffee"
+        );
+        // The manager takes the slice path back as a name.
+        assert_eq!(pc.manager().path(&cg), cg);
     }
 
     #[test]

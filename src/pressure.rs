@@ -212,7 +212,7 @@ impl PressureMonitor {
         if !self.manager.config().kernel_memcg_notification {
             return;
         }
-        let kubepods = nodelet_cgroups::manager::kubepods_name(self.cgroups.cgroup_root());
+        let kubepods = self.cgroups.kubepods_path();
         let targets: Vec<(Signal, String)> = self
             .manager
             .memory_thresholds()
@@ -349,7 +349,7 @@ impl PressureMonitor {
                 capacity_bytes: m.capacity,
                 working_set_bytes: m.working_set,
             });
-        let kubepods = nodelet_cgroups::manager::kubepods_name(self.cgroups.cgroup_root());
+        let kubepods = self.cgroups.kubepods_path();
         let allocatable_memory = stats::read(&self.layout, &kubepods).ok().and_then(|s| {
             // Upstream: the pods' cgroup's available bytes (its limit, i.e. allocatable
             // when `pods` is enforced) plus its working set.
@@ -403,8 +403,9 @@ impl PressureMonitor {
                 .chain(spec.init_containers.iter().flatten())
                 .map(|c| {
                     let id = container_id(pod, &c.name);
-                    let usage =
-                        id.and_then(|id| stats::read(&self.layout, &format!("{cg}/{id}")).ok());
+                    let usage = id.and_then(|id| {
+                        stats::read(&self.layout, &self.cgroups.container_cgroup(&cg, &id)).ok()
+                    });
                     let request = |name: &str| {
                         c.resources
                             .as_ref()

@@ -3,9 +3,11 @@
 //! `--enforce-node-allocatable`), `--pod-max-pids`, `--max-pods` and the `MemoryQoS`
 //! feature gate, with upstream's names, defaults and validation messages.
 
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
+use nodelet_cgroups::CgroupDriver;
 use thiserror::Error;
 
 use crate::cli::parse_duration;
@@ -17,8 +19,8 @@ pub struct ResourceArgs {
     /// cgroup per pod.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub cgroups_per_qos: bool,
-    /// The cgroup driver: `cgroupfs` (the only one supported so far; `systemd` needs
-    /// systemd's D-Bus API).
+    /// The cgroup driver: `cgroupfs`, or `systemd` (slices created through systemd's
+    /// D-Bus API; needs systemd as init and containerd's runc with `SystemdCgroup`).
     #[arg(long, default_value = "cgroupfs")]
     pub cgroup_driver: String,
     /// Enforce CPU limits with CFS quota.
@@ -57,11 +59,9 @@ pub enum ResourceArgsError {
         "invalid configuration: cgroupDriver (--cgroup-driver) {0:?}: must be \"cgroupfs\" or \"systemd\""
     )]
     Driver(String),
-    /// The systemd driver, which nodelet doesn't have yet.
-    #[error(
-        "the systemd cgroup driver is not supported yet (it needs systemd's D-Bus API); use --cgroup-driver=cgroupfs"
-    )]
-    SystemdDriver,
+    /// The systemd driver on a host not booted with systemd.
+    #[error("the systemd cgroup driver needs systemd: {} is missing", .0.display())]
+    SystemdMissing(std::path::PathBuf),
     /// An unknown enforcement key.
     #[error(
         "invalid configuration: option {0:?} specified for enforceNodeAllocatable (--enforce-node-allocatable). Valid options are \"pods\", \"system-reserved\", \"kube-reserved\", or \"none\""
@@ -95,9 +95,14 @@ pub enum ResourceArgsError {
     FeatureGate(String, &'static str),
 }
 
+/// Where systemd keeps its runtime state when it is init (`sd_booted`).
+const RUN_SYSTEMD: &str = "/run/systemd/system";
+
 /// The validated settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceSettings {
+    /// `--cgroup-driver`.
+    pub cgroup_driver: CgroupDriver,
     /// `--cgroups-per-qos`.
     pub cgroups_per_qos: bool,
     /// `--cpu-cfs-quota`.
@@ -124,11 +129,18 @@ impl ResourceArgs {
     /// # Errors
     /// The first bad flag, worded as upstream's configuration validation.
     pub fn settings(&self) -> Result<ResourceSettings, ResourceArgsError> {
-        match self.cgroup_driver.as_str() {
-            "cgroupfs" => {}
-            "systemd" => return Err(ResourceArgsError::SystemdDriver),
+        self.settings_with(Path::new(RUN_SYSTEMD))
+    }
+
+    /// [`ResourceArgs::settings`] with systemd's runtime directory at `run_systemd`.
+    fn settings_with(&self, run_systemd: &Path) -> Result<ResourceSettings, ResourceArgsError> {
+        let cgroup_driver = match self.cgroup_driver.as_str() {
+            "cgroupfs" => CgroupDriver::Cgroupfs,
+            // libcontainer's IsRunningSystemd (sd_booted): the directory exists.
+            "systemd" if run_systemd.is_dir() => CgroupDriver::Systemd,
+            "systemd" => return Err(ResourceArgsError::SystemdMissing(run_systemd.to_owned())),
             other => return Err(ResourceArgsError::Driver(other.to_owned())),
-        }
+        };
         let keys: Vec<&str> = self
             .enforce_node_allocatable
             .split(',')
@@ -180,6 +192,7 @@ impl ResourceArgs {
             }
         }
         Ok(ResourceSettings {
+            cgroup_driver,
             cgroups_per_qos: self.cgroups_per_qos,
             cpu_cfs_quota: self.cpu_cfs_quota,
             cpu_period_us: u64::try_from(period.as_micros()).unwrap_or(100_000),
@@ -223,7 +236,6 @@ mod tests {
     fn bad_flags_get_upstreams_messages() {
         let err = |a: &[&str]| parse(a).expect_err("invalid").to_string();
         assert!(err(&["--cgroup-driver", "foo"]).contains("cgroupDriver"));
-        assert!(err(&["--cgroup-driver", "systemd"]).contains("not supported yet"));
         assert!(err(&["--enforce-node-allocatable", "pods,bogus"]).contains("\"bogus\""));
         assert!(err(&["--enforce-node-allocatable", "none,pods"]).contains("\"none\""));
         assert!(err(&["--cgroups-per-qos", "false"]).contains("cgroupsPerQOS"));
@@ -231,6 +243,30 @@ mod tests {
         assert!(err(&["--pod-max-pids", "-2"]).contains("podPidsLimit"));
         assert!(err(&["--feature-gates", "Foo=true"]).contains("unrecognized"));
         assert!(err(&["--feature-gates", "MemoryQoS"]).contains("missing bool"));
+    }
+
+    #[test]
+    fn systemd_driver_needs_systemd() {
+        let cli = Cli::try_parse_from(["t", "--cgroup-driver=systemd"]).expect("flags parse");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let missing = tmp.path().join("run/systemd/system");
+        assert_eq!(
+            cli.r
+                .settings_with(&missing)
+                .expect_err("no systemd")
+                .to_string(),
+            format!(
+                "the systemd cgroup driver needs systemd: {} is missing",
+                missing.display()
+            )
+        );
+        std::fs::create_dir_all(&missing).expect("mkdir");
+        let s = cli.r.settings_with(&missing).expect("systemd booted");
+        assert_eq!(s.cgroup_driver, CgroupDriver::Systemd);
+        assert_eq!(
+            parse(&[]).expect("default").cgroup_driver,
+            CgroupDriver::Cgroupfs
+        );
     }
 
     #[test]

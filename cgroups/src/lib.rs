@@ -16,12 +16,14 @@ pub mod allocatable;
 pub mod manager;
 pub mod qos;
 pub mod systemd;
+pub mod systemd_dbus;
 pub mod values;
 
 pub use allocatable::{Allocatable, AllocatableError, NodeCapacity, Reserved};
 pub use manager::{CgroupError, CgroupManager, pod_cgroup_name};
 pub use qos::{QosClass, qos_class};
 pub use systemd::CgroupDriver;
+pub use systemd_dbus::{SystemdBus, SystemdBusError};
 pub use values::{ContainerResources, ContainerSettings, QosResources, ResourceConfig};
 pub mod fs_usage;
 pub mod meminfo;

@@ -25,11 +25,15 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::layout::{CgroupVersion, Layout};
 use crate::qos::QosClass;
-use crate::systemd::CgroupDriver;
+use crate::systemd::{CgroupDriver, to_systemd_name};
+use crate::systemd_dbus::{
+    SystemdBus, SystemdBusError, parent_slice, resource_properties, slice_properties,
+};
 use crate::values::{QosResources, ResourceConfig, cpu_shares_to_weight};
 
 /// What went wrong on a cgroup file or directory.
@@ -84,6 +88,9 @@ pub enum CgroupError {
     /// A huge page size that can't be named (`HugePageUnitSizeFromByteSize`).
     #[error("huge page size {0} is not a power-of-1024 multiple of a unit")]
     HugePageSize(u64),
+    /// systemd refused or failed a unit operation (systemd driver).
+    #[error(transparent)]
+    Systemd(#[from] SystemdBusError),
 }
 
 /// The v1 hierarchies libcontainer's fs manager creates a cgroup in (its `subsystems`
@@ -116,6 +123,9 @@ pub struct CgroupManager {
     layout: Layout,
     driver: CgroupDriver,
     hugepage_sizes: Vec<u64>,
+    /// systemd over D-Bus, for the systemd driver: slices are started, set and stopped
+    /// through it before the direct cgroupfs writes.
+    systemd: Option<Arc<SystemdBus>>,
 }
 
 impl CgroupManager {
@@ -126,13 +136,29 @@ impl CgroupManager {
             layout,
             driver: CgroupDriver::Cgroupfs,
             hugepage_sizes: Vec::new(),
+            systemd: None,
         }
     }
 
-    /// The same with `driver`'s naming.
+    /// The same with `driver`'s naming. With [`CgroupDriver::Systemd`] but no bus
+    /// (see [`CgroupManager::with_systemd`]) only the naming changes: the slices'
+    /// directories are made directly.
     #[must_use]
     pub fn with_driver(mut self, driver: CgroupDriver) -> Self {
         self.driver = driver;
+        self
+    }
+
+    /// The systemd driver over `bus`, as upstream's: `create` starts each cgroup as a
+    /// transient slice (`StartTransientUnit`), `create` and `update` set its resources
+    /// with `SetUnitProperties`, `destroy` stops it (`StopUnit`); each is followed by
+    /// the direct cgroupfs work the cgroupfs driver does (directories in hierarchies
+    /// systemd leaves alone, the values, huge pages), as libcontainer's systemd
+    /// managers follow up with their fs managers.
+    #[must_use]
+    pub fn with_systemd(mut self, bus: Arc<SystemdBus>) -> Self {
+        self.driver = CgroupDriver::Systemd;
+        self.systemd = Some(bus);
         self
     }
 
@@ -190,6 +216,13 @@ impl CgroupManager {
     /// # Errors
     /// A directory that can't be made or a value the kernel refuses, with its path.
     pub fn create(&self, name: &str, rc: &ResourceConfig) -> Result<(), CgroupError> {
+        if let Some(bus) = &self.systemd {
+            // libcontainer Apply(-1): the slice, Wants= its parent (kubelet's
+            // libctCgroupConfig names both); an existing unit is fine.
+            let unit = to_systemd_name(name);
+            let props = slice_properties(self.layout.version(), &unit, &parent_slice(&unit));
+            bus.start_transient_unit(&unit, &props)?;
+        }
         let path = self.path(name);
         let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
         match self.layout.version() {
@@ -215,6 +248,11 @@ impl CgroupManager {
     /// # Errors
     /// A value the kernel refuses (or a missing cgroup), with the file's path.
     pub fn update(&self, name: &str, rc: &ResourceConfig) -> Result<(), CgroupError> {
+        if let Some(bus) = &self.systemd {
+            let version = self.layout.version();
+            let props = resource_properties(version, rc, bus.version());
+            bus.set_unit_properties(&to_systemd_name(name), &props)?;
+        }
         let path = self.path(name);
         match self.layout.version() {
             CgroupVersion::V1 => self.set_v1(&path, rc),
@@ -313,6 +351,14 @@ impl CgroupManager {
     /// A directory the kernel won't remove (EBUSY while processes remain), with its path.
     pub fn destroy(&self, name: &str) -> Result<(), CgroupError> {
         let mut first = None;
+        // libcontainer: stop the unit, then remove every directory either way (some
+        // were made directly, and systemd 239 leaves sub-cgroups).
+        if let Some(bus) = &self.systemd
+            && let Err(e) = bus.stop_unit(&to_systemd_name(name))
+        {
+            tracing::warn!(error = %e, "stopping the cgroup's unit failed");
+            first = Some(CgroupError::from(e));
+        }
         for dir in self.dirs(name) {
             if let Err(e) = remove_tree(&dir) {
                 tracing::warn!(error = %e, "cgroup removal failed");

@@ -6,9 +6,8 @@
 //! cgroupfs driver joins them with `/`; the systemd driver joins them with `-` (after
 //! turning each `-` inside a part into `_`), adds `.slice`, and the slice lives at the
 //! path of its expanded ancestors: `kubepods-burstable.slice` is
-//! `/kubepods.slice/kubepods-burstable.slice`. Only the naming is here: this host has no
-//! systemd, so units are not created over D-Bus; the manager creates the expanded
-//! directories itself.
+//! `/kubepods.slice/kubepods-burstable.slice`. Only the naming is here; the units are
+//! started and stopped over D-Bus by [`crate::systemd_dbus`].
 
 /// Why a slice name is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,9 +54,16 @@ impl CgroupDriver {
 }
 
 /// `kubepods-burstable-pod1234_5678.slice` for `/kubepods/burstable/pod1234-5678`
-/// (`-.slice`, the root slice, for `/`).
+/// (`-.slice`, the root slice, for `/`). A name already in the driver's form (an
+/// expanded slice path, what the agent hands the runtime as a pod's cgroup parent, as
+/// upstream's `cgroupManager.Name`) is its last slice.
 #[must_use]
 pub fn to_systemd_name(name: &str) -> String {
+    if let Some(last) = name.rsplit('/').find(|p| !p.is_empty())
+        && last.ends_with(SLICE)
+    {
+        return last.to_owned();
+    }
     let parts: Vec<String> = name
         .split('/')
         .filter(|p| !p.is_empty())
@@ -195,6 +201,10 @@ mod tests {
             "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podab_cd.slice"
         );
         assert_eq!(to_systemd_path("/"), "/");
+        // Already in systemd form: the same slice.
+        let path = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podab_cd.slice";
+        assert_eq!(to_systemd_path(path), path);
+        assert_eq!(to_systemd_name(path), "kubepods-besteffort-podab_cd.slice");
         assert_eq!(
             from_systemd_path(
                 "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_abcd.slice"

@@ -84,6 +84,29 @@ pub struct ContainerdRuntime {
     lowest_oom_score_adj: i32,
 }
 
+/// containerd's `containerd.runc.v1.Options` (api/types/runc/options/oci.proto),
+/// reduced to the one field nodelet sets: containerd-client doesn't generate this
+/// type, so the message is declared here with prost.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RuncOptions {
+    /// `bool systemd_cgroup = 9`: runc manages cgroups through systemd.
+    #[prost(bool, tag = "9")]
+    systemd_cgroup: bool,
+}
+
+/// The runc shim options for the systemd cgroup driver (`SystemdCgroup = true` in
+/// containerd's CRI runc options).
+fn runc_systemd_options() -> prost_types::Any {
+    use prost::Message as _;
+    prost_types::Any {
+        type_url: "containerd.runc.v1.Options".to_owned(),
+        value: RuncOptions {
+            systemd_cgroup: true,
+        }
+        .encode_to_vec(),
+    }
+}
+
 pub(super) fn grpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
     let id = id.to_owned();
     move |status| RuntimeError::Containerd {
@@ -309,13 +332,20 @@ impl ContainerdRuntime {
             name: id.to_owned(),
             reason: e.to_string(),
         })?;
+        // A systemd cgroupsPath needs runc's systemd driver: containerd hands the
+        // container's runtime options to the shim when the task has none.
+        let systemd = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .is_some_and(|p| spec::is_systemd_cgroups_path(&p.to_string_lossy()));
         let container = Container {
             id: id.to_owned(),
             labels,
             image: image.to_owned(),
             runtime: Some(ContainerRuntimeInfo {
                 name: self.config.runtime_name.clone(),
-                options: None,
+                options: systemd.then(runc_systemd_options),
             }),
             spec: Some(prost_types::Any {
                 type_url: SPEC_TYPE_URL.to_owned(),
@@ -850,6 +880,14 @@ async fn build_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // What `ctr run --runc-systemd-cgroup` stores: field 9 (varint) = 1.
+    #[test]
+    fn runc_systemd_options_encoding() {
+        let any = runc_systemd_options();
+        assert_eq!(any.type_url, "containerd.runc.v1.Options");
+        assert_eq!(any.value, vec![0x48, 0x01]);
+    }
 
     #[test]
     fn stop_signals_as_images_name_them() {

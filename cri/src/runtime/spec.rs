@@ -445,6 +445,31 @@ fn ns(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
     n
 }
 
+/// The prefix of a container's systemd scope (`cri-containerd-<id>.scope`).
+pub const SYSTEMD_SCOPE_PREFIX: &str = "cri-containerd";
+
+/// runc's `cgroupsPath` for container `id` under the pod cgroup `parent`, as
+/// containerd's CRI `getCgroupsPath`: a systemd slice (its last component ends in
+/// `.slice`) gives runc's systemd form `<slice>:cri-containerd:<id>`; a cgroupfs
+/// path gives `<parent>/<id>`.
+#[must_use]
+pub fn cgroups_path(parent: &str, id: &str) -> String {
+    let parent = parent.trim_end_matches('/');
+    let base = parent.rsplit('/').next().unwrap_or(parent);
+    if base.ends_with(".slice") {
+        format!("{base}:{SYSTEMD_SCOPE_PREFIX}:{id}")
+    } else {
+        format!("{parent}/{id}")
+    }
+}
+
+/// Whether a `cgroupsPath` is runc's systemd form (`slice:prefix:name`), which runc
+/// only understands with the systemd cgroup driver.
+#[must_use]
+pub fn is_systemd_cgroups_path(path: &str) -> bool {
+    path.split(':').count() == 3 && !path.starts_with('/')
+}
+
 fn linux_section(
     namespaces: Vec<LinuxNamespace>,
     cgroup_parent: Option<&str>,
@@ -461,10 +486,7 @@ fn linux_section(
         .namespaces(namespaces)
         .resources(resources);
     if let Some(parent) = cgroup_parent {
-        b = b.cgroups_path(PathBuf::from(format!(
-            "{}/{id}",
-            parent.trim_end_matches('/')
-        )));
+        b = b.cgroups_path(PathBuf::from(cgroups_path(parent, id)));
     }
     if !privileged && !unmasked_proc {
         b = b
@@ -600,6 +622,20 @@ mod tests {
     use super::*;
     use crate::runtime::{PodRef, SecurityConfig};
     use std::time::SystemTime;
+
+    // containerd CRI getCgroupsPath: a slice parent gives runc's systemd form.
+    #[test]
+    fn cgroups_paths_per_driver() {
+        assert_eq!(
+            cgroups_path("/kubepods/burstable/podab-cd/", "c0ffee"),
+            "/kubepods/burstable/podab-cd/c0ffee"
+        );
+        let slice = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podab_cd.slice";
+        let p = cgroups_path(slice, "c0ffee");
+        assert_eq!(p, "kubepods-burstable-podab_cd.slice:cri-containerd:c0ffee");
+        assert!(is_systemd_cgroups_path(&p));
+        assert!(!is_systemd_cgroups_path("/kubepods/podab-cd/c0ffee"));
+    }
 
     fn image() -> ImageRuntimeConfig {
         ImageRuntimeConfig {
