@@ -103,7 +103,7 @@ fn a_child_filling_memory_shows_in_its_cgroup() {
     // Nothing allocated before it is in the cgroup: it waits for a line on stdin.
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(r#"read go; x=$(head -c 30000000 /dev/zero | tr "\0" a); echo ready; exec sleep 60"#)
+        .arg(r#"read go; x=$(head -c 30000000 /dev/zero | tr "\0" a); echo ready; sleep 60"#)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
