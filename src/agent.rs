@@ -104,7 +104,6 @@ pub async fn start(
     let image_gc = args.image_gc.config().context("image garbage collection")?;
     let resources = args.resources.settings()?;
     let eviction = args.eviction.config(resources.enforce_pods)?;
-    let node_resources = setup_cgroups(&args.cgroup_root, &args.root_dir, &resources, &eviction)?;
     let pull_limit = crate::pull_limit::PullLimiter::new(args.registry_qps, args.registry_burst)?;
     let node_name = crate::node::node_name(args.hostname_override.as_deref());
     // Every source is checked before anything starts, so a bad flag is an exit, not
@@ -152,6 +151,8 @@ pub async fn start(
             .add_docker_config_file(&node_config)
             .with_context(|| format!("registry credentials {}", node_config.display()))?;
     }
+    // Every flag is checked by now, so a bad one never leaves cgroups behind.
+    let node_resources = setup_cgroups(&args.cgroup_root, &args.root_dir, &resources, &eviction)?;
     on_cancel_ready(cancel.clone());
 
     let (status_tx, status_rx) = watch::channel(PodMap::new());
