@@ -9,29 +9,24 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::fs::PermissionsExt as _;
+mod support;
+
+use support::TestRuntime;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use nodelet_cri::cni::CniConfig;
 use nodelet_cri::runtime::{
-    ContainerConfig, ContainerdRuntime, EXEC_OUTPUT_LIMIT, PodRef, Runtime, RuntimeConfig,
-    RuntimeError, SandboxConfig, SecurityConfig,
+    ContainerConfig, EXEC_OUTPUT_LIMIT, Runtime, RuntimeError, SecurityConfig,
 };
 
-const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
 const BUSYBOX: &str = "nodelet.local/busybox:1.35";
 
-/// One test's containerd namespace, state directory and cgroup parent, holding a
-/// running busybox container; everything is removed on drop.
+/// One test's runtime (see `support::TestRuntime`) holding a running busybox
+/// container; everything is removed on drop.
 struct TestPod {
-    socket: String,
-    ns: String,
-    cgroup_parent: String,
-    dir: tempfile::TempDir,
-    runtime: ContainerdRuntime,
+    rt: TestRuntime,
     container: String,
 }
 
@@ -39,97 +34,25 @@ impl TestPod {
     /// A running `sleep` container in a host-network sandbox, with `FOO=bar`, working
     /// directory `/tmp` and user 65534.
     async fn start() -> Self {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let socket =
-            std::env::var("NODELET_TEST_CONTAINERD").unwrap_or_else(|_| DEFAULT_SOCKET.to_owned());
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let id = format!(
-            "{}-{nanos}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let ns = format!("nodelet-test-{id}");
-        let dir = tempfile::Builder::new()
-            .prefix("nodelet-exec-")
-            .tempdir()
-            .unwrap();
-        let driver = dir.path().join("log-driver");
-        // The shim's binary:// log driver: signal ready (close fd 5) and drain the
-        // container's stdout (fd 3) and stderr (fd 4); the agent binary isn't built
-        // for this crate's tests.
-        std::fs::write(
-            &driver,
-            "#!/bin/sh\nexec 5>&-\ncat <&3 >/dev/null &\ncat <&4 >/dev/null\nwait\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&driver, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let config = RuntimeConfig {
-            endpoint: socket.clone(),
-            namespace: ns.clone(),
-            state_dir: dir.path().join("runtime"),
-            log_driver: driver,
-            registries: Default::default(),
-            runtime_name: "io.containerd.runc.v2".into(),
-            cni: CniConfig {
-                conf_dir: dir.path().join("cni"),
-                cache_dir: dir.path().join("cni-cache"),
-                ..CniConfig::default()
-            },
-        };
-        let runtime = match ContainerdRuntime::connect(config).await {
-            Ok(r) => r,
-            Err(e) => panic!(
-                "cannot reach containerd at {socket} ({e}); start a private one with \
-                 `scripts/containerd-private.sh start` and set NODELET_TEST_CONTAINERD to \
-                 the socket it prints"
-            ),
-        };
         let mut pod = TestPod {
-            socket,
-            ns,
-            cgroup_parent: format!("/nodelet-test-exec-{id}"),
-            dir,
-            runtime,
+            rt: TestRuntime::new("exec").await,
             container: String::new(),
         };
-        let archive = busybox_archive(pod.dir.path());
-        pod.runtime
+        let archive = busybox_archive(pod.rt.dir.path());
+        pod.rt
+            .runtime
             .containerd()
             .import_oci_archive(&archive)
             .await
             .expect("import busybox");
         let image = pod
+            .rt
             .runtime
             .image(BUSYBOX)
             .await
             .expect("image lookup")
             .expect("busybox imported");
-        let sandbox = pod
-            .runtime
-            .run_sandbox(&SandboxConfig {
-                pod: PodRef {
-                    uid: format!("uid-{id}"),
-                    name: "exec".into(),
-                    namespace: "default".into(),
-                },
-                attempt: 0,
-                hostname: "exec".into(),
-                host_network: true,
-                host_ipc: false,
-                host_pid: false,
-                share_process_namespace: false,
-                log_directory: pod.dir.path().join("logs"),
-                cgroup_parent: Some(pod.cgroup_parent.clone()),
-                dns: None,
-                host_aliases: vec![],
-                fqdn: None,
-                sysctls: vec![],
-                oom_score_adj: None,
-            })
-            .await
-            .expect("run sandbox");
+        let sandbox = pod.rt.host_network_sandbox("exec").await;
         let config = ContainerConfig {
             name: "main".into(),
             attempt: 0,
@@ -148,11 +71,13 @@ impl TestPod {
             resources: Default::default(),
         };
         pod.container = pod
+            .rt
             .runtime
             .create_container(&sandbox, &config, &image)
             .await
             .expect("create container");
-        pod.runtime
+        pod.rt
+            .runtime
             .start_container(&pod.container)
             .await
             .expect("start container");
@@ -160,7 +85,7 @@ impl TestPod {
     }
 
     fn exec_dir(&self) -> PathBuf {
-        self.dir.path().join("runtime/exec")
+        self.rt.dir.path().join("runtime/exec")
     }
 
     /// The exec FIFO directories left behind (there should be none).
@@ -177,6 +102,7 @@ impl TestPod {
     async fn exec(&self, cmd: &[&str], timeout: Duration) -> Result<ExecOut, RuntimeError> {
         let cmd: Vec<String> = cmd.iter().map(|s| (*s).to_owned()).collect();
         let r = self
+            .rt
             .runtime
             .exec_sync(&self.container, &cmd, timeout)
             .await?;
@@ -186,29 +112,6 @@ impl TestPod {
             stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
             stdout_len: r.stdout.len(),
         })
-    }
-
-    /// Removes everything in the namespace, then the namespace and the cgroup parent;
-    /// returns what failed.
-    fn cleanup(&self) -> Vec<String> {
-        let mut errors = nodelet_testkit::purge_namespace(&self.socket, &self.ns);
-        if let Err((path, e)) = nodelet_testkit::remove_cgroup(&self.cgroup_parent) {
-            errors.push(format!("cgroup {}: {e}", path.display()));
-        }
-        errors
-    }
-}
-
-impl Drop for TestPod {
-    fn drop(&mut self) {
-        let errors = self.cleanup();
-        if !errors.is_empty() {
-            if std::thread::panicking() {
-                eprintln!("cleanup of namespace {} failed: {errors:#?}", self.ns);
-            } else {
-                panic!("cleanup of namespace {} failed: {errors:#?}", self.ns);
-            }
-        }
     }
 }
 
@@ -345,7 +248,7 @@ async fn exec_failures_return_errors_without_hanging() {
 
     let gone = tokio::time::timeout(
         limit,
-        pod.runtime.exec_sync(
+        pod.rt.runtime.exec_sync(
             "no-such-container",
             &["true".to_owned()],
             Duration::from_secs(5),
@@ -359,6 +262,7 @@ async fn exec_failures_return_errors_without_hanging() {
     );
 
     let empty = pod
+        .rt
         .runtime
         .exec_sync(&pod.container, &[], Duration::from_secs(5))
         .await;
@@ -377,7 +281,8 @@ async fn exec_failures_return_errors_without_hanging() {
     );
 
     // A stopped container: exec is an error, not a hang.
-    pod.runtime
+    pod.rt
+        .runtime
         .stop_container(&pod.container, Duration::from_secs(2))
         .await
         .expect("stop");

@@ -8,105 +8,33 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::fs::PermissionsExt as _;
+mod support;
+
+use support::TestRuntime;
+
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use nodelet_cri::cni::CniConfig;
 use nodelet_cri::image::{ImageInfo, ImageRuntimeConfig, Layer, OciImage};
-use nodelet_cri::runtime::{
-    ContainerConfig, ContainerdRuntime, PodRef, Runtime, RuntimeConfig, RuntimeError,
-    SandboxConfig, SandboxInfo, SecurityConfig,
-};
+use nodelet_cri::runtime::{ContainerConfig, Runtime, RuntimeError, SandboxInfo, SecurityConfig};
 
-struct World {
-    socket: String,
-    ns: String,
-    cgroup_parent: String,
-    dir: tempfile::TempDir,
-    runtime: ContainerdRuntime,
-}
+/// The test's runtime (see `support::TestRuntime`), with the helpers below.
+struct World(TestRuntime);
 
-impl Drop for World {
-    fn drop(&mut self) {
-        let errors = nodelet_testkit::purge_namespace(&self.socket, &self.ns);
-        let _ = nodelet_testkit::remove_cgroup(&self.cgroup_parent);
-        if !errors.is_empty() && !std::thread::panicking() {
-            panic!("cleanup of namespace {} failed: {errors:#?}", self.ns);
-        }
+impl std::ops::Deref for World {
+    type Target = TestRuntime;
+    fn deref(&self) -> &TestRuntime {
+        &self.0
     }
 }
 
 impl World {
     async fn new() -> Self {
-        let socket = nodelet_testkit::containerd_socket();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let id = format!("{}-{nanos}", std::process::id());
-        let ns = format!("nodelet-test-{id}");
-        let dir = tempfile::Builder::new()
-            .prefix("nodelet-usertest-")
-            .tempdir()
-            .unwrap();
-        // The shim's binary:// log driver: signal ready, drain stdout and stderr.
-        let driver = dir.path().join("log-driver");
-        std::fs::write(
-            &driver,
-            "#!/bin/sh\nexec 5>&-\ncat <&3 >/dev/null &\ncat <&4 >/dev/null\nwait\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&driver, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let runtime = ContainerdRuntime::connect(RuntimeConfig {
-            endpoint: socket.clone(),
-            namespace: ns.clone(),
-            state_dir: dir.path().join("runtime"),
-            log_driver: driver,
-            registries: Default::default(),
-            runtime_name: "io.containerd.runc.v2".into(),
-            cni: CniConfig {
-                conf_dir: dir.path().join("cni"),
-                cache_dir: dir.path().join("cni-cache"),
-                ..CniConfig::default()
-            },
-        })
-        .await
-        .unwrap_or_else(|e| {
-            panic!("cannot reach containerd at {socket} ({e}); run scripts/containerd-private.sh start and set NODELET_TEST_CONTAINERD")
-        });
-        World {
-            socket,
-            ns,
-            cgroup_parent: format!("/nodelet-test-user-{id}"),
-            dir,
-            runtime,
-        }
+        World(TestRuntime::new("user").await)
     }
 
     async fn sandbox(&self) -> SandboxInfo {
-        self.runtime
-            .run_sandbox(&SandboxConfig {
-                pod: PodRef {
-                    uid: format!("uid-{}", self.ns),
-                    name: "user".into(),
-                    namespace: "default".into(),
-                },
-                attempt: 0,
-                hostname: "user".into(),
-                host_network: true,
-                host_ipc: false,
-                host_pid: false,
-                share_process_namespace: false,
-                log_directory: self.dir.path().join("logs"),
-                cgroup_parent: Some(self.cgroup_parent.clone()),
-                dns: None,
-                host_aliases: vec![],
-                fqdn: None,
-                sysctls: vec![],
-                oom_score_adj: None,
-            })
-            .await
-            .expect("run sandbox")
+        self.host_network_sandbox("user").await
     }
 
     /// Imports busybox with `user` as the image's `User`: a base layer whose passwd
