@@ -57,6 +57,15 @@ pub enum PodCommand {
     },
 }
 
+/// One measurement of the node: the eviction signals' inputs, plus the usage and
+/// working set of the root and `kubepods` memory cgroups that the notifiers'
+/// thresholds are computed from.
+struct Sample {
+    stats: NodeStats,
+    root_memory: Option<(u64, u64)>,
+    kubepods_memory: Option<(u64, u64)>,
+}
+
 /// What the loop reads besides the pods.
 #[derive(Debug, Clone)]
 pub struct Filesystems {
@@ -148,22 +157,24 @@ impl PressureMonitor {
         let interval = self.manager.config().monitoring_interval;
         loop {
             let started = Instant::now();
-            let stats = self.node_stats();
+            let sample = self.node_stats();
             let pods = self.pod_usages();
-            let outcome =
-                self.manager
-                    .synchronize(Instant::now(), &Observations::from_stats(&stats), &pods);
+            let outcome = self.manager.synchronize(
+                Instant::now(),
+                &Observations::from_stats(&sample.stats),
+                &pods,
+            );
             let decided = started.elapsed();
             self.publish(&outcome.node_conditions);
             let mut eviction = outcome.evict;
             if !outcome.reclaim.is_empty() {
                 // Node-level reclaim first, then look again before evicting.
                 self.reclaim_node_level(&outcome.reclaim).await;
-                let stats = self.node_stats();
+                let again = self.node_stats();
                 let pods = self.pod_usages();
                 eviction = self
                     .manager
-                    .after_node_reclaim(&Observations::from_stats(&stats), &pods);
+                    .after_node_reclaim(&Observations::from_stats(&again.stats), &pods);
             }
             if let Some(e) = eviction {
                 info!(
@@ -175,7 +186,7 @@ impl PressureMonitor {
                 );
                 self.evict(e, &cancel).await;
             }
-            self.rearm(&stats);
+            self.rearm(&sample);
             let wake = self.wait_notification();
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -208,7 +219,7 @@ impl PressureMonitor {
 
     /// (Re)registers the memory notifiers at the current thresholds (upstream
     /// recomputes them every sync, since the kernel counts inactive file pages).
-    fn rearm(&mut self, stats: &NodeStats) {
+    fn rearm(&mut self, sample: &Sample) {
         if !self.manager.config().kernel_memcg_notification {
             return;
         }
@@ -234,22 +245,18 @@ impl PressureMonitor {
             else {
                 continue;
             };
-            let (capacity, cg_stats) = match signal {
+            let (capacity, measured) = match signal {
                 Signal::AllocatableMemoryAvailable => (
-                    stats.allocatable_memory.map(|a| a.allocatable_bytes),
-                    stats::read(&self.layout, &cgroup).ok(),
+                    sample.stats.allocatable_memory.map(|a| a.allocatable_bytes),
+                    sample.kubepods_memory,
                 ),
                 _ => (
-                    stats.memory.map(|m| m.capacity_bytes),
-                    stats::read(&self.layout, "/").ok(),
+                    sample.stats.memory.map(|m| m.capacity_bytes),
+                    sample.root_memory,
                 ),
             };
             let Some(capacity) = capacity else { continue };
-            let usage = cg_stats.as_ref().and_then(|s| s.memory_usage).unwrap_or(0);
-            let working_set = cg_stats
-                .as_ref()
-                .and_then(|s| s.memory_working_set)
-                .unwrap_or(usage);
+            let (usage, working_set) = measured.unwrap_or((0, 0));
             let bytes = usage_threshold(
                 capacity,
                 threshold.amount_against(capacity),
@@ -341,16 +348,16 @@ impl PressureMonitor {
     }
 
     /// The node-level numbers.
-    fn node_stats(&self) -> NodeStats {
+    fn node_stats(&self) -> Sample {
         let now = Instant::now();
-        let memory = nodelet_cgroups::node_memory(&self.layout, std::path::Path::new("/proc"))
-            .ok()
-            .map(|m| MemoryStats {
-                capacity_bytes: m.capacity,
-                working_set_bytes: m.working_set,
-            });
-        let kubepods = self.cgroups.kubepods_path();
-        let allocatable_memory = stats::read(&self.layout, &kubepods).ok().and_then(|s| {
+        let node_memory =
+            nodelet_cgroups::node_memory(&self.layout, std::path::Path::new("/proc")).ok();
+        let memory = node_memory.as_ref().map(|m| MemoryStats {
+            capacity_bytes: m.capacity,
+            working_set_bytes: m.working_set,
+        });
+        let kubepods = stats::read(&self.layout, &self.cgroups.kubepods_path()).ok();
+        let allocatable_memory = kubepods.as_ref().and_then(|s| {
             // Upstream: the pods' cgroup's available bytes (its limit, i.e. allocatable
             // when `pods` is enforced) plus its working set.
             let working_set = s.memory_working_set?;
@@ -370,14 +377,21 @@ impl PressureMonitor {
                 inodes_free: Some(f.inodes_free),
             })
         };
-        NodeStats {
-            time: Some(now),
-            memory,
-            allocatable_memory,
-            node_fs: fs(&self.fs.root_dir),
-            image_fs: fs(&self.fs.image_dir),
-            container_fs: None,
-            pids: pid_counts().map(|(max, running)| PidStats { max, running }),
+        Sample {
+            stats: NodeStats {
+                time: Some(now),
+                memory,
+                allocatable_memory,
+                node_fs: fs(&self.fs.root_dir),
+                image_fs: fs(&self.fs.image_dir),
+                container_fs: None,
+                pids: pid_counts().map(|(max, running)| PidStats { max, running }),
+            },
+            root_memory: node_memory.map(|m| (m.usage, m.working_set)),
+            kubepods_memory: kubepods.and_then(|s| {
+                let usage = s.memory_usage?;
+                Some((usage, s.memory_working_set.unwrap_or(usage)))
+            }),
         }
     }
 
