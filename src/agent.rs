@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::cli::AgentArgs;
-use crate::manager::PodManager;
-use crate::pod_cgroups::PodCgroups;
-use crate::resource_args::ResourceSettings;
+use crate::cli::resources::ResourceSettings;
+use crate::pod::cgroups::PodCgroups;
+use crate::pod::manager::PodManager;
+use crate::pod::worker::{PodMap, WorkerEnv};
 use crate::server;
-use crate::worker::{PodMap, WorkerEnv};
 
 /// Runs the agent until a shutdown signal.
 ///
@@ -104,7 +104,8 @@ pub async fn start(
     let image_gc = args.image_gc.config().context("image garbage collection")?;
     let resources = args.resources.settings()?;
     let eviction = args.eviction.config(resources.enforce_pods)?;
-    let pull_limit = crate::pull_limit::PullLimiter::new(args.registry_qps, args.registry_burst)?;
+    let pull_limit =
+        crate::image::pull_limit::PullLimiter::new(args.registry_qps, args.registry_burst)?;
     let node_name = crate::node::node_name(args.hostname_override.as_deref());
     // Every source is checked before anything starts, so a bad flag is an exit, not
     // a log line.
@@ -163,10 +164,10 @@ pub async fn start(
     let mut push_store = None;
     if args.enable_pod_push && options.sources {
         let (api, store_task) =
-            crate::push_api::start(&node_name, source_tx.clone(), cancel.clone());
+            crate::server::push::start(&node_name, source_tx.clone(), cancel.clone());
         push_store = Some(store_task);
         let addr = SocketAddr::new(args.pod_push_address, args.pod_push_port);
-        servers.push(server::bind(addr, crate::push_api::router(api), cancel.clone()).await?);
+        servers.push(server::bind(addr, crate::server::push::router(api), cancel.clone()).await?);
         info!(%addr, "pod push API listening");
     }
     if args.read_only_port != 0 {
@@ -221,7 +222,7 @@ pub async fn start(
         cgroups: Arc::clone(&node_resources.cgroups),
         node_name: node_name.clone(),
         host_ip: host_ip.to_string(),
-        dns: crate::podspec::DnsSettings {
+        dns: crate::pod::podspec::DnsSettings {
             cluster_dns: args.cluster_dns.iter().map(ToString::to_string).collect(),
             cluster_domain: args.cluster_domain.clone(),
             resolv_conf: Some(args.resolv_conf.clone()).filter(|p| !p.as_os_str().is_empty()),
@@ -273,21 +274,21 @@ pub async fn start(
     let mut image_reclaim = None;
     if options.orphan_cleanup {
         let (gc, requests) =
-            crate::image_gc::ImageGcManager::new(Arc::clone(&runtime), image_gc).with_reclaim();
+            crate::image::gc::ImageGcManager::new(Arc::clone(&runtime), image_gc).with_reclaim();
         image_reclaim = Some(requests);
         tasks.spawn(gc.run(cancel.clone()));
     }
     let evict_static_pods = eviction.evict_static_pods;
     let (command_tx, command_rx) = mpsc::channel(16);
-    let (pressure_tx, pressure_rx) = watch::channel(crate::pressure::Pressure::default());
+    let (pressure_tx, pressure_rx) = watch::channel(crate::node::pressure::Pressure::default());
     // Like image GC, eviction is the node agent's: `nodelet run` leaves it alone.
     if options.orphan_cleanup {
         let dedicated_image_fs =
             same_device(&args.root_dir, &args.image_gc.containerd_root) == Some(false);
-        let mut monitor = crate::pressure::PressureMonitor::new(
-            crate::eviction::EvictionManager::new(eviction, dedicated_image_fs),
+        let mut monitor = crate::node::pressure::PressureMonitor::new(
+            crate::node::eviction::EvictionManager::new(eviction, dedicated_image_fs),
             Arc::clone(&node_resources.cgroups),
-            crate::pressure::Filesystems {
+            crate::node::pressure::Filesystems {
                 root_dir: args.root_dir.clone(),
                 image_dir: args.image_gc.containerd_root.clone(),
             },
@@ -300,7 +301,7 @@ pub async fn start(
         }
         tasks.spawn(monitor.run(cancel.clone()));
     }
-    let (capacity, allocatable) = crate::node_view::resource_lists(
+    let (capacity, allocatable) = crate::node::view::resource_lists(
         &node_resources.capacity,
         &node_resources.allocatable,
         resources.max_pods,
@@ -313,9 +314,9 @@ pub async fn start(
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| node_name.clone());
-    node_view_tx.send_replace(Some(Arc::new(crate::node_view::NodeView {
+    node_view_tx.send_replace(Some(Arc::new(crate::node::view::NodeView {
         runtime: Arc::clone(&runtime),
-        base: crate::node_status::NodeInputs {
+        base: crate::node::status::NodeInputs {
             name: node_name.clone(),
             ip: host_ip.to_string(),
             hostname,
@@ -329,12 +330,12 @@ pub async fn start(
         pressure: pressure_rx.clone(),
         pods: status_rx.clone(),
         cgroups: Arc::clone(&node_resources.cgroups),
-        fs: crate::pressure::Filesystems {
+        fs: crate::node::pressure::Filesystems {
             root_dir: args.root_dir.clone(),
             image_dir: args.image_gc.containerd_root.clone(),
         },
         pod_logs_dir: args.pod_logs_dir.clone(),
-        cpu: std::sync::Mutex::new(crate::summary::CpuRateTracker::new()),
+        cpu: std::sync::Mutex::new(crate::node::summary::CpuRateTracker::new()),
     })));
     let mut manager = PodManager::new(env, &sources);
     if options.orphan_cleanup {
@@ -375,7 +376,7 @@ fn setup_cgroups(
     cgroup_root: &str,
     root_dir: &Path,
     settings: &ResourceSettings,
-    eviction: &crate::eviction::EvictionConfig,
+    eviction: &crate::node::eviction::EvictionConfig,
 ) -> anyhow::Result<NodeResources> {
     let layout = nodelet_cgroups::Layout::detect().context("cgroups")?;
     let mut capacity =
@@ -390,7 +391,7 @@ fn setup_cgroups(
         .unwrap_or(0);
     // Allocatable also leaves room for the hard eviction thresholds
     // (upstream's GetNodeAllocatableReservation).
-    let hard = |signal: crate::eviction::thresholds::Signal, capacity: i64| {
+    let hard = |signal: crate::node::eviction::thresholds::Signal, capacity: i64| {
         eviction
             .thresholds
             .iter()
@@ -402,11 +403,11 @@ fn setup_cgroups(
     };
     let eviction_reserved = nodelet_cgroups::Reserved {
         memory: hard(
-            crate::eviction::thresholds::Signal::MemoryAvailable,
+            crate::node::eviction::thresholds::Signal::MemoryAvailable,
             capacity.memory,
         ),
         ephemeral_storage: hard(
-            crate::eviction::thresholds::Signal::NodeFsAvailable,
+            crate::node::eviction::thresholds::Signal::NodeFsAvailable,
             capacity.ephemeral_storage,
         ),
         ..Default::default()

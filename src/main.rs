@@ -7,35 +7,13 @@
 
 mod agent;
 mod cli;
-
+mod cmd;
 mod events;
-// Pod admission under pressure (`EvictionManager::admit`) and a few accessors are
-// built and tested but not called by the agent yet.
-#[allow(dead_code)]
-mod eviction;
-mod expand;
-mod hooks;
-mod image_gc;
-mod manager;
+mod image;
 mod node;
-mod node_status;
-mod node_view;
-mod pod_cgroups;
-mod pods_cmd;
-mod podspec;
-mod pressure;
-
+mod pod;
 mod probe;
-mod pull_limit;
-mod push_api;
-mod resource_args;
-mod run_cmd;
 mod server;
-mod status;
-
-mod summary;
-mod validate_cmd;
-mod worker;
 
 use std::process::ExitCode;
 
@@ -64,10 +42,10 @@ fn main() -> ExitCode {
     {
         let node = node::node_name(node_name.as_deref());
         let output = match output {
-            ValidateOutputArg::Text => validate_cmd::ValidateOutput::Text,
-            ValidateOutputArg::Yaml => validate_cmd::ValidateOutput::Yaml,
+            ValidateOutputArg::Text => cmd::validate::ValidateOutput::Text,
+            ValidateOutputArg::Yaml => cmd::validate::ValidateOutput::Yaml,
         };
-        return match validate_cmd::run(paths, output, &node) {
+        return match cmd::validate::run(paths, output, &node) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
@@ -90,12 +68,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             // Its own exit codes: 0 when the pods succeeded, 1 when not.
-            Some(Command::Run(args)) => return run_cmd::run(*args).await,
+            Some(Command::Run(args)) => return cmd::run::run(*args).await,
             None => agent::run(cli.agent).await,
             Some(Command::Pods {
                 read_only_port,
                 address,
-            }) => pods_cmd::run(address, read_only_port).await,
+            }) => cmd::pods::run(address, read_only_port).await,
             Some(Command::Image {
                 command,
                 container_runtime_endpoint,

@@ -13,14 +13,14 @@ use nodelet_cgroups::{Allocatable, DirLimits, NodeCapacity, stats};
 use nodelet_cri::runtime::ContainerdRuntime;
 use tokio::sync::watch;
 
-use crate::node_status::{self, NodeInputs};
-use crate::pod_cgroups::PodCgroups;
-use crate::pressure::{Filesystems, Pressure};
-use crate::summary::{
+use crate::node::pressure::{Filesystems, Pressure};
+use crate::node::status::{self, NodeInputs};
+use crate::node::summary::{
     ContainerInput, CpuRateTracker, FsInput, NodeInput, PodInput, PodReference, Summary,
     VolumeInput, build_summary,
 };
-use crate::worker::PodMap;
+use crate::pod::cgroups::PodCgroups;
+use crate::pod::worker::PodMap;
 
 /// The node as served.
 pub struct NodeView {
@@ -120,7 +120,7 @@ impl NodeView {
         let pressure = self.pressure.borrow().clone();
         inputs.pressure_conditions = pressure.conditions;
         inputs.taints = pressure.taints;
-        node_status::node(&inputs, jiff::Timestamp::now())
+        status::node(&inputs, jiff::Timestamp::now())
     }
 
     /// The stats summary now.
@@ -149,7 +149,7 @@ impl NodeView {
             fs: root_fs,
             image_fs: image_fs.map(FsInput::whole),
             container_fs: image_fs.map(FsInput::whole),
-            rlimit: crate::pressure::pid_counts()
+            rlimit: crate::node::pressure::pid_counts()
                 .and_then(|(max, cur)| Some((i64::try_from(max).ok()?, i64::try_from(cur).ok()?))),
         };
         let limits = DirLimits::default();

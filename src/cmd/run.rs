@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, StartOptions};
 use crate::cli::{RunArgs, RunOutput, RunUntil};
-use crate::worker::PodMap;
+use crate::pod::worker::PodMap;
 
 /// The source the pods are run under (their `config.source` annotation says `file`).
 const SOURCE: &str = "file";
@@ -242,7 +242,10 @@ impl Watch {
         for uid in &self.uids {
             let Some(pod) = map.get(uid) else { continue };
             present = true;
-            let shown = (phase(pod).to_owned(), crate::status::status_column(pod));
+            let shown = (
+                phase(pod).to_owned(),
+                crate::pod::status::status_column(pod),
+            );
             if self.shown.get(uid) != Some(&shown) {
                 let time = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
                 let name = pod.metadata.name.as_deref().unwrap_or("");
@@ -397,7 +400,7 @@ impl LogTail {
     fn new(pod_logs_dir: &Path, pods: &[Pod]) -> Self {
         let pod_dirs = pods
             .iter()
-            .map(|p| crate::podspec::log_dir(pod_logs_dir, &crate::podspec::pod_ref(p)))
+            .map(|p| crate::pod::podspec::log_dir(pod_logs_dir, &crate::pod::podspec::pod_ref(p)))
             .collect();
         LogTail {
             pod_dirs,

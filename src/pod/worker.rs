@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::events::reason as ev;
-use crate::eviction::messages;
-use crate::hooks;
-use crate::podspec::{self, FieldValues};
+use crate::node::eviction::messages;
+use crate::pod::hooks;
+use crate::pod::podspec::{self, FieldValues};
+use crate::pod::status::{self, ContainerView, Ending, PodFacts, Waiting};
 use crate::probe::worker::{ProbeKind, ProbeUpdate};
 use crate::probe::{self, ProbeResult, ProbeTarget};
-use crate::status::{self, ContainerView, Ending, PodFacts, Waiting};
 
 /// The published pods, by UID.
 pub type PodMap = std::collections::BTreeMap<String, Arc<Pod>>;
@@ -72,7 +72,7 @@ pub struct WorkerEnv<R> {
     /// `--pod-logs-dir`.
     pub pod_logs_dir: PathBuf,
     /// The pod cgroups (`kubepods` hierarchy) and container resource values.
-    pub cgroups: Arc<crate::pod_cgroups::PodCgroups>,
+    pub cgroups: Arc<crate::pod::cgroups::PodCgroups>,
     /// The node name.
     pub node_name: String,
     /// The node IP.
@@ -85,7 +85,7 @@ pub struct WorkerEnv<R> {
     /// `maxParallelImagePulls` N); `None` for no limit.
     pub pull_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// `--registry-qps` / `--registry-burst`: a pull over the limit is refused.
-    pub pull_limit: Arc<crate::pull_limit::PullLimiter>,
+    pub pull_limit: Arc<crate::image::pull_limit::PullLimiter>,
     /// Where pod and container events are recorded.
     pub events: crate::events::EventRecorder,
     /// Where pod statuses are published.
@@ -886,7 +886,7 @@ impl<R: Runtime> PodWorker<R> {
         if now < until {
             let message = format!(
                 "back-off {} restarting failed container={} pod={}",
-                crate::status::human_duration(delay),
+                crate::pod::status::human_duration(delay),
                 c.name,
                 display_name(&self.pod)
             );

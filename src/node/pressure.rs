@@ -24,15 +24,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::eviction::manager::POD_CLEANUP_TIMEOUT;
-use crate::eviction::ranking::{ContainerUsage, PodStats};
-use crate::eviction::signals::{AllocatableMemoryStats, FsStats, MemoryStats, PidStats};
-use crate::eviction::thresholds::{Amount, PressureCondition, Signal};
-use crate::eviction::{
+use crate::node::eviction::manager::POD_CLEANUP_TIMEOUT;
+use crate::node::eviction::ranking::{ContainerUsage, PodStats};
+use crate::node::eviction::signals::{AllocatableMemoryStats, FsStats, MemoryStats, PidStats};
+use crate::node::eviction::thresholds::{Amount, PressureCondition, Signal};
+use crate::node::eviction::{
     Eviction, EvictionManager, NodeStats, Observations, PodUsage, Qos, messages,
 };
-use crate::pod_cgroups::PodCgroups;
-use crate::worker::PodMap;
+use crate::pod::cgroups::PodCgroups;
+use crate::pod::worker::PodMap;
 
 /// The node's pressure as the eviction manager last saw it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -85,7 +85,7 @@ pub struct PressureMonitor {
     pressure: watch::Sender<Pressure>,
     commands: mpsc::Sender<PodCommand>,
     notifiers: Vec<(Signal, MemoryNotifier)>,
-    image_reclaim: Option<crate::image_gc::ReclaimRequests>,
+    image_reclaim: Option<crate::image::gc::ReclaimRequests>,
 }
 
 impl std::fmt::Debug for PressureMonitor {
@@ -120,7 +120,7 @@ impl PressureMonitor {
 
     /// Node-level reclaim of images goes to the image GC manager.
     #[must_use]
-    pub fn with_image_reclaim(mut self, requests: crate::image_gc::ReclaimRequests) -> Self {
+    pub fn with_image_reclaim(mut self, requests: crate::image::gc::ReclaimRequests) -> Self {
         self.image_reclaim = Some(requests);
         self
     }
@@ -129,10 +129,10 @@ impl PressureMonitor {
     /// Dead containers here are only each container's last instance (kept for its
     /// status and logs, as upstream's `MaxPerPodContainer` 1), so images are what
     /// can be freed.
-    async fn reclaim_node_level(&self, what: &[crate::eviction::manager::NodeReclaim]) {
+    async fn reclaim_node_level(&self, what: &[crate::node::eviction::manager::NodeReclaim]) {
         for r in what {
             match r {
-                crate::eviction::manager::NodeReclaim::ImageGc => {
+                crate::node::eviction::manager::NodeReclaim::ImageGc => {
                     let Some(requests) = &self.image_reclaim else {
                         continue;
                     };
@@ -145,7 +145,7 @@ impl PressureMonitor {
                         _ => warn!("node-level reclaim: image GC did not answer"),
                     }
                 }
-                crate::eviction::manager::NodeReclaim::ContainerGc => {
+                crate::node::eviction::manager::NodeReclaim::ContainerGc => {
                     debug!("node-level reclaim: no dead containers beyond each container's last");
                 }
             }
@@ -498,7 +498,7 @@ pub fn admit(
     pressure: &Pressure,
     pod: &Pod,
     evict_static_pods: bool,
-) -> Result<(), crate::eviction::manager::AdmitRejection> {
+) -> Result<(), crate::node::eviction::manager::AdmitRejection> {
     let conditions = pressure
         .conditions
         .iter()
@@ -516,7 +516,7 @@ pub fn admit(
         .as_ref()
         .and_then(|s| s.tolerations.as_ref())
         .is_some_and(|ts| ts.iter().any(tolerates_memory_pressure));
-    crate::eviction::manager::admit(
+    crate::node::eviction::manager::admit(
         &conditions,
         identity.qos,
         identity.is_critical(evict_static_pods),

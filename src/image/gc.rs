@@ -545,5 +545,5 @@ fn display_time(t: SystemTime) -> String {
 }
 
 #[cfg(test)]
-#[path = "image_gc_tests.rs"]
+#[path = "gc_tests.rs"]
 mod tests;

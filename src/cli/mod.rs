@@ -1,6 +1,8 @@
 //! Command-line interface. Flag names are upstream kubelet's where one exists, so an
 //! operator's unit files and habits carry over.
 
+pub mod resources;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -241,16 +243,16 @@ pub struct AgentArgs {
     pub registry_burst: i32,
     /// Image garbage collection.
     #[command(flatten)]
-    pub image_gc: crate::image_gc::ImageGcArgs,
+    pub image_gc: crate::image::gc::ImageGcArgs,
     /// The cgroup under which the `kubepods` hierarchy is made.
     #[arg(long, default_value = "/")]
     pub cgroup_root: String,
     /// Cgroups, allocatable and per-pod limits.
     #[command(flatten)]
-    pub resources: crate::resource_args::ResourceArgs,
+    pub resources: crate::cli::resources::ResourceArgs,
     /// Node-pressure eviction.
     #[command(flatten)]
-    pub eviction: crate::eviction::EvictionArgs,
+    pub eviction: crate::node::eviction::EvictionArgs,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -439,9 +439,9 @@ pub const POD_CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eviction::config::EvictionArgs;
-    use crate::eviction::ranking::tests::{MI, pod};
-    use crate::eviction::signals::{FsStats, MemoryStats, NodeStats, Observation, PidStats};
+    use crate::node::eviction::config::EvictionArgs;
+    use crate::node::eviction::ranking::tests::{MI, pod};
+    use crate::node::eviction::signals::{FsStats, MemoryStats, NodeStats, Observation, PidStats};
 
     const GI: u64 = 1024 * MI;
 

@@ -876,7 +876,7 @@ pub fn container_config(
     }
     // `$(VAR)` references: each value sees the variables before it; command and
     // args see them all.
-    let env = crate::expand::expand_env(&env);
+    let env = crate::pod::expand::expand_env(&env);
     let lookup = |name: &str| {
         env.iter()
             .rev()
@@ -886,7 +886,7 @@ pub fn container_config(
     let expand_all = |v: &Option<Vec<String>>| -> Vec<String> {
         v.iter()
             .flatten()
-            .map(|s| crate::expand::expand(s, lookup))
+            .map(|s| crate::pod::expand::expand(s, lookup))
             .collect()
     };
     let (command, args) = (expand_all(&c.command), expand_all(&c.args));

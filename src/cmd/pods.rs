@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use k8s_openapi::List;
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::status::{human_duration, ready_column, restarts_column, status_column};
+use crate::pod::status::{human_duration, ready_column, restarts_column, status_column};
 
 /// Renders the table.
 pub fn render(pods: &[Pod], now: SystemTime) -> String {

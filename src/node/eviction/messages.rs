@@ -240,10 +240,10 @@ pub fn pressure_taint(kind: PressureCondition) -> Taint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eviction::ranking::tests::pod;
-    use crate::eviction::ranking::{ContainerUsage, FsUsage};
-    use crate::eviction::signals::Observation;
-    use crate::eviction::thresholds::{Signal, ThresholdValue};
+    use crate::node::eviction::ranking::tests::pod;
+    use crate::node::eviction::ranking::{ContainerUsage, FsUsage};
+    use crate::node::eviction::signals::Observation;
+    use crate::node::eviction::thresholds::{Signal, ThresholdValue};
     use std::time::Duration;
 
     fn t(secs: i64) -> Time {

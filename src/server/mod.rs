@@ -5,6 +5,8 @@
 //! upstream's stats summary; `GET /node`, the Node object this agent would post, a
 //! nodelet addition) and the healthz port.
 
+pub mod push;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -20,8 +22,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventRecorder;
-use crate::node_view::NodeView;
-use crate::worker::PodMap;
+use crate::node::view::NodeView;
+use crate::pod::worker::PodMap;
 
 /// The node's view once the runtime is connected (`None` until then).
 pub type NodeViewCell = watch::Receiver<Option<Arc<NodeView>>>;

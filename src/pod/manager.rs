@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::worker::{PodWorker, WorkerEnv, WorkerMsg};
+use crate::pod::worker::{PodWorker, WorkerEnv, WorkerMsg};
 
 /// Queue depth of each worker's inbox: a worker coalesces what it finds queued.
 const WORKER_QUEUE: usize = 16;
@@ -46,7 +46,7 @@ pub struct PodManager<R> {
     /// shared with another agent, as under `nodelet run`).
     orphan_cleanup: bool,
     /// Node pressure for admitting new pods, and `--evict-static-pods`.
-    admission: Option<(watch::Receiver<crate::pressure::Pressure>, bool)>,
+    admission: Option<(watch::Receiver<crate::node::pressure::Pressure>, bool)>,
 }
 
 impl<R: Runtime> PodManager<R> {
@@ -71,7 +71,7 @@ impl<R: Runtime> PodManager<R> {
     #[must_use]
     pub fn with_admission(
         mut self,
-        pressure: watch::Receiver<crate::pressure::Pressure>,
+        pressure: watch::Receiver<crate::node::pressure::Pressure>,
         evict_static_pods: bool,
     ) -> Self {
         self.admission = Some((pressure, evict_static_pods));
@@ -90,7 +90,7 @@ impl<R: Runtime> PodManager<R> {
         mut self,
         mut sources: mpsc::Receiver<SourceEvent>,
         mut events: mpsc::Receiver<RuntimeEvent>,
-        mut commands: mpsc::Receiver<crate::pressure::PodCommand>,
+        mut commands: mpsc::Receiver<crate::node::pressure::PodCommand>,
         cancel: CancellationToken,
     ) {
         if self.unready_sources.is_empty() {
@@ -130,9 +130,9 @@ impl<R: Runtime> PodManager<R> {
         }
     }
 
-    fn on_command(&mut self, cmd: crate::pressure::PodCommand) {
+    fn on_command(&mut self, cmd: crate::node::pressure::PodCommand) {
         match cmd {
-            crate::pressure::PodCommand::Evict {
+            crate::node::pressure::PodCommand::Evict {
                 uid,
                 message,
                 grace,
@@ -191,7 +191,7 @@ impl<R: Runtime> PodManager<R> {
             .admission
             .as_ref()
             .and_then(|(pressure, evict_static)| {
-                crate::pressure::admit(&pressure.borrow(), &pod, *evict_static).err()
+                crate::node::pressure::admit(&pressure.borrow(), &pod, *evict_static).err()
             });
         let mut worker = PodWorker::new(Arc::clone(&self.env), pod);
         if let Some(r) = rejection {

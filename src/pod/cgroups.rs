@@ -15,7 +15,7 @@ use nodelet_cgroups::{
 };
 use tracing::{debug, warn};
 
-use crate::resource_args::ResourceSettings;
+use crate::cli::resources::ResourceSettings;
 
 /// The pod cgroups of this node.
 #[derive(Debug)]
