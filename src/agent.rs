@@ -20,7 +20,8 @@ use crate::cli::AgentArgs;
 use crate::cli::resources::ResourceSettings;
 use crate::pod::cgroups::PodCgroups;
 use crate::pod::manager::PodManager;
-use crate::pod::worker::{PodMap, WorkerEnv};
+use crate::pod::status_store::{PodStatuses, StatusStore};
+use crate::pod::worker::{Clock, WorkerEnv};
 use crate::server;
 
 /// Runs the agent until a shutdown signal.
@@ -61,7 +62,7 @@ pub struct StartOptions {
 #[derive(Debug)]
 pub struct RunningAgent {
     /// The published pods, by UID.
-    pub statuses: watch::Receiver<PodMap>,
+    pub statuses: watch::Receiver<PodStatuses>,
     /// Sends snapshots to the pod manager, as a source would.
     pub sources: mpsc::Sender<SourceEvent>,
     /// Stops everything (pods keep running).
@@ -156,7 +157,8 @@ pub async fn start(
     let node_resources = setup_cgroups(&args.cgroup_root, &args.root_dir, &resources, &eviction)?;
     on_cancel_ready(cancel.clone());
 
-    let (status_tx, status_rx) = watch::channel(PodMap::new());
+    let status_store = Arc::new(StatusStore::new());
+    let status_rx = status_store.subscribe();
     let (node_view_tx, node_view_rx) = watch::channel(None);
     let events = crate::events::EventRecorder::new(&node_name, crate::events::EVENT_CAPACITY);
     let (source_tx, source_rx) = mpsc::channel(16);
@@ -227,19 +229,24 @@ pub async fn start(
             cluster_domain: args.cluster_domain.clone(),
             resolv_conf: Some(args.resolv_conf.clone()).filter(|p| !p.as_os_str().is_empty()),
         },
-        pull_auth,
-        // Upstream: one pull at a time unless serializeImagePulls is off, then
-        // maxParallelImagePulls (unset: no limit).
-        pull_slots: match (args.serialize_image_pulls, args.max_parallel_image_pulls) {
-            (true, _) => Some(Arc::new(tokio::sync::Semaphore::new(1))),
-            (false, Some(n)) if n > 0 => Some(Arc::new(tokio::sync::Semaphore::new(n))),
-            (false, _) => None,
-        },
-        pull_limit: Arc::new(pull_limit),
+        images: Arc::new(crate::image::manager::ImageManager::new(
+            Arc::clone(&runtime),
+            pull_auth,
+            // Upstream: one pull at a time unless serializeImagePulls is off, then
+            // maxParallelImagePulls (unset: no limit).
+            match (args.serialize_image_pulls, args.max_parallel_image_pulls) {
+                (true, _) => Some(Arc::new(tokio::sync::Semaphore::new(1))),
+                (false, Some(n)) if n > 0 => Some(Arc::new(tokio::sync::Semaphore::new(n))),
+                (false, _) => None,
+            },
+            pull_limit,
+        )),
+        capacity: crate::pod::podspec::NodeCapacity::from_capacity(&node_resources.capacity),
         events,
-        statuses: status_tx,
+        statuses: Arc::clone(&status_store),
         // Upstream's prober manager `start`.
         agent_start: tokio::time::Instant::now(),
+        clock: Clock::System,
     });
     let mut sources = Vec::new();
     if let Some(path) = args.pod_manifest_path.as_ref().filter(|_| options.sources) {
@@ -343,7 +350,18 @@ pub async fn start(
     } else {
         manager = manager.without_orphan_cleanup();
     }
-    let manager = tokio::spawn(manager.run(source_rx, event_rx, command_rx, cancel.clone()));
+    let (routed_tx, routed_rx) = mpsc::channel(256);
+    tasks.spawn(crate::pod::router::run(
+        Arc::clone(&runtime),
+        event_rx,
+        routed_tx,
+    ));
+    let inputs = crate::pod::manager::Inputs {
+        sources: source_rx,
+        events: routed_rx,
+        commands: command_rx,
+    };
+    let manager = tokio::spawn(manager.run(inputs, cancel.clone()));
     Ok(Some(RunningAgent {
         statuses: status_rx,
         sources: source_tx,

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, StartOptions};
 use crate::cli::{RunArgs, RunOutput, RunUntil};
-use crate::pod::worker::PodMap;
+use crate::pod::status_store::PodStatuses;
 
 /// The source the pods are run under (their `config.source` annotation says `file`).
 const SOURCE: &str = "file";
@@ -224,7 +224,7 @@ impl Printer {
 
 /// The run's pods as published by their workers.
 struct Watch {
-    statuses: tokio::sync::watch::Receiver<PodMap>,
+    statuses: tokio::sync::watch::Receiver<PodStatuses>,
     uids: Vec<String>,
     /// Phase and STATUS column last printed, by UID.
     shown: HashMap<String, (String, String)>,

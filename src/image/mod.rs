@@ -2,4 +2,5 @@
 //! registry pulls (`--registry-qps`/`--registry-burst`).
 
 pub mod gc;
+pub mod manager;
 pub mod pull_limit;

@@ -32,7 +32,7 @@ use crate::node::eviction::{
     Eviction, EvictionManager, NodeStats, Observations, PodUsage, Qos, messages,
 };
 use crate::pod::cgroups::PodCgroups;
-use crate::pod::worker::PodMap;
+use crate::pod::status_store::PodStatuses;
 
 /// The node's pressure as the eviction manager last saw it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -81,7 +81,7 @@ pub struct PressureMonitor {
     layout: Layout,
     cgroups: Arc<PodCgroups>,
     fs: Filesystems,
-    pods: watch::Receiver<PodMap>,
+    pods: watch::Receiver<PodStatuses>,
     pressure: watch::Sender<Pressure>,
     commands: mpsc::Sender<PodCommand>,
     notifiers: Vec<(Signal, MemoryNotifier)>,
@@ -100,7 +100,7 @@ impl PressureMonitor {
         manager: EvictionManager,
         cgroups: Arc<PodCgroups>,
         fs: Filesystems,
-        pods: watch::Receiver<PodMap>,
+        pods: watch::Receiver<PodStatuses>,
         pressure: watch::Sender<Pressure>,
         commands: mpsc::Sender<PodCommand>,
     ) -> Self {
@@ -330,7 +330,7 @@ impl PressureMonitor {
         {
             return;
         }
-        let stopped = |pods: &PodMap| {
+        let stopped = |pods: &PodStatuses| {
             pods.get(&uid).is_none_or(|p| {
                 p.status
                     .as_ref()

@@ -20,7 +20,7 @@ use crate::node::summary::{
     VolumeInput, build_summary,
 };
 use crate::pod::cgroups::PodCgroups;
-use crate::pod::worker::PodMap;
+use crate::pod::status_store::PodStatuses;
 
 /// The node as served.
 pub struct NodeView {
@@ -31,7 +31,7 @@ pub struct NodeView {
     /// The eviction loop's conditions and taints.
     pub pressure: watch::Receiver<Pressure>,
     /// The pods.
-    pub pods: watch::Receiver<PodMap>,
+    pub pods: watch::Receiver<PodStatuses>,
     /// The pod cgroups.
     pub cgroups: Arc<PodCgroups>,
     /// The root dir and image filesystem.

@@ -216,21 +216,12 @@ impl PodCgroups {
     }
 }
 
+/// A pod cgroup manager on a temp-dir cgroupfs, for tests.
 #[cfg(test)]
-mod tests {
+pub mod testing {
     use super::*;
-    use nodelet_cgroups::CgroupVersion;
 
-    fn pod(uid: &str, cpu: &str) -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": uid, "uid": uid},
-            "spec": {"containers": [{"name": "c", "image": "i",
-                "resources": {"requests": {"cpu": cpu}}}]}
-        }))
-        .expect("pod")
-    }
-
-    fn settings() -> ResourceSettings {
+    pub fn settings() -> ResourceSettings {
         ResourceSettings {
             cgroup_driver: nodelet_cgroups::CgroupDriver::Cgroupfs,
             cgroups_per_qos: true,
@@ -246,7 +237,7 @@ mod tests {
     }
 
     /// A fake v1 cgroupfs: each controller a directory with its control files.
-    fn fake_v1() -> (tempfile::TempDir, Layout) {
+    pub fn fake_v1() -> (tempfile::TempDir, Layout) {
         let dir = tempfile::tempdir().expect("tempdir");
         let controllers = ["cpu", "cpuacct", "cpuset", "memory", "pids"];
         for c in controllers {
@@ -256,6 +247,37 @@ mod tests {
         std::fs::write(dir.path().join("cpuset/cpuset.mems"), "0\n").expect("mems");
         let layout = Layout::v1_at(dir.path(), &controllers);
         (dir, layout)
+    }
+
+    /// Pod cgroups with the QoS hierarchy on a fake v1 cgroupfs (keep the dir).
+    pub fn fake_pod_cgroups() -> (tempfile::TempDir, PodCgroups) {
+        let (dir, layout) = fake_v1();
+        let container = ContainerSettings::new(1 << 30, nodelet_cgroups::CgroupVersion::V1);
+        let pc = PodCgroups::setup(
+            layout,
+            "/t",
+            settings(),
+            container,
+            ResourceConfig::default(),
+        )
+        .expect("setup");
+        (dir, pc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{fake_v1, settings};
+    use super::*;
+    use nodelet_cgroups::CgroupVersion;
+
+    fn pod(uid: &str, cpu: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": uid, "uid": uid},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "resources": {"requests": {"cpu": cpu}}}]}
+        }))
+        .expect("pod")
     }
 
     fn read(dir: &tempfile::TempDir, rel: &str) -> String {

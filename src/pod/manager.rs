@@ -1,52 +1,116 @@
-//! The pod manager: turns source snapshots into pod workers and routes runtime events
-//! to them. It owns the set of workers; each worker owns its pod.
+//! The pod manager: turns source snapshots into pod workers, with upstream's rules
+//! for a pod UID's life (`pkg/kubelet/pod_workers.go`, `UpdatePod` and
+//! `SyncKnownPods`):
 //!
-//! - A UID new in a snapshot gets a worker; a changed pod is sent to its worker; a UID
-//!   gone from its source is terminated. A UID that is terminating is not restarted
-//!   until its worker has finished (upstream's rule), then it starts afresh.
-//! - Once every source has reported, sandboxes and containers in the runtime that
-//!   belong to no desired pod (left from before a restart) are terminated.
-//! - A container exit is routed to its pod's worker by container ID.
+//! - a UID new in the sources gets a worker; a pod already marked deleted
+//!   (`deletionTimestamp`) gets one that terminates it at once;
+//! - a change upstream treats as an update (spec, labels, annotations, the deletion
+//!   fields; never status alone) reaches the worker's mailbox;
+//! - a `deletionTimestamp` set by a source terminates the pod with the source's grace
+//!   period; a UID gone from every source is terminated with the pod's own;
+//! - a terminated UID is never started again while a source still lists it (its
+//!   tombstone stays until none does); a UID that a source removed and then listed
+//!   anew while it was terminating starts afresh once the termination is over
+//!   (upstream's `restartRequested`);
+//! - a worker that panics is logged with its pod, the pod is failed, and a new worker
+//!   stops what it left running; the agent carries on;
+//! - once every source has reported, runtime objects of pods nobody wants (left from
+//!   before a restart) are terminated.
+//!
+//! Nothing here waits on the runtime: the orphan scan runs as its own task and runtime
+//! events arrive already routed to a pod (`router.rs`), so one slow pod never holds
+//! up another pod's admission or status.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
-use nodelet_cri::runtime::{Runtime, RuntimeEvent};
+use nodelet_cri::runtime::Runtime;
 use nodelet_manifests::SourceEvent;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::pod::worker::{PodWorker, WorkerEnv, WorkerMsg};
+use crate::node::pressure::{PodCommand, Pressure};
+use crate::pod::mailbox::{Evict, Mailbox, Terminate, TerminateReason};
+use crate::pod::router::Routed;
+use crate::pod::worker::{Outcome, PodWorker, WorkerEnv};
 
-/// Queue depth of each worker's inbox: a worker coalesces what it finds queued.
-const WORKER_QUEUE: usize = 16;
+/// Where a UID is in its life, as the manager tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Its worker runs (syncing, or finished by itself and kept).
+    Active,
+    /// Termination was asked for; its worker is stopping it.
+    Terminating,
+    /// Its worker is gone, the pod removed; a source still lists the UID, which is
+    /// never started again.
+    Tombstone,
+}
 
-struct Handle {
-    tx: mpsc::Sender<WorkerMsg>,
-    terminating: bool,
+struct Slot {
+    mailbox: Mailbox,
+    state: SlotState,
+    /// Listed anew while terminating: start afresh once the worker is done.
+    restart: Option<Pod>,
+    /// The pod as last sent to the worker, for telling updates apart.
+    pod: Pod,
 }
 
 /// The pod manager.
 pub struct PodManager<R> {
     env: Arc<WorkerEnv<R>>,
-    workers: HashMap<String, Handle>,
-    join: JoinSet<String>,
+    slots: HashMap<String, Slot>,
+    tasks: JoinSet<Outcome>,
+    task_uids: HashMap<tokio::task::Id, String>,
     /// Desired pods by source.
     desired: HashMap<&'static str, BTreeMap<String, Pod>>,
-    /// Pods wanted again while their previous worker still terminates.
-    pending: HashMap<String, Pod>,
     /// Sources that have not sent their first snapshot.
     unready_sources: HashSet<&'static str>,
-    /// Container and sandbox IDs to pod UIDs, for routing events.
-    owners: HashMap<String, String>,
     /// Whether runtime objects no source wants are removed (not when the namespace is
     /// shared with another agent, as under `nodelet run`).
     orphan_cleanup: bool,
     /// Node pressure for admitting new pods, and `--evict-static-pods`.
-    admission: Option<(watch::Receiver<crate::node::pressure::Pressure>, bool)>,
+    admission: Option<(watch::Receiver<Pressure>, bool)>,
+    /// Stops the workers (their pods keep running).
+    workers_stop: CancellationToken,
+}
+
+/// Whether `new` differs from `old` in what a worker acts on: spec, labels and
+/// annotations (the downward API shows them), and the deletion fields. A change in
+/// status alone (a source that carries status, as the apiserver does) is not an update.
+pub fn is_update(old: &Pod, new: &Pod) -> bool {
+    let (a, b) = (&old.metadata, &new.metadata);
+    old.spec != new.spec
+        || a.labels != b.labels
+        || a.annotations != b.annotations
+        || a.deletion_timestamp != b.deletion_timestamp
+        || a.deletion_grace_period_seconds != b.deletion_grace_period_seconds
+        || a.name != b.name
+        || a.namespace != b.namespace
+}
+
+fn deletion(pod: &Pod) -> Option<Terminate> {
+    pod.metadata.deletion_timestamp.as_ref()?;
+    Some(Terminate {
+        reason: TerminateReason::Deleted,
+        grace: pod
+            .metadata
+            .deletion_grace_period_seconds
+            .map(|s| std::time::Duration::from_secs(u64::try_from(s).unwrap_or(0))),
+    })
+}
+
+/// What feeds the manager.
+#[derive(Debug)]
+pub struct Inputs {
+    /// Source snapshots.
+    pub sources: mpsc::Receiver<SourceEvent>,
+    /// Runtime events, routed to pods.
+    pub events: mpsc::Receiver<Routed>,
+    /// Commands from the eviction loop.
+    pub commands: mpsc::Receiver<PodCommand>,
 }
 
 impl<R: Runtime> PodManager<R> {
@@ -55,14 +119,14 @@ impl<R: Runtime> PodManager<R> {
     pub fn new(env: Arc<WorkerEnv<R>>, sources: &[&'static str]) -> Self {
         Self {
             env,
-            workers: HashMap::new(),
-            join: JoinSet::new(),
+            slots: HashMap::new(),
+            tasks: JoinSet::new(),
+            task_uids: HashMap::new(),
             desired: HashMap::new(),
-            pending: HashMap::new(),
             unready_sources: sources.iter().copied().collect(),
-            owners: HashMap::new(),
             orphan_cleanup: true,
             admission: None,
+            workers_stop: CancellationToken::new(),
         }
     }
 
@@ -71,10 +135,10 @@ impl<R: Runtime> PodManager<R> {
     #[must_use]
     pub fn with_admission(
         mut self,
-        pressure: watch::Receiver<crate::node::pressure::Pressure>,
-        evict_static_pods: bool,
+        pressure: watch::Receiver<Pressure>,
+        evict_static: bool,
     ) -> Self {
-        self.admission = Some((pressure, evict_static_pods));
+        self.admission = Some((pressure, evict_static));
         self
     }
 
@@ -86,61 +150,32 @@ impl<R: Runtime> PodManager<R> {
     }
 
     /// Runs until `cancel`: pods keep running when the agent stops, as upstream.
-    pub async fn run(
-        mut self,
-        mut sources: mpsc::Receiver<SourceEvent>,
-        mut events: mpsc::Receiver<RuntimeEvent>,
-        mut commands: mpsc::Receiver<crate::node::pressure::PodCommand>,
-        cancel: CancellationToken,
-    ) {
+    pub async fn run(mut self, mut inputs: Inputs, cancel: CancellationToken) {
+        let (orphans_tx, mut orphans_rx) = mpsc::channel::<Vec<Pod>>(1);
         if self.unready_sources.is_empty() {
-            self.remove_orphans().await;
+            self.scan_orphans(&orphans_tx);
         }
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
-                Some(ev) = sources.recv() => self.on_source(ev).await,
-                Some(ev) = events.recv() => self.on_runtime_event(ev).await,
-                Some(cmd) = commands.recv() => self.on_command(cmd),
-                Some(done) = self.join.join_next(), if !self.join.is_empty() => {
-                    match done {
-                        Ok(uid) => self.on_worker_done(&uid),
-                        Err(e) => warn!(error = %e, "pod worker panicked"),
+                Some(ev) = inputs.sources.recv() => {
+                    let SourceEvent::Snapshot { source, pods } = ev;
+                    self.on_snapshot(source, pods);
+                    if self.unready_sources.remove(source) && self.unready_sources.is_empty() {
+                        self.scan_orphans(&orphans_tx);
                     }
+                }
+                Some(ev) = inputs.events.recv() => self.on_routed(ev),
+                Some(cmd) = inputs.commands.recv() => self.on_command(cmd),
+                Some(orphans) = orphans_rx.recv() => self.on_orphans(orphans),
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.on_worker_done(done);
                 }
             }
         }
-        // Dropping the senders ends every worker; their pods keep running.
-        self.workers.clear();
-        self.join.shutdown().await;
-    }
-
-    async fn on_source(&mut self, ev: SourceEvent) {
-        let SourceEvent::Snapshot { source, pods } = ev;
-        let pods: BTreeMap<String, Pod> = pods
-            .into_iter()
-            .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
-            .collect();
-        debug!(source, count = pods.len(), "source snapshot");
-        let before = self.all_desired();
-        self.desired.insert(source, pods);
-        self.reconcile(&before);
-        if self.unready_sources.remove(source) && self.unready_sources.is_empty() {
-            self.remove_orphans().await;
-        }
-    }
-
-    fn on_command(&mut self, cmd: crate::node::pressure::PodCommand) {
-        match cmd {
-            crate::node::pressure::PodCommand::Evict {
-                uid,
-                message,
-                grace,
-            } => match self.workers.get(&uid) {
-                Some(h) => deliver(&h.tx, WorkerMsg::Evict { message, grace }),
-                None => debug!(uid = %uid, "eviction of a pod without a worker ignored"),
-            },
-        }
+        // The workers stop; their pods keep running.
+        self.workers_stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
     }
 
     fn all_desired(&self) -> BTreeMap<String, Pod> {
@@ -150,32 +185,129 @@ impl<R: Runtime> PodManager<R> {
             .collect()
     }
 
-    /// Moves the workers toward the desired pods; `before` is what was desired until
-    /// now, so only workers whose pod changed are told.
-    fn reconcile(&mut self, before: &BTreeMap<String, Pod>) {
+    /// A source's new snapshot: moves the workers toward the union of all sources.
+    fn on_snapshot(&mut self, source: &'static str, pods: Vec<Pod>) {
+        let pods: BTreeMap<String, Pod> = pods
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
+            .collect();
+        debug!(source, count = pods.len(), "source snapshot");
+        let before: HashSet<String> = self.all_desired().into_keys().collect();
+        self.desired.insert(source, pods);
         let desired = self.all_desired();
         for (uid, pod) in &desired {
-            match self.workers.get(uid) {
-                None => self.spawn(pod.clone()),
-                Some(h) if h.terminating => {
-                    self.pending.insert(uid.clone(), pod.clone());
-                }
-                Some(h) if before.get(uid) != Some(pod) => {
-                    deliver(&h.tx, WorkerMsg::Update(Box::new(pod.clone())));
-                }
-                Some(_) => {}
-            }
+            let added = !before.contains(uid);
+            self.on_desired(uid, pod, added);
         }
         let gone: Vec<String> = self
-            .workers
-            .iter()
-            .filter(|(uid, h)| !h.terminating && !desired.contains_key(*uid))
-            .map(|(uid, _)| uid.clone())
+            .slots
+            .keys()
+            .filter(|uid| !desired.contains_key(*uid))
+            .cloned()
             .collect();
         for uid in gone {
-            self.terminate(&uid);
+            self.on_gone(&uid);
         }
-        self.pending.retain(|uid, _| desired.contains_key(uid));
+    }
+
+    fn on_desired(&mut self, uid: &str, pod: &Pod, added: bool) {
+        let Some(slot) = self.slots.get_mut(uid) else {
+            self.spawn(pod.clone());
+            if let Some(req) = deletion(pod) {
+                self.terminate(uid, req);
+            }
+            return;
+        };
+        match slot.state {
+            // Removed and listed anew: a fresh start (it was fully removed).
+            SlotState::Tombstone if added => {
+                self.slots.remove(uid);
+                self.spawn(pod.clone());
+            }
+            SlotState::Tombstone => {}
+            SlotState::Terminating if added => {
+                debug!(
+                    uid,
+                    "pod listed again while terminating: restarts once terminated"
+                );
+                slot.restart = Some(pod.clone());
+            }
+            SlotState::Terminating | SlotState::Active => {
+                if is_update(&slot.pod, pod) {
+                    slot.pod = pod.clone();
+                    slot.mailbox.update(pod.clone());
+                }
+                if let Some(req) = deletion(pod) {
+                    self.terminate(uid, req);
+                }
+            }
+        }
+    }
+
+    fn on_gone(&mut self, uid: &str) {
+        let Some(slot) = self.slots.get_mut(uid) else {
+            return;
+        };
+        slot.restart = None;
+        match slot.state {
+            SlotState::Tombstone => {
+                self.slots.remove(uid);
+            }
+            SlotState::Active | SlotState::Terminating => {
+                info!(uid, "pod removed from its source, terminating");
+                self.terminate(
+                    uid,
+                    Terminate {
+                        reason: TerminateReason::Removed,
+                        grace: None,
+                    },
+                );
+            }
+        }
+    }
+
+    fn terminate(&mut self, uid: &str, req: Terminate) {
+        if let Some(slot) = self.slots.get_mut(uid)
+            && slot.state != SlotState::Tombstone
+        {
+            slot.state = SlotState::Terminating;
+            slot.mailbox.terminate(req);
+        }
+    }
+
+    fn on_command(&mut self, cmd: PodCommand) {
+        match cmd {
+            PodCommand::Evict {
+                uid,
+                message,
+                grace,
+            } => match self.slots.get(&uid) {
+                Some(slot) if slot.state == SlotState::Active => {
+                    slot.mailbox.evict(Evict { message, grace });
+                }
+                _ => debug!(uid = %uid, "eviction of a pod without a running worker ignored"),
+            },
+        }
+    }
+
+    fn on_routed(&mut self, ev: Routed) {
+        match ev {
+            Routed::Resync => {
+                for slot in self.slots.values() {
+                    slot.mailbox.sync();
+                }
+            }
+            Routed::Sync { uid } => {
+                if let Some(slot) = self.slots.get(&uid) {
+                    slot.mailbox.sync();
+                }
+            }
+            Routed::Oom { uid, id } => {
+                if let Some(slot) = self.slots.get(&uid) {
+                    slot.mailbox.oom(id);
+                }
+            }
+        }
     }
 
     fn spawn(&mut self, pod: Pod) {
@@ -186,150 +318,155 @@ impl<R: Runtime> PodManager<R> {
             uid = %uid,
             "pod added"
         );
-        let (tx, rx) = mpsc::channel(WORKER_QUEUE);
         let rejection = self
             .admission
             .as_ref()
             .and_then(|(pressure, evict_static)| {
                 crate::node::pressure::admit(&pressure.borrow(), &pod, *evict_static).err()
             });
-        let mut worker = PodWorker::new(Arc::clone(&self.env), pod);
+        let mailbox = Mailbox::new();
+        let mut worker = PodWorker::new(Arc::clone(&self.env), pod.clone(), mailbox.clone());
         if let Some(r) = rejection {
             info!(uid = %uid, reason = r.reason, message = %r.message, "pod rejected");
             worker = worker.rejected(r.reason, r.message);
         }
-        let id = uid.clone();
-        self.join.spawn(async move {
-            worker.run(rx).await;
-            id
-        });
-        self.workers.insert(
+        self.start(uid, pod, worker, mailbox);
+    }
+
+    fn start(&mut self, uid: String, pod: Pod, worker: PodWorker<R>, mailbox: Mailbox) {
+        let stop = self.workers_stop.clone();
+        let handle = self.tasks.spawn(worker.run(stop));
+        self.task_uids.insert(handle.id(), uid.clone());
+        self.slots.insert(
             uid,
-            Handle {
-                tx,
-                terminating: false,
+            Slot {
+                mailbox,
+                state: SlotState::Active,
+                restart: None,
+                pod,
             },
         );
     }
 
-    fn terminate(&mut self, uid: &str) {
-        if let Some(h) = self.workers.get_mut(uid) {
-            info!(uid, "pod removed from its source, terminating");
-            h.terminating = true;
-            deliver(&h.tx, WorkerMsg::Terminate);
-        }
-    }
-
-    fn on_worker_done(&mut self, uid: &str) {
-        self.workers.remove(uid);
-        self.owners.retain(|_, owner| owner != uid);
-        if let Some(pod) = self.pending.remove(uid) {
-            self.spawn(pod);
-        }
-    }
-
-    async fn refresh_owners(&mut self) {
-        let rt = &self.env.runtime;
-        match (
-            rt.list_containers(None).await,
-            rt.list_sandboxes(None).await,
-        ) {
-            (Ok(cs), Ok(sbs)) => {
-                self.owners = cs
-                    .into_iter()
-                    .map(|c| (c.id, c.pod_uid))
-                    .chain(sbs.into_iter().map(|s| (s.id, s.pod.uid)))
-                    .collect();
-            }
-            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "cannot list runtime objects"),
-        }
-    }
-
-    async fn on_runtime_event(&mut self, ev: RuntimeEvent) {
-        let (id, msg) = match &ev {
-            RuntimeEvent::ContainerExited { id, .. } => (id, WorkerMsg::Sync),
-            RuntimeEvent::ContainerOom { id } => (id, WorkerMsg::Oom(id.clone())),
-            RuntimeEvent::Resync => {
-                for h in self.workers.values() {
-                    let _ = h.tx.try_send(WorkerMsg::Sync);
-                }
-                return;
-            }
+    fn on_worker_done(&mut self, done: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
+        let (id, outcome) = match done {
+            Ok((id, outcome)) => (id, Ok(outcome)),
+            Err(e) => (e.id(), Err(e)),
         };
-        if !self.owners.contains_key(id) {
-            self.refresh_owners().await;
+        let Some(uid) = self.task_uids.remove(&id) else {
+            return;
+        };
+        match outcome {
+            Ok(Outcome::Shutdown) => {}
+            Ok(Outcome::Removed) => self.on_removed(&uid),
+            Err(e) => self.on_panic(&uid, &e),
         }
-        if let Some(h) = self.owners.get(id).and_then(|uid| self.workers.get(uid)) {
-            match msg {
-                // A full queue already holds a pending sync: dropping this one is fine.
-                WorkerMsg::Sync => {
-                    let _ = h.tx.try_send(WorkerMsg::Sync);
-                }
-                other => deliver(&h.tx, other),
+    }
+
+    fn on_removed(&mut self, uid: &str) {
+        let Some(slot) = self.slots.get_mut(uid) else {
+            return;
+        };
+        let desired = self.desired.values().any(|m| m.contains_key(uid));
+        match (slot.restart.take(), desired) {
+            (Some(pod), true) => {
+                info!(uid, "pod listed anew: starting it again");
+                self.slots.remove(uid);
+                self.spawn(pod);
+            }
+            (_, true) => slot.state = SlotState::Tombstone,
+            (_, false) => {
+                self.slots.remove(uid);
             }
         }
     }
 
-    /// Terminates runtime objects of pods that no source wants.
-    async fn remove_orphans(&mut self) {
+    /// A worker panicked: the pod is failed with the panic's message, and a new
+    /// worker (which starts nothing for a failed pod) stops what it left running.
+    fn on_panic(&mut self, uid: &str, e: &tokio::task::JoinError) {
+        let Some(slot) = self.slots.remove(uid) else {
+            return;
+        };
+        let message = format!("pod worker panicked: {e}");
+        error!(
+            uid,
+            pod = slot.pod.metadata.name.as_deref().unwrap_or(""),
+            namespace = slot.pod.metadata.namespace.as_deref().unwrap_or(""),
+            %message,
+            "pod worker panicked; the pod is failed"
+        );
+        let terminating = slot.state == SlotState::Terminating;
+        let mailbox = Mailbox::new();
+        let worker = PodWorker::new(Arc::clone(&self.env), slot.pod.clone(), mailbox.clone())
+            .rejected(PANIC_REASON, message);
+        self.start(uid.to_owned(), slot.pod, worker, mailbox);
+        if terminating || !self.desired.values().any(|m| m.contains_key(uid)) {
+            self.on_gone(uid);
+        }
+    }
+
+    /// Lists the runtime in a task of its own; what no source wants comes back.
+    fn scan_orphans(&self, out: &mpsc::Sender<Vec<Pod>>) {
         if !self.orphan_cleanup {
             return;
         }
-        let rt = &self.env.runtime;
-        let (containers, sandboxes) = match (
-            rt.list_containers(None).await,
-            rt.list_sandboxes(None).await,
-        ) {
-            (Ok(c), Ok(s)) => (c, s),
-            (Err(e), _) | (_, Err(e)) => {
-                warn!(error = %e, "cannot list runtime objects for orphan cleanup");
-                return;
+        let runtime = Arc::clone(&self.env.runtime);
+        let out = out.clone();
+        tokio::spawn(async move {
+            match find_runtime_pods(&*runtime).await {
+                Ok(pods) => {
+                    let _ = out.send(pods).await;
+                }
+                Err(e) => warn!(error = %e, "cannot list runtime objects for orphan cleanup"),
             }
-        };
-        let mut orphans: BTreeMap<String, Pod> = BTreeMap::new();
-        let desired = self.all_desired();
-        for sb in &sandboxes {
-            if !desired.contains_key(&sb.pod.uid) && !self.workers.contains_key(&sb.pod.uid) {
-                orphans
-                    .entry(sb.pod.uid.clone())
-                    .or_insert_with(|| synthetic_pod(&sb.pod.uid, &sb.pod.name, &sb.pod.namespace));
+        });
+    }
+
+    /// Terminates the runtime pods that no source wants and no worker owns.
+    fn on_orphans(&mut self, pods: Vec<Pod>) {
+        for pod in pods {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if self.slots.contains_key(&uid) || self.desired.values().any(|m| m.contains_key(&uid))
+            {
+                continue;
             }
-        }
-        for c in &containers {
-            if !desired.contains_key(&c.pod_uid) && !self.workers.contains_key(&c.pod_uid) {
-                let name = c
-                    .labels
-                    .get(nodelet_cri::runtime::keys::POD_NAME)
-                    .cloned()
-                    .unwrap_or_default();
-                let ns = c
-                    .labels
-                    .get(nodelet_cri::runtime::keys::POD_NAMESPACE)
-                    .cloned()
-                    .unwrap_or_default();
-                orphans
-                    .entry(c.pod_uid.clone())
-                    .or_insert_with(|| synthetic_pod(&c.pod_uid, &name, &ns));
-            }
-        }
-        for (uid, pod) in orphans {
             info!(uid = %uid, pod = pod.metadata.name.as_deref().unwrap_or(""), "removing pod no source wants");
             self.spawn(pod);
-            self.terminate(&uid);
+            self.terminate(
+                &uid,
+                Terminate {
+                    reason: TerminateReason::Removed,
+                    grace: None,
+                },
+            );
         }
     }
 }
 
-/// Sends a message that must not be lost (a spec update, a termination): at once if
-/// the worker's inbox has room, else from a task that waits for room. (A `Sync` may
-/// be dropped instead: a full inbox already holds a pending sync.)
-fn deliver(tx: &mpsc::Sender<WorkerMsg>, msg: WorkerMsg) {
-    if let Err(mpsc::error::TrySendError::Full(msg)) = tx.try_send(msg) {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let _ = tx.send(msg).await;
+/// The reason a pod failed by a worker panic shows.
+pub const PANIC_REASON: &str = "NodeletWorkerPanic";
+
+/// Every pod the runtime has objects of, as stand-ins built from their labels.
+async fn find_runtime_pods<R: Runtime>(
+    rt: &R,
+) -> Result<Vec<Pod>, nodelet_cri::runtime::RuntimeError> {
+    use nodelet_cri::runtime::keys;
+    let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
+    for sb in rt.list_sandboxes(None).await? {
+        pods.entry(sb.pod.uid.clone())
+            .or_insert_with(|| synthetic_pod(&sb.pod.uid, &sb.pod.name, &sb.pod.namespace));
+    }
+    for c in rt.list_containers(None).await? {
+        let label = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
+        pods.entry(c.pod_uid.clone()).or_insert_with(|| {
+            synthetic_pod(
+                &c.pod_uid,
+                &label(keys::POD_NAME),
+                &label(keys::POD_NAMESPACE),
+            )
         });
     }
+    Ok(pods.into_values().collect())
 }
 
 /// A stand-in for a pod known only from runtime labels, for terminating it.
@@ -345,3 +482,6 @@ fn synthetic_pod(uid: &str, name: &str, namespace: &str) -> Pod {
     });
     pod
 }
+
+#[cfg(test)]
+mod tests;

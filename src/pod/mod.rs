@@ -6,7 +6,18 @@
 pub mod cgroups;
 pub mod expand;
 pub mod hooks;
+pub mod mailbox;
 pub mod manager;
 pub mod podspec;
+pub mod router;
 pub mod status;
+// Consumer registration and versions serve the apiserver status poster (issue 11);
+// until it exists only the tests use them.
+#[cfg_attr(not(test), allow(dead_code))]
+pub mod status_store;
 pub mod worker;
+
+#[cfg(test)]
+pub mod fake_runtime;
+#[cfg(test)]
+pub mod testing;

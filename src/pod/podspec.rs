@@ -265,6 +265,7 @@ pub fn sandbox_config(
 pub fn prepare_volumes(
     pod: &Pod,
     pod_dir: &Path,
+    capacity: &NodeCapacity,
 ) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
     let fs_group = pod
         .spec
@@ -274,7 +275,10 @@ pub fn prepare_volumes(
         .and_then(|g| u32::try_from(g).ok());
     let mut out = BTreeMap::new();
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        out.insert(v.name.clone(), prepare_volume(pod, v, pod_dir, fs_group)?);
+        out.insert(
+            v.name.clone(),
+            prepare_volume(pod, v, pod_dir, fs_group, capacity)?,
+        );
     }
     Ok(out)
 }
@@ -284,6 +288,7 @@ fn prepare_volume(
     v: &Volume,
     pod_dir: &Path,
     fs_group: Option<u32>,
+    capacity: &NodeCapacity,
 ) -> Result<PathBuf, ConfigError> {
     if let Some(ed) = &v.empty_dir {
         let dir = pod_dir
@@ -321,7 +326,7 @@ fn prepare_volume(
         let dir = pod_dir
             .join("volumes/kubernetes.io~downward-api")
             .join(&v.name);
-        write_downward_api(pod, source, &dir)?;
+        write_downward_api(pod, source, &dir, capacity)?;
         return Ok(dir);
     }
     if let Some(hp) = &v.host_path {
@@ -437,7 +442,7 @@ fn check_host_path(path: &Path, kind: &str) -> Result<(), ConfigError> {
 
 /// The node's capacity, which stands in for a container's unset limits in the
 /// downward API (upstream merges node allocatable into them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeCapacity {
     /// CPUs, in millicores.
     pub cpu_millis: i128,
@@ -446,9 +451,8 @@ pub struct NodeCapacity {
 }
 
 impl NodeCapacity {
-    /// The machine's online CPUs and memory.
-    pub fn detect() -> Self {
-        let cap = nodelet_cgroups::NodeCapacity::read(Path::new("/")).unwrap_or_default();
+    /// The CPUs and memory of the machine's capacity, read once by the agent.
+    pub fn from_capacity(cap: &nodelet_cgroups::NodeCapacity) -> Self {
         Self {
             cpu_millis: i128::from(cap.cpu_milli.max(1000)),
             memory_bytes: i128::from(cap.memory),
@@ -541,6 +545,7 @@ fn write_downward_api(
     pod: &Pod,
     source: &k8s_openapi::api::core::v1::DownwardAPIVolumeSource,
     dir: &Path,
+    capacity: &NodeCapacity,
 ) -> Result<(), ConfigError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     let m = &pod.metadata;
@@ -572,7 +577,7 @@ fn write_downward_api(
                     path: item.path.clone(),
                     reason: format!("resourceFieldRef names unknown container {name:?}"),
                 })?;
-            resource_field(c, rf, &NodeCapacity::detect()).map_err(|reason| ConfigError::Io {
+            resource_field(c, rf, capacity).map_err(|reason| ConfigError::Io {
                 path: item.path.clone(),
                 reason,
             })?
@@ -604,6 +609,8 @@ pub struct FieldValues {
     pub pod_ips: String,
     /// The container whose env this is (for `resourceFieldRef` without a name).
     pub container: Option<Container>,
+    /// The node's capacity, for `resourceFieldRef`s of unset limits.
+    pub capacity: NodeCapacity,
 }
 
 fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String> {
@@ -652,7 +659,7 @@ fn env_value(pod: &Pod, e: &EnvVar, f: &FieldValues) -> Result<String, ConfigErr
         };
         let value = container
             .ok_or_else(|| format!("container {:?} not found", rf.container_name))
-            .and_then(|c| resource_field(&c, rf, &NodeCapacity::detect()));
+            .and_then(|c| resource_field(&c, rf, &f.capacity));
         return value.map_err(|reason| ConfigError::Env {
             name: e.name.clone(),
             reason,

@@ -288,6 +288,9 @@ pub(crate) mod testing {
         async fn remove_container(&self, _: &str) -> Result<(), RuntimeError> {
             Err(refused("remove container"))
         }
+        async fn owner_of(&self, _: &str) -> Result<Option<String>, RuntimeError> {
+            Err(refused("owner of"))
+        }
         async fn list_containers(
             &self,
             _: Option<&str>,

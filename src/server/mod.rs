@@ -23,14 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::EventRecorder;
 use crate::node::view::NodeView;
-use crate::pod::worker::PodMap;
+use crate::pod::status_store::PodStatuses;
 
 /// The node's view once the runtime is connected (`None` until then).
 pub type NodeViewCell = watch::Receiver<Option<Arc<NodeView>>>;
 
 /// Builds the read-only API.
 pub fn read_only_router(
-    pods: watch::Receiver<PodMap>,
+    pods: watch::Receiver<PodStatuses>,
     events: EventRecorder,
     node: NodeViewCell,
 ) -> Router {
@@ -106,7 +106,7 @@ async fn healthz() -> &'static str {
 }
 
 /// The pods as a `v1.PodList`, sorted by namespace and name.
-pub fn pod_list(pods: &PodMap) -> List<Pod> {
+pub fn pod_list(pods: &PodStatuses) -> List<Pod> {
     let mut items: Vec<Pod> = pods.values().map(|p| Pod::clone(p)).collect();
     items.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
@@ -117,7 +117,7 @@ pub fn pod_list(pods: &PodMap) -> List<Pod> {
     }
 }
 
-async fn list_pods(State(pods): State<watch::Receiver<PodMap>>) -> impl IntoResponse {
+async fn list_pods(State(pods): State<watch::Receiver<PodStatuses>>) -> impl IntoResponse {
     let list = pod_list(&pods.borrow());
     let body = serde_json::to_vec(&list).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body)

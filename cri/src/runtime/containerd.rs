@@ -728,6 +728,13 @@ impl Runtime for ContainerdRuntime {
         Ok(())
     }
 
+    async fn owner_of(&self, id: &str) -> Result<Option<String>, RuntimeError> {
+        Ok(self
+            .get_container(id)
+            .await?
+            .and_then(|c| c.labels.get(keys::POD_UID).cloned()))
+    }
+
     async fn list_containers(
         &self,
         pod_uid: Option<&str>,

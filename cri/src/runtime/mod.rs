@@ -426,6 +426,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes a stopped container and its root filesystem. Idempotent.
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
+    /// The UID of the pod a container or sandbox belongs to, from its labels; `None`
+    /// when there is no such container or it isn't a pod's.
+    fn owner_of(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<String>, RuntimeError>> + Send;
+
     /// The containers of one pod (or all, with `None`), sandboxes excluded.
     fn list_containers(
         &self,
