@@ -606,7 +606,7 @@ pub struct FieldValues {
     pub container: Option<Container>,
 }
 
-fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String> {
+pub(crate) fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String> {
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
     let from_map = |map: Option<&BTreeMap<String, String>>, prefix: &str| {
@@ -669,7 +669,7 @@ fn env_value(pod: &Pod, e: &EnvVar, f: &FieldValues) -> Result<String, ConfigErr
     })
 }
 
-fn relative_clean(sub: &str) -> Result<&Path, ConfigError> {
+pub(crate) fn relative_clean(sub: &str) -> Result<&Path, ConfigError> {
     let p = Path::new(sub);
     if p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(ConfigError::BadSubPath(sub.to_owned()));
