@@ -17,9 +17,11 @@ mod atomic_writer;
 mod config_map;
 mod downward_api;
 mod empty_dir;
+mod error;
 mod host_path;
 mod mount;
 mod objects;
+mod plugin;
 mod projected;
 mod secret;
 #[cfg(test)]
@@ -32,156 +34,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Pod, PodSpec, Volume};
-use thiserror::Error;
 
 // The agent builds these (StaticObjects standalone) once it wires the manager in.
 #[allow(unused_imports)]
 pub use objects::{IssuedToken, ObjectError, ObjectSource, StaticObjects, TokenRequestSpec};
 
+pub use error::{Reason, VolumeError};
+pub(crate) use plugin::{
+    CachedToken, SetupContext, VolumePlugin, VolumeState, blocking, file_mode, write_volume,
+};
+
 use crate::podspec::NodeCapacity;
 
 /// How often API-backed content is re-read (upstream's kubelet sync period).
 pub const SYNC_PERIOD: Duration = Duration::from_secs(60);
-
-/// Why one volume could not be set up (or torn down); the text after upstream's
-/// `MountVolume.SetUp failed for volume "x" : `.
-#[derive(Debug, Error)]
-pub enum Reason {
-    /// A non-optional ConfigMap or Secret does not exist.
-    #[error("{kind} {name:?} not found")]
-    NotFound {
-        /// `configmap` or `secret`, as upstream's cache names them.
-        kind: &'static str,
-        /// The object's name.
-        name: String,
-    },
-    /// `items` names a key the ConfigMap lacks.
-    #[error("configmap references non-existent config key: {0}")]
-    MissingConfigKey(String),
-    /// `items` names a key the Secret lacks.
-    #[error("references non-existent secret key: {0}")]
-    MissingSecretKey(String),
-    /// The object source failed.
-    #[error(transparent)]
-    Object(#[from] ObjectError),
-    /// A path the atomic writer refuses (absolute, `..`, leading `..`, too long).
-    #[error("{0}")]
-    InvalidPath(String),
-    /// A hostPath's `type` check failed.
-    #[error("hostPath type check failed: {} is not a {want}", path.display())]
-    HostPathType {
-        /// The host path.
-        path: PathBuf,
-        /// What the type wanted.
-        want: String,
-    },
-    /// A downwardAPI item that can't be resolved.
-    #[error("downwardAPI item {path:?}: {reason}")]
-    DownwardApi {
-        /// The item's path.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// A filesystem operation failed.
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        /// What was done (`mkdir`, `write`, ...).
-        op: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// A mount or unmount failed, or its options are wrong.
-    #[error("{}: {reason}", path.display())]
-    Mount {
-        /// The mount point.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// A volume kind nodelet does not provide.
-    #[error("{kind} volumes are not supported by nodelet yet")]
-    Unsupported {
-        /// The source's field name (`persistentVolumeClaim`, ...).
-        kind: String,
-    },
-    /// Several sources of one volume failed (upstream's aggregate: `[a, b]`).
-    #[error("[{}]", join(.0))]
-    Several(Vec<Reason>),
-    /// The blocking task doing the filesystem work died.
-    #[error("volume task failed: {0}")]
-    Task(String),
-}
-
-fn join(reasons: &[Reason]) -> String {
-    reasons
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-impl Reason {
-    /// One error from many: the only one alone, several as an aggregate.
-    pub(crate) fn aggregate(mut errors: Vec<Reason>) -> Result<(), Reason> {
-        match errors.len() {
-            0 => Ok(()),
-            1 => Err(errors.remove(0)),
-            _ => Err(Reason::Several(errors)),
-        }
-    }
-}
-
-/// A volume manager failure, worded as upstream's events.
-#[derive(Debug, Error)]
-pub enum VolumeError {
-    /// One volume could not be set up.
-    #[error("MountVolume.SetUp failed for volume {volume:?} : {reason}")]
-    SetUp {
-        /// The volume's name.
-        volume: String,
-        /// Why.
-        reason: Reason,
-    },
-    /// Tearing down a pod's volumes met errors (all of them are here).
-    #[error("UnmountVolume.TearDown failed for pod {pod_uid:?}: {}", join(errors))]
-    TearDown {
-        /// The pod.
-        pod_uid: String,
-        /// Every error met.
-        errors: Vec<Reason>,
-    },
-    /// The pod's UID can't name a directory.
-    #[error("pod {name:?} has no usable metadata.uid ({uid:?})")]
-    BadUid {
-        /// The pod's name.
-        name: String,
-        /// The UID.
-        uid: String,
-    },
-}
-
-impl VolumeError {
-    /// The event reason: upstream's `FailedMount` / `FailedUnMount`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            VolumeError::TearDown { .. } => "FailedUnMount",
-            VolumeError::SetUp { .. } | VolumeError::BadUid { .. } => "FailedMount",
-        }
-    }
-
-    /// The volume that failed, for a setup error.
-    pub fn volume(&self) -> Option<&str> {
-        match self {
-            VolumeError::SetUp { volume, .. } => Some(volume),
-            _ => None,
-        }
-    }
-}
 
 /// What the plugins need to know about the pod and its node.
 #[derive(Debug, Clone)]
@@ -219,145 +86,6 @@ impl PodContext<'_> {
             .and_then(|s| s.fs_group)
             .and_then(|g| u32::try_from(g).ok())
     }
-}
-
-/// A token a projected volume holds, and what it was requested with.
-#[derive(Debug, Clone)]
-pub(crate) struct CachedToken {
-    pub request: TokenRequestSpec,
-    pub token: String,
-    pub issued_at: SystemTime,
-    pub expiration: SystemTime,
-}
-
-impl CachedToken {
-    /// Upstream's token manager: refresh after 80% of the lifetime, or after 24 h.
-    pub(crate) fn refresh_at(&self) -> SystemTime {
-        let life = self
-            .expiration
-            .duration_since(self.issued_at)
-            .unwrap_or_default();
-        let at = self.issued_at + life.mul_f64(0.8);
-        at.min(self.issued_at + Duration::from_secs(24 * 3600))
-    }
-}
-
-/// What the manager remembers about one volume of a pod.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct VolumeState {
-    /// The volume as last set up (`None` before the first success).
-    pub source: Option<Volume>,
-    /// Its host path.
-    pub path: PathBuf,
-    /// When its content was last made (API objects read).
-    pub synced_at: Option<SystemTime>,
-    /// Service account tokens by path (projected volumes).
-    pub tokens: BTreeMap<String, CachedToken>,
-}
-
-impl VolumeState {
-    /// Whether the sync period has passed since the content was read.
-    pub(crate) fn sync_due(&self, now: SystemTime) -> bool {
-        self.synced_at
-            .is_none_or(|t| now.duration_since(t).map_or(true, |age| age >= SYNC_PERIOD))
-    }
-}
-
-/// Everything one plugin's setup needs.
-pub(crate) struct SetupContext<'a> {
-    pub ctx: &'a PodContext<'a>,
-    pub volume: &'a Volume,
-    /// `<pods_dir>/<uid>/volumes/<plugin dir>/<name>` (unused by hostPath).
-    pub dir: PathBuf,
-    pub fs_group: Option<u32>,
-    pub objects: &'a dyn ObjectSource,
-    pub now: SystemTime,
-}
-
-/// One volume kind.
-pub(crate) trait VolumePlugin: Send + Sync {
-    /// The kind as the API names its field (`configMap`).
-    fn kind(&self) -> &'static str;
-    /// The directory under `volumes/` (`kubernetes.io~configmap`); `None` for kinds
-    /// that live outside the pod directory (hostPath).
-    fn dir_name(&self) -> Option<&'static str>;
-    /// Whether this plugin handles `v`.
-    fn can_support(&self, v: &Volume) -> bool;
-    /// Makes the volume exist with current content; returns its host path.
-    fn setup<'a>(
-        &'a self,
-        cx: &'a SetupContext<'a>,
-        state: &'a mut VolumeState,
-    ) -> BoxFuture<'a, Result<PathBuf, Reason>>;
-    /// Whether content that changes by itself (API objects, tokens) is due for a
-    /// refresh. The manager also redoes a volume whose pod changed.
-    fn needs_update(&self, _state: &VolumeState, _now: SystemTime) -> bool {
-        false
-    }
-    /// Removes the volume at `dir`: unmounts it if mounted, then deletes it.
-    fn teardown(&self, dir: &Path) -> Vec<Reason> {
-        let mut errors = mount::unmount_all_under(dir);
-        if errors.is_empty()
-            && let Err(source) = fs::remove_dir_all(dir)
-            && source.kind() != std::io::ErrorKind::NotFound
-        {
-            errors.push(Reason::Io {
-                op: "remove",
-                path: dir.to_owned(),
-                source,
-            });
-        }
-        errors
-    }
-}
-
-/// Runs filesystem and mount work off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Reason> + Send + 'static,
-) -> Result<T, Reason> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Reason::Task(e.to_string()))?
-}
-
-/// A permission mode from the API (`mode`, `defaultMode`), 0644 when unset.
-pub(crate) fn file_mode(mode: Option<i32>) -> u32 {
-    mode.and_then(|m| u32::try_from(m).ok())
-        .map_or(0o644, |m| m & 0o7777)
-}
-
-/// Writes an API-backed volume: the directory (world-writable as upstream's wrapped
-/// emptyDir; a tmpfs when `memory`), the payload through the atomic writer, and with
-/// fsGroup the volume root's group.
-pub(crate) fn write_volume(
-    dir: &Path,
-    payload: &atomic_writer::Payload,
-    fs_group: Option<u32>,
-    memory: bool,
-) -> Result<(), Reason> {
-    use std::os::unix::fs::PermissionsExt;
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(|source| Reason::Io {
-            op: "mkdir",
-            path: dir.to_owned(),
-            source,
-        })?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).map_err(|source| {
-            Reason::Io {
-                op: "chmod",
-                path: dir.to_owned(),
-                source,
-            }
-        })?;
-    }
-    if memory {
-        mount::mount_tmpfs(dir, None, None)?;
-    }
-    atomic_writer::write(dir, payload, fs_group)?;
-    if let Some(gid) = fs_group {
-        atomic_writer::set_root_ownership(dir, gid)?;
-    }
-    Ok(())
 }
 
 /// The pod fields a volume's content depends on: when they change, every volume is
