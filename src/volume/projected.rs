@@ -153,17 +153,35 @@ async fn token(
         pod_name: cx.ctx.name().to_owned(),
         pod_uid: cx.ctx.uid().to_owned(),
     };
-    if let Some(cached) = state.tokens.get(&sat.path)
-        && cached.request == request
+    let cached = state
+        .tokens
+        .get(&sat.path)
+        .filter(|cached| cached.request == request);
+    if let Some(cached) = cached
         && cached.refresh_at() > cx.now
     {
         return Ok(cached.clone());
     }
-    let issued = cx.objects.service_account_token(request.clone()).await?;
-    Ok(CachedToken {
-        request,
-        token: issued.token,
-        issued_at: cx.now,
-        expiration: issued.expiration,
-    })
+    match cx.objects.service_account_token(request.clone()).await {
+        Ok(issued) => Ok(CachedToken {
+            request,
+            token: issued.token,
+            issued_at: cx.now,
+            expiration: issued.expiration,
+        }),
+        // As upstream's token manager: a refresh that fails keeps a token that is
+        // still valid, and the next sync tries again.
+        Err(e) => match cached.filter(|c| c.expiration > cx.now) {
+            Some(cached) => {
+                tracing::warn!(
+                    pod = cx.ctx.name(),
+                    volume = %cx.volume.name,
+                    error = %e,
+                    "service account token refresh failed; keeping the current token"
+                );
+                Ok(cached.clone())
+            }
+            None => Err(e.into()),
+        },
+    }
 }

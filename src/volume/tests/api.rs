@@ -356,6 +356,22 @@ async fn projected_with_all_sources_and_token_refresh() {
     f.manager.setup(&ctx(&p)).await.expect("setup");
     assert_eq!(read(&dir.join("token")), "token-4");
 
+    // A refresh that fails keeps the token while it is valid, then fails the volume.
+    f.issuer.down.store(true, Ordering::SeqCst);
+    f.clock.advance(801);
+    f.manager
+        .setup(&ctx(&p))
+        .await
+        .expect("refresh failed, token valid");
+    assert_eq!(read(&dir.join("token")), "token-4");
+    f.clock.advance(200);
+    let err = f.manager.setup(&ctx(&p)).await.expect_err("token expired");
+    assert_eq!(
+        err.to_string(),
+        "MountVolume.SetUp failed for volume \"kube-api-access\" : apiserver down"
+    );
+    assert_eq!(read(&dir.join("token")), "token-4", "old content stays");
+
     let pod_dir = f.manager.pod_dir(UID);
     f.manager.teardown(UID).expect("teardown");
     assert_eq!(mounted(&pod_dir), 0);

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -165,6 +166,8 @@ struct Issuer {
     objects: StaticObjects,
     clock: TestClock,
     requests: Mutex<Vec<TokenRequestSpec>>,
+    /// While set, token requests fail as with the apiserver away.
+    down: AtomicBool,
 }
 
 impl ObjectSource for Issuer {
@@ -188,6 +191,10 @@ impl ObjectSource for Issuer {
         &self,
         req: TokenRequestSpec,
     ) -> BoxFuture<'_, Result<IssuedToken, ObjectError>> {
+        if self.down.load(Ordering::SeqCst) {
+            let e = ObjectError::Unavailable("apiserver down".into());
+            return Box::pin(std::future::ready(Err(e)));
+        }
         let mut requests = self.requests.lock().expect("requests");
         let expiration = self.clock.now()
             + Duration::from_secs(u64::try_from(req.expiration_seconds).unwrap_or(0));
@@ -211,6 +218,7 @@ fn fixture() -> Fixture {
         objects: StaticObjects::new(),
         clock: clock.clone(),
         requests: Mutex::new(Vec::new()),
+        down: AtomicBool::new(false),
     });
     let manager = VolumeManager::new(
         dir.path().join("pods"),
