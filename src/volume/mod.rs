@@ -184,6 +184,29 @@ impl VolumeManager {
         self.pods_dir.join(pod_uid)
     }
 
+    /// The UIDs with a directory under `pods_dir`: after a restart, the pods whose
+    /// volumes may still be there (upstream's orphaned pod directories), for the
+    /// agent to [`teardown`](Self::teardown) those no source wants.
+    ///
+    /// # Errors
+    /// When `pods_dir` exists but can't be read.
+    pub fn pods_on_disk(&self) -> std::io::Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.pods_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut uids = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                uids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        uids.sort();
+        Ok(uids)
+    }
+
     /// Makes the next [`setup`](Self::setup) of the pod re-read every API object and
     /// rewrite every volume whose content changed, sync period or not.
     pub fn invalidate(&self, pod_uid: &str) {

@@ -156,12 +156,15 @@ async fn teardown_leaves_no_mounts_and_no_dir() {
             ..Default::default()
         },
     ]);
+    assert!(f.manager.pods_on_disk().expect("ls").is_empty());
     f.manager.setup(&ctx(&p)).await.expect("setup");
     let pod_dir = f.manager.pod_dir(UID);
     assert_eq!(mounted(&pod_dir), 3);
+    assert_eq!(f.manager.pods_on_disk().expect("ls"), [UID]);
     f.manager.teardown(UID).expect("teardown");
     assert_eq!(mounted(&pod_dir), 0);
     assert!(!pod_dir.exists());
+    assert!(f.manager.pods_on_disk().expect("ls").is_empty());
     // State went with it: a new setup makes everything again.
     f.manager
         .setup(&ctx(&p))
