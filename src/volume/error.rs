@@ -72,6 +72,10 @@ pub enum Reason {
         /// The source's field name (`persistentVolumeClaim`, ...).
         kind: String,
     },
+    /// A projected source nodelet does not provide (`clusterTrustBundle`,
+    /// `podCertificate`).
+    #[error("projected {0} sources are not supported by nodelet yet")]
+    UnsupportedProjection(&'static str),
     /// Several sources of one volume failed (upstream's aggregate: `[a, b]`).
     #[error("[{}]", join(.0))]
     Several(Vec<Reason>),

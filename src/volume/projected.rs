@@ -113,11 +113,12 @@ async fn collect(cx: &SetupContext<'_>, state: &mut VolumeState) -> Result<Paylo
                 }
                 Err(e) => Err(e),
             }
+        } else if s.cluster_trust_bundle.is_some() {
+            Err(Reason::UnsupportedProjection("clusterTrustBundle"))
+        } else if s.pod_certificate.is_some() {
+            Err(Reason::UnsupportedProjection("podCertificate"))
         } else {
-            // clusterTrustBundle and podCertificate: not provided by nodelet.
-            Err(Reason::Unsupported {
-                kind: "projected clusterTrustBundle/podCertificate source".to_owned(),
-            })
+            continue;
         };
         match part {
             Ok(files) => payload.extend(files),
