@@ -242,6 +242,12 @@ pub async fn start(
             pull_limit,
         )),
         capacity: crate::pod::podspec::NodeCapacity::from_capacity(&node_resources.capacity),
+        // Standalone: no apiserver; ConfigMaps and Secrets come from documents beside
+        // the pods once a source provides them (issue 12).
+        volumes: Arc::new(crate::volume::VolumeManager::new(
+            args.root_dir.join("pods"),
+            Arc::new(crate::volume::StaticObjects::new()),
+        )),
         events,
         statuses: Arc::clone(&status_store),
         // Upstream's prober manager `start`.

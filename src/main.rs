@@ -14,6 +14,10 @@ mod node;
 mod pod;
 mod probe;
 mod server;
+// The API-backed parts (objects set by a source, invalidation, token requests) serve
+// issues 11 and 12; until then only the tests call them.
+#[cfg_attr(not(test), allow(dead_code))]
+mod volume;
 
 use std::process::ExitCode;
 

@@ -151,7 +151,7 @@ impl<R: Runtime> PodManager<R> {
 
     /// Runs until `cancel`: pods keep running when the agent stops, as upstream.
     pub async fn run(mut self, mut inputs: Inputs, cancel: CancellationToken) {
-        let (orphans_tx, mut orphans_rx) = mpsc::channel::<Vec<Pod>>(1);
+        let (orphans_tx, mut orphans_rx) = mpsc::channel::<Orphans>(1);
         if self.unready_sources.is_empty() {
             self.scan_orphans(&orphans_tx);
         }
@@ -406,24 +406,63 @@ impl<R: Runtime> PodManager<R> {
     }
 
     /// Lists the runtime in a task of its own; what no source wants comes back.
-    fn scan_orphans(&self, out: &mpsc::Sender<Vec<Pod>>) {
+    fn scan_orphans(&self, out: &mpsc::Sender<Orphans>) {
         if !self.orphan_cleanup {
             return;
         }
         let runtime = Arc::clone(&self.env.runtime);
+        let volumes = Arc::clone(&self.env.volumes);
         let out = out.clone();
         tokio::spawn(async move {
+            let dirs = match tokio::task::spawn_blocking(move || volumes.pods_on_disk()).await {
+                Ok(Ok(uids)) => uids,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot list pod directories");
+                    Vec::new()
+                }
+                Err(e) => {
+                    warn!(error = %e, "listing pod directories panicked");
+                    Vec::new()
+                }
+            };
             match find_runtime_pods(&*runtime).await {
                 Ok(pods) => {
-                    let _ = out.send(pods).await;
+                    let _ = out.send(Orphans { pods, dirs }).await;
                 }
                 Err(e) => warn!(error = %e, "cannot list runtime objects for orphan cleanup"),
             }
         });
     }
 
-    /// Terminates the runtime pods that no source wants and no worker owns.
-    fn on_orphans(&mut self, pods: Vec<Pod>) {
+    /// Terminates the runtime pods that no source wants and no worker owns, and
+    /// removes the directories (volumes) of pods that are gone altogether (upstream's
+    /// cleanup of orphaned pod directories).
+    fn on_orphans(&mut self, orphans: Orphans) {
+        let Orphans { pods, dirs } = orphans;
+        let in_runtime: HashSet<String> =
+            pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        let stale: Vec<String> = dirs
+            .into_iter()
+            .filter(|uid| {
+                !in_runtime.contains(uid)
+                    && !self.slots.contains_key(uid)
+                    && !self.desired.values().any(|m| m.contains_key(uid))
+            })
+            .collect();
+        if !stale.is_empty() {
+            info!(
+                count = stale.len(),
+                "removing directories of pods that are gone"
+            );
+            let volumes = Arc::clone(&self.env.volumes);
+            tokio::task::spawn_blocking(move || {
+                for uid in stale {
+                    if let Err(e) = volumes.teardown(&uid) {
+                        warn!(uid, error = %e, "cannot remove an orphaned pod directory");
+                    }
+                }
+            });
+        }
         for pod in pods {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             if self.slots.contains_key(&uid) || self.desired.values().any(|m| m.contains_key(&uid))
@@ -441,6 +480,13 @@ impl<R: Runtime> PodManager<R> {
             );
         }
     }
+}
+
+/// What the orphan scan found: runtime pods, and UIDs with a pod directory.
+#[derive(Debug)]
+struct Orphans {
+    pods: Vec<Pod>,
+    dirs: Vec<String>,
 }
 
 /// The reason a pod failed by a worker panic shows.

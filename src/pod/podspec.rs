@@ -4,10 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 use nodelet_cri::runtime::{
     ContainerConfig, DnsConfig, Mount, PodRef, SandboxConfig, SeccompMode, SecurityConfig,
 };
@@ -16,22 +15,6 @@ use thiserror::Error;
 /// Why a container's configuration can't be made (status `CreateContainerConfigError`).
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
-    /// A volume type nodelet doesn't provide (yet).
-    #[error("volume {volume:?}: {kind} volumes are not supported by nodelet yet")]
-    UnsupportedVolume {
-        /// The volume name.
-        volume: String,
-        /// Its source type.
-        kind: &'static str,
-    },
-    /// A hostPath's type check failed.
-    #[error("hostPath type check failed: {path} is not a {want}")]
-    HostPathType {
-        /// The host path.
-        path: String,
-        /// The expected type.
-        want: String,
-    },
     /// A mount names a volume the pod doesn't have.
     #[error("volumeMount {mount:?} references unknown volume {volume:?}")]
     UnknownVolume {
@@ -257,189 +240,6 @@ pub fn sandbox_config(
     }
 }
 
-/// Makes the pod's volumes exist on disk; returns each volume's host path.
-///
-/// # Errors
-/// [`ConfigError`] for unsupported volume types, failed hostPath type checks, and
-/// directories that can't be made.
-pub fn prepare_volumes(
-    pod: &Pod,
-    pod_dir: &Path,
-    capacity: &NodeCapacity,
-) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
-    let fs_group = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.security_context.as_ref())
-        .and_then(|s| s.fs_group)
-        .and_then(|g| u32::try_from(g).ok());
-    let mut out = BTreeMap::new();
-    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        out.insert(
-            v.name.clone(),
-            prepare_volume(pod, v, pod_dir, fs_group, capacity)?,
-        );
-    }
-    Ok(out)
-}
-
-fn prepare_volume(
-    pod: &Pod,
-    v: &Volume,
-    pod_dir: &Path,
-    fs_group: Option<u32>,
-    capacity: &NodeCapacity,
-) -> Result<PathBuf, ConfigError> {
-    if let Some(ed) = &v.empty_dir {
-        let dir = pod_dir
-            .join("volumes/kubernetes.io~empty-dir")
-            .join(&v.name);
-        if !dir.exists() {
-            fs::create_dir_all(&dir).map_err(io(&dir))?;
-            // Upstream makes emptyDirs world-writable so any container user can use them;
-            // with fsGroup the volume belongs to that group, setgid so new files do too.
-            let mode = if let Some(gid) = fs_group {
-                std::os::unix::fs::chown(&dir, None, Some(gid)).map_err(io(&dir))?;
-                0o2777
-            } else {
-                0o777
-            };
-            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(io(&dir))?;
-        }
-        if ed.medium.as_deref() == Some("Memory") && !is_mountpoint(&dir) {
-            let size = ed.size_limit.as_ref().map(|q| format!(",size={}", q.0));
-            nix::mount::mount(
-                Some("tmpfs"),
-                &dir,
-                Some("tmpfs"),
-                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-                Some(format!("mode=0777{}", size.unwrap_or_default()).as_str()),
-            )
-            .map_err(|e| ConfigError::Io {
-                path: dir.display().to_string(),
-                reason: format!("mount tmpfs: {e}"),
-            })?;
-        }
-        return Ok(dir);
-    }
-    if let Some(source) = &v.downward_api {
-        let dir = pod_dir
-            .join("volumes/kubernetes.io~downward-api")
-            .join(&v.name);
-        write_downward_api(pod, source, &dir, capacity)?;
-        return Ok(dir);
-    }
-    if let Some(hp) = &v.host_path {
-        let path = PathBuf::from(&hp.path);
-        check_host_path(&path, hp.type_.as_deref().unwrap_or(""))?;
-        return Ok(path);
-    }
-    let kind = if v.config_map.is_some() {
-        "configMap"
-    } else if v.secret.is_some() {
-        "secret"
-    } else if v.projected.is_some() {
-        "projected"
-    } else if v.persistent_volume_claim.is_some() {
-        "persistentVolumeClaim"
-    } else {
-        "this"
-    };
-    Err(ConfigError::UnsupportedVolume {
-        volume: v.name.clone(),
-        kind,
-    })
-}
-
-fn is_mountpoint(dir: &Path) -> bool {
-    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
-        return false;
-    };
-    let want = dir.to_string_lossy();
-    mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(want.as_ref()))
-}
-
-/// Unmounts memory-backed emptyDirs and removes the pod's directory.
-pub fn cleanup_pod_dir(pod_dir: &Path) {
-    let empty_dirs = pod_dir.join("volumes/kubernetes.io~empty-dir");
-    if let Ok(entries) = fs::read_dir(&empty_dirs) {
-        for e in entries.flatten() {
-            if is_mountpoint(&e.path()) {
-                let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
-    }
-    if let Err(e) = fs::remove_dir_all(pod_dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(dir = %pod_dir.display(), error = %e, "cannot remove pod directory");
-    }
-}
-
-fn check_host_path(path: &Path, kind: &str) -> Result<(), ConfigError> {
-    let meta = fs::metadata(path);
-    let fail = |want: &str| ConfigError::HostPathType {
-        path: path.display().to_string(),
-        want: want.to_owned(),
-    };
-    match kind {
-        "" => Ok(()),
-        "DirectoryOrCreate" => {
-            if meta.is_err() {
-                fs::create_dir_all(path).map_err(io(path))?;
-                fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(io(path))?;
-                return Ok(());
-            }
-            meta.ok()
-                .filter(|m| m.is_dir())
-                .map(|_| ())
-                .ok_or_else(|| fail("directory"))
-        }
-        "Directory" => meta
-            .ok()
-            .filter(|m| m.is_dir())
-            .map(|_| ())
-            .ok_or_else(|| fail("directory")),
-        "FileOrCreate" => {
-            if meta.is_err() {
-                if let Some(parent) = path.parent() {
-                    fs::create_dir_all(parent).map_err(io(parent))?;
-                }
-                fs::File::create(path).map_err(io(path))?;
-                fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(io(path))?;
-                return Ok(());
-            }
-            meta.ok()
-                .filter(|m| m.is_file())
-                .map(|_| ())
-                .ok_or_else(|| fail("file"))
-        }
-        "File" => meta
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|_| ())
-            .ok_or_else(|| fail("file")),
-        "Socket" => meta
-            .ok()
-            .filter(|m| m.file_type().is_socket())
-            .map(|_| ())
-            .ok_or_else(|| fail("socket")),
-        "CharDevice" => meta
-            .ok()
-            .filter(|m| m.file_type().is_char_device())
-            .map(|_| ())
-            .ok_or_else(|| fail("character device")),
-        "BlockDevice" => meta
-            .ok()
-            .filter(|m| m.file_type().is_block_device())
-            .map(|_| ())
-            .ok_or_else(|| fail("block device")),
-        other => Err(fail(other)),
-    }
-}
-
 /// The node's capacity, which stands in for a container's unset limits in the
 /// downward API (upstream merges node allocatable into them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -539,63 +339,6 @@ pub fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
         .join("\n")
 }
 
-/// Writes a downward API volume's files (`metadata.*` fields and
-/// `resourceFieldRef`s, as upstream allows in volumes) into `dir`.
-fn write_downward_api(
-    pod: &Pod,
-    source: &k8s_openapi::api::core::v1::DownwardAPIVolumeSource,
-    dir: &Path,
-    capacity: &NodeCapacity,
-) -> Result<(), ConfigError> {
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    let m = &pod.metadata;
-    for item in source.items.iter().flatten() {
-        let rel = relative_clean(&item.path)?;
-        let value = if let Some(fr) = &item.field_ref {
-            match fr.field_path.as_str() {
-                "metadata.name" => m.name.clone().unwrap_or_default(),
-                "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
-                "metadata.uid" => m.uid.clone().unwrap_or_default(),
-                "metadata.labels" => format_map(m.labels.as_ref()),
-                "metadata.annotations" => format_map(m.annotations.as_ref()),
-                other => field_ref(pod, other, &FieldValues::default()).ok_or_else(|| {
-                    ConfigError::Io {
-                        path: item.path.clone(),
-                        reason: format!("unsupported fieldRef {other:?} in a downwardAPI volume"),
-                    }
-                })?,
-            }
-        } else if let Some(rf) = &item.resource_field_ref {
-            let spec = pod.spec.clone().unwrap_or_default();
-            let name = rf.container_name.clone().unwrap_or_default();
-            let c = spec
-                .containers
-                .iter()
-                .chain(spec.init_containers.iter().flatten())
-                .find(|c| c.name == name)
-                .ok_or_else(|| ConfigError::Io {
-                    path: item.path.clone(),
-                    reason: format!("resourceFieldRef names unknown container {name:?}"),
-                })?;
-            resource_field(c, rf, capacity).map_err(|reason| ConfigError::Io {
-                path: item.path.clone(),
-                reason,
-            })?
-        } else {
-            String::new()
-        };
-        let file = dir.join(rel);
-        if let Some(parent) = file.parent() {
-            fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        fs::write(&file, value).map_err(io(&file))?;
-        let mode = item.mode.or(source.default_mode).unwrap_or(0o644);
-        let mode = u32::try_from(mode).unwrap_or(0o644);
-        fs::set_permissions(&file, fs::Permissions::from_mode(mode)).map_err(io(&file))?;
-    }
-    Ok(())
-}
-
 /// Values the downward API can give an env var.
 #[derive(Debug, Clone, Default)]
 pub struct FieldValues {
@@ -613,7 +356,7 @@ pub struct FieldValues {
     pub capacity: NodeCapacity,
 }
 
-fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String> {
+pub(crate) fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String> {
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
     let from_map = |map: Option<&BTreeMap<String, String>>, prefix: &str| {
@@ -676,7 +419,7 @@ fn env_value(pod: &Pod, e: &EnvVar, f: &FieldValues) -> Result<String, ConfigErr
     })
 }
 
-fn relative_clean(sub: &str) -> Result<&Path, ConfigError> {
+pub(crate) fn relative_clean(sub: &str) -> Result<&Path, ConfigError> {
     let p = Path::new(sub);
     if p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(ConfigError::BadSubPath(sub.to_owned()));

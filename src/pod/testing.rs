@@ -58,6 +58,10 @@ impl Harness {
             },
             dns: crate::pod::podspec::DnsSettings::default(),
             images: Arc::new(images),
+            volumes: Arc::new(crate::volume::VolumeManager::new(
+                root.path().join("root/pods"),
+                Arc::new(crate::volume::StaticObjects::new()),
+            )),
             events: crate::events::EventRecorder::new("node", 1000),
             statuses: Arc::clone(&store),
             agent_start: Instant::now(),

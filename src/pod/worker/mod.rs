@@ -101,6 +101,8 @@ pub struct WorkerEnv<R> {
     pub dns: podspec::DnsSettings,
     /// Images: pull policy, limits, back-off.
     pub images: Arc<ImageManager<R>>,
+    /// Volumes: one plugin per kind, API objects through an `ObjectSource`.
+    pub volumes: Arc<crate::volume::VolumeManager>,
     /// Where pod and container events are recorded.
     pub events: crate::events::EventRecorder,
     /// Where pod statuses are published.
@@ -171,6 +173,8 @@ pub struct PodWorker<R> {
     unhealthy: HashSet<String>,
     /// The worker's own mailbox (to notice a termination during a long sync).
     mailbox: Mailbox,
+    /// The volumes as last set up, by name (kept serving when a refresh fails).
+    volumes: Option<std::collections::BTreeMap<String, PathBuf>>,
 }
 
 /// The outcome of one step.
@@ -237,6 +241,7 @@ impl<R: Runtime> PodWorker<R> {
             started: HashMap::new(),
             unhealthy: HashSet::new(),
             mailbox,
+            volumes: None,
         }
     }
 

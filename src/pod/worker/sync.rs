@@ -5,7 +5,7 @@
 //! starting containers as soon as a termination is waiting in the mailbox, so a
 //! removal interrupts a long start.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,6 +22,10 @@ use crate::events::reason as ev;
 use crate::pod::hooks;
 use crate::pod::podspec::{self, FieldValues};
 use crate::pod::status::{self, Waiting};
+use crate::volume::PodContext;
+
+/// How soon volume setup is tried again after it failed.
+const VOLUME_RETRY: Duration = Duration::from_secs(2);
 
 impl<R: Runtime> PodWorker<R> {
     pub(super) async fn sync(&mut self) -> Result<Next, RuntimeError> {
@@ -72,6 +76,14 @@ impl<R: Runtime> PodWorker<R> {
             .filter(|s| s.ready)
             .max_by_key(|s| s.attempt)
             .cloned();
+        // Volumes come before the sandbox (upstream's WaitForAttachAndMount): a pod
+        // whose volume can't be set up waits in ContainerCreating.
+        let volumes = if done {
+            None
+        } else {
+            self.setup_volumes(&containers, &mut waiting, &mut wake)
+                .await
+        };
         if done {
             // A finished pod stops what still runs (sidecars, or everything past its
             // deadline) and gives back its sandbox and IP, keeping its containers
@@ -85,7 +97,7 @@ impl<R: Runtime> PodWorker<R> {
                 containers = rt.list_containers(Some(&self.uid)).await?;
             }
             sandbox = None;
-        } else if sandbox.is_none() {
+        } else if sandbox.is_none() && volumes.is_some() {
             sandbox = self
                 .new_sandbox(&sandboxes, &containers, now, &mut wake)
                 .await?;
@@ -113,19 +125,9 @@ impl<R: Runtime> PodWorker<R> {
                 .map(|c| c.name.clone())
         };
         if let (Some(sb), false) = (&sandbox, done) {
-            match podspec::prepare_volumes(&self.pod, &self.pod_dir(), &self.env.capacity) {
-                Err(e) => {
-                    for name in all_names() {
-                        waiting.insert(
-                            name,
-                            Waiting {
-                                reason: "CreateContainerConfigError".into(),
-                                message: Some(e.to_string()),
-                            },
-                        );
-                    }
-                }
-                Ok(volumes) => {
+            match &volumes {
+                None => {}
+                Some(volumes) => {
                     // Sidecars are kept running for the pod's whole life, so this
                     // runs even once the app containers have started.
                     let initialized = self
@@ -708,5 +710,58 @@ impl<R: Runtime> PodWorker<R> {
             }
         }
         Ok(None)
+    }
+
+    /// Sets up the pod's volumes through the volume manager. On failure the event
+    /// is `FailedMount` and containers not yet created wait in `ContainerCreating`;
+    /// volumes that were set up before keep serving (a failed refresh leaves their
+    /// content as it was).
+    pub(super) async fn setup_volumes(
+        &mut self,
+        containers: &[ContainerInfo],
+        waiting: &mut HashMap<String, Waiting>,
+        wake: &mut Duration,
+    ) -> Option<BTreeMap<String, PathBuf>> {
+        let ctx = PodContext {
+            pod: &self.pod,
+            node_name: self.env.node_name.clone(),
+            host_ip: self.env.host_ip.clone(),
+            pod_ips: self.last_ips.clone(),
+            capacity: self.env.capacity,
+        };
+        match self.env.volumes.setup(&ctx).await {
+            Ok(volumes) => {
+                self.volumes = Some(volumes.clone());
+                Some(volumes)
+            }
+            Err(e) => {
+                warn!(error = %e, "volume setup failed");
+                self.env
+                    .events
+                    .for_pod(&self.pod)
+                    .warning(e.reason(), &e.to_string());
+                *wake = (*wake).min(VOLUME_RETRY);
+                if self.volumes.is_none() {
+                    let spec = self.pod.spec.clone().unwrap_or_default();
+                    for c in spec
+                        .init_containers
+                        .iter()
+                        .flatten()
+                        .chain(&spec.containers)
+                    {
+                        if latest(containers, &c.name).0.is_none() {
+                            waiting.insert(
+                                c.name.clone(),
+                                Waiting {
+                                    reason: "ContainerCreating".into(),
+                                    message: None,
+                                },
+                            );
+                        }
+                    }
+                }
+                self.volumes.clone()
+            }
+        }
     }
 }

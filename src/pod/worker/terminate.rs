@@ -25,7 +25,6 @@ use super::{Next, Phase, PodWorker};
 use crate::events::reason as ev;
 use crate::pod::hooks;
 use crate::pod::mailbox::{Pending, Terminate};
-use crate::pod::podspec;
 use crate::pod::status;
 
 /// The default `terminationGracePeriodSeconds`.
@@ -167,7 +166,13 @@ impl<R: Runtime> PodWorker<R> {
         cgroups.sort();
         cgroups.dedup();
         self.env.cgroups.remove_pod(&self.uid, &cgroups);
-        podspec::cleanup_pod_dir(&self.pod_dir());
+        let volumes = std::sync::Arc::clone(&self.env.volumes);
+        let uid = self.uid.clone();
+        match tokio::task::spawn_blocking(move || volumes.teardown(&uid)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "volume teardown failed"),
+            Err(e) => warn!(error = %e, "volume teardown panicked"),
+        }
         self.env.images.forget_pod(&self.uid);
         self.env.statuses.remove(&self.uid);
         self.phase = Phase::Terminated;
