@@ -1,9 +1,6 @@
 //! The node: its identity (name, the IP reported as pods' `hostIP`), the Node object
 //! it reports, usage stats, and node-pressure eviction.
 
-// Pod admission under pressure (`EvictionManager::admit`) and a few accessors are
-// built and tested but not called by the agent yet.
-#[allow(dead_code)]
 pub mod eviction;
 pub mod pressure;
 pub mod status;

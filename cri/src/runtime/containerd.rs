@@ -770,7 +770,15 @@ impl ContainerdRuntime {
     ) -> Result<SandboxInfo, RuntimeError> {
         let mut ips = Vec::new();
         if let Some(netns) = netns {
-            NetNs::create(netns)?;
+            // A mount and a namespace switch on a thread of its own: blocking work
+            // stays off the async threads.
+            let path = netns.to_path_buf();
+            tokio::task::spawn_blocking(move || NetNs::create(&path))
+                .await
+                .map_err(|e| RuntimeError::Io {
+                    path: netns.to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
             let cni =
                 Cni::load(self.config.cni.clone()).map_err(|source| RuntimeError::Network {
                     id: id.to_owned(),

@@ -156,6 +156,7 @@ impl EvictionManager {
     }
 
     /// The thresholds in force (configured, plus `containerfs.*` copies).
+    #[cfg(test)]
     pub fn thresholds(&self) -> &[Threshold] {
         &self.thresholds
     }
@@ -171,27 +172,11 @@ impl EvictionManager {
         self.thresholds.iter().filter(|t| t.signal.is_memory())
     }
 
-    /// The pressure conditions reported by the last synchronisation.
-    pub fn node_conditions(&self) -> &BTreeSet<PressureCondition> {
-        &self.node_conditions
-    }
-
     /// Whether the node reports `MemoryPressure`.
+    #[cfg(test)]
     pub fn is_under_memory_pressure(&self) -> bool {
         self.node_conditions
             .contains(&PressureCondition::MemoryPressure)
-    }
-
-    /// Whether the node reports `DiskPressure`.
-    pub fn is_under_disk_pressure(&self) -> bool {
-        self.node_conditions
-            .contains(&PressureCondition::DiskPressure)
-    }
-
-    /// Whether the node reports `PIDPressure`.
-    pub fn is_under_pid_pressure(&self) -> bool {
-        self.node_conditions
-            .contains(&PressureCondition::PidPressure)
     }
 
     /// Pod admission under pressure (upstream `Admit`): everything is admitted without
@@ -201,6 +186,7 @@ impl EvictionManager {
     ///
     /// # Errors
     /// The rejection, with upstream's reason and message.
+    #[cfg(test)]
     pub fn admit(
         &self,
         qos: Qos,

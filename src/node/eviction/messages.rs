@@ -161,6 +161,7 @@ pub fn apply_evicted_status(status: &mut PodStatus, message: &str, now: Time) {
 }
 
 /// Whether a pod status is an eviction's (upstream `PodIsEvicted`).
+#[cfg(test)]
 pub fn pod_is_evicted(status: &PodStatus) -> bool {
     status.phase.as_deref() == Some("Failed") && status.reason.as_deref() == Some(REASON)
 }

@@ -178,11 +178,13 @@ impl Observations {
     }
 
     /// Sets one observation (tests, or a caller with its own source).
+    #[cfg(test)]
     pub fn insert(&mut self, signal: Signal, observation: Observation) {
         self.0.insert(signal, observation);
     }
 
     /// Every observation.
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (Signal, &Observation)> {
         self.0.iter().map(|(s, o)| (*s, o))
     }

@@ -136,6 +136,7 @@ impl Resource {
     }
 
     /// Byte-sized resources format as binary SI (`50Mi`), counts as decimal SI.
+    #[cfg(test)]
     fn format(self) -> Format {
         match self {
             Resource::Memory | Resource::EphemeralStorage => Format::BinarySi,

@@ -369,12 +369,13 @@ impl<R: Runtime> PodWorker<R> {
         );
         // The pod cgroup first, with the pod's limits, as upstream's syncPod does
         // before it asks the runtime for a sandbox.
-        let made = match self.env.cgroups.ensure_pod(&self.pod) {
-            Ok(()) => rt.run_sandbox(&config).await,
-            Err(e) => Err(RuntimeError::Io {
-                path: PathBuf::from(config.cgroup_parent.clone().unwrap_or_default()),
-                source: std::io::Error::other(e.to_string()),
-            }),
+        // Off the async threads: with the systemd driver this is a D-Bus round trip.
+        let cgroups = Arc::clone(&self.env.cgroups);
+        let pod = self.pod.clone();
+        let made = match tokio::task::spawn_blocking(move || cgroups.ensure_pod(&pod)).await {
+            Ok(Ok(())) => rt.run_sandbox(&config).await.map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(format!("pod cgroup: {e}")),
+            Err(e) => Err(format!("pod cgroup: {e}")),
         };
         match made {
             Ok(sb) => {
@@ -396,9 +397,6 @@ impl<R: Runtime> PodWorker<R> {
             }
         }
     }
-
-    /// Brings one container toward its spec. Returns the waiting reason to show and
-    /// when to look again, if the container is held back.
 
     /// Brings one container toward its spec. Returns the waiting reason to show and
     /// when to look again, if the container is held back.

@@ -165,7 +165,14 @@ impl<R: Runtime> PodWorker<R> {
         }
         cgroups.sort();
         cgroups.dedup();
-        self.env.cgroups.remove_pod(&self.uid, &cgroups);
+        // Off the async threads: with the systemd driver this is a D-Bus round trip.
+        let pod_cgroups = std::sync::Arc::clone(&self.env.cgroups);
+        let uid = self.uid.clone();
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || pod_cgroups.remove_pod(&uid, &cgroups)).await
+        {
+            warn!(error = %e, "pod cgroup removal panicked");
+        }
         let volumes = std::sync::Arc::clone(&self.env.volumes);
         let uid = self.uid.clone();
         match tokio::task::spawn_blocking(move || volumes.teardown(&uid)).await {

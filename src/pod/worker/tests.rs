@@ -294,3 +294,29 @@ async fn a_termination_interrupts_a_long_start() {
         "{created} containers created for a removed pod"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_sandbox_shows_container_creating_and_is_retried() {
+    let h = Harness::new();
+    h.rt.fail_next("run sandbox", "cni: no IP addresses available");
+    let t0 = Instant::now();
+    let w = start(&h, simple_pod("u1", "Always"));
+    wait_until(LONG, "ContainerCreating", || {
+        h.waiting("u1", "c").is_some_and(|(r, m)| {
+            r == "ContainerCreating" && m.contains("no IP addresses available")
+        })
+    })
+    .await;
+    assert_eq!(h.phase("u1").as_deref(), Some("Pending"));
+    wait_until(LONG, "running", || h.running("c")).await;
+    // Upstream's first sandbox back-off.
+    assert_eq!(t0.elapsed().as_secs(), 10);
+    let events = h.env.events.list(None).items;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("FailedCreatePodSandBox")),
+        "{events:?}"
+    );
+    w.stop.cancel();
+}
