@@ -12,11 +12,13 @@
 //! the pod's status to the status store. Syncs come from the worker's mailbox (spec
 //! updates, runtime events, termination, eviction), probe results, and a slow resync.
 //!
-//! - `sync.rs`: the syncing state: sandbox, init containers, containers, back-off;
+//! - `sync.rs`: the syncing state: volumes, sandbox, init containers, deadline;
+//! - `containers.rs`: one container: restarts with back-off, new instances;
 //! - `terminate.rs`: grace periods and stopping containers in upstream's order;
 //! - `probes.rs`: probe workers of running containers and their verdicts;
 //! - `report.rs`: the status computed from what the runtime shows.
 
+mod containers;
 mod probes;
 mod report;
 mod sync;
