@@ -217,6 +217,11 @@ pub async fn start(
     let runtime = Arc::new(runtime);
     info!(node = %node_name, ip = %host_ip, namespace = %args.containerd_namespace, "agent running");
 
+    // Standalone: no apiserver; ConfigMaps and Secrets come from documents beside the
+    // pods once a source provides them (issue 12). One source for volumes and pull
+    // secrets alike.
+    let objects: Arc<dyn crate::volume::ObjectSource> =
+        Arc::new(crate::volume::StaticObjects::new());
     let env = Arc::new(WorkerEnv {
         runtime: Arc::clone(&runtime),
         root_dir: args.root_dir.clone(),
@@ -229,24 +234,25 @@ pub async fn start(
             cluster_domain: args.cluster_domain.clone(),
             resolv_conf: Some(args.resolv_conf.clone()).filter(|p| !p.as_os_str().is_empty()),
         },
-        images: Arc::new(crate::image::manager::ImageManager::new(
-            Arc::clone(&runtime),
-            pull_auth,
-            // Upstream: one pull at a time unless serializeImagePulls is off, then
-            // maxParallelImagePulls (unset: no limit).
-            match (args.serialize_image_pulls, args.max_parallel_image_pulls) {
-                (true, _) => Some(Arc::new(tokio::sync::Semaphore::new(1))),
-                (false, Some(n)) if n > 0 => Some(Arc::new(tokio::sync::Semaphore::new(n))),
-                (false, _) => None,
-            },
-            pull_limit,
-        )),
+        images: Arc::new(
+            crate::image::manager::ImageManager::new(
+                Arc::clone(&runtime),
+                pull_auth,
+                // Upstream: one pull at a time unless serializeImagePulls is off, then
+                // maxParallelImagePulls (unset: no limit).
+                match (args.serialize_image_pulls, args.max_parallel_image_pulls) {
+                    (true, _) => Some(Arc::new(tokio::sync::Semaphore::new(1))),
+                    (false, Some(n)) if n > 0 => Some(Arc::new(tokio::sync::Semaphore::new(n))),
+                    (false, _) => None,
+                },
+                pull_limit,
+            )
+            .with_objects(Arc::clone(&objects)),
+        ),
         capacity: crate::pod::podspec::NodeCapacity::from_capacity(&node_resources.capacity),
-        // Standalone: no apiserver; ConfigMaps and Secrets come from documents beside
-        // the pods once a source provides them (issue 12).
         volumes: Arc::new(crate::volume::VolumeManager::new(
             args.root_dir.join("pods"),
-            Arc::new(crate::volume::StaticObjects::new()),
+            Arc::clone(&objects),
         )),
         events,
         statuses: Arc::clone(&status_store),

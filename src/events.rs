@@ -65,6 +65,8 @@ pub mod reason {
     pub const FAILED_PRE_STOP_HOOK: &str = "FailedPreStopHook";
     /// The eviction manager evicted the pod (upstream's `Evicted`).
     pub const EVICTED: &str = "Evicted";
+    /// A pod's image pull secret could not be read.
+    pub const FAILED_TO_RETRIEVE_PULL_SECRET: &str = "FailedToRetrieveImagePullSecret";
 }
 
 /// `Normal` or `Warning`, as `core/v1` `Event.type`.

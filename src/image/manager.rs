@@ -2,13 +2,14 @@
 //! pulled (upstream's `pkg/kubelet/images/image_manager.go`): pull policy, the
 //! node-wide pull slots (`--serialize-image-pulls`, `--max-parallel-image-pulls`),
 //! the registry QPS limiter, the per-pod-and-image back-off, registry credentials
+//! (the node's, and the pod's `imagePullSecrets` read through the object source)
 //! and the Pulling/Pulled/Failed/BackOff events.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use nodelet_cri::image::{ImageInfo, PullAuth};
 use nodelet_cri::runtime::{Runtime, RuntimeError};
 use tracing::{info, warn};
@@ -16,6 +17,7 @@ use tracing::{info, warn};
 use crate::events::{ObjectEvents, reason as ev};
 use crate::image::pull_limit::PullLimiter;
 use crate::pod::status::Waiting;
+use crate::volume::ObjectSource;
 
 /// The first image pull back-off.
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
@@ -40,6 +42,8 @@ pub struct ImageManager<R> {
     limit: PullLimiter,
     /// Back-off per `<pod uid>_<image>` (upstream's key): the delay and its end.
     backoff: Mutex<HashMap<String, (Duration, SystemTime)>>,
+    /// Where pods' pull secrets are read.
+    objects: Option<Arc<dyn ObjectSource>>,
 }
 
 impl<R: Runtime> ImageManager<R> {
@@ -56,7 +60,60 @@ impl<R: Runtime> ImageManager<R> {
             slots,
             limit,
             backoff: Mutex::new(HashMap::new()),
+            objects: None,
         }
+    }
+
+    /// Reads pods' `imagePullSecrets` from `objects`.
+    #[must_use]
+    pub fn with_objects(mut self, objects: Arc<dyn ObjectSource>) -> Self {
+        self.objects = Some(objects);
+        self
+    }
+
+    /// The credentials for a pull of `pod`'s image: its pull secrets first (upstream's
+    /// keyring order), then the node's. A secret that can't be read or parsed is
+    /// skipped with a warning event, as upstream does.
+    async fn auth_for(&self, pod: &Pod, events: &ObjectEvents) -> PullAuth {
+        let refs: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let Some(objects) = self.objects.as_ref().filter(|_| !refs.is_empty()) else {
+            return self.auth.clone();
+        };
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let mut auth = PullAuth::anonymous();
+        for name in refs {
+            let added = match objects.secret(namespace, &name).await {
+                Ok(Some(secret)) => {
+                    let data = secret.data.unwrap_or_default();
+                    match (data.get(".dockerconfigjson"), data.get(".dockercfg")) {
+                        (Some(json), _) => auth
+                            .add_dockerconfigjson(&json.0)
+                            .map_err(|e| e.to_string()),
+                        (None, Some(cfg)) => auth.add_dockercfg(&cfg.0).map_err(|e| e.to_string()),
+                        (None, None) => Err("no .dockerconfigjson or .dockercfg key".to_owned()),
+                    }
+                }
+                Ok(None) => Err(format!("secret \"{name}\" not found")),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(reason) = added {
+                warn!(secret = %name, %reason, "Unable to retrieve pull secret, the image pull may not succeed.");
+                events.warning(
+                    ev::FAILED_TO_RETRIEVE_PULL_SECRET,
+                    &format!(
+                        "Unable to retrieve some image pull secrets ({name}); attempting to pull the image may not succeed."
+                    ),
+                );
+            }
+        }
+        auth.extend(&self.auth);
+        auth
     }
 
     fn backoff(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Duration, SystemTime)>> {
@@ -83,7 +140,7 @@ impl<R: Runtime> ImageManager<R> {
     /// The runtime can't be asked whether the image is present.
     pub async fn ensure(
         &self,
-        pod_uid: &str,
+        pod: &Pod,
         c: &Container,
         reference: &str,
         events: &ObjectEvents,
@@ -118,6 +175,7 @@ impl<R: Runtime> ImageManager<R> {
             }
             _ => {}
         }
+        let pod_uid = pod.metadata.uid.as_deref().unwrap_or("");
         let key = format!("{pod_uid}_{image_ref}");
         let until = self.backoff().get(&key).map(|(_, until)| *until);
         if let Some(until) = until
@@ -140,10 +198,11 @@ impl<R: Runtime> ImageManager<R> {
         events.normal(ev::PULLING_IMAGE, &format!("Pulling image {image_ref:?}"));
         let started = tokio::time::Instant::now();
         // Upstream's throttledImageService: no token, no pull ("pull QPS exceeded").
+        let auth = self.auth_for(pod, events).await;
         let pulled = match self.limit.try_accept() {
             Ok(()) => self
                 .runtime
-                .pull_image(reference, &self.auth)
+                .pull_image(reference, &auth)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -199,5 +258,55 @@ fn waiting(reason: &str, message: String) -> Waiting {
     Waiting {
         reason: reason.to_owned(),
         message: Some(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::fake_runtime::FakeRuntime;
+    use crate::pod::worker::Clock;
+    use crate::volume::StaticObjects;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+
+    #[tokio::test]
+    async fn pull_secrets_come_first_and_a_missing_one_is_an_event() {
+        let objects = Arc::new(StaticObjects::new());
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("regcred".into());
+        secret.metadata.namespace = Some("ns".into());
+        secret.type_ = Some("kubernetes.io/dockerconfigjson".into());
+        let json = br#"{"auths":{"registry.example":{"username":"u","password":"p"}}}"#;
+        secret.data = Some([(".dockerconfigjson".to_owned(), ByteString(json.to_vec()))].into());
+        objects.set_secret(secret);
+        let manager = ImageManager::new(
+            Arc::new(FakeRuntime::new(Clock::System)),
+            PullAuth::anonymous(),
+            None,
+            PullLimiter::new(0, 0).expect("no limit"),
+        )
+        .with_objects(objects);
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"containers": [{"name": "c", "image": "registry.example/app"}],
+                     "imagePullSecrets": [{"name": "regcred"}, {"name": "missing"}]}
+        }))
+        .expect("pod");
+        let recorder = crate::events::EventRecorder::new("node", 10);
+        let auth = manager.auth_for(&pod, &recorder.for_pod(&pod)).await;
+        assert_eq!(auth.lookup("registry.example/app").len(), 1);
+        let events = recorder.list(None).items;
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].reason.as_deref(),
+            Some(ev::FAILED_TO_RETRIEVE_PULL_SECRET)
+        );
+        assert!(
+            events[0]
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("missing"))
+        );
     }
 }

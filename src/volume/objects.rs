@@ -61,7 +61,7 @@ pub struct IssuedToken {
 
 /// Where API objects come from: the apiserver or, standalone, documents beside static
 /// pods. Object-safe: the volume manager holds an `Arc<dyn ObjectSource>`.
-pub trait ObjectSource: Send + Sync + 'static {
+pub trait ObjectSource: std::fmt::Debug + Send + Sync + 'static {
     /// The ConfigMap `namespace/name`, `None` when it does not exist.
     fn config_map(
         &self,

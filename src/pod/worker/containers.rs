@@ -194,7 +194,7 @@ impl<R: Runtime> PodWorker<R> {
         let image = match self
             .env
             .images
-            .ensure(&self.uid, c, &reference, &events, now)
+            .ensure(&self.pod, c, &reference, &events, now)
             .await?
         {
             Ok(image) => image,

@@ -137,7 +137,7 @@ fn field(path: &str, field_path: &str) -> DownwardAPIVolumeFile {
 }
 
 /// A settable clock shared by the manager and the token issuer.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct TestClock(Arc<Mutex<SystemTime>>);
 
 impl TestClock {
@@ -162,6 +162,7 @@ impl TestClock {
 }
 
 /// [`StaticObjects`] plus an apiserver's TokenRequest: tokens `token-1`, `token-2`, ...
+#[derive(Debug)]
 struct Issuer {
     objects: StaticObjects,
     clock: TestClock,
