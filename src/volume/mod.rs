@@ -338,6 +338,20 @@ impl VolumeManager {
     /// # Errors
     /// [`VolumeError::TearDown`] with every error met.
     pub fn teardown(&self, pod_uid: &str) -> Result<(), VolumeError> {
+        self.teardown_below(pod_uid, true)
+    }
+
+    /// Tears down the pod's volumes only (`volumes/`), keeping the rest of its
+    /// directory (termination messages): a finished pod gives its volumes back, as
+    /// upstream unmounts the volumes of terminated pods.
+    ///
+    /// # Errors
+    /// As [`VolumeManager::teardown`].
+    pub fn teardown_volumes(&self, pod_uid: &str) -> Result<(), VolumeError> {
+        self.teardown_below(pod_uid, false)
+    }
+
+    fn teardown_below(&self, pod_uid: &str, whole: bool) -> Result<(), VolumeError> {
         if !safe_component(pod_uid) {
             return Err(VolumeError::BadUid {
                 name: String::new(),
@@ -362,17 +376,22 @@ impl VolumeManager {
                 errors.extend(plugin.teardown(&entry.path()));
             }
         }
-        // Whatever else is mounted below the pod (a kind dir we don't know).
-        let left = mount::unmount_all_under(&pod_dir);
+        // Whatever else is mounted below (a kind dir we don't know).
+        let target = if whole {
+            pod_dir.clone()
+        } else {
+            pod_dir.join("volumes")
+        };
+        let left = mount::unmount_all_under(&target);
         let mounts_left = !left.is_empty();
         errors.extend(left);
         if !mounts_left
-            && let Err(source) = fs::remove_dir_all(&pod_dir)
+            && let Err(source) = fs::remove_dir_all(&target)
             && source.kind() != std::io::ErrorKind::NotFound
         {
             errors.push(Reason::Io {
                 op: "remove",
-                path: pod_dir.clone(),
+                path: target.clone(),
                 source,
             });
         }

@@ -219,6 +219,15 @@ impl<R: Runtime> PodWorker<R> {
                 "pod finished"
             );
             self.phase = Phase::Terminated;
+            // Its volumes go back now (tmpfs memory, emptyDir space); the dead
+            // containers' termination messages stay until the pod is removed.
+            let volumes = Arc::clone(&self.env.volumes);
+            let uid = self.uid.clone();
+            match tokio::task::spawn_blocking(move || volumes.teardown_volumes(&uid)).await {
+                Ok(Ok(())) => self.volumes = None,
+                Ok(Err(e)) => warn!(error = %e, "volume teardown of a finished pod failed"),
+                Err(e) => warn!(error = %e, "volume teardown panicked"),
+            }
             return Ok(Next::Idle);
         }
         Ok(Next::After(wake))

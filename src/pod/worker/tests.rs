@@ -230,8 +230,17 @@ async fn a_shorter_grace_period_while_terminating_restarts_the_stop() {
 #[tokio::test(start_paused = true)]
 async fn a_finished_pod_is_terminated_and_never_restarted() {
     let h = Harness::new();
-    let w = start(&h, simple_pod("u1", "Never"));
+    let mut p = simple_pod("u1", "Never");
+    let spec = p.spec.as_mut().expect("spec");
+    spec.volumes = Some(vec![k8s_openapi::api::core::v1::Volume {
+        name: "scratch".into(),
+        empty_dir: Some(Default::default()),
+        ..Default::default()
+    }]);
+    let w = start(&h, p);
     wait_until(LONG, "running", || h.running("c")).await;
+    let volumes = h.env.root_dir.join("pods/u1/volumes");
+    assert!(volumes.join("kubernetes.io~empty-dir/scratch").is_dir());
     h.rt.exit("c", 0);
     w.mailbox.sync();
     wait_until(LONG, "Succeeded", || {
@@ -239,6 +248,9 @@ async fn a_finished_pod_is_terminated_and_never_restarted() {
     })
     .await;
     wait_until(LONG, "sandbox gone", || h.rt.sandboxes().is_empty()).await;
+    // Its volumes are given back; the pod's directory stays until it is removed.
+    wait_until(LONG, "volumes torn down", || !volumes.exists()).await;
+    assert!(h.env.root_dir.join("pods/u1").is_dir());
     // Updates and syncs start nothing again; the dead container is kept.
     let mut p = simple_pod("u1", "Never");
     p.metadata.labels = Some([("x".to_owned(), "y".to_owned())].into());
@@ -255,6 +267,7 @@ async fn a_finished_pod_is_terminated_and_never_restarted() {
     });
     assert_eq!(w.task.await.expect("join"), Outcome::Removed);
     assert!(h.rt.containers().is_empty());
+    assert!(!h.env.root_dir.join("pods/u1").exists());
 }
 
 #[tokio::test(start_paused = true)]
