@@ -5,7 +5,8 @@
 # run dir, $NODELET_APISERVER_DIR (default target/nodelet-apiserver in the checkout):
 #   pki/         ca (also the CSR signer), apiserver serving cert for 127.0.0.1/localhost,
 #                admin (O=system:masters), controller-manager, scheduler and the apiserver's
-#                kubelet client certs, the service-account key pair
+#                kubelet client certs, the service-account key pair, front-proxy-ca and the
+#                aggregation layer's front-proxy-client cert
 #   etcd/        etcd's data dir; *.log, *.pid per component; ports.env (kept across restarts)
 #   admin.kubeconfig, controller-manager.kubeconfig, scheduler.kubeconfig
 #
@@ -73,9 +74,10 @@ EOF
 
 ssl() { openssl "$@" 2>>"$pki/openssl.log"; }
 
-# cert NAME SUBJECT [SAN]: a key and a certificate signed by the CA (client and server use).
+# cert NAME SUBJECT [SAN [CA]]: a key and a certificate signed by the CA (default ca) for
+# client use, and for server use too when SAN is given.
 cert() {
-  local name=$1 subj=$2 san=${3:-}
+  local name=$1 subj=$2 san=${3:-} ca=${4:-ca}
   [ -f "$pki/$name.crt" ] && return 0
   ssl genrsa -out "$pki/$name.key" 2048
   ssl req -new -key "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr"
@@ -89,26 +91,34 @@ cert() {
       echo "extendedKeyUsage=clientAuth"
     fi
   } >"$pki/$name.ext"
-  ssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+  ssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" -CAcreateserial \
     -days 365 -sha256 -extfile "$pki/$name.ext" -out "$pki/$name.crt"
   rm -f "$pki/$name.csr" "$pki/$name.ext"
+}
+
+# ca NAME CN: a self-signed CA.
+ca() {
+  [ -f "$pki/$1.crt" ] && return 0
+  ssl genrsa -out "$pki/$1.key" 2048
+  ssl req -x509 -new -key "$pki/$1.key" -subj "/CN=$2" -days 3650 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign" -out "$pki/$1.crt"
 }
 
 make_pki() {
   mkdir -p "$pki"
   chmod 700 "$pki"
-  if [ ! -f "$pki/ca.crt" ]; then
-    ssl genrsa -out "$pki/ca.key" 2048
-    ssl req -x509 -new -key "$pki/ca.key" -subj "/CN=nodelet-test-ca" -days 3650 -sha256 \
-      -addext "basicConstraints=critical,CA:TRUE" \
-      -addext "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign" -out "$pki/ca.crt"
-  fi
+  ca ca nodelet-test-ca
+  ca front-proxy-ca nodelet-test-front-proxy-ca
   cert apiserver "/CN=kube-apiserver" \
     "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   cert admin "/O=system:masters/CN=kubernetes-admin"
   cert controller-manager "/CN=system:kube-controller-manager"
   cert scheduler "/CN=system:kube-scheduler"
   cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
+  # The aggregation layer's client identity, which kube-controller-manager and kube-scheduler
+  # (delegated authentication) read from kube-system/extension-apiserver-authentication.
+  cert front-proxy-client "/CN=front-proxy-client" "" front-proxy-ca
   if [ ! -f "$pki/sa.key" ]; then
     ssl genrsa -out "$pki/sa.key" 2048
     ssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
@@ -148,7 +158,10 @@ launch() {
   shift
   running "$name" && return 0
   echo "--- $(date -u +%FT%TZ) start" >>"$dir/$name.log"
-  "$bin/$name" "$@" </dev/null >>"$dir/$name.log" 2>&1 &
+  # Where this run's log starts, for waits that read it.
+  wc -c <"$dir/$name.log" >"$dir/$name.logstart"
+  # 9>&-: the daemon must not hold the run dir's lock (a later start would wait forever).
+  "$bin/$name" "$@" </dev/null >>"$dir/$name.log" 2>&1 9>&- &
   echo $! >"$dir/$name.pid"
   readlink -f "$bin/$name" >"$dir/$name.exe"
 }
@@ -179,6 +192,13 @@ etcd_healthy() { curl -sf --max-time 2 "http://127.0.0.1:$etcd_port/health" | gr
 apiserver_ready() { [ "$(admin_get /readyz)" = ok ]; }
 # Their /healthz is always allowed; each serves a self-signed cert of its own.
 kcm_healthy() { [ "$(curl -skf --max-time 2 "https://127.0.0.1:$kcm_port/healthz")" = ok ]; }
+# kube-controller-manager builds every controller (each makes its API client, which needs the
+# apiserver, and a failure there ends the process) before it starts any; its /healthz is up
+# long before. Seeing the first "Controller starting..." of this run means the building is over.
+kcm_controllers_started() {
+  tail -c +"$(($(cat "$dir/kube-controller-manager.logstart" 2>/dev/null || echo 0) + 1))" \
+    "$dir/kube-controller-manager.log" | grep -q '"Controller starting\.\.\."'
+}
 scheduler_healthy() { [ "$(curl -skf --max-time 2 "https://127.0.0.1:$scheduler_port/healthz")" = ok ]; }
 
 print_env() {
@@ -192,10 +212,15 @@ export NODELET_APISERVER_CA_KEY=$pki/ca.key
 EOF
 }
 
-start() {
+# One start or stop at a time per run dir.
+lock() {
   mkdir -p "$dir"
   exec 9>"$dir/.lock"
   flock 9
+}
+
+start() {
+  lock
   bin=${NODELET_APISERVER_BIN:-$("$here/scripts/build-apiserver.sh")}
   choose_ports
   make_pki
@@ -211,6 +236,8 @@ start() {
     --unsafe-no-fsync=true --log-level=warn
   wait_for etcd 30 etcd_healthy
 
+  # --shutdown-watch-termination-grace-period: without it, open watches (the controller-manager's,
+  # the scheduler's, a node's) keep a SIGTERMed apiserver alive until its 60s request timeout.
   launch kube-apiserver --bind-address=127.0.0.1 --secure-port="$apiserver_port" \
     --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
@@ -222,7 +249,11 @@ start() {
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
     --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
     --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
-    --cert-dir="$dir/apiserver-certs" --v=1
+    --requestheader-client-ca-file="$pki/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client --requestheader-username-headers=X-Remote-User \
+    --requestheader-group-headers=X-Remote-Group --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$pki/front-proxy-client.crt" --proxy-client-key-file="$pki/front-proxy-client.key" \
+    --shutdown-watch-termination-grace-period=2s --cert-dir="$dir/apiserver-certs" --v=1
   wait_for kube-apiserver 90 apiserver_ready
 
   launch kube-controller-manager --kubeconfig="$dir/controller-manager.kubeconfig" \
@@ -240,6 +271,7 @@ start() {
     --authorization-kubeconfig="$dir/scheduler.kubeconfig" \
     --bind-address=127.0.0.1 --secure-port="$scheduler_port" --leader-elect=false --v=1
   wait_for kube-controller-manager 60 kcm_healthy
+  wait_for kube-controller-manager 60 kcm_controllers_started
   wait_for kube-scheduler 60 scheduler_healthy
   # What kubeadm sets up for kubelet TLS bootstrap: bootstrap tokens may file node CSRs,
   # nodes may renew their own client certificates (approval stays manual).
@@ -257,6 +289,8 @@ EOF
 stop() {
   local names=("$@") name pid failed=0
   [ ${#names[@]} -gt 0 ] || names=(kube-scheduler kube-controller-manager kube-apiserver etcd)
+  [ -d "$dir" ] || return 0
+  lock
   for name in "${names[@]}"; do
     case " ${components[*]} " in *" $name "*) ;; *) log "unknown component $name"; return 2 ;; esac
     if running "$name"; then
@@ -269,7 +303,7 @@ stop() {
       fi
       kill -0 "$pid" 2>/dev/null && failed=1
     fi
-    rm -f "$dir/$name.pid" "$dir/$name.exe"
+    rm -f "$dir/$name.pid" "$dir/$name.exe" "$dir/$name.logstart"
   done
   return $failed
 }
