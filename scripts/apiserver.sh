@@ -37,10 +37,14 @@ running() {
   local pid
   pid=$(pid_of "$1") || return 1
   kill -0 "$pid" 2>/dev/null || return 1
-  # The PID must still be the program we started (a recycled PID is someone else's).
-  [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(cat "$dir/$1.exe" 2>/dev/null)" ]
+  # The PID must still be the program we started (a recycled PID is someone else's); a
+  # rebuild since shows as "(deleted)".
+  local exe
+  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+  [ "${exe% (deleted)}" = "$(cat "$dir/$1.exe" 2>/dev/null)" ]
 }
 
+# shellcheck source=/dev/null
 load_ports() { [ -f "$dir/ports.env" ] && . "$dir/ports.env"; }
 
 # A free TCP port on 127.0.0.1 below the ephemeral range, not one of those already chosen.
