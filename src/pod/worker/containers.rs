@@ -104,8 +104,6 @@ impl<R: Runtime> PodWorker<R> {
     }
 
     /// Upstream's crash-loop back-off. The first restart is immediate; later ones wait
-
-    /// Upstream's crash-loop back-off. The first restart is immediate; later ones wait
     /// 10 s, 20 s, … 300 s after the last exit; a long clean run resets it.
     pub(super) fn crash_backoff(
         &mut self,

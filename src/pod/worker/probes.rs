@@ -42,8 +42,6 @@ impl<R: Runtime> PodWorker<R> {
     }
 
     /// Starts probe workers for running instances that have none and stops those of
-
-    /// Starts probe workers for running instances that have none and stops those of
     /// instances that no longer run.
     pub(super) fn sync_probes(&mut self, containers: &[ContainerInfo], active: bool) {
         let running: Vec<&ContainerInfo> = containers
@@ -85,8 +83,6 @@ impl<R: Runtime> PodWorker<R> {
             self.probes.insert(info.id.clone(), cancel);
         }
     }
-
-    /// Stops the probe workers of the instances `which` selects, forgetting their
 
     /// Stops the probe workers of the instances `which` selects, forgetting their
     /// verdicts.
