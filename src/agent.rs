@@ -195,6 +195,7 @@ pub async fn start(
         namespace: args.containerd_namespace.clone(),
         state_dir: args.root_dir.join("runtime"),
         log_driver,
+        container_logs_dir: args.container_logs_dir.clone(),
         registries: nodelet_cri::image::RegistryConfig::default(),
         runtime_name: "io.containerd.runc.v2".to_owned(),
         cni: CniConfig {

@@ -73,6 +73,10 @@ pub struct RuntimeConfig {
     pub runtime_name: String,
     /// CNI configuration.
     pub cni: CniConfig,
+    /// Where the `<pod>_<namespace>_<container>-<id>.log` symlinks to running
+    /// containers' log files go (`/var/log/containers`, upstream's
+    /// `legacyContainerLogsDir`).
+    pub container_logs_dir: PathBuf,
 }
 
 /// The containerd-backed runtime.
@@ -165,6 +169,26 @@ fn pod_labels(pod: &PodRef, kind: &str) -> HashMap<String, String> {
             labels::MANAGED_BY_VALUE.to_owned(),
         ),
     ])
+}
+
+/// containerd refuses a label whose key and value pass 4096 bytes; a start error's
+/// message is cut to fit.
+const MAX_LABEL_VALUE: usize = 4000;
+
+/// The labels that record a failed start: the message and when it failed.
+fn start_failure_labels(message: &str, at: jiff::Timestamp) -> Vec<(String, String)> {
+    let mut message = message.to_owned();
+    if message.len() > MAX_LABEL_VALUE {
+        let mut cut = MAX_LABEL_VALUE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    vec![
+        (keys::START_ERROR.to_owned(), message),
+        (keys::FINISHED_AT.to_owned(), at.to_string()),
+    ]
 }
 
 fn parse_time(s: &str) -> Option<SystemTime> {
@@ -310,6 +334,38 @@ impl ContainerdRuntime {
         }
     }
 
+    /// Sets labels on a container record.
+    async fn set_labels(
+        &self,
+        mut c: Container,
+        labels: Vec<(String, String)>,
+    ) -> Result<(), RuntimeError> {
+        let id = c.id.clone();
+        let paths = labels.iter().map(|(k, _)| format!("labels.{k}")).collect();
+        c.labels.extend(labels);
+        let req = self.containerd.request(UpdateContainerRequest {
+            container: Some(c),
+            update_mask: Some(prost_types::FieldMask { paths }),
+        });
+        self.containers()
+            .update(req)
+            .await
+            .map_err(grpc("update container", &id))?;
+        Ok(())
+    }
+
+    /// The container's `/var/log/containers` symlink, named from its labels.
+    fn log_symlink(&self, c: &Container) -> PathBuf {
+        let l = &c.labels;
+        logs::log_symlink_path(
+            &self.config.container_logs_dir,
+            &label(l, keys::POD_NAME),
+            &label(l, keys::POD_NAMESPACE),
+            &label(l, keys::CONTAINER_NAME),
+            &c.id,
+        )
+    }
+
     async fn delete_container_record(&self, id: &str) -> Result<(), RuntimeError> {
         let req = self
             .containerd
@@ -365,11 +421,15 @@ impl ContainerdRuntime {
         Ok(())
     }
 
+    /// Creates and starts the task. `log_file`, when given, is created between the
+    /// two: once `runc create` succeeded and before the process runs, which opens
+    /// the log driver's gate (see [`logs`]), so runc's create errors stay out of it.
     async fn create_and_start_task(
         &self,
         id: &str,
         rootfs: Vec<containerd_client::types::Mount>,
         stdio: &str,
+        log_file: Option<&Path>,
     ) -> Result<u32, RuntimeError> {
         let req = self.containerd.request(CreateTaskRequest {
             container_id: id.to_owned(),
@@ -385,6 +445,18 @@ impl ContainerdRuntime {
             .map_err(grpc("create task", id))?
             .into_inner()
             .pid;
+        if let Some(path) = log_file
+            && let Err(e) = logs::create_log_file(path)
+        {
+            let _ = self.delete_task(id).await;
+            return Err(RuntimeError::Io {
+                path: path.to_owned(),
+                source: match e {
+                    logs::LogError::Open { source, .. } => source,
+                    logs::LogError::MissingPath => std::io::ErrorKind::InvalidInput.into(),
+                },
+            });
+        }
         let req = self.containerd.request(StartRequest {
             container_id: id.to_owned(),
             exec_id: String::new(),
@@ -438,6 +510,13 @@ impl ContainerdRuntime {
             Some(TaskStatus::Stopped) => ContainerState::Exited,
             Some(TaskStatus::Unknown) => ContainerState::Unknown,
         };
+        // A start that failed left no task: the instance is dead, as the CRI plugin
+        // reports it (exit code 128, `StartError`).
+        let failed_at = l.get(keys::START_ERROR).and(l.get(keys::FINISHED_AT));
+        let (state, failed) = match (task, failed_at) {
+            (None, Some(at)) => (ContainerState::Exited, Some(parse_time(at))),
+            _ => (state, None),
+        };
         let exited = state == ContainerState::Exited;
         ContainerInfo {
             id: c.id.clone(),
@@ -451,15 +530,15 @@ impl ContainerdRuntime {
             pid: task.map_or(0, |t| t.pid),
             created_at: to_system_time(c.created_at.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH),
             started_at: l.get(keys::STARTED_AT).and_then(|s| parse_time(s)),
-            finished_at: if exited {
-                task.and_then(|t| to_system_time(t.exited_at.as_ref()))
-            } else {
-                None
+            finished_at: match failed {
+                Some(at) => at,
+                None if exited => task.and_then(|t| to_system_time(t.exited_at.as_ref())),
+                None => None,
             },
-            exit_code: if exited {
-                task.map(|t| i32::try_from(t.exit_status).unwrap_or(i32::MAX))
-            } else {
-                None
+            exit_code: match failed {
+                Some(_) => Some(super::START_ERROR_EXIT_CODE),
+                None if exited => task.map(|t| i32::try_from(t.exit_status).unwrap_or(i32::MAX)),
+                None => None,
             },
             log_path: l.get(keys::LOG_PATH).map(PathBuf::from).unwrap_or_default(),
             labels: l
@@ -662,22 +741,34 @@ impl Runtime for ContainerdRuntime {
             .into_inner()
             .mounts;
         let stdio = logs::driver_uri(&self.config.log_driver, &log_path);
-        self.create_and_start_task(id, rootfs, &stdio).await?;
-        let mut c = c;
-        c.labels.insert(
-            keys::STARTED_AT.to_owned(),
-            jiff::Timestamp::now().to_string(),
-        );
-        let req = self.containerd.request(UpdateContainerRequest {
-            container: Some(c),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec![format!("labels.{}", keys::STARTED_AT)],
-            }),
-        });
-        self.containers()
-            .update(req)
+        if let Err(e) = self
+            .create_and_start_task(id, rootfs, &stdio, Some(&log_path))
             .await
-            .map_err(grpc("update container", id))?;
+        {
+            // The instance stays, dead with the reason (as the CRI plugin keeps it):
+            // its next attempt is a new instance, and `remove_container` takes it.
+            let message = e.to_string();
+            if let Err(le) = self
+                .set_labels(c, start_failure_labels(&message, jiff::Timestamp::now()))
+                .await
+            {
+                warn!(id, error = %le, "cannot record the start failure");
+            }
+            return Err(e);
+        }
+        let link = self.log_symlink(&c);
+        self.set_labels(
+            c,
+            vec![(
+                keys::STARTED_AT.to_owned(),
+                jiff::Timestamp::now().to_string(),
+            )],
+        )
+        .await?;
+        // As upstream's startContainer: a missing link is logged, not an error.
+        if let Err(e) = logs::create_log_symlink(&link, &log_path) {
+            warn!(id, error = %e, "cannot make the container's log symlink");
+        }
         Ok(())
     }
 
@@ -719,10 +810,17 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let link = self.get_container(id).await?.map(|c| self.log_symlink(&c));
         if self.kill(id, SIGKILL).await? {
             self.wait(id, KILL_WAIT).await?;
         }
         self.delete_task(id).await?;
+        if let Some(link) = link {
+            logs::remove_log_symlink(&link).map_err(|e| RuntimeError::Io {
+                path: e.path,
+                source: e.source,
+            })?;
+        }
         self.delete_container_record(id).await?;
         self.containerd.remove_snapshot(id).await?;
         Ok(())
@@ -828,7 +926,7 @@ impl ContainerdRuntime {
             labels.insert(keys::CGROUP_PARENT.to_owned(), parent.clone());
         }
         self.create_record(id, &pause.name, &spec, labels).await?;
-        let pid = self.create_and_start_task(id, rootfs, "").await?;
+        let pid = self.create_and_start_task(id, rootfs, "", None).await?;
         debug!(pod = %config.pod.name, sandbox = %id, pid, ?ips, "sandbox running");
         Ok(SandboxInfo {
             id: id.to_owned(),
