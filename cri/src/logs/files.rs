@@ -287,7 +287,7 @@ mod tests {
         touch(&links.join("plain.log"));
         let pruned = prune_log_symlinks(&links).expect("prune");
         assert!(pruned.errors.is_empty(), "{:?}", pruned.errors);
-        assert_eq!(pruned.removed, [dead.clone()]);
+        assert_eq!(pruned.removed, [dead]);
         assert_eq!(std::fs::read_link(&live).expect("live link"), logs);
         assert!(links.join("plain.log").exists());
         remove_log_symlink(&live).expect("remove");
