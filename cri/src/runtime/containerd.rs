@@ -2,8 +2,7 @@
 //! namespaces and CNI, app containers that join them, CRI log files through the shim
 //! logging driver, and labels on every object so a restarted agent finds them again.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -17,17 +16,17 @@ use containerd_client::services::v1::{
     DeleteTaskRequest, GetContainerRequest, KillRequest, ListContainersRequest, ListTasksRequest,
     StartRequest, UpdateContainerRequest, WaitRequest,
 };
-use containerd_client::types::v1::Status as TaskStatus;
 use tonic::Code;
 use tracing::{debug, warn};
 
-use super::events::{self, RuntimeEvent, to_system_time};
+use super::events::{self, RuntimeEvent};
+use super::records::{self, label, pod_labels, pod_of, start_failure_labels};
 use super::{
-    ContainerConfig, ContainerInfo, ContainerState, PodRef, Runtime, RuntimeError, SandboxConfig,
-    SandboxInfo, keys, oom, pod_files, spec, user,
+    ContainerConfig, ContainerInfo, PodRef, Runtime, RuntimeError, SandboxConfig, SandboxInfo,
+    keys, oom, pod_files, spec, user,
 };
 use crate::cni::{Cni, CniConfig, CniRequest};
-use crate::containerd::{Containerd, labels};
+use crate::containerd::Containerd;
 use crate::image::ImageInfo;
 use crate::logs;
 use crate::netns::NetNs;
@@ -136,64 +135,6 @@ pub(super) fn new_id(bytes: usize) -> Result<String, RuntimeError> {
     )
     .map_err(io_err(path))?;
     Ok(hex::encode(buf))
-}
-
-fn label_bool(labels: &HashMap<String, String>, key: &str) -> bool {
-    labels.get(key).is_some_and(|v| v == "true")
-}
-
-fn label_u32(labels: &HashMap<String, String>, key: &str) -> u32 {
-    labels.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
-fn label(labels: &HashMap<String, String>, key: &str) -> String {
-    labels.get(key).cloned().unwrap_or_default()
-}
-
-fn pod_of(labels: &HashMap<String, String>) -> PodRef {
-    PodRef {
-        uid: label(labels, keys::POD_UID),
-        name: label(labels, keys::POD_NAME),
-        namespace: label(labels, keys::POD_NAMESPACE),
-    }
-}
-
-fn pod_labels(pod: &PodRef, kind: &str) -> HashMap<String, String> {
-    HashMap::from([
-        (keys::POD_UID.to_owned(), pod.uid.clone()),
-        (keys::POD_NAME.to_owned(), pod.name.clone()),
-        (keys::POD_NAMESPACE.to_owned(), pod.namespace.clone()),
-        (keys::KIND.to_owned(), kind.to_owned()),
-        (
-            labels::MANAGED_BY.to_owned(),
-            labels::MANAGED_BY_VALUE.to_owned(),
-        ),
-    ])
-}
-
-/// containerd refuses a label whose key and value pass 4096 bytes; a start error's
-/// message is cut to fit.
-const MAX_LABEL_VALUE: usize = 4000;
-
-/// The labels that record a failed start: the message and when it failed.
-fn start_failure_labels(message: &str, at: jiff::Timestamp) -> Vec<(String, String)> {
-    let mut message = message.to_owned();
-    if message.len() > MAX_LABEL_VALUE {
-        let mut cut = MAX_LABEL_VALUE;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-    }
-    vec![
-        (keys::START_ERROR.to_owned(), message),
-        (keys::FINISHED_AT.to_owned(), at.to_string()),
-    ]
-}
-
-fn parse_time(s: &str) -> Option<SystemTime> {
-    let ts: jiff::Timestamp = s.parse().ok()?;
-    Some(SystemTime::from(ts))
 }
 
 impl ContainerdRuntime {
@@ -469,85 +410,6 @@ impl ContainerdRuntime {
         Ok(pid)
     }
 
-    fn sandbox_info(
-        &self,
-        c: &Container,
-        task: Option<&containerd_client::types::v1::Process>,
-    ) -> SandboxInfo {
-        let l = &c.labels;
-        let ips: Vec<IpAddr> = l
-            .get(keys::IPS)
-            .map(|v| v.split(',').filter_map(|s| s.parse().ok()).collect())
-            .unwrap_or_default();
-        let running = task.is_some_and(|t| t.status == TaskStatus::Running as i32);
-        SandboxInfo {
-            id: c.id.clone(),
-            pod: pod_of(l),
-            attempt: label_u32(l, keys::ATTEMPT),
-            ready: running,
-            pid: task.map_or(0, |t| t.pid),
-            ips,
-            netns: l.get(keys::NETNS).map(PathBuf::from),
-            host_network: label_bool(l, keys::HOST_NETWORK),
-            share_pid: label_bool(l, keys::SHARE_PID),
-            cgroup_parent: l.get(keys::CGROUP_PARENT).cloned(),
-            files_dir: self.files_dir(&c.id),
-            log_directory: l.get(keys::LOG_PATH).map(PathBuf::from).unwrap_or_default(),
-            created_at: to_system_time(c.created_at.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH),
-        }
-    }
-
-    fn container_info(
-        c: &Container,
-        task: Option<&containerd_client::types::v1::Process>,
-    ) -> ContainerInfo {
-        let l = &c.labels;
-        let state = match task.and_then(|t| TaskStatus::try_from(t.status).ok()) {
-            None | Some(TaskStatus::Created) => ContainerState::Created,
-            Some(TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing) => {
-                ContainerState::Running
-            }
-            Some(TaskStatus::Stopped) => ContainerState::Exited,
-            Some(TaskStatus::Unknown) => ContainerState::Unknown,
-        };
-        // A start that failed left no task: the instance is dead, as the CRI plugin
-        // reports it (exit code 128, `StartError`).
-        let failed_at = l.get(keys::START_ERROR).and(l.get(keys::FINISHED_AT));
-        let (state, failed) = match (task, failed_at) {
-            (None, Some(at)) => (ContainerState::Exited, Some(parse_time(at))),
-            _ => (state, None),
-        };
-        let exited = state == ContainerState::Exited;
-        ContainerInfo {
-            id: c.id.clone(),
-            pod_uid: label(l, keys::POD_UID),
-            name: label(l, keys::CONTAINER_NAME),
-            attempt: label_u32(l, keys::ATTEMPT),
-            sandbox_id: label(l, keys::SANDBOX_ID),
-            image: c.image.clone(),
-            image_id: label(l, keys::IMAGE_ID),
-            state,
-            pid: task.map_or(0, |t| t.pid),
-            created_at: to_system_time(c.created_at.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH),
-            started_at: l.get(keys::STARTED_AT).and_then(|s| parse_time(s)),
-            finished_at: match failed {
-                Some(at) => at,
-                None if exited => task.and_then(|t| to_system_time(t.exited_at.as_ref())),
-                None => None,
-            },
-            exit_code: match failed {
-                Some(_) => Some(super::START_ERROR_EXIT_CODE),
-                None if exited => task.map(|t| i32::try_from(t.exit_status).unwrap_or(i32::MAX)),
-                None => None,
-            },
-            log_path: l.get(keys::LOG_PATH).map(PathBuf::from).unwrap_or_default(),
-            labels: l
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<BTreeMap<_, _>>(),
-        }
-    }
-
     /// Removes everything of a sandbox that exists, continuing past failures.
     async fn teardown_sandbox(
         &self,
@@ -657,7 +519,7 @@ impl Runtime for ContainerdRuntime {
         let tasks = self.task_states().await?;
         Ok(records
             .iter()
-            .map(|c| self.sandbox_info(c, tasks.get(&c.id)))
+            .map(|c| records::sandbox_info(c, tasks.get(&c.id), self.files_dir(&c.id)))
             .collect())
     }
 
@@ -836,7 +698,7 @@ impl Runtime for ContainerdRuntime {
         let tasks = self.task_states().await?;
         Ok(records
             .iter()
-            .map(|c| Self::container_info(c, tasks.get(&c.id)))
+            .map(|c| records::container_info(c, tasks.get(&c.id)))
             .collect())
     }
 

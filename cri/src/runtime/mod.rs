@@ -9,6 +9,7 @@ mod events;
 mod exec;
 pub mod oom;
 mod pod_files;
+mod records;
 pub mod seccomp;
 pub mod spec;
 pub mod user;
