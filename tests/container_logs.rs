@@ -92,7 +92,7 @@ spec:
     let link = w
         .container_logs
         .join(format!("{full_name}_default_main-{id}.log"));
-    assert_eq!(symlinks(&w), [link.clone()]);
+    assert_eq!(symlinks(&w), std::slice::from_ref(&link));
     assert_eq!(std::fs::read_link(&link).expect("read link"), log);
     assert_eq!(
         std::fs::read_to_string(&link).expect("read through the link"),
