@@ -248,7 +248,13 @@ async fn failed_start_leaves_the_log_empty_and_the_reason_in_the_error() {
             .await
             .expect_err("a missing command can't start");
     let message = err.to_string();
-    assert!(message.contains("/nonexistent"), "{message}");
+    // The CRI plugin's words, runc's reason inside.
+    assert!(
+        message.starts_with("failed to create containerd task: ")
+            && message.contains("runc create failed")
+            && message.contains("/nonexistent"),
+        "{message}"
+    );
 
     // runc printed its error on the container's stderr too; the driver dropped it.
     let log = w.log_file("app", 0);

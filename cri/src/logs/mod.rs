@@ -45,15 +45,6 @@ pub enum LogError {
     /// The driver was started without a log path.
     #[error("cri-log: missing log file path argument")]
     MissingPath,
-    /// The log file could not be opened.
-    #[error("cannot open log file {path}: {source}")]
-    Open {
-        /// The log file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
 }
 
 /// Which stream a line came from.
@@ -251,18 +242,14 @@ impl Write for GatedLog {
 /// driver's gate: called once `runc create` has succeeded, before the task starts.
 ///
 /// # Errors
-/// [`LogError::Open`] when the file can't be created.
-pub fn create_log_file(path: &Path) -> Result<(), LogError> {
+/// The I/O error when the file can't be created.
+pub fn create_log_file(path: &Path) -> io::Result<()> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
         .open(path)
         .map(drop)
-        .map_err(|source| LogError::Open {
-            path: path.to_owned(),
-            source,
-        })
 }
 
 /// Runs the shim logging driver; never returns. Called by the binary's `main` when it

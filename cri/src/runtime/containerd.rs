@@ -390,13 +390,7 @@ impl ContainerdRuntime {
             && let Err(e) = logs::create_log_file(path)
         {
             let _ = self.delete_task(id).await;
-            return Err(RuntimeError::Io {
-                path: path.to_owned(),
-                source: match e {
-                    logs::LogError::Open { source, .. } => source,
-                    logs::LogError::MissingPath => std::io::ErrorKind::InvalidInput.into(),
-                },
-            });
+            return Err(io_err(path)(e));
         }
         let req = self.containerd.request(StartRequest {
             container_id: id.to_owned(),
@@ -607,6 +601,22 @@ impl Runtime for ContainerdRuntime {
             .create_and_start_task(id, rootfs, &stdio, Some(&log_path))
             .await
         {
+            let e = match e {
+                RuntimeError::Containerd { op, id, status }
+                    if op == "create task" || op == "start task" =>
+                {
+                    RuntimeError::Start {
+                        id,
+                        step: if op == "create task" {
+                            "create"
+                        } else {
+                            "start"
+                        },
+                        message: status.message().to_owned(),
+                    }
+                }
+                e => e,
+            };
             // The instance stays, dead with the reason (as the CRI plugin keeps it):
             // its next attempt is a new instance, and `remove_container` takes it.
             let message = e.to_string();

@@ -102,6 +102,18 @@ pub enum RuntimeError {
         #[source]
         status: Box<tonic::Status>,
     },
+    /// A container's process could not be made or started: runc's reason as
+    /// containerd reports it, worded as the CRI plugin words it
+    /// (`failed to create containerd task: … runc create failed: …`).
+    #[error("failed to {step} containerd task: {message}")]
+    Start {
+        /// The container ID.
+        id: String,
+        /// `create` or `start`.
+        step: &'static str,
+        /// containerd's message.
+        message: String,
+    },
     /// An image operation failed.
     #[error(transparent)]
     Image(#[from] ImageError),
