@@ -1,0 +1,277 @@
+//! Validation parity with a real kube-apiserver (the real apiserver tier, v1.37.2).
+//!
+//! A corpus of pods (the base workloads in `parity/bases.yaml` and one-defect variants of
+//! them from `parity/defects.rs`) goes through nodelet's own path (`parse_manifests` →
+//! `default_pod` → `validate_pod`) and through the apiserver's server-side dry run
+//! (`POST /api/v1/namespaces/parity/pods?dryRun=All`). Both must accept or both refuse, and
+//! when both refuse the sets of field paths must match, except for the differences listed
+//! in [`KNOWN`] with their reasons. The agreement figures are printed.
+//!
+//! Needs `NODELET_TEST_KUBECONFIG` (an admin kubeconfig; `scripts/test.sh` starts the tier
+//! and sets it) and fails, saying so, without it.
+
+#[path = "parity/defects.rs"]
+mod defects;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Deserialize as _;
+use nodelet_manifests::{default_pod, parse_manifests, validate_pod};
+use serde_json::{Value, json};
+
+const NAMESPACE: &str = "parity";
+
+/// Differences between nodelet and the apiserver that are expected, by defect name, with
+/// why. A listed defect may agree too (the entry then only excuses a disagreement).
+const KNOWN: &[(&str, &str)] = &[];
+
+/// What one side said about one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Accepted,
+    /// Refused, with the field paths of the errors (`<decode>` when the body did not decode).
+    Refused(BTreeSet<String>),
+}
+
+struct Apiserver {
+    client: reqwest::Client,
+    server: String,
+}
+
+impl Apiserver {
+    fn from_env() -> Self {
+        let path = std::env::var("NODELET_TEST_KUBECONFIG").unwrap_or_else(|_| {
+            panic!(
+                "NODELET_TEST_KUBECONFIG is not set: this test needs the real apiserver tier; \
+                 run scripts/test.sh, or `scripts/apiserver.sh start` and export \
+                 NODELET_TEST_KUBECONFIG=$NODELET_APISERVER_DIR/admin.kubeconfig"
+            )
+        });
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading NODELET_TEST_KUBECONFIG {path}: {e}"));
+        let config: Value = serde_yaml::from_str(&text)
+            .unwrap_or_else(|e| panic!("parsing kubeconfig {path}: {e}"));
+        let field = |section: &str, key: &str| -> Vec<u8> {
+            let encoded = config[section][0][section.trim_end_matches('s')][key]
+                .as_str()
+                .unwrap_or_else(|| panic!("kubeconfig {path}: no {section}[0].{key}"));
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap_or_else(|e| panic!("kubeconfig {path}: {key}: {e}"))
+        };
+        let server = config["clusters"][0]["cluster"]["server"]
+            .as_str()
+            .unwrap_or_else(|| panic!("kubeconfig {path}: no server"))
+            .to_owned();
+        let ca = reqwest::Certificate::from_pem(&field("clusters", "certificate-authority-data"))
+            .expect("CA certificate");
+        let mut identity = field("users", "client-certificate-data");
+        identity.extend(field("users", "client-key-data"));
+        let identity = reqwest::Identity::from_pem(&identity).expect("client identity");
+        let client = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .identity(identity)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client");
+        Self { client, server }
+    }
+
+    async fn ensure_namespace(&self) {
+        let url = format!("{}/api/v1/namespaces", self.server);
+        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
+        let status = self
+            .client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+            .status();
+        assert!(
+            status.is_success() || status == reqwest::StatusCode::CONFLICT,
+            "creating namespace {NAMESPACE}: {status}"
+        );
+        // The service account admission plugin refuses pods until the controller manager
+        // has made the namespace's default service account.
+        let sa = format!("{}/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default", self.server);
+        for _ in 0..300 {
+            let response = self.client.get(&sa).send().await;
+            if response.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no default service account in namespace {NAMESPACE} after 30s");
+    }
+
+    async fn dry_run(&self, pod: &Value) -> Verdict {
+        let url = format!(
+            "{}/api/v1/namespaces/{NAMESPACE}/pods?dryRun=All",
+            self.server
+        );
+        let response = self
+            .client
+            .post(&url)
+            .json(pod)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Verdict::Accepted;
+        }
+        assert!(
+            status == reqwest::StatusCode::UNPROCESSABLE_ENTITY
+                || status == reqwest::StatusCode::BAD_REQUEST,
+            "dry run of {}: unexpected {status}: {body}",
+            pod["metadata"]["name"]
+        );
+        let causes = body["details"]["causes"].as_array().cloned().unwrap_or_default();
+        let mut paths: BTreeSet<String> = causes
+            .iter()
+            .filter_map(|c| c["field"].as_str().map(str::to_owned))
+            .collect();
+        if status == reqwest::StatusCode::BAD_REQUEST || paths.is_empty() {
+            paths.insert("<decode>".to_owned());
+        }
+        Verdict::Refused(paths)
+    }
+}
+
+/// nodelet's verdict: the manifest file path (parse, default, validate).
+fn nodelet(pod: &Value) -> Verdict {
+    let bytes = serde_json::to_vec(pod).expect("JSON");
+    let documents = match parse_manifests(&bytes, "parity.json") {
+        Ok(documents) => documents,
+        Err(_) => return Verdict::Refused(BTreeSet::from(["<decode>".to_owned()])),
+    };
+    let Some(mut pod) = documents.into_iter().next().and_then(|d| d.pod) else {
+        return Verdict::Refused(BTreeSet::from(["<decode>".to_owned()]));
+    };
+    default_pod(&mut pod);
+    let errors = validate_pod(&pod);
+    if errors.is_empty() {
+        Verdict::Accepted
+    } else {
+        Verdict::Refused(errors.into_iter().map(|e| e.path).collect())
+    }
+}
+
+struct Case {
+    base: String,
+    defect: &'static str,
+    pod: Value,
+}
+
+fn corpus() -> Vec<Case> {
+    let text = include_str!("parity/bases.yaml");
+    let mut bases = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let mut pod = serde_json::to_value(
+            serde_yaml::Value::deserialize(document).expect("bases.yaml is YAML"),
+        )
+        .expect("bases.yaml is JSON-shaped");
+        pod["metadata"]["namespace"] = json!(NAMESPACE);
+        bases.push(pod);
+    }
+    let mut cases = Vec::new();
+    for (bi, base) in bases.iter().enumerate() {
+        let name = base["metadata"]["name"].as_str().expect("named").to_owned();
+        cases.push(Case {
+            base: name.clone(),
+            defect: "none",
+            pod: base.clone(),
+        });
+        for (di, (defect, apply)) in defects::DEFECTS.iter().enumerate() {
+            // Each defect meets a third of the bases, a different third per defect.
+            if (bi + di) % 3 != 0 {
+                continue;
+            }
+            let mut pod = base.clone();
+            if apply(&mut pod).is_some() {
+                cases.push(Case {
+                    base: name.clone(),
+                    defect,
+                    pod,
+                });
+            }
+        }
+    }
+    cases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_agrees_with_the_apiserver() {
+    let apiserver = Apiserver::from_env();
+    apiserver.ensure_namespace().await;
+    let cases = corpus();
+
+    let mut theirs = Vec::with_capacity(cases.len());
+    for chunk in cases.chunks(8) {
+        let verdicts =
+            futures::future::join_all(chunk.iter().map(|case| apiserver.dry_run(&case.pod))).await;
+        theirs.extend(verdicts);
+    }
+
+    let (mut both_accept, mut both_refuse, mut paths_equal) = (0, 0, 0);
+    let (mut shared_paths, mut all_paths) = (0usize, 0usize);
+    let mut unexpected = Vec::new();
+    let mut excused = Vec::new();
+    for (case, theirs) in cases.iter().zip(&theirs) {
+        let ours = nodelet(&case.pod);
+        let agree = match (&ours, theirs) {
+            (Verdict::Accepted, Verdict::Accepted) => {
+                both_accept += 1;
+                true
+            }
+            (Verdict::Refused(a), Verdict::Refused(b)) => {
+                both_refuse += 1;
+                shared_paths += a.intersection(b).count();
+                all_paths += a.union(b).count();
+                if a == b {
+                    paths_equal += 1;
+                }
+                a == b
+            }
+            _ => false,
+        };
+        if agree {
+            continue;
+        }
+        let line = format!(
+            "{}/{}: nodelet {:?}, apiserver {:?}",
+            case.base, case.defect, ours, theirs
+        );
+        match KNOWN.iter().find(|(defect, _)| *defect == case.defect) {
+            Some((_, reason)) => excused.push(format!("{line} (known: {reason})")),
+            None => unexpected.push(line),
+        }
+    }
+    let total = cases.len();
+    let verdicts_agree = both_accept + both_refuse;
+    println!(
+        "parity: {total} pods ({} bases, {} variants): accept/refuse agree on {verdicts_agree} \
+         ({:.1} %); {both_accept} both accept, {both_refuse} both refuse, of which {paths_equal} \
+         with the same field paths; field paths agreeing where both refuse: {shared_paths}/{all_paths} \
+         ({:.1} %); {} known differences, {} unexpected",
+        cases.iter().filter(|c| c.defect == "none").count(),
+        total - cases.iter().filter(|c| c.defect == "none").count(),
+        100.0 * verdicts_agree as f64 / total as f64,
+        100.0 * shared_paths as f64 / all_paths.max(1) as f64,
+        excused.len(),
+        unexpected.len(),
+    );
+    for line in &excused {
+        println!("  {line}");
+    }
+    assert!(
+        unexpected.is_empty(),
+        "{} disagreements with the apiserver:\n{}",
+        unexpected.len(),
+        unexpected.join("\n")
+    );
+}
