@@ -1,0 +1,289 @@
+//! The validation unit tests: upstream's messages for each area.
+#![allow(clippy::unwrap_used)]
+use super::*;
+use crate::defaults::default_pod;
+use serde_json::{Value, json};
+
+/// A valid, defaulted pod with `patch` merged into its JSON.
+fn pod(patch: Value) -> Pod {
+    let mut base = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{
+                "name": "app", "image": "busybox:1.36",
+                "ports": [{"name": "http", "containerPort": 80}],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+            }]
+        }
+    });
+    merge(&mut base, patch);
+    let mut pod: Pod = serde_json::from_value(base).unwrap();
+    default_pod(&mut pod);
+    pod
+}
+
+/// JSON merge patch (RFC 7386), enough to tweak the base pod per case.
+fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(&k);
+                } else {
+                    merge(t.entry(k).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p,
+    }
+}
+
+fn messages(pod: &Pod) -> Vec<String> {
+    validate_pod(pod).iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn the_base_pod_is_valid() {
+    assert_eq!(messages(&pod(json!({}))), Vec::<String>::new());
+}
+
+#[test]
+fn error_table() {
+    let container = |extra: Value| {
+        let mut c = json!({"name": "app", "image": "busybox:1.36"});
+        merge(&mut c, extra);
+        c
+    };
+    let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+        (
+            "bad name",
+            json!({"metadata": {"name": "Web_1"}}),
+            vec![
+                r#"metadata.name: Invalid value: "Web_1": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"#,
+            ],
+        ),
+        (
+            "missing name",
+            json!({"metadata": {"name": null}}),
+            vec!["metadata.name: Required value: name or generateName is required"],
+        ),
+        (
+            "bad namespace",
+            json!({"metadata": {"namespace": "kube.system"}}),
+            vec![r#"metadata.namespace: Invalid value: "kube.system": must not contain dots"#],
+        ),
+        (
+            "namespace underscore",
+            json!({"metadata": {"namespace": "a_b"}}),
+            vec![
+                r#"metadata.namespace: Invalid value: "a_b": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"#,
+            ],
+        ),
+        (
+            "no containers",
+            json!({"spec": {"containers": []}}),
+            vec!["spec.containers: Required value"],
+        ),
+        (
+            "missing image and duplicate name",
+            json!({"spec": {"containers": [container(json!({})), container(json!({"image": null}))]}}),
+            vec![
+                "spec.containers[1].image: Required value",
+                r#"spec.containers[1].name: Duplicate value: "app""#,
+            ],
+        ),
+        (
+            "init container clashes with app container",
+            json!({"spec": {"containers": [container(json!({}))], "initContainers": [container(json!({}))]}}),
+            vec![r#"spec.initContainers[0].name: Duplicate value: "app""#],
+        ),
+        (
+            "empty and bad container names",
+            json!({"spec": {"containers": [container(json!({"name": ""})), container(json!({"name": "App"}))]}}),
+            vec![
+                "spec.containers[0].name: Required value",
+                r#"spec.containers[1].name: Invalid value: "App": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"#,
+            ],
+        ),
+        (
+            "ports",
+            json!({"spec": {"containers": [container(json!({"ports": [
+                {"containerPort": 0},
+                {"containerPort": 70000, "protocol": "ICMP"},
+                {"name": "http", "containerPort": 1},
+                {"name": "http", "containerPort": 2},
+                {"name": "Web--", "containerPort": 3},
+                {"containerPort": 4, "hostPort": -1}
+            ]}))]}}),
+            vec![
+                "spec.containers[0].ports[0].containerPort: Required value",
+                "spec.containers[0].ports[1].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive",
+                r#"spec.containers[0].ports[1].protocol: Unsupported value: "ICMP": supported values: "SCTP", "TCP", "UDP""#,
+                r#"spec.containers[0].ports[3].name: Duplicate value: "http""#,
+                r#"spec.containers[0].ports[4].name: Invalid value: "Web--": must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"#,
+                r#"spec.containers[0].ports[4].name: Invalid value: "Web--": must not contain consecutive hyphens"#,
+                r#"spec.containers[0].ports[4].name: Invalid value: "Web--": must not begin or end with a hyphen"#,
+                "spec.containers[0].ports[5].hostPort: Invalid value: -1: must be between 1 and 65535, inclusive",
+            ],
+        ),
+        (
+            "host port conflict",
+            json!({"spec": {"containers": [
+                container(json!({"ports": [{"containerPort": 80, "hostPort": 8080}]})),
+                container(json!({"name": "b", "ports": [{"containerPort": 81, "hostPort": 8080}]}))
+            ]}}),
+            vec![r#"spec.containers[1].ports[0].hostPort: Duplicate value: "/TCP/8080""#],
+        ),
+        (
+            "policies",
+            json!({"spec": {"restartPolicy": "Sometimes", "dnsPolicy": "Google"}}),
+            vec![
+                r#"spec.restartPolicy: Unsupported value: "Sometimes": supported values: "Always", "OnFailure", "Never""#,
+                r#"spec.dnsPolicy: Unsupported value: "Google": supported values: "ClusterFirstWithHostNet", "ClusterFirst", "Default", "None""#,
+            ],
+        ),
+        (
+            "dns none needs config",
+            json!({"spec": {"dnsPolicy": "None"}}),
+            vec![
+                "spec.dnsConfig: Required value: must provide `dnsConfig` when `dnsPolicy` is None",
+            ],
+        ),
+        (
+            "grace period",
+            json!({"spec": {"terminationGracePeriodSeconds": -5}}),
+            vec![
+                "spec.terminationGracePeriodSeconds: Invalid value: -5: must be greater than or equal to 0",
+            ],
+        ),
+        (
+            "volumes",
+            json!({"spec": {"volumes": [
+                {"name": "data", "emptyDir": {}},
+                {"name": "data", "emptyDir": {}},
+                {"name": "nfs", "nfs": {"server": "s", "path": "/"}},
+                {"name": "two", "emptyDir": {}, "hostPath": {"path": "/x"}},
+                {"name": "hp", "hostPath": {"path": "/a/../b", "type": "Dir"}},
+                {"name": "sec", "secret": {"defaultMode": 4095}},
+                {"name": "cm", "configMap": {"name": "c", "items": [{"key": "k", "path": "/abs"}]}}
+            ]}}),
+            vec![
+                r#"spec.volumes[1].name: Duplicate value: "data""#,
+                r#"spec.volumes[2]: Unsupported value: "nfs": supported values: "configMap", "downwardAPI", "emptyDir", "hostPath", "projected", "secret""#,
+                "spec.volumes[3].hostPath: Forbidden: may not specify more than 1 volume type",
+                r#"spec.volumes[4].hostPath.path: Invalid value: "/a/../b": must not contain '..'"#,
+                r#"spec.volumes[4].hostPath.type: Unsupported value: "Dir": supported values: "", "BlockDevice", "CharDevice", "Directory", "DirectoryOrCreate", "File", "FileOrCreate", "Socket""#,
+                "spec.volumes[5].secret.secretName: Required value",
+                "spec.volumes[5].secret.defaultMode: Invalid value: 4095: must be a number between 0 and 0777 (octal), both inclusive",
+                r#"spec.volumes[6].configMap.items[0].path: Invalid value: "/abs": must be a relative path"#,
+            ],
+        ),
+        (
+            "mounts",
+            json!({"spec": {"containers": [container(json!({"volumeMounts": [
+                {"name": "data", "mountPath": "/data"},
+                {"name": "data", "mountPath": "/data", "subPath": "../x"},
+                {"name": "gone", "mountPath": ""},
+                {"name": "data", "mountPath": "/b", "subPath": "/abs", "subPathExpr": "$(X)"}
+            ]}))]}}),
+            vec![
+                r#"spec.containers[0].volumeMounts[1].mountPath: Invalid value: "/data": must be unique"#,
+                r#"spec.containers[0].volumeMounts.subPath: Invalid value: "../x": must not contain '..'"#,
+                r#"spec.containers[0].volumeMounts[2].name: Not found: "gone""#,
+                "spec.containers[0].volumeMounts[2].mountPath: Required value",
+                r#"spec.containers[0].volumeMounts.subPath: Invalid value: "/abs": must be a relative path"#,
+                r#"spec.containers[0].volumeMounts[3].subPathExpr: Invalid value: "$(X)": subPathExpr and subPath are mutually exclusive"#,
+            ],
+        ),
+        (
+            "env names",
+            json!({"spec": {"containers": [container(json!({"env": [
+                {"name": "OK_1.x-y"}, {"name": ""}, {"name": "A=B"}, {"name": "tab\there"}
+            ]}))]}}),
+            vec![
+                "spec.containers[0].env[1].name: Required value",
+                r#"spec.containers[0].env[2].name: Invalid value: "A=B": a valid environment variable name must consist only of printable ASCII characters other than '='"#,
+                r#"spec.containers[0].env[3].name: Invalid value: "tab\there": a valid environment variable name must consist only of printable ASCII characters other than '='"#,
+            ],
+        ),
+        (
+            "resources",
+            json!({"spec": {"containers": [container(json!({"resources": {
+                "limits": {"cpu": "500m", "memory": "1Gi", "example.com/gpu": "1", "bad": "1x"},
+                "requests": {"cpu": "0.6", "memory": "-1", "example.com/gpu": "2", "vendor.io/fpga": "1"}
+            }}))]}}),
+            vec![
+                r#"spec.containers[0].resources.limits[bad]: Invalid value: "1x": quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"#,
+                // Defaulting copied the limit into requests, so it is reported twice, as upstream would.
+                r#"spec.containers[0].resources.requests[bad]: Invalid value: "1x": quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"#,
+                r#"spec.containers[0].resources.requests: Invalid value: "0.6": must be less than or equal to cpu limit of 500m"#,
+                r#"spec.containers[0].resources.requests: Invalid value: "2": must be equal to example.com/gpu limit of 1"#,
+                r#"spec.containers[0].resources.requests[memory]: Invalid value: "-1": must be greater than or equal to 0"#,
+                "spec.containers[0].resources.limits: Required value: Limit must be set for non overcommitable resources",
+            ],
+        ),
+        (
+            "host network ports must match",
+            json!({"spec": {"hostNetwork": true, "containers": [container(json!({"ports": [{"containerPort": 80, "hostPort": 81}]}))]}}),
+            vec![
+                "spec.containers[0].ports[0].hostPort: Invalid value: 81: must match `containerPort` when `hostNetwork` is true",
+            ],
+        ),
+    ];
+    for (name, patch, expected) in cases {
+        assert_eq!(messages(&pod(patch)), expected, "{name}");
+    }
+}
+
+#[test]
+fn undefaulted_fields_are_required() {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "namespace": "n"},
+        "spec": {"containers": [{"name": "c", "image": "i"}]}
+    }))
+    .unwrap();
+    assert_eq!(
+        messages(&pod),
+        [
+            "spec.containers[0].imagePullPolicy: Required value",
+            "spec.containers[0].terminationMessagePolicy: Required value: must be 'File' or 'FallbackToLogsOnError'",
+            "spec.restartPolicy: Required value",
+            "spec.dnsPolicy: Required value",
+        ]
+    );
+}
+
+#[test]
+fn names_table() {
+    let long_label = "a".repeat(64);
+    let cases: &[(&str, usize, usize)] = &[
+        ("a", 0, 0),
+        ("a-1", 0, 0),
+        ("1a", 0, 0),
+        ("a.b", 1, 0),
+        ("-a", 1, 1),
+        ("a-", 1, 1),
+        ("", 1, 1),
+        (&long_label, 1, 0),
+        ("a..b", 1, 1),
+    ];
+    for (value, label_errs, subdomain_errs) in cases {
+        assert_eq!(dns1123_label(value).len(), *label_errs, "label {value:?}");
+        assert_eq!(
+            dns1123_subdomain(value).len(),
+            *subdomain_errs,
+            "subdomain {value:?}"
+        );
+    }
+    assert_eq!(
+        dns1123_subdomain(&"a".repeat(254)),
+        ["must be no more than 253 characters"]
+    );
+}
+
+#[test]
+fn go_quoting() {
+    assert_eq!(go_quote("a\"b\\c\n\u{1}é"), r#""a\"b\\c\n\x01é""#);
+}
