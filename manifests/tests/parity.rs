@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde::Deserialize as _;
 use nodelet_manifests::{default_pod, parse_manifests, validate_pod};
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "parity";
@@ -86,7 +86,8 @@ impl Apiserver {
 
     async fn ensure_namespace(&self) {
         let url = format!("{}/api/v1/namespaces", self.server);
-        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
+        let body =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
         let status = self
             .client
             .post(&url)
@@ -101,7 +102,10 @@ impl Apiserver {
         );
         // The service account admission plugin refuses pods until the controller manager
         // has made the namespace's default service account.
-        let sa = format!("{}/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default", self.server);
+        let sa = format!(
+            "{}/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default",
+            self.server
+        );
         for _ in 0..300 {
             let response = self.client.get(&sa).send().await;
             if response.is_ok_and(|r| r.status().is_success()) {
@@ -135,7 +139,10 @@ impl Apiserver {
             "dry run of {}: unexpected {status}: {body}",
             pod["metadata"]["name"]
         );
-        let causes = body["details"]["causes"].as_array().cloned().unwrap_or_default();
+        let causes = body["details"]["causes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let mut paths: BTreeSet<String> = causes
             .iter()
             .filter_map(|c| c["field"].as_str().map(str::to_owned))

@@ -123,7 +123,10 @@ fn validate_security_context(context: &SecurityContext, path: &str, errs: &mut V
                 "cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
             ));
         }
-        let adds = context.capabilities.iter().flat_map(|c| c.add.iter().flatten());
+        let adds = context
+            .capabilities
+            .iter()
+            .flat_map(|c| c.add.iter().flatten());
         for _ in adds.filter(|cap| *cap == "CAP_SYS_ADMIN") {
             errs.push(FieldError::invalid(
                 path,
@@ -181,4 +184,3 @@ pub(super) fn validate_ports(ports: &[ContainerPort], path: &str, errs: &mut Vec
         }
     }
 }
-

@@ -55,7 +55,11 @@ pub(super) fn validate_env(container: &Container, path: &str, errs: &mut Vec<Fie
         let from_path = format!("{path}.envFrom[{i}]");
         if let Some(prefix) = from.prefix.as_deref().filter(|p| !p.is_empty()) {
             for msg in relaxed_env_var_name(prefix) {
-                errs.push(FieldError::invalid(format!("{from_path}.prefix"), prefix, msg));
+                errs.push(FieldError::invalid(
+                    format!("{from_path}.prefix"),
+                    prefix,
+                    msg,
+                ));
             }
         }
         let mut sources = 0;
@@ -154,9 +158,7 @@ fn field_selector(selector: &ObjectFieldSelector, path: &str, errs: &mut Vec<Fie
         return;
     }
     // `metadata.labels['key']` and `metadata.annotations['key']` name one entry.
-    let subscripted = wanted
-        .strip_suffix("']")
-        .and_then(|w| w.split_once("['"));
+    let subscripted = wanted.strip_suffix("']").and_then(|w| w.split_once("['"));
     match subscripted {
         Some(("metadata.labels", key)) => {
             for msg in qualified_name(key) {

@@ -224,4 +224,3 @@ pub fn go_quote(s: &str) -> String {
     out.push('"');
     out
 }
-

@@ -27,11 +27,17 @@ pub(super) fn validate_probes_and_hooks(
     ];
     if kind == Kind::Init {
         if container.lifecycle.is_some() {
-            errs.push(FieldError::forbidden(format!("{path}.lifecycle"), INIT_MESSAGE));
+            errs.push(FieldError::forbidden(
+                format!("{path}.lifecycle"),
+                INIT_MESSAGE,
+            ));
         }
         for (field, probe) in probes {
             if probe.is_some() {
-                errs.push(FieldError::forbidden(format!("{path}.{field}"), INIT_MESSAGE));
+                errs.push(FieldError::forbidden(
+                    format!("{path}.{field}"),
+                    INIT_MESSAGE,
+                ));
             }
         }
         return;

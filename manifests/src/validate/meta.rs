@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::FieldError;
 use super::names::{dns1123_label, dns1123_subdomain, label_value, qualified_name};
 use super::volumes::local_descending_path;
-use super::FieldError;
 
 /// `TotalAnnotationSizeLimitB`: 256 KiB of keys and values together.
 pub const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
@@ -151,7 +151,11 @@ pub(super) fn validate_pod_annotations(
 
 fn has_container(spec: &PodSpec, name: &str) -> bool {
     let regular = spec.containers.iter().map(|c| c.name.as_str());
-    let init = spec.init_containers.iter().flatten().map(|c| c.name.as_str());
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str());
     let ephemeral = spec
         .ephemeral_containers
         .iter()

@@ -149,7 +149,6 @@ fn check_unique_name<'a>(
     }
 }
 
-
 /// Two containers may not claim the same host IP, protocol and host port.
 fn check_host_port_conflicts(containers: &[Container], errs: &mut Vec<FieldError>) {
     let mut seen = HashSet::new();
@@ -198,4 +197,3 @@ fn validate_host_network_ports(spec: &PodSpec, errs: &mut Vec<FieldError>) {
         }
     }
 }
-

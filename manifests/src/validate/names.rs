@@ -80,7 +80,6 @@ pub(super) fn iana_svc_name(port: &str) -> Vec<&'static str> {
     msgs
 }
 
-
 /// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`.
 fn is_qualified_shaped(value: &str) -> bool {
     let alnum = |b: &u8| b.is_ascii_alphanumeric();

@@ -34,7 +34,11 @@ const STANDARD_RESOURCES: [&str; 20] = [
     "storage",
 ];
 
-pub(super) fn validate_resources(resources: &ResourceRequirements, path: &str, errs: &mut Vec<FieldError>) {
+pub(super) fn validate_resources(
+    resources: &ResourceRequirements,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
     let empty = BTreeMap::new();
     let limits = resources.limits.as_ref().unwrap_or(&empty);
     let requests = resources.requests.as_ref().unwrap_or(&empty);
@@ -89,7 +93,10 @@ pub(super) fn validate_resources(resources: &ResourceRequirements, path: &str, e
         cpu_or_memory |= name == "cpu" || name == "memory";
     }
     if huge && !cpu_or_memory {
-        errs.push(FieldError::forbidden(path, "HugePages require cpu or memory"));
+        errs.push(FieldError::forbidden(
+            path,
+            "HugePages require cpu or memory",
+        ));
     }
 }
 
@@ -151,7 +158,6 @@ pub(super) fn is_integer_resource(name: &str) -> bool {
     is_extended(name)
 }
 
-
 /// Parses one entry of a resource list, reporting a malformed or negative value.
 fn quantity_value(
     name: &str,
@@ -201,4 +207,3 @@ fn overcommit_allowed(name: &str) -> bool {
         Some((domain, _)) => domain == "kubernetes.io" || domain.ends_with(".kubernetes.io"),
     }
 }
-

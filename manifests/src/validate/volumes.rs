@@ -13,7 +13,10 @@ use crate::quantity::Quantity;
 
 /// Validates the volumes and returns the names of the valid ones, which are
 /// the ones mounts may refer to (as upstream does).
-pub(super) fn validate_volumes<'a>(volumes: &'a [Volume], errs: &mut Vec<FieldError>) -> HashSet<&'a str> {
+pub(super) fn validate_volumes<'a>(
+    volumes: &'a [Volume],
+    errs: &mut Vec<FieldError>,
+) -> HashSet<&'a str> {
     let mut names = HashSet::new();
     for (i, volume) in volumes.iter().enumerate() {
         let path = format!("spec.volumes[{i}]");
@@ -53,7 +56,10 @@ fn validate_volume_source(volume: &Volume, path: &str, errs: &mut Vec<FieldError
     let source_path = format!("{path}.{first}");
     match *first {
         "emptyDir" => {
-            let size = volume.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref());
+            let size = volume
+                .empty_dir
+                .as_ref()
+                .and_then(|e| e.size_limit.as_ref());
             if let Some(size) = size
                 && Quantity::parse(&size.0).is_ok_and(|q| q.is_negative())
             {
@@ -272,4 +278,3 @@ pub(super) fn no_backsteps(target: &str, path: &str, errs: &mut Vec<FieldError>)
         errs.push(FieldError::invalid(path, target, "must not contain '..'"));
     }
 }
-

@@ -145,12 +145,18 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("apparmor-bad-profile", |p| {
-        let key = format!("container.apparmor.security.beta.kubernetes.io/{}", c0_name(p));
+        let key = format!(
+            "container.apparmor.security.beta.kubernetes.io/{}",
+            c0_name(p)
+        );
         meta_map(p, "annotations").insert(key, json!("enforce-me"));
         Some(())
     }),
     ("apparmor-localhost-ok", |p| {
-        let key = format!("container.apparmor.security.beta.kubernetes.io/{}", c0_name(p));
+        let key = format!(
+            "container.apparmor.security.beta.kubernetes.io/{}",
+            c0_name(p)
+        );
         meta_map(p, "annotations").insert(key, json!("localhost/k8s-apparmor-example"));
         Some(())
     }),
@@ -203,11 +209,17 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("probe-port-out-of-range", |p| {
-        c0(p).insert("livenessProbe".into(), json!({"httpGet": {"path": "/", "port": 70000}}));
+        c0(p).insert(
+            "livenessProbe".into(),
+            json!({"httpGet": {"path": "/", "port": 70000}}),
+        );
         Some(())
     }),
     ("probe-bad-port-name", |p| {
-        c0(p).insert("readinessProbe".into(), json!({"tcpSocket": {"port": "Http_Port"}}));
+        c0(p).insert(
+            "readinessProbe".into(),
+            json!({"tcpSocket": {"port": "Http_Port"}}),
+        );
         Some(())
     }),
     ("probe-exec-empty", |p| {
@@ -240,35 +252,59 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("init-with-liveness", |p| {
-        push(spec(p), "initContainers", init_container(json!({"livenessProbe": {"exec": {"command": ["true"]}}})));
+        push(
+            spec(p),
+            "initContainers",
+            init_container(json!({"livenessProbe": {"exec": {"command": ["true"]}}})),
+        );
         Some(())
     }),
     ("init-with-readiness", |p| {
-        push(spec(p), "initContainers", init_container(json!({"readinessProbe": {"tcpSocket": {"port": 80}}})));
+        push(
+            spec(p),
+            "initContainers",
+            init_container(json!({"readinessProbe": {"tcpSocket": {"port": 80}}})),
+        );
         Some(())
     }),
     ("init-with-lifecycle", |p| {
-        push(spec(p), "initContainers", init_container(json!({"lifecycle": {"preStop": {"exec": {"command": ["true"]}}}})));
+        push(
+            spec(p),
+            "initContainers",
+            init_container(json!({"lifecycle": {"preStop": {"exec": {"command": ["true"]}}}})),
+        );
         Some(())
     }),
     ("sidecar-with-probes-ok", |p| {
-        push(spec(p), "initContainers", init_container(json!({
-            "restartPolicy": "Always",
-            "startupProbe": {"exec": {"command": ["true"]}},
-            "livenessProbe": {"exec": {"command": ["true"]}},
-            "lifecycle": {"postStart": {"exec": {"command": ["true"]}}}
-        })));
+        push(
+            spec(p),
+            "initContainers",
+            init_container(json!({
+                "restartPolicy": "Always",
+                "startupProbe": {"exec": {"command": ["true"]}},
+                "livenessProbe": {"exec": {"command": ["true"]}},
+                "lifecycle": {"postStart": {"exec": {"command": ["true"]}}}
+            })),
+        );
         Some(())
     }),
     ("sidecar-liveness-success-threshold", |p| {
-        push(spec(p), "initContainers", init_container(json!({
-            "restartPolicy": "Always",
-            "livenessProbe": {"exec": {"command": ["true"]}, "successThreshold": 2}
-        })));
+        push(
+            spec(p),
+            "initContainers",
+            init_container(json!({
+                "restartPolicy": "Always",
+                "livenessProbe": {"exec": {"command": ["true"]}, "successThreshold": 2}
+            })),
+        );
         Some(())
     }),
     ("init-bad-restart-policy", |p| {
-        push(spec(p), "initContainers", init_container(json!({"restartPolicy": "Never"})));
+        push(
+            spec(p),
+            "initContainers",
+            init_container(json!({"restartPolicy": "Never"})),
+        );
         Some(())
     }),
     ("container-restart-policy", |p| {
@@ -312,20 +348,40 @@ pub const DEFECTS: &[Defect] = &[
     }),
     // Volumes (emptyDir sizeLimit new; persistentVolumeClaim now accepted).
     ("emptydir-negative-size", |p| {
-        push(spec(p), "volumes", json!({"name": "scratch-neg", "emptyDir": {"sizeLimit": "-1Gi"}}));
+        push(
+            spec(p),
+            "volumes",
+            json!({"name": "scratch-neg", "emptyDir": {"sizeLimit": "-1Gi"}}),
+        );
         Some(())
     }),
     ("pvc-volume-ok", |p| {
-        push(spec(p), "volumes", json!({"name": "claim", "persistentVolumeClaim": {"claimName": "data-claim"}}));
-        push(c0(p), "volumeMounts", json!({"name": "claim", "mountPath": "/claim"}));
+        push(
+            spec(p),
+            "volumes",
+            json!({"name": "claim", "persistentVolumeClaim": {"claimName": "data-claim"}}),
+        );
+        push(
+            c0(p),
+            "volumeMounts",
+            json!({"name": "claim", "mountPath": "/claim"}),
+        );
         Some(())
     }),
     ("pvc-volume-no-claim-name", |p| {
-        push(spec(p), "volumes", json!({"name": "claim", "persistentVolumeClaim": {"claimName": ""}}));
+        push(
+            spec(p),
+            "volumes",
+            json!({"name": "claim", "persistentVolumeClaim": {"claimName": ""}}),
+        );
         Some(())
     }),
     ("nfs-volume-ok", |p| {
-        push(spec(p), "volumes", json!({"name": "shared", "nfs": {"server": "nfs.example.com", "path": "/exports/shared"}}));
+        push(
+            spec(p),
+            "volumes",
+            json!({"name": "shared", "nfs": {"server": "nfs.example.com", "path": "/exports/shared"}}),
+        );
         Some(())
     }),
     ("volume-duplicate-name", |p| {
@@ -334,19 +390,35 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("volume-bad-name", |p| {
-        push(spec(p), "volumes", json!({"name": "Cache_Dir", "emptyDir": {}}));
+        push(
+            spec(p),
+            "volumes",
+            json!({"name": "Cache_Dir", "emptyDir": {}}),
+        );
         Some(())
     }),
     ("volume-two-sources", |p| {
-        push(spec(p), "volumes", json!({"name": "both", "emptyDir": {}, "hostPath": {"path": "/tmp/x"}}));
+        push(
+            spec(p),
+            "volumes",
+            json!({"name": "both", "emptyDir": {}, "hostPath": {"path": "/tmp/x"}}),
+        );
         Some(())
     }),
     ("hostpath-backsteps", |p| {
-        push(spec(p), "volumes", json!({"name": "up", "hostPath": {"path": "/var/../etc"}}));
+        push(
+            spec(p),
+            "volumes",
+            json!({"name": "up", "hostPath": {"path": "/var/../etc"}}),
+        );
         Some(())
     }),
     ("hostpath-bad-type", |p| {
-        push(spec(p), "volumes", json!({"name": "sock", "hostPath": {"path": "/run/x.sock", "type": "Sock"}}));
+        push(
+            spec(p),
+            "volumes",
+            json!({"name": "sock", "hostPath": {"path": "/run/x.sock", "type": "Sock"}}),
+        );
         Some(())
     }),
     ("secret-volume-no-name", |p| {
@@ -354,15 +426,27 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("configmap-item-absolute", |p| {
-        push(spec(p), "volumes", json!({"name": "cfg", "configMap": {"name": "app", "items": [{"key": "a", "path": "/etc/a"}]}}));
+        push(
+            spec(p),
+            "volumes",
+            json!({"name": "cfg", "configMap": {"name": "app", "items": [{"key": "a", "path": "/etc/a"}]}}),
+        );
         Some(())
     }),
     ("volume-bad-mode", |p| {
-        push(spec(p), "volumes", json!({"name": "cfg", "configMap": {"name": "app", "defaultMode": 1000}}));
+        push(
+            spec(p),
+            "volumes",
+            json!({"name": "cfg", "configMap": {"name": "app", "defaultMode": 1000}}),
+        );
         Some(())
     }),
     ("mount-unknown-volume", |p| {
-        push(c0(p), "volumeMounts", json!({"name": "nowhere", "mountPath": "/nowhere"}));
+        push(
+            c0(p),
+            "volumeMounts",
+            json!({"name": "nowhere", "mountPath": "/nowhere"}),
+        );
         Some(())
     }),
     ("mount-duplicate-path", |p| {
@@ -374,7 +458,9 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("mount-subpath-backsteps", |p| {
-        let mount = p.pointer_mut("/spec/containers/0/volumeMounts/0")?.as_object_mut()?;
+        let mount = p
+            .pointer_mut("/spec/containers/0/volumeMounts/0")?
+            .as_object_mut()?;
         mount.insert("subPath".into(), json!("../secrets"));
         Some(())
     }),
@@ -408,27 +494,51 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("toleration-exists-with-value", |p| {
-        push(spec(p), "tolerations", json!({"key": "dedicated", "operator": "Exists", "value": "gpu"}));
+        push(
+            spec(p),
+            "tolerations",
+            json!({"key": "dedicated", "operator": "Exists", "value": "gpu"}),
+        );
         Some(())
     }),
     ("toleration-bad-operator", |p| {
-        push(spec(p), "tolerations", json!({"key": "dedicated", "operator": "In", "value": "gpu"}));
+        push(
+            spec(p),
+            "tolerations",
+            json!({"key": "dedicated", "operator": "In", "value": "gpu"}),
+        );
         Some(())
     }),
     ("toleration-bad-effect", |p| {
-        push(spec(p), "tolerations", json!({"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoRun"}));
+        push(
+            spec(p),
+            "tolerations",
+            json!({"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoRun"}),
+        );
         Some(())
     }),
     ("toleration-empty-key-equal", |p| {
-        push(spec(p), "tolerations", json!({"operator": "Equal", "value": "x"}));
+        push(
+            spec(p),
+            "tolerations",
+            json!({"operator": "Equal", "value": "x"}),
+        );
         Some(())
     }),
     ("toleration-seconds-without-noexecute", |p| {
-        push(spec(p), "tolerations", json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}));
+        push(
+            spec(p),
+            "tolerations",
+            json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}),
+        );
         Some(())
     }),
     ("toleration-bad-value", |p| {
-        push(spec(p), "tolerations", json!({"key": "team", "operator": "Equal", "value": "a b"}));
+        push(
+            spec(p),
+            "tolerations",
+            json!({"key": "team", "operator": "Equal", "value": "a b"}),
+        );
         Some(())
     }),
     ("node-selector-bad-value", |p| {
@@ -445,11 +555,19 @@ pub const DEFECTS: &[Defect] = &[
     }),
     // Environment (envFrom new).
     ("envfrom-prefix-equals", |p| {
-        push(c0(p), "envFrom", json!({"prefix": "CFG=", "configMapRef": {"name": "app-config"}}));
+        push(
+            c0(p),
+            "envFrom",
+            json!({"prefix": "CFG=", "configMapRef": {"name": "app-config"}}),
+        );
         Some(())
     }),
     ("envfrom-prefix-digit-ok", |p| {
-        push(c0(p), "envFrom", json!({"prefix": "1_", "configMapRef": {"name": "app-config"}}));
+        push(
+            c0(p),
+            "envFrom",
+            json!({"prefix": "1_", "configMapRef": {"name": "app-config"}}),
+        );
         Some(())
     }),
     ("envfrom-no-source", |p| {
@@ -457,7 +575,11 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("envfrom-two-sources", |p| {
-        push(c0(p), "envFrom", json!({"configMapRef": {"name": "a"}, "secretRef": {"name": "b"}}));
+        push(
+            c0(p),
+            "envFrom",
+            json!({"configMapRef": {"name": "a"}, "secretRef": {"name": "b"}}),
+        );
         Some(())
     }),
     ("envfrom-bad-name", |p| {
@@ -469,20 +591,36 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("env-value-and-value-from", |p| {
-        push(c0(p), "env", json!({"name": "BOTH", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}));
+        push(
+            c0(p),
+            "env",
+            json!({"name": "BOTH", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        );
         Some(())
     }),
     ("env-bad-field-path", |p| {
-        push(c0(p), "env", json!({"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.host"}}}));
+        push(
+            c0(p),
+            "env",
+            json!({"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.host"}}}),
+        );
         Some(())
     }),
     ("env-secret-no-key", |p| {
-        push(c0(p), "env", json!({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tok", "key": ""}}}));
+        push(
+            c0(p),
+            "env",
+            json!({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tok", "key": ""}}}),
+        );
         Some(())
     }),
     ("env-bad-resource", |p| {
         let name = c0_name(p);
-        push(c0(p), "env", json!({"name": "GPUS", "valueFrom": {"resourceFieldRef": {"containerName": name, "resource": "limits.gpu"}}}));
+        push(
+            c0(p),
+            "env",
+            json!({"name": "GPUS", "valueFrom": {"resourceFieldRef": {"containerName": name, "resource": "limits.gpu"}}}),
+        );
         Some(())
     }),
     // Resources (names new).
@@ -491,7 +629,10 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("resource-name-bad-prefix", |p| {
-        c0(p).insert("resources".into(), json!({"requests": {"Example.com/gpu": "1"}, "limits": {"Example.com/gpu": "1"}}));
+        c0(p).insert(
+            "resources".into(),
+            json!({"requests": {"Example.com/gpu": "1"}, "limits": {"Example.com/gpu": "1"}}),
+        );
         Some(())
     }),
     ("resource-extended-ok", |p| {
@@ -499,11 +640,17 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("resource-extended-fraction", |p| {
-        c0(p).insert("resources".into(), json!({"limits": {"example.com/fpga": "500m"}}));
+        c0(p).insert(
+            "resources".into(),
+            json!({"limits": {"example.com/fpga": "500m"}}),
+        );
         Some(())
     }),
     ("resource-request-over-limit", |p| {
-        c0(p).insert("resources".into(), json!({"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}));
+        c0(p).insert(
+            "resources".into(),
+            json!({"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}),
+        );
         Some(())
     }),
     ("resource-bad-quantity", |p| {
@@ -515,11 +662,17 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("resource-extended-no-limit", |p| {
-        c0(p).insert("resources".into(), json!({"requests": {"example.com/fpga": "1"}}));
+        c0(p).insert(
+            "resources".into(),
+            json!({"requests": {"example.com/fpga": "1"}}),
+        );
         Some(())
     }),
     ("hugepages-without-cpu-memory", |p| {
-        c0(p).insert("resources".into(), json!({"limits": {"hugepages-2Mi": "100Mi"}}));
+        c0(p).insert(
+            "resources".into(),
+            json!({"limits": {"hugepages-2Mi": "100Mi"}}),
+        );
         Some(())
     }),
     // Pod-level fields.
@@ -608,20 +761,34 @@ pub const DEFECTS: &[Defect] = &[
         Some(())
     }),
     ("port-bad-protocol", |p| {
-        push(c0(p), "ports", json!({"containerPort": 7000, "protocol": "ICMP"}));
+        push(
+            c0(p),
+            "ports",
+            json!({"containerPort": 7000, "protocol": "ICMP"}),
+        );
         Some(())
     }),
     ("port-bad-name", |p| {
-        push(c0(p), "ports", json!({"containerPort": 7001, "name": "metrics_port"}));
+        push(
+            c0(p),
+            "ports",
+            json!({"containerPort": 7001, "name": "metrics_port"}),
+        );
         Some(())
     }),
     ("port-duplicate-name", |p| {
-        let name = p["spec"]["containers"][0]["ports"][0]["name"].as_str()?.to_owned();
+        let name = p["spec"]["containers"][0]["ports"][0]["name"]
+            .as_str()?
+            .to_owned();
         push(c0(p), "ports", json!({"containerPort": 7002, "name": name}));
         Some(())
     }),
     ("host-port-duplicate", |p| {
-        push(c0(p), "ports", json!({"containerPort": 7003, "hostPort": 17003}));
+        push(
+            c0(p),
+            "ports",
+            json!({"containerPort": 7003, "hostPort": 17003}),
+        );
         let second = json!({"name": "second", "image": "busybox:1.36", "ports": [{"containerPort": 7004, "hostPort": 17003}]});
         push(spec(p), "containers", second);
         Some(())
