@@ -116,7 +116,8 @@ impl Apiserver {
         panic!("no default service account in namespace {NAMESPACE} after 30s");
     }
 
-    async fn dry_run(&self, pod: &Value) -> Verdict {
+    /// The verdict, and the error messages as `path: body` when refused.
+    async fn dry_run(&self, pod: &Value) -> (Verdict, BTreeSet<String>) {
         let url = format!(
             "{}/api/v1/namespaces/{NAMESPACE}/pods?dryRun=All",
             self.server
@@ -131,7 +132,7 @@ impl Apiserver {
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
-            return Verdict::Accepted;
+            return (Verdict::Accepted, BTreeSet::new());
         }
         assert!(
             status == reqwest::StatusCode::UNPROCESSABLE_ENTITY
@@ -150,27 +151,44 @@ impl Apiserver {
         if status == reqwest::StatusCode::BAD_REQUEST || paths.is_empty() {
             paths.insert("<decode>".to_owned());
         }
-        Verdict::Refused(paths)
+        let messages = causes
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c["field"].as_str().unwrap_or_default(),
+                    c["message"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        (Verdict::Refused(paths), messages)
     }
 }
 
-/// nodelet's verdict: the manifest file path (parse, default, validate).
-fn nodelet(pod: &Value) -> Verdict {
+/// nodelet's verdict: the manifest file path (parse, default, validate), and its error
+/// messages.
+fn nodelet(pod: &Value) -> (Verdict, BTreeSet<String>) {
     let bytes = serde_json::to_vec(pod).expect("JSON");
     let documents = match parse_manifests(&bytes, "parity.json") {
         Ok(documents) => documents,
-        Err(_) => return Verdict::Refused(BTreeSet::from(["<decode>".to_owned()])),
+        Err(_) => return (decode_error(), BTreeSet::new()),
     };
     let Some(mut pod) = documents.into_iter().next().and_then(|d| d.pod) else {
-        return Verdict::Refused(BTreeSet::from(["<decode>".to_owned()]));
+        return (decode_error(), BTreeSet::new());
     };
     default_pod(&mut pod);
     let errors = validate_pod(&pod);
     if errors.is_empty() {
-        Verdict::Accepted
+        (Verdict::Accepted, BTreeSet::new())
     } else {
-        Verdict::Refused(errors.into_iter().map(|e| e.path).collect())
+        let messages = errors.iter().map(ToString::to_string).collect();
+        let paths = errors.into_iter().map(|e| e.path).collect();
+        (Verdict::Refused(paths), messages)
     }
+}
+
+fn decode_error() -> Verdict {
+    Verdict::Refused(BTreeSet::from(["<decode>".to_owned()]))
 }
 
 struct Case {
@@ -231,10 +249,27 @@ async fn validation_agrees_with_the_apiserver() {
 
     let (mut both_accept, mut both_refuse, mut paths_equal) = (0, 0, 0);
     let (mut shared_paths, mut all_paths) = (0usize, 0usize);
+    let (mut shared_messages, mut all_messages) = (0usize, 0usize);
+    let mut message_differences = Vec::new();
     let mut unexpected = Vec::new();
     let mut excused = Vec::new();
-    for (case, theirs) in cases.iter().zip(&theirs) {
-        let ours = nodelet(&case.pod);
+    for (case, (theirs, their_messages)) in cases.iter().zip(&theirs) {
+        let (ours, our_messages) = nodelet(&case.pod);
+        if matches!((&ours, theirs), (Verdict::Refused(a), Verdict::Refused(b)) if a == b) {
+            shared_messages += our_messages.intersection(their_messages).count();
+            all_messages += our_messages.union(their_messages).count();
+            for message in our_messages.symmetric_difference(their_messages) {
+                let side = if our_messages.contains(message) {
+                    "nodelet"
+                } else {
+                    "apiserver"
+                };
+                message_differences.push(format!(
+                    "{}/{}: {side} only: {message}",
+                    case.base, case.defect
+                ));
+            }
+        }
         let agree = match (&ours, theirs) {
             (Verdict::Accepted, Verdict::Accepted) => {
                 both_accept += 1;
@@ -278,6 +313,14 @@ async fn validation_agrees_with_the_apiserver() {
         unexpected.len(),
     );
     for line in &excused {
+        println!("  {line}");
+    }
+    // Messages are compared for the figure only: the paths are what must agree.
+    println!(
+        "messages agreeing where the field paths agree: {shared_messages}/{all_messages} ({:.1} %)",
+        100.0 * shared_messages as f64 / all_messages.max(1) as f64
+    );
+    for line in &message_differences {
         println!("  {line}");
     }
     assert!(

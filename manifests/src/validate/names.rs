@@ -96,8 +96,8 @@ fn is_qualified_shaped(value: &str) -> bool {
     }
 }
 
-/// `IsQualifiedName`: an optional DNS subdomain prefix and `/`, then a name of at most
-/// 63 characters. The messages for `value`, empty when it is valid.
+/// `IsQualifiedName` (as label keys are checked, the messages say "label key" and
+/// "bytes"): an optional DNS subdomain prefix and `/`, then a name of at most 63 bytes. The messages for `value`, empty when it is valid.
 #[must_use]
 pub fn qualified_name(value: &str) -> Vec<String> {
     let mut msgs = Vec::new();
@@ -108,17 +108,18 @@ pub fn qualified_name(value: &str) -> Vec<String> {
             if prefix.is_empty() {
                 msgs.push("prefix part must be non-empty".to_owned());
             } else {
+                // Lengths are counted in bytes here, and said so (unlike IsDNS1123Subdomain).
                 msgs.extend(
                     dns1123_subdomain(prefix)
                         .into_iter()
-                        .map(|m| format!("prefix part {m}")),
+                        .map(|m| format!("prefix part {}", m.replace("253 characters", "253 bytes"))),
                 );
             }
             *name
         }
         _ => {
             msgs.push(format!(
-                "a qualified name {QUALIFIED_NAME_MESSAGE} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+                "a valid label key {QUALIFIED_NAME_MESSAGE} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
             ));
             return msgs;
         }
@@ -126,7 +127,7 @@ pub fn qualified_name(value: &str) -> Vec<String> {
     if name.is_empty() {
         msgs.push("name part must be non-empty".to_owned());
     } else if name.len() > 63 {
-        msgs.push("name part must be no more than 63 characters".to_owned());
+        msgs.push("name part must be no more than 63 bytes".to_owned());
     }
     if !is_qualified_shaped(name) {
         msgs.push(format!("name part {QUALIFIED_NAME_MESSAGE}"));
@@ -139,7 +140,7 @@ pub fn qualified_name(value: &str) -> Vec<String> {
 pub fn label_value(value: &str) -> Vec<String> {
     let mut msgs = Vec::new();
     if value.len() > 63 {
-        msgs.push("must be no more than 63 characters".to_owned());
+        msgs.push("must be no more than 63 bytes".to_owned());
     }
     if !value.is_empty() && !is_qualified_shaped(value) {
         msgs.push(LABEL_VALUE_MESSAGE.to_owned());
