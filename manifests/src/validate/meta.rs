@@ -118,7 +118,8 @@ pub(super) fn validate_pod_annotations(
     }
     for (key, value) in annotations {
         if key == SECCOMP_POD_ANNOTATION || key.starts_with(SECCOMP_CONTAINER_PREFIX) {
-            validate_seccomp_profile(value, &key_path(key), errs);
+            // Upstream names these with `Child`, not `Key`: `metadata.annotations.<key>`.
+            validate_seccomp_profile(value, &format!("metadata.annotations.{key}"), errs);
         }
     }
     for (key, profile) in annotations {

@@ -110,9 +110,9 @@ pub fn qualified_name(value: &str) -> Vec<String> {
             } else {
                 // Lengths are counted in bytes here, and said so (unlike IsDNS1123Subdomain).
                 msgs.extend(
-                    dns1123_subdomain(prefix)
-                        .into_iter()
-                        .map(|m| format!("prefix part {}", m.replace("253 characters", "253 bytes"))),
+                    dns1123_subdomain(prefix).into_iter().map(|m| {
+                        format!("prefix part {}", m.replace("253 characters", "253 bytes"))
+                    }),
                 );
             }
             *name

@@ -176,6 +176,20 @@ fn quantity_value(
             None
         }
         Ok(quantity) => {
+            if let Some(page) = name
+                .strip_prefix("hugepages-")
+                .and_then(|size| Quantity::parse(size).ok())
+            {
+                let (value_milli, page_milli) =
+                    (quantity.milli_value_ceil(), page.milli_value_ceil());
+                if value_milli <= 0 || page_milli <= 0 || value_milli % page_milli != 0 {
+                    errs.push(FieldError::invalid(
+                        &path,
+                        value.0.as_str(),
+                        format!("{} is not positive integer multiple of {name}", value.0),
+                    ));
+                }
+            }
             if is_integer_resource(name) && quantity.milli_value_ceil() % 1000 != 0 {
                 errs.push(FieldError::invalid(
                     path,

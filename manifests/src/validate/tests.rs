@@ -287,3 +287,106 @@ fn names_table() {
 fn go_quoting() {
     assert_eq!(go_quote("a\"b\\c\n\u{1}é"), r#""a\"b\\c\n\x01é""#);
 }
+
+/// Areas ported for issue 16, with the messages a real kube-apiserver v1.37.2 gave for the
+/// same pods (its dry run, sorted; `manifests/tests/parity.rs` compares the field paths of
+/// many more).
+#[test]
+fn upstream_messages_table() {
+    let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+        (
+            "metadata",
+            serde_json::from_str(r#"{"metadata": {"labels": {"a b": "x y", "a/b/c": "ok", "example.com/": "v"}, "annotations": {"Bad Key": "v", "container.apparmor.security.beta.kubernetes.io/nope": "bad", "controller.kubernetes.io/pod-deletion-cost": "+1", "seccomp.security.alpha.kubernetes.io/pod": "sometimes"}, "finalizers": ["kubernetes", "not ok", "cleanup"]}}"#).unwrap(),
+            vec![
+                r#"metadata.annotations.seccomp.security.alpha.kubernetes.io/pod: Invalid value: "sometimes": must be a valid seccomp profile"#,
+                r#"metadata.annotations: Invalid value: "Bad Key": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"#,
+                r#"metadata.annotations[container.apparmor.security.beta.kubernetes.io/nope]: Invalid value: "bad": invalid AppArmor profile name: "bad""#,
+                r#"metadata.annotations[container.apparmor.security.beta.kubernetes.io/nope]: Invalid value: "nope": container not found"#,
+                r#"metadata.annotations[controller.kubernetes.io/pod-deletion-cost]: Invalid value: "+1": must be a 32bit integer"#,
+                r#"metadata.finalizers: Invalid value: "not ok": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"#,
+                r#"metadata.finalizers[1]: Invalid value: "not ok": name is neither a standard finalizer name nor is it fully qualified"#,
+                r#"metadata.finalizers[2]: Invalid value: "cleanup": name is neither a standard finalizer name nor is it fully qualified"#,
+                r#"metadata.labels: Invalid value: "a b": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"#,
+                r#"metadata.labels: Invalid value: "a/b/c": a valid label key must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"#,
+                r#"metadata.labels: Invalid value: "example.com/": name part must be non-empty"#,
+                r#"metadata.labels: Invalid value: "example.com/": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"#,
+                r#"metadata.labels: Invalid value: "x y": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"#,
+            ],
+        ),
+        (
+            "probes and hooks",
+            serde_json::from_str(r#"{"spec": {"containers": [{"name": "app", "image": "busybox:1.36", "livenessProbe": {"successThreshold": 2, "exec": {"command": ["a"]}, "tcpSocket": {"port": 80}}, "readinessProbe": {"periodSeconds": -1}, "startupProbe": {"httpGet": {"port": "Web_1", "path": "/"}, "terminationGracePeriodSeconds": 0}, "lifecycle": {"preStop": {"exec": {"command": []}, "httpGet": {"port": 0}}, "postStart": {}}}], "initContainers": [{"name": "init", "image": "busybox:1.36", "livenessProbe": {"exec": {"command": ["a"]}}, "lifecycle": {"preStop": {"exec": {"command": ["a"]}}}}, {"name": "side", "image": "busybox:1.36", "restartPolicy": "Always", "startupProbe": {"exec": {"command": ["a"]}, "successThreshold": 2}}]}}"#).unwrap(),
+            vec![
+                r#"spec.containers[0].lifecycle.postStart: Required value: must specify a handler type"#,
+                r#"spec.containers[0].lifecycle.preStop.exec.command: Required value"#,
+                r#"spec.containers[0].lifecycle.preStop.httpGet: Forbidden: may not specify more than 1 handler type"#,
+                r#"spec.containers[0].livenessProbe.successThreshold: Invalid value: 2: must be 1"#,
+                r#"spec.containers[0].livenessProbe.tcpSocket: Forbidden: may not specify more than 1 handler type"#,
+                r#"spec.containers[0].readinessProbe.periodSeconds: Invalid value: -1: must be greater than or equal to 0"#,
+                r#"spec.containers[0].readinessProbe: Required value: must specify a handler type"#,
+                r#"spec.containers[0].startupProbe.httpGet.port: Invalid value: "Web_1": must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"#,
+                r#"spec.containers[0].startupProbe.terminationGracePeriodSeconds: Invalid value: 0: must be greater than 0"#,
+                r#"spec.initContainers[0].lifecycle: Forbidden: may not be set for init containers without restartPolicy=Always"#,
+                r#"spec.initContainers[0].livenessProbe: Forbidden: may not be set for init containers without restartPolicy=Always"#,
+                r#"spec.initContainers[1].startupProbe.successThreshold: Invalid value: 2: must be 1"#,
+            ],
+        ),
+        (
+            "scheduling and ids",
+            serde_json::from_str(r#"{"spec": {"hostname": "Foo_bar", "subdomain": "a.b", "nodeSelector": {"disk": "fast ssd"}, "securityContext": {"runAsUser": -1, "runAsGroup": -2, "fsGroup": -3, "supplementalGroups": [1, -4]}, "tolerations": [{"key": "a", "operator": "Exists", "value": "x"}, {"operator": "Equal"}, {"key": "b", "operator": "In", "effect": "Never", "tolerationSeconds": 5}], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "Equals"}, {"key": "zone", "operator": "In"}, {"key": "zone", "operator": "Exists", "values": ["a"]}]}]}, "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 101, "preference": {}}]}, "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": ""}]}}}}"#).unwrap(),
+            vec![
+                r#"spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight: Invalid value: 101: must be in the range 1-100"#,
+                r#"spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator: Invalid value: "Equals": not a valid selector operator"#,
+                r#"spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[1].values: Required value: must be specified when `operator` is 'In' or 'NotIn'"#,
+                r#"spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[2].values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"#,
+                r#"spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey: Invalid value: "": name part must be non-empty"#,
+                r#"spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey: Invalid value: "": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"#,
+                r#"spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey: Required value: can not be empty"#,
+                r#"spec.hostname: Invalid value: "Foo_bar": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"#,
+                r#"spec.nodeSelector: Invalid value: "fast ssd": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"#,
+                r#"spec.securityContext.fsGroup: Invalid value: -3: must be between 0 and 2147483647, inclusive"#,
+                r#"spec.securityContext.runAsGroup: Invalid value: -2: must be between 0 and 2147483647, inclusive"#,
+                r#"spec.securityContext.runAsUser: Invalid value: -1: must be between 0 and 2147483647, inclusive"#,
+                r#"spec.securityContext.supplementalGroups[1]: Invalid value: -4: must be between 0 and 2147483647, inclusive"#,
+                r#"spec.subdomain: Invalid value: "a.b": must not contain dots"#,
+                r#"spec.tolerations[0].operator: Invalid value: "x": value must be empty when `operator` is 'Exists'"#,
+                r#"spec.tolerations[1].operator: Invalid value: "Equal": operator must be Exists when `key` is empty, which means "match all values and all keys""#,
+                r#"spec.tolerations[2].effect: Invalid value: "Never": effect must be 'NoExecute' when `tolerationSeconds` is set"#,
+                r#"spec.tolerations[2].effect: Unsupported value: "Never": supported values: "NoSchedule", "PreferNoSchedule", "NoExecute""#,
+                r#"spec.tolerations[2].operator: Unsupported value: "In": supported values: "Equal", "Exists""#,
+            ],
+        ),
+        (
+            "environment, resources, volumes",
+            serde_json::from_str(r#"{"spec": {"volumes": [{"name": "data", "emptyDir": {"sizeLimit": "-1Gi"}}, {"name": "claim", "persistentVolumeClaim": {"claimName": ""}}], "containers": [{"name": "app", "image": "busybox:1.36", "securityContext": {"runAsUser": -1, "privileged": true, "allowPrivilegeEscalation": true}, "envFrom": [{"prefix": "A=", "configMapRef": {"name": "x"}}, {"prefix": "B"}, {"configMapRef": {"name": "Bad_Name"}, "secretRef": {"name": "s"}}], "env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "spec.nothing"}}}, {"name": "C", "valueFrom": {"secretKeyRef": {"name": "s", "key": "a b"}}}, {"name": "D", "valueFrom": {"resourceFieldRef": {"resource": "limits.gpu"}}}, {"name": "E", "valueFrom": {}}], "resources": {"limits": {"foo": "1", "example.com/fpga": "500m", "hugepages-2Mi": "1Mi"}}}]}}"#).unwrap(),
+            vec![
+                r#"spec.containers[0].envFrom: Invalid value: "": may not have more than one field specified at a time"#,
+                r#"spec.containers[0].envFrom: Invalid value: "": must specify one of: `configMapRef` or `secretRef`"#,
+                r#"spec.containers[0].envFrom[0].prefix: Invalid value: "A=": a valid environment variable name must consist only of printable ASCII characters other than '='"#,
+                r#"spec.containers[0].envFrom[2].configMapRef.name: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"#,
+                r#"spec.containers[0].env[0].valueFrom: Invalid value: "": may not be specified when `value` is not empty"#,
+                r#"spec.containers[0].env[1].valueFrom.fieldRef.fieldPath: Invalid value: "spec.nothing": error converting fieldPath: field label not supported: spec.nothing"#,
+                r#"spec.containers[0].env[2].valueFrom.secretKeyRef.key: Invalid value: "a b": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"#,
+                r#"spec.containers[0].env[3].valueFrom.resourceFieldRef.resource: Unsupported value: "limits.gpu": supported values: "limits.cpu", "limits.ephemeral-storage", "limits.memory", "requests.cpu", "requests.ephemeral-storage", "requests.memory""#,
+                r#"spec.containers[0].env[4].valueFrom: Invalid value: "": must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef`, `secretKeyRef` or `fileKeyRef`"#,
+                r#"spec.containers[0].resources.limits[example.com/fpga]: Invalid value: "500m": must be an integer"#,
+                r#"spec.containers[0].resources.limits[foo]: Invalid value: "foo": must be a standard resource for containers"#,
+                r#"spec.containers[0].resources.limits[foo]: Invalid value: "foo": must be a standard resource type or fully qualified"#,
+                r#"spec.containers[0].resources.limits[hugepages-2Mi]: Invalid value: "1Mi": 1Mi is not positive integer multiple of hugepages-2Mi"#,
+                r#"spec.containers[0].resources.requests[example.com/fpga]: Invalid value: "500m": must be an integer"#,
+                r#"spec.containers[0].resources.requests[foo]: Invalid value: "foo": must be a standard resource for containers"#,
+                r#"spec.containers[0].resources.requests[foo]: Invalid value: "foo": must be a standard resource type or fully qualified"#,
+                r#"spec.containers[0].resources.requests[hugepages-2Mi]: Invalid value: "1Mi": 1Mi is not positive integer multiple of hugepages-2Mi"#,
+                r#"spec.containers[0].resources: Forbidden: HugePages require cpu or memory"#,
+                r#"spec.containers[0].securityContext.runAsUser: Invalid value: -1: must be between 0 and 2147483647, inclusive"#,
+                r#"spec.volumes[0].emptyDir.sizeLimit: Forbidden: SizeLimit field must be a valid resource quantity"#,
+                r#"spec.volumes[1].persistentVolumeClaim.claimName: Required value"#,
+            ],
+        ),
+    ];
+    for (name, patch, expected) in cases {
+        let mut got = messages(&pod(patch));
+        got.sort();
+        assert_eq!(got, expected, "{name}");
+    }
+}
