@@ -55,10 +55,16 @@ pub(super) fn validate_container(
     }
     validate_ports(container.ports.as_deref().unwrap_or_default(), path, errs);
     env::validate_env(container, path, errs);
+    let privileged = container
+        .security_context
+        .as_ref()
+        .and_then(|c| c.privileged)
+        .unwrap_or(false);
     validate_mounts(
         container.volume_mounts.as_deref().unwrap_or_default(),
         path,
         volumes,
+        privileged,
         errs,
     );
 
@@ -114,6 +120,9 @@ fn validate_security_context(context: &SecurityContext, path: &str, errs: &mut V
                 ID_RANGE_MESSAGE,
             ));
         }
+    }
+    if let Some(profile) = &context.seccomp_profile {
+        super::podspec::validate_seccomp_profile(profile, &format!("{path}.seccompProfile"), errs);
     }
     if context.allow_privilege_escalation == Some(false) {
         if context.privileged == Some(true) {

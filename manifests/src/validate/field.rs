@@ -10,6 +10,8 @@ pub enum BadValue {
     Str(String),
     /// An integer value.
     Int(i64),
+    /// A list of strings, printed as upstream prints one (`["a","b"]`).
+    List(Vec<String>),
 }
 
 impl fmt::Display for BadValue {
@@ -17,6 +19,10 @@ impl fmt::Display for BadValue {
         match self {
             Self::Str(s) => f.write_str(&go_quote(s)),
             Self::Int(i) => write!(f, "{i}"),
+            Self::List(items) => {
+                let quoted: Vec<String> = items.iter().map(|s| go_quote(s)).collect();
+                write!(f, "[{}]", quoted.join(","))
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod field;
 mod handlers;
 mod meta;
 mod names;
+mod podspec;
 mod resources;
 mod scheduling;
 #[cfg(test)]
@@ -131,6 +132,7 @@ fn validate_spec(spec: &PodSpec, errs: &mut Vec<FieldError>) {
         ));
     }
     scheduling::validate_scheduling(spec, errs);
+    podspec::validate_pod_spec_rest(spec, errs);
 }
 
 fn check_unique_name<'a>(

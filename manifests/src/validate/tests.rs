@@ -390,3 +390,46 @@ fn upstream_messages_table() {
         assert_eq!(got, expected, "{name}");
     }
 }
+
+/// Pod-level areas (DNS config, host aliases, topology spread, OS, readiness gates,
+/// sysctls, seccomp profiles, mount propagation), with the real apiserver's messages.
+#[test]
+fn upstream_messages_pod_level() {
+    let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+        (
+            "pod level",
+            serde_json::from_str(r#"{"spec": {"dnsPolicy": "None", "dnsConfig": {"nameservers": ["10.0.0.1", "dns.example.com", "10.0.0.3", "10.0.0.4"], "searches": ["Bad_Domain.example", "ok.example"], "options": [{"value": "2"}]}, "hostAliases": [{"ip": "300.1.1.1", "hostnames": ["db.local"]}, {"ip": "10.1.1.1", "hostnames": ["DB_local"]}], "topologySpreadConstraints": [{"maxSkew": 0, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "x"}}}, {"maxSkew": 1, "topologyKey": "", "whenUnsatisfiable": "Maybe"}], "os": {"name": "solaris"}, "readinessGates": [{"conditionType": "bad type"}], "securityContext": {"seccompProfile": {"type": "Localhost"}, "sysctls": [{"name": "kernel/shm max", "value": "1"}]}, "containers": [{"name": "app", "image": "busybox:1.36", "securityContext": {"seccompProfile": {"type": "Strict"}}, "volumeMounts": [{"name": "data", "mountPath": "/data", "mountPropagation": "Shared"}], "ports": [{"containerPort": 1, "hostIP": "localhost"}]}], "imagePullSecrets": [{"name": ""}]}}"#).unwrap(),
+            vec![
+                r#"spec.containers[0].securityContext.seccompProfile.type: Unsupported value: "Strict": supported values: "Localhost", "RuntimeDefault", "Unconfined""#,
+                r#"spec.containers[0].volumeMounts.mountPropagation: Unsupported value: "Shared": supported values: "Bidirectional", "HostToContainer", "None""#,
+                r#"spec.dnsConfig.nameservers: Invalid value: ["10.0.0.1","dns.example.com","10.0.0.3","10.0.0.4"]: must not have more than 3 nameservers"#,
+                r#"spec.dnsConfig.nameservers[1]: Invalid value: "dns.example.com": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"#,
+                r#"spec.dnsConfig.options[0]: Required value: must not be empty"#,
+                r#"spec.dnsConfig.searches[0]: Invalid value: "Bad_Domain.example": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '_', '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '_?[a-z0-9]([-_a-z0-9]*[a-z0-9])?(\._?[a-z0-9]([-_a-z0-9]*[a-z0-9])?)*')"#,
+                r#"spec.hostAliases[0].ip: Invalid value: "300.1.1.1": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"#,
+                r#"spec.hostAliases[1].hostnames[0]: Invalid value: "DB_local": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"#,
+                r#"spec.os: Unsupported value: "solaris": supported values: "linux", "windows""#,
+                r#"spec.readinessGates[0].conditionType: Invalid value: "bad type": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"#,
+                r#"spec.securityContext.seccompProfile.localhostProfile: Required value: must be set when seccomp type is Localhost"#,
+                r#"spec.securityContext.sysctls[0].name: Invalid value: "kernel/shm max": must have at most 253 characters and match regex ^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[\./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$"#,
+                r#"spec.topologySpreadConstraints[0].maxSkew: Invalid value: 0: must be greater than zero"#,
+                r#"spec.topologySpreadConstraints[1].topologyKey: Required value: can not be empty"#,
+                r#"spec.topologySpreadConstraints[1].whenUnsatisfiable: Unsupported value: "Maybe": supported values: "DoNotSchedule", "ScheduleAnyway""#,
+            ],
+        ),
+        (
+            "sysctl and propagation",
+            serde_json::from_str(r#"{"spec": {"securityContext": {"sysctls": [{"name": "net.core.somaxconn", "value": "1024"}, {"name": "net.core.somaxconn", "value": "1"}, {"name": "", "value": "1"}]}, "containers": [{"name": "app", "image": "busybox:1.36", "securityContext": {"privileged": true}, "volumeMounts": [{"name": "data", "mountPath": "/data", "mountPropagation": "Bidirectional"}, {"name": "data", "mountPath": "/d2", "mountPropagation": "Sideways"}]}]}}"#).unwrap(),
+            vec![
+                r#"spec.containers[0].volumeMounts.mountPropagation: Unsupported value: "Sideways": supported values: "Bidirectional", "HostToContainer", "None""#,
+                r#"spec.securityContext.sysctls[1].name: Duplicate value: "net.core.somaxconn""#,
+                r#"spec.securityContext.sysctls[2].name: Required value"#,
+            ],
+        ),
+    ];
+    for (name, patch, expected) in cases {
+        let mut got = messages(&pod(patch));
+        got.sort();
+        assert_eq!(got, expected, "{name}");
+    }
+}

@@ -206,12 +206,31 @@ pub(super) fn validate_mounts(
     mounts: &[VolumeMount],
     path: &str,
     volumes: &HashSet<&str>,
+    privileged: bool,
     errs: &mut Vec<FieldError>,
 ) {
     let mounts_path = format!("{path}.volumeMounts");
     let mut mount_points = HashSet::new();
     for (i, mount) in mounts.iter().enumerate() {
         let mount_path = format!("{mounts_path}[{i}]");
+        if let Some(propagation) = mount.mount_propagation.as_deref() {
+            // Reported on the list's path, as upstream does.
+            let propagation_path = format!("{mounts_path}.mountPropagation");
+            const PROPAGATIONS: [&str; 3] = ["Bidirectional", "HostToContainer", "None"];
+            if !PROPAGATIONS.contains(&propagation) {
+                errs.push(FieldError::not_supported(
+                    &propagation_path,
+                    propagation,
+                    &PROPAGATIONS,
+                ));
+            }
+            if propagation == "Bidirectional" && !privileged {
+                errs.push(FieldError::forbidden(
+                    propagation_path,
+                    "Bidirectional mount propagation is available only to privileged containers",
+                ));
+            }
+        }
         if mount.name.is_empty() {
             errs.push(FieldError::required(format!("{mount_path}.name"), ""));
         }

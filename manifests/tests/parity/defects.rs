@@ -793,4 +793,126 @@ pub const DEFECTS: &[Defect] = &[
         push(spec(p), "containers", second);
         Some(())
     }),
+    // Pod-level areas beyond the list, to see that they agree too.
+    ("dns-config-too-many-nameservers", |p| {
+        let s = spec(p);
+        s.insert("dnsPolicy".into(), json!("None"));
+        s.insert(
+            "dnsConfig".into(),
+            json!({"nameservers": ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]}),
+        );
+        Some(())
+    }),
+    ("dns-config-bad-nameserver", |p| {
+        spec(p).insert(
+            "dnsConfig".into(),
+            json!({"nameservers": ["dns.example.com"]}),
+        );
+        Some(())
+    }),
+    ("dns-option-no-name", |p| {
+        spec(p).insert("dnsConfig".into(), json!({"options": [{"value": "2"}]}));
+        Some(())
+    }),
+    ("dns-search-bad", |p| {
+        spec(p).insert(
+            "dnsConfig".into(),
+            json!({"searches": ["Bad_Domain.example"]}),
+        );
+        Some(())
+    }),
+    ("host-alias-bad-ip", |p| {
+        push(
+            spec(p),
+            "hostAliases",
+            json!({"ip": "300.1.1.1", "hostnames": ["db.local"]}),
+        );
+        Some(())
+    }),
+    ("host-alias-bad-hostname", |p| {
+        push(
+            spec(p),
+            "hostAliases",
+            json!({"ip": "10.1.1.1", "hostnames": ["DB_local"]}),
+        );
+        Some(())
+    }),
+    ("topology-spread-zero-skew", |p| {
+        push(
+            spec(p),
+            "topologySpreadConstraints",
+            json!({"maxSkew": 0, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "x"}}}),
+        );
+        Some(())
+    }),
+    ("topology-spread-bad-when", |p| {
+        push(
+            spec(p),
+            "topologySpreadConstraints",
+            json!({"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "Maybe"}),
+        );
+        Some(())
+    }),
+    ("topology-spread-no-key", |p| {
+        push(
+            spec(p),
+            "topologySpreadConstraints",
+            json!({"maxSkew": 1, "topologyKey": "", "whenUnsatisfiable": "ScheduleAnyway"}),
+        );
+        Some(())
+    }),
+    ("image-pull-secret-no-name", |p| {
+        push(spec(p), "imagePullSecrets", json!({"name": ""}));
+        Some(())
+    }),
+    ("port-bad-host-ip", |p| {
+        push(
+            c0(p),
+            "ports",
+            json!({"containerPort": 7005, "hostIP": "localhost"}),
+        );
+        Some(())
+    }),
+    ("os-bad-name", |p| {
+        spec(p).insert("os".into(), json!({"name": "solaris"}));
+        Some(())
+    }),
+    ("readiness-gate-bad", |p| {
+        push(
+            spec(p),
+            "readinessGates",
+            json!({"conditionType": "bad type"}),
+        );
+        Some(())
+    }),
+    ("capability-add-ok", |p| {
+        let sc = container_sc(p);
+        sc.insert(
+            "capabilities".into(),
+            json!({"add": ["NET_ADMIN", "SYS_TIME"]}),
+        );
+        Some(())
+    }),
+    ("seccomp-localhost-no-profile", |p| {
+        pod_sc(p).insert("seccompProfile".into(), json!({"type": "Localhost"}));
+        Some(())
+    }),
+    ("seccomp-bad-type", |p| {
+        container_sc(p).insert("seccompProfile".into(), json!({"type": "Strict"}));
+        Some(())
+    }),
+    ("sysctl-bad-name", |p| {
+        pod_sc(p).insert(
+            "sysctls".into(),
+            json!([{"name": "kernel/shm max", "value": "1"}]),
+        );
+        Some(())
+    }),
+    ("mount-propagation-bad", |p| {
+        let mount = p
+            .pointer_mut("/spec/containers/0/volumeMounts/0")?
+            .as_object_mut()?;
+        mount.insert("mountPropagation".into(), json!("Shared"));
+        Some(())
+    }),
 ];
