@@ -12,6 +12,8 @@
 
 #[path = "parity/defects.rs"]
 mod defects;
+#[path = "parity/defects_spec.rs"]
+mod defects_spec;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -216,7 +218,8 @@ fn corpus() -> Vec<Case> {
             defect: "none",
             pod: base.clone(),
         });
-        for (di, (defect, apply)) in defects::DEFECTS.iter().enumerate() {
+        let all_defects = defects::DEFECTS.iter().chain(defects_spec::DEFECTS);
+        for (di, (defect, apply)) in all_defects.enumerate() {
             // Each defect meets a third of the bases, a different third per defect.
             if (bi + di) % 3 != 0 {
                 continue;
