@@ -403,6 +403,39 @@ mod tests {
     }
 
     #[test]
+    fn negative_grace_period_becomes_one() {
+        let pod = defaulted(pod_with(json!({
+            "terminationGracePeriodSeconds": -5,
+            "containers": [{"name": "c", "image": "i"}]
+        })));
+        assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 1);
+        let pod = defaulted(pod_with(json!({
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "image": "i"}]
+        })));
+        assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 0);
+    }
+
+    #[test]
+    fn null_command_items_read_as_empty_strings() {
+        let text = br#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i", "command": ["sh", null],
+            "args": [null], "livenessProbe": {"exec": {"command": [null, "x"]}}}],
+            "initContainers": [{"name": "i", "image": "i", "args": ["a", null]}]}}"#;
+        let documents = crate::parse_manifests(text, "p.json").unwrap();
+        let pod = documents[0].pod.as_ref().unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        let c = &spec.containers[0];
+        assert_eq!(c.command.as_deref().unwrap(), ["sh", ""]);
+        assert_eq!(c.args.as_deref().unwrap(), [""]);
+        let probe = c.liveness_probe.as_ref().unwrap();
+        let exec = probe.exec.as_ref().unwrap();
+        assert_eq!(exec.command.as_deref().unwrap(), ["", "x"]);
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.args.as_deref().unwrap(), ["a", ""]);
+    }
+
+    #[test]
     fn pod_spec_defaults() {
         let pod = defaulted(pod_with(
             json!({"containers": [{"name": "c", "image": "busybox"}]}),
