@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
 
 use super::FieldError;
 use super::names::{config_key, dns1123_subdomain, qualified_name, relaxed_env_var_name};
+use crate::quantity::Quantity;
 
 /// `validEnvDownwardAPIFieldPathExpressions`.
 const ENV_FIELD_PATHS: [&str; 9] = [
@@ -157,6 +158,14 @@ fn field_selector(selector: &ObjectFieldSelector, path: &str, errs: &mut Vec<Fie
         errs.push(FieldError::required(field_path, ""));
         return;
     }
+    if api_version != "v1" {
+        errs.push(FieldError::invalid(
+            field_path,
+            wanted,
+            format!("error converting fieldPath: unsupported pod version: {api_version}"),
+        ));
+        return;
+    }
     // `metadata.labels['key']` and `metadata.annotations['key']` name one entry.
     let subscripted = wanted.strip_suffix("']").and_then(|w| w.split_once("['"));
     match subscripted {
@@ -188,9 +197,38 @@ fn field_selector(selector: &ObjectFieldSelector, path: &str, errs: &mut Vec<Fie
     }
 }
 
-/// `validateContainerResourceFieldSelector` for environment variables.
+/// `validateContainerResourceFieldSelector` for environment variables, with
+/// `validateContainerResourceDivisor`.
 fn resource_selector(selector: &ResourceFieldSelector, path: &str, errs: &mut Vec<FieldError>) {
     let resource = selector.resource.as_str();
+    let divisor = selector.divisor.as_ref().map(|d| d.0.as_str());
+    if let Some(divisor) = divisor.filter(|d| Quantity::parse(d).is_ok_and(|q| q.nanos() != 0)) {
+        const MEMORY: [&str; 13] = [
+            "1", "1k", "1M", "1G", "1T", "1P", "1E", "1Ki", "1Mi", "1Gi", "1Ti", "1Pi", "1Ei",
+        ];
+        let same = |allowed: &str| Quantity::parse(allowed).ok() == Quantity::parse(divisor).ok();
+        let (allowed, what): (&[&str], &str) = match resource {
+            "limits.cpu" | "requests.cpu" => {
+                (&["1m", "1"], "1m and 1 are supported with the cpu resource")
+            }
+            "limits.memory" | "requests.memory" => (
+                &MEMORY,
+                "1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei are supported with the memory resource",
+            ),
+            "limits.ephemeral-storage" | "requests.ephemeral-storage" => (
+                &MEMORY,
+                "1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei are supported with the local ephemeral storage resource",
+            ),
+            _ => (&[], ""),
+        };
+        if !what.is_empty() && !allowed.iter().any(|a| same(a)) {
+            errs.push(FieldError::invalid(
+                format!("{path}.divisor"),
+                resource,
+                format!("only divisor's values {what}"),
+            ));
+        }
+    }
     if resource.is_empty() {
         errs.push(FieldError::required(format!("{path}.resource"), ""));
     } else if !RESOURCE_FIELDS.contains(&resource)

@@ -188,6 +188,20 @@ fn validate_handler(handlers: &Handlers<'_>, path: &str, errs: &mut Vec<FieldErr
             errs.push(FieldError::required(format!("{http_path}.path"), ""));
         }
         port_num_or_name(&http.port, &format!("{http_path}.port"), errs);
+        for header in http.http_headers.iter().flatten() {
+            let valid = !header.name.is_empty()
+                && header
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !valid {
+                errs.push(FieldError::invalid(
+                    format!("{http_path}.httpHeaders"),
+                    header.name.as_str(),
+                    "a valid HTTP header must consist of alphanumeric characters or '-' (e.g. 'X-Header-Name', regex used for validation is '[-A-Za-z0-9]+')",
+                ));
+            }
+        }
         let scheme = http.scheme.as_deref().unwrap_or("");
         if scheme != "HTTP" && scheme != "HTTPS" {
             errs.push(FieldError::not_supported(

@@ -159,12 +159,22 @@ fn valid_sysctl_name(name: &str) -> bool {
     name.len() <= 253 && name.split(['.', '/']).all(sysctl_segment)
 }
 
+/// `IsValidIPForLegacyField`: an IP address; IPv4 without leading zeros.
 fn ip(value: &str, path: &str, errs: &mut Vec<FieldError>) {
-    if value.is_empty() {
-        errs.push(FieldError::required(path, ""));
-    } else if value.parse::<IpAddr>().is_err() {
-        errs.push(FieldError::invalid(path, value, IP_MESSAGE));
+    if value.parse::<IpAddr>().is_ok() {
+        return;
     }
+    let sloppy_v4 = value.split('.').count() == 4
+        && value
+            .split('.')
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+    let leading_zero = value.split('.').any(|p| p.len() > 1 && p.starts_with('0'));
+    let detail = if sloppy_v4 && leading_zero {
+        "must not have leading 0s"
+    } else {
+        IP_MESSAGE
+    };
+    errs.push(FieldError::invalid(path, value, detail));
 }
 
 /// `validateTopologySpreadConstraints`.

@@ -182,7 +182,7 @@ fn quantity_value(
             {
                 let (value_milli, page_milli) =
                     (quantity.milli_value_ceil(), page.milli_value_ceil());
-                if value_milli <= 0 || page_milli <= 0 || value_milli % page_milli != 0 {
+                if page_milli <= 0 || value_milli % page_milli != 0 {
                     errs.push(FieldError::invalid(
                         &path,
                         value.0.as_str(),

@@ -170,8 +170,7 @@ fn validate_node_selector_term(term: &NodeSelectorTerm, path: &str, errs: &mut V
                 requirement.operator.as_str(),
                 "not a valid selector operator",
             ));
-        }
-        if requirement.values.as_ref().is_none_or(|v| v.len() != 1) {
+        } else if requirement.values.as_ref().is_none_or(|v| v.len() != 1) {
             errs.push(FieldError::required(
                 format!("{req_path}.values"),
                 "must be only one value when `operator` is 'In' or 'NotIn' for node field selector",

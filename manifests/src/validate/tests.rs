@@ -433,3 +433,43 @@ fn upstream_messages_pod_level() {
         assert_eq!(got, expected, "{name}");
     }
 }
+
+/// Edge cases: node field selectors, downward API versions and divisors, IP spellings,
+/// zero hugepages, a zero sleep within a zero grace period, gRPC ports, header names.
+#[test]
+fn upstream_messages_edges() {
+    let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+        (
+            "edges",
+            serde_json::from_str(r#"{"spec": {"hostAliases": [{"ip": "", "hostnames": ["a"]}, {"ip": "010.1.1.1"}], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "Exists"}, {"key": "spec.x", "operator": "In", "values": ["a", "b"]}]}]}}}, "containers": [{"name": "app", "image": "busybox:1.36", "env": [{"name": "A", "valueFrom": {"fieldRef": {"apiVersion": "v2", "fieldPath": "metadata.name"}}}, {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}}, {"name": "C", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "3"}}}], "resources": {"limits": {"hugepages-2Mi": "0", "memory": "1Gi"}}}]}}"#).unwrap(),
+            vec![
+                r#"spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].operator: Invalid value: "Exists": not a valid selector operator"#,
+                r#"spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[1].key: Invalid value: "spec.x": not a valid field selector key"#,
+                r#"spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[1].values: Required value: must be only one value when `operator` is 'In' or 'NotIn' for node field selector"#,
+                r#"spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: Invalid value: "metadata.name": error converting fieldPath: unsupported pod version: v2"#,
+                r#"spec.containers[0].env[2].valueFrom.resourceFieldRef.divisor: Invalid value: "limits.cpu": only divisor's values 1m and 1 are supported with the cpu resource"#,
+                r#"spec.hostAliases[0].ip: Invalid value: "": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"#,
+                r#"spec.hostAliases[1].ip: Invalid value: "010.1.1.1": must not have leading 0s"#,
+            ],
+        ),
+        (
+            "sleep zero",
+            serde_json::from_str(r#"{"spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "app", "image": "busybox:1.36", "lifecycle": {"preStop": {"sleep": {"seconds": 0}}}}]}}"#).unwrap(),
+            vec![
+            ],
+        ),
+        (
+            "probe grpc and headers",
+            serde_json::from_str(r#"{"spec": {"containers": [{"name": "app", "image": "busybox:1.36", "livenessProbe": {"grpc": {"port": 0}}, "readinessProbe": {"httpGet": {"port": 80, "httpHeaders": [{"name": "Bad Header", "value": "x"}]}}}]}}"#).unwrap(),
+            vec![
+                r#"spec.containers[0].livenessProbe.grpc.port: Invalid value: 0: must be between 1 and 65535, inclusive"#,
+                r#"spec.containers[0].readinessProbe.httpGet.httpHeaders: Invalid value: "Bad Header": a valid HTTP header must consist of alphanumeric characters or '-' (e.g. 'X-Header-Name', regex used for validation is '[-A-Za-z0-9]+')"#,
+            ],
+        ),
+    ];
+    for (name, patch, expected) in cases {
+        let mut got = messages(&pod(patch));
+        got.sort();
+        assert_eq!(got, expected, "{name}");
+    }
+}
