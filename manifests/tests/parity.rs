@@ -37,7 +37,8 @@ const KNOWN: &[(&str, &str)] = &[(
 /// What one side said about one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Verdict {
-    Accepted,
+    /// Accepted, with the pod's spec as stored (defaulted, after admission).
+    Accepted(Box<Value>),
     /// Refused, with the field paths of the errors (`<decode>` when the body did not decode).
     Refused(BTreeSet<String>),
 }
@@ -134,7 +135,10 @@ impl Apiserver {
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
-            return (Verdict::Accepted, BTreeSet::new());
+            return (
+                Verdict::Accepted(Box::new(body["spec"].clone())),
+                BTreeSet::new(),
+            );
         }
         assert!(
             status == reqwest::StatusCode::UNPROCESSABLE_ENTITY
@@ -181,7 +185,8 @@ fn nodelet(pod: &Value) -> (Verdict, BTreeSet<String>) {
     default_pod(&mut pod);
     let errors = validate_pod(&pod);
     if errors.is_empty() {
-        (Verdict::Accepted, BTreeSet::new())
+        let spec = serde_json::to_value(&pod.spec).expect("a pod serialises");
+        (Verdict::Accepted(Box::new(spec)), BTreeSet::new())
     } else {
         let messages = errors.iter().map(ToString::to_string).collect();
         let paths = errors.into_iter().map(|e| e.path).collect();
@@ -253,6 +258,8 @@ async fn validation_agrees_with_the_apiserver() {
     let (mut both_accept, mut both_refuse, mut paths_equal) = (0, 0, 0);
     let (mut shared_paths, mut all_paths) = (0usize, 0usize);
     let (mut shared_messages, mut all_messages) = (0usize, 0usize);
+    let (mut specs_equal, mut quantities_normalised) = (0usize, 0usize);
+    let mut spec_differences = Vec::new();
     let mut message_differences = Vec::new();
     let mut unexpected = Vec::new();
     let mut excused = Vec::new();
@@ -274,8 +281,23 @@ async fn validation_agrees_with_the_apiserver() {
             }
         }
         let agree = match (&ours, theirs) {
-            (Verdict::Accepted, Verdict::Accepted) => {
+            (Verdict::Accepted(our_spec), Verdict::Accepted(their_spec)) => {
                 both_accept += 1;
+                let their_spec = without_admission(their_spec, &case.pod["spec"]);
+                let mut differences = Vec::new();
+                spec_diff(
+                    our_spec,
+                    &their_spec,
+                    "spec",
+                    &mut differences,
+                    &mut quantities_normalised,
+                );
+                if differences.is_empty() {
+                    specs_equal += 1;
+                }
+                for difference in differences {
+                    spec_differences.push(format!("{}/{}: {difference}", case.base, case.defect));
+                }
                 true
             }
             (Verdict::Refused(a), Verdict::Refused(b)) => {
@@ -293,8 +315,11 @@ async fn validation_agrees_with_the_apiserver() {
             continue;
         }
         let line = format!(
-            "{}/{}: nodelet {:?}, apiserver {:?}",
-            case.base, case.defect, ours, theirs
+            "{}/{}: nodelet {}, apiserver {}",
+            case.base,
+            case.defect,
+            ours.short(),
+            theirs.short()
         );
         match KNOWN.iter().find(|(defect, _)| *defect == case.defect) {
             Some((_, reason)) => excused.push(format!("{line} (known: {reason})")),
@@ -326,10 +351,165 @@ async fn validation_agrees_with_the_apiserver() {
     for line in &message_differences {
         println!("  {line}");
     }
+    // The defaulted specs of the pods both accept, the apiserver's admission additions
+    // (service account token volume, default tolerations, priority) taken out; quantities
+    // compare by value (the apiserver writes them canonically, nodelet as given).
+    println!(
+        "defaulted specs identical where both accept: {specs_equal}/{both_accept} \
+         ({quantities_normalised} quantities equal in value but written differently)"
+    );
+    for line in &spec_differences {
+        println!("  {line}");
+    }
+    assert!(
+        spec_differences.is_empty(),
+        "{} differences between the defaulted specs (listed above)",
+        spec_differences.len()
+    );
     assert!(
         unexpected.is_empty(),
         "{} disagreements with the apiserver:\n{}",
         unexpected.len(),
         unexpected.join("\n")
     );
+}
+
+impl Verdict {
+    fn short(&self) -> String {
+        match self {
+            Self::Accepted(_) => "accepted".to_owned(),
+            Self::Refused(paths) => format!("refused {paths:?}"),
+        }
+    }
+}
+
+/// The apiserver's stored spec without what its admission plugins and pod strategy added
+/// to `sent`: the service account token volume and mounts, the service account name, the
+/// default not-ready/unreachable tolerations, priority and preemption policy, and the
+/// AppArmor profile copied from the annotation.
+fn without_admission(stored: &Value, sent: &Value) -> Value {
+    let mut spec = stored.clone();
+    let Some(map) = spec.as_object_mut() else {
+        return spec;
+    };
+    for field in [
+        "serviceAccount",
+        "serviceAccountName",
+        "priority",
+        "preemptionPolicy",
+    ] {
+        if sent.get(field).is_none() {
+            map.remove(field);
+        }
+    }
+    let token = |v: &Value| {
+        v["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("kube-api-access-"))
+    };
+    if let Some(volumes) = map.get_mut("volumes").and_then(Value::as_array_mut) {
+        volumes.retain(|v| !token(v));
+    }
+    if map
+        .get("volumes")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+        && sent.get("volumes").is_none()
+    {
+        map.remove("volumes");
+    }
+    for list in ["containers", "initContainers"] {
+        let containers = map.get_mut(list).and_then(Value::as_array_mut);
+        for (i, container) in containers.into_iter().flatten().enumerate() {
+            let Some(c) = container.as_object_mut() else {
+                continue;
+            };
+            // The pod strategy copies AppArmor annotations into the field on create
+            // (`applyAppArmorVersionSkew`); the kubelet reads the annotation itself.
+            let sent_context = &sent[list][i]["securityContext"];
+            if sent_context["appArmorProfile"].is_null()
+                && let Some(context) = c.get_mut("securityContext").and_then(Value::as_object_mut)
+            {
+                context.remove("appArmorProfile");
+                if context.is_empty() && sent_context.is_null() {
+                    c.remove("securityContext");
+                }
+            }
+            if let Some(mounts) = c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+                mounts.retain(|m| !token(m));
+                if mounts.is_empty() {
+                    c.remove("volumeMounts");
+                }
+            }
+        }
+    }
+    let sent_tolerations = sent["tolerations"].as_array().cloned().unwrap_or_default();
+    if let Some(tolerations) = map.get_mut("tolerations").and_then(Value::as_array_mut) {
+        tolerations.retain(|t| {
+            let added = t["tolerationSeconds"] == 300
+                && t["effect"] == "NoExecute"
+                && matches!(
+                    t["key"].as_str(),
+                    Some("node.kubernetes.io/not-ready" | "node.kubernetes.io/unreachable")
+                );
+            !added || sent_tolerations.contains(t)
+        });
+        if tolerations.is_empty() && sent.get("tolerations").is_none() {
+            map.remove("tolerations");
+        }
+    }
+    spec
+}
+
+fn is_go_zero(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.is_empty() || s == "0",
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        _ => false,
+    }
+}
+
+/// The leaf paths where `ours` and `theirs` differ; quantities equal in value count as
+/// equal (and in `normalised`).
+fn spec_diff(
+    ours: &Value,
+    theirs: &Value,
+    path: &str,
+    out: &mut Vec<String>,
+    normalised: &mut usize,
+) {
+    match (ours, theirs) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let (x, y) = (
+                    a.get(key).unwrap_or(&Value::Null),
+                    b.get(key).unwrap_or(&Value::Null),
+                );
+                spec_diff(x, y, &format!("{path}.{key}"), out, normalised);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                spec_diff(x, y, &format!("{path}[{i}]"), out, normalised);
+            }
+        }
+        (Value::String(a), Value::String(b)) if a != b => {
+            match (
+                nodelet_manifests::Quantity::parse(a),
+                nodelet_manifests::Quantity::parse(b),
+            ) {
+                (Ok(x), Ok(y)) if x == y => *normalised += 1,
+                _ => out.push(format!("{path}: nodelet {a:?}, apiserver {b:?}")),
+            }
+        }
+        // Go omits zero values (`omitempty`), and a zero quantity is written "0".
+        (Value::Null, v) | (v, Value::Null) if is_go_zero(v) => {}
+        // An empty object or list and an absent field are the same to Go.
+        (Value::Null, Value::Object(m)) | (Value::Object(m), Value::Null) if m.is_empty() => {}
+        (Value::Null, Value::Array(l)) | (Value::Array(l), Value::Null) if l.is_empty() => {}
+        (a, b) if a != b => out.push(format!("{path}: nodelet {a}, apiserver {b}")),
+        _ => {}
+    }
 }

@@ -189,6 +189,13 @@ pub const DEFECTS: &[Defect] = &[
         );
         Some(())
     }),
+    ("quantities-non-canonical-ok", |p| {
+        c0(p).insert(
+            "resources".into(),
+            json!({"requests": {"cpu": "0.15", "memory": "1048576Ki"}, "limits": {"cpu": "1000m", "memory": "2e9"}}),
+        );
+        Some(())
+    }),
     ("resource-request-over-limit", |p| {
         c0(p).insert(
             "resources".into(),
