@@ -5,7 +5,10 @@
 //! `default_pod` → `validate_pod`) and through the apiserver's server-side dry run
 //! (`POST /api/v1/namespaces/parity/pods?dryRun=All`). Both must accept or both refuse, and
 //! when both refuse the sets of field paths must match, except for the differences listed
-//! in [`KNOWN`] with their reasons. The agreement figures are printed.
+//! in [`KNOWN`] with their reasons; when both accept, nodelet's defaulted spec must equal
+//! the one the apiserver would store, once its admission plugins' additions are taken out
+//! (quantities compare by value: the apiserver rewrites them canonically). The agreement
+//! figures are printed, with the error messages compared too (for the figure only).
 //!
 //! Needs `NODELET_TEST_KUBECONFIG` (an admin kubeconfig; `scripts/test.sh` starts the tier
 //! and sets it) and fails, saying so, without it.
