@@ -180,6 +180,17 @@ impl<R: Runtime> PodWorker<R> {
             Ok(Err(e)) => warn!(error = %e, "volume teardown failed"),
             Err(e) => warn!(error = %e, "volume teardown panicked"),
         }
+        // The pod's log directory goes with it (upstream's container GC does this
+        // within its one-minute period).
+        let m = &self.pod.metadata;
+        if let Err(e) = nodelet_cri::logs::remove_pod_log_dir(
+            &self.env.pod_logs_dir,
+            m.namespace.as_deref().unwrap_or("default"),
+            m.name.as_deref().unwrap_or(""),
+            &self.uid,
+        ) {
+            warn!(error = %e, "cannot remove the pod's log directory");
+        }
         self.env.images.forget_pod(&self.uid);
         self.env.statuses.remove(&self.uid);
         self.phase = Phase::Terminated;
