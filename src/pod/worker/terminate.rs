@@ -157,8 +157,12 @@ impl<R: Runtime> PodWorker<R> {
         let now = self.env.clock.now();
         self.publish(&containers, None, Default::default(), false, now);
         // A few at a time: removing 300 containers one by one took minutes.
-        let removals = futures::stream::iter(&containers)
-            .map(|c| rt.remove_container(&c.id))
+        let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
+        let removals = futures::stream::iter(ids)
+            .map(|id| {
+                let rt = std::sync::Arc::clone(&rt);
+                async move { rt.remove_container(&id).await }
+            })
             .buffer_unordered(REMOVE_CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
