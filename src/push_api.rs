@@ -11,7 +11,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use k8s_openapi::api::core::v1::Pod;
-use nodelet_manifests::{PushError, PushStore, SourceEvent};
+use nodelet_manifests::SourceEvent;
+use nodelet_sources::{PushError, PushStore};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 

@@ -9,6 +9,8 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize as _;
 use serde_json::Value;
 
+use crate::limits::{self, Crossed, LimitError, MAX_DOCUMENTS};
+
 /// One object found in a manifest file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
@@ -68,6 +70,19 @@ pub enum ParseErrorReason {
     /// A `v1 Pod` whose fields have the wrong types.
     #[error("invalid Pod: {0}")]
     InvalidPod(String),
+    /// A resource limit of [`crate::limits`] was crossed.
+    #[error("{limit}{}", at_text(.at))]
+    Limit {
+        /// The limit.
+        limit: LimitError,
+        /// Where it was crossed, when known.
+        at: Option<Location>,
+    },
+}
+
+fn at_text(at: &Option<Location>) -> String {
+    at.map(|l| format!(" (at line {} column {})", l.line, l.column))
+        .unwrap_or_default()
 }
 
 /// Parses the manifests in `bytes`; `origin` (normally the file path) only
@@ -76,17 +91,37 @@ pub enum ParseErrorReason {
 /// JSON is recognised by a leading `{` (after whitespace), as upstream's
 /// `yaml.ToJSON` does; anything else is read as a YAML stream.
 ///
+/// The text is first held to the limits of [`crate::limits`] (size, documents,
+/// nesting, nodes, alias expansion), so that parsing costs bounded memory and
+/// linear time whatever the input.
+///
 /// # Errors
-/// Returns a [`ParseError`] for the first document that is not well-formed,
-/// not an object, or a `v1 Pod` whose fields have the wrong types. A file is
-/// all-or-nothing, as upstream treats a manifest file.
+/// Returns a [`ParseError`] for a limit crossed, or for the first document that
+/// is not well-formed, not an object, or a `v1 Pod` whose fields have the wrong
+/// types. A file is all-or-nothing, as upstream treats a manifest file.
 pub fn parse_manifests(bytes: &[u8], origin: &str) -> Result<Vec<Document>, ParseError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let limit_error = |crossed: Crossed| ParseError {
+        origin: origin.to_owned(),
+        index: crossed.document,
+        location: crossed.at.map(|(line, column)| Location { line, column }),
+        reason: ParseErrorReason::Limit {
+            limit: crossed.limit,
+            at: crossed.at.map(|(line, column)| Location { line, column }),
+        },
+    };
+    let shape = limits::prescan(bytes).map_err(limit_error)?;
     let format = if bytes.trim_ascii_start().starts_with(b"{") {
         Format::Json
     } else {
         Format::Yaml
     };
+    if matches!(format, Format::Yaml) && shape.has_aliases {
+        // A YAML error met here is met again, with its document, by the parse below.
+        if let Err(Ok(crossed)) = limits::count_expanded(bytes) {
+            return Err(limit_error(crossed));
+        }
+    }
     let mut parser = Parser {
         bytes,
         origin,
@@ -120,6 +155,7 @@ impl Parser<'_> {
             Format::Json => {
                 let stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
                 for (raw_index, item) in stream.enumerate() {
+                    self.check_document_count(raw_index)?;
                     let value = item.map_err(|e| self.json_error(&e))?;
                     self.push_top_level(raw_index, value)?;
                 }
@@ -127,6 +163,7 @@ impl Parser<'_> {
             Format::Yaml => {
                 for (raw_index, document) in serde_yaml::Deserializer::from_slice(bytes).enumerate()
                 {
+                    self.check_document_count(raw_index)?;
                     let mut value = serde_yaml::Value::deserialize(document)
                         .map_err(|e| self.yaml_error(&e))?;
                     // `<<: *anchor` merge keys, which upstream's YAML library honours.
@@ -153,6 +190,23 @@ impl Parser<'_> {
                     self.push_top_level(raw_index, value)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The pre-scan counts YAML documents; this also holds a stream of JSON values
+    /// (which has no `---` to count) to [`MAX_DOCUMENTS`].
+    fn check_document_count(&self, raw_index: usize) -> Result<(), ParseError> {
+        if raw_index >= MAX_DOCUMENTS {
+            return Err(ParseError {
+                origin: self.origin.to_owned(),
+                index: raw_index,
+                location: None,
+                reason: ParseErrorReason::Limit {
+                    limit: LimitError::TooManyDocuments,
+                    at: None,
+                },
+            });
         }
         Ok(())
     }

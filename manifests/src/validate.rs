@@ -101,6 +101,8 @@ pub enum FieldErrorKind {
     },
     /// "Forbidden".
     Forbidden,
+    /// "Too long": the detail says the limit.
+    TooLong,
 }
 
 /// One problem with one field, e.g. `spec.containers[0].image: Required value`.
@@ -123,6 +125,7 @@ impl fmt::Display for FieldError {
             FieldErrorKind::NotSupported { value, .. } => ("Unsupported value", Some(value)),
             FieldErrorKind::NotFound { value } => ("Not found", Some(value)),
             FieldErrorKind::Forbidden => ("Forbidden", None),
+            FieldErrorKind::TooLong => ("Too long", None),
         };
         write!(f, "{}: {name}", self.path)?;
         if let Some(value) = value {
@@ -204,6 +207,16 @@ impl FieldError {
         }
     }
 
+    /// `field.TooLong` with the value omitted, as upstream reports sizes:
+    /// `Too long: must have at most <limit> bytes`.
+    pub fn too_long(path: impl Into<String>, limit: usize) -> Self {
+        Self {
+            path: path.into(),
+            kind: FieldErrorKind::TooLong,
+            detail: format!("must have at most {limit} bytes"),
+        }
+    }
+
     /// `field.Forbidden`.
     pub fn forbidden(path: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
@@ -247,6 +260,7 @@ fn validate_meta(meta: &ObjectMeta, errs: &mut Vec<FieldError>) {
             }
         }
     }
+    crate::meta::validate_labels_and_annotations(meta, errs);
 }
 
 fn validate_spec(spec: &PodSpec, errs: &mut Vec<FieldError>) {

@@ -3,7 +3,7 @@
 //!
 //! A body holds a Pod, a `List`/`PodList` of pods, or several YAML documents,
 //! in YAML or JSON. Every pod is defaulted, given the identity of a static pod
-//! from source `"http-push"` ([`crate::identity::PUSH_SOURCE`]; upstream has no
+//! from source `"http-push"` ([`nodelet_manifests::PUSH_SOURCE`]; upstream has no
 //! such source) and validated; the body is all or nothing. Errors come back as
 //! the apiserver's `v1.Status` (`422 Invalid` with a cause per field error,
 //! `400 BadRequest`, `404 NotFound`, `415 UnsupportedMediaType`), built in one
@@ -19,11 +19,11 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
 
-use crate::defaults::default_pod;
-use crate::identity::{Origin, PUSH_SOURCE, apply_origin_identity, keep_first_seen, suffixed_name};
-use crate::parse::{ParseError, parse_manifests};
-use crate::source::SourceEvent;
-use crate::validate::{FieldError, FieldErrorKind, go_quote, validate_pod};
+use nodelet_manifests::validate::go_quote;
+use nodelet_manifests::{
+    FieldError, FieldErrorKind, Origin, PUSH_SOURCE, ParseError, SourceEvent, apply_identity,
+    default_pod, keep_first_seen, parse_manifests, suffixed_name, validate_pod,
+};
 
 /// The media types a push body may be declared as (parameters such as
 /// `charset` are ignored); the format itself is detected from the body.
@@ -144,6 +144,7 @@ fn cause_reason(kind: &FieldErrorKind) -> &'static str {
         FieldErrorKind::NotSupported { .. } => "FieldValueNotSupported",
         FieldErrorKind::NotFound { .. } => "FieldValueNotFound",
         FieldErrorKind::Forbidden => "FieldValueForbidden",
+        FieldErrorKind::TooLong => "FieldValueTooLong",
     }
 }
 
@@ -271,7 +272,7 @@ impl PushStore {
                 });
             };
             default_pod(&mut pod);
-            apply_origin_identity(&mut pod, &self.node_name, Origin::Push, seen);
+            apply_identity(&mut pod, &self.node_name, Origin::Push, seen);
             let mut errors = validate_pod(&pod);
             let key = key_of(&pod);
             if names.insert(key.clone(), document.index).is_some() {
@@ -371,7 +372,7 @@ fn check_content_type(content_type: Option<&str>) -> Result<(), PushError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::static_pod::{CONFIG_SEEN_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
+    use nodelet_manifests::{CONFIG_SEEN_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
     use std::time::{Duration, UNIX_EPOCH};
 
     fn pod_yaml(name: &str, image: &str) -> String {

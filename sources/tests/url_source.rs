@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use nodelet_manifests::{CONFIG_SEEN_ANNOTATION, SourceEvent, UrlSource};
+use nodelet_manifests::CONFIG_SEEN_ANNOTATION;
+use nodelet_sources::{SourceEvent, UrlSource};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -214,7 +215,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
 impl Logs {
     fn install(&self) -> tracing::subscriber::DefaultGuard {
         let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("nodelet_manifests=debug")
+            .with_env_filter("nodelet_sources=debug")
             .with_writer(self.clone())
             .with_ansi(false)
             .finish();

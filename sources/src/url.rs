@@ -23,8 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::identity::{HTTP_SOURCE, Origin, keep_first_seen, load_pods_at};
-use crate::source::SourceEvent;
+use nodelet_manifests::{HTTP_SOURCE, Origin, SourceEvent, keep_first_seen, load_pods_at};
 
 /// Upstream's client timeout for the manifest URL.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

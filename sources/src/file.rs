@@ -2,7 +2,7 @@
 //! directory, or a single file, of static pod manifests, watched with inotify
 //! and fully rescanned every `--file-check-frequency` as a safety net.
 //!
-//! This is the only module of the crate that does I/O. It keeps, per file, the
+//! It keeps, per file, the
 //! pods the file last produced successfully, so a half-written or broken edit
 //! never removes running pods; a file that disappears takes its pods with it.
 //! Each change of the desired set is sent as one complete [`SourceEvent::Snapshot`].
@@ -19,25 +19,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::identity::keep_first_seen;
-use crate::static_pod::{FILE_SOURCE, load_static_pods};
+use nodelet_manifests::{FILE_SOURCE, SourceEvent, keep_first_seen, load_static_pods};
 
 /// How long a burst of file events is collected before one rescan.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Lower bound on the rescan period (a zero period would spin).
 const MIN_RESCAN: Duration = Duration::from_millis(100);
-
-/// What a pod source tells the pod config.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SourceEvent {
-    /// The complete set of pods this source wants now, replacing the previous set.
-    Snapshot {
-        /// The source's name (`"file"`).
-        source: &'static str,
-        /// The pods, in file-name order.
-        pods: Vec<Pod>,
-    },
-}
 
 /// Watches a manifest directory (or file) and sends the static pods it holds.
 #[derive(Debug, Clone)]
