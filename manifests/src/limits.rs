@@ -59,7 +59,7 @@ pub enum LimitError {
     #[error("nested deeper than {MAX_NESTING} levels, the limit for a manifest")]
     TooDeep,
     /// More tokens than [`MAX_NODES`].
-    #[error("more than {MAX_NODES} nodes, the limit for a manifest")]
+    #[error("more than {MAX_NODES} values and indicators (YAML tokens), the limit for a manifest")]
     TooManyNodes,
     /// Aliases that expand to more than [`MAX_NODES`] nodes.
     #[error("aliases expand to more than {MAX_NODES} nodes, the limit for a manifest")]
@@ -694,5 +694,165 @@ impl<'de> Visitor<'de> for Count<'_> {
         self.0.charge::<A::Error>(0)?;
         let ((), variant) = data.variant_seed(Count(&mut *self.0))?;
         variant.newtype_variant_seed(Count(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn limit(text: &str) -> Option<LimitError> {
+        prescan(text.as_bytes()).err().map(|c| c.limit)
+    }
+
+    /// Whether serde_yaml, with no pre-scan, reads the text as nested past its
+    /// recursion limit: proof that a test's nesting is structure to libyaml.
+    fn libyaml_sees_deep(text: &str) -> bool {
+        serde_yaml::Deserializer::from_str(text).any(|d| {
+            <serde_yaml::Value as serde::Deserialize>::deserialize(d)
+                .is_err_and(|e| e.to_string().contains("recursion limit exceeded"))
+        })
+    }
+
+    fn libyaml_parses(text: &str) -> bool {
+        serde_yaml::Deserializer::from_str(text)
+            .all(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).is_ok())
+    }
+
+    #[test]
+    fn size() {
+        let mut text = "#".repeat(MAX_MANIFEST_BYTES);
+        assert_eq!(limit(&text), None);
+        text.push('#');
+        assert_eq!(limit(&text), Some(LimitError::TooLarge));
+    }
+
+    #[test]
+    fn flow_nesting_is_cut_before_libyaml_reads_it() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(limit(&nested(MAX_NESTING)), None);
+        assert!(libyaml_parses(&nested(MAX_NESTING)));
+        assert_eq!(limit(&nested(MAX_NESTING + 1)), Some(LimitError::TooDeep));
+        // 100,000 deep (200 KB) costs libyaml O(depth²); the pre-scan stops at 101.
+        let crossed = prescan("[".repeat(100_000).as_bytes()).unwrap_err();
+        assert_eq!(crossed.limit, LimitError::TooDeep);
+        assert_eq!(crossed.at, Some((1, MAX_NESTING + 1)));
+        let json = format!("{}1", r#"{"a":"#.repeat(100_000));
+        assert_eq!(limit(&json), Some(LimitError::TooDeep));
+    }
+
+    #[test]
+    fn block_nesting_counts_too() {
+        let compact = format!("{}x\n", "- ".repeat(MAX_NESTING + 1));
+        assert_eq!(limit(&compact), Some(LimitError::TooDeep));
+        assert_eq!(limit(&format!("{}x\n", "- ".repeat(MAX_NESTING))), None);
+        let indented = |levels: usize| -> String {
+            (0..levels)
+                .map(|level| format!("{}k{level}:\n", " ".repeat(level)))
+                .collect()
+        };
+        assert_eq!(limit(&indented(MAX_NESTING)), None);
+        assert_eq!(limit(&indented(MAX_NESTING + 1)), Some(LimitError::TooDeep));
+        assert!(libyaml_sees_deep(&indented(200)));
+        // Mixed: 60 block levels holding 60 flow levels.
+        let mixed = format!("{}{}", "- ".repeat(60), "[".repeat(60));
+        assert_eq!(limit(&mixed), Some(LimitError::TooDeep));
+    }
+
+    #[test]
+    fn tokens_and_documents() {
+        let list = |n: usize| format!("[{}x]", "x,".repeat(n));
+        assert_eq!(limit(&list(MAX_NODES / 2 - 2)), None);
+        assert_eq!(limit(&list(MAX_NODES)), Some(LimitError::TooManyNodes));
+        let anchors: String = (0..100_000).map(|i| format!("- &a{i} x\n")).collect();
+        assert_eq!(limit(&anchors), Some(LimitError::TooManyNodes));
+
+        let docs = |n: usize| "---\n".repeat(n);
+        assert_eq!(limit(&docs(MAX_DOCUMENTS)), None);
+        let crossed = prescan(docs(10_000).as_bytes()).unwrap_err();
+        assert_eq!(crossed.limit, LimitError::TooManyDocuments);
+        assert_eq!(crossed.document, MAX_DOCUMENTS);
+        // Documents with content, and `...` ends without a following `---`.
+        let with_content = "a: 1\n...\n".repeat(MAX_DOCUMENTS + 1);
+        assert_eq!(limit(&with_content), Some(LimitError::TooManyDocuments));
+        assert_eq!(limit("%YAML 1.1\n---\na: 1\n"), None);
+    }
+
+    #[test]
+    fn text_that_is_not_structure_is_not_counted() {
+        let deep = "[".repeat(150);
+        let cases = [
+            format!("a: \"{deep}\"\n"),
+            format!("a: '{deep}'\nb: 'it''s {deep}'\n"),
+            format!("a: x{deep}\n"),
+            format!("# {deep}\na: 1 # {deep}\n"),
+            format!("a: |\n  {deep}\n  'x\n\n  \"y\nb: >-\n    {deep}\n"),
+            format!("- - |\n    {deep}\n  - x\n"),
+            format!("a: foo\n  {deep}\n  'x\nb: 1\n"),
+            format!("{{\"a\": \"{}\", \"b\": [1, \"\\\"{deep}\"]}}", "]".repeat(150)),
+        ];
+        for text in &cases {
+            assert!(libyaml_parses(text), "libyaml reads {text:?}");
+            assert_eq!(limit(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn structure_hidden_behind_look_alikes_is_counted() {
+        // Each text holds real nesting, 200 deep, right after something that could be
+        // mistaken for the start of a string, comment or block scalar.
+        let deep = "[".repeat(200);
+        let cases = [
+            // A quote inside a plain scalar continued on the next line.
+            format!("a: foo\n  \"bar\nb: {deep}\n"),
+            // A quote at the start of a block scalar's content.
+            format!("a: |\n  'x\nb: {deep}\n"),
+            // A line indented past the outer sequence but not the inner one ends the
+            // block scalar of the inner entry.
+            format!("- - |\n    text\n  - {deep}\n"),
+            // An explicit indentation indicator.
+            format!("a: |4\n      text\nb: {deep}\n"),
+            // `#` without a blank before it is not a comment.
+            format!("a: b#c\nd: {deep}\n"),
+            // A tag ends at `,` in flow context.
+            format!("[!t,{deep}"),
+            // An apostrophe inside a plain word.
+            format!("a: it's\nb: {deep}\n"),
+            // A quote in a key after an anchor.
+            format!("&x k\"ey: {deep}\n"),
+        ];
+        for text in &cases {
+            assert!(libyaml_sees_deep(text), "libyaml nests {text:?}");
+            assert_eq!(limit(text), Some(LimitError::TooDeep), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn alias_expansion_is_budgeted() {
+        let count = |text: &str| match count_expanded(text.as_bytes()) {
+            Ok(()) => Ok(()),
+            Err(Ok(crossed)) => Err(Ok(crossed.limit)),
+            Err(Err(e)) => Err(Err(e.to_string())),
+        };
+        // Ten thousand aliases of a ten-thousand-element list: 10^8 nodes from
+        // 50 KB, within serde_yaml's repetition limit.
+        let wide = format!(
+            "a: &a [{}x]\nb: [{}*a]\n",
+            "x,".repeat(10_000),
+            "*a,".repeat(10_000)
+        );
+        assert_eq!(count(&wide), Err(Ok(LimitError::AliasNodes)));
+        let long = format!("a: &a {}\nb: [{}*a]\n", "x".repeat(100_000), "*a,".repeat(100));
+        assert_eq!(count(&long), Err(Ok(LimitError::AliasText)));
+        // Billion laughs: serde_yaml's own repetition limit or ours, never the memory.
+        let mut laughs = String::from("a0: &a0 [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 9].join(",");
+            laughs.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        assert!(count(&laughs).is_err());
+        // Merge keys, the usual use of aliases, are fine.
+        assert_eq!(count("x: &c {name: app}\ny:\n  <<: *c\n"), Ok(()));
     }
 }

@@ -554,4 +554,41 @@ spec:
             "deep",
         );
     }
+
+    #[test]
+    fn limits_name_file_document_and_limit() {
+        let origin = "/etc/kubernetes/manifests/x.yaml";
+        let text = |input: &[u8]| parse_manifests(input, origin).unwrap_err().to_string();
+        assert_eq!(
+            text("---\n".repeat(10_000).as_bytes()),
+            format!("{origin}: document 1000: more than 1000 documents, the limit for a manifest (at line 1001 column 4)")
+        );
+        let json_stream = "{}\n".repeat(MAX_DOCUMENTS + 1);
+        assert_eq!(
+            text(json_stream.as_bytes()),
+            format!("{origin}: document 1000: more than 1000 documents, the limit for a manifest")
+        );
+        let deep = format!("{POD}---\n{POD}---\nx: {}", "[".repeat(200_000));
+        assert_eq!(
+            text(deep.as_bytes()),
+            format!("{origin}: document 2: nested deeper than 100 levels, the limit for a manifest (at line 23 column 103)")
+        );
+        let big = format!("{POD}# {}\n", "x".repeat(crate::MAX_MANIFEST_BYTES));
+        assert_eq!(
+            text(big.as_bytes()),
+            format!("{origin}: document 0: larger than 3145728 bytes, the limit for a manifest")
+        );
+        let bomb = format!("a: &a [{}x]\nb: [{}*a]\n", "x,".repeat(10_000), "*a,".repeat(10_000));
+        assert!(
+            text(bomb.as_bytes()).starts_with(&format!(
+                "{origin}: document 0: aliases expand to more than 200000 nodes, the limit for a manifest"
+            )),
+            "{}",
+            text(bomb.as_bytes())
+        );
+        // Within the limits, the same shapes parse: merge keys through aliases, and
+        // a thousand documents.
+        let pods = format!("{POD}---\n").repeat(MAX_DOCUMENTS);
+        assert_eq!(parse_manifests(pods.as_bytes(), origin).unwrap().len(), MAX_DOCUMENTS);
+    }
 }

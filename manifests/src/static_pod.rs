@@ -347,4 +347,24 @@ spec:
             assert_eq!(rfc3339_nanos(time), text);
         }
     }
+
+    #[test]
+    fn a_ten_megabyte_annotation_is_refused_like_the_apiserver_does() {
+        let huge = "x".repeat(10 << 20);
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  annotations:\n    big: {huge}\nspec:\n  containers:\n  - name: app\n    image: busybox\n"
+        );
+        // Too large for a manifest before it is even parsed ...
+        let loaded = load(&manifest);
+        assert!(loaded.pods.is_empty());
+        assert!(loaded.errors[0].to_string().contains("larger than 3145728 bytes"));
+        // ... and 300 KiB, within the manifest limit, is over the annotation limit.
+        let manifest = manifest.replace(&huge, &"x".repeat(300 << 10));
+        let loaded = load(&manifest);
+        assert!(loaded.pods.is_empty());
+        assert_eq!(
+            loaded.errors[0].to_string(),
+            "/etc/manifests/web.yaml: document 0: invalid pod \"web-node-1\": metadata.annotations: Too long: must have at most 262144 bytes"
+        );
+    }
 }
