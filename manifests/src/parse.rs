@@ -588,7 +588,7 @@ spec:
         );
         // Within the limits, the same shapes parse: merge keys through aliases, and
         // a thousand documents.
-        let pods = format!("{POD}---\n").repeat(MAX_DOCUMENTS);
+        let pods = vec![POD; MAX_DOCUMENTS].join("---\n");
         assert_eq!(parse_manifests(pods.as_bytes(), origin).unwrap().len(), MAX_DOCUMENTS);
     }
 }
