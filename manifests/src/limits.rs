@@ -790,7 +790,10 @@ mod tests {
             format!("a: |\n  {deep}\n  'x\n\n  \"y\nb: >-\n    {deep}\n"),
             format!("- - |\n    {deep}\n  - x\n"),
             format!("a: foo\n  {deep}\n  'x\nb: 1\n"),
-            format!("{{\"a\": \"{}\", \"b\": [1, \"\\\"{deep}\"]}}", "]".repeat(150)),
+            format!(
+                "{{\"a\": \"{}\", \"b\": [1, \"\\\"{deep}\"]}}",
+                "]".repeat(150)
+            ),
         ];
         for text in &cases {
             assert!(libyaml_parses(text), "libyaml reads {text:?}");
@@ -843,7 +846,11 @@ mod tests {
             "*a,".repeat(10_000)
         );
         assert_eq!(count(&wide), Err(Ok(LimitError::AliasNodes)));
-        let long = format!("a: &a {}\nb: [{}*a]\n", "x".repeat(100_000), "*a,".repeat(100));
+        let long = format!(
+            "a: &a {}\nb: [{}*a]\n",
+            "x".repeat(100_000),
+            "*a,".repeat(100)
+        );
         assert_eq!(count(&long), Err(Ok(LimitError::AliasText)));
         // Billion laughs: serde_yaml's own repetition limit or ours, never the memory.
         let mut laughs = String::from("a0: &a0 [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n");

@@ -561,7 +561,9 @@ spec:
         let text = |input: &[u8]| parse_manifests(input, origin).unwrap_err().to_string();
         assert_eq!(
             text("---\n".repeat(10_000).as_bytes()),
-            format!("{origin}: document 1000: more than 1000 documents, the limit for a manifest (at line 1001 column 4)")
+            format!(
+                "{origin}: document 1000: more than 1000 documents, the limit for a manifest (at line 1001 column 4)"
+            )
         );
         let json_stream = "{}\n".repeat(MAX_DOCUMENTS + 1);
         assert_eq!(
@@ -571,14 +573,20 @@ spec:
         let deep = format!("{POD}---\n{POD}---\nx: {}", "[".repeat(200_000));
         assert_eq!(
             text(deep.as_bytes()),
-            format!("{origin}: document 2: nested deeper than 100 levels, the limit for a manifest (at line 23 column 103)")
+            format!(
+                "{origin}: document 2: nested deeper than 100 levels, the limit for a manifest (at line 23 column 103)"
+            )
         );
         let big = format!("{POD}# {}\n", "x".repeat(crate::MAX_MANIFEST_BYTES));
         assert_eq!(
             text(big.as_bytes()),
             format!("{origin}: document 0: larger than 3145728 bytes, the limit for a manifest")
         );
-        let bomb = format!("a: &a [{}x]\nb: [{}*a]\n", "x,".repeat(10_000), "*a,".repeat(10_000));
+        let bomb = format!(
+            "a: &a [{}x]\nb: [{}*a]\n",
+            "x,".repeat(10_000),
+            "*a,".repeat(10_000)
+        );
         assert!(
             text(bomb.as_bytes()).starts_with(&format!(
                 "{origin}: document 0: aliases expand to more than 200000 nodes, the limit for a manifest"
@@ -589,6 +597,9 @@ spec:
         // Within the limits, the same shapes parse: merge keys through aliases, and
         // a thousand documents.
         let pods = vec![POD; MAX_DOCUMENTS].join("---\n");
-        assert_eq!(parse_manifests(pods.as_bytes(), origin).unwrap().len(), MAX_DOCUMENTS);
+        assert_eq!(
+            parse_manifests(pods.as_bytes(), origin).unwrap().len(),
+            MAX_DOCUMENTS
+        );
     }
 }

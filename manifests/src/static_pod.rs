@@ -357,7 +357,11 @@ spec:
         // Too large for a manifest before it is even parsed ...
         let loaded = load(&manifest);
         assert!(loaded.pods.is_empty());
-        assert!(loaded.errors[0].to_string().contains("larger than 3145728 bytes"));
+        assert!(
+            loaded.errors[0]
+                .to_string()
+                .contains("larger than 3145728 bytes")
+        );
         // ... and 300 KiB, within the manifest limit, is over the annotation limit.
         let manifest = manifest.replace(&huge, &"x".repeat(300 << 10));
         let loaded = load(&manifest);

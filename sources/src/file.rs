@@ -19,7 +19,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use nodelet_manifests::{FILE_SOURCE, SourceEvent, keep_first_seen, load_static_pods};
+use nodelet_manifests::{
+    FILE_SOURCE, MAX_MANIFEST_BYTES, SourceEvent, keep_first_seen, load_static_pods,
+};
 
 /// How long a burst of file events is collected before one rescan.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -209,6 +211,24 @@ fn is_dotfile(path: &Path) -> bool {
         .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."))
 }
 
+/// Reads at most one byte more than [`MAX_MANIFEST_BYTES`]: enough for the parser
+/// to refuse a larger file without the agent ever holding all of it.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let limit = u64::try_from(MAX_MANIFEST_BYTES)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// How many skipped documents of one file are logged one by one; the rest are
+/// counted in one more line, so a file of many documents costs a few lines.
+const SKIPPED_LOGGED: usize = 5;
+
 /// What one manifest file last gave us.
 struct FileState {
     /// Digest of the bytes last read, to skip re-parsing unchanged files.
@@ -228,6 +248,9 @@ struct Scanner {
     noted: HashSet<String>,
     /// Name conflicts already logged, keyed by the losing file and pod.
     conflicts: HashSet<String>,
+    /// The file each pod name (namespace, name) belongs to: the first file seen
+    /// declaring it, for as long as that file still declares it.
+    owners: HashMap<(String, String), PathBuf>,
 }
 
 impl Scanner {
@@ -238,6 +261,7 @@ impl Scanner {
             files: BTreeMap::new(),
             noted: HashSet::new(),
             conflicts: HashSet::new(),
+            owners: HashMap::new(),
         }
     }
 
@@ -321,7 +345,7 @@ impl Scanner {
     }
 
     fn scan_file(&mut self, file: PathBuf) {
-        let bytes = match std::fs::read(&file) {
+        let bytes = match read_bounded(&file) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.files.remove(&file);
@@ -349,6 +373,7 @@ impl Scanner {
         };
         let mut reported: Vec<String> = load.errors.iter().map(ToString::to_string).collect();
         let fatal = load.has_fatal_errors();
+        let mut skipped = 0usize;
         for (error, text) in load.errors.iter().zip(&reported) {
             if already.contains(text) {
                 continue; // Logged when this version of the problem first appeared.
@@ -356,8 +381,14 @@ impl Scanner {
             if error.is_fatal() {
                 warn!(file = %file.display(), reason = %text, "manifest rejected; keeping the pods it last produced, if any");
             } else {
-                info!(file = %file.display(), reason = %text, "manifest document skipped");
+                skipped += 1;
+                if skipped <= SKIPPED_LOGGED {
+                    info!(file = %file.display(), reason = %text, "manifest document skipped");
+                }
             }
+        }
+        if skipped > SKIPPED_LOGGED {
+            info!(file = %file.display(), more = skipped - SKIPPED_LOGGED, "more manifest documents skipped");
         }
         // A file truncated to nothing is most likely being rewritten (open
         // with O_TRUNC, then write): keep its pods. Deleting the file is how
@@ -387,34 +418,57 @@ impl Scanner {
         );
     }
 
-    /// The desired pods: every file's pods in file-name order, the first pod
-    /// of each namespace/name winning.
+    /// The desired pods: every file's pods in file-name order, except those whose
+    /// namespace/name another file already holds. The file seen first with a name
+    /// keeps it across rescans (so a new file can never replace a running pod),
+    /// until it stops declaring it; among files seen in the same scan, the first
+    /// in name order wins, and within a file the first document.
     fn pods(&mut self) -> Vec<Pod> {
-        let mut taken: HashMap<(String, String), &Path> = HashMap::new();
+        let key_of = |pod: &Pod| {
+            (
+                pod.metadata.namespace.clone().unwrap_or_default(),
+                pod.metadata.name.clone().unwrap_or_default(),
+            )
+        };
+        let files = &self.files;
+        self.owners.retain(|key, owner| {
+            files
+                .get(owner)
+                .is_some_and(|state| state.pods.iter().any(|pod| key_of(pod) == *key))
+        });
+        for (file, state) in files {
+            for pod in &state.pods {
+                self.owners
+                    .entry(key_of(pod))
+                    .or_insert_with(|| file.clone());
+            }
+        }
+        let mut taken: HashSet<(String, String)> = HashSet::new();
         let mut pods = Vec::new();
         let mut conflicts = HashSet::new();
-        for (file, state) in &self.files {
+        for (file, state) in files {
             for pod in &state.pods {
-                let key = (
-                    pod.metadata.namespace.clone().unwrap_or_default(),
-                    pod.metadata.name.clone().unwrap_or_default(),
-                );
-                if let Some(winner) = taken.get(&key) {
-                    let message = format!(
-                        "pod {}/{} from {} conflicts with the one from {}; ignoring it",
-                        key.0,
-                        key.1,
-                        file.display(),
-                        winner.display()
-                    );
-                    if !self.conflicts.contains(&message) {
-                        warn!(file = %file.display(), namespace = %key.0, pod = %key.1, "{message}");
-                    }
-                    conflicts.insert(message);
+                let key = key_of(pod);
+                let owner = self
+                    .owners
+                    .get(&key)
+                    .map_or(file.as_path(), PathBuf::as_path);
+                if owner == file.as_path() && taken.insert(key.clone()) {
+                    pods.push(pod.clone());
                     continue;
                 }
-                taken.insert(key, file);
-                pods.push(pod.clone());
+                let message = format!(
+                    "pod {}/{} from {} duplicates the one from {}, which keeps it; ignoring the one from {}",
+                    key.0,
+                    key.1,
+                    file.display(),
+                    owner.display(),
+                    file.display(),
+                );
+                if !self.conflicts.contains(&message) {
+                    warn!(file = %file.display(), kept_from = %owner.display(), namespace = %key.0, pod = %key.1, "{message}");
+                }
+                conflicts.insert(message);
             }
         }
         // Forget resolved conflicts so they are logged again if they return.
@@ -543,6 +597,64 @@ mod tests {
         assert_eq!(pods.len(), 1);
         let image = pods[0].spec.as_ref().unwrap().containers[0].image.clone();
         assert_eq!(image.as_deref(), Some("from-a:1"));
+    }
+
+    #[test]
+    fn a_new_file_never_takes_a_running_pods_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = |pods: &[Pod]| pods[0].spec.as_ref().unwrap().containers[0].image.clone();
+        fs::write(dir.path().join("web.yaml"), manifest("web", "running:1")).unwrap();
+        let mut s = scanner(dir.path());
+        let first = scan(&mut s);
+        assert_eq!(image(&first).as_deref(), Some("running:1"));
+
+        // A later file sorting first declares the same name: the running pod stays,
+        // unchanged, and the duplicate is reported naming both files.
+        fs::write(dir.path().join("aaa.yaml"), manifest("web", "newcomer:1")).unwrap();
+        for _ in 0..2 {
+            assert_eq!(scan(&mut s), first, "rescans keep the first seen");
+        }
+        let aaa = dir.path().join("aaa.yaml");
+        let web = dir.path().join("web.yaml");
+        assert_eq!(
+            s.conflicts.iter().cloned().collect::<Vec<_>>(),
+            [format!(
+                "pod default/web-node1 from {} duplicates the one from {}, which keeps it; ignoring the one from {}",
+                aaa.display(),
+                web.display(),
+                aaa.display()
+            )]
+        );
+        // An edit of the owner keeps its claim.
+        fs::write(&web, manifest("web", "running:2")).unwrap();
+        assert_eq!(image(&scan(&mut s)).as_deref(), Some("running:2"));
+
+        // Once the owner goes, the other file's pod takes the name, and keeps it
+        // when the first file comes back.
+        fs::remove_file(&web).unwrap();
+        assert_eq!(image(&scan(&mut s)).as_deref(), Some("newcomer:1"));
+        fs::write(&web, manifest("web", "running:1")).unwrap();
+        assert_eq!(image(&scan(&mut s)).as_deref(), Some("newcomer:1"));
+        assert_eq!(s.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn files_past_the_size_limit_are_read_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.yaml");
+        let mut text = manifest("big", "x:1");
+        text.push_str(&format!("# {}\n", "x".repeat(10 << 20)));
+        fs::write(&big, &text).unwrap();
+        assert_eq!(read_bounded(&big).unwrap().len(), MAX_MANIFEST_BYTES + 1);
+        fs::write(dir.path().join("ok.yaml"), manifest("ok", "x:1")).unwrap();
+        let mut s = scanner(dir.path());
+        assert_eq!(names(&scan(&mut s)), ["ok-node1"]);
+        let reported = &s.files[&big].reported;
+        assert!(
+            reported[0]
+                .ends_with("document 0: larger than 3145728 bytes, the limit for a manifest"),
+            "{reported:?}"
+        );
     }
 
     #[test]
