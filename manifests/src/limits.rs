@@ -409,7 +409,7 @@ impl<'a> Scanner<'a> {
                 // A tag ends at a blank, or at `,` in flow context; any other
                 // character libyaml does not take into a tag is its error.
                 self.skip();
-                while !self.is_blankz(0) && !(self.flow > 0 && self.is(0, b',')) {
+                while !(self.is_blankz(0) || (self.flow > 0 && self.is(0, b','))) {
                     self.skip();
                 }
             }
