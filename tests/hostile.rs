@@ -43,7 +43,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
     }
     for i in 0..20 {
         // Billion laughs, 9 levels of 9.
-        let mut text = format!("l0: &l0 [{}]\n", vec!["lol"; 9].join(","));
+        let mut text = format!("l0: &l0 [{}]\n", ["lol"; 9].join(","));
         for level in 1..=9 + i % 3 {
             let refs = vec![format!("*l{}", level - 1); 9].join(",");
             text.push_str(&format!("l{level}: &l{level} [{refs}]\n"));
