@@ -121,7 +121,9 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
             .collect();
         add(
             format!("thousand-{i}.yaml"),
-            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: thousand-{i}}}\nspec:\n  containers:\n{containers}"),
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: thousand-{i}}}\nspec:\n  containers:\n{containers}"
+            ),
         );
     }
     files
@@ -163,7 +165,11 @@ async fn a_hostile_manifest_directory_costs_bounded_memory() {
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .collect();
-    assert_eq!(names, [format!("good-{}", w.node)], "only the good pod runs");
+    assert_eq!(
+        names,
+        [format!("good-{}", w.node)],
+        "only the good pod runs"
+    );
 
     let log = std::fs::read_to_string(w.agent_log()).unwrap_or_default();
     let manifests = w.manifests.display().to_string();
@@ -228,7 +234,10 @@ async fn a_duplicate_name_keeps_the_running_pod() {
         .filter(|p| p.metadata.name.as_deref() == Some(&format!("web-{}", w.node)))
         .collect();
     assert_eq!(pods.len(), 1, "one pod named web");
-    assert_eq!(pods[0].metadata.uid, first.metadata.uid, "the running pod kept");
+    assert_eq!(
+        pods[0].metadata.uid, first.metadata.uid,
+        "the running pod kept"
+    );
     assert!(pods[0].metadata.deletion_timestamp.is_none());
     assert!(running(&pods[0]));
     w.stop_agent();

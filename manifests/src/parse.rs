@@ -40,7 +40,9 @@ pub struct Location {
 pub struct ParseError {
     /// Where the bytes came from (the file path).
     pub origin: String,
-    /// The index the failing document would have had (see [`Document::index`]).
+    /// The index the failing document would have had (see [`Document::index`]);
+    /// for a limit crossed ([`ParseErrorReason::Limit`]), the document's position in
+    /// the stream, empty documents counted.
     pub index: usize,
     /// Where in the file, when the parser knows.
     pub location: Option<Location>,

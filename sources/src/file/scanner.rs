@@ -1,215 +1,16 @@
-//! The manifest file source (`--pod-manifest-path` / `staticPodPath`): a
-//! directory, or a single file, of static pod manifests, watched with inotify
-//! and fully rescanned every `--file-check-frequency` as a safety net.
-//!
-//! It keeps, per file, the
-//! pods the file last produced successfully, so a half-written or broken edit
-//! never removes running pods; a file that disappears takes its pods with it.
-//! Each change of the desired set is sent as one complete [`SourceEvent::Snapshot`].
+//! The synchronous half of the file source: lists the manifest path, reads each
+//! file (to at most one byte past the manifest size limit), keeps per file the pods
+//! of its last good version, and decides which file holds each pod name.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use nodelet_manifests::{MAX_MANIFEST_BYTES, keep_first_seen, load_static_pods};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use nodelet_manifests::{
-    FILE_SOURCE, MAX_MANIFEST_BYTES, SourceEvent, keep_first_seen, load_static_pods,
-};
-
-/// How long a burst of file events is collected before one rescan.
-const DEBOUNCE: Duration = Duration::from_millis(100);
-/// Lower bound on the rescan period (a zero period would spin).
-const MIN_RESCAN: Duration = Duration::from_millis(100);
-
-/// Watches a manifest directory (or file) and sends the static pods it holds.
-#[derive(Debug, Clone)]
-pub struct FileSource {
-    path: PathBuf,
-    node_name: String,
-    rescan: Duration,
-}
-
-impl FileSource {
-    /// A source for `path` (directory or file) on node `node_name`, rescanned
-    /// fully every `rescan` (upstream's `--file-check-frequency`, 20 s).
-    pub fn new(path: impl Into<PathBuf>, node_name: impl Into<String>, rescan: Duration) -> Self {
-        Self {
-            path: path.into(),
-            node_name: node_name.into(),
-            rescan,
-        }
-    }
-
-    /// Runs until `cancel` fires or the receiver of `tx` goes away. Sends one
-    /// snapshot after the first scan (even if empty, so the consumer knows
-    /// the source has been read), then one whenever the set of pods changes.
-    pub async fn run(self, tx: mpsc::Sender<SourceEvent>, cancel: CancellationToken) {
-        info!(path = %self.path.display(), "watching manifest path");
-        // Capacity one: a pending wake-up already means "rescan soon", so
-        // further events while it is queued are redundant.
-        let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
-        let mut watch = Watch::new(wake_tx);
-        let mut scanner = Some(Scanner::new(self.path.clone(), self.node_name));
-        let mut sent: Option<Vec<Pod>> = None;
-        let mut ticker = tokio::time::interval(self.rescan.max(MIN_RESCAN));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await; // The first tick is immediate; the first scan is below.
-
-        loop {
-            let Some(mut current) = scanner.take() else {
-                return;
-            };
-            // File reads block; keep them off the async workers.
-            let scanned = tokio::task::spawn_blocking(move || {
-                current.scan();
-                current
-            })
-            .await;
-            let mut current = match scanned {
-                Ok(current) => current,
-                Err(e) => {
-                    warn!(path = %self.path.display(), error = %e, "manifest scan failed; file source stops");
-                    return;
-                }
-            };
-            let newly_watched = watch.follow(&self.path);
-            let pods = current.pods();
-            scanner = Some(current);
-            if sent.as_ref() != Some(&pods) {
-                debug!(path = %self.path.display(), pods = pods.len(), "static pods changed");
-                sent = Some(pods.clone());
-                let event = SourceEvent::Snapshot {
-                    source: FILE_SOURCE,
-                    pods,
-                };
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    result = tx.send(event) => if result.is_err() { return },
-                }
-            }
-            if newly_watched {
-                continue;
-            }
-
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                _ = ticker.tick() => {}
-                Some(()) = wake_rx.recv() => {
-                    // Let a burst of writes settle so it costs one rescan.
-                    tokio::select! {
-                        () = cancel.cancelled() => return,
-                        () = tokio::time::sleep(DEBOUNCE) => {}
-                    }
-                    while wake_rx.try_recv().is_ok() {}
-                }
-            }
-        }
-    }
-}
-
-/// The inotify watch. It follows the manifest directory itself, or the
-/// parent directory when the path is a file (editors replace files by
-/// renaming) or does not exist yet (so its creation is noticed).
-struct Watch {
-    wake: mpsc::Sender<()>,
-    watcher: Option<RecommendedWatcher>,
-    /// The watched directory and its inode, to notice it being replaced.
-    target: Option<(PathBuf, u64, u64)>,
-    last_error: Option<String>,
-}
-
-impl Watch {
-    fn new(wake: mpsc::Sender<()>) -> Self {
-        Self {
-            wake,
-            watcher: None,
-            target: None,
-            last_error: None,
-        }
-    }
-
-    /// Points the watch at the right directory; returns true when a new
-    /// watch was just established, since changes made before that moment
-    /// were not seen and call for another scan.
-    fn follow(&mut self, path: &Path) -> bool {
-        use std::os::unix::fs::MetadataExt as _;
-
-        let dir = if path.is_dir() {
-            path.to_path_buf()
-        } else {
-            match path.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-                _ => PathBuf::from("."),
-            }
-        };
-        let Ok(meta) = std::fs::metadata(&dir) else {
-            // Nothing to watch yet; the periodic rescan covers it.
-            self.watcher = None;
-            self.target = None;
-            return false;
-        };
-        let target = (dir.clone(), meta.dev(), meta.ino());
-        if self.target.as_ref() == Some(&target) {
-            return false;
-        }
-        self.watcher = None;
-        self.target = None;
-        let wake = self.wake.clone();
-        let watched = dir.clone();
-        let handler = move |event: notify::Result<notify::Event>| {
-            if is_relevant(&event, &watched) {
-                // Full means a rescan is already pending; closed means we are stopping.
-                let _ = wake.try_send(());
-            }
-        };
-        let result = notify::recommended_watcher(handler).and_then(|mut watcher| {
-            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-            Ok(watcher)
-        });
-        match result {
-            Ok(watcher) => {
-                debug!(dir = %dir.display(), "watching for manifest changes");
-                self.watcher = Some(watcher);
-                self.target = Some(target);
-                self.last_error = None;
-                true
-            }
-            Err(e) => {
-                let text = e.to_string();
-                if self.last_error.as_ref() != Some(&text) {
-                    warn!(dir = %dir.display(), error = %text, "cannot watch manifest directory; relying on periodic rescans");
-                    self.last_error = Some(text);
-                }
-                false
-            }
-        }
-    }
-}
-
-/// Whether an inotify event may change what the scan finds. Our own reads
-/// produce open/close events, which must not trigger rescans (or we would
-/// rescan forever), and dotfiles are never read.
-fn is_relevant(event: &notify::Result<notify::Event>, watched: &Path) -> bool {
-    let Ok(event) = event else {
-        return true; // e.g. a queue overflow: rescan to be safe.
-    };
-    if let EventKind::Access(access) = event.kind {
-        return matches!(access, AccessKind::Close(AccessMode::Write));
-    }
-    event.paths.is_empty() || event.paths.iter().any(|p| p == watched || !is_dotfile(p))
-}
-
-fn is_dotfile(path: &Path) -> bool {
-    path.file_name()
-        .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."))
-}
+use super::is_dotfile;
 
 /// Reads at most one byte more than [`MAX_MANIFEST_BYTES`]: enough for the parser
 /// to refuse a larger file without the agent ever holding all of it.
@@ -240,7 +41,7 @@ struct FileState {
 }
 
 /// The synchronous part of the source: reads the path and keeps per-file state.
-struct Scanner {
+pub(super) struct Scanner {
     path: PathBuf,
     node_name: String,
     files: BTreeMap<PathBuf, FileState>,
@@ -254,7 +55,7 @@ struct Scanner {
 }
 
 impl Scanner {
-    fn new(path: PathBuf, node_name: String) -> Self {
+    pub(super) fn new(path: PathBuf, node_name: String) -> Self {
         Self {
             path,
             node_name,
@@ -327,7 +128,7 @@ impl Scanner {
         Some(files)
     }
 
-    fn scan(&mut self) {
+    pub(super) fn scan(&mut self) {
         let Some(files) = self.list() else {
             return;
         };
@@ -423,7 +224,7 @@ impl Scanner {
     /// keeps it across rescans (so a new file can never replace a running pod),
     /// until it stops declaring it; among files seen in the same scan, the first
     /// in name order wins, and within a file the first document.
-    fn pods(&mut self) -> Vec<Pod> {
+    pub(super) fn pods(&mut self) -> Vec<Pod> {
         let key_of = |pod: &Pod| {
             (
                 pod.metadata.namespace.clone().unwrap_or_default(),
@@ -482,7 +283,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::fs;
-    use std::time::Instant;
 
     fn manifest(name: &str, image: &str) -> String {
         format!(
@@ -669,160 +469,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(names(&scan(&mut s)), ["j-node1"]);
-    }
-
-    // --- the watching task ---
-
-    struct Running {
-        rx: mpsc::Receiver<SourceEvent>,
-        cancel: CancellationToken,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Running {
-        /// Starts a source whose periodic rescan is far away, so anything seen
-        /// within the test's timeouts came through inotify.
-        fn start(path: &Path) -> Self {
-            let (tx, rx) = mpsc::channel(16);
-            let cancel = CancellationToken::new();
-            let source = FileSource::new(path, "node1", Duration::from_secs(3600));
-            let task = tokio::spawn(source.run(tx, cancel.clone()));
-            Self { rx, cancel, task }
-        }
-
-        /// Waits for a snapshot satisfying `done`, failing after one second.
-        async fn until(&mut self, what: &str, done: impl Fn(&[Pod]) -> bool) -> Vec<Pod> {
-            let deadline = Instant::now() + Duration::from_secs(1);
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, self.rx.recv()).await {
-                    Ok(Some(SourceEvent::Snapshot { source, pods })) => {
-                        assert_eq!(source, "file");
-                        if done(&pods) {
-                            return pods;
-                        }
-                    }
-                    Ok(None) => panic!("source stopped while waiting for {what}"),
-                    Err(_) => panic!("no snapshot with {what} within a second"),
-                }
-            }
-        }
-
-        async fn stop(self) {
-            self.cancel.cancel();
-            tokio::time::timeout(Duration::from_secs(5), self.task)
-                .await
-                .expect("source stops on cancel")
-                .expect("source task does not panic");
-        }
-    }
-
-    #[tokio::test]
-    async fn watches_a_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut source = Running::start(dir.path());
-        source
-            .until("the initial empty snapshot", <[Pod]>::is_empty)
-            .await;
-
-        let a = dir.path().join("a.yaml");
-        fs::write(&a, manifest("web", "x:1")).unwrap();
-        let added = source
-            .until("web added", |p| names(p) == ["web-node1"])
-            .await;
-        let first_uid = uid(&added, "web-node1");
-
-        fs::write(&a, manifest("web", "x:2")).unwrap();
-        let edited = source
-            .until("web edited", |p| {
-                p.len() == 1 && uid(p, "web-node1") != first_uid
-            })
-            .await;
-        let edited_uid = uid(&edited, "web-node1");
-
-        // A broken edit and a dotfile change nothing; the next real change
-        // shows web still there with the same UID.
-        fs::write(&a, "kind: Pod\napiVersion: v1\nspec: {containers: [").unwrap();
-        fs::write(dir.path().join(".b.yaml"), manifest("hidden", "x:1")).unwrap();
-        fs::write(dir.path().join("c.yaml"), manifest("other", "x:1")).unwrap();
-        let after = source.until("other added", |p| p.len() == 2).await;
-        assert_eq!(names(&after), ["web-node1", "other-node1"]);
-        assert_eq!(uid(&after, "web-node1"), edited_uid);
-
-        // Renaming moves the pod to a new identity (the path is part of it).
-        fs::write(&a, manifest("web", "x:2")).unwrap();
-        fs::rename(&a, dir.path().join("d.yaml")).unwrap();
-        let renamed = source
-            .until("web renamed", |p| {
-                p.len() == 2 && uid(p, "web-node1") != edited_uid
-            })
-            .await;
-        assert_eq!(names(&renamed), ["other-node1", "web-node1"]);
-
-        fs::remove_file(dir.path().join("d.yaml")).unwrap();
-        source
-            .until("web removed", |p| names(p) == ["other-node1"])
-            .await;
-        source.stop().await;
-    }
-
-    #[tokio::test]
-    async fn a_directory_created_later_is_picked_up() {
-        let parent = tempfile::tempdir().unwrap();
-        let dir = parent.path().join("manifests");
-        let mut source = Running::start(&dir);
-        source
-            .until("the initial empty snapshot", <[Pod]>::is_empty)
-            .await;
-        fs::create_dir(&dir).unwrap();
-        fs::write(dir.join("a.yaml"), manifest("late", "x:1")).unwrap();
-        source
-            .until("late added", |p| names(p) == ["late-node1"])
-            .await;
-        source.stop().await;
-    }
-
-    #[tokio::test]
-    async fn periodic_rescan_catches_what_events_miss() {
-        let dir = tempfile::tempdir().unwrap();
-        let (tx, mut rx) = mpsc::channel(4);
-        let cancel = CancellationToken::new();
-        // Watching a path inside a missing parent: no inotify watch is possible.
-        let path = dir.path().join("missing/deeper");
-        let task =
-            tokio::spawn(FileSource::new(&path, "node1", MIN_RESCAN).run(tx, cancel.clone()));
-        let first = rx.recv().await.unwrap();
-        assert_eq!(
-            first,
-            SourceEvent::Snapshot {
-                source: "file",
-                pods: vec![]
-            }
-        );
-        fs::create_dir_all(&path).unwrap();
-        fs::write(path.join("a.yaml"), manifest("web", "x:1")).unwrap();
-        let next = tokio::time::timeout(Duration::from_secs(2), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let SourceEvent::Snapshot { pods, .. } = next;
-        assert_eq!(names(&pods), ["web-node1"]);
-        cancel.cancel();
-        task.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn stops_when_the_receiver_goes_away() {
-        let dir = tempfile::tempdir().unwrap();
-        let (tx, rx) = mpsc::channel(1);
-        drop(rx);
-        let task = tokio::spawn(
-            FileSource::new(dir.path(), "n", Duration::from_secs(60))
-                .run(tx, CancellationToken::new()),
-        );
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
     }
 }
