@@ -180,7 +180,7 @@ async fn a_hostile_manifest_directory_costs_bounded_memory() {
         format!("{manifests}/big-0.yaml: document 0: larger than 3145728 bytes"),
         format!("{manifests}/empty-0.yaml: document 1000: more than 1000 documents"),
         format!("{manifests}/anchors-0.yaml: document 0: more than 200000 values and indicators"),
-        "metadata.annotations: Too long: must have at most 262144 bytes".to_owned(),
+        "metadata.annotations: Too long: may not be more than 262144 bytes".to_owned(),
     ] {
         assert!(log.contains(&needle), "the agent log names {needle:?}");
     }

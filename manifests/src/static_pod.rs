@@ -368,7 +368,7 @@ spec:
         assert!(loaded.pods.is_empty());
         assert_eq!(
             loaded.errors[0].to_string(),
-            "/etc/manifests/web.yaml: document 0: invalid pod \"web-node-1\": metadata.annotations: Too long: must have at most 262144 bytes"
+            "/etc/manifests/web.yaml: document 0: invalid pod \"web-node-1\": metadata.annotations: Too long: may not be more than 262144 bytes"
         );
     }
 }

@@ -723,7 +723,7 @@ mod tests {
         assert_eq!(err.code(), 422);
         assert_eq!(
             err.to_string(),
-            "Pod \"web-node1\" is invalid: metadata.annotations: Too long: must have at most 262144 bytes"
+            "Pod \"web-node1\" is invalid: metadata.annotations: Too long: may not be more than 262144 bytes"
         );
         assert!(s.pods().is_empty());
     }
