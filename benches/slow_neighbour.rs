@@ -64,7 +64,10 @@ async fn main() {
         }
     })
     .await;
-    println!("{n} containers running after {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "{n} containers running after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     std::fs::remove_file(w.manifests.join("big.yaml")).expect("remove big manifest");
     w.write_manifest("small.yaml", &small_pod());
@@ -74,9 +77,12 @@ async fn main() {
         && t0.elapsed() < Duration::from_secs(600)
     {
         let pods = w.pods().await;
-        let small = pods
-            .iter()
-            .find(|p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with("small")));
+        let small = pods.iter().find(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("small"))
+        });
         if listed.is_none() && small.is_some() {
             listed = Some(t0.elapsed());
         }
@@ -84,15 +90,19 @@ async fn main() {
             running = Some(t0.elapsed());
         }
         if gone.is_none()
-            && !pods
-                .iter()
-                .any(|p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with("big")))
+            && !pods.iter().any(|p| {
+                p.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("big"))
+            })
         {
             gone = Some(t0.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let s = |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
+    let s =
+        |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
     println!(
         "while a {n}-container pod is deleted: new pod listed after {}, running after {}; big pod gone after {}",
         s(listed),

@@ -259,10 +259,32 @@ pub struct AgentArgs {
     /// Log level filter (tracing's EnvFilter syntax; `RUST_LOG` overrides).
     #[arg(long, default_value = "info")]
     pub v: String,
-    /// kubeconfig of an apiserver. Joining a cluster is not built yet: the agent
-    /// refuses to start with it rather than silently run standalone.
+    /// kubeconfig of the apiserver to join (client certificates, tokens and exec
+    /// plugins as kube-rs supports them); absent: standalone.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Register the node with the apiserver (with `--kubeconfig`); `false` only
+    /// updates the status of a Node someone else made.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub register_node: bool,
+    /// Labels to add when registering the node, `key=value` (comma separated or
+    /// repeated). Labels in the `kubernetes.io`/`k8s.io` namespaces must be in
+    /// upstream's allowed set or under `kubelet.kubernetes.io`/`node.kubernetes.io`.
+    #[arg(long, value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// Taints to register the node with, `key=value:Effect` or `key:Effect` (comma
+    /// separated or repeated); applied only when the Node is created, as upstream.
+    #[arg(long, value_delimiter = ',')]
+    pub register_with_taints: Vec<String>,
+    /// Requests per second to the apiserver (upstream's `kubeAPIQPS`; 0 means
+    /// client-go's default of 5).
+    #[arg(long, default_value_t = 50.0, allow_negative_numbers = true)]
+    pub kube_api_qps: f32,
+    /// Burst of requests to the apiserver (upstream's `kubeAPIBurst`; 0 means
+    /// client-go's default of 10).
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    pub kube_api_burst: i32,
 }
 
 /// Parses `10s`, `1m30s`, `500ms`, `2h` (Go's `time.ParseDuration` subset kubelet flags use).

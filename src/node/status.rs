@@ -21,11 +21,17 @@ pub const MAX_IMAGES: usize = 50;
 /// Upstream's `MaxNamesPerImageInNodeStatus`.
 pub const MAX_NAMES_PER_IMAGE: usize = 5;
 
-/// The Kubernetes version whose API and behaviour nodelet follows, reported as the
-/// node's `kubeletVersion` with nodelet's own version as build metadata (a valid
-/// semantic version, so version-skew checks parse it).
+/// The Kubernetes version whose API and behaviour nodelet follows: the API it is
+/// built against (k8s-openapi's `v1_34`). Upstream's skew policy lets a kubelet be up
+/// to three minor versions older than the apiserver and never newer, so claiming the
+/// API version we compile against (not the newest apiserver we test with, v1.37)
+/// keeps every control plane from 1.34 on accepting the node.
+pub const KUBELET_VERSION: &str = "v1.34.0";
+
+/// The node's `kubeletVersion`: [`KUBELET_VERSION`] with nodelet's own version as
+/// build metadata (a valid semantic version, so version-skew checks parse it).
 pub fn kubelet_version() -> String {
-    format!("v1.34.0+nodelet-{}", env!("CARGO_PKG_VERSION"))
+    format!("{KUBELET_VERSION}+nodelet-{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Everything the Node object is built from.
