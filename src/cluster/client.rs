@@ -53,6 +53,7 @@ pub fn quota(qps: f32, burst: i32) -> Result<Quota, ClusterError> {
 /// # Errors
 /// An unreadable or invalid kubeconfig, or a TLS setup kube-rs refuses.
 pub async fn build(kubeconfig: &Path, quota: Quota) -> Result<kube::Client, ClusterError> {
+    install_crypto_provider();
     let file = Kubeconfig::read_from(kubeconfig).map_err(|source| ClusterError::Kubeconfig {
         path: kubeconfig.to_owned(),
         source,
@@ -69,6 +70,13 @@ pub async fn build(kubeconfig: &Path, quota: Quota) -> Result<kube::Client, Clus
         source,
     })?;
     Ok(builder.with_layer(&RateLimitLayer::new(quota)).build())
+}
+
+/// Makes aws-lc-rs the process's rustls provider (kube-rs builds its TLS config
+/// from the process default, and more than one provider is compiled in). A provider
+/// installed earlier stays.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// A tower layer that holds every request until the shared bucket has a token.
