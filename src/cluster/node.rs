@@ -338,9 +338,9 @@ pub fn status_changed(posted: Option<&NodeStatus>, new: &NodeStatus) -> bool {
         for c in s.conditions.iter_mut().flatten() {
             c.last_heartbeat_time = None;
         }
-        s.conditions
-            .as_mut()
-            .map(|cs| cs.sort_by(|a, b| a.type_.cmp(&b.type_)));
+        if let Some(cs) = s.conditions.as_mut() {
+            cs.sort_by(|a, b| a.type_.cmp(&b.type_));
+        }
         s
     };
     strip(posted) != strip(new)
