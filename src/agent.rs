@@ -327,10 +327,14 @@ pub async fn start(
         warn!(error = %e, "cannot read containerd's version");
         String::new()
     });
-    let hostname = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| node_name.clone());
+    // Upstream's `Hostname` address is the overridden hostname when one is given.
+    let hostname = match &args.hostname_override {
+        Some(_) => node_name.clone(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| node_name.clone()),
+    };
     node_view_tx.send_replace(Some(Arc::new(crate::node::view::NodeView {
         runtime: Arc::clone(&runtime),
         base: crate::node::status::NodeInputs {

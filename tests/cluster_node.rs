@@ -214,8 +214,9 @@ async fn node_registers_goes_ready_and_renews_its_lease() {
         addresses.contains(&("InternalIP".to_owned(), "127.0.0.1".to_owned())),
         "{addresses:?}"
     );
+    // The overridden hostname, as upstream.
     assert!(
-        addresses.iter().any(|(t, _)| t == "Hostname"),
+        addresses.contains(&("Hostname".to_owned(), w.node.clone())),
         "{addresses:?}"
     );
     for resources in [&status.capacity, &status.allocatable] {

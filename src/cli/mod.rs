@@ -279,8 +279,8 @@ pub struct AgentArgs {
     pub register_with_taints: Vec<String>,
     /// Requests per second to the apiserver (upstream's `kubeAPIQPS`; 0 means
     /// client-go's default of 5).
-    #[arg(long, default_value_t = 50.0, allow_negative_numbers = true)]
-    pub kube_api_qps: f32,
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
+    pub kube_api_qps: i32,
     /// Burst of requests to the apiserver (upstream's `kubeAPIBurst`; 0 means
     /// client-go's default of 10).
     #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
@@ -355,6 +355,40 @@ mod tests {
         assert_eq!(cli.agent.read_only_port, 0);
         assert_eq!(cli.agent.root_dir, PathBuf::from("/var/lib/nodelet"));
         assert!(Cli::try_parse_from(["nodelet", "--read-only-port", "x"]).is_err());
+    }
+
+    #[test]
+    fn cluster_flags_parse_with_upstream_defaults() {
+        let cli = Cli::try_parse_from(["nodelet"]).expect("parses");
+        assert!(cli.agent.register_node);
+        assert_eq!(
+            (cli.agent.kube_api_qps, cli.agent.kube_api_burst),
+            (50, 100)
+        );
+        let cli = Cli::try_parse_from([
+            "nodelet",
+            "--kubeconfig",
+            "/etc/nodelet/kubeconfig",
+            "--register-node=false",
+            "--node-labels",
+            "a=1,b=2",
+            "--node-labels",
+            "c=3",
+            "--register-with-taints",
+            "k=v:NoSchedule,k2:NoExecute",
+            "--kube-api-qps",
+            "-1",
+        ])
+        .expect("parses");
+        assert!(!cli.agent.register_node);
+        assert_eq!(cli.agent.node_labels, ["a=1", "b=2", "c=3"]);
+        assert_eq!(
+            cli.agent.register_with_taints,
+            ["k=v:NoSchedule", "k2:NoExecute"]
+        );
+        assert_eq!(cli.agent.kube_api_qps, -1);
+        let bare = Cli::try_parse_from(["nodelet", "--register-node"]).expect("parses");
+        assert!(bare.agent.register_node);
     }
 
     #[test]

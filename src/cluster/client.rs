@@ -10,7 +10,6 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use kube::client::ClientBuilder;
@@ -20,7 +19,7 @@ use tracing::debug;
 use crate::cluster::ClusterError;
 
 /// client-go's `DefaultQPS`, used when `--kube-api-qps` is 0.
-const DEFAULT_QPS: f32 = 5.0;
+const DEFAULT_QPS: i32 = 5;
 /// client-go's `DefaultBurst`, used when `--kube-api-burst` is 0.
 const DEFAULT_BURST: i32 = 10;
 
@@ -30,21 +29,18 @@ const DEFAULT_BURST: i32 = 10;
 ///
 /// # Errors
 /// A negative `qps` or `burst`.
-pub fn quota(qps: f32, burst: i32) -> Result<Quota, ClusterError> {
-    if qps.is_nan() || qps < 0.0 {
+pub fn quota(qps: i32, burst: i32) -> Result<Quota, ClusterError> {
+    if qps < 0 {
         return Err(ClusterError::NegativeQps(qps));
     }
     if burst < 0 {
         return Err(ClusterError::NegativeBurst(burst));
     }
-    let qps = if qps == 0.0 { DEFAULT_QPS } else { qps };
+    let qps = if qps == 0 { DEFAULT_QPS } else { qps };
     let burst = if burst == 0 { DEFAULT_BURST } else { burst };
-    // One token every 1/qps seconds; at least a nanosecond.
-    let period = Duration::from_secs_f64(1.0 / f64::from(qps)).max(Duration::from_nanos(1));
-    let burst = NonZeroU32::new(u32::try_from(burst).unwrap_or(1)).unwrap_or(NonZeroU32::MIN);
-    Quota::with_period(period)
-        .map(|q| q.allow_burst(burst))
-        .ok_or(ClusterError::NegativeQps(qps))
+    let per_second = NonZeroU32::new(qps.unsigned_abs()).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst.unsigned_abs()).unwrap_or(NonZeroU32::MIN);
+    Ok(Quota::per_second(per_second).allow_burst(burst))
 }
 
 /// Builds the client for `kubeconfig` (its current context), rate limited by `quota`.
@@ -161,27 +157,26 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
     fn quota_follows_client_go() {
-        let q = quota(50.0, 100).expect("valid");
+        let q = quota(50, 100).expect("valid");
         assert_eq!(q.burst_size().get(), 100);
         assert_eq!(q.replenish_interval(), Duration::from_millis(20));
-        let d = quota(0.0, 0).expect("defaults");
+        let d = quota(0, 0).expect("defaults");
         assert_eq!(d.burst_size().get(), 10);
         assert_eq!(d.replenish_interval(), Duration::from_millis(200));
-        assert!(matches!(quota(-1.0, 1), Err(ClusterError::NegativeQps(_))));
-        assert!(matches!(
-            quota(1.0, -1),
-            Err(ClusterError::NegativeBurst(-1))
-        ));
+        assert!(matches!(quota(-1, 1), Err(ClusterError::NegativeQps(-1))));
+        assert!(matches!(quota(1, -1), Err(ClusterError::NegativeBurst(-1))));
     }
 
     #[tokio::test]
     async fn requests_over_the_burst_wait_for_tokens() {
         use tower::{Layer as _, Service as _};
-        let layer = RateLimitLayer::new(quota(20.0, 2).expect("valid"));
+        let layer = RateLimitLayer::new(quota(20, 2).expect("valid"));
         let mut svc = layer.layer(tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(())
         }));

@@ -65,7 +65,7 @@ pub enum ClusterError {
     },
     /// A negative `--kube-api-qps` (upstream's validation message).
     #[error("invalid configuration: kubeAPIQPS (--kube-api-qps) {0} must not be a negative number")]
-    NegativeQps(f32),
+    NegativeQps(i32),
     /// A negative `--kube-api-burst` (upstream's validation message).
     #[error(
         "invalid configuration: kubeAPIBurst (--kube-api-burst) {0} must not be a negative number"
