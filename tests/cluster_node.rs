@@ -330,6 +330,39 @@ async fn node_registers_goes_ready_and_renews_its_lease() {
     eprintln!("figure: API requests per minute at idle: {per_minute}");
     assert!(per_minute <= 20, "{per_minute} requests a minute at idle");
     assert!(w.stop_agent().is_some_and(|s| s.success()));
+
+    // A restarted agent adopts its Node (same UID) and puts back a default label
+    // someone changed; labels it does not own stay.
+    let patch = serde_json::json!({"metadata": {"labels": {
+        "kubernetes.io/os": "plan9", "someone.example/else": "kept"
+    }}});
+    nodes
+        .patch(
+            &w.node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("patch the Node's labels");
+    w.start_agent().await;
+    let adopted = wait_for(
+        "the default labels back",
+        Duration::from_secs(30),
+        || async {
+            let n = nodes.get_opt(&w.node).await.ok()??;
+            let labels = n.metadata.labels.clone()?;
+            (labels.get("kubernetes.io/os")? == "linux").then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(adopted.metadata.uid, node.metadata.uid);
+    let labels = adopted.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("someone.example/else").map(String::as_str),
+        Some("kept")
+    );
+    wait_ready(&nodes, &w.node, Duration::from_secs(30)).await;
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -330,20 +330,35 @@ pub fn desired_status(
     status
 }
 
-/// Upstream's `nodeStatusHasChanged`: any difference but the heartbeat times.
+/// Upstream's `nodeStatusHasChanged`: any difference but the heartbeat times, in
+/// what the agent posts. Fields and conditions others set on the status (the
+/// attach/detach controller's `volumesAttached`, a CNI's `NetworkUnavailable`) are
+/// not ours to compare, or the status would be patched on every tick.
 pub fn status_changed(posted: Option<&NodeStatus>, new: &NodeStatus) -> bool {
     let Some(posted) = posted else { return true };
+    let ours: Vec<&str> = new
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| c.type_.as_str())
+        .collect();
     let strip = |s: &NodeStatus| {
         let mut s = s.clone();
-        for c in s.conditions.iter_mut().flatten() {
-            c.last_heartbeat_time = None;
-        }
         if let Some(cs) = s.conditions.as_mut() {
+            cs.retain(|c| ours.contains(&c.type_.as_str()));
+            for c in cs.iter_mut() {
+                c.last_heartbeat_time = None;
+            }
             cs.sort_by(|a, b| a.type_.cmp(&b.type_));
         }
-        s
+        serde_json::to_value(s).unwrap_or_default()
     };
-    strip(posted) != strip(new)
+    let (old, new) = (strip(posted), strip(new));
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return true;
+    };
+    new.iter()
+        .any(|(field, value)| old.get(field) != Some(value))
 }
 
 /// The condition `type_` of a status.

@@ -203,6 +203,18 @@ fn transition_times_hold_until_a_condition_flips_and_heartbeats_are_not_changes(
         Some(Time(t1))
     );
     assert!(status_changed(Some(&unknown), &back));
+    // What others set on the status is not a change of ours.
+    let mut others = second.clone();
+    others.volumes_attached = Some(Vec::new());
+    others
+        .conditions
+        .get_or_insert_with(Vec::new)
+        .push(NodeCondition {
+            type_: "NetworkUnavailable".to_owned(),
+            status: "False".to_owned(),
+            ..Default::default()
+        });
+    assert!(!status_changed(Some(&others), &second));
     // Capacity changes are changes.
     let mut more = second.clone();
     more.capacity.get_or_insert_with(BTreeMap::new).insert(
