@@ -92,6 +92,34 @@ impl Drop for NodeCleanup {
     }
 }
 
+/// Stops the apiserver; dropping it starts it again, also when the test panics, so
+/// the tests after it find one.
+struct ApiserverDown {
+    kubeconfig: PathBuf,
+}
+
+impl ApiserverDown {
+    fn stop(kubeconfig: &Path) -> Self {
+        apiserver_sh(kubeconfig, &["stop", "kube-apiserver"]);
+        Self {
+            kubeconfig: kubeconfig.to_owned(),
+        }
+    }
+}
+
+impl Drop for ApiserverDown {
+    fn drop(&mut self) {
+        // No panic in a drop: a start that fails shows as the wait after it timing out.
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/apiserver.sh"))
+            .arg("start")
+            .env(
+                "NODELET_APISERVER_DIR",
+                self.kubeconfig.parent().unwrap_or(Path::new(".")),
+            )
+            .output();
+    }
+}
+
 async fn admin_client(kubeconfig: &Path) -> kube::Client {
     // More than one rustls provider is compiled in; pick the agent's.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -389,7 +417,7 @@ async fn an_apiserver_outage_leaves_pods_alone_and_status_catches_up() {
     };
     let before = container(&pod).expect("a container ID");
 
-    apiserver_sh(&kubeconfig, &["stop", "kube-apiserver"]);
+    let down = ApiserverDown::stop(&kubeconfig);
     let stopped = jiff::Timestamp::now();
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert!(
@@ -421,7 +449,7 @@ async fn an_apiserver_outage_leaves_pods_alone_and_status_catches_up() {
         &image,
     )
     .await;
-    apiserver_sh(&kubeconfig, &["start"]);
+    drop(down);
 
     wait_for(
         "the lease and the node status to catch up",
@@ -445,5 +473,36 @@ async fn an_apiserver_outage_leaves_pods_alone_and_status_catches_up() {
         container_status(&pod, "main").map(|c| c.restart_count),
         Some(0)
     );
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_started_during_an_outage_registers_when_the_apiserver_returns() {
+    let kubeconfig = admin_kubeconfig();
+    let _turn = APISERVER.lock().await;
+    let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
+    let client = admin_client(&kubeconfig).await;
+    let nodes: Api<Node> = Api::all(client);
+    w.write_manifest(
+        "early.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: early}}\nspec:\n  containers:\n  - name: main\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n"
+        ),
+    );
+    let down = ApiserverDown::stop(&kubeconfig);
+    // Static pods don't wait for the apiserver.
+    w.start_agent().await;
+    w.wait_pod("early", "Running", |p| phase(p) == "Running")
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = std::fs::read_to_string(w.agent_log()).unwrap_or_default();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("node registration: the apiserver is not answering"))
+        .count();
+    assert_eq!(warnings, 1, "one warning for the outage:\n{log}");
+    drop(down);
+    // Registration backs off to 7 s between tries.
+    wait_ready(&nodes, &w.node, Duration::from_secs(45)).await;
     assert!(w.stop_agent().is_some_and(|s| s.success()));
 }
