@@ -506,3 +506,32 @@ async fn an_agent_started_during_an_outage_registers_when_the_apiserver_returns(
     wait_ready(&nodes, &w.node, Duration::from_secs(45)).await;
     assert!(w.stop_agent().is_some_and(|s| s.success()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_register_node_the_agent_posts_status_to_a_node_made_by_someone_else() {
+    let kubeconfig = admin_kubeconfig();
+    let _turn = APISERVER.lock().await;
+    let (_cleanup, mut w) = joined_world(&kubeconfig, &["--register-node=false"]).await;
+    let client = admin_client(&kubeconfig).await;
+    let nodes: Api<Node> = Api::all(client);
+    w.start_agent().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        nodes.get_opt(&w.node).await.expect("get").is_none(),
+        "--register-node=false made a Node"
+    );
+    let made: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": w.node, "labels": {"made-by": "admin"}}
+    }))
+    .expect("node");
+    nodes
+        .create(&kube::api::PostParams::default(), &made)
+        .await
+        .expect("create the Node");
+    let node = wait_ready(&nodes, &w.node, Duration::from_secs(30)).await;
+    // Its labels are the admin's: the agent registers nothing.
+    let labels = node.metadata.labels.unwrap_or_default();
+    assert_eq!(labels.get("made-by").map(String::as_str), Some("admin"));
+    assert!(!labels.contains_key("kubernetes.io/os"), "{labels:?}");
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+}

@@ -134,7 +134,12 @@ impl Outage {
     fn failed(&mut self, what: &str, error: &ClusterError) {
         if self.since.is_none() {
             self.since = Some(tokio::time::Instant::now());
-            warn!(%error, "{what}: the apiserver is not answering; retrying (pods keep running)");
+            if error.code().is_some() {
+                // It answered, with a refusal (403, 404, 422…): not an outage.
+                warn!(%error, "{what}: the apiserver refused; retrying (pods keep running)");
+            } else {
+                warn!(%error, "{what}: the apiserver is not answering; retrying (pods keep running)");
+            }
         } else {
             tracing::debug!(%error, "{what}: still failing");
         }
