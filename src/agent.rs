@@ -105,6 +105,11 @@ pub async fn start(
     let node_name = crate::node::node_name(args.hostname_override.as_deref());
     // `--kubeconfig`: the cluster flags are checked and the client built here; the
     // registration, lease and status tasks start once the node view exists.
+    // A tool sharing the agent's namespace (`nodelet run`) never speaks for the node.
+    anyhow::ensure!(
+        options.orphan_cleanup || args.kubeconfig.is_none(),
+        "--kubeconfig: this command runs pods standalone; the agent joins the cluster"
+    );
     let cluster = crate::cluster::Cluster::from_args(args, &node_name).await?;
     // Every source is checked before anything starts, so a bad flag is an exit, not
     // a log line.
