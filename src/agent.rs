@@ -201,6 +201,7 @@ pub async fn start(
         namespace: args.containerd_namespace.clone(),
         state_dir: args.root_dir.join("runtime"),
         log_driver,
+        container_logs_dir: args.container_logs_dir.clone(),
         registries: nodelet_cri::image::RegistryConfig::default(),
         runtime_name: "io.containerd.runc.v2".to_owned(),
         cni: CniConfig {
@@ -229,6 +230,7 @@ pub async fn start(
         runtime: Arc::clone(&runtime),
         root_dir: args.root_dir.clone(),
         pod_logs_dir: args.pod_logs_dir.clone(),
+        container_logs_dir: args.container_logs_dir.clone(),
         cgroups: Arc::clone(&node_resources.cgroups),
         node_name: node_name.clone(),
         host_ip: host_ip.to_string(),

@@ -48,9 +48,7 @@ fn running(pod: &Pod) -> bool {
 /// is refused at admission.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_pressure_evicts_the_best_effort_pod_first() {
-    if !support::cgroup_v1_host() {
-        return;
-    }
+    support::require_cgroup_v1();
     let mut w = World::new().await;
     let reserved = mem_total() - (512 << 20);
     w.extra_args = vec![

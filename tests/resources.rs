@@ -49,9 +49,7 @@ fn running(pod: &Pod, name: &str) -> bool {
 /// cgroups exist; the pause container gets the minimum shares.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guaranteed_pod_gets_its_limits_from_the_kernel() {
-    if !support::cgroup_v1_host() {
-        return;
-    }
+    support::require_cgroup_v1();
     let mut w = World::new().await;
     w.write_manifest(
         "g.yaml",
@@ -152,9 +150,7 @@ spec:
 /// 137, and its restart count shows under `Always`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_past_its_memory_limit_is_oom_killed() {
-    if !support::cgroup_v1_host() {
-        return;
-    }
+    support::require_cgroup_v1();
     let mut w = World::new().await;
     // busybox awk's sprintf allocates and fills a 100 MB string.
     w.write_manifest(
@@ -197,9 +193,7 @@ spec:
 /// node is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_pids_limit_stops_a_fork_loop() {
-    if !support::cgroup_v1_host() {
-        return;
-    }
+    support::require_cgroup_v1();
     let mut w = World::new().await;
     w.extra_args = vec!["--pod-max-pids=20".into()];
     // A bounded "fork bomb": a subshell starts 100 background sleeps (busybox's shell

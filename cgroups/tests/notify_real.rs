@@ -1,5 +1,6 @@
-//! The memory notifiers against the real kernel (root only; skipped with a printed
-//! reason otherwise).
+//! The memory notifiers against the real kernel. They need root, and a v1 memory
+//! hierarchy (v1) or a cgroup2 mount with PSI (v2); without them they fail saying
+//! which is missing, they never pass without running.
 //!
 //! - v1: a cgroup `/nodelet-notify-<pid>` in the memory hierarchy, a threshold of its
 //!   usage + 20 MiB, and a shell child that moves itself in and holds ~60 MB: the
@@ -65,19 +66,19 @@ fn read_u64(path: &Path) -> u64 {
 
 #[tokio::test(flavor = "current_thread")]
 async fn v1_threshold_notification_arrives() {
-    if !is_root() {
-        println!("SKIP v1_threshold_notification_arrives: needs root to create cgroups");
-        return;
-    }
+    assert!(
+        is_root(),
+        "this test needs root: it creates a memory cgroup"
+    );
     let layout = Layout::detect().expect("layout");
-    if layout.version() != CgroupVersion::V1 {
-        println!("SKIP v1_threshold_notification_arrives: the host is cgroup v2");
-        return;
-    }
-    let Some(root) = layout.dir("memory", "/") else {
-        println!("SKIP v1_threshold_notification_arrives: no v1 memory hierarchy mounted");
-        return;
-    };
+    assert_eq!(
+        layout.version(),
+        CgroupVersion::V1,
+        "this test registers a v1 memory threshold; the host runs cgroup v2"
+    );
+    let root = layout
+        .dir("memory", "/")
+        .expect("this test needs the v1 memory hierarchy mounted");
     let cgroup = format!("/nodelet-notify-{}", std::process::id());
     let dir = root.join(cgroup.trim_start_matches('/'));
     std::fs::create_dir(&dir).expect("create cgroup");
@@ -129,32 +130,28 @@ async fn v1_threshold_notification_arrives() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn v2_psi_trigger_registers() {
-    if !is_root() {
-        println!("SKIP v2_psi_trigger_registers: needs root to create cgroups");
-        return;
-    }
+    assert!(
+        is_root(),
+        "this test needs root: it creates a cgroup2 cgroup"
+    );
     let unified = match Layout::detect().expect("layout").version() {
         CgroupVersion::V2 => PathBuf::from("/sys/fs/cgroup"),
         CgroupVersion::V1 => PathBuf::from("/sys/fs/cgroup/unified"),
     };
-    if !unified.join("cgroup.procs").exists() {
-        println!(
-            "SKIP v2_psi_trigger_registers: no cgroup2 mount at {}",
-            unified.display()
-        );
-        return;
-    }
+    assert!(
+        unified.join("cgroup.procs").exists(),
+        "this test needs a cgroup2 mount at {}",
+        unified.display()
+    );
     let cgroup = format!("/nodelet-notify-{}", std::process::id());
     let dir = unified.join(cgroup.trim_start_matches('/'));
     std::fs::create_dir(&dir).expect("create cgroup");
     let _cg = CgroupGuard(dir.clone());
-    if !dir.join("memory.pressure").exists() {
-        println!(
-            "SKIP v2_psi_trigger_registers: {} has no memory.pressure (kernel without PSI)",
-            dir.display()
-        );
-        return;
-    }
+    assert!(
+        dir.join("memory.pressure").exists(),
+        "{} has no memory.pressure: this test needs a kernel with PSI",
+        dir.display()
+    );
     let layout = Layout::v2_at(&unified);
     let mut notifier = MemoryNotifier::psi_v2(&layout, &cgroup, PsiTrigger::default())
         .expect("register psi trigger");

@@ -1,7 +1,8 @@
 //! The cgroup manager on this host's real cgroup v1 hierarchies: the QoS hierarchy and
 //! a Guaranteed pod cgroup under `/nodelet-cgtest-<pid>` (a parent this test creates in
 //! every hierarchy and removes at the end, even on failure), with the values read back
-//! from the kernel. Skips, saying why, when not root or not on cgroup v1.
+//! from the kernel. Fails, saying why, when not root or not on cgroup v1: it never
+//! passes without running.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -65,15 +66,16 @@ fn guaranteed() -> PodSpec {
 
 #[test]
 fn qos_hierarchy_and_guaranteed_pod_on_real_v1() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP real_v1: not root");
-        return;
-    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root: it creates cgroups in the host's v1 hierarchies"
+    );
     let layout = Layout::detect().expect("cgroup layout");
-    if layout.version() != CgroupVersion::V1 {
-        eprintln!("SKIP real_v1: the host runs cgroup v2");
-        return;
-    }
+    assert_eq!(
+        layout.version(),
+        CgroupVersion::V1,
+        "this test checks cgroup v1 files; the host runs cgroup v2"
+    );
     let mgr = CgroupManager::new(layout.clone());
     let root = format!("/nodelet-cgtest-{}", std::process::id());
     assert!(!mgr.exists(&root), "{root} exists already");

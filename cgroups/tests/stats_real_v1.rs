@@ -2,7 +2,8 @@
 //! fills 30 MB of memory runs in a cgroup the test creates (`/nodelet-stats-<pid>` in
 //! the cpu, cpuacct, memory and pids hierarchies), and its figures must show it.
 //!
-//! Needs root and cgroup v1; skips with a printed reason otherwise. The cgroups are
+//! Needs root and cgroup v1 with those controllers mounted; without them it fails
+//! saying which is missing (it never passes without running). The cgroups are
 //! removed and the child killed (by PID) by a guard, even when an assertion fails.
 
 use std::io::{BufRead, BufReader, Write};
@@ -59,36 +60,28 @@ impl Drop for Guard {
     }
 }
 
-/// The host layout when this test can run here; otherwise prints why not.
-fn usable_layout() -> Option<Layout> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: not root");
-        return None;
-    }
-    let layout = match Layout::detect() {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("skipped: no cgroup layout: {e}");
-            return None;
-        }
-    };
-    if layout.version() != CgroupVersion::V1 {
-        eprintln!("skipped: the host runs cgroup v2");
-        return None;
-    }
+/// The host layout; fails the test saying what this host lacks.
+fn usable_layout() -> Layout {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root: it creates cgroups in the host's v1 hierarchies"
+    );
+    let layout = Layout::detect().unwrap_or_else(|e| panic!("no cgroup layout here: {e}"));
+    assert_eq!(
+        layout.version(),
+        CgroupVersion::V1,
+        "this test reads cgroup v1 files; the host runs cgroup v2"
+    );
     let mounted: Vec<&str> = layout.v1_controllers().collect();
     if let Some(c) = CONTROLLERS.iter().find(|c| !mounted.contains(c)) {
-        eprintln!("skipped: the {c} controller is not mounted");
-        return None;
+        panic!("this test needs the v1 {c} controller mounted; it is not");
     }
-    Some(layout)
+    layout
 }
 
 #[test]
 fn a_child_filling_memory_shows_in_its_cgroup() {
-    let Some(layout) = usable_layout() else {
-        return;
-    };
+    let layout = usable_layout();
     let cgroup = format!("/nodelet-stats-{}", std::process::id());
     let mut guard = Guard {
         dirs: Vec::new(),

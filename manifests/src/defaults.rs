@@ -65,6 +65,13 @@ fn default_pod_level(spec: &mut PodSpec) {
         }
     }
     spec.enable_service_links.get_or_insert(true);
+    // Since 1.27 a negative grace period means 1 second: the apiserver stores 1 when it
+    // creates the pod, and the kubelet uses 1 for a negative value it is given.
+    if let Some(seconds) = &mut spec.termination_grace_period_seconds
+        && *seconds < 0
+    {
+        *seconds = 1;
+    }
     if spec.host_network == Some(true) {
         // With host networking the container port is the host port.
         let containers = spec
@@ -75,6 +82,43 @@ fn default_pod_level(spec: &mut PodSpec) {
         for port in containers.flat_map(|c| c.ports.iter_mut().flatten()) {
             if port.host_port.unwrap_or(0) == 0 {
                 port.host_port = Some(port.container_port);
+            }
+        }
+    }
+}
+
+/// Reads `null` items of a container's `command` and `args` (and of its probes' and
+/// hooks' `exec.command`) as empty strings, as Go's JSON decoding does for a `[]string`,
+/// so such a pod decodes as it does for the apiserver. Works on the raw JSON of a pod,
+/// before it is decoded.
+pub fn null_command_items_as_empty(pod: &mut serde_json::Value) {
+    const LISTS: [&str; 3] = ["containers", "initContainers", "ephemeralContainers"];
+    const COMMANDS: [&str; 7] = [
+        "/command",
+        "/args",
+        "/livenessProbe/exec/command",
+        "/readinessProbe/exec/command",
+        "/startupProbe/exec/command",
+        "/lifecycle/postStart/exec/command",
+        "/lifecycle/preStop/exec/command",
+    ];
+    for list in LISTS {
+        let Some(containers) = pod
+            .pointer_mut(&format!("/spec/{list}"))
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            continue;
+        };
+        for container in containers {
+            for command in COMMANDS {
+                let items = container
+                    .pointer_mut(command)
+                    .and_then(serde_json::Value::as_array_mut);
+                for item in items.into_iter().flatten() {
+                    if item.is_null() {
+                        *item = serde_json::Value::String(String::new());
+                    }
+                }
             }
         }
     }
@@ -356,6 +400,39 @@ mod tests {
 
     fn pod_with(spec: serde_json::Value) -> serde_json::Value {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec})
+    }
+
+    #[test]
+    fn negative_grace_period_becomes_one() {
+        let pod = defaulted(pod_with(json!({
+            "terminationGracePeriodSeconds": -5,
+            "containers": [{"name": "c", "image": "i"}]
+        })));
+        assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 1);
+        let pod = defaulted(pod_with(json!({
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "image": "i"}]
+        })));
+        assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 0);
+    }
+
+    #[test]
+    fn null_command_items_read_as_empty_strings() {
+        let text = br#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i", "command": ["sh", null],
+            "args": [null], "livenessProbe": {"exec": {"command": [null, "x"]}}}],
+            "initContainers": [{"name": "i", "image": "i", "args": ["a", null]}]}}"#;
+        let documents = crate::parse_manifests(text, "p.json").unwrap();
+        let pod = documents[0].pod.as_ref().unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        let c = &spec.containers[0];
+        assert_eq!(c.command.as_deref().unwrap(), ["sh", ""]);
+        assert_eq!(c.args.as_deref().unwrap(), [""]);
+        let probe = c.liveness_probe.as_ref().unwrap();
+        let exec = probe.exec.as_ref().unwrap();
+        assert_eq!(exec.command.as_deref().unwrap(), ["", "x"]);
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.args.as_deref().unwrap(), ["a", ""]);
     }
 
     #[test]

@@ -191,9 +191,14 @@ impl Parser<'_> {
 
     /// Adds one object; `raw_index` is its position in the file's stream when
     /// it is a top-level document, which lets a decoding error be located.
-    fn push_object(&mut self, value: Value, raw_index: Option<usize>) -> Result<(), ParseError> {
+    fn push_object(
+        &mut self,
+        mut value: Value,
+        raw_index: Option<usize>,
+    ) -> Result<(), ParseError> {
         let (kind, api_version) = self.type_meta(&value)?;
         let pod = if kind == "Pod" && api_version == "v1" {
+            crate::defaults::null_command_items_as_empty(&mut value);
             match serde_json::from_value::<Pod>(value) {
                 Ok(pod) => Some(pod),
                 Err(e) => return Err(self.pod_error(&e, raw_index)),

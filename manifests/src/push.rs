@@ -144,6 +144,7 @@ fn cause_reason(kind: &FieldErrorKind) -> &'static str {
         FieldErrorKind::NotSupported { .. } => "FieldValueNotSupported",
         FieldErrorKind::NotFound { .. } => "FieldValueNotFound",
         FieldErrorKind::Forbidden => "FieldValueForbidden",
+        FieldErrorKind::TooLong { .. } => "FieldValueTooLong",
     }
 }
 

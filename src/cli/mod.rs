@@ -180,6 +180,11 @@ pub struct AgentArgs {
     /// Where container logs go (`<dir>/<ns>_<pod>_<uid>/<container>/<n>.log`).
     #[arg(long, default_value = "/var/log/pods")]
     pub pod_logs_dir: PathBuf,
+    /// Where the `<pod>_<namespace>_<container>-<id>.log` symlinks to running
+    /// containers' logs go, for log shippers (upstream's fixed `/var/log/containers`;
+    /// a nodelet-only flag).
+    #[arg(long, default_value = "/var/log/containers")]
+    pub container_logs_dir: PathBuf,
     /// containerd socket.
     #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
     pub container_runtime_endpoint: String,

@@ -449,20 +449,49 @@ impl<R: Runtime> PodManager<R> {
                     && !self.desired.values().any(|m| m.contains_key(uid))
             })
             .collect();
-        if !stale.is_empty() {
-            info!(
-                count = stale.len(),
-                "removing directories of pods that are gone"
-            );
-            let volumes = Arc::clone(&self.env.volumes);
-            tokio::task::spawn_blocking(move || {
-                for uid in stale {
-                    if let Err(e) = volumes.teardown(&uid) {
-                        warn!(uid, error = %e, "cannot remove an orphaned pod directory");
-                    }
+        // Log directories and symlinks of pods that are gone (upstream's container GC).
+        let keep: HashSet<String> = in_runtime
+            .iter()
+            .cloned()
+            .chain(self.slots.keys().cloned())
+            .chain(self.desired.values().flat_map(|m| m.keys().cloned()))
+            .collect();
+        let volumes = Arc::clone(&self.env.volumes);
+        let pod_logs_dir = self.env.pod_logs_dir.clone();
+        let container_logs_dir = self.env.container_logs_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            if !stale.is_empty() {
+                info!(
+                    count = stale.len(),
+                    "removing directories of pods that are gone"
+                );
+            }
+            for uid in stale {
+                if let Err(e) = volumes.teardown(&uid) {
+                    warn!(uid, error = %e, "cannot remove an orphaned pod directory");
                 }
-            });
-        }
+            }
+            let pruned = [
+                nodelet_cri::logs::prune_pod_log_dirs(&pod_logs_dir, &keep),
+                nodelet_cri::logs::prune_log_symlinks(&container_logs_dir),
+            ];
+            for p in pruned {
+                match p {
+                    Ok(p) => {
+                        if !p.removed.is_empty() {
+                            info!(
+                                count = p.removed.len(),
+                                "removed logs of pods that are gone"
+                            );
+                        }
+                        for e in p.errors {
+                            warn!(error = %e, "cannot remove logs of a pod that is gone");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "cannot list log files"),
+                }
+            }
+        });
         for pod in pods {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             if self.slots.contains_key(&uid) || self.desired.values().any(|m| m.contains_key(&uid))

@@ -58,15 +58,20 @@ pub struct Ending {
 
 fn terminated(info: &ContainerInfo, ending: Option<&Ending>) -> ContainerStateTerminated {
     let code = info.exit_code.unwrap_or(0);
+    // An instance whose start failed ends as containerd's CRI plugin reports it:
+    // reason `StartError`, the runtime's message.
+    let start_error = info.start_error();
     let reason = ending
         .and_then(|e| e.reason.clone())
+        .or_else(|| start_error.map(|_| nodelet_cri::runtime::START_ERROR_REASON.to_owned()))
         .unwrap_or_else(|| if code == 0 { "Completed" } else { "Error" }.to_owned());
     ContainerStateTerminated {
         exit_code: code,
         reason: Some(reason),
         message: ending
             .and_then(|e| e.message.clone())
-            .filter(|m| !m.is_empty()),
+            .filter(|m| !m.is_empty())
+            .or_else(|| start_error.map(str::to_owned)),
         started_at: info.started_at.and_then(k8s_time),
         finished_at: info.finished_at.and_then(k8s_time),
         container_id: Some(format!("containerd://{}", info.id)),

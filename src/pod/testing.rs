@@ -49,6 +49,7 @@ impl Harness {
             runtime: Arc::clone(&rt),
             root_dir: root.path().join("root"),
             pod_logs_dir: root.path().join("logs"),
+            container_logs_dir: root.path().join("containers"),
             cgroups: Arc::new(cgroups),
             node_name: "node".into(),
             host_ip: "192.0.2.1".into(),

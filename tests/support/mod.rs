@@ -166,6 +166,8 @@ pub struct World {
     pub root: PathBuf,
     /// `--pod-logs-dir`.
     pub logs: PathBuf,
+    /// `--container-logs-dir` (the `/var/log/containers` symlinks).
+    pub container_logs: PathBuf,
     /// `--pod-manifest-path`.
     pub manifests: PathBuf,
     /// `--cni-conf-dir`.
@@ -212,6 +214,7 @@ impl World {
             socket: containerd_socket(),
             root: dir.path().join("root"),
             logs: dir.path().join("logs"),
+            container_logs: dir.path().join("containers"),
             manifests: dir.path().join("manifests"),
             cni_conf: dir.path().join("cni"),
             ipam: dir.path().join("ipam"),
@@ -267,6 +270,8 @@ impl World {
             p(&self.root),
             "--pod-logs-dir".into(),
             p(&self.logs),
+            "--container-logs-dir".into(),
+            p(&self.container_logs),
             "--container-runtime-endpoint".into(),
             format!("unix://{}", self.socket),
             "--containerd-namespace".into(),
@@ -417,6 +422,7 @@ impl World {
             namespace: self.namespace.clone(),
             state_dir: self.root.join("runtime"),
             log_driver: PathBuf::from(env!("CARGO_BIN_EXE_nodelet")),
+            container_logs_dir: self.container_logs.clone(),
             registries: Default::default(),
             runtime_name: "io.containerd.runc.v2".into(),
             cni: CniConfig {
@@ -553,12 +559,12 @@ pub fn log_lines(path: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Whether the host has cgroup v1's memory hierarchy (the resource tests read the
-/// kernel's v1 files); says so when it doesn't, for the test to skip.
-pub fn cgroup_v1_host() -> bool {
-    let v1 = Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists();
-    if !v1 {
-        eprintln!("skipped: this host has no cgroup v1 memory hierarchy");
-    }
-    v1
+/// Fails the test unless the host has cgroup v1's memory hierarchy: the resource
+/// and eviction tests read the kernel's v1 files (a green run means they ran).
+pub fn require_cgroup_v1() {
+    assert!(
+        Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists(),
+        "this test reads cgroup v1 memory files; this host has no v1 memory hierarchy \
+         at /sys/fs/cgroup/memory"
+    );
 }

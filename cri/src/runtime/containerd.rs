@@ -2,8 +2,7 @@
 //! namespaces and CNI, app containers that join them, CRI log files through the shim
 //! logging driver, and labels on every object so a restarted agent finds them again.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -17,17 +16,17 @@ use containerd_client::services::v1::{
     DeleteTaskRequest, GetContainerRequest, KillRequest, ListContainersRequest, ListTasksRequest,
     StartRequest, UpdateContainerRequest, WaitRequest,
 };
-use containerd_client::types::v1::Status as TaskStatus;
 use tonic::Code;
 use tracing::{debug, warn};
 
-use super::events::{self, RuntimeEvent, to_system_time};
+use super::events::{self, RuntimeEvent};
+use super::records::{self, label, pod_labels, pod_of, start_failure_labels};
 use super::{
-    ContainerConfig, ContainerInfo, ContainerState, PodRef, Runtime, RuntimeError, SandboxConfig,
-    SandboxInfo, keys, oom, pod_files, spec, user,
+    ContainerConfig, ContainerInfo, PodRef, Runtime, RuntimeError, SandboxConfig, SandboxInfo,
+    keys, oom, pod_files, spec, user,
 };
 use crate::cni::{Cni, CniConfig, CniRequest};
-use crate::containerd::{Containerd, labels};
+use crate::containerd::Containerd;
 use crate::image::ImageInfo;
 use crate::logs;
 use crate::netns::NetNs;
@@ -73,6 +72,10 @@ pub struct RuntimeConfig {
     pub runtime_name: String,
     /// CNI configuration.
     pub cni: CniConfig,
+    /// Where the `<pod>_<namespace>_<container>-<id>.log` symlinks to running
+    /// containers' log files go (`/var/log/containers`, upstream's
+    /// `legacyContainerLogsDir`).
+    pub container_logs_dir: PathBuf,
 }
 
 /// The containerd-backed runtime.
@@ -132,44 +135,6 @@ pub(super) fn new_id(bytes: usize) -> Result<String, RuntimeError> {
     )
     .map_err(io_err(path))?;
     Ok(hex::encode(buf))
-}
-
-fn label_bool(labels: &HashMap<String, String>, key: &str) -> bool {
-    labels.get(key).is_some_and(|v| v == "true")
-}
-
-fn label_u32(labels: &HashMap<String, String>, key: &str) -> u32 {
-    labels.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
-fn label(labels: &HashMap<String, String>, key: &str) -> String {
-    labels.get(key).cloned().unwrap_or_default()
-}
-
-fn pod_of(labels: &HashMap<String, String>) -> PodRef {
-    PodRef {
-        uid: label(labels, keys::POD_UID),
-        name: label(labels, keys::POD_NAME),
-        namespace: label(labels, keys::POD_NAMESPACE),
-    }
-}
-
-fn pod_labels(pod: &PodRef, kind: &str) -> HashMap<String, String> {
-    HashMap::from([
-        (keys::POD_UID.to_owned(), pod.uid.clone()),
-        (keys::POD_NAME.to_owned(), pod.name.clone()),
-        (keys::POD_NAMESPACE.to_owned(), pod.namespace.clone()),
-        (keys::KIND.to_owned(), kind.to_owned()),
-        (
-            labels::MANAGED_BY.to_owned(),
-            labels::MANAGED_BY_VALUE.to_owned(),
-        ),
-    ])
-}
-
-fn parse_time(s: &str) -> Option<SystemTime> {
-    let ts: jiff::Timestamp = s.parse().ok()?;
-    Some(SystemTime::from(ts))
 }
 
 impl ContainerdRuntime {
@@ -310,6 +275,38 @@ impl ContainerdRuntime {
         }
     }
 
+    /// Sets labels on a container record.
+    async fn set_labels(
+        &self,
+        mut c: Container,
+        labels: Vec<(String, String)>,
+    ) -> Result<(), RuntimeError> {
+        let id = c.id.clone();
+        let paths = labels.iter().map(|(k, _)| format!("labels.{k}")).collect();
+        c.labels.extend(labels);
+        let req = self.containerd.request(UpdateContainerRequest {
+            container: Some(c),
+            update_mask: Some(prost_types::FieldMask { paths }),
+        });
+        self.containers()
+            .update(req)
+            .await
+            .map_err(grpc("update container", &id))?;
+        Ok(())
+    }
+
+    /// The container's `/var/log/containers` symlink, named from its labels.
+    fn log_symlink(&self, c: &Container) -> PathBuf {
+        let l = &c.labels;
+        logs::log_symlink_path(
+            &self.config.container_logs_dir,
+            &label(l, keys::POD_NAME),
+            &label(l, keys::POD_NAMESPACE),
+            &label(l, keys::CONTAINER_NAME),
+            &c.id,
+        )
+    }
+
     async fn delete_container_record(&self, id: &str) -> Result<(), RuntimeError> {
         let req = self
             .containerd
@@ -365,11 +362,15 @@ impl ContainerdRuntime {
         Ok(())
     }
 
+    /// Creates and starts the task. `log_file`, when given, is created between the
+    /// two: once `runc create` succeeded and before the process runs, which opens
+    /// the log driver's gate (see [`logs`]), so runc's create errors stay out of it.
     async fn create_and_start_task(
         &self,
         id: &str,
         rootfs: Vec<containerd_client::types::Mount>,
         stdio: &str,
+        log_file: Option<&Path>,
     ) -> Result<u32, RuntimeError> {
         let req = self.containerd.request(CreateTaskRequest {
             container_id: id.to_owned(),
@@ -385,6 +386,12 @@ impl ContainerdRuntime {
             .map_err(grpc("create task", id))?
             .into_inner()
             .pid;
+        if let Some(path) = log_file
+            && let Err(e) = logs::create_log_file(path)
+        {
+            let _ = self.delete_task(id).await;
+            return Err(io_err(path)(e));
+        }
         let req = self.containerd.request(StartRequest {
             container_id: id.to_owned(),
             exec_id: String::new(),
@@ -395,78 +402,6 @@ impl ContainerdRuntime {
             return Err(grpc("start task", id)(status));
         }
         Ok(pid)
-    }
-
-    fn sandbox_info(
-        &self,
-        c: &Container,
-        task: Option<&containerd_client::types::v1::Process>,
-    ) -> SandboxInfo {
-        let l = &c.labels;
-        let ips: Vec<IpAddr> = l
-            .get(keys::IPS)
-            .map(|v| v.split(',').filter_map(|s| s.parse().ok()).collect())
-            .unwrap_or_default();
-        let running = task.is_some_and(|t| t.status == TaskStatus::Running as i32);
-        SandboxInfo {
-            id: c.id.clone(),
-            pod: pod_of(l),
-            attempt: label_u32(l, keys::ATTEMPT),
-            ready: running,
-            pid: task.map_or(0, |t| t.pid),
-            ips,
-            netns: l.get(keys::NETNS).map(PathBuf::from),
-            host_network: label_bool(l, keys::HOST_NETWORK),
-            share_pid: label_bool(l, keys::SHARE_PID),
-            cgroup_parent: l.get(keys::CGROUP_PARENT).cloned(),
-            files_dir: self.files_dir(&c.id),
-            log_directory: l.get(keys::LOG_PATH).map(PathBuf::from).unwrap_or_default(),
-            created_at: to_system_time(c.created_at.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH),
-        }
-    }
-
-    fn container_info(
-        c: &Container,
-        task: Option<&containerd_client::types::v1::Process>,
-    ) -> ContainerInfo {
-        let l = &c.labels;
-        let state = match task.and_then(|t| TaskStatus::try_from(t.status).ok()) {
-            None | Some(TaskStatus::Created) => ContainerState::Created,
-            Some(TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing) => {
-                ContainerState::Running
-            }
-            Some(TaskStatus::Stopped) => ContainerState::Exited,
-            Some(TaskStatus::Unknown) => ContainerState::Unknown,
-        };
-        let exited = state == ContainerState::Exited;
-        ContainerInfo {
-            id: c.id.clone(),
-            pod_uid: label(l, keys::POD_UID),
-            name: label(l, keys::CONTAINER_NAME),
-            attempt: label_u32(l, keys::ATTEMPT),
-            sandbox_id: label(l, keys::SANDBOX_ID),
-            image: c.image.clone(),
-            image_id: label(l, keys::IMAGE_ID),
-            state,
-            pid: task.map_or(0, |t| t.pid),
-            created_at: to_system_time(c.created_at.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH),
-            started_at: l.get(keys::STARTED_AT).and_then(|s| parse_time(s)),
-            finished_at: if exited {
-                task.and_then(|t| to_system_time(t.exited_at.as_ref()))
-            } else {
-                None
-            },
-            exit_code: if exited {
-                task.map(|t| i32::try_from(t.exit_status).unwrap_or(i32::MAX))
-            } else {
-                None
-            },
-            log_path: l.get(keys::LOG_PATH).map(PathBuf::from).unwrap_or_default(),
-            labels: l
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<BTreeMap<_, _>>(),
-        }
     }
 
     /// Removes everything of a sandbox that exists, continuing past failures.
@@ -578,7 +513,7 @@ impl Runtime for ContainerdRuntime {
         let tasks = self.task_states().await?;
         Ok(records
             .iter()
-            .map(|c| self.sandbox_info(c, tasks.get(&c.id)))
+            .map(|c| records::sandbox_info(c, tasks.get(&c.id), self.files_dir(&c.id)))
             .collect())
     }
 
@@ -662,22 +597,50 @@ impl Runtime for ContainerdRuntime {
             .into_inner()
             .mounts;
         let stdio = logs::driver_uri(&self.config.log_driver, &log_path);
-        self.create_and_start_task(id, rootfs, &stdio).await?;
-        let mut c = c;
-        c.labels.insert(
-            keys::STARTED_AT.to_owned(),
-            jiff::Timestamp::now().to_string(),
-        );
-        let req = self.containerd.request(UpdateContainerRequest {
-            container: Some(c),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec![format!("labels.{}", keys::STARTED_AT)],
-            }),
-        });
-        self.containers()
-            .update(req)
+        if let Err(e) = self
+            .create_and_start_task(id, rootfs, &stdio, Some(&log_path))
             .await
-            .map_err(grpc("update container", id))?;
+        {
+            let e = match e {
+                RuntimeError::Containerd { op, id, status }
+                    if op == "create task" || op == "start task" =>
+                {
+                    RuntimeError::Start {
+                        id,
+                        step: if op == "create task" {
+                            "create"
+                        } else {
+                            "start"
+                        },
+                        message: status.message().to_owned(),
+                    }
+                }
+                e => e,
+            };
+            // The instance stays, dead with the reason (as the CRI plugin keeps it):
+            // its next attempt is a new instance, and `remove_container` takes it.
+            let message = e.to_string();
+            if let Err(le) = self
+                .set_labels(c, start_failure_labels(&message, jiff::Timestamp::now()))
+                .await
+            {
+                warn!(id, error = %le, "cannot record the start failure");
+            }
+            return Err(e);
+        }
+        let link = self.log_symlink(&c);
+        self.set_labels(
+            c,
+            vec![(
+                keys::STARTED_AT.to_owned(),
+                jiff::Timestamp::now().to_string(),
+            )],
+        )
+        .await?;
+        // As upstream's startContainer: a missing link is logged, not an error.
+        if let Err(e) = logs::create_log_symlink(&link, &log_path) {
+            warn!(id, error = %e, "cannot make the container's log symlink");
+        }
         Ok(())
     }
 
@@ -719,10 +682,17 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let link = self.get_container(id).await?.map(|c| self.log_symlink(&c));
         if self.kill(id, SIGKILL).await? {
             self.wait(id, KILL_WAIT).await?;
         }
         self.delete_task(id).await?;
+        if let Some(link) = link {
+            logs::remove_log_symlink(&link).map_err(|e| RuntimeError::Io {
+                path: e.path,
+                source: e.source,
+            })?;
+        }
         self.delete_container_record(id).await?;
         self.containerd.remove_snapshot(id).await?;
         Ok(())
@@ -745,7 +715,7 @@ impl Runtime for ContainerdRuntime {
         let tasks = self.task_states().await?;
         Ok(records
             .iter()
-            .map(|c| Self::container_info(c, tasks.get(&c.id)))
+            .map(|c| records::container_info(c, tasks.get(&c.id)))
             .collect())
     }
 
@@ -843,7 +813,7 @@ impl ContainerdRuntime {
             labels.insert(keys::CGROUP_PARENT.to_owned(), parent.clone());
         }
         self.create_record(id, &pause.name, &spec, labels).await?;
-        let pid = self.create_and_start_task(id, rootfs, "").await?;
+        let pid = self.create_and_start_task(id, rootfs, "", None).await?;
         debug!(pod = %config.pod.name, sandbox = %id, pid, ?ips, "sandbox running");
         Ok(SandboxInfo {
             id: id.to_owned(),

@@ -9,6 +9,7 @@ mod events;
 mod exec;
 pub mod oom;
 mod pod_files;
+mod records;
 pub mod seccomp;
 pub mod spec;
 pub mod user;
@@ -52,6 +53,11 @@ pub mod keys {
     pub const LOG_PATH: &str = "io.nodelet.log-path";
     /// When the container's process started (RFC 3339), set after start.
     pub const STARTED_AT: &str = "io.nodelet.started-at";
+    /// Why a container's start failed (runc's error); the instance is then dead with
+    /// [`START_ERROR_EXIT_CODE`](super::START_ERROR_EXIT_CODE).
+    pub const START_ERROR: &str = "io.nodelet.start-error";
+    /// When a container's start failed (RFC 3339).
+    pub const FINISHED_AT: &str = "io.nodelet.finished-at";
     /// A sandbox's pinned network namespace.
     pub const NETNS: &str = "io.nodelet.netns";
     /// A sandbox's pod IPs, comma separated.
@@ -73,6 +79,12 @@ pub mod keys {
     pub const KIND_CONTAINER: &str = "container";
 }
 
+/// The exit code of an instance whose start failed, as containerd's CRI plugin
+/// reports it (`errorStartExitCode`).
+pub const START_ERROR_EXIT_CODE: i32 = 128;
+/// The reason upstream shows for such an instance (`errorStartReason`).
+pub const START_ERROR_REASON: &str = "StartError";
+
 /// Errors from the runtime, each naming the object it concerns.
 #[derive(Debug, Error)]
 pub enum RuntimeError {
@@ -89,6 +101,18 @@ pub enum RuntimeError {
         /// The gRPC status.
         #[source]
         status: Box<tonic::Status>,
+    },
+    /// A container's process could not be made or started: runc's reason as
+    /// containerd reports it, worded as the CRI plugin words it
+    /// (`failed to create containerd task: … runc create failed: …`).
+    #[error("failed to {step} containerd task: {message}")]
+    Start {
+        /// The container ID.
+        id: String,
+        /// `create` or `start`.
+        step: &'static str,
+        /// containerd's message.
+        message: String,
     },
     /// An image operation failed.
     #[error(transparent)]
@@ -374,6 +398,14 @@ pub struct ContainerInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+impl ContainerInfo {
+    /// Why this instance's start failed, if it did: it is then [`ContainerState::Exited`]
+    /// with exit code [`START_ERROR_EXIT_CODE`] (reason [`START_ERROR_REASON`]).
+    pub fn start_error(&self) -> Option<&str> {
+        self.labels.get(keys::START_ERROR).map(String::as_str)
+    }
+}
+
 /// The runtime operations pod workers use.
 pub trait Runtime: Send + Sync + 'static {
     /// Creates and starts a pod sandbox: network namespace, CNI, pod files, pause.
@@ -413,7 +445,11 @@ pub trait Runtime: Send + Sync + 'static {
         image: &crate::image::ImageInfo,
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
 
-    /// Starts a created container.
+    /// Starts a created container and links its log into the container logs
+    /// directory. When the start fails the error carries the runtime's message and
+    /// the instance stays, dead (exit code [`START_ERROR_EXIT_CODE`], the message in
+    /// [`ContainerInfo::start_error`]), with nothing of runc's in its log: a retry is
+    /// a new instance; [`remove_container`](Self::remove_container) removes it.
     fn start_container(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Sends `signal` (SIGTERM when `None`), waits up to `grace`, then SIGKILL.
@@ -423,7 +459,8 @@ pub trait Runtime: Send + Sync + 'static {
         grace: Duration,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
-    /// Removes a stopped container and its root filesystem. Idempotent.
+    /// Removes a stopped container (or one whose start failed), its root filesystem
+    /// and its log symlink. Idempotent.
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// The UID of the pod a container or sandbox belongs to, from its labels; `None`

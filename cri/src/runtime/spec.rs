@@ -270,8 +270,14 @@ pub fn command_line(config: &ContainerConfig, image: &ImageRuntimeConfig) -> Vec
     out
 }
 
-/// The environment: `HOSTNAME`, then the image's, then the container's, a later
-/// definition of a name replacing an earlier one in place (containerd's order).
+/// The `PATH` of containerd's default spec (`oci.WithDefaultPathEnv`), which the
+/// image's `Env` and the container's replace: an image without `PATH` still finds
+/// `sh`.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The environment: containerd's default `PATH`, `HOSTNAME`, then the image's, then
+/// the container's, a later definition of a name replacing an earlier one in place
+/// (containerd's CRI order, so `PATH` comes first whoever sets it).
 pub fn environment(
     hostname: &str,
     image: &ImageRuntimeConfig,
@@ -284,6 +290,7 @@ pub fn environment(
             order.push(k.to_owned());
         }
     };
+    set("PATH", DEFAULT_PATH);
     set("HOSTNAME", hostname);
     for kv in &image.env {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
@@ -709,7 +716,30 @@ mod tests {
         c.env = vec![("A".into(), "pod".into()), ("B".into(), "1".into())];
         assert_eq!(
             environment("h", &image(), &c),
-            ["HOSTNAME=h", "PATH=/bin", "A=pod", "B=1"]
+            ["PATH=/bin", "HOSTNAME=h", "A=pod", "B=1"]
+        );
+    }
+
+    #[test]
+    fn image_without_path_gets_containerds_default() {
+        let mut img = image();
+        img.env = vec!["A=image".into()];
+        let c = config();
+        assert_eq!(
+            environment("h", &img, &c),
+            [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOSTNAME=h",
+                "A=image"
+            ]
+        );
+        img.env.clear();
+        let mut c = config();
+        c.env = vec![("PATH".into(), "/opt/bin".into())];
+        assert_eq!(
+            environment("h", &img, &c),
+            ["PATH=/opt/bin", "HOSTNAME=h"],
+            "the container's PATH replaces the default"
         );
     }
 

@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,7 +23,7 @@ pub struct TestRuntime {
     pub id: String,
     /// The cgroup parent sandboxes go under, `/nodelet-test-<name>-<id>`.
     pub cgroup_parent: String,
-    /// State, logs and the log driver.
+    /// State, pod logs (`logs/`) and container log symlinks (`containers/`).
     pub dir: tempfile::TempDir,
     /// The runtime under test.
     pub runtime: ContainerdRuntime,
@@ -49,21 +48,13 @@ impl TestRuntime {
             .prefix(&format!("nodelet-{name}-"))
             .tempdir()
             .unwrap();
-        // The shim's binary:// log driver: signal ready (close fd 5) and drain the
-        // container's stdout (fd 3) and stderr (fd 4); the agent binary isn't built
-        // for this crate's tests.
-        let driver = dir.path().join("log-driver");
-        std::fs::write(
-            &driver,
-            "#!/bin/sh\nexec 5>&-\ncat <&3 >/dev/null &\ncat <&4 >/dev/null\nwait\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&driver, std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = RuntimeConfig {
             endpoint: socket.clone(),
             namespace: ns.clone(),
             state_dir: dir.path().join("runtime"),
-            log_driver: driver,
+            // The real CRI log driver (this crate's `nodelet-cri-log` binary).
+            log_driver: env!("CARGO_BIN_EXE_nodelet-cri-log").into(),
+            container_logs_dir: dir.path().join("containers"),
             registries: Default::default(),
             runtime_name: "io.containerd.runc.v2".into(),
             cni: CniConfig {

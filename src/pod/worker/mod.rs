@@ -91,6 +91,8 @@ pub struct WorkerEnv<R> {
     pub root_dir: PathBuf,
     /// `--pod-logs-dir`.
     pub pod_logs_dir: PathBuf,
+    /// `--container-logs-dir` (`/var/log/containers`): the log symlinks.
+    pub container_logs_dir: PathBuf,
     /// The pod cgroups (`kubepods` hierarchy) and container resource values.
     pub cgroups: Arc<crate::pod::cgroups::PodCgroups>,
     /// The node name.

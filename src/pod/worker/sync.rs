@@ -131,7 +131,7 @@ impl<R: Runtime> PodWorker<R> {
                             sb,
                             &init_specs,
                             &containers,
-                            &volumes,
+                            volumes,
                             (&policy, apps_started),
                             now,
                             &mut waiting,
@@ -162,7 +162,7 @@ impl<R: Runtime> PodWorker<R> {
                                 c,
                                 cur.as_ref(),
                                 prev.as_ref(),
-                                &volumes,
+                                volumes,
                                 &policy,
                                 now,
                             )

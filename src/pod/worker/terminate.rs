@@ -15,6 +15,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use nodelet_cri::runtime::{ContainerInfo, ContainerState, Runtime, RuntimeError};
 use tokio::sync::watch;
@@ -29,6 +30,8 @@ use crate::pod::status;
 
 /// The default `terminationGracePeriodSeconds`.
 const DEFAULT_GRACE_SECONDS: i64 = 30;
+/// How many of a terminated pod's containers are removed at once.
+const REMOVE_CONCURRENCY: usize = 8;
 /// Upstream always gives a terminating pod at least this long.
 const MIN_POD_GRACE: Duration = Duration::from_secs(1);
 
@@ -153,8 +156,18 @@ impl<R: Runtime> PodWorker<R> {
         let containers = rt.list_containers(Some(&self.uid)).await?;
         let now = self.env.clock.now();
         self.publish(&containers, None, Default::default(), false, now);
-        for c in &containers {
-            rt.remove_container(&c.id).await?;
+        // A few at a time: removing 300 containers one by one took minutes.
+        let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
+        let removals = futures::stream::iter(ids)
+            .map(|id| {
+                let rt = std::sync::Arc::clone(&rt);
+                async move { rt.remove_container(&id).await }
+            })
+            .buffer_unordered(REMOVE_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        for r in removals {
+            r?;
         }
         // The pod cgroup goes after the last sandbox: the one each sandbox recorded
         // (an adopted pod's spec may be a stand-in) and the one this spec gives.
@@ -179,6 +192,17 @@ impl<R: Runtime> PodWorker<R> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "volume teardown failed"),
             Err(e) => warn!(error = %e, "volume teardown panicked"),
+        }
+        // The pod's log directory goes with it (upstream's container GC does this
+        // within its one-minute period).
+        let m = &self.pod.metadata;
+        if let Err(e) = nodelet_cri::logs::remove_pod_log_dir(
+            &self.env.pod_logs_dir,
+            m.namespace.as_deref().unwrap_or("default"),
+            m.name.as_deref().unwrap_or(""),
+            &self.uid,
+        ) {
+            warn!(error = %e, "cannot remove the pod's log directory");
         }
         self.env.images.forget_pod(&self.uid);
         self.env.statuses.remove(&self.uid);

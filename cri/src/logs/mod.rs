@@ -6,6 +6,22 @@
 //! The writer runs as a containerd *shim logging binary* (the `binary://` stdio scheme):
 //! the runc shim starts it with the container's stdout and stderr pipes, so logs keep
 //! flowing while the agent itself restarts, as conmon does for CRI-O.
+//!
+//! The driver never creates the log file: the runtime makes it once `runc create`
+//! has succeeded ([`create_log_file`]), and the driver drops what arrives before
+//! that. The shim hands runc the container's stdio pipes, so when `runc create` fails
+//! runc prints its error on the container's stderr too; that error reaches the agent
+//! through containerd's reply, and the workload's log stays empty.
+//!
+//! [`files`] owns the files around the logs: pod log directories and the
+//! `/var/log/containers` symlinks.
+
+pub mod files;
+
+pub use self::files::{
+    LogFileError, Pruned, create_log_symlink, log_symlink_path, pod_log_dir, prune_log_symlinks,
+    prune_pod_log_dirs, remove_log_symlink, remove_pod_log_dir,
+};
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -29,15 +45,6 @@ pub enum LogError {
     /// The driver was started without a log path.
     #[error("cri-log: missing log file path argument")]
     MissingPath,
-    /// The log file could not be opened.
-    #[error("cannot open log file {path}: {source}")]
-    Open {
-        /// The log file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
 }
 
 /// Which stream a line came from.
@@ -172,13 +179,11 @@ impl containerd_shim_logging::Driver for CriLogDriver {
             .next()
             .map(PathBuf::from)
             .ok_or(LogError::MissingPath)?;
-        open_log(&path)?;
         Ok(Self { path, config })
     }
 
     fn run(self) -> Result<(), LogError> {
-        let file = open_log(&self.path)?;
-        let sink = Arc::new(Mutex::new(file));
+        let sink = Arc::new(Mutex::new(GatedLog::new(self.path)));
         let err_sink = Arc::clone(&sink);
         let stderr = self.config.stderr;
         let errs = thread::spawn(move || copy_stream(stderr, Stream::Stderr, &err_sink, timestamp));
@@ -190,16 +195,61 @@ impl containerd_shim_logging::Driver for CriLogDriver {
     }
 }
 
-fn open_log(path: &Path) -> Result<File, LogError> {
+/// The log file as the driver sees it: closed until the runtime has made it. Writes
+/// before that are runc's own messages about a failed create (the container's
+/// process can't run before the file exists) and are dropped.
+pub struct GatedLog {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl GatedLog {
+    /// A sink for `path`, which the runtime creates when the container may run.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, file: None }
+    }
+
+    /// Whether the log file has been opened (the gate is open).
+    pub fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+}
+
+impl Write for GatedLog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.file.is_none() {
+            match OpenOptions::new().append(true).open(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(buf.len()),
+                Err(e) => return Err(e),
+            }
+        }
+        match &mut self.file {
+            Some(f) => f.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Creates a container's (empty) log file with containerd's mode, opening the
+/// driver's gate: called once `runc create` has succeeded, before the task starts.
+///
+/// # Errors
+/// The I/O error when the file can't be created.
+pub fn create_log_file(path: &Path) -> io::Result<()> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
         .open(path)
-        .map_err(|source| LogError::Open {
-            path: path.to_owned(),
-            source,
-        })
+        .map(drop)
 }
 
 /// Runs the shim logging driver; never returns. Called by the binary's `main` when it
@@ -283,6 +333,28 @@ mod tests {
         assert_eq!(lines.len(), 1);
         assert!(lines[0].full);
         assert_eq!(lines[0].text, "");
+    }
+
+    #[test]
+    fn nothing_is_written_before_the_runtime_makes_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        let sink = Mutex::new(GatedLog::new(path.clone()));
+        copy_stream(
+            &b"runc create failed: exec: /nonexistent\n"[..],
+            Stream::Stderr,
+            &sink,
+            || "T".to_owned(),
+        )
+        .expect("copy");
+        assert!(!path.exists(), "the driver must not create the log file");
+        create_log_file(&path).expect("create");
+        copy_stream(&b"hello\n"[..], Stream::Stdout, &sink, || "T".to_owned()).expect("copy");
+        assert!(sink.lock().expect("lock").is_open());
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "T stdout F hello\n"
+        );
     }
 
     #[test]
