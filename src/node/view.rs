@@ -111,12 +111,17 @@ impl NodeView {
     /// The Node object now.
     pub async fn node(&self) -> Node {
         let mut inputs = self.base.clone();
-        inputs.images = self
-            .runtime
-            .containerd()
-            .list_images()
-            .await
-            .unwrap_or_default();
+        // The image list doubles as upstream's runtime health check: a runtime that
+        // can't list its images is down, and the node is not ready.
+        match self.runtime.containerd().list_images().await {
+            Ok(images) => inputs.images = images,
+            Err(e) => {
+                tracing::debug!(error = %e, "the runtime does not answer");
+                inputs
+                    .not_ready
+                    .push("container runtime is down".to_owned());
+            }
+        }
         let pressure = self.pressure.borrow().clone();
         inputs.pressure_conditions = pressure.conditions;
         inputs.taints = pressure.taints;
