@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use nodelet_cri::cni::{Cni, CniConfig, DefaultNetwork};
 use nodelet_cri::runtime::{ContainerdRuntime, RuntimeConfig};
-use nodelet_manifests::url_source::UrlSource;
-use nodelet_manifests::{FileSource, SourceEvent};
+use nodelet_manifests::SourceEvent;
+use nodelet_sources::FileSource;
+use nodelet_sources::UrlSource;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -118,7 +119,7 @@ pub async fn start(
             let mut headers = Vec::new();
             for h in &args.manifest_url_header {
                 headers.extend(
-                    nodelet_manifests::url_source::parse_header_flag(h)
+                    nodelet_sources::parse_header_flag(h)
                         .with_context(|| format!("--manifest-url-header {h:?}"))?,
                 );
             }

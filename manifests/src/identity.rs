@@ -1,24 +1,26 @@
-//! Identity of pods that do not come from manifest files: those read from the
-//! manifest URL (`--manifest-url`) and those pushed to the agent's API
-//! (`POST /pods`), and [`load_pods_at`], which takes a body's bytes to the
-//! pods it yields, as [`crate::load_static_pods_at`] does for a file.
+//! Pod identity for every source, after upstream's `applyDefaults`
+//! (`pkg/kubelet/config/common.go`): the UID hash, the `<name>-<node>` name, the
+//! `default` namespace, `spec.nodeName`, the `config.hash`/`config.source`/
+//! `config.seen` annotations (the last two added by upstream's pod config merge)
+//! and the `Pending` phase. Manifest files ([`Origin::File`]) also get the NoExecute
+//! toleration, which upstream adds to file pods only (`isFile`).
 //!
-//! Upstream's `applyDefaults` (`pkg/kubelet/config/common.go`) with
-//! `isFile == false`: the same name suffix, namespace, node name, hash and
-//! `Pending` phase as a file's static pod, but no NoExecute toleration (upstream
-//! adds that to file pods only). The `config.source` and `config.seen`
-//! annotations, which upstream's pod config merge adds, are set here too.
+//! One path serves the three origins (file, manifest URL, push API), so they can only
+//! differ where upstream makes them differ: the toleration and what the UID hashes.
 
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Toleration};
 use sha2::{Digest, Sha256};
 
-use crate::static_pod::{
-    CONFIG_HASH_ANNOTATION, CONFIG_SEEN_ANNOTATION, CONFIG_SOURCE_ANNOTATION, FileLoad,
-    rfc3339_nanos,
-};
-
+/// Annotation naming the source a pod came from.
+pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
+/// Annotation holding the static pod's hash (its UID).
+pub const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
+/// Annotation holding when the agent first saw the pod.
+pub const CONFIG_SEEN_ANNOTATION: &str = "kubernetes.io/config.seen";
+/// The source name of manifest files (`kubetypes.FileSource`).
+pub const FILE_SOURCE: &str = "file";
 /// The source name of the manifest URL (`kubetypes.HTTPSource`).
 pub const HTTP_SOURCE: &str = "http";
 /// The source name of pods pushed to the agent's API. Upstream has no such
@@ -27,9 +29,11 @@ pub const HTTP_SOURCE: &str = "http";
 /// pushed pods get a name of their own.
 pub const PUSH_SOURCE: &str = "http-push";
 
-/// Where a pod that is not from a manifest file came from.
+/// Where a pod came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin<'a> {
+    /// Read from this manifest file (`--pod-manifest-path`).
+    File(&'a str),
     /// Read from this manifest URL (as given on the command line).
     Url(&'a str),
     /// Pushed to the agent's API (`POST /pods`).
@@ -41,6 +45,7 @@ impl Origin<'_> {
     #[must_use]
     pub fn source(self) -> &'static str {
         match self {
+            Self::File(_) => FILE_SOURCE,
             Self::Url(_) => HTTP_SOURCE,
             Self::Push => PUSH_SOURCE,
         }
@@ -50,6 +55,7 @@ impl Origin<'_> {
     #[must_use]
     pub fn label(&self) -> &str {
         match self {
+            Self::File(path) => path,
             Self::Url(url) => url,
             Self::Push => "request body",
         }
@@ -58,23 +64,27 @@ impl Origin<'_> {
 
 /// The UID of a pod from `origin` with no `metadata.uid`: a hash of the pod as
 /// written (after defaulting, before any identity is applied), the node name
-/// and the origin, so an edit gives a new UID and an unchanged manifest keeps
-/// its pod.
+/// and the origin, so that an edit gives a new UID (the pod is replaced) while
+/// an unchanged manifest keeps its UID across agent restarts.
 ///
-/// Upstream hashes `url:<url>` and the pod with MD5; as for files
-/// ([`crate::static_pod_uid`]) we use SHA-256 over the JSON encoding, truncated
-/// to 32 hex digits, and unlike upstream we include the node name for URL pods
-/// too, so that nodes reading one URL give its pods different UIDs.
+/// Upstream takes the MD5 of Go's JSON encoding of the pod followed by
+/// `host:<node>file:<path>` (files) or `url:<url>` (URLs). Go's encoder orders
+/// fields by struct declaration and k8s-openapi does not, so the bytes (and thus
+/// the UID) can never match upstream's exactly; we keep the recipe and use
+/// SHA-256, truncated to the same 32 hex digits. Unlike upstream the node name
+/// is hashed for URL pods too, so that nodes reading one URL give its pods
+/// different UIDs.
 #[must_use]
-pub fn origin_pod_uid(pod: &Pod, node_name: &str, origin: Origin<'_>) -> String {
+pub fn pod_uid(pod: &Pod, node_name: &str, origin: Origin<'_>) -> String {
     // Serialising k8s-openapi types cannot fail (every map key is a string);
     // the Debug fallback keeps this total without a panic path.
     let json = serde_json::to_vec(pod).unwrap_or_else(|_| format!("{pod:?}").into_bytes());
     let mut hasher = Sha256::new();
     hasher.update(&json);
-    hasher.update(b"\n");
+    hasher.update(b"\n"); // Go's json.Encoder ends every value with a newline.
     hasher.update(format!("host:{node_name}").as_bytes());
     match origin {
+        Origin::File(path) => hasher.update(format!("file:{path}").as_bytes()),
         Origin::Url(url) => hasher.update(format!("url:{url}").as_bytes()),
         Origin::Push => hasher.update(b"push:"),
     }
@@ -84,10 +94,11 @@ pub fn origin_pod_uid(pod: &Pod, node_name: &str, origin: Origin<'_>) -> String 
 
 /// Gives a parsed, defaulted pod the identity of a pod from `origin`: UID
 /// (unless set), `<name>-<node>` name, `default` namespace, `spec.nodeName`,
-/// the config annotations and the `Pending` phase.
-pub fn apply_origin_identity(pod: &mut Pod, node_name: &str, origin: Origin<'_>, seen: SystemTime) {
+/// the config annotations, the `Pending` phase, and for files the NoExecute
+/// toleration.
+pub fn apply_identity(pod: &mut Pod, node_name: &str, origin: Origin<'_>, seen: SystemTime) {
     if pod.metadata.uid.as_deref().unwrap_or("").is_empty() {
-        pod.metadata.uid = Some(origin_pod_uid(pod, node_name, origin));
+        pod.metadata.uid = Some(pod_uid(pod, node_name, origin));
     }
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or("");
@@ -95,7 +106,19 @@ pub fn apply_origin_identity(pod: &mut Pod, node_name: &str, origin: Origin<'_>,
     if pod.metadata.namespace.as_deref().unwrap_or("").is_empty() {
         pod.metadata.namespace = Some("default".to_owned());
     }
-    pod.spec.get_or_insert_with(PodSpec::default).node_name = Some(node_name.to_owned());
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    spec.node_name = Some(node_name.to_owned());
+    if matches!(origin, Origin::File(_)) {
+        // Static pods must not be evicted by the taint manager when the node has problems.
+        add_or_update_toleration(
+            spec,
+            Toleration {
+                operator: Some("Exists".to_owned()),
+                effect: Some("NoExecute".to_owned()),
+                ..Toleration::default()
+            },
+        );
+    }
     let annotations = pod
         .metadata
         .annotations
@@ -115,18 +138,40 @@ pub fn suffixed_name(name: &str, node_name: &str) -> String {
     format!("{name}-{}", node_name.to_lowercase())
 }
 
-/// Parses, defaults, identifies and validates every pod document of a body
-/// from `origin`. Errors are labelled with [`Origin::label`].
+/// Upstream `AddOrUpdateTolerationInPod`: a toleration matching on key,
+/// operator, value and effect is replaced unless identical; otherwise appended.
+fn add_or_update_toleration(spec: &mut PodSpec, toleration: Toleration) {
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    let matches = |t: &Toleration| {
+        let s = |v: &Option<String>| v.clone().unwrap_or_default();
+        s(&t.key) == s(&toleration.key)
+            && s(&t.effect) == s(&toleration.effect)
+            && s(&t.operator) == s(&toleration.operator)
+            && s(&t.value) == s(&toleration.value)
+    };
+    let mut updated = false;
+    for existing in tolerations.iter_mut() {
+        if matches(existing) {
+            *existing = toleration.clone();
+            updated = true;
+        }
+    }
+    if !updated {
+        tolerations.push(toleration);
+    }
+}
+
+/// `RFC3339NanoFixed` in UTC, e.g. `2024-05-01T12:00:00.000000001Z`, the
+/// format of upstream's `config.seen`.
 #[must_use]
-pub fn load_pods_at(
-    bytes: &[u8],
-    origin: Origin<'_>,
-    node_name: &str,
-    seen: SystemTime,
-) -> FileLoad {
-    crate::static_pod::load_pods_with(bytes, origin.label(), |pod| {
-        apply_origin_identity(pod, node_name, origin, seen);
-    })
+pub fn rfc3339_nanos(time: SystemTime) -> String {
+    // Times before 1970 do not occur on a running node; clamp rather than fail.
+    let ts = jiff::Timestamp::try_from(time).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    format!(
+        "{}.{:09}Z",
+        ts.strftime("%Y-%m-%dT%H:%M:%S"),
+        ts.subsec_nanosecond()
+    )
 }
 
 /// Carries `config.seen` over from the previous version of each pod with the
@@ -154,6 +199,7 @@ pub fn keep_first_seen(mut pods: Vec<Pod>, old: &[Pod]) -> Vec<Pod> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::static_pod::{FileLoad, load_pods_at};
     use std::time::{Duration, UNIX_EPOCH};
 
     const POD: &str = "\

@@ -9,6 +9,8 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize as _;
 use serde_json::Value;
 
+use crate::limits::{self, Crossed, LimitError, MAX_DOCUMENTS};
+
 /// One object found in a manifest file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
@@ -38,7 +40,9 @@ pub struct Location {
 pub struct ParseError {
     /// Where the bytes came from (the file path).
     pub origin: String,
-    /// The index the failing document would have had (see [`Document::index`]).
+    /// The index the failing document would have had (see [`Document::index`]);
+    /// for a limit crossed ([`ParseErrorReason::Limit`]), the document's position in
+    /// the stream, empty documents counted.
     pub index: usize,
     /// Where in the file, when the parser knows.
     pub location: Option<Location>,
@@ -68,6 +72,19 @@ pub enum ParseErrorReason {
     /// A `v1 Pod` whose fields have the wrong types.
     #[error("invalid Pod: {0}")]
     InvalidPod(String),
+    /// A resource limit of [`crate::limits`] was crossed.
+    #[error("{limit}{}", at_text(.at))]
+    Limit {
+        /// The limit.
+        limit: LimitError,
+        /// Where it was crossed, when known.
+        at: Option<Location>,
+    },
+}
+
+fn at_text(at: &Option<Location>) -> String {
+    at.map(|l| format!(" (at line {} column {})", l.line, l.column))
+        .unwrap_or_default()
 }
 
 /// Parses the manifests in `bytes`; `origin` (normally the file path) only
@@ -76,17 +93,37 @@ pub enum ParseErrorReason {
 /// JSON is recognised by a leading `{` (after whitespace), as upstream's
 /// `yaml.ToJSON` does; anything else is read as a YAML stream.
 ///
+/// The text is first held to the limits of [`crate::limits`] (size, documents,
+/// nesting, nodes, alias expansion), so that parsing costs bounded memory and
+/// linear time whatever the input.
+///
 /// # Errors
-/// Returns a [`ParseError`] for the first document that is not well-formed,
-/// not an object, or a `v1 Pod` whose fields have the wrong types. A file is
-/// all-or-nothing, as upstream treats a manifest file.
+/// Returns a [`ParseError`] for a limit crossed, or for the first document that
+/// is not well-formed, not an object, or a `v1 Pod` whose fields have the wrong
+/// types. A file is all-or-nothing, as upstream treats a manifest file.
 pub fn parse_manifests(bytes: &[u8], origin: &str) -> Result<Vec<Document>, ParseError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let limit_error = |crossed: Crossed| ParseError {
+        origin: origin.to_owned(),
+        index: crossed.document,
+        location: crossed.at.map(|(line, column)| Location { line, column }),
+        reason: ParseErrorReason::Limit {
+            limit: crossed.limit,
+            at: crossed.at.map(|(line, column)| Location { line, column }),
+        },
+    };
+    let shape = limits::prescan(bytes).map_err(limit_error)?;
     let format = if bytes.trim_ascii_start().starts_with(b"{") {
         Format::Json
     } else {
         Format::Yaml
     };
+    if matches!(format, Format::Yaml) && shape.has_aliases {
+        // A YAML error met here is met again, with its document, by the parse below.
+        if let Err(Ok(crossed)) = limits::count_expanded(bytes) {
+            return Err(limit_error(crossed));
+        }
+    }
     let mut parser = Parser {
         bytes,
         origin,
@@ -120,6 +157,7 @@ impl Parser<'_> {
             Format::Json => {
                 let stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
                 for (raw_index, item) in stream.enumerate() {
+                    self.check_document_count(raw_index)?;
                     let value = item.map_err(|e| self.json_error(&e))?;
                     self.push_top_level(raw_index, value)?;
                 }
@@ -127,6 +165,7 @@ impl Parser<'_> {
             Format::Yaml => {
                 for (raw_index, document) in serde_yaml::Deserializer::from_slice(bytes).enumerate()
                 {
+                    self.check_document_count(raw_index)?;
                     let mut value = serde_yaml::Value::deserialize(document)
                         .map_err(|e| self.yaml_error(&e))?;
                     // `<<: *anchor` merge keys, which upstream's YAML library honours.
@@ -153,6 +192,23 @@ impl Parser<'_> {
                     self.push_top_level(raw_index, value)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The pre-scan counts YAML documents; this also holds a stream of JSON values
+    /// (which has no `---` to count) to [`MAX_DOCUMENTS`].
+    fn check_document_count(&self, raw_index: usize) -> Result<(), ParseError> {
+        if raw_index >= MAX_DOCUMENTS {
+            return Err(ParseError {
+                origin: self.origin.to_owned(),
+                index: raw_index,
+                location: None,
+                reason: ParseErrorReason::Limit {
+                    limit: LimitError::TooManyDocuments,
+                    at: None,
+                },
+            });
         }
         Ok(())
     }
@@ -503,6 +559,54 @@ spec:
         let _ = parse_manifests(
             format!("{}{}", "{\"a\":".repeat(100_000), "1").as_bytes(),
             "deep",
+        );
+    }
+
+    #[test]
+    fn limits_name_file_document_and_limit() {
+        let origin = "/etc/kubernetes/manifests/x.yaml";
+        let text = |input: &[u8]| parse_manifests(input, origin).unwrap_err().to_string();
+        assert_eq!(
+            text("---\n".repeat(10_000).as_bytes()),
+            format!(
+                "{origin}: document 1000: more than 1000 documents, the limit for a manifest (at line 1001 column 4)"
+            )
+        );
+        let json_stream = "{}\n".repeat(MAX_DOCUMENTS + 1);
+        assert_eq!(
+            text(json_stream.as_bytes()),
+            format!("{origin}: document 1000: more than 1000 documents, the limit for a manifest")
+        );
+        let deep = format!("{POD}---\n{POD}---\nx: {}", "[".repeat(200_000));
+        assert_eq!(
+            text(deep.as_bytes()),
+            format!(
+                "{origin}: document 2: nested deeper than 100 levels, the limit for a manifest (at line 23 column 103)"
+            )
+        );
+        let big = format!("{POD}# {}\n", "x".repeat(crate::MAX_MANIFEST_BYTES));
+        assert_eq!(
+            text(big.as_bytes()),
+            format!("{origin}: document 0: larger than 3145728 bytes, the limit for a manifest")
+        );
+        let bomb = format!(
+            "a: &a [{}x]\nb: [{}*a]\n",
+            "x,".repeat(10_000),
+            "*a,".repeat(10_000)
+        );
+        assert!(
+            text(bomb.as_bytes()).starts_with(&format!(
+                "{origin}: document 0: aliases expand to more than 200000 nodes, the limit for a manifest"
+            )),
+            "{}",
+            text(bomb.as_bytes())
+        );
+        // Within the limits, the same shapes parse: merge keys through aliases, and
+        // a thousand documents.
+        let pods = vec![POD; MAX_DOCUMENTS].join("---\n");
+        assert_eq!(
+            parse_manifests(pods.as_bytes(), origin).unwrap().len(),
+            MAX_DOCUMENTS
         );
     }
 }

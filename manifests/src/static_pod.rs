@@ -1,25 +1,16 @@
-//! Static pod identity, as the kubelet gives it to pods read from manifest
-//! files (`pkg/kubelet/config/common.go` `applyDefaults`, plus the
-//! `config.source`/`config.seen` annotations the pod config merge adds),
-//! and [`load_static_pods`], which takes one file's bytes to the pods it yields.
+//! From a manifest's bytes to the pods it yields: [`load_pods_at`] parses,
+//! defaults, gives each pod its identity ([`crate::identity`]) and validates it,
+//! for every source; [`load_static_pods`] is that path for a manifest file, and
+//! [`static_pod_uid`] and [`apply_static_identity`] the file case of the identity.
 
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Toleration};
-use sha2::{Digest, Sha256};
+use k8s_openapi::api::core::v1::Pod;
 
 use crate::defaults::default_pod;
+use crate::identity::{Origin, apply_identity, pod_uid};
 use crate::parse::{ParseError, parse_manifests};
 use crate::validate::{FieldError, validate_pod};
-
-/// Annotation naming the source a pod came from.
-pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
-/// Annotation holding the static pod's hash (its UID).
-pub const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
-/// Annotation holding when the agent first saw the pod.
-pub const CONFIG_SEEN_ANNOTATION: &str = "kubernetes.io/config.seen";
-/// The source name of manifest files (`kubetypes.FileSource`).
-pub const FILE_SOURCE: &str = "file";
 
 /// What one manifest file yields.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -108,17 +99,20 @@ pub fn load_static_pods_at(
     node_name: &str,
     seen: SystemTime,
 ) -> FileLoad {
-    // Upstream order: the decoder defaults, applyDefaults hashes and renames, then
-    // the result is validated.
-    load_pods_with(bytes, path, |pod| {
-        apply_static_identity(pod, node_name, path, seen);
-    })
+    load_pods_at(bytes, Origin::File(path), node_name, seen)
 }
 
-/// Parses, defaults, identifies (with `identify`) and validates every pod document of
-/// one manifest; the shared path of every source. `label` names the origin (a file
-/// path or URL) in errors.
-pub(crate) fn load_pods_with(bytes: &[u8], label: &str, identify: impl Fn(&mut Pod)) -> FileLoad {
+/// Parses, defaults, identifies and validates every pod document of a manifest
+/// from `origin`; the one path of every source. Errors are labelled with
+/// [`Origin::label`] (the file path, the URL, or "request body").
+#[must_use]
+pub fn load_pods_at(
+    bytes: &[u8],
+    origin: Origin<'_>,
+    node_name: &str,
+    seen: SystemTime,
+) -> FileLoad {
+    let label = origin.label();
     let documents = match parse_manifests(bytes, label) {
         Ok(documents) => documents,
         Err(e) => {
@@ -139,8 +133,10 @@ pub(crate) fn load_pods_with(bytes: &[u8], label: &str, identify: impl Fn(&mut P
             });
             continue;
         };
+        // Upstream order: the decoder defaults, applyDefaults hashes and renames,
+        // then the result is validated.
         default_pod(&mut pod);
-        identify(&mut pod);
+        apply_identity(&mut pod, node_name, origin, seen);
         let errors = validate_pod(&pod);
         if errors.is_empty() {
             load.pods.push(pod);
@@ -156,104 +152,29 @@ pub(crate) fn load_pods_with(bytes: &[u8], label: &str, identify: impl Fn(&mut P
     load
 }
 
-/// The UID of a static pod with no `metadata.uid`: a hash of the pod as
-/// written (after defaulting, before any identity is applied), the node name
-/// and the file path, so that an edit gives a new UID (the pod is replaced)
-/// while an unchanged file keeps its UID across agent restarts.
-///
-/// Upstream takes the MD5 of Go's JSON encoding of the pod followed by
-/// `host:<node>file:<path>`. Go's encoder orders fields by struct declaration
-/// and k8s-openapi does not, so the bytes (and thus the UID) can never match
-/// upstream's exactly; we keep the recipe and use SHA-256, which the crate
-/// already depends on, truncated to the same 32 hex digits.
+/// The UID of a static pod with no `metadata.uid` (see [`pod_uid`]): a hash of
+/// the pod as written, the node name and the file path.
 #[must_use]
 pub fn static_pod_uid(pod: &Pod, node_name: &str, source_path: &str) -> String {
-    // Serialising k8s-openapi types cannot fail (every map key is a string);
-    // the Debug fallback keeps this total without a panic path.
-    let json = serde_json::to_vec(pod).unwrap_or_else(|_| format!("{pod:?}").into_bytes());
-    let mut hasher = Sha256::new();
-    hasher.update(&json);
-    hasher.update(b"\n"); // Go's json.Encoder ends every value with a newline.
-    hasher.update(format!("host:{node_name}").as_bytes());
-    hasher.update(format!("file:{source_path}").as_bytes());
-    let digest = hasher.finalize();
-    hex::encode(&digest[..16])
+    pod_uid(pod, node_name, Origin::File(source_path))
 }
 
-/// Gives a parsed, defaulted pod its static identity: UID (unless set),
-/// `<name>-<node>` name, `default` namespace, `spec.nodeName`, the config
-/// annotations, the NoExecute toleration and the `Pending` phase.
+/// Gives a parsed, defaulted pod its static identity ([`apply_identity`] for a
+/// file): UID (unless set), `<name>-<node>` name, `default` namespace,
+/// `spec.nodeName`, the config annotations, the NoExecute toleration and the
+/// `Pending` phase.
 pub fn apply_static_identity(pod: &mut Pod, node_name: &str, source_path: &str, seen: SystemTime) {
-    if pod.metadata.uid.as_deref().unwrap_or("").is_empty() {
-        pod.metadata.uid = Some(static_pod_uid(pod, node_name, source_path));
-    }
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let name = pod.metadata.name.as_deref().unwrap_or("");
-    pod.metadata.name = Some(format!("{name}-{}", node_name.to_lowercase()));
-    if pod.metadata.namespace.as_deref().unwrap_or("").is_empty() {
-        pod.metadata.namespace = Some("default".to_owned());
-    }
-    let spec = pod.spec.get_or_insert_with(PodSpec::default);
-    spec.node_name = Some(node_name.to_owned());
-    // Static pods must not be evicted by the taint manager when the node has problems.
-    add_or_update_toleration(
-        spec,
-        Toleration {
-            operator: Some("Exists".to_owned()),
-            effect: Some("NoExecute".to_owned()),
-            ..Toleration::default()
-        },
-    );
-    let annotations = pod
-        .metadata
-        .annotations
-        .get_or_insert_with(Default::default);
-    annotations.insert(CONFIG_HASH_ANNOTATION.to_owned(), uid);
-    annotations.insert(CONFIG_SOURCE_ANNOTATION.to_owned(), FILE_SOURCE.to_owned());
-    annotations.insert(CONFIG_SEEN_ANNOTATION.to_owned(), rfc3339_nanos(seen));
-    pod.status.get_or_insert_with(PodStatus::default).phase = Some("Pending".to_owned());
-}
-
-/// Upstream `AddOrUpdateTolerationInPod`: a toleration matching on key,
-/// operator, value and effect is replaced unless identical; otherwise appended.
-fn add_or_update_toleration(spec: &mut PodSpec, toleration: Toleration) {
-    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
-    let matches = |t: &Toleration| {
-        let s = |v: &Option<String>| v.clone().unwrap_or_default();
-        s(&t.key) == s(&toleration.key)
-            && s(&t.effect) == s(&toleration.effect)
-            && s(&t.operator) == s(&toleration.operator)
-            && s(&t.value) == s(&toleration.value)
-    };
-    let mut updated = false;
-    for existing in tolerations.iter_mut() {
-        if matches(existing) {
-            *existing = toleration.clone();
-            updated = true;
-        }
-    }
-    if !updated {
-        tolerations.push(toleration);
-    }
-}
-
-/// `RFC3339NanoFixed` in UTC, e.g. `2024-05-01T12:00:00.000000001Z`, the
-/// format of upstream's `config.seen`.
-#[must_use]
-pub fn rfc3339_nanos(time: SystemTime) -> String {
-    // Times before 1970 do not occur on a running node; clamp rather than fail.
-    let ts = jiff::Timestamp::try_from(time).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    format!(
-        "{}.{:09}Z",
-        ts.strftime("%Y-%m-%dT%H:%M:%S"),
-        ts.subsec_nanosecond()
-    )
+    apply_identity(pod, node_name, Origin::File(source_path), seen);
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::identity::{
+        CONFIG_HASH_ANNOTATION, CONFIG_SEEN_ANNOTATION, CONFIG_SOURCE_ANNOTATION, rfc3339_nanos,
+    };
+    use k8s_openapi::api::core::v1::Toleration;
     use std::time::{Duration, UNIX_EPOCH};
 
     const POD: &str = "\
@@ -425,5 +346,29 @@ spec:
             let time = UNIX_EPOCH + Duration::new(secs, nanos);
             assert_eq!(rfc3339_nanos(time), text);
         }
+    }
+
+    #[test]
+    fn a_ten_megabyte_annotation_is_refused_like_the_apiserver_does() {
+        let huge = "x".repeat(10 << 20);
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  annotations:\n    big: {huge}\nspec:\n  containers:\n  - name: app\n    image: busybox\n"
+        );
+        // Too large for a manifest before it is even parsed ...
+        let loaded = load(&manifest);
+        assert!(loaded.pods.is_empty());
+        assert!(
+            loaded.errors[0]
+                .to_string()
+                .contains("larger than 3145728 bytes")
+        );
+        // ... and 300 KiB, within the manifest limit, is over the annotation limit.
+        let manifest = manifest.replace(&huge, &"x".repeat(300 << 10));
+        let loaded = load(&manifest);
+        assert!(loaded.pods.is_empty());
+        assert_eq!(
+            loaded.errors[0].to_string(),
+            "/etc/manifests/web.yaml: document 0: invalid pod \"web-node-1\": metadata.annotations: Too long: must have at most 262144 bytes"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Property tests (proptest) for the parsers: resource quantities against
-//! upstream's grammar, and manifests that are random, truncated or
-//! well-typed but odd. The unit tests beside each module hold the fixed
+//! upstream's grammar, manifests that are random, truncated or well-typed but
+//! odd, and the limits' pre-scan against libyaml itself. The unit tests beside each module hold the fixed
 //! cases; these look for the inputs nobody thought of.
 //!
 //! Upstream's grammar (`apimachinery/pkg/api/resource/quantity.go`):
@@ -19,8 +19,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+use nodelet_manifests::limits::prescan;
 use nodelet_manifests::{
-    ParseErrorReason, Quantity, QuantityError, load_static_pods, parse_manifests,
+    LimitError, ParseErrorReason, Quantity, QuantityError, load_static_pods, parse_manifests,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -402,6 +403,88 @@ proptest! {
                         prop_assert!(error.to_string().starts_with("/m/odd: document 0: "), "{}", error);
                     }
                 }
+            }
+        }
+    }
+}
+
+// --- the manifest limits' pre-scan against libyaml ---
+
+/// Strings made of what YAML gives meaning to: brackets, quotes, comment and block
+/// scalar indicators, document markers, line breaks (NEL too), tabs, escapes.
+fn tricky_string() -> impl Strategy<Value = String> {
+    let pieces = vec![
+        "[", "]", "{", "}", ":", ": ", " #", "#", "'", "\"", "|", ">", "- ", "? ", ",", "&a", "*a",
+        "!t", "\n", "  ", "\t", "---", "...", "%", "\\", "x", "é", "\u{85}", "\r\n",
+    ];
+    proptest::collection::vec(proptest::sample::select(pieces), 0..12).prop_map(|v| v.concat())
+}
+
+fn tricky_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        tricky_string().prop_map(Value::String),
+        any::<i64>().prop_map(Value::from),
+        Just(Value::Null),
+    ];
+    leaf.prop_recursive(5, 48, 5, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            proptest::collection::btree_map(tricky_string(), inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Whether serde_yaml (libyaml), with no pre-scan, finds the text nested past its
+/// recursion limit.
+fn libyaml_sees_deep(text: &str) -> bool {
+    // serde_yaml's iterator repeats a stream error forever: stop at the first.
+    for d in serde_yaml::Deserializer::from_str(text) {
+        if let Err(e) = <serde_yaml::Value as serde::Deserialize>::deserialize(d) {
+            return e.to_string().contains("recursion limit exceeded");
+        }
+    }
+    false
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// No false rejection: what serde_yaml and serde_json write, strings full of
+    /// YAML punctuation included, passes the pre-scan.
+    #[test]
+    fn prescan_accepts_what_serializers_write(value in tricky_value()) {
+        let wrapped = json!({"a": value, "b": [value]});
+        for text in [
+            serde_yaml::to_string(&wrapped).unwrap(),
+            serde_json::to_string(&wrapped).unwrap(),
+            serde_json::to_string_pretty(&wrapped).unwrap(),
+        ] {
+            prop_assert!(prescan(text.as_bytes()).is_ok(), "{text:?}: {:?}", prescan(text.as_bytes()));
+        }
+    }
+
+    /// No missed bomb: real nesting past the limit is found whatever strings, block
+    /// scalars and keys come before it or sit between its levels.
+    #[test]
+    fn prescan_finds_nesting_behind_any_strings(value in tricky_value(), depth in 130usize..200) {
+        let yaml = serde_yaml::to_string(&json!({"a": value})).unwrap();
+        let json = serde_json::to_string(&value).unwrap();
+        let texts = [
+            // Block YAML (quoted, plain and block scalars), then flow nesting.
+            format!("{yaml}z: {}x", "[".repeat(depth)),
+            // Each level of a flow sequence led by the value.
+            format!("{}x", format!("[{json}, ").repeat(depth)),
+            // The value as a key at every level of a flow mapping.
+            format!("{}x", format!("{{{json}: ").repeat(depth)),
+        ];
+        for text in texts {
+            if libyaml_sees_deep(&text) {
+                prop_assert_eq!(
+                    prescan(text.as_bytes()).map_err(|c| c.limit),
+                    Err(LimitError::TooDeep),
+                    "{:?}", text
+                );
             }
         }
     }

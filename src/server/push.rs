@@ -11,12 +11,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use k8s_openapi::api::core::v1::Pod;
-use nodelet_manifests::{PushError, PushStore, SourceEvent};
+use nodelet_manifests::SourceEvent;
+use nodelet_sources::{PushError, PushStore};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// The largest body accepted, as the apiserver's limit for one object.
-const MAX_BODY: usize = 10 * 1024 * 1024;
+const MAX_BODY: usize = nodelet_sources::MAX_MANIFEST_BYTES + 1;
 
 enum Request {
     Apply {

@@ -226,7 +226,9 @@ impl World {
             healthz: free_port(),
             node: format!("node-{id}"),
             agent: None,
-            log_filter: "info,nodelet=debug,nodelet_cri=debug,nodelet_manifests=debug".into(),
+            log_filter:
+                "info,nodelet=debug,nodelet_cri=debug,nodelet_manifests=debug,nodelet_sources=debug"
+                    .into(),
             extra_args: Vec::new(),
             http: reqwest::Client::new(),
             id,

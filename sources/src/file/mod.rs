@@ -2,42 +2,31 @@
 //! directory, or a single file, of static pod manifests, watched with inotify
 //! and fully rescanned every `--file-check-frequency` as a safety net.
 //!
-//! This is the only module of the crate that does I/O. It keeps, per file, the
-//! pods the file last produced successfully, so a half-written or broken edit
-//! never removes running pods; a file that disappears takes its pods with it.
-//! Each change of the desired set is sent as one complete [`SourceEvent::Snapshot`].
+//! The scanner ([`scanner`]) keeps, per file, the pods the file last produced
+//! successfully, so a half-written or broken edit never removes running pods; a
+//! file that disappears takes its pods with it. Each change of the desired set is
+//! sent as one complete [`SourceEvent::Snapshot`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::identity::keep_first_seen;
-use crate::static_pod::{FILE_SOURCE, load_static_pods};
+use nodelet_manifests::{FILE_SOURCE, SourceEvent};
+
+mod scanner;
+
+use scanner::Scanner;
 
 /// How long a burst of file events is collected before one rescan.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Lower bound on the rescan period (a zero period would spin).
 const MIN_RESCAN: Duration = Duration::from_millis(100);
-
-/// What a pod source tells the pod config.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SourceEvent {
-    /// The complete set of pods this source wants now, replacing the previous set.
-    Snapshot {
-        /// The source's name (`"file"`).
-        source: &'static str,
-        /// The pods, in file-name order.
-        pods: Vec<Pod>,
-    },
-}
 
 /// Watches a manifest directory (or file) and sends the static pods it holds.
 #[derive(Debug, Clone)]
@@ -217,223 +206,9 @@ fn is_relevant(event: &notify::Result<notify::Event>, watched: &Path) -> bool {
     event.paths.is_empty() || event.paths.iter().any(|p| p == watched || !is_dotfile(p))
 }
 
-fn is_dotfile(path: &Path) -> bool {
+pub(crate) fn is_dotfile(path: &Path) -> bool {
     path.file_name()
         .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."))
-}
-
-/// What one manifest file last gave us.
-struct FileState {
-    /// Digest of the bytes last read, to skip re-parsing unchanged files.
-    digest: [u8; 32],
-    /// The pods of the last good version of the file.
-    pods: Vec<Pod>,
-    /// What was logged about the current version, to log each problem once.
-    reported: Vec<String>,
-}
-
-/// The synchronous part of the source: reads the path and keeps per-file state.
-struct Scanner {
-    path: PathBuf,
-    node_name: String,
-    files: BTreeMap<PathBuf, FileState>,
-    /// Path-level problems and notes already logged.
-    noted: HashSet<String>,
-    /// Name conflicts already logged, keyed by the losing file and pod.
-    conflicts: HashSet<String>,
-}
-
-impl Scanner {
-    fn new(path: PathBuf, node_name: String) -> Self {
-        Self {
-            path,
-            node_name,
-            files: BTreeMap::new(),
-            noted: HashSet::new(),
-            conflicts: HashSet::new(),
-        }
-    }
-
-    /// Logs a path-level message the first time it occurs.
-    fn note(&mut self, message: String) {
-        if self.noted.insert(message.clone()) {
-            warn!(path = %self.path.display(), "{message}");
-        }
-    }
-
-    /// The manifest files to read, sorted, or `None` when the path cannot be
-    /// listed right now (state is then kept as it is).
-    fn list(&mut self) -> Option<Vec<PathBuf>> {
-        let meta = match std::fs::metadata(&self.path) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Upstream treats a missing path as "no pods" and keeps looking.
-                self.note("manifest path does not exist (yet)".to_owned());
-                return Some(Vec::new());
-            }
-            Err(e) => {
-                self.note(format!("cannot read manifest path: {e}"));
-                return None;
-            }
-        };
-        self.noted
-            .retain(|m| !m.starts_with("manifest path does not exist"));
-        if meta.is_file() {
-            return Some(vec![self.path.clone()]);
-        }
-        if !meta.is_dir() {
-            self.note("manifest path is not a directory or a regular file".to_owned());
-            return Some(Vec::new());
-        }
-        let entries = match std::fs::read_dir(&self.path) {
-            Ok(entries) => entries,
-            Err(e) => {
-                self.note(format!("cannot list manifest directory: {e}"));
-                return None;
-            }
-        };
-        let mut files = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if is_dotfile(&path) {
-                continue; // Editors' swap files and the like, as upstream's `[^.]*` glob.
-            }
-            // `fs::metadata` follows symlinks, as upstream's `os.Stat` does.
-            match std::fs::metadata(&path) {
-                Ok(meta) if meta.is_file() => files.push(path),
-                Ok(meta) if meta.is_dir() => {
-                    self.note(format!(
-                        "not recursing into manifest subdirectory {}",
-                        path.display()
-                    ));
-                }
-                Ok(_) => self.note(format!("ignoring {}: not a regular file", path.display())),
-                // Gone since listing, or a dangling symlink: nothing to run.
-                Err(_) => {}
-            }
-        }
-        files.sort();
-        Some(files)
-    }
-
-    fn scan(&mut self) {
-        let Some(files) = self.list() else {
-            return;
-        };
-        let present: HashSet<&PathBuf> = files.iter().collect();
-        self.files.retain(|path, _| {
-            let keep = present.contains(path);
-            if !keep {
-                info!(file = %path.display(), "manifest file removed; its pods go too");
-            }
-            keep
-        });
-        for file in files {
-            self.scan_file(file);
-        }
-    }
-
-    fn scan_file(&mut self, file: PathBuf) {
-        let bytes = match std::fs::read(&file) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.files.remove(&file);
-                return;
-            }
-            Err(e) => {
-                // Keep whatever the file gave before; try again next scan.
-                self.note(format!("cannot read manifest file {}: {e}", file.display()));
-                return;
-            }
-        };
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        if self
-            .files
-            .get(&file)
-            .is_some_and(|state| state.digest == digest)
-        {
-            return;
-        }
-        let origin = file.to_string_lossy().into_owned();
-        let load = load_static_pods(&bytes, &origin, &self.node_name);
-        let (old_pods, already) = match self.files.remove(&file) {
-            Some(previous) => (previous.pods, previous.reported),
-            None => (Vec::new(), Vec::new()),
-        };
-        let mut reported: Vec<String> = load.errors.iter().map(ToString::to_string).collect();
-        let fatal = load.has_fatal_errors();
-        for (error, text) in load.errors.iter().zip(&reported) {
-            if already.contains(text) {
-                continue; // Logged when this version of the problem first appeared.
-            }
-            if error.is_fatal() {
-                warn!(file = %file.display(), reason = %text, "manifest rejected; keeping the pods it last produced, if any");
-            } else {
-                info!(file = %file.display(), reason = %text, "manifest document skipped");
-            }
-        }
-        // A file truncated to nothing is most likely being rewritten (open
-        // with O_TRUNC, then write): keep its pods. Deleting the file is how
-        // to remove them.
-        let emptied =
-            !fatal && load.pods.is_empty() && load.errors.is_empty() && !old_pods.is_empty();
-        if emptied {
-            const EMPTIED: &str =
-                "manifest file has no documents; keeping its pods until it is fixed or removed";
-            if !already.iter().any(|m| m == EMPTIED) {
-                warn!(file = %file.display(), "{EMPTIED}");
-            }
-            reported.push(EMPTIED.to_owned());
-        }
-        let pods = if fatal || emptied {
-            old_pods
-        } else {
-            keep_first_seen(load.pods, &old_pods)
-        };
-        self.files.insert(
-            file,
-            FileState {
-                digest,
-                pods,
-                reported,
-            },
-        );
-    }
-
-    /// The desired pods: every file's pods in file-name order, the first pod
-    /// of each namespace/name winning.
-    fn pods(&mut self) -> Vec<Pod> {
-        let mut taken: HashMap<(String, String), &Path> = HashMap::new();
-        let mut pods = Vec::new();
-        let mut conflicts = HashSet::new();
-        for (file, state) in &self.files {
-            for pod in &state.pods {
-                let key = (
-                    pod.metadata.namespace.clone().unwrap_or_default(),
-                    pod.metadata.name.clone().unwrap_or_default(),
-                );
-                if let Some(winner) = taken.get(&key) {
-                    let message = format!(
-                        "pod {}/{} from {} conflicts with the one from {}; ignoring it",
-                        key.0,
-                        key.1,
-                        file.display(),
-                        winner.display()
-                    );
-                    if !self.conflicts.contains(&message) {
-                        warn!(file = %file.display(), namespace = %key.0, pod = %key.1, "{message}");
-                    }
-                    conflicts.insert(message);
-                    continue;
-                }
-                taken.insert(key, file);
-                pods.push(pod.clone());
-            }
-        }
-        // Forget resolved conflicts so they are logged again if they return.
-        self.conflicts = conflicts;
-        pods
-    }
 }
 
 #[cfg(test)]
@@ -460,116 +235,6 @@ mod tests {
             .find(|p| p.metadata.name.as_deref() == Some(name))
             .and_then(|p| p.metadata.uid.clone())
             .unwrap_or_else(|| panic!("no pod {name} in {:?}", names(pods)))
-    }
-
-    // --- the scanner, synchronously ---
-
-    fn scanner(dir: &Path) -> Scanner {
-        Scanner::new(dir.to_path_buf(), "node1".to_owned())
-    }
-
-    fn scan(scanner: &mut Scanner) -> Vec<Pod> {
-        scanner.scan();
-        scanner.pods()
-    }
-
-    #[test]
-    fn broken_edit_keeps_last_good_pods_and_removal_drops_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("web.yaml");
-        let mut s = scanner(dir.path());
-        assert!(scan(&mut s).is_empty());
-
-        fs::write(&file, manifest("web", "busybox:1")).unwrap();
-        let first = scan(&mut s);
-        assert_eq!(names(&first), ["web-node1"]);
-
-        for broken in [
-            "apiVersion: v1\nkind: Pod\nspec: [",
-            "",
-            &manifest("web", "''"),
-        ] {
-            fs::write(&file, broken).unwrap();
-            assert_eq!(
-                scan(&mut s),
-                first,
-                "broken edit {broken:?} must keep the pod"
-            );
-        }
-
-        fs::write(&file, manifest("web", "busybox:2")).unwrap();
-        let edited = scan(&mut s);
-        assert_ne!(uid(&edited, "web-node1"), uid(&first, "web-node1"));
-
-        fs::remove_file(&file).unwrap();
-        assert!(scan(&mut s).is_empty());
-    }
-
-    #[test]
-    fn empty_file_is_broken_only_after_a_good_version() {
-        // A new empty file parses to no documents: not an error, and no pods.
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("a.yaml"), "").unwrap();
-        let mut s = scanner(dir.path());
-        assert!(scan(&mut s).is_empty());
-    }
-
-    #[test]
-    fn unchanged_files_keep_identical_pods() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("a.yaml"), manifest("a", "x:1")).unwrap();
-        let mut s = scanner(dir.path());
-        let first = scan(&mut s);
-        // Rewriting the same pod in a different layout re-parses but yields an
-        // equal pod: config.seen is carried over.
-        fs::write(
-            dir.path().join("a.yaml"),
-            format!("# comment\n{}", manifest("a", "x:1")),
-        )
-        .unwrap();
-        assert_eq!(scan(&mut s), first);
-    }
-
-    #[test]
-    fn dotfiles_subdirectories_and_other_kinds_are_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(".hidden.yaml"), manifest("hidden", "x:1")).unwrap();
-        fs::create_dir(dir.path().join("sub")).unwrap();
-        fs::write(dir.path().join("sub/inner.yaml"), manifest("inner", "x:1")).unwrap();
-        fs::write(
-            dir.path().join("mixed.yaml"),
-            format!(
-                "apiVersion: v1\nkind: Service\n---\n{}",
-                manifest("web", "x:1")
-            ),
-        )
-        .unwrap();
-        assert_eq!(names(&scan(&mut scanner(dir.path()))), ["web-node1"]);
-    }
-
-    #[test]
-    fn first_file_wins_a_name_conflict() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("b.yaml"), manifest("web", "from-b:1")).unwrap();
-        fs::write(dir.path().join("a.yaml"), manifest("web", "from-a:1")).unwrap();
-        let pods = scan(&mut scanner(dir.path()));
-        assert_eq!(pods.len(), 1);
-        let image = pods[0].spec.as_ref().unwrap().containers[0].image.clone();
-        assert_eq!(image.as_deref(), Some("from-a:1"));
-    }
-
-    #[test]
-    fn single_file_and_missing_paths() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("only.json");
-        let mut s = scanner(&file);
-        assert!(scan(&mut s).is_empty(), "missing file means no pods");
-        fs::write(
-            &file,
-            r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"j"},"spec":{"containers":[{"name":"c","image":"i:1"}]}}"#,
-        )
-        .unwrap();
-        assert_eq!(names(&scan(&mut s)), ["j-node1"]);
     }
 
     // --- the watching task ---

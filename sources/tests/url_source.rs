@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use nodelet_manifests::{CONFIG_SEEN_ANNOTATION, SourceEvent, UrlSource};
+use nodelet_manifests::CONFIG_SEEN_ANNOTATION;
+use nodelet_sources::{SourceEvent, UrlSource};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -214,7 +215,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
 impl Logs {
     fn install(&self) -> tracing::subscriber::DefaultGuard {
         let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("nodelet_manifests=debug")
+            .with_env_filter("nodelet_sources=debug")
             .with_writer(self.clone())
             .with_ansi(false)
             .finish();
@@ -528,5 +529,37 @@ async fn the_first_snapshot_is_sent_even_when_the_first_attempt_fails() {
             .unwrap()
             .contains_key(CONFIG_SEEN_ANNOTATION)
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_past_the_manifest_limits_keep_the_last_good_pods() {
+    let logs = Logs::default();
+    let _guard = logs.install();
+    let shared = served(false, &manifest("web", "busybox:1"));
+    let server = Server::start(&shared, any_port()).await;
+    let mut source = Running::start(&server.url(), &[]);
+    let good = source.next().await;
+    assert_eq!(names(&good), ["web-node1"]);
+
+    // Larger than 3 MiB: refused while it is read.
+    let mut big = manifest("web", "busybox:2");
+    big.push_str(&format!(
+        "# {}\n",
+        "x".repeat(nodelet_manifests::MAX_MANIFEST_BYTES)
+    ));
+    shared.serve(&big);
+    wait_for("the too-large warning", || {
+        logs.lines("WARN", "the body is larger than 3145728 bytes") == 1
+    })
+    .await;
+    // Nested 100,000 deep: refused by the pre-scan, naming the URL and the limit.
+    shared.serve(&"[".repeat(100_000));
+    wait_for("the nesting warning", || {
+        logs.lines("WARN", "document 0: nested deeper than 100 levels") == 1
+    })
+    .await;
+    two_more_polls(&shared).await;
+    source.assert_quiet();
     server.stop().await;
 }

@@ -3,7 +3,7 @@
 //!
 //! A body holds a Pod, a `List`/`PodList` of pods, or several YAML documents,
 //! in YAML or JSON. Every pod is defaulted, given the identity of a static pod
-//! from source `"http-push"` ([`crate::identity::PUSH_SOURCE`]; upstream has no
+//! from source `"http-push"` ([`nodelet_manifests::PUSH_SOURCE`]; upstream has no
 //! such source) and validated; the body is all or nothing. Errors come back as
 //! the apiserver's `v1.Status` (`422 Invalid` with a cause per field error,
 //! `400 BadRequest`, `404 NotFound`, `415 UnsupportedMediaType`), built in one
@@ -19,11 +19,11 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
 
-use crate::defaults::default_pod;
-use crate::identity::{Origin, PUSH_SOURCE, apply_origin_identity, keep_first_seen, suffixed_name};
-use crate::parse::{ParseError, parse_manifests};
-use crate::source::SourceEvent;
-use crate::validate::{FieldError, FieldErrorKind, go_quote, validate_pod};
+use nodelet_manifests::validate::go_quote;
+use nodelet_manifests::{
+    FieldError, FieldErrorKind, MAX_MANIFEST_BYTES, Origin, PUSH_SOURCE, ParseError, SourceEvent,
+    apply_identity, default_pod, keep_first_seen, parse_manifests, suffixed_name, validate_pod,
+};
 
 /// The media types a push body may be declared as (parameters such as
 /// `charset` are ignored); the format itself is detected from the body.
@@ -59,6 +59,9 @@ pub enum PushError {
         /// The declared type.
         content_type: String,
     },
+    /// A body larger than [`MAX_MANIFEST_BYTES`] (413), refused before parsing.
+    #[error("Request entity too large: limit is {MAX_MANIFEST_BYTES}")]
+    TooLarge,
     /// The body does not parse (400).
     #[error(transparent)]
     Parse(#[from] ParseError),
@@ -102,6 +105,7 @@ impl PushError {
     pub fn code(&self) -> u16 {
         match self {
             Self::UnsupportedMediaType { .. } => 415,
+            Self::TooLarge => 413,
             Self::Parse(_) | Self::NotAPod { .. } | Self::Empty => 400,
             Self::Invalid { .. } => 422,
             Self::NotFound { .. } => 404,
@@ -113,6 +117,7 @@ impl PushError {
     pub fn status(&self) -> Status {
         let (reason, details) = match self {
             Self::UnsupportedMediaType { .. } => ("UnsupportedMediaType", None),
+            Self::TooLarge => ("RequestEntityTooLarge", None),
             Self::Parse(_) | Self::NotAPod { .. } | Self::Empty => ("BadRequest", None),
             Self::Invalid { pods, several } => ("Invalid", Some(invalid_details(pods, *several))),
             Self::NotFound { name, .. } => (
@@ -234,7 +239,7 @@ impl PushStore {
     ///
     /// # Errors
     /// A [`PushError`] (and nothing changes) when the content type is not JSON
-    /// or YAML, the body does not parse, holds no document or a non-pod
+    /// or YAML, the body is over the manifest limits or does not parse, holds no document or a non-pod
     /// document, or any pod is invalid (including two pods of one name).
     pub fn apply(
         &mut self,
@@ -255,6 +260,9 @@ impl PushStore {
         seen: SystemTime,
     ) -> Result<Vec<Pod>, PushError> {
         check_content_type(content_type)?;
+        if body.len() > MAX_MANIFEST_BYTES {
+            return Err(PushError::TooLarge);
+        }
         let documents = parse_manifests(body, "request body")?;
         if documents.is_empty() {
             return Err(PushError::Empty);
@@ -272,7 +280,7 @@ impl PushStore {
                 });
             };
             default_pod(&mut pod);
-            apply_origin_identity(&mut pod, &self.node_name, Origin::Push, seen);
+            apply_identity(&mut pod, &self.node_name, Origin::Push, seen);
             let mut errors = validate_pod(&pod);
             let key = key_of(&pod);
             if names.insert(key.clone(), document.index).is_some() {
@@ -372,7 +380,7 @@ fn check_content_type(content_type: Option<&str>) -> Result<(), PushError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::static_pod::{CONFIG_SEEN_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
+    use nodelet_manifests::{CONFIG_SEEN_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
     use std::time::{Duration, UNIX_EPOCH};
 
     fn pod_yaml(name: &str, image: &str) -> String {
@@ -670,5 +678,53 @@ mod tests {
             404,
             "namespaces are kept apart"
         );
+    }
+
+    #[test]
+    fn bodies_past_the_manifest_limits_are_refused() {
+        let mut s = store();
+        let mut big = pod_yaml("web", "i");
+        big.push_str(&format!("# {}\n", "x".repeat(MAX_MANIFEST_BYTES)));
+        let err = s.apply(big.as_bytes(), None).unwrap_err();
+        assert_eq!(err.code(), 413);
+        assert_eq!(
+            serde_json::to_value(err.status()).unwrap(),
+            serde_json::json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": "Request entity too large: limit is 3145728",
+                "reason": "RequestEntityTooLarge",
+                "code": 413
+            })
+        );
+        let deep = "[".repeat(100_000);
+        let err = s.apply(deep.as_bytes(), None).unwrap_err();
+        assert_eq!(err.code(), 400);
+        assert_eq!(
+            err.to_string(),
+            "request body: document 0: nested deeper than 100 levels, the limit for a manifest (at line 1 column 101)"
+        );
+        let empties = "---\n".repeat(10_000);
+        let err = s.apply(empties.as_bytes(), None).unwrap_err();
+        assert!(
+            err.to_string().contains("more than 1000 documents"),
+            "{err}"
+        );
+        let annotated = pod_yaml("web", "i").replace(
+            "  name: web\n",
+            &format!(
+                "  name: web\n  annotations:\n    a: {}\n",
+                "x".repeat(300 << 10)
+            ),
+        );
+        let err = s.apply(annotated.as_bytes(), None).unwrap_err();
+        assert_eq!(err.code(), 422);
+        assert_eq!(
+            err.to_string(),
+            "Pod \"web-node1\" is invalid: metadata.annotations: Too long: must have at most 262144 bytes"
+        );
+        assert!(s.pods().is_empty());
     }
 }

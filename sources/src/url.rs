@@ -23,13 +23,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::identity::{HTTP_SOURCE, Origin, keep_first_seen, load_pods_at};
-use crate::source::SourceEvent;
+use nodelet_manifests::{HTTP_SOURCE, Origin, SourceEvent, keep_first_seen, load_pods_at};
 
 /// Upstream's client timeout for the manifest URL.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upstream's `maxConfigLength`: a larger body is refused.
-pub const MAX_BODY_BYTES: usize = 10 << 20;
+/// The largest body read: the limit of every manifest (upstream's apiserver
+/// request limit, 3 MiB; upstream's URL source allowed 10 MiB, `maxConfigLength`).
+pub const MAX_BODY_BYTES: usize = nodelet_manifests::MAX_MANIFEST_BYTES;
 /// Lower bound on the polling period (a zero period would spin).
 const MIN_PERIOD: Duration = Duration::from_millis(50);
 
