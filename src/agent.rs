@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use nodelet_cri::cni::{Cni, CniConfig, DefaultNetwork};
 use nodelet_cri::runtime::{ContainerdRuntime, RuntimeConfig};
 use nodelet_manifests::SourceEvent;
@@ -98,17 +98,20 @@ pub async fn start(
     cancel: CancellationToken,
     on_cancel_ready: impl FnOnce(CancellationToken),
 ) -> anyhow::Result<Option<RunningAgent>> {
-    if args.kubeconfig.is_some() {
-        bail!(
-            "--kubeconfig: joining a cluster is not built yet; run without it for standalone mode"
-        );
-    }
     let image_gc = args.image_gc.config().context("image garbage collection")?;
     let resources = args.resources.settings()?;
     let eviction = args.eviction.config(resources.enforce_pods)?;
     let pull_limit =
         crate::image::pull_limit::PullLimiter::new(args.registry_qps, args.registry_burst)?;
     let node_name = crate::node::node_name(args.hostname_override.as_deref());
+    // `--kubeconfig`: the cluster flags are checked and the client built here; the
+    // registration, lease and status tasks start once the node view exists.
+    // A tool sharing the agent's namespace (`nodelet run`) never speaks for the node.
+    anyhow::ensure!(
+        options.orphan_cleanup || args.kubeconfig.is_none(),
+        "--kubeconfig: this command runs pods standalone; the agent joins the cluster"
+    );
+    let cluster = crate::cluster::Cluster::from_args(args, &node_name).await?;
     // Every source is checked before anything starts, so a bad flag is an exit, not
     // a log line.
     let url_source = match &args.manifest_url {
@@ -332,10 +335,14 @@ pub async fn start(
         warn!(error = %e, "cannot read containerd's version");
         String::new()
     });
-    let hostname = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| node_name.clone());
+    // Upstream's `Hostname` address is the overridden hostname when one is given.
+    let hostname = match &args.hostname_override {
+        Some(_) => node_name.clone(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| node_name.clone()),
+    };
     node_view_tx.send_replace(Some(Arc::new(crate::node::view::NodeView {
         runtime: Arc::clone(&runtime),
         base: crate::node::status::NodeInputs {
@@ -359,6 +366,11 @@ pub async fn start(
         pod_logs_dir: args.pod_logs_dir.clone(),
         cpu: std::sync::Mutex::new(crate::node::summary::CpuRateTracker::new()),
     })));
+    if let Some(cluster) = &cluster {
+        for task in cluster.start(node_view_rx.clone(), cancel.clone()) {
+            tasks.spawn(task);
+        }
+    }
     let mut manager = PodManager::new(env, &sources);
     if options.orphan_cleanup {
         manager = manager.with_admission(pressure_rx, evict_static_pods);

@@ -7,6 +7,7 @@
 
 mod agent;
 mod cli;
+mod cluster;
 mod cmd;
 mod events;
 mod image;

@@ -264,10 +264,32 @@ pub struct AgentArgs {
     /// Log level filter (tracing's EnvFilter syntax; `RUST_LOG` overrides).
     #[arg(long, default_value = "info")]
     pub v: String,
-    /// kubeconfig of an apiserver. Joining a cluster is not built yet: the agent
-    /// refuses to start with it rather than silently run standalone.
+    /// kubeconfig of the apiserver to join (client certificates, tokens and exec
+    /// plugins as kube-rs supports them); absent: standalone.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Register the node with the apiserver (with `--kubeconfig`); `false` only
+    /// updates the status of a Node someone else made.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub register_node: bool,
+    /// Labels to add when registering the node, `key=value` (comma separated or
+    /// repeated). Labels in the `kubernetes.io`/`k8s.io` namespaces must be in
+    /// upstream's allowed set or under `kubelet.kubernetes.io`/`node.kubernetes.io`.
+    #[arg(long, value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// Taints to register the node with, `key=value:Effect` or `key:Effect` (comma
+    /// separated or repeated); applied only when the Node is created, as upstream.
+    #[arg(long, value_delimiter = ',')]
+    pub register_with_taints: Vec<String>,
+    /// Requests per second to the apiserver (upstream's `kubeAPIQPS`; 0 means
+    /// client-go's default of 5).
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
+    pub kube_api_qps: i32,
+    /// Burst of requests to the apiserver (upstream's `kubeAPIBurst`; 0 means
+    /// client-go's default of 10).
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    pub kube_api_burst: i32,
 }
 
 /// Parses `10s`, `1m30s`, `500ms`, `2h` (Go's `time.ParseDuration` subset kubelet flags use).
@@ -338,6 +360,40 @@ mod tests {
         assert_eq!(cli.agent.read_only_port, 0);
         assert_eq!(cli.agent.root_dir, PathBuf::from("/var/lib/nodelet"));
         assert!(Cli::try_parse_from(["nodelet", "--read-only-port", "x"]).is_err());
+    }
+
+    #[test]
+    fn cluster_flags_parse_with_upstream_defaults() {
+        let cli = Cli::try_parse_from(["nodelet"]).expect("parses");
+        assert!(cli.agent.register_node);
+        assert_eq!(
+            (cli.agent.kube_api_qps, cli.agent.kube_api_burst),
+            (50, 100)
+        );
+        let cli = Cli::try_parse_from([
+            "nodelet",
+            "--kubeconfig",
+            "/etc/nodelet/kubeconfig",
+            "--register-node=false",
+            "--node-labels",
+            "a=1,b=2",
+            "--node-labels",
+            "c=3",
+            "--register-with-taints",
+            "k=v:NoSchedule,k2:NoExecute",
+            "--kube-api-qps",
+            "-1",
+        ])
+        .expect("parses");
+        assert!(!cli.agent.register_node);
+        assert_eq!(cli.agent.node_labels, ["a=1", "b=2", "c=3"]);
+        assert_eq!(
+            cli.agent.register_with_taints,
+            ["k=v:NoSchedule", "k2:NoExecute"]
+        );
+        assert_eq!(cli.agent.kube_api_qps, -1);
+        let bare = Cli::try_parse_from(["nodelet", "--register-node"]).expect("parses");
+        assert!(bare.agent.register_node);
     }
 
     #[test]

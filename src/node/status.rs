@@ -21,11 +21,17 @@ pub const MAX_IMAGES: usize = 50;
 /// Upstream's `MaxNamesPerImageInNodeStatus`.
 pub const MAX_NAMES_PER_IMAGE: usize = 5;
 
-/// The Kubernetes version whose API and behaviour nodelet follows, reported as the
-/// node's `kubeletVersion` with nodelet's own version as build metadata (a valid
-/// semantic version, so version-skew checks parse it).
+/// The Kubernetes version whose API and behaviour nodelet follows: the API it is
+/// built against (k8s-openapi's `v1_34`). Upstream's skew policy lets a kubelet be up
+/// to three minor versions older than the apiserver and never newer, so claiming the
+/// API version we compile against (not the newest apiserver we test with, v1.37)
+/// keeps every control plane from 1.34 on accepting the node.
+pub const KUBELET_VERSION: &str = "v1.34.0";
+
+/// The node's `kubeletVersion`: [`KUBELET_VERSION`] with nodelet's own version as
+/// build metadata (a valid semantic version, so version-skew checks parse it).
 pub fn kubelet_version() -> String {
-    format!("v1.34.0+nodelet-{}", env!("CARGO_PKG_VERSION"))
+    format!("{KUBELET_VERSION}+nodelet-{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Everything the Node object is built from.
@@ -53,17 +59,32 @@ pub struct NodeInputs {
     pub images: Vec<ImageInfo>,
     /// The pod CIDR, if one was given.
     pub pod_cidr: Option<String>,
+    /// Why the node is not ready (upstream's runtime and network health errors, e.g.
+    /// `container runtime is down`); empty when ready.
+    pub not_ready: Vec<String>,
 }
 
 /// Builds the Node.
 pub fn node(inputs: &NodeInputs, now: jiff::Timestamp) -> Node {
-    let ready = NodeCondition {
-        type_: "Ready".to_owned(),
-        status: "True".to_owned(),
-        reason: Some("KubeletReady".to_owned()),
-        message: Some("kubelet is posting ready status".to_owned()),
-        last_heartbeat_time: Some(Time(now)),
-        last_transition_time: Some(Time(inputs.ready_since)),
+    // Upstream's ReadyCondition setter: the health errors joined, or ready.
+    let ready = if inputs.not_ready.is_empty() {
+        NodeCondition {
+            type_: "Ready".to_owned(),
+            status: "True".to_owned(),
+            reason: Some("KubeletReady".to_owned()),
+            message: Some("kubelet is posting ready status".to_owned()),
+            last_heartbeat_time: Some(Time(now)),
+            last_transition_time: Some(Time(inputs.ready_since)),
+        }
+    } else {
+        NodeCondition {
+            type_: "Ready".to_owned(),
+            status: "False".to_owned(),
+            reason: Some("KubeletNotReady".to_owned()),
+            message: Some(inputs.not_ready.join(", ")),
+            last_heartbeat_time: Some(Time(now)),
+            last_transition_time: Some(Time(now)),
+        }
     };
     // Upstream's order: MemoryPressure, DiskPressure, PIDPressure, then Ready.
     let mut conditions = inputs.pressure_conditions.clone();
@@ -341,6 +362,24 @@ mod tests {
         assert_eq!(info.container_runtime_version, "containerd://1.6.20");
         assert!(info.kubelet_version.starts_with("v1.34.0+nodelet-"));
         assert_eq!(status.addresses.expect("addresses")[0].type_, "InternalIP");
+    }
+
+    #[test]
+    fn a_node_with_health_errors_is_not_ready_with_upstreams_reason() {
+        let inputs = NodeInputs {
+            name: "n1".to_owned(),
+            not_ready: vec!["container runtime is down".to_owned()],
+            ..Default::default()
+        };
+        let n = node(&inputs, jiff::Timestamp::UNIX_EPOCH);
+        let ready = n
+            .status
+            .and_then(|s| s.conditions)
+            .and_then(|cs| cs.into_iter().find(|c| c.type_ == "Ready"))
+            .expect("ready");
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason.as_deref(), Some("KubeletNotReady"));
+        assert_eq!(ready.message.as_deref(), Some("container runtime is down"));
     }
 
     #[test]

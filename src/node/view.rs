@@ -111,12 +111,24 @@ impl NodeView {
     /// The Node object now.
     pub async fn node(&self) -> Node {
         let mut inputs = self.base.clone();
-        inputs.images = self
-            .runtime
-            .containerd()
-            .list_images()
-            .await
-            .unwrap_or_default();
+        // The image list doubles as upstream's runtime health check: a runtime that
+        // can't list its images is down, and the node is not ready.
+        let list = self.runtime.containerd().list_images();
+        match tokio::time::timeout(std::time::Duration::from_secs(5), list).await {
+            Ok(Ok(images)) => inputs.images = images,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "the runtime does not answer");
+                inputs
+                    .not_ready
+                    .push("container runtime is down".to_owned());
+            }
+            Err(_) => {
+                tracing::debug!("the runtime did not list its images within 5 s");
+                inputs
+                    .not_ready
+                    .push("container runtime is down".to_owned());
+            }
+        }
         let pressure = self.pressure.borrow().clone();
         inputs.pressure_conditions = pressure.conditions;
         inputs.taints = pressure.taints;

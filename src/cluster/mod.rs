@@ -1,0 +1,239 @@
+//! Joining a control plane (`--kubeconfig`): the agent's one apiserver client
+//! (`client.rs`), node registration and the node status poster (`node.rs`), and the
+//! node lease (`lease.rs`), as upstream's `kubelet_node_status.go` and `nodelease`
+//! controller. Everything here runs as tasks beside the pods: an unreachable
+//! apiserver is logged once per outage and retried with back-off, and never stops a
+//! pod.
+
+pub mod client;
+pub mod lease;
+pub mod node;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cli::AgentArgs;
+use crate::node::view::NodeView;
+
+/// How long one request to the apiserver may take before it counts as failed
+/// (upstream's lease client times out after the renew interval too).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What can go wrong joining the cluster.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// The kubeconfig can't be read or used.
+    #[error("--kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// kube-rs can't build a client from it (TLS set-up, proxy).
+    #[error("--kubeconfig {path}: cannot build the apiserver client: {source}")]
+    Client {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// A bad `--node-labels` entry.
+    #[error("--node-labels {label:?}: {reason}")]
+    NodeLabel {
+        /// The entry.
+        label: String,
+        /// Why.
+        reason: String,
+    },
+    /// A bad `--register-with-taints` entry.
+    #[error("--register-with-taints {taint:?}: {reason}")]
+    Taint {
+        /// The entry.
+        taint: String,
+        /// Why.
+        reason: String,
+    },
+    /// A negative `--kube-api-qps` (upstream's validation message).
+    #[error("invalid configuration: kubeAPIQPS (--kube-api-qps) {0} must not be a negative number")]
+    NegativeQps(i32),
+    /// A negative `--kube-api-burst` (upstream's validation message).
+    #[error(
+        "invalid configuration: kubeAPIBurst (--kube-api-burst) {0} must not be a negative number"
+    )]
+    NegativeBurst(i32),
+    /// A request the apiserver refused or that failed on the way.
+    #[error("{verb} {object}: {source}")]
+    Api {
+        /// What was asked (`create`, `patch status`, `update`…).
+        verb: &'static str,
+        /// `Node/<name>`, `Lease/kube-node-lease/<name>`.
+        object: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// A request with no answer within [`REQUEST_TIMEOUT`].
+    #[error("{verb} {object}: no answer from the apiserver within {REQUEST_TIMEOUT:?}")]
+    Timeout {
+        /// What was asked.
+        verb: &'static str,
+        /// The object.
+        object: String,
+    },
+}
+
+impl ClusterError {
+    /// The apiserver's HTTP status for the failed request, if it answered.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClusterError::Api {
+                source: kube::Error::Api(status),
+                ..
+            } => Some(status.code),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `request` with [`REQUEST_TIMEOUT`], naming the verb and object in its error.
+async fn call<T>(
+    verb: &'static str,
+    object: impl Into<String>,
+    request: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ClusterError> {
+    let object = object.into();
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(ClusterError::Api {
+            verb,
+            object,
+            source,
+        }),
+        Err(_) => Err(ClusterError::Timeout { verb, object }),
+    }
+}
+
+/// Logs an apiserver outage once: the first failure as a warning, the recovery as
+/// an info line with how long it lasted; failures in between at debug level.
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<tokio::time::Instant>,
+}
+
+impl Outage {
+    fn failed(&mut self, what: &str, error: &ClusterError) {
+        if self.since.is_none() {
+            self.since = Some(tokio::time::Instant::now());
+            if error.code().is_some() {
+                // It answered, with a refusal (403, 404, 422…): not an outage.
+                warn!(%error, "{what}: the apiserver refused; retrying (pods keep running)");
+            } else {
+                warn!(%error, "{what}: the apiserver is not answering; retrying (pods keep running)");
+            }
+        } else {
+            tracing::debug!(%error, "{what}: still failing");
+        }
+    }
+
+    fn ok(&mut self, what: &str) {
+        if let Some(since) = self.since.take() {
+            info!(outage = ?since.elapsed(), "{what}: the apiserver answers again");
+        }
+    }
+}
+
+/// The cluster side of the agent: its client and what the flags say about the Node.
+#[derive(Clone)]
+pub struct Cluster {
+    /// The one client every cluster-facing part of the agent uses.
+    pub client: kube::Client,
+    /// The node name.
+    pub node_name: String,
+    registration: Arc<node::Registration>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_name", &self.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// The cluster side for `args`, or `None` without `--kubeconfig` (standalone).
+    /// Checks every cluster flag and builds the client; sends nothing.
+    ///
+    /// # Errors
+    /// A bad `--node-labels`, `--register-with-taints`, `--kube-api-qps`,
+    /// `--kube-api-burst`, or an unusable kubeconfig.
+    pub async fn from_args(
+        args: &AgentArgs,
+        node_name: &str,
+    ) -> Result<Option<Cluster>, ClusterError> {
+        let Some(path) = &args.kubeconfig else {
+            return Ok(None);
+        };
+        let registration = node::Registration {
+            register: args.register_node,
+            labels: node::parse_node_labels(&args.node_labels)?,
+            taints: node::parse_taints(&args.register_with_taints)?,
+        };
+        let quota = client::quota(args.kube_api_qps, args.kube_api_burst)?;
+        let client = client::build(path, quota).await?;
+        Ok(Some(Cluster {
+            client,
+            node_name: node_name.to_owned(),
+            registration: Arc::new(registration),
+        }))
+    }
+
+    /// The tasks that register the node and keep its lease and status current, to
+    /// be spawned by the agent. They wait for the node view (published once
+    /// containerd answers) and stop when `cancel` fires.
+    pub fn start(
+        &self,
+        view: watch::Receiver<Option<Arc<NodeView>>>,
+        cancel: CancellationToken,
+    ) -> Vec<BoxFuture<'static, ()>> {
+        let this = self.clone();
+        vec![Box::pin(async move {
+            tokio::select! {
+                () = this.run(view) => {}
+                () = cancel.cancelled() => {}
+            }
+        })]
+    }
+
+    /// Registers, then renews the lease and posts the status until dropped.
+    async fn run(self, mut view: watch::Receiver<Option<Arc<NodeView>>>) {
+        let Ok(view) = view.wait_for(Option::is_some).await.map(|v| v.clone()) else {
+            return;
+        };
+        let Some(view) = view else { return };
+        let poster = node::StatusPoster::new(
+            self.client.clone(),
+            self.node_name.clone(),
+            Arc::clone(&self.registration),
+            view,
+        );
+        let registered = poster.register().await;
+        info!(node = %self.node_name, uid = ?registered.metadata.uid, "node registered");
+        let lease = lease::LeaseRenewer::new(
+            self.client.clone(),
+            self.node_name.clone(),
+            registered.metadata.uid.clone(),
+        );
+        tokio::join!(poster.run(registered), lease.run());
+    }
+}

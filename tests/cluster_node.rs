@@ -1,0 +1,537 @@
+//! End-to-end against the real kube-apiserver tier (issue 11, first slice): the agent
+//! with `--kubeconfig` (a `system:node:<node>` credential) registers its Node with
+//! labels, taints, addresses, capacity and node info, goes Ready, keeps its Lease
+//! renewed, shows in `kubectl get nodes -o wide`, and rides out an apiserver outage
+//! without touching its pods. Needs `NODELET_TEST_KUBECONFIG` (the admin kubeconfig
+//! in `scripts/apiserver.sh`'s run dir, which `scripts/test.sh` exports) besides the
+//! test containerd. The two tests share one apiserver, and one of them stops it, so
+//! they take turns.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use nodelet_cri::image::ImageRuntimeConfig;
+use support::{BUSYBOX, World, busybox_image, container_status, phase, wait_for};
+
+/// The apiserver is shared: the outage test must not stop it under the other.
+static APISERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn admin_kubeconfig() -> PathBuf {
+    let path = std::env::var_os("NODELET_TEST_KUBECONFIG").unwrap_or_else(|| {
+        panic!(
+            "NODELET_TEST_KUBECONFIG is not set: start the test apiserver \
+             (NODELET_APISERVER_DIR=<dir> scripts/apiserver.sh start) and export \
+             NODELET_TEST_KUBECONFIG=<dir>/admin.kubeconfig, or run scripts/test.sh"
+        )
+    });
+    PathBuf::from(path)
+}
+
+/// `scripts/apiserver.sh` on the run dir holding `kubeconfig`.
+fn apiserver_sh(kubeconfig: &Path, args: &[&str]) -> String {
+    let dir = kubeconfig.parent().expect("the run dir");
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/apiserver.sh"))
+        .args(args)
+        .env("NODELET_APISERVER_DIR", dir)
+        .output()
+        .expect("run scripts/apiserver.sh");
+    assert!(
+        out.status.success(),
+        "apiserver.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+/// Deletes the test's Node and Lease when dropped (after the World, which stops the
+/// agent first: declare it before the World).
+struct NodeCleanup {
+    kubeconfig: PathBuf,
+    node: String,
+}
+
+impl Drop for NodeCleanup {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &self.kubeconfig,
+            &[
+                "delete",
+                "node",
+                &self.node,
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+        );
+        let _ = kubectl(
+            &self.kubeconfig,
+            &[
+                "-n",
+                "kube-node-lease",
+                "delete",
+                "lease",
+                &self.node,
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+        );
+    }
+}
+
+/// Stops the apiserver; dropping it starts it again, also when the test panics, so
+/// the tests after it find one.
+struct ApiserverDown {
+    kubeconfig: PathBuf,
+}
+
+impl ApiserverDown {
+    fn stop(kubeconfig: &Path) -> Self {
+        apiserver_sh(kubeconfig, &["stop", "kube-apiserver"]);
+        Self {
+            kubeconfig: kubeconfig.to_owned(),
+        }
+    }
+}
+
+impl Drop for ApiserverDown {
+    fn drop(&mut self) {
+        // No panic in a drop: a start that fails shows as the wait after it timing out.
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/apiserver.sh"))
+            .arg("start")
+            .env(
+                "NODELET_APISERVER_DIR",
+                self.kubeconfig.parent().unwrap_or(Path::new(".")),
+            )
+            .output();
+    }
+}
+
+async fn admin_client(kubeconfig: &Path) -> kube::Client {
+    // More than one rustls provider is compiled in; pick the agent's.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("admin kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .expect("admin config");
+    kube::Client::try_from(config).expect("admin client")
+}
+
+fn condition_status(node: &Node, type_: &str) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
+fn renew_time(lease: &Lease) -> Option<jiff::Timestamp> {
+    lease.spec.as_ref()?.renew_time.as_ref().map(|t| t.0)
+}
+
+/// A World whose agent joins the cluster as its own node.
+async fn joined_world(kubeconfig: &Path, extra: &[&str]) -> (NodeCleanup, World) {
+    let w = World::new().await;
+    let cleanup = NodeCleanup {
+        kubeconfig: kubeconfig.to_owned(),
+        node: w.node.clone(),
+    };
+    let node_config = w.dir.path().join("node.kubeconfig");
+    apiserver_sh(
+        kubeconfig,
+        &[
+            "node-kubeconfig",
+            &w.node,
+            node_config.to_str().expect("utf-8 path"),
+        ],
+    );
+    let mut w = w;
+    w.extra_args = ["--kubeconfig", node_config.to_str().expect("utf-8 path")]
+        .iter()
+        .chain(extra)
+        .map(|s| (*s).to_owned())
+        .collect();
+    (cleanup, w)
+}
+
+async fn wait_ready(nodes: &Api<Node>, name: &str, limit: Duration) -> Node {
+    wait_for("the Node to be Ready", limit, || async {
+        let n = nodes.get_opt(name).await.ok()??;
+        (condition_status(&n, "Ready").as_deref() == Some("True")).then_some(n)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_registers_goes_ready_and_renews_its_lease() {
+    let kubeconfig = admin_kubeconfig();
+    let _turn = APISERVER.lock().await;
+    let (_cleanup, mut w) = joined_world(
+        &kubeconfig,
+        &[
+            "--node-labels",
+            "nodelet.test/role=e2e,node.kubernetes.io/pool=blue",
+            "--register-with-taints",
+            "nodelet.test/dedicated=e2e:NoSchedule",
+        ],
+    )
+    .await;
+    let client = admin_client(&kubeconfig).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+
+    let start = Instant::now();
+    w.start_agent().await;
+    let node = wait_ready(&nodes, &w.node, Duration::from_secs(60)).await;
+    let to_ready = start.elapsed();
+    eprintln!("figure: agent start to Node Ready in the API: {to_ready:?}");
+
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("kubernetes.io/hostname"), Some(&w.node));
+    assert_eq!(
+        labels.get("kubernetes.io/os").map(String::as_str),
+        Some("linux")
+    );
+    assert_eq!(
+        labels.get("beta.kubernetes.io/os").map(String::as_str),
+        Some("linux")
+    );
+    assert!(labels.contains_key("kubernetes.io/arch"));
+    assert_eq!(
+        labels.get("nodelet.test/role").map(String::as_str),
+        Some("e2e")
+    );
+    assert_eq!(
+        labels.get("node.kubernetes.io/pool").map(String::as_str),
+        Some("blue")
+    );
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    assert!(
+        taints.iter().any(|t| t.key == "nodelet.test/dedicated"
+            && t.value.as_deref() == Some("e2e")
+            && t.effect == "NoSchedule"),
+        "taints: {taints:?}"
+    );
+    let status = node.status.clone().expect("status");
+    let addresses: Vec<(String, String)> = status
+        .addresses
+        .iter()
+        .flatten()
+        .map(|a| (a.type_.clone(), a.address.clone()))
+        .collect();
+    assert!(
+        addresses.contains(&("InternalIP".to_owned(), "127.0.0.1".to_owned())),
+        "{addresses:?}"
+    );
+    // The overridden hostname, as upstream.
+    assert!(
+        addresses.contains(&("Hostname".to_owned(), w.node.clone())),
+        "{addresses:?}"
+    );
+    for resources in [&status.capacity, &status.allocatable] {
+        let r = resources.clone().unwrap_or_default();
+        for key in ["cpu", "memory", "pods", "ephemeral-storage"] {
+            assert!(r.contains_key(key), "{key} missing from {r:?}");
+        }
+    }
+    let info = status.node_info.clone().expect("nodeInfo");
+    assert!(
+        info.container_runtime_version.starts_with("containerd://"),
+        "{info:?}"
+    );
+    assert!(info.kubelet_version.starts_with("v1."), "{info:?}");
+    assert_eq!(
+        info.machine_id,
+        std::fs::read_to_string("/etc/machine-id")
+            .unwrap_or_default()
+            .trim()
+    );
+    assert!(
+        !info.boot_id.is_empty() && !info.kernel_version.is_empty(),
+        "{info:?}"
+    );
+    assert_eq!(
+        status
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port),
+        Some(10250)
+    );
+    let types: Vec<String> = status
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| format!("{}={}", c.type_, c.reason.clone().unwrap_or_default()))
+        .collect();
+    // Pressure is whatever this host has (a full disk shows as DiskPressure): the
+    // reasons are upstream's either way.
+    for want in [
+        [
+            "MemoryPressure=KubeletHasSufficientMemory",
+            "MemoryPressure=KubeletHasInsufficientMemory",
+        ],
+        [
+            "DiskPressure=KubeletHasNoDiskPressure",
+            "DiskPressure=KubeletHasDiskPressure",
+        ],
+        [
+            "PIDPressure=KubeletHasSufficientPID",
+            "PIDPressure=KubeletHasInsufficientPID",
+        ],
+        ["Ready=KubeletReady"; 2],
+    ] {
+        assert!(
+            types.iter().any(|t| want.contains(&t.as_str())),
+            "{want:?} not in {types:?}"
+        );
+    }
+    assert!(status.images.is_some_and(|i| !i.is_empty()));
+
+    // The lease: held by the node, 40 s, owned by the Node, renewed every 10 s.
+    let lease = wait_for("the node's Lease", Duration::from_secs(30), || async {
+        leases.get_opt(&w.node).await.ok()?
+    })
+    .await;
+    let spec = lease.spec.clone().expect("lease spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some(w.node.as_str()));
+    assert_eq!(spec.lease_duration_seconds, Some(40));
+    let owners = lease.metadata.owner_references.clone().unwrap_or_default();
+    assert!(
+        owners
+            .iter()
+            .any(|o| o.kind == "Node" && Some(&o.uid) == node.metadata.uid.as_ref()),
+        "{owners:?}"
+    );
+    let first = renew_time(&lease).expect("renewTime");
+    wait_for(
+        "the Lease to be renewed",
+        Duration::from_secs(25),
+        || async {
+            let l = leases.get_opt(&w.node).await.ok()??;
+            (renew_time(&l)? > first).then_some(())
+        },
+    )
+    .await;
+
+    // kubectl shows it as it shows an upstream node.
+    let out = kubectl(&kubeconfig, &["get", "nodes", "-o", "wide", "--no-headers"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(w.node.as_str()))
+        .unwrap_or_else(|| panic!("{} not in kubectl get nodes:\n{text}", w.node));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols.get(1), Some(&"Ready"), "{line}");
+    assert!(cols.contains(&"127.0.0.1"), "{line}");
+    assert!(line.contains("containerd://"), "{line}");
+
+    // Requests at idle, from the agent's request log, over 30 s.
+    let count = || {
+        std::fs::read_to_string(w.agent_log())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("apiserver request"))
+            .count()
+    };
+    let before = count();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let per_minute = (count() - before) * 2;
+    eprintln!("figure: API requests per minute at idle: {per_minute}");
+    assert!(per_minute <= 20, "{per_minute} requests a minute at idle");
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+
+    // A restarted agent adopts its Node (same UID) and puts back a default label
+    // someone changed; labels it does not own stay.
+    let patch = serde_json::json!({"metadata": {"labels": {
+        "kubernetes.io/os": "plan9", "someone.example/else": "kept"
+    }}});
+    nodes
+        .patch(
+            &w.node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("patch the Node's labels");
+    w.start_agent().await;
+    let adopted = wait_for(
+        "the default labels back",
+        Duration::from_secs(30),
+        || async {
+            let n = nodes.get_opt(&w.node).await.ok()??;
+            let labels = n.metadata.labels.clone()?;
+            (labels.get("kubernetes.io/os")? == "linux").then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(adopted.metadata.uid, node.metadata.uid);
+    let labels = adopted.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("someone.example/else").map(String::as_str),
+        Some("kept")
+    );
+    wait_ready(&nodes, &w.node, Duration::from_secs(30)).await;
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apiserver_outage_leaves_pods_alone_and_status_catches_up() {
+    let kubeconfig = admin_kubeconfig();
+    let _turn = APISERVER.lock().await;
+    let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
+    let client = admin_client(&kubeconfig).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    w.write_manifest(
+        "sleeper.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: sleeper}}\nspec:\n  containers:\n  - name: main\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n"
+        ),
+    );
+    w.start_agent().await;
+    wait_ready(&nodes, &w.node, Duration::from_secs(60)).await;
+    let pod = w
+        .wait_pod("sleeper", "Running", |p| phase(p) == "Running")
+        .await;
+    let container = |p: &k8s_openapi::api::core::v1::Pod| {
+        container_status(p, "main").and_then(|c| c.container_id.clone())
+    };
+    let before = container(&pod).expect("a container ID");
+
+    let down = ApiserverDown::stop(&kubeconfig);
+    let stopped = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        w.agent
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none()),
+        "the agent exited during the outage"
+    );
+    let pod = w.pod("sleeper").await.expect("the pod is still served");
+    assert_eq!(phase(&pod), "Running");
+    assert_eq!(container(&pod), Some(before.clone()));
+    let log = std::fs::read_to_string(w.agent_log()).unwrap_or_default();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("the apiserver is not answering"))
+        .count();
+    // Once per loop (registration is done; the lease and the status poster remain).
+    assert!(
+        (1..=2).contains(&warnings),
+        "{warnings} outage warnings:\n{log}"
+    );
+    // A status change during the outage (a new image) must reach the API after it.
+    let image = format!("nodelet.local/outage-{}:v1", w.id);
+    w.import_image(
+        &busybox_image(ImageRuntimeConfig {
+            env: vec![format!("OUTAGE={}", w.id)],
+            ..Default::default()
+        }),
+        &image,
+    )
+    .await;
+    drop(down);
+
+    wait_for(
+        "the lease and the node status to catch up",
+        Duration::from_secs(45),
+        || async {
+            let l = leases.get_opt(&w.node).await.ok()??;
+            let n = nodes.get_opt(&w.node).await.ok()??;
+            let images = n.status.as_ref()?.images.clone()?;
+            (renew_time(&l)? > stopped
+                && condition_status(&n, "Ready")? == "True"
+                && images
+                    .iter()
+                    .any(|i| i.names.iter().flatten().any(|name| *name == image)))
+            .then_some(())
+        },
+    )
+    .await;
+    let pod = w.pod("sleeper").await.expect("the pod");
+    assert_eq!(container(&pod), Some(before));
+    assert_eq!(
+        container_status(&pod, "main").map(|c| c.restart_count),
+        Some(0)
+    );
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_started_during_an_outage_registers_when_the_apiserver_returns() {
+    let kubeconfig = admin_kubeconfig();
+    let _turn = APISERVER.lock().await;
+    let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
+    let client = admin_client(&kubeconfig).await;
+    let nodes: Api<Node> = Api::all(client);
+    w.write_manifest(
+        "early.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: early}}\nspec:\n  containers:\n  - name: main\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n"
+        ),
+    );
+    let down = ApiserverDown::stop(&kubeconfig);
+    // Static pods don't wait for the apiserver.
+    w.start_agent().await;
+    w.wait_pod("early", "Running", |p| phase(p) == "Running")
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = std::fs::read_to_string(w.agent_log()).unwrap_or_default();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("node registration: the apiserver is not answering"))
+        .count();
+    assert_eq!(warnings, 1, "one warning for the outage:\n{log}");
+    drop(down);
+    // Registration backs off to 7 s between tries.
+    wait_ready(&nodes, &w.node, Duration::from_secs(45)).await;
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_register_node_the_agent_posts_status_to_a_node_made_by_someone_else() {
+    let kubeconfig = admin_kubeconfig();
+    let _turn = APISERVER.lock().await;
+    let (_cleanup, mut w) = joined_world(&kubeconfig, &["--register-node=false"]).await;
+    let client = admin_client(&kubeconfig).await;
+    let nodes: Api<Node> = Api::all(client);
+    w.start_agent().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        nodes.get_opt(&w.node).await.expect("get").is_none(),
+        "--register-node=false made a Node"
+    );
+    let made: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": w.node, "labels": {"made-by": "admin"}}
+    }))
+    .expect("node");
+    nodes
+        .create(&kube::api::PostParams::default(), &made)
+        .await
+        .expect("create the Node");
+    let node = wait_ready(&nodes, &w.node, Duration::from_secs(30)).await;
+    // Its labels are the admin's: the agent registers nothing.
+    let labels = node.metadata.labels.unwrap_or_default();
+    assert_eq!(labels.get("made-by").map(String::as_str), Some("admin"));
+    assert!(!labels.contains_key("kubernetes.io/os"), "{labels:?}");
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+}
