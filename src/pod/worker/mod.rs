@@ -179,6 +179,9 @@ pub struct PodWorker<R> {
     mailbox: Mailbox,
     /// The volumes as last set up, by name (kept serving when a refresh fails).
     volumes: Option<std::collections::BTreeMap<String, PathBuf>>,
+    /// A published status is out of date although nothing runs (an OOM kill reported
+    /// after the instance's exit was seen): a finished pod publishes again.
+    stale_status: bool,
 }
 
 /// The outcome of one step.
@@ -246,6 +249,7 @@ impl<R: Runtime> PodWorker<R> {
             unhealthy: HashSet::new(),
             mailbox,
             volumes: None,
+            stale_status: false,
         }
     }
 
@@ -335,7 +339,14 @@ impl<R: Runtime> PodWorker<R> {
         match self.phase.clone() {
             Phase::Syncing => self.sync().await,
             Phase::Terminating(req) => self.terminate_step(req, shutdown).await,
-            Phase::Terminated => Ok(Next::Idle),
+            Phase::Terminated => {
+                if std::mem::take(&mut self.stale_status) {
+                    let containers = self.env.runtime.list_containers(Some(&self.uid)).await?;
+                    let now = self.env.clock.now();
+                    self.publish(&containers, None, HashMap::new(), false, now);
+                }
+                Ok(Next::Idle)
+            }
         }
     }
 
@@ -355,7 +366,14 @@ impl<R: Runtime> PodWorker<R> {
                 self.env.statuses.set_object(&self.pod);
             }
         }
-        self.oom_killed.extend(p.oom);
+        for id in p.oom {
+            // The exit may have been seen (and its ending cached) before the OOM
+            // event arrived: look again.
+            if self.endings.remove(&id).is_some() {
+                self.stale_status = true;
+            }
+            self.oom_killed.insert(id);
+        }
         if let Some(evict) = p.evict
             && self.failure.is_none()
             && self.phase == Phase::Syncing

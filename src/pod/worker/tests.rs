@@ -333,3 +333,36 @@ async fn a_failed_sandbox_shows_container_creating_and_is_retried() {
     );
     w.stop.cancel();
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_oom_kill_reported_after_the_exit_still_shows() {
+    let h = Harness::new();
+    let w = start(&h, simple_pod("u1", "Never"));
+    wait_until(LONG, "running", || h.running("c")).await;
+    let id = h.rt.containers()[0].id.clone();
+    h.rt.exit("c", 137);
+    w.mailbox.sync();
+    wait_until(LONG, "Failed", || {
+        h.phase("u1").as_deref() == Some("Failed")
+    })
+    .await;
+    let reason = || {
+        h.store.snapshot().get("u1").and_then(|p| {
+            p.status.as_ref()?.container_statuses.as_ref()?[0]
+                .state
+                .as_ref()?
+                .terminated
+                .as_ref()?
+                .reason
+                .clone()
+        })
+    };
+    assert_eq!(reason().as_deref(), Some("Error"));
+    // containerd's OOM event came late (its lookup raced the exit).
+    w.mailbox.oom(id);
+    wait_until(LONG, "OOMKilled", || {
+        reason().as_deref() == Some("OOMKilled")
+    })
+    .await;
+    w.stop.cancel();
+}
