@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{KeyToPath, Volume};
 
 use super::atomic_writer::{FileProjection, Payload};
-use super::{ObjectSource, Reason, SetupContext, VolumePlugin, VolumeState, blocking, file_mode};
+use super::{ObjectSource, Reason, SetupContext, VolumePlugin, VolumeState, file_mode};
 
 /// The configMap plugin.
 pub(crate) struct ConfigMapPlugin;
@@ -49,10 +49,7 @@ impl VolumePlugin for ConfigMapPlugin {
                 optional,
                 Reason::MissingConfigKey,
             )?;
-            let dir = cx.dir.clone();
-            let fs_group = cx.fs_group;
-            blocking(move || super::write_volume(&dir, &payload, fs_group, false).map(|()| dir))
-                .await
+            super::write_payload(cx, payload, false).await
         })
     }
 

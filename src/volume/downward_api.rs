@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, Volume};
 
 use super::atomic_writer::{FileProjection, Payload};
-use super::{PodContext, Reason, SetupContext, VolumePlugin, VolumeState, blocking, file_mode};
+use super::{PodContext, Reason, SetupContext, VolumePlugin, VolumeState, file_mode};
 use crate::pod::podspec::{FieldValues, field_ref, format_map, resource_field};
 
 /// The downwardAPI plugin.
@@ -39,10 +39,7 @@ impl VolumePlugin for DownwardApiPlugin {
             let source = cx.volume.downward_api.clone().unwrap_or_default();
             let items = source.items.unwrap_or_default();
             let payload = collect(&items, cx.ctx, file_mode(source.default_mode))?;
-            let dir = cx.dir.clone();
-            let fs_group = cx.fs_group;
-            blocking(move || super::write_volume(&dir, &payload, fs_group, true).map(|()| dir))
-                .await
+            super::write_payload(cx, payload, true).await
         })
     }
 }

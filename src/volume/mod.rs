@@ -42,7 +42,7 @@ pub use objects::{IssuedToken, ObjectError, ObjectSource, StaticObjects, TokenRe
 
 pub use error::{Reason, VolumeError};
 pub(crate) use plugin::{
-    CachedToken, SetupContext, VolumePlugin, VolumeState, blocking, file_mode, write_volume,
+    CachedToken, SetupContext, VolumePlugin, VolumeState, blocking, file_mode, write_payload,
 };
 
 use crate::pod::podspec::NodeCapacity;

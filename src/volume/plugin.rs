@@ -119,6 +119,18 @@ pub(crate) fn file_mode(mode: Option<i32>) -> u32 {
         .map_or(0o644, |m| m & 0o7777)
 }
 
+/// Writes an API-backed volume's `payload` into the context's directory (see
+/// [`write_volume`]) off the async threads; the directory is the volume's path.
+pub(crate) async fn write_payload(
+    cx: &SetupContext<'_>,
+    payload: atomic_writer::Payload,
+    memory: bool,
+) -> Result<PathBuf, Reason> {
+    let dir = cx.dir.clone();
+    let fs_group = cx.fs_group;
+    blocking(move || write_volume(&dir, &payload, fs_group, memory).map(|()| dir)).await
+}
+
 /// Writes an API-backed volume: the directory (world-writable as upstream's wrapped
 /// emptyDir; a tmpfs when `memory`), the payload through the atomic writer, and with
 /// fsGroup the volume root's group.

@@ -17,8 +17,8 @@ use k8s_openapi::api::core::v1::{ServiceAccountTokenProjection, Volume};
 
 use super::atomic_writer::{FileProjection, Payload};
 use super::{
-    CachedToken, Reason, SetupContext, TokenRequestSpec, VolumePlugin, VolumeState, blocking,
-    config_map, downward_api, file_mode, secret,
+    CachedToken, Reason, SetupContext, TokenRequestSpec, VolumePlugin, VolumeState, config_map,
+    downward_api, file_mode, secret,
 };
 
 /// A token's lifetime when the source does not say (the API's default).
@@ -47,10 +47,7 @@ impl VolumePlugin for ProjectedPlugin {
     ) -> BoxFuture<'a, Result<PathBuf, Reason>> {
         Box::pin(async move {
             let payload = collect(cx, state).await?;
-            let dir = cx.dir.clone();
-            let fs_group = cx.fs_group;
-            blocking(move || super::write_volume(&dir, &payload, fs_group, true).map(|()| dir))
-                .await
+            super::write_payload(cx, payload, true).await
         })
     }
 

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Volume;
 
 use super::config_map::make_payload;
-use super::{ObjectSource, Reason, SetupContext, VolumePlugin, VolumeState, blocking, file_mode};
+use super::{ObjectSource, Reason, SetupContext, VolumePlugin, VolumeState, file_mode};
 
 /// The secret plugin.
 pub(crate) struct SecretPlugin;
@@ -45,10 +45,7 @@ impl VolumePlugin for SecretPlugin {
                 optional,
                 Reason::MissingSecretKey,
             )?;
-            let dir = cx.dir.clone();
-            let fs_group = cx.fs_group;
-            blocking(move || super::write_volume(&dir, &payload, fs_group, true).map(|()| dir))
-                .await
+            super::write_payload(cx, payload, true).await
         })
     }
 
