@@ -20,6 +20,8 @@ use tracing::{debug, info, warn};
 use nodelet_manifests::{FILE_SOURCE, SourceEvent};
 
 mod scanner;
+#[cfg(test)]
+mod testing;
 
 use scanner::Scanner;
 
@@ -218,24 +220,7 @@ mod tests {
     use std::fs;
     use std::time::Instant;
 
-    fn manifest(name: &str, image: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: app\n    image: {image}\n"
-        )
-    }
-
-    fn names(pods: &[Pod]) -> Vec<String> {
-        pods.iter()
-            .map(|p| p.metadata.name.clone().unwrap_or_default())
-            .collect()
-    }
-
-    fn uid(pods: &[Pod], name: &str) -> String {
-        pods.iter()
-            .find(|p| p.metadata.name.as_deref() == Some(name))
-            .and_then(|p| p.metadata.uid.clone())
-            .unwrap_or_else(|| panic!("no pod {name} in {:?}", names(pods)))
-    }
+    use super::testing::{manifest, names, uid};
 
     // --- the watching task ---
 

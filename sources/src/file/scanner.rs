@@ -284,24 +284,7 @@ mod tests {
     use super::*;
     use std::fs;
 
-    fn manifest(name: &str, image: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: app\n    image: {image}\n"
-        )
-    }
-
-    fn names(pods: &[Pod]) -> Vec<String> {
-        pods.iter()
-            .map(|p| p.metadata.name.clone().unwrap_or_default())
-            .collect()
-    }
-
-    fn uid(pods: &[Pod], name: &str) -> String {
-        pods.iter()
-            .find(|p| p.metadata.name.as_deref() == Some(name))
-            .and_then(|p| p.metadata.uid.clone())
-            .unwrap_or_else(|| panic!("no pod {name} in {:?}", names(pods)))
-    }
+    use crate::file::testing::{manifest, names, uid};
 
     // --- the scanner, synchronously ---
 
