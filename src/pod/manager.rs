@@ -75,6 +75,17 @@ pub struct PodManager<R> {
     admission: Option<(watch::Receiver<Pressure>, bool)>,
     /// Stops the workers (their pods keep running).
     workers_stop: CancellationToken,
+    /// Where the union of the sources' pods is published (for the mirror pods).
+    desired_tx: Option<watch::Sender<DesiredPods>>,
+}
+
+/// What the sources want, as the manager last merged it.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredPods {
+    /// Every source has sent its first snapshot.
+    pub ready: bool,
+    /// The pods, by UID.
+    pub pods: Arc<BTreeMap<String, Pod>>,
 }
 
 /// Whether `new` differs from `old` in what a worker acts on: spec, labels and
@@ -127,7 +138,15 @@ impl<R: Runtime> PodManager<R> {
             orphan_cleanup: true,
             admission: None,
             workers_stop: CancellationToken::new(),
+            desired_tx: None,
         }
+    }
+
+    /// Publishes what the sources want on `tx` after every snapshot.
+    #[must_use]
+    pub fn with_desired(mut self, tx: watch::Sender<DesiredPods>) -> Self {
+        self.desired_tx = Some(tx);
+        self
     }
 
     /// Refuses new pods the node can't take under pressure, as upstream's eviction
@@ -163,6 +182,12 @@ impl<R: Runtime> PodManager<R> {
                     self.on_snapshot(source, pods);
                     if self.unready_sources.remove(source) && self.unready_sources.is_empty() {
                         self.scan_orphans(&orphans_tx);
+                    }
+                    if let Some(tx) = &self.desired_tx {
+                        tx.send_replace(DesiredPods {
+                            ready: self.unready_sources.is_empty(),
+                            pods: Arc::new(self.all_desired()),
+                        });
                     }
                 }
                 Some(ev) = inputs.events.recv() => self.on_routed(ev),
