@@ -380,3 +380,72 @@ async fn a_static_pod_has_a_mirror_pod_that_comes_back_follows_and_goes() {
     wait_gone(&pods, &name, Duration::from_secs(60)).await;
     assert!(w.stop_agent().is_some_and(|s| s.success()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_the_node_cannot_take_are_rejected_with_upstream_reasons() {
+    let kubeconfig = admin_kubeconfig();
+    let _turn = APISERVER.lock().await;
+    let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
+    let client = admin_client(&kubeconfig).await;
+    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let nodes: Api<Node> = Api::all(client.clone());
+    w.start_agent().await;
+    wait_ready(&nodes, &w.node, Duration::from_secs(60)).await;
+
+    let mut greedy = sleeper("greedy", &w.node, true);
+    let spec = greedy.spec.as_mut().expect("spec");
+    spec.containers[0].resources = Some(
+        serde_json::from_value(serde_json::json!({"requests": {"cpu": "1000"}}))
+            .expect("resources"),
+    );
+    let mut elsewhere = sleeper("elsewhere", &w.node, true);
+    elsewhere.spec.as_mut().expect("spec").node_selector = Some(
+        [("nodelet.test/zone".to_owned(), "mars".to_owned())]
+            .into_iter()
+            .collect(),
+    );
+    for p in [&greedy, &elsewhere] {
+        pods.create(&PostParams::default(), p)
+            .await
+            .expect("create");
+    }
+    for (name, reason, message) in [
+        (
+            "greedy",
+            "OutOfcpu",
+            "Pod was rejected: Node didn't have enough resource: cpu, requested: 1000000, used: 0, capacity: ",
+        ),
+        (
+            "elsewhere",
+            "NodeAffinity",
+            "Pod was rejected: Predicate NodeAffinity failed",
+        ),
+    ] {
+        let p = wait_for(
+            &format!("{name} Failed in the API"),
+            Duration::from_secs(30),
+            || async {
+                let p = pods.get_opt(name).await.ok()??;
+                (phase(&p) == "Failed").then_some(p)
+            },
+        )
+        .await;
+        let status = p.status.expect("status");
+        assert_eq!(status.reason.as_deref(), Some(reason), "{name}");
+        assert!(
+            status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with(message)),
+            "{name}: {:?}",
+            status.message
+        );
+    }
+    // Rejected pods hold nothing: a pod that fits still runs.
+    pods.create(&PostParams::default(), &sleeper("fits", &w.node, true))
+        .await
+        .expect("create");
+    wait_running(&pods, "fits", Duration::from_secs(60)).await;
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+}

@@ -11,6 +11,7 @@ pub mod client;
 pub mod lease;
 pub mod mirror;
 pub mod node;
+pub mod node_watch;
 pub mod objects;
 pub mod pod_source;
 pub mod pod_status;
@@ -222,6 +223,12 @@ impl Cluster {
         let this = self.clone();
         let node_cancel = cancel.clone();
         vec![
+            Box::pin(node_watch::follow_node(
+                self.client.clone(),
+                self.node_name.clone(),
+                pods.admission,
+                cancel.clone(),
+            )),
             Box::pin(source.run(pods.sources, api_tx, cancel.clone())),
             Box::pin(poster.run(cancel.clone())),
             Box::pin(async move {
@@ -279,4 +286,6 @@ pub struct PodSide {
     pub statuses: Arc<crate::pod::status_store::StatusStore>,
     /// What the sources want (static pods get mirror pods).
     pub desired: watch::Receiver<crate::pod::manager::DesiredPods>,
+    /// The node as admission sees it: its labels and taints are the apiserver's.
+    pub admission: watch::Sender<Arc<crate::pod::admission::AdmitNode>>,
 }

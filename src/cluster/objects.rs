@@ -64,9 +64,13 @@ where
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client, namespace);
-    call("get", format!("{kind}/{namespace}/{name}"), api.get_opt(name))
-        .await
-        .map_err(|e| request_error(kind, namespace, name, &e))
+    call(
+        "get",
+        format!("{kind}/{namespace}/{name}"),
+        api.get_opt(name),
+    )
+    .await
+    .map_err(|e| request_error(kind, namespace, name, &e))
 }
 
 impl ObjectSource for ApiObjects {
@@ -114,7 +118,9 @@ impl ObjectSource for ApiObjects {
                 api.create_token_request(&req.service_account, &PostParams::default(), &body),
             )
             .await
-            .map_err(|e| request_error("serviceaccount", &req.namespace, &req.service_account, &e))?;
+            .map_err(|e| {
+                request_error("serviceaccount", &req.namespace, &req.service_account, &e)
+            })?;
             let status = issued.status.ok_or_else(|| ObjectError::Request {
                 kind: "serviceaccount",
                 namespace: req.namespace.clone(),
