@@ -192,6 +192,8 @@ pub const MAX_RETRY: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use nodelet_manifests::CONFIG_MIRROR_ANNOTATION;
 

@@ -367,6 +367,8 @@ fn gone(e: &ClusterError) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use std::collections::BTreeMap;
 
     use k8s_openapi::api::core::v1::PodCondition;
@@ -538,7 +540,13 @@ mod tests {
             )
         }
 
-        async fn answer(handle: &mut Handle, method: Method, path_end: &str, code: u16, body: Body) {
+        async fn answer(
+            handle: &mut Handle,
+            method: Method,
+            path_end: &str,
+            code: u16,
+            body: Body,
+        ) {
             let (req, send) = handle.next_request().await.expect("a request");
             assert_eq!(req.method(), method, "{}", req.uri());
             assert!(req.uri().path().ends_with(path_end), "{}", req.uri());
@@ -574,9 +582,30 @@ mod tests {
         async fn throttled_and_failed_patches_are_retried_until_they_land() {
             let p = pod("u1", API_SOURCE);
             let (_store, mut handle, cancel) = start(vec![p.clone()]);
-            answer(&mut handle, Method::PATCH, "/pods/pod-u1/status", 429, status_body(429, "TooManyRequests")).await;
-            answer(&mut handle, Method::PATCH, "/pods/pod-u1/status", 500, status_body(500, "InternalError")).await;
-            answer(&mut handle, Method::PATCH, "/pods/pod-u1/status", 200, pod_body(&p)).await;
+            answer(
+                &mut handle,
+                Method::PATCH,
+                "/pods/pod-u1/status",
+                429,
+                status_body(429, "TooManyRequests"),
+            )
+            .await;
+            answer(
+                &mut handle,
+                Method::PATCH,
+                "/pods/pod-u1/status",
+                500,
+                status_body(500, "InternalError"),
+            )
+            .await;
+            answer(
+                &mut handle,
+                Method::PATCH,
+                "/pods/pod-u1/status",
+                200,
+                pod_body(&p),
+            )
+            .await;
             // Posted: nothing more until the status changes.
             tokio::time::sleep(Duration::from_secs(60)).await;
             assert!(
@@ -592,7 +621,14 @@ mod tests {
             let (_store, mut handle, cancel) = start(vec![p.clone()]);
             let (_req, stalled) = handle.next_request().await.expect("a request");
             // No answer: the request times out and the status is posted again.
-            answer(&mut handle, Method::PATCH, "/pods/pod-u1/status", 200, pod_body(&p)).await;
+            answer(
+                &mut handle,
+                Method::PATCH,
+                "/pods/pod-u1/status",
+                200,
+                pod_body(&p),
+            )
+            .await;
             drop(stalled);
             cancel.cancel();
         }
@@ -602,9 +638,23 @@ mod tests {
             let mut p = pod("u1", API_SOURCE);
             p.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
             let (store, mut handle, cancel) = start(vec![p.clone()]);
-            answer(&mut handle, Method::PATCH, "/pods/pod-u1/status", 200, pod_body(&p)).await;
+            answer(
+                &mut handle,
+                Method::PATCH,
+                "/pods/pod-u1/status",
+                200,
+                pod_body(&p),
+            )
+            .await;
             store.remove("u1");
-            answer(&mut handle, Method::PATCH, "/pods/pod-u1/status", 200, pod_body(&p)).await;
+            answer(
+                &mut handle,
+                Method::PATCH,
+                "/pods/pod-u1/status",
+                200,
+                pod_body(&p),
+            )
+            .await;
             let (req, send) = handle.next_request().await.expect("the delete");
             assert_eq!(req.method(), Method::DELETE);
             let body = req.into_body().collect_bytes().await.unwrap();
@@ -626,4 +676,3 @@ mod tests {
         }
     }
 }
-

@@ -264,6 +264,8 @@ fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn node() -> AdmitNode {
