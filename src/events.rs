@@ -629,6 +629,24 @@ mod tests {
     }
 
     #[test]
+    fn event_names_are_the_object_and_hex_nanos_or_a_uuid() {
+        assert_eq!(event_name("web-node-1", 0x18ee_26e7), "web-node-1.18ee26e7");
+        // Too long for a DNS subdomain: a random UUID, as client-go.
+        let long = "a".repeat(252);
+        let name = event_name(&long, 1);
+        assert_eq!(name.len(), 36, "{name}");
+        let parts: Vec<&str> = name.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "version 4: {name}");
+        assert_ne!(event_name(&long, 1), name);
+        assert!(is_dns_subdomain("a.b-c.0"));
+        assert!(!is_dns_subdomain("A.b") && !is_dns_subdomain("a..b") && !is_dns_subdomain("-a"));
+    }
+
+    #[test]
     fn durations_print_as_go_truncated_to_milliseconds() {
         let ms = Duration::from_millis;
         assert_eq!(go_duration_ms(Duration::from_micros(999)), "0s");
