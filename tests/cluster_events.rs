@@ -2,7 +2,8 @@
 //! with `--kubeconfig` (a `system:node:<node>` credential, so the Node authorizer
 //! and RBAC decide) posts what its recorder records as core/v1 Events: a static
 //! pod's `Pulled`/`Created`/`Started` with upstream's fields, a crashing
-//! container's `BackOff` as one Event whose `count` goes up, the Node's `Starting`,
+//! container's `BackOff` as one Event whose `count` goes up (and, deleted, created
+//! again under its name by the next occurrence), the Node's `Starting`,
 //! pressure, `NodeAllocatableEnforced` and `NodeReady`; events of a pod whose
 //! namespace is being deleted are refused by the server and dropped without
 //! retries, and the rest keep flowing. Needs `NODELET_TEST_KUBECONFIG` besides the
@@ -208,6 +209,22 @@ async fn pod_and_node_events_reach_the_apiserver_deduplicated() {
         "figure: BackOff occurrences in one Event: {:?}",
         backoff.count
     );
+
+    // Deleted (as the apiserver's TTL would), the Event comes back under the same
+    // name on the next occurrence: the patch finds nothing, a create follows.
+    let backoff_name = backoff.metadata.name.clone().expect("a name");
+    events
+        .delete(&backoff_name, &DeleteParams::default())
+        .await
+        .expect("delete the BackOff event");
+    let again = wait_for(
+        "the BackOff event created again",
+        Duration::from_secs(150),
+        || async { events.get_opt(&backoff_name).await.ok()? },
+    )
+    .await;
+    assert!(again.count > backoff.count, "{again:?}");
+    assert_eq!(again.first_timestamp, backoff.first_timestamp);
 
     // The Node's events: Starting, the pressure conditions, NodeAllocatableEnforced,
     // NodeReady (with the Node's UID).

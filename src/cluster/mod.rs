@@ -2,9 +2,9 @@
 //! (`client.rs`), node registration and the node status poster (`node.rs`), the
 //! node lease (`lease.rs`), as upstream's `kubelet_node_status.go` and `nodelease`
 //! controller, and the events the agent records, posted as upstream's event
-//! broadcaster does (`events/`). Everything here runs as tasks beside the pods: an unreachable
-//! apiserver is logged once per outage and retried with back-off, and never stops a
-//! pod.
+//! broadcaster does (`events/`). Everything here runs as tasks beside the pods: an
+//! unreachable apiserver is logged once per outage and retried with back-off, and
+//! never stops a pod.
 
 pub mod client;
 pub mod events;
