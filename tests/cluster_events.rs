@@ -245,6 +245,7 @@ async fn pod_and_node_events_reach_the_apiserver_deduplicated() {
         reason("Starting").message.as_deref(),
         Some("Starting kubelet.")
     );
+    assert_eq!(reason("Starting").involved_object.uid, node.metadata.uid);
     let ready = reason("NodeReady");
     assert_eq!(
         ready.message,
@@ -290,6 +291,20 @@ async fn pod_and_node_events_reach_the_apiserver_deduplicated() {
         text.contains("NodeReady") && text.contains("Starting kubelet."),
         "kubectl get events:\n{text}"
     );
+    // kubectl describe node finds them by the Node's UID.
+    let out = kubectl(&kubeconfig, &["describe", "node", &w.node]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let shown = text.split("Events:").nth(1).unwrap_or_default();
+    for want in [
+        "Starting kubelet.",
+        "status is now: NodeReady",
+        "status is now: NodeHas",
+    ] {
+        assert!(
+            shown.contains(want),
+            "{want} not in kubectl describe node:\n{text}"
+        );
+    }
 
     // The terminating namespace refused its pod's events; they were dropped, not
     // retried, and nothing was written there.

@@ -203,10 +203,10 @@ impl Cluster {
         }))
     }
 
-    /// From now on what `recorder` records is posted to the apiserver; records the
-    /// agent's start (upstream's `Starting` and `NodeAllocatableEnforced`: the pods'
-    /// cgroups are set up before this). Returns the sending task, to be spawned; it
-    /// stops when `cancel` fires.
+    /// From now on what `recorder` records is posted to the apiserver; records
+    /// `NodeAllocatableEnforced` (the pods' cgroups are set up before this), and the
+    /// status poster records `Starting` once registered. Returns the sending task,
+    /// to be spawned; it stops when `cancel` fires.
     pub fn record_events(
         &mut self,
         recorder: &crate::events::EventRecorder,
@@ -214,7 +214,6 @@ impl Cluster {
     ) -> BoxFuture<'static, ()> {
         let task = events::start(self.client.clone(), recorder, cancel);
         let node = events::node::NodeEvents::new(recorder.clone(), &self.node_name);
-        node.starting();
         node.allocatable_enforced();
         self.events = Some(node);
         task

@@ -8,9 +8,12 @@
 //! node lifecycle controller's, not the kubelet's.
 //!
 //! The involved object is upstream's node reference (`v1` `Node`, the name, no
-//! namespace, so the Event lives in `default`), with the Node's UID once the
-//! registration returned it, as upstream's `nodeRefWithUID` (v1.37; older kubelets
-//! put the node name in the UID). `NodeAllocatableEnforced` has no UID, as upstream.
+//! namespace, so the Event lives in `default`), with the Node's UID, as upstream's
+//! `nodeRefWithUID` (v1.37; older kubelets put the node name in the UID);
+//! `NodeAllocatableEnforced` has no UID, as upstream's container manager. Upstream
+//! records `Starting` before it registers, so for a new Node without a UID, and
+//! `kubectl describe node` (which searches by the UID, or the name as a UID) never
+//! shows it; here it waits for the registration to return the UID (moments later).
 
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
 
@@ -39,17 +42,6 @@ impl NodeEvents {
             reason,
             message,
             std::time::SystemTime::now(),
-        );
-    }
-
-    /// Upstream's `BirthCry`, before the Node is registered (so without its UID,
-    /// as upstream's for a new Node).
-    pub fn starting(&self) {
-        self.record(
-            None,
-            EventType::Normal,
-            reason::STARTING_KUBELET,
-            "Starting kubelet.",
         );
     }
 
@@ -157,10 +149,17 @@ impl StatusEvents {
         );
     }
 
-    /// The Node is registered: `created` when this agent made it.
+    /// The Node is registered (`created` when this agent made it): upstream's
+    /// `BirthCry`, then whether it is cordoned.
     pub fn registered(&mut self, node: &Node, created: bool) {
         self.uid = node.metadata.uid.clone();
         self.created = created;
+        self.events.record(
+            self.uid.as_deref(),
+            EventType::Normal,
+            reason::STARTING_KUBELET,
+            "Starting kubelet.",
+        );
         self.node(node);
     }
 

@@ -141,7 +141,6 @@ fn transitions_record_upstreams_events() {
 fn a_node_this_agent_created_records_pressure_and_ready_once() {
     let r = EventRecorder::new("node-1", 100);
     let node_events = NodeEvents::new(r.clone(), "node-1");
-    node_events.starting();
     node_events.allocatable_enforced();
     let mut s = node_events.status_events();
     let created = healthy("True");
@@ -152,18 +151,18 @@ fn a_node_this_agent_created_records_pressure_and_ready_once() {
     assert_eq!(
         got.iter().map(|(r, ..)| r.as_str()).collect::<Vec<_>>(),
         [
-            "Starting",
             "NodeAllocatableEnforced",
+            "Starting",
             "NodeHasSufficientMemory",
             "NodeHasNoDiskPressure",
             "NodeHasSufficientPID",
             "NodeReady"
         ]
     );
-    assert_eq!(got[0].1, "Starting kubelet.");
-    assert_eq!(got[0].2, None, "no UID before registration");
-    assert_eq!(got[1].1, "Updated Node Allocatable limit across pods");
-    assert_eq!(got[1].2, None, "upstream's container manager has no UID");
+    assert_eq!(got[0].1, "Updated Node Allocatable limit across pods");
+    assert_eq!(got[0].2, None, "upstream's container manager has no UID");
+    assert_eq!(got[1].1, "Starting kubelet.");
+    assert_eq!(got[1].2.as_deref(), Some("uid-1"));
     assert_eq!(got[5].1, "Node node-1 status is now: NodeReady");
     assert_eq!(got[5].2.as_deref(), Some("uid-1"));
     assert!(
@@ -185,6 +184,7 @@ fn an_adopted_node_records_pressure_at_start_and_ready_only_when_it_changed() {
     assert_eq!(
         reasons(&r),
         [
+            "Starting",
             "NodeHasSufficientMemory",
             "NodeHasNoDiskPressure",
             "NodeHasSufficientPID"
@@ -205,7 +205,10 @@ fn a_cordon_and_a_new_boot_id_are_recorded_once() {
     s.registered(&node("uid-1", Some(true)), false);
     s.node(&node("uid-1", Some(true)));
     s.node(&node("uid-1", Some(false)));
-    assert_eq!(reasons(&r), ["NodeNotSchedulable", "NodeSchedulable"]);
+    assert_eq!(
+        reasons(&r),
+        ["Starting", "NodeNotSchedulable", "NodeSchedulable"]
+    );
 
     let mut rebooted = healthy("True");
     rebooted.node_info = Some(NodeSystemInfo {
