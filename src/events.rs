@@ -1,4 +1,4 @@
-//! Pod and container events, as upstream's kubelet records them (`core/v1` `Event`s
+//! Pod, container and node events, as upstream's kubelet records them (`core/v1` `Event`s
 //! with `source.component` "kubelet", the reasons of `pkg/kubelet/events/event.go` and
 //! the messages of their call sites). The [`EventRecorder`] keeps them in memory and
 //! the read-only port serves them as a `v1.EventList` (`GET /events`,
