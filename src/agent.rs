@@ -327,6 +327,7 @@ pub async fn start(
         if let Some(requests) = image_reclaim.take() {
             monitor = monitor.with_image_reclaim(requests);
         }
+        monitor = monitor.with_events(env.events.clone());
         tasks.spawn(monitor.run(cancel.clone()));
     }
     let (capacity, allocatable) = crate::node::view::resource_lists(

@@ -82,6 +82,9 @@ pub mod reason {
     pub const NODE_NOT_SCHEDULABLE: &str = "NodeNotSchedulable";
     /// The node's boot ID changed.
     pub const NODE_REBOOTED: &str = "Rebooted";
+    /// The eviction manager starts reclaiming a resource (upstream's eviction
+    /// manager's literal).
+    pub const EVICTION_THRESHOLD_MET: &str = "EvictionThresholdMet";
 }
 
 /// `Normal` or `Warning`, as `core/v1` `Event.type`.
@@ -315,6 +318,17 @@ impl EventRecorder {
             sink: Arc::new(OnceLock::new()),
             host: host.into(),
         }
+    }
+
+    /// Records an event of this node (upstream's name-only `nodeRef`) now.
+    pub fn for_node(&self, type_: EventType, reason: &str, message: &str) {
+        self.record(
+            &node_reference(&self.host, None),
+            type_,
+            reason,
+            message,
+            SystemTime::now(),
+        );
     }
 
     /// From now on every recorded occurrence is also offered to `tx` (the apiserver
