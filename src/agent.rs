@@ -111,7 +111,7 @@ pub async fn start(
         options.orphan_cleanup || args.kubeconfig.is_none(),
         "--kubeconfig: this command runs pods standalone; the agent joins the cluster"
     );
-    let cluster = crate::cluster::Cluster::from_args(args, &node_name).await?;
+    let mut cluster = crate::cluster::Cluster::from_args(args, &node_name).await?;
     // Every source is checked before anything starts, so a bad flag is an exit, not
     // a log line.
     let url_source = match &args.manifest_url {
@@ -195,6 +195,9 @@ pub async fn start(
     let mut tasks = tokio::task::JoinSet::new();
     for s in servers {
         tasks.spawn(s);
+    }
+    if let Some(cluster) = &mut cluster {
+        tasks.spawn(cluster.record_events(&events, cancel.clone()));
     }
 
     let runtime_config = RuntimeConfig {
@@ -326,6 +329,7 @@ pub async fn start(
         if let Some(requests) = image_reclaim.take() {
             monitor = monitor.with_image_reclaim(requests);
         }
+        monitor = monitor.with_events(env.events.clone());
         tasks.spawn(monitor.run(cancel.clone()));
     }
     let (capacity, allocatable) = crate::node::view::resource_lists(

@@ -1,25 +1,26 @@
-//! Pod and container events, as upstream's kubelet records them (`core/v1` `Event`s
+//! Pod, container and node events, as upstream's kubelet records them (`core/v1` `Event`s
 //! with `source.component` "kubelet", the reasons of `pkg/kubelet/events/event.go` and
-//! the messages of their call sites). There is no apiserver yet: the
-//! [`EventRecorder`] keeps them in memory and the read-only port serves them as a
-//! `v1.EventList` (`GET /events`, `GET /api/v1/namespaces/{ns}/events`); cluster mode
-//! will post them.
+//! the messages of their call sites). The [`EventRecorder`] keeps them in memory and
+//! the read-only port serves them as a `v1.EventList` (`GET /events`,
+//! `GET /api/v1/namespaces/{ns}/events`); with `--kubeconfig` every occurrence is
+//! also handed to the apiserver sender (`crate::cluster::events`) through a bounded
+//! queue that never blocks the caller (client-go's broadcaster drops when its queue
+//! is full, and so does this).
 //!
-//! Like client-go's `EventCorrelator` (`tools/record/events_cache.go`, the
-//! `eventLogger` part), an event with the same object, type, reason, message and
-//! source as one already kept is not kept twice: its `count` goes up and its
-//! `lastTimestamp` moves. Memory is bounded: at most [`EVENT_CAPACITY`] events, the
-//! least recently seen dropped first. (client-go's aggregation of many similar
-//! messages and its per-object spam filter are not ported: there is no apiserver to
-//! protect yet.)
+//! In memory, like client-go's `eventLogger`, an event with the same object, type,
+//! reason, message and source as one already kept is not kept twice: its `count`
+//! goes up and its `lastTimestamp` moves. Memory is bounded: at most
+//! [`EVENT_CAPACITY`] events, the least recently seen dropped first. The apiserver
+//! side runs client-go's whole correlator (dedup, aggregation, spam filter).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::List;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use tokio::sync::mpsc;
 
 /// How many distinct events the recorder keeps.
 pub const EVENT_CAPACITY: usize = 1000;
@@ -67,6 +68,23 @@ pub mod reason {
     pub const EVICTED: &str = "Evicted";
     /// A pod's image pull secret could not be read.
     pub const FAILED_TO_RETRIEVE_PULL_SECRET: &str = "FailedToRetrieveImagePullSecret";
+    /// The agent started (upstream's `BirthCry`).
+    pub const STARTING_KUBELET: &str = "Starting";
+    /// The pods' cgroup limits were set (upstream's container manager).
+    pub const SUCCESSFUL_NODE_ALLOCATABLE_ENFORCEMENT: &str = "NodeAllocatableEnforced";
+    /// The node turned Ready.
+    pub const NODE_READY: &str = "NodeReady";
+    /// The node turned not Ready.
+    pub const NODE_NOT_READY: &str = "NodeNotReady";
+    /// The node was uncordoned.
+    pub const NODE_SCHEDULABLE: &str = "NodeSchedulable";
+    /// The node was cordoned.
+    pub const NODE_NOT_SCHEDULABLE: &str = "NodeNotSchedulable";
+    /// The node's boot ID changed.
+    pub const NODE_REBOOTED: &str = "Rebooted";
+    /// The eviction manager starts reclaiming a resource (upstream's eviction
+    /// manager's literal).
+    pub const EVICTION_THRESHOLD_MET: &str = "EvictionThresholdMet";
 }
 
 /// `Normal` or `Warning`, as `core/v1` `Event.type`.
@@ -95,10 +113,56 @@ struct Store {
     capacity: usize,
 }
 
-/// Records events in a bounded, deduplicating store; clones share it.
+/// How often a full sender queue is logged (client-go logs every dropped event; a
+/// queue that is full drops many).
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The apiserver sender's queue, once attached.
+#[derive(Debug)]
+struct Sink {
+    tx: mpsc::Sender<Event>,
+    drops: Mutex<Drops>,
+}
+
+/// Events dropped on a full queue since the last log line.
+#[derive(Debug, Default)]
+struct Drops {
+    count: u64,
+    logged: Option<Instant>,
+}
+
+impl Sink {
+    fn send(&self, event: Event) {
+        let Err(mpsc::error::TrySendError::Full(event)) = self.tx.try_send(event) else {
+            // Sent, or the sender has stopped (the agent is shutting down).
+            return;
+        };
+        let mut drops = self
+            .drops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drops.count += 1;
+        if drops
+            .logged
+            .is_none_or(|t| t.elapsed() >= DROP_LOG_INTERVAL)
+        {
+            tracing::warn!(
+                dropped = drops.count,
+                reason = event.reason.as_deref().unwrap_or_default(),
+                "too many queued events for the apiserver, dropped (kept in memory)"
+            );
+            drops.count = 0;
+            drops.logged = Some(Instant::now());
+        }
+    }
+}
+
+/// Records events in a bounded, deduplicating store; clones share it (and the
+/// apiserver queue, once one is attached).
 #[derive(Debug, Clone)]
 pub struct EventRecorder {
     store: Arc<Mutex<Store>>,
+    sink: Arc<OnceLock<Sink>>,
     host: String,
 }
 
@@ -172,6 +236,56 @@ pub fn container_field_path(pod: &Pod, container: &str) -> String {
     format!("spec.{list}{{{container}}}")
 }
 
+/// The reference node events name as their `involvedObject`: upstream's `nodeRef`
+/// (`v1`, `Node`, the name, no namespace), with the Node's UID once it is known
+/// (upstream's `nodeRefWithUID`; its container manager's reference never has one).
+pub fn node_reference(name: &str, uid: Option<&str>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Node".to_owned()),
+        name: Some(name.to_owned()),
+        uid: uid.map(str::to_owned),
+        ..ObjectReference::default()
+    }
+}
+
+/// client-go's `GenerateEventName`: `<object name>.<unix nanos in hex>`, or a random
+/// UUID when that is not a valid DNS subdomain (a name near the length limit).
+pub fn event_name(object: &str, unix_nanos: u128) -> String {
+    let name = format!("{object}.{unix_nanos:x}");
+    if is_dns_subdomain(&name) {
+        return name;
+    }
+    let mut bytes = [0u8; 16];
+    fastrand::fill(&mut bytes);
+    // Version 4, RFC 4122 variant.
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// apimachinery's `IsDNS1123Subdomain`.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            let b = label.as_bytes();
+            b.first()
+                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && b.last()
+                    .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        })
+}
+
 fn time(t: SystemTime) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
     jiff::Timestamp::try_from(t)
         .ok()
@@ -201,8 +315,32 @@ impl EventRecorder {
                 events: VecDeque::new(),
                 capacity: capacity.max(1),
             })),
+            sink: Arc::new(OnceLock::new()),
             host: host.into(),
         }
+    }
+
+    /// Records an event of this node (upstream's name-only `nodeRef`) now.
+    pub fn for_node(&self, type_: EventType, reason: &str, message: &str) {
+        self.record(
+            &node_reference(&self.host, None),
+            type_,
+            reason,
+            message,
+            SystemTime::now(),
+        );
+    }
+
+    /// From now on every recorded occurrence is also offered to `tx` (the apiserver
+    /// sender), without waiting: a full queue drops it. Returns `false` when a
+    /// queue was attached already (that one stays).
+    pub fn send_to(&self, tx: mpsc::Sender<Event>) -> bool {
+        self.sink
+            .set(Sink {
+                tx,
+                drops: Mutex::new(Drops::default()),
+            })
+            .is_ok()
     }
 
     /// Events of `pod` itself.
@@ -244,10 +382,9 @@ impl EventRecorder {
             .unwrap_or_default();
         let event = Event {
             metadata: ObjectMeta {
-                // Upstream's `<object name>.<unix nanos in hex>`.
-                name: Some(format!(
-                    "{}.{nanos:x}",
-                    object.name.as_deref().unwrap_or_default()
+                name: Some(event_name(
+                    object.name.as_deref().unwrap_or_default(),
+                    nanos,
                 )),
                 namespace: Some(namespace),
                 ..ObjectMeta::default()
@@ -267,6 +404,9 @@ impl EventRecorder {
             reporting_instance: Some(self.host.clone()),
             ..Event::default()
         };
+        if let Some(sink) = self.sink.get() {
+            sink.send(event.clone());
+        }
         let mut store = self
             .store
             .lock()
@@ -500,6 +640,24 @@ mod tests {
         let c = r.clone();
         c.for_pod(&pod("a", "p")).normal("R", "m");
         assert_eq!(r.list(None).items.len(), 1);
+    }
+
+    #[test]
+    fn event_names_are_the_object_and_hex_nanos_or_a_uuid() {
+        assert_eq!(event_name("web-node-1", 0x18ee_26e7), "web-node-1.18ee26e7");
+        // Too long for a DNS subdomain: a random UUID, as client-go.
+        let long = "a".repeat(252);
+        let name = event_name(&long, 1);
+        assert_eq!(name.len(), 36, "{name}");
+        let parts: Vec<&str> = name.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "version 4: {name}");
+        assert_ne!(event_name(&long, 1), name);
+        assert!(is_dns_subdomain("a.b-c.0"));
+        assert!(!is_dns_subdomain("A.b") && !is_dns_subdomain("a..b") && !is_dns_subdomain("-a"));
     }
 
     #[test]

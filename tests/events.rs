@@ -44,6 +44,33 @@ async fn wait_event(w: &World, pod: &str, reason: &str, message: impl Fn(&str) -
     .await
 }
 
+/// [`wait_event`] for the container at `field` (`spec.containers{main}`).
+async fn wait_container_event(
+    w: &World,
+    pod: &str,
+    reason: &str,
+    field: &str,
+    message: &str,
+) -> Event {
+    let full = format!("{pod}-{}", w.node);
+    let what = format!("a {reason} event of {pod} {field}");
+    wait_for(&what, Duration::from_secs(60), || {
+        let full = full.clone();
+        async move {
+            events(w, "/api/v1/namespaces/default/events")
+                .await
+                .into_iter()
+                .find(|e| {
+                    e.involved_object.name.as_deref() == Some(full.as_str())
+                        && e.reason.as_deref() == Some(reason)
+                        && field_path(e) == field
+                        && e.message.as_deref() == Some(message)
+                })
+        }
+    })
+    .await
+}
+
 fn field_path(e: &Event) -> &str {
     e.involved_object.field_path.as_deref().unwrap_or("")
 }
@@ -75,10 +102,24 @@ spec:
     })
     .await;
     assert_eq!(pulled.type_.as_deref(), Some("Normal"));
-    let created = wait_event(&w, "web", "Created", |m| m == "Created container: main").await;
+    let created = wait_container_event(
+        &w,
+        "web",
+        "Created",
+        "spec.containers{main}",
+        "Container created",
+    )
+    .await;
     assert_eq!(field_path(&created), "spec.containers{main}");
     assert_eq!(created.type_.as_deref(), Some("Normal"));
-    let started = wait_event(&w, "web", "Started", |m| m == "Started container main").await;
+    let started = wait_container_event(
+        &w,
+        "web",
+        "Started",
+        "spec.containers{main}",
+        "Container started",
+    )
+    .await;
     assert_eq!(field_path(&started), "spec.containers{main}");
     assert_eq!(started.involved_object.kind.as_deref(), Some("Pod"));
     assert_eq!(
@@ -91,14 +132,22 @@ spec:
     assert_eq!(source.host.as_deref(), Some(w.node.as_str()));
     assert_eq!(started.count, Some(1));
     assert!(started.first_timestamp.is_some() && started.last_timestamp.is_some());
-    let init = wait_event(&w, "web", "Started", |m| m == "Started container setup").await;
+    let init = wait_container_event(
+        &w,
+        "web",
+        "Started",
+        "spec.initContainers{setup}",
+        "Container started",
+    )
+    .await;
     assert_eq!(field_path(&init), "spec.initContainers{setup}");
 
     // All namespaces: the same events; another namespace: none of them.
     let all = events(&w, "/events").await;
     assert!(
         all.iter()
-            .any(|e| e.message.as_deref() == Some("Started container main"))
+            .any(|e| e.message.as_deref() == Some("Container started")
+                && field_path(e) == "spec.containers{main}")
     );
     assert!(
         events(&w, "/api/v1/namespaces/kube-system/events")
@@ -251,7 +300,14 @@ spec:
     assert_eq!(field_path(&post), "spec.containers{post}");
     let killing = wait_event(&w, "hooks", "Killing", |m| m == "FailedPostStartHook").await;
     assert_eq!(field_path(&killing), "spec.containers{post}");
-    wait_event(&w, "hooks", "Started", |m| m == "Started container pre").await;
+    wait_container_event(
+        &w,
+        "hooks",
+        "Started",
+        "spec.containers{pre}",
+        "Container started",
+    )
+    .await;
     std::fs::remove_file(w.manifests.join("hooks.yaml")).expect("remove manifest");
     let pre = wait_event(&w, "hooks", "FailedPreStopHook", |m| {
         m == "PreStopHook failed"

@@ -229,6 +229,16 @@ spec:
                 && e.involved_object.name.as_deref() == hog.metadata.name.as_deref()),
         "no Evicted event"
     );
+    // And upstream's node event as the eviction manager started reclaiming.
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("EvictionThresholdMet")
+                && e.message.as_deref() == Some("Attempting to reclaim memory")
+                && e.involved_object.kind.as_deref() == Some("Node")),
+        "no EvictionThresholdMet event"
+    );
 
     // Pressure was seen (with its taint), and clears once the transition period passes.
     if !saw_pressure {

@@ -1,13 +1,15 @@
 //! Joining a control plane (`--kubeconfig`): the agent's one apiserver client
-//! (`client.rs`), node registration and the node status poster (`node.rs`), and the
+//! (`client.rs`), node registration and the node status poster (`node.rs`), the
 //! node lease (`lease.rs`), as upstream's `kubelet_node_status.go` and `nodelease`
 //! controller; the pods bound to the node (`pod_source.rs`), their status
 //! (`pod_status.rs`) and the static pods' mirror pods (`mirror.rs`), as upstream's
-//! apiserver pod source, status manager and mirror client. Everything here runs as tasks beside the pods: an unreachable
-//! apiserver is logged once per outage and retried with back-off, and never stops a
-//! pod.
+//! apiserver pod source, status manager and mirror client; and the events the agent
+//! records, posted as upstream's event broadcaster does (`events/`). Everything here
+//! runs as tasks beside the pods: an unreachable apiserver is logged once per outage
+//! and retried with back-off, and never stops a pod.
 
 pub mod client;
+pub mod events;
 pub mod lease;
 pub mod mirror;
 pub mod node;
@@ -167,6 +169,8 @@ pub struct Cluster {
     /// The node name.
     pub node_name: String,
     registration: Arc<node::Registration>,
+    /// The Node's events, once [`Cluster::record_events`] was called.
+    events: Option<events::node::NodeEvents>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -202,7 +206,24 @@ impl Cluster {
             client,
             node_name: node_name.to_owned(),
             registration: Arc::new(registration),
+            events: None,
         }))
+    }
+
+    /// From now on what `recorder` records is posted to the apiserver; records
+    /// `NodeAllocatableEnforced` (the pods' cgroups are set up before this), and the
+    /// status poster records `Starting` once registered. Returns the sending task,
+    /// to be spawned; it stops when `cancel` fires.
+    pub fn record_events(
+        &mut self,
+        recorder: &crate::events::EventRecorder,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        let task = events::start(self.client.clone(), recorder, cancel);
+        let node = events::node::NodeEvents::new(recorder.clone(), &self.node_name);
+        node.allocatable_enforced();
+        self.events = Some(node);
+        task
     }
 
     /// The tasks that register the node and keep its lease and status current, watch
@@ -253,12 +274,15 @@ impl Cluster {
             return;
         };
         let Some(view) = view else { return };
-        let poster = node::StatusPoster::new(
+        let mut poster = node::StatusPoster::new(
             self.client.clone(),
             self.node_name.clone(),
             Arc::clone(&self.registration),
             view,
         );
+        if let Some(events) = &self.events {
+            poster = poster.with_events(events.status_events());
+        }
         let registered = poster.register().await;
         info!(node = %self.node_name, uid = ?registered.metadata.uid, "node registered");
         let lease = lease::LeaseRenewer::new(

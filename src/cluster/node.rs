@@ -18,6 +18,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::cluster::events::node::StatusEvents;
 use crate::cluster::{ClusterError, Outage, call};
 use crate::node::eviction::messages::pressure_node_condition;
 use crate::node::eviction::thresholds::PressureCondition;
@@ -376,6 +377,7 @@ pub struct StatusPoster {
     name: String,
     registration: Arc<Registration>,
     view: Arc<NodeView>,
+    events: Option<std::sync::Mutex<StatusEvents>>,
 }
 
 impl StatusPoster {
@@ -391,6 +393,20 @@ impl StatusPoster {
             name,
             registration,
             view,
+            events: None,
+        }
+    }
+
+    /// The same, recording the node status events (`events/node.rs`).
+    #[must_use]
+    pub fn with_events(mut self, events: StatusEvents) -> Self {
+        self.events = Some(std::sync::Mutex::new(events));
+        self
+    }
+
+    fn events(&self, f: impl FnOnce(&mut StatusEvents)) {
+        if let Some(events) = &self.events {
+            f(&mut events.lock().unwrap_or_else(|e| e.into_inner()));
         }
     }
 
@@ -406,8 +422,9 @@ impl StatusPoster {
         let mut outage = Outage::default();
         loop {
             match self.try_register().await {
-                Ok(node) => {
+                Ok((node, created)) => {
                     outage.ok("node registration");
+                    self.events(|e| e.registered(&node, created));
                     return node;
                 }
                 Err(e) => outage.failed("node registration", &e),
@@ -417,8 +434,8 @@ impl StatusPoster {
         }
     }
 
-    /// Upstream's `tryRegisterWithAPIServer`.
-    async fn try_register(&self) -> Result<Node, ClusterError> {
+    /// Upstream's `tryRegisterWithAPIServer`: the Node, and whether it was created.
+    async fn try_register(&self) -> Result<(Node, bool), ClusterError> {
         let view = self.view.node().await;
         let wanted = registration_node(&view, &self.registration, jiff::Timestamp::now());
         if self.registration.register {
@@ -429,7 +446,7 @@ impl StatusPoster {
             )
             .await
             {
-                Ok(node) => return Ok(node),
+                Ok(node) => return Ok((node, true)),
                 Err(e) if e.code() == Some(409) => {
                     debug!(node = %self.name, "the Node exists; adopting it");
                 }
@@ -439,7 +456,7 @@ impl StatusPoster {
         let existing = call("get", self.object(), self.nodes.get(&self.name)).await?;
         let changes = default_label_changes(&wanted, &existing);
         if changes.is_empty() || !self.registration.register {
-            return Ok(existing);
+            return Ok((existing, false));
         }
         info!(node = %self.name, ?changes, "updating the Node's default labels");
         let patch = serde_json::json!({ "metadata": { "labels": changes } });
@@ -450,6 +467,7 @@ impl StatusPoster {
                 .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)),
         )
         .await
+        .map(|node| (node, false))
     }
 
     /// Computes the status every [`STATUS_UPDATE_FREQUENCY`] and patches it when it
@@ -464,6 +482,7 @@ impl StatusPoster {
             tick.tick().await;
             let view = self.view.node().await;
             let status = desired_status(&view, posted.as_ref(), jiff::Timestamp::now());
+            self.events(|e| e.status(posted.as_ref(), &status));
             let due = last_report.is_none_or(|t| t.elapsed() >= STATUS_REPORT_FREQUENCY)
                 || status_changed(posted.as_ref(), &status);
             if !due {
@@ -472,6 +491,7 @@ impl StatusPoster {
             match self.patch_status(&status).await {
                 Ok(node) => {
                     outage.ok("node status");
+                    self.events(|e| e.node(&node));
                     if last_report.is_none()
                         || condition(&status, "Ready").map(|c| &c.status)
                             != posted

@@ -86,6 +86,7 @@ pub struct PressureMonitor {
     commands: mpsc::Sender<PodCommand>,
     notifiers: Vec<(Signal, MemoryNotifier)>,
     image_reclaim: Option<crate::image::gc::ReclaimRequests>,
+    events: Option<crate::events::EventRecorder>,
 }
 
 impl std::fmt::Debug for PressureMonitor {
@@ -115,7 +116,15 @@ impl PressureMonitor {
             commands,
             notifiers: Vec::new(),
             image_reclaim: None,
+            events: None,
         }
+    }
+
+    /// Records upstream's `EvictionThresholdMet` node event through `events`.
+    #[must_use]
+    pub fn with_events(mut self, events: crate::events::EventRecorder) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Node-level reclaim of images goes to the image GC manager.
@@ -166,6 +175,9 @@ impl PressureMonitor {
             );
             let decided = started.elapsed();
             self.publish(&outcome.node_conditions);
+            if let (Some(signal), Some(events)) = (outcome.reclaiming, &self.events) {
+                record_reclaim(events, signal);
+            }
             let mut eviction = outcome.evict;
             if !outcome.reclaim.is_empty() {
                 // Node-level reclaim first, then look again before evicting.
@@ -578,9 +590,41 @@ pub fn pid_counts() -> Option<(u64, u64)> {
     Some((max, running))
 }
 
+/// Upstream's event as its eviction manager starts reclaiming the resource of
+/// `signal` (every synchronisation that does; the correlator counts them).
+fn record_reclaim(events: &crate::events::EventRecorder, signal: Signal) {
+    events.for_node(
+        crate::events::EventType::Warning,
+        crate::events::reason::EVICTION_THRESHOLD_MET,
+        &format!("Attempting to reclaim {}", signal.resource().as_str()),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reclaiming_records_upstreams_node_event() {
+        let events = crate::events::EventRecorder::new("node-1", 10);
+        record_reclaim(&events, Signal::AllocatableMemoryAvailable);
+        record_reclaim(&events, Signal::AllocatableMemoryAvailable);
+        record_reclaim(&events, Signal::NodeFsAvailable);
+        let items = events.list(None).items;
+        assert_eq!(items.len(), 2);
+        let e = &items[0];
+        assert_eq!(e.reason.as_deref(), Some("EvictionThresholdMet"));
+        assert_eq!(e.message.as_deref(), Some("Attempting to reclaim memory"));
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        assert_eq!(e.count, Some(2));
+        assert_eq!(e.involved_object.kind.as_deref(), Some("Node"));
+        assert_eq!(e.involved_object.name.as_deref(), Some("node-1"));
+        assert_eq!(e.involved_object.uid, None);
+        assert_eq!(
+            items[1].message.as_deref(),
+            Some("Attempting to reclaim ephemeral-storage")
+        );
+    }
 
     fn pod(json: serde_json::Value) -> Pod {
         serde_json::from_value(json).expect("pod")

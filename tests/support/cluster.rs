@@ -1,8 +1,7 @@
-//! Support for end-to-end tests against the real apiserver tier: the admin
-//! kubeconfig `scripts/test.sh` exports (`NODELET_TEST_KUBECONFIG`), `kubectl` and
-//! `scripts/apiserver.sh` on its run dir, a World whose agent joins the cluster as
-//! its own node, and guards that clean the node up and bring a stopped apiserver
-//! back even when a test panics.
+//! The real apiserver tier for end-to-end tests: the admin kubeconfig
+//! (`NODELET_TEST_KUBECONFIG`), `scripts/apiserver.sh` on its run dir, kubectl, an
+//! admin client, and a [`World`] whose agent joins the cluster as its own node
+//! (with a `system:node:<node>` credential), its Node and Lease removed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +12,7 @@ use kube::Api;
 
 use super::{World, wait_for};
 
+/// The admin kubeconfig of the test apiserver.
 pub fn admin_kubeconfig() -> PathBuf {
     let path = std::env::var_os("NODELET_TEST_KUBECONFIG").unwrap_or_else(|| {
         panic!(
@@ -40,6 +40,7 @@ pub fn apiserver_sh(kubeconfig: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// kubectl with `kubeconfig`.
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
     Command::new("/usr/bin/kubectl")
         .arg("--kubeconfig")
@@ -83,6 +84,61 @@ impl Drop for NodeCleanup {
     }
 }
 
+/// A client with the admin kubeconfig.
+pub async fn admin_client(kubeconfig: &Path) -> kube::Client {
+    // More than one rustls provider is compiled in; pick the agent's.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("admin kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .expect("admin config");
+    kube::Client::try_from(config).expect("admin client")
+}
+
+/// A World whose agent joins the cluster as its own node, with `extra` flags.
+pub async fn joined_world(kubeconfig: &Path, extra: &[&str]) -> (NodeCleanup, World) {
+    let mut w = World::new().await;
+    let cleanup = NodeCleanup {
+        kubeconfig: kubeconfig.to_owned(),
+        node: w.node.clone(),
+    };
+    let node_config = w.dir.path().join("node.kubeconfig");
+    apiserver_sh(
+        kubeconfig,
+        &[
+            "node-kubeconfig",
+            &w.node,
+            node_config.to_str().expect("utf-8 path"),
+        ],
+    );
+    w.extra_args = ["--kubeconfig", node_config.to_str().expect("utf-8 path")]
+        .iter()
+        .chain(extra)
+        .map(|s| (*s).to_owned())
+        .collect();
+    (cleanup, w)
+}
+
+/// The status of condition `type_` of `node`.
+pub fn condition_status(node: &Node, type_: &str) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
+/// Waits up to `limit` for Node `name` to be Ready.
+pub async fn wait_ready(nodes: &Api<Node>, name: &str, limit: Duration) -> Node {
+    wait_for("the Node to be Ready", limit, || async {
+        let n = nodes.get_opt(name).await.ok()??;
+        (condition_status(&n, "Ready").as_deref() == Some("True")).then_some(n)
+    })
+    .await
+}
+
 /// Stops the apiserver; dropping it starts it again, also when the test panics, so
 /// the tests after it find one.
 pub struct ApiserverDown {
@@ -90,6 +146,7 @@ pub struct ApiserverDown {
 }
 
 impl ApiserverDown {
+    /// Stops the apiserver of `kubeconfig`'s run dir.
     pub fn stop(kubeconfig: &Path) -> Self {
         apiserver_sh(kubeconfig, &["stop", "kube-apiserver"]);
         Self {
@@ -109,57 +166,4 @@ impl Drop for ApiserverDown {
             )
             .output();
     }
-}
-
-pub async fn admin_client(kubeconfig: &Path) -> kube::Client {
-    // More than one rustls provider is compiled in; pick the agent's.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("admin kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-        .await
-        .expect("admin config");
-    kube::Client::try_from(config).expect("admin client")
-}
-
-pub fn condition_status(node: &Node, type_: &str) -> Option<String> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
-}
-
-/// A World whose agent joins the cluster as its own node.
-pub async fn joined_world(kubeconfig: &Path, extra: &[&str]) -> (NodeCleanup, World) {
-    let w = World::new().await;
-    let cleanup = NodeCleanup {
-        kubeconfig: kubeconfig.to_owned(),
-        node: w.node.clone(),
-    };
-    let node_config = w.dir.path().join("node.kubeconfig");
-    apiserver_sh(
-        kubeconfig,
-        &[
-            "node-kubeconfig",
-            &w.node,
-            node_config.to_str().expect("utf-8 path"),
-        ],
-    );
-    let mut w = w;
-    w.extra_args = ["--kubeconfig", node_config.to_str().expect("utf-8 path")]
-        .iter()
-        .chain(extra)
-        .map(|s| (*s).to_owned())
-        .collect();
-    (cleanup, w)
-}
-
-pub async fn wait_ready(nodes: &Api<Node>, name: &str, limit: Duration) -> Node {
-    wait_for("the Node to be Ready", limit, || async {
-        let n = nodes.get_opt(name).await.ok()??;
-        (condition_status(&n, "Ready").as_deref() == Some("True")).then_some(n)
-    })
-    .await
 }

@@ -276,10 +276,9 @@ impl<R: Runtime> PodWorker<R> {
             }
             Err(e) => return Err(e),
         };
-        self.events_of(&c.name).normal(
-            ev::CREATED_CONTAINER,
-            &format!("Created container: {}", c.name),
-        );
+        // Upstream's messages since v1.33 (the container is the field path).
+        self.events_of(&c.name)
+            .normal(ev::CREATED_CONTAINER, "Container created");
         if let Err(e) = rt.start_container(&id).await {
             warn!(container = %c.name, error = %e, "container failed to start");
             self.events_of(&c.name)
@@ -297,10 +296,8 @@ impl<R: Runtime> PodWorker<R> {
             )));
         }
         info!(container = %c.name, id = %id, attempt, "container started");
-        self.events_of(&c.name).normal(
-            ev::STARTED_CONTAINER,
-            &format!("Started container {}", c.name),
-        );
+        self.events_of(&c.name)
+            .normal(ev::STARTED_CONTAINER, "Container started");
         if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
             let rt = &*self.env.runtime;
             let grace = self.grace_period();
