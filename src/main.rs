@@ -23,22 +23,35 @@ mod volume;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use nodelet_cri::containerd::Containerd;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, ImageCommand, LogFormat, ValidateOutputArg};
+use crate::cli::{Command, ImageCommand, LogFormat, ValidateOutputArg};
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some(nodelet_cri::logs::DRIVER_ARG) {
         nodelet_cri::logs::run_driver();
     }
-    let cli = Cli::parse();
+    // `--config`/`--config-dir` are folded in before logging starts (they may set
+    // it); a bad file is a usage error, like a bad flag.
+    let (cli, unsupported_config) = match cli::config_file::parse_cli() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("nodelet: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let log_flags = match &cli.command {
         Some(Command::Run(run)) => &run.agent,
         _ => &cli.agent,
     };
     init_logging(log_flags.log_format, &log_flags.v);
+    if !unsupported_config.is_empty() {
+        tracing::warn!(
+            fields = %unsupported_config.join(", "),
+            "kubelet config fields nodelet does not support are ignored"
+        );
+    }
     // Validation needs no runtime: exit 0 when every pod is valid, 1 otherwise.
     if let Some(Command::Validate {
         paths,

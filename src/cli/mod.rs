@@ -1,6 +1,7 @@
 //! Command-line interface. Flag names are upstream kubelet's where one exists, so an
 //! operator's unit files and habits carry over.
 
+pub mod config_file;
 pub mod resources;
 
 use std::net::IpAddr;
@@ -150,6 +151,14 @@ pub enum LogFormat {
 /// The agent's flags.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
+    /// A `KubeletConfiguration` file (`kubelet.config.k8s.io/v1beta1`, YAML or JSON),
+    /// as upstream's kubelet reads: flags given on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A directory of `KubeletConfiguration` drop-ins (`*.conf`, lexical order)
+    /// merged over `--config`, as upstream's.
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
     /// Directory (or single file) of static pod manifests.
     #[arg(long)]
     pub pod_manifest_path: Option<PathBuf>,
