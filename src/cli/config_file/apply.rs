@@ -25,6 +25,7 @@ pub const FIELD_ARGS: &[(&str, &str)] = &[
     ("staticPodURLHeader", "manifest_url_header"),
     ("address", "address"),
     ("readOnlyPort", "read_only_port"),
+    ("enableServer", "read_only_port"),
     ("registryPullQPS", "registry_qps"),
     ("registryBurst", "registry_burst"),
     ("healthzPort", "healthz_port"),
@@ -147,6 +148,11 @@ pub fn apply(
         Some(0),
         port,
     )?;
+    // Upstream starts the read-only server only inside `enableServer`.
+    if c.lookup("enableServer") == Some(&Value::Bool(false)) && !explicit.contains("read_only_port")
+    {
+        args.read_only_port = 0;
+    }
     c.set(
         &mut args.registry_qps,
         "registryPullQPS",

@@ -130,7 +130,8 @@ const USER_NAMESPACES: &[Field] = &[f("idsPerPod", I64, No)];
 /// Every field of `KubeletConfiguration` besides `apiVersion` and `kind`, in
 /// upstream's order.
 pub const KUBELET_CONFIGURATION: &[Field] = &[
-    f("enableServer", Bool, No),
+    // `false` closes the read-only port, which upstream serves only with the server.
+    f("enableServer", Bool, Yes),
     f("staticPodPath", Str, Yes),
     f("podLogsDir", Str, Yes),
     f("syncFrequency", Duration, No),

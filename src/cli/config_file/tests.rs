@@ -181,14 +181,61 @@ podLogsDir: /var/log/nodelet-pods
     a.image_gc.config().expect("image gc flags valid");
 }
 
+/// What `kubeadm init` writes to /var/lib/kubelet/config.yaml (v1.3x), zero values
+/// and all: accepted, with only the fields nodelet lacks named.
+#[test]
+fn kubeadms_generated_file_is_accepted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = write(tmp.path(), "config.yaml", KUBEADM);
+    let (cli, unsupported) = run(&["--config", file.to_str().expect("utf-8")]).expect("applies");
+    assert_eq!(
+        unsupported,
+        ["rotateCertificates", "authentication", "authorization"]
+    );
+    let a = cli.agent;
+    assert_eq!(a.resources.cgroup_driver, "systemd");
+    assert_eq!(a.file_check_frequency, Duration::from_secs(20));
+    assert_eq!(
+        a.eviction.eviction_pressure_transition_period,
+        Duration::from_secs(300)
+    );
+    assert_eq!(
+        a.image_gc.minimum_image_ttl_duration,
+        Duration::from_secs(120)
+    );
+    assert_eq!(
+        a.container_runtime_endpoint,
+        "unix:///run/containerd/containerd.sock"
+    );
+    assert_eq!(a.read_only_port, 0);
+    assert_eq!((a.log_format, a.v.as_str()), (LogFormat::Text, "info"));
+}
+
+#[test]
+fn enable_server_false_closes_the_read_only_port() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        tmp.path(),
+        "a.yaml",
+        &format!("{HEAD}enableServer: false\nreadOnlyPort: 10255\n"),
+    );
+    let f = file.to_str().expect("utf-8");
+    assert_eq!(agent(&["--config", f]).read_only_port, 0);
+    assert_eq!(
+        agent(&["--config", f, "--read-only-port", "10266"]).read_only_port,
+        10266
+    );
+}
+
 #[test]
 fn json_files_are_read_too() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = write(
         tmp.path(),
         "kubelet.json",
-        r#"{"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "maxPods": 7, "syncFrequency": "1m0s", "readOnlyPort": 10255}"#,
+        // Tab-indented, as JSON writers may (YAML forbids tabs only in indentation of
+        // block style).
+        "{\n\t\"apiVersion\": \"kubelet.config.k8s.io/v1beta1\",\n\t\"kind\": \"KubeletConfiguration\",\n\t\"maxPods\": 7, \"syncFrequency\": \"1m0s\", \"readOnlyPort\": 10255\n}\n",
     );
     let (cli, unsupported) = run(&["--config", file.to_str().expect("utf-8")]).expect("applies");
     assert_eq!(cli.agent.resources.max_pods, 7);
@@ -635,3 +682,53 @@ fn no_config_changes_nothing() {
     assert_eq!(cli.agent.read_only_port, 10255);
     assert!(unsupported.is_empty());
 }
+
+const KUBEADM: &str = "apiVersion: kubelet.config.k8s.io/v1beta1
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    cacheTTL: 0s
+    enabled: true
+  x509:
+    clientCAFile: /etc/kubernetes/pki/ca.crt
+authorization:
+  mode: Webhook
+  webhook:
+    cacheAuthorizedTTL: 0s
+    cacheUnauthorizedTTL: 0s
+cgroupDriver: systemd
+clusterDNS:
+- 10.96.0.10
+clusterDomain: cluster.local
+containerRuntimeEndpoint: \"\"
+cpuManagerReconcilePeriod: 0s
+crashLoopBackOff: {}
+evictionPressureTransitionPeriod: 0s
+fileCheckFrequency: 0s
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+httpCheckFrequency: 0s
+imageMaximumGCAge: 0s
+imageMinimumGCAge: 0s
+kind: KubeletConfiguration
+logging:
+  flushFrequency: 0
+  options:
+    json:
+      infoBufferSize: \"0\"
+    text:
+      infoBufferSize: \"0\"
+  verbosity: 0
+memorySwap: {}
+nodeStatusReportFrequency: 0s
+nodeStatusUpdateFrequency: 0s
+rotateCertificates: true
+runtimeRequestTimeout: 0s
+shutdownGracePeriod: 0s
+shutdownGracePeriodCriticalPods: 0s
+staticPodPath: /etc/kubernetes/manifests
+streamingConnectionIdleTimeout: 0s
+syncFrequency: 0s
+volumeStatsAggPeriod: 0s
+";
