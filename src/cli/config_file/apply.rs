@@ -505,7 +505,7 @@ impl Ctx<'_> {
         match value {
             Some(v) if !zero => {
                 *target = convert(v).map_err(|reason| ConfigFileError::Value {
-                    source_desc: self.loaded.describe(),
+                    path: self.loaded.origin(field),
                     field: field.to_owned(),
                     reason,
                 })?;

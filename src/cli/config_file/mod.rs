@@ -120,10 +120,10 @@ pub enum ConfigFileError {
     },
     /// A well-typed value nodelet cannot use (an address that is not an IP, a
     /// duration with a bad unit, …), found while applying the merged configuration.
-    #[error("kubelet config {source_desc}: field {field:?}: {reason}")]
+    #[error("kubelet config file {}: field {field:?}: {reason}", path.display())]
     Value {
-        /// Which files the merged configuration came from.
-        source_desc: String,
+        /// The file that (last) set the field.
+        path: PathBuf,
         /// The field path.
         field: String,
         /// Why.
@@ -155,8 +155,10 @@ pub struct Loaded {
     /// Whether a `--config` file was read: absent fields then take the v1beta1
     /// defaults rather than keeping the flag defaults.
     pub from_file: bool,
-    /// The files read, in merge order (for error messages).
+    /// The files read, in merge order.
     pub files: Vec<PathBuf>,
+    /// For each top-level field, the file that last set it (for error messages).
+    pub origins: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Loaded {
@@ -166,12 +168,14 @@ impl Loaded {
         schema::unsupported(&self.doc)
     }
 
-    fn describe(&self) -> String {
-        let files: Vec<String> = self.files.iter().map(|p| p.display().to_string()).collect();
-        match files.as_slice() {
-            [one] => one.clone(),
-            _ => format!("(merged from {})", files.join(", ")),
-        }
+    /// The file that last set the top-level field of `field` (a dotted path).
+    fn origin(&self, field: &str) -> PathBuf {
+        let top = field.split(['.', '[']).next().unwrap_or(field);
+        self.origins
+            .get(top)
+            .or_else(|| self.files.last())
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -188,6 +192,7 @@ pub fn load(
         return Ok(None);
     }
     let mut files = Vec::new();
+    let mut origins = std::collections::BTreeMap::new();
     let mut doc = match config {
         Some(path) => {
             let path = absolute(path);
@@ -196,6 +201,9 @@ pub fn load(
                 resolve_relative_paths(&mut doc, dir);
             }
             default_eviction_hard(&mut doc);
+            for k in doc.keys() {
+                origins.insert(k.clone(), path.clone());
+            }
             files.push(path);
             doc
         }
@@ -206,6 +214,13 @@ pub fn load(
         walk_drop_ins(dir, &mut drop_ins)?;
         for path in drop_ins {
             let patch = read_document(&path)?;
+            for (k, v) in &patch {
+                if v.is_null() {
+                    origins.remove(k);
+                } else {
+                    origins.insert(k.clone(), path.clone());
+                }
+            }
             let mut merged = Value::Object(std::mem::take(&mut doc));
             merge_patch(&mut merged, &Value::Object(patch));
             if let Value::Object(m) = merged {
@@ -218,6 +233,7 @@ pub fn load(
         doc,
         from_file: config.is_some(),
         files,
+        origins,
     }))
 }
 

@@ -585,6 +585,27 @@ fn drop_ins_need_type_meta_and_strict_fields() {
     assert!(
         err(&["--config-dir", dir.to_str().expect("utf-8")]).ends_with("unknown field \"maxPod\"")
     );
+    // A bad value names the drop-in that set it, not the file under it.
+    let file = write(
+        tmp.path(),
+        "kubelet.yaml",
+        &format!("{HEAD}address: 127.0.0.1\n"),
+    );
+    let late = write(&dir, "20.conf", &format!("{HEAD}address: nowhere\n"));
+    std::fs::write(&bad, format!("{HEAD}address: 127.0.0.2\n")).expect("write");
+    let msg = err(&[
+        "--config",
+        file.to_str().expect("utf-8"),
+        "--config-dir",
+        dir.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        msg,
+        format!(
+            "kubelet config file {}: field \"address\": \"nowhere\" is not a valid IP address",
+            late.display()
+        )
+    );
     let missing = tmp.path().join("nope");
     assert!(
         err(&["--config-dir", missing.to_str().expect("utf-8")])
@@ -683,52 +704,5 @@ fn no_config_changes_nothing() {
     assert!(unsupported.is_empty());
 }
 
-const KUBEADM: &str = "apiVersion: kubelet.config.k8s.io/v1beta1
-authentication:
-  anonymous:
-    enabled: false
-  webhook:
-    cacheTTL: 0s
-    enabled: true
-  x509:
-    clientCAFile: /etc/kubernetes/pki/ca.crt
-authorization:
-  mode: Webhook
-  webhook:
-    cacheAuthorizedTTL: 0s
-    cacheUnauthorizedTTL: 0s
-cgroupDriver: systemd
-clusterDNS:
-- 10.96.0.10
-clusterDomain: cluster.local
-containerRuntimeEndpoint: \"\"
-cpuManagerReconcilePeriod: 0s
-crashLoopBackOff: {}
-evictionPressureTransitionPeriod: 0s
-fileCheckFrequency: 0s
-healthzBindAddress: 127.0.0.1
-healthzPort: 10248
-httpCheckFrequency: 0s
-imageMaximumGCAge: 0s
-imageMinimumGCAge: 0s
-kind: KubeletConfiguration
-logging:
-  flushFrequency: 0
-  options:
-    json:
-      infoBufferSize: \"0\"
-    text:
-      infoBufferSize: \"0\"
-  verbosity: 0
-memorySwap: {}
-nodeStatusReportFrequency: 0s
-nodeStatusUpdateFrequency: 0s
-rotateCertificates: true
-runtimeRequestTimeout: 0s
-shutdownGracePeriod: 0s
-shutdownGracePeriodCriticalPods: 0s
-staticPodPath: /etc/kubernetes/manifests
-streamingConnectionIdleTimeout: 0s
-syncFrequency: 0s
-volumeStatsAggPeriod: 0s
-";
+/// `kubeadm init`'s generated kubelet configuration.
+const KUBEADM: &str = include_str!("testdata/kubeadm.yaml");
