@@ -206,3 +206,61 @@ fn bad_config_files_stop_the_agent_with_the_file_and_field() {
     );
     assert!(!Path::new(&r).exists());
 }
+
+/// `nodelet validate --config` checks the file as the agent would read it (strict
+/// decoding, then the flag checks) and validates the static pods it names.
+#[test]
+fn validate_checks_a_config_file_and_its_static_pods() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let manifests = tmp.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    std::fs::write(
+        manifests.join("web.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  - name: main\n    image: {BUSYBOX}\n"
+        ),
+    )
+    .expect("write");
+    let config = tmp.path().join("kubelet.yaml");
+    std::fs::write(
+        &config,
+        format!("{HEAD}staticPodPath: manifests\nrotateCertificates: true\n"),
+    )
+    .expect("write");
+    let c = config.display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_nodelet"))
+        .args(["validate", "--config", &c, "--node-name", "n1"])
+        .output()
+        .expect("run nodelet");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{c}: fields nodelet does not support (ignored): rotateCertificates\n{c}: valid\n"
+        )),
+        "{stdout}"
+    );
+
+    // A bad pod in the static pod directory, and a threshold the agent would refuse.
+    std::fs::write(
+        manifests.join("bad.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: bad}\nspec: {containers: []}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        &config,
+        format!("{HEAD}staticPodPath: manifests\nevictionHard: {{memory.free: 1Gi}}\n"),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_nodelet"))
+        .args(["validate", "--config", &c, "--node-name", "n1"])
+        .output()
+        .expect("run nodelet");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{c}: ")) && stdout.contains("memory.free"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("bad.yaml"), "{stdout}");
+}

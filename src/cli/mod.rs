@@ -37,9 +37,16 @@ pub enum Command {
     /// Check pod manifests as the agent would (defaulting and validation), without
     /// running them: every error with its file, document and field path.
     Validate {
-        /// Manifest files or directories (a directory means its non-dot files).
-        #[arg(required = true)]
+        /// Manifest files or directories (a directory means its non-dot files);
+        /// with `--config` and none given, the file's `staticPodPath`.
+        #[arg(required_unless_present_any = ["config", "config_dir"])]
         paths: Vec<PathBuf>,
+        /// Check a `KubeletConfiguration` file as the agent's `--config` reads it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Drop-ins merged over `--config`, as the agent's `--config-dir`.
+        #[arg(long)]
+        config_dir: Option<PathBuf>,
         /// `yaml` prints the defaulted pods to stdout; errors then go to stderr.
         #[arg(long, short = 'o', value_enum, default_value = "text")]
         output: ValidateOutputArg,
