@@ -15,6 +15,9 @@ use serde_json::{Map, Value};
 use super::{ConfigFileError, Loaded};
 use crate::cli::{AgentArgs, LogFormat, parse_duration};
 
+// `logging` left out keeps `--log-format`/`--v`: their defaults are upstream's
+// (`text`, verbosity 0), and `nodelet run` keeps its quieter one.
+
 /// Each supported field and the argument id (the `AgentArgs` field) it sets.
 pub const FIELD_ARGS: &[(&str, &str)] = &[
     ("staticPodPath", "pod_manifest_path"),
@@ -416,7 +419,7 @@ pub fn apply(
         &mut args.log_format,
         "logging.format",
         Unset::Zero,
-        Some(LogFormat::Text),
+        None,
         |v| match text(v)?.as_str() {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
@@ -425,13 +428,9 @@ pub fn apply(
             )),
         },
     )?;
-    c.set(
-        &mut args.v,
-        "logging.verbosity",
-        Unset::Zero,
-        Some("info".into()),
-        |v| Ok(verbosity_filter(int(v)?).to_owned()),
-    )?;
+    c.set(&mut args.v, "logging.verbosity", Unset::Zero, None, |v| {
+        Ok(verbosity_filter(int(v)?).to_owned())
+    })?;
     c.set(
         &mut args.register_node,
         "registerNode",

@@ -429,10 +429,10 @@ pub fn parse_cli() -> Result<(Cli, Vec<String>), ConfigFileError> {
 /// # Errors
 /// A configuration file that cannot be used.
 pub fn configure(cli: &mut Cli, matches: &ArgMatches) -> Result<Vec<String>, ConfigFileError> {
-    let (args, matches): (&mut AgentArgs, &ArgMatches) = match &mut cli.command {
-        None => (&mut cli.agent, matches),
+    let (args, matches, tool): (&mut AgentArgs, &ArgMatches, bool) = match &mut cli.command {
+        None => (&mut cli.agent, matches, false),
         Some(Command::Run(run)) => match matches.subcommand_matches("run") {
-            Some(sub) => (&mut run.agent, sub),
+            Some(sub) => (&mut run.agent, sub, true),
             None => return Ok(Vec::new()),
         },
         Some(_) => return Ok(Vec::new()),
@@ -440,6 +440,12 @@ pub fn configure(cli: &mut Cli, matches: &ArgMatches) -> Result<Vec<String>, Con
     let Some(loaded) = load(args.config.as_deref(), args.config_dir.as_deref())? else {
         return Ok(Vec::new());
     };
+    // `nodelet run` runs beside an agent reading the same file: it keeps its own
+    // ports (off unless given) and log level, or it would take the agent's.
+    let own = (args.read_only_port, args.healthz_port, args.v.clone());
     apply(&loaded, args, &explicit_args(matches))?;
+    if tool {
+        (args.read_only_port, args.healthz_port, args.v) = own;
+    }
     Ok(loaded.unsupported())
 }

@@ -319,13 +319,28 @@ fn explicit_args_are_those_given_on_the_command_line() {
 #[test]
 fn nodelet_run_reads_the_config_too() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let file = write(tmp.path(), "kubelet.yaml", &format!("{HEAD}maxPods: 9\n"));
-    let (cli, _) =
-        run(&["run", "pod.yaml", "--config", file.to_str().expect("utf-8")]).expect("applies");
+    let file = write(
+        tmp.path(),
+        "kubelet.yaml",
+        &format!(
+            "{HEAD}maxPods: 9\nhealthzPort: 10248\nreadOnlyPort: 10255\nlogging: {{verbosity: 2}}\n"
+        ),
+    );
+    let f = file.to_str().expect("utf-8");
+    let (cli, _) = run(&["run", "pod.yaml", "--config", f]).expect("applies");
     let Some(Command::Run(r)) = cli.command else {
         panic!("run subcommand");
     };
     assert_eq!(r.agent.resources.max_pods, 9);
+    // Its own ports and log level, not the agent's from the file.
+    assert_eq!((r.agent.read_only_port, r.agent.healthz_port), (0, 0));
+    assert_eq!(r.agent.v, "warn");
+    let (cli, _) =
+        run(&["run", "pod.yaml", "--config", f, "--healthz-port", "9999"]).expect("applies");
+    let Some(Command::Run(r)) = cli.command else {
+        panic!("run subcommand");
+    };
+    assert_eq!(r.agent.healthz_port, 9999);
 }
 
 #[test]
