@@ -42,57 +42,8 @@ fn err(argv: &[&str]) -> String {
 #[test]
 fn fields_map_onto_flags_with_upstream_formats() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let body = format!(
-        "{HEAD}staticPodPath: /etc/kubernetes/manifests
-fileCheckFrequency: 1m0s
-httpCheckFrequency: 1m30s
-staticPodURL: http://127.0.0.1:8080/pods
-staticPodURLHeader:
-  Authorization: [\"Bearer abc\"]
-  X-Node: [a, b]
-address: 127.0.0.2
-readOnlyPort: 10266
-healthzPort: 0
-healthzBindAddress: 0.0.0.0
-clusterDNS: [10.96.0.10, fd00::a]
-clusterDomain: cluster.local
-resolvConf: \"\"
-imageMinimumGCAge: 5m
-imageMaximumGCAge: 168h
-imageGCHighThresholdPercent: 90
-imageGCLowThresholdPercent: 70
-registryPullQPS: 0
-registryBurst: 3
-kubeAPIQPS: 20
-kubeAPIBurst: 40
-cgroupRoot: /nodelet
-cgroupsPerQOS: false
-enforceNodeAllocatable: []
-maxPods: 42
-podPidsLimit: -5
-podCIDR: 10.200.0.0/16
-kubeReserved: {{cpu: 100m, memory: 1Gi, pid: \"1000\"}}
-systemReserved: {{memory: 500Mi}}
-evictionHard: {{memory.available: 200Mi, nodefs.available: 5%}}
-evictionSoft: {{memory.available: 300Mi}}
-evictionSoftGracePeriod: {{memory.available: 1m30s}}
-evictionMinimumReclaim: {{memory.available: 50Mi}}
-evictionPressureTransitionPeriod: 30s
-evictionMaxPodGracePeriod: 20
-kernelMemcgNotification: false
-featureGates: {{MemoryQoS: true}}
-serializeImagePulls: false
-maxParallelImagePulls: 3
-registerNode: false
-registerWithTaints:
-- {{key: dedicated, value: infra, effect: NoSchedule}}
-- {{key: gpu, effect: NoExecute}}
-logging: {{format: json, verbosity: 4}}
-containerRuntimeEndpoint: unix:///run/other.sock
-podLogsDir: /var/log/nodelet-pods
-"
-    );
-    let file = write(tmp.path(), "kubelet.yaml", &body);
+    let body = include_str!("testdata/full.yaml");
+    let file = write(tmp.path(), "kubelet.yaml", body);
     let a = agent(&["--config", file.to_str().expect("utf-8")]);
     assert_eq!(
         a.pod_manifest_path.as_deref(),
