@@ -23,37 +23,66 @@ mod volume;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use nodelet_cri::containerd::Containerd;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, ImageCommand, LogFormat, ValidateOutputArg};
+use crate::cli::{Command, ImageCommand, LogFormat, ValidateOutputArg};
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some(nodelet_cri::logs::DRIVER_ARG) {
         nodelet_cri::logs::run_driver();
     }
-    let cli = Cli::parse();
+    // `--config`/`--config-dir` are folded in before logging starts (they may set
+    // it); a bad file is a usage error, like a bad flag.
+    let (cli, unsupported_config) = match cli::config_file::parse_cli() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("nodelet: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let log_flags = match &cli.command {
         Some(Command::Run(run)) => &run.agent,
         _ => &cli.agent,
     };
     init_logging(log_flags.log_format, &log_flags.v);
+    if !unsupported_config.is_empty() {
+        tracing::warn!(
+            fields = %unsupported_config.join(", "),
+            "kubelet config fields nodelet does not support are ignored"
+        );
+    }
     // Validation needs no runtime: exit 0 when every pod is valid, 1 otherwise.
     if let Some(Command::Validate {
         paths,
         output,
         node_name,
+        config,
+        config_dir,
     }) = &cli.command
     {
         let node = node::node_name(node_name.as_deref());
+        let (config_ok, paths) = match validate_config(config, config_dir, paths, *output) {
+            Ok(checked) => checked,
+            Err(e) => {
+                eprintln!("nodelet: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
         let output = match output {
             ValidateOutputArg::Text => cmd::validate::ValidateOutput::Text,
             ValidateOutputArg::Yaml => cmd::validate::ValidateOutput::Yaml,
         };
-        return match cmd::validate::run(paths, output, &node) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
+        if paths.is_empty() {
+            return if config_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        return match cmd::validate::run(&paths, output, &node) {
+            Ok(true) if config_ok => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("nodelet: {e:#}");
                 ExitCode::FAILURE
@@ -96,6 +125,37 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `nodelet validate --config`: the configuration checked (its report on stdout, or
+/// on stderr when stdout carries YAML), and the manifests to validate: those given,
+/// else the configuration's `staticPodPath`.
+fn validate_config(
+    config: &Option<std::path::PathBuf>,
+    config_dir: &Option<std::path::PathBuf>,
+    paths: &[std::path::PathBuf],
+    output: ValidateOutputArg,
+) -> anyhow::Result<(bool, Vec<std::path::PathBuf>)> {
+    if config.is_none() && config_dir.is_none() {
+        return Ok((true, paths.to_vec()));
+    }
+    let checked = match output {
+        ValidateOutputArg::Text => cmd::validate_config::run(
+            config.as_deref(),
+            config_dir.as_deref(),
+            &mut std::io::stdout().lock(),
+        )?,
+        ValidateOutputArg::Yaml => cmd::validate_config::run(
+            config.as_deref(),
+            config_dir.as_deref(),
+            &mut std::io::stderr().lock(),
+        )?,
+    };
+    let paths = match paths {
+        [] => checked.static_pod_path.into_iter().collect(),
+        given => given.to_vec(),
+    };
+    Ok((checked.valid, paths))
 }
 
 async fn image_cmd(cmd: ImageCommand, endpoint: &str, namespace: &str) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! Command-line interface. Flag names are upstream kubelet's where one exists, so an
 //! operator's unit files and habits carry over.
 
+pub mod config_file;
 pub mod resources;
 
 use std::net::IpAddr;
@@ -36,9 +37,16 @@ pub enum Command {
     /// Check pod manifests as the agent would (defaulting and validation), without
     /// running them: every error with its file, document and field path.
     Validate {
-        /// Manifest files or directories (a directory means its non-dot files).
-        #[arg(required = true)]
+        /// Manifest files or directories (a directory means its non-dot files);
+        /// with `--config` and none given, the file's `staticPodPath`.
+        #[arg(required_unless_present_any = ["config", "config_dir"])]
         paths: Vec<PathBuf>,
+        /// Check a `KubeletConfiguration` file as the agent's `--config` reads it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Drop-ins merged over `--config`, as the agent's `--config-dir`.
+        #[arg(long)]
+        config_dir: Option<PathBuf>,
         /// `yaml` prints the defaulted pods to stdout; errors then go to stderr.
         #[arg(long, short = 'o', value_enum, default_value = "text")]
         output: ValidateOutputArg,
@@ -150,6 +158,14 @@ pub enum LogFormat {
 /// The agent's flags.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
+    /// A `KubeletConfiguration` file (`kubelet.config.k8s.io/v1beta1`, YAML or JSON),
+    /// as upstream's kubelet reads: flags given on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A directory of `KubeletConfiguration` drop-ins (`*.conf`, lexical order)
+    /// merged over `--config`, as upstream's.
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
     /// Directory (or single file) of static pod manifests.
     #[arg(long)]
     pub pod_manifest_path: Option<PathBuf>,

@@ -1,5 +1,6 @@
-//! The CLI's tools besides the agent: `nodelet pods`, `nodelet run`, `nodelet validate`.
+//! The CLI's tools besides the agent: `nodelet pods`, `nodelet run`, `nodelet validate` (manifests, and `--config` files).
 
 pub mod pods;
 pub mod run;
 pub mod validate;
+pub mod validate_config;
