@@ -1,10 +1,13 @@
 //! Joining a control plane (`--kubeconfig`): the agent's one apiserver client
 //! (`client.rs`), node registration and the node status poster (`node.rs`), and the
 //! node lease (`lease.rs`), as upstream's `kubelet_node_status.go` and `nodelease`
-//! controller. Everything here runs as tasks beside the pods: an unreachable
+//! controller; the client certificate's TLS bootstrap and rotation (`bootstrap.rs`,
+//! `certificate/`). Everything here runs as tasks beside the pods: an unreachable
 //! apiserver is logged once per outage and retried with back-off, and never stops a
 //! pod.
 
+pub mod bootstrap;
+pub mod certificate;
 pub mod client;
 pub mod lease;
 pub mod node;
@@ -82,6 +85,12 @@ pub enum ClusterError {
         #[source]
         source: kube::Error,
     },
+    /// `--bootstrap-kubeconfig` without `--kubeconfig`, the file it writes.
+    #[error("--bootstrap-kubeconfig needs --kubeconfig (the kubeconfig it writes)")]
+    BootstrapWithoutKubeconfig,
+    /// TLS bootstrap or certificate rotation can't start.
+    #[error(transparent)]
+    Certificate(#[from] certificate::CertificateError),
     /// A request with no answer within [`REQUEST_TIMEOUT`].
     #[error("{verb} {object}: no answer from the apiserver within {REQUEST_TIMEOUT:?}")]
     Timeout {
@@ -160,6 +169,8 @@ pub struct Cluster {
     /// The node name.
     pub node_name: String,
     registration: Arc<node::Registration>,
+    /// With `--bootstrap-kubeconfig` or `--rotate-certificates`: the certificate task.
+    certificates: Option<certificate::Certificates>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -182,6 +193,9 @@ impl Cluster {
         node_name: &str,
     ) -> Result<Option<Cluster>, ClusterError> {
         let Some(path) = &args.kubeconfig else {
+            if args.bootstrap_kubeconfig.is_some() {
+                return Err(ClusterError::BootstrapWithoutKubeconfig);
+            }
             return Ok(None);
         };
         let registration = node::Registration {
@@ -190,11 +204,26 @@ impl Cluster {
             taints: node::parse_taints(&args.register_with_taints)?,
         };
         let quota = client::quota(args.kube_api_qps, args.kube_api_burst)?;
-        let client = client::build(path, quota).await?;
+        let (client, certificates) = if args.bootstrap_kubeconfig.is_some()
+            || args.rotate_certificates
+        {
+            let settings = certificate::Settings {
+                kubeconfig: path.clone(),
+                bootstrap: args.bootstrap_kubeconfig.clone(),
+                cert_dir: args.cert_dir(),
+                rotate: args.rotate_certificates,
+                node_name: node_name.to_owned(),
+            };
+            let (client, certs) = certificate::Certificates::start(settings, quota).await?;
+            (client, Some(certs))
+        } else {
+            (client::build(path, quota).await?, None)
+        };
         Ok(Some(Cluster {
             client,
             node_name: node_name.to_owned(),
             registration: Arc::new(registration),
+            certificates,
         }))
     }
 
@@ -221,6 +250,10 @@ impl Cluster {
             return;
         };
         let Some(view) = view else { return };
+        if let Some(certificates) = &self.certificates {
+            // Registering as `system:node:<name>` needs the certificate.
+            certificates.ready().await;
+        }
         let poster = node::StatusPoster::new(
             self.client.clone(),
             self.node_name.clone(),
