@@ -281,7 +281,10 @@ users:
         let kubeconfig = dir.path().join("etc/kubelet.kubeconfig");
         write_kubeconfig(&kubeconfig, &cluster, &store.current_path()).expect("write");
         let mode = std::fs::metadata(&kubeconfig).expect("meta").permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
 
         let written: serde_yaml::Value =
             serde_yaml::from_str(&std::fs::read_to_string(&kubeconfig).expect("read"))
@@ -289,7 +292,10 @@ users:
         let user = &written["users"][0];
         assert_eq!(user["name"], "default-auth");
         let pem = store.current_path().to_string_lossy().into_owned();
-        assert_eq!(user["user"]["client-certificate"].as_str(), Some(pem.as_str()));
+        assert_eq!(
+            user["user"]["client-certificate"].as_str(),
+            Some(pem.as_str())
+        );
         assert_eq!(user["user"]["client-key"].as_str(), Some(pem.as_str()));
         assert_eq!(written["current-context"], "default-context");
         assert_eq!(written["contexts"][0]["context"]["namespace"], "default");

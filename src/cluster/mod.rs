@@ -204,21 +204,20 @@ impl Cluster {
             taints: node::parse_taints(&args.register_with_taints)?,
         };
         let quota = client::quota(args.kube_api_qps, args.kube_api_burst)?;
-        let (client, certificates) = if args.bootstrap_kubeconfig.is_some()
-            || args.rotate_certificates
-        {
-            let settings = certificate::Settings {
-                kubeconfig: path.clone(),
-                bootstrap: args.bootstrap_kubeconfig.clone(),
-                cert_dir: args.cert_dir(),
-                rotate: args.rotate_certificates,
-                node_name: node_name.to_owned(),
+        let (client, certificates) =
+            if args.bootstrap_kubeconfig.is_some() || args.rotate_certificates {
+                let settings = certificate::Settings {
+                    kubeconfig: path.clone(),
+                    bootstrap: args.bootstrap_kubeconfig.clone(),
+                    cert_dir: args.cert_dir(),
+                    rotate: args.rotate_certificates,
+                    node_name: node_name.to_owned(),
+                };
+                let (client, certs) = certificate::Certificates::start(settings, quota).await?;
+                (client, Some(certs))
+            } else {
+                (client::build(path, quota).await?, None)
             };
-            let (client, certs) = certificate::Certificates::start(settings, quota).await?;
-            (client, Some(certs))
-        } else {
-            (client::build(path, quota).await?, None)
-        };
         Ok(Some(Cluster {
             client,
             node_name: node_name.to_owned(),

@@ -17,8 +17,8 @@ use k8s_openapi::api::certificates::v1::{
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use rcgen::PublicKeyData as _;
-use x509_parser::prelude::FromDer as _;
 use tracing::{debug, info};
+use x509_parser::prelude::FromDer as _;
 
 use super::CertificateError;
 
@@ -101,8 +101,7 @@ pub fn object(
             request: ByteString(request_pem.as_bytes().to_vec()),
             signer_name: SIGNER.to_owned(),
             usages: Some(USAGES.iter().map(|u| (*u).to_owned()).collect()),
-            expiration_seconds: expiration
-                .map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX)),
+            expiration_seconds: expiration.map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX)),
             ..CertificateSigningRequestSpec::default()
         },
         status: None,
@@ -177,9 +176,8 @@ fn ensure_compatible(
             .find(|b| b.label == "CERTIFICATE REQUEST")
             .ok_or_else(|| bad("PEM block type must be CERTIFICATE REQUEST".into()))?;
         let der = super::store::block_der(&block).map_err(bad)?;
-        let (_, req) =
-            x509_parser::certification_request::X509CertificationRequest::from_der(&der)
-                .map_err(|e| bad(format!("unable to parse csr: {e}")))?;
+        let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+            .map_err(|e| bad(format!("unable to parse csr: {e}")))?;
         let info = &req.certification_request_info;
         Ok((info.subject.to_string(), info.subject_pki.raw.to_vec()))
     };
@@ -224,7 +222,11 @@ pub fn progress(csr: &CertificateSigningRequest, uid: &str) -> Result<Progress, 
     }
     let status = csr.status.as_ref();
     let mut approved = false;
-    for c in status.and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
+    for c in status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+    {
         let reason = c.reason.clone().unwrap_or_default();
         let message = c.message.clone().unwrap_or_default();
         match c.type_.as_str() {
@@ -270,22 +272,23 @@ pub async fn wait_for_certificate(
     let api: Api<CertificateSigningRequest> = Api::all(client.clone());
     let waiting = async {
         let mut said_approved = false;
-        let mut check = |csr: &CertificateSigningRequest| -> Result<Option<String>, CertificateError> {
-            match progress(csr, uid)? {
-                Progress::Issued(cert) => {
-                    info!(csr = %name, "certificate signing request is issued");
-                    Ok(Some(cert))
-                }
-                Progress::Approved => {
-                    if !said_approved {
-                        said_approved = true;
-                        info!(csr = %name, "certificate signing request is approved, waiting to be issued");
+        let mut check =
+            |csr: &CertificateSigningRequest| -> Result<Option<String>, CertificateError> {
+                match progress(csr, uid)? {
+                    Progress::Issued(cert) => {
+                        info!(csr = %name, "certificate signing request is issued");
+                        Ok(Some(cert))
                     }
-                    Ok(None)
+                    Progress::Approved => {
+                        if !said_approved {
+                            said_approved = true;
+                            info!(csr = %name, "certificate signing request is approved, waiting to be issued");
+                        }
+                        Ok(None)
+                    }
+                    Progress::Pending => Ok(None),
                 }
-                Progress::Pending => Ok(None),
-            }
-        };
+            };
         let fields = format!("metadata.name={name}");
         loop {
             let list = match api.list(&ListParams::default().fields(&fields)).await {
@@ -356,14 +359,22 @@ mod tests {
         let block = super::super::store::blocks(&pem).expect("pem").remove(0);
         assert_eq!(block.label, "CERTIFICATE REQUEST");
         let der = super::super::store::block_der(&block).expect("der");
-        let (_, req) =
-            x509_parser::certification_request::X509CertificationRequest::from_der(&der)
-                .expect("parse");
+        let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+            .expect("parse");
         let info = &req.certification_request_info;
         // Go's pkix order: O before CN.
-        assert_eq!(info.subject.to_string(), "O=system:nodes, CN=system:node:node-1");
-        assert_eq!(info.subject_pki.raw, key.subject_public_key_info().as_slice());
-        assert!(req.requested_extensions().is_none_or(|mut e| e.next().is_none()));
+        assert_eq!(
+            info.subject.to_string(),
+            "O=system:nodes, CN=system:node:node-1"
+        );
+        assert_eq!(
+            info.subject_pki.raw,
+            key.subject_public_key_info().as_slice()
+        );
+        assert!(
+            req.requested_extensions()
+                .is_none_or(|mut e| e.next().is_none())
+        );
         let obj = object(&pem, None, None);
         assert_eq!(obj.metadata.generate_name.as_deref(), Some("csr-"));
         assert_eq!(obj.spec.signer_name, SIGNER);
@@ -384,7 +395,8 @@ mod tests {
         // under SHA-512/256, URL-safe base64 without padding).
         let name = digested_name(&[1, 2, 3], "system:node:n1", &["system:nodes"], &USAGES);
         use sha2::Digest as _;
-        let stream = "AQID|c3lzdGVtOm5vZGU6bjE|c3lzdGVtOm5vZGVz|ZGlnaXRhbCBzaWduYXR1cmU|Y2xpZW50IGF1dGg|";
+        let stream =
+            "AQID|c3lzdGVtOm5vZGU6bjE|c3lzdGVtOm5vZGVz|ZGlnaXRhbCBzaWduYXR1cmU|Y2xpZW50IGF1dGg|";
         use base64::Engine as _;
         let want = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(sha2::Sha512_256::digest(stream.as_bytes()));
@@ -425,7 +437,10 @@ mod tests {
     #[test]
     fn progress_reads_conditions_as_client_go() {
         let p = |c: &CertificateSigningRequest| progress(c, "u1");
-        assert_eq!(p(&with_conditions("u1", &[], None)).expect("ok"), Progress::Pending);
+        assert_eq!(
+            p(&with_conditions("u1", &[], None)).expect("ok"),
+            Progress::Pending
+        );
         assert_eq!(
             p(&with_conditions("u1", &["Approved"], None)).expect("ok"),
             Progress::Approved

@@ -252,9 +252,14 @@ impl Certificates {
             );
             manager.install(pair)?;
         }
-        let client = ClientBuilder::new(Swap { current: rx.clone() }, plan.base.default_namespace)
-            .with_layer(&RateLimitLayer::new(quota))
-            .build();
+        let client = ClientBuilder::new(
+            Swap {
+                current: rx.clone(),
+            },
+            plan.base.default_namespace,
+        )
+        .with_layer(&RateLimitLayer::new(quota))
+        .build();
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -313,9 +318,8 @@ async fn plan(settings: &Settings, store: &FileStore) -> Result<Plan, Certificat
                 reason,
             }
         })?;
-        let initial = stored.or_else(|| {
-            own.filter(|p| !bootstrap::any_expired(p, SystemTime::now()))
-        });
+        let initial =
+            stored.or_else(|| own.filter(|p| !bootstrap::any_expired(p, SystemTime::now())));
         return Ok(Plan {
             base: config.clone(),
             requester: Some(config),

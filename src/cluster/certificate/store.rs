@@ -411,8 +411,7 @@ pub(crate) mod testing {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs();
-        time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).expect("secs"))
-            .expect("time")
+        time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).expect("secs")).expect("time")
     }
 }
 
@@ -428,7 +427,12 @@ mod tests {
     #[test]
     fn pairs_split_and_leaf_fields_read() {
         let now = SystemTime::now();
-        let (c, k) = cert("system:node:n1", &["system:nodes"], now - hours(1), now + hours(9));
+        let (c, k) = cert(
+            "system:node:n1",
+            &["system:nodes"],
+            now - hours(1),
+            now + hours(9),
+        );
         let both = format!("{c}{k}");
         let pair = parse_pair(&both, &both).expect("pair");
         assert_eq!(pair.leaf.common_name, "system:node:n1");
@@ -453,9 +457,15 @@ mod tests {
         let (c1, k1) = cert("system:node:a", &["system:nodes"], now, now + hours(1));
         let (p1, f1) = store.update(&c1, &k1).expect("update");
         let name = f1.file_name().and_then(|n| n.to_str()).expect("name");
-        assert!(name.starts_with("kubelet-client-20") && name.ends_with(".pem"), "{name}");
+        assert!(
+            name.starts_with("kubelet-client-20") && name.ends_with(".pem"),
+            "{name}"
+        );
         let mode = std::fs::metadata(&f1).expect("meta").permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         assert_eq!(std::fs::read_link(store.current_path()).expect("link"), f1);
         assert_eq!(store.current().expect("read"), Some(p1));
 
@@ -485,7 +495,10 @@ mod tests {
         std::os::unix::fs::symlink(&target, dir.path().join("kubelet-client-updated.pem"))
             .expect("link");
         let store = FileStore::open(dir.path()).expect("store");
-        assert_eq!(std::fs::read_link(store.current_path()).expect("link"), target);
+        assert_eq!(
+            std::fs::read_link(store.current_path()).expect("link"),
+            target
+        );
     }
 
     #[test]
