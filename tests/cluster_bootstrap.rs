@@ -195,10 +195,6 @@ async fn tls_bootstrap_gets_a_client_certificate_through_an_approved_csr() {
         }
     }))
     .expect("secret");
-    secrets
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create the token");
     let (server, ca) = server_and_ca(&admin);
     let bootstrap = w.dir.path().join("bootstrap-kubelet.conf");
     std::fs::write(
@@ -225,6 +221,31 @@ async fn tls_bootstrap_gets_a_client_certificate_through_an_approved_csr() {
         ),
     );
     w.start_agent().await;
+    // The token does not exist yet: the apiserver refuses, the agent retries.
+    wait_for(
+        "a refused first request",
+        Duration::from_secs(20),
+        || async {
+            agent_log(&w)
+                .contains("unable to get a client certificate; retrying")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        w.agent
+            .as_mut()
+            .expect("agent")
+            .try_wait()
+            .expect("wait")
+            .is_none(),
+        "the agent exited:\n{}",
+        agent_log(&w)
+    );
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the token");
 
     // The CSR, filed with the token: upstream's name, signer, usages and subject.
     let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
@@ -436,17 +457,17 @@ async fn rotation_moves_the_running_client_to_the_new_certificate() {
         csrs: std::sync::Mutex::new(Vec::new()),
         token_secret: None,
     };
-    // 240 s of life of which 200 s have passed: the deadline (70–90 %, 168–216 s)
-    // is at most 16 s away and the certificate expires in 40 s.
+    // 400 s of life of which 340 s have passed: the deadline (70–90 %, 280–360 s)
+    // is at most 20 s away and the certificate expires in 60 s.
     let now = SystemTime::now();
-    let expires = now + Duration::from_secs(40);
+    let expires = now + Duration::from_secs(60);
     let old = w.dir.path().join("node-old.pem");
     std::fs::write(
         &old,
         short_lived_node_cert(
             admin.parent().expect("run dir"),
             &w.node,
-            now - Duration::from_secs(200),
+            now - Duration::from_secs(340),
             expires,
         ),
     )
@@ -472,7 +493,7 @@ async fn rotation_moves_the_running_client_to_the_new_certificate() {
     ];
     w.start_agent().await;
     let nodes: Api<Node> = Api::all(client.clone());
-    wait_for("the Node to be Ready", Duration::from_secs(40), || async {
+    wait_for("the Node to be Ready", Duration::from_secs(60), || async {
         nodes.get_opt(&w.node).await.ok().flatten().filter(ready)
     })
     .await;
@@ -483,7 +504,7 @@ async fn rotation_moves_the_running_client_to_the_new_certificate() {
     let username = format!("system:node:{}", w.node);
     let csr = wait_for(
         "the renewal CSR to be issued",
-        Duration::from_secs(40),
+        Duration::from_secs(60),
         || async {
             let found = csrs_of(&csrs, &username).await;
             if let Some(c) = found.first().and_then(|c| c.metadata.name.clone())

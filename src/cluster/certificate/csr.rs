@@ -26,6 +26,8 @@ use super::CertificateError;
 pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 /// The organization of every node's client certificate.
 pub const NODES_GROUP: &str = "system:nodes";
+/// How often a pending CSR is mentioned in the log again.
+const WAIT_REMINDER: Duration = Duration::from_secs(60);
 /// client-go's `DefaultKubeletClientGetUsages` for a non-RSA key.
 pub const USAGES: [&str; 2] = ["digital signature", "client auth"];
 
@@ -334,6 +336,25 @@ pub async fn wait_for_certificate(
                     }
                 }
             }
+        }
+    };
+    // A reminder while nobody has approved, so the wait is visible in the log.
+    let reminder = async {
+        let mut tick = tokio::time::interval(WAIT_REMINDER);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Ok(Some(csr)) = api.get_opt(name).await
+                && progress(&csr, uid).is_ok_and(|p| p == Progress::Pending)
+            {
+                info!(csr = %name, "still waiting for the CSR {name} to be approved (kubectl certificate approve {name})");
+            }
+        }
+    };
+    let waiting = async {
+        tokio::select! {
+            r = waiting => r,
+            () = reminder => Err(CertificateError::NotIssued { name: name.to_owned(), limit }),
         }
     };
     tokio::time::timeout(limit, waiting)

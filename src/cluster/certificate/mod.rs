@@ -192,7 +192,8 @@ struct Installed {
     leaf: Option<Leaf>,
 }
 
-/// A handle on the certificate task; the task stops when the last handle goes.
+/// A handle on the certificate task. The task stops when the last handle and the
+/// last clone of the client it serves are gone.
 #[derive(Clone)]
 pub struct Certificates {
     current: watch::Receiver<Option<Installed>>,
@@ -252,16 +253,16 @@ impl Certificates {
             );
             manager.install(pair)?;
         }
-        let client = ClientBuilder::new(
-            Swap {
-                current: rx.clone(),
-            },
-            plan.base.default_namespace,
-        )
-        .with_layer(&RateLimitLayer::new(quota))
-        .build();
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
+        let guard = Arc::new(cancel.drop_guard());
+        let swap = Swap {
+            current: rx.clone(),
+            _stop: Arc::clone(&guard),
+        };
+        let client = ClientBuilder::new(swap, plan.base.default_namespace)
+            .with_layer(&RateLimitLayer::new(quota))
+            .build();
         tokio::spawn(async move {
             tokio::select! {
                 () = manager.run() => {}
@@ -272,7 +273,7 @@ impl Certificates {
             client,
             Certificates {
                 current: rx,
-                _stop: Arc::new(cancel.drop_guard()),
+                _stop: guard,
             },
         ))
     }
@@ -525,6 +526,8 @@ impl Manager {
 #[derive(Clone)]
 struct Swap {
     current: watch::Receiver<Option<Installed>>,
+    /// Keeps the certificate task running while the client is in use.
+    _stop: Arc<DropGuard>,
 }
 
 impl tower::Service<http::Request<Body>> for Swap {
@@ -593,6 +596,56 @@ mod tests {
         let mut other = l.clone();
         other.organizations = vec!["system:masters".into()];
         assert!(!satisfies_template(&other, "n"));
+    }
+
+    /// A client whose every answer is `tag`.
+    fn tagged(tag: &'static str) -> Installed {
+        let svc = tower::service_fn(move |_: http::Request<Body>| async move {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(
+                tag.as_bytes().to_vec(),
+            )))
+        });
+        Installed {
+            client: kube::Client::new(svc, "default"),
+            leaf: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_clone_of_the_client_follows_the_installed_certificate() {
+        let (tx, rx) = watch::channel(None);
+        let cancel = CancellationToken::new();
+        let guard = Arc::new(cancel.clone().drop_guard());
+        let swap = Swap {
+            current: rx,
+            _stop: Arc::clone(&guard),
+        };
+        let client = ClientBuilder::new(swap, "default").build();
+        let clone = client.clone();
+        let ask = |c: kube::Client| async move {
+            let req = http::Request::get("/version")
+                .body(Vec::new())
+                .expect("request");
+            c.request_text(req).await.expect("answer")
+        };
+        // Before any certificate: the request waits instead of failing.
+        let early = tokio::spawn(ask(clone.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!early.is_finished());
+        tx.send_replace(Some(tagged("first")));
+        assert_eq!(early.await.expect("join"), "first");
+        assert_eq!(ask(client.clone()).await, "first");
+        // A rotation: clones made before it use the new client at once.
+        tx.send_replace(Some(tagged("second")));
+        assert_eq!(ask(clone.clone()).await, "second");
+        assert_eq!(ask(client.clone()).await, "second");
+        // The task's stop signal fires once nothing can use the client any more.
+        drop(guard);
+        assert!(!cancel.is_cancelled());
+        drop((client, clone));
+        tokio::time::timeout(Duration::from_secs(5), cancel.cancelled())
+            .await
+            .expect("stopped when the last client went");
     }
 
     #[tokio::test]
