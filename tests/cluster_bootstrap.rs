@@ -165,6 +165,12 @@ fn openssl_x509(file: &Path, what: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Prints how long the test has run at each phase (the machine is shared: slow
+/// phases show here, not as a silent timeout).
+fn phase_at(start: std::time::Instant, what: &str) {
+    eprintln!("phase: {what} at {:?}", start.elapsed());
+}
+
 fn agent_log(w: &World) -> String {
     std::fs::read_to_string(w.agent_log()).unwrap_or_default()
 }
@@ -172,6 +178,7 @@ fn agent_log(w: &World) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_bootstrap_gets_a_client_certificate_through_an_approved_csr() {
     let admin = admin_kubeconfig();
+    let t0 = std::time::Instant::now();
     let client = admin_client(&admin).await;
     let mut w = World::new().await;
     // A bootstrap token as kubeadm makes them.
@@ -220,6 +227,7 @@ async fn tls_bootstrap_gets_a_client_certificate_through_an_approved_csr() {
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: early}}\nspec:\n  containers:\n  - name: main\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n"
         ),
     );
+    phase_at(t0, "world made, agent starting");
     w.start_agent().await;
     // The token does not exist yet: the apiserver refuses, the agent retries.
     wait_for(
@@ -250,6 +258,7 @@ async fn tls_bootstrap_gets_a_client_certificate_through_an_approved_csr() {
     // The CSR, filed with the token: upstream's name, signer, usages and subject.
     let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
     let username = format!("system:bootstrap:{token_id}");
+    phase_at(t0, "agent started, token created");
     let csr = wait_for("the bootstrap CSR", Duration::from_secs(60), || async {
         csrs_of(&csrs, &username).await.into_iter().next()
     })
@@ -312,6 +321,7 @@ async fn tls_bootstrap_gets_a_client_certificate_through_an_approved_csr() {
         agent_log(&w)
     );
 
+    phase_at(t0, "csr checked, static pod ran");
     let out = kubectl(&admin, &["certificate", "approve", &name]);
     assert!(
         out.status.success(),
@@ -376,8 +386,10 @@ async fn tls_bootstrap_gets_a_client_certificate_through_an_approved_csr() {
     );
 
     // A restart uses the stored certificate: no new CSR.
+    phase_at(t0, "ready, files checked; restarting");
     w.stop_agent();
     w.start_agent().await;
+    phase_at(t0, "restarted");
     wait_for("the skip line", Duration::from_secs(20), || async {
         agent_log(&w)
             .contains("kubeconfig exists and is valid, skipping bootstrap")
@@ -407,6 +419,7 @@ async fn tls_bootstrap_gets_a_client_certificate_through_an_approved_csr() {
     )
     .await;
     assert_eq!(csrs_of(&csrs, &username).await.len(), 1);
+    phase_at(t0, "restart checked");
     drop(w);
     drop(cleanup);
 }
@@ -449,6 +462,7 @@ fn short_lived_node_cert(
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_moves_the_running_client_to_the_new_certificate() {
     let admin = admin_kubeconfig();
+    let t0 = std::time::Instant::now();
     let client = admin_client(&admin).await;
     let mut w = World::new().await;
     let cleanup = Cleanup {
@@ -491,6 +505,7 @@ async fn rotation_moves_the_running_client_to_the_new_certificate() {
         "--cert-dir".into(),
         pki.display().to_string(),
     ];
+    phase_at(t0, "world made, agent starting");
     w.start_agent().await;
     let nodes: Api<Node> = Api::all(client.clone());
     wait_for("the Node to be Ready", Duration::from_secs(60), || async {
@@ -502,6 +517,7 @@ async fn rotation_moves_the_running_client_to_the_new_certificate() {
     // approved by the controller-manager.
     let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
     let username = format!("system:node:{}", w.node);
+    phase_at(t0, "node ready");
     let csr = wait_for(
         "the renewal CSR to be issued",
         Duration::from_secs(60),
@@ -560,6 +576,7 @@ async fn rotation_moves_the_running_client_to_the_new_certificate() {
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO)
         + Duration::from_secs(1);
+    phase_at(t0, "rotated; waiting for the old certificate to expire");
     tokio::time::sleep(wait).await;
     let expired_at = jiff::Timestamp::now();
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
@@ -591,6 +608,7 @@ async fn rotation_moves_the_running_client_to_the_new_certificate() {
         "{log}"
     );
     assert!(log.contains("stored the new client certificate"), "{log}");
+    phase_at(t0, "lease renewed after expiry");
     drop(w);
     drop(cleanup);
 }
