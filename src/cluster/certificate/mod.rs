@@ -15,21 +15,21 @@
 
 pub mod csr;
 pub mod store;
+mod swap;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use futures::future::BoxFuture;
 use governor::Quota;
-use kube::client::{Body, ClientBuilder};
+use kube::client::ClientBuilder;
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{info, warn};
 
 use self::store::{FileStore, Leaf, Pair};
+use self::swap::Swap;
 use super::bootstrap::{self, ClusterStanza};
 use super::client::RateLimitLayer;
 
@@ -187,7 +187,7 @@ pub fn satisfies_template(leaf: &Leaf, node: &str) -> bool {
 
 /// The certificate in use and the client that presents it.
 #[derive(Clone)]
-struct Installed {
+pub(crate) struct Installed {
     client: kube::Client,
     leaf: Option<Leaf>,
 }
@@ -521,42 +521,6 @@ impl Manager {
     }
 }
 
-/// The service under the agent's client: each request goes to the client of the
-/// certificate in use when it is sent, waiting for the first one.
-#[derive(Clone)]
-struct Swap {
-    current: watch::Receiver<Option<Installed>>,
-    /// Keeps the certificate task running while the client is in use.
-    _stop: Arc<DropGuard>,
-}
-
-impl tower::Service<http::Request<Body>> for Swap {
-    type Response = http::Response<Body>;
-    type Error = kube::Error;
-    type Future = BoxFuture<'static, Result<http::Response<Body>, kube::Error>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), kube::Error>> {
-        // Each installed client queues in its own buffer.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let mut current = self.current.clone();
-        Box::pin(async move {
-            let client = match current.wait_for(Option::is_some).await {
-                Ok(installed) => installed.as_ref().map(|i| i.client.clone()),
-                Err(_) => None,
-            };
-            match client {
-                Some(c) => c.send(request).await,
-                None => Err(kube::Error::Service(
-                    "the client certificate manager has stopped".into(),
-                )),
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::store::testing::cert;
@@ -589,6 +553,33 @@ mod tests {
     }
 
     #[test]
+    fn flags_parse_with_upstream_defaults() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from(["nodelet", "--root-dir", "/r"]).expect("parses");
+        assert!(!cli.agent.rotate_certificates);
+        assert_eq!(cli.agent.bootstrap_kubeconfig, None);
+        assert_eq!(cli.agent.cert_dir(), PathBuf::from("/r/pki"));
+        let cli = crate::cli::Cli::try_parse_from([
+            "nodelet",
+            "--bootstrap-kubeconfig",
+            "/etc/kubernetes/bootstrap-kubelet.conf",
+            "--cert-dir",
+            "/var/lib/kubelet/pki",
+            "--rotate-certificates",
+        ])
+        .expect("parses");
+        assert!(cli.agent.rotate_certificates);
+        assert_eq!(
+            cli.agent.bootstrap_kubeconfig,
+            Some(PathBuf::from("/etc/kubernetes/bootstrap-kubelet.conf"))
+        );
+        assert_eq!(cli.agent.cert_dir(), PathBuf::from("/var/lib/kubelet/pki"));
+        let off = crate::cli::Cli::try_parse_from(["nodelet", "--rotate-certificates=false"])
+            .expect("parses");
+        assert!(!off.agent.rotate_certificates);
+    }
+
+    #[test]
     fn a_certificate_for_another_node_or_group_does_not_satisfy_the_template() {
         let l = leaf(SystemTime::now(), Duration::from_secs(10));
         assert!(satisfies_template(&l, "n"));
@@ -596,56 +587,6 @@ mod tests {
         let mut other = l.clone();
         other.organizations = vec!["system:masters".into()];
         assert!(!satisfies_template(&other, "n"));
-    }
-
-    /// A client whose every answer is `tag`.
-    fn tagged(tag: &'static str) -> Installed {
-        let svc = tower::service_fn(move |_: http::Request<Body>| async move {
-            Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(
-                tag.as_bytes().to_vec(),
-            )))
-        });
-        Installed {
-            client: kube::Client::new(svc, "default"),
-            leaf: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn every_clone_of_the_client_follows_the_installed_certificate() {
-        let (tx, rx) = watch::channel(None);
-        let cancel = CancellationToken::new();
-        let guard = Arc::new(cancel.clone().drop_guard());
-        let swap = Swap {
-            current: rx,
-            _stop: Arc::clone(&guard),
-        };
-        let client = ClientBuilder::new(swap, "default").build();
-        let clone = client.clone();
-        let ask = |c: kube::Client| async move {
-            let req = http::Request::get("/version")
-                .body(Vec::new())
-                .expect("request");
-            c.request_text(req).await.expect("answer")
-        };
-        // Before any certificate: the request waits instead of failing.
-        let early = tokio::spawn(ask(clone.clone()));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!early.is_finished());
-        tx.send_replace(Some(tagged("first")));
-        assert_eq!(early.await.expect("join"), "first");
-        assert_eq!(ask(client.clone()).await, "first");
-        // A rotation: clones made before it use the new client at once.
-        tx.send_replace(Some(tagged("second")));
-        assert_eq!(ask(clone.clone()).await, "second");
-        assert_eq!(ask(client.clone()).await, "second");
-        // The task's stop signal fires once nothing can use the client any more.
-        drop(guard);
-        assert!(!cancel.is_cancelled());
-        drop((client, clone));
-        tokio::time::timeout(Duration::from_secs(5), cancel.cancelled())
-            .await
-            .expect("stopped when the last client went");
     }
 
     #[tokio::test]
