@@ -222,11 +222,13 @@ pub async fn start(
     let runtime = Arc::new(runtime);
     info!(node = %node_name, ip = %host_ip, namespace = %args.containerd_namespace, "agent running");
 
-    // Standalone: no apiserver; ConfigMaps and Secrets come from documents beside the
-    // pods once a source provides them (issue 12). One source for volumes and pull
-    // secrets alike.
-    let objects: Arc<dyn crate::volume::ObjectSource> =
-        Arc::new(crate::volume::StaticObjects::new());
+    // ConfigMaps, Secrets and service account tokens from the apiserver; standalone,
+    // from documents beside the pods once a source provides them (issue 12). One
+    // source for volumes and pull secrets alike.
+    let objects: Arc<dyn crate::volume::ObjectSource> = match &cluster {
+        Some(c) => Arc::new(crate::cluster::objects::ApiObjects::new(c.client.clone())),
+        None => Arc::new(crate::volume::StaticObjects::new()),
+    };
     let env = Arc::new(WorkerEnv {
         runtime: Arc::clone(&runtime),
         root_dir: args.root_dir.clone(),
@@ -343,7 +345,7 @@ pub async fn start(
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| node_name.clone()),
     };
-    node_view_tx.send_replace(Some(Arc::new(crate::node::view::NodeView {
+    let view = Arc::new(crate::node::view::NodeView {
         runtime: Arc::clone(&runtime),
         base: crate::node::status::NodeInputs {
             name: node_name.clone(),
@@ -365,13 +367,32 @@ pub async fn start(
         },
         pod_logs_dir: args.pod_logs_dir.clone(),
         cpu: std::sync::Mutex::new(crate::node::summary::CpuRateTracker::new()),
-    })));
+    });
+    // Admission sees the node as the agent describes it; joined to a cluster, the
+    // labels and taints come from the apiserver's Node once it shows them.
+    let (admit_tx, admit_rx) =
+        watch::channel(Arc::new(crate::pod::admission::AdmitNode::from_node(
+            &crate::node::status::node(&view.base, jiff::Timestamp::now()),
+        )));
+    node_view_tx.send_replace(Some(view));
+    let (desired_tx, desired_rx) = watch::channel(crate::pod::manager::DesiredPods::default());
     if let Some(cluster) = &cluster {
-        for task in cluster.start(node_view_rx.clone(), cancel.clone()) {
+        // The pods bound to the node are a source like the others: nothing is
+        // cleaned up as orphaned before the apiserver has listed them.
+        sources.push(nodelet_manifests::API_SOURCE);
+        let pods = crate::cluster::PodSide {
+            sources: source_tx.clone(),
+            statuses: Arc::clone(&status_store),
+            desired: desired_rx,
+            admission: admit_tx,
+        };
+        for task in cluster.start(node_view_rx.clone(), pods, cancel.clone()) {
             tasks.spawn(task);
         }
     }
-    let mut manager = PodManager::new(env, &sources);
+    let mut manager = PodManager::new(env, &sources)
+        .with_desired(desired_tx)
+        .with_node(admit_rx);
     if options.orphan_cleanup {
         manager = manager.with_admission(pressure_rx, evict_static_pods);
     } else {

@@ -188,7 +188,7 @@ spec:
     assert_eq!(late_status.reason.as_deref(), Some("Evicted"));
     assert_eq!(
         late_status.message.as_deref(),
-        Some("The node had condition: [MemoryPressure]. ")
+        Some("Pod was rejected: The node had condition: [MemoryPressure]. ")
     );
     assert!(
         late_status

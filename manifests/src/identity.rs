@@ -28,6 +28,33 @@ pub const HTTP_SOURCE: &str = "http";
 /// pods from the apiserver and would make them look like non-static pods, so
 /// pushed pods get a name of their own.
 pub const PUSH_SOURCE: &str = "http-push";
+/// The source name of pods bound to this node in the apiserver
+/// (`kubetypes.ApiserverSource`).
+pub const API_SOURCE: &str = "api";
+/// Annotation marking a mirror pod, the apiserver's copy of a static pod; its value
+/// is the static pod's `config.hash` (upstream's `ConfigMirrorAnnotationKey`).
+pub const CONFIG_MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Whether `pod` is a static pod: one from any source but the apiserver (upstream's
+/// `IsStaticPod`). A pod with no `config.source` annotation came from no source
+/// this agent knows, so it is not static.
+#[must_use]
+pub fn is_static_pod(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CONFIG_SOURCE_ANNOTATION))
+        .is_some_and(|s| s != API_SOURCE)
+}
+
+/// Whether `pod` is a mirror pod (upstream's `IsMirrorPod`).
+#[must_use]
+pub fn is_mirror_pod(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(CONFIG_MIRROR_ANNOTATION))
+}
 
 /// Where a pod came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,9 +22,9 @@ pub mod validate;
 pub use defaults::default_pod;
 pub use event::SourceEvent;
 pub use identity::{
-    CONFIG_HASH_ANNOTATION, CONFIG_SEEN_ANNOTATION, CONFIG_SOURCE_ANNOTATION, FILE_SOURCE,
-    HTTP_SOURCE, Origin, PUSH_SOURCE, apply_identity, keep_first_seen, pod_uid, rfc3339_nanos,
-    suffixed_name,
+    API_SOURCE, CONFIG_HASH_ANNOTATION, CONFIG_MIRROR_ANNOTATION, CONFIG_SEEN_ANNOTATION,
+    CONFIG_SOURCE_ANNOTATION, FILE_SOURCE, HTTP_SOURCE, Origin, PUSH_SOURCE, apply_identity,
+    is_mirror_pod, is_static_pod, keep_first_seen, pod_uid, rfc3339_nanos, suffixed_name,
 };
 pub use limits::{LimitError, MAX_DOCUMENTS, MAX_MANIFEST_BYTES, MAX_NESTING, MAX_NODES};
 pub use parse::{Document, Location, ParseError, ParseErrorReason, parse_manifests};

@@ -1,16 +1,23 @@
 //! Joining a control plane (`--kubeconfig`): the agent's one apiserver client
 //! (`client.rs`), node registration and the node status poster (`node.rs`), and the
 //! node lease (`lease.rs`), as upstream's `kubelet_node_status.go` and `nodelease`
-//! controller; the client certificate's TLS bootstrap and rotation (`bootstrap.rs`,
-//! `certificate/`). Everything here runs as tasks beside the pods: an unreachable
-//! apiserver is logged once per outage and retried with back-off, and never stops a
-//! pod.
+//! controller; the pods bound to the node (`pod_source.rs`), their status
+//! (`pod_status.rs`) and the static pods' mirror pods (`mirror.rs`), as upstream's
+//! apiserver pod source, status manager and mirror client; the client certificate's
+//! TLS bootstrap and rotation (`bootstrap.rs`, `certificate/`). Everything here runs as
+//! tasks beside the pods: an unreachable apiserver is logged once per outage and
+//! retried with back-off, and never stops a pod.
 
 pub mod bootstrap;
 pub mod certificate;
 pub mod client;
 pub mod lease;
+pub mod mirror;
 pub mod node;
+pub mod node_watch;
+pub mod objects;
+pub mod pod_source;
+pub mod pod_status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -226,25 +233,50 @@ impl Cluster {
         }))
     }
 
-    /// The tasks that register the node and keep its lease and status current, to
-    /// be spawned by the agent. They wait for the node view (published once
-    /// containerd answers) and stop when `cancel` fires.
+    /// The tasks that register the node and keep its lease and status current, watch
+    /// the pods bound to it (sending them on `pods.sources` as the `api` source), post
+    /// their statuses and keep the static pods' mirror pods, to be spawned by the
+    /// agent. The node's tasks wait for the node view (published once containerd
+    /// answers); all stop when `cancel` fires.
     pub fn start(
         &self,
         view: watch::Receiver<Option<Arc<NodeView>>>,
+        pods: PodSide,
         cancel: CancellationToken,
     ) -> Vec<BoxFuture<'static, ()>> {
+        let (api_tx, api_rx) = watch::channel(pod_source::ApiPods::default());
+        let source = pod_source::ApiPodSource::new(self.client.clone(), self.node_name.clone());
+        let poster =
+            pod_status::PodStatusPoster::new(self.client.clone(), pods.statuses, api_rx.clone());
         let this = self.clone();
-        vec![Box::pin(async move {
-            tokio::select! {
-                () = this.run(view) => {}
-                () = cancel.cancelled() => {}
-            }
-        })]
+        let node_cancel = cancel.clone();
+        vec![
+            Box::pin(node_watch::follow_node(
+                self.client.clone(),
+                self.node_name.clone(),
+                pods.admission,
+                cancel.clone(),
+            )),
+            Box::pin(source.run(pods.sources, api_tx, cancel.clone())),
+            Box::pin(poster.run(cancel.clone())),
+            Box::pin(async move {
+                tokio::select! {
+                    () = this.run(view, pods.desired, api_rx, node_cancel.clone()) => {}
+                    () = node_cancel.cancelled() => {}
+                }
+            }),
+        ]
     }
 
-    /// Registers, then renews the lease and posts the status until dropped.
-    async fn run(self, mut view: watch::Receiver<Option<Arc<NodeView>>>) {
+    /// Registers, then renews the lease, posts the status and keeps the mirror pods
+    /// until dropped.
+    async fn run(
+        self,
+        mut view: watch::Receiver<Option<Arc<NodeView>>>,
+        desired: watch::Receiver<crate::pod::manager::DesiredPods>,
+        api: watch::Receiver<pod_source::ApiPods>,
+        cancel: CancellationToken,
+    ) {
         let Ok(view) = view.wait_for(Option::is_some).await.map(|v| v.clone()) else {
             return;
         };
@@ -266,6 +298,26 @@ impl Cluster {
             self.node_name.clone(),
             registered.metadata.uid.clone(),
         );
-        tokio::join!(poster.run(registered), lease.run());
+        let mirrors = mirror::MirrorPods::new(
+            self.client.clone(),
+            self.node_name.clone(),
+            registered.metadata.uid.clone().unwrap_or_default(),
+            desired,
+            api,
+        );
+        tokio::join!(poster.run(registered), lease.run(), mirrors.run(cancel));
     }
+}
+
+/// What the cluster side shares with the pod side of the agent.
+#[derive(Debug)]
+pub struct PodSide {
+    /// Where the `api` source's snapshots go (the pod manager's source channel).
+    pub sources: tokio::sync::mpsc::Sender<nodelet_manifests::SourceEvent>,
+    /// The status store, whose statuses are posted.
+    pub statuses: Arc<crate::pod::status_store::StatusStore>,
+    /// What the sources want (static pods get mirror pods).
+    pub desired: watch::Receiver<crate::pod::manager::DesiredPods>,
+    /// The node as admission sees it: its labels and taints are the apiserver's.
+    pub admission: watch::Sender<Arc<crate::pod::admission::AdmitNode>>,
 }

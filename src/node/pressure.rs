@@ -471,9 +471,14 @@ fn pod_identity(pod: &Pod) -> PodUsage {
         },
         priority: spec.priority.unwrap_or(0),
         priority_class_name: spec.priority_class_name.clone(),
-        // Every pod of a standalone node comes from a file, URL or push source:
-        // upstream calls those static.
-        is_static: true,
+        // Pods from a file, URL or push source are static (upstream's
+        // `IsStaticPod`); those bound through the apiserver are not.
+        is_static: pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(nodelet_manifests::CONFIG_SOURCE_ANNOTATION))
+            .is_none_or(|s| s != nodelet_manifests::API_SOURCE),
         termination_grace_period_seconds: spec.termination_grace_period_seconds,
         memory_request_bytes: bytes("memory"),
         ephemeral_storage_request_bytes: bytes("ephemeral-storage"),

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::node::pressure::{PodCommand, Pressure};
+use crate::pod::admission::{self, AdmitNode, Rejection};
 use crate::pod::mailbox::{Evict, Mailbox, Terminate, TerminateReason};
 use crate::pod::router::Routed;
 use crate::pod::worker::{Outcome, PodWorker, WorkerEnv};
@@ -56,6 +57,8 @@ struct Slot {
     restart: Option<Pod>,
     /// The pod as last sent to the worker, for telling updates apart.
     pod: Pod,
+    /// Admitted (its requests count against the node's allocatable).
+    admitted: bool,
 }
 
 /// The pod manager.
@@ -73,8 +76,21 @@ pub struct PodManager<R> {
     orphan_cleanup: bool,
     /// Node pressure for admitting new pods, and `--evict-static-pods`.
     admission: Option<(watch::Receiver<Pressure>, bool)>,
+    /// The node's allocatable, labels and taints, for admitting new pods.
+    node: Option<watch::Receiver<Arc<AdmitNode>>>,
     /// Stops the workers (their pods keep running).
     workers_stop: CancellationToken,
+    /// Where the union of the sources' pods is published (for the mirror pods).
+    desired_tx: Option<watch::Sender<DesiredPods>>,
+}
+
+/// What the sources want, as the manager last merged it.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredPods {
+    /// Every source has sent its first snapshot.
+    pub ready: bool,
+    /// The pods, by UID.
+    pub pods: Arc<BTreeMap<String, Pod>>,
 }
 
 /// Whether `new` differs from `old` in what a worker acts on: spec, labels and
@@ -126,8 +142,17 @@ impl<R: Runtime> PodManager<R> {
             unready_sources: sources.iter().copied().collect(),
             orphan_cleanup: true,
             admission: None,
+            node: None,
             workers_stop: CancellationToken::new(),
+            desired_tx: None,
         }
+    }
+
+    /// Publishes what the sources want on `tx` after every snapshot.
+    #[must_use]
+    pub fn with_desired(mut self, tx: watch::Sender<DesiredPods>) -> Self {
+        self.desired_tx = Some(tx);
+        self
     }
 
     /// Refuses new pods the node can't take under pressure, as upstream's eviction
@@ -139,6 +164,14 @@ impl<R: Runtime> PodManager<R> {
         evict_static: bool,
     ) -> Self {
         self.admission = Some((pressure, evict_static));
+        self
+    }
+
+    /// Refuses new pods the node can't hold or that don't match it, as upstream's
+    /// predicate admit handler (`admission.rs`).
+    #[must_use]
+    pub fn with_node(mut self, node: watch::Receiver<Arc<AdmitNode>>) -> Self {
+        self.node = Some(node);
         self
     }
 
@@ -163,6 +196,12 @@ impl<R: Runtime> PodManager<R> {
                     self.on_snapshot(source, pods);
                     if self.unready_sources.remove(source) && self.unready_sources.is_empty() {
                         self.scan_orphans(&orphans_tx);
+                    }
+                    if let Some(tx) = &self.desired_tx {
+                        tx.send_replace(DesiredPods {
+                            ready: self.unready_sources.is_empty(),
+                            pods: Arc::new(self.all_desired()),
+                        });
                     }
                 }
                 Some(ev) = inputs.events.recv() => self.on_routed(ev),
@@ -324,13 +363,44 @@ impl<R: Runtime> PodManager<R> {
             .and_then(|(pressure, evict_static)| {
                 crate::node::pressure::admit(&pressure.borrow(), &pod, *evict_static).err()
             });
+        let refusal = match rejection {
+            Some(r) => Some((r.reason.to_owned(), r.message)),
+            None => self.unfit(&pod).map(|r| (r.reason, r.message)),
+        };
         let mailbox = Mailbox::new();
         let mut worker = PodWorker::new(Arc::clone(&self.env), pod.clone(), mailbox.clone());
-        if let Some(r) = rejection {
-            info!(uid = %uid, reason = r.reason, message = %r.message, "pod rejected");
-            worker = worker.rejected(r.reason, r.message);
+        let admitted = refusal.is_none();
+        if let Some((reason, message)) = refusal {
+            info!(uid = %uid, reason, message, "pod rejected");
+            worker = worker.refused(&reason, &message);
         }
-        self.start(uid, pod, worker, mailbox);
+        self.start(uid.clone(), pod, worker, mailbox);
+        if let Some(slot) = self.slots.get_mut(&uid) {
+            slot.admitted = admitted;
+        }
+    }
+
+    /// Why the node can't take `pod` besides pressure: resources against the pods
+    /// admitted and not finished, node affinity, taints.
+    fn unfit(&self, pod: &Pod) -> Option<Rejection> {
+        let node = Arc::clone(&self.node.as_ref()?.borrow());
+        let statuses = self.env.statuses.snapshot();
+        let others: Vec<&Pod> = self
+            .slots
+            .iter()
+            .filter(|(uid, slot)| {
+                slot.admitted
+                    && slot.state != SlotState::Tombstone
+                    && !statuses.get(uid.as_str()).is_some_and(|p| {
+                        matches!(
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                            Some("Succeeded" | "Failed")
+                        )
+                    })
+            })
+            .map(|(_, slot)| &slot.pod)
+            .collect();
+        admission::admit(&node, pod, &others).err()
     }
 
     fn start(&mut self, uid: String, pod: Pod, worker: PodWorker<R>, mailbox: Mailbox) {
@@ -344,6 +414,7 @@ impl<R: Runtime> PodManager<R> {
                 state: SlotState::Active,
                 restart: None,
                 pod,
+                admitted: true,
             },
         );
     }

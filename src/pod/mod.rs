@@ -3,6 +3,7 @@
 //! pod spec into what the runtime takes (sandbox and container configs, env, hooks,
 //! the pod's cgroup).
 
+pub mod admission;
 pub mod cgroups;
 pub mod expand;
 pub mod hooks;

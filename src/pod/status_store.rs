@@ -117,6 +117,12 @@ fn is_terminal(status: Option<&PodStatus>) -> bool {
     )
 }
 
+/// Whether the agent owns condition type `type_` (it may set it on the apiserver's
+/// copy of the pod): the kubelet's own and those it shares with controllers.
+pub fn agent_owned_condition(type_: &str) -> bool {
+    KUBELET_CONDITIONS.contains(&type_) || SHARED_CONDITIONS.contains(&type_)
+}
+
 /// The agent's conditions merged into those the source's copy of the pod carries,
 /// as upstream's `mergePodStatus`.
 pub fn merge_conditions(

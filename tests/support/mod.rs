@@ -15,6 +15,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 use k8s_openapi::List;
 use k8s_openapi::api::core::v1::Pod;
 use nodelet_cri::cni::CniConfig;

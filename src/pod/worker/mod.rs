@@ -262,6 +262,14 @@ impl<R: Runtime> PodWorker<R> {
         self
     }
 
+    /// A pod refused at admission (upstream's `rejectPod`): the event says why, and
+    /// the status says `Pod was rejected: <why>`.
+    pub fn refused(mut self, reason: &str, message: &str) -> Self {
+        self.env.events.for_pod(&self.pod).warning(reason, message);
+        self.failure = Some((reason.to_owned(), format!("Pod was rejected: {message}")));
+        self
+    }
+
     /// Runs until the pod is terminated and removed, or `shutdown` (the agent stops,
     /// leaving the pod running, as upstream does).
     pub async fn run(mut self, shutdown: CancellationToken) -> Outcome {

@@ -1,0 +1,140 @@
+//! The apiserver as the volume manager's and image manager's [`ObjectSource`]:
+//! ConfigMaps and Secrets read with the node's credentials (the Node authorizer lets
+//! a node read what the pods bound to it reference), and service account tokens from
+//! the TokenRequest API, bound to the pod, as upstream's token manager asks for them.
+//!
+//! Reads go to the apiserver each time (upstream's `Get` change-detection strategy);
+//! the volume manager's periodic remount picks up changes.
+
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::authentication::v1::{
+    BoundObjectReference, TokenRequest, TokenRequestSpec as ApiTokenRequestSpec,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use kube::Api;
+use kube::api::PostParams;
+
+use super::{ClusterError, call};
+use crate::volume::{IssuedToken, ObjectError, ObjectSource, TokenRequestSpec};
+
+/// Objects from the apiserver.
+#[derive(Clone)]
+pub struct ApiObjects {
+    client: kube::Client,
+}
+
+impl std::fmt::Debug for ApiObjects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiObjects").finish_non_exhaustive()
+    }
+}
+
+impl ApiObjects {
+    /// Objects read through `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Self { client }
+    }
+}
+
+fn request_error(kind: &'static str, namespace: &str, name: &str, e: &ClusterError) -> ObjectError {
+    if e.code().is_none() {
+        return ObjectError::Unavailable(e.to_string());
+    }
+    ObjectError::Request {
+        kind,
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+async fn get<K>(
+    client: kube::Client,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, ObjectError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client, namespace);
+    call(
+        "get",
+        format!("{kind}/{namespace}/{name}"),
+        api.get_opt(name),
+    )
+    .await
+    .map_err(|e| request_error(kind, namespace, name, &e))
+}
+
+impl ObjectSource for ApiObjects {
+    fn config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> BoxFuture<'_, Result<Option<ConfigMap>, ObjectError>> {
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        Box::pin(async move { get(self.client.clone(), "configmap", &namespace, &name).await })
+    }
+
+    fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> BoxFuture<'_, Result<Option<Secret>, ObjectError>> {
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        Box::pin(async move { get(self.client.clone(), "secret", &namespace, &name).await })
+    }
+
+    fn service_account_token(
+        &self,
+        req: TokenRequestSpec,
+    ) -> BoxFuture<'_, Result<IssuedToken, ObjectError>> {
+        Box::pin(async move {
+            let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &req.namespace);
+            let body = TokenRequest {
+                spec: ApiTokenRequestSpec {
+                    audiences: req.audiences.clone(),
+                    expiration_seconds: Some(req.expiration_seconds),
+                    bound_object_ref: Some(BoundObjectReference {
+                        api_version: Some("v1".to_owned()),
+                        kind: Some("Pod".to_owned()),
+                        name: Some(req.pod_name.clone()),
+                        uid: Some(req.pod_uid.clone()),
+                    }),
+                },
+                ..TokenRequest::default()
+            };
+            let object = format!("ServiceAccount/{}/{}", req.namespace, req.service_account);
+            let issued = call(
+                "create token",
+                object,
+                api.create_token_request(&req.service_account, &PostParams::default(), &body),
+            )
+            .await
+            .map_err(|e| {
+                request_error("serviceaccount", &req.namespace, &req.service_account, &e)
+            })?;
+            let status = issued.status.ok_or_else(|| ObjectError::Request {
+                kind: "serviceaccount",
+                namespace: req.namespace.clone(),
+                name: req.service_account.clone(),
+                reason: "the TokenRequest came back without a token".to_owned(),
+            })?;
+            let expiration = SystemTime::UNIX_EPOCH
+                + Duration::from_secs(
+                    u64::try_from(status.expiration_timestamp.0.as_second()).unwrap_or(0),
+                );
+            Ok(IssuedToken {
+                token: status.token,
+                expiration,
+            })
+        })
+    }
+}

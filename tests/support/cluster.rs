@@ -1,0 +1,165 @@
+//! Support for end-to-end tests against the real apiserver tier: the admin
+//! kubeconfig `scripts/test.sh` exports (`NODELET_TEST_KUBECONFIG`), `kubectl` and
+//! `scripts/apiserver.sh` on its run dir, a World whose agent joins the cluster as
+//! its own node, and guards that clean the node up and bring a stopped apiserver
+//! back even when a test panics.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+
+use super::{World, wait_for};
+
+pub fn admin_kubeconfig() -> PathBuf {
+    let path = std::env::var_os("NODELET_TEST_KUBECONFIG").unwrap_or_else(|| {
+        panic!(
+            "NODELET_TEST_KUBECONFIG is not set: start the test apiserver \
+             (NODELET_APISERVER_DIR=<dir> scripts/apiserver.sh start) and export \
+             NODELET_TEST_KUBECONFIG=<dir>/admin.kubeconfig, or run scripts/test.sh"
+        )
+    });
+    PathBuf::from(path)
+}
+
+/// `scripts/apiserver.sh` on the run dir holding `kubeconfig`.
+pub fn apiserver_sh(kubeconfig: &Path, args: &[&str]) -> String {
+    let dir = kubeconfig.parent().expect("the run dir");
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/apiserver.sh"))
+        .args(args)
+        .env("NODELET_APISERVER_DIR", dir)
+        .output()
+        .expect("run scripts/apiserver.sh");
+    assert!(
+        out.status.success(),
+        "apiserver.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+/// Deletes the test's Node and Lease when dropped (after the World, which stops the
+/// agent first: declare it before the World).
+pub struct NodeCleanup {
+    kubeconfig: PathBuf,
+    node: String,
+}
+
+impl Drop for NodeCleanup {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &self.kubeconfig,
+            &[
+                "delete",
+                "node",
+                &self.node,
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+        );
+        let _ = kubectl(
+            &self.kubeconfig,
+            &[
+                "-n",
+                "kube-node-lease",
+                "delete",
+                "lease",
+                &self.node,
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+        );
+    }
+}
+
+/// Stops the apiserver; dropping it starts it again, also when the test panics, so
+/// the tests after it find one.
+pub struct ApiserverDown {
+    kubeconfig: PathBuf,
+}
+
+impl ApiserverDown {
+    pub fn stop(kubeconfig: &Path) -> Self {
+        apiserver_sh(kubeconfig, &["stop", "kube-apiserver"]);
+        Self {
+            kubeconfig: kubeconfig.to_owned(),
+        }
+    }
+}
+
+impl Drop for ApiserverDown {
+    fn drop(&mut self) {
+        // No panic in a drop: a start that fails shows as the wait after it timing out.
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/apiserver.sh"))
+            .arg("start")
+            .env(
+                "NODELET_APISERVER_DIR",
+                self.kubeconfig.parent().unwrap_or(Path::new(".")),
+            )
+            .output();
+    }
+}
+
+pub async fn admin_client(kubeconfig: &Path) -> kube::Client {
+    // More than one rustls provider is compiled in; pick the agent's.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("admin kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .expect("admin config");
+    kube::Client::try_from(config).expect("admin client")
+}
+
+pub fn condition_status(node: &Node, type_: &str) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
+/// A World whose agent joins the cluster as its own node.
+pub async fn joined_world(kubeconfig: &Path, extra: &[&str]) -> (NodeCleanup, World) {
+    let w = World::new().await;
+    let cleanup = NodeCleanup {
+        kubeconfig: kubeconfig.to_owned(),
+        node: w.node.clone(),
+    };
+    let node_config = w.dir.path().join("node.kubeconfig");
+    apiserver_sh(
+        kubeconfig,
+        &[
+            "node-kubeconfig",
+            &w.node,
+            node_config.to_str().expect("utf-8 path"),
+        ],
+    );
+    let mut w = w;
+    w.extra_args = ["--kubeconfig", node_config.to_str().expect("utf-8 path")]
+        .iter()
+        .chain(extra)
+        .map(|s| (*s).to_owned())
+        .collect();
+    (cleanup, w)
+}
+
+pub async fn wait_ready(nodes: &Api<Node>, name: &str, limit: Duration) -> Node {
+    wait_for("the Node to be Ready", limit, || async {
+        let n = nodes.get_opt(name).await.ok()??;
+        (condition_status(&n, "Ready").as_deref() == Some("True")).then_some(n)
+    })
+    .await
+}
