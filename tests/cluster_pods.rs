@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use support::cluster::{admin_client, admin_kubeconfig, joined_world, kubectl, wait_ready};
+use support::cluster::{
+    ApiserverDown, admin_client, admin_kubeconfig, joined_world, kubectl, wait_ready,
+};
 use support::{BUSYBOX, World, phase, wait_for};
 
 /// The tests share the apiserver's scheduler: one at a time keeps their figures apart.
@@ -448,4 +450,84 @@ async fn pods_the_node_cannot_take_are_rejected_with_upstream_reasons() {
         .expect("create");
     wait_running(&pods, "fits", Duration::from_secs(60)).await;
     assert!(w.stop_agent().is_some_and(|s| s.success()));
+}
+
+fn restarts(p: &Pod) -> Option<i32> {
+    Some(
+        p.status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .first()?
+            .restart_count,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apiserver_outage_keeps_api_pods_running_and_their_status_catches_up() {
+    let kubeconfig = admin_kubeconfig();
+    let _turn = APISERVER.lock().await;
+    let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
+    let client = admin_client(&kubeconfig).await;
+    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    w.start_agent().await;
+    for name in ["steady", "crashy"] {
+        pods.create(&PostParams::default(), &sleeper(name, &w.node, true))
+            .await
+            .expect("create");
+    }
+    let steady = wait_running(&pods, "steady", Duration::from_secs(60)).await;
+    let crashy = wait_running(&pods, "crashy", Duration::from_secs(60)).await;
+
+    let down = ApiserverDown::stop(&kubeconfig);
+    // A container dies during the outage: the agent restarts it on its own.
+    let id = container_id(&crashy).expect("id");
+    let id = id.trim_start_matches("containerd://");
+    let out = w.ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "crashy restarted on the node",
+        Duration::from_secs(30),
+        || async {
+            let p = w
+                .pods()
+                .await
+                .into_iter()
+                .find(|p| p.metadata.name.as_deref() == Some("crashy"))?;
+            (restarts(&p) == Some(1) && phase(&p) == "Running").then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        w.agent
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none()),
+        "the agent exited during the outage"
+    );
+    drop(down);
+
+    let caught_up = wait_for(
+        "crashy's restart in the API",
+        Duration::from_secs(60),
+        || async {
+            let p = pods.get_opt("crashy").await.ok()??;
+            (restarts(&p) == Some(1) && running(&p)).then_some(p)
+        },
+    )
+    .await;
+    assert_ne!(container_id(&caught_up), container_id(&crashy));
+    let steady_after = pods.get("steady").await.expect("steady");
+    assert_eq!(container_id(&steady_after), container_id(&steady));
+    assert_eq!(restarts(&steady_after), Some(0));
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+}
+
+fn running(p: &Pod) -> bool {
+    phase(p) == "Running" && ready(p)
 }

@@ -514,4 +514,116 @@ mod tests {
         // A static pod that is gone: its mirror pod goes with it.
         assert_eq!(plan(&entry(p, true), &api(vec![mirror])), Action::Nothing);
     }
+
+    mod mock {
+        //! The poster against a mock apiserver (`tower-test` behind `kube::Client`):
+        //! the answers a real server can't be made to give on demand.
+
+        use http::{Method, Request, Response, StatusCode};
+        use kube::client::Body;
+        use tokio::sync::watch;
+        use tokio_util::sync::CancellationToken;
+
+        use super::*;
+
+        type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+        fn status_body(code: u16, reason: &str) -> Body {
+            Body::from(
+                serde_json::to_vec(&serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": reason, "reason": reason, "code": code
+                }))
+                .unwrap(),
+            )
+        }
+
+        async fn answer(handle: &mut Handle, method: Method, path_end: &str, code: u16, body: Body) {
+            let (req, send) = handle.next_request().await.expect("a request");
+            assert_eq!(req.method(), method, "{}", req.uri());
+            assert!(req.uri().path().ends_with(path_end), "{}", req.uri());
+            send.send_response(
+                Response::builder()
+                    .status(StatusCode::from_u16(code).unwrap())
+                    .body(body)
+                    .unwrap(),
+            );
+        }
+
+        fn pod_body(p: &Pod) -> Body {
+            Body::from(serde_json::to_vec(p).unwrap())
+        }
+
+        fn start(pods: Vec<Pod>) -> (Arc<StatusStore>, Handle, CancellationToken) {
+            let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let client = kube::Client::new(svc, "default");
+            let store = Arc::new(StatusStore::new());
+            for p in &pods {
+                store.set(p, p.status.clone().unwrap_or_default());
+            }
+            let (_tx, rx) = watch::channel(api(pods));
+            // The sender may go: the poster keeps the last value.
+            std::mem::forget(_tx);
+            let cancel = CancellationToken::new();
+            let poster = PodStatusPoster::new(client, Arc::clone(&store), rx);
+            tokio::spawn(poster.run(cancel.clone()));
+            (store, handle, cancel)
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn throttled_and_failed_patches_are_retried_until_they_land() {
+            let p = pod("u1", API_SOURCE);
+            let (_store, mut handle, cancel) = start(vec![p.clone()]);
+            answer(&mut handle, Method::PATCH, "/pods/pod-u1/status", 429, status_body(429, "TooManyRequests")).await;
+            answer(&mut handle, Method::PATCH, "/pods/pod-u1/status", 500, status_body(500, "InternalError")).await;
+            answer(&mut handle, Method::PATCH, "/pods/pod-u1/status", 200, pod_body(&p)).await;
+            // Posted: nothing more until the status changes.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert!(
+                futures::FutureExt::now_or_never(handle.next_request()).is_none(),
+                "a landed status was posted again"
+            );
+            cancel.cancel();
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_stalled_patch_times_out_and_is_retried() {
+            let p = pod("u1", API_SOURCE);
+            let (_store, mut handle, cancel) = start(vec![p.clone()]);
+            let (_req, stalled) = handle.next_request().await.expect("a request");
+            // No answer: the request times out and the status is posted again.
+            answer(&mut handle, Method::PATCH, "/pods/pod-u1/status", 200, pod_body(&p)).await;
+            drop(stalled);
+            cancel.cancel();
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_terminated_pod_is_deleted_with_its_uid_and_a_conflict_means_gone() {
+            let mut p = pod("u1", API_SOURCE);
+            p.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+            let (store, mut handle, cancel) = start(vec![p.clone()]);
+            answer(&mut handle, Method::PATCH, "/pods/pod-u1/status", 200, pod_body(&p)).await;
+            store.remove("u1");
+            answer(&mut handle, Method::PATCH, "/pods/pod-u1/status", 200, pod_body(&p)).await;
+            let (req, send) = handle.next_request().await.expect("the delete");
+            assert_eq!(req.method(), Method::DELETE);
+            let body = req.into_body().collect_bytes().await.unwrap();
+            let params: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(params["gracePeriodSeconds"], 0);
+            assert_eq!(params["preconditions"]["uid"], "u1");
+            // The name holds another pod now: nothing of ours is left.
+            send.send_response(
+                Response::builder()
+                    .status(StatusCode::CONFLICT)
+                    .body(status_body(409, "Conflict"))
+                    .unwrap(),
+            );
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert!(futures::FutureExt::now_or_never(handle.next_request()).is_none());
+            // The final status was seen: the store let go of the removed pod.
+            assert!(store.snapshot().entries().is_empty());
+            cancel.cancel();
+        }
+    }
 }
+
