@@ -277,8 +277,10 @@ start() {
   wait_for kube-controller-manager 60 kcm_healthy
   wait_for kube-controller-manager 60 kcm_controllers_started
   wait_for kube-scheduler 60 scheduler_healthy
-  # What kubeadm sets up for kubelet TLS bootstrap: bootstrap tokens may file node CSRs,
-  # nodes may renew their own client certificates (approval stays manual).
+  # What kubeadm sets up for kubelet TLS bootstrap: bootstrap tokens may file node CSRs
+  # (approval stays manual: `kubectl certificate approve`), and a node's CSR renewing its
+  # own client certificate is approved by the controller-manager
+  # (kubeadm:node-autoapprove-certificate-rotation), so --rotate-certificates works unattended.
   kubectl --kubeconfig="$dir/admin.kubeconfig" apply -f - >/dev/null <<EOF
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
@@ -286,6 +288,13 @@ metadata: {name: "kubeadm:kubelet-bootstrap"}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:node-bootstrapper"}
 subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:bootstrappers:kubeadm:default-node-token"}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "kubeadm:node-autoapprove-certificate-rotation"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:nodes"}
 EOF
   print_env
 }

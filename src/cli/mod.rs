@@ -306,6 +306,28 @@ pub struct AgentArgs {
     /// client-go's default of 10).
     #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     pub kube_api_burst: i32,
+    /// kubeconfig whose credentials (a bootstrap token) request the node's client
+    /// certificate when `--kubeconfig` is missing or its certificate unusable; the
+    /// agent then writes `--kubeconfig` pointing at `<cert-dir>/kubelet-client-current.pem`.
+    #[arg(long)]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where client certificates are kept (default `<root-dir>/pki`).
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
+    /// Request a new client certificate from the apiserver as the current one
+    /// nears expiry (upstream's `rotateCertificates`).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub rotate_certificates: bool,
+}
+
+impl AgentArgs {
+    /// `--cert-dir`, or `<root-dir>/pki`.
+    pub fn cert_dir(&self) -> PathBuf {
+        self.cert_dir
+            .clone()
+            .unwrap_or_else(|| self.root_dir.join("pki"))
+    }
 }
 
 /// Parses `10s`, `1m30s`, `500ms`, `2h` (Go's `time.ParseDuration` subset kubelet flags use).

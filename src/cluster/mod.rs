@@ -3,11 +3,14 @@
 //! node lease (`lease.rs`), as upstream's `kubelet_node_status.go` and `nodelease`
 //! controller; the pods bound to the node (`pod_source.rs`), their status
 //! (`pod_status.rs`) and the static pods' mirror pods (`mirror.rs`), as upstream's
-//! apiserver pod source, status manager and mirror client; and the events the agent
-//! records, posted as upstream's event broadcaster does (`events/`). Everything here
-//! runs as tasks beside the pods: an unreachable apiserver is logged once per outage
-//! and retried with back-off, and never stops a pod.
+//! apiserver pod source, status manager and mirror client; the events the agent
+//! records, posted as upstream's event broadcaster does (`events/`); the client
+//! certificate's TLS bootstrap and rotation (`bootstrap.rs`, `certificate/`).
+//! Everything here runs as tasks beside the pods: an unreachable apiserver is logged
+//! once per outage and retried with back-off, and never stops a pod.
 
+pub mod bootstrap;
+pub mod certificate;
 pub mod client;
 pub mod events;
 pub mod lease;
@@ -91,6 +94,12 @@ pub enum ClusterError {
         #[source]
         source: kube::Error,
     },
+    /// `--bootstrap-kubeconfig` without `--kubeconfig`, the file it writes.
+    #[error("--bootstrap-kubeconfig needs --kubeconfig (the kubeconfig it writes)")]
+    BootstrapWithoutKubeconfig,
+    /// TLS bootstrap or certificate rotation can't start.
+    #[error(transparent)]
+    Certificate(#[from] certificate::CertificateError),
     /// A request with no answer within [`REQUEST_TIMEOUT`].
     #[error("{verb} {object}: no answer from the apiserver within {REQUEST_TIMEOUT:?}")]
     Timeout {
@@ -171,6 +180,8 @@ pub struct Cluster {
     registration: Arc<node::Registration>,
     /// The Node's events, once [`Cluster::record_events`] was called.
     events: Option<events::node::NodeEvents>,
+    /// With `--bootstrap-kubeconfig` or `--rotate-certificates`: the certificate task.
+    certificates: Option<certificate::Certificates>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -193,6 +204,9 @@ impl Cluster {
         node_name: &str,
     ) -> Result<Option<Cluster>, ClusterError> {
         let Some(path) = &args.kubeconfig else {
+            if args.bootstrap_kubeconfig.is_some() {
+                return Err(ClusterError::BootstrapWithoutKubeconfig);
+            }
             return Ok(None);
         };
         let registration = node::Registration {
@@ -201,12 +215,26 @@ impl Cluster {
             taints: node::parse_taints(&args.register_with_taints)?,
         };
         let quota = client::quota(args.kube_api_qps, args.kube_api_burst)?;
-        let client = client::build(path, quota).await?;
+        let (client, certificates) =
+            if args.bootstrap_kubeconfig.is_some() || args.rotate_certificates {
+                let settings = certificate::Settings {
+                    kubeconfig: path.clone(),
+                    bootstrap: args.bootstrap_kubeconfig.clone(),
+                    cert_dir: args.cert_dir(),
+                    rotate: args.rotate_certificates,
+                    node_name: node_name.to_owned(),
+                };
+                let (client, certs) = certificate::Certificates::start(settings, quota).await?;
+                (client, Some(certs))
+            } else {
+                (client::build(path, quota).await?, None)
+            };
         Ok(Some(Cluster {
             client,
             node_name: node_name.to_owned(),
             registration: Arc::new(registration),
             events: None,
+            certificates,
         }))
     }
 
@@ -274,6 +302,10 @@ impl Cluster {
             return;
         };
         let Some(view) = view else { return };
+        if let Some(certificates) = &self.certificates {
+            // Registering as `system:node:<name>` needs the certificate.
+            certificates.ready().await;
+        }
         let mut poster = node::StatusPoster::new(
             self.client.clone(),
             self.node_name.clone(),
