@@ -1,0 +1,10 @@
+//! nodelet's service proxy (the kube-proxy half of the agent): Services and
+//! EndpointSlices merged per service port (`model`), rendered into upstream's nftables-mode
+//! rule structure (`nft`), and programmed incrementally, one `nft -f` transaction per sync
+//! (`proxier`).
+//!
+//! The model and the renderer are pure; the only side effect, running `nft`, sits behind
+//! the `nft::Nft` trait so the proxier's sync logic is tested with a recording fake and the
+//! real path is tested in throwaway network namespaces (`tests/kernel.rs`).
+
+pub mod model;
