@@ -8,3 +8,11 @@
 //! real path is tested in throwaway network namespaces (`tests/kernel.rs`).
 
 pub mod model;
+pub mod nft;
+pub mod proxier;
+
+pub use proxier::{Proxier, SyncError, SyncReport};
+pub mod testing;
+
+#[cfg(test)]
+mod tests;

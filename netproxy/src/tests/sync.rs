@@ -1,0 +1,1 @@
+//! The proxier's sync decisions on the recording fake.
