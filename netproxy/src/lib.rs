@@ -10,6 +10,7 @@
 pub mod model;
 pub mod nft;
 pub mod proxier;
+pub mod runner;
 
 pub use proxier::{Proxier, SyncError, SyncReport};
 pub mod testing;

@@ -135,6 +135,13 @@ impl<N: Nft> Proxier<N> {
         &self.nft
     }
 
+    /// What was programmed: the base, the fragments and the elements (tests build fake
+    /// listings from it).
+    #[cfg(test)]
+    pub(crate) fn programmed(&self) -> (&Base, &HashMap<ServicePortName, Fragment>, &ElementIndex) {
+        (&self.base, &self.fragments, &self.index)
+    }
+
     fn family(&self) -> &'static str {
         self.cfg.ip()
     }
