@@ -11,6 +11,7 @@ pub mod model;
 pub mod nft;
 pub mod proxier;
 pub mod runner;
+pub mod watch;
 
 pub use proxier::{Proxier, SyncError, SyncReport};
 pub mod testing;

@@ -194,6 +194,12 @@ impl World {
         w
     }
 
+    /// Routes another service CIDR (the apiserver tier's 10.96.0.0/16) as the test one.
+    pub fn route_services(&self, cidr: &str) {
+        ip(&["-n", &self.node, "route", "add", cidr, "dev", "vn"]);
+        ip(&["-n", &self.client, "route", "add", cidr, "via", NODE_IP]);
+    }
+
     /// Adds endpoint address `ip` in the node namespace with a server on `port` answering
     /// `ip`.
     pub fn endpoint(&mut self, ip_addr: &str, port: u16) {
