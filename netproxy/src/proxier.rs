@@ -350,7 +350,14 @@ impl<N: Nft> Proxier<N> {
             .collect();
         stale_sets.sort();
         for s in stale_sets {
-            tx.delete_set(s);
+            tx.delete_set(
+                if observed.maps.contains(s) {
+                    "map"
+                } else {
+                    "set"
+                },
+                s,
+            );
         }
         let script = tx.render(self.family(), &ElementIndex::default());
         let render = start.elapsed();
@@ -405,7 +412,10 @@ impl<N: Nft> Proxier<N> {
         for f in self.fragments.values() {
             for set in &f.sets {
                 wanted_sets.insert(&set.name);
-                if !observed.sets.contains(&set.name) {
+                let drifted = !observed.sets.contains(&set.name)
+                    || (!set.elements.is_empty()
+                        && observed.set_sizes.get(&set.name) != Some(&set.elements.len()));
+                if drifted {
                     repaired += 1;
                     tx.add_set(set.clone());
                 }
@@ -441,7 +451,14 @@ impl<N: Nft> Proxier<N> {
             .filter(|s| !wanted_sets.contains(s.as_str()))
         {
             repaired += 1;
-            tx.delete_set(s);
+            tx.delete_set(
+                if observed.maps.contains(s) {
+                    "map"
+                } else {
+                    "set"
+                },
+                s,
+            );
         }
         let mut wanted: HashMap<Container, HashMap<&str, Option<&str>>> = HashMap::new();
         for (c, k, v) in self.index.iter() {

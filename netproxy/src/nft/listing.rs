@@ -30,6 +30,10 @@ pub struct Observed {
     pub chains: HashMap<String, usize>,
     /// Names of sets and maps.
     pub sets: HashSet<String>,
+    /// Maps (not sets) by name: for deleting with the right keyword.
+    pub maps: HashSet<String>,
+    /// Number of elements of every set and map.
+    pub set_sizes: HashMap<String, usize>,
     /// Elements of our dispatch containers: key → value (None for sets).
     pub elements: HashMap<Container, HashMap<String, Option<String>>>,
 }
@@ -80,7 +84,11 @@ pub fn parse(json: &str) -> Result<Observed, ListingError> {
         if let Some(r) = item.rule {
             *out.chains.entry(r.chain).or_insert(0) += 1;
         }
+        if let Some(m) = &item.map {
+            out.maps.insert(m.name.clone());
+        }
         if let Some(s) = item.set.or(item.map) {
+            out.set_sizes.insert(s.name.clone(), s.elem.len());
             {
                 if let Some(container) = Container::from_name(&s.name) {
                     let elems = out.elements.entry(container).or_default();

@@ -52,12 +52,16 @@ pub struct Tx {
     add_chains: Vec<String>,
     add_sets: Vec<SetDef>,
     flush_chains: Vec<String>,
+    /// Endpoint maps emptied before their elements are written again.
+    flush_sets: Vec<SetDef>,
     replace_sets: Vec<SetDef>,
     del_elements: BTreeMap<Container, Vec<String>>,
     rules: Vec<(String, Vec<String>)>,
     add_elements: BTreeMap<Container, Vec<String>>,
+    /// Elements of endpoint maps, by map.
+    set_elements: Vec<SetDef>,
     dead_chains: Vec<String>,
-    del_sets: Vec<String>,
+    del_sets: Vec<(&'static str, String)>,
     /// Element keys touched, with the value programmed before this transaction.
     touched: HashMap<(Container, String), Option<Option<String>>>,
 }
@@ -78,8 +82,13 @@ impl Tx {
         self.add_chains.push(name.to_string());
     }
 
-    /// Declares a set (idempotent when its spec is unchanged).
+    /// Declares a set (idempotent when its spec is unchanged); a set with elements of
+    /// ours (an endpoint map) is also flushed and refilled.
     pub fn add_set(&mut self, set: SetDef) {
+        if !set.elements.is_empty() {
+            self.flush_sets.push(set.clone());
+            self.set_elements.push(set.clone());
+        }
         self.add_sets.push(set);
     }
 
@@ -100,9 +109,9 @@ impl Tx {
         self.dead_chains.push(name.to_string());
     }
 
-    /// Removes a set after the chains using it were flushed.
-    pub fn delete_set(&mut self, name: &str) {
-        self.del_sets.push(name.to_string());
+    /// Removes a set (`kind` `set` or `map`) after the chains using it were flushed.
+    pub fn delete_set(&mut self, kind: &'static str, name: &str) {
+        self.del_sets.push((kind, name.to_string()));
     }
 
     /// Adds an element directly (full sync, after the containers were flushed).
@@ -128,6 +137,8 @@ impl Tx {
             && self.add_sets.is_empty()
             && self.flush_chains.is_empty()
             && self.replace_sets.is_empty()
+            && self.flush_sets.is_empty()
+            && self.set_elements.is_empty()
             && self.del_elements.values().all(Vec::is_empty)
             && self.rules.is_empty()
             && self.add_elements.values().all(Vec::is_empty)
@@ -144,17 +155,24 @@ impl Tx {
         let mut respec = false;
         for set in &new.sets {
             match old_sets.get(set.name.as_str()) {
-                None => self.add_sets.push(set.clone()),
+                None => self.add_set(set.clone()),
                 Some(o) if o.spec != set.spec => {
                     respec = true;
                     self.replace_sets.push(set.clone());
+                    if !set.elements.is_empty() {
+                        self.set_elements.push(set.clone());
+                    }
+                }
+                Some(o) if o.elements != set.elements => {
+                    self.flush_sets.push(set.clone());
+                    self.set_elements.push(set.clone());
                 }
                 Some(_) => {}
             }
         }
         for set in &old.sets {
             if !new_sets.contains(set.name.as_str()) {
-                self.del_sets.push(set.name.clone());
+                self.del_sets.push((set.kind, set.name.clone()));
             }
         }
         let old_chains: HashMap<&str, &Chain> =
@@ -255,6 +273,9 @@ impl Tx {
         for c in &self.flush_chains {
             let _ = writeln!(s, "flush chain {t} {c}");
         }
+        for set in &self.flush_sets {
+            let _ = writeln!(s, "flush {} {t} {}", set.kind, set.name);
+        }
         for set in &self.replace_sets {
             let _ = writeln!(s, "delete {} {t} {}", set.kind, set.name);
             let _ = writeln!(s, "add {} {t} {} {{ {}; }}", set.kind, set.name, set.spec);
@@ -266,14 +287,28 @@ impl Tx {
             }
         }
         write_elements(&mut s, "add", &t, &self.add_elements);
+        for set in &self.set_elements {
+            let _ = writeln!(
+                s,
+                "add element {t} {} {{ {} }}",
+                set.name,
+                set.elements.join(", ")
+            );
+        }
         for c in &self.dead_chains {
             let _ = writeln!(s, "flush chain {t} {c}");
+        }
+        // Endpoint maps going away point at endpoint chains going away: empty them first.
+        for (kind, set) in &self.del_sets {
+            if *kind == "map" {
+                let _ = writeln!(s, "flush map {t} {set}");
+            }
         }
         for c in &self.dead_chains {
             let _ = writeln!(s, "delete chain {t} {c}");
         }
-        for set in &self.del_sets {
-            let _ = writeln!(s, "delete set {t} {set}");
+        for (kind, set) in &self.del_sets {
+            let _ = writeln!(s, "delete {kind} {t} {set}");
         }
         s
     }

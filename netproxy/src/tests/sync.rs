@@ -47,8 +47,10 @@ delete element ip nodelet cluster-ips { 172.30.0.41 }
 delete element ip nodelet service-ips { 172.30.0.41 . tcp . 80 }
 flush chain ip nodelet service-ULMVA6XW-ns1/svc1/tcp/p80
 flush chain ip nodelet endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80
+flush map ip nodelet vmap-service-ULMVA6XW-ns1/svc1/tcp/p80
 delete chain ip nodelet service-ULMVA6XW-ns1/svc1/tcp/p80
 delete chain ip nodelet endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80
+delete map ip nodelet vmap-service-ULMVA6XW-ns1/svc1/tcp/p80
 ";
     assert_eq!(s, expected);
 }
@@ -89,8 +91,10 @@ delete element ip nodelet service-ips { 172.30.0.41 . tcp . 80 }
 add element ip nodelet no-endpoint-services { 172.30.0.41 . tcp . 80 : goto reject-chain }
 flush chain ip nodelet service-ULMVA6XW-ns1/svc1/tcp/p80
 flush chain ip nodelet endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80
+flush map ip nodelet vmap-service-ULMVA6XW-ns1/svc1/tcp/p80
 delete chain ip nodelet service-ULMVA6XW-ns1/svc1/tcp/p80
 delete chain ip nodelet endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80
+delete map ip nodelet vmap-service-ULMVA6XW-ns1/svc1/tcp/p80
 ";
     assert_eq!(s, expected);
     // And back: chains come first, elements after the rules.
@@ -109,12 +113,15 @@ delete chain ip nodelet endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80
         lines[0].starts_with("add chain ip nodelet service-ULMVA6XW"),
         "{s}"
     );
-    assert!(
-        lines
-            .last()
-            .is_some_and(|l| l.starts_with("add element ip nodelet service-ips")),
-        "{s}"
-    );
+    let last_rule = lines
+        .iter()
+        .rposition(|l| l.starts_with("add rule"))
+        .expect("rules");
+    let element = lines
+        .iter()
+        .position(|l| l.starts_with("add element ip nodelet service-ips"))
+        .expect("dispatch element");
+    assert!(last_rule < element, "{s}");
 }
 
 #[tokio::test]
@@ -161,7 +168,13 @@ fn listing(p: &Proxier<RecordingNft>) -> Value {
         }
     }
     for set in fragments.values().flat_map(|f| f.sets.iter()) {
-        items.push(json!({"set": {"name": set.name}}));
+        // Element shapes do not matter for these maps, only their number.
+        let elems: Vec<Value> = set
+            .elements
+            .iter()
+            .map(|_| json!([0, {"drop": null}]))
+            .collect();
+        items.push(json!({set.kind: {"name": set.name, "elem": elems}}));
     }
     for set in &base.sets {
         let elems: Vec<Value> = index
