@@ -1,5 +1,7 @@
-//! The CLI's tools besides the agent: `nodelet pods`, `nodelet run`, `nodelet validate`.
+//! The CLI's tools besides the agent: `nodelet pods`, `nodelet proxy`, `nodelet run`,
+//! `nodelet validate`.
 
 pub mod pods;
+pub mod proxy;
 pub mod run;
 pub mod validate;
