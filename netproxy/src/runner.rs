@@ -1,7 +1,8 @@
 //! The proxier's loop (upstream's `BoundedFrequencyRunner` around `syncProxyRules`):
 //! events from the watchers go into the change trackers; a sync runs at most once per
 //! `minSyncPeriod` (a burst of changes becomes one transaction), and every `syncPeriod`
-//! the consistency check lists our table and repairs drift. The loop ends when the event
+//! the consistency check lists our table and repairs drift (less often when a check is
+//! slow: at most a quarter of the time goes to checks). The loop ends when the event
 //! channel closes (its owner's shutdown).
 
 use std::time::Duration;
@@ -79,12 +80,19 @@ pub async fn run<N: Nft>(
                 last_sync = Some(Instant::now());
             }
             () = sleep_until(next_check), if ready => {
+                let started = Instant::now();
                 let r = proxier.check().await;
                 if let Err(e) = &r {
                     tracing::warn!(error = %e, "proxy consistency check failed");
                 }
                 on_sync(&r);
-                next_check = Instant::now() + periods.sync_period;
+                // Listing a table of 10k services takes nft tens of seconds: never let
+                // the check take more than a quarter of the proxy's time.
+                let interval = periods.sync_period.max(started.elapsed() * 4);
+                if interval > periods.sync_period {
+                    tracing::info!(?interval, "consistency check is slow; checking less often");
+                }
+                next_check = Instant::now() + interval;
             }
         }
     }
