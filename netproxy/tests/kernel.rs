@@ -235,3 +235,58 @@ async fn endpoint_removal_is_applied_as_a_diff() {
     assert!(!w.table().contains("endpoint-stray"));
     assert_eq!(p.check().await.expect("check").repaired, 0);
 }
+
+#[tokio::test]
+async fn restart_resyncs_over_the_existing_table() {
+    let mut w = World::new();
+    w.endpoint("10.180.0.8", 8080);
+    w.endpoint("10.180.0.9", 8080);
+    let mut p = proxier(&w);
+    p.service_updated(&cluster_ip("ns", "web", "172.30.0.60", "http", 80));
+    p.service_updated(&cluster_ip("ns", "gone", "172.30.0.61", "http", 80));
+    p.slice_updated(&slice(
+        "ns",
+        "web",
+        "web-1",
+        "http",
+        8080,
+        &[ep("10.180.0.8", "n"), ep("10.180.0.9", "n")],
+    ));
+    p.slice_updated(&slice(
+        "ns",
+        "gone",
+        "gone-1",
+        "http",
+        8080,
+        &[ep("10.180.0.9", "n")],
+    ));
+    p.sync().await.expect("sync");
+    drop(p);
+
+    // A new process: it knows only what the apiserver says now ("gone" was deleted
+    // meanwhile, "web" lost an endpoint), finds the old table and makes it right.
+    let mut p = proxier(&w);
+    p.service_updated(&cluster_ip("ns", "web", "172.30.0.60", "http", 80));
+    p.slice_updated(&slice(
+        "ns",
+        "web",
+        "web-1",
+        "http",
+        8080,
+        &[ep("10.180.0.8", "n")],
+    ));
+    let r = p.sync().await.expect("full sync over the old table");
+    assert!(r.full);
+    let table = w.table();
+    assert!(
+        !table.contains("gone") && !table.contains("10.180.0.9"),
+        "{table}"
+    );
+    let counts = w.spread("172.30.0.60", 80, 10);
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["10.180.0.8"],
+        "{counts:?}"
+    );
+    assert_eq!(p.check().await.expect("check").repaired, 0);
+}
