@@ -128,6 +128,8 @@ async fn run(n: usize) {
         ms(feed)
     );
 
+    println!("  RSS after the full sync: {:.0} MiB", rss_mib());
+
     // One endpoint gone from one service.
     feed_slice(&mut p, n / 2, Some(3));
     let t = Instant::now();
@@ -169,7 +171,7 @@ async fn run(n: usize) {
         let t = Instant::now();
         let again = p.sync().await.expect("full resync");
         println!(
-            "  the same change as a full resync: {} total (list + render {} + apply {})",
+            "  the same change as a full resync: {} total (render {} + apply {}; the rest lists the table)",
             ms(t.elapsed()),
             ms(again.render),
             ms(again.apply)
@@ -184,7 +186,7 @@ async fn run(n: usize) {
         check.repaired
     );
     println!(
-        "  bench process RSS with the model and programmed state: {:.0} MiB",
+        "  RSS after the check (its JSON listing parsed): {:.0} MiB",
         rss_mib()
     );
 
