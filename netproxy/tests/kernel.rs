@@ -290,3 +290,53 @@ async fn restart_resyncs_over_the_existing_table() {
     );
     assert_eq!(p.check().await.expect("check").repaired, 0);
 }
+
+#[tokio::test]
+async fn ipv6_ruleset_is_accepted_and_reads_back_clean() {
+    let w = World::new();
+    let mut cfg = RenderConfig::new(IpFamily::V6);
+    cfg.cluster_cidrs = vec!["fd00:10::/64".parse().expect("cidr")];
+    cfg.service_cidrs = vec!["fd00:30::/108".parse().expect("cidr")];
+    let mut p = Proxier::new(
+        NftCommand::new().in_netns(&w.node),
+        cfg,
+        NodeTopology {
+            node_name: "node-a".into(),
+            zone: None,
+        },
+    );
+    p.service_updated(&service(
+        "ns",
+        "v6",
+        json!({
+        "type": "LoadBalancer", "clusterIP": "fd00:30::10", "clusterIPs": ["fd00:30::10"],
+        "ipFamilies": ["IPv6"], "externalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
+        "externalIPs": ["2001:db8::7"], "loadBalancerSourceRanges": ["2001:db8:1::/48"],
+        "ports": [{"name": "http", "port": 80, "nodePort": 30600}]}),
+        Some(json!({"loadBalancer": {"ingress": [{"ip": "2001:db8::8"}]}})),
+    ));
+    let slice6: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns", "name": "v6-1", "labels": {"kubernetes.io/service-name": "v6"}},
+        "addressType": "IPv6",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["fd00:10::1"], "nodeName": "node-a"},
+                      {"addresses": ["fd00:10::2"], "nodeName": "node-b"}]
+    }))
+    .expect("slice");
+    p.slice_updated(&slice6);
+    p.service_updated(&service(
+        "ns",
+        "empty6",
+        json!({
+        "clusterIP": "fd00:30::11", "ports": [{"name": "http", "port": 80}]}),
+        None,
+    ));
+    assert!(p.sync().await.expect("ip6 full sync").full);
+    let table = support::in_ns(&w.node, &["nft", "list", "table", "ip6", "nodelet"]);
+    assert!(table.contains("dnat to [fd00:10::1]:8080"), "{table}");
+    assert!(
+        table.contains("fd00:30::11 . tcp . 80 : goto reject-chain"),
+        "{table}"
+    );
+    assert_eq!(p.check().await.expect("check").repaired, 0, "{table}");
+}
