@@ -114,6 +114,7 @@ fn main() -> ExitCode {
                 container_runtime_endpoint,
                 containerd_namespace,
             }) => image_cmd(command, &container_runtime_endpoint, &containerd_namespace).await,
+            Some(Command::Proxy(args)) => cmd::proxy::run(*args).await,
             Some(Command::Validate { .. }) => Ok(()),
         }
         .map(|()| ExitCode::SUCCESS)

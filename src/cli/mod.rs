@@ -58,6 +58,9 @@ pub enum Command {
     /// `--until ready`, are Ready), streaming their status; then tear them down.
     /// Exit 0 when every pod Succeeded (or became Ready), 1 otherwise.
     Run(Box<RunArgs>),
+    /// Run the service proxy (kube-proxy's job): Services and EndpointSlices from the
+    /// apiserver programmed into nftables (`table ip nodelet`).
+    Proxy(Box<ProxyArgs>),
     /// Manage images in containerd without a registry.
     Image {
         /// What to do.
@@ -105,6 +108,45 @@ pub struct RunArgs {
     /// Runtime, CNI and directory flags, as the agent's.
     #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+/// `nodelet proxy` flags, with kube-proxy's names.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Kubeconfig of the apiserver to watch (required unless `--cleanup`).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node's name, when not the hostname (endpoints on it are local).
+    #[arg(long)]
+    pub hostname_override: Option<String>,
+    /// The pods' CIDRs (comma-separated): traffic from elsewhere to a ClusterIP is
+    /// masqueraded, and pod traffic short-circuits Local traffic policies.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
+    /// The proxy backend.
+    #[arg(long, value_enum, default_value = "nftables")]
+    pub proxy_mode: ProxyMode,
+    /// CIDRs (comma-separated) whose local addresses accept NodePorts; default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
+    /// Masquerade all traffic sent to ClusterIPs.
+    #[arg(long)]
+    pub masquerade_all: bool,
+    /// The shortest interval between syncs (bursts of changes are batched).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub min_sync_period: Duration,
+    /// The interval of the consistency check of the programmed table.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub sync_period: Duration,
+    /// Remove the proxy's nftables tables and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+/// `nodelet proxy --proxy-mode` (IPVS is not implemented yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyMode {
+    Nftables,
 }
 
 /// `nodelet run --until`.

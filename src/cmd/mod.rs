@@ -1,6 +1,8 @@
-//! The CLI's tools besides the agent: `nodelet pods`, `nodelet run`, `nodelet validate` (manifests, and `--config` files).
+//! The CLI's tools besides the agent: `nodelet pods`, `nodelet proxy`, `nodelet run`,
+//! `nodelet validate` (manifests, and `--config` files).
 
 pub mod pods;
+pub mod proxy;
 pub mod run;
 pub mod validate;
 pub mod validate_config;

@@ -1,0 +1,269 @@
+//! Proxy figures (printed, never failing on time): render and apply the full ruleset for
+//! 1k and 10k services × 10 endpoints into a throwaway network namespace, then one
+//! endpoint change applied incrementally versus as a full resync, the consistency check's
+//! cost (list + parse + compare), the proxy's RSS, and how long `nft` takes to read the
+//! same table as text and as JSON (`nft -j -f`, the `nftables` crate's format).
+//!
+//! `cargo bench -p nodelet-netproxy --bench ruleset` (root; `-- 1000` for one size).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nodelet_netproxy::Proxier;
+use nodelet_netproxy::model::{IpFamily, NodeTopology};
+use nodelet_netproxy::nft::RenderConfig;
+use nodelet_netproxy::nft::exec::{Nft, NftCommand};
+use nodelet_netproxy::testing::{Ep, cluster_ip, slice};
+
+/// A network namespace deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("nodelet-bench-{}-{tag}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
+        assert!(ok.success(), "ip netns add {name} (the bench needs root)");
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ip_of(n: usize, base: [u8; 2]) -> String {
+    format!(
+        "{}.{}.{}.{}",
+        base[0],
+        base[1] + ((n >> 16) & 0xff) as u8,
+        (n >> 8) & 0xff,
+        n & 0xff
+    )
+}
+
+fn endpoints(svc: usize, skip: Option<usize>) -> Vec<String> {
+    (0..10)
+        .filter(|j| Some(*j) != skip)
+        .map(|j| ip_of(svc * 10 + j + 1, [10, 128]))
+        .collect()
+}
+
+fn feed_slice(p: &mut Proxier<NftCommand>, svc: usize, skip: Option<usize>) {
+    let ips = endpoints(svc, skip);
+    let eps: Vec<Ep<'_>> = ips
+        .iter()
+        .map(|ip| Ep {
+            ip,
+            node: "other",
+            ready: true,
+            terminating: false,
+        })
+        .collect();
+    let name = format!("svc-{svc}");
+    p.slice_updated(&slice(
+        "bench",
+        &name,
+        &format!("{name}-1"),
+        "http",
+        8080,
+        &eps,
+    ));
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+async fn run(n: usize) {
+    let ns = Netns::new(&n.to_string());
+    let nft = NftCommand::new()
+        .in_netns(&ns.0)
+        .with_timeout(Duration::from_secs(300));
+    let mut cfg = RenderConfig::new(IpFamily::V4);
+    cfg.cluster_cidrs = vec!["10.128.0.0/9".parse().expect("cidr")];
+    let mut p = Proxier::new(
+        nft.clone(),
+        cfg,
+        NodeTopology {
+            node_name: "node".into(),
+            zone: None,
+        },
+    );
+    let t = Instant::now();
+    for i in 0..n {
+        p.service_updated(&cluster_ip(
+            "bench",
+            &format!("svc-{i}"),
+            &ip_of(i + 1, [172, 30]),
+            "http",
+            80,
+        ));
+        feed_slice(&mut p, i, None);
+    }
+    let feed = t.elapsed();
+    let full = p.sync().await.expect("full sync");
+    println!(
+        "{n} services x 10 endpoints: full sync render {} + apply {} (script {:.1} MiB; feeding the model {})",
+        ms(full.render),
+        ms(full.apply),
+        full.script_bytes as f64 / 1048576.0,
+        ms(feed)
+    );
+
+    println!("  RSS after the full sync: {:.0} MiB", rss_mib());
+
+    // One endpoint gone from one service.
+    feed_slice(&mut p, n / 2, Some(3));
+    let t = Instant::now();
+    let inc = p.sync().await.expect("incremental sync");
+    println!(
+        "  one endpoint removed: incremental sync {} total (render {}, apply {}, script {} bytes)",
+        ms(t.elapsed()),
+        ms(inc.render),
+        ms(inc.apply),
+        inc.script_bytes
+    );
+    // One new service.
+    p.service_updated(&cluster_ip(
+        "bench",
+        &format!("svc-{n}"),
+        &ip_of(n + 1, [172, 30]),
+        "http",
+        80,
+    ));
+    feed_slice(&mut p, n, None);
+    let t = Instant::now();
+    let add = p.sync().await.expect("incremental sync");
+    println!(
+        "  one service added: incremental sync {} total ({} bytes)",
+        ms(t.elapsed()),
+        add.script_bytes
+    );
+
+    // The same endpoint change as a full resync (what a non-incremental proxy pays). Above
+    // a few thousand services the kernel's cost of the per-service anonymous vmaps grows
+    // quadratically (10k: minutes), so there the initial full sync above is the figure.
+    if n > 3000 {
+        println!(
+            "  the same change as a full resync: see the full sync above (skipped: minutes at this size)"
+        );
+    } else {
+        feed_slice(&mut p, n / 2, None);
+        p.request_full_sync();
+        let t = Instant::now();
+        let again = p.sync().await.expect("full resync");
+        println!(
+            "  the same change as a full resync: {} total (render {} + apply {}; the rest lists the table)",
+            ms(t.elapsed()),
+            ms(again.render),
+            ms(again.apply)
+        );
+    }
+
+    let t = Instant::now();
+    let check = p.check().await.expect("check");
+    println!(
+        "  consistency check (list, parse, compare): {} ({} repaired)",
+        ms(t.elapsed()),
+        check.repaired
+    );
+    println!(
+        "  RSS after the check (its JSON listing parsed): {:.0} MiB",
+        rss_mib()
+    );
+
+    // nft reading the same table as text and as JSON, each into a fresh namespace.
+    if n > 3000 {
+        return;
+    }
+    let text = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.0, "nft", "list", "table", "ip", "nodelet",
+        ])
+        .output()
+        .expect("nft list");
+    let json = loadable(&nft.list_table("ip").await.expect("nft -j list"));
+    for (label, flags, input) in [
+        ("text", "-f", text.stdout),
+        ("JSON", "-jf", json.into_bytes()),
+    ] {
+        let fresh = Netns::new(&format!("{n}-{label}"));
+        let path =
+            std::env::temp_dir().join(format!("nodelet-bench-{}-{n}.{label}", std::process::id()));
+        std::fs::write(&path, &input).expect("write listing");
+        let t = Instant::now();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &fresh.0, "nft", flags])
+            .arg(&path)
+            .output()
+            .expect("nft -f");
+        let took = t.elapsed();
+        let _ = std::fs::remove_file(&path);
+        if out.status.success() {
+            println!(
+                "  nft {flags} of the listed table as {label}: {} ({:.1} MiB)",
+                ms(took),
+                input.len() as f64 / 1048576.0
+            );
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            println!(
+                "  nft {flags} of the listed table as {label} failed: {}",
+                err.lines().next().unwrap_or("")
+            );
+        }
+    }
+}
+
+/// The JSON listing reordered so `nft -j -f` can load it: the listing puts maps (whose
+/// elements jump to chains) before the chains, and rules last is what references need.
+fn loadable(listing: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(listing).expect("listing JSON");
+    let rank = |i: &serde_json::Value| {
+        ["metainfo", "table", "chain", "set", "map", "rule"]
+            .iter()
+            .position(|k| i.get(k).is_some())
+            .unwrap_or(6)
+    };
+    if let Some(items) = v["nftables"].as_array_mut() {
+        items.sort_by_key(rank);
+    }
+    v.to_string()
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![1000, 10_000]
+    } else {
+        sizes
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for n in sizes {
+        rt.block_on(run(n));
+    }
+}

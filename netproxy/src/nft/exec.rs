@@ -1,0 +1,197 @@
+//! The seam to the kernel: `Nft` runs a script (`nft -f -`) and lists our table
+//! (`nft -j list table`). `NftCommand` is the real one, optionally inside a named network
+//! namespace (`ip netns exec`, for tests and benches); `RecordingNft` is the typed fake.
+
+use std::future::Future;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// A failed run of `nft`, with everything needed to see why.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("could not start {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the script to nft's stdin failed: {0}")]
+    Stdin(#[source] std::io::Error),
+    #[error("`nft {args}` did not finish within {timeout:?}")]
+    Timeout { args: String, timeout: Duration },
+    #[error("`nft {args}` failed ({status}): {stderr}")]
+    Failed {
+        args: String,
+        status: std::process::ExitStatus,
+        stdout: String,
+        stderr: String,
+    },
+    #[error("waiting for nft failed: {0}")]
+    Wait(#[source] std::io::Error),
+}
+
+impl NftError {
+    /// Whether nft said the table does not exist (listing before the first sync).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, NftError::Failed { stderr, .. } if stderr.contains("No such file or directory"))
+    }
+}
+
+/// Runs nft.
+pub trait Nft: Send + Sync {
+    /// Applies `script` as one transaction (`nft -f -`).
+    fn apply(&self, script: &str) -> impl Future<Output = Result<(), NftError>> + Send;
+    /// Lists table `family nodelet` as JSON (`nft -j list table`).
+    fn list_table(&self, family: &str) -> impl Future<Output = Result<String, NftError>> + Send;
+}
+
+/// The real `nft`.
+#[derive(Debug, Clone)]
+pub struct NftCommand {
+    program: String,
+    netns: Option<String>,
+    timeout: Duration,
+}
+
+impl NftCommand {
+    /// `nft` from `$PATH`, in the current network namespace, with a 30 s timeout (a full
+    /// ruleset of 10k services takes about a second).
+    pub fn new() -> Self {
+        Self {
+            program: "nft".into(),
+            netns: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Runs nft inside the named network namespace (`ip netns exec NAME nft …`).
+    pub fn in_netns(mut self, name: impl Into<String>) -> Self {
+        self.netns = Some(name.into());
+        self
+    }
+
+    /// Sets the timeout of one nft run.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, &self.program]);
+                c
+            }
+            None => Command::new(&self.program),
+        };
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| NftError::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
+        let joined = args.join(" ");
+        let work = async move {
+            if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+                pipe.write_all(input.as_bytes())
+                    .await
+                    .map_err(NftError::Stdin)?;
+                drop(pipe);
+            }
+            child.wait_with_output().await.map_err(NftError::Wait)
+        };
+        let out = tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| NftError::Timeout {
+                args: joined.clone(),
+                timeout: self.timeout,
+            })??;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(NftError::Failed {
+                args: joined,
+                status: out.status,
+                stdout,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(stdout)
+    }
+}
+
+impl Default for NftCommand {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Nft for NftCommand {
+    async fn apply(&self, script: &str) -> Result<(), NftError> {
+        self.run(&["-f", "-"], Some(script)).await.map(|_| ())
+    }
+
+    async fn list_table(&self, family: &str) -> Result<String, NftError> {
+        self.run(&["-j", "list", "table", family, super::TABLE], None)
+            .await
+    }
+}
+
+/// One call the fake saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NftCall {
+    Apply(String),
+    List(String),
+}
+
+/// A fake `Nft` recording every call; listings answer with a preset JSON (or "no table").
+#[derive(Debug, Clone, Default)]
+pub struct RecordingNft {
+    pub calls: Arc<Mutex<Vec<NftCall>>>,
+    pub listing: Arc<Mutex<Option<String>>>,
+}
+
+impl RecordingNft {
+    /// The scripts applied so far.
+    pub fn scripts(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|c| match c {
+                        NftCall::Apply(s) => Some(s.clone()),
+                        NftCall::List(_) => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Nft for RecordingNft {
+    async fn apply(&self, script: &str) -> Result<(), NftError> {
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(NftCall::Apply(script.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn list_table(&self, family: &str) -> Result<String, NftError> {
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(NftCall::List(family.to_string()));
+        }
+        let listing = self.listing.lock().ok().and_then(|l| l.clone());
+        Ok(listing.unwrap_or_else(|| r#"{"nftables": [{"metainfo": {}}]}"#.to_string()))
+    }
+}

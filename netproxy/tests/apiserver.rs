@@ -1,0 +1,220 @@
+//! The proxy end to end against the real apiserver tier (`NODELET_TEST_KUBECONFIG`, see
+//! tests/README.md): a selector-less Service and an EndpointSlice created through the
+//! API are watched, programmed into nft in a throwaway network namespace and reached
+//! through the ClusterIP the apiserver allocated; an endpoint removed through the API
+//! stops receiving connections. Needs root.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use nodelet_netproxy::Proxier;
+use nodelet_netproxy::model::{IpFamily, NodeTopology};
+use nodelet_netproxy::nft::RenderConfig;
+use nodelet_netproxy::nft::exec::NftCommand;
+use nodelet_netproxy::runner::Periods;
+use nodelet_netproxy::testing::{Ep, slice};
+use serde_json::json;
+use support::World;
+
+async fn client() -> Client {
+    let path = std::env::var("NODELET_TEST_KUBECONFIG").expect(
+        "NODELET_TEST_KUBECONFIG must name the real apiserver tier's admin kubeconfig (scripts/apiserver.sh start)",
+    );
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let kc = Kubeconfig::read_from(&path).expect("read kubeconfig");
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(cfg).expect("client")
+}
+
+/// Deletes the test's namespace when dropped (best effort, on a fresh runtime thread).
+struct NsGuard(Client, String);
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        let (client, name) = (self.0.clone(), self.1.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
+            rt.block_on(async {
+                let _ = Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::default())
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Connects until `ok` holds for the answer or `timeout` passes.
+fn wait_for(
+    w: &World,
+    ip: &str,
+    timeout: Duration,
+    ok: impl Fn(&std::io::Result<String>) -> bool,
+) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if ok(&w.connect(ip, 80)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_and_slices_from_the_apiserver_are_programmed() {
+    let client = client().await;
+    let ns = format!("proxytest-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
+        )
+        .await
+        .expect("create namespace");
+    let _guard = NsGuard(client.clone(), ns.clone());
+
+    let mut w = World::new();
+    w.route_services("10.96.0.0/16");
+    w.endpoint("10.180.0.21", 8080);
+    w.endpoint("10.180.0.22", 8080);
+
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+    .expect("service");
+    let svc = services
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service");
+    let vip = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("allocated ClusterIP");
+
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    let eps = |ips: &[&'static str]| -> EndpointSlice {
+        let eps: Vec<Ep<'_>> = ips
+            .iter()
+            .map(|ip| Ep {
+                ip,
+                node: "node-a",
+                ready: true,
+                terminating: false,
+            })
+            .collect();
+        let mut s = slice(&ns, "web", "web-1", "http", 8080, &eps);
+        s.metadata.labels.get_or_insert_default().insert(
+            "endpointslice.kubernetes.io/managed-by".into(),
+            "nodelet-test".into(),
+        );
+        s
+    };
+    slices
+        .create(
+            &PostParams::default(),
+            &eps(&["10.180.0.21", "10.180.0.22"]),
+        )
+        .await
+        .expect("create slice");
+
+    let mut cfg = RenderConfig::new(IpFamily::V4);
+    cfg.cluster_cidrs = vec!["10.180.0.0/16".parse().expect("cidr")];
+    let mut proxier = Proxier::new(
+        NftCommand::new().in_netns(&w.node),
+        cfg,
+        NodeTopology {
+            node_name: "node-a".into(),
+            zone: None,
+        },
+    );
+    let watch_client = client.clone();
+    let proxy = tokio::spawn(async move {
+        let periods = Periods {
+            min_sync_period: Duration::from_millis(100),
+            sync_period: Duration::from_secs(30),
+        };
+        nodelet_netproxy::watch::run_proxy(watch_client, &mut proxier, periods).await
+    });
+
+    let vip2 = vip.clone();
+    let w = tokio::task::spawn_blocking(move || {
+        assert!(
+            wait_for(&w, &vip2, Duration::from_secs(20), |r| r.is_ok()),
+            "the ClusterIP {vip2} never answered:\n{}",
+            w.table()
+        );
+        let counts = w.spread(&vip2, 80, 30);
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        w
+    })
+    .await
+    .expect("client");
+
+    // Remove one endpoint through the API.
+    let mut current = slices.get("web-1").await.expect("get slice");
+    current
+        .endpoints
+        .retain(|e| e.addresses.first().map(String::as_str) == Some("10.180.0.21"));
+    slices
+        .replace("web-1", &PostParams::default(), &current)
+        .await
+        .expect("replace slice");
+    let vip2 = vip.clone();
+    let w = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        // Until the change is programmed, then every connection reaches the one left.
+        let mut streak = 0;
+        while streak < 20 {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the removed endpoint kept receiving:\n{}",
+                w.table()
+            );
+            match w.connect(&vip2, 80) {
+                Ok(who) if who == "10.180.0.21" => streak += 1,
+                _ => streak = 0,
+            }
+        }
+        w
+    })
+    .await
+    .expect("client");
+
+    // Delete the service: its rules go.
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete service");
+    let vip2 = vip.clone();
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        while w.table().contains(&vip2) {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "rules of the deleted service stayed:\n{}",
+                w.table()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("client");
+    proxy.abort();
+}
