@@ -20,36 +20,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
 use kube::api::PostParams;
+use support::cluster::{admin_client, admin_kubeconfig, kubectl};
 use support::{BUSYBOX, World, phase, wait_for};
-
-fn admin_kubeconfig() -> PathBuf {
-    let path = std::env::var_os("NODELET_TEST_KUBECONFIG").unwrap_or_else(|| {
-        panic!(
-            "NODELET_TEST_KUBECONFIG is not set: start the test apiserver \
-             (NODELET_APISERVER_DIR=<dir> scripts/apiserver.sh start) and export \
-             NODELET_TEST_KUBECONFIG=<dir>/admin.kubeconfig, or run scripts/test.sh"
-        )
-    });
-    PathBuf::from(path)
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("/usr/bin/kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl")
-}
-
-async fn admin_client(kubeconfig: &Path) -> kube::Client {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("admin kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-        .await
-        .expect("admin config");
-    kube::Client::try_from(config).expect("admin client")
-}
 
 /// The apiserver URL (from the admin kubeconfig) and the CA file beside it.
 fn server_and_ca(admin: &Path) -> (String, PathBuf) {

@@ -53,6 +53,36 @@ impl Drop for TestNamespace {
     }
 }
 
+/// What every test here starts from: its turn at the apiserver, a joined World (the
+/// second value, dropped first so the agent stops before its Node is removed), an
+/// admin client and a namespace of its own.
+struct Setup {
+    kubeconfig: std::path::PathBuf,
+    client: kube::Client,
+    pods: Api<Pod>,
+    _ns: TestNamespace,
+    _cleanup: support::cluster::NodeCleanup,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+async fn setup() -> (Setup, World) {
+    let kubeconfig = admin_kubeconfig();
+    let turn = APISERVER.lock().await;
+    let (cleanup, w) = joined_world(&kubeconfig, &[]).await;
+    let client = admin_client(&kubeconfig).await;
+    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
+    let pods = Api::namespaced(client.clone(), &ns.name);
+    let setup = Setup {
+        kubeconfig,
+        client,
+        pods,
+        _ns: ns,
+        _cleanup: cleanup,
+        _turn: turn,
+    };
+    (setup, w)
+}
+
 /// A pod running `sh` that exits on SIGTERM, bound to `node` (or left to the
 /// scheduler, pinned to `node` by its hostname label).
 fn sleeper(name: &str, node: &str, bind: bool) -> Pod {
@@ -115,12 +145,8 @@ fn containers(w: &World) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bound_and_scheduled_pods_run_report_status_and_are_deleted_gracefully() {
-    let kubeconfig = admin_kubeconfig();
-    let _turn = APISERVER.lock().await;
-    let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
-    let client = admin_client(&kubeconfig).await;
-    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let (t, mut w) = setup().await;
+    let (client, pods) = (&t.client, &t.pods);
     let nodes: Api<Node> = Api::all(client.clone());
     w.start_agent().await;
     wait_ready(&nodes, &w.node, Duration::from_secs(60)).await;
@@ -243,12 +269,8 @@ async fn bound_and_scheduled_pods_run_report_status_and_are_deleted_gracefully()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_deleted_while_the_agent_was_down_are_cleaned_up_at_start() {
-    let kubeconfig = admin_kubeconfig();
-    let _turn = APISERVER.lock().await;
-    let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
-    let client = admin_client(&kubeconfig).await;
-    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let (t, mut w) = setup().await;
+    let pods = &t.pods;
     w.start_agent().await;
     for name in ["graceful", "forced", "kept"] {
         pods.create(&PostParams::default(), &sleeper(name, &w.node, true))
@@ -385,12 +407,8 @@ async fn a_static_pod_has_a_mirror_pod_that_comes_back_follows_and_goes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_the_node_cannot_take_are_rejected_with_upstream_reasons() {
-    let kubeconfig = admin_kubeconfig();
-    let _turn = APISERVER.lock().await;
-    let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
-    let client = admin_client(&kubeconfig).await;
-    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let (t, mut w) = setup().await;
+    let (client, pods) = (&t.client, &t.pods);
     let nodes: Api<Node> = Api::all(client.clone());
     w.start_agent().await;
     wait_ready(&nodes, &w.node, Duration::from_secs(60)).await;
@@ -465,12 +483,8 @@ fn restarts(p: &Pod) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_apiserver_outage_keeps_api_pods_running_and_their_status_catches_up() {
-    let kubeconfig = admin_kubeconfig();
-    let _turn = APISERVER.lock().await;
-    let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
-    let client = admin_client(&kubeconfig).await;
-    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let (t, mut w) = setup().await;
+    let (kubeconfig, pods) = (&t.kubeconfig, &t.pods);
     w.start_agent().await;
     for name in ["steady", "crashy"] {
         pods.create(&PostParams::default(), &sleeper(name, &w.node, true))

@@ -558,6 +558,11 @@ mod tests {
             );
         }
 
+        /// Answers the next request, a status patch of pod `pod-u1`.
+        async fn patch(handle: &mut Handle, code: u16, body: Body) {
+            answer(handle, Method::PATCH, "/pods/pod-u1/status", code, body).await;
+        }
+
         fn pod_body(p: &Pod) -> Body {
             Body::from(serde_json::to_vec(p).unwrap())
         }
@@ -582,30 +587,9 @@ mod tests {
         async fn throttled_and_failed_patches_are_retried_until_they_land() {
             let p = pod("u1", API_SOURCE);
             let (_store, mut handle, cancel) = start(vec![p.clone()]);
-            answer(
-                &mut handle,
-                Method::PATCH,
-                "/pods/pod-u1/status",
-                429,
-                status_body(429, "TooManyRequests"),
-            )
-            .await;
-            answer(
-                &mut handle,
-                Method::PATCH,
-                "/pods/pod-u1/status",
-                500,
-                status_body(500, "InternalError"),
-            )
-            .await;
-            answer(
-                &mut handle,
-                Method::PATCH,
-                "/pods/pod-u1/status",
-                200,
-                pod_body(&p),
-            )
-            .await;
+            patch(&mut handle, 429, status_body(429, "TooManyRequests")).await;
+            patch(&mut handle, 500, status_body(500, "InternalError")).await;
+            patch(&mut handle, 200, pod_body(&p)).await;
             // Posted: nothing more until the status changes.
             tokio::time::sleep(Duration::from_secs(60)).await;
             assert!(
@@ -621,14 +605,7 @@ mod tests {
             let (_store, mut handle, cancel) = start(vec![p.clone()]);
             let (_req, stalled) = handle.next_request().await.expect("a request");
             // No answer: the request times out and the status is posted again.
-            answer(
-                &mut handle,
-                Method::PATCH,
-                "/pods/pod-u1/status",
-                200,
-                pod_body(&p),
-            )
-            .await;
+            patch(&mut handle, 200, pod_body(&p)).await;
             drop(stalled);
             cancel.cancel();
         }
@@ -638,23 +615,9 @@ mod tests {
             let mut p = pod("u1", API_SOURCE);
             p.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
             let (store, mut handle, cancel) = start(vec![p.clone()]);
-            answer(
-                &mut handle,
-                Method::PATCH,
-                "/pods/pod-u1/status",
-                200,
-                pod_body(&p),
-            )
-            .await;
+            patch(&mut handle, 200, pod_body(&p)).await;
             store.remove("u1");
-            answer(
-                &mut handle,
-                Method::PATCH,
-                "/pods/pod-u1/status",
-                200,
-                pod_body(&p),
-            )
-            .await;
+            patch(&mut handle, 200, pod_body(&p)).await;
             let (req, send) = handle.next_request().await.expect("the delete");
             assert_eq!(req.method(), Method::DELETE);
             let body = req.into_body().collect_bytes().await.unwrap();
