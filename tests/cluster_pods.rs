@@ -155,7 +155,7 @@ async fn bound_and_scheduled_pods_run_report_status_and_are_deleted_gracefully()
     pods.create(&PostParams::default(), &sleeper("web", &w.node, true))
         .await
         .expect("create the pod");
-    let pod = wait_running(&pods, "web", Duration::from_secs(60)).await;
+    let pod = wait_running(pods, "web", Duration::from_secs(60)).await;
     eprintln!(
         "figure: pod created in the API to Running and Ready in the API: {:?}",
         created.elapsed()
@@ -223,7 +223,7 @@ async fn bound_and_scheduled_pods_run_report_status_and_are_deleted_gracefully()
     )
     .await
     .expect("create the scheduled pod");
-    let scheduled = wait_running(&pods, "scheduled", Duration::from_secs(60)).await;
+    let scheduled = wait_running(pods, "scheduled", Duration::from_secs(60)).await;
     eprintln!(
         "figure: scheduled pod created to Running in the API: {:?}",
         created.elapsed()
@@ -245,7 +245,7 @@ async fn bound_and_scheduled_pods_run_report_status_and_are_deleted_gracefully()
     pods.delete("web", &DeleteParams::default())
         .await
         .expect("delete the pod");
-    wait_gone(&pods, "web", Duration::from_secs(30)).await;
+    wait_gone(pods, "web", Duration::from_secs(30)).await;
     eprintln!(
         "figure: pod deleted in the API to gone from the API: {:?}",
         deleted.elapsed()
@@ -279,7 +279,7 @@ async fn pods_deleted_while_the_agent_was_down_are_cleaned_up_at_start() {
     }
     let mut ids = std::collections::BTreeMap::new();
     for name in ["graceful", "forced", "kept"] {
-        let p = wait_running(&pods, name, Duration::from_secs(60)).await;
+        let p = wait_running(pods, name, Duration::from_secs(60)).await;
         ids.insert(name, container_id(&p).expect("id"));
     }
     assert!(w.stop_agent().is_some_and(|s| s.success()));
@@ -294,7 +294,7 @@ async fn pods_deleted_while_the_agent_was_down_are_cleaned_up_at_start() {
     assert!(pods.get_opt("graceful").await.expect("get").is_some());
 
     w.start_agent().await;
-    wait_gone(&pods, "graceful", Duration::from_secs(30)).await;
+    wait_gone(pods, "graceful", Duration::from_secs(30)).await;
     for gone in ["graceful", "forced"] {
         let id = ids[gone].trim_start_matches("containerd://").to_owned();
         wait_for(
@@ -309,7 +309,7 @@ async fn pods_deleted_while_the_agent_was_down_are_cleaned_up_at_start() {
         .await;
     }
     // The pod nobody deleted was adopted, not restarted.
-    let kept = wait_running(&pods, "kept", Duration::from_secs(30)).await;
+    let kept = wait_running(pods, "kept", Duration::from_secs(30)).await;
     assert_eq!(container_id(&kept).as_ref(), Some(&ids["kept"]));
     assert!(w.stop_agent().is_some_and(|s| s.success()));
 }
@@ -330,14 +330,14 @@ async fn a_static_pod_has_a_mirror_pod_that_comes_back_follows_and_goes() {
     let _turn = APISERVER.lock().await;
     let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
     let client = admin_client(&kubeconfig).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pods: &Api<Pod> = &Api::namespaced(client.clone(), "default");
     let nodes: Api<Node> = Api::all(client.clone());
     w.write_manifest("mirrored.yaml", &static_manifest("sleep 3600"));
     w.start_agent().await;
     let node = wait_ready(&nodes, &w.node, Duration::from_secs(60)).await;
     let name = format!("mirrored-{}", w.node);
 
-    let mirror = wait_running(&pods, &name, Duration::from_secs(60)).await;
+    let mirror = wait_running(pods, &name, Duration::from_secs(60)).await;
     let local = w.pod("mirrored").await.expect("the static pod");
     assert_eq!(
         annotation(&mirror, "kubernetes.io/config.mirror"),
@@ -378,7 +378,7 @@ async fn a_static_pod_has_a_mirror_pod_that_comes_back_follows_and_goes() {
     .await
     .metadata
     .uid;
-    wait_running(&pods, &name, Duration::from_secs(30)).await;
+    wait_running(pods, &name, Duration::from_secs(30)).await;
     let local_now = w.pod("mirrored").await.expect("the static pod");
     assert_eq!(container_id(&local_now), container_id(&local));
 
@@ -401,7 +401,7 @@ async fn a_static_pod_has_a_mirror_pod_that_comes_back_follows_and_goes() {
 
     // The manifest goes: so does the mirror pod.
     std::fs::remove_file(w.manifests.join("mirrored.yaml")).expect("remove the manifest");
-    wait_gone(&pods, &name, Duration::from_secs(60)).await;
+    wait_gone(pods, &name, Duration::from_secs(60)).await;
     assert!(w.stop_agent().is_some_and(|s| s.success()));
 }
 
@@ -466,7 +466,7 @@ async fn pods_the_node_cannot_take_are_rejected_with_upstream_reasons() {
     pods.create(&PostParams::default(), &sleeper("fits", &w.node, true))
         .await
         .expect("create");
-    wait_running(&pods, "fits", Duration::from_secs(60)).await;
+    wait_running(pods, "fits", Duration::from_secs(60)).await;
     assert!(w.stop_agent().is_some_and(|s| s.success()));
 }
 
@@ -491,10 +491,10 @@ async fn an_apiserver_outage_keeps_api_pods_running_and_their_status_catches_up(
             .await
             .expect("create");
     }
-    let steady = wait_running(&pods, "steady", Duration::from_secs(60)).await;
-    let crashy = wait_running(&pods, "crashy", Duration::from_secs(60)).await;
+    let steady = wait_running(pods, "steady", Duration::from_secs(60)).await;
+    let crashy = wait_running(pods, "crashy", Duration::from_secs(60)).await;
 
-    let down = ApiserverDown::stop(&kubeconfig);
+    let down = ApiserverDown::stop(kubeconfig);
     // A container dies during the outage: the agent restarts it on its own.
     let id = container_id(&crashy).expect("id");
     let id = id.trim_start_matches("containerd://");
