@@ -3,7 +3,9 @@
 //! hold it (`maxPods`, allocatable cpu, memory, ephemeral storage, huge pages and
 //! extended resources it has, against the requests of the pods already admitted),
 //! when its node selector or required node affinity doesn't match the node's labels,
-//! or (for pods from the apiserver) when it doesn't tolerate a `NoExecute` taint.
+//! when it is bound to another node or wants a host port another pod holds, when (for
+//! pods from the apiserver) it doesn't tolerate a `NoExecute` taint, or when its OS
+//! isn't this node's.
 //! Only the first failure is reported, with upstream's reason and message:
 //! `OutOfcpu` / `Node didn't have enough resource: cpu, requested: …, used: …,
 //! capacity: …`, `NodeAffinity` / `Predicate NodeAffinity failed`,
@@ -99,10 +101,78 @@ pub fn admit(node: &AdmitNode, pod: &Pod, others: &[&Pod]) -> Result<(), Rejecti
     if !matches_node(node, pod) {
         return Err(predicate("NodeAffinity"));
     }
+    let spec = pod.spec.as_ref();
+    if spec
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty() && n != node.name)
+    {
+        return Err(predicate("NodeName"));
+    }
+    if host_ports_conflict(pod, others) {
+        return Err(predicate("NodePorts"));
+    }
     if !is_static_pod(pod) && untolerated_no_execute(&node.taints, pod) {
         return Err(predicate("TaintToleration"));
     }
+    // Upstream's OS checks, after the general predicates.
+    let os_label = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernetes.io/os"));
+    if os_label.is_some_and(|os| os != "linux") {
+        return Err(Rejection {
+            reason: "PodOSSelectorNodeLabelDoesNotMatch".to_owned(),
+            message: "Failed to admit pod as the `kubernetes.io/os` label doesn't match node label"
+                .to_owned(),
+        });
+    }
+    if spec
+        .and_then(|s| s.os.as_ref())
+        .is_some_and(|os| os.name != "linux")
+    {
+        return Err(Rejection {
+            reason: "PodOSNotSupported".to_owned(),
+            message: "Failed to admit pod as the OS field doesn't match node OS".to_owned(),
+        });
+    }
     Ok(())
+}
+
+/// The `(protocol, hostIP, hostPort)` a pod's containers ask for.
+fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = p.host_port.filter(|p| *p > 0)?;
+            Some((
+                p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+                p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".to_owned()),
+                port,
+            ))
+        })
+        .collect()
+}
+
+/// Upstream's `NodePorts` predicate: a host port is taken when another pod uses
+/// it with the same protocol on the same host IP, or either side binds all IPs.
+fn host_ports_conflict(pod: &Pod, others: &[&Pod]) -> bool {
+    let wanted = host_ports(pod);
+    if wanted.is_empty() {
+        return false;
+    }
+    let used: Vec<_> = others.iter().flat_map(|p| host_ports(p)).collect();
+    wanted.iter().any(|(proto, ip, port)| {
+        used.iter().any(|(uproto, uip, uport)| {
+            uport == port && uproto == proto && (ip == uip || ip == "0.0.0.0" || uip == "0.0.0.0")
+        })
+    })
 }
 
 fn predicate(name: &str) -> Rejection {
@@ -418,6 +488,43 @@ mod tests {
             ]}}}}),
         );
         assert_eq!(admit(&n, &by_name, &[]), Ok(()));
+    }
+
+    #[test]
+    fn host_ports_node_name_and_os_are_checked() {
+        let n = node();
+        let web = |ip: Option<&str>| {
+            let mut port = serde_json::json!({"containerPort": 80, "hostPort": 8080});
+            if let Some(ip) = ip {
+                port["hostIP"] = ip.into();
+            }
+            pod(serde_json::json!({"containers": [{"name": "c", "image": "i", "ports": [port]}]}))
+        };
+        let first = web(None);
+        let r = admit(&n, &web(Some("127.0.0.1")), &[&first]).unwrap_err();
+        assert_eq!(
+            (r.reason.as_str(), r.message.as_str()),
+            ("NodePorts", "Predicate NodePorts failed")
+        );
+        let local = web(Some("127.0.0.1"));
+        assert_eq!(admit(&n, &web(Some("127.0.0.2")), &[&local]), Ok(()));
+        let elsewhere = pod(serde_json::json!({"containers": [], "nodeName": "n2"}));
+        assert_eq!(admit(&n, &elsewhere, &[]).unwrap_err().reason, "NodeName");
+        let mut windows = pod(serde_json::json!({"containers": [], "os": {"name": "windows"}}));
+        assert_eq!(
+            admit(&n, &windows, &[]).unwrap_err().reason,
+            "PodOSNotSupported"
+        );
+        windows.spec.as_mut().unwrap().os = None;
+        windows.metadata.labels = Some(
+            [("kubernetes.io/os".to_owned(), "windows".to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        assert_eq!(
+            admit(&n, &windows, &[]).unwrap_err().reason,
+            "PodOSSelectorNodeLabelDoesNotMatch"
+        );
     }
 
     #[test]
