@@ -270,10 +270,14 @@ async fn pod_and_node_events_reach_the_apiserver_deduplicated() {
         reason("NodeAllocatableEnforced").message.as_deref(),
         Some("Updated Node Allocatable limit across pods")
     );
+    // Upstream's node events are Normal; the one Warning, `EvictionThresholdMet`,
+    // shows only when this host is short of memory or disk while the test runs.
     assert!(
         node_events
             .iter()
-            .all(|e| e.type_.as_deref() == Some("Normal"))
+            .filter(|e| e.reason.as_deref() != Some("EvictionThresholdMet"))
+            .all(|e| e.type_.as_deref() == Some("Normal")),
+        "{node_events:?}"
     );
     let out = kubectl(
         &kubeconfig,
