@@ -68,6 +68,14 @@ async fn main() {
         .create(&PostParams::default(), &ns)
         .await
         .expect("create the namespace");
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &ns_name);
+    wait_for(
+        "the default ServiceAccount",
+        Duration::from_secs(60),
+        || async { accounts.get_opt("default").await.ok()? },
+    )
+    .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns_name);
     let nodes: Api<Node> = Api::all(client.clone());
     w.start_agent().await;

@@ -37,6 +37,16 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .expect("create the test namespace");
+        // The apiserver refuses pods until the controller-manager has made the
+        // namespace's `default` ServiceAccount (upstream's e2e framework waits too).
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        wait_for(
+            "the namespace's default ServiceAccount",
+            Duration::from_secs(60),
+            || async { accounts.get_opt("default").await.ok()? },
+        )
+        .await;
         Self {
             kubeconfig: kubeconfig.to_owned(),
             name,
