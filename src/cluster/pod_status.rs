@@ -125,12 +125,11 @@ pub fn plan(entry: &PodEntry, api: &ApiPods) -> Action {
     let (namespace, name) = ns_name(pod);
     let status = pod.status.clone().unwrap_or_default();
     if is_static_pod(pod) {
-        if entry.removed || !api.listed {
-            return if entry.removed {
-                Action::Nothing
-            } else {
-                Action::Wait
-            };
+        if entry.removed {
+            return Action::Nothing;
+        }
+        if !api.listed {
+            return Action::Wait;
         }
         let hash = pod
             .metadata
