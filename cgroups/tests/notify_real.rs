@@ -3,8 +3,13 @@
 //! which is missing, they never pass without running.
 //!
 //! - v1: a cgroup `/nodelet-notify-<pid>` in the memory hierarchy, a threshold of its
-//!   usage + 20 MiB, and a shell child that moves itself in and holds ~60 MB: the
-//!   notification must arrive. The latency from the child's start is printed.
+//!   usage + 20 MiB, and a shell child that moves itself in and writes 60 MB into a
+//!   tmpfs file (`/dev/shm`), which is charged to the cgroup and only grows: the
+//!   notification must arrive, and usage must be past the threshold when it does. The
+//!   latency from the child's start is printed. (Holding the 60 MB in a shell variable
+//!   instead made the test flaky: the shell grows its buffer by reallocation, so usage
+//!   crossed the threshold while old and new buffers both existed and fell back below
+//!   it, and the kernel signals crossings in both directions.)
 //! - v2: on a cgroup2 mount (the host's `/sys/fs/cgroup/unified`, or `/sys/fs/cgroup` on
 //!   a unified host), a PSI trigger on a cgroup's `memory.pressure` must register and
 //!   its fd be pollable.
@@ -38,6 +43,15 @@ impl Drop for CgroupGuard {
             }
         }
         eprintln!("could not remove {}", self.0.display());
+    }
+}
+
+/// Removes a file on drop (the tmpfs file whose pages are charged to the cgroup).
+struct FileGuard(PathBuf);
+
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -92,9 +106,13 @@ async fn v1_threshold_notification_arrives() {
     notifier.rearm_v1(threshold).expect("re-arm");
 
     let procs = dir.join("cgroup.procs");
+    let shm = PathBuf::from(format!("/dev/shm/nodelet-notify-{}", std::process::id()));
+    // Dropped before the cgroup guard: the file's pages are uncharged first.
+    let _shm = FileGuard(shm.clone());
     let script = format!(
-        "echo $$ > {}; x=$(head -c 60000000 /dev/zero | tr '\\0' a); sleep 30",
-        procs.display()
+        "echo $$ > {}; head -c 60000000 /dev/zero > {}; sleep 30",
+        procs.display(),
+        shm.display()
     );
     let start = Instant::now();
     let child = Command::new("sh")
