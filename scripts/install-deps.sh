@@ -4,12 +4,15 @@
 # bridge plugin's masquerade), busybox-static (the demo and test image) and protoc
 # (containerd's API is compiled from its .proto files), and for the tests a local
 # registry (docker-registry, htpasswd from apache2-utils, openssl) and dbus-daemon (the
-# systemd cgroup driver's tests run a fake systemd on a private bus). Idempotent; needs root.
+# systemd cgroup driver's tests run a fake systemd on a private bus), and for the package
+# tests lintian, rpm (rpm -qp) and debootstrap (a clean Debian root to install into).
+# Idempotent; needs root.
 set -euo pipefail
 
 packages=(containerd runc containernetworking-plugins nftables conntrack iproute2 iptables
   busybox-static protobuf-compiler util-linux procps curl
-  docker-registry apache2-utils openssl gzip dbus-daemon)
+  docker-registry apache2-utils openssl gzip dbus-daemon
+  lintian rpm debootstrap binutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -43,3 +43,6 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test (unit, integration, end-to-end, real apiserver)"
 cargo test --workspace
+echo "== packages (.deb and .rpm built and checked)"
+scripts/package.sh
+scripts/test-packages.sh

@@ -52,6 +52,23 @@ fn main() -> ExitCode {
             "kubelet config fields nodelet does not support are ignored"
         );
     }
+    // Completions and man pages come from the CLI definition alone.
+    match &cli.command {
+        Some(Command::Completion { shell }) => {
+            cmd::docs::completion(*shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man { dir }) => {
+            return match cmd::docs::man_pages(dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nodelet: writing man pages to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     // Validation needs no runtime: exit 0 when every pod is valid, 1 otherwise.
     if let Some(Command::Validate {
         paths,
@@ -115,7 +132,9 @@ fn main() -> ExitCode {
                 containerd_namespace,
             }) => image_cmd(command, &container_runtime_endpoint, &containerd_namespace).await,
             Some(Command::Proxy(args)) => cmd::proxy::run(*args).await,
-            Some(Command::Validate { .. }) => Ok(()),
+            Some(Command::Validate { .. } | Command::Completion { .. } | Command::Man { .. }) => {
+                Ok(())
+            }
         }
         .map(|()| ExitCode::SUCCESS)
     });

@@ -77,6 +77,18 @@ pub enum Command {
         #[arg(long, global = true, default_value = "k8s.io")]
         containerd_namespace: String,
     },
+    /// Print a shell completion script (`source <(nodelet completion bash)`).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (`nodelet.1` and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// Where the pages go (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// `nodelet run` flags: its own, plus the agent's runtime, CNI and directory flags.

@@ -1,6 +1,8 @@
 //! The CLI's tools besides the agent: `nodelet pods`, `nodelet proxy`, `nodelet run`,
+//! `nodelet completion`/`man`,
 //! `nodelet validate` (manifests, and `--config` files).
 
+pub mod docs;
 pub mod pods;
 pub mod proxy;
 pub mod run;

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Tests the packages scripts/package.sh built (run it first):
+# - the .deb: its files, modes, conffiles and dependencies; lintian with no errors;
+#   installed into a clean Debian root (debootstrap, cached in /var/cache/nodelet-test
+#   with the dependencies preinstalled): `nodelet --version` runs from /usr/bin, the unit
+#   is enabled but nothing started, the default config validates, the default pod network
+#   goes in only where none exists, nodelet-start picks kubeadm's files when `kubeadm
+#   join` left them; `dpkg -r` keeps the configs, `dpkg -P` removes them and
+#   /var/lib/nodelet;
+# - both unit files with `systemd-analyze verify`;
+# - the .rpm: files, scripts and dependencies with `rpm -qp`.
+# Every check that fails is reported and the script exits 1. Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cache=${NODELET_TEST_CACHE:-/var/cache/nodelet-test}
+deb=$(ls target/debian/nodelet_*.deb | head -n1)
+rpm=$(ls target/generate-rpm/nodelet-*.rpm | head -n1)
+failed=0
+ok() { echo "ok: $*"; }
+fail() { echo "FAIL: $*" >&2; failed=1; }
+check() { # description, command...
+  local what=$1
+  shift
+  if "$@" >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi
+}
+
+echo "== $deb"
+contents=$(dpkg-deb -c "$deb")
+for want in "-rwxr-xr-x root/root .* ./usr/bin/nodelet" \
+  "-rwxr-xr-x root/root .* ./usr/lib/nodelet/nodelet-start" \
+  "-rw-r--r-- root/root .* ./etc/nodelet/config.yaml" \
+  "-rw-r--r-- root/root .* ./etc/default/nodelet" \
+  "-rw-r--r-- root/root .* ./lib/systemd/system/nodelet.service" \
+  "-rw-r--r-- root/root .* ./lib/systemd/system/nodelet-proxy.service" \
+  "./usr/share/nodelet/cni/10-nodelet.conflist" \
+  "./usr/share/bash-completion/completions/nodelet" \
+  "./usr/share/man/man1/nodelet.1.gz" \
+  "./usr/share/man/man1/nodelet-proxy.1.gz"; do
+  if grep -Eq -- "$want" <<<"$contents"; then ok "deb has $want"; else fail "deb lacks $want"; fi
+done
+size=$(dpkg-deb -f "$deb" Installed-Size)
+echo "installed size: $((size / 1024)) MiB; package: $(($(stat -c %s "$deb") / 1048576)) MiB"
+depends=$(dpkg-deb -f "$deb" Depends)
+for dep in "containerd (>= 1.6)" runc containernetworking-plugins nftables conntrack iproute2; do
+  if grep -qF "$dep" <<<"$depends"; then ok "depends on $dep"; else fail "Depends lacks $dep: $depends"; fi
+done
+conffiles=$(dpkg-deb -I "$deb" conffiles)
+for c in /etc/nodelet/config.yaml /etc/default/nodelet; do
+  if grep -qx "$c" <<<"$conffiles"; then ok "conffile $c"; else fail "$c is not a conffile"; fi
+done
+echo "== lintian"
+if lintian --fail-on error --suppress-tags dir-or-file-in-opt "$deb"; then ok "lintian: no errors"; else fail "lintian reports errors"; fi
+
+echo "== systemd-analyze verify"
+if command -v systemd-analyze >/dev/null; then
+  units=$(mktemp -d)
+  cp packaging/systemd/*.service "$units/"
+  # verify resolves ExecStart: point it at files that exist here.
+  sed -i "s|/usr/lib/nodelet/nodelet-start|$PWD/packaging/bin/nodelet-start|; s|/usr/bin/nodelet|/bin/true|" "$units"/*.service
+  for u in "$units"/*.service; do
+    if out=$(systemd-analyze verify "$u" 2>&1) && ! grep -q "$(basename "$u")" <<<"$out"; then
+      ok "systemd-analyze verify $(basename "$u")"
+    else fail "systemd-analyze verify $(basename "$u"): $out"; fi
+  done
+  rm -rf "$units"
+else
+  echo "systemd-analyze is not installed: unit files not verified"
+fi
+
+echo "== install into a clean Debian root"
+base="$cache/debroot-bookworm.tar"
+if [ ! -s "$base" ]; then
+  tmp=$(mktemp -d)
+  debootstrap --variant=minbase \
+    --include=containerd,runc,containernetworking-plugins,nftables,conntrack,iproute2 \
+    bookworm "$tmp/root" http://deb.debian.org/debian >"$tmp/log" 2>&1 ||
+    { tail -20 "$tmp/log" >&2; rm -rf "$tmp"; exit 1; }
+  mkdir -p "$cache"
+  tar -C "$tmp/root" -cf "$base.part" .
+  mv "$base.part" "$base"
+  rm -rf "$tmp"
+fi
+root=$(mktemp -d /var/tmp/nodelet-pkgtest.XXXXXX)
+trap 'rm -rf "$root"' EXIT
+tar -C "$root" -xf "$base"
+cp "$deb" "$root/tmp/nodelet.deb"
+in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
+check "dpkg -i" in_root dpkg -i /tmp/nodelet.deb
+version=$(in_root /usr/bin/nodelet --version 2>&1 || true)
+if grep -q "^nodelet " <<<"$version"; then ok "nodelet --version from /usr/bin: $version"; else fail "nodelet --version: $version"; fi
+check "the unit is enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/nodelet.service"
+check "the proxy unit is not enabled" test ! -e "$root/etc/systemd/system/multi-user.target.wants/nodelet-proxy.service"
+check "the default config validates" in_root /usr/bin/nodelet validate --config /etc/nodelet/config.yaml
+check "the default pod network went in (none existed)" test -f "$root/etc/cni/net.d/10-nodelet.conflist"
+check "/etc/kubernetes/manifests exists" test -d "$root/etc/kubernetes/manifests"
+start=$(in_root sh -c 'NODELET_START_DRY_RUN=1 /usr/lib/nodelet/nodelet-start')
+if [ "$start" = "/usr/bin/nodelet --config=/etc/nodelet/config.yaml" ]; then ok "nodelet-start standalone: $start"; else fail "nodelet-start standalone: $start"; fi
+mkdir -p "$root/var/lib/kubelet" "$root/etc/kubernetes"
+echo "kind: KubeletConfiguration" >"$root/var/lib/kubelet/config.yaml"
+echo "apiVersion: v1" >"$root/etc/kubernetes/bootstrap-kubelet.conf"
+echo 'KUBELET_KUBEADM_ARGS="--container-runtime-endpoint=unix:///var/run/containerd/containerd.sock"' >"$root/var/lib/kubelet/kubeadm-flags.env"
+start=$(in_root sh -c 'NODELET_ARGS=--v=2 NODELET_START_DRY_RUN=1 /usr/lib/nodelet/nodelet-start')
+want="/usr/bin/nodelet --bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf --config=/var/lib/kubelet/config.yaml --container-runtime-endpoint=unix:///var/run/containerd/containerd.sock --v=2"
+if [ "$start" = "$want" ]; then ok "nodelet-start on a kubeadm-joined host"; else fail "nodelet-start on a kubeadm host: $start"; fi
+rm -rf "$root/var/lib/kubelet" "$root/etc/kubernetes/bootstrap-kubelet.conf"
+echo "# edited" >>"$root/etc/nodelet/config.yaml"
+mkdir -p "$root/var/lib/nodelet/pods"
+check "dpkg -r" in_root dpkg -r nodelet
+check "remove took the binary" test ! -e "$root/usr/bin/nodelet"
+check "remove kept the edited config" grep -q "# edited" "$root/etc/nodelet/config.yaml"
+check "remove kept /var/lib/nodelet" test -d "$root/var/lib/nodelet/pods"
+check "dpkg -P" in_root dpkg -P nodelet
+check "purge removed /etc/nodelet" test ! -e "$root/etc/nodelet/config.yaml"
+check "purge removed /var/lib/nodelet" test ! -e "$root/var/lib/nodelet"
+check "purge removed the pod network it installed" test ! -e "$root/etc/cni/net.d/10-nodelet.conflist"
+# A host with its own network keeps it, and gets none of ours.
+mkdir -p "$root/etc/cni/net.d"
+echo '{"cniVersion":"1.0.0","name":"admin","plugins":[{"type":"bridge"}]}' >"$root/etc/cni/net.d/05-admin.conflist"
+check "dpkg -i with a pod network in place" in_root dpkg -i /tmp/nodelet.deb
+check "ours did not go in beside the admin's" test ! -e "$root/etc/cni/net.d/10-nodelet.conflist"
+check "dpkg -P again" in_root dpkg -P nodelet
+check "purge left the admin's network" test -f "$root/etc/cni/net.d/05-admin.conflist"
+
+echo "== $rpm"
+files=$(rpm -qpl "$rpm" 2>/dev/null)
+for f in /usr/bin/nodelet /usr/lib/nodelet/nodelet-start /etc/nodelet/config.yaml \
+  /usr/lib/systemd/system/nodelet.service /usr/lib/systemd/system/nodelet-proxy.service \
+  /usr/share/man/man1/nodelet.1.gz /usr/share/bash-completion/completions/nodelet; do
+  if grep -qx "$f" <<<"$files"; then ok "rpm has $f"; else fail "rpm lacks $f"; fi
+done
+configs=$(rpm -qpc "$rpm" 2>/dev/null)
+if grep -qx /etc/nodelet/config.yaml <<<"$configs"; then ok "rpm config file"; else fail "rpm: config.yaml is not %config"; fi
+requires=$(rpm -qpR "$rpm" 2>/dev/null)
+for r in "containerd >= 1.6" runc containernetworking-plugins nftables conntrack-tools iproute; do
+  if grep -q "^$r" <<<"$requires"; then ok "rpm requires $r"; else fail "rpm requires lacks $r: $requires"; fi
+done
+scripts=$(rpm -qp --scripts "$rpm" 2>/dev/null)
+for s in "postinstall scriptlet" "preuninstall scriptlet" "postuninstall scriptlet"; do
+  if grep -q "$s" <<<"$scripts"; then ok "rpm has its $s"; else fail "rpm lacks its $s"; fi
+done
+
+if [ "$failed" = 0 ]; then echo "packages: all checks passed"; else echo "packages: checks failed" >&2; fi
+exit "$failed"
