@@ -254,7 +254,9 @@ impl Running {
             .await
             .expect("a snapshot in time")
             .expect("the source is running");
-        let SourceEvent::Snapshot { source, pods } = event;
+        let SourceEvent::Snapshot { source, pods } = event else {
+            panic!("a snapshot: {event:?}")
+        };
         assert_eq!(source, "http");
         pods
     }

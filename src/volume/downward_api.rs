@@ -92,6 +92,7 @@ fn value(item: &DownwardAPIVolumeFile, ctx: &PodContext<'_>) -> Result<String, S
                     pod_ips: ctx.pod_ips.join(","),
                     container: None,
                     capacity: ctx.capacity,
+                    env_objects: Default::default(),
                 };
                 field_ref(pod, other, &fields)
                     .ok_or_else(|| format!("unsupported fieldRef {other:?}"))

@@ -60,6 +60,7 @@ impl FileSource {
         let mut watch = Watch::new(wake_tx);
         let mut scanner = Some(Scanner::new(self.path.clone(), self.node_name));
         let mut sent: Option<Vec<Pod>> = None;
+        let mut sent_objects: Option<Vec<nodelet_manifests::ApiObject>> = None;
         let mut ticker = tokio::time::interval(self.rescan.max(MIN_RESCAN));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await; // The first tick is immediate; the first scan is below.
@@ -83,7 +84,23 @@ impl FileSource {
             };
             let newly_watched = watch.follow(&self.path);
             let pods = current.pods();
+            let objects = current.objects();
             scanner = Some(current);
+            // The objects go first, so pods that use them find them.
+            if sent_objects.as_ref() != Some(&objects)
+                && !(sent_objects.is_none() && objects.is_empty())
+            {
+                debug!(path = %self.path.display(), objects = objects.len(), "configMap and secret documents changed");
+                sent_objects = Some(objects.clone());
+                let event = SourceEvent::Objects {
+                    source: FILE_SOURCE,
+                    objects,
+                };
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    result = tx.send(event) => if result.is_err() { return },
+                }
+            }
             if sent.as_ref() != Some(&pods) {
                 debug!(path = %self.path.display(), pods = pods.len(), "static pods changed");
                 sent = Some(pods.clone());
@@ -356,7 +373,9 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let SourceEvent::Snapshot { pods, .. } = next;
+        let SourceEvent::Snapshot { pods, .. } = next else {
+            panic!("a snapshot: {next:?}")
+        };
         assert_eq!(names(&pods), ["web-node1"]);
         cancel.cancel();
         task.await.unwrap();
