@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use nodelet_cri::runtime::Runtime as _;
 use support::cluster::{admin_client, admin_kubeconfig, joined_world, kubectl, wait_ready};
 use support::{BUSYBOX, World, phase, wait_for};
 
