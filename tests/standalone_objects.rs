@@ -83,7 +83,10 @@ async fn static_pods_use_config_map_and_secret_documents_and_follow_edits() {
     let id = container_id(&pod).unwrap();
     assert_eq!(sh(&w, &id, "cat /cfg/greeting").await, "hello");
     assert_eq!(sh(&w, &id, "cat /sec/password").await, "hunter2");
-    assert_eq!(sh(&w, &id, "stat -L -c %a /sec/password").await.trim(), "400");
+    assert_eq!(
+        sh(&w, &id, "stat -L -c %a /sec/password").await.trim(),
+        "400"
+    );
     let env = sh(&w, &id, "env").await;
     assert!(env.lines().any(|l| l == "CFG_mode=fast"), "{env}");
     assert!(env.lines().any(|l| l == "PW=hunter2"), "{env}");

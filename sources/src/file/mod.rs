@@ -270,6 +270,7 @@ mod tests {
                             return pods;
                         }
                     }
+                    Ok(Some(SourceEvent::Objects { .. })) => {}
                     Ok(None) => panic!("source stopped while waiting for {what}"),
                     Err(_) => panic!("no snapshot with {what} within a second"),
                 }
@@ -331,6 +332,50 @@ mod tests {
         source
             .until("web removed", |p| names(p) == ["other-node1"])
             .await;
+        source.stop().await;
+    }
+
+    #[tokio::test]
+    async fn config_map_and_secret_documents_go_before_the_pods() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {k: v}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\nstringData: {p: x}\n";
+        fs::write(
+            dir.path().join("a.yaml"),
+            format!("{objects}---\n{}", manifest("web", "x:1")),
+        )
+        .unwrap();
+        let mut source = Running::start(dir.path());
+        let first = tokio::time::timeout(Duration::from_secs(1), source.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let SourceEvent::Objects {
+            source: from,
+            objects,
+        } = first
+        else {
+            panic!("the objects first: {first:?}")
+        };
+        assert_eq!(from, "file");
+        assert_eq!(objects.len(), 2);
+        let nodelet_manifests::ApiObject::Secret(secret) = &objects[1] else {
+            panic!("a secret: {objects:?}")
+        };
+        assert_eq!(secret.data.as_ref().unwrap()["p"].0, b"x");
+        source.until("web", |p| names(p) == ["web-node1"]).await;
+        // The objects removed, the pod kept: an empty set is sent.
+        fs::write(dir.path().join("a.yaml"), manifest("web", "x:1")).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(1), source.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next,
+            SourceEvent::Objects {
+                source: "file",
+                objects: vec![]
+            }
+        );
         source.stop().await;
     }
 
