@@ -11,7 +11,16 @@
 //! [`VolumeManager::setup`] redoes a volume when the pod's spec, labels or annotations
 //! changed, when [`VolumeManager::invalidate`] forced it, or when its plugin's
 //! `needs_update` says so (API content older than the 60 s sync period, a token past
-//! 80% of its life); the atomic writer then writes only what changed.
+//! 80% of its life); the atomic writer then writes only what changed. A source that
+//! announces changed objects ([`ObjectSource::subscribe`]) gets the pods referencing
+//! them re-read and woken at once ([`follow_changes`]); a failed setup is retried with
+//! upstream's back-off ([`VolumeManager::retry_in`]).
+//!
+//! fsGroup: the kinds here get upstream's `SetVolumeOwnership` on what they write
+//! (group owner, setgid directories, group read for read-only kinds) whatever the
+//! pod's `fsGroupChangePolicy`, as upstream's emptyDir, configMap, secret, projected
+//! and downwardAPI plugins pass no policy (it applies to persistent volumes); hostPath
+//! is never re-owned.
 
 mod atomic_writer;
 mod config_map;

@@ -423,3 +423,77 @@ async fn projected_errors_aggregate_and_static_objects_issue_no_tokens() {
     manager.teardown(UID).expect("teardown");
     assert_eq!(mounted(dir.path()), 0);
 }
+
+#[tokio::test]
+async fn a_changed_object_invalidates_the_pods_using_it_and_failures_back_off() {
+    let f = fixture();
+    let mut p = pod(vec![cm_volume("cfg", None, None)]);
+    if let Some(spec) = p.spec.as_mut() {
+        spec.containers = vec![
+            serde_json::from_value(serde_json::json!({
+                "name": "c",
+                "envFrom": [{"secretRef": {"name": "env-secret"}}],
+                "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "env-cm", "key": "k"}}}]
+            }))
+            .expect("container"),
+        ];
+    }
+    let refs = references(&p);
+    let key = |kind, name: &str| ObjectKey {
+        kind,
+        namespace: "prod".into(),
+        name: name.into(),
+    };
+    for k in [
+        key("configmap", "cfg"),
+        key("secret", "env-secret"),
+        key("configmap", "env-cm"),
+    ] {
+        assert!(refs.contains(&k), "{k:?} in {refs:?}");
+    }
+    assert_eq!(refs.len(), 3);
+
+    // Missing: each failure doubles the wait, from 500 ms.
+    assert_eq!(f.manager.retry_in(UID), Duration::ZERO);
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let _ = f.manager.setup(&ctx(&p)).await;
+        waits.push(f.manager.retry_in(UID));
+    }
+    assert_eq!(
+        waits,
+        [
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+            Duration::from_secs(2)
+        ]
+    );
+    for _ in 0..20 {
+        let _ = f.manager.setup(&ctx(&p)).await;
+    }
+    assert_eq!(f.manager.retry_in(UID), Duration::from_secs(122));
+
+    // Created: its announcement names this pod, and the next setup succeeds.
+    f.issuer
+        .objects
+        .set_config_map(config_map("cfg", &[("a", "1")]));
+    assert_eq!(f.manager.object_changed(&key("configmap", "cfg")), [UID]);
+    assert!(
+        f.manager
+            .object_changed(&key("configmap", "other"))
+            .is_empty()
+    );
+    let paths = f.manager.setup(&ctx(&p)).await.expect("set up");
+    assert_eq!(f.manager.retry_in(UID), Duration::ZERO);
+    assert_eq!(read(&paths["cfg"].join("a")), "1");
+
+    // Changed within the sync period: an announcement makes the next setup re-read.
+    f.issuer
+        .objects
+        .set_config_map(config_map("cfg", &[("a", "2")]));
+    f.manager.setup(&ctx(&p)).await.expect("set up");
+    assert_eq!(read(&paths["cfg"].join("a")), "1", "the sync period holds");
+    assert_eq!(f.manager.object_changed_all(), [UID]);
+    f.manager.setup(&ctx(&p)).await.expect("set up");
+    assert_eq!(read(&paths["cfg"].join("a")), "2");
+}
