@@ -68,12 +68,12 @@ impl EnvObjects {
                 Some(r.name.clone())
             }));
         for name in cm_names {
-            if !out.config_maps.contains_key(&name) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = out.config_maps.entry(name) {
                 let got = objects
-                    .config_map(namespace, &name)
+                    .config_map(namespace, slot.key())
                     .await
                     .map_err(|e| ConfigError::Object(e.to_string()))?;
-                out.config_maps.insert(name, got);
+                slot.insert(got);
             }
         }
         let secret_names = from
@@ -83,12 +83,12 @@ impl EnvObjects {
                 Some(r.name.clone())
             }));
         for name in secret_names {
-            if !out.secrets.contains_key(&name) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = out.secrets.entry(name) {
                 let got = objects
-                    .secret(namespace, &name)
+                    .secret(namespace, slot.key())
                     .await
                     .map_err(|e| ConfigError::Object(e.to_string()))?;
-                out.secrets.insert(name, got);
+                slot.insert(got);
             }
         }
         Ok(out)

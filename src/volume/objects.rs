@@ -360,7 +360,7 @@ mod tests {
             .expect("secret"),
         );
         objects.replace_source("file", vec![cm("a", "1"), secret.clone()]);
-        let mut got = vec![rx.try_recv().expect("a"), rx.try_recv().expect("s")];
+        let mut got = [rx.try_recv().expect("a"), rx.try_recv().expect("s")];
         got.sort_by(|x, y| x.name.cmp(&y.name));
         assert_eq!((got[0].kind, got[0].name.as_str()), ("configmap", "a"));
         assert_eq!((got[1].kind, got[1].namespace.as_str()), ("secret", "ns"));

@@ -221,7 +221,7 @@ impl<R: Runtime> PodWorker<R> {
                 path: term_log.display().to_string(),
                 reason: e.to_string(),
             })
-            .and_then(|()| env_objects)
+            .and(env_objects)
             .and_then(|env_objects| {
                 let fields = FieldValues {
                     node_name: self.env.node_name.clone(),
