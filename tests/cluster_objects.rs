@@ -4,7 +4,9 @@
 //! pod whose ConfigMap is missing waits in `ContainerCreating` with upstream's
 //! `FailedMount` event and starts once the ConfigMap is created; an edit of the
 //! ConfigMap reaches the mounted file (not the `subPath` one); fsGroup owns the
-//! files. Needs `NODELET_TEST_KUBECONFIG` (see `support::cluster`) and the test
+//! files; the `kube-api-access` token is a JWT the apiserver's TokenReview accepts,
+//! bound to the pod; a projected volume with all four sources; a secret's items and
+//! modes on tmpfs; a label change reaching a downwardAPI file. Needs `NODELET_TEST_KUBECONFIG` (see `support::cluster`) and the test
 //! containerd.
 
 mod support;
@@ -346,5 +348,136 @@ async fn a_missing_config_map_holds_the_pod_until_created_and_edits_reach_the_vo
     );
     // A subPath mount keeps what it was started with, as upstream's.
     assert_eq!(sh(&w, &id, "cat /pinned").await, "hello");
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_account_tokens_projected_volumes_and_secret_modes() {
+    use k8s_openapi::api::authentication::v1::TokenReview;
+    let kubeconfig = admin_kubeconfig();
+    let _turn = APISERVER.lock().await;
+    let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
+    let client = admin_client(&kubeconfig).await;
+    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pp = PostParams::default();
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(
+            &pp,
+            &from_json(serde_json::json!({
+                "metadata": {"name": "keys"},
+                "stringData": {"id": "abc", "other": "x"}
+            })),
+        )
+        .await
+        .expect("secret");
+    Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+        .create(
+            &pp,
+            &from_json(serde_json::json!({"metadata": {"name": "conf"}, "data": {"c": "1"}})),
+        )
+        .await
+        .expect("configmap");
+    w.start_agent().await;
+    wait_ready(&nodes, &w.node, Duration::from_secs(60)).await;
+    // The apiserver's ServiceAccount admission adds the kube-api-access volume.
+    let pod: Pod = from_json(serde_json::json!({
+        "metadata": {"name": "tokens", "labels": {"app": "t"}},
+        "spec": {
+            "nodeName": w.node, "terminationGracePeriodSeconds": 1,
+            "volumes": [
+                {"name": "sec", "secret": {"secretName": "keys", "defaultMode": 0o440,
+                    "items": [{"key": "id", "path": "dir/id", "mode": 0o400}]}},
+                {"name": "all", "projected": {"sources": [
+                    {"configMap": {"name": "conf"}},
+                    {"secret": {"name": "keys", "items": [{"key": "other", "path": "other"}]}},
+                    {"downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+                    {"serviceAccountToken": {"path": "aud-token", "audience": "example.com", "expirationSeconds": 3600}}
+                ]}}
+            ],
+            "containers": [{
+                "name": "main", "image": BUSYBOX,
+                "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
+                "volumeMounts": [
+                    {"name": "sec", "mountPath": "/sec"},
+                    {"name": "all", "mountPath": "/all"}
+                ]
+            }]
+        }
+    }));
+    pods.create(&pp, &pod).await.expect("pod");
+    let running = wait_running(&pods, "tokens", Duration::from_secs(60)).await;
+    let id = container_id(&running).expect("id");
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    assert_eq!(sh(&w, &id, &format!("cat {sa}/namespace")).await, ns.name);
+    let ca = sh(&w, &id, &format!("cat {sa}/ca.crt")).await;
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    let token = sh(&w, &id, &format!("cat {sa}/token")).await;
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    // The apiserver accepts the token, bound to this pod.
+    let review: TokenReview = from_json(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": token}
+    }));
+    let reviewed = Api::<TokenReview>::all(client.clone())
+        .create(&pp, &review)
+        .await
+        .expect("token review");
+    let status = reviewed.status.expect("status");
+    assert_eq!(status.authenticated, Some(true), "{status:?}");
+    let user = status.user.expect("user");
+    assert_eq!(
+        user.username.as_deref(),
+        Some(format!("system:serviceaccount:{}:default", ns.name).as_str())
+    );
+    let extra = user.extra.unwrap_or_default();
+    assert_eq!(
+        extra.get("authentication.kubernetes.io/pod-name"),
+        Some(&vec!["tokens".to_owned()])
+    );
+    // The projected token has its own audience: the apiserver's own audience refuses it.
+    let aud_token = sh(&w, &id, "cat /all/aud-token").await;
+    assert_ne!(aud_token, token);
+    let review: TokenReview = from_json(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": aud_token, "audiences": ["example.com"]}
+    }));
+    let reviewed = Api::<TokenReview>::all(client.clone())
+        .create(&pp, &review)
+        .await
+        .expect("token review");
+    let status = reviewed.status.expect("status");
+    assert_eq!(status.authenticated, Some(true), "{status:?}");
+    assert_eq!(status.audiences, Some(vec!["example.com".to_owned()]));
+
+    // The projected volume's other sources.
+    assert_eq!(sh(&w, &id, "cat /all/c").await, "1");
+    assert_eq!(sh(&w, &id, "cat /all/other").await, "x");
+    assert_eq!(sh(&w, &id, "cat /all/labels").await, "app=\"t\"");
+    // The secret: only the item asked for, with its mode, on tmpfs.
+    assert_eq!(sh(&w, &id, "ls /sec").await.trim(), "dir");
+    assert_eq!(sh(&w, &id, "cat /sec/dir/id").await, "abc");
+    assert_eq!(sh(&w, &id, "stat -L -c %a /sec/dir/id").await.trim(), "400");
+    let mounts = sh(&w, &id, "cat /proc/mounts").await;
+    assert!(
+        mounts.lines().any(|l| l.starts_with("tmpfs /sec ")),
+        "{mounts}"
+    );
+    // A label change reaches the downwardAPI file.
+    pods.patch(
+        "tokens",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"app": "u"}}})),
+    )
+    .await
+    .expect("relabel");
+    wait_for(
+        "the new label in the volume",
+        Duration::from_secs(30),
+        || async { (sh(&w, &id, "cat /all/labels").await == "app=\"u\"").then_some(()) },
+    )
+    .await;
     assert!(w.stop_agent().is_some_and(|s| s.success()));
 }
