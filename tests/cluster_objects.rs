@@ -6,7 +6,8 @@
 //! ConfigMap reaches the mounted file (not the `subPath` one); fsGroup owns the
 //! files; the `kube-api-access` token is a JWT the apiserver's TokenReview accepts,
 //! bound to the pod; a projected volume with all four sources; a secret's items and
-//! modes on tmpfs; a label change reaching a downwardAPI file. Needs `NODELET_TEST_KUBECONFIG` (see `support::cluster`) and the test
+//! modes on tmpfs; a label change reaching a downwardAPI file; an immutable
+//! ConfigMap no longer followed. Needs `NODELET_TEST_KUBECONFIG` (see `support::cluster`) and the test
 //! containerd.
 
 mod support;
@@ -479,5 +480,82 @@ async fn service_account_tokens_projected_volumes_and_secret_modes() {
         || async { (sh(&w, &id, "cat /all/labels").await == "app=\"u\"").then_some(()) },
     )
     .await;
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_immutable_config_map_is_not_followed() {
+    let kubeconfig = admin_kubeconfig();
+    let _turn = APISERVER.lock().await;
+    let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
+    let client = admin_client(&kubeconfig).await;
+    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let pp = PostParams::default();
+    let cm = |name: &str, value: &str, immutable: bool| -> ConfigMap {
+        from_json(serde_json::json!({
+            "metadata": {"name": name}, "data": {"v": value}, "immutable": immutable
+        }))
+    };
+    config_maps
+        .create(&pp, &cm("fixed", "one", true))
+        .await
+        .expect("configmap");
+    config_maps
+        .create(&pp, &cm("moving", "one", false))
+        .await
+        .expect("configmap");
+    w.start_agent().await;
+    wait_ready(&nodes, &w.node, Duration::from_secs(60)).await;
+    let pod: Pod = from_json(serde_json::json!({
+        "metadata": {"name": "reader"},
+        "spec": {
+            "nodeName": w.node, "terminationGracePeriodSeconds": 1,
+            "volumes": [
+                {"name": "fixed", "configMap": {"name": "fixed"}},
+                {"name": "moving", "configMap": {"name": "moving"}}
+            ],
+            "containers": [{
+                "name": "main", "image": BUSYBOX,
+                "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
+                "volumeMounts": [
+                    {"name": "fixed", "mountPath": "/fixed"},
+                    {"name": "moving", "mountPath": "/moving"}
+                ]
+            }]
+        }
+    }));
+    pods.create(&pp, &pod).await.expect("pod");
+    let running = wait_running(&pods, "reader", Duration::from_secs(60)).await;
+    let id = container_id(&running).expect("id");
+    assert_eq!(sh(&w, &id, "cat /fixed/v /moving/v").await, "oneone");
+
+    // An immutable object can only be replaced: deleted and created again. The
+    // agent stopped following it once it saw it immutable (upstream's manager
+    // too), so the volume keeps what it had while the mutable one follows.
+    config_maps
+        .delete("fixed", &Default::default())
+        .await
+        .expect("delete");
+    config_maps
+        .create(&pp, &cm("fixed", "two", false))
+        .await
+        .expect("recreate");
+    config_maps
+        .patch(
+            "moving",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"data": {"v": "two"}})),
+        )
+        .await
+        .expect("edit");
+    wait_for("the mutable edit", Duration::from_secs(30), || async {
+        (sh(&w, &id, "cat /moving/v").await == "two").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sh(&w, &id, "cat /fixed/v").await, "one");
     assert!(w.stop_agent().is_some_and(|s| s.success()));
 }
