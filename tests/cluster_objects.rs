@@ -327,6 +327,10 @@ async fn a_missing_config_map_holds_the_pod_until_created_and_edits_reach_the_vo
     assert_eq!(stat.trim(), "4321 644", "{stat}");
     let groups = sh(&w, &id, "id -G").await;
     assert!(groups.split_whitespace().any(|g| g == "4321"), "{groups}");
+    // The service account token belongs to the user every container runs as.
+    let token = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+    let stat = sh(&w, &id, &format!("stat -L -c '%u %g %a' {token}")).await;
+    assert_eq!(stat.trim(), "1000 4321 640", "{stat}");
 
     let edited = Instant::now();
     config_maps

@@ -65,6 +65,7 @@ pub(crate) fn collect(
                     FileProjection {
                         data: data.into_bytes(),
                         mode,
+                        owner: None,
                     },
                 );
             }

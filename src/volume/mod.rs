@@ -89,6 +89,36 @@ impl PodContext<'_> {
         self.pod.metadata.namespace.as_deref().unwrap_or("default")
     }
 
+    /// Upstream's `FsUserFrom`: the user every container (init and ephemeral too)
+    /// runs as, when they all say the same one; `None` when one doesn't say or two
+    /// differ.
+    fn fs_user(&self) -> Option<u32> {
+        let spec = self.pod.spec.as_ref()?;
+        let pod_user = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+        let users = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .map(|c| c.security_context.as_ref().and_then(|s| s.run_as_user))
+            .chain(
+                spec.ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .map(|c| c.security_context.as_ref().and_then(|s| s.run_as_user)),
+            )
+            .map(|u| u.or(pod_user));
+        let mut found = None;
+        for user in users {
+            let user = user?;
+            if found.is_some_and(|f| f != user) {
+                return None;
+            }
+            found = Some(user);
+        }
+        found.and_then(|u| u32::try_from(u).ok())
+    }
+
     fn fs_group(&self) -> Option<u32> {
         self.pod
             .spec

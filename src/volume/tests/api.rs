@@ -497,3 +497,50 @@ async fn a_changed_object_invalidates_the_pods_using_it_and_failures_back_off() 
     f.manager.setup(&ctx(&p)).await.expect("set up");
     assert_eq!(read(&paths["cfg"].join("a")), "2");
 }
+
+#[tokio::test]
+async fn a_projected_token_belongs_to_the_user_every_container_runs_as() {
+    let f = fixture();
+    let v = Volume {
+        name: "tok".into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o644),
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    path: "token".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    };
+    let mut p = pod(vec![v]);
+    let container = |name: &str, user: Option<i64>| -> k8s_openapi::api::core::v1::Container {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "securityContext": {"runAsUser": user}
+        }))
+        .expect("container")
+    };
+    if let Some(spec) = p.spec.as_mut() {
+        spec.security_context = Some(PodSecurityContext {
+            run_as_user: Some(1000),
+            ..Default::default()
+        });
+        spec.init_containers = Some(vec![container("init", Some(1000))]);
+        spec.containers = vec![container("a", None), container("b", None)];
+    }
+    let paths = f.manager.setup(&ctx(&p)).await.expect("setup");
+    let meta = fs::metadata(paths["tok"].join("token")).expect("stat");
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (1000, 0o600));
+
+    // Two users: nobody owns it but root, with the volume's mode.
+    if let Some(spec) = p.spec.as_mut() {
+        spec.containers[1] = container("b", Some(2000));
+    }
+    f.manager.invalidate(UID);
+    let paths = f.manager.setup(&ctx(&p)).await.expect("setup");
+    let meta = fs::metadata(paths["tok"].join("token")).expect("stat");
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o644));
+}
