@@ -229,9 +229,17 @@ pub async fn start(
     // from documents beside the pods once a source provides them (issue 12). One
     // source for volumes and pull secrets alike.
     let objects: Arc<dyn crate::volume::ObjectSource> = match &cluster {
-        Some(c) => Arc::new(crate::cluster::objects::ApiObjects::new(c.client.clone())),
+        Some(c) => {
+            let api = crate::cluster::objects::ApiObjects::new(c.client.clone());
+            tasks.spawn(api.clone().watch_services(cancel.clone()));
+            Arc::new(api)
+        }
         None => Arc::new(crate::volume::StaticObjects::new()),
     };
+    let volumes = Arc::new(crate::volume::VolumeManager::new(
+        args.root_dir.join("pods"),
+        Arc::clone(&objects),
+    ));
     let env = Arc::new(WorkerEnv {
         runtime: Arc::clone(&runtime),
         root_dir: args.root_dir.clone(),
@@ -261,10 +269,7 @@ pub async fn start(
             .with_objects(Arc::clone(&objects)),
         ),
         capacity: crate::pod::podspec::NodeCapacity::from_capacity(&node_resources.capacity),
-        volumes: Arc::new(crate::volume::VolumeManager::new(
-            args.root_dir.join("pods"),
-            Arc::clone(&objects),
-        )),
+        volumes: Arc::clone(&volumes),
         events,
         statuses: Arc::clone(&status_store),
         // Upstream's prober manager `start`.
@@ -403,6 +408,15 @@ pub async fn start(
         manager = manager.without_orphan_cleanup();
     }
     let (routed_tx, routed_rx) = mpsc::channel(256);
+    // A changed ConfigMap or Secret reaches the pods using it at once.
+    if let Some(changes) = objects.subscribe() {
+        tasks.spawn(crate::volume::follow_changes(
+            Arc::clone(&volumes),
+            changes,
+            routed_tx.clone(),
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(crate::pod::router::run(
         Arc::clone(&runtime),
         event_rx,

@@ -5,6 +5,8 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::parse::ApiObject;
+
 /// What a pod source tells the pod config.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceEvent {
@@ -14,5 +16,14 @@ pub enum SourceEvent {
         source: &'static str,
         /// The pods, in the source's order.
         pods: Vec<Pod>,
+    },
+    /// The complete set of ConfigMaps and Secrets this source holds now (documents
+    /// beside its pods), replacing the previous set; sent before the snapshot of
+    /// the pods that use them.
+    Objects {
+        /// The source's name.
+        source: &'static str,
+        /// The objects, defaulted and valid.
+        objects: Vec<ApiObject>,
     },
 }

@@ -14,6 +14,7 @@ pub mod defaults;
 pub mod event;
 pub mod identity;
 pub mod limits;
+pub mod objects;
 pub mod parse;
 pub mod quantity;
 pub mod static_pod;
@@ -27,7 +28,7 @@ pub use identity::{
     is_mirror_pod, is_static_pod, keep_first_seen, pod_uid, rfc3339_nanos, suffixed_name,
 };
 pub use limits::{LimitError, MAX_DOCUMENTS, MAX_MANIFEST_BYTES, MAX_NESTING, MAX_NODES};
-pub use parse::{Document, Location, ParseError, ParseErrorReason, parse_manifests};
+pub use parse::{ApiObject, Document, Location, ParseError, ParseErrorReason, parse_manifests};
 pub use quantity::{Quantity, QuantityError};
 pub use static_pod::{
     FileLoad, ManifestError, apply_static_identity, load_pods_at, load_static_pods,

@@ -1,11 +1,12 @@
 //! Parsing manifest files into documents: YAML or JSON, several YAML documents
 //! per file (`---`), `kind: List` / `kind: PodList` expanded into their items.
 //!
-//! Only `apiVersion: v1, kind: Pod` documents are decoded into a [`Pod`]; other
-//! kinds come back undecoded so the caller can report and skip them, as the
-//! kubelet's file source does.
+//! `apiVersion: v1` documents of kind `Pod` are decoded into a [`Pod`], and of kinds
+//! `ConfigMap` and `Secret` (which standalone pods may mount and reference, beyond
+//! upstream) into theirs; other kinds come back undecoded so the caller can report
+//! and skip them, as the kubelet's file source does.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use serde::Deserialize as _;
 use serde_json::Value;
 
@@ -23,6 +24,17 @@ pub struct Document {
     pub api_version: String,
     /// The decoded pod, present only for `apiVersion: v1, kind: Pod`.
     pub pod: Option<Pod>,
+    /// A `v1 ConfigMap` or `v1 Secret`.
+    pub object: Option<ApiObject>,
+}
+
+/// A ConfigMap or Secret document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiObject {
+    /// A `v1 ConfigMap`.
+    ConfigMap(ConfigMap),
+    /// A `v1 Secret`.
+    Secret(Secret),
 }
 
 /// A line and column in the file, both counting from 1.
@@ -72,6 +84,14 @@ pub enum ParseErrorReason {
     /// A `v1 Pod` whose fields have the wrong types.
     #[error("invalid Pod: {0}")]
     InvalidPod(String),
+    /// A `v1 ConfigMap` or `v1 Secret` whose fields have the wrong types.
+    #[error("invalid {kind}: {reason}")]
+    InvalidObject {
+        /// `ConfigMap` or `Secret`.
+        kind: &'static str,
+        /// The decoder's message.
+        reason: String,
+    },
     /// A resource limit of [`crate::limits`] was crossed.
     #[error("{limit}{}", at_text(.at))]
     Limit {
@@ -253,20 +273,42 @@ impl Parser<'_> {
         raw_index: Option<usize>,
     ) -> Result<(), ParseError> {
         let (kind, api_version) = self.type_meta(&value)?;
-        let pod = if kind == "Pod" && api_version == "v1" {
-            crate::defaults::null_command_items_as_empty(&mut value);
-            match serde_json::from_value::<Pod>(value) {
-                Ok(pod) => Some(pod),
-                Err(e) => return Err(self.pod_error(&e, raw_index)),
-            }
-        } else {
-            None
+        let invalid = |kind: &'static str, e: serde_json::Error| {
+            self.error(
+                None,
+                ParseErrorReason::InvalidObject {
+                    kind,
+                    reason: e.to_string(),
+                },
+            )
         };
+        let (mut pod, mut object) = (None, None);
+        match (kind.as_str(), api_version.as_str()) {
+            ("Pod", "v1") => {
+                crate::defaults::null_command_items_as_empty(&mut value);
+                match serde_json::from_value::<Pod>(value) {
+                    Ok(p) => pod = Some(p),
+                    Err(e) => return Err(self.pod_error(&e, raw_index)),
+                }
+            }
+            ("ConfigMap", "v1") => {
+                object = Some(ApiObject::ConfigMap(
+                    serde_json::from_value(value).map_err(|e| invalid("ConfigMap", e))?,
+                ));
+            }
+            ("Secret", "v1") => {
+                object = Some(ApiObject::Secret(
+                    serde_json::from_value(value).map_err(|e| invalid("Secret", e))?,
+                ));
+            }
+            _ => {}
+        }
         self.documents.push(Document {
             index: self.documents.len(),
             kind,
             api_version,
             pod,
+            object,
         });
         Ok(())
     }
@@ -423,8 +465,8 @@ spec:
             ("json", json.into(), vec![(0, "Pod", true)]),
             (
                 "multi-document with empty ones",
-                format!("---\n{POD}---\n---\napiVersion: v1\nkind: ConfigMap\n---\n{POD}"),
-                vec![(0, "Pod", true), (1, "ConfigMap", false), (2, "Pod", true)],
+                format!("---\n{POD}---\n---\napiVersion: v1\nkind: Service\n---\n{POD}"),
+                vec![(0, "Pod", true), (1, "Service", false), (2, "Pod", true)],
             ),
             (
                 "list expanded",

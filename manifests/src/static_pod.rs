@@ -9,6 +9,8 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::defaults::default_pod;
 use crate::identity::{Origin, apply_identity, pod_uid};
+use crate::objects::{default_object, validate_object};
+use crate::parse::ApiObject;
 use crate::parse::{ParseError, parse_manifests};
 use crate::validate::{FieldError, validate_pod};
 
@@ -17,6 +19,9 @@ use crate::validate::{FieldError, validate_pod};
 pub struct FileLoad {
     /// The valid pods, defaulted and with their static identity, in file order.
     pub pods: Vec<Pod>,
+    /// The valid ConfigMap and Secret documents, defaulted, in file order (what the
+    /// pods may mount and reference standalone).
+    pub objects: Vec<ApiObject>,
     /// Documents that were skipped or rejected.
     pub errors: Vec<ManifestError>,
 }
@@ -38,7 +43,7 @@ pub enum ManifestError {
     Parse(#[from] ParseError),
     /// A document of another kind, skipped as upstream does.
     #[error(
-        "{path}: document {index}: skipping kind {kind:?} (apiVersion {api_version:?}): only v1 Pod manifests are supported"
+        "{path}: document {index}: skipping kind {kind:?} (apiVersion {api_version:?}): only v1 Pod, ConfigMap and Secret manifests are supported"
     )]
     UnsupportedKind {
         /// The file.
@@ -49,6 +54,20 @@ pub enum ManifestError {
         kind: String,
         /// Its `apiVersion`.
         api_version: String,
+    },
+    /// A ConfigMap or Secret that failed validation; every field error is listed.
+    #[error("{path}: document {index}: invalid {kind} {name:?}: {}", list(.errors))]
+    InvalidObject {
+        /// The file.
+        path: String,
+        /// The document's index in the file.
+        index: usize,
+        /// `ConfigMap` or `Secret`.
+        kind: String,
+        /// The object's name.
+        name: String,
+        /// Every problem found.
+        errors: Vec<FieldError>,
     },
     /// A pod that failed validation; every field error is listed.
     #[error("{path}: document {index}: invalid pod {name:?}: {}", list(.errors))]
@@ -118,12 +137,29 @@ pub fn load_pods_at(
         Err(e) => {
             return FileLoad {
                 pods: Vec::new(),
+                objects: Vec::new(),
                 errors: vec![e.into()],
             };
         }
     };
     let mut load = FileLoad::default();
     for document in documents {
+        if let Some(mut object) = document.object {
+            default_object(&mut object);
+            let errors = validate_object(&object);
+            if errors.is_empty() {
+                load.objects.push(object);
+            } else {
+                load.errors.push(ManifestError::InvalidObject {
+                    path: label.to_owned(),
+                    index: document.index,
+                    kind: document.kind,
+                    name: crate::objects::name(&object).to_owned(),
+                    errors,
+                });
+            }
+            continue;
+        }
         let Some(mut pod) = document.pod else {
             load.errors.push(ManifestError::UnsupportedKind {
                 path: label.to_owned(),
@@ -290,7 +326,7 @@ spec:
     #[test]
     fn mixed_file_reports_every_problem() {
         let manifest = format!(
-            "{POD}---\napiVersion: v1\nkind: ConfigMap\n---\n{}",
+            "{POD}---\napiVersion: apps/v1\nkind: Deployment\n---\n{}",
             POD.replace("name: web", "name: bad")
                 .replace("image: busybox:1.36", "image: ''")
         );
@@ -300,7 +336,7 @@ spec:
         assert_eq!(
             texts,
             [
-                "/etc/manifests/web.yaml: document 1: skipping kind \"ConfigMap\" (apiVersion \"v1\"): only v1 Pod manifests are supported",
+                "/etc/manifests/web.yaml: document 1: skipping kind \"Deployment\" (apiVersion \"apps/v1\"): only v1 Pod, ConfigMap and Secret manifests are supported",
                 "/etc/manifests/web.yaml: document 2: invalid pod \"bad-node-1\": spec.containers[0].image: Required value",
             ]
         );

@@ -9,7 +9,8 @@
 //! URL, a non-200 answer or a body that does not parse or validate keeps the
 //! last good pods and is logged (each distinct problem once at `warn`).
 //! Each change of the desired set is sent as one [`SourceEvent::Snapshot`]
-//! with source `"http"`.
+//! with source `"http"`; ConfigMap and Secret documents in the body (beyond
+//! upstream) as a [`SourceEvent::Objects`] before it.
 
 use std::time::{Duration, SystemTime};
 
@@ -23,7 +24,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use nodelet_manifests::{HTTP_SOURCE, Origin, SourceEvent, keep_first_seen, load_pods_at};
+use nodelet_manifests::{
+    ApiObject, HTTP_SOURCE, Origin, SourceEvent, keep_first_seen, load_pods_at,
+};
 
 /// Upstream's client timeout for the manifest URL.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -166,6 +169,7 @@ impl UrlSource {
         info!(url = %self.url, "watching manifest URL");
         let mut poller = Poller::new(&self);
         let mut sent: Option<Vec<Pod>> = None;
+        let mut sent_objects: Option<Vec<ApiObject>> = None;
         let mut ticker = tokio::time::interval(self.check_frequency.max(MIN_PERIOD));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -176,6 +180,20 @@ impl UrlSource {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = poller.poll() => {}
+            }
+            // The objects go first, so pods that use them find them.
+            if sent_objects.as_ref() != Some(&poller.objects)
+                && !(sent_objects.is_none() && poller.objects.is_empty())
+            {
+                sent_objects = Some(poller.objects.clone());
+                let event = SourceEvent::Objects {
+                    source: HTTP_SOURCE,
+                    objects: poller.objects.clone(),
+                };
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    result = tx.send(event) => if result.is_err() { return },
+                }
             }
             if sent.as_ref() != Some(&poller.pods) {
                 debug!(url = %self.url, pods = poller.pods.len(), "pods from manifest URL changed");
@@ -222,6 +240,8 @@ struct Poller<'a> {
     digest: Option<[u8; 32]>,
     /// The pods of the last good body.
     pods: Vec<Pod>,
+    /// Its ConfigMap and Secret documents.
+    objects: Vec<ApiObject>,
     /// The problems of the current state, each logged once at `warn`.
     reported: Vec<String>,
 }
@@ -234,6 +254,7 @@ impl<'a> Poller<'a> {
             last_modified: None,
             digest: None,
             pods: Vec::new(),
+            objects: Vec::new(),
             reported: Vec::new(),
         }
     }
@@ -339,6 +360,7 @@ impl<'a> Poller<'a> {
         self.reported.clear();
         let old = std::mem::take(&mut self.pods);
         self.pods = keep_first_seen(dedupe(load.pods, url), &old);
+        self.objects = load.objects;
     }
 }
 

@@ -254,7 +254,9 @@ impl Running {
             .await
             .expect("a snapshot in time")
             .expect("the source is running");
-        let SourceEvent::Snapshot { source, pods } = event;
+        let SourceEvent::Snapshot { source, pods } = event else {
+            panic!("a snapshot: {event:?}")
+        };
         assert_eq!(source, "http");
         pods
     }
@@ -484,9 +486,9 @@ async fn lists_multi_document_bodies_and_an_empty_body() {
     let mut source = Running::start(&server.url(), &[]);
     assert_eq!(names(&source.next().await), ["a-node1", "b-node1"]);
 
-    // A ConfigMap among the pods is skipped, as in a manifest directory.
+    // A Service among the pods is skipped, as in a manifest directory.
     shared.serve(&format!(
-        "{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n{}",
+        "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: x}}\n---\n{}",
         manifest("c", "i"),
         manifest("d", "i")
     ));
@@ -561,5 +563,34 @@ async fn bodies_past_the_manifest_limits_keep_the_last_good_pods() {
     .await;
     two_more_polls(&shared).await;
     source.assert_quiet();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn config_map_documents_in_the_body_go_before_the_pods() {
+    let body = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg}}\ndata: {{k: v}}\n---\n{}",
+        manifest("web", "busybox:1")
+    );
+    let shared = served(true, &body);
+    let server = Server::start(&shared, any_port()).await;
+    let mut source = Running::start(&server.url(), &[]);
+    let first = tokio::time::timeout(PATIENCE, source.rx.recv())
+        .await
+        .expect("an event in time")
+        .expect("the source is running");
+    let SourceEvent::Objects {
+        source: from,
+        objects,
+    } = first
+    else {
+        panic!("the objects first: {first:?}")
+    };
+    assert_eq!(from, "http");
+    let [nodelet_manifests::ApiObject::ConfigMap(cm)] = objects.as_slice() else {
+        panic!("one ConfigMap: {objects:?}")
+    };
+    assert_eq!(cm.metadata.namespace.as_deref(), Some("default"));
+    assert_eq!(names(&source.next().await), ["web-node1"]);
     server.stop().await;
 }

@@ -17,6 +17,7 @@ pub mod lease;
 pub mod mirror;
 pub mod node;
 pub mod node_watch;
+pub mod object_cache;
 pub mod objects;
 pub mod pod_source;
 pub mod pod_status;

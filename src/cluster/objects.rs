@@ -3,26 +3,47 @@
 //! a node read what the pods bound to it reference), and service account tokens from
 //! the TokenRequest API, bound to the pod, as upstream's token manager asks for them.
 //!
-//! Reads go to the apiserver each time (upstream's `Get` change-detection strategy);
-//! the volume manager's periodic remount picks up changes.
+//! ConfigMaps and Secrets come from a watch per object (upstream's `Watch`
+//! change-detection strategy, [`super::object_cache`]), and their changes are
+//! announced so the pods using them are synced at once. Services come from a
+//! watch cache of every namespace (upstream's service lister), for the service
+//! environment variables: [`ApiObjects::watch_services`] keeps it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
+
+use futures::StreamExt as _;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{
     BoundObjectReference, TokenRequest, TokenRequestSpec as ApiTokenRequestSpec,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use kube::Api;
 use kube::api::PostParams;
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
+use super::object_cache::ObjectCache;
 use super::{ClusterError, call};
-use crate::volume::{IssuedToken, ObjectError, ObjectSource, TokenRequestSpec};
+use crate::volume::{
+    IssuedToken, ObjectError, ObjectKey, ObjectSource, Services, TokenRequestSpec,
+};
 
 /// Objects from the apiserver.
 #[derive(Clone)]
 pub struct ApiObjects {
     client: kube::Client,
+    services: Store<Service>,
+    services_writer: Arc<std::sync::Mutex<Option<reflector::store::Writer<Service>>>>,
+    services_synced: Arc<AtomicBool>,
+    config_maps: Arc<ObjectCache<ConfigMap>>,
+    secrets: Arc<ObjectCache<Secret>>,
+    changes: broadcast::Sender<ObjectKey>,
 }
 
 impl std::fmt::Debug for ApiObjects {
@@ -34,7 +55,58 @@ impl std::fmt::Debug for ApiObjects {
 impl ApiObjects {
     /// Objects read through `client`.
     pub fn new(client: kube::Client) -> Self {
-        Self { client }
+        let (services, writer) = reflector::store();
+        let (changes, _) = broadcast::channel(256);
+        Self {
+            config_maps: Arc::new(ObjectCache::new(
+                client.clone(),
+                "configmap",
+                changes.clone(),
+            )),
+            secrets: Arc::new(ObjectCache::new(client.clone(), "secret", changes.clone())),
+            changes,
+            client,
+            services,
+            services_writer: Arc::new(std::sync::Mutex::new(Some(writer))),
+            services_synced: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Keeps the Service cache until `cancel`: a watch on every namespace, resumed
+    /// from its resourceVersion and re-listed on `410 Gone`. Run it once.
+    pub async fn watch_services(self, cancel: CancellationToken) {
+        let Some(writer) = self
+            .services_writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        let api: Api<Service> = Api::all(self.client.clone());
+        let config = watcher::Config::default().timeout(290);
+        let stream = watcher::watcher(api, config)
+            .default_backoff()
+            .reflect(writer);
+        let mut stream = std::pin::pin!(stream);
+        let synced = Arc::clone(&self.services_synced);
+        let follow = async move {
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => {
+                        if !synced.swap(true, Ordering::SeqCst) {
+                            tracing::debug!("services listed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "service watch failed; retrying"),
+                }
+            }
+        };
+        tokio::select! {
+            () = follow => {}
+            () = cancel.cancelled() => {}
+        }
     }
 }
 
@@ -80,7 +152,12 @@ impl ObjectSource for ApiObjects {
         name: &str,
     ) -> BoxFuture<'_, Result<Option<ConfigMap>, ObjectError>> {
         let (namespace, name) = (namespace.to_owned(), name.to_owned());
-        Box::pin(async move { get(self.client.clone(), "configmap", &namespace, &name).await })
+        Box::pin(async move {
+            match self.config_maps.get(&namespace, &name) {
+                Some(cached) => Ok(cached),
+                None => get(self.client.clone(), "configmap", &namespace, &name).await,
+            }
+        })
     }
 
     fn secret(
@@ -89,7 +166,12 @@ impl ObjectSource for ApiObjects {
         name: &str,
     ) -> BoxFuture<'_, Result<Option<Secret>, ObjectError>> {
         let (namespace, name) = (namespace.to_owned(), name.to_owned());
-        Box::pin(async move { get(self.client.clone(), "secret", &namespace, &name).await })
+        Box::pin(async move {
+            match self.secrets.get(&namespace, &name) {
+                Some(cached) => Ok(cached),
+                None => get(self.client.clone(), "secret", &namespace, &name).await,
+            }
+        })
     }
 
     fn service_account_token(
@@ -136,5 +218,16 @@ impl ObjectSource for ApiObjects {
                 expiration,
             })
         })
+    }
+
+    fn subscribe(&self) -> Option<broadcast::Receiver<ObjectKey>> {
+        Some(self.changes.subscribe())
+    }
+
+    fn services(&self) -> Services {
+        Services {
+            synced: self.services_synced.load(Ordering::SeqCst),
+            items: self.services.state(),
+        }
     }
 }

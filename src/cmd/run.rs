@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::Pod;
-use nodelet_manifests::{ManifestError, SourceEvent, load_static_pods};
+use nodelet_manifests::{ApiObject, ManifestError, SourceEvent, load_static_pods};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -69,7 +69,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let node_name = crate::node::node_name(args.agent.hostname_override.as_deref());
-    let Some(pods) = load(&args.file, &node_name)? else {
+    let Some((pods, objects)) = load(&args.file, &node_name)? else {
         return Ok(ExitCode::FAILURE);
     };
     let out = Printer {
@@ -105,6 +105,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .max()
         .and_then(|s| u64::try_from(s).ok())
         .unwrap_or(30);
+    // The objects first, so the pods find them.
+    running
+        .sources
+        .send(SourceEvent::Objects {
+            source: SOURCE,
+            objects,
+        })
+        .await
+        .context("the pod manager stopped")?;
     running
         .sources
         .send(SourceEvent::Snapshot {
@@ -173,8 +182,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Parses, defaults and validates FILE; prints every problem to stderr and returns
-/// `None` when it is invalid or holds no pod.
-fn load(file: &Path, node_name: &str) -> anyhow::Result<Option<Vec<Pod>>> {
+/// `None` when it is invalid or holds no pod. The ConfigMap and Secret documents
+/// come with the pods.
+fn load(file: &Path, node_name: &str) -> anyhow::Result<Option<(Vec<Pod>, Vec<ApiObject>)>> {
     let label = file.to_string_lossy();
     let bytes = std::fs::read(file).with_context(|| format!("{label}: cannot read"))?;
     let load = load_static_pods(&bytes, &label, node_name);
@@ -192,7 +202,7 @@ fn load(file: &Path, node_name: &str) -> anyhow::Result<Option<Vec<Pod>>> {
                     eprintln!("{path}: document {index}: {field_error}");
                 }
             }
-            ManifestError::Parse(_) => {
+            ManifestError::Parse(_) | ManifestError::InvalidObject { .. } => {
                 valid = false;
                 eprintln!("{error}");
             }
@@ -203,7 +213,7 @@ fn load(file: &Path, node_name: &str) -> anyhow::Result<Option<Vec<Pod>>> {
         eprintln!("{label}: no pods");
         valid = false;
     }
-    Ok(valid.then_some(load.pods))
+    Ok(valid.then_some((load.pods, load.objects)))
 }
 
 /// Where progress lines go.

@@ -129,7 +129,7 @@ fn check_file(
                     )?;
                 }
             }
-            ManifestError::Parse(_) => {
+            ManifestError::Parse(_) | ManifestError::InvalidObject { .. } => {
                 tally.errors += 1;
                 report(output, out, err, &error.to_string())?;
             }
@@ -236,14 +236,14 @@ mod tests {
         let file = write(
             dir.path(),
             "bad.yaml",
-            &format!("{WEB}---\napiVersion: v1\nkind: ConfigMap\n---\n{bad}"),
+            &format!("{WEB}---\napiVersion: apps/v1\nkind: Deployment\n---\n{bad}"),
         );
         let run = run_on(std::slice::from_ref(&file), ValidateOutput::Text);
         assert!(!run.valid);
         let f = file.display();
         let expected = [
             format!(
-                "{f}: document 1: skipping kind \"ConfigMap\" (apiVersion \"v1\"): only v1 Pod manifests are supported"
+                "{f}: document 1: skipping kind \"Deployment\" (apiVersion \"apps/v1\"): only v1 Pod, ConfigMap and Secret manifests are supported"
             ),
             format!(
                 "{f}: document 2: metadata.name: Invalid value: \"Web_1-node1\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"

@@ -47,22 +47,6 @@ pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// Expands each env value with the variables defined before it, in order, then
-/// returns the expanded list (upstream's container env semantics).
-pub fn expand_env(env: &[(String, String)]) -> Vec<(String, String)> {
-    let mut done: Vec<(String, String)> = Vec::with_capacity(env.len());
-    for (k, v) in env {
-        let value = expand(v, |name| {
-            done.iter()
-                .rev()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        });
-        done.push((k.clone(), value));
-    }
-    done
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,22 +86,5 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(expand(input, lookup), want, "{input:?}");
         }
-    }
-
-    #[test]
-    fn env_sees_only_earlier_vars() {
-        let env = vec![
-            ("A".to_owned(), "1".to_owned()),
-            ("B".to_owned(), "$(A)-$(C)".to_owned()),
-            ("C".to_owned(), "3".to_owned()),
-        ];
-        assert_eq!(
-            expand_env(&env),
-            [
-                ("A".to_owned(), "1".to_owned()),
-                ("B".to_owned(), "1-$(C)".to_owned()),
-                ("C".to_owned(), "3".to_owned())
-            ]
-        );
     }
 }

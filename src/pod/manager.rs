@@ -192,7 +192,13 @@ impl<R: Runtime> PodManager<R> {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 Some(ev) = inputs.sources.recv() => {
-                    let SourceEvent::Snapshot { source, pods } = ev;
+                    let (source, pods) = match ev {
+                        SourceEvent::Snapshot { source, pods } => (source, pods),
+                        SourceEvent::Objects { source, objects } => {
+                            self.on_objects(source, objects);
+                            continue;
+                        }
+                    };
                     self.on_snapshot(source, pods);
                     if self.unready_sources.remove(source) && self.unready_sources.is_empty() {
                         self.scan_orphans(&orphans_tx);
@@ -215,6 +221,26 @@ impl<R: Runtime> PodManager<R> {
         // The workers stop; their pods keep running.
         self.workers_stop.cancel();
         while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// ConfigMap and Secret documents beside a source's pods: the objects standalone
+    /// pods mount and reference (joined to a cluster, pods read the apiserver's).
+    fn on_objects(&self, source: &'static str, objects: Vec<nodelet_manifests::ApiObject>) {
+        let count = objects.len();
+        if self
+            .env
+            .volumes
+            .objects()
+            .replace_documents(source, objects)
+        {
+            debug!(source, count, "configMap and secret documents");
+        } else if count > 0 {
+            warn!(
+                source,
+                count,
+                "configMap and secret documents are used standalone only; joined to a cluster, pods read the apiserver's"
+            );
+        }
     }
 
     fn all_desired(&self) -> BTreeMap<String, Pod> {

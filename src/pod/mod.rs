@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod cgroups;
+pub mod env;
 pub mod expand;
 pub mod hooks;
 pub mod mailbox;

@@ -37,6 +37,33 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// A ConfigMap or Secret an env source names does not exist (upstream's
+    /// `configmap "x" not found`).
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// `configmap` or `secret`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// A `configMapKeyRef` or `secretKeyRef` names a key the object lacks.
+    #[error("couldn't find key {key} in {kind} {namespace}/{name}")]
+    MissingKey {
+        /// The key.
+        key: String,
+        /// `ConfigMap` or `Secret`.
+        kind: &'static str,
+        /// The object's namespace.
+        namespace: String,
+        /// The object's name.
+        name: String,
+    },
+    /// The object source failed.
+    #[error("{0}")]
+    Object(String),
+    /// A pod from the apiserver before the Services were listed once.
+    #[error("services have not yet been read at least once, cannot construct envvars")]
+    ServicesNotSynced,
     /// A file or directory the pod needs could not be made.
     #[error("{path}: {reason}")]
     Io {
@@ -354,6 +381,9 @@ pub struct FieldValues {
     pub container: Option<Container>,
     /// The node's capacity, for `resourceFieldRef`s of unset limits.
     pub capacity: NodeCapacity,
+    /// What `envFrom`, `configMapKeyRef`/`secretKeyRef` and the service variables
+    /// read ([`EnvObjects::fetch`](crate::pod::env::EnvObjects::fetch)).
+    pub env_objects: crate::pod::env::EnvObjects,
 }
 
 pub(crate) fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String> {
@@ -380,7 +410,8 @@ pub(crate) fn field_ref(pod: &Pod, path: &str, f: &FieldValues) -> Option<String
     }
 }
 
-fn env_value(pod: &Pod, e: &EnvVar, f: &FieldValues) -> Result<String, ConfigError> {
+/// A literal value, or a `fieldRef` or `resourceFieldRef`'s.
+pub(crate) fn env_value(pod: &Pod, e: &EnvVar, f: &FieldValues) -> Result<String, ConfigError> {
     if let Some(v) = &e.value {
         return Ok(v.clone());
     }
@@ -408,14 +439,9 @@ fn env_value(pod: &Pod, e: &EnvVar, f: &FieldValues) -> Result<String, ConfigErr
             reason,
         });
     }
-    let source = if from.config_map_key_ref.is_some() {
-        "configMapKeyRef"
-    } else {
-        "secretKeyRef"
-    };
     Err(ConfigError::Env {
         name: e.name.clone(),
-        reason: format!("{source} is not supported by nodelet yet"),
+        reason: "no value source nodelet knows".to_owned(),
     })
 }
 
@@ -620,13 +646,9 @@ pub fn container_config(
             readonly: false,
         });
     }
-    let mut env = Vec::new();
-    for e in c.env.iter().flatten() {
-        env.push((e.name.clone(), env_value(pod, e, fields)?));
-    }
     // `$(VAR)` references: each value sees the variables before it; command and
     // args see them all.
-    let env = crate::pod::expand::expand_env(&env);
+    let env = crate::pod::env::make_env(pod, c, fields)?;
     let lookup = |name: &str| {
         env.iter()
             .rev()

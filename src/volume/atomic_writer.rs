@@ -29,6 +29,9 @@ pub(crate) struct FileProjection {
     pub data: Vec<u8>,
     /// Permission bits (`mode`, else the volume's `defaultMode`).
     pub mode: u32,
+    /// The file's owner when not root (upstream's `FsUser`: a projected token
+    /// belongs to the user every container runs as).
+    pub owner: Option<u32>,
 }
 
 /// The files of a volume by relative path.
@@ -191,6 +194,7 @@ fn should_write(payload: &Payload, old: &Path, fs_group: Option<u32>) -> Result<
         if !meta.is_file()
             || meta.mode() & 0o7777 != effective_mode(file.mode, fs_group)
             || fs_group.is_some_and(|g| meta.gid() != g)
+            || file.owner.is_some_and(|u| meta.uid() != u)
         {
             return Ok(true);
         }
@@ -274,6 +278,9 @@ fn write_to_dir(payload: &Payload, dir: &Path, fs_group: Option<u32>) -> Result<
         fs::write(&full, &file.data).map_err(io_err("write", &full))?;
         fs::set_permissions(&full, fs::Permissions::from_mode(file.mode & 0o7777))
             .map_err(io_err("chmod", &full))?;
+        if let Some(uid) = file.owner {
+            std::os::unix::fs::lchown(&full, Some(uid), None).map_err(io_err("chown", &full))?;
+        }
     }
     if let Some(gid) = fs_group {
         set_ownership(dir, gid)?;
@@ -330,6 +337,7 @@ mod tests {
                     FileProjection {
                         data: d.as_bytes().to_vec(),
                         mode: *m,
+                        owner: None,
                     },
                 )
             })

@@ -113,6 +113,7 @@ pub(crate) fn make_payload(
                     FileProjection {
                         data: bytes.clone(),
                         mode: default_mode,
+                        owner: None,
                     },
                 );
             }
@@ -131,6 +132,7 @@ pub(crate) fn make_payload(
                     FileProjection {
                         data: bytes.clone(),
                         mode,
+                        owner: None,
                     },
                 );
             }

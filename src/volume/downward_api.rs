@@ -65,6 +65,7 @@ pub(crate) fn collect(
                     FileProjection {
                         data: data.into_bytes(),
                         mode,
+                        owner: None,
                     },
                 );
             }
@@ -92,6 +93,7 @@ fn value(item: &DownwardAPIVolumeFile, ctx: &PodContext<'_>) -> Result<String, S
                     pod_ips: ctx.pod_ips.join(","),
                     container: None,
                     capacity: ctx.capacity,
+                    env_objects: Default::default(),
                 };
                 field_ref(pod, other, &fields)
                     .ok_or_else(|| format!("unsupported fieldRef {other:?}"))

@@ -11,7 +11,16 @@
 //! [`VolumeManager::setup`] redoes a volume when the pod's spec, labels or annotations
 //! changed, when [`VolumeManager::invalidate`] forced it, or when its plugin's
 //! `needs_update` says so (API content older than the 60 s sync period, a token past
-//! 80% of its life); the atomic writer then writes only what changed.
+//! 80% of its life); the atomic writer then writes only what changed. A source that
+//! announces changed objects ([`ObjectSource::subscribe`]) gets the pods referencing
+//! them re-read and woken at once ([`follow_changes`]); a failed setup is retried with
+//! upstream's back-off ([`VolumeManager::retry_in`]).
+//!
+//! fsGroup: the kinds here get upstream's `SetVolumeOwnership` on what they write
+//! (group owner, setgid directories, group read for read-only kinds) whatever the
+//! pod's `fsGroupChangePolicy`, as upstream's emptyDir, configMap, secret, projected
+//! and downwardAPI plugins pass no policy (it applies to persistent volumes); hostPath
+//! is never re-owned.
 
 mod atomic_writer;
 mod config_map;
@@ -27,10 +36,10 @@ mod secret;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -38,7 +47,9 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec, Volume};
 
 // The agent builds these (StaticObjects standalone) once it wires the manager in.
 #[allow(unused_imports)]
-pub use objects::{IssuedToken, ObjectError, ObjectSource, StaticObjects, TokenRequestSpec};
+pub use objects::{
+    IssuedToken, ObjectError, ObjectKey, ObjectSource, Services, StaticObjects, TokenRequestSpec,
+};
 
 pub use error::{Reason, VolumeError};
 pub(crate) use plugin::{
@@ -76,6 +87,36 @@ impl PodContext<'_> {
 
     fn namespace(&self) -> &str {
         self.pod.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// Upstream's `FsUserFrom`: the user every container (init and ephemeral too)
+    /// runs as, when they all say the same one; `None` when one doesn't say or two
+    /// differ.
+    fn fs_user(&self) -> Option<u32> {
+        let spec = self.pod.spec.as_ref()?;
+        let pod_user = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+        let users = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .map(|c| c.security_context.as_ref().and_then(|s| s.run_as_user))
+            .chain(
+                spec.ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .map(|c| c.security_context.as_ref().and_then(|s| s.run_as_user)),
+            )
+            .map(|u| u.or(pod_user));
+        let mut found = None;
+        for user in users {
+            let user = user?;
+            if found.is_some_and(|f| f != user) {
+                return None;
+            }
+            found = Some(user);
+        }
+        found.and_then(|u| u32::try_from(u).ok())
     }
 
     fn fs_group(&self) -> Option<u32> {
@@ -116,7 +157,102 @@ struct PodVolumes {
 #[derive(Default)]
 struct PodEntry {
     forced: AtomicBool,
+    /// The ConfigMaps and Secrets the pod references (volumes and env).
+    refs: Mutex<HashSet<ObjectKey>>,
+    /// Setups failed in a row (the retry back-off).
+    failures: AtomicU32,
     state: tokio::sync::Mutex<PodVolumes>,
+}
+
+/// Upstream's volume operation back-off: 500 ms doubling to 2 min 2 s.
+const RETRY_INITIAL: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(122);
+
+/// The ConfigMaps and Secrets a pod references: in volumes (projected sources too)
+/// and in its containers' `envFrom` and `valueFrom`.
+pub fn references(pod: &Pod) -> HashSet<ObjectKey> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let key = |kind, name: &str| ObjectKey {
+        kind,
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+    };
+    let mut out = HashSet::new();
+    let Some(spec) = pod.spec.as_ref() else {
+        return out;
+    };
+    for v in spec.volumes.iter().flatten() {
+        if let Some(cm) = &v.config_map {
+            out.insert(key("configmap", &cm.name));
+        }
+        if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) {
+            out.insert(key("secret", name));
+        }
+        for p in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(cm) = &p.config_map {
+                out.insert(key("configmap", &cm.name));
+            }
+            if let Some(s) = &p.secret {
+                out.insert(key("secret", &s.name));
+            }
+        }
+    }
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers);
+    for c in containers {
+        for f in c.env_from.iter().flatten() {
+            if let Some(r) = &f.config_map_ref {
+                out.insert(key("configmap", &r.name));
+            }
+            if let Some(r) = &f.secret_ref {
+                out.insert(key("secret", &r.name));
+            }
+        }
+        for from in c.env.iter().flatten().filter_map(|e| e.value_from.as_ref()) {
+            if let Some(r) = &from.config_map_key_ref {
+                out.insert(key("configmap", &r.name));
+            }
+            if let Some(r) = &from.secret_key_ref {
+                out.insert(key("secret", &r.name));
+            }
+        }
+    }
+    out
+}
+
+/// Follows `changes` until `cancel`: each changed object invalidates the pods that
+/// reference it and wakes their workers (`Routed::Sync`), so an update reaches the
+/// volume (and a pod waiting for a missing object starts) at once.
+pub async fn follow_changes(
+    volumes: Arc<VolumeManager>,
+    mut changes: tokio::sync::broadcast::Receiver<ObjectKey>,
+    wake: tokio::sync::mpsc::Sender<crate::pod::router::Routed>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let uids = tokio::select! {
+            () = cancel.cancelled() => return,
+            got = changes.recv() => match got {
+                Ok(key) => volumes.object_changed(&key),
+                // Missed some: every pod looks again.
+                Err(RecvError::Lagged(_)) => volumes.object_changed_all(),
+                Err(RecvError::Closed) => return,
+            },
+        };
+        for uid in uids {
+            if wake
+                .send(crate::pod::router::Routed::Sync { uid })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
 }
 
 /// A source of the current time (injectable for tests of the sync period and token
@@ -180,6 +316,12 @@ impl VolumeManager {
         }
     }
 
+    /// Where the manager reads API objects (also what container environments are
+    /// made from).
+    pub fn objects(&self) -> Arc<dyn ObjectSource> {
+        Arc::clone(&self.objects)
+    }
+
     /// The same manager reading time from `clock`.
     #[must_use]
     pub fn with_clock(mut self, clock: Clock) -> Self {
@@ -228,6 +370,58 @@ impl VolumeManager {
         }
     }
 
+    /// Marks the pods referencing `key` for a full re-read on their next setup;
+    /// returns their UIDs.
+    pub fn object_changed(&self, key: &ObjectKey) -> Vec<String> {
+        let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
+        pods.iter()
+            .filter(|(_, e)| {
+                e.refs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(key)
+            })
+            .map(|(uid, e)| {
+                e.forced.store(true, Ordering::SeqCst);
+                uid.clone()
+            })
+            .collect()
+    }
+
+    /// [`object_changed`](Self::object_changed) for every pod with references.
+    pub fn object_changed_all(&self) -> Vec<String> {
+        let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
+        pods.iter()
+            .filter(|(_, e)| {
+                !e.refs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_empty()
+            })
+            .map(|(uid, e)| {
+                e.forced.store(true, Ordering::SeqCst);
+                uid.clone()
+            })
+            .collect()
+    }
+
+    /// How long to wait before setting up the pod's volumes again after a failure
+    /// (upstream's back-off: 500 ms doubling to 2 min 2 s); zero after a success.
+    pub fn retry_in(&self, pod_uid: &str) -> Duration {
+        let failures = self
+            .pods
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(pod_uid)
+            .map_or(0, |e| e.failures.load(Ordering::SeqCst));
+        match failures {
+            0 => Duration::ZERO,
+            n => RETRY_INITIAL
+                .saturating_mul(1 << (n - 1).min(10))
+                .min(RETRY_MAX),
+        }
+    }
+
     /// Makes every volume of the pod exist (idempotent; content of API-backed and
     /// downwardAPI volumes rewritten when it changed, tokens refreshed at 80% of
     /// their life). Returns each volume's host path by volume name. Every volume is
@@ -253,6 +447,7 @@ impl VolumeManager {
                 .entry(uid.to_owned())
                 .or_default(),
         );
+        *entry.refs.lock().unwrap_or_else(PoisonError::into_inner) = references(ctx.pod);
         let mut pod = entry.state.lock().await;
         let now = (self.clock)();
         let fingerprint = Fingerprint::of(ctx.pod);
@@ -319,9 +514,11 @@ impl VolumeManager {
         match first_error {
             None => {
                 pod.seen = Some(fingerprint);
+                entry.failures.store(0, Ordering::SeqCst);
                 Ok(out)
             }
             Some(e) => {
+                entry.failures.fetch_add(1, Ordering::SeqCst);
                 // A change not fully applied is applied again next time.
                 if changed {
                     entry.forced.store(true, Ordering::SeqCst);

@@ -4,12 +4,14 @@
 //! documents beside static pods) and for tests.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use nodelet_manifests::ApiObject;
 use thiserror::Error;
+use tokio::sync::broadcast;
 
 /// Why an object could not be read. "Not found" is not an error: sources answer
 /// `Ok(None)` and the plugin decides (an optional volume is empty, else it fails).
@@ -79,6 +81,45 @@ pub trait ObjectSource: std::fmt::Debug + Send + Sync + 'static {
         &self,
         req: TokenRequestSpec,
     ) -> BoxFuture<'_, Result<IssuedToken, ObjectError>>;
+    /// The Services the node knows, for service environment variables (upstream's
+    /// service lister). Standalone there are none, and that list is complete.
+    fn services(&self) -> Services {
+        Services {
+            synced: true,
+            items: Vec::new(),
+        }
+    }
+    /// Announcements of ConfigMaps and Secrets that changed (created, updated,
+    /// deleted), for sources that know; the pods using them are synced at once.
+    fn subscribe(&self) -> Option<broadcast::Receiver<ObjectKey>> {
+        None
+    }
+    /// Takes the ConfigMap and Secret documents of a manifest source (standalone);
+    /// whether this source uses them.
+    fn replace_documents(&self, _source: &'static str, _objects: Vec<ApiObject>) -> bool {
+        false
+    }
+}
+
+/// A ConfigMap or Secret that changed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    /// `configmap` or `secret`.
+    pub kind: &'static str,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// What a source knows of the cluster's Services.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    /// Whether a complete list has arrived at least once (upstream's
+    /// `serviceHasSynced`): before that, pods from the apiserver wait for their env.
+    pub synced: bool,
+    /// Every Service, all namespaces.
+    pub items: Vec<Arc<Service>>,
 }
 
 type Key = (String, String);
@@ -92,12 +133,27 @@ fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key
     )
 }
 
-/// An in-memory [`ObjectSource`]: what standalone mode knows, and what unit tests use.
-/// It issues no tokens.
-#[derive(Debug, Default)]
+/// An in-memory [`ObjectSource`]: what standalone mode knows (the ConfigMap and
+/// Secret documents of the manifest sources, [`StaticObjects::replace_documents`]),
+/// and what unit tests use. It issues no tokens; it announces what changed.
+#[derive(Debug)]
 pub struct StaticObjects {
     config_maps: RwLock<BTreeMap<Key, ConfigMap>>,
     secrets: RwLock<BTreeMap<Key, Secret>>,
+    /// Each source's documents, as last sent.
+    documents: std::sync::Mutex<BTreeMap<&'static str, Vec<ApiObject>>>,
+    changes: broadcast::Sender<ObjectKey>,
+}
+
+impl Default for StaticObjects {
+    fn default() -> Self {
+        Self {
+            config_maps: RwLock::default(),
+            secrets: RwLock::default(),
+            documents: std::sync::Mutex::default(),
+            changes: broadcast::channel(256).0,
+        }
+    }
 }
 
 /// What a token request answers without an apiserver.
@@ -144,6 +200,63 @@ impl StaticObjects {
             .remove(&(namespace.to_owned(), name.to_owned()))
             .is_some()
     }
+
+    /// Replaces the documents `source` holds (the complete set it sends) and
+    /// announces every object that was added, changed or removed. Of two sources
+    /// with the same object, the first in name order wins.
+    pub fn replace_source(&self, source: &'static str, objects: Vec<ApiObject>) {
+        let mut documents = self
+            .documents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        documents.insert(source, objects);
+        let mut config_maps = BTreeMap::new();
+        let mut secrets = BTreeMap::new();
+        for object in documents.values().flatten() {
+            match object {
+                ApiObject::ConfigMap(c) => {
+                    config_maps
+                        .entry(key(&c.metadata))
+                        .or_insert_with(|| c.clone());
+                }
+                ApiObject::Secret(s) => {
+                    secrets.entry(key(&s.metadata)).or_insert_with(|| s.clone());
+                }
+            }
+        }
+        let changed_cms = swap_and_diff(&self.config_maps, config_maps);
+        let changed_secrets = swap_and_diff(&self.secrets, secrets);
+        drop(documents);
+        let announce = |kind, (namespace, name): Key| {
+            // No receiver is fine: nothing uses the objects yet.
+            let _ = self.changes.send(ObjectKey {
+                kind,
+                namespace,
+                name,
+            });
+        };
+        for k in changed_cms {
+            announce("configmap", k);
+        }
+        for k in changed_secrets {
+            announce("secret", k);
+        }
+    }
+}
+
+/// Puts `new` in `slot`; the keys whose value differs between the two.
+fn swap_and_diff<V: PartialEq>(slot: &RwLock<BTreeMap<Key, V>>, new: BTreeMap<Key, V>) -> Vec<Key> {
+    let mut slot = slot
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let old = std::mem::replace(&mut *slot, new);
+    let mut changed: Vec<Key> = old
+        .iter()
+        .filter(|(k, v)| slot.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    changed.extend(slot.keys().filter(|k| !old.contains_key(*k)).cloned());
+    changed
 }
 
 impl ObjectSource for StaticObjects {
@@ -183,6 +296,15 @@ impl ObjectSource for StaticObjects {
             NO_APISERVER.to_owned(),
         ))))
     }
+
+    fn subscribe(&self) -> Option<broadcast::Receiver<ObjectKey>> {
+        Some(self.changes.subscribe())
+    }
+
+    fn replace_documents(&self, source: &'static str, objects: Vec<ApiObject>) -> bool {
+        self.replace_source(source, objects);
+        true
+    }
 }
 
 #[cfg(test)]
@@ -217,5 +339,64 @@ mod tests {
             })
             .await;
         assert_eq!(token, Err(ObjectError::Unavailable(NO_APISERVER.into())));
+    }
+
+    #[tokio::test]
+    async fn documents_replace_per_source_and_changes_are_announced() {
+        let objects = StaticObjects::new();
+        let mut rx = objects.subscribe().expect("announces");
+        let cm = |name: &str, v: &str| {
+            ApiObject::ConfigMap(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name, "namespace": "default"}, "data": {"k": v}
+                }))
+                .expect("cm"),
+            )
+        };
+        let secret: ApiObject = ApiObject::Secret(
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "s", "namespace": "ns"}}),
+            )
+            .expect("secret"),
+        );
+        objects.replace_source("file", vec![cm("a", "1"), secret.clone()]);
+        let mut got = [rx.try_recv().expect("a"), rx.try_recv().expect("s")];
+        got.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!((got[0].kind, got[0].name.as_str()), ("configmap", "a"));
+        assert_eq!((got[1].kind, got[1].namespace.as_str()), ("secret", "ns"));
+        assert!(rx.try_recv().is_err());
+        // The same set again: nothing to announce. An edit and a removal: both.
+        objects.replace_source("file", vec![cm("a", "1"), secret]);
+        assert!(rx.try_recv().is_err());
+        objects.replace_source("file", vec![cm("a", "2")]);
+        let mut names = vec![
+            rx.try_recv().expect("one").name,
+            rx.try_recv().expect("two").name,
+        ];
+        names.sort();
+        assert_eq!(names, ["a", "s"]);
+        let got = objects.config_map("default", "a").await.expect("read");
+        assert_eq!(
+            got.and_then(|c| c.data).map(|d| d["k"].clone()).as_deref(),
+            Some("2")
+        );
+        assert_eq!(objects.secret("ns", "s").await, Ok(None));
+        // Another source's documents stay when one source changes.
+        objects.replace_source("run", vec![cm("b", "x")]);
+        objects.replace_source("file", vec![]);
+        assert!(
+            objects
+                .config_map("default", "b")
+                .await
+                .expect("read")
+                .is_some()
+        );
+        assert!(
+            objects
+                .config_map("default", "a")
+                .await
+                .expect("read")
+                .is_none()
+        );
     }
 }

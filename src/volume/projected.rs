@@ -94,9 +94,12 @@ async fn collect(cx: &SetupContext<'_>, state: &mut VolumeState) -> Result<Paylo
         } else if let Some(sat) = &s.service_account_token {
             match token(cx, state, sat).await {
                 Ok(t) => {
-                    // Upstream: with fsGroup the token is 0600 (the group then reads it
-                    // through the volume's ownership), else the volume's defaultMode.
-                    let mode = if cx.fs_group.is_some() {
+                    // Upstream: the token belongs to the user every container runs
+                    // as (`FsUser`), mode 0600; with fsGroup also 0600 (the group
+                    // then reads it through the volume's ownership); else the
+                    // volume's defaultMode.
+                    let owner = cx.ctx.fs_user();
+                    let mode = if owner.is_some() || cx.fs_group.is_some() {
                         0o600
                     } else {
                         default_mode
@@ -104,6 +107,7 @@ async fn collect(cx: &SetupContext<'_>, state: &mut VolumeState) -> Result<Paylo
                     let file = FileProjection {
                         data: t.token.clone().into_bytes(),
                         mode,
+                        owner,
                     };
                     tokens.insert(sat.path.clone(), t);
                     Ok([(sat.path.clone(), file)].into())

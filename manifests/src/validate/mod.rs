@@ -35,6 +35,11 @@ pub use field::{BadValue, FieldError, FieldErrorKind, go_quote};
 pub use meta::TOTAL_ANNOTATION_SIZE_LIMIT;
 pub use names::{dns1123_label, dns1123_subdomain, label_value, qualified_name};
 
+/// Upstream's `IsConfigMapKey` messages for a ConfigMap or Secret key (empty: valid).
+pub fn config_key_errors(key: &str) -> Vec<String> {
+    names::config_key(key)
+}
+
 const DNS1123_LABEL_MESSAGE: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 const DNS1123_SUBDOMAIN_MESSAGE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const NEGATIVE_MESSAGE: &str = "must be greater than or equal to 0";

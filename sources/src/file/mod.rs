@@ -60,6 +60,7 @@ impl FileSource {
         let mut watch = Watch::new(wake_tx);
         let mut scanner = Some(Scanner::new(self.path.clone(), self.node_name));
         let mut sent: Option<Vec<Pod>> = None;
+        let mut sent_objects: Option<Vec<nodelet_manifests::ApiObject>> = None;
         let mut ticker = tokio::time::interval(self.rescan.max(MIN_RESCAN));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await; // The first tick is immediate; the first scan is below.
@@ -83,7 +84,23 @@ impl FileSource {
             };
             let newly_watched = watch.follow(&self.path);
             let pods = current.pods();
+            let objects = current.objects();
             scanner = Some(current);
+            // The objects go first, so pods that use them find them.
+            if sent_objects.as_ref() != Some(&objects)
+                && !(sent_objects.is_none() && objects.is_empty())
+            {
+                debug!(path = %self.path.display(), objects = objects.len(), "configMap and secret documents changed");
+                sent_objects = Some(objects.clone());
+                let event = SourceEvent::Objects {
+                    source: FILE_SOURCE,
+                    objects,
+                };
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    result = tx.send(event) => if result.is_err() { return },
+                }
+            }
             if sent.as_ref() != Some(&pods) {
                 debug!(path = %self.path.display(), pods = pods.len(), "static pods changed");
                 sent = Some(pods.clone());
@@ -253,6 +270,7 @@ mod tests {
                             return pods;
                         }
                     }
+                    Ok(Some(SourceEvent::Objects { .. })) => {}
                     Ok(None) => panic!("source stopped while waiting for {what}"),
                     Err(_) => panic!("no snapshot with {what} within a second"),
                 }
@@ -318,6 +336,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn config_map_and_secret_documents_go_before_the_pods() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {k: v}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\nstringData: {p: x}\n";
+        fs::write(
+            dir.path().join("a.yaml"),
+            format!("{objects}---\n{}", manifest("web", "x:1")),
+        )
+        .unwrap();
+        let mut source = Running::start(dir.path());
+        let first = tokio::time::timeout(Duration::from_secs(1), source.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let SourceEvent::Objects {
+            source: from,
+            objects,
+        } = first
+        else {
+            panic!("the objects first: {first:?}")
+        };
+        assert_eq!(from, "file");
+        assert_eq!(objects.len(), 2);
+        let nodelet_manifests::ApiObject::Secret(secret) = &objects[1] else {
+            panic!("a secret: {objects:?}")
+        };
+        assert_eq!(secret.data.as_ref().unwrap()["p"].0, b"x");
+        source.until("web", |p| names(p) == ["web-node1"]).await;
+        // The objects removed, the pod kept: an empty set is sent.
+        fs::write(dir.path().join("a.yaml"), manifest("web", "x:1")).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(1), source.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next,
+            SourceEvent::Objects {
+                source: "file",
+                objects: vec![]
+            }
+        );
+        source.stop().await;
+    }
+
+    #[tokio::test]
     async fn a_directory_created_later_is_picked_up() {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("manifests");
@@ -356,7 +418,9 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let SourceEvent::Snapshot { pods, .. } = next;
+        let SourceEvent::Snapshot { pods, .. } = next else {
+            panic!("a snapshot: {next:?}")
+        };
         assert_eq!(names(&pods), ["web-node1"]);
         cancel.cancel();
         task.await.unwrap();

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
-use nodelet_manifests::{MAX_MANIFEST_BYTES, keep_first_seen, load_static_pods};
+use nodelet_manifests::{ApiObject, MAX_MANIFEST_BYTES, keep_first_seen, load_static_pods};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -36,6 +36,8 @@ struct FileState {
     digest: [u8; 32],
     /// The pods of the last good version of the file.
     pods: Vec<Pod>,
+    /// Its ConfigMap and Secret documents, likewise.
+    objects: Vec<ApiObject>,
     /// What was logged about the current version, to log each problem once.
     reported: Vec<String>,
 }
@@ -168,9 +170,9 @@ impl Scanner {
         }
         let origin = file.to_string_lossy().into_owned();
         let load = load_static_pods(&bytes, &origin, &self.node_name);
-        let (old_pods, already) = match self.files.remove(&file) {
-            Some(previous) => (previous.pods, previous.reported),
-            None => (Vec::new(), Vec::new()),
+        let (old_pods, old_objects, already) = match self.files.remove(&file) {
+            Some(previous) => (previous.pods, previous.objects, previous.reported),
+            None => (Vec::new(), Vec::new(), Vec::new()),
         };
         let mut reported: Vec<String> = load.errors.iter().map(ToString::to_string).collect();
         let fatal = load.has_fatal_errors();
@@ -194,8 +196,11 @@ impl Scanner {
         // A file truncated to nothing is most likely being rewritten (open
         // with O_TRUNC, then write): keep its pods. Deleting the file is how
         // to remove them.
-        let emptied =
-            !fatal && load.pods.is_empty() && load.errors.is_empty() && !old_pods.is_empty();
+        let emptied = !fatal
+            && load.pods.is_empty()
+            && load.objects.is_empty()
+            && load.errors.is_empty()
+            && (!old_pods.is_empty() || !old_objects.is_empty());
         if emptied {
             const EMPTIED: &str =
                 "manifest file has no documents; keeping its pods until it is fixed or removed";
@@ -204,19 +209,37 @@ impl Scanner {
             }
             reported.push(EMPTIED.to_owned());
         }
-        let pods = if fatal || emptied {
-            old_pods
+        let (pods, objects) = if fatal || emptied {
+            (old_pods, old_objects)
         } else {
-            keep_first_seen(load.pods, &old_pods)
+            (keep_first_seen(load.pods, &old_pods), load.objects)
         };
         self.files.insert(
             file,
             FileState {
                 digest,
                 pods,
+                objects,
                 reported,
             },
         );
+    }
+
+    /// The ConfigMap and Secret documents of every file, in file-name order; the
+    /// first of a kind, namespace and name wins.
+    pub(super) fn objects(&self) -> Vec<ApiObject> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for object in self.files.values().flat_map(|f| &f.objects) {
+            let (kind, meta) = match object {
+                ApiObject::ConfigMap(c) => ("ConfigMap", &c.metadata),
+                ApiObject::Secret(s) => ("Secret", &s.metadata),
+            };
+            if seen.insert((kind, meta.namespace.clone(), meta.name.clone())) {
+                out.push(object.clone());
+            }
+        }
+        out
     }
 
     /// The desired pods: every file's pods in file-name order, except those whose

@@ -209,6 +209,10 @@ impl<R: Runtime> PodWorker<R> {
                 RESYNC_PERIOD,
             )));
         }
+        // ConfigMaps, Secrets and Services the environment is made from; a missing
+        // one holds the container in CreateContainerConfigError, retried each sync.
+        let objects = self.env.volumes.objects();
+        let env_objects = crate::pod::env::EnvObjects::fetch(&self.pod, c, objects.as_ref()).await;
         let term_dir = self.pod_dir().join("containers").join(&c.name);
         let term_log = term_dir.join(format!("termination-log-{attempt}"));
         let config = std::fs::create_dir_all(&term_dir)
@@ -217,7 +221,8 @@ impl<R: Runtime> PodWorker<R> {
                 path: term_log.display().to_string(),
                 reason: e.to_string(),
             })
-            .and_then(|()| {
+            .and(env_objects)
+            .and_then(|env_objects| {
                 let fields = FieldValues {
                     node_name: self.env.node_name.clone(),
                     host_ip: self.env.host_ip.clone(),
@@ -230,6 +235,7 @@ impl<R: Runtime> PodWorker<R> {
                         .join(","),
                     container: Some(c.clone()),
                     capacity: self.env.capacity,
+                    env_objects,
                 };
                 podspec::container_config(
                     &self.pod,

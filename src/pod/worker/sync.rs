@@ -20,9 +20,6 @@ use crate::pod::podspec;
 use crate::pod::status::{self, Waiting};
 use crate::volume::PodContext;
 
-/// How soon volume setup is tried again after it failed.
-const VOLUME_RETRY: Duration = Duration::from_secs(2);
-
 impl<R: Runtime> PodWorker<R> {
     pub(super) async fn sync(&mut self) -> Result<Next, RuntimeError> {
         let now = self.env.clock.now();
@@ -431,7 +428,9 @@ impl<R: Runtime> PodWorker<R> {
                     .events
                     .for_pod(&self.pod)
                     .warning(e.reason(), &e.to_string());
-                *wake = (*wake).min(VOLUME_RETRY);
+                // Upstream's back-off; a change to a referenced object wakes the
+                // worker sooner.
+                *wake = (*wake).min(self.env.volumes.retry_in(&self.uid));
                 if self.volumes.is_none() {
                     let spec = self.pod.spec.clone().unwrap_or_default();
                     for c in spec

@@ -423,3 +423,124 @@ async fn projected_errors_aggregate_and_static_objects_issue_no_tokens() {
     manager.teardown(UID).expect("teardown");
     assert_eq!(mounted(dir.path()), 0);
 }
+
+#[tokio::test]
+async fn a_changed_object_invalidates_the_pods_using_it_and_failures_back_off() {
+    let f = fixture();
+    let mut p = pod(vec![cm_volume("cfg", None, None)]);
+    if let Some(spec) = p.spec.as_mut() {
+        spec.containers = vec![
+            serde_json::from_value(serde_json::json!({
+                "name": "c",
+                "envFrom": [{"secretRef": {"name": "env-secret"}}],
+                "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "env-cm", "key": "k"}}}]
+            }))
+            .expect("container"),
+        ];
+    }
+    let refs = references(&p);
+    let key = |kind, name: &str| ObjectKey {
+        kind,
+        namespace: "prod".into(),
+        name: name.into(),
+    };
+    for k in [
+        key("configmap", "cfg"),
+        key("secret", "env-secret"),
+        key("configmap", "env-cm"),
+    ] {
+        assert!(refs.contains(&k), "{k:?} in {refs:?}");
+    }
+    assert_eq!(refs.len(), 3);
+
+    // Missing: each failure doubles the wait, from 500 ms.
+    assert_eq!(f.manager.retry_in(UID), Duration::ZERO);
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let _ = f.manager.setup(&ctx(&p)).await;
+        waits.push(f.manager.retry_in(UID));
+    }
+    assert_eq!(
+        waits,
+        [
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+            Duration::from_secs(2)
+        ]
+    );
+    for _ in 0..20 {
+        let _ = f.manager.setup(&ctx(&p)).await;
+    }
+    assert_eq!(f.manager.retry_in(UID), Duration::from_secs(122));
+
+    // Created: its announcement names this pod, and the next setup succeeds.
+    f.issuer
+        .objects
+        .set_config_map(config_map("cfg", &[("a", "1")]));
+    assert_eq!(f.manager.object_changed(&key("configmap", "cfg")), [UID]);
+    assert!(
+        f.manager
+            .object_changed(&key("configmap", "other"))
+            .is_empty()
+    );
+    let paths = f.manager.setup(&ctx(&p)).await.expect("set up");
+    assert_eq!(f.manager.retry_in(UID), Duration::ZERO);
+    assert_eq!(read(&paths["cfg"].join("a")), "1");
+
+    // Changed within the sync period: an announcement makes the next setup re-read.
+    f.issuer
+        .objects
+        .set_config_map(config_map("cfg", &[("a", "2")]));
+    f.manager.setup(&ctx(&p)).await.expect("set up");
+    assert_eq!(read(&paths["cfg"].join("a")), "1", "the sync period holds");
+    assert_eq!(f.manager.object_changed_all(), [UID]);
+    f.manager.setup(&ctx(&p)).await.expect("set up");
+    assert_eq!(read(&paths["cfg"].join("a")), "2");
+}
+
+#[tokio::test]
+async fn a_projected_token_belongs_to_the_user_every_container_runs_as() {
+    let f = fixture();
+    let v = Volume {
+        name: "tok".into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o644),
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    path: "token".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    };
+    let mut p = pod(vec![v]);
+    let container = |name: &str, user: Option<i64>| -> k8s_openapi::api::core::v1::Container {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "securityContext": {"runAsUser": user}
+        }))
+        .expect("container")
+    };
+    if let Some(spec) = p.spec.as_mut() {
+        spec.security_context = Some(PodSecurityContext {
+            run_as_user: Some(1000),
+            ..Default::default()
+        });
+        spec.init_containers = Some(vec![container("init", Some(1000))]);
+        spec.containers = vec![container("a", None), container("b", None)];
+    }
+    let paths = f.manager.setup(&ctx(&p)).await.expect("setup");
+    let meta = fs::metadata(paths["tok"].join("token")).expect("stat");
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (1000, 0o600));
+
+    // Two users: nobody owns it but root, with the volume's mode.
+    if let Some(spec) = p.spec.as_mut() {
+        spec.containers[1] = container("b", Some(2000));
+    }
+    f.manager.invalidate(UID);
+    let paths = f.manager.setup(&ctx(&p)).await.expect("setup");
+    let meta = fs::metadata(paths["tok"].join("token")).expect("stat");
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o644));
+}
