@@ -6,6 +6,7 @@
 //! nodelet addition) and the healthz port.
 
 pub mod push;
+pub mod streaming;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
