@@ -140,7 +140,7 @@ impl ContainerdRuntime {
                 reason: "exec needs a command".to_owned(),
             });
         }
-        let process = self.exec_process_spec(container_id, cmd, false).await?;
+        let process = self.exec_process_spec(container_id, cmd, false, None).await?;
         let exec_id = new_id(16)?;
         let io = ExecIo::create(self.config().state_dir.join("exec").join(&exec_id))?;
         let (out_rx, out_tx) = ExecIo::open(&io.stdout)?;
@@ -200,12 +200,13 @@ impl ContainerdRuntime {
     }
 
     /// The container's process spec with `cmd` as its arguments, with a terminal
-    /// when `tty`.
+    /// when `tty` (of `console` columns and rows when given).
     pub(super) async fn exec_process_spec(
         &self,
         container_id: &str,
         cmd: &[String],
         tty: bool,
+        console: Option<(u16, u16)>,
     ) -> Result<prost_types::Any, RuntimeError> {
         let containerd = self.containerd();
         let req = containerd.request(GetContainerRequest {
@@ -232,7 +233,14 @@ impl ContainerdRuntime {
             .ok_or_else(|| spec_err("the container's spec has no process".to_owned()))?;
         process.set_args(Some(cmd.to_vec()));
         process.set_terminal(Some(tty));
-        process.set_console_size(None);
+        let size = console.filter(|_| tty).and_then(|(w, h)| {
+            oci_spec::runtime::BoxBuilder::default()
+                .width(u32::from(w))
+                .height(u32::from(h))
+                .build()
+                .ok()
+        });
+        process.set_console_size(size);
         let value = serde_json::to_vec(&process)
             .map_err(|e| spec_err(format!("exec process spec: {e}")))?;
         Ok(prost_types::Any {

@@ -41,6 +41,8 @@ pub struct ExecStreams {
     pub stderr: bool,
     /// Give it a terminal.
     pub tty: bool,
+    /// The terminal's initial columns and rows.
+    pub console: Option<(u16, u16)>,
 }
 
 /// A started interactive exec. Take the pipes, [`wait`](Self::wait) for the exit
@@ -103,7 +105,7 @@ impl ContainerdRuntime {
             });
         }
         let process = self
-            .exec_process_spec(container_id, cmd, streams.tty)
+            .exec_process_spec(container_id, cmd, streams.tty, streams.console)
             .await?;
         let exec_id = new_id(16)?;
         let dir = self.config().state_dir.join("exec").join(&exec_id);

@@ -36,6 +36,8 @@ const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the command ended, how long its output may take to drain (a child it left
 /// behind holding the pipe would otherwise hold the session).
 const DRAIN: Duration = Duration::from_secs(2);
+/// How long exec with a TTY waits for the client's first terminal size.
+const FIRST_RESIZE: Duration = Duration::from_millis(500);
 /// How often attach looks for new log lines and for the container's end.
 const ATTACH_POLL: Duration = Duration::from_millis(100);
 
@@ -255,11 +257,27 @@ impl Session {
     }
 
     async fn exec(&self, streams: &mut Streams, cmd: &[String]) -> Outcome {
+        // kubectl sends the terminal's size first thing: the process starts with it
+        // rather than resized just after (a quick `stty size` would see 0 0).
+        let mut sizes = ResizeDecoder::default();
+        let mut first = Vec::new();
+        if let Some(resize) = streams.resize.as_mut() {
+            let _ = tokio::time::timeout(FIRST_RESIZE, async {
+                while first.is_empty() {
+                    match resize.recv().await {
+                        Some(chunk) => first = sizes.push(&chunk),
+                        None => break,
+                    }
+                }
+            })
+            .await;
+        }
         let wanted = ExecStreams {
             stdin: streams.stdin.is_some(),
             stdout: streams.stdout.is_some(),
             stderr: streams.stderr.is_some(),
             tty: self.opts.tty,
+            console: first.last().map(|s| (s.width, s.height)),
         };
         let mut session = match self
             .runtime
@@ -284,7 +302,6 @@ impl Session {
             let control = control.clone();
             tasks.spawn(async move {
                 let (mut rx, _) = stream.split();
-                let mut sizes = ResizeDecoder::default();
                 while let Some(chunk) = rx.recv().await {
                     for size in sizes.push(&chunk) {
                         if let Err(e) = control.resize(size.width, size.height).await {
