@@ -216,3 +216,250 @@ spec:
         port_forward_check(kubectl, &kubeconfig, &pod);
     }
 }
+
+/// Our SPDY framing, shared with the agent, as a minimal client.
+#[path = "../src/server/streaming/spdy_dict.rs"]
+#[allow(dead_code)]
+mod spdy_dict;
+#[path = "../src/server/streaming/spdy.rs"]
+#[allow(dead_code)]
+mod spdy;
+
+mod direct {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::spdy::{FLAG_FIN, Frame, HeaderDecoder, HeaderEncoder, encode_frame, read_frame};
+
+    /// An HTTPS client with the admin's certificate, the node's self-signed serving
+    /// certificate unchecked.
+    pub fn client(run: &std::path::Path) -> reqwest::Client {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut pem = std::fs::read(run.join("pki/admin.crt")).expect("cert");
+        pem.extend(std::fs::read(run.join("pki/admin.key")).expect("key"));
+        reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .http1_only()
+            .identity(reqwest::Identity::from_pem(&pem).expect("identity"))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client")
+    }
+
+    /// What an exec returned: stdout and the error stream's text.
+    #[derive(Debug, Default)]
+    pub struct Result {
+        pub stdout: Vec<u8>,
+        pub error: String,
+    }
+
+    /// Runs an exec over SPDY (v4, stdout only); with `hang_up_after` the client
+    /// drops the connection that long after starting instead of reading to the end.
+    pub async fn exec(
+        http: &reqwest::Client,
+        url: &str,
+        hang_up_after: Option<Duration>,
+    ) -> std::result::Result<Result, String> {
+        let resp = http
+            .post(url)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "SPDY/3.1")
+            .header("X-Stream-Protocol-Version", "v4.channel.k8s.io")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status() != 101 {
+            return Err(format!("{}", resp.status()));
+        }
+        let io = resp.upgrade().await.map_err(|e| e.to_string())?;
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut enc = HeaderEncoder::new().map_err(|e| e.to_string())?;
+        for (id, kind) in [(1u32, "error"), (3, "stdout")] {
+            let f = Frame::SynStream {
+                stream_id: id,
+                associated_to: 0,
+                priority: 0,
+                flags: 0,
+                headers: vec![("streamType".into(), kind.into())],
+            };
+            let bytes = encode_frame(&f, &mut enc).map_err(|e| e.to_string())?;
+            wr.write_all(&bytes).await.map_err(|e| e.to_string())?;
+        }
+        if let Some(after) = hang_up_after {
+            tokio::time::sleep(after).await;
+            let _ = wr.shutdown().await;
+            return Ok(Result::default());
+        }
+        let mut dec = HeaderDecoder::default();
+        let mut out = Result::default();
+        let mut error = Vec::new();
+        let read = async {
+            while let Ok(Some(f)) = read_frame(&mut rd, &mut dec).await {
+                match f {
+                    Frame::Data {
+                        stream_id: 3, data, ..
+                    } => out.stdout.extend(data),
+                    Frame::Data {
+                        stream_id: 1, data, flags, ..
+                    } => {
+                        error.extend(data);
+                        if flags & FLAG_FIN != 0 {
+                            break;
+                        }
+                    }
+                    Frame::GoAway { .. } => break,
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(150), read)
+            .await
+            .map_err(|_| "exec did not end".to_owned())?;
+        out.error = String::from_utf8_lossy(&error).into_owned();
+        Ok(out)
+    }
+}
+
+/// The agent's open file descriptors and threads.
+fn agent_fds_threads(pid: u32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Threads:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    (fds, threads)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_spdy_bad_input_disconnects_and_100_concurrent_execs_leak_nothing() {
+    let kubeconfig = admin_kubeconfig();
+    let run_dir = kubeconfig.parent().expect("run dir").to_owned();
+    let ca = run_dir.join("pki/ca.crt");
+    let (_cleanup, mut w) = joined_world(
+        &kubeconfig,
+        &[
+            "--client-ca-file",
+            ca.to_str().expect("utf-8"),
+            "--authentication-token-webhook",
+            "--authorization-mode",
+            "Webhook",
+        ],
+    )
+    .await;
+    w.write_manifest(
+        "box.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: box}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n"
+        ),
+    );
+    w.start_agent().await;
+    w.wait_pod("box", "Running", |p| phase(p) == "Running").await;
+    let pod = format!("box-{}", w.node);
+    let base = format!("https://127.0.0.1:{}", w.secure_port);
+    let http = direct::client(&run_dir);
+    let exec_url = |cmd: &str| {
+        let args: String = cmd
+            .split(' ')
+            .map(|a| format!("command={a}&"))
+            .collect();
+        format!("{base}/exec/default/{pod}/main?{args}output=1")
+    };
+
+    // Bad requests: clear HTTP errors, nothing run.
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let plain = http.post(exec_url("true")).send().await.expect("plain");
+    assert_eq!(status(plain), 400);
+    let foreign = http
+        .post(exec_url("true"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", "v9.channel.k8s.io")
+        .send()
+        .await
+        .expect("foreign");
+    assert_eq!(status(foreign), 403);
+    let nothing = http
+        .post(format!("{base}/exec/default/{pod}/main?command=true"))
+        .send()
+        .await
+        .expect("no streams");
+    assert_eq!(status(nothing), 400);
+    for url in [
+        format!("{base}/exec/default/nope/main?command=true&output=1"),
+        format!("{base}/exec/default/{pod}/nope?command=true&output=1"),
+        format!("{base}/portForward/default/nope"),
+    ] {
+        let r = http.post(&url).send().await.expect("unknown");
+        assert_eq!(status(r), 404, "{url}");
+    }
+
+    // One exec, its output and v4 status.
+    let ok = direct::exec(&http, &exec_url("echo hello"), None).await.expect("exec");
+    assert_eq!(ok.stdout, b"hello\n", "{}", ok.error);
+    assert!(ok.error.contains("\"Success\""), "{}", ok.error);
+    let three = direct::exec(&http, &exec_url("sh -c exit\t3"), None).await;
+    let _ = three;
+
+    let pid = w.agent.as_ref().expect("agent").id();
+    let exec_dir = w.root.join("runtime/exec");
+    let fifo_dirs = || std::fs::read_dir(&exec_dir).map_or(0, |d| d.count());
+    let main_id = || {
+        let out = w.ctr(&["containers", "ls", "-q"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let processes = |ids: &[String]| -> usize {
+        ids.iter()
+            .map(|id| {
+                let out = w.ctr(&["tasks", "ps", id]);
+                String::from_utf8_lossy(&out.stdout).lines().count()
+            })
+            .sum()
+    };
+    let ids = main_id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = (agent_fds_threads(pid), processes(&ids), fifo_dirs());
+
+    // A client that hangs up mid-stream: its process is killed and deleted.
+    for _ in 0..5 {
+        direct::exec(&http, &exec_url("sleep 30"), Some(Duration::from_millis(500)))
+            .await
+            .expect("hang-up exec");
+    }
+    // 100 at once.
+    let started = std::time::Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    let n: usize = std::env::var("NODELET_TEST_CONCURRENT_EXECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    for i in 0..n {
+        let http = http.clone();
+        let url = exec_url(&format!("echo n{i}"));
+        set.spawn(async move { (i, direct::exec(&http, &url, None).await) });
+    }
+    let mut done = 0;
+    while let Some(r) = set.join_next().await {
+        let (i, r) = r.expect("task");
+        done += 1;
+        eprintln!("exec {i} ended after {:?} ({done} done)", started.elapsed());
+        let r = r.unwrap_or_else(|e| panic!("exec {i}: {e}"));
+        assert_eq!(r.stdout, format!("n{i}\n").into_bytes(), "exec {i}");
+        assert!(r.error.contains("\"Success\""), "exec {i}: {}", r.error);
+    }
+    eprintln!("100 concurrent execs took {:?}", started.elapsed());
+    let after = support::wait_for("exec sessions cleaned up", Duration::from_secs(30), || {
+        let now = (agent_fds_threads(pid), processes(&ids), fifo_dirs());
+        let before = before;
+        async move { (now.1 <= before.1 && now.2 <= before.2 && now.0 .0 <= before.0 .0 + 2).then_some(now) }
+    })
+    .await;
+    eprintln!("agent (fds, threads), exec processes, fifo dirs: before {before:?} after {after:?}");
+}

@@ -19,6 +19,7 @@ use containerd_client::services::v1::{
     CloseIoRequest, ExecProcessRequest, KillRequest, ResizePtyRequest, StartRequest, WaitRequest,
 };
 use nix::sys::stat::Mode;
+use tokio::io::AsyncReadExt as _;
 use tokio::net::unix::pipe;
 use tonic::Code;
 use tracing::warn;
@@ -29,6 +30,8 @@ use super::{ContainerdRuntime, RuntimeError};
 const SIGKILL: u32 = 9;
 /// How long a process killed on cleanup gets to go.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// The deadline of the wait for an interactive process (30 days).
+const SESSION_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Which of the process's streams the caller wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,10 +124,10 @@ impl ContainerdRuntime {
             finished: false,
         };
         let stdin_path = streams.stdin.then(|| fifo(&dir, "stdin")).transpose()?;
-        let stdout_path = streams.stdout.then(|| fifo(&dir, "stdout")).transpose()?;
-        let stderr_path = (streams.stderr && !streams.tty)
-            .then(|| fifo(&dir, "stderr"))
-            .transpose()?;
+        // The shim wants both output paths (an empty one fails its start), so an
+        // output nobody asked for still gets a FIFO, read and dropped below.
+        let stdout_path = Some(fifo(&dir, "stdout")?);
+        let stderr_path = (!streams.tty).then(|| fifo(&dir, "stderr")).transpose()?;
         // Our ends are opened first, read-write where a plain open would wait for
         // the other side: a FIFO read with no writer at all reads as ended, so each
         // read end keeps a write end of ours until the shim has opened its own.
@@ -176,6 +179,17 @@ impl ContainerdRuntime {
             .map_err(grpc("start exec", container_id))?;
         // The shim holds its write ends now (it opens them before answering Start).
         drop(holds);
+        for (wanted, slot) in [
+            (streams.stdout, &mut session.stdout),
+            (streams.stderr, &mut session.stderr),
+        ] {
+            if !wanted && let Some(mut rx) = slot.take() {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while matches!(rx.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        }
         Ok(session)
     }
 }
@@ -207,10 +221,15 @@ impl ExecSession {
     /// [`RuntimeError::Containerd`] when the wait fails.
     pub async fn wait(&self) -> Result<i32, RuntimeError> {
         let containerd = self.runtime.containerd();
-        let req = containerd.request(WaitRequest {
-            container_id: self.container_id.clone(),
-            exec_id: self.exec_id.clone(),
-        });
+        // A session lasts as long as its user keeps it: no deadline of the usual
+        // request length.
+        let req = containerd.request_with_timeout(
+            WaitRequest {
+                container_id: self.container_id.clone(),
+                exec_id: self.exec_id.clone(),
+            },
+            SESSION_WAIT,
+        );
         let status = TasksClient::new(containerd.channel())
             .wait(req)
             .await
