@@ -140,7 +140,9 @@ impl ContainerdRuntime {
                 reason: "exec needs a command".to_owned(),
             });
         }
-        let process = self.exec_process_spec(container_id, cmd, false, None).await?;
+        let process = self
+            .exec_process_spec(container_id, cmd, false, None)
+            .await?;
         let exec_id = new_id(16)?;
         let io = ExecIo::create(self.config().state_dir.join("exec").join(&exec_id))?;
         let (out_rx, out_tx) = ExecIo::open(&io.stdout)?;
@@ -340,7 +342,11 @@ impl ContainerdRuntime {
         Ok(None)
     }
 
-    pub(super) async fn delete_exec(&self, container_id: &str, exec_id: &str) -> Result<(), RuntimeError> {
+    pub(super) async fn delete_exec(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+    ) -> Result<(), RuntimeError> {
         let containerd = self.containerd();
         let req = containerd.request(DeleteProcessRequest {
             container_id: container_id.to_owned(),

@@ -150,11 +150,7 @@ impl ContainerdRuntime {
                         .open_receiver(p)
                         .map_err(io_err(p))?,
                 );
-                holds.push(
-                    pipe::OpenOptions::new()
-                        .open_sender(p)
-                        .map_err(io_err(p))?,
-                );
+                holds.push(pipe::OpenOptions::new().open_sender(p).map_err(io_err(p))?);
             }
         }
         let containerd = self.containerd();
@@ -337,7 +333,12 @@ async fn close_stdin(
     }
 }
 
-async fn cleanup(runtime: Arc<ContainerdRuntime>, container_id: String, exec_id: String, dir: PathBuf) {
+async fn cleanup(
+    runtime: Arc<ContainerdRuntime>,
+    container_id: String,
+    exec_id: String,
+    dir: PathBuf,
+) {
     let containerd = runtime.containerd();
     let mut tasks = TasksClient::new(containerd.channel());
     let req = containerd.request(KillRequest {
@@ -359,7 +360,10 @@ async fn cleanup(runtime: Arc<ContainerdRuntime>, container_id: String, exec_id:
             container_id: container_id.clone(),
             exec_id: exec_id.clone(),
         });
-        if tokio::time::timeout(KILL_WAIT, tasks.wait(req)).await.is_err() {
+        if tokio::time::timeout(KILL_WAIT, tasks.wait(req))
+            .await
+            .is_err()
+        {
             warn!(container = %container_id, exec_id, "exec process still there after SIGKILL");
         }
     }

@@ -70,7 +70,16 @@ pub(crate) struct Target {
 }
 
 /// Finds the pod `ns/name` (with `uid`, when given) among the node's pods.
-fn find_pod(node: &NodeViewCell, ns: &str, name: &str, uid: Option<&str>) -> Result<Target, Response> {
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the HTTP answer itself, made once per request"
+)]
+fn find_pod(
+    node: &NodeViewCell,
+    ns: &str,
+    name: &str,
+    uid: Option<&str>,
+) -> Result<Target, Response> {
     let view = node.borrow().clone().ok_or_else(|| {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -107,7 +116,12 @@ async fn find_container(t: &Target, container: &str) -> Result<ContainerInfo, Re
             )
             .any(|n| n == container)
     });
-    let not_found = || error(StatusCode::NOT_FOUND, format!("container not found ({container:?})"));
+    let not_found = || {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("container not found ({container:?})"),
+        )
+    };
     if !known {
         return Err(not_found());
     }
@@ -138,6 +152,10 @@ fn client_protocols(headers: &HeaderMap) -> Vec<String> {
 /// Upstream's `httpstream.Handshake` plus the SPDY upgrader's checks: the chosen
 /// subprotocol, or the error answer (400 for a missing header or a request that is
 /// no SPDY upgrade, 403 with our protocols when none is shared).
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the HTTP answer itself, made once per request"
+)]
 fn spdy_handshake(headers: &HeaderMap, ours: &[&'static str]) -> Result<String, Response> {
     let has = |name: header::HeaderName, token: &str| {
         headers
@@ -347,7 +365,9 @@ async fn port_forward_inner(
         Err(resp) => return resp,
     };
     let name = format!("{ns}/{pod}");
-    upgrade(req, protocol, move |conn| portforward::serve(conn, netns, name))
+    upgrade(req, protocol, move |conn| {
+        portforward::serve(conn, netns, name)
+    })
 }
 
 async fn run(
@@ -425,7 +445,10 @@ mod tests {
             ("connection", "Upgrade"),
             ("upgrade", "SPDY/3.1"),
             ("x-stream-protocol-version", "v5.channel.k8s.io"),
-            ("x-stream-protocol-version", "v4.channel.k8s.io, v3.channel.k8s.io"),
+            (
+                "x-stream-protocol-version",
+                "v4.channel.k8s.io, v3.channel.k8s.io",
+            ),
         ]);
         assert_eq!(
             spdy_handshake(&h, remotecommand::PROTOCOLS).expect("ok"),

@@ -154,8 +154,15 @@ pub async fn serve(mut conn: SpdyConn, netns: Option<PathBuf>, pod: String) {
                 continue;
             }
         }
-        if pair.error.is_some() && pair.data.is_some()
-            && let Some((Pair { error: Some(e), data: Some(d) }, _)) = pairs.remove(&request_id)
+        if pair.error.is_some()
+            && pair.data.is_some()
+            && let Some((
+                Pair {
+                    error: Some(e),
+                    data: Some(d),
+                },
+                _,
+            )) = pairs.remove(&request_id)
         {
             forwards.spawn(forward(e, d, netns.clone(), port, pod.clone()));
         }
@@ -164,7 +171,13 @@ pub async fn serve(mut conn: SpdyConn, netns: Option<PathBuf>, pod: String) {
     conn.close().await;
 }
 
-async fn forward(error: SpdyStream, data: SpdyStream, netns: Option<PathBuf>, port: u16, pod: String) {
+async fn forward(
+    error: SpdyStream,
+    data: SpdyStream,
+    netns: Option<PathBuf>,
+    port: u16,
+    pod: String,
+) {
     let err_w = error.writer();
     // The client never writes on the error stream; dropping its receiver lets the
     // connection drop anything it does send.
@@ -195,7 +208,11 @@ async fn forward(error: SpdyStream, data: SpdyStream, netns: Option<PathBuf>, po
         match rd.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => {
-                if data_w.write(buf.get(..n).unwrap_or_default()).await.is_err() {
+                if data_w
+                    .write(buf.get(..n).unwrap_or_default())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -30,7 +30,11 @@ use tracing::debug;
 use super::spdy_conn::{SpdyConn, SpdyStream, StreamWriter};
 
 /// The subprotocols we speak, newest first.
-pub const PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io"];
+pub const PROTOCOLS: &[&str] = &[
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+];
 /// How long the client gets to open its streams (upstream's default).
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the command ended, how long its output may take to drain (a child it left
@@ -341,7 +345,10 @@ impl Session {
     async fn attach(&self, streams: &mut Streams) -> Outcome {
         // Stdin can't reach the container (see the module doc): read and drop it.
         let mut tasks = tokio::task::JoinSet::new();
-        for s in [streams.stdin.take(), streams.resize.take()].into_iter().flatten() {
+        for s in [streams.stdin.take(), streams.resize.take()]
+            .into_iter()
+            .flatten()
+        {
             tasks.spawn(async move {
                 let (mut rx, _) = s.split();
                 while rx.recv().await.is_some() {}
@@ -506,7 +513,7 @@ async fn follow_log(
                 ino = new_ino;
             }
         }
-        if ticks % 10 == 0 {
+        if ticks.is_multiple_of(10) {
             let running = runtime
                 .list_containers(Some(pod_uid))
                 .await

@@ -25,11 +25,6 @@ const MAX_HEADER_BLOCK: usize = 256 * 1024;
 
 /// FLAG_FIN on data, SYN_STREAM, SYN_REPLY and HEADERS frames.
 pub const FLAG_FIN: u8 = 0x01;
-/// FLAG_UNIDIRECTIONAL on SYN_STREAM.
-pub const FLAG_UNIDIRECTIONAL: u8 = 0x02;
-
-/// RST_STREAM status: PROTOCOL_ERROR.
-pub const RST_PROTOCOL_ERROR: u32 = 1;
 /// RST_STREAM status: CANCEL.
 pub const RST_CANCEL: u32 = 5;
 
@@ -470,9 +465,11 @@ pub fn encode_frame(frame: &Frame, headers: &mut HeaderEncoder) -> Result<Vec<u8
             0,
             &[be(*last_good_stream_id), be(*status)].concat(),
         ),
-        Frame::WindowUpdate { stream_id, delta } => {
-            control(TYPE_WINDOW_UPDATE, 0, &[be(*stream_id), be(*delta)].concat())
-        }
+        Frame::WindowUpdate { stream_id, delta } => control(
+            TYPE_WINDOW_UPDATE,
+            0,
+            &[be(*stream_id), be(*delta)].concat(),
+        ),
     }
 }
 
