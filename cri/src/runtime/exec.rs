@@ -140,7 +140,9 @@ impl ContainerdRuntime {
                 reason: "exec needs a command".to_owned(),
             });
         }
-        let process = self.exec_process_spec(container_id, cmd).await?;
+        let process = self
+            .exec_process_spec(container_id, cmd, false, None)
+            .await?;
         let exec_id = new_id(16)?;
         let io = ExecIo::create(self.config().state_dir.join("exec").join(&exec_id))?;
         let (out_rx, out_tx) = ExecIo::open(&io.stdout)?;
@@ -199,11 +201,14 @@ impl ContainerdRuntime {
         }
     }
 
-    /// The container's process spec with `cmd` as its arguments, no terminal.
-    async fn exec_process_spec(
+    /// The container's process spec with `cmd` as its arguments, with a terminal
+    /// when `tty` (of `console` columns and rows when given).
+    pub(super) async fn exec_process_spec(
         &self,
         container_id: &str,
         cmd: &[String],
+        tty: bool,
+        console: Option<(u16, u16)>,
     ) -> Result<prost_types::Any, RuntimeError> {
         let containerd = self.containerd();
         let req = containerd.request(GetContainerRequest {
@@ -229,8 +234,15 @@ impl ContainerdRuntime {
             .clone()
             .ok_or_else(|| spec_err("the container's spec has no process".to_owned()))?;
         process.set_args(Some(cmd.to_vec()));
-        process.set_terminal(Some(false));
-        process.set_console_size(None);
+        process.set_terminal(Some(tty));
+        let size = console.filter(|_| tty).and_then(|(w, h)| {
+            oci_spec::runtime::BoxBuilder::default()
+                .width(u32::from(w))
+                .height(u32::from(h))
+                .build()
+                .ok()
+        });
+        process.set_console_size(size);
         let value = serde_json::to_vec(&process)
             .map_err(|e| spec_err(format!("exec process spec: {e}")))?;
         Ok(prost_types::Any {
@@ -330,7 +342,11 @@ impl ContainerdRuntime {
         Ok(None)
     }
 
-    async fn delete_exec(&self, container_id: &str, exec_id: &str) -> Result<(), RuntimeError> {
+    pub(super) async fn delete_exec(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+    ) -> Result<(), RuntimeError> {
         let containerd = self.containerd();
         let req = containerd.request(DeleteProcessRequest {
             container_id: container_id.to_owned(),

@@ -7,6 +7,7 @@
 mod containerd;
 mod events;
 mod exec;
+mod exec_stream;
 pub mod oom;
 mod pod_files;
 mod records;
@@ -25,6 +26,7 @@ use thiserror::Error;
 pub use self::containerd::{ContainerdRuntime, RuntimeConfig};
 pub use self::events::RuntimeEvent;
 pub use self::exec::{EXEC_OUTPUT_LIMIT, ExecResult};
+pub use self::exec_stream::{ExecControl, ExecSession, ExecStreams};
 pub use self::seccomp::SeccompMode;
 
 use crate::cni::CniError;

@@ -1,0 +1,335 @@
+//! A server-side SPDY/3.1 connection over an upgraded HTTP connection, as
+//! spdystream's `Connection` behaves toward Kubernetes clients: every stream the
+//! client opens is answered with a SYN_REPLY at once and handed over; its data frames
+//! arrive in order, its FIN (or RST, or the connection's end) reads as the end; the
+//! client's PINGs are echoed; WINDOW_UPDATE and SETTINGS are ignored.
+//!
+//! One task reads frames; writers share the write half behind a lock, since header
+//! compression makes frame order matter. A stream whose reader has gone is dropped
+//! silently, as spdystream drops data for unknown streams.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::spdy::{
+    FLAG_FIN, Frame, HeaderDecoder, HeaderEncoder, Headers, RST_CANCEL, SpdyError, encode_frame,
+    read_frame,
+};
+
+/// Frames of data buffered per stream before the reader waits for its consumer.
+const STREAM_BUFFER: usize = 16;
+/// Largest data frame we send (spdystream's reads are buffered the same way).
+const WRITE_CHUNK: usize = 32 * 1024;
+/// How long [`SpdyConn::close`] waits for the client to hang up after GOAWAY.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+struct Writer {
+    inner: Mutex<(BoxWrite, HeaderEncoder)>,
+}
+
+impl Writer {
+    async fn send(&self, frame: &Frame) -> Result<(), SpdyError> {
+        let mut guard = self.inner.lock().await;
+        let (io, enc) = &mut *guard;
+        let bytes = encode_frame(frame, enc)?;
+        io.write_all(&bytes).await?;
+        io.flush().await?;
+        Ok(())
+    }
+}
+
+/// A stream the client opened.
+pub struct SpdyStream {
+    /// Its id.
+    pub id: u32,
+    /// The headers it was opened with (names lower case).
+    pub headers: Headers,
+    rx: mpsc::Receiver<Vec<u8>>,
+    out: Arc<Writer>,
+}
+
+impl std::fmt::Debug for SpdyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpdyStream")
+            .field("id", &self.id)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpdyStream {
+    /// The first value of a header (by lower-case name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next chunk of data from the client; `None` once it finished the stream
+    /// (FIN or RST) or the connection ended.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        self.rx.recv().await
+    }
+
+    /// A handle writing to this stream.
+    pub fn writer(&self) -> StreamWriter {
+        StreamWriter {
+            id: self.id,
+            out: Arc::clone(&self.out),
+        }
+    }
+
+    /// Splits into the receiving half and a writer.
+    pub fn split(self) -> (mpsc::Receiver<Vec<u8>>, StreamWriter) {
+        let w = self.writer();
+        (self.rx, w)
+    }
+}
+
+/// Writes to one stream.
+#[derive(Clone)]
+pub struct StreamWriter {
+    id: u32,
+    out: Arc<Writer>,
+}
+
+impl std::fmt::Debug for StreamWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamWriter")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl StreamWriter {
+    /// Sends `data` in frames of at most 32 KiB.
+    ///
+    /// # Errors
+    /// [`SpdyError::Io`] when the connection is gone.
+    pub async fn write(&self, data: &[u8]) -> Result<(), SpdyError> {
+        for chunk in data.chunks(WRITE_CHUNK) {
+            self.out
+                .send(&Frame::Data {
+                    stream_id: self.id,
+                    flags: 0,
+                    data: chunk.to_vec(),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Half-closes the stream from our side (an empty data frame with FIN).
+    ///
+    /// # Errors
+    /// [`SpdyError::Io`] when the connection is gone.
+    pub async fn close(&self) -> Result<(), SpdyError> {
+        self.out
+            .send(&Frame::Data {
+                stream_id: self.id,
+                flags: FLAG_FIN,
+                data: Vec::new(),
+            })
+            .await
+    }
+
+    /// Resets the stream (RST_STREAM CANCEL).
+    ///
+    /// # Errors
+    /// [`SpdyError::Io`] when the connection is gone.
+    pub async fn reset(&self) -> Result<(), SpdyError> {
+        self.out
+            .send(&Frame::RstStream {
+                stream_id: self.id,
+                status: RST_CANCEL,
+            })
+            .await
+    }
+}
+
+/// The server side of a SPDY connection.
+pub struct SpdyConn {
+    out: Arc<Writer>,
+    incoming: mpsc::Receiver<SpdyStream>,
+    closed: CancellationToken,
+    last_stream: Arc<std::sync::atomic::AtomicU32>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for SpdyConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpdyConn").finish_non_exhaustive()
+    }
+}
+
+impl SpdyConn {
+    /// Starts serving SPDY on `io` (the connection after the 101 response).
+    ///
+    /// # Errors
+    /// [`SpdyError::Compression`] when the header compressor can't be made.
+    pub fn start<IO>(io: IO) -> Result<Self, SpdyError>
+    where
+        IO: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(io);
+        let out = Arc::new(Writer {
+            inner: Mutex::new((Box::new(wr), HeaderEncoder::new()?)),
+        });
+        let (tx, incoming) = mpsc::channel(8);
+        let closed = CancellationToken::new();
+        let last_stream = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let reader = tokio::spawn(read_loop(
+            rd,
+            Arc::clone(&out),
+            tx,
+            closed.clone(),
+            Arc::clone(&last_stream),
+        ));
+        Ok(Self {
+            out,
+            incoming,
+            closed,
+            last_stream,
+            reader,
+        })
+    }
+
+    /// The next stream the client opens; `None` once the connection ended.
+    pub async fn accept(&mut self) -> Option<SpdyStream> {
+        self.incoming.recv().await
+    }
+
+    /// Refuses further streams (they are reset).
+    pub fn stop_accepting(&mut self) {
+        self.incoming.close();
+    }
+
+    /// Cancelled when the client hung up (or sent GOAWAY, or broke the protocol).
+    pub fn closed(&self) -> CancellationToken {
+        self.closed.clone()
+    }
+
+    /// Sends GOAWAY, waits a little for the client to hang up, and drops the
+    /// connection.
+    pub async fn close(self) {
+        let last = self.last_stream.load(std::sync::atomic::Ordering::Relaxed);
+        let goaway = Frame::GoAway {
+            last_good_stream_id: last,
+            status: 0,
+        };
+        if self.out.send(&goaway).await.is_ok() {
+            let mut guard = self.out.inner.lock().await;
+            let _ = guard.0.shutdown().await;
+            drop(guard);
+            let _ = tokio::time::timeout(CLOSE_GRACE, self.closed.cancelled()).await;
+        }
+        self.reader.abort();
+    }
+}
+
+impl Drop for SpdyConn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
+    out: Arc<Writer>,
+    tx: mpsc::Sender<SpdyStream>,
+    closed: CancellationToken,
+    last_stream: Arc<std::sync::atomic::AtomicU32>,
+) {
+    let mut dec = HeaderDecoder::default();
+    let mut streams: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    loop {
+        let frame = match read_frame(&mut rd, &mut dec).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                debug!(error = %e, "spdy connection ends");
+                break;
+            }
+        };
+        match frame {
+            Frame::SynStream {
+                stream_id,
+                flags,
+                headers,
+                ..
+            } => {
+                last_stream.fetch_max(stream_id, std::sync::atomic::Ordering::Relaxed);
+                let reply = Frame::SynReply {
+                    stream_id,
+                    flags: 0,
+                    headers: Vec::new(),
+                };
+                if out.send(&reply).await.is_err() {
+                    break;
+                }
+                let (stx, srx) = mpsc::channel(STREAM_BUFFER);
+                if flags & FLAG_FIN == 0 {
+                    streams.insert(stream_id, stx);
+                }
+                let stream = SpdyStream {
+                    id: stream_id,
+                    headers,
+                    rx: srx,
+                    out: Arc::clone(&out),
+                };
+                if tx.send(stream).await.is_err() {
+                    streams.remove(&stream_id);
+                    let rst = Frame::RstStream {
+                        stream_id,
+                        status: RST_CANCEL,
+                    };
+                    let _ = out.send(&rst).await;
+                }
+            }
+            Frame::Data {
+                stream_id,
+                flags,
+                data,
+            } => {
+                if let Some(s) = streams.get(&stream_id)
+                    && !data.is_empty()
+                    && s.send(data).await.is_err()
+                {
+                    streams.remove(&stream_id);
+                }
+                if flags & FLAG_FIN != 0 {
+                    streams.remove(&stream_id);
+                }
+            }
+            Frame::RstStream { stream_id, .. } => {
+                streams.remove(&stream_id);
+            }
+            Frame::Headers {
+                stream_id, flags, ..
+            } => {
+                if flags & FLAG_FIN != 0 {
+                    streams.remove(&stream_id);
+                }
+            }
+            Frame::Ping { id } => {
+                // Ours would be even; a client's are odd and get echoed.
+                if id % 2 == 1 && out.send(&Frame::Ping { id }).await.is_err() {
+                    break;
+                }
+            }
+            Frame::GoAway { .. } => break,
+            Frame::SynReply { .. } | Frame::Settings | Frame::WindowUpdate { .. } => {}
+        }
+    }
+    drop(streams);
+    closed.cancel();
+}
