@@ -20,7 +20,9 @@
 
 pub mod exec;
 pub mod listing;
+pub mod netlink;
 pub mod render;
+pub mod rule;
 pub mod tx;
 
 use std::net::IpAddr;
@@ -91,21 +93,21 @@ impl RenderConfig {
     }
 
     /// The match for traffic from pods (`ip saddr { cidrs }`), if the cluster CIDR is known.
-    pub fn if_local(&self, negate: bool) -> Option<String> {
-        let cidrs: Vec<String> = self
+    pub fn if_local(&self, negate: bool) -> Option<rule::Match> {
+        let nets: Vec<rule::Net> = self
             .cluster_cidrs
             .iter()
             .filter(|c| c.family() == self.family)
-            .map(ToString::to_string)
+            .map(|c| rule::Net::Prefix(*c))
             .collect();
-        if cidrs.is_empty() {
+        if nets.is_empty() {
             return None;
         }
-        let op = if negate { "!= " } else { "" };
-        Some(if cidrs.len() == 1 {
-            format!("{} saddr {op}{}", self.ip(), cidrs[0])
-        } else {
-            format!("{} saddr {op}{{ {} }}", self.ip(), cidrs.join(", "))
+        Some(rule::Match::Addr {
+            dir: rule::Dir::Saddr,
+            negate,
+            nets,
+            braces: false,
         })
     }
 }
