@@ -1,10 +1,13 @@
 //! Proxy figures (printed, never failing on time): render and apply the full ruleset for
 //! 1k and 10k services × 10 endpoints into a throwaway network namespace, then one
-//! endpoint change applied incrementally versus as a full resync, the consistency check's
-//! cost (list + parse + compare), the proxy's RSS, and how long `nft` takes to read the
-//! same table as text and as JSON (`nft -j -f`, the `nftables` crate's format).
+//! endpoint removed and one service added incrementally, each over nf_tables netlink and
+//! through the `nft` binary in the same run (with the ratio), versus a full resync, the
+//! consistency check's cost (list + parse + compare), the proxy's RSS, and how long `nft`
+//! takes to read the same table as text and as JSON (`nft -j -f`, the `nftables` crate's
+//! format).
 //!
-//! `cargo bench -p nodelet-netproxy --bench ruleset` (root; `-- 1000` for one size).
+//! `cargo bench -p nodelet-netproxy --bench ruleset` (root; `-- 1000` for one size,
+//! `-- 1000 10000 30000` for the three).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -130,32 +133,51 @@ async fn run(n: usize) {
 
     println!("  RSS after the full sync: {:.0} MiB", rss_mib());
 
-    // One endpoint gone from one service.
-    feed_slice(&mut p, n / 2, Some(3));
-    let t = Instant::now();
-    let inc = p.sync().await.expect("incremental sync");
+    // Incremental syncs: the same kinds of change over nf_tables netlink (the default)
+    // and through the `nft` binary (which first reads the whole table), one run each.
+    let mut removed = [Duration::ZERO; 2];
+    let mut added = [Duration::ZERO; 2];
+    for (i, netlink) in [true, false].into_iter().enumerate() {
+        nft.set_netlink(netlink);
+        let how = if netlink { "netlink" } else { "nft -f" };
+        // One endpoint gone from one service.
+        feed_slice(&mut p, n / 2 + i, Some(3));
+        let t = Instant::now();
+        let inc = p.sync().await.expect("incremental sync");
+        removed[i] = t.elapsed();
+        assert!(!inc.full && (inc.netlink_messages > 0) == netlink, "{inc:?}");
+        println!(
+            "  one endpoint removed, {how}: {} total (render {}, apply {}, {})",
+            ms(removed[i]),
+            ms(inc.render),
+            ms(inc.apply),
+            if netlink {
+                format!("{} messages", inc.netlink_messages)
+            } else {
+                format!("script {} bytes", inc.script_bytes)
+            }
+        );
+        // One new service.
+        let svc = n + i;
+        p.service_updated(&cluster_ip(
+            "bench",
+            &format!("svc-{svc}"),
+            &ip_of(svc + 1, [172, 30]),
+            "http",
+            80,
+        ));
+        feed_slice(&mut p, svc, None);
+        let t = Instant::now();
+        let add = p.sync().await.expect("incremental sync");
+        added[i] = t.elapsed();
+        assert!(!add.full, "{add:?}");
+        println!("  one service added, {how}: {} total", ms(added[i]));
+    }
+    nft.set_netlink(true);
     println!(
-        "  one endpoint removed: incremental sync {} total (render {}, apply {}, script {} bytes)",
-        ms(t.elapsed()),
-        ms(inc.render),
-        ms(inc.apply),
-        inc.script_bytes
-    );
-    // One new service.
-    p.service_updated(&cluster_ip(
-        "bench",
-        &format!("svc-{n}"),
-        &ip_of(n + 1, [172, 30]),
-        "http",
-        80,
-    ));
-    feed_slice(&mut p, n, None);
-    let t = Instant::now();
-    let add = p.sync().await.expect("incremental sync");
-    println!(
-        "  one service added: incremental sync {} total ({} bytes)",
-        ms(t.elapsed()),
-        add.script_bytes
+        "  nft -f / netlink: endpoint removed {:.0}x, service added {:.0}x",
+        removed[1].as_secs_f64() / removed[0].as_secs_f64().max(1e-9),
+        added[1].as_secs_f64() / added[0].as_secs_f64().max(1e-9)
     );
 
     // The same endpoint change as a full resync (what a non-incremental proxy pays). Above
@@ -167,6 +189,7 @@ async fn run(n: usize) {
         );
     } else {
         feed_slice(&mut p, n / 2, None);
+        feed_slice(&mut p, n / 2 + 1, None);
         p.request_full_sync();
         let t = Instant::now();
         let again = p.sync().await.expect("full resync");

@@ -1,10 +1,13 @@
 //! The nftables proxier: owns the change trackers, the service and endpoints maps and
 //! what it last programmed (one `Fragment` per service port and the reference-counted map
-//! elements), and turns each sync into one `nft -f` transaction.
+//! elements), and turns each sync into one transaction.
 //!
 //! - A partial sync re-renders only the services whose Service or EndpointSlices changed
 //!   and sends the difference: changed chains flushed and refilled, map elements added
-//!   and removed, dead chains deleted. It never lists the kernel's table.
+//!   and removed, dead chains deleted. It never lists the kernel's table. The difference
+//!   goes out as one nf_tables netlink batch (`Nft::apply_batch`), or as `nft -f` text
+//!   when no netlink writer is there; a batch the kernel rejects is followed at once by a
+//!   full sync.
 //! - A full sync (at start, after a failed transaction) lists our table once, rewrites
 //!   every chain, refills the dispatch maps and deletes whatever else is in the table.
 //! - The consistency check (every `syncPeriod`) lists our table and repairs drift: missing

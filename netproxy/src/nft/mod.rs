@@ -13,8 +13,11 @@
 //!
 //! - `render`: pure functions from a service port and its endpoints to a `Fragment`
 //!   (its chains, affinity sets and map elements), and the fixed base ruleset;
+//! - `rule`: the typed rules of fragments, rendered as text and encoded for netlink;
+//! - `netlink`: incremental transactions as nf_tables netlink batches (O(change), where
+//!   every `nft` run is O(table));
 //! - `tx`: a transaction builder ordering commands so references are never dangling, and
-//!   the diff of two fragments;
+//!   the diff of two fragments, rendered as a script or encoded as a netlink batch;
 //! - `exec`: the `Nft` seam and the real `nft` runner (timeout, status and output kept);
 //! - `listing`: the parsed `nft -j list table`, and the repair of drift found in it.
 

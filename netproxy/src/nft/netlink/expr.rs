@@ -350,9 +350,9 @@ fn encode_match(
         }
         Match::FibSaddrLocal => {
             x.expr("fib", |b| {
-                b.put_be32(1, 1); // DREG
-                b.put_be32(2, 3); // RESULT addrtype
                 b.put_be32(3, 1); // FLAGS saddr
+                b.put_be32(2, 3); // RESULT addrtype
+                b.put_be32(1, 1); // DREG
             });
             x.cmp(false, &2u32.to_ne_bytes()); // RTN_LOCAL, host order
         }

@@ -21,6 +21,8 @@
 pub mod batch;
 pub mod expr;
 pub mod msg;
+#[cfg(test)]
+mod tests;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Mutex;
@@ -59,6 +61,8 @@ pub enum NetlinkError {
     Batch(Errno),
     #[error("{missing} of {messages} messages were not acknowledged")]
     MissingAck { missing: usize, messages: usize },
+    #[error("the batch of {bytes} bytes is over the {limit}-byte limit of one send")]
+    TooLarge { bytes: usize, limit: usize },
     #[error("the transaction cannot be encoded for netlink: {0}")]
     Encode(#[from] EncodeError),
 }
@@ -71,6 +75,7 @@ impl NetlinkError {
             self,
             NetlinkError::Unavailable
                 | NetlinkError::Encode(_)
+                | NetlinkError::TooLarge { .. }
                 | NetlinkError::Socket(_)
                 | NetlinkError::Netns { .. }
         )
@@ -154,6 +159,14 @@ impl Socket {
         let n = batch.len();
         *seq_guard = first.wrapping_add(u32::try_from(n).unwrap_or(u32::MAX).wrapping_add(2));
         let wire = batch.encode(first);
+        // A change this big (thousands of services at once) costs nft about what a full
+        // table read does anyway; the text path takes it.
+        if wire.len() > BUFFER / 2 {
+            return Err(NetlinkError::TooLarge {
+                bytes: wire.len(),
+                limit: BUFFER / 2,
+            });
+        }
         let sent = send(self.fd.as_raw_fd(), &wire, MsgFlags::empty()).map_err(|source| {
             NetlinkError::Send {
                 messages: n,
