@@ -48,6 +48,8 @@ pub struct Batch {
     /// The nft command each message stands for.
     commands: Vec<String>,
     next_set_id: u32,
+    /// Ids of the named sets created in this batch.
+    set_ids: std::collections::HashMap<String, u32>,
 }
 
 impl Batch {
@@ -59,6 +61,7 @@ impl Batch {
             messages: Vec::new(),
             commands: Vec::new(),
             next_set_id: 0,
+            set_ids: std::collections::HashMap::new(),
         }
     }
 
@@ -164,7 +167,10 @@ impl Batch {
     /// # Errors
     /// The rule is base-chain text or mixes families.
     pub fn add_rule(&mut self, chain: &str, rule: &Rule) -> Result<(), EncodeError> {
-        let enc = expr::encode(rule, &mut self.next_set_id)?;
+        let ids = &self.set_ids;
+        let enc = expr::encode(rule, &mut self.next_set_id, &|name| {
+            ids.get(name).copied().unwrap_or(0)
+        })?;
         for set in &enc.anon_sets {
             let key_len: u32 = if set.family == IpFamily::V4 { 4 } else { 16 };
             let mut b = Buf::default();
@@ -259,6 +265,7 @@ impl Batch {
             set.name,
             set.spec
         );
+        self.set_ids.insert(set.name.clone(), self.next_set_id);
         self.push(NFT_MSG_NEWSET, NLM_F_CREATE, b, cmd);
         Ok(())
     }

@@ -214,11 +214,17 @@ pub fn interval_elements(
     Ok(out)
 }
 
-/// Encodes `rule`; `next_set_id` numbers the anonymous sets it creates.
+/// Encodes `rule`; `next_set_id` numbers the anonymous sets it creates, and `set_id`
+/// gives the id of a named set created earlier in the same batch (0 for one already in
+/// the kernel: nft sends the id it has, which is 0 for sets it only listed).
 ///
 /// # Errors
 /// A `Raw` rule, or an address of the other family.
-pub fn encode(rule: &Rule, next_set_id: &mut u32) -> Result<EncodedRule, EncodeError> {
+pub fn encode(
+    rule: &Rule,
+    next_set_id: &mut u32,
+    set_id: &dyn Fn(&str) -> u32,
+) -> Result<EncodedRule, EncodeError> {
     let mut x = Exprs(Buf::default());
     let mut out = EncodedRule::default();
     match rule {
@@ -230,7 +236,7 @@ pub fn encode(rule: &Rule, next_set_id: &mut u32) -> Result<EncodedRule, EncodeE
             comment,
         } => {
             for m in matches {
-                encode_match(&mut x, *family, m, next_set_id, &mut out.anon_sets)?;
+                encode_match(&mut x, *family, m, next_set_id, set_id, &mut out.anon_sets)?;
             }
             x.verdict(verdict);
             if let Some(c) = comment {
@@ -249,8 +255,9 @@ pub fn encode(rule: &Rule, next_set_id: &mut u32) -> Result<EncodedRule, EncodeE
             });
             x.expr("lookup", |b| {
                 b.put_be32(2, 1); // SREG
-                b.put_str(1, map); // SET
                 b.put_be32(3, 0); // DREG verdict
+                b.put_str(1, map); // SET
+                b.put_be32(4, set_id(map)); // SET_ID
             });
         }
         Rule::UpdateSaddr { family, set } => {
@@ -259,6 +266,7 @@ pub fn encode(rule: &Rule, next_set_id: &mut u32) -> Result<EncodedRule, EncodeE
                 b.put_be32(4, 1); // SREG_KEY
                 b.put_be32(3, 1); // OP update
                 b.put_str(1, set); // SET_NAME
+                b.put_be32(2, set_id(set)); // SET_ID
             });
         }
         Rule::Dnat { proto, addr, port } => {
@@ -290,6 +298,7 @@ fn encode_match(
     family: IpFamily,
     m: &Match,
     next_set_id: &mut u32,
+    set_id: &dyn Fn(&str) -> u32,
     anon: &mut Vec<AnonSet>,
 ) -> Result<(), EncodeError> {
     match m {
@@ -361,6 +370,7 @@ fn encode_match(
             x.expr("lookup", |b| {
                 b.put_be32(2, 1); // SREG
                 b.put_str(1, set); // SET
+                b.put_be32(4, set_id(set)); // SET_ID
             });
         }
     }
@@ -427,7 +437,7 @@ mod tests {
             Verdict::Jump("x".into()),
         )
         .with_comment("masquerade local traffic");
-        let e = encode(&r, &mut 0).expect("encode");
+        let e = encode(&r, &mut 0, &|_| 0).expect("encode");
         let ud = e.userdata.expect("userdata");
         assert_eq!(&ud[..2], &[0, 0x19]);
         assert_eq!(ud.last(), Some(&0));

@@ -130,7 +130,13 @@ fn rules_encode_byte_for_byte_as_nft() {
     assert_eq!(expected.len(), shapes.len());
     for ((r, set_id), want) in shapes.iter().zip(expected) {
         let mut next = set_id.map_or(0, |id| id - 1);
-        let got = encode(r, &mut next).expect("encodable");
+        // The sets created before the rules, with nft's ids.
+        let ids = |name: &str| match name {
+            "vm" => 1,
+            "aff" => 2,
+            _ => 0,
+        };
+        let got = encode(r, &mut next, &ids).expect("encodable");
         assert_eq!(hex(&got.exprs), want, "rule `{r}`");
     }
 }
@@ -138,7 +144,7 @@ fn rules_encode_byte_for_byte_as_nft() {
 #[test]
 fn comments_are_rule_userdata() {
     let r = rule(vec![Match::FibSaddrLocal], Verdict::Drop).with_comment("masquerade local traffic");
-    let ud = encode(&r, &mut 0).expect("encodable").userdata.expect("userdata");
+    let ud = encode(&r, &mut 0, &|_| 0).expect("encodable").userdata.expect("userdata");
     // From nft's NEWRULE: TLV type 0, length 0x19, the text and its NUL.
     let mut want = vec![0x00, 0x19];
     want.extend_from_slice(b"masquerade local traffic\0");
@@ -147,5 +153,5 @@ fn comments_are_rule_userdata() {
 
 #[test]
 fn base_chain_text_is_refused() {
-    assert!(encode(&Rule::Raw("jump services".into()), &mut 0).is_err());
+    assert!(encode(&Rule::Raw("jump services".into()), &mut 0, &|_| 0).is_err());
 }
