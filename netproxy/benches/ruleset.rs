@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use nodelet_netproxy::Proxier;
 use nodelet_netproxy::model::{IpFamily, NodeTopology, Protocol, ServicePortName};
-use nodelet_netproxy::nft::netlink::{Batch, Socket};
 use nodelet_netproxy::nft::RenderConfig;
 use nodelet_netproxy::nft::exec::{Nft, NftCommand};
+use nodelet_netproxy::nft::netlink::{Batch, Socket};
 use nodelet_netproxy::testing::{Ep, cluster_ip, slice};
 
 /// A network namespace deleted on drop.
@@ -168,7 +168,10 @@ async fn run(n: usize) {
         let inc = p.sync().await.expect("incremental sync");
         removed[i] = cpu() - c;
         let wall = t.elapsed();
-        assert!(!inc.full && (inc.netlink_messages > 0) == netlink, "{inc:?}");
+        assert!(
+            !inc.full && (inc.netlink_messages > 0) == netlink,
+            "{inc:?}"
+        );
         println!(
             "  one endpoint removed, {how}: {} CPU, {} wall (render {}, apply {}, {})",
             ms(removed[i]),
@@ -295,16 +298,20 @@ async fn run(n: usize) {
 /// from the hooks at commit, which is O(table)).
 fn kernel_costs(ns: &str, n: usize) {
     let sock = Socket::open_in_netns(ns).expect("netlink socket");
-    let chain = format!("service-{}", nodelet_netproxy::nft::chain_base(&ServicePortName {
-        namespace: "bench".into(),
-        name: "svc-0".into(),
-        port: "http".into(),
-        protocol: Protocol::Tcp,
-    }));
+    let chain = format!(
+        "service-{}",
+        nodelet_netproxy::nft::chain_base(&ServicePortName {
+            namespace: "bench".into(),
+            name: "svc-0".into(),
+            port: "http".into(),
+            protocol: Protocol::Tcp,
+        })
+    );
     let elem = |set: &str, key: &str, v: Option<String>, add: bool| {
         let mut b = Batch::new(IpFamily::V4, "nodelet");
         if add {
-            b.add_elements(set, &[(key.to_string(), v)]).expect("encode");
+            b.add_elements(set, &[(key.to_string(), v)])
+                .expect("encode");
         } else {
             b.delete_elements(set, &[key.to_string()]).expect("encode");
         }

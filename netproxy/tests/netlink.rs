@@ -215,10 +215,9 @@ fn terse(ns: &str, fam: IpFamily) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut cur = String::new();
     for line in out.lines() {
-        if line.starts_with("\t") && !line.starts_with("\t\t") && line != "\t}" {
-            if !cur.is_empty() {
-                blocks.push(std::mem::take(&mut cur));
-            }
+        let opens = line.starts_with('\t') && !line.starts_with("\t\t") && line != "\t}";
+        if opens && !cur.is_empty() {
+            blocks.push(std::mem::take(&mut cur));
         }
         cur.push_str(line);
         cur.push('\n');
@@ -405,7 +404,11 @@ async fn services_added_over_netlink_carry_traffic() {
     let r = p.sync().await.expect("netlink change");
     assert!(!r.full && r.netlink_messages > 0, "{r:?}");
     let counts = w.spread("172.30.2.1", 80, 10);
-    assert_eq!(counts.keys().collect::<Vec<_>>(), ["10.180.1.2"], "{counts:?}");
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["10.180.1.2"],
+        "{counts:?}"
+    );
     assert_eq!(p.check().await.expect("check").repaired, 0);
 }
 

@@ -53,8 +53,7 @@ pub trait Nft: Send + Sync {
     fn list_table(&self, family: &str) -> impl Future<Output = Result<String, NftError>> + Send;
     /// Applies `batch` as one transaction over netlink; `NetlinkError::Unavailable` (or
     /// any error whose `use_text` holds) asks the caller to send the text instead.
-    fn apply_batch(&self, batch: &Batch)
-    -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    fn apply_batch(&self, batch: &Batch) -> impl Future<Output = Result<(), NetlinkError>> + Send;
 }
 
 /// The netlink side of `NftCommand`: on or off (shared by clones), and the socket,

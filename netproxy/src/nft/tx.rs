@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use super::Container;
-use super::render::{Chain, Element, Fragment, SetDef};
 use super::netlink::{Batch, EncodeError};
+use super::render::{Chain, Element, Fragment, SetDef};
 use super::rule::Rule;
 use crate::model::IpFamily;
 
@@ -266,7 +266,11 @@ impl Tx {
         v.extend(self.add_chains.iter().map(|c| Cmd::AddChain(c)));
         v.extend(self.add_sets.iter().map(Cmd::AddSet));
         v.extend(self.flush_chains.iter().map(|c| Cmd::FlushChain(c)));
-        v.extend(self.flush_sets.iter().map(|s| Cmd::FlushSet(s.kind, &s.name)));
+        v.extend(
+            self.flush_sets
+                .iter()
+                .map(|s| Cmd::FlushSet(s.kind, &s.name)),
+        );
         for set in &self.replace_sets {
             v.push(Cmd::DeleteSet(set.kind, &set.name));
             v.push(Cmd::AddSet(set));

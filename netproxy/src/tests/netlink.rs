@@ -31,7 +31,11 @@ async fn incremental_sync_is_the_snapshot_transaction_over_netlink() {
     ));
     let r = p.sync().await.expect("sync");
     assert!(!r.full && r.netlink_messages > 0, "{r:?}");
-    assert_eq!(p.nft().scripts().len(), 1, "only the full sync went as text");
+    assert_eq!(
+        p.nft().scripts().len(),
+        1,
+        "only the full sync went as text"
+    );
     let calls = p.nft().calls.lock().expect("lock").clone();
     let b = batches(&calls);
     assert_eq!(b.len(), 1);
@@ -88,6 +92,9 @@ async fn without_netlink_the_diff_goes_as_text() {
         &[ep("10.180.0.3", "node-b")],
     ));
     let r = p.sync().await.expect("sync");
-    assert!(!r.full && r.netlink_messages == 0 && r.script_bytes > 0, "{r:?}");
+    assert!(
+        !r.full && r.netlink_messages == 0 && r.script_bytes > 0,
+        "{r:?}"
+    );
     assert_eq!(p.nft().scripts().len(), 2);
 }

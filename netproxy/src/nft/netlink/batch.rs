@@ -25,10 +25,10 @@ use crate::nft::rule::Rule;
 /// host byte order key, the numgen expression (random, modulus 1, offset 0) as the key's
 /// `typeof`, and a verdict as the data's.
 const VMAP_USERDATA: [u8; 56] = [
-    0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00,
-    0x04, 0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04,
-    0x01, 0x00, 0x00, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x08, 0x00, 0x04, 0x01,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00, 0x04,
+    0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x01, 0x00,
+    0x00, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x08, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
 ];
 
 /// The spec `render` gives every endpoint-selection map.
@@ -193,7 +193,10 @@ impl Batch {
             let size = u32::try_from(set.elements.len()).unwrap_or(u32::MAX);
             b.nest(9, |d| d.put_be32(1, size)); // NFTA_SET_DESC { SIZE }
             b.put(NFTA_SET_USERDATA, &anon_set_userdata(set.family, set.dir));
-            let cmd = format!("add rule {} {chain} {rule} (its anonymous set)", self.tname());
+            let cmd = format!(
+                "add rule {} {chain} {rule} (its anonymous set)",
+                self.tname()
+            );
             self.push(NFT_MSG_NEWSET, NLM_F_CREATE, b, cmd.clone());
             let mut e = Buf::default();
             e.put_str(NFTA_SET_ELEM_LIST_TABLE, &self.table);
@@ -214,7 +217,9 @@ impl Batch {
         let mut b = Buf::default();
         b.put_str(NFTA_RULE_TABLE, &self.table);
         b.put_str(NFTA_RULE_CHAIN, chain);
-        b.nest(NFTA_RULE_EXPRESSIONS, |l| l.bytes.extend_from_slice(&enc.exprs));
+        b.nest(NFTA_RULE_EXPRESSIONS, |l| {
+            l.bytes.extend_from_slice(&enc.exprs)
+        });
         if let Some(ud) = &enc.userdata {
             b.put(NFTA_RULE_USERDATA, ud);
         }
@@ -241,12 +246,11 @@ impl Batch {
             b.put_be32(NFTA_SET_ID, self.next_set_id);
             b.put(NFTA_SET_USERDATA, &VMAP_USERDATA);
         } else {
-            let timeout = affinity_timeout(self.family, &set.spec).ok_or_else(|| {
-                EncodeError::SetSpec {
+            let timeout =
+                affinity_timeout(self.family, &set.spec).ok_or_else(|| EncodeError::SetSpec {
                     name: set.name.clone(),
                     spec: set.spec.clone(),
-                }
-            })?;
+                })?;
             let (ty, len) = match self.family {
                 IpFamily::V4 => (TYPE_IPADDR, 4),
                 IpFamily::V6 => (TYPE_IP6ADDR, 16),
@@ -305,8 +309,7 @@ impl Batch {
     /// # Errors
     /// A key in a form this encoder does not know.
     pub fn delete_elements(&mut self, set: &str, keys: &[String]) -> Result<(), EncodeError> {
-        let elems: Vec<(String, Option<String>)> =
-            keys.iter().map(|k| (k.clone(), None)).collect();
+        let elems: Vec<(String, Option<String>)> = keys.iter().map(|k| (k.clone(), None)).collect();
         self.elements(set, &elems, false)
     }
 
@@ -323,7 +326,11 @@ impl Batch {
             let verdict = verdict(v).ok_or_else(|| bad(e))?;
             parsed.push((k.to_ne_bytes().to_vec(), Some(verdict)));
         }
-        let cmd = format!("add element {} {set} {{ {} }}", self.tname(), elems.join(", "));
+        let cmd = format!(
+            "add element {} {set} {{ {} }}",
+            self.tname(),
+            elems.join(", ")
+        );
         self.element_messages(set, &parsed, true, &cmd);
         Ok(())
     }
@@ -364,7 +371,7 @@ impl Batch {
     fn element_messages(
         &mut self,
         set: &str,
-        elems: &[(Vec<u8>, Option<(i32, Option<String>)>)],
+        elems: &[(Vec<u8>, Option<VerdictData>)],
         add: bool,
         cmd: &str,
     ) {
@@ -414,8 +421,11 @@ impl Batch {
     }
 }
 
+/// A verdict as element data: code and target chain.
+type VerdictData = (i32, Option<String>);
+
 /// `goto X`, `jump X`, `drop`.
-fn verdict(text: &str) -> Option<(i32, Option<String>)> {
+fn verdict(text: &str) -> Option<VerdictData> {
     if text == "drop" {
         return Some((NF_DROP, None));
     }
@@ -449,10 +459,16 @@ mod tests {
             b.key("172.30.0.41 . tcp . 80"),
             Some(vec![172, 30, 0, 41, 6, 0, 0, 0, 0, 80, 0, 0])
         );
-        assert_eq!(b.key("udp . 3001"), Some(vec![17, 0, 0, 0, 0x0b, 0xb9, 0, 0]));
+        assert_eq!(
+            b.key("udp . 3001"),
+            Some(vec![17, 0, 0, 0, 0x0b, 0xb9, 0, 0])
+        );
         assert_eq!(b.key("fd00::1"), None);
         assert_eq!(
-            affinity_timeout(IpFamily::V4, "type ipv4_addr; flags dynamic,timeout; timeout 60s"),
+            affinity_timeout(
+                IpFamily::V4,
+                "type ipv4_addr; flags dynamic,timeout; timeout 60s"
+            ),
             Some(60)
         );
     }
@@ -466,8 +482,14 @@ mod tests {
         assert_eq!(wire.len(), 76);
         let newchain = &wire[20..56];
         assert_eq!(u32::from_ne_bytes(newchain[..4].try_into().expect("4")), 36);
-        assert_eq!(u32::from_ne_bytes(newchain[8..12].try_into().expect("4")), 101);
+        assert_eq!(
+            u32::from_ne_bytes(newchain[8..12].try_into().expect("4")),
+            101
+        );
         // Table "t3" and chain "c" exactly as nft's NEWCHAIN (strace).
-        assert_eq!(&newchain[20..], b"\x07\x00\x01\x00t3\x00\x00\x06\x00\x03\x00c\x00\x00\x00");
+        assert_eq!(
+            &newchain[20..],
+            b"\x07\x00\x01\x00t3\x00\x00\x06\x00\x03\x00c\x00\x00\x00"
+        );
     }
 }

@@ -142,11 +142,7 @@ fn mask(len: usize, prefix: u8) -> Vec<u8> {
     (0..len)
         .map(|i| {
             let bits = usize::from(prefix).saturating_sub(i * 8).min(8);
-            if bits == 0 {
-                0
-            } else {
-                0xffu8 << (8 - bits)
-            }
+            if bits == 0 { 0 } else { 0xffu8 << (8 - bits) }
         })
         .collect()
 }
@@ -303,10 +299,7 @@ fn encode_match(
 ) -> Result<(), EncodeError> {
     match m {
         Match::Addr {
-            dir,
-            negate,
-            nets,
-            ..
+            dir, negate, nets, ..
         } => {
             let off = addr_offset(family, *dir);
             let full = addr_len(family);

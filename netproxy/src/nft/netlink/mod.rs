@@ -191,9 +191,8 @@ impl Socket {
             };
             let mut off = 0;
             while off + 16 <= len {
-                let word = |o: usize| {
-                    u32::from_ne_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]])
-                };
+                let word =
+                    |o: usize| u32::from_ne_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
                 let mlen = word(off) as usize;
                 if mlen < 16 || off + mlen > len {
                     break;

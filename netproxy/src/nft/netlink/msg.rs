@@ -155,7 +155,15 @@ impl Buf {
 }
 
 /// Appends one whole message (`nlmsghdr`, `nfgenmsg`, attributes) to `out`.
-pub fn message(out: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) {
+pub fn message(
+    out: &mut Vec<u8>,
+    ty: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+    attrs: &[u8],
+) {
     let len = u32::try_from(16 + 4 + attrs.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_ne_bytes());
     out.extend_from_slice(&ty.to_ne_bytes());

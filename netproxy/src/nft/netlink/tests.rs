@@ -143,8 +143,12 @@ fn rules_encode_byte_for_byte_as_nft() {
 
 #[test]
 fn comments_are_rule_userdata() {
-    let r = rule(vec![Match::FibSaddrLocal], Verdict::Drop).with_comment("masquerade local traffic");
-    let ud = encode(&r, &mut 0, &|_| 0).expect("encodable").userdata.expect("userdata");
+    let r =
+        rule(vec![Match::FibSaddrLocal], Verdict::Drop).with_comment("masquerade local traffic");
+    let ud = encode(&r, &mut 0, &|_| 0)
+        .expect("encodable")
+        .userdata
+        .expect("userdata");
     // From nft's NEWRULE: TLV type 0, length 0x19, the text and its NUL.
     let mut want = vec![0x00, 0x19];
     want.extend_from_slice(b"masquerade local traffic\0");
