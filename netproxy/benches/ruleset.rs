@@ -1,10 +1,13 @@
 //! Proxy figures (printed, never failing on time): render and apply the full ruleset for
 //! 1k and 10k services × 10 endpoints into a throwaway network namespace, then one
-//! endpoint change applied incrementally versus as a full resync, the consistency check's
-//! cost (list + parse + compare), the proxy's RSS, and how long `nft` takes to read the
-//! same table as text and as JSON (`nft -j -f`, the `nftables` crate's format).
+//! endpoint removed and one service added incrementally, each over nf_tables netlink and
+//! through the `nft` binary in the same run (with the ratio), versus a full resync, the
+//! consistency check's cost (list + parse + compare), the proxy's RSS, and how long `nft`
+//! takes to read the same table as text and as JSON (`nft -j -f`, the `nftables` crate's
+//! format).
 //!
-//! `cargo bench -p nodelet-netproxy --bench ruleset` (root; `-- 1000` for one size).
+//! `cargo bench -p nodelet-netproxy --bench ruleset` (root; `-- 1000` for one size,
+//! `-- 1000 10000 30000` for the three).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -12,9 +15,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nodelet_netproxy::Proxier;
-use nodelet_netproxy::model::{IpFamily, NodeTopology};
+use nodelet_netproxy::model::{IpFamily, NodeTopology, Protocol, ServicePortName};
 use nodelet_netproxy::nft::RenderConfig;
 use nodelet_netproxy::nft::exec::{Nft, NftCommand};
+use nodelet_netproxy::nft::netlink::{Batch, Socket};
 use nodelet_netproxy::testing::{Ep, cluster_ip, slice};
 
 /// A network namespace deleted on drop.
@@ -81,6 +85,26 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// CPU time of this thread (`/proc/thread-self/schedstat`, ns) plus that of waited-for
+/// children (`/proc/self/stat` cutime + cstime, 10 ms ticks): the kernel's work for a
+/// netlink batch runs in our thread, nft's (its table dump included) in the child. On a
+/// loaded machine wall times stretch; CPU times do not.
+fn cpu() -> Duration {
+    let own = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3, cutime and cstime fields 16 and 17.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0);
+    Duration::from_nanos(own) + Duration::from_millis(ticks * 10)
+}
+
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib: f64 = status
@@ -130,33 +154,64 @@ async fn run(n: usize) {
 
     println!("  RSS after the full sync: {:.0} MiB", rss_mib());
 
-    // One endpoint gone from one service.
-    feed_slice(&mut p, n / 2, Some(3));
-    let t = Instant::now();
-    let inc = p.sync().await.expect("incremental sync");
+    // Incremental syncs: the same kinds of change over nf_tables netlink (the default)
+    // and through the `nft` binary (which first reads the whole table), one run each.
+    let mut removed = [Duration::ZERO; 2];
+    let mut added = [Duration::ZERO; 2];
+    for (i, netlink) in [true, false].into_iter().enumerate() {
+        nft.set_netlink(netlink);
+        let how = if netlink { "netlink" } else { "nft -f" };
+        // One endpoint gone from one service.
+        feed_slice(&mut p, n / 2 + i, Some(3));
+        let t = Instant::now();
+        let c = cpu();
+        let inc = p.sync().await.expect("incremental sync");
+        removed[i] = cpu() - c;
+        let wall = t.elapsed();
+        assert!(
+            !inc.full && (inc.netlink_messages > 0) == netlink,
+            "{inc:?}"
+        );
+        println!(
+            "  one endpoint removed, {how}: {} CPU, {} wall (render {}, apply {}, {})",
+            ms(removed[i]),
+            ms(wall),
+            ms(inc.render),
+            ms(inc.apply),
+            if netlink {
+                format!("{} messages", inc.netlink_messages)
+            } else {
+                format!("script {} bytes", inc.script_bytes)
+            }
+        );
+        // One new service.
+        let svc = n + i;
+        p.service_updated(&cluster_ip(
+            "bench",
+            &format!("svc-{svc}"),
+            &ip_of(svc + 1, [172, 30]),
+            "http",
+            80,
+        ));
+        feed_slice(&mut p, svc, None);
+        let t = Instant::now();
+        let c = cpu();
+        let add = p.sync().await.expect("incremental sync");
+        added[i] = cpu() - c;
+        assert!(!add.full, "{add:?}");
+        println!(
+            "  one service added, {how}: {} CPU, {} wall",
+            ms(added[i]),
+            ms(t.elapsed())
+        );
+    }
+    nft.set_netlink(true);
     println!(
-        "  one endpoint removed: incremental sync {} total (render {}, apply {}, script {} bytes)",
-        ms(t.elapsed()),
-        ms(inc.render),
-        ms(inc.apply),
-        inc.script_bytes
+        "  nft -f / netlink (CPU): endpoint removed {:.0}x, service added {:.0}x",
+        removed[1].as_secs_f64() / removed[0].as_secs_f64().max(1e-9),
+        added[1].as_secs_f64() / added[0].as_secs_f64().max(1e-9)
     );
-    // One new service.
-    p.service_updated(&cluster_ip(
-        "bench",
-        &format!("svc-{n}"),
-        &ip_of(n + 1, [172, 30]),
-        "http",
-        80,
-    ));
-    feed_slice(&mut p, n, None);
-    let t = Instant::now();
-    let add = p.sync().await.expect("incremental sync");
-    println!(
-        "  one service added: incremental sync {} total ({} bytes)",
-        ms(t.elapsed()),
-        add.script_bytes
-    );
+    kernel_costs(&ns.0, n);
 
     // The same endpoint change as a full resync (what a non-incremental proxy pays). Above
     // a few thousand services the kernel's cost of the per-service anonymous vmaps grows
@@ -167,6 +222,7 @@ async fn run(n: usize) {
         );
     } else {
         feed_slice(&mut p, n / 2, None);
+        feed_slice(&mut p, n / 2 + 1, None);
         p.request_full_sync();
         let t = Instant::now();
         let again = p.sync().await.expect("full resync");
@@ -178,6 +234,10 @@ async fn run(n: usize) {
         );
     }
 
+    if n > 10_000 {
+        println!("  consistency check: skipped above 10k services (minutes of nft -j list)");
+        return;
+    }
     let t = Instant::now();
     let check = p.check().await.expect("check");
     println!(
@@ -231,6 +291,44 @@ async fn run(n: usize) {
             );
         }
     }
+}
+
+/// What the kernel alone charges for a netlink batch: one element without a verdict, and
+/// one with a `goto` (any jump or goto makes the kernel revalidate every chain reachable
+/// from the hooks at commit, which is O(table)).
+fn kernel_costs(ns: &str, n: usize) {
+    let sock = Socket::open_in_netns(ns).expect("netlink socket");
+    let chain = format!(
+        "service-{}",
+        nodelet_netproxy::nft::chain_base(&ServicePortName {
+            namespace: "bench".into(),
+            name: "svc-0".into(),
+            port: "http".into(),
+            protocol: Protocol::Tcp,
+        })
+    );
+    let elem = |set: &str, key: &str, v: Option<String>, add: bool| {
+        let mut b = Batch::new(IpFamily::V4, "nodelet");
+        if add {
+            b.add_elements(set, &[(key.to_string(), v)])
+                .expect("encode");
+        } else {
+            b.delete_elements(set, &[key.to_string()]).expect("encode");
+        }
+        let c = cpu();
+        sock.apply(&b).expect("netlink batch");
+        cpu() - c
+    };
+    let plain = elem("cluster-ips", "172.99.0.1", None, true);
+    elem("cluster-ips", "172.99.0.1", None, false);
+    let key = "172.99.0.1 . tcp . 80";
+    let goto = elem("service-ips", key, Some(format!("goto {chain}")), true);
+    elem("service-ips", key, None, false);
+    println!(
+        "  kernel CPU for one netlink element ({n} services): without verdict {}, with a goto {} (table revalidation)",
+        ms(plain),
+        ms(goto)
+    );
 }
 
 /// The JSON listing reordered so `nft -j -f` can load it: the listing puts maps (whose

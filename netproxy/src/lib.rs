@@ -1,10 +1,12 @@
 //! nodelet's service proxy (the kube-proxy half of the agent): Services and
 //! EndpointSlices merged per service port (`model`), rendered into upstream's nftables-mode
-//! rule structure (`nft`), and programmed incrementally, one `nft -f` transaction per sync
-//! (`proxier`).
+//! rule structure (`nft`), and programmed incrementally (`proxier`): full syncs as one
+//! `nft -f` transaction, incremental ones as one nf_tables netlink batch (`nft::netlink`;
+//! the `nft` binary reads the whole table on every run, so it costs O(table) even for a
+//! one-element change).
 //!
-//! The model and the renderer are pure; the only side effect, running `nft`, sits behind
-//! the `nft::Nft` trait so the proxier's sync logic is tested with a recording fake and the
+//! The model and the renderer are pure; the only side effects, running `nft` and sending
+//! netlink batches, sit behind the `nft::Nft` trait so the proxier's sync logic is tested with a recording fake and the
 //! real path is tested in throwaway network namespaces (`tests/kernel.rs`) and against
 //! the real apiserver tier (`tests/apiserver.rs`).
 //!

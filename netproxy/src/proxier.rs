@@ -1,10 +1,13 @@
 //! The nftables proxier: owns the change trackers, the service and endpoints maps and
 //! what it last programmed (one `Fragment` per service port and the reference-counted map
-//! elements), and turns each sync into one `nft -f` transaction.
+//! elements), and turns each sync into one transaction.
 //!
 //! - A partial sync re-renders only the services whose Service or EndpointSlices changed
 //!   and sends the difference: changed chains flushed and refilled, map elements added
-//!   and removed, dead chains deleted. It never lists the kernel's table.
+//!   and removed, dead chains deleted. It never lists the kernel's table. The difference
+//!   goes out as one nf_tables netlink batch (`Nft::apply_batch`), or as `nft -f` text
+//!   when no netlink writer is there; a batch the kernel rejects is followed at once by a
+//!   full sync.
 //! - A full sync (at start, after a failed transaction) lists our table once, rewrites
 //!   every chain, refills the dispatch maps and deletes whatever else is in the table.
 //! - The consistency check (every `syncPeriod`) lists our table and repairs drift: missing
@@ -58,6 +61,10 @@ pub struct SyncReport {
     pub repaired: usize,
     pub render: Duration,
     pub apply: Duration,
+    /// Messages of the netlink batch an incremental sync sent (0: sent as text).
+    pub netlink_messages: usize,
+    /// The netlink batch failed and this full sync replaced it.
+    pub fell_back: bool,
 }
 
 /// The proxier of one IP family.
@@ -167,7 +174,45 @@ impl<N: Nft> Proxier<N> {
         for service in &changed {
             self.rerender(service, &mut tx);
         }
-        let script = tx.render(self.family(), &self.index);
+        // Over netlink when the transaction can be encoded and a writer is there, O(change);
+        // `nft -f` reads the whole table first, O(table).
+        let text_tx = tx.clone();
+        match tx.encode(self.cfg.family, &self.index) {
+            Ok(batch) => {
+                let render = start.elapsed();
+                if batch.is_empty() {
+                    return Ok(SyncReport {
+                        services: changed.len(),
+                        render,
+                        ..SyncReport::default()
+                    });
+                }
+                let t = Instant::now();
+                match self.nft.apply_batch(&batch).await {
+                    Ok(()) => {
+                        return Ok(SyncReport {
+                            services: changed.len(),
+                            render,
+                            apply: t.elapsed(),
+                            netlink_messages: batch.len(),
+                            ..SyncReport::default()
+                        });
+                    }
+                    Err(e) if e.use_text() => {
+                        tracing::debug!(error = %e, "netlink unavailable: sending the sync as text");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "netlink transaction failed: full resync");
+                        self.need_full_sync = true;
+                        let mut r = self.full_sync().await?;
+                        r.fell_back = true;
+                        return Ok(r);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "sync not encodable for netlink: sent as text"),
+        }
+        let script = text_tx.render(self.family(), &self.index);
         let render = start.elapsed();
         let mut report = SyncReport {
             services: changed.len(),
@@ -375,6 +420,7 @@ impl<N: Nft> Proxier<N> {
             repaired: 0,
             render,
             apply: t0.elapsed(),
+            ..SyncReport::default()
         })
     }
 

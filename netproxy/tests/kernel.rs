@@ -183,6 +183,7 @@ async fn endpoint_removal_is_applied_as_a_diff() {
     ));
     let r = p.sync().await.expect("sync");
     assert!(!r.full);
+    assert!(r.netlink_messages > 0, "the diff went over netlink: {r:?}");
     assert_eq!(r.services, 1);
     let counts = w.spread("172.30.0.50", 80, 20);
     assert_eq!(

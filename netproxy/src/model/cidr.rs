@@ -29,6 +29,16 @@ impl Cidr {
         IpFamily::of(&self.addr)
     }
 
+    /// The network address (masked to the prefix).
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// Whether `ip` lies inside the network.
     pub fn contains(&self, ip: &IpAddr) -> bool {
         match (self.addr, ip) {

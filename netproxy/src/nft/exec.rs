@@ -1,14 +1,18 @@
-//! The seam to the kernel: `Nft` runs a script (`nft -f -`) and lists our table
-//! (`nft -j list table`). `NftCommand` is the real one, optionally inside a named network
-//! namespace (`ip netns exec`, for tests and benches); `RecordingNft` is the typed fake.
+//! The seam to the kernel: `Nft` runs a script (`nft -f -`), lists our table
+//! (`nft -j list table`) and sends incremental transactions as netlink batches.
+//! `NftCommand` is the real one, optionally inside a named network namespace
+//! (`ip netns exec`, for tests and benches); `RecordingNft` is the typed fake.
 
 use std::future::Future;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
+
+use super::netlink::{Batch, NetlinkError, Socket};
 
 /// A failed run of `nft`, with everything needed to see why.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,17 @@ pub trait Nft: Send + Sync {
     fn apply(&self, script: &str) -> impl Future<Output = Result<(), NftError>> + Send;
     /// Lists table `family nodelet` as JSON (`nft -j list table`).
     fn list_table(&self, family: &str) -> impl Future<Output = Result<String, NftError>> + Send;
+    /// Applies `batch` as one transaction over netlink; `NetlinkError::Unavailable` (or
+    /// any error whose `use_text` holds) asks the caller to send the text instead.
+    fn apply_batch(&self, batch: &Batch) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+}
+
+/// The netlink side of `NftCommand`: on or off (shared by clones), and the socket,
+/// opened on first use in the command's namespace.
+#[derive(Debug, Default)]
+struct NetlinkState {
+    disabled: AtomicBool,
+    socket: Mutex<Option<Arc<Socket>>>,
 }
 
 /// The real `nft`.
@@ -55,6 +70,7 @@ pub struct NftCommand {
     program: String,
     netns: Option<String>,
     timeout: Duration,
+    netlink: Arc<NetlinkState>,
 }
 
 impl NftCommand {
@@ -65,7 +81,31 @@ impl NftCommand {
             program: "nft".into(),
             netns: None,
             timeout: Duration::from_secs(30),
+            netlink: Arc::default(),
         }
+    }
+
+    /// Turns the netlink path of incremental syncs on (the default) or off (every
+    /// transaction through `nft -f`); clones share the switch.
+    pub fn set_netlink(&self, on: bool) {
+        self.netlink.disabled.store(!on, Ordering::SeqCst);
+    }
+
+    fn socket(&self) -> Result<Arc<Socket>, NetlinkError> {
+        let mut guard = self
+            .netlink
+            .socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(match &self.netns {
+            Some(ns) => Socket::open_in_netns(ns)?,
+            None => Socket::open()?,
+        });
+        *guard = Some(s.clone());
+        Ok(s)
     }
 
     /// Runs nft inside the named network namespace (`ip netns exec NAME nft …`).
@@ -146,6 +186,15 @@ impl Nft for NftCommand {
         self.run(&["-j", "list", "table", family, super::TABLE], None)
             .await
     }
+
+    /// Sends the batch on the calling thread: the kernel applies it inside `sendmsg`, in
+    /// about the time of the change (milliseconds), so it is not worth a blocking task.
+    async fn apply_batch(&self, batch: &Batch) -> Result<(), NetlinkError> {
+        if self.netlink.disabled.load(Ordering::SeqCst) {
+            return Err(NetlinkError::Unavailable);
+        }
+        self.socket()?.apply(batch)
+    }
 }
 
 /// One call the fake saw.
@@ -153,6 +202,20 @@ impl Nft for NftCommand {
 pub enum NftCall {
     Apply(String),
     List(String),
+    /// A netlink batch, as the nft commands of its messages.
+    Batch(Vec<String>),
+}
+
+/// What the fake does with netlink batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FakeNetlink {
+    /// Answers `Unavailable`: every transaction goes through `apply` as text.
+    #[default]
+    Off,
+    /// Records and accepts batches.
+    Accept,
+    /// Records batches and rejects them, as the kernel would a stale command.
+    Reject,
 }
 
 /// A fake `Nft` recording every call; listings answer with a preset JSON (or "no table").
@@ -160,6 +223,7 @@ pub enum NftCall {
 pub struct RecordingNft {
     pub calls: Arc<Mutex<Vec<NftCall>>>,
     pub listing: Arc<Mutex<Option<String>>>,
+    pub netlink: Arc<Mutex<FakeNetlink>>,
 }
 
 impl RecordingNft {
@@ -171,7 +235,7 @@ impl RecordingNft {
                 c.iter()
                     .filter_map(|c| match c {
                         NftCall::Apply(s) => Some(s.clone()),
-                        NftCall::List(_) => None,
+                        NftCall::List(_) | NftCall::Batch(_) => None,
                     })
                     .collect()
             })
@@ -193,5 +257,22 @@ impl Nft for RecordingNft {
         }
         let listing = self.listing.lock().ok().and_then(|l| l.clone());
         Ok(listing.unwrap_or_else(|| r#"{"nftables": [{"metainfo": {}}]}"#.to_string()))
+    }
+
+    async fn apply_batch(&self, batch: &Batch) -> Result<(), NetlinkError> {
+        let mode = self.netlink.lock().map(|m| *m).unwrap_or_default();
+        if mode == FakeNetlink::Off {
+            return Err(NetlinkError::Unavailable);
+        }
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(NftCall::Batch(batch.commands().to_vec()));
+        }
+        match mode {
+            FakeNetlink::Reject => Err(NetlinkError::Rejected {
+                command: batch.commands().first().cloned().unwrap_or_default(),
+                errno: nix::errno::Errno::ENOENT,
+            }),
+            _ => Ok(()),
+        }
     }
 }

@@ -13,14 +13,19 @@
 //!
 //! - `render`: pure functions from a service port and its endpoints to a `Fragment`
 //!   (its chains, affinity sets and map elements), and the fixed base ruleset;
+//! - `rule`: the typed rules of fragments, rendered as text and encoded for netlink;
+//! - `netlink`: incremental transactions as nf_tables netlink batches (O(change), where
+//!   every `nft` run is O(table));
 //! - `tx`: a transaction builder ordering commands so references are never dangling, and
-//!   the diff of two fragments;
+//!   the diff of two fragments, rendered as a script or encoded as a netlink batch;
 //! - `exec`: the `Nft` seam and the real `nft` runner (timeout, status and output kept);
 //! - `listing`: the parsed `nft -j list table`, and the repair of drift found in it.
 
 pub mod exec;
 pub mod listing;
+pub mod netlink;
 pub mod render;
+pub mod rule;
 pub mod tx;
 
 use std::net::IpAddr;
@@ -91,21 +96,21 @@ impl RenderConfig {
     }
 
     /// The match for traffic from pods (`ip saddr { cidrs }`), if the cluster CIDR is known.
-    pub fn if_local(&self, negate: bool) -> Option<String> {
-        let cidrs: Vec<String> = self
+    pub fn if_local(&self, negate: bool) -> Option<rule::Match> {
+        let nets: Vec<rule::Net> = self
             .cluster_cidrs
             .iter()
             .filter(|c| c.family() == self.family)
-            .map(ToString::to_string)
+            .map(|c| rule::Net::Prefix(*c))
             .collect();
-        if cidrs.is_empty() {
+        if nets.is_empty() {
             return None;
         }
-        let op = if negate { "!= " } else { "" };
-        Some(if cidrs.len() == 1 {
-            format!("{} saddr {op}{}", self.ip(), cidrs[0])
-        } else {
-            format!("{} saddr {op}{{ {} }}", self.ip(), cidrs.join(", "))
+        Some(rule::Match::Addr {
+            dir: rule::Dir::Saddr,
+            negate,
+            nets,
+            braces: false,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! masquerading, reject helpers) and one `Fragment` per service port, following
 //! upstream's `syncProxyRules` rule by rule.
 
+use super::rule::{Dir, Match, Net, Rule, Verdict};
 use super::{Container, MASQUERADE_MARK, RenderConfig, chain_base, endpoint_base};
 use crate::model::{
     Endpoint, NodeTopology, ServicePortInfo, ServicePortName, categorize_endpoints,
@@ -31,7 +32,7 @@ pub struct Element {
 pub struct Chain {
     pub name: String,
     pub hook: Option<String>,
-    pub rules: Vec<String>,
+    pub rules: Vec<Rule>,
 }
 
 /// A set or map definition: name, the body between braces and, for the endpoint
@@ -62,11 +63,11 @@ pub struct Base {
     pub set_elements: Vec<(String, String)>,
 }
 
-fn chain(name: &str, hook: Option<String>, rules: Vec<String>) -> Chain {
+fn chain<R: Into<Rule>>(name: &str, hook: Option<String>, rules: Vec<R>) -> Chain {
     Chain {
         name: name.to_string(),
         hook,
-        rules,
+        rules: rules.into_iter().map(Into::into).collect(),
     }
 }
 
@@ -265,7 +266,7 @@ pub fn service_port(
     node: &NodeTopology,
     cfg: &RenderConfig,
 ) -> Fragment {
-    let ip = cfg.ip();
+    let family = cfg.family;
     let proto = svc.protocol.as_str();
     let port = svc.port;
     let base = chain_base(spn);
@@ -377,43 +378,65 @@ pub fn service_port(
 
     // Internal traffic: masquerade what comes from off the cluster (or everything).
     let mut internal_rules = Vec::new();
+    let masq = || Verdict::Jump(MARK_MASQ.to_string());
     if has_internal {
-        let dest = format!("{ip} daddr {} {proto} dport {port}", svc.cluster_ip);
+        let dest = vec![
+            Match::Addr {
+                dir: Dir::Daddr,
+                negate: false,
+                nets: vec![Net::Host(svc.cluster_ip)],
+                braces: false,
+            },
+            Match::Dport {
+                proto: svc.protocol,
+                port,
+            },
+        ];
         if cfg.masquerade_all {
-            internal_rules.push(format!("{dest} jump {MARK_MASQ}"));
+            internal_rules.push(Rule::matching(family, dest, masq()));
         } else if let Some(not_local) = cfg.if_local(true) {
-            internal_rules.push(format!("{dest} {not_local} jump {MARK_MASQ}"));
+            let mut m = dest;
+            m.push(not_local);
+            internal_rules.push(Rule::matching(family, m, masq()));
         }
     }
 
     if uses_external_chain {
         let mut rules = Vec::new();
+        let to_cluster = || Verdict::Goto(cluster_chain.clone());
         if !svc.external_policy_local {
-            rules.push(format!("jump {MARK_MASQ}"));
+            rules.push(Rule::matching(family, Vec::new(), masq()));
         } else {
             if let Some(local) = cfg.if_local(false) {
-                rules.push(format!(
-                    "{local} goto {cluster_chain} comment \"short-circuit pod traffic\""
-                ));
+                rules.push(
+                    Rule::matching(family, vec![local], to_cluster())
+                        .with_comment("short-circuit pod traffic"),
+                );
             }
-            rules.push(format!(
-                "fib saddr type local jump {MARK_MASQ} comment \"masquerade local traffic\""
-            ));
-            rules.push(format!(
-                "fib saddr type local goto {cluster_chain} comment \"short-circuit local traffic\""
-            ));
+            rules.push(
+                Rule::matching(family, vec![Match::FibSaddrLocal], masq())
+                    .with_comment("masquerade local traffic"),
+            );
+            rules.push(
+                Rule::matching(family, vec![Match::FibSaddrLocal], to_cluster())
+                    .with_comment("short-circuit local traffic"),
+            );
         }
         if has_external {
-            rules.push(format!("goto {external_policy_chain}"));
+            rules.push(Rule::matching(
+                family,
+                Vec::new(),
+                Verdict::Goto(external_policy_chain.clone()),
+            ));
         }
         f.chains.push(chain(&external_chain, None, rules));
     }
 
     if uses_fw_chain {
-        let mut sources: Vec<String> = svc
+        let mut sources: Vec<Net> = svc
             .load_balancer_source_ranges
             .iter()
-            .map(ToString::to_string)
+            .map(|c| Net::Prefix(*c))
             .collect();
         let allow_from_node = cfg.node_ip.is_some_and(|n| {
             svc.load_balancer_source_ranges
@@ -421,12 +444,21 @@ pub fn service_port(
                 .any(|c| c.contains(&n))
         });
         if allow_from_node {
-            sources.extend(svc.load_balancer_vips.iter().map(ToString::to_string));
+            sources.extend(svc.load_balancer_vips.iter().map(|a| Net::Host(*a)));
         }
         f.chains.push(chain(
             &firewall_chain,
             None,
-            vec![format!("{ip} saddr != {{ {} }} drop", sources.join(", "))],
+            vec![Rule::matching(
+                family,
+                vec![Match::Addr {
+                    dir: Dir::Saddr,
+                    negate: true,
+                    nets: sources,
+                    braces: true,
+                }],
+                Verdict::Drop,
+            )],
         ));
     }
 
@@ -449,19 +481,22 @@ pub fn service_port(
     // per policy chain (`vmap-<chain>`) rather than an inline anonymous one: the kernel
     // names each anonymous set by scanning every set of the table, so N services cost
     // O(N²) (10k services: 3 minutes to load instead of 15 s with named maps).
-    let dispatch = |chain_name: &str, eps: &[&Endpoint]| -> (Vec<String>, SetDef) {
+    let dispatch = |chain_name: &str, eps: &[&Endpoint]| -> (Vec<Rule>, SetDef) {
         let mut rules = Vec::new();
         if svc.session_affinity_seconds.is_some() {
             for ep in eps {
-                rules.push(format!(
-                    "{ip} saddr @{} goto {}",
-                    affinity_set(ep),
-                    ep_chain(ep)
+                rules.push(Rule::matching(
+                    family,
+                    vec![Match::SaddrIn(affinity_set(ep))],
+                    Verdict::Goto(ep_chain(ep)),
                 ));
             }
         }
         let map = format!("vmap-{chain_name}");
-        rules.push(format!("numgen random mod {} vmap @{map}", eps.len()));
+        rules.push(Rule::NumgenVmap {
+            modulus: u32::try_from(eps.len()).unwrap_or(u32::MAX),
+            map: map.clone(),
+        });
         let elements = eps
             .iter()
             .enumerate()
@@ -499,11 +534,27 @@ pub fn service_port(
         f.chains.push(chain(&local_chain, None, rules));
     }
     for ep in &cat.all_reachable {
-        let mut rules = vec![format!("{ip} saddr {} jump {MARK_MASQ}", ep.ip)];
+        let mut rules = vec![Rule::matching(
+            family,
+            vec![Match::Addr {
+                dir: Dir::Saddr,
+                negate: false,
+                nets: vec![Net::Host(ep.ip)],
+                braces: false,
+            }],
+            masq(),
+        )];
         if svc.session_affinity_seconds.is_some() {
-            rules.push(format!("update @{} {{ {ip} saddr }}", affinity_set(ep)));
+            rules.push(Rule::UpdateSaddr {
+                family,
+                set: affinity_set(ep),
+            });
         }
-        rules.push(format!("meta l4proto {proto} dnat to {}", ep.addr_string()));
+        rules.push(Rule::Dnat {
+            proto: svc.protocol,
+            addr: ep.ip,
+            port: ep.port,
+        });
         f.chains.push(chain(&ep_chain(ep), None, rules));
     }
     f

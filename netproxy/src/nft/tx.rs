@@ -12,7 +12,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use super::Container;
+use super::netlink::{Batch, EncodeError};
 use super::render::{Chain, Element, Fragment, SetDef};
+use super::rule::Rule;
+use crate::model::IpFamily;
 
 /// Elements as the kernel holds them: for each key, the values its owners want (the first
 /// one is programmed).
@@ -45,7 +48,7 @@ impl ElementIndex {
 }
 
 /// A transaction being built.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Tx {
     /// Raw leading commands (table and base setup in a full sync).
     head: Vec<String>,
@@ -56,8 +59,9 @@ pub struct Tx {
     flush_sets: Vec<SetDef>,
     replace_sets: Vec<SetDef>,
     del_elements: BTreeMap<Container, Vec<String>>,
-    rules: Vec<(String, Vec<String>)>,
-    add_elements: BTreeMap<Container, Vec<String>>,
+    rules: Vec<(String, Vec<Rule>)>,
+    /// Keys and values (None for sets).
+    add_elements: BTreeMap<Container, Vec<(String, Option<String>)>>,
     /// Elements of endpoint maps, by map.
     set_elements: Vec<SetDef>,
     dead_chains: Vec<String>,
@@ -119,7 +123,7 @@ impl Tx {
         self.add_elements
             .entry(e.container)
             .or_default()
-            .push(render_elem(&e.key, e.value.as_deref()));
+            .push((e.key.clone(), e.value.clone()));
     }
 
     /// Deletes an element by key directly (drift repair).
@@ -250,9 +254,47 @@ impl Tx {
                 self.add_elements
                     .entry(key.0)
                     .or_default()
-                    .push(render_elem(&key.1, v.as_deref()));
+                    .push((key.1.clone(), v));
             }
         }
+    }
+
+    /// The commands in transaction order.
+    fn commands(&self) -> Vec<Cmd<'_>> {
+        let mut v = Vec::new();
+        v.extend(self.head.iter().map(|c| Cmd::Raw(c)));
+        v.extend(self.add_chains.iter().map(|c| Cmd::AddChain(c)));
+        v.extend(self.add_sets.iter().map(Cmd::AddSet));
+        v.extend(self.flush_chains.iter().map(|c| Cmd::FlushChain(c)));
+        v.extend(
+            self.flush_sets
+                .iter()
+                .map(|s| Cmd::FlushSet(s.kind, &s.name)),
+        );
+        for set in &self.replace_sets {
+            v.push(Cmd::DeleteSet(set.kind, &set.name));
+            v.push(Cmd::AddSet(set));
+        }
+        for (c, keys) in &self.del_elements {
+            v.push(Cmd::DeleteElements(*c, keys));
+        }
+        for (chain, rules) in &self.rules {
+            v.extend(rules.iter().map(|r| Cmd::AddRule(chain, r)));
+        }
+        for (c, elems) in &self.add_elements {
+            v.push(Cmd::AddElements(*c, elems));
+        }
+        v.extend(self.set_elements.iter().map(Cmd::SetElements));
+        v.extend(self.dead_chains.iter().map(|c| Cmd::FlushChain(c)));
+        // Endpoint maps going away point at endpoint chains going away: empty them first.
+        for (kind, set) in &self.del_sets {
+            if *kind == "map" {
+                v.push(Cmd::FlushSet(kind, set));
+            }
+        }
+        v.extend(self.dead_chains.iter().map(|c| Cmd::DeleteChain(c)));
+        v.extend(self.del_sets.iter().map(|(k, s)| Cmd::DeleteSet(k, s)));
+        v
     }
 
     /// The script for `nft -f`, for table `family nodelet`.
@@ -260,58 +302,95 @@ impl Tx {
         self.settle_elements(index);
         let t = format!("{family} {}", super::TABLE);
         let mut s = String::new();
-        for cmd in &self.head {
-            s.push_str(cmd);
-            s.push('\n');
-        }
-        for c in &self.add_chains {
-            let _ = writeln!(s, "add chain {t} {c}");
-        }
-        for set in &self.add_sets {
-            let _ = writeln!(s, "add {} {t} {} {{ {}; }}", set.kind, set.name, set.spec);
-        }
-        for c in &self.flush_chains {
-            let _ = writeln!(s, "flush chain {t} {c}");
-        }
-        for set in &self.flush_sets {
-            let _ = writeln!(s, "flush {} {t} {}", set.kind, set.name);
-        }
-        for set in &self.replace_sets {
-            let _ = writeln!(s, "delete {} {t} {}", set.kind, set.name);
-            let _ = writeln!(s, "add {} {t} {} {{ {}; }}", set.kind, set.name, set.spec);
-        }
-        write_elements(&mut s, "delete", &t, &self.del_elements);
-        for (chain, rules) in &self.rules {
-            for r in rules {
-                let _ = writeln!(s, "add rule {t} {chain} {r}");
+        for cmd in self.commands() {
+            match cmd {
+                Cmd::Raw(c) => {
+                    s.push_str(c);
+                    s.push('\n');
+                }
+                Cmd::AddChain(c) => {
+                    let _ = writeln!(s, "add chain {t} {c}");
+                }
+                Cmd::AddSet(set) => {
+                    let _ = writeln!(s, "add {} {t} {} {{ {}; }}", set.kind, set.name, set.spec);
+                }
+                Cmd::FlushChain(c) => {
+                    let _ = writeln!(s, "flush chain {t} {c}");
+                }
+                Cmd::FlushSet(kind, name) => {
+                    let _ = writeln!(s, "flush {kind} {t} {name}");
+                }
+                Cmd::DeleteSet(kind, name) => {
+                    let _ = writeln!(s, "delete {kind} {t} {name}");
+                }
+                Cmd::DeleteElements(c, keys) => {
+                    write_elements(&mut s, "delete", &t, c, keys, |k| k.clone());
+                }
+                Cmd::AddRule(chain, r) => {
+                    let _ = writeln!(s, "add rule {t} {chain} {r}");
+                }
+                Cmd::AddElements(c, elems) => {
+                    write_elements(&mut s, "add", &t, c, elems, |(k, v)| {
+                        render_elem(k, v.as_deref())
+                    });
+                }
+                Cmd::SetElements(set) => {
+                    let _ = writeln!(
+                        s,
+                        "add element {t} {} {{ {} }}",
+                        set.name,
+                        set.elements.join(", ")
+                    );
+                }
+                Cmd::DeleteChain(c) => {
+                    let _ = writeln!(s, "delete chain {t} {c}");
+                }
             }
-        }
-        write_elements(&mut s, "add", &t, &self.add_elements);
-        for set in &self.set_elements {
-            let _ = writeln!(
-                s,
-                "add element {t} {} {{ {} }}",
-                set.name,
-                set.elements.join(", ")
-            );
-        }
-        for c in &self.dead_chains {
-            let _ = writeln!(s, "flush chain {t} {c}");
-        }
-        // Endpoint maps going away point at endpoint chains going away: empty them first.
-        for (kind, set) in &self.del_sets {
-            if *kind == "map" {
-                let _ = writeln!(s, "flush map {t} {set}");
-            }
-        }
-        for c in &self.dead_chains {
-            let _ = writeln!(s, "delete chain {t} {c}");
-        }
-        for (kind, set) in &self.del_sets {
-            let _ = writeln!(s, "delete {kind} {t} {set}");
         }
         s
     }
+
+    /// The same transaction as a netlink batch on table `family nodelet`, command for
+    /// command in the order of `render`.
+    ///
+    /// # Errors
+    /// Something only `nft -f` text can carry: base-table commands of a full sync, or a
+    /// rule, set or element outside the shapes the encoder knows.
+    pub fn encode(mut self, family: IpFamily, index: &ElementIndex) -> Result<Batch, EncodeError> {
+        self.settle_elements(index);
+        let mut b = Batch::new(family, super::TABLE);
+        for cmd in self.commands() {
+            match cmd {
+                Cmd::Raw(c) => return Err(EncodeError::Raw(c.to_string())),
+                Cmd::AddChain(c) => b.add_chain(c),
+                Cmd::AddSet(set) => b.add_set(set)?,
+                Cmd::FlushChain(c) => b.flush_chain(c),
+                Cmd::FlushSet(kind, name) => b.flush_set(kind, name),
+                Cmd::DeleteSet(kind, name) => b.delete_set(kind, name),
+                Cmd::DeleteElements(c, keys) => b.delete_elements(c.name(), keys)?,
+                Cmd::AddRule(chain, r) => b.add_rule(chain, r)?,
+                Cmd::AddElements(c, elems) => b.add_elements(c.name(), elems)?,
+                Cmd::SetElements(set) => b.add_vmap_elements(&set.name, &set.elements)?,
+                Cmd::DeleteChain(c) => b.delete_chain(c),
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// One command of a transaction, borrowed from the `Tx`.
+enum Cmd<'a> {
+    Raw(&'a str),
+    AddChain(&'a str),
+    AddSet(&'a SetDef),
+    FlushChain(&'a str),
+    FlushSet(&'a str, &'a str),
+    DeleteSet(&'a str, &'a str),
+    DeleteElements(Container, &'a [String]),
+    AddRule(&'a str, &'a Rule),
+    AddElements(Container, &'a [(String, Option<String>)]),
+    SetElements(&'a SetDef),
+    DeleteChain(&'a str),
 }
 
 fn render_elem(key: &str, value: Option<&str>) -> String {
@@ -323,20 +402,21 @@ fn render_elem(key: &str, value: Option<&str>) -> String {
 
 /// Elements in commands of up to 1000, which keeps lines bounded without costing nft a
 /// command per element.
-fn write_elements(
+fn write_elements<T>(
     s: &mut String,
     verb: &str,
     table: &str,
-    elems: &BTreeMap<Container, Vec<String>>,
+    container: Container,
+    items: &[T],
+    text: impl Fn(&T) -> String,
 ) {
-    for (container, items) in elems {
-        for chunk in items.chunks(1000) {
-            let _ = writeln!(
-                s,
-                "{verb} element {table} {} {{ {} }}",
-                container.name(),
-                chunk.join(", ")
-            );
-        }
+    for chunk in items.chunks(1000) {
+        let items: Vec<String> = chunk.iter().map(&text).collect();
+        let _ = writeln!(
+            s,
+            "{verb} element {table} {} {{ {} }}",
+            container.name(),
+            items.join(", ")
+        );
     }
 }

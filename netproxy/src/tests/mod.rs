@@ -3,5 +3,6 @@
 //! `NODELET_UPDATE_SNAPSHOTS=1` rewrites them), and the consistency check's repairs.
 
 mod fixtures;
+mod netlink;
 mod snapshots;
 mod sync;
