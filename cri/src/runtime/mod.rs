@@ -9,6 +9,7 @@ mod events;
 mod exec;
 pub mod oom;
 mod pod_files;
+mod reclaim;
 mod records;
 pub mod seccomp;
 pub mod spec;
@@ -25,6 +26,7 @@ use thiserror::Error;
 pub use self::containerd::{ContainerdRuntime, RuntimeConfig};
 pub use self::events::RuntimeEvent;
 pub use self::exec::{EXEC_OUTPUT_LIMIT, ExecResult};
+pub use self::reclaim::Reclaimed;
 pub use self::seccomp::SeccompMode;
 
 use crate::cni::CniError;
