@@ -355,8 +355,14 @@ async fn a_pod_with_a_thousand_containers_is_deleted_while_another_starts() {
     std::fs::remove_file(w.manifests.join("big.yaml")).expect("remove manifest");
     w.write_manifest("small.yaml", &pod_yaml("small"));
     let removal = Instant::now();
-    w.wait_pod("small", "running beside the big pod's removal", running)
-        .await;
+    // Two cores kill and remove a thousand containers meanwhile: the other pod's
+    // worker runs beside that work, slowed by it, not held behind it.
+    wait_for(
+        "the other pod running beside the big pod's removal",
+        Duration::from_secs(300),
+        || async { w.pod("small").await.filter(running) },
+    )
+    .await;
     eprintln!("figure: the other pod ran {:?} after", removal.elapsed());
     wait_for("the big pod to go", Duration::from_secs(600), || async {
         let gone = w.pod("big").await.is_none() && containers_of(&w, &uid).await == 0;
