@@ -249,6 +249,14 @@ pub async fn start(
         // Not fatal: each sandbox tries again, and its pod shows the error.
         error!(error = %e, "cannot import the pause image");
     }
+    // What an agent killed mid-start left (netns pins, IPs, snapshots of sandboxes
+    // and containers never recorded) goes before any pod is admitted. `nodelet run`
+    // shares the namespace with whatever else runs there: it leaves it alone.
+    if options.orphan_cleanup
+        && let Err(e) = runtime.reclaim_leaked().await
+    {
+        warn!(error = %e, "cannot reclaim resources leaked by an interrupted start");
+    }
     let runtime = Arc::new(runtime);
     info!(node = %node_name, ip = %host_ip, namespace = %args.containerd_namespace, "agent running");
 

@@ -150,6 +150,17 @@ impl Layout {
         }
     }
 
+    /// The cgroup2 mount beside the v1 controllers on a hybrid host
+    /// (`/sys/fs/cgroup/unified`): runc makes a container's cgroup there too, so a
+    /// removal has to take it as well (libcontainer's hybrid `paths[""]`). `None` in
+    /// v2 mode, where it is the only hierarchy.
+    pub fn hybrid_unified(&self) -> Option<&std::path::Path> {
+        match self.version {
+            CgroupVersion::V1 => self.unified.as_deref(),
+            CgroupVersion::V2 => None,
+        }
+    }
+
     /// The mounted v1 controllers (empty in v2).
     pub fn v1_controllers(&self) -> impl Iterator<Item = &str> {
         self.v1.keys().map(String::as_str)

@@ -211,6 +211,20 @@ impl CgroupManager {
         out
     }
 
+    /// [`Self::dirs`] plus the hybrid unified directory runc also makes: what a
+    /// removal, and the search for processes left in the cgroup, go through.
+    fn all_dirs(&self, name: &str) -> Vec<PathBuf> {
+        let mut out = self.dirs(name);
+        if let Some(unified) = self.layout.hybrid_unified() {
+            let rel = self.path(name);
+            let rel = rel.trim_start_matches('/');
+            if !rel.is_empty() {
+                out.push(unified.join(rel));
+            }
+        }
+        out
+    }
+
     /// Creates `name` (and missing parents) and sets `rc`.
     ///
     /// # Errors
@@ -359,7 +373,7 @@ impl CgroupManager {
             tracing::warn!(error = %e, "stopping the cgroup's unit failed");
             first = Some(CgroupError::from(e));
         }
-        for dir in self.dirs(name) {
+        for dir in self.all_dirs(name) {
             if let Err(e) = remove_tree(&dir) {
                 tracing::warn!(error = %e, "cgroup removal failed");
                 first.get_or_insert(e);
@@ -389,7 +403,7 @@ impl CgroupManager {
     #[must_use]
     pub fn pids(&self, name: &str) -> Vec<i32> {
         let mut pids = BTreeSet::new();
-        for dir in self.dirs(name) {
+        for dir in self.all_dirs(name) {
             collect_pids(&dir, &mut pids);
         }
         pids.into_iter().collect()

@@ -538,6 +538,26 @@ impl Cni {
         &self.list.source
     }
 
+    /// The container IDs with a cached `ADD` result on this network and interface, in
+    /// this agent's cache directory: the attachments a `DEL` is still owed for when no
+    /// sandbox of that ID exists (the agent died between `ADD` and recording the
+    /// sandbox). Entries of other networks are not looked at.
+    pub fn cached_container_ids(&self, ifname: &str) -> Vec<String> {
+        let prefix = format!("{}-", self.list.name);
+        let suffix = format!("-{ifname}");
+        let Ok(entries) = fs::read_dir(self.cfg.cache_dir.join("results")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let id = name.strip_prefix(&prefix)?.strip_suffix(&suffix)?;
+                (!id.is_empty()).then(|| id.to_owned())
+            })
+            .collect()
+    }
+
     /// Attaches a pod: brings up `lo` with the `loopback` plugin, then runs `ADD` over the
     /// plugin chain, giving each plugin the previous one's result as `prevResult`. The final
     /// result is cached (as libcni does, for `DEL`) and the pod's IPs on `req.ifname` are
@@ -700,6 +720,8 @@ impl Cni {
             }
             prev = Some(result);
             last_plugin = &plugin.plugin_type;
+            // The IP is allocated and the veth made, nothing cached yet.
+            crate::failpoint::hit("cni-after-add");
         }
         let Some(raw) = prev else {
             return Err(CniError::InvalidConfig {

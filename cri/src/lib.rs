@@ -11,6 +11,7 @@
 
 pub mod cni;
 pub mod containerd;
+pub mod failpoint;
 pub mod image;
 pub mod logs;
 pub mod netns;

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use nodelet_cgroups::values::{self, container_resources, qos_level_resources};
 use nodelet_cgroups::{
-    CgroupDriver, CgroupError, CgroupManager, ContainerSettings, Layout, ResourceConfig,
+    CgroupDriver, CgroupError, CgroupManager, ContainerSettings, Layout, QosClass, ResourceConfig,
     pod_cgroup_name, qos_class,
 };
 use tracing::{debug, warn};
@@ -157,6 +157,7 @@ impl PodCgroups {
     /// are gone, and updates the QoS levels.
     pub fn remove_pod(&self, uid: &str, cgroups: &[String]) {
         for name in cgroups {
+            self.kill_left_processes(name);
             if let Err(e) = self.manager.destroy(name) {
                 warn!(cgroup = %name, error = %e, "pod cgroup not removed");
             }
@@ -167,6 +168,52 @@ impl PodCgroups {
         };
         if removed && let Err(e) = self.update_qos_from_active() {
             warn!(error = %e, "QoS cgroups not updated");
+        }
+    }
+
+    /// Kills what is left in a pod's cgroup (a pause process whose shim died, a
+    /// process moved in by hand) so that the cgroup can go, as upstream's
+    /// `podContainerManager.Destroy` does (`tryKillingCgroupProcesses`): SIGKILL to
+    /// every process of the cgroup and its children, up to five rounds. Only the
+    /// pod's own cgroup, which nodelet made under its `kubepods` hierarchy.
+    fn kill_left_processes(&self, name: &str) {
+        // Nothing outside this pod's own `pod<uid>` cgroup under the hierarchy this
+        // agent made, whatever a label said.
+        let ours = [
+            QosClass::Guaranteed,
+            QosClass::Burstable,
+            QosClass::BestEffort,
+        ]
+        .iter()
+        .any(|class| {
+            // `<root>/kubepods[/<qos>]/pod`, then the UID.
+            let prefix = pod_cgroup_name(&self.cgroup_root, *class, "");
+            name.strip_prefix(&prefix)
+                .is_some_and(|uid| !uid.is_empty() && !uid.contains('/'))
+        });
+        if !ours {
+            return;
+        }
+        let mut pause = std::time::Duration::from_millis(50);
+        for round in 0..5 {
+            let pids = self.manager.pids(name);
+            if pids.is_empty() {
+                return;
+            }
+            if round == 0 {
+                warn!(cgroup = %name, ?pids, "killing processes left in the pod cgroup");
+            }
+            for pid in pids {
+                match nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                ) {
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                    Err(e) => warn!(cgroup = %name, pid, error = %e, "cannot kill a process"),
+                }
+            }
+            std::thread::sleep(pause);
+            pause *= 2;
         }
     }
 

@@ -198,6 +198,8 @@ pub struct World {
     pub log_filter: String,
     /// More agent flags.
     pub extra_args: Vec<String>,
+    /// Environment variables for the agent (e.g. `NODELET_FAILPOINT`).
+    pub agent_env: Vec<(String, String)>,
     http: reqwest::Client,
 }
 
@@ -235,6 +237,7 @@ impl World {
                 "info,nodelet=debug,nodelet_cri=debug,nodelet_manifests=debug,nodelet_sources=debug"
                     .into(),
             extra_args: Vec::new(),
+            agent_env: Vec::new(),
             http: reqwest::Client::new(),
             id,
             dir,
@@ -321,6 +324,7 @@ impl World {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_nodelet"))
             .args(self.agent_args())
+            .envs(self.agent_env.iter().cloned())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

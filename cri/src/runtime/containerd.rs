@@ -13,11 +13,13 @@ use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClien
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetContainerRequest, KillRequest, ListContainersRequest, ListTasksRequest,
-    StartRequest, UpdateContainerRequest, WaitRequest,
+    DeleteTaskRequest, GetContainerRequest, GetRequest, KillRequest, ListContainersRequest,
+    ListTasksRequest, StartRequest, UpdateContainerRequest, WaitRequest,
 };
+use containerd_client::types::v1::Status as TaskStatus;
+use tokio_stream::StreamExt as _;
 use tonic::Code;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::events::{self, RuntimeEvent};
 use super::records::{self, label, pod_labels, pod_of, start_failure_labels};
@@ -31,6 +33,11 @@ use crate::image::ImageInfo;
 use crate::logs;
 use crate::netns::NetNs;
 
+/// The largest containerd reply decoded, above tonic's 4 MiB default. Records are
+/// streamed one by one, but containerd's task list has no filter or stream: it is one
+/// reply for the whole namespace (about 100 bytes a task), and a node near its pod
+/// limit with many containers per pod must not lose every sync to its size.
+const MAX_DECODED_REPLY: usize = 64 << 20;
 /// How long a killed process gets to go after SIGKILL before the stop is an error.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 const SIGTERM: u32 = 15;
@@ -168,10 +175,11 @@ impl ContainerdRuntime {
 
     fn containers(&self) -> ContainersClient<tonic::transport::Channel> {
         ContainersClient::new(self.containerd.channel())
+            .max_decoding_message_size(MAX_DECODED_REPLY)
     }
 
     fn tasks(&self) -> TasksClient<tonic::transport::Channel> {
-        TasksClient::new(self.containerd.channel())
+        TasksClient::new(self.containerd.channel()).max_decoding_message_size(MAX_DECODED_REPLY)
     }
 
     fn netns_path(&self, id: &str) -> PathBuf {
@@ -193,17 +201,27 @@ impl ContainerdRuntime {
         }
     }
 
-    async fn list_raw(&self, filter: String) -> Result<Vec<Container>, RuntimeError> {
+    /// The container records matching `filter` (all with `None`), streamed one per
+    /// message (`ListStream`): a record carries its OCI spec (about 4.5 KB), so a
+    /// single `List` reply of a pod with a thousand containers passes gRPC's 4 MiB.
+    pub(super) async fn list_raw(
+        &self,
+        filter: Option<String>,
+    ) -> Result<Vec<Container>, RuntimeError> {
         let req = self.containerd.request(ListContainersRequest {
-            filters: vec![filter],
+            filters: filter.into_iter().collect(),
         });
-        Ok(self
+        let mut stream = self
             .containers()
-            .list(req)
+            .list_stream(req)
             .await
             .map_err(grpc("list containers", ""))?
-            .into_inner()
-            .containers)
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.next().await {
+            out.extend(msg.map_err(grpc("list containers", ""))?.container);
+        }
+        Ok(out)
     }
 
     async fn task_states(
@@ -273,6 +291,41 @@ impl ContainerdRuntime {
             Err(s) if s.code() == Code::NotFound => Ok(()),
             Err(s) => Err(grpc("delete task", id)(s)),
         }
+    }
+
+    /// The status of a container's task, `None` when it has none.
+    async fn task_status(&self, id: &str) -> Result<Option<TaskStatus>, RuntimeError> {
+        let req = self.containerd.request(GetRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        });
+        match self.tasks().get(req).await {
+            Ok(resp) => Ok(resp
+                .into_inner()
+                .process
+                .map(|p| TaskStatus::try_from(p.status).unwrap_or(TaskStatus::Unknown))),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(grpc("get task", id)(s)),
+        }
+    }
+
+    /// Records a container's start (the time label) and links its log, as upstream's
+    /// startContainer: a missing link is logged, not an error.
+    async fn record_started(&self, c: Container, log_path: &Path) -> Result<(), RuntimeError> {
+        let id = c.id.clone();
+        let link = self.log_symlink(&c);
+        self.set_labels(
+            c,
+            vec![(
+                keys::STARTED_AT.to_owned(),
+                jiff::Timestamp::now().to_string(),
+            )],
+        )
+        .await?;
+        if let Err(e) = logs::create_log_symlink(&link, log_path) {
+            warn!(id, error = %e, "cannot make the container's log symlink");
+        }
+        Ok(())
     }
 
     /// Sets labels on a container record.
@@ -386,6 +439,11 @@ impl ContainerdRuntime {
             .map_err(grpc("create task", id))?
             .into_inner()
             .pid;
+        crate::failpoint::hit(if log_file.is_some() {
+            "container-after-task-create"
+        } else {
+            "sandbox-after-task-create"
+        });
         if let Some(path) = log_file
             && let Err(e) = logs::create_log_file(path)
         {
@@ -472,6 +530,10 @@ impl Runtime for ContainerdRuntime {
         let pause = self.containerd.ensure_pause_image().await?;
         let id = new_id(32)?;
         let netns = (!config.host_network).then(|| self.netns_path(&id));
+        // The intent comes before any side effect: a crash from here on is reclaimed
+        // at the next start (see `reclaim`).
+        self.write_intent(&id, &config.pod, netns.as_deref())?;
+        crate::failpoint::hit("sandbox-after-intent");
         let result = self
             .make_sandbox(config, &id, netns.as_deref(), &pause)
             .await;
@@ -508,7 +570,7 @@ impl Runtime for ContainerdRuntime {
         pod_uid: Option<&str>,
     ) -> Result<Vec<SandboxInfo>, RuntimeError> {
         let records = self
-            .list_raw(Self::kind_filter(keys::KIND_SANDBOX, pod_uid))
+            .list_raw(Some(Self::kind_filter(keys::KIND_SANDBOX, pod_uid)))
             .await?;
         let tasks = self.task_states().await?;
         Ok(records
@@ -550,6 +612,7 @@ impl Runtime for ContainerdRuntime {
         }
         // The snapshot first: user names in the image are resolved from its files.
         let mounts = self.containerd.prepare_snapshot(image, &id).await?;
+        crate::failpoint::hit("container-after-snapshot");
         let spec = match build_spec(sandbox, config, image, &id, &mounts).await {
             Ok(spec) => spec,
             Err(e) => {
@@ -585,6 +648,23 @@ impl Runtime for ContainerdRuntime {
             grpc("start container", id)(tonic::Status::not_found("no such container"))
         })?;
         let log_path = PathBuf::from(label(&c.labels, keys::LOG_PATH));
+        // An agent killed half-way through a start left a task: one never started is
+        // made again (its process never ran, and creating it again would only say
+        // `already exists`); one that runs or ran is recorded as started.
+        match self.task_status(id).await? {
+            None => {}
+            Some(TaskStatus::Created) => {
+                info!(id, "recreating a task an interrupted start left created");
+                self.delete_task(id).await?;
+            }
+            Some(_) => {
+                info!(
+                    id,
+                    "recording the start of a task an interrupted start left running"
+                );
+                return self.record_started(c, &log_path).await;
+            }
+        }
         let mut snapshots = SnapshotsClient::new(self.containerd.channel());
         let req = self.containerd.request(MountsRequest {
             snapshotter: c.snapshotter.clone(),
@@ -628,20 +708,7 @@ impl Runtime for ContainerdRuntime {
             }
             return Err(e);
         }
-        let link = self.log_symlink(&c);
-        self.set_labels(
-            c,
-            vec![(
-                keys::STARTED_AT.to_owned(),
-                jiff::Timestamp::now().to_string(),
-            )],
-        )
-        .await?;
-        // As upstream's startContainer: a missing link is logged, not an error.
-        if let Err(e) = logs::create_log_symlink(&link, &log_path) {
-            warn!(id, error = %e, "cannot make the container's log symlink");
-        }
-        Ok(())
+        self.record_started(c, &log_path).await
     }
 
     async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
@@ -710,7 +777,7 @@ impl Runtime for ContainerdRuntime {
         pod_uid: Option<&str>,
     ) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let records = self
-            .list_raw(Self::kind_filter(keys::KIND_CONTAINER, pod_uid))
+            .list_raw(Some(Self::kind_filter(keys::KIND_CONTAINER, pod_uid)))
             .await?;
         let tasks = self.task_states().await?;
         Ok(records
@@ -749,6 +816,7 @@ impl ContainerdRuntime {
                     path: netns.to_path_buf(),
                     source: std::io::Error::other(e.to_string()),
                 })??;
+            crate::failpoint::hit("sandbox-after-netns");
             let cni =
                 Cni::load(self.config.cni.clone()).map_err(|source| RuntimeError::Network {
                     id: id.to_owned(),
@@ -770,6 +838,7 @@ impl ContainerdRuntime {
                     source: Box::new(source),
                 })?
                 .ips;
+            crate::failpoint::hit("sandbox-after-cni");
         }
         let files_dir = self.files_dir(id);
         pod_files::write(&files_dir, config, &ips)?;
@@ -783,6 +852,7 @@ impl ContainerdRuntime {
         let config = &config;
         let spec = spec::sandbox_spec(config, id, netns, &pause.config)?;
         let rootfs = self.containerd.prepare_snapshot(pause, id).await?;
+        crate::failpoint::hit("sandbox-after-snapshot");
         let mut labels = pod_labels(&config.pod, keys::KIND_SANDBOX);
         labels.extend([
             (keys::ATTEMPT.to_owned(), config.attempt.to_string()),
@@ -813,6 +883,7 @@ impl ContainerdRuntime {
             labels.insert(keys::CGROUP_PARENT.to_owned(), parent.clone());
         }
         self.create_record(id, &pause.name, &spec, labels).await?;
+        crate::failpoint::hit("sandbox-after-record");
         let pid = self.create_and_start_task(id, rootfs, "", None).await?;
         debug!(pod = %config.pod.name, sandbox = %id, pid, ?ips, "sandbox running");
         Ok(SandboxInfo {

@@ -10,6 +10,7 @@ mod exec;
 mod exec_stream;
 pub mod oom;
 mod pod_files;
+mod reclaim;
 mod records;
 pub mod seccomp;
 pub mod spec;
@@ -27,6 +28,7 @@ pub use self::containerd::{ContainerdRuntime, RuntimeConfig};
 pub use self::events::RuntimeEvent;
 pub use self::exec::{EXEC_OUTPUT_LIMIT, ExecResult};
 pub use self::exec_stream::{ExecControl, ExecSession, ExecStreams};
+pub use self::reclaim::Reclaimed;
 pub use self::seccomp::SeccompMode;
 
 use crate::cni::CniError;
