@@ -206,6 +206,10 @@ pub async fn start(
         state_dir: args.root_dir.join("runtime"),
         log_driver,
         container_logs_dir: args.container_logs_dir.clone(),
+        log_rotation: nodelet_cri::logs::RotationPolicy {
+            max_size: args.container_log_max_size,
+            max_files: args.container_log_max_files,
+        },
         registries: nodelet_cri::image::RegistryConfig::default(),
         runtime_name: "io.containerd.runc.v2".to_owned(),
         cni: CniConfig {
