@@ -196,6 +196,33 @@ pub async fn start(
     for s in servers {
         tasks.spawn(s);
     }
+    if args.secure.port != 0 {
+        // Issue #13's other endpoints (container logs, streaming) merge their
+        // routers (state applied) into `extra`; the auth filter covers them.
+        let extra = axum::Router::new();
+        let own = server::secure::routes::OwnState {
+            pods: status_rx.clone(),
+            node: node_view_rx.clone(),
+            configz: Arc::new(server::secure::routes::configz_body(args, &node_name)),
+        };
+        let client = cluster.as_ref().map(|c| &c.client);
+        let (addr, serve) = server::secure::start(
+            args,
+            &node_name,
+            host_ip,
+            client,
+            own,
+            extra,
+            cancel.clone(),
+        )
+        .await?;
+        tasks.spawn(serve);
+        tasks.spawn(server::metrics::watch_pod_starts(
+            status_rx.clone(),
+            cancel.clone(),
+        ));
+        info!(%addr, "kubelet API listening");
+    }
     if let Some(cluster) = &mut cluster {
         tasks.spawn(cluster.record_events(&events, cancel.clone()));
     }
@@ -364,6 +391,7 @@ pub async fn start(
             ready_since: jiff::Timestamp::now(),
             runtime_version,
             pod_cidr: Some(args.pod_cidr.clone()).filter(|c| !c.is_empty()),
+            kubelet_port: i32::from(args.secure.port),
             ..Default::default()
         },
         pressure: pressure_rx.clone(),

@@ -85,6 +85,7 @@ pub enum Command {
 #[command(
     mut_arg("read_only_port", |a| a.default_value("0")),
     mut_arg("healthz_port", |a| a.default_value("0")),
+    mut_arg("port", |a| a.default_value("0")),
     mut_arg("v", |a| a.default_value("warn"))
 )]
 pub struct RunArgs {
@@ -229,8 +230,8 @@ pub struct AgentArgs {
     /// Address of the push API.
     #[arg(long, default_value = "127.0.0.1")]
     pub pod_push_address: IpAddr,
-    /// Port of the push API.
-    #[arg(long, default_value_t = 10250)]
+    /// Port of the push API (10250 is the kubelet API's).
+    #[arg(long, default_value_t = 10240)]
     pub pod_push_port: u16,
     /// The agent's state directory.
     #[arg(long, default_value = "/var/lib/nodelet")]
@@ -263,12 +264,15 @@ pub struct AgentArgs {
     /// The node IP reported as `hostIP` (default: the address of the default route's interface).
     #[arg(long)]
     pub node_ip: Option<IpAddr>,
-    /// Address the read-only port listens on.
+    /// Address the read-only and secure ports listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub address: IpAddr,
     /// The read-only API port (`GET /pods`); 0 disables it.
     #[arg(long, default_value_t = 10255)]
     pub read_only_port: u16,
+    /// The kubelet API's secure port, TLS and authn/authz.
+    #[command(flatten)]
+    pub secure: crate::server::secure::SecureArgs,
     /// The healthz port; 0 disables it.
     #[arg(long, default_value_t = 10248)]
     pub healthz_port: u16,

@@ -325,9 +325,12 @@ pub fn desired_status(
         };
     }
     status.conditions = Some(conditions);
-    status.daemon_endpoints = Some(NodeDaemonEndpoints {
-        kubelet_endpoint: Some(DaemonEndpoint { port: KUBELET_PORT }),
-    });
+    // The view's port when it serves the kubelet API, upstream's default otherwise.
+    status
+        .daemon_endpoints
+        .get_or_insert_with(|| NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint { port: KUBELET_PORT }),
+        });
     status
 }
 

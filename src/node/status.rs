@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ContainerImage, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
+    NodeSpec, NodeStatus, NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -59,6 +60,9 @@ pub struct NodeInputs {
     pub images: Vec<ImageInfo>,
     /// The pod CIDR, if one was given.
     pub pod_cidr: Option<String>,
+    /// The kubelet API's secure port (`daemonEndpoints.kubeletEndpoint.port`); 0 when
+    /// it is not served.
+    pub kubelet_port: i32,
     /// Why the node is not ready (upstream's runtime and network health errors, e.g.
     /// `container runtime is down`); empty when ready.
     pub not_ready: Vec<String>,
@@ -117,6 +121,11 @@ pub fn node(inputs: &NodeInputs, now: jiff::Timestamp) -> Node {
             addresses: Some(addresses(&inputs.ip, &inputs.hostname)),
             node_info: Some(node_info(&inputs.runtime_version)),
             images: Some(images(&inputs.images, MAX_IMAGES)),
+            daemon_endpoints: (inputs.kubelet_port != 0).then(|| NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: inputs.kubelet_port,
+                }),
+            }),
             ..Default::default()
         }),
     }

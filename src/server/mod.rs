@@ -6,7 +6,9 @@
 //! nodelet addition) and the healthz port.
 
 pub mod logs;
+pub mod metrics;
 pub mod push;
+pub mod secure;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,7 +71,7 @@ async fn get_node(State(node): State<NodeViewCell>) -> axum::response::Response 
     }
 }
 
-async fn get_summary(State(node): State<NodeViewCell>) -> axum::response::Response {
+pub(crate) async fn get_summary(State(node): State<NodeViewCell>) -> axum::response::Response {
     let view = node.borrow().clone();
     match view {
         // Reading cgroup files and walking log dirs blocks: off the async workers.
@@ -81,7 +83,7 @@ async fn get_summary(State(node): State<NodeViewCell>) -> axum::response::Respon
     }
 }
 
-fn json(body: &impl serde::Serialize) -> axum::response::Response {
+pub(crate) fn json(body: &impl serde::Serialize) -> axum::response::Response {
     let body = serde_json::to_vec(body).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -118,7 +120,9 @@ pub fn pod_list(pods: &PodStatuses) -> List<Pod> {
     }
 }
 
-async fn list_pods(State(pods): State<watch::Receiver<PodStatuses>>) -> impl IntoResponse {
+pub(crate) async fn list_pods(
+    State(pods): State<watch::Receiver<PodStatuses>>,
+) -> impl IntoResponse {
     let list = pod_list(&pods.borrow());
     let body = serde_json::to_vec(&list).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body)

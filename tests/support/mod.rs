@@ -188,6 +188,8 @@ pub struct World {
     pub port: u16,
     /// `--healthz-port`.
     pub healthz: u16,
+    /// `--port` (the kubelet API's secure port).
+    pub secure_port: u16,
     /// The node name.
     pub node: String,
     /// The running agent, if any.
@@ -226,6 +228,7 @@ impl World {
             cgroup_root: format!("/nodelet-test-{id}"),
             port: free_port(),
             healthz: free_port(),
+            secure_port: free_port(),
             node: format!("node-{id}"),
             agent: None,
             log_filter:
@@ -292,6 +295,8 @@ impl World {
             self.port.to_string(),
             "--healthz-port".into(),
             self.healthz.to_string(),
+            "--port".into(),
+            self.secure_port.to_string(),
             "--node-ip".into(),
             "127.0.0.1".into(),
             "--v".into(),

@@ -1,0 +1,398 @@
+//! `/metrics/resource` (upstream's resource metrics: the CPU and memory series
+//! metrics-server scrapes, each sample with its measurement time) and
+//! `/metrics/cadvisor` (cAdvisor's `container_*` series with its labels: `container`,
+//! `id`, `image`, `name`, `namespace`, `pod`), rendered in the Prometheus text format
+//! from the stats summary. Hand-rendered because their samples carry the time of
+//! the measurement, which a registry of live instruments does not.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::MetricsState;
+use crate::node::summary::{Summary, Time};
+use crate::pod::status_store::PodStatuses;
+
+/// One sample: labels, value, time.
+type Sample = (Vec<(&'static str, String)>, f64, Option<Time>);
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn millis(t: Time) -> i64 {
+    t.0.as_millisecond()
+}
+
+fn family(out: &mut String, name: &str, help: &str, kind: &str, samples: &[Sample]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value, at) in samples {
+        out.push_str(name);
+        if !labels.is_empty() {
+            let rendered: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let _ = write!(out, "{{{}}}", rendered.join(","));
+        }
+        let _ = write!(out, " {value}");
+        if let Some(at) = at {
+            let _ = write!(out, " {}", millis(*at));
+        }
+        out.push('\n');
+    }
+}
+
+fn ns_to_s(ns: u64) -> f64 {
+    // Exact enough: CPU seconds are reported to nanosecond precision as f64.
+    #[allow(clippy::cast_precision_loss)]
+    let s = ns as f64 / 1e9;
+    s
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn bytes(b: u64) -> f64 {
+    b as f64
+}
+
+fn start_seconds(t: Time) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let s = t.0.as_second() as f64;
+    s
+}
+
+/// Upstream's resource metrics from a summary (`None`: the summary could not be made,
+/// `resource_scrape_error 1`).
+pub fn render_resource(summary: Option<&Summary>) -> String {
+    let mut out = String::new();
+    let mut c_cpu = Vec::new();
+    let mut c_mem = Vec::new();
+    let mut c_start = Vec::new();
+    let mut p_cpu = Vec::new();
+    let mut p_mem = Vec::new();
+    let mut n_cpu = Vec::new();
+    let mut n_mem = Vec::new();
+    if let Some(s) = summary {
+        for pod in &s.pods {
+            let pl = || {
+                vec![
+                    ("namespace", pod.pod_ref.namespace.clone()),
+                    ("pod", pod.pod_ref.name.clone()),
+                ]
+            };
+            for c in &pod.containers {
+                let cl = || {
+                    vec![
+                        ("container", c.name.clone()),
+                        ("namespace", pod.pod_ref.namespace.clone()),
+                        ("pod", pod.pod_ref.name.clone()),
+                    ]
+                };
+                if let Some(cpu) = &c.cpu
+                    && let Some(ns) = cpu.usage_core_nano_seconds
+                {
+                    c_cpu.push((cl(), ns_to_s(ns), Some(cpu.time)));
+                }
+                if let Some(m) = &c.memory
+                    && let Some(ws) = m.working_set_bytes
+                {
+                    c_mem.push((cl(), bytes(ws), Some(m.time)));
+                }
+                c_start.push((cl(), start_seconds(c.start_time), None));
+            }
+            if let Some(cpu) = &pod.cpu
+                && let Some(ns) = cpu.usage_core_nano_seconds
+            {
+                p_cpu.push((pl(), ns_to_s(ns), Some(cpu.time)));
+            }
+            if let Some(m) = &pod.memory
+                && let Some(ws) = m.working_set_bytes
+            {
+                p_mem.push((pl(), bytes(ws), Some(m.time)));
+            }
+        }
+        if let Some(cpu) = &s.node.cpu
+            && let Some(ns) = cpu.usage_core_nano_seconds
+        {
+            n_cpu.push((vec![], ns_to_s(ns), Some(cpu.time)));
+        }
+        if let Some(m) = &s.node.memory
+            && let Some(ws) = m.working_set_bytes
+        {
+            n_mem.push((vec![], bytes(ws), Some(m.time)));
+        }
+    }
+    family(
+        &mut out,
+        "container_cpu_usage_seconds_total",
+        "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
+        "counter",
+        &c_cpu,
+    );
+    family(
+        &mut out,
+        "container_memory_working_set_bytes",
+        "[STABLE] Current working set of the container in bytes",
+        "gauge",
+        &c_mem,
+    );
+    family(
+        &mut out,
+        "container_start_time_seconds",
+        "[STABLE] Start time of the container since unix epoch in seconds",
+        "gauge",
+        &c_start,
+    );
+    family(
+        &mut out,
+        "node_cpu_usage_seconds_total",
+        "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
+        "counter",
+        &n_cpu,
+    );
+    family(
+        &mut out,
+        "node_memory_working_set_bytes",
+        "[STABLE] Current working set of the node in bytes",
+        "gauge",
+        &n_mem,
+    );
+    family(
+        &mut out,
+        "pod_cpu_usage_seconds_total",
+        "[STABLE] Cumulative cpu time consumed by the pod in core-seconds",
+        "counter",
+        &p_cpu,
+    );
+    family(
+        &mut out,
+        "pod_memory_working_set_bytes",
+        "[STABLE] Current working set of the pod in bytes",
+        "gauge",
+        &p_mem,
+    );
+    let err = if summary.is_some() { 0.0 } else { 1.0 };
+    family(
+        &mut out,
+        "resource_scrape_error",
+        "[STABLE] 1 if there was an error while getting container metrics, 0 otherwise",
+        "gauge",
+        &[(vec![], err, None)],
+    );
+    out
+}
+
+/// cAdvisor's series from a summary; `pods` gives each container's image and ID.
+pub fn render_cadvisor(summary: &Summary, pods: &PodStatuses) -> String {
+    // (namespace, pod, container) → (image, container ID without the runtime prefix).
+    let mut ids: HashMap<(&str, &str, &str), (&str, &str)> = HashMap::new();
+    for pod in pods.values() {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        for c in pod
+            .status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+        {
+            let id = c.container_id.as_deref().unwrap_or_default();
+            let id = id.split_once("://").map_or(id, |(_, i)| i);
+            ids.insert((ns, name, c.name.as_str()), (c.image.as_str(), id));
+        }
+    }
+    let mut cpu = Vec::new();
+    let mut ws = Vec::new();
+    let mut usage = Vec::new();
+    let mut rss = Vec::new();
+    let mut start = Vec::new();
+    let mut rx = Vec::new();
+    let mut tx = Vec::new();
+    let root = || {
+        vec![
+            ("container", String::new()),
+            ("id", "/".to_owned()),
+            ("image", String::new()),
+            ("name", String::new()),
+            ("namespace", String::new()),
+            ("pod", String::new()),
+        ]
+    };
+    let mut push_mem = |labels: &dyn Fn() -> Vec<(&'static str, String)>,
+                        m: &crate::node::summary::MemoryStats| {
+        if let Some(v) = m.working_set_bytes {
+            ws.push((labels(), bytes(v), Some(m.time)));
+        }
+        if let Some(v) = m.usage_bytes {
+            usage.push((labels(), bytes(v), Some(m.time)));
+        }
+        if let Some(v) = m.rss_bytes {
+            rss.push((labels(), bytes(v), Some(m.time)));
+        }
+    };
+    if let Some(c) = &summary.node.cpu
+        && let Some(ns) = c.usage_core_nano_seconds
+    {
+        let mut l = root();
+        l.insert(1, ("cpu", "total".to_owned()));
+        cpu.push((l, ns_to_s(ns), Some(c.time)));
+    }
+    if let Some(m) = &summary.node.memory {
+        push_mem(&root, m);
+    }
+    for pod in &summary.pods {
+        let (ns, name, uid) = (
+            pod.pod_ref.namespace.as_str(),
+            pod.pod_ref.name.as_str(),
+            pod.pod_ref.uid.as_str(),
+        );
+        let pod_id = format!("/kubepods/pod{uid}");
+        let pod_labels = || {
+            vec![
+                ("container", String::new()),
+                ("id", pod_id.clone()),
+                ("image", String::new()),
+                ("name", String::new()),
+                ("namespace", ns.to_owned()),
+                ("pod", name.to_owned()),
+            ]
+        };
+        if let Some(c) = &pod.cpu
+            && let Some(v) = c.usage_core_nano_seconds
+        {
+            let mut l = pod_labels();
+            l.insert(1, ("cpu", "total".to_owned()));
+            cpu.push((l, ns_to_s(v), Some(c.time)));
+        }
+        if let Some(m) = &pod.memory {
+            push_mem(&pod_labels, m);
+        }
+        if let Some(net) = &pod.network {
+            for i in &net.interfaces {
+                let mut l = pod_labels();
+                l.insert(2, ("interface", i.name.clone()));
+                if let Some(v) = i.rx_bytes {
+                    rx.push((l.clone(), bytes(v), Some(net.time)));
+                }
+                if let Some(v) = i.tx_bytes {
+                    tx.push((l, bytes(v), Some(net.time)));
+                }
+            }
+        }
+        for c in &pod.containers {
+            let (image, id) = ids
+                .get(&(ns, name, c.name.as_str()))
+                .copied()
+                .unwrap_or_default();
+            let labels = || {
+                vec![
+                    ("container", c.name.clone()),
+                    ("id", format!("{pod_id}/{id}")),
+                    ("image", image.to_owned()),
+                    ("name", id.to_owned()),
+                    ("namespace", ns.to_owned()),
+                    ("pod", name.to_owned()),
+                ]
+            };
+            if let Some(cs) = &c.cpu
+                && let Some(v) = cs.usage_core_nano_seconds
+            {
+                let mut l = labels();
+                l.insert(1, ("cpu", "total".to_owned()));
+                cpu.push((l, ns_to_s(v), Some(cs.time)));
+            }
+            if let Some(m) = &c.memory {
+                push_mem(&labels, m);
+            }
+            start.push((labels(), start_seconds(c.start_time), None));
+        }
+    }
+    let mut out = String::new();
+    family(
+        &mut out,
+        "container_cpu_usage_seconds_total",
+        "Cumulative cpu time consumed in seconds.",
+        "counter",
+        &cpu,
+    );
+    family(
+        &mut out,
+        "container_memory_rss",
+        "Size of RSS in bytes.",
+        "gauge",
+        &rss,
+    );
+    family(
+        &mut out,
+        "container_memory_usage_bytes",
+        "Current memory usage in bytes, including all memory regardless of when it was accessed",
+        "gauge",
+        &usage,
+    );
+    family(
+        &mut out,
+        "container_memory_working_set_bytes",
+        "Current working set in bytes.",
+        "gauge",
+        &ws,
+    );
+    family(
+        &mut out,
+        "container_network_receive_bytes_total",
+        "Cumulative count of bytes received",
+        "counter",
+        &rx,
+    );
+    family(
+        &mut out,
+        "container_network_transmit_bytes_total",
+        "Cumulative count of bytes transmitted",
+        "counter",
+        &tx,
+    );
+    family(
+        &mut out,
+        "container_start_time_seconds",
+        "Start time of the container since unix epoch in seconds.",
+        "gauge",
+        &start,
+    );
+    out
+}
+
+async fn summary(state: &MetricsState) -> Option<Summary> {
+    let view = state.node.borrow().clone()?;
+    tokio::task::spawn_blocking(move || view.summary())
+        .await
+        .ok()
+}
+
+fn text(body: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+pub(super) async fn resource_handler(State(state): State<MetricsState>) -> Response {
+    text(render_resource(summary(&state).await.as_ref()))
+}
+
+pub(super) async fn cadvisor_handler(State(state): State<MetricsState>) -> Response {
+    match summary(&state).await {
+        Some(s) => text(render_cadvisor(&s, &state.pods.borrow())),
+        None => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is not connected to its container runtime yet",
+        )
+            .into_response(),
+    }
+}

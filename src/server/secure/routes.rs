@@ -1,0 +1,158 @@
+//! The kubelet's own endpoints on the secure port: `/healthz` (with `/healthz/ping`,
+//! `/healthz/log`, `/healthz/syncloop`, as upstream's healthz checks), `/pods` (the
+//! pods with live status), `/runningpods/` (the pods with running containers, as
+//! upstream's runtime-cache view: name, namespace, UID, container names and images),
+//! `/configz` (`{"kubeletconfig": …}`, the effective configuration) and
+//! `/stats/summary`; and the metrics endpoints of [`crate::server::metrics`].
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use tokio::sync::watch;
+
+use crate::pod::status_store::PodStatuses;
+use crate::server::{NodeViewCell, json};
+
+/// What the kubelet's own endpoints read.
+#[derive(Clone)]
+pub struct OwnState {
+    /// The pods with live status.
+    pub pods: watch::Receiver<PodStatuses>,
+    /// The node view (stats).
+    pub node: NodeViewCell,
+    /// `/configz`'s body.
+    pub configz: Arc<serde_json::Value>,
+}
+
+/// The kubelet's own routes, state applied.
+pub fn own_router(state: OwnState) -> Router {
+    let summary = Router::new()
+        .route("/stats/summary", get(crate::server::get_summary))
+        .route("/stats/summary/", get(crate::server::get_summary))
+        .with_state(state.node.clone());
+    let pods = Router::new()
+        .route("/pods", get(crate::server::list_pods))
+        .route("/pods/", get(crate::server::list_pods))
+        .route("/runningpods/", get(running_pods))
+        .with_state(state.pods.clone());
+    Router::new()
+        .route("/healthz", get(ok))
+        .route("/healthz/ping", get(ok))
+        .route("/healthz/log", get(ok))
+        .route("/healthz/syncloop", get(ok))
+        .route("/configz", get(configz))
+        .with_state(state.clone())
+        .merge(summary)
+        .merge(pods)
+        .merge(crate::server::metrics::router(
+            crate::server::metrics::MetricsState {
+                pods: state.pods,
+                node: state.node,
+            },
+        ))
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+async fn configz(State(state): State<OwnState>) -> Response {
+    json(&*state.configz)
+}
+
+/// Pods with at least one running container, reduced as the runtime reports them.
+pub fn running(pods: &PodStatuses) -> Vec<Pod> {
+    let mut out: Vec<Pod> = pods
+        .values()
+        .filter_map(|pod| {
+            let status = pod.status.as_ref()?;
+            let statuses = status.container_statuses.as_deref().unwrap_or_default();
+            let containers: Vec<Container> = statuses
+                .iter()
+                .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+                .map(|c| Container {
+                    name: c.name.clone(),
+                    image: Some(c.image.clone()),
+                    ..Container::default()
+                })
+                .collect();
+            (!containers.is_empty()).then(|| Pod {
+                metadata: ObjectMeta {
+                    name: pod.metadata.name.clone(),
+                    namespace: pod.metadata.namespace.clone(),
+                    uid: pod.metadata.uid.clone(),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PodSpec {
+                    containers,
+                    ..PodSpec::default()
+                }),
+                status: None,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    out
+}
+
+async fn running_pods(State(pods): State<watch::Receiver<PodStatuses>>) -> impl IntoResponse {
+    let items = running(&pods.borrow());
+    json(&k8s_openapi::List {
+        items,
+        metadata: Default::default(),
+    })
+}
+
+/// `/configz`'s body: the effective configuration in `KubeletConfiguration`'s
+/// field names, as far as nodelet has the fields.
+pub fn configz_body(args: &crate::cli::AgentArgs, node_name: &str) -> serde_json::Value {
+    let s = &args.secure;
+    let mode = match s.authorization_mode {
+        super::AuthorizationMode::AlwaysAllow => "AlwaysAllow",
+        super::AuthorizationMode::Webhook => "Webhook",
+    };
+    let go_duration = |d: std::time::Duration| format!("{}s", d.as_secs());
+    serde_json::json!({
+        "kubeletconfig": {
+            "enableServer": true,
+            "staticPodPath": args.pod_manifest_path,
+            "podLogsDir": args.pod_logs_dir,
+            "address": args.address.to_string(),
+            "port": s.port,
+            "readOnlyPort": args.read_only_port,
+            "tlsCertFile": s.tls_cert_file,
+            "tlsPrivateKeyFile": s.tls_private_key_file,
+            "authentication": {
+                "x509": {"clientCAFile": s.client_ca_file},
+                "webhook": {
+                    "enabled": s.authentication_token_webhook,
+                    "cacheTTL": go_duration(s.authentication_token_webhook_cache_ttl),
+                },
+                "anonymous": {"enabled": s.anonymous_auth},
+            },
+            "authorization": {
+                "mode": mode,
+                "webhook": {
+                    "cacheAuthorizedTTL": go_duration(s.authorization_webhook_cache_authorized_ttl),
+                    "cacheUnauthorizedTTL": go_duration(s.authorization_webhook_cache_unauthorized_ttl),
+                },
+            },
+            "healthzPort": args.healthz_port,
+            "healthzBindAddress": args.healthz_bind_address.to_string(),
+            "clusterDomain": args.cluster_domain,
+            "clusterDNS": args.cluster_dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "cgroupRoot": args.cgroup_root,
+            "registryPullQPS": args.registry_qps,
+            "registryBurst": args.registry_burst,
+            "serializeImagePulls": args.serialize_image_pulls,
+            "nodeName": node_name,
+        }
+    })
+}
