@@ -196,10 +196,16 @@ pub async fn start(
     for s in servers {
         tasks.spawn(s);
     }
+    // The log endpoints reach the runtime once it is connected.
+    let (log_backend_tx, log_backend_rx) = watch::channel(None);
     if args.secure.port != 0 {
         // Issue #13's other endpoints (container logs, streaming) merge their
         // routers (state applied) into `extra`; the auth filter covers them.
-        let extra = axum::Router::new();
+        let extra = axum::Router::new().merge(server::logs::router(
+            status_rx.clone(),
+            log_backend_rx.clone(),
+            std::path::PathBuf::from(server::logs::NODE_LOG_DIR),
+        ));
         let own = server::secure::routes::OwnState {
             pods: status_rx.clone(),
             node: node_view_rx.clone(),
@@ -254,6 +260,8 @@ pub async fn start(
         error!(error = %e, "cannot import the pause image");
     }
     let runtime = Arc::new(runtime);
+    let backend: Arc<dyn server::logs::LogBackend> = runtime.clone();
+    log_backend_tx.send_replace(Some(backend));
     info!(node = %node_name, ip = %host_ip, namespace = %args.containerd_namespace, "agent running");
 
     // ConfigMaps, Secrets and service account tokens from the apiserver; standalone,

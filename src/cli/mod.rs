@@ -532,7 +532,7 @@ pub fn parse_log_max_size(text: &str) -> Result<u64, String> {
     if q.is_negative() {
         return Ok(0);
     }
-    let bytes = q.nanos().div_ceil(1_000_000_000);
+    let bytes = (q.nanos() + 999_999_999) / 1_000_000_000;
     u64::try_from(bytes).map_err(|_| format!("container log max size {text:?} is too large"))
 }
 

@@ -32,6 +32,9 @@ use tokio::sync::watch;
 
 use crate::pod::status_store::PodStatuses;
 
+/// The node's log directory `/logs/` serves (upstream's fixed `/var/log/`).
+pub const NODE_LOG_DIR: &str = "/var/log";
+
 /// A container instance's log file and whether it still runs.
 #[derive(Debug, Clone)]
 pub struct InstanceLog {
