@@ -32,7 +32,10 @@ fn container_log_dir(w: &World, pod: &Pod, container: &str) -> PathBuf {
 fn dir_files(dir: &Path) -> (Vec<String>, u64) {
     let mut names = Vec::new();
     let mut total = 0;
-    for e in std::fs::read_dir(dir).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+    for e in std::fs::read_dir(dir)
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
         total += e.metadata().map(|m| m.len()).unwrap_or(0);
         names.push(e.file_name().to_string_lossy().into_owned());
     }
@@ -40,11 +43,12 @@ fn dir_files(dir: &Path) -> (Vec<String>, u64) {
     (names, total)
 }
 
-fn running_pod(w: &World, name: &'static str) -> impl std::future::Future<Output = Pod> + '_ {
+async fn running_pod(w: &World, name: &str) -> Pod {
     w.wait_pod(name, "running", |p| {
         container_status(p, "main")
             .is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
     })
+    .await
 }
 
 const MB: u64 = 1_000_000;
@@ -53,7 +57,13 @@ const MB: u64 = 1_000_000;
 async fn a_200mb_writer_keeps_its_log_dir_under_60mb() {
     let mut w = World::new().await;
     w.extra_args.extend(
-        ["--container-log-max-size", "10Mi", "--container-log-max-files", "5"].map(String::from),
+        [
+            "--container-log-max-size",
+            "10Mi",
+            "--container-log-max-files",
+            "5",
+        ]
+        .map(String::from),
     );
     // 79 characters and a newline per line; `head -c` stops at exactly 200 MB.
     w.write_manifest(
@@ -81,7 +91,10 @@ spec:
     let mut started = None;
     let deadline = Instant::now() + Duration::from_secs(300);
     let finished = loop {
-        assert!(Instant::now() < deadline, "the writer did not finish in 300 s");
+        assert!(
+            Instant::now() < deadline,
+            "the writer did not finish in 300 s"
+        );
         let (_, total) = dir_files(&dir);
         peak = peak.max(total);
         if started.is_none() && total > 0 {
@@ -110,9 +123,15 @@ spec:
     assert!(files.len() <= 5, "{files:?}");
     assert!(files.contains(&"0.log".to_owned()), "{files:?}");
     let gz = files.iter().filter(|f| f.ends_with(".gz")).count();
-    assert_eq!(gz, files.len() - 2, "all rotated files but the newest are compressed: {files:?}");
+    assert_eq!(
+        gz,
+        files.len() - 2,
+        "all rotated files but the newest are compressed: {files:?}"
+    );
     assert!(
-        files.iter().all(|f| f == "0.log" || f.starts_with("0.log.20")),
+        files
+            .iter()
+            .all(|f| f == "0.log" || f.starts_with("0.log.20")),
         "{files:?}"
     );
     w.stop_agent();
@@ -122,7 +141,13 @@ spec:
 async fn a_follower_sees_every_line_in_order_across_rotations() {
     let mut w = World::new().await;
     w.extra_args.extend(
-        ["--container-log-max-size", "512Ki", "--container-log-max-files", "3"].map(String::from),
+        [
+            "--container-log-max-size",
+            "512Ki",
+            "--container-log-max-files",
+            "3",
+        ]
+        .map(String::from),
     );
     const N: u32 = 60_000;
     w.write_manifest(
@@ -176,7 +201,10 @@ spec:
         }
     })
     .await;
-    assert!(read.is_ok(), "the follow did not end after the container exited");
+    assert!(
+        read.is_ok(),
+        "the follow did not end after the container exited"
+    );
     let text = String::from_utf8(text).expect("utf-8");
     let numbers: Vec<u32> = text
         .lines()

@@ -464,15 +464,17 @@ fn read_new_lines(file: &Path, state: &mut TailedFile) -> Vec<String> {
     let mut lines = read_open_file(file, state);
     // At the end of the file read so far: a new file under the name means the driver
     // rotated; its lines follow the old file's.
-    let rotated = state.file.as_ref().is_some_and(|f| {
-        match (f.metadata(), std::fs::metadata(file)) {
-            (Ok(open), Ok(named)) => {
-                use std::os::unix::fs::MetadataExt as _;
-                open.ino() != named.ino()
-            }
-            _ => false,
-        }
-    });
+    let rotated =
+        state
+            .file
+            .as_ref()
+            .is_some_and(|f| match (f.metadata(), std::fs::metadata(file)) {
+                (Ok(open), Ok(named)) => {
+                    use std::os::unix::fs::MetadataExt as _;
+                    open.ino() != named.ino()
+                }
+                _ => false,
+            });
     if rotated {
         state.file = None;
         state.offset = 0;
@@ -498,7 +500,10 @@ fn read_open_file(file: &Path, state: &mut TailedFile) -> Vec<String> {
     if f.read_to_end(&mut bytes).is_err() {
         return Vec::new();
     }
-    let consumed = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |end| end + 1);
+    let consumed = bytes
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |end| end + 1);
     // An unfinished line is read again once its newline is written.
     let unread = i64::try_from(bytes.len() - consumed).unwrap_or(0);
     if unread > 0 && f.seek(SeekFrom::Current(-unread)).is_err() {

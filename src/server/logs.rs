@@ -76,7 +76,11 @@ struct LogsState {
 
 /// Builds the log endpoints: container logs of the pods in `pods` through `backend`,
 /// and the node's log files under `node_logs` (`/var/log`).
-pub fn router(pods: watch::Receiver<PodStatuses>, backend: BackendCell, node_logs: PathBuf) -> Router {
+pub fn router(
+    pods: watch::Receiver<PodStatuses>,
+    backend: BackendCell,
+    node_logs: PathBuf,
+) -> Router {
     let state = LogsState {
         pods,
         backend,
@@ -95,7 +99,11 @@ pub fn router(pods: watch::Receiver<PodStatuses>, backend: BackendCell, node_log
 
 /// Go's `localRedirect`: 301 to `to`.
 fn moved(to: &str) -> Response {
-    (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, to.to_owned())]).into_response()
+    (
+        StatusCode::MOVED_PERMANENTLY,
+        [(header::LOCATION, to.to_owned())],
+    )
+        .into_response()
 }
 
 /// An error as go-restful's `WriteError` sends it: the status and the message.
@@ -122,8 +130,12 @@ struct LogQuery {
 
 /// Upstream's query errors: 400 `Unable to decode query.`, 422 `Invalid request.`.
 fn parse_query(raw: Option<&str>) -> Result<LogQuery, Response> {
-    let decode =
-        || error(StatusCode::BAD_REQUEST, r#"{"message": "Unable to decode query."}"#);
+    let decode = || {
+        error(
+            StatusCode::BAD_REQUEST,
+            r#"{"message": "Unable to decode query."}"#,
+        )
+    };
     let mut q = LogQuery::default();
     let mut tail: Option<String> = None;
     let mut tail_lines: Option<String> = None;
@@ -293,7 +305,11 @@ async fn container_logs(
 fn has_container(pod: &Pod, name: &str) -> bool {
     let Some(spec) = &pod.spec else { return false };
     spec.containers.iter().any(|c| c.name == name)
-        || spec.init_containers.iter().flatten().any(|c| c.name == name)
+        || spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == name)
         || spec
             .ephemeral_containers
             .iter()
@@ -305,7 +321,8 @@ fn has_container(pod: &Pod, name: &str) -> bool {
 fn container_id(pod: &Pod, pod_name: &str, name: &str, previous: bool) -> Result<String, String> {
     let status = pod.status.as_ref();
     let find = |list: Option<&Vec<ContainerStatus>>| {
-        list.and_then(|l| l.iter().find(|s| s.name == name)).cloned()
+        list.and_then(|l| l.iter().find(|s| s.name == name))
+            .cloned()
     };
     let Some(cs) = find(status.and_then(|s| s.container_statuses.as_ref()))
         .or_else(|| find(status.and_then(|s| s.init_container_statuses.as_ref())))
@@ -328,7 +345,10 @@ fn container_id(pod: &Pod, pod_name: &str, name: &str, previous: bool) -> Result
         });
     }
     if state.running.is_some() {
-        return cs.container_id.filter(|id| !id.is_empty()).ok_or_else(terminated_msg);
+        return cs
+            .container_id
+            .filter(|id| !id.is_empty())
+            .ok_or_else(terminated_msg);
     }
     if let Some(t) = state.terminated {
         return match t.container_id.filter(|id| !id.is_empty()) {
@@ -369,10 +389,12 @@ async fn node_log(State(state): State<LogsState>, Path(path): Path<String>) -> R
 /// (400, as Go); a symlink is followed only while it stays under the directory.
 async fn serve_node_log(root: &std::path::Path, rel: &str) -> Response {
     let rel_path = std::path::Path::new(rel);
-    if rel_path
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)))
-    {
+    if rel_path.components().any(|c| {
+        matches!(
+            c,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_)
+        )
+    }) {
         return error(StatusCode::BAD_REQUEST, "invalid URL path");
     }
     let not_found = || error(StatusCode::NOT_FOUND, "404 page not found");
@@ -394,11 +416,9 @@ async fn serve_node_log(root: &std::path::Path, rel: &str) -> Response {
             return moved(&format!("{name}/"));
         }
         return match dir_listing(&full).await {
-            Ok(html) => (
-                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-                html,
-            )
-                .into_response(),
+            Ok(html) => {
+                ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+            }
             Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "Error reading directory"),
         };
     }
@@ -448,8 +468,9 @@ async fn dir_listing(dir: &std::path::Path) -> std::io::Result<String> {
         names.push(name);
     }
     names.sort();
-    let mut html =
-        String::from("<!doctype html>\n<meta name=\"viewport\" content=\"width=device-width\">\n<pre>\n");
+    let mut html = String::from(
+        "<!doctype html>\n<meta name=\"viewport\" content=\"width=device-width\">\n<pre>\n",
+    );
     for n in names {
         html.push_str(&format!(
             "<a href=\"{}\">{}</a>\n",

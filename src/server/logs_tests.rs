@@ -345,16 +345,25 @@ async fn node_logs_are_listed_and_served_without_escapes() {
     let (status, listing) = get(r, "/logs/").await;
     assert_eq!(status, StatusCode::OK);
     assert!(listing.contains("<a href=\"sub/\">sub/</a>"), "{listing}");
-    assert!(listing.contains("<a href=\"syslog\">syslog</a>"), "{listing}");
+    assert!(
+        listing.contains("<a href=\"syslog\">syslog</a>"),
+        "{listing}"
+    );
     let (status, sub) = get(r, "/logs/sub/").await;
     assert_eq!(status, StatusCode::OK);
     assert!(sub.contains("<a href=\"a%20b.log\">a b.log</a>"), "{sub}");
-    assert_eq!(get(r, "/logs/syslog").await, (StatusCode::OK, "node log\n".into()));
+    assert_eq!(
+        get(r, "/logs/syslog").await,
+        (StatusCode::OK, "node log\n".into())
+    );
     assert_eq!(get(r, "/logs/sub/a%20b.log").await.1, "a\n");
     assert_eq!(get(r, "/logs/sub").await.0, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(get(r, "/logs").await.0, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(get(r, "/logs/../secret").await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(get(r, "/logs/sub/..%2F..%2Fsecret").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        get(r, "/logs/sub/..%2F..%2Fsecret").await.0,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(get(r, "/logs/escape").await.0, StatusCode::NOT_FOUND);
     assert_eq!(get(r, "/logs/missing").await.0, StatusCode::NOT_FOUND);
     assert!(f.node_logs.join("syslog").exists());

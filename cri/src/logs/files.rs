@@ -256,7 +256,13 @@ mod tests {
     #[test]
     fn container_logs_go_with_their_rotated_files_only() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for n in ["0.log", "0.log.20261204-231500.gz", "0.log.20261204-231501", "1.log", "10.log"] {
+        for n in [
+            "0.log",
+            "0.log.20261204-231500.gz",
+            "0.log.20261204-231501",
+            "1.log",
+            "10.log",
+        ] {
             touch(&dir.path().join(n));
         }
         remove_container_logs(&dir.path().join("0.log")).expect("remove");

@@ -203,6 +203,10 @@ fn push_piece(out: &mut Vec<u8>, time: &str, stream: Stream, text: &[u8], full: 
 
 /// Copies `input` into `sink` as CRI log lines until end of file.
 ///
+/// The lines that one read of the pipe brought are formatted with one timestamp and
+/// written with one write (rotation falls between writes), so a chatty container
+/// costs a syscall per pipe read, not per line.
+///
 /// # Errors
 /// The first write error; read errors end the copy (the pipe closed).
 pub fn copy_stream<R: Read, W: Write>(
@@ -211,25 +215,39 @@ pub fn copy_stream<R: Read, W: Write>(
     sink: &Mutex<W>,
     now: impl Fn() -> String,
 ) -> io::Result<()> {
-    let mut reader = BufReader::with_capacity(MAX_LINE, input);
+    let mut reader = BufReader::with_capacity(4 * MAX_LINE, input);
     let mut buf = Vec::with_capacity(256);
-    let mut out = Vec::with_capacity(512);
+    let mut out = Vec::with_capacity(8 * MAX_LINE);
     loop {
-        buf.clear();
-        // Read at most MAX_LINE bytes so a line without newlines can't grow without bound.
-        let n = (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let ends_line = buf.last() == Some(&b'\n');
-        if ends_line {
-            buf.pop();
-        }
         out.clear();
-        format_line(&mut out, &now(), stream, &buf, ends_line);
-        // One write per piece under the lock keeps stdout and stderr lines whole.
+        // A read of the pipe (blocking only when the buffer is empty), then every
+        // line already in the buffer.
+        let time = {
+            let available = reader.fill_buf()?;
+            if available.is_empty() {
+                return Ok(());
+            }
+            now()
+        };
+        loop {
+            buf.clear();
+            // At most MAX_LINE bytes so a line without newlines can't grow without bound.
+            let n = (&mut reader)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            let ends_line = buf.last() == Some(&b'\n');
+            if ends_line {
+                buf.pop();
+            }
+            format_line(&mut out, &time, stream, &buf, ends_line);
+            if reader.buffer().is_empty() || out.len() >= 4 * MAX_LINE {
+                break;
+            }
+        }
+        // One write under the lock keeps stdout and stderr lines whole.
         let mut w = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         w.write_all(&out)?;
     }
@@ -258,7 +276,10 @@ impl containerd_shim_logging::Driver for CriLogDriver {
     }
 
     fn run(self) -> Result<(), LogError> {
-        let sink = Arc::new(Mutex::new(RotatingLog::new(self.args.path, self.args.policy)));
+        let sink = Arc::new(Mutex::new(RotatingLog::new(
+            self.args.path,
+            self.args.policy,
+        )));
         let err_sink = Arc::clone(&sink);
         let stderr = self.config.stderr;
         let errs = thread::spawn(move || copy_stream(stderr, Stream::Stderr, &err_sink, timestamp));
@@ -406,15 +427,37 @@ mod tests {
     #[test]
     fn driver_args_come_in_any_order() {
         let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        let parsed = driver_args(&args(&["max-files", "3", "cri-log", "/l/0.log", "max-size", "100"]))
+        let parsed = driver_args(&args(&[
+            "max-files",
+            "3",
+            "cri-log",
+            "/l/0.log",
+            "max-size",
+            "100",
+        ]))
+        .expect("driver")
+        .expect("valid");
+        assert_eq!(parsed.path, Path::new("/l/0.log"));
+        assert_eq!(
+            parsed.policy,
+            RotationPolicy {
+                max_size: 100,
+                max_files: 3
+            }
+        );
+        let old = driver_args(&args(&["cri-log", "/l/0.log"]))
             .expect("driver")
             .expect("valid");
-        assert_eq!(parsed.path, Path::new("/l/0.log"));
-        assert_eq!(parsed.policy, RotationPolicy { max_size: 100, max_files: 3 });
-        let old = driver_args(&args(&["cri-log", "/l/0.log"])).expect("driver").expect("valid");
-        assert_eq!(old.policy.max_size, 0, "a driver started without a size doesn't rotate");
+        assert_eq!(
+            old.policy.max_size, 0,
+            "a driver started without a size doesn't rotate"
+        );
         assert!(driver_args(&args(&["run", "--manifest", "x"])).is_none());
         assert!(driver_args(&args(&[])).is_none());
-        assert!(driver_args(&args(&["max-size", "x", "cri-log", "p"])).expect("driver").is_err());
+        assert!(
+            driver_args(&args(&["max-size", "x", "cri-log", "p"]))
+                .expect("driver")
+                .is_err()
+        );
     }
 }

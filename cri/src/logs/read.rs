@@ -60,7 +60,11 @@ pub type LogStream = Pin<Box<dyn Stream<Item = io::Result<Vec<u8>>> + Send>>;
 /// # Errors
 /// The error opening the file (upstream's `failed to open log file`); read errors
 /// later end the stream with that error.
-pub async fn read_logs(path: PathBuf, opts: ReadOptions, running: Running) -> io::Result<LogStream> {
+pub async fn read_logs(
+    path: PathBuf,
+    opts: ReadOptions,
+    running: Running,
+) -> io::Result<LogStream> {
     let file = tokio::fs::File::open(&path).await?;
     let ino = file.metadata().await?.ino();
     let mut reader = BufReader::with_capacity(CHUNK, file);
@@ -82,16 +86,19 @@ pub async fn read_logs(path: PathBuf, opts: ReadOptions, running: Running) -> io
         last_pass: false,
         done: false,
     };
-    Ok(Box::pin(futures::stream::unfold(state, |mut s| async move {
-        match s.next_chunk().await {
-            Ok(Some(chunk)) => Some((Ok(chunk), s)),
-            Ok(None) => None,
-            Err(e) => {
-                s.done = true;
-                Some((Err(e), s))
+    Ok(Box::pin(futures::stream::unfold(
+        state,
+        |mut s| async move {
+            match s.next_chunk().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), s)),
+                Ok(None) => None,
+                Err(e) => {
+                    s.done = true;
+                    Some((Err(e), s))
+                }
             }
-        }
-    })))
+        },
+    )))
 }
 
 /// The offset of the first of the last `n` lines (lines end with an `F` piece).
@@ -268,9 +275,13 @@ mod tests {
     }
 
     async fn read_all(path: &std::path::Path, opts: ReadOptions) -> String {
-        let mut s = read_logs(path.to_path_buf(), opts, running(Arc::new(AtomicBool::new(false))))
-            .await
-            .expect("open");
+        let mut s = read_logs(
+            path.to_path_buf(),
+            opts,
+            running(Arc::new(AtomicBool::new(false))),
+        )
+        .await
+        .expect("open");
         let mut out = Vec::new();
         while let Some(chunk) = s.next().await {
             out.extend(chunk.expect("chunk"));

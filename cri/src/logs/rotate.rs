@@ -316,7 +316,10 @@ mod tests {
         let rotated = rotated_files(&path).expect("rotated");
         assert_eq!(rotated.len(), 2, "{rotated:?}");
         assert!(rotated[0].to_string_lossy().ends_with(".gz"), "{rotated:?}");
-        assert!(!rotated[1].to_string_lossy().ends_with(".gz"), "{rotated:?}");
+        assert!(
+            !rotated[1].to_string_lossy().ends_with(".gz"),
+            "{rotated:?}"
+        );
         // The files, read oldest to newest, hold the newest lines in order.
         let mut text = String::new();
         flate2::read::GzDecoder::new(File::open(&rotated[0]).expect("open"))
