@@ -423,6 +423,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// `--container-log-max-size`: a quantity in bytes, rounded up as upstream's
+/// `Quantity.Value()`; negative turns rotation off (0).
+///
+/// # Errors
+/// Upstream's message for a value that is not a quantity.
+pub fn parse_log_max_size(text: &str) -> Result<u64, String> {
+    let q = nodelet_manifests::Quantity::parse(text)
+        .map_err(|e| format!("failed to parse container log max size {text:?}: {e}"))?;
+    if q.is_negative() {
+        return Ok(0);
+    }
+    let bytes = (q.nanos() + 999_999_999) / 1_000_000_000;
+    u64::try_from(bytes).map_err(|_| format!("container log max size {text:?} is too large"))
+}
+
+/// `--container-log-max-files`: at least 2 (upstream's log manager refuses less).
+///
+/// # Errors
+/// Upstream's message for fewer than 2.
+pub fn parse_log_max_files(text: &str) -> Result<u32, String> {
+    let n: i64 = text
+        .parse()
+        .map_err(|_| format!("invalid MaxFiles {text:?}, must be > 1"))?;
+    if n <= 1 {
+        return Err(format!("invalid MaxFiles {n}, must be > 1"));
+    }
+    u32::try_from(n).map_err(|_| format!("invalid MaxFiles {n}, too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,33 +548,4 @@ mod tests {
         assert_eq!(cli.agent.read_only_port, 10255);
         assert_eq!(cli.agent.v, "info");
     }
-}
-
-/// `--container-log-max-size`: a quantity in bytes, rounded up as upstream's
-/// `Quantity.Value()`; negative turns rotation off (0).
-///
-/// # Errors
-/// Upstream's message for a value that is not a quantity.
-pub fn parse_log_max_size(text: &str) -> Result<u64, String> {
-    let q = nodelet_manifests::Quantity::parse(text)
-        .map_err(|e| format!("failed to parse container log max size {text:?}: {e}"))?;
-    if q.is_negative() {
-        return Ok(0);
-    }
-    let bytes = (q.nanos() + 999_999_999) / 1_000_000_000;
-    u64::try_from(bytes).map_err(|_| format!("container log max size {text:?} is too large"))
-}
-
-/// `--container-log-max-files`: at least 2 (upstream's log manager refuses less).
-///
-/// # Errors
-/// Upstream's message for fewer than 2.
-pub fn parse_log_max_files(text: &str) -> Result<u32, String> {
-    let n: i64 = text
-        .parse()
-        .map_err(|_| format!("invalid MaxFiles {text:?}, must be > 1"))?;
-    if n <= 1 {
-        return Err(format!("invalid MaxFiles {n}, must be > 1"));
-    }
-    u32::try_from(n).map_err(|_| format!("invalid MaxFiles {n}, too large"))
 }

@@ -129,12 +129,12 @@ struct LogQuery {
 }
 
 /// Upstream's query errors: 400 `Unable to decode query.`, 422 `Invalid request.`.
-fn parse_query(raw: Option<&str>) -> Result<LogQuery, Response> {
+fn parse_query(raw: Option<&str>) -> Result<LogQuery, Box<Response>> {
     let decode = || {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             r#"{"message": "Unable to decode query."}"#,
-        )
+        ))
     };
     let mut q = LogQuery::default();
     let mut tail: Option<String> = None;
@@ -173,10 +173,10 @@ fn parse_query(raw: Option<&str>) -> Result<LogQuery, Response> {
         || q.since_seconds.is_some_and(|n| n < 1)
         || (q.since_seconds.is_some() && q.since_time.is_some());
     if invalid {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNPROCESSABLE_ENTITY,
             r#"{"message": "Invalid request."}"#,
-        ));
+        )));
     }
     Ok(q)
 }
@@ -232,7 +232,7 @@ async fn container_logs(
 ) -> Response {
     let query = match parse_query(raw.as_deref()) {
         Ok(q) => q,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let pod = {
         let pods = state.pods.borrow();

@@ -82,7 +82,7 @@ pub struct DriverArgs {
 /// # Errors
 /// Inside the `Some`: [`LogError`] for a rotation value that is not a number.
 pub fn driver_args(args: &[String]) -> Option<Result<DriverArgs, LogError>> {
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return None;
     }
     let mut path = None;
