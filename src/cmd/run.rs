@@ -476,6 +476,9 @@ fn read_new_lines(file: &Path, state: &mut TailedFile) -> Vec<String> {
                 _ => false,
             });
     if rotated {
+        // Lines may have reached the old file after it was read and before the
+        // rename: read it to its end once more, then on to the new file.
+        lines.extend(read_open_file(file, state));
         state.file = None;
         state.offset = 0;
         lines.extend(read_open_file(file, state));

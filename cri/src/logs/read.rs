@@ -84,6 +84,7 @@ pub async fn read_logs(
         running,
         last_check: Instant::now(),
         last_pass: false,
+        rotated: false,
         done: false,
     };
     Ok(Box::pin(futures::stream::unfold(
@@ -150,6 +151,8 @@ struct Reader {
     last_check: Instant,
     /// The container has exited: read to the end once more, then stop.
     last_pass: bool,
+    /// The writer rotated: read the old file to its end once more, then reopen.
+    rotated: bool,
     done: bool,
 }
 
@@ -174,7 +177,16 @@ impl Reader {
                 self.done = true;
                 break;
             }
-            if self.reopen_if_rotated().await? {
+            if self.rotated {
+                // The old file is read to its end (nothing is written to it after
+                // the rename): on to the new one.
+                self.reopen().await?;
+                continue;
+            }
+            if self.is_rotated().await {
+                // Lines may have reached the old file between its end being read
+                // and the rename: read it to its end once more first.
+                self.rotated = true;
                 continue;
             }
             if self.last_check.elapsed() >= STATE_CHECK {
@@ -190,25 +202,48 @@ impl Reader {
         Ok((!out.is_empty()).then_some(out))
     }
 
-    /// Once the old file is read to its end, a new file under the name means the
-    /// writer rotated: continue with it from its start.
-    async fn reopen_if_rotated(&mut self) -> io::Result<bool> {
-        let Ok(meta) = tokio::fs::metadata(&self.path).await else {
-            return Ok(false);
-        };
-        if meta.ino() == self.ino {
-            return Ok(false);
-        }
-        let file = match tokio::fs::File::open(&self.path).await {
+    /// Whether the name now holds another file than the one being read (the writer
+    /// rotated). Reading a rotated file that is not the newest counts too.
+    async fn is_rotated(&self) -> bool {
+        tokio::fs::metadata(&self.path)
+            .await
+            .is_ok_and(|meta| meta.ino() != self.ino)
+    }
+
+    /// The file that followed the one being read: the next rotated file when the
+    /// writer rotated more than once since (still uncompressed), else the current.
+    fn successor(&self) -> PathBuf {
+        let rotated = super::rotate::rotated_files(&self.path).unwrap_or_default();
+        let ino_of = |p: &PathBuf| std::fs::metadata(p).map(|m| m.ino()).ok();
+        let next = rotated
+            .iter()
+            .position(|p| ino_of(p) == Some(self.ino))
+            .and_then(|i| rotated.get(i + 1))
+            .filter(|p| {
+                !p.to_string_lossy()
+                    .ends_with(super::rotate::COMPRESS_SUFFIX)
+            });
+        next.cloned().unwrap_or_else(|| self.path.clone())
+    }
+
+    /// Continues with the file that followed, from its start.
+    async fn reopen(&mut self) -> io::Result<()> {
+        let next = self.successor();
+        let file = match tokio::fs::File::open(&next).await {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            // Between the rename and the new file: look again at the next end.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.rotated = false;
+                return Ok(());
+            }
             Err(e) => return Err(e),
         };
         self.ino = file.metadata().await?.ino();
         self.reader = BufReader::with_capacity(CHUNK, file);
+        self.rotated = false;
         // The writer writes whole lines; a torn one at the old file's end is dropped.
         self.pending.clear();
-        Ok(true)
+        Ok(())
     }
 
     fn emit(&mut self, raw: &[u8], out: &mut Vec<u8>) {
@@ -343,13 +378,17 @@ mod tests {
             .await
             .expect("open");
         assert_eq!(s.next().await.expect("chunk").expect("ok"), b"a\n");
+        // Two rotations before the follower looks again: the middle file is read too.
         write(&path, &["2026-12-04T10:00:01Z stdout F b"]);
         std::fs::rename(&path, dir.path().join("0.log.20261204-100001")).expect("rotate");
         write(&path, &["2026-12-04T10:00:02Z stdout F c"]);
+        std::fs::rename(&path, dir.path().join("0.log.20261204-100002")).expect("rotate");
+        write(&path, &["2026-12-04T10:00:02Z stdout F c2"]);
         let mut got = Vec::new();
-        while got != b"b\nc\n" {
+        while got.len() < b"b\nc\nc2\n".len() {
             got.extend(s.next().await.expect("chunk").expect("ok"));
         }
+        assert_eq!(got, b"b\nc\nc2\n");
         alive.store(false, Ordering::SeqCst);
         write(&path, &["2026-12-04T10:00:03Z stdout F d"]);
         let mut rest = Vec::new();
