@@ -150,6 +150,9 @@ async fn a_follower_sees_every_line_in_order_across_rotations() {
         .map(String::from),
     );
     const N: u32 = 60_000;
+    // About 200 KB/s: a rotation every 2-3 s. A follower keeps up while the writer
+    // rotates at most `max-files - 2` times between two of its looks (100 ms apart);
+    // at the defaults (10Mi x 5) that is beyond the driver's throughput.
     w.write_manifest(
         "counter.yaml",
         &format!(
@@ -163,7 +166,7 @@ spec:
   containers:
   - name: main
     image: {}
-    command: [sh, -c, 'sleep 2; i=1; while [ $i -le {N} ]; do echo "line $i of a counter that rotates"; i=$((i+1)); done']
+    command: [sh, -c, 'sleep 2; i=1; while [ $i -le {N} ]; do echo "line $i of a counter that rotates"; if [ $((i % 500)) -eq 0 ]; then sleep 0.1; fi; i=$((i+1)); done']
 "#,
             support::BUSYBOX
         ),
