@@ -196,10 +196,18 @@ pub async fn start(
     for s in servers {
         tasks.spawn(s);
     }
+    // The log endpoints reach the runtime once it is connected.
+    let (log_backend_tx, log_backend_rx) = watch::channel(None);
     if args.secure.port != 0 {
         // Issue #13's other endpoints (container logs, streaming) merge their
         // routers (state applied) into `extra`; the auth filter covers them.
-        let extra = axum::Router::new().merge(server::streaming::router(node_view_rx.clone()));
+        let extra = axum::Router::new()
+            .merge(server::streaming::router(node_view_rx.clone()))
+            .merge(server::logs::router(
+                status_rx.clone(),
+                log_backend_rx.clone(),
+                std::path::PathBuf::from(server::logs::NODE_LOG_DIR),
+            ));
         let own = server::secure::routes::OwnState {
             pods: status_rx.clone(),
             node: node_view_rx.clone(),
@@ -233,6 +241,10 @@ pub async fn start(
         state_dir: args.root_dir.join("runtime"),
         log_driver,
         container_logs_dir: args.container_logs_dir.clone(),
+        log_rotation: nodelet_cri::logs::RotationPolicy {
+            max_size: args.container_log_max_size,
+            max_files: args.container_log_max_files,
+        },
         registries: nodelet_cri::image::RegistryConfig::default(),
         runtime_name: "io.containerd.runc.v2".to_owned(),
         cni: CniConfig {
@@ -258,6 +270,8 @@ pub async fn start(
         warn!(error = %e, "cannot reclaim resources leaked by an interrupted start");
     }
     let runtime = Arc::new(runtime);
+    let backend: Arc<dyn server::logs::LogBackend> = runtime.clone();
+    log_backend_tx.send_replace(Some(backend));
     info!(node = %node_name, ip = %host_ip, namespace = %args.containerd_namespace, "agent running");
 
     // ConfigMaps, Secrets and service account tokens from the apiserver; standalone,

@@ -29,7 +29,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{Command, ImageCommand, LogFormat, ValidateOutputArg};
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some(nodelet_cri::logs::DRIVER_ARG) {
+    if nodelet_cri::logs::is_driver_invocation() {
         nodelet_cri::logs::run_driver();
     }
     // `--config`/`--config-dir` are folded in before logging starts (they may set

@@ -108,6 +108,39 @@ async fn succeeded_pod_exits_zero_with_logs() {
     assert_nothing_left(&w).await;
 }
 
+/// `--logs` follows the container's log across the driver's rotations: every line,
+/// in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_across_rotation() {
+    let w = World::new().await;
+    // ~75 KB/s against 64 KiB files: a rotation every second or so, several polls
+    // apart.
+    let script = "pad=$(head -c 100 /dev/zero | tr '\\0' x); i=1; \
+                  while [ $i -le 4000 ]; do echo \"n $i $pad\"; \
+                  if [ $((i % 50)) -eq 0 ]; then sleep 0.1; fi; i=$((i+1)); done";
+    let file = one_shot(&w, "rotating", script);
+    let out = nodelet_run(
+        &w,
+        &file,
+        &[
+            "--logs",
+            "--container-log-max-size",
+            "64Ki",
+            "--container-log-max-files",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let numbers: Vec<u32> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("[main] n ")?.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(numbers.iter().copied().eq(1..=4000), "{numbers:?}");
+    assert_nothing_left(&w).await;
+}
+
 /// A container exiting 2 fails the pod, and the run exits 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_pod_exits_one() {

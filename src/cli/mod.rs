@@ -256,6 +256,14 @@ pub struct AgentArgs {
     /// a nodelet-only flag).
     #[arg(long, default_value = "/var/log/containers")]
     pub container_logs_dir: PathBuf,
+    /// A container's log file is rotated once it reaches this size (a quantity;
+    /// upstream's `containerLogMaxSize`); a negative size turns rotation off (0).
+    #[arg(long, default_value = "10Mi", value_parser = parse_log_max_size)]
+    pub container_log_max_size: u64,
+    /// The most log files kept per container, the current one included (upstream's
+    /// `containerLogMaxFiles`, at least 2).
+    #[arg(long, default_value_t = 5, value_parser = parse_log_max_files)]
+    pub container_log_max_files: u32,
     /// containerd socket.
     #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
     pub container_runtime_endpoint: String,
@@ -425,6 +433,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         rest = tail;
     }
     Ok(total)
+}
+
+/// `--container-log-max-size`: a quantity in bytes, rounded up as upstream's
+/// `Quantity.Value()`; negative turns rotation off (0).
+///
+/// # Errors
+/// Upstream's message for a value that is not a quantity.
+pub fn parse_log_max_size(text: &str) -> Result<u64, String> {
+    let q = nodelet_manifests::Quantity::parse(text)
+        .map_err(|e| format!("failed to parse container log max size {text:?}: {e}"))?;
+    if q.is_negative() {
+        return Ok(0);
+    }
+    let bytes = (q.nanos() + 999_999_999) / 1_000_000_000;
+    u64::try_from(bytes).map_err(|_| format!("container log max size {text:?} is too large"))
+}
+
+/// `--container-log-max-files`: at least 2 (upstream's log manager refuses less).
+///
+/// # Errors
+/// Upstream's message for fewer than 2.
+pub fn parse_log_max_files(text: &str) -> Result<u32, String> {
+    let n: i64 = text
+        .parse()
+        .map_err(|_| format!("invalid MaxFiles {text:?}, must be > 1"))?;
+    if n <= 1 {
+        return Err(format!("invalid MaxFiles {n}, must be > 1"));
+    }
+    u32::try_from(n).map_err(|_| format!("invalid MaxFiles {n}, too large"))
 }
 
 #[cfg(test)]

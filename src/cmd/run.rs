@@ -404,6 +404,9 @@ struct TailedFile {
     offset: u64,
     /// Text of partial (`P`) lines waiting for their end.
     pending: String,
+    /// The file being read, kept open: when the driver rotates it (`N.log` renamed,
+    /// a new `N.log` made) the rest of the old file is still read through it.
+    file: Option<std::fs::File>,
 }
 
 impl LogTail {
@@ -465,22 +468,66 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
     files.into_iter().map(|(_, p)| p).collect()
 }
 
-/// The complete log lines appended to `file` since `state`, as text.
+/// The complete log lines appended to `file` since `state`, as text, following the
+/// file across rotation.
 fn read_new_lines(file: &Path, state: &mut TailedFile) -> Vec<String> {
-    let mut bytes = Vec::new();
-    let read = std::fs::File::open(file).and_then(|mut f| {
-        f.seek(SeekFrom::Start(state.offset))?;
-        f.read_to_end(&mut bytes)
-    });
-    if read.is_err() {
-        return Vec::new();
+    let mut lines = read_open_file(file, state);
+    // At the end of the file read so far: a new file under the name means the driver
+    // rotated; its lines follow the old file's.
+    let rotated =
+        state
+            .file
+            .as_ref()
+            .is_some_and(|f| match (f.metadata(), std::fs::metadata(file)) {
+                (Ok(open), Ok(named)) => {
+                    use std::os::unix::fs::MetadataExt as _;
+                    open.ino() != named.ino()
+                }
+                _ => false,
+            });
+    if rotated {
+        // Lines may have reached the old file after it was read and before the
+        // rename: read it to its end once more, then on to the new file.
+        lines.extend(read_open_file(file, state));
+        state.file = None;
+        state.offset = 0;
+        lines.extend(read_open_file(file, state));
     }
-    let Some(end) = bytes.iter().rposition(|b| *b == b'\n') else {
+    lines
+}
+
+fn read_open_file(file: &Path, state: &mut TailedFile) -> Vec<String> {
+    if state.file.is_none() {
+        let Ok(mut f) = std::fs::File::open(file) else {
+            return Vec::new();
+        };
+        if f.seek(SeekFrom::Start(state.offset)).is_err() {
+            return Vec::new();
+        }
+        state.file = Some(f);
+    }
+    let Some(f) = state.file.as_mut() else {
         return Vec::new();
     };
-    state.offset += u64::try_from(end + 1).unwrap_or(0);
+    let mut bytes = Vec::new();
+    if f.read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let consumed = bytes
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |end| end + 1);
+    // An unfinished line is read again once its newline is written.
+    let unread = i64::try_from(bytes.len() - consumed).unwrap_or(0);
+    if unread > 0 && f.seek(SeekFrom::Current(-unread)).is_err() {
+        state.file = None;
+    }
+    state.offset += u64::try_from(consumed).unwrap_or(0);
     let mut lines = Vec::new();
-    for raw in String::from_utf8_lossy(&bytes[..end]).split('\n') {
+    if consumed == 0 {
+        return lines;
+    }
+    for raw in String::from_utf8_lossy(&bytes[..consumed - 1]).split('\n') {
         let Some(line) = nodelet_cri::logs::parse_line(raw) else {
             continue;
         };
@@ -567,5 +614,11 @@ mod tests {
             .unwrap();
         std::io::Write::write_all(&mut f, b"\n").unwrap();
         assert_eq!(read_new_lines(&file, &mut state), ["cut"]);
+        // Rotation: the old file gets a last line, is renamed, a new one follows.
+        std::io::Write::write_all(&mut f, format!("{t} stdout F last\n").as_bytes()).unwrap();
+        std::fs::rename(&file, dir.path().join("0.log.20240101-000000")).unwrap();
+        std::fs::write(&file, format!("{t} stdout F new\n")).unwrap();
+        assert_eq!(read_new_lines(&file, &mut state), ["last", "new"]);
+        assert_eq!(read_new_lines(&file, &mut state), Vec::<String>::new());
     }
 }

@@ -5,6 +5,7 @@
 //! upstream's stats summary; `GET /node`, the Node object this agent would post, a
 //! nodelet addition) and the healthz port.
 
+pub mod logs;
 pub mod metrics;
 pub mod push;
 pub mod secure;

@@ -436,6 +436,7 @@ impl World {
             state_dir: self.root.join("runtime"),
             log_driver: PathBuf::from(env!("CARGO_BIN_EXE_nodelet")),
             container_logs_dir: self.container_logs.clone(),
+            log_rotation: nodelet_cri::logs::RotationPolicy::default(),
             registries: Default::default(),
             runtime_name: "io.containerd.runc.v2".into(),
             cni: CniConfig {

@@ -120,6 +120,38 @@ pub fn prune_pod_log_dirs(
     Ok(out)
 }
 
+/// Removes a container instance's log file and its rotated files (`<log>*`, upstream's
+/// container log manager `Clean`); missing ones are fine.
+///
+/// # Errors
+/// [`LogFileError`] for the first file that exists and can't be removed.
+pub fn remove_container_logs(log: &Path) -> Result<(), LogFileError> {
+    let (Some(dir), Some(name)) = (log.parent(), log.file_name().and_then(|n| n.to_str())) else {
+        return Ok(());
+    };
+    let rotated_prefix = format!("{name}.");
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err("read", dir)(e)),
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if file_name != name && !file_name.starts_with(&rotated_prefix) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err("remove", &path)(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The `/var/log/containers` symlink of a container instance:
 /// `<dir>/<pod>_<namespace>_<container>-<containerID>.log`, the name (without the
 /// suffix) cut so the whole stays within 255 bytes, as upstream's `logSymlink`.
@@ -219,6 +251,29 @@ mod tests {
     fn touch(path: &Path) {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(path, b"").expect("write");
+    }
+
+    #[test]
+    fn container_logs_go_with_their_rotated_files_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for n in [
+            "0.log",
+            "0.log.20261204-231500.gz",
+            "0.log.20261204-231501",
+            "1.log",
+            "10.log",
+        ] {
+            touch(&dir.path().join(n));
+        }
+        remove_container_logs(&dir.path().join("0.log")).expect("remove");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1.log", "10.log"]);
+        remove_container_logs(&dir.path().join("gone/0.log")).expect("a missing dir is fine");
     }
 
     #[test]

@@ -14,16 +14,22 @@
 //! through containerd's reply, and the workload's log stays empty.
 //!
 //! [`files`] owns the files around the logs: pod log directories and the
-//! `/var/log/containers` symlinks.
+//! `/var/log/containers` symlinks; [`rotate`] rotates and compresses the files as
+//! the driver writes them; [`read`] reads them back as upstream's `ReadLogs`
+//! (tail, since, limit, follow across rotation).
 
 pub mod files;
+pub mod read;
+pub mod rotate;
+
+pub use self::rotate::{RotatingLog, RotationPolicy};
 
 pub use self::files::{
     LogFileError, Pruned, create_log_symlink, log_symlink_path, pod_log_dir, prune_log_symlinks,
-    prune_pod_log_dirs, remove_log_symlink, remove_pod_log_dir,
+    prune_pod_log_dirs, remove_container_logs, remove_log_symlink, remove_pod_log_dir,
 };
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +44,10 @@ pub const MAX_LINE: usize = 16 * 1024;
 
 /// The argument that tells the `nodelet` binary to run as a shim logging driver.
 pub const DRIVER_ARG: &str = "cri-log";
+/// The driver's argument for the rotation size in bytes (`containerLogMaxSize`).
+pub const MAX_SIZE_ARG: &str = "max-size";
+/// The driver's argument for the files kept (`containerLogMaxFiles`).
+pub const MAX_FILES_ARG: &str = "max-files";
 
 /// Errors of the log driver.
 #[derive(Debug, Error)]
@@ -45,6 +55,74 @@ pub enum LogError {
     /// The driver was started without a log path.
     #[error("cri-log: missing log file path argument")]
     MissingPath,
+    /// A rotation argument is not a number.
+    #[error("cri-log: {key} {value:?} is not a number")]
+    BadArg {
+        /// The argument.
+        key: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// The driver's arguments: the log path and the rotation policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverArgs {
+    /// The CRI log file.
+    pub path: PathBuf,
+    /// When to rotate it.
+    pub policy: RotationPolicy,
+}
+
+/// Parses the driver's arguments (the program name excluded): `key value` pairs in
+/// any order, as the runc shim makes them from the `binary://` URI's query (Go map
+/// order). `None` when these are not the driver's arguments (no `cri-log` key, an
+/// unknown key, or an odd count), so the binary runs as the agent.
+///
+/// # Errors
+/// Inside the `Some`: [`LogError`] for a rotation value that is not a number.
+pub fn driver_args(args: &[String]) -> Option<Result<DriverArgs, LogError>> {
+    if !args.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut path = None;
+    let mut policy = RotationPolicy {
+        max_size: 0,
+        max_files: rotate::DEFAULT_MAX_FILES,
+    };
+    for pair in args.chunks(2) {
+        let [key, value] = pair else { return None };
+        match key.as_str() {
+            DRIVER_ARG => path = Some(PathBuf::from(value)),
+            MAX_SIZE_ARG => match value.parse() {
+                Ok(n) => policy.max_size = n,
+                Err(_) => {
+                    return Some(Err(LogError::BadArg {
+                        key: MAX_SIZE_ARG,
+                        value: value.clone(),
+                    }));
+                }
+            },
+            MAX_FILES_ARG => match value.parse() {
+                Ok(n) => policy.max_files = n,
+                Err(_) => {
+                    return Some(Err(LogError::BadArg {
+                        key: MAX_FILES_ARG,
+                        value: value.clone(),
+                    }));
+                }
+            },
+            _ => return None,
+        }
+    }
+    // Without the `cri-log` key these are not the driver's arguments.
+    path.map(|path| Ok(DriverArgs { path, policy }))
+}
+
+/// Whether this process was started as the log driver (see [`driver_args`]).
+pub fn is_driver_invocation() -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    driver_args(&args).is_some()
 }
 
 /// Which stream a line came from.
@@ -125,6 +203,10 @@ fn push_piece(out: &mut Vec<u8>, time: &str, stream: Stream, text: &[u8], full: 
 
 /// Copies `input` into `sink` as CRI log lines until end of file.
 ///
+/// The lines that one read of the pipe brought are formatted with one timestamp and
+/// written with one write (rotation falls between writes), so a chatty container
+/// costs a syscall per pipe read, not per line.
+///
 /// # Errors
 /// The first write error; read errors end the copy (the pipe closed).
 pub fn copy_stream<R: Read, W: Write>(
@@ -133,25 +215,39 @@ pub fn copy_stream<R: Read, W: Write>(
     sink: &Mutex<W>,
     now: impl Fn() -> String,
 ) -> io::Result<()> {
-    let mut reader = BufReader::with_capacity(MAX_LINE, input);
+    let mut reader = BufReader::with_capacity(4 * MAX_LINE, input);
     let mut buf = Vec::with_capacity(256);
-    let mut out = Vec::with_capacity(512);
+    let mut out = Vec::with_capacity(8 * MAX_LINE);
     loop {
-        buf.clear();
-        // Read at most MAX_LINE bytes so a line without newlines can't grow without bound.
-        let n = (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let ends_line = buf.last() == Some(&b'\n');
-        if ends_line {
-            buf.pop();
-        }
         out.clear();
-        format_line(&mut out, &now(), stream, &buf, ends_line);
-        // One write per piece under the lock keeps stdout and stderr lines whole.
+        // A read of the pipe (blocking only when the buffer is empty), then every
+        // line already in the buffer.
+        let time = {
+            let available = reader.fill_buf()?;
+            if available.is_empty() {
+                return Ok(());
+            }
+            now()
+        };
+        loop {
+            buf.clear();
+            // At most MAX_LINE bytes so a line without newlines can't grow without bound.
+            let n = (&mut reader)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            let ends_line = buf.last() == Some(&b'\n');
+            if ends_line {
+                buf.pop();
+            }
+            format_line(&mut out, &time, stream, &buf, ends_line);
+            if reader.buffer().is_empty() || out.len() >= 4 * MAX_LINE {
+                break;
+            }
+        }
+        // One write under the lock keeps stdout and stderr lines whole.
         let mut w = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         w.write_all(&out)?;
     }
@@ -165,7 +261,7 @@ pub fn timestamp() -> String {
 /// The shim logging driver: writes the container's stdout and stderr to the log file
 /// given as the argument after [`DRIVER_ARG`].
 pub struct CriLogDriver {
-    path: PathBuf,
+    args: DriverArgs,
     config: containerd_shim_logging::Config,
 }
 
@@ -174,16 +270,16 @@ impl containerd_shim_logging::Driver for CriLogDriver {
 
     fn new(config: containerd_shim_logging::Config) -> Result<Self, LogError> {
         // The shim passes the `binary://` URI's query as `key value` arguments.
-        let mut args = std::env::args().skip_while(|a| a != DRIVER_ARG).skip(1);
-        let path = args
-            .next()
-            .map(PathBuf::from)
-            .ok_or(LogError::MissingPath)?;
-        Ok(Self { path, config })
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let args = driver_args(&args).unwrap_or(Err(LogError::MissingPath))?;
+        Ok(Self { args, config })
     }
 
     fn run(self) -> Result<(), LogError> {
-        let sink = Arc::new(Mutex::new(GatedLog::new(self.path)));
+        let sink = Arc::new(Mutex::new(RotatingLog::new(
+            self.args.path,
+            self.args.policy,
+        )));
         let err_sink = Arc::clone(&sink);
         let stderr = self.config.stderr;
         let errs = thread::spawn(move || copy_stream(stderr, Stream::Stderr, &err_sink, timestamp));
@@ -192,49 +288,6 @@ impl containerd_shim_logging::Driver for CriLogDriver {
         let _ = copy_stream(self.config.stdout, Stream::Stdout, &sink, timestamp);
         let _ = errs.join();
         Ok(())
-    }
-}
-
-/// The log file as the driver sees it: closed until the runtime has made it. Writes
-/// before that are runc's own messages about a failed create (the container's
-/// process can't run before the file exists) and are dropped.
-pub struct GatedLog {
-    path: PathBuf,
-    file: Option<File>,
-}
-
-impl GatedLog {
-    /// A sink for `path`, which the runtime creates when the container may run.
-    pub fn new(path: PathBuf) -> Self {
-        Self { path, file: None }
-    }
-
-    /// Whether the log file has been opened (the gate is open).
-    pub fn is_open(&self) -> bool {
-        self.file.is_some()
-    }
-}
-
-impl Write for GatedLog {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.file.is_none() {
-            match OpenOptions::new().append(true).open(&self.path) {
-                Ok(f) => self.file = Some(f),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(buf.len()),
-                Err(e) => return Err(e),
-            }
-        }
-        match &mut self.file {
-            Some(f) => f.write(buf),
-            None => Ok(buf.len()),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.file {
-            Some(f) => f.flush(),
-            None => Ok(()),
-        }
     }
 }
 
@@ -260,13 +313,14 @@ pub fn run_driver() -> ! {
 }
 
 /// Builds the stdio URI that makes the runc shim start `binary` as the log driver of
-/// a container writing to `log_path`.
-pub fn driver_uri(binary: &Path, log_path: &Path) -> String {
+/// a container writing to `log_path`, rotated by `policy`.
+pub fn driver_uri(binary: &Path, log_path: &Path, policy: RotationPolicy) -> String {
     format!(
-        "binary://{}?{}={}",
+        "binary://{}?{DRIVER_ARG}={}&{MAX_SIZE_ARG}={}&{MAX_FILES_ARG}={}",
         percent_encode(&binary.to_string_lossy()),
-        DRIVER_ARG,
-        percent_encode(&log_path.to_string_lossy())
+        percent_encode(&log_path.to_string_lossy()),
+        policy.max_size,
+        policy.max_files,
     )
 }
 
@@ -339,7 +393,7 @@ mod tests {
     fn nothing_is_written_before_the_runtime_makes_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("0.log");
-        let sink = Mutex::new(GatedLog::new(path.clone()));
+        let sink = Mutex::new(RotatingLog::new(path.clone(), RotationPolicy::default()));
         copy_stream(
             &b"runc create failed: exec: /nonexistent\n"[..],
             Stream::Stderr,
@@ -362,10 +416,48 @@ mod tests {
         let uri = driver_uri(
             Path::new("/usr/bin/nodelet"),
             Path::new("/var/log/pods/a b/c/0.log"),
+            RotationPolicy::default(),
         );
         assert_eq!(
             uri,
-            "binary:///usr/bin/nodelet?cri-log=/var/log/pods/a%20b/c/0.log"
+            "binary:///usr/bin/nodelet?cri-log=/var/log/pods/a%20b/c/0.log&max-size=10485760&max-files=5"
+        );
+    }
+
+    #[test]
+    fn driver_args_come_in_any_order() {
+        let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let parsed = driver_args(&args(&[
+            "max-files",
+            "3",
+            "cri-log",
+            "/l/0.log",
+            "max-size",
+            "100",
+        ]))
+        .expect("driver")
+        .expect("valid");
+        assert_eq!(parsed.path, Path::new("/l/0.log"));
+        assert_eq!(
+            parsed.policy,
+            RotationPolicy {
+                max_size: 100,
+                max_files: 3
+            }
+        );
+        let old = driver_args(&args(&["cri-log", "/l/0.log"]))
+            .expect("driver")
+            .expect("valid");
+        assert_eq!(
+            old.policy.max_size, 0,
+            "a driver started without a size doesn't rotate"
+        );
+        assert!(driver_args(&args(&["run", "--manifest", "x"])).is_none());
+        assert!(driver_args(&args(&[])).is_none());
+        assert!(
+            driver_args(&args(&["max-size", "x", "cri-log", "p"]))
+                .expect("driver")
+                .is_err()
         );
     }
 }

@@ -83,6 +83,9 @@ pub struct RuntimeConfig {
     /// containers' log files go (`/var/log/containers`, upstream's
     /// `legacyContainerLogsDir`).
     pub container_logs_dir: PathBuf,
+    /// How the log driver rotates container logs (`containerLogMaxSize`,
+    /// `containerLogMaxFiles`).
+    pub log_rotation: logs::RotationPolicy,
 }
 
 /// The containerd-backed runtime.
@@ -676,7 +679,7 @@ impl Runtime for ContainerdRuntime {
             .map_err(grpc("snapshot mounts", id))?
             .into_inner()
             .mounts;
-        let stdio = logs::driver_uri(&self.config.log_driver, &log_path);
+        let stdio = logs::driver_uri(&self.config.log_driver, &log_path, self.config.log_rotation);
         if let Err(e) = self
             .create_and_start_task(id, rootfs, &stdio, Some(&log_path))
             .await
@@ -749,13 +752,26 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
-        let link = self.get_container(id).await?.map(|c| self.log_symlink(&c));
+        let record = self.get_container(id).await?;
+        let link = record.as_ref().map(|c| self.log_symlink(c));
+        let log = record
+            .as_ref()
+            .map(|c| PathBuf::from(label(&c.labels, keys::LOG_PATH)))
+            .filter(|p| p.is_absolute());
         if self.kill(id, SIGKILL).await? {
             self.wait(id, KILL_WAIT).await?;
         }
         self.delete_task(id).await?;
         if let Some(link) = link {
             logs::remove_log_symlink(&link).map_err(|e| RuntimeError::Io {
+                path: e.path,
+                source: e.source,
+            })?;
+        }
+        // The instance's log and its rotated files go with it, as upstream's
+        // removeContainerLog (the container log manager's Clean).
+        if let Some(log) = log {
+            logs::remove_container_logs(&log).map_err(|e| RuntimeError::Io {
                 path: e.path,
                 source: e.source,
             })?;

@@ -55,6 +55,7 @@ impl TestRuntime {
             // The real CRI log driver (this crate's `nodelet-cri-log` binary).
             log_driver: env!("CARGO_BIN_EXE_nodelet-cri-log").into(),
             container_logs_dir: dir.path().join("containers"),
+            log_rotation: nodelet_cri::logs::RotationPolicy::default(),
             registries: Default::default(),
             runtime_name: "io.containerd.runc.v2".into(),
             cni: CniConfig {

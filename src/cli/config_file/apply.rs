@@ -22,6 +22,8 @@ use crate::cli::{AgentArgs, LogFormat, parse_duration};
 pub const FIELD_ARGS: &[(&str, &str)] = &[
     ("staticPodPath", "pod_manifest_path"),
     ("podLogsDir", "pod_logs_dir"),
+    ("containerLogMaxSize", "container_log_max_size"),
+    ("containerLogMaxFiles", "container_log_max_files"),
     ("fileCheckFrequency", "file_check_frequency"),
     ("httpCheckFrequency", "http_check_frequency"),
     ("staticPodURL", "manifest_url"),
@@ -108,6 +110,20 @@ pub fn apply(
         Unset::Zero,
         Some("/var/log/pods".into()),
         path,
+    )?;
+    c.set(
+        &mut args.container_log_max_size,
+        "containerLogMaxSize",
+        Unset::Zero,
+        Some(nodelet_cri::logs::rotate::DEFAULT_MAX_SIZE),
+        |v| crate::cli::parse_log_max_size(&text(v)?),
+    )?;
+    c.set(
+        &mut args.container_log_max_files,
+        "containerLogMaxFiles",
+        Unset::Zero,
+        Some(nodelet_cri::logs::rotate::DEFAULT_MAX_FILES),
+        |v| crate::cli::parse_log_max_files(&int::<i64>(v)?.to_string()),
     )?;
     c.set(
         &mut args.file_check_frequency,

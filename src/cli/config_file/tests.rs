@@ -411,7 +411,6 @@ containerLogMaxSize: 20Mi
             "authentication",
             "authorization",
             "nodeStatusReportFrequency",
-            "containerLogMaxSize",
             "logging.vmodule",
         ]
     );
