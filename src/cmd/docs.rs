@@ -39,8 +39,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         man_pages(dir.path()).expect("generate");
         let main = std::fs::read_to_string(dir.path().join("nodelet.1")).expect("nodelet.1");
-        assert!(main.starts_with(".ie") || main.contains(".TH nodelet"), "{main:.200}");
-        assert!(main.contains("pod\\-manifest\\-path"), "the agent's flags are in nodelet.1");
+        assert!(
+            main.starts_with(".ie") || main.contains(".TH nodelet"),
+            "{main:.200}"
+        );
+        assert!(
+            main.contains("pod\\-manifest\\-path"),
+            "the agent's flags are in nodelet.1"
+        );
         for sub in ["nodelet-run.1", "nodelet-validate.1", "nodelet-proxy.1"] {
             assert!(dir.path().join(sub).exists(), "{sub} missing");
         }
