@@ -325,6 +325,23 @@ async fn secure_port_authn_authz_proxy_and_metrics() {
             .any(|s| s.metric.starts_with("kubelet_pod_start_duration_seconds")),
         "{text}"
     );
+    for op in ["run_podsandbox", "create_container", "start_container"] {
+        assert!(
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == "kubelet_runtime_operations_total"
+                    && s.labels.get("operation_type") == Some(op)),
+            "{op}: {text}"
+        );
+    }
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("kubelet_pod_worker_duration_seconds")),
+        "{text}"
+    );
 
     // /metrics/resource as metrics-server reads it: CPU and memory per container of
     // the running pod, with values and timestamps.

@@ -9,6 +9,7 @@
 //! plumbing; the running pod and container gauges are computed at scrape time.
 
 pub mod resource;
+pub mod runtime;
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
