@@ -289,8 +289,12 @@ pub async fn start(
         args.root_dir.join("pods"),
         Arc::clone(&objects),
     ));
+    // The pod workers' runtime calls feed `kubelet_runtime_operations_*`.
+    let instrumented = Arc::new(server::metrics::runtime::Instrumented::new(Arc::clone(
+        &runtime,
+    )));
     let env = Arc::new(WorkerEnv {
-        runtime: Arc::clone(&runtime),
+        runtime: Arc::clone(&instrumented),
         root_dir: args.root_dir.clone(),
         pod_logs_dir: args.pod_logs_dir.clone(),
         container_logs_dir: args.container_logs_dir.clone(),
@@ -304,7 +308,7 @@ pub async fn start(
         },
         images: Arc::new(
             crate::image::manager::ImageManager::new(
-                Arc::clone(&runtime),
+                Arc::clone(&instrumented),
                 pull_auth,
                 // Upstream: one pull at a time unless serializeImagePulls is off, then
                 // maxParallelImagePulls (unset: no limit).

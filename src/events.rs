@@ -175,6 +175,11 @@ pub struct ObjectEvents {
 }
 
 impl ObjectEvents {
+    /// The object the events are about.
+    pub fn object(&self) -> &ObjectReference {
+        &self.object
+    }
+
     /// Records a `Normal` event.
     pub fn normal(&self, reason: &str, message: &str) {
         self.recorder.record(

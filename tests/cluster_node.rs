@@ -125,7 +125,7 @@ async fn node_registers_goes_ready_and_renews_its_lease() {
             .daemon_endpoints
             .and_then(|d| d.kubelet_endpoint)
             .map(|e| e.port),
-        Some(10250)
+        Some(i32::from(w.secure_port))
     );
     let types: Vec<String> = status
         .conditions

@@ -73,6 +73,10 @@ async fn config_file_and_drop_in_configure_the_agent_under_the_flags() {
         drop_ins.display().to_string(),
         "--read-only-port".to_owned(),
         w.port.to_string(),
+        // v1beta1 defaults to webhook authn/authz, which needs an apiserver.
+        "--authorization-mode".to_owned(),
+        "AlwaysAllow".to_owned(),
+        "--authentication-token-webhook=false".to_owned(),
     ]);
     w.write_manifest(
         "web.yaml",

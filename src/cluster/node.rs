@@ -326,11 +326,9 @@ pub fn desired_status(
     }
     status.conditions = Some(conditions);
     // The view's port when it serves the kubelet API, upstream's default otherwise.
-    status
-        .daemon_endpoints
-        .get_or_insert_with(|| NodeDaemonEndpoints {
-            kubelet_endpoint: Some(DaemonEndpoint { port: KUBELET_PORT }),
-        });
+    status.daemon_endpoints.get_or_insert(NodeDaemonEndpoints {
+        kubelet_endpoint: Some(DaemonEndpoint { port: KUBELET_PORT }),
+    });
     status
 }
 

@@ -196,6 +196,7 @@ impl PressureMonitor {
                     message = %e.message,
                     "evicting pod"
                 );
+                crate::server::metrics::observe_eviction(&e.signal.to_string());
                 self.evict(e, &cancel).await;
             }
             self.rearm(&sample);

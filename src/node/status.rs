@@ -121,7 +121,7 @@ pub fn node(inputs: &NodeInputs, now: jiff::Timestamp) -> Node {
             addresses: Some(addresses(&inputs.ip, &inputs.hostname)),
             node_info: Some(node_info(&inputs.runtime_version)),
             images: Some(images(&inputs.images, MAX_IMAGES)),
-            daemon_endpoints: (inputs.kubelet_port != 0).then(|| NodeDaemonEndpoints {
+            daemon_endpoints: (inputs.kubelet_port != 0).then_some(NodeDaemonEndpoints {
                 kubelet_endpoint: Some(DaemonEndpoint {
                     port: inputs.kubelet_port,
                 }),

@@ -280,6 +280,22 @@ impl<P: ProbeRunner> ProbeWorker<P> {
                 () = cancel.cancelled() => return current,
                 o = self.runner.run() => o,
             };
+            if let Some(events) = &self.events {
+                let o = events.object();
+                let result = match outcome.result {
+                    ProbeResult::Success => "successful",
+                    ProbeResult::Failure => "failed",
+                    ProbeResult::Unknown => "unknown",
+                };
+                crate::server::metrics::observe_probe(
+                    self.kind.as_str(),
+                    result,
+                    &self.container,
+                    o.name.as_deref().unwrap_or_default(),
+                    o.namespace.as_deref().unwrap_or_default(),
+                    o.uid.as_deref().unwrap_or_default(),
+                );
+            }
             if outcome.result == ProbeResult::Unknown {
                 // The probe errored: its result is thrown away, as upstream.
                 info!(

@@ -3,7 +3,8 @@
 //! `GET /api/v1/namespaces/{ns}/events`, the recorded events as a `v1.EventList`, a
 //! nodelet addition while there is no apiserver to post them to; `GET /stats/summary`,
 //! upstream's stats summary; `GET /node`, the Node object this agent would post, a
-//! nodelet addition) and the healthz port.
+//! nodelet addition) and the healthz port; the kubelet API's secure port is in
+//! [`secure`], its metrics endpoints in [`metrics`], the pod push API in [`push`].
 
 pub mod logs;
 pub mod metrics;

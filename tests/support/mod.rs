@@ -190,6 +190,10 @@ pub struct World {
     pub healthz: u16,
     /// `--port` (the kubelet API's secure port).
     pub secure_port: u16,
+    /// `--address` (the read-only and secure ports' address).
+    pub address: String,
+    /// `--node-ip`.
+    pub node_ip: String,
     /// The node name.
     pub node: String,
     /// The running agent, if any.
@@ -231,6 +235,8 @@ impl World {
             port: free_port(),
             healthz: free_port(),
             secure_port: free_port(),
+            address: "127.0.0.1".into(),
+            node_ip: "127.0.0.1".into(),
             node: format!("node-{id}"),
             agent: None,
             log_filter:
@@ -293,7 +299,7 @@ impl World {
             "--hostname-override".into(),
             self.node.clone(),
             "--address".into(),
-            "127.0.0.1".into(),
+            self.address.clone(),
             "--read-only-port".into(),
             self.port.to_string(),
             "--healthz-port".into(),
@@ -301,7 +307,7 @@ impl World {
             "--port".into(),
             self.secure_port.to_string(),
             "--node-ip".into(),
-            "127.0.0.1".into(),
+            self.node_ip.clone(),
             "--v".into(),
             self.log_filter.clone(),
         ]

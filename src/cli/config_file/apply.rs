@@ -30,6 +30,28 @@ pub const FIELD_ARGS: &[(&str, &str)] = &[
     ("staticPodURLHeader", "manifest_url_header"),
     ("address", "address"),
     ("readOnlyPort", "read_only_port"),
+    ("port", "port"),
+    ("tlsCertFile", "tls_cert_file"),
+    ("tlsPrivateKeyFile", "tls_private_key_file"),
+    ("authentication.x509.clientCAFile", "client_ca_file"),
+    ("authentication.anonymous.enabled", "anonymous_auth"),
+    (
+        "authentication.webhook.enabled",
+        "authentication_token_webhook",
+    ),
+    (
+        "authentication.webhook.cacheTTL",
+        "authentication_token_webhook_cache_ttl",
+    ),
+    ("authorization.mode", "authorization_mode"),
+    (
+        "authorization.webhook.cacheAuthorizedTTL",
+        "authorization_webhook_cache_authorized_ttl",
+    ),
+    (
+        "authorization.webhook.cacheUnauthorizedTTL",
+        "authorization_webhook_cache_unauthorized_ttl",
+    ),
     ("enableServer", "read_only_port"),
     ("registryPullQPS", "registry_qps"),
     ("registryBurst", "registry_burst"),
@@ -172,6 +194,7 @@ pub fn apply(
     {
         args.read_only_port = 0;
     }
+    apply_secure(&c, &mut args.secure)?;
     c.set(
         &mut args.registry_qps,
         "registryPullQPS",
@@ -467,6 +490,89 @@ pub fn apply(
         Unset::Zero,
         Some("unix:///run/containerd/containerd.sock".into()),
         text,
+    )?;
+    Ok(())
+}
+
+/// The kubelet API's fields, with v1beta1's defaults (webhook authentication and
+/// authorization, anonymous off).
+fn apply_secure(
+    c: &Ctx<'_>,
+    s: &mut crate::server::secure::SecureArgs,
+) -> Result<(), ConfigFileError> {
+    use crate::server::secure::AuthorizationMode;
+    let d = Duration::from_secs;
+    let opt_path =
+        |v: &Value| Ok(Some(PathBuf::from(text(v)?)).filter(|p| !p.as_os_str().is_empty()));
+    c.set(&mut s.port, "port", Unset::Zero, Some(10250), port)?;
+    c.set(
+        &mut s.tls_cert_file,
+        "tlsCertFile",
+        Unset::Never,
+        Some(None),
+        opt_path,
+    )?;
+    c.set(
+        &mut s.tls_private_key_file,
+        "tlsPrivateKeyFile",
+        Unset::Never,
+        Some(None),
+        opt_path,
+    )?;
+    c.set(
+        &mut s.client_ca_file,
+        "authentication.x509.clientCAFile",
+        Unset::Never,
+        Some(None),
+        opt_path,
+    )?;
+    c.set(
+        &mut s.anonymous_auth,
+        "authentication.anonymous.enabled",
+        Unset::Never,
+        Some(false),
+        boolean,
+    )?;
+    c.set(
+        &mut s.authentication_token_webhook,
+        "authentication.webhook.enabled",
+        Unset::Never,
+        Some(true),
+        boolean,
+    )?;
+    c.set(
+        &mut s.authentication_token_webhook_cache_ttl,
+        "authentication.webhook.cacheTTL",
+        Unset::Zero,
+        Some(d(120)),
+        duration,
+    )?;
+    c.set(
+        &mut s.authorization_mode,
+        "authorization.mode",
+        Unset::Zero,
+        Some(AuthorizationMode::Webhook),
+        |v| match text(v)?.as_str() {
+            "AlwaysAllow" => Ok(AuthorizationMode::AlwaysAllow),
+            "Webhook" => Ok(AuthorizationMode::Webhook),
+            other => Err(format!(
+                "unsupported mode {other:?} (AlwaysAllow or Webhook)"
+            )),
+        },
+    )?;
+    c.set(
+        &mut s.authorization_webhook_cache_authorized_ttl,
+        "authorization.webhook.cacheAuthorizedTTL",
+        Unset::Zero,
+        Some(d(300)),
+        duration,
+    )?;
+    c.set(
+        &mut s.authorization_webhook_cache_unauthorized_ttl,
+        "authorization.webhook.cacheUnauthorizedTTL",
+        Unset::Zero,
+        Some(d(30)),
+        duration,
     )?;
     Ok(())
 }

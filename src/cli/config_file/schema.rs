@@ -82,19 +82,22 @@ use Ty::{
     StrList, StrListMap, StrMap, TimeOrDuration, U32,
 };
 
-const X509: &[Field] = &[f("clientCAFile", Str, No)];
-const AUTHN_WEBHOOK: &[Field] = &[f("enabled", Bool, No), f("cacheTTL", Duration, No)];
-const ANONYMOUS: &[Field] = &[f("enabled", Bool, No)];
+const X509: &[Field] = &[f("clientCAFile", Str, Yes)];
+const AUTHN_WEBHOOK: &[Field] = &[f("enabled", Bool, Yes), f("cacheTTL", Duration, Yes)];
+const ANONYMOUS: &[Field] = &[f("enabled", Bool, Yes)];
 const AUTHENTICATION: &[Field] = &[
-    f("x509", Obj(X509), No),
-    f("webhook", Obj(AUTHN_WEBHOOK), No),
-    f("anonymous", Obj(ANONYMOUS), No),
+    f("x509", Obj(X509), Partial),
+    f("webhook", Obj(AUTHN_WEBHOOK), Partial),
+    f("anonymous", Obj(ANONYMOUS), Partial),
 ];
 const AUTHZ_WEBHOOK: &[Field] = &[
-    f("cacheAuthorizedTTL", Duration, No),
-    f("cacheUnauthorizedTTL", Duration, No),
+    f("cacheAuthorizedTTL", Duration, Yes),
+    f("cacheUnauthorizedTTL", Duration, Yes),
 ];
-const AUTHORIZATION: &[Field] = &[f("mode", Str, No), f("webhook", Obj(AUTHZ_WEBHOOK), No)];
+const AUTHORIZATION: &[Field] = &[
+    f("mode", Str, Yes),
+    f("webhook", Obj(AUTHZ_WEBHOOK), Partial),
+];
 const VMODULE: &[Field] = &[f("filePattern", Str, No), f("verbosity", U32, No)];
 const OUTPUT_ROUTING: &[Field] = &[
     f("splitStream", Bool, No),
@@ -140,19 +143,17 @@ pub const KUBELET_CONFIGURATION: &[Field] = &[
     f("staticPodURL", Str, Yes),
     f("staticPodURLHeader", StrListMap, Yes),
     f("address", Str, Yes),
-    // The port the Node reports as its kubelet endpoint; nodelet serves no kubelet
-    // API there (its push API has its own flags).
-    f("port", I32, Support::Fixed("10250")),
+    f("port", I32, Yes),
     f("readOnlyPort", I32, Yes),
-    f("tlsCertFile", Str, No),
-    f("tlsPrivateKeyFile", Str, No),
+    f("tlsCertFile", Str, Yes),
+    f("tlsPrivateKeyFile", Str, Yes),
     f("tlsCipherSuites", StrList, No),
     f("tlsCurvePreferences", I32List, No),
     f("tlsMinVersion", Str, No),
     f("rotateCertificates", Bool, No),
     f("serverTLSBootstrap", Bool, No),
-    f("authentication", Obj(AUTHENTICATION), No),
-    f("authorization", Obj(AUTHORIZATION), No),
+    f("authentication", Obj(AUTHENTICATION), Partial),
+    f("authorization", Obj(AUTHORIZATION), Partial),
     f("registryPullQPS", I32, Yes),
     f("registryBurst", I32, Yes),
     f("imagePullCredentialsVerificationPolicy", Str, No),

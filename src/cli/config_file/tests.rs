@@ -139,11 +139,19 @@ fn kubeadms_generated_file_is_accepted() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = write(tmp.path(), "config.yaml", KUBEADM);
     let (cli, unsupported) = run(&["--config", file.to_str().expect("utf-8")]).expect("applies");
-    assert_eq!(
-        unsupported,
-        ["rotateCertificates", "authentication", "authorization"]
-    );
+    assert_eq!(unsupported, ["rotateCertificates"]);
     let a = cli.agent;
+    // The kubelet API as kubeadm configures it: webhook authn and authz, no anonymous.
+    assert_eq!(a.secure.port, 10250);
+    assert!(a.secure.authentication_token_webhook && !a.secure.anonymous_auth);
+    assert_eq!(
+        a.secure.authorization_mode,
+        crate::server::secure::AuthorizationMode::Webhook
+    );
+    assert_eq!(
+        a.secure.authentication_token_webhook_cache_ttl,
+        Duration::from_secs(120)
+    );
     assert_eq!(a.resources.cgroup_driver, "systemd");
     assert_eq!(a.file_check_frequency, Duration::from_secs(20));
     assert_eq!(
@@ -408,8 +416,6 @@ containerLogMaxSize: 20Mi
         unsupported,
         [
             "rotateCertificates",
-            "authentication",
-            "authorization",
             "nodeStatusReportFrequency",
             "logging.vmodule",
         ]

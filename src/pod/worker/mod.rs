@@ -345,7 +345,12 @@ impl<R: Runtime> PodWorker<R> {
     /// One step of the current phase.
     async fn step(&mut self, shutdown: &CancellationToken) -> Result<Next, RuntimeError> {
         match self.phase.clone() {
-            Phase::Syncing => self.sync().await,
+            Phase::Syncing => {
+                let started = std::time::Instant::now();
+                let next = self.sync().await;
+                crate::server::metrics::observe_pod_worker("sync", started);
+                next
+            }
             Phase::Terminating(req) => self.terminate_step(req, shutdown).await,
             Phase::Terminated => {
                 if std::mem::take(&mut self.stale_status) {

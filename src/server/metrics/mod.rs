@@ -9,6 +9,7 @@
 //! plumbing; the running pod and container gauges are computed at scrape time.
 
 pub mod resource;
+pub mod runtime;
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -304,11 +305,12 @@ pub async fn watch_pod_starts(mut pods: watch::Receiver<PodStatuses>, cancel: Ca
                     .as_ref()
                     .and_then(|s| s.phase.as_deref())
                     .is_some_and(|p| p == "Running");
-                if running && let Some(first) = entry.take() {
-                    if let Some(m) = metrics() {
-                        m.pod_start_duration
-                            .observe(now.duration_since(first).as_secs_f64());
-                    }
+                if running
+                    && let Some(first) = entry.take()
+                    && let Some(m) = metrics()
+                {
+                    m.pod_start_duration
+                        .observe(now.duration_since(first).as_secs_f64());
                 }
             }
             seen.retain(|uid, _| snapshot.get(uid).is_some());

@@ -396,3 +396,109 @@ pub(super) async fn cadvisor_handler(State(state): State<MetricsState>) -> Respo
             .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::summary::{
+        ContainerStats, CpuStats, MemoryStats, NodeStats, PodReference, PodStats,
+    };
+
+    fn at(s: i64) -> Time {
+        Time(jiff::Timestamp::from_second(s).expect("time"))
+    }
+
+    fn cpu(ns: u64) -> Option<CpuStats> {
+        Some(CpuStats {
+            time: at(1_700_000_000),
+            usage_nano_cores: None,
+            usage_core_nano_seconds: Some(ns),
+        })
+    }
+
+    fn mem(ws: u64) -> Option<MemoryStats> {
+        Some(MemoryStats {
+            time: at(1_700_000_000),
+            available_bytes: None,
+            usage_bytes: Some(ws * 2),
+            working_set_bytes: Some(ws),
+            rss_bytes: None,
+            page_faults: None,
+            major_page_faults: None,
+        })
+    }
+
+    fn summary() -> Summary {
+        Summary {
+            node: NodeStats {
+                node_name: "n".into(),
+                system_containers: vec![],
+                start_time: at(1),
+                cpu: cpu(5_000_000_000),
+                memory: mem(1024),
+                network: None,
+                fs: None,
+                runtime: None,
+                rlimit: None,
+            },
+            pods: vec![PodStats {
+                pod_ref: PodReference {
+                    name: "web \"1\"".into(),
+                    namespace: "default".into(),
+                    uid: "u1".into(),
+                },
+                start_time: at(2),
+                containers: vec![ContainerStats {
+                    name: "main".into(),
+                    start_time: at(3),
+                    cpu: cpu(1_500_000_000),
+                    memory: mem(4096),
+                    rootfs: None,
+                    logs: None,
+                }],
+                cpu: cpu(1_600_000_000),
+                memory: mem(5000),
+                network: None,
+                volume_stats: vec![],
+                ephemeral_storage: None,
+                process_stats: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn resource_series_as_metrics_server_reads_them() {
+        let text = render_resource(Some(&summary()));
+        assert!(text.contains(
+            "container_cpu_usage_seconds_total{container=\"main\",namespace=\"default\",pod=\"web \\\"1\\\"\"} 1.5 1700000000000\n"
+        ), "{text}");
+        assert!(
+            text.contains("node_cpu_usage_seconds_total 5 1700000000000\n"),
+            "{text}"
+        );
+        assert!(text.contains("node_memory_working_set_bytes 1024 1700000000000\n"));
+        assert!(text.contains("container_start_time_seconds{container=\"main\",namespace=\"default\",pod=\"web \\\"1\\\"\"} 3\n"));
+        assert!(text.contains("resource_scrape_error 0\n"));
+        let failed = render_resource(None);
+        assert!(failed.contains("resource_scrape_error 1\n"));
+        assert!(failed.contains("# TYPE node_cpu_usage_seconds_total counter\n"));
+    }
+
+    #[test]
+    fn cadvisor_series_carry_cadvisors_labels() {
+        let text = render_cadvisor(&summary(), &PodStatuses::default());
+        assert!(text.contains(
+            "container_cpu_usage_seconds_total{container=\"\",cpu=\"total\",id=\"/\",image=\"\",name=\"\",namespace=\"\",pod=\"\"} 5 1700000000000\n"
+        ), "{text}");
+        assert!(
+            text.contains(
+                "container_memory_working_set_bytes{container=\"main\",id=\"/kubepods/podu1/\""
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("container_memory_usage_bytes{container=\"\",id=\"/kubepods/podu1\""),
+            "{text}"
+        );
+    }
+}

@@ -55,11 +55,14 @@ pub enum AuthnError {
     Review(String),
 }
 
+/// A review's answer (the user, or the rejection's message) and when it came.
+type CachedReview = (Instant, Result<UserInfo, Option<String>>);
+
 /// Bearer tokens checked with `TokenReview`s, answers cached.
 pub struct TokenWebhook {
     client: kube::Client,
     ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], (Instant, Result<UserInfo, Option<String>>)>>,
+    cache: Mutex<HashMap<[u8; 32], CachedReview>>,
 }
 
 impl TokenWebhook {
@@ -167,13 +170,16 @@ mod tests {
     fn bearer_tokens() {
         let mut h = HeaderMap::new();
         assert_eq!(bearer(&h), None);
-        h.insert("authorization", "Bearer abc".parse().unwrap());
+        h.insert("authorization", "Bearer abc".parse().expect("header value"));
         assert_eq!(bearer(&h), Some("abc"));
-        h.insert("authorization", "bearer  x.y ".parse().unwrap());
+        h.insert(
+            "authorization",
+            "bearer  x.y ".parse().expect("header value"),
+        );
         assert_eq!(bearer(&h), Some("x.y"));
-        h.insert("authorization", "Basic abc".parse().unwrap());
+        h.insert("authorization", "Basic abc".parse().expect("header value"));
         assert_eq!(bearer(&h), None);
-        h.insert("authorization", "Bearer ".parse().unwrap());
+        h.insert("authorization", "Bearer ".parse().expect("header value"));
         assert_eq!(bearer(&h), None);
     }
 
@@ -192,7 +198,9 @@ mod tests {
             anonymous: true,
         };
         assert_eq!(
-            on.authenticate(None, &HeaderMap::new()).await.unwrap(),
+            on.authenticate(None, &HeaderMap::new())
+                .await
+                .expect("anonymous"),
             anonymous()
         );
         let peer = PeerCertUser(UserInfo {
@@ -203,7 +211,7 @@ mod tests {
         let user = off
             .authenticate(Some(&peer), &HeaderMap::new())
             .await
-            .unwrap();
+            .expect("the certificate's user");
         assert_eq!(user.name, "kube-apiserver-kubelet-client");
         assert_eq!(user.groups, ["system:masters", "system:authenticated"]);
     }

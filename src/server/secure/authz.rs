@@ -164,7 +164,7 @@ pub enum Authorizer {
     /// Everything is allowed.
     AlwaysAllow,
     /// The apiserver decides.
-    Webhook(SarWebhook),
+    Webhook(Box<SarWebhook>),
 }
 
 impl Authorizer {

@@ -135,12 +135,14 @@ impl Auth {
         };
         let authz = match (args.authorization_mode, client) {
             (AuthorizationMode::AlwaysAllow, _) => Authorizer::AlwaysAllow,
-            (AuthorizationMode::Webhook, Some(c)) => Authorizer::Webhook(authz::SarWebhook::new(
-                c.clone(),
-                node_name,
-                args.authorization_webhook_cache_authorized_ttl,
-                args.authorization_webhook_cache_unauthorized_ttl,
-            )),
+            (AuthorizationMode::Webhook, Some(c)) => {
+                Authorizer::Webhook(Box::new(authz::SarWebhook::new(
+                    c.clone(),
+                    node_name,
+                    args.authorization_webhook_cache_authorized_ttl,
+                    args.authorization_webhook_cache_unauthorized_ttl,
+                )))
+            }
             (AuthorizationMode::Webhook, None) => {
                 return Err(SecureError::NeedsCluster("--authorization-mode=Webhook"));
             }
