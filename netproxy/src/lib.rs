@@ -10,10 +10,11 @@
 //!
 //! Known limits, for now: the consistency check compares rule counts, not rule text; dead
 //! chains are deleted in the same transaction that drops their last reference (fine on
-//! this project's kernels, upstream defers it for kernels before 6.2); no conntrack
-//! cleanup of stale UDP flows yet (`ServiceUpdate`/`EndpointsUpdate` already report
-//! them); `nodelet proxy` programs IPv4 only; no healthz, metrics or IPVS backend.
+//! this project's kernels, upstream defers it for kernels before 6.2); `nodelet proxy`
+//! programs IPv4 only; no IPVS backend. Stale UDP conntrack entries are deleted over
+//! ctnetlink after syncs that touch UDP services (`conntrack`).
 
+pub mod conntrack;
 pub mod model;
 pub mod nft;
 pub mod proxier;

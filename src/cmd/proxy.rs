@@ -48,7 +48,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!(node = %node_name, ?zone, "service proxy starting (nftables, IPv4)");
-    let mut proxier = Proxier::new(nft, cfg, NodeTopology { node_name, zone });
+    let mut proxier = Proxier::new(nft, cfg, NodeTopology { node_name, zone })
+        .with_conntrack(nodelet_netproxy::conntrack::netlink::NetlinkConntrack::new());
     let periods = Periods {
         min_sync_period: args.min_sync_period,
         sync_period: args.sync_period,
