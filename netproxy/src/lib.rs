@@ -15,6 +15,7 @@
 //! ctnetlink after syncs that touch UDP services (`conntrack`).
 
 pub mod conntrack;
+pub mod health;
 pub mod model;
 pub mod nft;
 pub mod proxier;

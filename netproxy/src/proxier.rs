@@ -117,6 +117,31 @@ impl<N: Nft> Proxier<N> {
         (&self.services, &self.endpoints)
     }
 
+    /// The health-check node ports to serve: every `externalTrafficPolicy: Local`
+    /// service with a `healthCheckNodePort`, with its number of local ready endpoint
+    /// addresses (upstream's `HealthCheckNodePorts` and `LocalReadyEndpoints`).
+    pub fn health_check_node_ports(&self) -> crate::health::service::Wanted {
+        let mut ips: BTreeMap<ServiceName, (u16, HashSet<std::net::IpAddr>)> = BTreeMap::new();
+        for (name, info) in self.services.iter() {
+            if !info.external_policy_local || info.health_check_node_port == 0 {
+                continue;
+            }
+            let entry = ips
+                .entry(name.service())
+                .or_insert_with(|| (info.health_check_node_port, HashSet::new()));
+            entry.1.extend(
+                self.endpoints
+                    .get(name)
+                    .iter()
+                    .filter(|e| e.is_local && e.ready)
+                    .map(|e| e.ip),
+            );
+        }
+        ips.into_iter()
+            .map(|(k, (port, ips))| (k, (port, ips.len())))
+            .collect()
+    }
+
     /// Whether any port of `service` is UDP now.
     fn has_udp(&self, service: &ServiceName) -> bool {
         self.by_service.get(service).is_some_and(|ports| {

@@ -156,7 +156,8 @@ where
 }
 
 /// Runs the proxy: watches the apiserver through `client` and programs `proxier`, until
-/// the watches end (they end only when the proxier's loop is gone).
+/// the watches end (they end only when the proxier's loop is gone); `observer` sees the
+/// events and syncs (health and metrics: `health::observer::HealthObserver`).
 ///
 /// # Errors
 /// The watches ended.
@@ -164,19 +165,11 @@ pub async fn run_proxy<N: crate::nft::exec::Nft>(
     client: Client,
     proxier: &mut crate::Proxier<N>,
     periods: crate::runner::Periods,
+    observer: impl crate::runner::Observer<N>,
 ) -> Result<(), WatchError> {
     let (tx, rx) = mpsc::channel(1024);
     let watches = watch(client, tx);
-    let runner = crate::runner::run(proxier, rx, periods, |r| {
-        if let Ok(r) = r {
-            tracing::debug!(
-                full = r.full,
-                services = r.services,
-                bytes = r.script_bytes,
-                "proxy synced"
-            );
-        }
-    });
+    let runner = crate::runner::run(proxier, rx, periods, observer);
     tokio::select! {
         r = watches => r,
         () = runner => Ok(()),

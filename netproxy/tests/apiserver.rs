@@ -150,7 +150,13 @@ async fn services_and_slices_from_the_apiserver_are_programmed() {
             min_sync_period: Duration::from_millis(100),
             sync_period: Duration::from_secs(30),
         };
-        nodelet_netproxy::watch::run_proxy(watch_client, &mut proxier, periods).await
+        nodelet_netproxy::watch::run_proxy(
+            watch_client,
+            &mut proxier,
+            periods,
+            |_: &Result<_, _>| {},
+        )
+        .await
     });
 
     let vip2 = vip.clone();
