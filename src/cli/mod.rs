@@ -2,6 +2,7 @@
 //! operator's unit files and habits carry over.
 
 pub mod config_file;
+pub mod proxy_config;
 pub mod resources;
 
 use std::net::IpAddr;
@@ -113,6 +114,19 @@ pub struct RunArgs {
 /// `nodelet proxy` flags, with kube-proxy's names.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
+    /// A `KubeProxyConfiguration` file (`kubeproxy.config.k8s.io/v1alpha1`); flags
+    /// given on the command line override its fields.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The proxy's primary IP (an unspecified one: the node's addresses decide).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// `IP:port` of the `/healthz` and `/livez` server (empty: off).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: String,
+    /// `IP:port` of the `/metrics` server (empty: off).
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: String,
     /// Kubeconfig of the apiserver to watch (required unless `--cleanup`).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,

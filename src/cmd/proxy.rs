@@ -2,14 +2,19 @@
 //! `RenderConfig`, the apiserver client, the node's zone, then `nodelet-netproxy`'s
 //! watchers and sync loop until SIGINT/SIGTERM. The rules stay in place at exit (as
 //! kube-proxy's do) so traffic keeps flowing across a restart; `--cleanup` removes them.
-//! Only IPv4 is programmed for now.
+//! Only IPv4 is programmed for now. `/healthz` and `/livez` on `--healthz-bind-address`,
+//! `/metrics` on `--metrics-bind-address`, health-check node ports for
+//! `externalTrafficPolicy: Local` services, stale UDP conntrack entries deleted.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use nodelet_netproxy::Proxier;
+use nodelet_netproxy::health::ProxyHealth;
+use nodelet_netproxy::health::observer::HealthObserver;
+use nodelet_netproxy::health::service::ServiceHealthServer;
 use nodelet_netproxy::model::{Cidr, IpFamily, NodeTopology};
 use nodelet_netproxy::nft::RenderConfig;
 use nodelet_netproxy::nft::exec::{Nft, NftCommand};
@@ -48,6 +53,20 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!(node = %node_name, ?zone, "service proxy starting (nftables, IPv4)");
+    let health = ProxyHealth::new(2 * args.sync_period);
+    let mut servers = Vec::new();
+    if let Some(addr) = bind_address(&args.healthz_bind_address, 10256, "healthz")? {
+        servers.push(health.serve_healthz(addr)?);
+    }
+    if let Some(addr) = bind_address(&args.metrics_bind_address, 10249, "metrics")? {
+        servers.push(health.serve_metrics(addr)?);
+    }
+    let hc_addresses = cfg.nodeport_ips.clone().unwrap_or_default();
+    let observer = HealthObserver::new(
+        health.clone(),
+        IpFamily::V4,
+        Some(ServiceHealthServer::new(health, hc_addresses)),
+    );
     let mut proxier = Proxier::new(nft, cfg, NodeTopology { node_name, zone })
         .with_conntrack(nodelet_netproxy::conntrack::netlink::NetlinkConntrack::new());
     let periods = Periods {
@@ -57,11 +76,29 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
-        r = nodelet_netproxy::watch::run_proxy(client, &mut proxier, periods) => r?,
+        r = nodelet_netproxy::watch::run_proxy(client, &mut proxier, periods, observer) => r?,
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    for s in servers {
+        s.abort();
+    }
     Ok(())
+}
+
+/// `--healthz-bind-address`/`--metrics-bind-address`: `IP:port`, or an IP with the
+/// default port; empty turns the server off.
+fn bind_address(v: &str, default_port: u16, what: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(addr) = v.parse::<SocketAddr>() {
+        return Ok(Some(addr));
+    }
+    let ip: IpAddr = v
+        .parse()
+        .with_context(|| format!("--{what}-bind-address {v:?}: want IP:port"))?;
+    Ok(Some(SocketAddr::new(ip, default_port)))
 }
 
 /// The IPv4 rendering configuration the flags ask for; `addresses` lists the host's
@@ -76,6 +113,9 @@ fn render_config(
             .collect()
     };
     let mut cfg = RenderConfig::new(IpFamily::V4);
+    if args.bind_address.is_ipv4() && !args.bind_address.is_unspecified() {
+        cfg.node_ip = Some(args.bind_address);
+    }
     cfg.cluster_cidrs = parse("cluster-cidr", &args.cluster_cidr)?;
     cfg.masquerade_all = args.masquerade_all;
     let nodeport = parse("nodeport-addresses", &args.nodeport_addresses)?;
@@ -163,5 +203,19 @@ mod tests {
         let e = render_config(&args, fake_addresses).expect_err("bad cidr");
         assert!(format!("{e:#}").contains("--cluster-cidr"), "{e:#}");
         assert!(Cli::try_parse_from(["nodelet", "proxy", "--proxy-mode", "ipvs"]).is_err());
+    }
+
+    #[test]
+    fn bind_addresses_take_ip_port_ip_or_nothing() {
+        assert_eq!(
+            bind_address("0.0.0.0:10256", 1, "healthz").expect("ok"),
+            Some("0.0.0.0:10256".parse().expect("addr"))
+        );
+        assert_eq!(
+            bind_address("127.0.0.1", 10249, "metrics").expect("ok"),
+            Some("127.0.0.1:10249".parse().expect("addr"))
+        );
+        assert_eq!(bind_address("", 1, "healthz").expect("ok"), None);
+        assert!(bind_address("nope", 1, "healthz").is_err());
     }
 }
