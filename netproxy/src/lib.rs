@@ -16,6 +16,7 @@
 
 pub mod conntrack;
 pub mod health;
+pub mod legacy;
 pub mod model;
 pub mod nft;
 pub mod proxier;

@@ -157,6 +157,13 @@ pub struct ProxyArgs {
     pub cleanup: bool,
 }
 
+/// The agent's `--proxy-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AgentProxyMode {
+    None,
+    Nftables,
+}
+
 /// `nodelet proxy --proxy-mode` (IPVS is not implemented yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProxyMode {
@@ -218,6 +225,15 @@ pub struct AgentArgs {
     /// as upstream's kubelet reads: flags given on the command line override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The service proxy inside the agent, over the agent's apiserver client
+    /// (`nftables`, as `nodelet proxy` runs it); `none` leaves Services to a separate
+    /// `nodelet proxy` or kube-proxy.
+    #[arg(long, value_enum, default_value = "none")]
+    pub proxy_mode: AgentProxyMode,
+    /// A `KubeProxyConfiguration` file for the in-agent proxy (`--proxy-mode=nftables`);
+    /// its node name is the agent's.
+    #[arg(long)]
+    pub proxy_config: Option<PathBuf>,
     /// A directory of `KubeletConfiguration` drop-ins (`*.conf`, lexical order)
     /// merged over `--config`, as upstream's.
     #[arg(long)]
