@@ -241,7 +241,7 @@ async fn http_get(port: u16) -> std::io::Result<(u16, String)> {
     Ok((code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_finds_v1_and_health_check_node_ports_follow_the_api() {
     use nodelet_netproxy::health::ProxyHealth;
     use nodelet_netproxy::health::observer::HealthObserver;
@@ -318,7 +318,8 @@ async fn discovery_finds_v1_and_health_check_node_ports_follow_the_api() {
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     let (code, body) = loop {
-        match http_get(hcnp).await {
+        let r = tokio::time::timeout(Duration::from_secs(2), http_get(hcnp)).await;
+        match r.unwrap_or_else(|_| Err(std::io::Error::other("timed out"))) {
             Ok(r) => break r,
             Err(e) => {
                 assert!(Instant::now() < deadline, "port {hcnp} never served: {e}");
