@@ -234,6 +234,12 @@ pub async fn start(
     if let Some(cluster) = &mut cluster {
         tasks.spawn(cluster.record_events(&events, cancel.clone()));
     }
+    if let Some(cluster) = &cluster
+        && args.proxy_mode == crate::cli::AgentProxyMode::Nftables
+    {
+        let proxy = crate::cmd::proxy::in_agent(args, &cluster.client, &node_name, &cancel)?;
+        tasks.spawn(proxy);
+    }
 
     let runtime_config = RuntimeConfig {
         endpoint: args.container_runtime_endpoint.clone(),

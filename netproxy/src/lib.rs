@@ -10,12 +10,20 @@
 //! real path is tested in throwaway network namespaces (`tests/kernel.rs`) and against
 //! the real apiserver tier (`tests/apiserver.rs`).
 //!
+//! Around the proxier: stale UDP conntrack entries deleted over ctnetlink after syncs
+//! that touch UDP services (`conntrack`); `/healthz`, `/livez`, `/metrics` and the
+//! health-check node ports (`health`); the watchers (`watch`), falling back to
+//! `v1beta1` EndpointSlices or core Endpoints on old apiservers (`legacy`), one set of
+//! watches feeding one proxier per IP family (dual-stack).
+//!
 //! Known limits, for now: the consistency check compares rule counts, not rule text; dead
 //! chains are deleted in the same transaction that drops their last reference (fine on
-//! this project's kernels, upstream defers it for kernels before 6.2); no conntrack
-//! cleanup of stale UDP flows yet (`ServiceUpdate`/`EndpointsUpdate` already report
-//! them); `nodelet proxy` programs IPv4 only; no healthz, metrics or IPVS backend.
+//! this project's kernels, upstream defers it for kernels before 6.2); no IPVS backend;
+//! the `conntrack` sysctls of `KubeProxyConfiguration` are not applied.
 
+pub mod conntrack;
+pub mod health;
+pub mod legacy;
 pub mod model;
 pub mod nft;
 pub mod proxier;

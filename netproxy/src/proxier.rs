@@ -13,6 +13,8 @@
 //! - The consistency check (every `syncPeriod`) lists our table and repairs drift: missing
 //!   or extra chains, chains whose rule count differs, missing, extra or wrong elements.
 //!   A missing base chain or map falls back to a full sync.
+//! - With a conntrack table attached (`with_conntrack`), a sync that touched UDP services
+//!   (and every full sync) then deletes the stale UDP conntrack entries (`conntrack`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::conntrack::{self, Conntrack, StaleHints};
 use crate::model::{
     EndpointsChangeTracker, EndpointsMap, NodeTopology, ServiceChangeTracker, ServiceName,
     ServicePortMap, ServicePortName,
@@ -65,6 +68,8 @@ pub struct SyncReport {
     pub netlink_messages: usize,
     /// The netlink batch failed and this full sync replaced it.
     pub fell_back: bool,
+    /// Stale UDP conntrack entries deleted after the sync.
+    pub conntrack_deleted: usize,
 }
 
 /// The proxier of one IP family.
@@ -82,6 +87,7 @@ pub struct Proxier<N: Nft> {
     index: ElementIndex,
     need_full_sync: bool,
     base_recreated: bool,
+    conntrack: Option<Box<dyn Conntrack>>,
 }
 
 impl<N: Nft> Proxier<N> {
@@ -102,6 +108,97 @@ impl<N: Nft> Proxier<N> {
             index: ElementIndex::default(),
             need_full_sync: true,
             base_recreated: false,
+            conntrack: None,
+        }
+    }
+
+    /// Deletes stale UDP conntrack entries through `ct` after syncs (see `conntrack`).
+    #[must_use]
+    pub fn with_conntrack(mut self, ct: impl Conntrack + 'static) -> Self {
+        self.conntrack = Some(Box::new(ct));
+        self
+    }
+
+    /// The service and endpoints maps as of the last sync.
+    pub fn maps(&self) -> (&ServicePortMap, &EndpointsMap) {
+        (&self.services, &self.endpoints)
+    }
+
+    /// The health-check node ports to serve: every `externalTrafficPolicy: Local`
+    /// service with a `healthCheckNodePort`, with its number of local ready endpoint
+    /// addresses (upstream's `HealthCheckNodePorts` and `LocalReadyEndpoints`).
+    pub fn health_check_node_ports(&self) -> crate::health::service::Wanted {
+        let mut ips: BTreeMap<ServiceName, (u16, HashSet<std::net::IpAddr>)> = BTreeMap::new();
+        for (name, info) in self.services.iter() {
+            if !info.external_policy_local || info.health_check_node_port == 0 {
+                continue;
+            }
+            let entry = ips
+                .entry(name.service())
+                .or_insert_with(|| (info.health_check_node_port, HashSet::new()));
+            entry.1.extend(
+                self.endpoints
+                    .get(name)
+                    .iter()
+                    .filter(|e| e.is_local && e.ready)
+                    .map(|e| e.ip),
+            );
+        }
+        ips.into_iter()
+            .map(|(k, (port, ips))| (k, (port, ips.len())))
+            .collect()
+    }
+
+    /// Whether any port of `service` is UDP now.
+    fn has_udp(&self, service: &ServiceName) -> bool {
+        self.by_service.get(service).is_some_and(|ports| {
+            ports
+                .iter()
+                .any(|p| p.protocol == crate::model::Protocol::Udp)
+        })
+    }
+
+    /// Deletes the stale UDP conntrack entries; failures are logged (the next UDP change
+    /// or full sync tries again), as upstream does.
+    fn clean_conntrack(&self, gone: &StaleHints) -> usize {
+        let Some(ct) = &self.conntrack else {
+            return 0;
+        };
+        let family = self.cfg.family;
+        let entries = match ct.list_udp(family) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing conntrack entries failed");
+                return 0;
+            }
+        };
+        let node_port_ips: HashSet<std::net::IpAddr> = match &self.cfg.nodeport_ips {
+            Some(ips) => ips.iter().copied().collect(),
+            None => ct.local_addresses().into_iter().collect(),
+        };
+        let stale = conntrack::stale_flows(
+            &entries,
+            &self.services,
+            &self.endpoints,
+            &node_port_ips,
+            gone,
+        );
+        if stale.is_empty() {
+            return 0;
+        }
+        match ct.delete(family, &stale) {
+            Ok(n) => {
+                tracing::debug!(
+                    deleted = n,
+                    listed = entries.len(),
+                    "stale UDP conntrack entries deleted"
+                );
+                n
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting stale conntrack entries failed");
+                0
+            }
         }
     }
 
@@ -166,8 +263,17 @@ impl<N: Nft> Proxier<N> {
             .into_iter()
             .chain(ep_update.updated)
             .collect();
+        let gone = StaleHints {
+            destinations: svc_update.stale_udp_destinations,
+            node_ports: svc_update.stale_udp_node_ports,
+        };
+        let udp_changed = !gone.destinations.is_empty()
+            || !gone.node_ports.is_empty()
+            || !ep_update.deleted_udp_endpoints.is_empty();
         if self.need_full_sync {
-            return self.full_sync().await;
+            let mut r = self.full_sync().await?;
+            r.conntrack_deleted = self.clean_conntrack(&gone);
+            return Ok(r);
         }
         let start = Instant::now();
         let mut tx = Tx::new();
@@ -229,6 +335,9 @@ impl<N: Nft> Proxier<N> {
             return Err(SyncError::Apply(e));
         }
         report.apply = t.elapsed();
+        if udp_changed || changed.iter().any(|s| self.has_udp(s)) {
+            report.conntrack_deleted = self.clean_conntrack(&gone);
+        }
         Ok(report)
     }
 

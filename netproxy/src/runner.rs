@@ -44,13 +44,38 @@ impl Default for Periods {
     }
 }
 
-/// Runs the proxier until `events` closes; `on_sync` sees every sync's outcome (metrics,
-/// healthz).
+/// Sees what the loop does (health, metrics, health-check node ports). A closure over
+/// the sync result is an observer too.
+pub trait Observer<N: Nft> {
+    /// An event arrived (before it reaches the proxier).
+    fn event(&mut self, _event: &Event) {}
+    /// A sync or consistency check ended after `elapsed`.
+    fn synced(
+        &mut self,
+        proxier: &Proxier<N>,
+        result: &Result<SyncReport, crate::SyncError>,
+        elapsed: Duration,
+    );
+}
+
+impl<N: Nft, F: FnMut(&Result<SyncReport, crate::SyncError>)> Observer<N> for F {
+    fn synced(
+        &mut self,
+        _proxier: &Proxier<N>,
+        result: &Result<SyncReport, crate::SyncError>,
+        _elapsed: Duration,
+    ) {
+        self(result);
+    }
+}
+
+/// Runs the proxier until `events` closes; `on_sync` sees every event and every sync's
+/// outcome (metrics, healthz).
 pub async fn run<N: Nft>(
     proxier: &mut Proxier<N>,
     mut events: mpsc::Receiver<Event>,
     periods: Periods,
-    mut on_sync: impl FnMut(&Result<SyncReport, crate::SyncError>),
+    mut on_sync: impl Observer<N>,
 ) {
     let mut ready = false;
     let mut last_sync: Option<Instant> = None;
@@ -63,6 +88,7 @@ pub async fn run<N: Nft>(
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { return };
+                on_sync.event(&ev);
                 match ev {
                     Event::ServiceUpdated(s) => proxier.service_updated(&s),
                     Event::ServiceDeleted(s) => proxier.service_deleted(&s),
@@ -72,11 +98,12 @@ pub async fn run<N: Nft>(
                 }
             }
             () = sleep_until(due.unwrap_or(next_check)), if due.is_some() => {
+                let started = Instant::now();
                 let r = proxier.sync().await;
                 if let Err(e) = &r {
                     tracing::warn!(error = %e, "proxy sync failed; the next one is a full sync");
                 }
-                on_sync(&r);
+                on_sync.synced(proxier, &r, started.elapsed());
                 last_sync = Some(Instant::now());
             }
             () = sleep_until(next_check), if ready => {
@@ -85,7 +112,7 @@ pub async fn run<N: Nft>(
                 if let Err(e) = &r {
                     tracing::warn!(error = %e, "proxy consistency check failed");
                 }
-                on_sync(&r);
+                on_sync.synced(proxier, &r, started.elapsed());
                 // Listing a table of 10k services takes nft tens of seconds: never let
                 // the check take more than a quarter of the proxy's time.
                 let interval = periods.sync_period.max(started.elapsed() * 4);
@@ -143,12 +170,17 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(65)).await;
         });
         let mut syncs = Vec::new();
-        run(&mut p, rx, Periods::default(), |r| {
-            syncs.push((
-                Instant::now() - start,
-                r.as_ref().map(|r| (r.full, r.repaired)).ok(),
-            ));
-        })
+        run(
+            &mut p,
+            rx,
+            Periods::default(),
+            |r: &Result<SyncReport, crate::SyncError>| {
+                syncs.push((
+                    Instant::now() - start,
+                    r.as_ref().map(|r| (r.full, r.repaired)).ok(),
+                ));
+            },
+        )
         .await;
         feeder.await.expect("feeder");
         // The full sync at once, the burst in one sync 1 s later, checks at 30 s and 60 s

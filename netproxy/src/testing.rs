@@ -78,3 +78,21 @@ pub fn slice(
     }))
     .expect("a valid EndpointSlice")
 }
+
+/// `svc` with every port's protocol set to UDP.
+pub fn udp(mut svc: Service) -> Service {
+    if let Some(spec) = svc.spec.as_mut() {
+        for p in spec.ports.iter_mut().flatten() {
+            p.protocol = Some("UDP".into());
+        }
+    }
+    svc
+}
+
+/// `slice` with every port's protocol set to UDP.
+pub fn udp_slice(mut slice: EndpointSlice) -> EndpointSlice {
+    for p in slice.ports.iter_mut().flatten() {
+        p.protocol = Some("UDP".into());
+    }
+    slice
+}

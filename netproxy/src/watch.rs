@@ -1,5 +1,7 @@
 //! Services and EndpointSlices from the apiserver into the proxier's event channel, with
 //! kube-runtime's watcher (list, then watch; a relist after `410 Gone` or a reconnect).
+//! On servers without `discovery.k8s.io/v1`, `v1beta1` slices or core Endpoints are
+//! watched and converted (`legacy`).
 //!
 //! As upstream's informers, both watches skip objects labelled
 //! `service.kubernetes.io/service-proxy-name` (another proxy owns them) or
@@ -7,17 +9,19 @@
 //! in the new list are sent as deletions, so nothing programmed outlives its object. The
 //! first time both watches have listed, `Event::InitialListDone` lets the runner sync.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+use crate::legacy::{self, EndpointsSource};
 use crate::runner::Event;
 
 /// Upstream's informer label selector: objects of other proxies and headless ones are
@@ -38,30 +42,124 @@ pub enum WatchError {
     Closed,
 }
 
-/// Watches Services and EndpointSlices in every namespace and sends their changes to
-/// `tx` until `tx` closes.
+/// A watched object's change, before conversion to events.
+pub enum Change<K> {
+    Updated(K),
+    Deleted(K),
+}
+
+/// Watches Services and endpoints (from `source`) in every namespace and sends their
+/// changes to `tx` until `tx` closes.
 ///
 /// # Errors
 /// The event channel closed. Watch errors are retried with kube-runtime's default
 /// backoff and logged, never returned.
-pub async fn watch(client: Client, tx: mpsc::Sender<Event>) -> Result<(), WatchError> {
+pub async fn watch(
+    client: Client,
+    tx: mpsc::Sender<Event>,
+    source: EndpointsSource,
+) -> Result<(), WatchError> {
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(2);
     let services = watch_kind::<Service>(
         Api::all(client.clone()),
         tx.clone(),
         ready_tx.clone(),
         "Service",
-        |s| Event::ServiceUpdated(Box::new(s)),
-        |s| Event::ServiceDeleted(Box::new(s)),
+        |c| {
+            vec![match c {
+                Change::Updated(s) => Event::ServiceUpdated(Box::new(s)),
+                Change::Deleted(s) => Event::ServiceDeleted(Box::new(s)),
+            }]
+        },
     );
-    let slices = watch_kind::<EndpointSlice>(
-        Api::all(client),
-        tx.clone(),
-        ready_tx,
-        "EndpointSlice",
-        |s| Event::SliceUpdated(Box::new(s)),
-        |s| Event::SliceDeleted(Box::new(s)),
-    );
+    let endpoints = async {
+        match source {
+            EndpointsSource::V1 => {
+                watch_kind::<EndpointSlice>(
+                    Api::all(client),
+                    tx.clone(),
+                    ready_tx,
+                    "EndpointSlice",
+                    |c| {
+                        vec![match c {
+                            Change::Updated(s) => Event::SliceUpdated(Box::new(s)),
+                            Change::Deleted(s) => Event::SliceDeleted(Box::new(s)),
+                        }]
+                    },
+                )
+                .await
+            }
+            EndpointsSource::V1Beta1 => {
+                let gvk = GroupVersionKind::gvk("discovery.k8s.io", "v1beta1", "EndpointSlice");
+                let ar = ApiResource::from_gvk(&gvk);
+                watch_kind::<DynamicObject>(
+                    Api::all_with(client, &ar),
+                    tx.clone(),
+                    ready_tx,
+                    "EndpointSlice (v1beta1)",
+                    |c| {
+                        let (obj, deleted) = match c {
+                            Change::Updated(o) => (o, false),
+                            Change::Deleted(o) => (o, true),
+                        };
+                        let slice = serde_json::to_value(&obj)
+                            .ok()
+                            .and_then(legacy::slice_from_v1beta1);
+                        slice
+                            .map(|s| {
+                                if deleted {
+                                    Event::SliceDeleted(Box::new(s))
+                                } else {
+                                    Event::SliceUpdated(Box::new(s))
+                                }
+                            })
+                            .into_iter()
+                            .collect()
+                    },
+                )
+                .await
+            }
+            EndpointsSource::CoreEndpoints => {
+                // The slices each Endpoints was last converted to, so slices of
+                // subsets that went away are deleted.
+                let mut made: HashMap<(String, String), Vec<EndpointSlice>> = HashMap::new();
+                watch_kind::<Endpoints>(
+                    Api::all(client),
+                    tx.clone(),
+                    ready_tx,
+                    "Endpoints",
+                    move |c| {
+                        let (key, now) = match &c {
+                            Change::Updated(e) | Change::Deleted(e) => {
+                                let key = (e.namespace().unwrap_or_default(), e.name_any());
+                                let now = match c {
+                                    Change::Updated(e) => legacy::slices_from_endpoints(&e),
+                                    Change::Deleted(_) => Vec::new(),
+                                };
+                                (key, now)
+                            }
+                        };
+                        let before = made.remove(&key).unwrap_or_default();
+                        let mut out: Vec<Event> = before
+                            .into_iter()
+                            .filter(|b| !now.iter().any(|n| n.metadata.name == b.metadata.name))
+                            .map(|b| Event::SliceDeleted(Box::new(b)))
+                            .collect();
+                        out.extend(
+                            now.iter()
+                                .cloned()
+                                .map(|s| Event::SliceUpdated(Box::new(s))),
+                        );
+                        if !now.is_empty() {
+                            made.insert(key, now);
+                        }
+                        out
+                    },
+                )
+                .await
+            }
+        }
+    };
     let initial = async {
         for _ in 0..2 {
             if ready_rx.recv().await.is_none() {
@@ -74,7 +172,7 @@ pub async fn watch(client: Client, tx: mpsc::Sender<Event>) -> Result<(), WatchE
         // Keep the future pending so the join below ends only with the watches.
         std::future::pending::<Result<(), WatchError>>().await
     };
-    tokio::try_join!(services, slices, initial).map(|_| ())
+    tokio::try_join!(services, endpoints, initial).map(|_| ())
 }
 
 async fn watch_kind<K>(
@@ -82,8 +180,7 @@ async fn watch_kind<K>(
     tx: mpsc::Sender<Event>,
     ready: mpsc::Sender<()>,
     kind: &'static str,
-    updated: fn(K) -> Event,
-    deleted: fn(K) -> Event,
+    mut convert: impl FnMut(Change<K>) -> Vec<Event>,
 ) -> Result<(), WatchError>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -94,8 +191,7 @@ where
         .map_err(|source| WatchError::Watch { kind, source })
         .boxed();
     // Objects known from earlier lists and events, and those seen in a relist in progress.
-    let mut known: std::collections::HashMap<(String, String), K> =
-        std::collections::HashMap::new();
+    let mut known: HashMap<(String, String), K> = HashMap::new();
     let mut relist: Option<HashSet<(String, String)>> = None;
     let mut announced = false;
     let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
@@ -118,7 +214,7 @@ where
                     seen.insert(key(&o));
                 }
                 known.insert(key(&o), o.clone());
-                vec![updated(o)]
+                convert(Change::Updated(o))
             }
             watcher::Event::InitDone => {
                 let seen = relist.take().unwrap_or_default();
@@ -130,7 +226,7 @@ where
                 let mut out = Vec::new();
                 for k in gone {
                     if let Some(o) = known.remove(&k) {
-                        out.push(deleted(o));
+                        out.extend(convert(Change::Deleted(o)));
                     }
                 }
                 if !announced {
@@ -141,11 +237,11 @@ where
             }
             watcher::Event::Apply(o) => {
                 known.insert(key(&o), o.clone());
-                vec![updated(o)]
+                convert(Change::Updated(o))
             }
             watcher::Event::Delete(o) => {
                 known.remove(&key(&o));
-                vec![deleted(o)]
+                convert(Change::Deleted(o))
             }
         };
         for e in out {
@@ -156,7 +252,8 @@ where
 }
 
 /// Runs the proxy: watches the apiserver through `client` and programs `proxier`, until
-/// the watches end (they end only when the proxier's loop is gone).
+/// the watches end (they end only when the proxier's loop is gone); `observer` sees the
+/// events and syncs (health and metrics: `health::observer::HealthObserver`).
 ///
 /// # Errors
 /// The watches ended.
@@ -164,21 +261,50 @@ pub async fn run_proxy<N: crate::nft::exec::Nft>(
     client: Client,
     proxier: &mut crate::Proxier<N>,
     periods: crate::runner::Periods,
+    observer: impl crate::runner::Observer<N>,
 ) -> Result<(), WatchError> {
-    let (tx, rx) = mpsc::channel(1024);
-    let watches = watch(client, tx);
-    let runner = crate::runner::run(proxier, rx, periods, |r| {
-        if let Ok(r) = r {
-            tracing::debug!(
-                full = r.full,
-                services = r.services,
-                bytes = r.script_bytes,
-                "proxy synced"
-            );
+    run_proxies(client, vec![(proxier, observer)], periods).await
+}
+
+/// [`run_proxy`] for several proxiers (one per IP family, dual-stack): one set of
+/// watches, every event to every proxier's loop.
+///
+/// # Errors
+/// The watches ended.
+pub async fn run_proxies<N: crate::nft::exec::Nft, O: crate::runner::Observer<N>>(
+    client: Client,
+    proxiers: Vec<(&mut crate::Proxier<N>, O)>,
+    periods: crate::runner::Periods,
+) -> Result<(), WatchError> {
+    let source = legacy::discover(&client).await;
+    if source != EndpointsSource::V1 {
+        tracing::info!(
+            ?source,
+            "the apiserver lacks discovery.k8s.io/v1 EndpointSlices; falling back"
+        );
+    }
+    let (tx, mut rx) = mpsc::channel::<Event>(1024);
+    let watches = watch(client, tx, source);
+    let mut senders = Vec::new();
+    let mut runners = Vec::new();
+    for (proxier, observer) in proxiers {
+        let (ptx, prx) = mpsc::channel(1024);
+        senders.push(ptx);
+        runners.push(crate::runner::run(proxier, prx, periods, observer));
+    }
+    let fan_out = async move {
+        while let Some(ev) = rx.recv().await {
+            for s in &senders {
+                if s.send(ev.clone()).await.is_err() {
+                    return;
+                }
+            }
         }
-    });
+    };
+    let runners = futures::future::join_all(runners);
     tokio::select! {
         r = watches => r,
-        () = runner => Ok(()),
+        () = fan_out => Ok(()),
+        _ = runners => Ok(()),
     }
 }

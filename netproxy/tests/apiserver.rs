@@ -2,7 +2,8 @@
 //! tests/README.md): a selector-less Service and an EndpointSlice created through the
 //! API are watched, programmed into nft in a throwaway network namespace and reached
 //! through the ClusterIP the apiserver allocated; an endpoint removed through the API
-//! stops receiving connections. Needs root.
+//! stops receiving connections. Discovery finds `discovery.k8s.io/v1`, and a
+//! health-check node port follows a LoadBalancer service with a local endpoint. Needs root.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -150,7 +151,13 @@ async fn services_and_slices_from_the_apiserver_are_programmed() {
             min_sync_period: Duration::from_millis(100),
             sync_period: Duration::from_secs(30),
         };
-        nodelet_netproxy::watch::run_proxy(watch_client, &mut proxier, periods).await
+        nodelet_netproxy::watch::run_proxy(
+            watch_client,
+            &mut proxier,
+            periods,
+            |_: &Result<_, _>| {},
+        )
+        .await
     });
 
     let vip2 = vip.clone();
@@ -216,5 +223,118 @@ async fn services_and_slices_from_the_apiserver_are_programmed() {
     })
     .await
     .expect("client");
+    proxy.abort();
+}
+
+/// `GET /` over HTTP/1.0: the status code and body.
+async fn http_get(port: u16) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_finds_v1_and_health_check_node_ports_follow_the_api() {
+    use nodelet_netproxy::health::ProxyHealth;
+    use nodelet_netproxy::health::observer::HealthObserver;
+    use nodelet_netproxy::health::service::ServiceHealthServer;
+    use nodelet_netproxy::legacy::{EndpointsSource, discover};
+    use nodelet_netproxy::nft::exec::RecordingNft;
+
+    let client = client().await;
+    assert_eq!(discover(&client).await, EndpointsSource::V1);
+    let ns = format!("proxyhc-{}", std::process::id());
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
+        )
+        .await
+        .expect("create namespace");
+    let _guard = NsGuard(client.clone(), ns.clone());
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "lb"},
+        "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+    .expect("service");
+    let svc = Api::<Service>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service");
+    let hcnp = svc
+        .spec
+        .and_then(|s| s.health_check_node_port)
+        .expect("the apiserver allocates a healthCheckNodePort");
+    let hcnp = u16::try_from(hcnp).expect("port");
+    let eps = [Ep {
+        ip: "10.180.0.31",
+        node: "node-a",
+        ready: true,
+        terminating: false,
+    }];
+    let mut s = slice(&ns, "lb", "lb-1", "http", 8080, &eps);
+    s.metadata.labels.get_or_insert_default().insert(
+        "endpointslice.kubernetes.io/managed-by".into(),
+        "nodelet-test".into(),
+    );
+    Api::<EndpointSlice>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("create slice");
+
+    let health = ProxyHealth::new(Duration::from_secs(60));
+    let observer = HealthObserver::new(
+        health.clone(),
+        IpFamily::V4,
+        Some(ServiceHealthServer::new(
+            health.clone(),
+            vec!["127.0.0.1".parse().expect("ip")],
+        )),
+    );
+    let mut proxier = Proxier::new(
+        RecordingNft::default(),
+        RenderConfig::new(IpFamily::V4),
+        NodeTopology {
+            node_name: "node-a".into(),
+            zone: None,
+        },
+    );
+    let watch_client = client.clone();
+    let proxy = tokio::spawn(async move {
+        let periods = Periods {
+            min_sync_period: Duration::from_millis(100),
+            sync_period: Duration::from_secs(30),
+        };
+        nodelet_netproxy::watch::run_proxy(watch_client, &mut proxier, periods, observer).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, body) = loop {
+        let r = tokio::time::timeout(Duration::from_secs(2), http_get(hcnp)).await;
+        match r.unwrap_or_else(|_| Err(std::io::Error::other("timed out"))) {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "port {hcnp} never served: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"localEndpoints\": 1"), "{body}");
+    let metrics = health.metrics.render();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("kubeproxy_sync_proxy_rules_endpoint_changes_total ")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
     proxy.abort();
 }

@@ -2,6 +2,7 @@
 //! operator's unit files and habits carry over.
 
 pub mod config_file;
+pub mod proxy_config;
 pub mod resources;
 
 use std::net::IpAddr;
@@ -126,6 +127,19 @@ pub struct RunArgs {
 /// `nodelet proxy` flags, with kube-proxy's names.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
+    /// A `KubeProxyConfiguration` file (`kubeproxy.config.k8s.io/v1alpha1`); flags
+    /// given on the command line override its fields.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The proxy's primary IP (an unspecified one: the node's addresses decide).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// `IP:port` of the `/healthz` and `/livez` server (empty: off).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: String,
+    /// `IP:port` of the `/metrics` server (empty: off).
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: String,
     /// Kubeconfig of the apiserver to watch (required unless `--cleanup`).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -154,6 +168,13 @@ pub struct ProxyArgs {
     /// Remove the proxy's nftables tables and exit.
     #[arg(long)]
     pub cleanup: bool,
+}
+
+/// The agent's `--proxy-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AgentProxyMode {
+    None,
+    Nftables,
 }
 
 /// `nodelet proxy --proxy-mode` (IPVS is not implemented yet).
@@ -217,6 +238,15 @@ pub struct AgentArgs {
     /// as upstream's kubelet reads: flags given on the command line override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The service proxy inside the agent, over the agent's apiserver client
+    /// (`nftables`, as `nodelet proxy` runs it); `none` leaves Services to a separate
+    /// `nodelet proxy` or kube-proxy.
+    #[arg(long, value_enum, default_value = "none")]
+    pub proxy_mode: AgentProxyMode,
+    /// A `KubeProxyConfiguration` file for the in-agent proxy (`--proxy-mode=nftables`);
+    /// its node name is the agent's.
+    #[arg(long)]
+    pub proxy_config: Option<PathBuf>,
     /// A directory of `KubeletConfiguration` drop-ins (`*.conf`, lexical order)
     /// merged over `--config`, as upstream's.
     #[arg(long)]

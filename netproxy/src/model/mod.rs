@@ -12,7 +12,7 @@ mod service;
 mod topology;
 
 pub use cidr::{Cidr, CidrError};
-pub use endpoints::{EndpointsChangeTracker, EndpointsMap, EndpointsUpdate};
+pub use endpoints::{EndpointsChangeTracker, EndpointsMap, EndpointsUpdate, SERVICE_NAME_LABEL};
 pub use service::{ServiceChangeTracker, ServicePortMap, ServiceUpdate};
 pub use topology::{Categorized, NodeTopology, categorize_endpoints};
 

@@ -60,9 +60,27 @@ impl ServicePortMap {
             if previous == current {
                 continue;
             }
+            let kept: BTreeSet<(IpAddr, u16)> = current
+                .values()
+                .filter(|i| i.protocol == Protocol::Udp)
+                .flat_map(udp_destinations)
+                .collect();
+            let kept_node_ports: BTreeSet<u16> = current
+                .values()
+                .filter(|i| i.protocol == Protocol::Udp && i.node_port != 0)
+                .map(|i| i.node_port)
+                .collect();
             for (name, info) in &previous {
-                if info.protocol == Protocol::Udp && !current.contains_key(name) {
-                    result.deleted_udp_cluster_ips.insert(info.cluster_ip);
+                if info.protocol == Protocol::Udp {
+                    if !current.contains_key(name) {
+                        result.deleted_udp_cluster_ips.insert(info.cluster_ip);
+                    }
+                    result
+                        .stale_udp_destinations
+                        .extend(udp_destinations(info).filter(|d| !kept.contains(d)));
+                    if info.node_port != 0 && !kept_node_ports.contains(&info.node_port) {
+                        result.stale_udp_node_ports.insert(info.node_port);
+                    }
                 }
                 self.ports.remove(name);
             }
@@ -71,6 +89,15 @@ impl ServicePortMap {
         }
         result
     }
+}
+
+/// Every `(VIP, port)` a service port is reached at: its cluster IP, external IPs and
+/// load-balancer VIPs.
+fn udp_destinations(info: &ServicePortInfo) -> impl Iterator<Item = (IpAddr, u16)> + '_ {
+    std::iter::once(info.cluster_ip)
+        .chain(info.external_ips.iter().copied())
+        .chain(info.load_balancer_vips.iter().copied())
+        .map(|ip| (ip, info.port))
 }
 
 /// The range of `ServicePortName`s that belong to `service` in the ordered map.
@@ -104,6 +131,12 @@ pub struct ServiceUpdate {
     pub updated: BTreeSet<ServiceName>,
     /// Cluster IPs of UDP ports that went away (their conntrack entries are stale).
     pub deleted_udp_cluster_ips: BTreeSet<IpAddr>,
+    /// `(VIP, port)` destinations of UDP ports that no UDP port of the same service has
+    /// any more (a port, cluster IP, external IP or load-balancer IP changed or went
+    /// away): conntrack entries to them are stale whatever their reply source.
+    pub stale_udp_destinations: BTreeSet<(IpAddr, u16)>,
+    /// UDP node ports the service no longer has.
+    pub stale_udp_node_ports: BTreeSet<u16>,
 }
 
 /// Collects Service events between syncs (upstream's `ServiceChangeTracker`): only the

@@ -12,7 +12,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -109,11 +109,73 @@ impl Drop for Server {
     }
 }
 
+/// A UDP server answering each datagram with its name, until dropped.
+pub struct UdpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpServer {
+    fn start(ns: &str, addr: SocketAddr, name: String) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sock = udp_socket_in(ns, addr);
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stop2.load(Ordering::SeqCst) {
+                if let Ok((_, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(name.as_bytes(), from);
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP socket bound to `addr` inside namespace `ns` (a socket stays in the namespace
+/// it was made in, whichever thread uses it).
+pub fn udp_socket_in(ns: &str, addr: SocketAddr) -> UdpSocket {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter(&ns);
+        UdpSocket::bind(addr).expect("bind udp")
+    })
+    .join()
+    .expect("udp socket thread")
+}
+
+/// Sends one datagram on `sock` to `addr:port` and returns the answer.
+pub fn udp_ask(sock: &UdpSocket, addr: &str, port: u16) -> std::io::Result<String> {
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    sock.send_to(
+        b"?",
+        SocketAddr::new(addr.parse::<IpAddr>().expect("ip"), port),
+    )?;
+    let mut buf = [0u8; 512];
+    let (n, _) = sock.recv_from(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// The two namespaces and the servers in them.
 pub struct World {
     pub node: String,
     pub client: String,
     servers: Vec<Server>,
+    udp_servers: Vec<UdpServer>,
 }
 
 pub const NODE_IP: &str = "192.168.77.1";
@@ -138,6 +200,7 @@ impl World {
             node: node.clone(),
             client: client.clone(),
             servers: Vec::new(),
+            udp_servers: Vec::new(),
         };
         ip(&["netns", "add", &client]);
         for ns in [&node, &client] {
@@ -217,6 +280,35 @@ impl World {
             .push(Server::start(&self.node, addr, ip_addr.to_string()));
     }
 
+    /// Adds endpoint address `ip` (if new) with a UDP server on `port` answering `ip`.
+    pub fn udp_endpoint(&mut self, ip_addr: &str, port: u16) {
+        let have = in_ns(&self.node, &["ip", "-o", "addr", "show", "dev", "lo"]);
+        if !have.contains(&format!(" {ip_addr}/32")) {
+            ip(&[
+                "-n",
+                &self.node,
+                "addr",
+                "add",
+                &format!("{ip_addr}/32"),
+                "dev",
+                "lo",
+            ]);
+        }
+        let addr = SocketAddr::new(ip_addr.parse().expect("ip"), port);
+        self.udp_servers
+            .push(UdpServer::start(&self.node, addr, ip_addr.to_string()));
+    }
+
+    /// A UDP socket of the client namespace.
+    pub fn udp_client(&self) -> UdpSocket {
+        udp_socket_in(&self.client, "0.0.0.0:0".parse().expect("addr"))
+    }
+
+    /// The node namespace's path (for netlink sockets opened inside it).
+    pub fn node_path(&self) -> String {
+        format!("/var/run/netns/{}", self.node)
+    }
+
     /// Connects from namespace `ns` to `addr:port` and reads the answer.
     pub fn connect_from(ns: &str, addr: &str, port: u16) -> std::io::Result<String> {
         let ns = ns.to_string();
@@ -264,6 +356,7 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         self.servers.clear();
+        self.udp_servers.clear();
         for ns in [&self.node, &self.client] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }

@@ -19,7 +19,7 @@
 //! ([`Loaded::unsupported`]).
 
 mod apply;
-mod schema;
+pub(crate) mod schema;
 #[cfg(test)]
 mod tests;
 
@@ -58,6 +58,9 @@ const PATH_FIELDS: [&[&str]; 7] = [
 /// A configuration file that cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigFileError {
+    /// `nodelet proxy --config`: a `KubeProxyConfiguration` that cannot be used.
+    #[error(transparent)]
+    Proxy(#[from] crate::cli::proxy_config::ProxyConfigError),
     /// The file cannot be read.
     #[error("kubelet config file {}: cannot read: {source}", path.display())]
     Read {
@@ -435,6 +438,12 @@ pub fn configure(cli: &mut Cli, matches: &ArgMatches) -> Result<Vec<String>, Con
             Some(sub) => (&mut run.agent, sub, true),
             None => return Ok(Vec::new()),
         },
+        Some(Command::Proxy(proxy)) => {
+            return match matches.subcommand_matches("proxy") {
+                Some(sub) => crate::cli::proxy_config::configure(proxy, &explicit_args(sub)),
+                None => Ok(Vec::new()),
+            };
+        }
         Some(_) => return Ok(Vec::new()),
     };
     let Some(loaded) = load(args.config.as_deref(), args.config_dir.as_deref())? else {

@@ -72,7 +72,7 @@ pub struct Field {
     pub support: Support,
 }
 
-const fn f(name: &'static str, ty: Ty, support: Support) -> Field {
+pub(crate) const fn f(name: &'static str, ty: Ty, support: Support) -> Field {
     Field { name, ty, support }
 }
 
@@ -107,7 +107,7 @@ const LOG_OPTIONS: &[Field] = &[
     f("text", Obj(OUTPUT_ROUTING), No),
     f("json", Obj(OUTPUT_ROUTING), No),
 ];
-const LOGGING: &[Field] = &[
+pub(crate) const LOGGING: &[Field] = &[
     f("format", Str, Yes),
     f("flushFrequency", TimeOrDuration, No),
     f("verbosity", U32, Yes),
@@ -311,6 +311,19 @@ pub fn check(doc: &serde_json::Map<String, Value>) -> Vec<Problem> {
     let mut problems = Vec::new();
     check_obj(doc, KUBELET_CONFIGURATION, "", &TYPE_META, &mut problems);
     problems
+}
+
+/// [`check`] and [`unsupported`] over another component's field table (the proxy's
+/// `KubeProxyConfiguration`).
+pub fn check_with(
+    doc: &serde_json::Map<String, Value>,
+    fields: &[Field],
+) -> (Vec<Problem>, Vec<String>) {
+    let mut problems = Vec::new();
+    check_obj(doc, fields, "", &TYPE_META, &mut problems);
+    let mut unsupported = Vec::new();
+    unsupported_in(doc, fields, "", &mut unsupported);
+    (problems, unsupported)
 }
 
 fn check_obj(

@@ -1,0 +1,264 @@
+//! The proxy's Prometheus metrics, upstream's names and buckets (`pkg/proxy/metrics`),
+//! rendered in the text exposition format by hand (a handful of series do not need a
+//! registry crate).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// A cumulative histogram.
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: Vec<f64>,
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: Vec<f64>) -> Self {
+        Self {
+            counts: vec![0; bounds.len()],
+            bounds,
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (b, c) in self.bounds.iter().zip(self.counts.iter_mut()) {
+            if v <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+/// Upstream's `ExponentialBuckets(0.001, 2, 15)` of the sync durations.
+fn sync_buckets() -> Vec<f64> {
+    (0..15).map(|i| 0.001 * f64::from(1u32 << i)).collect()
+}
+
+/// Upstream's network-programming buckets: 0.25 s steps to 0.5 s, 1 s steps to 59 s,
+/// 5 s steps to 115 s, 30 s steps to 300 s.
+fn programming_buckets() -> Vec<f64> {
+    let mut b = vec![0.25, 0.5];
+    b.extend((1..=59).map(f64::from));
+    b.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
+    b.extend((0..7).map(|i| 120.0 + 30.0 * f64::from(i)));
+    b
+}
+
+#[derive(Debug)]
+struct Inner {
+    sync: Histogram,
+    sync_full: Histogram,
+    sync_partial: Histogram,
+    programming: Histogram,
+    last_sync: f64,
+    last_queued: f64,
+    sync_failures: u64,
+    endpoint_changes: u64,
+    service_changes: u64,
+    conntrack_deleted: u64,
+    healthz: BTreeMap<u16, u64>,
+    livez: BTreeMap<u16, u64>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            sync: Histogram::new(sync_buckets()),
+            sync_full: Histogram::new(sync_buckets()),
+            sync_partial: Histogram::new(sync_buckets()),
+            programming: Histogram::new(programming_buckets()),
+            last_sync: 0.0,
+            last_queued: 0.0,
+            sync_failures: 0,
+            endpoint_changes: 0,
+            service_changes: 0,
+            conntrack_deleted: 0,
+            healthz: BTreeMap::new(),
+            livez: BTreeMap::new(),
+        }
+    }
+}
+
+/// The metrics, shared by the sync loops and the server.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+impl Metrics {
+    fn with(&self, f: impl FnOnce(&mut Inner)) {
+        match self.inner.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    /// A sync (or consistency check) finished successfully after `seconds`.
+    pub fn synced(&self, full: bool, seconds: f64, conntrack_deleted: usize) {
+        let now = unix_seconds(SystemTime::now());
+        self.with(|m| {
+            m.sync.observe(seconds);
+            if full {
+                m.sync_full.observe(seconds);
+            } else {
+                m.sync_partial.observe(seconds);
+            }
+            m.last_sync = now;
+            m.conntrack_deleted += conntrack_deleted as u64;
+        });
+    }
+
+    /// A sync failed.
+    pub fn sync_failed(&self) {
+        self.with(|m| m.sync_failures += 1);
+    }
+
+    /// A change was queued at `at`.
+    pub fn queued(&self, at: SystemTime) {
+        let t = unix_seconds(at);
+        self.with(|m| m.last_queued = t);
+    }
+
+    /// A Service (or EndpointSlice) change was seen.
+    pub fn change(&self, endpoints: bool) {
+        self.with(|m| {
+            if endpoints {
+                m.endpoint_changes += 1;
+            } else {
+                m.service_changes += 1;
+            }
+        });
+    }
+
+    /// An endpoint change triggered at `trigger` (the slice's
+    /// `endpoints.kubernetes.io/last-change-trigger-time`) is programmed now.
+    pub fn programmed(&self, trigger: SystemTime) {
+        let d = SystemTime::now()
+            .duration_since(trigger)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        self.with(|m| m.programming.observe(d));
+    }
+
+    pub(crate) fn healthz(&self, code: u16) {
+        self.with(|m| *m.healthz.entry(code).or_default() += 1);
+    }
+
+    pub(crate) fn livez(&self, code: u16) {
+        self.with(|m| *m.livez.entry(code).or_default() += 1);
+    }
+
+    /// The text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.with(|m| {
+            m.sync.render(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds",
+            );
+            m.sync_full.render(
+                &mut out,
+                "kubeproxy_sync_full_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for full resyncs",
+            );
+            m.sync_partial.render(
+                &mut out,
+                "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for partial resyncs",
+            );
+            m.programming.render(
+                &mut out,
+                "kubeproxy_network_programming_duration_seconds",
+                "In Cluster Network Programming Latency in seconds",
+            );
+            let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            };
+            let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+                );
+            };
+            gauge(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                "The last time proxy rules were successfully synced",
+                m.last_sync,
+            );
+            gauge(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                "The last time a sync of proxy rules was queued",
+                m.last_queued,
+            );
+            counter(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+                "Cumulative proxy nftables sync failures",
+                m.sync_failures,
+            );
+            counter(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+                "Cumulative proxy rules Endpoint changes",
+                m.endpoint_changes,
+            );
+            counter(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_service_changes_total",
+                "Cumulative proxy rules Service changes",
+                m.service_changes,
+            );
+            counter(
+                &mut out,
+                "kubeproxy_conntrack_reconciler_deleted_entries_total",
+                "Cumulative conntrack flows deleted by conntrack reconciler",
+                m.conntrack_deleted,
+            );
+            for (name, help, by_code) in [
+                (
+                    "kubeproxy_proxy_healthz_total",
+                    "Cumulative proxy healthz HTTP status",
+                    &m.healthz,
+                ),
+                (
+                    "kubeproxy_proxy_livez_total",
+                    "Cumulative proxy livez HTTP status",
+                    &m.livez,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                for (code, n) in by_code {
+                    let _ = writeln!(out, "{name}{{code=\"{code}\"}} {n}");
+                }
+            }
+        });
+        out
+    }
+}

@@ -1,0 +1,268 @@
+//! The proxy's health (upstream's `pkg/proxy/healthcheck`): the state of every proxier
+//! (`ProxyHealth`: when each family last synced, the oldest change still waiting), the
+//! `/healthz` and `/livez` server on `--healthz-bind-address`, the Prometheus `/metrics`
+//! server on `--metrics-bind-address` (`metrics`), and the per-service health-check node
+//! ports of `externalTrafficPolicy: Local` services (`service`).
+//!
+//! As upstream: a proxier is unhealthy when a change has waited longer than the health
+//! timeout (2 × `syncPeriod`) without a successful sync; `/healthz` is 503 also when the
+//! node is not eligible (being deleted), `/livez` ignores that. Bodies are upstream's
+//! JSON with Go's `time.Time` formatting.
+
+pub mod metrics;
+pub mod observer;
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::model::IpFamily;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("listening on {addr} failed: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Default)]
+struct State_ {
+    last_updated: BTreeMap<IpFamily, SystemTime>,
+    oldest_pending: BTreeMap<IpFamily, SystemTime>,
+    node_eligible: Option<bool>,
+}
+
+/// The proxiers' health, shared by the sync loops and the servers.
+#[derive(Debug, Clone)]
+pub struct ProxyHealth {
+    state: Arc<Mutex<State_>>,
+    timeout: Duration,
+    pub metrics: metrics::Metrics,
+}
+
+impl ProxyHealth {
+    /// Health with `timeout` (upstream: 2 × `syncPeriod`).
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            state: Arc::default(),
+            timeout,
+            metrics: metrics::Metrics::default(),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State_) -> T) -> T {
+        match self.state.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    /// A change is waiting for `family`'s proxier (upstream's `QueuedUpdate`).
+    pub fn queued(&self, family: IpFamily) {
+        let now = SystemTime::now();
+        self.with(|s| {
+            s.oldest_pending.entry(family).or_insert(now);
+        });
+        self.metrics.queued(now);
+    }
+
+    /// `family`'s proxier synced successfully (upstream's `Updated`).
+    pub fn updated(&self, family: IpFamily) {
+        let now = SystemTime::now();
+        self.with(|s| {
+            s.last_updated.insert(family, now);
+            s.oldest_pending.remove(&family);
+        });
+    }
+
+    /// Whether the node may receive load-balancer traffic (false while it is deleted).
+    pub fn set_node_eligible(&self, eligible: bool) {
+        self.with(|s| s.node_eligible = Some(eligible));
+    }
+
+    /// Upstream's `isHealthy`: healthy, and the latest sync time (of the late proxier
+    /// when unhealthy).
+    pub fn health_at(&self, now: SystemTime) -> (bool, Option<SystemTime>) {
+        self.with(|s| {
+            let mut last: Option<SystemTime> = None;
+            for (family, updated) in &s.last_updated {
+                last = last.max(Some(*updated));
+                if let Some(queued) = s.oldest_pending.get(family)
+                    && now.duration_since(*queued).unwrap_or_default() >= self.timeout
+                {
+                    return (false, Some(*updated));
+                }
+            }
+            // A proxier that never synced but has waited too long is unhealthy too.
+            for (family, queued) in &s.oldest_pending {
+                if !s.last_updated.contains_key(family)
+                    && now.duration_since(*queued).unwrap_or_default() >= self.timeout
+                {
+                    return (false, None);
+                }
+            }
+            (true, last)
+        })
+    }
+
+    /// Healthy now.
+    pub fn is_healthy(&self) -> bool {
+        self.health_at(SystemTime::now()).0
+    }
+
+    fn node_eligible(&self) -> bool {
+        self.with(|s| s.node_eligible.unwrap_or(true))
+    }
+
+    /// The `/healthz` answer at `now`: status and upstream's body.
+    pub fn healthz(&self, now: SystemTime) -> (StatusCode, String) {
+        let eligible = self.node_eligible();
+        let (healthy, last) = self.health_at(now);
+        let healthy = healthy && eligible;
+        let last = if healthy { Some(now) } else { last };
+        let code = status(healthy);
+        self.metrics.healthz(code.as_u16());
+        (
+            code,
+            format!(
+                "{{\"lastUpdated\": {:?},\"currentTime\": {:?}, \"nodeEligible\": {eligible}}}",
+                go_time(last),
+                go_time(Some(now))
+            ),
+        )
+    }
+
+    /// The `/livez` answer at `now` (node eligibility left out).
+    pub fn livez(&self, now: SystemTime) -> (StatusCode, String) {
+        let (healthy, last) = self.health_at(now);
+        let last = if healthy { Some(now) } else { last };
+        let code = status(healthy);
+        self.metrics.livez(code.as_u16());
+        (
+            code,
+            format!(
+                "{{\"lastUpdated\": {:?},\"currentTime\": {:?}}}",
+                go_time(last),
+                go_time(Some(now))
+            ),
+        )
+    }
+
+    /// Serves `/healthz` and `/livez` on `addr` (on a task; abort it to stop).
+    ///
+    /// # Errors
+    /// The address could not be bound.
+    pub fn serve_healthz(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+        let app = Router::new()
+            .route("/healthz", get(healthz_handler))
+            .route("/livez", get(livez_handler))
+            .with_state(self.clone());
+        serve(addr, app)
+    }
+
+    /// Serves `/metrics` on `addr`.
+    ///
+    /// # Errors
+    /// The address could not be bound.
+    pub fn serve_metrics(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+        let app = Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/healthz", get(|| async { "ok" }))
+            .with_state(self.clone());
+        serve(addr, app)
+    }
+}
+
+fn status(healthy: bool) -> StatusCode {
+    if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// Binds `addr` (at once, so a taken port is an error here) and serves `app` on a task.
+/// Needs a tokio runtime.
+pub(crate) fn serve(
+    addr: SocketAddr,
+    app: Router,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let bind = |addr| -> std::io::Result<tokio::net::TcpListener> {
+        let l = std::net::TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(l)
+    };
+    let listener = bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(%addr, error = %e, "proxy health server stopped");
+        }
+    }))
+}
+
+/// Upstream's JSON bodies with its headers.
+pub(crate) fn json(code: StatusCode, body: String) -> Response {
+    let mut r = (code, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        "X-Content-Type-Options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+async fn healthz_handler(State(h): State<ProxyHealth>) -> Response {
+    let (code, body) = h.healthz(SystemTime::now());
+    json(code, body)
+}
+
+async fn livez_handler(State(h): State<ProxyHealth>) -> Response {
+    let (code, body) = h.livez(SystemTime::now());
+    json(code, body)
+}
+
+async fn metrics_handler(State(h): State<ProxyHealth>) -> Response {
+    let mut r = h.metrics.render().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// Go's `time.Time.String()` in UTC (`2006-01-02 15:04:05.999999999 +0000 UTC`); the
+/// zero time for `None`, as upstream prints a proxier that never synced.
+pub fn go_time(t: Option<SystemTime>) -> String {
+    let Some(t) = t else {
+        return "0001-01-01 00:00:00 +0000 UTC".into();
+    };
+    match jiff::Timestamp::try_from(t) {
+        Ok(ts) => format!("{} +0000 UTC", ts.strftime("%Y-%m-%d %H:%M:%S%.f")),
+        Err(_) => "0001-01-01 00:00:00 +0000 UTC".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
