@@ -45,5 +45,7 @@ gzip -9n "$gen"/man/*.1
 echo "== cargo deb" >&2
 cargo deb --no-build --no-strip --output target/debian/
 echo "== cargo generate-rpm" >&2
-cargo generate-rpm --output target/generate-rpm/
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+mkdir -p target/generate-rpm
+cargo generate-rpm --output "target/generate-rpm/nodelet-$version-1.$(uname -m).rpm"
 ls target/debian/*.deb target/generate-rpm/*.rpm

@@ -27,12 +27,12 @@ check() { # description, command...
 
 echo "== $deb"
 contents=$(dpkg-deb -c "$deb")
-for want in "-rwxr-xr-x root/root .* ./usr/bin/nodelet" \
-  "-rwxr-xr-x root/root .* ./usr/lib/nodelet/nodelet-start" \
-  "-rw-r--r-- root/root .* ./etc/nodelet/config.yaml" \
-  "-rw-r--r-- root/root .* ./etc/default/nodelet" \
-  "-rw-r--r-- root/root .* ./lib/systemd/system/nodelet.service" \
-  "-rw-r--r-- root/root .* ./lib/systemd/system/nodelet-proxy.service" \
+for want in "-rwxr-xr-x 0/0 .* ./usr/bin/nodelet$" \
+  "-rwxr-xr-x 0/0 .* ./usr/lib/nodelet/nodelet-start$" \
+  "-rw-r--r-- 0/0 .* ./etc/nodelet/config.yaml$" \
+  "-rw-r--r-- 0/0 .* ./etc/default/nodelet$" \
+  "-rw-r--r-- 0/0 .* ./usr/lib/systemd/system/nodelet.service$" \
+  "-rw-r--r-- 0/0 .* ./usr/lib/systemd/system/nodelet-proxy.service$" \
   "./usr/share/nodelet/cni/10-nodelet.conflist" \
   "./usr/share/bash-completion/completions/nodelet" \
   "./usr/share/man/man1/nodelet.1.gz" \
@@ -59,7 +59,7 @@ if command -v systemd-analyze >/dev/null; then
   # verify resolves ExecStart: point it at files that exist here.
   sed -i "s|/usr/lib/nodelet/nodelet-start|$PWD/packaging/bin/nodelet-start|; s|/usr/bin/nodelet|/bin/true|" "$units"/*.service
   for u in "$units"/*.service; do
-    if out=$(systemd-analyze verify "$u" 2>&1) && ! grep -q "$(basename "$u")" <<<"$out"; then
+    if out=$(systemd-analyze verify --man=no "$u" 2>&1) && ! grep -q "$(basename "$u")" <<<"$out"; then
       ok "systemd-analyze verify $(basename "$u")"
     else fail "systemd-analyze verify $(basename "$u"): $out"; fi
   done

@@ -2,7 +2,11 @@
 # where the host has none), and the unit enabled per the host's preset, not started.
 mkdir -p /etc/kubernetes/manifests /var/log/pods /var/log/containers
 mkdir -p -m 0700 /var/lib/nodelet
-if ! ls /etc/cni/net.d/*.conflist /etc/cni/net.d/*.conf /etc/cni/net.d/*.json >/dev/null 2>&1; then
+has_network=
+for f in /etc/cni/net.d/*.conflist /etc/cni/net.d/*.conf /etc/cni/net.d/*.json; do
+    if [ -e "$f" ]; then has_network=1; fi
+done
+if [ -z "$has_network" ]; then
     mkdir -p /etc/cni/net.d
     cp /usr/share/nodelet/cni/10-nodelet.conflist /etc/cni/net.d/10-nodelet.conflist
     touch /var/lib/nodelet/.package-installed-cni-config
