@@ -2,11 +2,12 @@
 # Tests the packages scripts/package.sh built (run it first):
 # - the .deb: its files, modes, conffiles and dependencies; lintian with no errors;
 #   installed into a clean Debian root (debootstrap, cached in /var/cache/nodelet-test
-#   with the dependencies preinstalled): `nodelet --version` runs from /usr/bin, the unit
+#   with the dependencies preinstalled): refused while containerd is missing, then
+#   `nodelet --version` runs from /usr/bin, the unit
 #   is enabled but nothing started, the default config validates, the default pod network
 #   goes in only where none exists, nodelet-start picks kubeadm's files when `kubeadm
-#   join` left them; `dpkg -r` keeps the configs, `dpkg -P` removes them and
-#   /var/lib/nodelet;
+#   join` left them; a reinstall keeps an edited config; `dpkg -r` keeps the
+#   configs, `dpkg -P` removes them and /var/lib/nodelet;
 # - both unit files with `systemd-analyze verify`;
 # - the .rpm: files, scripts and dependencies with `rpm -qp`.
 # Every check that fails is reported and the script exits 1. Needs root.
@@ -86,7 +87,13 @@ trap 'rm -rf "$root"' EXIT
 tar -C "$root" -xf "$base"
 cp "$deb" "$root/tmp/nodelet.deb"
 in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
+# Without containerd, dpkg refuses to configure nodelet and says why.
+check "containerd removed for the next check" in_root dpkg -r containerd
+out=$(in_root dpkg -i /tmp/nodelet.deb 2>&1) && fail "dpkg -i without containerd succeeded"
+if grep -q "depends on containerd" <<<"$out"; then ok "dpkg -i without containerd: dependency problem reported"; else fail "dpkg -i without containerd: $out"; fi
+check "containerd back (from the root's apt cache)" in_root sh -c 'dpkg -i /var/cache/apt/archives/containerd_*.deb'
 check "dpkg -i" in_root dpkg -i /tmp/nodelet.deb
+check "nodelet configured" in_root sh -c 'dpkg-query -W -f="\${Status}" nodelet | grep -q "install ok installed"'
 version=$(in_root /usr/bin/nodelet --version 2>&1 || true)
 if grep -q "^nodelet " <<<"$version"; then ok "nodelet --version from /usr/bin: $version"; else fail "nodelet --version: $version"; fi
 check "the unit is enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/nodelet.service"
@@ -105,6 +112,9 @@ want="/usr/bin/nodelet --bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.
 if [ "$start" = "$want" ]; then ok "nodelet-start on a kubeadm-joined host"; else fail "nodelet-start on a kubeadm host: $start"; fi
 rm -rf "$root/var/lib/kubelet" "$root/etc/kubernetes/bootstrap-kubelet.conf"
 echo "# edited" >>"$root/etc/nodelet/config.yaml"
+# An upgrade (here a reinstall) keeps the admin's edit of a conffile.
+check "dpkg -i over an edited config" in_root dpkg -i --force-confold /tmp/nodelet.deb
+check "the edit survived the upgrade" grep -q "# edited" "$root/etc/nodelet/config.yaml"
 mkdir -p "$root/var/lib/nodelet/pods"
 check "dpkg -r" in_root dpkg -r nodelet
 check "remove took the binary" test ! -e "$root/usr/bin/nodelet"
