@@ -14,12 +14,14 @@ use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
     DeleteTaskRequest, GetContainerRequest, GetRequest, KillRequest, ListContainersRequest,
-    ListTasksRequest, StartRequest, UpdateContainerRequest, WaitRequest,
+    StartRequest, UpdateContainerRequest, WaitRequest,
 };
 use containerd_client::types::v1::Status as TaskStatus;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 use tracing::{debug, info, warn};
+
+mod tasks;
 
 use super::events::{self, RuntimeEvent};
 use super::records::{self, label, pod_labels, pod_of, start_failure_labels};
@@ -225,22 +227,6 @@ impl ContainerdRuntime {
             out.extend(msg.map_err(grpc("list containers", ""))?.container);
         }
         Ok(out)
-    }
-
-    async fn task_states(
-        &self,
-    ) -> Result<HashMap<String, containerd_client::types::v1::Process>, RuntimeError> {
-        let req = self.containerd.request(ListTasksRequest {
-            filter: String::new(),
-        });
-        let tasks = self
-            .tasks()
-            .list(req)
-            .await
-            .map_err(grpc("list tasks", ""))?
-            .into_inner()
-            .tasks;
-        Ok(tasks.into_iter().map(|t| (t.id.clone(), t)).collect())
     }
 
     fn kind_filter(kind: &str, pod_uid: Option<&str>) -> String {
@@ -575,7 +561,11 @@ impl Runtime for ContainerdRuntime {
         let records = self
             .list_raw(Some(Self::kind_filter(keys::KIND_SANDBOX, pod_uid)))
             .await?;
-        let tasks = self.task_states().await?;
+        let tasks = self.tasks_of(&records).await?;
+        if pod_uid.is_some() {
+            // A pod's worker decides from this whether to replace its sandbox.
+            tasks::require_known_states(&records, &tasks)?;
+        }
         Ok(records
             .iter()
             .map(|c| records::sandbox_info(c, tasks.get(&c.id), self.files_dir(&c.id)))
@@ -795,7 +785,7 @@ impl Runtime for ContainerdRuntime {
         let records = self
             .list_raw(Some(Self::kind_filter(keys::KIND_CONTAINER, pod_uid)))
             .await?;
-        let tasks = self.task_states().await?;
+        let tasks = self.tasks_of(&records).await?;
         Ok(records
             .iter()
             .map(|c| records::container_info(c, tasks.get(&c.id)))
