@@ -301,6 +301,7 @@ impl<N: Nft> Proxier<N> {
                             render,
                             apply: t.elapsed(),
                             netlink_messages: batch.len(),
+                            conntrack_deleted: self.conntrack_after(udp_changed, &changed, &gone),
                             ..SyncReport::default()
                         });
                     }
@@ -312,6 +313,7 @@ impl<N: Nft> Proxier<N> {
                         self.need_full_sync = true;
                         let mut r = self.full_sync().await?;
                         r.fell_back = true;
+                        r.conntrack_deleted = self.clean_conntrack(&gone);
                         return Ok(r);
                     }
                 }
@@ -335,10 +337,23 @@ impl<N: Nft> Proxier<N> {
             return Err(SyncError::Apply(e));
         }
         report.apply = t.elapsed();
-        if udp_changed || changed.iter().any(|s| self.has_udp(s)) {
-            report.conntrack_deleted = self.clean_conntrack(&gone);
-        }
+        report.conntrack_deleted = self.conntrack_after(udp_changed, &changed, &gone);
         Ok(report)
+    }
+
+    /// After an incremental sync, the stale UDP conntrack entries when it touched UDP
+    /// services (a TCP-only change never lists the table); the number deleted.
+    fn conntrack_after(
+        &self,
+        udp_changed: bool,
+        changed: &BTreeSet<ServiceName>,
+        gone: &StaleHints,
+    ) -> usize {
+        if udp_changed || changed.iter().any(|s| self.has_udp(s)) {
+            self.clean_conntrack(gone)
+        } else {
+            0
+        }
     }
 
     /// Renders `service` again and records the difference with what was programmed.
