@@ -172,11 +172,14 @@ spec:
         ),
     );
     w.start_agent().await;
+    // containerd's OOM event may come after the exit under load: the worker then
+    // replaces the ending it cached, so the reason reaches OOMKilled shortly after.
     let pod = w
-        .wait_pod("oom", "terminated", |p| {
+        .wait_pod("oom", "terminated as OOMKilled", |p| {
             container_status(p, "hog")
                 .and_then(|s| s.state.as_ref())
-                .is_some_and(|s| s.terminated.is_some())
+                .and_then(|s| s.terminated.as_ref())
+                .is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"))
         })
         .await;
     let term = container_status(&pod, "hog")
