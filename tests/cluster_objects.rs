@@ -14,55 +14,14 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret, Service};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use support::cluster::{admin_client, admin_kubeconfig, joined_world, kubectl, wait_ready};
+use support::cluster::{TestNamespace, admin_client, admin_kubeconfig, joined_world, wait_ready};
 use support::{BUSYBOX, World, phase, wait_for};
 
 /// The tests share the apiserver's scheduler: one at a time.
 static APISERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A namespace of the test's own, deleted (without waiting) when dropped.
-struct TestNamespace {
-    kubeconfig: std::path::PathBuf,
-    name: String,
-}
-
-impl TestNamespace {
-    async fn new(client: &kube::Client, kubeconfig: &std::path::Path, id: &str) -> Self {
-        let name = format!("nlo-{id}");
-        let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
-        }))
-        .expect("namespace");
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create the test namespace");
-        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-            Api::namespaced(client.clone(), &name);
-        wait_for(
-            "the namespace's default ServiceAccount",
-            Duration::from_secs(60),
-            || async { accounts.get_opt("default").await.ok()? },
-        )
-        .await;
-        Self {
-            kubeconfig: kubeconfig.to_owned(),
-            name,
-        }
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        let _ = kubectl(
-            &self.kubeconfig,
-            &["delete", "namespace", &self.name, "--wait=false"],
-        );
-    }
-}
 
 fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).expect("object")
@@ -118,7 +77,7 @@ async fn env_comes_from_config_maps_secrets_and_services() {
     let _turn = APISERVER.lock().await;
     let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
     let client = admin_client(&kubeconfig).await;
-    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
+    let ns = TestNamespace::new(&client, &kubeconfig, "nlo", &w.id).await;
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let pp = PostParams::default();
@@ -255,7 +214,7 @@ async fn a_missing_config_map_holds_the_pod_until_created_and_edits_reach_the_vo
     let _turn = APISERVER.lock().await;
     let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
     let client = admin_client(&kubeconfig).await;
-    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
+    let ns = TestNamespace::new(&client, &kubeconfig, "nlo", &w.id).await;
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
@@ -363,7 +322,7 @@ async fn service_account_tokens_projected_volumes_and_secret_modes() {
     let _turn = APISERVER.lock().await;
     let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
     let client = admin_client(&kubeconfig).await;
-    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
+    let ns = TestNamespace::new(&client, &kubeconfig, "nlo", &w.id).await;
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let pp = PostParams::default();
@@ -493,7 +452,7 @@ async fn an_immutable_config_map_is_not_followed() {
     let _turn = APISERVER.lock().await;
     let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
     let client = admin_client(&kubeconfig).await;
-    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
+    let ns = TestNamespace::new(&client, &kubeconfig, "nlo", &w.id).await;
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);

@@ -9,59 +9,16 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use support::cluster::{
-    ApiserverDown, admin_client, admin_kubeconfig, joined_world, kubectl, wait_ready,
+    ApiserverDown, TestNamespace, admin_client, admin_kubeconfig, joined_world, kubectl, wait_ready,
 };
 use support::{BUSYBOX, World, phase, wait_for};
 
 /// The tests share the apiserver's scheduler: one at a time keeps their figures apart.
 static APISERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A namespace of the test's own, deleted (without waiting) when dropped.
-struct TestNamespace {
-    kubeconfig: std::path::PathBuf,
-    name: String,
-}
-
-impl TestNamespace {
-    async fn new(client: &kube::Client, kubeconfig: &std::path::Path, id: &str) -> Self {
-        let name = format!("nlt-{id}");
-        let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
-        }))
-        .expect("namespace");
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create the test namespace");
-        // The apiserver refuses pods until the controller-manager has made the
-        // namespace's `default` ServiceAccount (upstream's e2e framework waits too).
-        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-            Api::namespaced(client.clone(), &name);
-        wait_for(
-            "the namespace's default ServiceAccount",
-            Duration::from_secs(60),
-            || async { accounts.get_opt("default").await.ok()? },
-        )
-        .await;
-        Self {
-            kubeconfig: kubeconfig.to_owned(),
-            name,
-        }
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        let _ = kubectl(
-            &self.kubeconfig,
-            &["delete", "namespace", &self.name, "--wait=false"],
-        );
-    }
-}
 
 /// What every test here starts from: its turn at the apiserver, a joined World (the
 /// second value, dropped first so the agent stops before its Node is removed), an
@@ -80,7 +37,7 @@ async fn setup() -> (Setup, World) {
     let turn = APISERVER.lock().await;
     let (cleanup, w) = joined_world(&kubeconfig, &[]).await;
     let client = admin_client(&kubeconfig).await;
-    let ns = TestNamespace::new(&client, &kubeconfig, &w.id).await;
+    let ns = TestNamespace::new(&client, &kubeconfig, "nlt", &w.id).await;
     let pods = Api::namespaced(client.clone(), &ns.name);
     let setup = Setup {
         kubeconfig,

@@ -167,3 +167,48 @@ impl Drop for ApiserverDown {
             .output();
     }
 }
+
+/// A namespace of the test's own (`<prefix>-<id>`), deleted (without waiting) when
+/// dropped.
+pub struct TestNamespace {
+    kubeconfig: PathBuf,
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates it and waits for its `default` ServiceAccount: the apiserver refuses
+    /// pods until the controller-manager has made it (upstream's e2e framework waits
+    /// too).
+    pub async fn new(client: &kube::Client, kubeconfig: &Path, prefix: &str, id: &str) -> Self {
+        let name = format!("{prefix}-{id}");
+        let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+        }))
+        .expect("namespace");
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .create(&kube::api::PostParams::default(), &ns)
+            .await
+            .expect("create the test namespace");
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        wait_for(
+            "the namespace's default ServiceAccount",
+            Duration::from_secs(60),
+            || async { accounts.get_opt("default").await.ok()? },
+        )
+        .await;
+        Self {
+            kubeconfig: kubeconfig.to_owned(),
+            name,
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &self.kubeconfig,
+            &["delete", "namespace", &self.name, "--wait=false"],
+        );
+    }
+}
