@@ -7,7 +7,8 @@
 #   is enabled but nothing started, the default config validates, the default pod network
 #   goes in only where none exists, nodelet-start picks kubeadm's files when `kubeadm
 #   join` left them; a reinstall keeps an edited config; `dpkg -r` keeps the
-#   configs, `dpkg -P` removes them and /var/lib/nodelet;
+#   configs, `dpkg -P` removes them and /var/lib/nodelet (but not while a pod's volume is
+#   mounted under it);
 # - both unit files with `systemd-analyze verify`;
 # - the .rpm: files, scripts and dependencies with `rpm -qp`.
 # Every check that fails is reported and the script exits 1. Needs root.
@@ -83,7 +84,13 @@ if [ ! -s "$base" ]; then
   rm -rf "$tmp"
 fi
 root=$(mktemp -d /var/tmp/nodelet-pkgtest.XXXXXX)
-trap 'rm -rf "$root"' EXIT
+cleanup() {
+  for m in "$root/var/lib/nodelet/pods/u1/volumes/kubernetes.io~empty-dir/data" "$root/proc"; do
+    mountpoint -q "$m" 2>/dev/null && umount "$m"
+  done
+  rm -rf --one-file-system "$root"
+}
+trap cleanup EXIT
 tar -C "$root" -xf "$base"
 cp "$deb" "$root/tmp/nodelet.deb"
 in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
@@ -131,6 +138,17 @@ check "dpkg -i with a pod network in place" in_root dpkg -i /tmp/nodelet.deb
 check "ours did not go in beside the admin's" test ! -e "$root/etc/cni/net.d/10-nodelet.conflist"
 check "dpkg -P again" in_root dpkg -P nodelet
 check "purge left the admin's network" test -f "$root/etc/cni/net.d/05-admin.conflist"
+# Purged while a pod still has a volume mounted (its data lives on): the state stays.
+check "dpkg -i for the purge with pods" in_root dpkg -i /tmp/nodelet.deb
+vol="$root/var/lib/nodelet/pods/u1/volumes/kubernetes.io~empty-dir/data"
+mkdir -p "$vol"
+mount -t tmpfs -o size=1m nodelet-pkgtest "$vol" && mount -t proc proc "$root/proc"
+echo precious >"$vol/file"
+out=$(in_root dpkg -P nodelet 2>&1) || fail "dpkg -P with a mounted volume: $out"
+if grep -q "kept /var/lib/nodelet" <<<"$out"; then ok "purge with a mounted volume says it kept the state"; else fail "purge with a mounted volume: $out"; fi
+check "the running pod's volume data survived the purge" grep -qx precious "$vol/file"
+check "the package is gone" in_root sh -c '! dpkg-query -W -f="\${Status}" nodelet 2>/dev/null | grep -q installed'
+umount "$vol" "$root/proc"
 
 echo "== $rpm"
 files=$(rpm -qpl "$rpm" 2>/dev/null)

@@ -323,12 +323,19 @@ impl World {
 
     /// Starts the agent binary and waits for its read-only API.
     pub async fn start_agent(&mut self) {
+        self.start_agent_from(Path::new(env!("CARGO_BIN_EXE_nodelet")))
+            .await;
+    }
+
+    /// Starts the agent from a copy of its binary at `exe` (as a package installs it) and
+    /// waits for its read-only API.
+    pub async fn start_agent_from(&mut self, exe: &Path) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.agent_log())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_nodelet"))
+        let child = Command::new(exe)
             .args(self.agent_args())
             .envs(self.agent_env.iter().cloned())
             .stdout(log.try_clone().unwrap())
