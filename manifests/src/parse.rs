@@ -111,7 +111,8 @@ fn at_text(at: &Option<Location>) -> String {
 /// labels errors.
 ///
 /// JSON is recognised by a leading `{` (after whitespace), as upstream's
-/// `yaml.ToJSON` does; anything else is read as a YAML stream.
+/// `yaml.ToJSON` does; anything else is read as a YAML stream, where plain scalars
+/// such as `0400` are YAML 1.1 octal integers as for upstream ([`crate::octal`]).
 ///
 /// The text is first held to the limits of [`crate::limits`] (size, documents,
 /// nesting, nodes, alias expansion), so that parsing costs bounded memory and
@@ -144,6 +145,15 @@ pub fn parse_manifests(bytes: &[u8], origin: &str) -> Result<Vec<Document>, Pars
             return Err(limit_error(crossed));
         }
     }
+    // YAML 1.1 octals (`defaultMode: 0400`) read as upstream reads them.
+    let resolved = match (format, std::str::from_utf8(bytes)) {
+        (Format::Yaml, Ok(text)) => match crate::octal::resolve_octals(text) {
+            std::borrow::Cow::Owned(text) => Some(text),
+            std::borrow::Cow::Borrowed(_) => None,
+        },
+        _ => None,
+    };
+    let bytes = resolved.as_ref().map_or(bytes, String::as_bytes);
     let mut parser = Parser {
         bytes,
         origin,

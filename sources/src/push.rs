@@ -12,12 +12,22 @@
 //! Pushed pods are named like static pods, `<name>-<node>`, and are keyed by
 //! namespace and that name: pushing a pod of the same name replaces it (an
 //! identical push keeps its UID, so the pod is not restarted).
+//!
+//! A body may also hold `v1` ConfigMap and Secret documents, which pushed and other
+//! standalone pods mount and reference, as beside the pods of a manifest file:
+//! defaulted and validated the same way (an invalid one refuses the body, 422 with
+//! its field paths), kept under their own name by kind, namespace and name (pushing
+//! one again replaces it, and the change reaches running pods) and removed with
+//! `DELETE /configmaps/<namespace>/<name>` or `DELETE /secrets/<namespace>/<name>`.
+//! [`PushStore::objects_event`] is sent before the pods' snapshot.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
+use nodelet_manifests::ApiObject;
+use nodelet_manifests::objects::{default_object, validate_object};
 
 use nodelet_manifests::validate::go_quote;
 use nodelet_manifests::{
@@ -65,9 +75,9 @@ pub enum PushError {
     /// The body does not parse (400).
     #[error(transparent)]
     Parse(#[from] ParseError),
-    /// A document that is not a v1 Pod (400).
+    /// A document that is not a v1 Pod, ConfigMap or Secret (400).
     #[error(
-        "request body: document {index}: kind {kind:?} (apiVersion {api_version:?}) is not a v1 Pod; only pods can be pushed"
+        "request body: document {index}: kind {kind:?} (apiVersion {api_version:?}) is not a v1 Pod, ConfigMap or Secret"
     )]
     NotAPod {
         /// The document's index.
@@ -80,6 +90,16 @@ pub enum PushError {
     /// A body with no document at all (400).
     #[error("request body: no pod in the request body")]
     Empty,
+    /// A ConfigMap or Secret that failed validation (422).
+    #[error("{kind} {} is invalid: {}", go_quote(.name), aggregate(.errors))]
+    InvalidObject {
+        /// `ConfigMap` or `Secret`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Every problem found, with field paths relative to the object.
+        errors: Vec<FieldError>,
+    },
     /// One or more pods failed validation (422).
     #[error("{}", invalid_message(.pods))]
     Invalid {
@@ -89,9 +109,11 @@ pub enum PushError {
         /// prefixed with `items[<index>].`.
         several: bool,
     },
-    /// No pushed pod of that namespace and name (404).
-    #[error("pods {} not found", go_quote(.name))]
+    /// No pushed pod (or ConfigMap, Secret) of that namespace and name (404).
+    #[error("{kind} {} not found", go_quote(.name))]
     NotFound {
+        /// The resource: `pods`, `configmaps` or `secrets`.
+        kind: &'static str,
         /// The namespace asked for.
         namespace: String,
         /// The name asked for.
@@ -107,7 +129,7 @@ impl PushError {
             Self::UnsupportedMediaType { .. } => 415,
             Self::TooLarge => 413,
             Self::Parse(_) | Self::NotAPod { .. } | Self::Empty => 400,
-            Self::Invalid { .. } => 422,
+            Self::Invalid { .. } | Self::InvalidObject { .. } => 422,
             Self::NotFound { .. } => 404,
         }
     }
@@ -120,11 +142,20 @@ impl PushError {
             Self::TooLarge => ("RequestEntityTooLarge", None),
             Self::Parse(_) | Self::NotAPod { .. } | Self::Empty => ("BadRequest", None),
             Self::Invalid { pods, several } => ("Invalid", Some(invalid_details(pods, *several))),
-            Self::NotFound { name, .. } => (
+            Self::InvalidObject { kind, name, errors } => (
+                "Invalid",
+                Some(StatusDetails {
+                    name: Some(name.clone()),
+                    kind: Some((*kind).to_owned()),
+                    causes: Some(errors.iter().map(cause).collect()),
+                    ..StatusDetails::default()
+                }),
+            ),
+            Self::NotFound { name, kind, .. } => (
                 "NotFound",
                 Some(StatusDetails {
                     name: Some(name.clone()),
-                    kind: Some("pods".to_owned()),
+                    kind: Some((*kind).to_owned()),
                     ..StatusDetails::default()
                 }),
             ),
@@ -161,21 +192,11 @@ fn invalid_details(pods: &[InvalidPod], several: bool) -> StatusDetails {
         .iter()
         .flat_map(|pod| {
             pod.errors.iter().map(move |error| {
-                let text = error.to_string();
-                let body = text
-                    .strip_prefix(&format!("{}: ", error.path))
-                    .unwrap_or(&text)
-                    .to_owned();
-                let field = if several {
-                    format!("items[{}].{}", pod.index, error.path)
-                } else {
-                    error.path.clone()
-                };
-                StatusCause {
-                    reason: Some(cause_reason(&error.kind).to_owned()),
-                    message: Some(body),
-                    field: Some(field),
+                let mut cause = cause(error);
+                if several {
+                    cause.field = Some(format!("items[{}].{}", pod.index, error.path));
                 }
+                cause
             })
         })
         .collect();
@@ -187,6 +208,21 @@ fn invalid_details(pods: &[InvalidPod], several: bool) -> StatusDetails {
         kind: Some("Pod".to_owned()),
         causes: Some(causes),
         ..StatusDetails::default()
+    }
+}
+
+/// A `StatusCause` for one field error, whose message is upstream's `ErrorBody` (the
+/// error without its field path).
+fn cause(error: &FieldError) -> StatusCause {
+    let text = error.to_string();
+    let body = text
+        .strip_prefix(&format!("{}: ", error.path))
+        .unwrap_or(&text)
+        .to_owned();
+    StatusCause {
+        reason: Some(cause_reason(&error.kind).to_owned()),
+        message: Some(body),
+        field: Some(error.path.clone()),
     }
 }
 
@@ -216,11 +252,37 @@ fn aggregate(errors: &[FieldError]) -> String {
     }
 }
 
-/// The pods pushed so far, by namespace and (suffixed) name.
+/// What one push added: its pods and objects, as stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pushed {
+    /// The pods, in body order.
+    pub pods: Vec<Pod>,
+    /// The ConfigMaps and Secrets, in body order.
+    pub objects: Vec<ApiObject>,
+}
+
+/// An object's kind and its key in the store.
+type ObjectKey = (&'static str, String, String);
+
+fn object_key(object: &ApiObject) -> ObjectKey {
+    let (kind, meta) = match object {
+        ApiObject::ConfigMap(c) => ("ConfigMap", &c.metadata),
+        ApiObject::Secret(s) => ("Secret", &s.metadata),
+    };
+    (
+        kind,
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The pods pushed so far, by namespace and (suffixed) name, and the ConfigMaps and
+/// Secrets by kind, namespace and name.
 #[derive(Debug, Clone)]
 pub struct PushStore {
     node_name: String,
     pods: BTreeMap<(String, String), Pod>,
+    objects: BTreeMap<ObjectKey, ApiObject>,
 }
 
 impl PushStore {
@@ -229,23 +291,21 @@ impl PushStore {
         Self {
             node_name: node_name.into(),
             pods: BTreeMap::new(),
+            objects: BTreeMap::new(),
         }
     }
 
     /// Parses a push body (YAML or JSON; a Pod, a List, or several documents),
-    /// defaults, identifies and validates every pod, and on success adds them,
-    /// replacing pods of the same namespace and name; returns the pods as
-    /// stored.
+    /// defaults, identifies and validates every pod (and defaults and validates every
+    /// ConfigMap and Secret), and on success adds them, replacing pods and objects of
+    /// the same namespace and name; returns them as stored.
     ///
     /// # Errors
     /// A [`PushError`] (and nothing changes) when the content type is not JSON
-    /// or YAML, the body is over the manifest limits or does not parse, holds no document or a non-pod
-    /// document, or any pod is invalid (including two pods of one name).
-    pub fn apply(
-        &mut self,
-        body: &[u8],
-        content_type: Option<&str>,
-    ) -> Result<Vec<Pod>, PushError> {
+    /// or YAML, the body is over the manifest limits or does not parse, holds no
+    /// document or a document of another kind, or any pod or object is invalid
+    /// (including two pods of one name).
+    pub fn apply(&mut self, body: &[u8], content_type: Option<&str>) -> Result<Pushed, PushError> {
         self.apply_at(body, content_type, SystemTime::now())
     }
 
@@ -258,7 +318,7 @@ impl PushStore {
         body: &[u8],
         content_type: Option<&str>,
         seen: SystemTime,
-    ) -> Result<Vec<Pod>, PushError> {
+    ) -> Result<Pushed, PushError> {
         check_content_type(content_type)?;
         if body.len() > MAX_MANIFEST_BYTES {
             return Err(PushError::TooLarge);
@@ -269,9 +329,20 @@ impl PushStore {
         }
         let several = documents.len() > 1;
         let mut pods = Vec::with_capacity(documents.len());
+        let mut objects = Vec::new();
         let mut invalid = Vec::new();
         let mut names: BTreeMap<(String, String), usize> = BTreeMap::new();
         for document in documents {
+            if let Some(mut object) = document.object {
+                default_object(&mut object);
+                let errors = validate_object(&object);
+                if !errors.is_empty() {
+                    let (kind, _, name) = object_key(&object);
+                    return Err(PushError::InvalidObject { kind, name, errors });
+                }
+                objects.push(object);
+                continue;
+            }
             let Some(mut pod) = document.pod else {
                 return Err(PushError::NotAPod {
                     index: document.index,
@@ -312,7 +383,13 @@ impl PushStore {
             stored.push(pod.clone());
             self.pods.insert(key, pod);
         }
-        Ok(stored)
+        for object in &objects {
+            self.objects.insert(object_key(object), object.clone());
+        }
+        Ok(Pushed {
+            pods: stored,
+            objects,
+        })
     }
 
     /// Removes a pushed pod and returns it. `name` is the pod's name as
@@ -329,9 +406,50 @@ impl PushStore {
             .remove(&exact)
             .or_else(|| self.pods.remove(&suffixed))
             .ok_or_else(|| PushError::NotFound {
+                kind: "pods",
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
             })
+    }
+
+    /// Removes a pushed ConfigMap (`kind` `ConfigMap`) or Secret (`Secret`) and
+    /// returns it; pods using it keep what their volumes hold, as when a manifest
+    /// file's document is removed.
+    ///
+    /// # Errors
+    /// [`PushError::NotFound`] when there is none of that kind, namespace and name.
+    pub fn delete_object(
+        &mut self,
+        kind: &'static str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ApiObject, PushError> {
+        self.objects
+            .remove(&(kind, namespace.to_owned(), name.to_owned()))
+            .ok_or_else(|| PushError::NotFound {
+                kind: if kind == "Secret" {
+                    "secrets"
+                } else {
+                    "configmaps"
+                },
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+    }
+
+    /// The pushed ConfigMaps and Secrets, by kind, namespace and name.
+    #[must_use]
+    pub fn objects(&self) -> Vec<ApiObject> {
+        self.objects.values().cloned().collect()
+    }
+
+    /// The objects event to send before [`PushStore::snapshot`] after a change.
+    #[must_use]
+    pub fn objects_event(&self) -> SourceEvent {
+        SourceEvent::Objects {
+            source: PUSH_SOURCE,
+            objects: self.objects(),
+        }
     }
 
     /// The pushed pods, ordered by namespace and name.
@@ -404,7 +522,8 @@ mod tests {
         let mut s = store();
         let pods = s
             .apply(pod_yaml("web", "busybox:1").as_bytes(), None)
-            .unwrap();
+            .unwrap()
+            .pods;
         assert_eq!(names(&pods), ["web-node1"]);
         let annotations = pods[0].metadata.annotations.as_ref().unwrap();
         assert_eq!(annotations[CONFIG_SOURCE_ANNOTATION], "http-push");
@@ -429,7 +548,7 @@ mod tests {
             Some("Application/JSON"),
             None,
         ] {
-            let pods = s.apply(json.as_bytes(), ct).unwrap();
+            let pods = s.apply(json.as_bytes(), ct).unwrap().pods;
             assert_eq!(names(&pods), ["j-node1"], "{ct:?}");
         }
         let err = s.apply(json.as_bytes(), Some("text/plain")).unwrap_err();
@@ -546,7 +665,8 @@ mod tests {
 
         let pods = s
             .apply(list("i").as_bytes(), Some("application/yaml"))
-            .unwrap();
+            .unwrap()
+            .pods;
         assert_eq!(names(&pods), ["a-node1", "b-node1"]);
         // Ordered by namespace, then name.
         assert_eq!(
@@ -603,7 +723,7 @@ mod tests {
             ),
             (
                 "apiVersion: v1\nkind: Service\n",
-                "request body: document 0: kind \"Service\" (apiVersion \"v1\") is not a v1 Pod; only pods can be pushed",
+                "request body: document 0: kind \"Service\" (apiVersion \"v1\") is not a v1 Pod, ConfigMap or Secret",
             ),
             (
                 "apiVersion: v1\nkind: Pod\nspec:\n  containers: 3\n",
@@ -630,14 +750,17 @@ mod tests {
         let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
         let first = s
             .apply_at(pod_yaml("web", "i:1").as_bytes(), None, at(1))
-            .unwrap();
+            .unwrap()
+            .pods;
         let again = s
             .apply_at(pod_yaml("web", "i:1").as_bytes(), None, at(2))
-            .unwrap();
+            .unwrap()
+            .pods;
         assert_eq!(again, first, "same content: same UID and config.seen");
         let edited = s
             .apply_at(pod_yaml("web", "i:2").as_bytes(), None, at(3))
-            .unwrap();
+            .unwrap()
+            .pods;
         assert_ne!(edited[0].metadata.uid, first[0].metadata.uid);
         assert_eq!(
             edited[0].metadata.annotations.as_ref().unwrap()[CONFIG_SEEN_ANNOTATION],
@@ -726,5 +849,96 @@ mod tests {
             "Pod \"web-node1\" is invalid: metadata.annotations: Too long: may not be more than 262144 bytes"
         );
         assert!(s.pods().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod object_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const OBJECTS: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {k: v}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\nstringData: {p: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - {name: app, image: i}\n";
+
+    fn data(object: &ApiObject) -> Vec<(String, Vec<u8>)> {
+        match object {
+            ApiObject::ConfigMap(c) => c
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                .collect(),
+            ApiObject::Secret(s) => s
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn config_maps_and_secrets_are_kept_beside_the_pods() {
+        let mut s = PushStore::new("node1");
+        let pushed = s.apply(OBJECTS.as_bytes(), None).unwrap();
+        assert_eq!(pushed.pods.len(), 1);
+        assert_eq!(pushed.objects.len(), 2);
+        // Defaulted as in a manifest file: namespace, stringData folded into data.
+        let objects = s.objects();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(nodelet_manifests::objects::name(&objects[0]), "cfg");
+        assert_eq!(data(&objects[1]), [("p".to_owned(), b"x".to_vec())]);
+        let SourceEvent::Objects { source, objects } = s.objects_event() else {
+            panic!("an objects event")
+        };
+        assert_eq!(source, PUSH_SOURCE);
+        assert_eq!(objects.len(), 2);
+
+        // Pushing one again replaces it; others stay.
+        let edit = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {k: w}\n";
+        let pushed = s.apply(edit.as_bytes(), None).unwrap();
+        assert!(pushed.pods.is_empty());
+        let objects = s.objects();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(data(&objects[0]), [("k".to_owned(), b"w".to_vec())]);
+        assert_eq!(s.pods().len(), 1);
+
+        // Deleted by kind, namespace and name.
+        let err = s.delete_object("Secret", "default", "s").unwrap_err();
+        assert_eq!(err.code(), 404);
+        assert_eq!(err.to_string(), "secrets \"s\" not found");
+        s.delete_object("Secret", "ns", "s").unwrap();
+        assert_eq!(
+            s.delete_object("ConfigMap", "default", "cfg")
+                .map(|o| data(&o))
+                .unwrap(),
+            [("k".to_owned(), b"w".to_vec())]
+        );
+        assert!(s.objects().is_empty());
+        assert_eq!(s.pods().len(), 1);
+    }
+
+    #[test]
+    fn an_invalid_object_refuses_the_body_with_field_paths() {
+        let mut s = PushStore::new("node1");
+        let body = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {'a/b': v, '..x': w}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - {name: app, image: i}\n";
+        let err = s.apply(body.as_bytes(), None).unwrap_err();
+        assert_eq!(err.code(), 422);
+        let status = err.status();
+        assert_eq!(status.reason.as_deref(), Some("Invalid"));
+        let message = status.message.unwrap();
+        assert!(
+            message.starts_with("ConfigMap \"cfg\" is invalid: ["),
+            "{message}"
+        );
+        let details = status.details.unwrap();
+        assert_eq!(details.kind.as_deref(), Some("ConfigMap"));
+        let fields: Vec<String> = details
+            .causes
+            .unwrap()
+            .into_iter()
+            .map(|c| c.field.unwrap())
+            .collect();
+        assert_eq!(fields, ["data[..x]", "data[a/b]"]);
+        assert!(s.pods().is_empty() && s.objects().is_empty());
     }
 }
