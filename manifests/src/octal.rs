@@ -53,12 +53,9 @@ enum Frame {
 /// integer replaced by its decimal value (see the module documentation); borrowed
 /// when there is none.
 pub fn resolve_octals(text: &str) -> Cow<'_, str> {
-    // Nothing can match without a `0` followed by an octal digit or `o`.
-    let candidate = text
-        .as_bytes()
-        .windows(2)
-        .any(|w| w[0] == b'0' && (w[1].is_ascii_digit() || w[1] == b'o' || w[1] == b'_'));
-    if !candidate {
+    // The event parser costs more than serde_yaml's own parse: run it only when some
+    // token looks like an octal (it then decides which are plain values).
+    if !has_candidate(text.as_bytes()) {
         return Cow::Borrowed(text);
     }
     let mut found: Vec<(usize, usize, i64)> = Vec::new();
@@ -123,6 +120,36 @@ pub fn resolve_octals(text: &str) -> Cow<'_, str> {
     }
     out.push_str(&text[copied..]);
     Cow::Owned(out)
+}
+
+/// Whether `text` holds a token shaped like a YAML 1.1 octal: after a separator (or a
+/// sign), `0`, an optional `o`, octal digits or `_`, then a separator or the end.
+fn has_candidate(text: &[u8]) -> bool {
+    let separator = |b: u8| b" \t\r\n[]{},:#".contains(&b);
+    text.iter().enumerate().any(|(i, &b)| {
+        if b != b'0' {
+            return false;
+        }
+        // After a separator, or after a sign that is after one.
+        let at = |j: Option<usize>| j.map(|j| text[j]);
+        let ok = match at(i.checked_sub(1)) {
+            None => true,
+            Some(b'-' | b'+') => at(i.checked_sub(2)).is_none_or(separator),
+            Some(p) => separator(p),
+        };
+        if !ok {
+            return false;
+        }
+        let mut rest = &text[i + 1..];
+        if rest.first() == Some(&b'o') {
+            rest = &rest[1..];
+        }
+        let digits = rest
+            .iter()
+            .take_while(|&&d| (b'0'..=b'7').contains(&d) || d == b'_')
+            .count();
+        digits > 0 && rest.get(digits).is_none_or(|&t| separator(t))
+    })
 }
 
 /// The byte offset of `line` (from 1) and `col` (characters, from 0) in `text`.
@@ -193,6 +220,33 @@ mod tests {
             resolve_octals(text),
             "# héllo wörld\nname: ünï\nmode: 256  # ÿ\n---\nx: 7  \n"
         );
+    }
+
+    #[test]
+    fn only_octal_shaped_tokens_start_the_event_parser() {
+        for text in [
+            "a: 0400",
+            "a: [0o7]",
+            "a: -01\n",
+            "a: {b: 00}",
+            "0400",
+            "a: 0_4 # c",
+        ] {
+            assert!(has_candidate(text.as_bytes()), "{text}");
+        }
+        for text in [
+            "a: 100",
+            "a: 2024-01-02",
+            "a: 0",
+            "a: 08",
+            "a: 0400a",
+            "a: 1.05",
+            "a: x0400",
+            "a: 0x10",
+            "image: busybox:1.36",
+        ] {
+            assert!(!has_candidate(text.as_bytes()), "{text}");
+        }
     }
 
     #[test]
