@@ -2,16 +2,16 @@
 //! apiserver: keys that aren't valid file names and objects over 1 MiB are refused
 //! by the apiserver with the very message nodelet's own validation gives standalone
 //! documents; an object deleted under a running pod leaves the volume's last
-//! contents (upstream's kubelet only fails the next set-up); a Secret changed while
+//! contents (upstream's kubelet only fails the next set-up, with `FailedMount`); a Secret changed while
 //! its pod terminates neither crashes the agent nor writes into the torn-down
 //! volume; once the pod is gone no tmpfs is mounted under its directory and the
 //! directory is gone.
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
 use super::support::cluster::{
     TestNamespace, admin_client, admin_kubeconfig, joined_world, wait_ready,
@@ -177,7 +177,21 @@ pub(super) async fn run() {
         .delete("doomed", &DeleteParams::default())
         .await
         .expect("delete");
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Upstream's kubelet fails the volume's next set-up with FailedMount, and the
+    // files stay.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let want = "MountVolume.SetUp failed for volume \"doomed\" : configmap \"doomed\" not found";
+    wait_for("the FailedMount event", Duration::from_secs(60), || async {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=holder"))
+            .await
+            .ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("FailedMount") && e.message.as_deref() == Some(want)
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(sh(&w, &id, "cat /doomed/v").await, "last");
     let now = pods.get("holder").await.expect("pod");
     assert_eq!(phase(&now), "Running");
