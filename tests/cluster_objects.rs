@@ -7,10 +7,15 @@
 //! files; the `kube-api-access` token is a JWT the apiserver's TokenReview accepts,
 //! bound to the pod; a projected volume with all four sources; a secret's items and
 //! modes on tmpfs; a label change reaching a downwardAPI file; an immutable
-//! ConfigMap no longer followed. Needs `NODELET_TEST_KUBECONFIG` (see `support::cluster`) and the test
+//! ConfigMap no longer followed; a 600 s projected token refreshed after 480 s
+//! (`cluster_objects/token_refresh.rs`); bad input (`cluster_objects/bad_input.rs`). Needs `NODELET_TEST_KUBECONFIG` (see `support::cluster`) and the test
 //! containerd.
 
+#[path = "cluster_objects/bad_input.rs"]
+mod bad_input;
 mod support;
+#[path = "cluster_objects/token_refresh.rs"]
+mod token_refresh;
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +74,20 @@ fn env_map(text: &str) -> std::collections::BTreeMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+}
+
+/// Runs for 8 minutes, mostly waiting: its name sorts first so it starts first and
+/// the other tests run beside it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bound_token_is_refreshed_at_80_percent_of_its_life() {
+    token_refresh::run().await;
+}
+
+/// Bad keys and sizes, an object deleted under a pod, a Secret changed while its pod
+/// terminates, nothing left after it (`cluster_objects/bad_input.rs`).
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_around_config_map_and_secret_volumes() {
+    bad_input::run().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,6 +15,7 @@ pub mod event;
 pub mod identity;
 pub mod limits;
 pub mod objects;
+pub mod octal;
 pub mod parse;
 pub mod quantity;
 pub mod static_pod;

@@ -85,8 +85,10 @@ pub fn validate_object(object: &ApiObject) -> Vec<FieldError> {
                 }
                 total += v.0.len();
             }
+            // Upstream's ValidateConfigMap names the whole object (`field.NewPath("")`,
+            // which the apiserver prints as `[]`); ValidateSecret names `data`.
             if total > MAX_OBJECT_DATA {
-                errors.push(FieldError::too_long("data", MAX_OBJECT_DATA));
+                errors.push(FieldError::too_long("[]", MAX_OBJECT_DATA));
             }
         }
         ApiObject::Secret(Secret { data, .. }) => {
@@ -164,7 +166,7 @@ mod tests {
             "{errors:?}"
         );
         assert!(
-            errors.iter().any(|e| e.starts_with("data: Too long")),
+            errors.iter().any(|e| e.starts_with("[]: Too long")),
             "{errors:?}"
         );
         assert_eq!(errors.len(), 4, "{errors:?}");

@@ -111,7 +111,8 @@ fn at_text(at: &Option<Location>) -> String {
 /// labels errors.
 ///
 /// JSON is recognised by a leading `{` (after whitespace), as upstream's
-/// `yaml.ToJSON` does; anything else is read as a YAML stream.
+/// `yaml.ToJSON` does; anything else is read as a YAML stream, where plain scalars
+/// such as `0400` are YAML 1.1 octal integers as for upstream ([`crate::octal`]).
 ///
 /// The text is first held to the limits of [`crate::limits`] (size, documents,
 /// nesting, nodes, alias expansion), so that parsing costs bounded memory and
@@ -144,6 +145,15 @@ pub fn parse_manifests(bytes: &[u8], origin: &str) -> Result<Vec<Document>, Pars
             return Err(limit_error(crossed));
         }
     }
+    // YAML 1.1 octals (`defaultMode: 0400`) read as upstream reads them.
+    let resolved = match (format, std::str::from_utf8(bytes)) {
+        (Format::Yaml, Ok(text)) => match crate::octal::resolve_octals(text) {
+            std::borrow::Cow::Owned(text) => Some(text),
+            std::borrow::Cow::Borrowed(_) => None,
+        },
+        _ => None,
+    };
+    let bytes = resolved.as_ref().map_or(bytes, String::as_bytes);
     let mut parser = Parser {
         bytes,
         origin,
@@ -498,6 +508,51 @@ spec:
                 parse_manifests(input.as_bytes(), "f").unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(&kinds(&docs), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn yaml_1_1_octals_are_integers_and_quoted_ones_strings() {
+        let pod = |mode: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  volumes:\n  - name: s\n    secret: {{secretName: s, defaultMode: {mode}, items: [{{key: k, path: k, mode: 0o440}}]}}\n  containers: [{{name: app, image: i}}]\n"
+            )
+        };
+        for (mode, want) in [("0400", 256), ("0o644", 420), ("256", 256), ("0x1FF", 511)] {
+            let docs = parse_manifests(pod(mode).as_bytes(), "f").unwrap();
+            let spec = docs[0].pod.as_ref().unwrap().spec.as_ref().unwrap();
+            let secret = spec.volumes.as_ref().unwrap()[0].secret.as_ref().unwrap();
+            assert_eq!(secret.default_mode, Some(want), "{mode}");
+            assert_eq!(secret.items.as_ref().unwrap()[0].mode, Some(0o440));
+        }
+        // Quoted, it is a string, refused at its own line and column as before.
+        for quoted in ["'0400'", "\"0400\""] {
+            let e = parse_manifests(pod(quoted).as_bytes(), "f").unwrap_err();
+            assert!(
+                e.to_string().contains("invalid type: string \"0400\""),
+                "{quoted}: {e}"
+            );
+            assert_eq!(e.location.map(|l| l.line), Some(7), "{e}");
+        }
+        // Positions after a rewritten octal stay where they were.
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {a: 0400}}\nspec:\n  containers: 3\n";
+        let e = parse_manifests(text.as_bytes(), "f").unwrap_err();
+        assert_eq!(
+            e.location,
+            Some(Location {
+                line: 5,
+                column: 15
+            }),
+            "{e}"
+        );
+        // Upstream reads an unquoted 0400 label value as the number 256 too, and
+        // refuses it where a string is wanted.
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {a: 0400}}\nspec:\n  containers: [{name: app, image: i}]\n";
+        let e = parse_manifests(text.as_bytes(), "f").unwrap_err();
+        assert!(e.to_string().contains("invalid type: integer `256`"), "{e}");
+        // JSON has no octals: untouched.
+        let json = r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"m": "0400"}}"#;
+        let docs = parse_manifests(json.as_bytes(), "f.json").unwrap();
+        assert!(docs[0].object.is_some());
     }
 
     #[test]

@@ -14,5 +14,5 @@ pub mod url;
 
 pub use file::FileSource;
 pub use nodelet_manifests::{MAX_MANIFEST_BYTES, SourceEvent};
-pub use push::{InvalidPod, PushError, PushStore};
+pub use push::{InvalidPod, PushError, PushStore, Pushed};
 pub use url::{HeaderFlagError, UrlSource, UrlSourceError, parse_header_flag};

@@ -12,12 +12,22 @@
 //! Pushed pods are named like static pods, `<name>-<node>`, and are keyed by
 //! namespace and that name: pushing a pod of the same name replaces it (an
 //! identical push keeps its UID, so the pod is not restarted).
+//!
+//! A body may also hold `v1` ConfigMap and Secret documents, which pushed and other
+//! standalone pods mount and reference, as beside the pods of a manifest file:
+//! defaulted and validated the same way (an invalid one refuses the body, 422 with
+//! its field paths), kept under their own name by kind, namespace and name (pushing
+//! one again replaces it, and the change reaches running pods) and removed with
+//! `DELETE /configmaps/<namespace>/<name>` or `DELETE /secrets/<namespace>/<name>`.
+//! [`PushStore::objects_event`] is sent before the pods' snapshot.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
+use nodelet_manifests::ApiObject;
+use nodelet_manifests::objects::{default_object, validate_object};
 
 use nodelet_manifests::validate::go_quote;
 use nodelet_manifests::{
@@ -65,9 +75,9 @@ pub enum PushError {
     /// The body does not parse (400).
     #[error(transparent)]
     Parse(#[from] ParseError),
-    /// A document that is not a v1 Pod (400).
+    /// A document that is not a v1 Pod, ConfigMap or Secret (400).
     #[error(
-        "request body: document {index}: kind {kind:?} (apiVersion {api_version:?}) is not a v1 Pod; only pods can be pushed"
+        "request body: document {index}: kind {kind:?} (apiVersion {api_version:?}) is not a v1 Pod, ConfigMap or Secret"
     )]
     NotAPod {
         /// The document's index.
@@ -80,6 +90,16 @@ pub enum PushError {
     /// A body with no document at all (400).
     #[error("request body: no pod in the request body")]
     Empty,
+    /// A ConfigMap or Secret that failed validation (422).
+    #[error("{kind} {} is invalid: {}", go_quote(.name), aggregate(.errors))]
+    InvalidObject {
+        /// `ConfigMap` or `Secret`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Every problem found, with field paths relative to the object.
+        errors: Vec<FieldError>,
+    },
     /// One or more pods failed validation (422).
     #[error("{}", invalid_message(.pods))]
     Invalid {
@@ -89,9 +109,11 @@ pub enum PushError {
         /// prefixed with `items[<index>].`.
         several: bool,
     },
-    /// No pushed pod of that namespace and name (404).
-    #[error("pods {} not found", go_quote(.name))]
+    /// No pushed pod (or ConfigMap, Secret) of that namespace and name (404).
+    #[error("{kind} {} not found", go_quote(.name))]
     NotFound {
+        /// The resource: `pods`, `configmaps` or `secrets`.
+        kind: &'static str,
         /// The namespace asked for.
         namespace: String,
         /// The name asked for.
@@ -107,7 +129,7 @@ impl PushError {
             Self::UnsupportedMediaType { .. } => 415,
             Self::TooLarge => 413,
             Self::Parse(_) | Self::NotAPod { .. } | Self::Empty => 400,
-            Self::Invalid { .. } => 422,
+            Self::Invalid { .. } | Self::InvalidObject { .. } => 422,
             Self::NotFound { .. } => 404,
         }
     }
@@ -120,11 +142,20 @@ impl PushError {
             Self::TooLarge => ("RequestEntityTooLarge", None),
             Self::Parse(_) | Self::NotAPod { .. } | Self::Empty => ("BadRequest", None),
             Self::Invalid { pods, several } => ("Invalid", Some(invalid_details(pods, *several))),
-            Self::NotFound { name, .. } => (
+            Self::InvalidObject { kind, name, errors } => (
+                "Invalid",
+                Some(StatusDetails {
+                    name: Some(name.clone()),
+                    kind: Some((*kind).to_owned()),
+                    causes: Some(errors.iter().map(cause).collect()),
+                    ..StatusDetails::default()
+                }),
+            ),
+            Self::NotFound { name, kind, .. } => (
                 "NotFound",
                 Some(StatusDetails {
                     name: Some(name.clone()),
-                    kind: Some("pods".to_owned()),
+                    kind: Some((*kind).to_owned()),
                     ..StatusDetails::default()
                 }),
             ),
@@ -161,21 +192,11 @@ fn invalid_details(pods: &[InvalidPod], several: bool) -> StatusDetails {
         .iter()
         .flat_map(|pod| {
             pod.errors.iter().map(move |error| {
-                let text = error.to_string();
-                let body = text
-                    .strip_prefix(&format!("{}: ", error.path))
-                    .unwrap_or(&text)
-                    .to_owned();
-                let field = if several {
-                    format!("items[{}].{}", pod.index, error.path)
-                } else {
-                    error.path.clone()
-                };
-                StatusCause {
-                    reason: Some(cause_reason(&error.kind).to_owned()),
-                    message: Some(body),
-                    field: Some(field),
+                let mut cause = cause(error);
+                if several {
+                    cause.field = Some(format!("items[{}].{}", pod.index, error.path));
                 }
+                cause
             })
         })
         .collect();
@@ -187,6 +208,21 @@ fn invalid_details(pods: &[InvalidPod], several: bool) -> StatusDetails {
         kind: Some("Pod".to_owned()),
         causes: Some(causes),
         ..StatusDetails::default()
+    }
+}
+
+/// A `StatusCause` for one field error, whose message is upstream's `ErrorBody` (the
+/// error without its field path).
+fn cause(error: &FieldError) -> StatusCause {
+    let text = error.to_string();
+    let body = text
+        .strip_prefix(&format!("{}: ", error.path))
+        .unwrap_or(&text)
+        .to_owned();
+    StatusCause {
+        reason: Some(cause_reason(&error.kind).to_owned()),
+        message: Some(body),
+        field: Some(error.path.clone()),
     }
 }
 
@@ -216,11 +252,37 @@ fn aggregate(errors: &[FieldError]) -> String {
     }
 }
 
-/// The pods pushed so far, by namespace and (suffixed) name.
+/// What one push added: its pods and objects, as stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pushed {
+    /// The pods, in body order.
+    pub pods: Vec<Pod>,
+    /// The ConfigMaps and Secrets, in body order.
+    pub objects: Vec<ApiObject>,
+}
+
+/// An object's kind and its key in the store.
+type ObjectKey = (&'static str, String, String);
+
+fn object_key(object: &ApiObject) -> ObjectKey {
+    let (kind, meta) = match object {
+        ApiObject::ConfigMap(c) => ("ConfigMap", &c.metadata),
+        ApiObject::Secret(s) => ("Secret", &s.metadata),
+    };
+    (
+        kind,
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The pods pushed so far, by namespace and (suffixed) name, and the ConfigMaps and
+/// Secrets by kind, namespace and name.
 #[derive(Debug, Clone)]
 pub struct PushStore {
     node_name: String,
     pods: BTreeMap<(String, String), Pod>,
+    objects: BTreeMap<ObjectKey, ApiObject>,
 }
 
 impl PushStore {
@@ -229,23 +291,21 @@ impl PushStore {
         Self {
             node_name: node_name.into(),
             pods: BTreeMap::new(),
+            objects: BTreeMap::new(),
         }
     }
 
     /// Parses a push body (YAML or JSON; a Pod, a List, or several documents),
-    /// defaults, identifies and validates every pod, and on success adds them,
-    /// replacing pods of the same namespace and name; returns the pods as
-    /// stored.
+    /// defaults, identifies and validates every pod (and defaults and validates every
+    /// ConfigMap and Secret), and on success adds them, replacing pods and objects of
+    /// the same namespace and name; returns them as stored.
     ///
     /// # Errors
     /// A [`PushError`] (and nothing changes) when the content type is not JSON
-    /// or YAML, the body is over the manifest limits or does not parse, holds no document or a non-pod
-    /// document, or any pod is invalid (including two pods of one name).
-    pub fn apply(
-        &mut self,
-        body: &[u8],
-        content_type: Option<&str>,
-    ) -> Result<Vec<Pod>, PushError> {
+    /// or YAML, the body is over the manifest limits or does not parse, holds no
+    /// document or a document of another kind, or any pod or object is invalid
+    /// (including two pods of one name).
+    pub fn apply(&mut self, body: &[u8], content_type: Option<&str>) -> Result<Pushed, PushError> {
         self.apply_at(body, content_type, SystemTime::now())
     }
 
@@ -258,7 +318,7 @@ impl PushStore {
         body: &[u8],
         content_type: Option<&str>,
         seen: SystemTime,
-    ) -> Result<Vec<Pod>, PushError> {
+    ) -> Result<Pushed, PushError> {
         check_content_type(content_type)?;
         if body.len() > MAX_MANIFEST_BYTES {
             return Err(PushError::TooLarge);
@@ -269,9 +329,20 @@ impl PushStore {
         }
         let several = documents.len() > 1;
         let mut pods = Vec::with_capacity(documents.len());
+        let mut objects = Vec::new();
         let mut invalid = Vec::new();
         let mut names: BTreeMap<(String, String), usize> = BTreeMap::new();
         for document in documents {
+            if let Some(mut object) = document.object {
+                default_object(&mut object);
+                let errors = validate_object(&object);
+                if !errors.is_empty() {
+                    let (kind, _, name) = object_key(&object);
+                    return Err(PushError::InvalidObject { kind, name, errors });
+                }
+                objects.push(object);
+                continue;
+            }
             let Some(mut pod) = document.pod else {
                 return Err(PushError::NotAPod {
                     index: document.index,
@@ -312,7 +383,13 @@ impl PushStore {
             stored.push(pod.clone());
             self.pods.insert(key, pod);
         }
-        Ok(stored)
+        for object in &objects {
+            self.objects.insert(object_key(object), object.clone());
+        }
+        Ok(Pushed {
+            pods: stored,
+            objects,
+        })
     }
 
     /// Removes a pushed pod and returns it. `name` is the pod's name as
@@ -329,9 +406,50 @@ impl PushStore {
             .remove(&exact)
             .or_else(|| self.pods.remove(&suffixed))
             .ok_or_else(|| PushError::NotFound {
+                kind: "pods",
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
             })
+    }
+
+    /// Removes a pushed ConfigMap (`kind` `ConfigMap`) or Secret (`Secret`) and
+    /// returns it; pods using it keep what their volumes hold, as when a manifest
+    /// file's document is removed.
+    ///
+    /// # Errors
+    /// [`PushError::NotFound`] when there is none of that kind, namespace and name.
+    pub fn delete_object(
+        &mut self,
+        kind: &'static str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ApiObject, PushError> {
+        self.objects
+            .remove(&(kind, namespace.to_owned(), name.to_owned()))
+            .ok_or_else(|| PushError::NotFound {
+                kind: if kind == "Secret" {
+                    "secrets"
+                } else {
+                    "configmaps"
+                },
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+    }
+
+    /// The pushed ConfigMaps and Secrets, by kind, namespace and name.
+    #[must_use]
+    pub fn objects(&self) -> Vec<ApiObject> {
+        self.objects.values().cloned().collect()
+    }
+
+    /// The objects event to send before [`PushStore::snapshot`] after a change.
+    #[must_use]
+    pub fn objects_event(&self) -> SourceEvent {
+        SourceEvent::Objects {
+            source: PUSH_SOURCE,
+            objects: self.objects(),
+        }
     }
 
     /// The pushed pods, ordered by namespace and name.
@@ -377,354 +495,5 @@ fn check_content_type(content_type: Option<&str>) -> Result<(), PushError> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use nodelet_manifests::{CONFIG_SEEN_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
-    use std::time::{Duration, UNIX_EPOCH};
-
-    fn pod_yaml(name: &str, image: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: app\n    image: {image}\n"
-        )
-    }
-
-    fn names(pods: &[Pod]) -> Vec<String> {
-        pods.iter()
-            .map(|p| p.metadata.name.clone().unwrap_or_default())
-            .collect()
-    }
-
-    fn store() -> PushStore {
-        PushStore::new("Node1")
-    }
-
-    #[test]
-    fn valid_pod_is_stored_with_static_identity() {
-        let mut s = store();
-        let pods = s
-            .apply(pod_yaml("web", "busybox:1").as_bytes(), None)
-            .unwrap();
-        assert_eq!(names(&pods), ["web-node1"]);
-        let annotations = pods[0].metadata.annotations.as_ref().unwrap();
-        assert_eq!(annotations[CONFIG_SOURCE_ANNOTATION], "http-push");
-        assert_eq!(pods[0].metadata.namespace.as_deref(), Some("default"));
-        assert_eq!(s.pods(), pods);
-        assert_eq!(
-            s.snapshot(),
-            SourceEvent::Snapshot {
-                source: "http-push",
-                pods
-            }
-        );
-    }
-
-    #[test]
-    fn json_body_and_content_types() {
-        let json = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"j","namespace":"ns"},"spec":{"containers":[{"name":"c","image":"i:1"}]}}"#;
-        let mut s = store();
-        for ct in [
-            Some("application/json"),
-            Some("application/yaml; charset=utf-8"),
-            Some("Application/JSON"),
-            None,
-        ] {
-            let pods = s.apply(json.as_bytes(), ct).unwrap();
-            assert_eq!(names(&pods), ["j-node1"], "{ct:?}");
-        }
-        let err = s.apply(json.as_bytes(), Some("text/plain")).unwrap_err();
-        assert_eq!(err.code(), 415);
-        let status = err.status();
-        assert_eq!(status.reason.as_deref(), Some("UnsupportedMediaType"));
-        assert_eq!(
-            status.message.as_deref(),
-            Some(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/x-yaml, text/yaml, text/x-yaml"
-            )
-        );
-    }
-
-    #[test]
-    fn invalid_pod_is_a_422_status_like_the_apiservers() {
-        let mut s = store();
-        s.apply(pod_yaml("keep", "busybox:1").as_bytes(), None)
-            .unwrap();
-        let err = s.apply(pod_yaml("x", "''").as_bytes(), None).unwrap_err();
-        assert_eq!(err.code(), 422);
-        let json = serde_json::to_value(err.status()).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Failure",
-                "message": "Pod \"x-node1\" is invalid: spec.containers[0].image: Required value",
-                "reason": "Invalid",
-                "details": {
-                    "name": "x-node1",
-                    "kind": "Pod",
-                    "causes": [{
-                        "reason": "FieldValueRequired",
-                        "message": "Required value",
-                        "field": "spec.containers[0].image"
-                    }]
-                },
-                "code": 422
-            })
-        );
-        assert_eq!(
-            names(&s.pods()),
-            ["keep-node1"],
-            "a refused push changes nothing"
-        );
-    }
-
-    #[test]
-    fn several_errors_are_aggregated_with_values_in_causes() {
-        let body = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\nspec:\n  containers:\n  - name: app\n    image: ''\n  - name: app\n    image: i\n    ports:\n    - containerPort: 70000\n";
-        let err = store().apply(body.as_bytes(), None).unwrap_err();
-        let status = err.status();
-        assert_eq!(
-            status.message.as_deref(),
-            Some(
-                "Pod \"x-node1\" is invalid: [spec.containers[0].image: Required value, spec.containers[1].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive, spec.containers[1].name: Duplicate value: \"app\"]"
-            )
-        );
-        let causes: Vec<(String, String, String)> = status
-            .details
-            .unwrap()
-            .causes
-            .unwrap()
-            .into_iter()
-            .map(|c| (c.reason.unwrap(), c.field.unwrap(), c.message.unwrap()))
-            .collect();
-        assert_eq!(
-            causes,
-            [
-                (
-                    "FieldValueRequired".into(),
-                    "spec.containers[0].image".into(),
-                    "Required value".into()
-                ),
-                (
-                    "FieldValueInvalid".into(),
-                    "spec.containers[1].ports[0].containerPort".into(),
-                    "Invalid value: 70000: must be between 1 and 65535, inclusive".into()
-                ),
-                (
-                    "FieldValueDuplicate".into(),
-                    "spec.containers[1].name".into(),
-                    "Duplicate value: \"app\"".into()
-                ),
-            ]
-        );
-    }
-
-    #[test]
-    fn list_of_pods_is_all_or_nothing() {
-        let list = |second_image: &str| {
-            format!(
-                "apiVersion: v1\nkind: List\nitems:\n- {{apiVersion: v1, kind: Pod, metadata: {{name: a}}, spec: {{containers: [{{name: c, image: i}}]}}}}\n- {{apiVersion: v1, kind: Pod, metadata: {{name: b, namespace: kube-system}}, spec: {{containers: [{{name: c, image: {second_image}}}]}}}}\n"
-            )
-        };
-        let mut s = store();
-        let err = s.apply(list("''").as_bytes(), None).unwrap_err();
-        assert_eq!(err.code(), 422);
-        let status = err.status();
-        assert_eq!(
-            status.message.as_deref(),
-            Some("Pod \"b-node1\" is invalid: spec.containers[0].image: Required value")
-        );
-        let details = status.details.unwrap();
-        assert_eq!(details.name.as_deref(), Some("b-node1"));
-        assert_eq!(
-            details.causes.unwrap()[0].field.as_deref(),
-            Some("items[1].spec.containers[0].image")
-        );
-        assert!(s.pods().is_empty());
-
-        let pods = s
-            .apply(list("i").as_bytes(), Some("application/yaml"))
-            .unwrap();
-        assert_eq!(names(&pods), ["a-node1", "b-node1"]);
-        // Ordered by namespace, then name.
-        assert_eq!(
-            s.pods()
-                .iter()
-                .map(|p| p.metadata.namespace.clone().unwrap())
-                .collect::<Vec<_>>(),
-            ["default", "kube-system"]
-        );
-    }
-
-    #[test]
-    fn several_invalid_pods_and_duplicates() {
-        let body = format!(
-            "{}---\n{}---\n{}",
-            pod_yaml("a", "''"),
-            pod_yaml("b", "i"),
-            pod_yaml("b", "j")
-        );
-        let err = store().apply(body.as_bytes(), None).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "[Pod \"a-node1\" is invalid: spec.containers[0].image: Required value, Pod \"b-node1\" is invalid: metadata.name: Duplicate value: \"b-node1\"]"
-        );
-        let details = err.status().details.unwrap();
-        assert_eq!(details.name, None);
-        let fields: Vec<String> = details
-            .causes
-            .unwrap()
-            .into_iter()
-            .map(|c| c.field.unwrap())
-            .collect();
-        assert_eq!(
-            fields,
-            [
-                "items[0].spec.containers[0].image",
-                "items[2].metadata.name"
-            ]
-        );
-    }
-
-    #[test]
-    fn unparseable_bodies_are_400() {
-        let cases: &[(&str, &str)] = &[
-            (
-                "kind: Pod\nmetadata: [\n",
-                "request body: document 0: invalid YAML",
-            ),
-            ("{\"kind\": ", "request body: document 0: invalid JSON"),
-            ("", "request body: no pod in the request body"),
-            (
-                "# only a comment\n",
-                "request body: no pod in the request body",
-            ),
-            (
-                "apiVersion: v1\nkind: Service\n",
-                "request body: document 0: kind \"Service\" (apiVersion \"v1\") is not a v1 Pod; only pods can be pushed",
-            ),
-            (
-                "apiVersion: v1\nkind: Pod\nspec:\n  containers: 3\n",
-                "request body: document 0: invalid Pod",
-            ),
-        ];
-        for (body, prefix) in cases {
-            let mut s = store();
-            let err = s.apply(body.as_bytes(), None).unwrap_err();
-            assert_eq!(err.code(), 400, "{body:?}");
-            let status = err.status();
-            assert_eq!(status.code, Some(400));
-            assert_eq!(status.reason.as_deref(), Some("BadRequest"));
-            assert_eq!(status.status.as_deref(), Some("Failure"));
-            let message = status.message.unwrap();
-            assert!(message.starts_with(prefix), "{body:?}: {message}");
-            assert!(s.pods().is_empty());
-        }
-    }
-
-    #[test]
-    fn repush_replaces_and_identical_push_keeps_uid_and_seen() {
-        let mut s = store();
-        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
-        let first = s
-            .apply_at(pod_yaml("web", "i:1").as_bytes(), None, at(1))
-            .unwrap();
-        let again = s
-            .apply_at(pod_yaml("web", "i:1").as_bytes(), None, at(2))
-            .unwrap();
-        assert_eq!(again, first, "same content: same UID and config.seen");
-        let edited = s
-            .apply_at(pod_yaml("web", "i:2").as_bytes(), None, at(3))
-            .unwrap();
-        assert_ne!(edited[0].metadata.uid, first[0].metadata.uid);
-        assert_eq!(
-            edited[0].metadata.annotations.as_ref().unwrap()[CONFIG_SEEN_ANNOTATION],
-            "1970-01-01T00:00:03.000000000Z"
-        );
-        assert_eq!(s.pods(), edited);
-    }
-
-    #[test]
-    fn delete_by_either_name_and_404_when_absent() {
-        let mut s = store();
-        s.apply(pod_yaml("web", "i").as_bytes(), None).unwrap();
-        s.apply(pod_yaml("db", "i").as_bytes(), None).unwrap();
-        let removed = s.delete("default", "web-node1").unwrap();
-        assert_eq!(removed.metadata.name.as_deref(), Some("web-node1"));
-        let removed = s.delete("default", "db").unwrap();
-        assert_eq!(removed.metadata.name.as_deref(), Some("db-node1"));
-        assert!(s.pods().is_empty());
-
-        let err = s.delete("default", "web").unwrap_err();
-        assert_eq!(err.code(), 404);
-        assert_eq!(
-            serde_json::to_value(err.status()).unwrap(),
-            serde_json::json!({
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Failure",
-                "message": "pods \"web\" not found",
-                "reason": "NotFound",
-                "details": {"name": "web", "kind": "pods"},
-                "code": 404
-            })
-        );
-        s.apply(pod_yaml("web", "i").as_bytes(), None).unwrap();
-        assert_eq!(
-            s.delete("other", "web").unwrap_err().code(),
-            404,
-            "namespaces are kept apart"
-        );
-    }
-
-    #[test]
-    fn bodies_past_the_manifest_limits_are_refused() {
-        let mut s = store();
-        let mut big = pod_yaml("web", "i");
-        big.push_str(&format!("# {}\n", "x".repeat(MAX_MANIFEST_BYTES)));
-        let err = s.apply(big.as_bytes(), None).unwrap_err();
-        assert_eq!(err.code(), 413);
-        assert_eq!(
-            serde_json::to_value(err.status()).unwrap(),
-            serde_json::json!({
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Failure",
-                "message": "Request entity too large: limit is 3145728",
-                "reason": "RequestEntityTooLarge",
-                "code": 413
-            })
-        );
-        let deep = "[".repeat(100_000);
-        let err = s.apply(deep.as_bytes(), None).unwrap_err();
-        assert_eq!(err.code(), 400);
-        assert_eq!(
-            err.to_string(),
-            "request body: document 0: nested deeper than 100 levels, the limit for a manifest (at line 1 column 101)"
-        );
-        let empties = "---\n".repeat(10_000);
-        let err = s.apply(empties.as_bytes(), None).unwrap_err();
-        assert!(
-            err.to_string().contains("more than 1000 documents"),
-            "{err}"
-        );
-        let annotated = pod_yaml("web", "i").replace(
-            "  name: web\n",
-            &format!(
-                "  name: web\n  annotations:\n    a: {}\n",
-                "x".repeat(300 << 10)
-            ),
-        );
-        let err = s.apply(annotated.as_bytes(), None).unwrap_err();
-        assert_eq!(err.code(), 422);
-        assert_eq!(
-            err.to_string(),
-            "Pod \"web-node1\" is invalid: metadata.annotations: Too long: may not be more than 262144 bytes"
-        );
-        assert!(s.pods().is_empty());
-    }
-}
+#[path = "push_tests.rs"]
+mod tests;

@@ -12,13 +12,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use kube::Api;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher;
 use tokio::sync::broadcast;
+// tokio's clock, so the idle expiry can be tested in paused time.
+use tokio::time::Instant;
 
 use crate::volume::ObjectKey;
 
@@ -203,3 +205,7 @@ async fn watch<K: Cached>(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "object_cache_tests.rs"]
+mod tests;

@@ -90,12 +90,16 @@ impl ApiObjects {
             .reflect(writer);
         let mut stream = std::pin::pin!(stream);
         let synced = Arc::clone(&self.services_synced);
+        let changes = self.changes.clone();
         let follow = async move {
             while let Some(event) = stream.next().await {
                 match event {
                     Ok(watcher::Event::InitDone) => {
                         if !synced.swap(true, Ordering::SeqCst) {
                             tracing::debug!("services listed");
+                            // Pods waiting for their service variables go on now
+                            // (upstream's kubelet retries once the informer synced).
+                            let _ = changes.send(ObjectKey::services_listed());
                         }
                     }
                     Ok(_) => {}
@@ -229,5 +233,65 @@ impl ObjectSource for ApiObjects {
             synced: self.services_synced.load(Ordering::SeqCst),
             items: self.services.state(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The Service watch against a mock apiserver (`tower-test` behind
+    //! `kube::Client`): its first complete list is announced, once.
+
+    #![allow(clippy::unwrap_used)]
+
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_service_list_is_announced_once() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let objects = ApiObjects::new(kube::Client::new(svc, "default"));
+        let mut changes = objects.subscribe().unwrap();
+        assert!(!objects.services().synced);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(objects.clone().watch_services(cancel.clone()));
+        let list = |rv: &str| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ServiceList",
+                "metadata": {"resourceVersion": rv},
+                "items": [{"metadata": {"name": "kubernetes", "namespace": "default", "resourceVersion": rv},
+                           "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 443}]}}]
+            })
+            .to_string()
+        };
+        let (req, send) = handle.next_request().await.unwrap();
+        assert!(
+            req.uri().path().ends_with("/api/v1/services"),
+            "{}",
+            req.uri()
+        );
+        send.send_response(Response::new(Body::from(list("1").into_bytes())));
+        assert_eq!(changes.recv().await.unwrap(), ObjectKey::services_listed());
+        assert!(objects.services().synced);
+        assert_eq!(objects.services().items.len(), 1);
+        // A re-list (the watch expired) is not announced again.
+        let (req, send) = handle.next_request().await.unwrap();
+        assert!(req.uri().query().unwrap_or_default().contains("watch=true"));
+        let gone = serde_json::json!({"type": "ERROR", "object": {"kind": "Status",
+            "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410,
+            "message": "too old resource version"}});
+        send.send_response(Response::new(Body::from(format!("{gone}\n").into_bytes())));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert!(
+            !req.uri().query().unwrap_or_default().contains("watch=true"),
+            "{}",
+            req.uri()
+        );
+        send.send_response(Response::new(Body::from(list("9").into_bytes())));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(changes.try_recv().is_err());
+        cancel.cancel();
+        task.await.unwrap();
     }
 }

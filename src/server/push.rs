@@ -1,8 +1,11 @@
 //! The pod push API (`--enable-pod-push`): `POST /pods` with a Pod or a List (YAML or
-//! JSON) and `DELETE /pods/{namespace}/{name}`, answering like the apiserver (the
-//! created pod or a `v1.Status` with field paths and upstream's codes). One task owns
-//! the pushed pods and sends the pod manager a snapshot after every change, so
-//! changes reach the pods in order; the HTTP handlers talk to it over a channel.
+//! JSON; ConfigMap and Secret documents beside the pods too) and
+//! `DELETE /pods/{namespace}/{name}` (`/configmaps/…`, `/secrets/…`), answering like
+//! the apiserver (the created object, a `List` of several, or a `v1.Status` with field
+//! paths and upstream's codes). One task owns the pushed pods and objects and sends
+//! the pod manager the objects (when they changed) and then a snapshot after every
+//! change, so changes reach the pods in order; the HTTP handlers talk to it over a
+//! channel.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -11,8 +14,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use k8s_openapi::api::core::v1::Pod;
+use nodelet_manifests::ApiObject;
 use nodelet_manifests::SourceEvent;
-use nodelet_sources::{PushError, PushStore};
+use nodelet_sources::{PushError, PushStore, Pushed};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -23,12 +27,19 @@ enum Request {
     Apply {
         body: Bytes,
         content_type: Option<String>,
-        reply: oneshot::Sender<Result<Vec<Pod>, PushError>>,
+        reply: oneshot::Sender<Result<Pushed, PushError>>,
     },
     Delete {
         namespace: String,
         name: String,
         reply: oneshot::Sender<Result<Pod, PushError>>,
+    },
+    DeleteObject {
+        /// `ConfigMap` or `Secret`.
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        reply: oneshot::Sender<Result<ApiObject, PushError>>,
     },
 }
 
@@ -56,6 +67,7 @@ pub fn start(
                 () = cancel.cancelled() => return,
                 req = rx.recv() => match req { Some(r) => r, None => return },
             };
+            let objects_before = store.objects();
             let changed = match req {
                 Request::Apply {
                     body,
@@ -63,6 +75,17 @@ pub fn start(
                     reply,
                 } => {
                     let result = store.apply(&body, content_type.as_deref());
+                    let ok = result.is_ok();
+                    let _ = reply.send(result);
+                    ok
+                }
+                Request::DeleteObject {
+                    kind,
+                    namespace,
+                    name,
+                    reply,
+                } => {
+                    let result = store.delete_object(kind, &namespace, &name);
                     let ok = result.is_ok();
                     let _ = reply.send(result);
                     ok
@@ -78,7 +101,16 @@ pub fn start(
                     ok
                 }
             };
-            if changed && sources.send(store.snapshot()).await.is_err() {
+            if !changed {
+                continue;
+            }
+            // The objects first, so pods that use them find them.
+            if store.objects() != objects_before
+                && sources.send(store.objects_event()).await.is_err()
+            {
+                return;
+            }
+            if sources.send(store.snapshot()).await.is_err() {
                 return;
             }
         }
@@ -92,6 +124,22 @@ pub fn router(api: PushApi) -> Router {
         .route("/pods", post(apply))
         .route("/pods/", post(apply))
         .route("/pods/{namespace}/{name}", delete(remove))
+        .route(
+            "/configmaps/{namespace}/{name}",
+            delete(
+                |state: State<PushApi>, path: Path<(String, String)>| async move {
+                    remove_object(state, "ConfigMap", path).await
+                },
+            ),
+        )
+        .route(
+            "/secrets/{namespace}/{name}",
+            delete(
+                |state: State<PushApi>, path: Path<(String, String)>| async move {
+                    remove_object(state, "Secret", path).await
+                },
+            ),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
 }
@@ -129,14 +177,61 @@ async fn apply(State(api): State<PushApi>, headers: HeaderMap, body: Bytes) -> R
         return unavailable();
     }
     match answer.await {
-        Ok(Ok(mut pods)) if pods.len() == 1 => json(StatusCode::CREATED, &pods.remove(0)),
-        Ok(Ok(pods)) => json(
+        Ok(Ok(Pushed { mut pods, objects })) if pods.len() == 1 && objects.is_empty() => {
+            json(StatusCode::CREATED, &pods.remove(0))
+        }
+        Ok(Ok(Pushed { pods, objects })) if pods.is_empty() && objects.len() == 1 => {
+            json(StatusCode::CREATED, &object_json(&objects[0]))
+        }
+        Ok(Ok(Pushed { pods, objects })) if objects.is_empty() => json(
             StatusCode::CREATED,
             &k8s_openapi::List {
                 items: pods,
                 metadata: Default::default(),
             },
         ),
+        Ok(Ok(Pushed { pods, objects })) => {
+            let items: Vec<serde_json::Value> = pods
+                .iter()
+                .map(|p| serde_json::to_value(p).unwrap_or_default())
+                .chain(objects.iter().map(object_json))
+                .collect();
+            json(
+                StatusCode::CREATED,
+                &serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
+            )
+        }
+        Ok(Err(e)) => failure(&e),
+        Err(_) => unavailable(),
+    }
+}
+
+/// A ConfigMap or Secret as the apiserver shows it (with `apiVersion` and `kind`).
+fn object_json(object: &ApiObject) -> serde_json::Value {
+    match object {
+        ApiObject::ConfigMap(c) => serde_json::to_value(c),
+        ApiObject::Secret(s) => serde_json::to_value(s),
+    }
+    .unwrap_or_default()
+}
+
+async fn remove_object(
+    State(api): State<PushApi>,
+    kind: &'static str,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let req = Request::DeleteObject {
+        kind,
+        namespace,
+        name,
+        reply,
+    };
+    if api.tx.send(req).await.is_err() {
+        return unavailable();
+    }
+    match answer.await {
+        Ok(Ok(object)) => json(StatusCode::OK, &object_json(&object)),
         Ok(Err(e)) => failure(&e),
         Err(_) => unavailable(),
     }

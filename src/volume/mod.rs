@@ -225,7 +225,9 @@ pub fn references(pod: &Pod) -> HashSet<ObjectKey> {
 
 /// Follows `changes` until `cancel`: each changed object invalidates the pods that
 /// reference it and wakes their workers (`Routed::Sync`), so an update reaches the
-/// volume (and a pod waiting for a missing object starts) at once.
+/// volume (and a pod waiting for a missing object starts) at once. The first list of
+/// Services ([`ObjectKey::services_listed`]) wakes every worker (`Routed::Resync`):
+/// pods waiting to build their env go on at once.
 pub async fn follow_changes(
     volumes: Arc<VolumeManager>,
     mut changes: tokio::sync::broadcast::Receiver<ObjectKey>,
@@ -237,6 +239,12 @@ pub async fn follow_changes(
         let uids = tokio::select! {
             () = cancel.cancelled() => return,
             got = changes.recv() => match got {
+                Ok(key) if key == ObjectKey::services_listed() => {
+                    if wake.send(crate::pod::router::Routed::Resync).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 Ok(key) => volumes.object_changed(&key),
                 // Missed some: every pod looks again.
                 Err(RecvError::Lagged(_)) => volumes.object_changed_all(),

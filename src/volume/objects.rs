@@ -101,15 +101,29 @@ pub trait ObjectSource: std::fmt::Debug + Send + Sync + 'static {
     }
 }
 
-/// A ConfigMap or Secret that changed.
+/// A ConfigMap or Secret that changed, or [`ObjectKey::services_listed`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ObjectKey {
-    /// `configmap` or `secret`.
+    /// `configmap` or `secret` (`services` for [`ObjectKey::services_listed`]).
     pub kind: &'static str,
     /// Its namespace.
     pub namespace: String,
     /// Its name.
     pub name: String,
+}
+
+impl ObjectKey {
+    /// Announced once, when the Services were first listed: the pods waiting for
+    /// their service variables ([`Services::synced`]) look again at once rather than
+    /// at their next resync.
+    #[must_use]
+    pub fn services_listed() -> Self {
+        Self {
+            kind: "services",
+            namespace: String::new(),
+            name: String::new(),
+        }
+    }
 }
 
 /// What a source knows of the cluster's Services.

@@ -174,3 +174,34 @@ async fn teardown_leaves_no_mounts_and_no_dir() {
     f.manager.teardown(UID).expect("teardown");
     assert_eq!(mounted(&pod_dir), 0);
 }
+
+#[tokio::test]
+async fn the_first_service_list_wakes_every_worker_and_an_object_its_pods() {
+    use crate::pod::router::Routed;
+    let f = fixture();
+    let p = pod(vec![cm_volume("cfg", None, None)]);
+    let _ = f.manager.setup(&ctx(&p)).await;
+    let manager = Arc::new(f.manager);
+    let (changes, rx) = tokio::sync::broadcast::channel(4);
+    let (wake, mut woken) = tokio::sync::mpsc::channel(4);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(follow_changes(
+        Arc::clone(&manager),
+        rx,
+        wake,
+        cancel.clone(),
+    ));
+    // Pods waiting for their service variables reference no object: all look again.
+    changes.send(ObjectKey::services_listed()).expect("send");
+    assert!(matches!(woken.recv().await, Some(Routed::Resync)));
+    changes
+        .send(ObjectKey {
+            kind: "configmap",
+            namespace: "prod".into(),
+            name: "cfg".into(),
+        })
+        .expect("send");
+    assert!(matches!(woken.recv().await, Some(Routed::Sync { uid }) if uid == UID));
+    cancel.cancel();
+    task.await.expect("follow_changes");
+}
