@@ -307,7 +307,22 @@ pub fn create_log_file(path: &Path) -> io::Result<()> {
 
 /// Runs the shim logging driver; never returns. Called by the binary's `main` when it
 /// is started as `nodelet cri-log <path>`.
+///
+/// SIGTERM is ignored: the runc shim sends it when the task is deleted, right after
+/// closing its ends of the pipes, and the driver ends on its own once it has written
+/// what is left in them (the shim kills it after 12 s if not). Exited tasks are
+/// deleted as soon as their exit is recorded, so the last lines a container wrote
+/// would otherwise be lost.
 pub fn run_driver() -> ! {
+    // SAFETY: no handler is installed, only the disposition set to ignore.
+    if let Err(e) = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGTERM,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    } {
+        eprintln!("cri-log: cannot ignore SIGTERM: {e}");
+    }
     containerd_shim_logging::run::<CriLogDriver>();
     std::process::exit(0)
 }
