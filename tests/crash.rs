@@ -314,6 +314,20 @@ async fn a_pod_cgroup_kept_busy_by_a_pause_whose_shim_died_is_removed() {
     // The agent is stopped so it doesn't replace the sandbox first: the pod is
     // removed while it is down, as a crash would leave it.
     assert!(w.stop_agent().is_some());
+    // containerd cleans up after a dead shim with `runc delete --force`, which kills
+    // the pause process; with runc's state of the sandbox gone (a wiped /run, a
+    // crash mid-delete) that finds nothing and the pause is left running. The
+    // state is moved aside (this test's own namespace) to make that happen.
+    let runc_state = Path::new("/run/containerd/runc")
+        .join(&w.namespace)
+        .join(&sandbox.id);
+    assert!(
+        runc_state.join("state.json").exists(),
+        "no runc state at {}",
+        runc_state.display()
+    );
+    let hidden = runc_state.with_file_name(format!(".{}-hidden", sandbox.id));
+    std::fs::rename(&runc_state, &hidden).expect("move runc's state aside");
     // This test's pod's shim, by PID.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim),
@@ -345,6 +359,9 @@ async fn a_pod_cgroup_kept_busy_by_a_pause_whose_shim_died_is_removed() {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    let _ = std::fs::remove_dir_all(&hidden);
+    assert!(orphaned, "the pause process went with its shim: nothing was busy");
+    assert!(killed, "the agent did not kill what was left in the pod cgroup");
     let left: Vec<_> = dirs.iter().filter(|d| d.exists()).collect();
     assert!(
         removed,
