@@ -59,7 +59,10 @@ fn drivers(logs: &std::path::Path) -> (usize, u64, u64) {
     let mut out = (0, 0, 0);
     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let name = p.file_name();
-        let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
@@ -142,9 +145,11 @@ async fn a_pod_with_many_containers_is_created_in_full_and_deleted() {
         kb(&status, "VmRSS:") / 1024,
         peak / 1024
     );
-    wait_for("no shim and no driver left", Duration::from_secs(30), || async {
-        (w.shims().is_empty() && drivers(&w.logs).0 == 0).then_some(())
-    })
+    wait_for(
+        "no shim and no driver left",
+        Duration::from_secs(30),
+        || async { (w.shims().is_empty() && drivers(&w.logs).0 == 0).then_some(()) },
+    )
     .await;
     assert!(w.stop_agent().is_some());
 }

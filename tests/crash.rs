@@ -308,8 +308,13 @@ async fn a_pod_cgroup_kept_busy_by_a_pause_whose_shim_died_is_removed() {
     let pause = i32::try_from(sandbox.pid).expect("pid");
     let shim = *w.shims().get(&sandbox.id).expect("the sandbox's shim");
     let alive = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
     };
     // The agent is stopped so it doesn't replace the sandbox first: the pod is
     // removed while it is down, as a crash would leave it.
@@ -360,8 +365,14 @@ async fn a_pod_cgroup_kept_busy_by_a_pause_whose_shim_died_is_removed() {
         );
     }
     let _ = std::fs::remove_dir_all(&hidden);
-    assert!(orphaned, "the pause process went with its shim: nothing was busy");
-    assert!(killed, "the agent did not kill what was left in the pod cgroup");
+    assert!(
+        orphaned,
+        "the pause process went with its shim: nothing was busy"
+    );
+    assert!(
+        killed,
+        "the agent did not kill what was left in the pod cgroup"
+    );
     let left: Vec<_> = dirs.iter().filter(|d| d.exists()).collect();
     assert!(
         removed,

@@ -130,8 +130,7 @@ async fn killed_three_times_while_pods_start_keeps_running_sandboxes_and_leaks_n
 
         w.start_agent().await;
         for name in &names {
-            w.wait_pod(name, "running after the restart", running)
-                .await;
+            w.wait_pod(name, "running after the restart", running).await;
         }
         let now = ready_sandboxes(&w).await;
         for (uid, id) in &ran {
@@ -268,10 +267,7 @@ async fn a_replaced_sandbox_leaves_no_shim_and_the_status_reads_the_same() {
     assert_eq!(again.restart_count, 1);
     assert_eq!(again.container_id, status.container_id);
     assert_eq!(
-        again
-            .last_state
-            .as_ref()
-            .and_then(|s| s.terminated.clone()),
+        again.last_state.as_ref().and_then(|s| s.terminated.clone()),
         Some(last)
     );
     std::fs::remove_file(w.manifests.join("p.yaml")).expect("remove manifest");

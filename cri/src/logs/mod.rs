@@ -448,7 +448,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("tempdir");
         let exe = dir.path().join("nodelet");
-        assert_eq!(driver_binary(&exe), exe, "none beside: the agent's own binary");
+        assert_eq!(
+            driver_binary(&exe),
+            exe,
+            "none beside: the agent's own binary"
+        );
         let driver = dir.path().join(DRIVER_BINARY);
         std::fs::write(&driver, b"").expect("write");
         assert_eq!(driver_binary(&exe), exe, "not executable");

@@ -192,7 +192,6 @@ impl ContainerdRuntime {
         }
         f
     }
-
 }
 
 impl Runtime for ContainerdRuntime {
@@ -273,12 +272,11 @@ impl Runtime for ContainerdRuntime {
             .await?;
         let tasks = self.tasks_of(&records).await?;
         self.reread_taskless(&mut records, &tasks).await?;
-        let infos = records
+        self.settle_exited(&mut records, &tasks).await;
+        Ok(records
             .iter()
             .map(|c| records::container_info(c, tasks.get(&c.id)))
-            .collect();
-        self.settle_exited(records, &tasks).await;
-        Ok(infos)
+            .collect())
     }
 
     async fn exec_sync(

@@ -9,6 +9,7 @@ mod events;
 mod exec;
 mod exec_stream;
 pub mod oom;
+mod oom_kill;
 mod pod_files;
 mod reclaim;
 mod records;
@@ -66,6 +67,9 @@ pub mod keys {
     /// An exited container's exit code, recorded before its task is deleted so its
     /// shim can exit (see `ContainerdRuntime::settle_exited`).
     pub const EXIT_CODE: &str = "io.nodelet.exit-code";
+    /// Why an exited container ended when the runtime knows it (`OOMKilled`, read
+    /// from its cgroup when its exit was recorded).
+    pub const REASON: &str = "io.nodelet.reason";
     /// A sandbox's pinned network namespace.
     pub const NETNS: &str = "io.nodelet.netns";
     /// A sandbox's pod IPs, comma separated.

@@ -81,8 +81,8 @@ pub(super) fn exit_labels(task: &Process) -> Option<Vec<(String, String)>> {
         return None;
     }
     let mut labels = vec![(keys::EXIT_CODE.to_owned(), exit_code_of(task).to_string())];
-    if let Some(at) = to_system_time(task.exited_at.as_ref())
-        .and_then(|t| jiff::Timestamp::try_from(t).ok())
+    if let Some(at) =
+        to_system_time(task.exited_at.as_ref()).and_then(|t| jiff::Timestamp::try_from(t).ok())
     {
         labels.push((keys::FINISHED_AT.to_owned(), at.to_string()));
     }
@@ -227,6 +227,37 @@ mod tests {
         assert_eq!(plain.state, ContainerState::Created, "no task, no failure");
         assert_eq!(plain.exit_code, None);
         assert_eq!(plain.start_error(), None);
+    }
+
+    #[test]
+    fn a_recorded_exit_reads_back_as_its_task_did() {
+        let task = Process {
+            status: TaskStatus::Stopped as i32,
+            exit_status: 137,
+            exited_at: Some(prost_types::Timestamp {
+                seconds: 1_800_000_000,
+                nanos: 123_456_789,
+            }),
+            pid: 42,
+            ..Default::default()
+        };
+        let mut c = record(&[(keys::CONTAINER_NAME, "app"), (keys::ATTEMPT, "3")]);
+        let with_task = container_info(&c, Some(&task));
+        assert!(!has_recorded_end(&c));
+        c.labels.extend(exit_labels(&task).expect("exited"));
+        assert!(has_recorded_end(&c));
+        let recorded = container_info(&c, None);
+        assert_eq!(recorded.state, ContainerState::Exited);
+        assert_eq!(recorded.exit_code, Some(137));
+        assert_eq!(recorded.finished_at, with_task.finished_at);
+        assert_eq!(recorded.attempt, 3);
+        assert_eq!(recorded.start_error(), None);
+
+        let running = Process {
+            status: TaskStatus::Running as i32,
+            ..Default::default()
+        };
+        assert!(exit_labels(&running).is_none(), "only an exited task");
     }
 
     #[test]

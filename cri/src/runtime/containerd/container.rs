@@ -139,7 +139,11 @@ impl ContainerdRuntime {
     }
 
     /// [`Runtime::stop_container`](crate::runtime::Runtime::stop_container).
-    pub(super) async fn container_stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+    pub(super) async fn container_stop(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
         // The image's StopSignal, else SIGTERM, as the CRI plugin does.
         let signal = self
             .get_container(id)

@@ -10,6 +10,10 @@
 //! then deletes the task; the record reads back the same
 //! ([`records::container_info`]).
 //!
+//! The cgroup's OOM kill count is read first (the cgroup goes with the task), so an
+//! OOM-killed container reads `OOMKilled` ([`keys::REASON`]) from its first listing
+//! after the exit, whatever the order of containerd's exit and OOM events.
+//!
 //! The labels come first: a crash between the two leaves a labelled record with its
 //! task, which still reads the same and is settled by the next listing. A listing
 //! that read a record before a concurrent settle labelled it, and its tasks after the
@@ -22,30 +26,37 @@ use containerd_client::types::v1::Process;
 use tracing::{debug, warn};
 
 use super::ContainerdRuntime;
-use crate::runtime::records;
 use crate::runtime::{RuntimeError, keys};
+use crate::runtime::{oom_kill, records};
 
 impl ContainerdRuntime {
-    /// Records the end of every exited task of `records` in its record's labels and
+    /// Records the end of every exited task of `records` in its record's labels (and
+    /// in `records`), with `OOMKilled` when its cgroup counted an OOM kill, and
     /// deletes the task. Failures are logged: the next listing tries again.
     pub(super) async fn settle_exited(
         &self,
-        records: Vec<Container>,
+        records: &mut [Container],
         tasks: &HashMap<String, Process>,
     ) {
-        for c in records {
-            let Some(labels) = tasks.get(&c.id).and_then(records::exit_labels) else {
+        for c in records.iter_mut() {
+            let Some(mut labels) = tasks.get(&c.id).and_then(records::exit_labels) else {
                 continue;
             };
             let id = c.id.clone();
-            let recorded = c.labels.get(keys::EXIT_CODE).is_some_and(|code| {
-                labels
-                    .iter()
-                    .any(|(k, v)| k == keys::EXIT_CODE && v == code)
-            });
-            if !recorded && let Err(e) = self.set_labels(c, labels).await {
-                warn!(id, error = %e, "cannot record an exited container's end");
-                continue;
+            if !c.labels.contains_key(keys::EXIT_CODE) {
+                let oom = c
+                    .spec
+                    .as_ref()
+                    .and_then(|s| oom_kill::cgroups_path(&s.value))
+                    .and_then(|p| oom_kill::oom_killed(&p));
+                if oom == Some(true) {
+                    labels.push((keys::REASON.to_owned(), oom_kill::OOM_KILLED.to_owned()));
+                }
+                if let Err(e) = self.set_labels(c.clone(), labels.clone()).await {
+                    warn!(id, error = %e, "cannot record an exited container's end");
+                    continue;
+                }
+                c.labels.extend(labels);
             }
             match self.delete_task(&id).await {
                 Ok(()) => debug!(id, "exited task recorded and deleted"),

@@ -63,7 +63,11 @@ fn runc_systemd_options() -> prost_types::Any {
 impl ContainerdRuntime {
     /// Records a container's start (the time label) and links its log, as upstream's
     /// startContainer: a missing link is logged, not an error.
-    pub(super) async fn record_started(&self, c: Container, log_path: &Path) -> Result<(), RuntimeError> {
+    pub(super) async fn record_started(
+        &self,
+        c: Container,
+        log_path: &Path,
+    ) -> Result<(), RuntimeError> {
         let id = c.id.clone();
         let link = self.log_symlink(&c);
         self.set_labels(

@@ -12,12 +12,16 @@ use crate::cni::{Cni, CniRequest};
 use crate::image::ImageInfo;
 use crate::netns::NetNs;
 use crate::runtime::records::{pod_labels, pod_of};
-use crate::runtime::{PodRef, RuntimeError, SandboxConfig, SandboxInfo, keys, oom, pod_files, spec};
+use crate::runtime::{
+    PodRef, RuntimeError, SandboxConfig, SandboxInfo, keys, oom, pod_files, spec,
+};
 
 impl ContainerdRuntime {
     /// [`Runtime::run_sandbox`](crate::runtime::Runtime::run_sandbox).
     pub(super) async fn sandbox_run(
-        &self, config: &SandboxConfig) -> Result<SandboxInfo, RuntimeError> {
+        &self,
+        config: &SandboxConfig,
+    ) -> Result<SandboxInfo, RuntimeError> {
         let pause = self.containerd.ensure_pause_image().await?;
         let id = new_id(32)?;
         let netns = (!config.host_network).then(|| self.netns_path(&id));

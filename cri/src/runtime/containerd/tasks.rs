@@ -20,8 +20,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use containerd_client::services::v1::{
-    Container, CreateTaskRequest, DeleteTaskRequest, GetRequest, KillRequest,
-    ListTasksRequest, StartRequest, WaitRequest,
+    Container, CreateTaskRequest, DeleteTaskRequest, GetRequest, KillRequest, ListTasksRequest,
+    StartRequest, WaitRequest,
 };
 use containerd_client::types::v1::Process;
 use containerd_client::types::v1::Status as TaskStatus;
