@@ -147,7 +147,10 @@ pub async fn start(
     {
         info!(path = %written.display(), cidr = %args.pod_cidr, "wrote the default CNI network");
     }
-    let log_driver = std::env::current_exe().context("cannot find the nodelet binary")?;
+    let log_driver = nodelet_cri::logs::driver_binary(
+        &std::env::current_exe().context("cannot find the nodelet binary")?,
+    );
+    info!(driver = %log_driver.display(), "container log driver");
     // Node-level registry credentials, where upstream's kubelet looks for them
     // (`<root-dir>/config.json`), checked before anything starts.
     let mut pull_auth = nodelet_cri::image::PullAuth::anonymous();

@@ -272,6 +272,115 @@ async fn a_busy_pod_cgroup_is_emptied_and_removed() {
     );
 }
 
+/// The pod cgroup's directories in every v1 hierarchy that has it.
+fn pod_cgroup_dirs(w: &World, uid: &str) -> Vec<std::path::PathBuf> {
+    let rel = format!("{}/kubepods/besteffort/pod{uid}", w.cgroup_root);
+    std::fs::read_dir("/sys/fs/cgroup")
+        .expect("cgroupfs")
+        .flatten()
+        .map(|e| e.path().join(rel.trim_start_matches('/')))
+        .filter(|d| d.join("cgroup.procs").exists())
+        .collect()
+}
+
+/// A pause process whose shim died (SIGKILLed, as an OOM kill or a crash would)
+/// is left behind in the pod cgroup; the pod's removal kills it and removes the
+/// cgroup.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_cgroup_kept_busy_by_a_pause_whose_shim_died_is_removed() {
+    support::require_cgroup_v1();
+    let mut w = World::new().await;
+    w.start_agent().await;
+    w.write_manifest("p.yaml", &pod_yaml("orphan"));
+    let pod = w.wait_pod("orphan", "running", running).await;
+    let uid = pod.metadata.uid.clone().expect("uid");
+    let dirs = pod_cgroup_dirs(&w, &uid);
+    assert!(!dirs.is_empty(), "no pod cgroup for {uid}");
+    let sandbox = w
+        .runtime()
+        .await
+        .list_sandboxes(Some(&uid))
+        .await
+        .expect("list sandboxes")
+        .into_iter()
+        .find(|s| s.ready)
+        .expect("a ready sandbox");
+    let pause = i32::try_from(sandbox.pid).expect("pid");
+    let shim = *w.shims().get(&sandbox.id).expect("the sandbox's shim");
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    // The agent is stopped so it doesn't replace the sandbox first: the pod is
+    // removed while it is down, as a crash would leave it.
+    assert!(w.stop_agent().is_some());
+    // containerd cleans up after a dead shim with `runc delete --force`, which kills
+    // the pause process; with runc's state of the sandbox gone (a wiped /run, a
+    // crash mid-delete) that finds nothing and the pause is left running. The
+    // state is moved aside (this test's own namespace) to make that happen.
+    let runc_state = Path::new("/run/containerd/runc")
+        .join(&w.namespace)
+        .join(&sandbox.id);
+    assert!(
+        runc_state.join("state.json").exists(),
+        "no runc state at {}",
+        runc_state.display()
+    );
+    let hidden = runc_state.with_file_name(format!(".{}-hidden", sandbox.id));
+    std::fs::rename(&runc_state, &hidden).expect("move runc's state aside");
+    // This test's pod's shim, by PID.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the shim");
+    let _ = wait_for_result(Duration::from_secs(5), || !alive(shim)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let orphaned = alive(pause);
+    eprintln!("figure: the pause process outlived its shim: {orphaned}");
+
+    std::fs::remove_file(w.manifests.join("p.yaml")).expect("remove manifest");
+    let from = std::fs::metadata(w.agent_log()).map_or(0, |m| m.len());
+    w.start_agent().await;
+    wait_pod_gone(&w, "orphan").await;
+    let removed = wait_for_result(Duration::from_secs(30), || {
+        dirs.iter().all(|d| !d.exists()) && !alive(pause)
+    })
+    .await;
+    let log = std::fs::read_to_string(w.agent_log()).unwrap_or_default();
+    let killed = log
+        .get(usize::try_from(from).unwrap_or(0)..)
+        .is_some_and(|l| l.contains("killing processes left in the pod cgroup"));
+    eprintln!("figure: the agent killed what was left in the pod cgroup: {killed}");
+    if alive(pause) {
+        // This test's pod's pause process, by PID: never leave it running.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pause),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&hidden);
+    assert!(
+        orphaned,
+        "the pause process went with its shim: nothing was busy"
+    );
+    assert!(
+        killed,
+        "the agent did not kill what was left in the pod cgroup"
+    );
+    let left: Vec<_> = dirs.iter().filter(|d| d.exists()).collect();
+    assert!(
+        removed,
+        "pod cgroup ({left:?}) or its pause process (alive: {}) still there",
+        alive(pause)
+    );
+}
+
 async fn wait_for_result(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {

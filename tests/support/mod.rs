@@ -358,6 +358,45 @@ impl World {
         .await;
     }
 
+    /// The runc shims serving the world's containerd namespace, by their `-id`: the
+    /// processes `containerd-shim-runc-v2 -namespace <ns> -id <id> …`.
+    pub fn shims(&self) -> std::collections::BTreeMap<String, i32> {
+        let mut out = std::collections::BTreeMap::new();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !args
+                .first()
+                .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
+            {
+                continue;
+            }
+            let value = |flag: &str| {
+                args.iter()
+                    .position(|a| a == flag)
+                    .and_then(|i| args.get(i + 1))
+                    .cloned()
+            };
+            if value("-namespace").as_deref() == Some(self.namespace.as_str())
+                && let Some(id) = value("-id")
+            {
+                out.insert(id, pid);
+            }
+        }
+        out
+    }
+
     /// Kills the agent (SIGKILL by PID), as a crash would.
     pub fn kill_agent(&mut self) {
         if let Some(mut child) = self.agent.take() {
@@ -417,7 +456,18 @@ impl World {
 
     /// Waits until the pod satisfies `check`, returning it.
     pub async fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Pod) -> bool) -> Pod {
-        let limit = Duration::from_secs(60);
+        self.wait_pod_for(name, what, Duration::from_secs(60), check)
+            .await
+    }
+
+    /// Waits up to `limit` until the pod satisfies `check`, returning it.
+    pub async fn wait_pod_for(
+        &self,
+        name: &str,
+        what: &str,
+        limit: Duration,
+        check: impl Fn(&Pod) -> bool,
+    ) -> Pod {
         let start = Instant::now();
         loop {
             let pod = self.pod(name).await;

@@ -9,6 +9,7 @@ mod events;
 mod exec;
 mod exec_stream;
 pub mod oom;
+mod oom_kill;
 mod pod_files;
 mod reclaim;
 mod records;
@@ -60,8 +61,15 @@ pub mod keys {
     /// Why a container's start failed (runc's error); the instance is then dead with
     /// [`START_ERROR_EXIT_CODE`](super::START_ERROR_EXIT_CODE).
     pub const START_ERROR: &str = "io.nodelet.start-error";
-    /// When a container's start failed (RFC 3339).
+    /// When a container's start failed, or its process exited once its task was
+    /// deleted (RFC 3339).
     pub const FINISHED_AT: &str = "io.nodelet.finished-at";
+    /// An exited container's exit code, recorded before its task is deleted so its
+    /// shim can exit (see `ContainerdRuntime::settle_exited`).
+    pub const EXIT_CODE: &str = "io.nodelet.exit-code";
+    /// Why an exited container ended when the runtime knows it (`OOMKilled`, read
+    /// from its cgroup when its exit was recorded).
+    pub const REASON: &str = "io.nodelet.reason";
     /// A sandbox's pinned network namespace.
     pub const NETNS: &str = "io.nodelet.netns";
     /// A sandbox's pod IPs, comma separated.

@@ -68,6 +68,33 @@ pub(super) fn start_failure_labels(message: &str, at: jiff::Timestamp) -> Vec<(S
     ]
 }
 
+/// An exited task's exit code as containers report it.
+fn exit_code_of(t: &Process) -> i32 {
+    i32::try_from(t.exit_status).unwrap_or(i32::MAX)
+}
+
+/// The labels that record an exited task's end (its exit code and when), so the task
+/// can be deleted and its shim exit while the container reads back the same; `None`
+/// when the task has not exited.
+pub(super) fn exit_labels(task: &Process) -> Option<Vec<(String, String)>> {
+    if task.status != TaskStatus::Stopped as i32 {
+        return None;
+    }
+    let mut labels = vec![(keys::EXIT_CODE.to_owned(), exit_code_of(task).to_string())];
+    if let Some(at) =
+        to_system_time(task.exited_at.as_ref()).and_then(|t| jiff::Timestamp::try_from(t).ok())
+    {
+        labels.push((keys::FINISHED_AT.to_owned(), at.to_string()));
+    }
+    Some(labels)
+}
+
+/// Whether a record says how its instance ended (a failed start or a recorded exit),
+/// so it reads the same with no task.
+pub(super) fn has_recorded_end(c: &Container) -> bool {
+    c.labels.contains_key(keys::EXIT_CODE) || c.labels.contains_key(keys::START_ERROR)
+}
+
 pub(super) fn parse_time(s: &str) -> Option<SystemTime> {
     let ts: jiff::Timestamp = s.parse().ok()?;
     Some(SystemTime::from(ts))
@@ -114,14 +141,34 @@ pub(super) fn container_info(c: &Container, task: Option<&Process>) -> Container
         Some(TaskStatus::Stopped) => ContainerState::Exited,
         Some(TaskStatus::Unknown) => ContainerState::Unknown,
     };
-    // A start that failed left no task: the instance is dead, as the CRI plugin
-    // reports it (exit code 128, `StartError`).
-    let failed_at = l.get(keys::START_ERROR).and(l.get(keys::FINISHED_AT));
-    let (state, failed) = match (task, failed_at) {
-        (None, Some(at)) => (ContainerState::Exited, Some(parse_time(at))),
-        _ => (state, None),
+    let (state, exit_code, finished_at) = match task {
+        Some(t) => {
+            let exited = state == ContainerState::Exited;
+            (
+                state,
+                exited.then(|| exit_code_of(t)),
+                exited
+                    .then(|| to_system_time(t.exited_at.as_ref()))
+                    .flatten(),
+            )
+        }
+        // A start that failed left no task: the instance is dead, as the CRI plugin
+        // reports it (exit code 128, `StartError`).
+        None if l.contains_key(keys::START_ERROR) && l.contains_key(keys::FINISHED_AT) => (
+            ContainerState::Exited,
+            Some(START_ERROR_EXIT_CODE),
+            l.get(keys::FINISHED_AT).and_then(|s| parse_time(s)),
+        ),
+        // An exited task deleted once its exit was recorded (see `exit_labels`).
+        None => match l.get(keys::EXIT_CODE).and_then(|v| v.parse::<i32>().ok()) {
+            Some(code) => (
+                ContainerState::Exited,
+                Some(code),
+                l.get(keys::FINISHED_AT).and_then(|s| parse_time(s)),
+            ),
+            None => (state, None, None),
+        },
     };
-    let exited = state == ContainerState::Exited;
     ContainerInfo {
         id: c.id.clone(),
         pod_uid: label(l, keys::POD_UID),
@@ -134,16 +181,8 @@ pub(super) fn container_info(c: &Container, task: Option<&Process>) -> Container
         pid: task.map_or(0, |t| t.pid),
         created_at: to_system_time(c.created_at.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH),
         started_at: l.get(keys::STARTED_AT).and_then(|s| parse_time(s)),
-        finished_at: match failed {
-            Some(at) => at,
-            None if exited => task.and_then(|t| to_system_time(t.exited_at.as_ref())),
-            None => None,
-        },
-        exit_code: match failed {
-            Some(_) => Some(START_ERROR_EXIT_CODE),
-            None if exited => task.map(|t| i32::try_from(t.exit_status).unwrap_or(i32::MAX)),
-            None => None,
-        },
+        finished_at,
+        exit_code,
         log_path: l.get(keys::LOG_PATH).map(PathBuf::from).unwrap_or_default(),
         labels: l
             .iter()
@@ -188,6 +227,37 @@ mod tests {
         assert_eq!(plain.state, ContainerState::Created, "no task, no failure");
         assert_eq!(plain.exit_code, None);
         assert_eq!(plain.start_error(), None);
+    }
+
+    #[test]
+    fn a_recorded_exit_reads_back_as_its_task_did() {
+        let task = Process {
+            status: TaskStatus::Stopped as i32,
+            exit_status: 137,
+            exited_at: Some(prost_types::Timestamp {
+                seconds: 1_800_000_000,
+                nanos: 123_456_789,
+            }),
+            pid: 42,
+            ..Default::default()
+        };
+        let mut c = record(&[(keys::CONTAINER_NAME, "app"), (keys::ATTEMPT, "3")]);
+        let with_task = container_info(&c, Some(&task));
+        assert!(!has_recorded_end(&c));
+        c.labels.extend(exit_labels(&task).expect("exited"));
+        assert!(has_recorded_end(&c));
+        let recorded = container_info(&c, None);
+        assert_eq!(recorded.state, ContainerState::Exited);
+        assert_eq!(recorded.exit_code, Some(137));
+        assert_eq!(recorded.finished_at, with_task.finished_at);
+        assert_eq!(recorded.attempt, 3);
+        assert_eq!(recorded.start_error(), None);
+
+        let running = Process {
+            status: TaskStatus::Running as i32,
+            ..Default::default()
+        };
+        assert!(exit_labels(&running).is_none(), "only an exited task");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::Container;
-use nodelet_cri::runtime::{ContainerInfo, ContainerState, Runtime, SandboxInfo};
+use nodelet_cri::runtime::{ContainerInfo, ContainerState, Runtime, SandboxInfo, keys};
 use std::time::SystemTime;
 use tracing::debug;
 
@@ -39,10 +39,11 @@ impl<R: Runtime> PodWorker<R> {
             message = log_tail(&info.log_path, FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES);
         }
         let ending = Ending {
-            reason: self
-                .oom_killed
-                .contains(&info.id)
-                .then(|| "OOMKilled".to_owned()),
+            // From containerd's OOM event, or from the cgroup's count that the
+            // runtime read at the exit (the event may come later).
+            reason: (self.oom_killed.contains(&info.id)
+                || info.labels.get(keys::REASON).map(String::as_str) == Some("OOMKilled"))
+            .then(|| "OOMKilled".to_owned()),
             message: Some(message).filter(|m| !m.is_empty()),
         };
         self.endings.insert(info.id.clone(), ending.clone());

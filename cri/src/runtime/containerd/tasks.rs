@@ -1,5 +1,7 @@
-//! Reading task states for listed records.
+//! containerd tasks: creating and starting, signalling, waiting for, deleting and
+//! reading them.
 //!
+//! Reading task states for listed records:
 //! containerd 1.6 asks a task's shim for its state with a 2 s timeout
 //! (`io.containerd.timeout.task.state`). When a shim is too busy to answer, as one
 //! serving a hundred exec sessions is, containerd logs `get state for <id>: context
@@ -14,16 +16,130 @@
 //!   task: Unknown does not last.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
 
-use containerd_client::services::v1::{Container, GetRequest, ListTasksRequest};
+use containerd_client::services::v1::{
+    Container, CreateTaskRequest, DeleteTaskRequest, GetRequest, KillRequest, ListTasksRequest,
+    StartRequest, WaitRequest,
+};
 use containerd_client::types::v1::Process;
 use containerd_client::types::v1::Status as TaskStatus;
 use tonic::Code;
 
-use super::{ContainerdRuntime, grpc};
+use super::{ContainerdRuntime, grpc, io_err};
+use crate::logs;
 use crate::runtime::RuntimeError;
 
 impl ContainerdRuntime {
+    /// Sends `signal` to a task; `Ok(false)` when there is no live process to signal.
+    pub(super) async fn kill(&self, id: &str, signal: u32) -> Result<bool, RuntimeError> {
+        let req = self.containerd.request(KillRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+            signal,
+            all: false,
+        });
+        match self.tasks().kill(req).await {
+            Ok(_) => Ok(true),
+            Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => Ok(false),
+            Err(s) => Err(grpc("kill task", id)(s)),
+        }
+    }
+
+    /// Waits for a task's exit; `Ok(false)` if `timeout` passed first.
+    pub(super) async fn wait(&self, id: &str, timeout: Duration) -> Result<bool, RuntimeError> {
+        // The local timeout decides; the request's own deadline only backs it up
+        // (containerd reports an expired deadline as `Unknown`, not DeadlineExceeded).
+        let req = self.containerd.request_with_timeout(
+            WaitRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+            },
+            timeout + Duration::from_secs(30),
+        );
+        match tokio::time::timeout(timeout, self.tasks().wait(req)).await {
+            Err(_) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(s)) if s.code() == Code::NotFound => Ok(true),
+            Ok(Err(s)) => Err(grpc("wait task", id)(s)),
+        }
+    }
+
+    pub(super) async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {
+        let req = self.containerd.request(DeleteTaskRequest {
+            container_id: id.to_owned(),
+        });
+        match self.tasks().delete(req).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(grpc("delete task", id)(s)),
+        }
+    }
+
+    /// The status of a container's task, `None` when it has none.
+    pub(super) async fn task_status(&self, id: &str) -> Result<Option<TaskStatus>, RuntimeError> {
+        let req = self.containerd.request(GetRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        });
+        match self.tasks().get(req).await {
+            Ok(resp) => Ok(resp
+                .into_inner()
+                .process
+                .map(|p| TaskStatus::try_from(p.status).unwrap_or(TaskStatus::Unknown))),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(grpc("get task", id)(s)),
+        }
+    }
+
+    /// Creates and starts the task. `log_file`, when given, is created between the
+    /// two: once `runc create` succeeded and before the process runs, which opens
+    /// the log driver's gate (see [`logs`]), so runc's create errors stay out of it.
+    pub(super) async fn create_and_start_task(
+        &self,
+        id: &str,
+        rootfs: Vec<containerd_client::types::Mount>,
+        stdio: &str,
+        log_file: Option<&Path>,
+    ) -> Result<u32, RuntimeError> {
+        let req = self.containerd.request(CreateTaskRequest {
+            container_id: id.to_owned(),
+            rootfs,
+            stdout: stdio.to_owned(),
+            stderr: stdio.to_owned(),
+            ..Default::default()
+        });
+        let pid = self
+            .tasks()
+            .create(req)
+            .await
+            .map_err(grpc("create task", id))?
+            .into_inner()
+            .pid;
+        crate::failpoint::hit(if log_file.is_some() {
+            "container-after-task-create"
+        } else {
+            "sandbox-after-task-create"
+        });
+        if let Some(path) = log_file
+            && let Err(e) = logs::create_log_file(path)
+        {
+            let _ = self.delete_task(id).await;
+            return Err(io_err(path)(e));
+        }
+        let req = self.containerd.request(StartRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        });
+        if let Err(status) = self.tasks().start(req).await {
+            // Leave no half-made task behind: the caller sees the start error.
+            let _ = self.delete_task(id).await;
+            return Err(grpc("start task", id)(status));
+        }
+        Ok(pid)
+    }
+
     /// Every task of the namespace, by container ID, as `ListTasks` gives them.
     pub(super) async fn task_states(&self) -> Result<HashMap<String, Process>, RuntimeError> {
         let req = self.containerd.request(ListTasksRequest {
