@@ -25,7 +25,9 @@ tool cargo-generate-rpm "$rpm_version"
 export PATH="$tools/bin:$PATH"
 
 echo "== cargo build --profile dist (release, stripped)" >&2
-cargo build --locked --profile dist --bin nodelet
+# The agent and the container log driver the shims start beside it (one per container,
+# so it is a small binary of its own).
+cargo build --locked --profile dist --bin nodelet --bin nodelet-log-driver
 
 # The package metadata names files relative to the workspace root, under target/.
 if [ "$target" != target ]; then

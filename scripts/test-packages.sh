@@ -29,7 +29,7 @@ check() { # description, command...
 
 echo "== $deb"
 contents=$(dpkg-deb -c "$deb")
-for want in "-rwxr-xr-x 0/0 .* ./usr/bin/nodelet$" \
+for want in "-rwxr-xr-x 0/0 .* ./usr/bin/nodelet$" "-rwxr-xr-x 0/0 .* ./usr/bin/nodelet-log-driver$" \
   "-rwxr-xr-x 0/0 .* ./usr/lib/nodelet/nodelet-start$" \
   "-rw-r--r-- 0/0 .* ./etc/nodelet/config.yaml$" \
   "-rw-r--r-- 0/0 .* ./etc/default/nodelet$" \
@@ -124,7 +124,7 @@ check "dpkg -i over an edited config" in_root dpkg -i --force-confold /tmp/nodel
 check "the edit survived the upgrade" grep -q "# edited" "$root/etc/nodelet/config.yaml"
 mkdir -p "$root/var/lib/nodelet/pods"
 check "dpkg -r" in_root dpkg -r nodelet
-check "remove took the binary" test ! -e "$root/usr/bin/nodelet"
+check "remove took the binaries" test ! -e "$root/usr/bin/nodelet" -a ! -e "$root/usr/bin/nodelet-log-driver"
 check "remove kept the edited config" grep -q "# edited" "$root/etc/nodelet/config.yaml"
 check "remove kept /var/lib/nodelet" test -d "$root/var/lib/nodelet/pods"
 check "dpkg -P" in_root dpkg -P nodelet
@@ -152,7 +152,7 @@ umount "$vol" "$root/proc"
 
 echo "== $rpm"
 files=$(rpm -qpl "$rpm" 2>/dev/null)
-for f in /usr/bin/nodelet /usr/lib/nodelet/nodelet-start /etc/nodelet/config.yaml \
+for f in /usr/bin/nodelet /usr/bin/nodelet-log-driver /usr/lib/nodelet/nodelet-start /etc/nodelet/config.yaml \
   /usr/lib/systemd/system/nodelet.service /usr/lib/systemd/system/nodelet-proxy.service \
   /usr/share/man/man1/nodelet.1.gz /usr/share/bash-completion/completions/nodelet; do
   if grep -qx "$f" <<<"$files"; then ok "rpm has $f"; else fail "rpm lacks $f"; fi

@@ -6,10 +6,11 @@
 //! `systemctl stop` under the unit's own `KillMode=` and `KillSignal=` (read from
 //! `packaging/systemd/nodelet.service`, the file both packages ship): with
 //! `KillMode=process` only the main process gets the signal. What dpkg does on removal
-//! after the prerm stopped the unit is deleting `/usr/bin/nodelet`; the agent here runs
-//! from a copy of its binary at `usr/bin/nodelet` in the test's directory, and the
-//! copy is deleted. The containers' log drivers were started from that binary by their
-//! shims, so the test also proves they keep writing after it is gone.
+//! after the prerm stopped the unit is deleting `/usr/bin/nodelet` and
+//! `/usr/bin/nodelet-log-driver`; the agent here runs from copies of both at `usr/bin/`
+//! in the test's directory, and the copies are deleted. The containers' log drivers were
+//! started from that driver binary by their shims, so the test also proves they keep
+//! writing after it is gone.
 
 mod support;
 
@@ -64,7 +65,9 @@ async fn stopping_the_unit_and_removing_the_package_keeps_pods_running() {
     let mut w = World::new().await;
     let installed = w.root.parent().expect("test dir").join("usr/bin/nodelet");
     std::fs::create_dir_all(installed.parent().expect("usr/bin")).expect("usr/bin");
+    let driver = installed.with_file_name("nodelet-log-driver");
     std::fs::copy(env!("CARGO_BIN_EXE_nodelet"), &installed).expect("install the binary");
+    std::fs::copy(env!("CARGO_BIN_EXE_nodelet-log-driver"), &driver).expect("install the driver");
     w.write_manifest(
         "ticker.yaml",
         &format!(
@@ -97,8 +100,9 @@ async fn stopping_the_unit_and_removing_the_package_keeps_pods_running() {
     })
     .await;
     assert!(status.success(), "the agent stopped cleanly: {status}");
-    // dpkg then removes the binary.
+    // dpkg then removes the binaries.
     std::fs::remove_file(&installed).expect("remove the binary");
+    std::fs::remove_file(&driver).expect("remove the driver");
 
     let runtime = w.runtime().await;
     let before = log_len(&log);
