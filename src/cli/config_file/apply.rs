@@ -33,6 +33,7 @@ pub const FIELD_ARGS: &[(&str, &str)] = &[
     ("port", "port"),
     ("tlsCertFile", "tls_cert_file"),
     ("tlsPrivateKeyFile", "tls_private_key_file"),
+    ("serverTLSBootstrap", "rotate_server_certificates"),
     ("authentication.x509.clientCAFile", "client_ca_file"),
     ("authentication.anonymous.enabled", "anonymous_auth"),
     (
@@ -518,6 +519,13 @@ fn apply_secure(
         Unset::Never,
         Some(None),
         opt_path,
+    )?;
+    c.set(
+        &mut s.rotate_server_certificates,
+        "serverTLSBootstrap",
+        Unset::Never,
+        Some(false),
+        boolean,
     )?;
     c.set(
         &mut s.client_ca_file,

@@ -151,7 +151,7 @@ pub const KUBELET_CONFIGURATION: &[Field] = &[
     f("tlsCurvePreferences", I32List, No),
     f("tlsMinVersion", Str, No),
     f("rotateCertificates", Bool, No),
-    f("serverTLSBootstrap", Bool, No),
+    f("serverTLSBootstrap", Bool, Yes),
     f("authentication", Obj(AUTHENTICATION), Partial),
     f("authorization", Obj(AUTHORIZATION), Partial),
     f("registryPullQPS", I32, Yes),
