@@ -147,7 +147,11 @@ fn file_serial(file: &Path) -> String {
         .arg(file)
         .output()
         .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -160,7 +164,6 @@ fn verifying_client(run: &Path, node: &str, port: u16) -> reqwest::Client {
     let mut id = std::fs::read(run.join("pki/admin.crt")).expect("admin.crt");
     id.extend(std::fs::read(run.join("pki/admin.key")).expect("admin.key"));
     reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
         .add_root_certificate(ca)
         .identity(reqwest::Identity::from_pem(&id).expect("identity"))
         .resolve(node, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
@@ -218,7 +221,10 @@ async fn server_tls_bootstrap_serves_the_approved_kubelet_serving_certificate() 
 
     let csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
     let csr = wait_for("the serving CSR", Duration::from_secs(30), || async {
-        serving_csrs(&csrs, &w.node, &cleanup).await.into_iter().next()
+        serving_csrs(&csrs, &w.node, &cleanup)
+            .await
+            .into_iter()
+            .next()
     })
     .await;
     let name = csr.metadata.name.clone().expect("name");
@@ -228,7 +234,10 @@ async fn server_tls_bootstrap_serves_the_approved_kubelet_serving_certificate() 
         ["digital signature", "server auth"]
     );
     let (subject, sans) = request_subject_and_sans(&csr);
-    assert_eq!(subject, format!("O=system:nodes, CN=system:node:{}", w.node));
+    assert_eq!(
+        subject,
+        format!("O=system:nodes, CN=system:node:{}", w.node)
+    );
     assert_eq!(
         sans,
         [
@@ -276,10 +285,14 @@ async fn server_tls_bootstrap_serves_the_approved_kubelet_serving_certificate() 
             .is_symlink()
     );
     let serial = file_serial(&current);
-    let served = wait_for("the new certificate served", Duration::from_secs(10), || {
-        let (port, node) = (w.secure_port, w.node.clone());
-        async move { served_serial(port, &node) }
-    })
+    let served = wait_for(
+        "the new certificate served",
+        Duration::from_secs(10),
+        || {
+            let (port, node) = (w.secure_port, w.node.clone());
+            async move { served_serial(port, &node) }
+        },
+    )
     .await;
     assert_eq!(served, serial);
     // A client that checks the node's name against the cluster CA accepts it.
@@ -382,7 +395,10 @@ async fn a_serving_certificate_near_its_end_is_rotated_without_a_restart() {
     let admin = admin_client(&kubeconfig).await;
     let csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
     let csr = wait_for("the renewal CSR", Duration::from_secs(60), || async {
-        serving_csrs(&csrs, &w.node, &cleanup).await.into_iter().next()
+        serving_csrs(&csrs, &w.node, &cleanup)
+            .await
+            .into_iter()
+            .next()
     })
     .await;
     let name = csr.metadata.name.clone().expect("name");
@@ -429,7 +445,14 @@ async fn a_serving_certificate_near_its_end_is_rotated_without_a_restart() {
         log.contains("serving certificate rotation deadline determined"),
         "{log}"
     );
-    assert!(w.agent.as_mut().expect("agent").try_wait().expect("wait").is_none());
+    assert!(
+        w.agent
+            .as_mut()
+            .expect("agent")
+            .try_wait()
+            .expect("wait")
+            .is_none()
+    );
     drop(w);
     drop(cleanup);
 }

@@ -64,7 +64,8 @@ pub fn serving_request_pem(
 ) -> Result<String, CertificateError> {
     let mut params = rcgen::CertificateParams::default();
     for name in dns_names {
-        let name = rcgen::string::Ia5String::try_from(name.as_str()).map_err(CertificateError::Csr)?;
+        let name =
+            rcgen::string::Ia5String::try_from(name.as_str()).map_err(CertificateError::Csr)?;
         params.subject_alt_names.push(rcgen::SanType::DnsName(name));
     }
     params

@@ -201,9 +201,9 @@ pub fn start(
                 }
             });
         }
-        None => warn!(
-            "serving certificate rotation is not enabled, no connection to the apiserver"
-        ),
+        None => {
+            warn!("serving certificate rotation is not enabled, no connection to the apiserver")
+        }
     }
     Ok(ServingResolver {
         current: rx,
@@ -353,13 +353,12 @@ mod tests {
         use x509_parser::prelude::FromDer as _;
         let key = store::generate_key().expect("key");
         let ip: IpAddr = "10.0.0.5".parse().expect("ip");
-        let pem = csr::serving_request_pem(&key, "n1", &["host1".to_owned()], &[ip])
-            .expect("request");
+        let pem =
+            csr::serving_request_pem(&key, "n1", &["host1".to_owned()], &[ip]).expect("request");
         let block = store::blocks(&pem).expect("pem").remove(0);
         let der = store::block_der(&block).expect("der");
-        let (_, req) =
-            x509_parser::certification_request::X509CertificationRequest::from_der(&der)
-                .expect("parse");
+        let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+            .expect("parse");
         assert_eq!(
             req.certification_request_info.subject.to_string(),
             "O=system:nodes, CN=system:node:n1"
@@ -399,7 +398,12 @@ mod tests {
         assert!(satisfies(&pair, "n", &[], &[]));
         assert!(!satisfies(&pair, "n", &["host1".to_owned()], &[]));
         assert!(!satisfies(&pair, "m", &[], &[]));
-        let (c, k) = cert("system:node:n", &["system:nodes"], now - hour, now - hour / 2);
+        let (c, k) = cert(
+            "system:node:n",
+            &["system:nodes"],
+            now - hour,
+            now - hour / 2,
+        );
         let expired = store::parse_pair(&c, &k).expect("pair");
         assert!(!satisfies(&expired, "n", &[], &[]));
         assert!(certified(&pair).is_ok());
