@@ -1,0 +1,350 @@
+//! End-to-end on the kubelet API's secure port (issue 13), standalone with anonymous
+//! access: `/metrics/probes` counts probe runs as upstream's `prober_probe_total`
+//! (its six labels, `successful` and `failed`); `POST /run/{ns}/{pod}/{container}`
+//! answers the command's output; a port-forward client that sends no `requestID`
+//! (clients older than kubectl 1.4) gets its streams paired by stream id (error `n`,
+//! data `n+2`), twice on one connection; bytes that are not HTTP inside a TLS
+//! connection get a 400 and the port keeps serving; after a PID-pressure eviction,
+//! `kubelet_evictions{eviction_signal="pid.available"}` counts it. Needs the test
+//! containerd.
+
+mod support;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{BUSYBOX, World, phase, wait_for};
+use tokio::io::AsyncWriteExt as _;
+
+#[path = "../src/server/streaming/spdy.rs"]
+#[allow(dead_code)]
+mod spdy;
+#[path = "../src/server/streaming/spdy_dict.rs"]
+#[allow(dead_code)]
+mod spdy_dict;
+
+use spdy::{FLAG_FIN, Frame, HeaderDecoder, HeaderEncoder, encode_frame, read_frame};
+
+fn https() -> reqwest::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .http1_only()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// The samples of `name` in a Prometheus text body, as (labels, value).
+fn samples(body: &str, name: &str) -> Vec<(std::collections::HashMap<String, String>, f64)> {
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("prometheus text");
+    scrape
+        .samples
+        .into_iter()
+        .filter(|s| s.metric == name)
+        .map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            let labels = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (labels, v)
+        })
+        .collect()
+}
+
+/// A port-forward over SPDY with no `requestID` headers: for each of `rounds`, an
+/// error stream and a data stream with consecutive odd ids, an HTTP/1.0 request on
+/// the data stream, and the answer read to the stream's end.
+async fn legacy_port_forward(url: &str, port: u16, rounds: u32) -> Vec<String> {
+    let resp = https()
+        .post(url)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", "portforward.k8s.io")
+        .send()
+        .await
+        .expect("upgrade");
+    assert_eq!(resp.status(), 101);
+    let io = resp.upgrade().await.expect("upgraded");
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut enc = HeaderEncoder::new().expect("encoder");
+    let mut dec = HeaderDecoder::default();
+    let mut answers = Vec::new();
+    for round in 0..rounds {
+        let error_id = 1 + 4 * round;
+        let data_id = error_id + 2;
+        for (id, kind) in [(error_id, "error"), (data_id, "data")] {
+            let f = Frame::SynStream {
+                stream_id: id,
+                associated_to: 0,
+                priority: 0,
+                flags: 0,
+                headers: vec![
+                    ("streamType".into(), kind.into()),
+                    ("port".into(), port.to_string()),
+                ],
+            };
+            wr.write_all(&encode_frame(&f, &mut enc).expect("encode"))
+                .await
+                .expect("syn");
+        }
+        let req = Frame::Data {
+            stream_id: data_id,
+            flags: 0,
+            data: b"GET /index.html HTTP/1.0\r\n\r\n".to_vec(),
+        };
+        wr.write_all(&encode_frame(&req, &mut enc).expect("encode"))
+            .await
+            .expect("data");
+        let mut body = Vec::new();
+        let read = async {
+            while let Ok(Some(f)) = read_frame(&mut rd, &mut dec).await {
+                match f {
+                    Frame::Data {
+                        stream_id,
+                        data,
+                        flags,
+                    } if stream_id == data_id => {
+                        body.extend(data);
+                        if flags & FLAG_FIN != 0 {
+                            break;
+                        }
+                    }
+                    Frame::Data {
+                        stream_id, data, ..
+                    } if stream_id == error_id && !data.is_empty() => {
+                        panic!(
+                            "port-forward error stream: {}",
+                            String::from_utf8_lossy(&data)
+                        );
+                    }
+                    Frame::RstStream { stream_id, status } if stream_id == data_id => {
+                        panic!("data stream {stream_id} reset ({status})")
+                    }
+                    Frame::GoAway { .. } => break,
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("the forwarded answer in time");
+        answers.push(String::from_utf8_lossy(&body).into_owned());
+    }
+    answers
+}
+
+/// Sends `bytes` inside a TLS connection to the port and returns what came back.
+fn tls_raw(port: u16, bytes: &[u8]) -> String {
+    let mut child = Command::new("timeout")
+        .args([
+            "20",
+            "openssl",
+            "s_client",
+            "-quiet",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(bytes).expect("write");
+    // s_client -quiet keeps reading after stdin's end; the server's close ends it.
+    let out = child.wait_with_output().expect("s_client output");
+    drop(stdin);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kernel.pid_max` and the machine's tasks (`/proc/loadavg`'s total), what the
+/// agent's `pid.available` is made of.
+fn pid_counts() -> (u64, u64) {
+    let max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("pid_max")
+        .trim()
+        .parse()
+        .expect("number");
+    let loadavg = std::fs::read_to_string("/proc/loadavg").expect("loadavg");
+    let tasks = loadavg
+        .split_whitespace()
+        .nth(3)
+        .and_then(|f| f.split('/').nth(1)?.parse().ok())
+        .expect("tasks");
+    (max, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_metrics_run_legacy_port_forward_malformed_tls_and_evictions() {
+    let mut w = World::new().await;
+    w.extra_args = vec!["--anonymous-auth".into()];
+    w.write_manifest(
+        "web.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sh, -c, 'mkdir -p /www && echo hello-from-pod > /www/index.html && exec httpd -f -p 8080 -h /www']
+    readinessProbe:
+      exec: {{command: ['true']}}
+      periodSeconds: 1
+  - name: sad
+    image: {BUSYBOX}
+    command: [sleep, '3600']
+    readinessProbe:
+      exec: {{command: ['false']}}
+      periodSeconds: 1
+"#
+        ),
+    );
+    w.start_agent().await;
+    let pod = w
+        .wait_pod("web", "Running", |p| phase(p) == "Running")
+        .await;
+    let name = pod.metadata.name.clone().expect("name");
+    let uid = pod.metadata.uid.clone().expect("uid");
+    let base = format!("https://127.0.0.1:{}", w.secure_port);
+    let http = https();
+
+    // prober_probe_total with upstream's labels, both results.
+    let counts = wait_for("probe counts", Duration::from_secs(30), || async {
+        let body = http
+            .get(format!("{base}/metrics/probes"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let s = samples(&body, "prober_probe_total");
+        let find = |container: &str, result: &str| {
+            s.iter()
+                .find(|(l, _)| {
+                    l.get("container").map(String::as_str) == Some(container)
+                        && l.get("result").map(String::as_str) == Some(result)
+                })
+                .cloned()
+        };
+        let ok = find("main", "successful").filter(|(_, v)| *v >= 2.0)?;
+        let bad = find("sad", "failed").filter(|(_, v)| *v >= 2.0)?;
+        Some((ok, bad))
+    })
+    .await;
+    for (labels, _) in [&counts.0, &counts.1] {
+        let mut keys: Vec<&str> = labels.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "container",
+                "namespace",
+                "pod",
+                "pod_uid",
+                "probe_type",
+                "result"
+            ]
+        );
+        assert_eq!(labels["probe_type"], "Readiness");
+        assert_eq!(labels["pod"], name);
+        assert_eq!(labels["namespace"], "default");
+        assert_eq!(labels["pod_uid"], uid);
+    }
+
+    // /run: the command's output.
+    let run = http
+        .post(format!(
+            "{base}/run/default/{name}/main?cmd=echo%20hello%20from%20run"
+        ))
+        .send()
+        .await
+        .expect("run");
+    assert_eq!(run.status(), 200);
+    assert_eq!(run.text().await.expect("body"), "hello from run\n");
+    let missing = http
+        .post(format!("{base}/run/default/{name}/nope?cmd=true"))
+        .send()
+        .await
+        .expect("run");
+    assert_eq!(missing.status(), 404);
+
+    // Port-forward without requestID headers, two pairs on one connection.
+    let answers = legacy_port_forward(&format!("{base}/portForward/default/{name}"), 8080, 2).await;
+    for a in &answers {
+        assert!(a.contains("hello-from-pod"), "{answers:?}");
+    }
+
+    // Not HTTP inside TLS: a 400, and the port keeps serving.
+    let answer = tls_raw(w.secure_port, b"\x01\x02 NOT HTTP AT ALL\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request"), "{answer:?}");
+    let ok = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz after the bad request");
+    assert_eq!(ok.status(), 200);
+
+    // An eviction: a pid.available threshold 400 tasks below what the machine
+    // runs now, crossed once the hog's 800 sleeps run (a restart with the threshold,
+    // so the hog is admitted before it forks).
+    w.stop_agent();
+    std::fs::remove_file(w.manifests.join("web.yaml")).expect("remove web.yaml");
+    let (pid_max, tasks) = pid_counts();
+    w.extra_args = vec![
+        "--anonymous-auth".into(),
+        format!("--eviction-hard=pid.available<{}", pid_max - tasks - 400),
+        "--evict-static-pods=true".into(),
+    ];
+    w.start_agent().await;
+    w.write_manifest(
+        "hog.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hog}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: hog
+    image: {BUSYBOX}
+    command: [sh, -c, 'i=0; while [ $i -lt 800 ]; do sleep 3600 & i=$((i+1)); done; wait']
+"#
+        ),
+    );
+    let evicted = wait_for("kubelet_evictions", Duration::from_secs(90), || async {
+        let body = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        samples(&body, "kubelet_evictions")
+            .into_iter()
+            .find(|(l, v)| {
+                l.get("eviction_signal").map(String::as_str) == Some("pid.available") && *v >= 1.0
+            })
+    })
+    .await;
+    assert_eq!(evicted.0.len(), 1, "{:?}", evicted.0);
+    let pod = w.wait_pod("hog", "evicted", |p| phase(p) == "Failed").await;
+    assert_eq!(
+        pod.status.as_ref().and_then(|s| s.reason.as_deref()),
+        Some("Evicted")
+    );
+}
