@@ -41,10 +41,10 @@ pub fn own_router(state: OwnState) -> Router {
         .route("/runningpods/", get(running_pods))
         .with_state(state.pods.clone());
     Router::new()
-        .route("/healthz", get(ok))
+        .route("/healthz", get(healthz))
         .route("/healthz/ping", get(ok))
         .route("/healthz/log", get(ok))
-        .route("/healthz/syncloop", get(ok))
+        .route("/healthz/syncloop", get(syncloop))
         .route("/configz", get(configz))
         .with_state(state.clone())
         .merge(summary)
@@ -59,6 +59,57 @@ pub fn own_router(state: OwnState) -> Router {
 
 async fn ok() -> &'static str {
     "ok"
+}
+
+fn text_500(body: String) -> Response {
+    (
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            ),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Upstream's `/healthz/syncloop`: `ok`, or 500 once the pod manager's loop has not
+/// run for longer than allowed.
+async fn syncloop() -> Response {
+    match crate::pod::sync_loop::check() {
+        Ok(()) => "ok".into_response(),
+        Err(e) => text_500(format!("internal server error: {e}\n")),
+    }
+}
+
+/// Upstream's root healthz over the checks `ping`, `log`, `syncloop`: `ok` (with
+/// `?verbose`, each check and `healthz check passed`), or 500 naming the failed
+/// check with its reason withheld.
+async fn healthz(axum::extract::RawQuery(query): axum::extract::RawQuery) -> Response {
+    root_healthz(
+        crate::pod::sync_loop::check().is_ok(),
+        query
+            .as_deref()
+            .is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some("verbose"))),
+    )
+}
+
+fn root_healthz(syncloop_ok: bool, verbose: bool) -> Response {
+    let mut out = String::from("[+]ping ok\n[+]log ok\n");
+    if syncloop_ok {
+        out.push_str("[+]syncloop ok\n");
+    } else {
+        out.push_str("[-]syncloop failed: reason withheld\n");
+        return text_500(format!("{out}healthz check failed\n"));
+    }
+    if !verbose {
+        return "ok".into_response();
+    }
+    out.push_str("healthz check passed\n");
+    out.into_response()
 }
 
 async fn configz(State(state): State<OwnState>) -> Response {
@@ -129,6 +180,8 @@ pub fn configz_body(args: &crate::cli::AgentArgs, node_name: &str) -> serde_json
             "readOnlyPort": args.read_only_port,
             "tlsCertFile": s.tls_cert_file,
             "tlsPrivateKeyFile": s.tls_private_key_file,
+            "serverTLSBootstrap": s.rotate_server_certificates,
+            "rotateCertificates": args.rotate_certificates,
             "authentication": {
                 "x509": {"clientCAFile": s.client_ca_file},
                 "webhook": {
@@ -155,4 +208,37 @@ pub fn configz_body(args: &crate::cli::AgentArgs, node_name: &str) -> serde_json
             "nodeName": node_name,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(r: Response) -> (u16, String) {
+        let status = r.status().as_u16();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn root_healthz_answers_as_upstreams() {
+        assert_eq!(body(root_healthz(true, false)).await, (200, "ok".into()));
+        assert_eq!(
+            body(root_healthz(true, true)).await,
+            (
+                200,
+                "[+]ping ok\n[+]log ok\n[+]syncloop ok\nhealthz check passed\n".into()
+            )
+        );
+        assert_eq!(
+            body(root_healthz(false, false)).await,
+            (
+                500,
+                "[+]ping ok\n[+]log ok\n[-]syncloop failed: reason withheld\nhealthz check failed\n"
+                    .into()
+            )
+        );
+    }
 }
