@@ -5,7 +5,8 @@
 //! (clients older than kubectl 1.4) gets its streams paired by stream id (error `n`,
 //! data `n+2`), twice on one connection; bytes that are not HTTP inside a TLS
 //! connection get a 400 and the port keeps serving; after a PID-pressure eviction,
-//! `kubelet_evictions{eviction_signal="pid.available"}` counts it. Needs the test
+//! `kubelet_evictions{eviction_signal="pid.available"}` counts it. `--streaming-connection-idle-timeout` closes an exec connection with no
+//! frames for that long, and not one whose command keeps writing. Needs the test
 //! containerd.
 
 mod support;
@@ -347,4 +348,95 @@ spec:
         pod.status.as_ref().and_then(|s| s.reason.as_deref()),
         Some("Evicted")
     );
+}
+
+/// Runs `cmd` by SPDY exec (v4, stdout), reading until the connection ends or
+/// `limit` passes; returns the stdout bytes, whether it ended, and when.
+async fn exec_until_end(url: &str, limit: Duration) -> (Vec<u8>, bool, Duration) {
+    let resp = https()
+        .post(url)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", "v4.channel.k8s.io")
+        .send()
+        .await
+        .expect("upgrade");
+    assert_eq!(resp.status(), 101);
+    let io = resp.upgrade().await.expect("upgraded");
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut enc = HeaderEncoder::new().expect("encoder");
+    for (id, kind) in [(1u32, "error"), (3, "stdout")] {
+        let f = Frame::SynStream {
+            stream_id: id,
+            associated_to: 0,
+            priority: 0,
+            flags: 0,
+            headers: vec![("streamType".into(), kind.into())],
+        };
+        wr.write_all(&encode_frame(&f, &mut enc).expect("encode"))
+            .await
+            .expect("syn");
+    }
+    let start = std::time::Instant::now();
+    let mut dec = HeaderDecoder::default();
+    let mut out = Vec::new();
+    let read = async {
+        loop {
+            match read_frame(&mut rd, &mut dec).await {
+                Ok(Some(Frame::Data {
+                    stream_id: 3, data, ..
+                })) => out.extend(data),
+                Ok(Some(Frame::GoAway { .. }) | None) | Err(_) => return,
+                Ok(Some(_)) => {}
+            }
+        }
+    };
+    let ended = tokio::time::timeout(limit, read).await.is_ok();
+    (out, ended, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_streaming_connection_is_closed_after_the_idle_timeout() {
+    let mut w = World::new().await;
+    w.extra_args = vec![
+        "--anonymous-auth".into(),
+        "--streaming-connection-idle-timeout=3s".into(),
+    ];
+    w.write_manifest(
+        "box.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: box}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n"
+        ),
+    );
+    w.start_agent().await;
+    let pod = w
+        .wait_pod("box", "Running", |p| phase(p) == "Running")
+        .await;
+    let name = pod.metadata.name.clone().expect("name");
+    let base = format!(
+        "https://127.0.0.1:{}/exec/default/{name}/main",
+        w.secure_port
+    );
+    // Silent for 30 s: closed after about 3 s.
+    let (_, ended, after) = exec_until_end(
+        &format!("{base}?command=sleep&command=30&output=1"),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(ended, "the idle connection was not closed");
+    assert!(
+        after >= Duration::from_millis(2500) && after < Duration::from_secs(15),
+        "closed after {after:?}"
+    );
+    // Output every half second keeps the connection busy past the timeout.
+    let (out, ended, after) = exec_until_end(
+        &format!(
+            "{base}?command=sh&command=-c&command=for%20i%20in%201%202%203%204%205%206%207%208%203%204%205%206%207%208%3B%20do%20echo%20$i%3B%20sleep%200.5%3B%20done&output=1"
+        ),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(ended, "the busy exec did not finish");
+    assert!(after >= Duration::from_secs(6), "ended after {after:?}");
+    assert_eq!(String::from_utf8_lossy(&out).lines().count(), 14, "{out:?}");
 }

@@ -34,6 +34,10 @@ pub const FIELD_ARGS: &[(&str, &str)] = &[
     ("tlsCertFile", "tls_cert_file"),
     ("tlsPrivateKeyFile", "tls_private_key_file"),
     ("serverTLSBootstrap", "rotate_server_certificates"),
+    (
+        "streamingConnectionIdleTimeout",
+        "streaming_connection_idle_timeout",
+    ),
     ("authentication.x509.clientCAFile", "client_ca_file"),
     ("authentication.anonymous.enabled", "anonymous_auth"),
     (
@@ -519,6 +523,13 @@ fn apply_secure(
         Unset::Never,
         Some(None),
         opt_path,
+    )?;
+    c.set(
+        &mut s.streaming_connection_idle_timeout,
+        "streamingConnectionIdleTimeout",
+        Unset::Zero,
+        Some(d(4 * 3600)),
+        duration,
     )?;
     c.set(
         &mut s.rotate_server_certificates,

@@ -167,7 +167,7 @@ pub const KUBELET_CONFIGURATION: &[Field] = &[
     f("oomScoreAdj", I32, No),
     f("clusterDomain", Str, Yes),
     f("clusterDNS", StrList, Yes),
-    f("streamingConnectionIdleTimeout", Duration, No),
+    f("streamingConnectionIdleTimeout", Duration, Yes),
     f(
         "nodeStatusUpdateFrequency",
         Duration,

@@ -66,6 +66,10 @@ pub struct SecureArgs {
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
     pub rotate_server_certificates: bool,
+    /// How long an exec/attach/port-forward connection may go without a frame either
+    /// way before it is closed; 0 means never.
+    #[arg(long, default_value = "4h", value_parser = parse_duration)]
+    pub streaming_connection_idle_timeout: Duration,
     /// CA bundle client certificates are verified against (user = CN, groups = O).
     #[arg(long)]
     pub client_ca_file: Option<PathBuf>,

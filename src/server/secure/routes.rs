@@ -182,6 +182,7 @@ pub fn configz_body(args: &crate::cli::AgentArgs, node_name: &str) -> serde_json
             "tlsPrivateKeyFile": s.tls_private_key_file,
             "serverTLSBootstrap": s.rotate_server_certificates,
             "rotateCertificates": args.rotate_certificates,
+            "streamingConnectionIdleTimeout": go_duration(s.streaming_connection_idle_timeout),
             "authentication": {
                 "x509": {"clientCAFile": s.client_ca_file},
                 "webhook": {

@@ -38,8 +38,13 @@ pub const HEADER_ACCEPTED_PROTOCOL_VERSIONS: &str = "x-accepted-stream-protocol-
 /// The `Upgrade` token of SPDY.
 pub const SPDY_31: &str = "SPDY/3.1";
 
-/// Builds the streaming routes (to merge into the kubelet API's router).
-pub fn router(node: NodeViewCell) -> Router {
+/// `--streaming-connection-idle-timeout` as the upgrade sees it (zero: none).
+#[derive(Debug, Clone, Copy)]
+struct IdleTimeout(std::time::Duration);
+
+/// Builds the streaming routes (to merge into the kubelet API's router); SPDY
+/// connections idle for `idle` are closed (zero: never).
+pub fn router(node: NodeViewCell, idle: std::time::Duration) -> Router {
     Router::new()
         .route("/exec/{ns}/{pod}/{container}", any(exec))
         .route("/exec/{ns}/{pod}/{uid}/{container}", any(exec_uid))
@@ -50,6 +55,7 @@ pub fn router(node: NodeViewCell) -> Router {
         .route("/run/{ns}/{pod}/{container}", post(run))
         .route("/run/{ns}/{pod}/{uid}/{container}", post(run_uid))
         .with_state(node)
+        .layer(axum::Extension(IdleTimeout(idle)))
 }
 
 /// A plain-text error answer.
@@ -201,6 +207,7 @@ where
     F: FnOnce(SpdyConn) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let idle = req.extensions().get::<IdleTimeout>().map(|i| i.0);
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -210,7 +217,7 @@ where
                 return;
             }
         };
-        match SpdyConn::start(TokioIo::new(upgraded)) {
+        match SpdyConn::start(TokioIo::new(upgraded), idle) {
             Ok(conn) => serve(conn).await,
             Err(e) => warn!(error = %e, "spdy connection not started"),
         }

@@ -33,6 +33,7 @@ type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 struct Writer {
     inner: Mutex<(BoxWrite, HeaderEncoder)>,
+    activity: Arc<Activity>,
 }
 
 impl Writer {
@@ -42,7 +43,33 @@ impl Writer {
         let bytes = encode_frame(frame, enc)?;
         io.write_all(&bytes).await?;
         io.flush().await?;
+        self.activity.touch();
         Ok(())
+    }
+}
+
+/// When a frame last went either way (spdystream's idle-aware framer resets its
+/// timer on every frame read or written).
+struct Activity {
+    base: tokio::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            base: tokio::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> u64 {
+        self.last_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -172,17 +199,22 @@ impl std::fmt::Debug for SpdyConn {
 }
 
 impl SpdyConn {
-    /// Starts serving SPDY on `io` (the connection after the 101 response).
+    /// Starts serving SPDY on `io` (the connection after the 101 response); with
+    /// `idle`, a connection with no frame either way for that long is closed
+    /// (GOAWAY, then the streams end), as upstream's
+    /// `--streaming-connection-idle-timeout`.
     ///
     /// # Errors
     /// [`SpdyError::Compression`] when the header compressor can't be made.
-    pub fn start<IO>(io: IO) -> Result<Self, SpdyError>
+    pub fn start<IO>(io: IO, idle: Option<Duration>) -> Result<Self, SpdyError>
     where
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (rd, wr) = tokio::io::split(io);
+        let activity = Arc::new(Activity::new());
         let out = Arc::new(Writer {
             inner: Mutex::new((Box::new(wr), HeaderEncoder::new()?)),
+            activity: Arc::clone(&activity),
         });
         let (tx, incoming) = mpsc::channel(8);
         let closed = CancellationToken::new();
@@ -194,6 +226,16 @@ impl SpdyConn {
             closed.clone(),
             Arc::clone(&last_stream),
         ));
+        if let Some(idle) = idle.filter(|d| !d.is_zero()) {
+            tokio::spawn(watch_idle(
+                idle,
+                activity,
+                Arc::clone(&out),
+                closed.clone(),
+                Arc::clone(&last_stream),
+                reader.abort_handle(),
+            ));
+        }
         Ok(Self {
             out,
             incoming,
@@ -242,6 +284,42 @@ impl Drop for SpdyConn {
     }
 }
 
+/// Closes the connection once no frame went either way for `idle`.
+async fn watch_idle(
+    idle: Duration,
+    activity: Arc<Activity>,
+    out: Arc<Writer>,
+    closed: CancellationToken,
+    last_stream: Arc<std::sync::atomic::AtomicU32>,
+    reader: tokio::task::AbortHandle,
+) {
+    loop {
+        let last = activity.last();
+        let deadline = activity.base + Duration::from_millis(last) + idle;
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+        if activity.last() != last {
+            continue;
+        }
+        debug!(?idle, "streaming connection idle; closing it");
+        let goaway = Frame::GoAway {
+            last_good_stream_id: last_stream.load(std::sync::atomic::Ordering::Relaxed),
+            status: 0,
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), out.send(&goaway)).await;
+        if let Ok(mut guard) = tokio::time::timeout(Duration::from_secs(5), out.inner.lock()).await
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(5), guard.0.shutdown()).await;
+        }
+        // The reader's end drops every stream's sender: the sessions see their end.
+        reader.abort();
+        closed.cancel();
+        return;
+    }
+}
+
 async fn read_loop<R: AsyncRead + Unpin>(
     mut rd: R,
     out: Arc<Writer>,
@@ -253,7 +331,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut streams: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
     loop {
         let frame = match read_frame(&mut rd, &mut dec).await {
-            Ok(Some(f)) => f,
+            Ok(Some(f)) => {
+                out.activity.touch();
+                f
+            }
             Ok(None) => break,
             Err(e) => {
                 debug!(error = %e, "spdy connection ends");
