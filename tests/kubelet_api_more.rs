@@ -5,9 +5,9 @@
 //! (clients older than kubectl 1.4) gets its streams paired by stream id (error `n`,
 //! data `n+2`), twice on one connection; bytes that are not HTTP inside a TLS
 //! connection get a 400 and the port keeps serving; after a PID-pressure eviction,
-//! `kubelet_evictions{eviction_signal="pid.available"}` counts it. `--streaming-connection-idle-timeout` closes an exec connection with no
-//! frames for that long, and not one whose command keeps writing. Needs the test
-//! containerd.
+//! `kubelet_evictions{eviction_signal="pid.available"}` counts it.
+//! `--streaming-connection-idle-timeout` closes an exec connection with no frames for
+//! that long, and not one whose command keeps writing. Needs the test containerd.
 
 mod support;
 
