@@ -1,7 +1,8 @@
 //! End-to-end on the kubelet API's secure port (issue 13), standalone with anonymous
 //! access: `/metrics/probes` counts probe runs as upstream's `prober_probe_total`
 //! (its six labels, `successful` and `failed`); `POST /run/{ns}/{pod}/{container}`
-//! answers the command's output; a port-forward client that sends no `requestID`
+//! answers the command's output; `/runningpods/` lists the pod as containerd runs it;
+//! a port-forward client that sends no `requestID`
 //! (clients older than kubectl 1.4) gets its streams paired by stream id (error `n`,
 //! data `n+2`), twice on one connection; bytes that are not HTTP inside a TLS
 //! connection get a 400 and the port keeps serving; after a PID-pressure eviction,
@@ -265,6 +266,42 @@ spec:
         assert_eq!(labels["namespace"], "default");
         assert_eq!(labels["pod_uid"], uid);
     }
+
+    // /runningpods/: the pod as the runtime lists it.
+    let running: serde_json::Value = http
+        .get(format!("{base}/runningpods/"))
+        .send()
+        .await
+        .expect("runningpods")
+        .json()
+        .await
+        .expect("json");
+    let item = running["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|p| p["metadata"]["uid"] == uid.as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("{running}"));
+    assert_eq!(item["metadata"]["name"], name.as_str());
+    assert_eq!(item["metadata"]["namespace"], "default");
+    let mut containers: Vec<(String, String)> = item["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_owned(),
+                c["image"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    containers.sort();
+    assert_eq!(
+        containers,
+        [
+            ("main".to_owned(), BUSYBOX.to_owned()),
+            ("sad".to_owned(), BUSYBOX.to_owned())
+        ]
+    );
 
     // /run: the command's output.
     let run = http

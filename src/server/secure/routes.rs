@@ -38,8 +38,10 @@ pub fn own_router(state: OwnState) -> Router {
     let pods = Router::new()
         .route("/pods", get(crate::server::list_pods))
         .route("/pods/", get(crate::server::list_pods))
-        .route("/runningpods/", get(running_pods))
         .with_state(state.pods.clone());
+    let running = Router::new()
+        .route("/runningpods/", get(running_pods))
+        .with_state(state.node.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/healthz/ping", get(ok))
@@ -49,6 +51,7 @@ pub fn own_router(state: OwnState) -> Router {
         .with_state(state.clone())
         .merge(summary)
         .merge(pods)
+        .merge(running)
         .merge(crate::server::metrics::router(
             crate::server::metrics::MetricsState {
                 pods: state.pods,
@@ -116,27 +119,43 @@ async fn configz(State(state): State<OwnState>) -> Response {
     json(&*state.configz)
 }
 
-/// Pods with at least one running container, reduced as the runtime reports them.
-pub fn running(pods: &PodStatuses) -> Vec<Pod> {
+/// Upstream's `GetRunningPods` over the runtime's listing (`GetPods(all=false)` then
+/// `ToAPIPod`): each pod with a ready sandbox or a running container, as UID, name
+/// and namespace with its running containers' names and images, sorted by namespace
+/// and name.
+pub fn running(
+    sandboxes: &[nodelet_cri::runtime::SandboxInfo],
+    containers: &[nodelet_cri::runtime::ContainerInfo],
+) -> Vec<Pod> {
+    use std::collections::BTreeMap;
+    let refs: BTreeMap<&str, &nodelet_cri::runtime::PodRef> = sandboxes
+        .iter()
+        .map(|s| (s.pod.uid.as_str(), &s.pod))
+        .collect();
+    let mut pods: BTreeMap<&str, Vec<Container>> = sandboxes
+        .iter()
+        .filter(|s| s.ready)
+        .map(|s| (s.pod.uid.as_str(), Vec::new()))
+        .collect();
+    for c in containers
+        .iter()
+        .filter(|c| c.state == nodelet_cri::runtime::ContainerState::Running)
+    {
+        pods.entry(c.pod_uid.as_str()).or_default().push(Container {
+            name: c.name.clone(),
+            image: Some(c.image.clone()),
+            ..Container::default()
+        });
+    }
     let mut out: Vec<Pod> = pods
-        .values()
-        .filter_map(|pod| {
-            let status = pod.status.as_ref()?;
-            let statuses = status.container_statuses.as_deref().unwrap_or_default();
-            let containers: Vec<Container> = statuses
-                .iter()
-                .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
-                .map(|c| Container {
-                    name: c.name.clone(),
-                    image: Some(c.image.clone()),
-                    ..Container::default()
-                })
-                .collect();
-            (!containers.is_empty()).then(|| Pod {
+        .into_iter()
+        .map(|(uid, containers)| {
+            let r = refs.get(uid);
+            Pod {
                 metadata: ObjectMeta {
-                    name: pod.metadata.name.clone(),
-                    namespace: pod.metadata.namespace.clone(),
-                    uid: pod.metadata.uid.clone(),
+                    name: r.map(|r| r.name.clone()),
+                    namespace: r.map(|r| r.namespace.clone()),
+                    uid: Some(uid.to_owned()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(PodSpec {
@@ -144,7 +163,7 @@ pub fn running(pods: &PodStatuses) -> Vec<Pod> {
                     ..PodSpec::default()
                 }),
                 status: None,
-            })
+            }
         })
         .collect();
     out.sort_by(|a, b| {
@@ -153,12 +172,27 @@ pub fn running(pods: &PodStatuses) -> Vec<Pod> {
     out
 }
 
-async fn running_pods(State(pods): State<watch::Receiver<PodStatuses>>) -> impl IntoResponse {
-    let items = running(&pods.borrow());
-    json(&k8s_openapi::List {
-        items,
-        metadata: Default::default(),
-    })
+async fn running_pods(State(node): State<NodeViewCell>) -> Response {
+    use nodelet_cri::runtime::Runtime as _;
+    let view = node.borrow().clone();
+    let Some(view) = view else {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "the container runtime is not connected yet",
+        )
+            .into_response();
+    };
+    let listed = tokio::try_join!(
+        view.runtime.list_sandboxes(None),
+        view.runtime.list_containers(None)
+    );
+    match listed {
+        Ok((sandboxes, containers)) => json(&k8s_openapi::List {
+            items: running(&sandboxes, &containers),
+            metadata: Default::default(),
+        }),
+        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// `/configz`'s body: the effective configuration in `KubeletConfiguration`'s
