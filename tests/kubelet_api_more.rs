@@ -8,7 +8,11 @@
 //! connection get a 400 and the port keeps serving; after a PID-pressure eviction,
 //! `kubelet_evictions{eviction_signal="pid.available"}` counts it.
 //! `--streaming-connection-idle-timeout` closes an exec connection with no frames for
-//! that long, and not one whose command keeps writing. Needs the test containerd.
+//! that long, and not one whose command keeps writing. A WebSocket client
+//! (tokio-tungstenite) runs exec over `v5.channel.k8s.io` (stdin closed by the v5
+//! close message) and `v4.base64.channel.k8s.io` (stderr, exit code), is refused an
+//! unknown subprotocol with 403, and port-forwards over `v4.channel.k8s.io`. Needs
+//! the test containerd.
 
 mod support;
 
@@ -476,4 +480,208 @@ async fn an_idle_streaming_connection_is_closed_after_the_idle_timeout() {
     assert!(ended, "the busy exec did not finish");
     assert!(after >= Duration::from_secs(6), "ended after {after:?}");
     assert_eq!(String::from_utf8_lossy(&out).lines().count(), 14, "{out:?}");
+}
+
+mod ws {
+    //! A WebSocket client over reqwest's upgrade: the handshake by hand (the accept
+    //! key as RFC 6455 computes it), the frames by tokio-tungstenite.
+
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    pub type Ws = tokio_tungstenite::WebSocketStream<reqwest::Upgraded>;
+
+    fn derive_accept_key(key: &[u8]) -> String {
+        use base64::Engine as _;
+        use sha1::Digest as _;
+        let mut sha = sha1::Sha1::new();
+        sha.update(key);
+        sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+        base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+    }
+
+    /// Opens a WebSocket offering `protocol`; the HTTP status when not upgraded.
+    pub async fn open(url: &str, protocol: &str) -> Result<Ws, u16> {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let resp = super::https()
+            .get(url)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", key)
+            .header("Sec-WebSocket-Protocol", protocol)
+            .send()
+            .await
+            .expect("request");
+        if resp.status() != 101 {
+            return Err(resp.status().as_u16());
+        }
+        let h = resp.headers();
+        assert_eq!(
+            h.get("sec-websocket-accept").and_then(|v| v.to_str().ok()),
+            Some(derive_accept_key(key.as_bytes()).as_str())
+        );
+        assert_eq!(
+            h.get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some(protocol)
+        );
+        let io = resp.upgrade().await.expect("upgraded");
+        Ok(Ws::from_raw_socket(io, Role::Client, None).await)
+    }
+
+    pub async fn send(ws: &mut Ws, channel: u8, data: &[u8]) {
+        let mut m = vec![channel];
+        m.extend_from_slice(data);
+        ws.send(Message::Binary(m.into())).await.expect("send");
+    }
+
+    /// Every message until the close, as (channel, data), base64 text decoded.
+    pub async fn read_all(ws: &mut Ws) -> Vec<(u8, Vec<u8>)> {
+        use base64::Engine as _;
+        let mut out = Vec::new();
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Binary(b) => {
+                    if let Some((ch, rest)) = b.split_first() {
+                        out.push((*ch, rest.to_vec()));
+                    }
+                }
+                Message::Text(t) => {
+                    let t = t.as_str();
+                    let ch = t.as_bytes().first().copied().unwrap_or(b'?') - b'0';
+                    let data = base64::engine::general_purpose::STANDARD
+                        .decode(&t[1..])
+                        .expect("base64");
+                    out.push((ch, data));
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Reads binary messages until one on `channel` contains `needle`.
+    pub async fn read_until(ws: &mut Ws, channel: u8, needle: &str) -> Vec<(u8, Vec<u8>)> {
+        let mut seen = Vec::new();
+        let mut text = String::new();
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(b) = m
+                && let Some((ch, rest)) = b.split_first()
+            {
+                seen.push((*ch, rest.to_vec()));
+                if *ch == channel {
+                    text.push_str(&String::from_utf8_lossy(rest));
+                    if text.contains(needle) {
+                        break;
+                    }
+                }
+            }
+        }
+        seen
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_and_port_forward_over_websockets() {
+    let mut w = World::new().await;
+    w.extra_args = vec!["--anonymous-auth".into()];
+    w.write_manifest(
+        "web.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sh, -c, 'mkdir -p /www && echo hello-from-pod > /www/index.html && exec httpd -f -p 8080 -h /www']
+"#
+        ),
+    );
+    w.start_agent().await;
+    let pod = w
+        .wait_pod("web", "Running", |p| phase(p) == "Running")
+        .await;
+    let name = pod.metadata.name.clone().expect("name");
+    let base = format!("https://127.0.0.1:{}", w.secure_port);
+    let exec = |q: &str| format!("{base}/exec/default/{name}/main?{q}");
+
+    // v5: stdin in, the client closes stdin, stdout back, a Success status.
+    let mut s = ws::open(&exec("command=cat&input=1&output=1"), "v5.channel.k8s.io")
+        .await
+        .expect("upgrade");
+    ws::send(&mut s, 0, b"hello over websocket\n").await;
+    ws::send(&mut s, 255, &[0]).await;
+    let got = tokio::time::timeout(Duration::from_secs(30), ws::read_all(&mut s))
+        .await
+        .expect("the exec ends");
+    assert_eq!(got.first(), Some(&(1, Vec::new())), "the opening message");
+    let stdout: Vec<u8> = got
+        .iter()
+        .filter(|(c, _)| *c == 1)
+        .flat_map(|(_, d)| d.clone())
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&stdout), "hello over websocket\n");
+    let status: serde_json::Value = got
+        .iter()
+        .find(|(c, d)| *c == 3 && !d.is_empty())
+        .map(|(_, d)| serde_json::from_slice(d).expect("status json"))
+        .expect("a status");
+    assert_eq!(status["status"], "Success");
+
+    // v4 base64: stderr and the exit code.
+    let mut s = ws::open(
+        &exec("command=sh&command=-c&command=echo%20oops%20%3E%262%3B%20exit%203&output=1&error=1"),
+        "v4.base64.channel.k8s.io",
+    )
+    .await
+    .expect("upgrade");
+    let got = tokio::time::timeout(Duration::from_secs(30), ws::read_all(&mut s))
+        .await
+        .expect("the exec ends");
+    let stderr: Vec<u8> = got
+        .iter()
+        .filter(|(c, _)| *c == 2)
+        .flat_map(|(_, d)| d.clone())
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&stderr), "oops\n");
+    let status: serde_json::Value = got
+        .iter()
+        .find(|(c, d)| *c == 3 && !d.is_empty())
+        .map(|(_, d)| serde_json::from_slice(d).expect("status json"))
+        .expect("a status");
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    assert_eq!(status["details"]["causes"][0]["message"], "3");
+
+    // A subprotocol we don't speak: 403.
+    assert_eq!(
+        ws::open(&exec("command=true&output=1"), "v9.channel.k8s.io")
+            .await
+            .map(|_| ())
+            .expect_err("refused"),
+        403
+    );
+
+    // Port-forward: the port announced on both channels, then the page.
+    let mut s = ws::open(
+        &format!("{base}/portForward/default/{name}?port=8080"),
+        "v4.channel.k8s.io",
+    )
+    .await
+    .expect("upgrade");
+    ws::send(&mut s, 0, b"GET /index.html HTTP/1.0\r\n\r\n").await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(30),
+        ws::read_until(&mut s, 0, "hello-from-pod"),
+    )
+    .await
+    .expect("the page in time");
+    let port = 8080u16.to_le_bytes().to_vec();
+    assert_eq!(got.first(), Some(&(0, port.clone())), "{got:?}");
+    assert!(got.contains(&(1, port)), "{got:?}");
 }
