@@ -88,6 +88,10 @@ pub fn accept_key(key: &str) -> String {
 ///
 /// # Errors
 /// 400 for a bad WebSocket request, 403 when no offered subprotocol is ours.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the HTTP answer itself, made once per request"
+)]
 pub fn handshake(headers: &HeaderMap, supported: &[&str]) -> Result<Handshake, Response> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if get("sec-websocket-version").map(str::trim) != Some("13") {
