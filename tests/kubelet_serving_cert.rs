@@ -440,6 +440,25 @@ async fn a_serving_certificate_near_its_end_is_rotated_without_a_restart() {
         .await
         .expect("verified TLS to the kubelet");
     assert_eq!(resp.status(), 200);
+    // Upstream's TTL gauge follows the new certificate (more than a day left).
+    let metrics = https
+        .get(format!("https://{}:{}/metrics", w.node, w.secure_port))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let ttl: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kubelet_certificate_manager_server_ttl_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no serving TTL in {metrics}"));
+    assert!(ttl > 86_400.0 && ttl.is_finite(), "ttl {ttl}");
+    assert!(
+        metrics.contains("kubelet_server_expiration_renew_errors 0"),
+        "{metrics}"
+    );
     let log = std::fs::read_to_string(w.agent_log()).unwrap_or_default();
     assert!(
         log.contains("serving certificate rotation deadline determined"),

@@ -18,6 +18,8 @@
 //! kubelet". Rotation is the client certificate's: at a jittered 70–90 % of the
 //! lifetime, or at once when the stored certificate does not cover the node's
 //! current name and addresses; each CSR waits up to 15 minutes for approval.
+//! `/metrics` then carries upstream's `kubelet_certificate_manager_server_ttl_seconds`
+//! and `kubelet_server_expiration_renew_errors`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -175,6 +177,7 @@ pub fn start(
             fallback(&settings)
         }
     };
+    crate::server::metrics::register_serving_certificate();
     let (tx, rx) = watch::channel(None);
     let mut manager = Manager {
         settings,
@@ -271,6 +274,7 @@ impl Manager {
                 Ok(()) => return,
                 Err(e) => {
                     tries += 1;
+                    crate::server::metrics::observe_serving_renew_error();
                     let wait = backoff.mul_f64(1.0 + 0.1 * fastrand::f64());
                     warn!(error = %e, tries, retry_in = ?wait, "unable to get a serving certificate; retrying");
                     tokio::time::sleep(wait).await;
@@ -314,6 +318,7 @@ impl Manager {
     fn install(&mut self, pair: Pair) {
         match certified(&pair) {
             Ok(s) => {
+                crate::server::metrics::observe_serving_certificate(s.not_after);
                 self.tx.send_replace(Some(s));
             }
             Err(e) => warn!(error = %e, "the serving certificate cannot be served"),
