@@ -8,6 +8,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod configz;
 pub mod routes;
 pub mod tls;
 

@@ -195,55 +195,7 @@ async fn running_pods(State(node): State<NodeViewCell>) -> Response {
     }
 }
 
-/// `/configz`'s body: the effective configuration in `KubeletConfiguration`'s
-/// field names, as far as nodelet has the fields.
-pub fn configz_body(args: &crate::cli::AgentArgs, node_name: &str) -> serde_json::Value {
-    let s = &args.secure;
-    let mode = match s.authorization_mode {
-        super::AuthorizationMode::AlwaysAllow => "AlwaysAllow",
-        super::AuthorizationMode::Webhook => "Webhook",
-    };
-    let go_duration = |d: std::time::Duration| format!("{}s", d.as_secs());
-    serde_json::json!({
-        "kubeletconfig": {
-            "enableServer": true,
-            "staticPodPath": args.pod_manifest_path,
-            "podLogsDir": args.pod_logs_dir,
-            "address": args.address.to_string(),
-            "port": s.port,
-            "readOnlyPort": args.read_only_port,
-            "tlsCertFile": s.tls_cert_file,
-            "tlsPrivateKeyFile": s.tls_private_key_file,
-            "serverTLSBootstrap": s.rotate_server_certificates,
-            "rotateCertificates": args.rotate_certificates,
-            "streamingConnectionIdleTimeout": go_duration(s.streaming_connection_idle_timeout),
-            "authentication": {
-                "x509": {"clientCAFile": s.client_ca_file},
-                "webhook": {
-                    "enabled": s.authentication_token_webhook,
-                    "cacheTTL": go_duration(s.authentication_token_webhook_cache_ttl),
-                },
-                "anonymous": {"enabled": s.anonymous_auth},
-            },
-            "authorization": {
-                "mode": mode,
-                "webhook": {
-                    "cacheAuthorizedTTL": go_duration(s.authorization_webhook_cache_authorized_ttl),
-                    "cacheUnauthorizedTTL": go_duration(s.authorization_webhook_cache_unauthorized_ttl),
-                },
-            },
-            "healthzPort": args.healthz_port,
-            "healthzBindAddress": args.healthz_bind_address.to_string(),
-            "clusterDomain": args.cluster_domain,
-            "clusterDNS": args.cluster_dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "cgroupRoot": args.cgroup_root,
-            "registryPullQPS": args.registry_qps,
-            "registryBurst": args.registry_burst,
-            "serializeImagePulls": args.serialize_image_pulls,
-            "nodeName": node_name,
-        }
-    })
-}
+pub use super::configz::configz_body;
 
 #[cfg(test)]
 mod tests {
