@@ -205,7 +205,10 @@ pub async fn start(
         // Issue #13's other endpoints (container logs, streaming) merge their
         // routers (state applied) into `extra`; the auth filter covers them.
         let extra = axum::Router::new()
-            .merge(server::streaming::router(node_view_rx.clone()))
+            .merge(server::streaming::router(
+                node_view_rx.clone(),
+                args.secure.streaming_connection_idle_timeout,
+            ))
             .merge(server::logs::router(
                 status_rx.clone(),
                 log_backend_rx.clone(),

@@ -479,13 +479,11 @@ async fn direct_spdy_bad_input_disconnects_and_concurrent_execs_leak_nothing() {
     let n: usize = std::env::var("NODELET_TEST_CONCURRENT_EXECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        // 100 at once (the figure) swamp the pod's shim: containerd then
-        // answers its tasks' state as Unknown. That no longer makes the pod worker
-        // replace the sandbox (`cri/src/runtime/containerd/tasks.rs`), but on this
-        // 2-core machine some sessions still end after containerd's 60 s without
-        // output, so the default stays below it. NODELET_TEST_CONCURRENT_EXECS=100
-        // shows it.
-        .unwrap_or(25);
+        // 100 at once, the figure. They used to swamp the pod's shim
+        // (containerd answered its tasks' state as Unknown, and 1.6's shim lost a
+        // `runc exec` exit so its Start never answered); exec starts now go a few
+        // at a time (`cri/src/runtime/exec_stream.rs`).
+        .unwrap_or(100);
     for i in 0..n {
         let http = http.clone();
         let url = exec_url(&format!("echo n{i}"));
@@ -497,7 +495,12 @@ async fn direct_spdy_bad_input_disconnects_and_concurrent_execs_leak_nothing() {
         done += 1;
         eprintln!("exec {i} ended after {:?} ({done} done)", started.elapsed());
         let r = r.unwrap_or_else(|e| panic!("exec {i}: {e}"));
-        assert_eq!(r.stdout, format!("n{i}\n").into_bytes(), "exec {i}");
+        assert_eq!(
+            r.stdout,
+            format!("n{i}\n").into_bytes(),
+            "exec {i}: {}",
+            r.error
+        );
         assert!(r.error.contains("\"Success\""), "exec {i}: {}", r.error);
     }
     eprintln!("{n} concurrent execs took {:?}", started.elapsed());

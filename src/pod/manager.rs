@@ -188,9 +188,15 @@ impl<R: Runtime> PodManager<R> {
         if self.unready_sources.is_empty() {
             self.scan_orphans(&orphans_tx);
         }
+        // Upstream's sync loop ticks every second; each iteration marks the loop alive
+        // for `/healthz/syncloop`.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            crate::pod::sync_loop::record_entry();
             tokio::select! {
                 () = cancel.cancelled() => break,
+                _ = tick.tick() => {}
                 Some(ev) = inputs.sources.recv() => {
                     let (source, pods) = match ev {
                         SourceEvent::Snapshot { source, pods } => (source, pods),

@@ -17,6 +17,7 @@ pub mod status;
 // until it exists only the tests use them.
 #[cfg_attr(not(test), allow(dead_code))]
 pub mod status_store;
+pub mod sync_loop;
 pub mod worker;
 
 #[cfg(test)]

@@ -32,6 +32,8 @@ const SIGKILL: u32 = 9;
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// The deadline of the wait for an interactive process (30 days).
 const SESSION_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How many exec starts go to containerd at once.
+static EXEC_STARTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// Which of the process's streams the caller wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -155,6 +157,11 @@ impl ContainerdRuntime {
         }
         let containerd = self.containerd();
         let mut tasks = TasksClient::new(containerd.channel());
+        // containerd 1.6's runc shim can miss the exit of a `runc exec` it runs while
+        // many others start at once (containerd issue 7561): that Start never
+        // answers. Starts are few at a time; the sessions themselves still run in
+        // parallel.
+        let _starting = EXEC_STARTS.acquire().await;
         let req = containerd.request(ExecProcessRequest {
             container_id: container_id.to_owned(),
             stdin: path_string(&stdin_path),
@@ -173,6 +180,7 @@ impl ContainerdRuntime {
             .start(req)
             .await
             .map_err(grpc("start exec", container_id))?;
+        drop(_starting);
         // The shim holds its write ends now (it opens them before answering Start).
         drop(holds);
         for (wanted, slot) in [

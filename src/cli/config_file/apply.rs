@@ -33,6 +33,11 @@ pub const FIELD_ARGS: &[(&str, &str)] = &[
     ("port", "port"),
     ("tlsCertFile", "tls_cert_file"),
     ("tlsPrivateKeyFile", "tls_private_key_file"),
+    ("serverTLSBootstrap", "rotate_server_certificates"),
+    (
+        "streamingConnectionIdleTimeout",
+        "streaming_connection_idle_timeout",
+    ),
     ("authentication.x509.clientCAFile", "client_ca_file"),
     ("authentication.anonymous.enabled", "anonymous_auth"),
     (
@@ -518,6 +523,20 @@ fn apply_secure(
         Unset::Never,
         Some(None),
         opt_path,
+    )?;
+    c.set(
+        &mut s.streaming_connection_idle_timeout,
+        "streamingConnectionIdleTimeout",
+        Unset::Zero,
+        Some(d(4 * 3600)),
+        duration,
+    )?;
+    c.set(
+        &mut s.rotate_server_certificates,
+        "serverTLSBootstrap",
+        Unset::Never,
+        Some(false),
+        boolean,
     )?;
     c.set(
         &mut s.client_ca_file,

@@ -151,7 +151,7 @@ pub const KUBELET_CONFIGURATION: &[Field] = &[
     f("tlsCurvePreferences", I32List, No),
     f("tlsMinVersion", Str, No),
     f("rotateCertificates", Bool, No),
-    f("serverTLSBootstrap", Bool, No),
+    f("serverTLSBootstrap", Bool, Yes),
     f("authentication", Obj(AUTHENTICATION), Partial),
     f("authorization", Obj(AUTHORIZATION), Partial),
     f("registryPullQPS", I32, Yes),
@@ -167,7 +167,7 @@ pub const KUBELET_CONFIGURATION: &[Field] = &[
     f("oomScoreAdj", I32, No),
     f("clusterDomain", Str, Yes),
     f("clusterDNS", StrList, Yes),
-    f("streamingConnectionIdleTimeout", Duration, No),
+    f("streamingConnectionIdleTimeout", Duration, Yes),
     f(
         "nodeStatusUpdateFrequency",
         Duration,

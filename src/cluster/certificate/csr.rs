@@ -31,6 +31,11 @@ const WAIT_REMINDER: Duration = Duration::from_secs(60);
 /// client-go's `DefaultKubeletClientGetUsages` for a non-RSA key.
 pub const USAGES: [&str; 2] = ["digital signature", "client auth"];
 
+/// The signer of kubelet serving certificates (`serverTLSBootstrap`).
+pub const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
+/// client-go's `DefaultKubeletServingGetUsages` for a non-RSA key.
+pub const SERVING_USAGES: [&str; 2] = ["digital signature", "server auth"];
+
 /// The subject CN of `node`'s client certificate.
 pub fn common_name(node: &str) -> String {
     format!("system:node:{node}")
@@ -42,7 +47,30 @@ pub fn common_name(node: &str) -> String {
 /// # Errors
 /// The crypto library fails.
 pub fn request_pem(key: &rcgen::KeyPair, node: &str) -> Result<String, CertificateError> {
+    serving_request_pem(key, node, &[], &[])
+}
+
+/// The PEM `CERTIFICATE REQUEST` for `node`'s serving certificate: the client
+/// request's subject with the DNS names then the IPs as subject alternative names
+/// (Go's order), as upstream's server certificate template.
+///
+/// # Errors
+/// The crypto library fails, or a name is not a valid DNS name.
+pub fn serving_request_pem(
+    key: &rcgen::KeyPair,
+    node: &str,
+    dns_names: &[String],
+    ips: &[std::net::IpAddr],
+) -> Result<String, CertificateError> {
     let mut params = rcgen::CertificateParams::default();
+    for name in dns_names {
+        let name =
+            rcgen::string::Ia5String::try_from(name.as_str()).map_err(CertificateError::Csr)?;
+        params.subject_alt_names.push(rcgen::SanType::DnsName(name));
+    }
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::OrganizationName, NODES_GROUP);
     dn.push(rcgen::DnType::CommonName, common_name(node));
@@ -93,6 +121,17 @@ pub fn object(
     name: Option<&str>,
     expiration: Option<Duration>,
 ) -> CertificateSigningRequest {
+    object_for(request_pem, name, expiration, SIGNER, &USAGES)
+}
+
+/// As [`object`], for `signer` with `usages`.
+pub fn object_for(
+    request_pem: &str,
+    name: Option<&str>,
+    expiration: Option<Duration>,
+    signer: &str,
+    usages: &[&str],
+) -> CertificateSigningRequest {
     CertificateSigningRequest {
         metadata: ObjectMeta {
             name: name.map(str::to_owned),
@@ -101,8 +140,8 @@ pub fn object(
         },
         spec: CertificateSigningRequestSpec {
             request: ByteString(request_pem.as_bytes().to_vec()),
-            signer_name: SIGNER.to_owned(),
-            usages: Some(USAGES.iter().map(|u| (*u).to_owned()).collect()),
+            signer_name: signer.to_owned(),
+            usages: Some(usages.iter().map(|u| (*u).to_owned()).collect()),
             expiration_seconds: expiration.map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX)),
             ..CertificateSigningRequestSpec::default()
         },

@@ -14,6 +14,7 @@
 //! to an unreachable apiserver would), so pods and static pods start meanwhile.
 
 pub mod csr;
+pub mod serving;
 pub mod store;
 mod swap;
 

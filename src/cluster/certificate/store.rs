@@ -16,6 +16,8 @@ use super::CertificateError;
 
 /// The pair name prefix of the kubelet's client certificate.
 pub const PAIR_PREFIX: &str = "kubelet-client";
+/// The pair name prefix of the kubelet's serving certificate (`serverTLSBootstrap`).
+pub const SERVER_PAIR_PREFIX: &str = "kubelet-server";
 /// Where a bootstrap key waits for its certificate (upstream's `tmpPrivateKeyFile`),
 /// so a restart during the wait files the same CSR again.
 pub const TMP_KEY_FILE: &str = "kubelet-client.key.tmp";
@@ -201,6 +203,7 @@ pub fn parse_pair(certs: &str, key: &str) -> Result<Pair, String> {
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
+    prefix: &'static str,
 }
 
 impl FileStore {
@@ -210,12 +213,21 @@ impl FileStore {
     /// # Errors
     /// The directory can't be made, or `-updated` is not a symlink.
     pub fn open(dir: &Path) -> Result<Self, CertificateError> {
+        Self::open_prefixed(dir, PAIR_PREFIX)
+    }
+
+    /// As [`FileStore::open`], for the pairs named `<prefix>-…` (`kubelet-server`).
+    ///
+    /// # Errors
+    /// As [`FileStore::open`].
+    pub fn open_prefixed(dir: &Path, prefix: &'static str) -> Result<Self, CertificateError> {
         std::fs::create_dir_all(dir).map_err(|source| CertificateError::Io {
             path: dir.to_owned(),
             source,
         })?;
         let store = Self {
             dir: dir.to_owned(),
+            prefix,
         };
         let current = store.current_path();
         let updated = store.file("updated");
@@ -240,7 +252,7 @@ impl FileStore {
     }
 
     fn file(&self, qualifier: &str) -> PathBuf {
-        self.dir.join(format!("{PAIR_PREFIX}-{qualifier}.pem"))
+        self.dir.join(format!("{}-{qualifier}.pem", self.prefix))
     }
 
     /// `<dir>/kubelet-client-current.pem`.

@@ -50,6 +50,11 @@ pub struct KubeletMetrics {
     running_containers: IntGaugeVec,
     /// `prober_probe_total{probe_type,result,container,pod,namespace,pod_uid}`.
     pub probes_total: IntCounterVec,
+    /// `kubelet_certificate_manager_server_ttl_seconds` (registered with
+    /// `serverTLSBootstrap` only, as upstream).
+    server_ttl: prometheus::Gauge,
+    /// `kubelet_server_expiration_renew_errors` (likewise).
+    server_renew_errors: prometheus::IntCounter,
 }
 
 /// Upstream's `kubelet_pod_start_duration_seconds` buckets.
@@ -126,6 +131,14 @@ fn new_metrics() -> Result<KubeletMetrics, prometheus::Error> {
         )?,
         registry,
         probes,
+        server_ttl: prometheus::Gauge::with_opts(Opts::new(
+            "kubelet_certificate_manager_server_ttl_seconds",
+            "[ALPHA] Gauge of the shortest TTL (time-to-live) of the Kubelet's serving certificate. The value is in seconds until certificate expiry (negative if already expired). If serving certificate is invalid or unused, the value will be +INF.",
+        ))?,
+        server_renew_errors: prometheus::IntCounter::with_opts(Opts::new(
+            "kubelet_server_expiration_renew_errors",
+            "[ALPHA] Counter of certificate renewal errors.",
+        ))?,
     };
     m.registry
         .register(Box::new(m.pod_start_duration.clone()))?;
@@ -143,6 +156,57 @@ fn new_metrics() -> Result<KubeletMetrics, prometheus::Error> {
         .register(Box::new(m.running_containers.clone()))?;
     m.probes.register(Box::new(m.probes_total.clone()))?;
     Ok(m)
+}
+
+/// The serving certificate's end of validity in unix seconds (`i64::MIN`: none).
+static SERVING_NOT_AFTER: std::sync::atomic::AtomicI64 =
+    std::sync::atomic::AtomicI64::new(i64::MIN);
+static SERVING_REGISTERED: std::sync::Once = std::sync::Once::new();
+
+/// Registers the serving certificate's series, as upstream does when the kubelet
+/// requests its serving certificate (`serverTLSBootstrap`).
+pub fn register_serving_certificate() {
+    let Some(m) = metrics() else { return };
+    SERVING_REGISTERED.call_once(|| {
+        for c in [
+            Box::new(m.server_ttl.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.server_renew_errors.clone()),
+        ] {
+            if let Err(e) = m.registry.register(c) {
+                tracing::warn!(error = %e, "cannot register the serving certificate metrics");
+            }
+        }
+    });
+}
+
+/// The serving certificate now in use (its end of validity).
+pub fn observe_serving_certificate(not_after: std::time::SystemTime) {
+    let secs = jiff::Timestamp::try_from(not_after).map_or(i64::MAX, |t| t.as_second());
+    SERVING_NOT_AFTER.store(secs, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A failed attempt to renew the serving certificate.
+pub fn observe_serving_renew_error() {
+    if let Some(m) = metrics() {
+        m.server_renew_errors.inc();
+    }
+}
+
+/// Upstream's TTL gauge: seconds until the serving certificate expires (negative
+/// once expired), +Inf without one.
+fn update_serving_ttl(m: &KubeletMetrics) {
+    let not_after = SERVING_NOT_AFTER.load(std::sync::atomic::Ordering::Relaxed);
+    let ttl = if not_after == i64::MIN {
+        f64::INFINITY
+    } else {
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "seconds of a certificate's life fit an f64 exactly"
+        )]
+        let d = not_after.saturating_sub(jiff::Timestamp::now().as_second()) as f64;
+        d
+    };
+    m.server_ttl.set(ttl);
 }
 
 static METRICS: LazyLock<Option<KubeletMetrics>> = LazyLock::new(|| match new_metrics() {
@@ -279,6 +343,7 @@ async fn kubelet(State(state): State<MetricsState>) -> Response {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no metrics").into_response();
     };
     update_running(&state.pods.borrow(), m);
+    update_serving_ttl(m);
     encode(&m.registry)
 }
 

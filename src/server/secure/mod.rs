@@ -8,6 +8,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod configz;
 pub mod routes;
 pub mod tls;
 
@@ -60,6 +61,16 @@ pub struct SecureArgs {
     /// The serving certificate's key.
     #[arg(long)]
     pub tls_private_key_file: Option<PathBuf>,
+    /// Request the serving certificate from the apiserver (a `kubernetes.io/kubelet-serving`
+    /// CSR, approved by an operator) and rotate it as it nears expiry (upstream's
+    /// flag for the config file's `serverTLSBootstrap`); no self-signed pair is made.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub rotate_server_certificates: bool,
+    /// How long an exec/attach/port-forward connection may go without a frame either
+    /// way before it is closed; 0 means never.
+    #[arg(long, default_value = "4h", value_parser = parse_duration)]
+    pub streaming_connection_idle_timeout: Duration,
     /// CA bundle client certificates are verified against (user = CN, groups = O).
     #[arg(long)]
     pub client_ca_file: Option<PathBuf>,
@@ -92,6 +103,9 @@ pub enum SecureError {
     /// TLS files.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The serving certificate store could not be opened.
+    #[error("serving certificate: {0}")]
+    ServingCertificate(String),
     /// A webhook mode without an apiserver.
     #[error("{0} needs --kubeconfig (the apiserver answers the reviews)")]
     NeedsCluster(&'static str),
@@ -325,14 +339,31 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()> + use<>), SecureError> {
     let s = &args.secure;
-    let (crt, key) = tls::serving_files(
-        s.tls_cert_file.as_deref(),
-        s.tls_private_key_file.as_deref(),
-        &args.cert_dir(),
-        node_name,
-        &[node_ip],
-    )?;
-    let config = tls::server_config(&crt, &key, s.client_ca_file.as_deref())?;
+    let config = if s.rotate_server_certificates {
+        // Upstream makes no self-signed pair under serverTLSBootstrap; the flags'
+        // pair, when given, serves until the first issued certificate.
+        let settings = crate::cluster::certificate::serving::ServingSettings {
+            cert_dir: args.cert_dir(),
+            node_name: node_name.to_owned(),
+            addresses: vec![
+                ("InternalIP".to_owned(), node_ip.to_string()),
+                ("Hostname".to_owned(), hostname_address(args, node_name)),
+            ],
+            fallback: s.tls_cert_file.clone().zip(s.tls_private_key_file.clone()),
+        };
+        let resolver = crate::cluster::certificate::serving::start(settings, client.cloned())
+            .map_err(|e| SecureError::ServingCertificate(e.to_string()))?;
+        tls::config_with(Arc::new(resolver), s.client_ca_file.as_deref())?
+    } else {
+        let (crt, key) = tls::serving_files(
+            s.tls_cert_file.as_deref(),
+            s.tls_private_key_file.as_deref(),
+            &args.cert_dir(),
+            node_name,
+            &[node_ip],
+        )?;
+        tls::server_config(&crt, &key, s.client_ca_file.as_deref())?
+    };
     let auth = Arc::new(Auth::from_args(s, client, node_name)?);
     let app = router(routes::own_router(own), extra, auth);
     bind(
@@ -342,4 +373,16 @@ pub async fn start(
         cancel,
     )
     .await
+}
+
+/// The node's `Hostname` address as its status reports it: the overridden name when
+/// `--hostname-override` is given, else the machine's hostname.
+fn hostname_address(args: &crate::cli::AgentArgs, node_name: &str) -> String {
+    match &args.hostname_override {
+        Some(_) => node_name.to_owned(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| node_name.to_owned()),
+    }
 }

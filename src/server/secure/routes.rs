@@ -38,17 +38,20 @@ pub fn own_router(state: OwnState) -> Router {
     let pods = Router::new()
         .route("/pods", get(crate::server::list_pods))
         .route("/pods/", get(crate::server::list_pods))
-        .route("/runningpods/", get(running_pods))
         .with_state(state.pods.clone());
+    let running = Router::new()
+        .route("/runningpods/", get(running_pods))
+        .with_state(state.node.clone());
     Router::new()
-        .route("/healthz", get(ok))
+        .route("/healthz", get(healthz))
         .route("/healthz/ping", get(ok))
         .route("/healthz/log", get(ok))
-        .route("/healthz/syncloop", get(ok))
+        .route("/healthz/syncloop", get(syncloop))
         .route("/configz", get(configz))
         .with_state(state.clone())
         .merge(summary)
         .merge(pods)
+        .merge(running)
         .merge(crate::server::metrics::router(
             crate::server::metrics::MetricsState {
                 pods: state.pods,
@@ -61,31 +64,98 @@ async fn ok() -> &'static str {
     "ok"
 }
 
+fn text_500(body: String) -> Response {
+    (
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            ),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Upstream's `/healthz/syncloop`: `ok`, or 500 once the pod manager's loop has not
+/// run for longer than allowed.
+async fn syncloop() -> Response {
+    match crate::pod::sync_loop::check() {
+        Ok(()) => "ok".into_response(),
+        Err(e) => text_500(format!("internal server error: {e}\n")),
+    }
+}
+
+/// Upstream's root healthz over the checks `ping`, `log`, `syncloop`: `ok` (with
+/// `?verbose`, each check and `healthz check passed`), or 500 naming the failed
+/// check with its reason withheld.
+async fn healthz(axum::extract::RawQuery(query): axum::extract::RawQuery) -> Response {
+    root_healthz(
+        crate::pod::sync_loop::check().is_ok(),
+        query
+            .as_deref()
+            .is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some("verbose"))),
+    )
+}
+
+fn root_healthz(syncloop_ok: bool, verbose: bool) -> Response {
+    let mut out = String::from("[+]ping ok\n[+]log ok\n");
+    if syncloop_ok {
+        out.push_str("[+]syncloop ok\n");
+    } else {
+        out.push_str("[-]syncloop failed: reason withheld\n");
+        return text_500(format!("{out}healthz check failed\n"));
+    }
+    if !verbose {
+        return "ok".into_response();
+    }
+    out.push_str("healthz check passed\n");
+    out.into_response()
+}
+
 async fn configz(State(state): State<OwnState>) -> Response {
     json(&*state.configz)
 }
 
-/// Pods with at least one running container, reduced as the runtime reports them.
-pub fn running(pods: &PodStatuses) -> Vec<Pod> {
+/// Upstream's `GetRunningPods` over the runtime's listing (`GetPods(all=false)` then
+/// `ToAPIPod`): each pod with a ready sandbox or a running container, as UID, name
+/// and namespace with its running containers' names and images, sorted by namespace
+/// and name.
+pub fn running(
+    sandboxes: &[nodelet_cri::runtime::SandboxInfo],
+    containers: &[nodelet_cri::runtime::ContainerInfo],
+) -> Vec<Pod> {
+    use std::collections::BTreeMap;
+    let refs: BTreeMap<&str, &nodelet_cri::runtime::PodRef> = sandboxes
+        .iter()
+        .map(|s| (s.pod.uid.as_str(), &s.pod))
+        .collect();
+    let mut pods: BTreeMap<&str, Vec<Container>> = sandboxes
+        .iter()
+        .filter(|s| s.ready)
+        .map(|s| (s.pod.uid.as_str(), Vec::new()))
+        .collect();
+    for c in containers
+        .iter()
+        .filter(|c| c.state == nodelet_cri::runtime::ContainerState::Running)
+    {
+        pods.entry(c.pod_uid.as_str()).or_default().push(Container {
+            name: c.name.clone(),
+            image: Some(c.image.clone()),
+            ..Container::default()
+        });
+    }
     let mut out: Vec<Pod> = pods
-        .values()
-        .filter_map(|pod| {
-            let status = pod.status.as_ref()?;
-            let statuses = status.container_statuses.as_deref().unwrap_or_default();
-            let containers: Vec<Container> = statuses
-                .iter()
-                .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
-                .map(|c| Container {
-                    name: c.name.clone(),
-                    image: Some(c.image.clone()),
-                    ..Container::default()
-                })
-                .collect();
-            (!containers.is_empty()).then(|| Pod {
+        .into_iter()
+        .map(|(uid, containers)| {
+            let r = refs.get(uid);
+            Pod {
                 metadata: ObjectMeta {
-                    name: pod.metadata.name.clone(),
-                    namespace: pod.metadata.namespace.clone(),
-                    uid: pod.metadata.uid.clone(),
+                    name: r.map(|r| r.name.clone()),
+                    namespace: r.map(|r| r.namespace.clone()),
+                    uid: Some(uid.to_owned()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(PodSpec {
@@ -93,7 +163,7 @@ pub fn running(pods: &PodStatuses) -> Vec<Pod> {
                     ..PodSpec::default()
                 }),
                 status: None,
-            })
+            }
         })
         .collect();
     out.sort_by(|a, b| {
@@ -102,57 +172,60 @@ pub fn running(pods: &PodStatuses) -> Vec<Pod> {
     out
 }
 
-async fn running_pods(State(pods): State<watch::Receiver<PodStatuses>>) -> impl IntoResponse {
-    let items = running(&pods.borrow());
-    json(&k8s_openapi::List {
-        items,
-        metadata: Default::default(),
-    })
+async fn running_pods(State(node): State<NodeViewCell>) -> Response {
+    use nodelet_cri::runtime::Runtime as _;
+    let view = node.borrow().clone();
+    let Some(view) = view else {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "the container runtime is not connected yet",
+        )
+            .into_response();
+    };
+    let listed = tokio::try_join!(
+        view.runtime.list_sandboxes(None),
+        view.runtime.list_containers(None)
+    );
+    match listed {
+        Ok((sandboxes, containers)) => json(&k8s_openapi::List {
+            items: running(&sandboxes, &containers),
+            metadata: Default::default(),
+        }),
+        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
-/// `/configz`'s body: the effective configuration in `KubeletConfiguration`'s
-/// field names, as far as nodelet has the fields.
-pub fn configz_body(args: &crate::cli::AgentArgs, node_name: &str) -> serde_json::Value {
-    let s = &args.secure;
-    let mode = match s.authorization_mode {
-        super::AuthorizationMode::AlwaysAllow => "AlwaysAllow",
-        super::AuthorizationMode::Webhook => "Webhook",
-    };
-    let go_duration = |d: std::time::Duration| format!("{}s", d.as_secs());
-    serde_json::json!({
-        "kubeletconfig": {
-            "enableServer": true,
-            "staticPodPath": args.pod_manifest_path,
-            "podLogsDir": args.pod_logs_dir,
-            "address": args.address.to_string(),
-            "port": s.port,
-            "readOnlyPort": args.read_only_port,
-            "tlsCertFile": s.tls_cert_file,
-            "tlsPrivateKeyFile": s.tls_private_key_file,
-            "authentication": {
-                "x509": {"clientCAFile": s.client_ca_file},
-                "webhook": {
-                    "enabled": s.authentication_token_webhook,
-                    "cacheTTL": go_duration(s.authentication_token_webhook_cache_ttl),
-                },
-                "anonymous": {"enabled": s.anonymous_auth},
-            },
-            "authorization": {
-                "mode": mode,
-                "webhook": {
-                    "cacheAuthorizedTTL": go_duration(s.authorization_webhook_cache_authorized_ttl),
-                    "cacheUnauthorizedTTL": go_duration(s.authorization_webhook_cache_unauthorized_ttl),
-                },
-            },
-            "healthzPort": args.healthz_port,
-            "healthzBindAddress": args.healthz_bind_address.to_string(),
-            "clusterDomain": args.cluster_domain,
-            "clusterDNS": args.cluster_dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "cgroupRoot": args.cgroup_root,
-            "registryPullQPS": args.registry_qps,
-            "registryBurst": args.registry_burst,
-            "serializeImagePulls": args.serialize_image_pulls,
-            "nodeName": node_name,
-        }
-    })
+pub use super::configz::configz_body;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(r: Response) -> (u16, String) {
+        let status = r.status().as_u16();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn root_healthz_answers_as_upstreams() {
+        assert_eq!(body(root_healthz(true, false)).await, (200, "ok".into()));
+        assert_eq!(
+            body(root_healthz(true, true)).await,
+            (
+                200,
+                "[+]ping ok\n[+]log ok\n[+]syncloop ok\nhealthz check passed\n".into()
+            )
+        );
+        assert_eq!(
+            body(root_healthz(false, false)).await,
+            (
+                500,
+                "[+]ping ok\n[+]log ok\n[-]syncloop failed: reason withheld\nhealthz check failed\n"
+                    .into()
+            )
+        );
+    }
 }

@@ -181,9 +181,24 @@ pub fn server_config(
     key_file: &Path,
     client_ca: Option<&Path>,
 ) -> Result<ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let certs = read_certs("--tls-cert-file", cert_file)?;
     let key = read_key("--tls-private-key-file", key_file)?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let key = rustls::sign::CertifiedKey::from_der(certs, key, &provider)?;
+    let fixed = rustls::sign::SingleCertAndKey::from(key);
+    config_with(Arc::new(fixed), client_ca)
+}
+
+/// As [`server_config`], with the serving certificate chosen per handshake by
+/// `certs` (the cluster-issued serving certificate, which rotates).
+///
+/// # Errors
+/// A bad CA bundle.
+pub fn config_with(
+    certs: Arc<dyn rustls::server::ResolvesServerCert>,
+    client_ca: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let mut config = match client_ca {
@@ -204,9 +219,9 @@ pub fn server_config(
                 })?;
             builder
                 .with_client_cert_verifier(verifier)
-                .with_single_cert(certs, key)?
+                .with_cert_resolver(certs)
         }
-        None => builder.with_no_client_auth().with_single_cert(certs, key)?,
+        None => builder.with_no_client_auth().with_cert_resolver(certs),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)

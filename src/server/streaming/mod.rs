@@ -14,6 +14,7 @@ pub mod remotecommand;
 pub mod spdy;
 pub mod spdy_conn;
 mod spdy_dict;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -38,8 +39,13 @@ pub const HEADER_ACCEPTED_PROTOCOL_VERSIONS: &str = "x-accepted-stream-protocol-
 /// The `Upgrade` token of SPDY.
 pub const SPDY_31: &str = "SPDY/3.1";
 
-/// Builds the streaming routes (to merge into the kubelet API's router).
-pub fn router(node: NodeViewCell) -> Router {
+/// `--streaming-connection-idle-timeout` as the upgrade sees it (zero: none).
+#[derive(Debug, Clone, Copy)]
+struct IdleTimeout(std::time::Duration);
+
+/// Builds the streaming routes (to merge into the kubelet API's router); SPDY
+/// connections idle for `idle` are closed (zero: never).
+pub fn router(node: NodeViewCell, idle: std::time::Duration) -> Router {
     Router::new()
         .route("/exec/{ns}/{pod}/{container}", any(exec))
         .route("/exec/{ns}/{pod}/{uid}/{container}", any(exec_uid))
@@ -50,6 +56,7 @@ pub fn router(node: NodeViewCell) -> Router {
         .route("/run/{ns}/{pod}/{container}", post(run))
         .route("/run/{ns}/{pod}/{uid}/{container}", post(run_uid))
         .with_state(node)
+        .layer(axum::Extension(IdleTimeout(idle)))
 }
 
 /// A plain-text error answer.
@@ -201,6 +208,7 @@ where
     F: FnOnce(SpdyConn) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let idle = req.extensions().get::<IdleTimeout>().map(|i| i.0);
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -210,7 +218,7 @@ where
                 return;
             }
         };
-        match SpdyConn::start(TokioIo::new(upgraded)) {
+        match SpdyConn::start(TokioIo::new(upgraded), idle) {
             Ok(conn) => serve(conn).await,
             Err(e) => warn!(error = %e, "spdy connection not started"),
         }
@@ -294,11 +302,34 @@ async fn remote_command(
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    if remotecommand::is_websocket(req.headers()) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "WebSocket streams are not supported by this node yet; use SPDY/3.1",
-        );
+    let what = if is_exec {
+        remotecommand::What::Exec(command)
+    } else {
+        remotecommand::What::Attach
+    };
+    if websocket::is_websocket(req.headers()) {
+        let hs = match websocket::handshake(req.headers(), websocket::REMOTECOMMAND_PROTOCOLS) {
+            Ok(h) => h,
+            Err(resp) => return resp,
+        };
+        // v5 and v4 carry a metav1.Status on the error channel; older ones text.
+        let version = if hs.protocol.starts_with("v5.") || hs.protocol.starts_with("v4.") {
+            remotecommand::Version::V4
+        } else {
+            remotecommand::Version::V3
+        };
+        let session = remotecommand::Session {
+            runtime: target.runtime,
+            container_id: found.id,
+            pod_uid: target.uid,
+            log_path: found.log_path,
+            opts,
+            version,
+        };
+        let (channels, initial) = websocket::remotecommand_channels(&opts);
+        return upgrade_websocket(req, hs, channels, initial, move |conn| {
+            session.serve(conn, what)
+        });
     }
     let protocol = match spdy_handshake(req.headers(), remotecommand::PROTOCOLS) {
         Ok(p) => p,
@@ -312,12 +343,50 @@ async fn remote_command(
         opts,
         version: remotecommand::Version::from_name(&protocol),
     };
-    let what = if is_exec {
-        remotecommand::What::Exec(command)
-    } else {
-        remotecommand::What::Attach
-    };
     upgrade(req, protocol, move |conn| session.serve(conn, what))
+}
+
+/// Answers 101 to a WebSocket and runs `serve` on its channels.
+fn upgrade_websocket<F, Fut>(
+    mut req: Request,
+    hs: websocket::Handshake,
+    channels: Vec<websocket::Channel>,
+    initial: Vec<(u8, Vec<u8>)>,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(SpdyConn) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let idle = req.extensions().get::<IdleTimeout>().map(|i| i.0);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let framing = websocket::Framing::for_protocol(&hs.protocol);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let conn =
+            SpdyConn::start_websocket(TokioIo::new(upgraded), framing, channels, initial, idle);
+        serve(conn).await;
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&hs.accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    if !hs.protocol.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&hs.protocol)
+    {
+        h.insert("sec-websocket-protocol", v);
+    }
+    resp
 }
 
 async fn port_forward(
@@ -350,16 +419,45 @@ async fn port_forward_inner(
         Ok(t) => t,
         Err(resp) => return resp,
     };
-    if remotecommand::is_websocket(req.headers()) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "WebSocket streams are not supported by this node yet; use SPDY/3.1",
-        );
-    }
+    let ws = websocket::is_websocket(req.headers());
+    let ports: Vec<u16> = if ws {
+        let mut ports = Vec::new();
+        for p in query_values(&req, "port") {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => ports.push(n),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("unable to parse {p:?} as a port: invalid port"),
+                    );
+                }
+            }
+        }
+        if ports.is_empty() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "query parameter \"port\" is required",
+            );
+        }
+        ports
+    } else {
+        Vec::new()
+    };
     let netns = match portforward::pod_netns(&target).await {
         Ok(n) => n,
         Err(resp) => return resp,
     };
+    if ws {
+        let hs = match websocket::handshake(req.headers(), websocket::PORTFORWARD_PROTOCOLS) {
+            Ok(h) => h,
+            Err(resp) => return resp,
+        };
+        let (channels, initial) = websocket::portforward_channels(&ports);
+        let name = format!("{ns}/{pod}");
+        return upgrade_websocket(req, hs, channels, initial, move |conn| {
+            portforward::serve(conn, netns, name)
+        });
+    }
     let protocol = match spdy_handshake(req.headers(), portforward::PROTOCOLS) {
         Ok(p) => p,
         Err(resp) => return resp,

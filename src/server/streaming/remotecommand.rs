@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::HeaderMap;
 use nodelet_cri::runtime::{ContainerState, ContainerdRuntime, ExecStreams, Runtime as _};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
@@ -81,15 +80,6 @@ impl Options {
         }
         Ok(o)
     }
-}
-
-/// Whether the request asks for a WebSocket.
-pub fn is_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(axum::http::header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// The negotiated protocol version.

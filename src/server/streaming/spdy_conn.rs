@@ -31,18 +31,73 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
-struct Writer {
-    inner: Mutex<(BoxWrite, HeaderEncoder)>,
+/// How frames go on the wire: SPDY, or WebSocket channel messages
+/// ([`super::websocket`]) for the same sessions.
+pub(super) enum Codec {
+    /// SPDY/3.1 with its compressed headers.
+    Spdy(HeaderEncoder),
+    /// WebSocket channel messages.
+    Ws(super::websocket::Framing),
+}
+
+pub(super) struct Writer {
+    inner: Mutex<(BoxWrite, Codec)>,
+    activity: Arc<Activity>,
 }
 
 impl Writer {
-    async fn send(&self, frame: &Frame) -> Result<(), SpdyError> {
+    pub(super) async fn send(&self, frame: &Frame) -> Result<(), SpdyError> {
         let mut guard = self.inner.lock().await;
-        let (io, enc) = &mut *guard;
-        let bytes = encode_frame(frame, enc)?;
-        io.write_all(&bytes).await?;
-        io.flush().await?;
+        let (io, codec) = &mut *guard;
+        let bytes = match codec {
+            Codec::Spdy(enc) => Some(encode_frame(frame, enc)?),
+            Codec::Ws(framing) => framing.encode(frame),
+        };
+        if let Some(bytes) = bytes {
+            io.write_all(&bytes).await?;
+            io.flush().await?;
+        }
+        self.activity.touch();
         Ok(())
+    }
+
+    /// Marks activity (a frame read).
+    pub(super) fn touch(&self) {
+        self.activity.touch();
+    }
+
+    /// Writes bytes as they are (WebSocket control frames).
+    pub(super) async fn send_raw(&self, bytes: &[u8]) -> Result<(), SpdyError> {
+        let mut guard = self.inner.lock().await;
+        guard.0.write_all(bytes).await?;
+        guard.0.flush().await?;
+        self.activity.touch();
+        Ok(())
+    }
+}
+
+/// When a frame last went either way (spdystream's idle-aware framer resets its
+/// timer on every frame read or written).
+pub(super) struct Activity {
+    base: tokio::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            base: tokio::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> u64 {
+        self.last_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -66,6 +121,21 @@ impl std::fmt::Debug for SpdyStream {
 }
 
 impl SpdyStream {
+    /// A stream over `out` whose data arrives on `rx` (the WebSocket channels).
+    pub(super) fn new(
+        id: u32,
+        headers: Headers,
+        rx: mpsc::Receiver<Vec<u8>>,
+        out: Arc<Writer>,
+    ) -> Self {
+        Self {
+            id,
+            headers,
+            rx,
+            out,
+        }
+    }
+
     /// The first value of a header (by lower-case name).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -172,17 +242,22 @@ impl std::fmt::Debug for SpdyConn {
 }
 
 impl SpdyConn {
-    /// Starts serving SPDY on `io` (the connection after the 101 response).
+    /// Starts serving SPDY on `io` (the connection after the 101 response); with
+    /// `idle`, a connection with no frame either way for that long is closed
+    /// (GOAWAY, then the streams end), as upstream's
+    /// `--streaming-connection-idle-timeout`.
     ///
     /// # Errors
     /// [`SpdyError::Compression`] when the header compressor can't be made.
-    pub fn start<IO>(io: IO) -> Result<Self, SpdyError>
+    pub fn start<IO>(io: IO, idle: Option<Duration>) -> Result<Self, SpdyError>
     where
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (rd, wr) = tokio::io::split(io);
+        let activity = Arc::new(Activity::new());
         let out = Arc::new(Writer {
-            inner: Mutex::new((Box::new(wr), HeaderEncoder::new()?)),
+            inner: Mutex::new((Box::new(wr), Codec::Spdy(HeaderEncoder::new()?))),
+            activity: Arc::clone(&activity),
         });
         let (tx, incoming) = mpsc::channel(8);
         let closed = CancellationToken::new();
@@ -194,6 +269,16 @@ impl SpdyConn {
             closed.clone(),
             Arc::clone(&last_stream),
         ));
+        if let Some(idle) = idle.filter(|d| !d.is_zero()) {
+            tokio::spawn(watch_idle(
+                idle,
+                activity,
+                Arc::clone(&out),
+                closed.clone(),
+                Arc::clone(&last_stream),
+                reader.abort_handle(),
+            ));
+        }
         Ok(Self {
             out,
             incoming,
@@ -201,6 +286,57 @@ impl SpdyConn {
             last_stream,
             reader,
         })
+    }
+
+    /// Serves the channels of a WebSocket (the connection after the 101 response)
+    /// as streams: `channels` are handed to [`SpdyConn::accept`] at once, after the
+    /// `initial` messages; messages to a readable channel arrive as its data. With
+    /// `idle`, as [`SpdyConn::start`].
+    pub(super) fn start_websocket<IO>(
+        io: IO,
+        framing: super::websocket::Framing,
+        channels: Vec<super::websocket::Channel>,
+        initial: Vec<(u8, Vec<u8>)>,
+        idle: Option<Duration>,
+    ) -> Self
+    where
+        IO: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(io);
+        let activity = Arc::new(Activity::new());
+        let out = Arc::new(Writer {
+            inner: Mutex::new((Box::new(wr), Codec::Ws(framing))),
+            activity: Arc::clone(&activity),
+        });
+        let (tx, incoming) = mpsc::channel(channels.len().max(1));
+        let closed = CancellationToken::new();
+        let last_stream = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let reader = tokio::spawn(super::websocket::read_loop(
+            rd,
+            Arc::clone(&out),
+            framing,
+            channels,
+            initial,
+            tx,
+            closed.clone(),
+        ));
+        if let Some(idle) = idle.filter(|d| !d.is_zero()) {
+            tokio::spawn(watch_idle(
+                idle,
+                activity,
+                Arc::clone(&out),
+                closed.clone(),
+                Arc::clone(&last_stream),
+                reader.abort_handle(),
+            ));
+        }
+        Self {
+            out,
+            incoming,
+            closed,
+            last_stream,
+            reader,
+        }
     }
 
     /// The next stream the client opens; `None` once the connection ended.
@@ -242,6 +378,42 @@ impl Drop for SpdyConn {
     }
 }
 
+/// Closes the connection once no frame went either way for `idle`.
+async fn watch_idle(
+    idle: Duration,
+    activity: Arc<Activity>,
+    out: Arc<Writer>,
+    closed: CancellationToken,
+    last_stream: Arc<std::sync::atomic::AtomicU32>,
+    reader: tokio::task::AbortHandle,
+) {
+    loop {
+        let last = activity.last();
+        let deadline = activity.base + Duration::from_millis(last) + idle;
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+        if activity.last() != last {
+            continue;
+        }
+        debug!(?idle, "streaming connection idle; closing it");
+        let goaway = Frame::GoAway {
+            last_good_stream_id: last_stream.load(std::sync::atomic::Ordering::Relaxed),
+            status: 0,
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), out.send(&goaway)).await;
+        if let Ok(mut guard) = tokio::time::timeout(Duration::from_secs(5), out.inner.lock()).await
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(5), guard.0.shutdown()).await;
+        }
+        // The reader's end drops every stream's sender: the sessions see their end.
+        reader.abort();
+        closed.cancel();
+        return;
+    }
+}
+
 async fn read_loop<R: AsyncRead + Unpin>(
     mut rd: R,
     out: Arc<Writer>,
@@ -253,7 +425,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut streams: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
     loop {
         let frame = match read_frame(&mut rd, &mut dec).await {
-            Ok(Some(f)) => f,
+            Ok(Some(f)) => {
+                out.activity.touch();
+                f
+            }
             Ok(None) => break,
             Err(e) => {
                 debug!(error = %e, "spdy connection ends");
