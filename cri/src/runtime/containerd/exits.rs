@@ -58,7 +58,7 @@ impl ContainerdRuntime {
                 }
                 c.labels.extend(labels);
             }
-            match self.delete_task(&id).await {
+            match self.delete_task(&super::shim_group(c), &id).await {
                 Ok(()) => debug!(id, "exited task recorded and deleted"),
                 Err(e) => warn!(id, error = %e, "cannot delete an exited container's task"),
             }
