@@ -253,3 +253,27 @@ pub(super) fn require_known_states(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kill_that_timed_out_is_made_again_and_a_refused_one_is_not() {
+        for s in [
+            tonic::Status::deadline_exceeded("deadline"),
+            tonic::Status::unknown("kill task: context deadline exceeded"),
+            tonic::Status::unavailable("connection reset"),
+            tonic::Status::cancelled("Timeout expired"),
+        ] {
+            assert!(transient(&s), "{s:?} is retried");
+        }
+        for s in [
+            tonic::Status::unknown("runc did not terminate successfully"),
+            tonic::Status::invalid_argument("bad signal"),
+            tonic::Status::permission_denied("no"),
+        ] {
+            assert!(!transient(&s), "{s:?} is not retried");
+        }
+    }
+}
