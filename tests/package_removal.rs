@@ -55,8 +55,7 @@ fn log_len(path: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_unit_and_removing_the_package_keeps_pods_running() {
-    let unit =
-        unit_stop(&Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd/nodelet.service"));
+    let unit = unit_stop(&Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd/nodelet.service"));
     assert_eq!(
         unit.kill_mode, "process",
         "the unit must stop only the agent: any other KillMode would take the pods' helpers with it"
@@ -117,11 +116,7 @@ async fn stopping_the_unit_and_removing_the_package_keeps_pods_running() {
         .iter()
         .find(|c| c.name == "main")
         .expect("the container is still there");
-    assert_eq!(
-        main.state,
-        ContainerState::Running,
-        "the pod outlived the agent"
-    );
+    assert_eq!(main.state, ContainerState::Running, "the pod outlived the agent");
     assert!(
         container_id.ends_with(&main.id),
         "{container_id} is still the container"
