@@ -19,6 +19,7 @@ use tonic::Code;
 
 mod container;
 mod exits;
+mod limit;
 mod record;
 mod sandbox;
 mod tasks;
@@ -76,6 +77,8 @@ pub struct ContainerdRuntime {
     config: RuntimeConfig,
     /// The lowest `oom_score_adj` runc can set here (see [`oom`]).
     lowest_oom_score_adj: i32,
+    /// The bound on kill and delete calls in flight to each shim (see [`limit`]).
+    shim_calls: std::sync::Arc<limit::ShimLimiter>,
 }
 
 pub(super) fn grpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
@@ -85,6 +88,15 @@ pub(super) fn grpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> 
         id,
         status: Box::new(status),
     }
+}
+
+/// The shim a record's task runs in, named by its group: a container's sandbox, or a
+/// sandbox itself.
+pub(super) fn shim_group(c: &Container) -> String {
+    c.labels
+        .get(super::keys::SANDBOX_ID)
+        .unwrap_or(&c.id)
+        .clone()
 }
 
 pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -116,6 +128,7 @@ impl ContainerdRuntime {
             containerd,
             config,
             lowest_oom_score_adj: oom::lowest_allowed(),
+            shim_calls: std::sync::Arc::default(),
         })
     }
 

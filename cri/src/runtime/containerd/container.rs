@@ -11,7 +11,7 @@ use containerd_client::types::v1::Status as TaskStatus;
 use tracing::{debug, info, warn};
 
 use super::record::{STOP_SIGNAL_LABEL, parse_signal};
-use super::{ContainerdRuntime, KILL_WAIT, SIGKILL, SIGTERM, grpc, io_err, new_id};
+use super::{ContainerdRuntime, KILL_WAIT, SIGKILL, SIGTERM, grpc, io_err, new_id, shim_group};
 use crate::image::ImageInfo;
 use crate::logs;
 use crate::runtime::records::{label, pod_labels, start_failure_labels};
@@ -82,7 +82,7 @@ impl ContainerdRuntime {
             None => {}
             Some(TaskStatus::Created) => {
                 info!(id, "recreating a task an interrupted start left created");
-                self.delete_task(id).await?;
+                self.delete_task(&shim_group(&c), id).await?;
             }
             Some(_) => {
                 info!(
@@ -105,7 +105,7 @@ impl ContainerdRuntime {
             .mounts;
         let stdio = logs::driver_uri(&self.config.log_driver, &log_path, self.config.log_rotation);
         if let Err(e) = self
-            .create_and_start_task(id, rootfs, &stdio, Some(&log_path))
+            .create_and_start_task(&shim_group(&c), id, rootfs, &stdio, Some(&log_path))
             .await
         {
             let e = match e {
@@ -145,9 +145,9 @@ impl ContainerdRuntime {
         grace: Duration,
     ) -> Result<(), RuntimeError> {
         // The image's StopSignal, else SIGTERM, as the CRI plugin does.
-        let signal = self
-            .get_container(id)
-            .await?
+        let record = self.get_container(id).await?;
+        let group = record.as_ref().map_or_else(|| id.to_owned(), shim_group);
+        let signal = record
             .and_then(|c| {
                 c.labels
                     .get(STOP_SIGNAL_LABEL)
@@ -156,21 +156,21 @@ impl ContainerdRuntime {
             .unwrap_or(SIGTERM);
         if grace.is_zero() {
             // No grace: straight to SIGKILL.
-            if self.kill(id, SIGKILL).await? && !self.wait(id, KILL_WAIT).await? {
+            if self.kill(&group, id, SIGKILL).await? && !self.wait(id, KILL_WAIT).await? {
                 return Err(grpc("stop container", id)(
                     tonic::Status::deadline_exceeded("process did not exit after SIGKILL"),
                 ));
             }
             return Ok(());
         }
-        if !self.kill(id, signal).await? {
+        if !self.kill(&group, id, signal).await? {
             return Ok(());
         }
         if self.wait(id, grace).await? {
             return Ok(());
         }
         debug!(id, "grace period over, killing");
-        self.kill(id, SIGKILL).await?;
+        self.kill(&group, id, SIGKILL).await?;
         if self.wait(id, KILL_WAIT).await? {
             Ok(())
         } else {
@@ -188,10 +188,11 @@ impl ContainerdRuntime {
             .as_ref()
             .map(|c| PathBuf::from(label(&c.labels, keys::LOG_PATH)))
             .filter(|p| p.is_absolute());
-        if self.kill(id, SIGKILL).await? {
+        let group = record.as_ref().map_or_else(|| id.to_owned(), shim_group);
+        if self.kill(&group, id, SIGKILL).await? {
             self.wait(id, KILL_WAIT).await?;
         }
-        self.delete_task(id).await?;
+        self.delete_task(&group, id).await?;
         if let Some(link) = link {
             logs::remove_log_symlink(&link).map_err(|e| RuntimeError::Io {
                 path: e.path,

@@ -23,9 +23,10 @@ use std::collections::HashMap;
 
 use containerd_client::services::v1::Container;
 use containerd_client::types::v1::Process;
+use futures::StreamExt as _;
 use tracing::{debug, warn};
 
-use super::ContainerdRuntime;
+use super::{ContainerdRuntime, limit};
 use crate::runtime::{RuntimeError, keys};
 use crate::runtime::{oom_kill, records};
 
@@ -33,35 +34,48 @@ impl ContainerdRuntime {
     /// Records the end of every exited task of `records` in its record's labels (and
     /// in `records`), with `OOMKilled` when its cgroup counted an OOM kill, and
     /// deletes the task. Failures are logged: the next listing tries again.
+    ///
+    /// [`limit::PER_SHIM`] at a time: one by one, the 1,000 tasks a deleted pod of
+    /// 1,000 containers left took two minutes (`runc delete` each); the deletes wait
+    /// their turn for the shim anyway (see [`limit`]).
     pub(super) async fn settle_exited(
         &self,
         records: &mut [Container],
         tasks: &HashMap<String, Process>,
     ) {
+        let mut settles = Vec::new();
         for c in records.iter_mut() {
-            let Some(mut labels) = tasks.get(&c.id).and_then(records::exit_labels) else {
-                continue;
-            };
-            let id = c.id.clone();
-            if !c.labels.contains_key(keys::EXIT_CODE) {
-                let oom = c
-                    .spec
-                    .as_ref()
-                    .and_then(|s| oom_kill::cgroups_path(&s.value))
-                    .and_then(|p| oom_kill::oom_killed(&p));
-                if oom == Some(true) {
-                    labels.push((keys::REASON.to_owned(), oom_kill::OOM_KILLED.to_owned()));
-                }
-                if let Err(e) = self.set_labels(c.clone(), labels.clone()).await {
-                    warn!(id, error = %e, "cannot record an exited container's end");
-                    continue;
-                }
-                c.labels.extend(labels);
+            if let Some(labels) = tasks.get(&c.id).and_then(records::exit_labels) {
+                settles.push(self.settle_one(c, labels));
             }
-            match self.delete_task(&id).await {
-                Ok(()) => debug!(id, "exited task recorded and deleted"),
-                Err(e) => warn!(id, error = %e, "cannot delete an exited container's task"),
+        }
+        futures::stream::iter(settles)
+            .buffer_unordered(limit::PER_SHIM)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    /// Records one exited task's end (`labels`) and deletes the task.
+    async fn settle_one(&self, c: &mut Container, mut labels: Vec<(String, String)>) {
+        let id = c.id.clone();
+        if !c.labels.contains_key(keys::EXIT_CODE) {
+            let oom = c
+                .spec
+                .as_ref()
+                .and_then(|s| oom_kill::cgroups_path(&s.value))
+                .and_then(|p| oom_kill::oom_killed(&p));
+            if oom == Some(true) {
+                labels.push((keys::REASON.to_owned(), oom_kill::OOM_KILLED.to_owned()));
             }
+            if let Err(e) = self.set_labels(c.clone(), labels.clone()).await {
+                warn!(id, error = %e, "cannot record an exited container's end");
+                return;
+            }
+            c.labels.extend(labels);
+        }
+        match self.delete_task(&super::shim_group(c), &id).await {
+            Ok(()) => debug!(id, "exited task recorded and deleted"),
+            Err(e) => warn!(id, error = %e, "cannot delete an exited container's task"),
         }
     }
 

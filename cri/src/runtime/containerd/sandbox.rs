@@ -69,10 +69,10 @@ impl ContainerdRuntime {
         netns: Option<&Path>,
     ) -> Result<(), RuntimeError> {
         let mut errors = Vec::new();
-        if self.kill(id, SIGKILL).await.unwrap_or(false) {
+        if self.kill(id, id, SIGKILL).await.unwrap_or(false) {
             let _ = self.wait(id, KILL_WAIT).await;
         }
-        if let Err(e) = self.delete_task(id).await {
+        if let Err(e) = self.delete_task(id, id).await {
             errors.push(e);
         }
         if let Some(netns) = netns {
@@ -209,7 +209,7 @@ impl ContainerdRuntime {
         }
         self.create_record(id, &pause.name, &spec, labels).await?;
         crate::failpoint::hit("sandbox-after-record");
-        let pid = self.create_and_start_task(id, rootfs, "", None).await?;
+        let pid = self.create_and_start_task(id, id, rootfs, "", None).await?;
         debug!(pod = %config.pod.name, sandbox = %id, pid, ?ips, "sandbox running");
         Ok(SandboxInfo {
             id: id.to_owned(),

@@ -27,23 +27,69 @@ use containerd_client::types::v1::Process;
 use containerd_client::types::v1::Status as TaskStatus;
 use tonic::Code;
 
+use tracing::warn;
+
 use super::{ContainerdRuntime, grpc, io_err};
 use crate::logs;
 use crate::runtime::RuntimeError;
 
+/// How many times a kill that timed out is made.
+const KILL_ATTEMPTS: u32 = 4;
+/// The pause before a kill is made again, times the attempts so far.
+const KILL_RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How long one kill may take: `runc kill` answers in milliseconds, so one that takes
+/// this long met a jammed shim and is better made again.
+const KILL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Whether a failed call may succeed if made again: it timed out (containerd reports
+/// an expired deadline as `Unknown`) or containerd was unavailable.
+fn transient(s: &tonic::Status) -> bool {
+    match s.code() {
+        Code::DeadlineExceeded | Code::Unavailable | Code::Cancelled => true,
+        Code::Unknown => s.message().contains("deadline") || s.message().contains("timeout"),
+        _ => false,
+    }
+}
+
 impl ContainerdRuntime {
-    /// Sends `signal` to a task; `Ok(false)` when there is no live process to signal.
-    pub(super) async fn kill(&self, id: &str, signal: u32) -> Result<bool, RuntimeError> {
-        let req = self.containerd.request(KillRequest {
-            container_id: id.to_owned(),
-            exec_id: String::new(),
-            signal,
-            all: false,
-        });
-        match self.tasks().kill(req).await {
-            Ok(_) => Ok(true),
-            Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => Ok(false),
-            Err(s) => Err(grpc("kill task", id)(s)),
+    /// Sends `signal` to a task of shim `group` (its sandbox's ID); `Ok(false)` when
+    /// there is no live process to signal. The call waits for a turn (see
+    /// [`limit`](super::limit)); one that timed out or found containerd unavailable is
+    /// made again, up to [`KILL_ATTEMPTS`] times, rather than leaving the process
+    /// running.
+    pub(super) async fn kill(
+        &self,
+        group: &str,
+        id: &str,
+        signal: u32,
+    ) -> Result<bool, RuntimeError> {
+        let mut attempt = 1;
+        loop {
+            let result = {
+                let _turn = self.shim_calls.acquire(group).await;
+                let req = self.containerd.request_with_timeout(
+                    KillRequest {
+                        container_id: id.to_owned(),
+                        exec_id: String::new(),
+                        signal,
+                        all: false,
+                    },
+                    KILL_TIMEOUT,
+                );
+                self.tasks().kill(req).await
+            };
+            match result {
+                Ok(_) => return Ok(true),
+                Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => {
+                    return Ok(false);
+                }
+                Err(s) if attempt < KILL_ATTEMPTS && transient(&s) => {
+                    warn!(id, signal, attempt, error = %s.message(), "kill task failed, retrying");
+                    tokio::time::sleep(KILL_RETRY_PAUSE * attempt).await;
+                    attempt += 1;
+                }
+                Err(s) => return Err(grpc("kill task", id)(s)),
+            }
         }
     }
 
@@ -66,7 +112,9 @@ impl ContainerdRuntime {
         }
     }
 
-    pub(super) async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {
+    /// Deletes a task of shim `group`, waiting for a turn (see [`limit`](super::limit)).
+    pub(super) async fn delete_task(&self, group: &str, id: &str) -> Result<(), RuntimeError> {
+        let _turn = self.shim_calls.acquire(group).await;
         let req = self.containerd.request(DeleteTaskRequest {
             container_id: id.to_owned(),
         });
@@ -98,6 +146,7 @@ impl ContainerdRuntime {
     /// the log driver's gate (see [`logs`]), so runc's create errors stay out of it.
     pub(super) async fn create_and_start_task(
         &self,
+        group: &str,
         id: &str,
         rootfs: Vec<containerd_client::types::Mount>,
         stdio: &str,
@@ -125,7 +174,7 @@ impl ContainerdRuntime {
         if let Some(path) = log_file
             && let Err(e) = logs::create_log_file(path)
         {
-            let _ = self.delete_task(id).await;
+            let _ = self.delete_task(group, id).await;
             return Err(io_err(path)(e));
         }
         let req = self.containerd.request(StartRequest {
@@ -134,7 +183,7 @@ impl ContainerdRuntime {
         });
         if let Err(status) = self.tasks().start(req).await {
             // Leave no half-made task behind: the caller sees the start error.
-            let _ = self.delete_task(id).await;
+            let _ = self.delete_task(group, id).await;
             return Err(grpc("start task", id)(status));
         }
         Ok(pid)
@@ -203,4 +252,28 @@ pub(super) fn require_known_states(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kill_that_timed_out_is_made_again_and_a_refused_one_is_not() {
+        for s in [
+            tonic::Status::deadline_exceeded("deadline"),
+            tonic::Status::unknown("kill task: context deadline exceeded"),
+            tonic::Status::unavailable("connection reset"),
+            tonic::Status::cancelled("Timeout expired"),
+        ] {
+            assert!(transient(&s), "{s:?} is retried");
+        }
+        for s in [
+            tonic::Status::unknown("runc did not terminate successfully"),
+            tonic::Status::invalid_argument("bad signal"),
+            tonic::Status::permission_denied("no"),
+        ] {
+            assert!(!transient(&s), "{s:?} is not retried");
+        }
+    }
 }
