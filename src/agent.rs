@@ -218,6 +218,10 @@ pub async fn start(
             pods: status_rx.clone(),
             node: node_view_rx.clone(),
             configz: Arc::new(server::secure::routes::configz_body(args, &node_name)),
+            fs_devices: Arc::new(server::metrics::cadvisor_fs::FsDevices::find(
+                &args.root_dir,
+                &args.image_gc.containerd_root,
+            )),
         };
         let client = cluster.as_ref().map(|c| &c.client);
         let (addr, serve) = server::secure::start(

@@ -419,6 +419,16 @@ async fn secure_port_authn_authz_proxy_and_metrics() {
                 && s.labels.get("container") == Some("main")
                 && s.labels.get("image").is_some_and(|i| !i.is_empty()))
     );
+    // The node filesystem, with the device cAdvisor names it by.
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "container_fs_usage_bytes"
+                && s.labels.get("id") == Some("/")
+                && s.labels.get("device").is_some_and(|d| !d.is_empty())),
+        "{cadvisor}"
+    );
 
     // Plain HTTP to the TLS port: Go's answer, the connection closed.
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", w.secure_port)).expect("connect");

@@ -29,6 +29,8 @@ mod empty_dir;
 mod error;
 mod host_path;
 mod mount;
+
+pub(crate) use mount::unescape as unescape_mountinfo;
 mod objects;
 mod plugin;
 mod projected;

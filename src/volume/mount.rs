@@ -26,7 +26,8 @@ pub(crate) fn mount_points() -> Result<Vec<PathBuf>, Reason> {
         .collect())
 }
 
-fn unescape(field: &str) -> String {
+/// Undoes the kernel's octal escapes in a `/proc/self/mountinfo` field.
+pub(crate) fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -8,11 +8,12 @@
 //! code that measures (pod workers, probes, eviction) calls a one-line hook without
 //! plumbing; the running pod and container gauges are computed at scrape time.
 
+pub mod cadvisor_fs;
 pub mod resource;
 pub mod runtime;
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -326,6 +327,8 @@ pub struct MetricsState {
     pub pods: watch::Receiver<PodStatuses>,
     /// The node view (stats).
     pub node: NodeViewCell,
+    /// The devices of the node's filesystems (cAdvisor's `device` label).
+    pub fs_devices: Arc<cadvisor_fs::FsDevices>,
 }
 
 /// `/metrics`, `/metrics/probes`, `/metrics/resource`, `/metrics/cadvisor`.

@@ -1,7 +1,7 @@
 //! `/metrics/resource` (upstream's resource metrics: the CPU and memory series
 //! metrics-server scrapes, each sample with its measurement time) and
 //! `/metrics/cadvisor` (cAdvisor's `container_*` series with its labels: `container`,
-//! `id`, `image`, `name`, `namespace`, `pod`), rendered in the Prometheus text format
+//! `id`, `image`, `name`, `namespace`, `pod`; the filesystem series in [`super::cadvisor_fs`]), rendered in the Prometheus text format
 //! from the stats summary. Hand-rendered because their samples carry the time of
 //! the measurement, which a registry of live instruments does not.
 
@@ -13,11 +13,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::MetricsState;
+use super::cadvisor_fs::{FsDevices, FsSeries};
 use crate::node::summary::{Summary, Time};
 use crate::pod::status_store::PodStatuses;
 
 /// One sample: labels, value, time.
-type Sample = (Vec<(&'static str, String)>, f64, Option<Time>);
+pub(super) type Sample = (Vec<(&'static str, String)>, f64, Option<Time>);
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -29,7 +30,7 @@ fn millis(t: Time) -> i64 {
     t.0.as_millisecond()
 }
 
-fn family(out: &mut String, name: &str, help: &str, kind: &str, samples: &[Sample]) {
+pub(super) fn family(out: &mut String, name: &str, help: &str, kind: &str, samples: &[Sample]) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, value, at) in samples {
@@ -57,7 +58,7 @@ fn ns_to_s(ns: u64) -> f64 {
 }
 
 #[allow(clippy::cast_precision_loss)]
-fn bytes(b: u64) -> f64 {
+pub(super) fn bytes(b: u64) -> f64 {
     b as f64
 }
 
@@ -189,7 +190,7 @@ pub fn render_resource(summary: Option<&Summary>) -> String {
 }
 
 /// cAdvisor's series from a summary; `pods` gives each container's image and ID.
-pub fn render_cadvisor(summary: &Summary, pods: &PodStatuses) -> String {
+pub fn render_cadvisor(summary: &Summary, pods: &PodStatuses, devices: &FsDevices) -> String {
     // (namespace, pod, container) → (image, container ID without the runtime prefix).
     let mut ids: HashMap<(&str, &str, &str), (&str, &str)> = HashMap::new();
     for pod in pods.values() {
@@ -212,6 +213,7 @@ pub fn render_cadvisor(summary: &Summary, pods: &PodStatuses) -> String {
     let mut start = Vec::new();
     let mut rx = Vec::new();
     let mut tx = Vec::new();
+    let mut fs = FsSeries::default();
     let root = || {
         vec![
             ("container", String::new()),
@@ -243,6 +245,18 @@ pub fn render_cadvisor(summary: &Summary, pods: &PodStatuses) -> String {
     }
     if let Some(m) = &summary.node.memory {
         push_mem(&root, m);
+    }
+    if let Some(f) = &summary.node.fs {
+        fs.push(root(), devices.node.as_deref(), f);
+    }
+    if devices.image != devices.node
+        && let Some(f) = summary
+            .node
+            .runtime
+            .as_ref()
+            .and_then(|r| r.image_fs.as_ref())
+    {
+        fs.push(root(), devices.image.as_deref(), f);
     }
     for pod in &summary.pods {
         let (ns, name, uid) = (
@@ -308,6 +322,9 @@ pub fn render_cadvisor(summary: &Summary, pods: &PodStatuses) -> String {
             if let Some(m) = &c.memory {
                 push_mem(&labels, m);
             }
+            if let Some(f) = &c.rootfs {
+                fs.push(labels(), devices.image.as_deref(), f);
+            }
             start.push((labels(), start_seconds(c.start_time), None));
         }
     }
@@ -319,6 +336,7 @@ pub fn render_cadvisor(summary: &Summary, pods: &PodStatuses) -> String {
         "counter",
         &cpu,
     );
+    fs.render(&mut out);
     family(
         &mut out,
         "container_memory_rss",
@@ -388,7 +406,7 @@ pub(super) async fn resource_handler(State(state): State<MetricsState>) -> Respo
 
 pub(super) async fn cadvisor_handler(State(state): State<MetricsState>) -> Response {
     match summary(&state).await {
-        Some(s) => text(render_cadvisor(&s, &state.pods.borrow())),
+        Some(s) => text(render_cadvisor(&s, &state.pods.borrow(), &state.fs_devices)),
         None => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "the agent is not connected to its container runtime yet",
@@ -486,7 +504,7 @@ mod tests {
 
     #[test]
     fn cadvisor_series_carry_cadvisors_labels() {
-        let text = render_cadvisor(&summary(), &PodStatuses::default());
+        let text = render_cadvisor(&summary(), &PodStatuses::default(), &FsDevices::default());
         assert!(text.contains(
             "container_cpu_usage_seconds_total{container=\"\",cpu=\"total\",id=\"/\",image=\"\",name=\"\",namespace=\"\",pod=\"\"} 5 1700000000000\n"
         ), "{text}");
@@ -498,6 +516,52 @@ mod tests {
         );
         assert!(
             text.contains("container_memory_usage_bytes{container=\"\",id=\"/kubepods/podu1\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn cadvisor_filesystem_series_name_the_device() {
+        let fs = |used: u64| crate::node::summary::FsStats {
+            time: at(1_700_000_000),
+            available_bytes: Some(900),
+            capacity_bytes: Some(1000),
+            used_bytes: Some(used),
+            inodes_free: Some(90),
+            inodes: Some(100),
+            inodes_used: Some(10),
+        };
+        let mut s = summary();
+        s.node.fs = Some(fs(100));
+        s.node.runtime = Some(crate::node::summary::RuntimeStats {
+            image_fs: Some(fs(50)),
+            container_fs: None,
+        });
+        s.pods[0].containers[0].rootfs = Some(fs(7));
+        let devices = FsDevices {
+            node: Some("/dev/vda1".into()),
+            image: Some("/dev/vdb".into()),
+        };
+        let text = render_cadvisor(&s, &PodStatuses::default(), &devices);
+        for line in [
+            "container_fs_usage_bytes{container=\"\",device=\"/dev/vda1\",id=\"/\",image=\"\",name=\"\",namespace=\"\",pod=\"\"} 100 1700000000000\n",
+            "container_fs_usage_bytes{container=\"\",device=\"/dev/vdb\",id=\"/\",image=\"\",name=\"\",namespace=\"\",pod=\"\"} 50 1700000000000\n",
+            "container_fs_limit_bytes{container=\"main\",device=\"/dev/vdb\",id=\"/kubepods/podu1/\",image=\"\",name=\"\",namespace=\"default\",pod=\"web \\\"1\\\"\"} 1000 1700000000000\n",
+            "container_fs_inodes_free{container=\"main\",device=\"/dev/vdb\"",
+            "# TYPE container_fs_inodes_total gauge\n",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        // One filesystem for both: one root series, as cAdvisor lists each device once.
+        let same = FsDevices {
+            node: Some("/dev/vda1".into()),
+            image: Some("/dev/vda1".into()),
+        };
+        let text = render_cadvisor(&s, &PodStatuses::default(), &same);
+        assert_eq!(
+            text.matches("container_fs_usage_bytes{container=\"\"")
+                .count(),
+            1,
             "{text}"
         );
     }

@@ -27,6 +27,8 @@ pub struct OwnState {
     pub node: NodeViewCell,
     /// `/configz`'s body.
     pub configz: Arc<serde_json::Value>,
+    /// The devices of the node's filesystems (`/metrics/cadvisor`).
+    pub fs_devices: Arc<crate::server::metrics::cadvisor_fs::FsDevices>,
 }
 
 /// The kubelet's own routes, state applied.
@@ -56,6 +58,7 @@ pub fn own_router(state: OwnState) -> Router {
             crate::server::metrics::MetricsState {
                 pods: state.pods,
                 node: state.node,
+                fs_devices: state.fs_devices,
             },
         ))
 }
