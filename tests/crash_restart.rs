@@ -159,12 +159,37 @@ async fn killed_three_times_while_pods_start_keeps_running_sandboxes_and_leaks_n
             names.len(),
             "round {round}: one sandbox a pod"
         );
-        wait_for(
-            &format!("round {round}: nothing held beyond the live sandboxes ({want:?})"),
-            Duration::from_secs(20),
-            || async { (held(&w) == want).then_some(()) },
-        )
-        .await;
+        let start = std::time::Instant::now();
+        loop {
+            let now = held(&w);
+            if now == want {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let cached: Vec<String> = std::fs::read_dir(w.root.join("cni/cache/results"))
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let log = std::fs::read_to_string(w.agent_log()).unwrap_or_default();
+                let strays: Vec<&str> = cached
+                    .iter()
+                    .filter_map(|c| c.split('-').nth(1))
+                    .filter(|id| !live.iter().any(|l| l.as_str() == *id))
+                    .collect();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| strays.iter().any(|id| l.contains(id)))
+                    .collect();
+                panic!(
+                    "round {round}: held {now:?}, but the live sandboxes account for {want:?}; cache {cached:?}, live {live:?}; agent log of the strays:\n{}",
+                    lines.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         w.kill_agent();
     }
 

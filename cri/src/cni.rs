@@ -558,6 +558,32 @@ impl Cni {
             .collect()
     }
 
+    /// Removes the temporary files of cache writes that never finished (an agent killed
+    /// between writing a result and renaming it into place leaves `.<entry>.<pid>.tmp`
+    /// behind; the attachment itself is reclaimed through its netns pin). Only for a
+    /// start-up pass, when this agent writes nothing. Returns how many were removed.
+    pub fn remove_stale_cache_writes(&self) -> usize {
+        let dir = self.cfg.cache_dir.join("results");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with('.') && name.ends_with(".tmp")
+            })
+            .filter(|e| match fs::remove_file(e.path()) {
+                Ok(()) => true,
+                Err(err) => {
+                    warn!(path = %e.path().display(), error = %err, "cannot remove an unfinished CNI cache write");
+                    false
+                }
+            })
+            .count()
+    }
+
     /// Attaches a pod: brings up `lo` with the `loopback` plugin, then runs `ADD` over the
     /// plugin chain, giving each plugin the previous one's result as `prevResult`. The final
     /// result is cached (as libcni does, for `DEL`) and the pod's IPs on `req.ifname` are
@@ -1543,6 +1569,27 @@ mod tests {
         assert_eq!(read_cached_result(&path), Some(result));
         fs::write(&path, "garbage").expect("write");
         assert_eq!(read_cached_result(&path), None);
+    }
+
+    #[test]
+    fn unfinished_cache_writes_are_removed_and_entries_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("10.conflist"), LIST).expect("write");
+        let cni = Cni::load(cfg(dir.path())).expect("load");
+        assert_eq!(cni.remove_stale_cache_writes(), 0, "no cache directory yet");
+        let results = dir.path().join("cache/results");
+        fs::create_dir_all(&results).expect("mkdir");
+        fs::write(results.join("net1-abc123-eth0"), "{}").expect("entry");
+        // What a kill between writing and renaming leaves.
+        fs::write(results.join(".net1-def456-eth0.4242.tmp"), "{").expect("temp");
+        assert_eq!(cni.remove_stale_cache_writes(), 1);
+        let left: Vec<String> = fs::read_dir(&results)
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["net1-abc123-eth0"]);
+        assert_eq!(cni.cached_container_ids("eth0"), ["abc123"]);
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct Reclaimed {
     pub state_dirs: usize,
     /// Container and sandbox root filesystem snapshots removed.
     pub snapshots: usize,
+    /// Unfinished CNI cache writes (temporary files) removed.
+    pub cni_cache_temp_files: usize,
     /// How long the pass took.
     pub elapsed: Duration,
 }
@@ -188,7 +190,10 @@ impl ContainerdRuntime {
                     .filter(|id| is_object_id(id)),
             );
         }
-        let mut out = Reclaimed::default();
+        let mut out = Reclaimed {
+            cni_cache_temp_files: cni.as_ref().map_or(0, Cni::remove_stale_cache_writes),
+            ..Reclaimed::default()
+        };
         for id in candidates.iter().filter(|id| !live.contains(*id)) {
             out.sandboxes += 1;
             self.reclaim_sandbox(id, cni.as_ref(), &mut out).await;
@@ -203,13 +208,14 @@ impl ContainerdRuntime {
             }
         }
         out.elapsed = start.elapsed();
-        if out.sandboxes + out.snapshots > 0 {
+        if out.sandboxes + out.snapshots + out.cni_cache_temp_files > 0 {
             info!(
                 sandboxes = out.sandboxes,
                 netns_pins = out.netns_pins,
                 cni_attachments = out.cni_attachments,
                 state_dirs = out.state_dirs,
                 snapshots = out.snapshots,
+                cni_cache_temp_files = out.cni_cache_temp_files,
                 elapsed_ms = out.elapsed.as_millis(),
                 "reclaimed resources leaked by an interrupted sandbox or container creation"
             );
