@@ -8,11 +8,11 @@ mod support;
 
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nodelet_cri::runtime::Runtime as _;
-use support::{BUSYBOX, World, container_status, phase, wait_for};
+use support::{BUSYBOX, Leftovers, World, container_status, phase, wait_for};
 
 fn pod_yaml(name: &str) -> String {
     format!(
@@ -22,42 +22,6 @@ fn pod_yaml(name: &str) -> String {
 
 fn running(p: &k8s_openapi::api::core::v1::Pod) -> bool {
     phase(p) == "Running" && container_status(p, "main").is_some_and(|c| c.ready)
-}
-
-/// What a sandbox leaves on the host, counted the way an operator would.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct Leftovers {
-    netns_pins: usize,
-    ips: usize,
-    veths: usize,
-    cni_cache: usize,
-    state_dirs: usize,
-    snapshots: usize,
-}
-
-fn entries(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |d| d.flatten().count())
-}
-
-fn count(w: &World) -> Leftovers {
-    let veths = Command::new("ip")
-        .args(["-o", "link", "show", "master", &w.bridge])
-        .stderr(Stdio::null())
-        .output()
-        .map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().count());
-    let snaps = w.ctr(&["snapshots", "ls"]);
-    let snapshots = String::from_utf8_lossy(&snaps.stdout)
-        .lines()
-        .filter(|l| l.split_whitespace().last() == Some("Active"))
-        .count();
-    Leftovers {
-        netns_pins: entries(&w.root.join("runtime/netns")),
-        ips: w.allocated_ips().len(),
-        veths,
-        cni_cache: entries(&w.root.join("cni/cache/results")),
-        state_dirs: entries(&w.root.join("runtime/sandboxes")),
-        snapshots,
-    }
 }
 
 /// Waits for the agent to kill itself at its failpoint.
@@ -135,7 +99,7 @@ async fn killed_at_each_step_of_creation_leaks_nothing() {
         w.start_agent().await;
         w.write_manifest(&file, &pod_yaml(&name));
         wait_for_crash(&mut w, point).await;
-        let left = count(&w);
+        let left = w.leftovers();
         eprintln!("{point}: left by the crash: {left:?}");
 
         w.agent_env.clear();
@@ -155,7 +119,7 @@ async fn killed_at_each_step_of_creation_leaks_nothing() {
             snapshots: 2,
         };
         assert_eq!(
-            count(&w),
+            w.leftovers(),
             one,
             "after a crash at {point}, with the pod running"
         );
@@ -165,7 +129,7 @@ async fn killed_at_each_step_of_creation_leaks_nothing() {
         wait_for(
             &format!("nothing left of the pod killed at {point}"),
             Duration::from_secs(20),
-            || async { (count(&w) == Leftovers::default()).then_some(()) },
+            || async { (w.leftovers() == Leftovers::default()).then_some(()) },
         )
         .await;
         assert!(w.stop_agent().is_some());

@@ -8,12 +8,10 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nodelet_cri::runtime::{ContainerState, Runtime as _};
-use support::{BUSYBOX, World, container_status, phase, wait_for};
+use support::{BUSYBOX, Leftovers, World, container_status, phase, wait_for};
 
 fn pod_yaml(name: &str) -> String {
     format!(
@@ -23,42 +21,6 @@ fn pod_yaml(name: &str) -> String {
 
 fn running(p: &k8s_openapi::api::core::v1::Pod) -> bool {
     phase(p) == "Running" && container_status(p, "main").is_some_and(|c| c.ready)
-}
-
-fn entries(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |d| d.flatten().count())
-}
-
-/// What the host holds for the world's sandboxes, counted as an operator would.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-struct Held {
-    netns_pins: usize,
-    ips: usize,
-    veths: usize,
-    cni_cache: usize,
-    state_dirs: usize,
-    snapshots: usize,
-}
-
-fn held(w: &World) -> Held {
-    let veths = Command::new("ip")
-        .args(["-o", "link", "show", "master", &w.bridge])
-        .stderr(Stdio::null())
-        .output()
-        .map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().count());
-    let snaps = w.ctr(&["snapshots", "ls"]);
-    let snapshots = String::from_utf8_lossy(&snaps.stdout)
-        .lines()
-        .filter(|l| l.split_whitespace().last() == Some("Active"))
-        .count();
-    Held {
-        netns_pins: entries(&w.root.join("runtime/netns")),
-        ips: w.allocated_ips().len(),
-        veths,
-        cni_cache: entries(&w.root.join("cni/cache/results")),
-        state_dirs: entries(&w.root.join("runtime/sandboxes")),
-        snapshots,
-    }
 }
 
 /// The ready sandboxes, by pod UID.
@@ -76,7 +38,7 @@ async fn ready_sandboxes(w: &World) -> BTreeMap<String, String> {
 
 /// What the host should hold for the runtime's current objects: one pin, IP, veth,
 /// CNI entry and state directory per sandbox, one snapshot per record.
-async fn expected(w: &World) -> Held {
+async fn expected(w: &World) -> Leftovers {
     let rt = w.runtime().await;
     let sandboxes = rt.list_sandboxes(None).await.expect("list sandboxes").len();
     let containers = rt
@@ -84,7 +46,7 @@ async fn expected(w: &World) -> Held {
         .await
         .expect("list containers")
         .len();
-    Held {
+    Leftovers {
         netns_pins: sandboxes,
         ips: sandboxes,
         veths: sandboxes,
@@ -161,7 +123,7 @@ async fn killed_three_times_while_pods_start_keeps_running_sandboxes_and_leaks_n
         );
         let start = std::time::Instant::now();
         loop {
-            let now = held(&w);
+            let now = w.leftovers();
             if now == want {
                 break;
             }
@@ -207,7 +169,7 @@ async fn killed_three_times_while_pods_start_keeps_running_sandboxes_and_leaks_n
     wait_for(
         "no shim and nothing held",
         Duration::from_secs(30),
-        || async { (w.shims().is_empty() && held(&w) == Held::default()).then_some(()) },
+        || async { (w.shims().is_empty() && w.leftovers() == Leftovers::default()).then_some(()) },
     )
     .await;
     assert!(w.stop_agent().is_some());

@@ -207,6 +207,23 @@ pub struct World {
     http: reqwest::Client,
 }
 
+/// What a world's sandboxes leave on the host, counted the way an operator would:
+/// netns pins, allocated IPs, veths on the bridge, CNI cache entries, sandbox state
+/// directories and active snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Leftovers {
+    pub netns_pins: usize,
+    pub ips: usize,
+    pub veths: usize,
+    pub cni_cache: usize,
+    pub state_dirs: usize,
+    pub snapshots: usize,
+}
+
+fn entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.flatten().count())
+}
+
 impl World {
     /// Makes the world and imports the busybox image into its namespace.
     pub async fn new() -> World {
@@ -319,6 +336,28 @@ impl World {
     /// The agent's log file.
     pub fn agent_log(&self) -> PathBuf {
         self.dir.path().join("agent.log")
+    }
+
+    /// What this world's sandboxes hold on the host now.
+    pub fn leftovers(&self) -> Leftovers {
+        let veths = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .stderr(Stdio::null())
+            .output()
+            .map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().count());
+        let snaps = self.ctr(&["snapshots", "ls"]);
+        let snapshots = String::from_utf8_lossy(&snaps.stdout)
+            .lines()
+            .filter(|l| l.split_whitespace().last() == Some("Active"))
+            .count();
+        Leftovers {
+            netns_pins: entries(&self.root.join("runtime/netns")),
+            ips: self.allocated_ips().len(),
+            veths,
+            cni_cache: entries(&self.root.join("cni/cache/results")),
+            state_dirs: entries(&self.root.join("runtime/sandboxes")),
+            snapshots,
+        }
     }
 
     /// Starts the agent binary and waits for its read-only API.
