@@ -10,6 +10,7 @@
 //! CRI messages, so the boundary stays the one upstream draws.
 
 pub mod cni;
+pub mod cni_cache;
 pub mod containerd;
 pub mod failpoint;
 pub mod image;

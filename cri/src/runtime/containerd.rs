@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::container::Runtime as ContainerRuntimeInfo;
@@ -29,7 +30,8 @@ use super::{
     ContainerConfig, ContainerInfo, PodRef, Runtime, RuntimeError, SandboxConfig, SandboxInfo,
     keys, oom, pod_files, spec, user,
 };
-use crate::cni::{Cni, CniConfig, CniRequest};
+use crate::cni::{CniConfig, CniRequest};
+use crate::cni_cache::CniCache;
 use crate::containerd::Containerd;
 use crate::image::ImageInfo;
 use crate::logs;
@@ -97,6 +99,8 @@ pub struct ContainerdRuntime {
     config: RuntimeConfig,
     /// The lowest `oom_score_adj` runc can set here (see [`oom`]).
     lowest_oom_score_adj: i32,
+    /// The CNI config, parsed once and reloaded when its directory changes.
+    cni: Arc<CniCache>,
 }
 
 /// containerd's `containerd.runc.v1.Options` (api/types/runc/options/oci.proto),
@@ -150,6 +154,11 @@ pub(super) fn new_id(bytes: usize) -> Result<String, RuntimeError> {
 }
 
 impl ContainerdRuntime {
+    /// The cached CNI network config.
+    pub(crate) fn cni_cache(&self) -> &CniCache {
+        &self.cni
+    }
+
     /// Connects to containerd.
     ///
     /// # Errors
@@ -158,6 +167,7 @@ impl ContainerdRuntime {
         let containerd = Containerd::connect(&config.endpoint, &config.namespace).await?;
         Ok(Self {
             containerd,
+            cni: Arc::new(CniCache::new(config.cni.clone())),
             config,
             lowest_oom_score_adj: oom::lowest_allowed(),
         })
@@ -466,7 +476,7 @@ impl ContainerdRuntime {
             errors.push(e);
         }
         if let Some(netns) = netns {
-            match Cni::load(self.config.cni.clone()) {
+            match self.cni.get() {
                 Ok(cni) => {
                     let req = CniRequest {
                         container_id: id,
@@ -824,7 +834,7 @@ impl ContainerdRuntime {
                 })??;
             crate::failpoint::hit("sandbox-after-netns");
             let cni =
-                Cni::load(self.config.cni.clone()).map_err(|source| RuntimeError::Network {
+                self.cni.get().map_err(|source| RuntimeError::Network {
                     id: id.to_owned(),
                     source: Box::new(source),
                 })?;

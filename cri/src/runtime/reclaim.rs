@@ -177,7 +177,7 @@ impl ContainerdRuntime {
     pub async fn reclaim_leaked(&self) -> Result<Reclaimed, RuntimeError> {
         let start = Instant::now();
         let live = self.record_ids().await?;
-        let cni = Cni::load(self.config().cni.clone()).ok();
+        let cni = self.cni_cache().get().ok();
         let mut candidates: BTreeSet<String> = BTreeSet::new();
         candidates.extend(ids_in(&self.netns_dir()));
         candidates.extend(ids_in(&self.sandboxes_dir()));
@@ -191,7 +191,7 @@ impl ContainerdRuntime {
         let mut out = Reclaimed::default();
         for id in candidates.iter().filter(|id| !live.contains(*id)) {
             out.sandboxes += 1;
-            self.reclaim_sandbox(id, cni.as_ref(), &mut out).await;
+            self.reclaim_sandbox(id, cni.as_deref(), &mut out).await;
         }
         for key in self.own_snapshots().await? {
             if live.contains(&key) {
