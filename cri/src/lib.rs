@@ -16,4 +16,5 @@ pub mod failpoint;
 pub mod image;
 pub mod logs;
 pub mod netns;
+pub mod podnet;
 pub mod runtime;

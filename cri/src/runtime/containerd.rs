@@ -36,6 +36,7 @@ use crate::containerd::Containerd;
 use crate::image::ImageInfo;
 use crate::logs;
 use crate::netns::NetNs;
+use crate::podnet::{BuiltinNetwork, PodNetwork};
 
 /// The largest containerd reply decoded, above tonic's 4 MiB default. Records are
 /// streamed one by one, but containerd's task list has no filter or stream: it is one
@@ -83,6 +84,9 @@ pub struct RuntimeConfig {
     pub runtime_name: String,
     /// CNI configuration.
     pub cni: CniConfig,
+    /// The built-in pod network, used when the CNI config directory holds no
+    /// configuration; `None` makes a missing CNI config an error.
+    pub builtin_network: Option<BuiltinNetwork>,
     /// Where the `<pod>_<namespace>_<container>-<id>.log` symlinks to running
     /// containers' log files go (`/var/log/containers`, upstream's
     /// `legacyContainerLogsDir`).
@@ -101,6 +105,8 @@ pub struct ContainerdRuntime {
     lowest_oom_score_adj: i32,
     /// The CNI config, parsed once and reloaded when its directory changes.
     cni: Arc<CniCache>,
+    /// The built-in pod network (see [`RuntimeConfig::builtin_network`]).
+    podnet: Option<Arc<PodNetwork>>,
 }
 
 /// containerd's `containerd.runc.v1.Options` (api/types/runc/options/oci.proto),
@@ -159,14 +165,41 @@ impl ContainerdRuntime {
         &self.cni
     }
 
+    /// The built-in pod network, if configured.
+    pub fn builtin_network(&self) -> Option<&PodNetwork> {
+        self.podnet.as_deref()
+    }
+
+    /// The built-in network when it applies: configured, and no CNI config file present.
+    fn builtin_for_setup(&self, id: &str) -> Result<Option<&PodNetwork>, RuntimeError> {
+        let Some(podnet) = self.podnet.as_deref() else {
+            return Ok(None);
+        };
+        let has_cni = self.cni.has_config().map_err(|source| RuntimeError::Network {
+            id: id.to_owned(),
+            source: Box::new(source),
+        })?;
+        Ok((!has_cni).then_some(podnet))
+    }
+
     /// Connects to containerd.
     ///
     /// # Errors
     /// [`RuntimeError::Connect`] when containerd can't be reached.
     pub async fn connect(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let containerd = Containerd::connect(&config.endpoint, &config.namespace).await?;
+        let podnet = match &config.builtin_network {
+            Some(net) => Some(Arc::new(PodNetwork::new(net.clone()).map_err(|source| {
+                RuntimeError::BuiltinNetwork {
+                    id: String::new(),
+                    source: Box::new(source),
+                }
+            })?)),
+            None => None,
+        };
         Ok(Self {
             containerd,
+            podnet,
             cni: Arc::new(CniCache::new(config.cni.clone())),
             config,
             lowest_oom_score_adj: oom::lowest_allowed(),
@@ -475,8 +508,21 @@ impl ContainerdRuntime {
         if let Err(e) = self.delete_task(id).await {
             errors.push(e);
         }
+        let builtin = self
+            .podnet
+            .as_deref()
+            .filter(|p| p.holds(id).unwrap_or(false));
+        if let (Some(podnet), Some(_)) = (builtin, netns) {
+            if let Err(source) = podnet.teardown(id).await {
+                errors.push(RuntimeError::BuiltinNetwork {
+                    id: id.to_owned(),
+                    source: Box::new(source),
+                });
+            }
+        }
         if let Some(netns) = netns {
             match self.cni.get() {
+                Ok(_) if builtin.is_some() => {}
                 Ok(cni) => {
                     let req = CniRequest {
                         container_id: id,
@@ -833,6 +879,18 @@ impl ContainerdRuntime {
                     source: std::io::Error::other(e.to_string()),
                 })??;
             crate::failpoint::hit("sandbox-after-netns");
+            if let Some(podnet) = self.builtin_for_setup(id)? {
+                ips = podnet
+                    .setup(id, netns)
+                    .await
+                    .map_err(|source| RuntimeError::BuiltinNetwork {
+                        id: id.to_owned(),
+                        source: Box::new(source),
+                    })?;
+                crate::failpoint::hit("sandbox-after-cni");
+            }
+        }
+        if let Some(netns) = netns.filter(|_| ips.is_empty()) {
             let cni =
                 self.cni.get().map_err(|source| RuntimeError::Network {
                     id: id.to_owned(),

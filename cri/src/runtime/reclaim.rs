@@ -181,6 +181,9 @@ impl ContainerdRuntime {
         let mut candidates: BTreeSet<String> = BTreeSet::new();
         candidates.extend(ids_in(&self.netns_dir()));
         candidates.extend(ids_in(&self.sandboxes_dir()));
+        if let Some(podnet) = self.builtin_network() {
+            candidates.extend(podnet.allocated_ids().unwrap_or_default());
+        }
         if let Some(cni) = &cni {
             candidates.extend(
                 cni.cached_container_ids("eth0")
@@ -232,7 +235,18 @@ impl ContainerdRuntime {
         let cached = cni.is_some_and(|c| c.cached_container_ids("eth0").iter().any(|c| c == id));
         // A pin means CNI may have run (the cache is written after ADD): DEL is owed.
         let mut network_done = true;
-        if let Some(cni) = cni
+        let builtin = self
+            .builtin_network()
+            .filter(|p| p.holds(id).unwrap_or(false));
+        if let Some(podnet) = builtin {
+            match podnet.teardown(id).await {
+                Ok(()) => out.cni_attachments += 1,
+                Err(e) => {
+                    network_done = false;
+                    warn!(sandbox = id, error = %e, "cannot tear down a leaked built-in pod network");
+                }
+            }
+        } else if let Some(cni) = cni
             && (cached || pin.exists())
         {
             let (uid, name, namespace) = intent
