@@ -35,7 +35,8 @@ struct Env {
 }
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/bench-vs-kubelet.sh"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run scripts/bench-vs-kubelet.sh"))
 }
 
 fn manifest(name: &str) -> String {
@@ -55,10 +56,13 @@ struct Agent {
 }
 
 fn cpuacct(path: &str) -> u64 {
-    std::fs::read_to_string(format!("/sys/fs/cgroup/cpuacct/{}/cpuacct.usage", path.trim_start_matches('/')))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+    std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/cpuacct/{}/cpuacct.usage",
+        path.trim_start_matches('/')
+    ))
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+    .unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -73,7 +77,10 @@ fn rss_kib(pid: u32) -> u64 {
 /// Makes `/<name>` in every mounted cgroup v1 hierarchy (the kubelet checks that its
 /// --cgroup-root exists in all of them); cpuset gets its parent's CPUs and memory nodes.
 fn make_cgroup_everywhere(name: &str) {
-    for entry in std::fs::read_dir("/sys/fs/cgroup").expect("/sys/fs/cgroup").flatten() {
+    for entry in std::fs::read_dir("/sys/fs/cgroup")
+        .expect("/sys/fs/cgroup")
+        .flatten()
+    {
         let mount = entry.path();
         if mount.join("cgroup.procs").exists() && !mount.ends_with("unified") {
             let dir = mount.join(name);
@@ -104,7 +111,8 @@ impl Agent {
             .unwrap_or_else(|err| panic!("start {}: {err}", self.name));
         let group = format!("/sys/fs/cgroup/cpuacct/{}/{}", e.cgroup, self.name);
         std::fs::create_dir_all(&group).expect("agent cpuacct group");
-        std::fs::write(format!("{group}/cgroup.procs"), child.id().to_string()).expect("join cgroup");
+        std::fs::write(format!("{group}/cgroup.procs"), child.id().to_string())
+            .expect("join cgroup");
         self.child = Some(child);
     }
 
@@ -147,9 +155,12 @@ impl Agent {
                 .filter_map(|p| {
                     let name = p.pointer("/metadata/name")?.as_str()?.to_owned();
                     let want = p.pointer("/spec/containers")?.as_array()?.len();
-                    let statuses = p.pointer("/status/containerStatuses").and_then(Value::as_array);
+                    let statuses = p
+                        .pointer("/status/containerStatuses")
+                        .and_then(Value::as_array);
                     let ready = statuses.is_some_and(|s| {
-                        s.len() == want && s.iter().all(|c| c.get("ready") == Some(&Value::Bool(true)))
+                        s.len() == want
+                            && s.iter().all(|c| c.get("ready") == Some(&Value::Bool(true)))
                     });
                     Some((name, ready))
                 })
@@ -159,7 +170,10 @@ impl Agent {
 
     /// Pod cgroups still present under the agent's cgroup root (cpuacct hierarchy).
     fn pod_cgroups(&self) -> usize {
-        let base = format!("/sys/fs/cgroup/cpuacct/{}/kubepods", self.cgroup_root.trim_start_matches('/'));
+        let base = format!(
+            "/sys/fs/cgroup/cpuacct/{}/kubepods",
+            self.cgroup_root.trim_start_matches('/')
+        );
         let mut n = 0;
         for sub in ["", "burstable", "besteffort"] {
             if let Ok(rd) = std::fs::read_dir(Path::new(&base).join(sub)) {
@@ -227,16 +241,32 @@ resolvConf: /etc/resolv.conf
     ] {
         let file = dir.join(key.replace('/', "."));
         std::fs::write(&file, format!("{want}\n")).expect("sysctl stand-in");
-        script.push_str(&format!("mount --bind {} /proc/sys/{key}; ", file.display()));
+        script.push_str(&format!(
+            "mount --bind {} /proc/sys/{key}; ",
+            file.display()
+        ));
     }
     script.push_str("exec \"$@\"");
     let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c", &script, "sh"])
-        .arg(&e.kubelet)
-        .arg(format!("--config={}", config.display()))
-        .arg(format!("--root-dir={}", dir.join("root").display()))
-        .arg(format!("--cert-dir={}", dir.join("pki").display()))
-        .args(["--hostname-override=bench-node", "--node-ip=127.0.0.1", "--v=1"]);
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ])
+    .arg(&e.kubelet)
+    .arg(format!("--config={}", config.display()))
+    .arg(format!("--root-dir={}", dir.join("root").display()))
+    .arg(format!("--cert-dir={}", dir.join("pki").display()))
+    .args([
+        "--hostname-override=bench-node",
+        "--node-ip=127.0.0.1",
+        "--v=1",
+    ]);
     cmd
 }
 
@@ -245,8 +275,12 @@ fn nodelet_command(e: &Env, dir: &Path, a: &Agent) -> Command {
     std::fs::create_dir_all(&cni).expect("cni dir");
     if a.name == "nodelet-cni" {
         // The kubelet's chain, with IPAM state of its own.
-        let conf = std::fs::read_to_string(e.dir.join("cni-kubelet/10-bench.conflist")).expect("conflist");
-        let conf = conf.replace(&e.dir.join("ipam-kubelet").display().to_string(), &dir.join("ipam").display().to_string());
+        let conf =
+            std::fs::read_to_string(e.dir.join("cni-kubelet/10-bench.conflist")).expect("conflist");
+        let conf = conf.replace(
+            &e.dir.join("ipam-kubelet").display().to_string(),
+            &dir.join("ipam").display().to_string(),
+        );
         std::fs::write(cni.join("10-bench.conflist"), conf).expect("conflist");
     }
     let p = |p: PathBuf| p.display().to_string();
@@ -255,12 +289,22 @@ fn nodelet_command(e: &Env, dir: &Path, a: &Agent) -> Command {
         .args(["--root-dir", &p(dir.join("root"))])
         .args(["--pod-logs-dir", &p(dir.join("pod-logs"))])
         .args(["--container-logs-dir", &p(dir.join("container-logs"))])
-        .args(["--container-runtime-endpoint", &format!("unix://{}", e.socket)])
+        .args([
+            "--container-runtime-endpoint",
+            &format!("unix://{}", e.socket),
+        ])
         .args(["--containerd-namespace", NODELET_NAMESPACE])
         .args(["--cni-conf-dir", &p(cni)])
         .args(["--pod-cidr", "10.86.0.0/16"])
         .args(["--cgroup-root", &a.cgroup_root])
-        .args(["--hostname-override", "bench-node", "--address", "127.0.0.1", "--node-ip", "127.0.0.1"])
+        .args([
+            "--hostname-override",
+            "bench-node",
+            "--address",
+            "127.0.0.1",
+            "--node-ip",
+            "127.0.0.1",
+        ])
         .args(["--read-only-port", &a.port.to_string()])
         .args(["--port", &(a.port + 1).to_string()])
         .args(["--healthz-port", &(a.port + 2).to_string()])
@@ -315,7 +359,11 @@ async fn round(e: &Env, a: &Agent, http: &reqwest::Client, n: usize) -> Round {
     let cpu1 = a.cpu(e);
     let rss_mib = rss_kib(a.pid()) as f64 / 1024.0;
     if ready.len() < n {
-        println!("  {}: only {}/{n} pods ready after {ROUND_LIMIT:?}", a.name, ready.len());
+        println!(
+            "  {}: only {}/{n} pods ready after {ROUND_LIMIT:?}",
+            a.name,
+            ready.len()
+        );
     }
     let mut lat: Vec<f64> = ready.values().copied().collect();
     lat.sort_by(f64::total_cmp);
@@ -361,7 +409,7 @@ async fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let agents: Vec<String> = std::env::var("NODELET_BENCH_AGENTS")
-        .unwrap_or_else(|_| "kubelet,nodelet".into())
+        .unwrap_or_else(|_| "kubelet,nodelet-cni,nodelet".into())
         .split(',')
         .map(|s| s.trim().to_owned())
         .collect();
@@ -409,14 +457,23 @@ async fn main() {
             let r = round(&e, &agent, &http, n).await;
             println!(
                 "{name:>12} {n:>3} pods: p50 {:6.2} s  p99 {:6.2} s  max {:6.2} s  CPU/pod {:.3} s (agent {:.3}, containerd+shims+runc {:.3}, pods {:.3})  RSS {:.1} MiB",
-                r.p50, r.p99, r.max, r.cpu.iter().sum::<f64>(), r.cpu[0], r.cpu[1], r.cpu[2], r.rss_mib
+                r.p50,
+                r.p99,
+                r.max,
+                r.cpu.iter().sum::<f64>(),
+                r.cpu[0],
+                r.cpu[1],
+                r.cpu[2],
+                r.rss_mib
             );
             rounds.push(r);
         }
         agent.stop();
         results.push((name.clone(), idle, rounds));
     }
-    println!("\nmanifest written -> every container ready in /pods (polled every {POLL:?}); CPU s per pod start; RSS");
+    println!(
+        "\nmanifest written -> every container ready in /pods (polled every {POLL:?}); CPU s per pod start; RSS"
+    );
     print!("{:>5} |", "pods");
     for (name, _, _) in &results {
         print!(" {name:^44} |");

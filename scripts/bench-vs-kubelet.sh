@@ -19,7 +19,8 @@
 #
 #   scripts/bench-vs-kubelet.sh                 (as root)
 # Environment: NODELET_BENCH_SIZES (default 1,10,30,110), NODELET_BENCH_AGENTS (default
-# kubelet,nodelet; `nodelet-cni` runs nodelet with the kubelet's CNI chain), CARGO_TARGET_DIR.
+# kubelet,nodelet-cni,nodelet: `nodelet-cni` is nodelet on the kubelet's CNI chain, `nodelet` its
+# built-in network), CARGO_TARGET_DIR.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PATH=$PATH:/usr/local/go/bin

@@ -121,7 +121,8 @@ fn assert_reachable(from: Option<&Path>, pin: &Path, ip: IpAddr) {
     let port = listener.local_addr().expect("addr").port();
     connect_from(from, ip, port);
     let (mut conn, _) = listener.accept().expect("accept in pod");
-    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let mut got = String::new();
     conn.read_to_string(&mut got).expect("read");
     assert_eq!(got, "hello pod");
@@ -136,9 +137,10 @@ struct TestNet {
 
 impl TestNet {
     fn new() -> TestNet {
-        let n = std::process::id() ^ (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos()));
+        let n = std::process::id()
+            ^ (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()));
         TestNet {
             dir: tempfile::tempdir().expect("tempdir"),
             bridge: format!("nlb{:08x}", n),
@@ -209,7 +211,9 @@ fn setup_gives_eth0_an_ip_lo_a_default_route_and_is_reachable() {
         assert!(is_up(lo) && link_ips(lo).contains(&"127.0.0.1/8".to_string()));
         let routes = ip_json_in(&pin, &["route", "show"]);
         assert!(
-            routes.iter().any(|r| r["dst"] == "default" && r["gateway"] == gw.as_str() && r["dev"] == "eth0"),
+            routes.iter().any(|r| r["dst"] == "default"
+                && r["gateway"] == gw.as_str()
+                && r["dev"] == "eth0"),
             "{routes:?}"
         );
 
@@ -221,11 +225,22 @@ fn setup_gives_eth0_an_ip_lo_a_default_route_and_is_reachable() {
         let out = run_ok(&["ip", "-j", "-d", "link", "show", "dev", &veth]);
         let v: Vec<Value> = serde_json::from_str(&out).expect("json");
         assert_eq!(v[0]["master"], net.bridge.as_str(), "{out}");
-        assert_eq!(v[0]["linkinfo"]["info_slave_data"]["hairpin"], true, "{out}");
-        assert_eq!(fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("sysctl").trim(), "1");
+        assert_eq!(
+            v[0]["linkinfo"]["info_slave_data"]["hairpin"], true,
+            "{out}"
+        );
+        assert_eq!(
+            fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                .expect("sysctl")
+                .trim(),
+            "1"
+        );
 
         assert!(net.reservation(ip).is_file());
-        assert_eq!(fs::read_to_string(net.reservation(ip)).expect("reservation"), id(1));
+        assert_eq!(
+            fs::read_to_string(net.reservation(ip)).expect("reservation"),
+            id(1)
+        );
         assert_reachable(None, &pin, ip);
         podnet.teardown(&id(1)).await.expect("teardown");
     });
@@ -269,7 +284,10 @@ fn teardown_releases_the_ip_removes_the_veth_and_is_repeatable() {
         let pin = net.netns("pod-b");
         let ip = podnet.setup(&id(2), &pin).await.expect("setup b")[0];
         NetNs::remove(&pin).expect("remove netns");
-        podnet.teardown(&id(2)).await.expect("teardown without netns");
+        podnet
+            .teardown(&id(2))
+            .await
+            .expect("teardown without netns");
         assert!(!net.reservation(ip).exists());
         // A sandbox the network never saw tears down fine.
         podnet.teardown(&id(99)).await.expect("unknown teardown");
@@ -310,11 +328,17 @@ fn an_exhausted_range_fails_clearly_and_leaks_nothing() {
         podnet.setup(&id(1), &a).await.expect("setup a");
         let err = podnet.setup(&id(2), &b).await.expect_err("range is full");
         assert!(matches!(err, PodNetError::Exhausted { .. }), "{err}");
-        assert!(err.to_string().contains("no IP addresses available"), "{err}");
+        assert!(
+            err.to_string().contains("no IP addresses available"),
+            "{err}"
+        );
         assert!(!podnet.has_veth(&id(2)).await.expect("veth"));
         assert!(link(&ip_json_in(&b, &["addr", "show"]), "eth0").is_none());
         podnet.teardown(&id(1)).await.expect("teardown");
-        podnet.setup(&id(2), &b).await.expect("setup b after a left");
+        podnet
+            .setup(&id(2), &b)
+            .await
+            .expect("setup b after a left");
         podnet.teardown(&id(2)).await.expect("teardown b");
     });
 }
@@ -325,7 +349,11 @@ fn masquerade_table_comes_with_the_first_pod_and_goes_with_the_last() {
         let mut net = TestNet::new();
         let podnet = net.network(true);
         let table = format!("nodelet-pods-{}", net.bridge);
-        let has_table = || run(&["nft", "list", "table", "ip", &table]).status.success();
+        let has_table = || {
+            run(&["nft", "list", "table", "ip", &table])
+                .status
+                .success()
+        };
         assert!(!has_table());
         let (a, b) = (net.netns("pod-a"), net.netns("pod-b"));
         podnet.setup(&id(1), &a).await.expect("setup a");
@@ -333,7 +361,8 @@ fn masquerade_table_comes_with_the_first_pod_and_goes_with_the_last() {
         let rules = run_ok(&["nft", "list", "table", "ip", &table]);
         let cidr = format!("10.98.{}.0/24", net.octet);
         assert!(
-            rules.contains(&format!("ip saddr {cidr} ip daddr != {cidr}")) && rules.contains("masquerade"),
+            rules.contains(&format!("ip saddr {cidr} ip daddr != {cidr}"))
+                && rules.contains("masquerade"),
             "{rules}"
         );
         podnet.teardown(&id(1)).await.expect("teardown a");

@@ -59,7 +59,9 @@ impl Ipv4Cidr {
 
     /// Whether `ip` is inside the range.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
         u32::from(ip) & mask == u32::from(self.network)
     }
 
@@ -125,7 +127,11 @@ impl Ipam {
         for _ in 0..count {
             let ip = Ipv4Addr::from(candidate);
             let path = self.dir.join(ip.to_string());
-            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
                 Ok(mut f) => {
                     f.write_all(id.as_bytes())
                         .and_then(|()| f.sync_all())
@@ -137,7 +143,11 @@ impl Ipam {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(self.err(&path)(e)),
             }
-            candidate = if candidate == last { first } else { candidate + 1 };
+            candidate = if candidate == last {
+                first
+            } else {
+                candidate + 1
+            };
         }
         Err(PodNetError::Exhausted {
             cidr: self.cidr.to_string(),
@@ -230,10 +240,15 @@ mod tests {
     fn allocates_round_robin_skips_gateway_and_broadcast_and_exhausts() {
         let dir = tempfile::tempdir().unwrap();
         let a = ipam(dir.path(), "10.1.2.0/29");
-        let ips: Vec<_> = (0..5).map(|i| a.allocate(&format!("id{i}")).unwrap()).collect();
+        let ips: Vec<_> = (0..5)
+            .map(|i| a.allocate(&format!("id{i}")).unwrap())
+            .collect();
         assert_eq!(ips.first(), Some(&Ipv4Addr::new(10, 1, 2, 2)));
         assert_eq!(ips.last(), Some(&Ipv4Addr::new(10, 1, 2, 6)));
-        assert!(matches!(a.allocate("id5"), Err(PodNetError::Exhausted { .. })));
+        assert!(matches!(
+            a.allocate("id5"),
+            Err(PodNetError::Exhausted { .. })
+        ));
         // Idempotent for a holder.
         assert_eq!(a.allocate("id2").unwrap(), ips[2]);
         // A released address is not reused first: the next free after the last one is.
@@ -268,11 +283,16 @@ mod tests {
                 let path = path.clone();
                 std::thread::spawn(move || {
                     let a = ipam(&path, "10.9.0.0/24");
-                    (0..20).map(|i| a.allocate(&format!("t{t}-{i}")).unwrap()).collect::<Vec<_>>()
+                    (0..20)
+                        .map(|i| a.allocate(&format!("t{t}-{i}")).unwrap())
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        let mut all: Vec<Ipv4Addr> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let mut all: Vec<Ipv4Addr> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
         all.sort();
         let n = all.len();
         all.dedup();

@@ -70,7 +70,14 @@ fn connect_in(netns: &Path) -> Result<(Handle, tokio::task::JoinHandle<()>), Pod
 }
 
 async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>, PodNetError> {
-    match handle.link().get().match_name(name).execute().try_next().await {
+    match handle
+        .link()
+        .get()
+        .match_name(name)
+        .execute()
+        .try_next()
+        .await
+    {
         Ok(link) => Ok(link.map(|l| l.header.index)),
         Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
         Err(e) => Err(nl("get link", name)(e)),
@@ -88,7 +95,12 @@ pub(super) async fn ensure_bridge(
     let index = match index_of(handle, name).await? {
         Some(i) => i,
         None => {
-            match handle.link().add(LinkBridge::new(name).build()).execute().await {
+            match handle
+                .link()
+                .add(LinkBridge::new(name).build())
+                .execute()
+                .await
+            {
                 Err(e) if errno(&e) != Some(EEXIST) => return Err(nl("add bridge", name)(e)),
                 _ => {}
             }
@@ -143,11 +155,11 @@ pub(super) async fn attach(
         .setns_by_fd(ns.as_raw_fd())
         .build();
     let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-    .name(host.to_owned())
-    .controller(bridge)
-    .up()
-    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-    .build();
+        .name(host.to_owned())
+        .controller(bridge)
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
     handle
         .link()
         .add(veth)

@@ -116,7 +116,11 @@ pub struct PodNetwork {
 /// The host end of a pod's veth: derived from the sandbox ID, so teardown (and reclaim
 /// after a crash) finds it without state.
 pub fn host_veth_name(container_id: &str) -> String {
-    let short: String = container_id.chars().filter(char::is_ascii_alphanumeric).take(11).collect();
+    let short: String = container_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(11)
+        .collect();
     format!("veth{short}")
 }
 
@@ -144,7 +148,9 @@ impl PodNetwork {
     }
 
     async fn handle(&self) -> Result<&rtnetlink::Handle, PodNetError> {
-        self.handle.get_or_try_init(|| async { link::connect() }).await
+        self.handle
+            .get_or_try_init(|| async { link::connect() })
+            .await
     }
 
     async fn bridge(&self) -> Result<u32, PodNetError> {
@@ -165,7 +171,11 @@ impl PodNetwork {
     /// # Errors
     ///
     /// [`PodNetError::Exhausted`] when the range is full, and netlink, nft or store errors.
-    pub async fn setup(&self, container_id: &str, netns: &Path) -> Result<Vec<IpAddr>, PodNetError> {
+    pub async fn setup(
+        &self,
+        container_id: &str,
+        netns: &Path,
+    ) -> Result<Vec<IpAddr>, PodNetError> {
         let ip = self.ipam.allocate(container_id)?;
         match self.attach(container_id, netns, ip).await {
             Ok(()) => {
@@ -181,7 +191,12 @@ impl PodNetwork {
         }
     }
 
-    async fn attach(&self, container_id: &str, netns: &Path, ip: Ipv4Addr) -> Result<(), PodNetError> {
+    async fn attach(
+        &self,
+        container_id: &str,
+        netns: &Path,
+        ip: Ipv4Addr,
+    ) -> Result<(), PodNetError> {
         let cidr = self.ipam.cidr();
         let bridge = self.bridge().await?;
         let handle = self.handle().await?;
@@ -234,7 +249,11 @@ impl PodNetwork {
     ///
     /// [`PodNetError::Ipam`] when the store cannot be read.
     pub fn holds(&self, container_id: &str) -> Result<bool, PodNetError> {
-        Ok(self.ipam.allocations()?.iter().any(|(_, id)| id == container_id))
+        Ok(self
+            .ipam
+            .allocations()?
+            .iter()
+            .any(|(_, id)| id == container_id))
     }
 
     /// Every sandbox ID holding an address (for reclaim after a crash).
@@ -243,7 +262,12 @@ impl PodNetwork {
     ///
     /// [`PodNetError::Ipam`] when the store cannot be read.
     pub fn allocated_ids(&self) -> Result<Vec<String>, PodNetError> {
-        Ok(self.ipam.allocations()?.into_iter().map(|(_, id)| id).collect())
+        Ok(self
+            .ipam
+            .allocations()?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect())
     }
 
     /// Whether the host end of `container_id`'s veth exists (for tests).

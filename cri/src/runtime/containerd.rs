@@ -175,10 +175,13 @@ impl ContainerdRuntime {
         let Some(podnet) = self.podnet.as_deref() else {
             return Ok(None);
         };
-        let has_cni = self.cni.has_config().map_err(|source| RuntimeError::Network {
-            id: id.to_owned(),
-            source: Box::new(source),
-        })?;
+        let has_cni = self
+            .cni
+            .has_config()
+            .map_err(|source| RuntimeError::Network {
+                id: id.to_owned(),
+                source: Box::new(source),
+            })?;
         Ok((!has_cni).then_some(podnet))
     }
 
@@ -189,12 +192,12 @@ impl ContainerdRuntime {
     pub async fn connect(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let containerd = Containerd::connect(&config.endpoint, &config.namespace).await?;
         let podnet = match &config.builtin_network {
-            Some(net) => Some(Arc::new(PodNetwork::new(net.clone()).map_err(|source| {
-                RuntimeError::BuiltinNetwork {
+            Some(net) => Some(Arc::new(PodNetwork::new(net.clone()).map_err(
+                |source| RuntimeError::BuiltinNetwork {
                     id: String::new(),
                     source: Box::new(source),
-                }
-            })?)),
+                },
+            )?)),
             None => None,
         };
         Ok(Self {
@@ -880,22 +883,20 @@ impl ContainerdRuntime {
                 })??;
             crate::failpoint::hit("sandbox-after-netns");
             if let Some(podnet) = self.builtin_for_setup(id)? {
-                ips = podnet
-                    .setup(id, netns)
-                    .await
-                    .map_err(|source| RuntimeError::BuiltinNetwork {
+                ips = podnet.setup(id, netns).await.map_err(|source| {
+                    RuntimeError::BuiltinNetwork {
                         id: id.to_owned(),
                         source: Box::new(source),
-                    })?;
+                    }
+                })?;
                 crate::failpoint::hit("sandbox-after-cni");
             }
         }
         if let Some(netns) = netns.filter(|_| ips.is_empty()) {
-            let cni =
-                self.cni.get().map_err(|source| RuntimeError::Network {
-                    id: id.to_owned(),
-                    source: Box::new(source),
-                })?;
+            let cni = self.cni.get().map_err(|source| RuntimeError::Network {
+                id: id.to_owned(),
+                source: Box::new(source),
+            })?;
             let req = CniRequest {
                 container_id: id,
                 netns,
