@@ -24,7 +24,6 @@ const POLL: Duration = Duration::from_millis(100);
 const ROUND_LIMIT: Duration = Duration::from_secs(600);
 /// containerd's CRI plugin works in this namespace.
 const CRI_NAMESPACE: &str = "k8s.io";
-const NODELET_NAMESPACE: &str = "nodelet-bench";
 
 struct Env {
     dir: PathBuf,
@@ -293,7 +292,7 @@ fn nodelet_command(e: &Env, dir: &Path, a: &Agent) -> Command {
             "--container-runtime-endpoint",
             &format!("unix://{}", e.socket),
         ])
-        .args(["--containerd-namespace", NODELET_NAMESPACE])
+        .args(["--containerd-namespace", &format!("bench-{}", a.name)])
         .args(["--cni-conf-dir", &p(cni)])
         .args(["--pod-cidr", "10.86.0.0/16"])
         .args(["--cgroup-root", &a.cgroup_root])
@@ -413,8 +412,15 @@ async fn main() {
         .split(',')
         .map(|s| s.trim().to_owned())
         .collect();
-    for ns in [CRI_NAMESPACE, NODELET_NAMESPACE] {
-        let c = nodelet_cri::containerd::Containerd::connect(&e.socket, ns)
+    // Each agent gets the images in its own containerd namespace (the kubelet's is the
+    // CRI plugin's).
+    for name in &agents {
+        let ns = if name == "kubelet" {
+            CRI_NAMESPACE.to_owned()
+        } else {
+            format!("bench-{name}")
+        };
+        let c = nodelet_cri::containerd::Containerd::connect(&e.socket, &ns)
             .await
             .expect("connect to the bench containerd");
         c.import_oci_archive(&support::busybox_archive())

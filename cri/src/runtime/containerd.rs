@@ -515,13 +515,13 @@ impl ContainerdRuntime {
             .podnet
             .as_deref()
             .filter(|p| p.holds(id).unwrap_or(false));
-        if let (Some(podnet), Some(_)) = (builtin, netns) {
-            if let Err(source) = podnet.teardown(id).await {
-                errors.push(RuntimeError::BuiltinNetwork {
-                    id: id.to_owned(),
-                    source: Box::new(source),
-                });
-            }
+        if let (Some(podnet), Some(_)) = (builtin, netns)
+            && let Err(source) = podnet.teardown(id).await
+        {
+            errors.push(RuntimeError::BuiltinNetwork {
+                id: id.to_owned(),
+                source: Box::new(source),
+            });
         }
         if let Some(netns) = netns {
             match self.cni.get() {
