@@ -82,7 +82,7 @@ fn make_cgroup_everywhere(name: &str) {
     {
         let mount = entry.path();
         if mount.join("cgroup.procs").exists() && !mount.ends_with("unified") {
-            let dir = mount.join(name);
+            let dir = mount.join(name.trim_start_matches('/'));
             std::fs::create_dir_all(&dir).expect("mkdir cgroup");
             if mount.ends_with("cpuset") {
                 for f in ["cpuset.cpus", "cpuset.mems"] {
@@ -147,7 +147,12 @@ impl Agent {
     async fn pods(&self, http: &reqwest::Client) -> Option<BTreeMap<String, bool>> {
         let url = format!("http://127.0.0.1:{}/pods", self.port);
         let list: Value = http.get(url).send().await.ok()?.json().await.ok()?;
-        let items = list.get("items")?.as_array()?;
+        // The kubelet lists no pods as `"items": null`.
+        let none = Vec::new();
+        let items = match list.get("items")? {
+            Value::Null => &none,
+            v => v.as_array()?,
+        };
         Some(
             items
                 .iter()
@@ -309,6 +314,13 @@ fn nodelet_command(e: &Env, dir: &Path, a: &Agent) -> Command {
         .args(["--healthz-port", &(a.port + 2).to_string()])
         .args(["--v", "info"]);
     cmd
+}
+
+/// A panic anywhere in the bench still stops the agent (by PID).
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 struct Round {
