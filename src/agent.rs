@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use nodelet_cri::cni::{Cni, CniConfig, DefaultNetwork};
+use nodelet_cri::cni::CniConfig;
 use nodelet_cri::runtime::{ContainerdRuntime, RuntimeConfig};
 use nodelet_manifests::SourceEvent;
 use nodelet_sources::FileSource;
@@ -135,18 +135,16 @@ pub async fn start(
         .with_context(|| format!("--root-dir {}", args.root_dir.display()))?;
     std::fs::create_dir_all(&args.pod_logs_dir)
         .with_context(|| format!("--pod-logs-dir {}", args.pod_logs_dir.display()))?;
-    let default_net = DefaultNetwork {
-        name: "nodelet".to_owned(),
+    // With no CNI config in --cni-conf-dir, pods get the built-in network (bridge
+    // nodelet0 over --pod-cidr, masquerade), done in-process instead of by CNI plugins.
+    let builtin_network = nodelet_cri::podnet::BuiltinNetwork {
         bridge: "nodelet0".to_owned(),
         pod_cidr: args.pod_cidr.clone(),
         ip_masq: true,
-        ipam_data_dir: Some(args.root_dir.join("cni/networks")),
+        state_dir: args.root_dir.join("network"),
     };
-    if let Some(written) = Cni::write_default_config(&args.cni_conf_dir, &default_net)
-        .with_context(|| format!("--cni-conf-dir {}", args.cni_conf_dir.display()))?
-    {
-        info!(path = %written.display(), cidr = %args.pod_cidr, "wrote the default CNI network");
-    }
+    nodelet_cri::podnet::PodNetwork::new(builtin_network.clone())
+        .with_context(|| format!("--pod-cidr {}", args.pod_cidr))?;
     let log_driver = nodelet_cri::logs::driver_binary(
         &std::env::current_exe().context("cannot find the nodelet binary")?,
     );
@@ -269,6 +267,7 @@ pub async fn start(
             cache_dir: args.root_dir.join("cni/cache"),
             timeout: Duration::from_secs(60),
         },
+        builtin_network: Some(builtin_network),
     };
     let Some(runtime) = connect_runtime(runtime_config, &cancel).await else {
         return Ok(None);

@@ -1051,7 +1051,7 @@ impl NetworkList {
 
 /// The config files in `dir` with a config extension, sorted by name; a missing directory
 /// has none.
-fn config_files(dir: &Path) -> Result<Vec<PathBuf>, CniError> {
+pub(crate) fn config_files(dir: &Path) -> Result<Vec<PathBuf>, CniError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -10,9 +10,11 @@
 //! CRI messages, so the boundary stays the one upstream draws.
 
 pub mod cni;
+pub mod cni_cache;
 pub mod containerd;
 pub mod failpoint;
 pub mod image;
 pub mod logs;
 pub mod netns;
+pub mod podnet;
 pub mod runtime;

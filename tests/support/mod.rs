@@ -547,6 +547,7 @@ impl World {
                 cache_dir: self.root.join("cni/cache"),
                 timeout: Duration::from_secs(60),
             },
+            builtin_network: None,
         })
         .await
     }

@@ -9,6 +9,7 @@
 //! and deleted so their shims exit).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -30,9 +31,11 @@ use super::{
     ContainerConfig, ContainerInfo, Runtime, RuntimeError, SandboxConfig, SandboxInfo, keys, oom,
 };
 use crate::cni::CniConfig;
+use crate::cni_cache::CniCache;
 use crate::containerd::Containerd;
 use crate::image::ImageInfo;
 use crate::logs;
+use crate::podnet::{BuiltinNetwork, PodNetwork};
 
 /// The largest containerd reply decoded, above tonic's 4 MiB default. Records are
 /// streamed one by one, but containerd's task list has no filter or stream: it is one
@@ -61,6 +64,9 @@ pub struct RuntimeConfig {
     pub runtime_name: String,
     /// CNI configuration.
     pub cni: CniConfig,
+    /// The built-in pod network, used when the CNI config directory holds no
+    /// configuration; `None` makes a missing CNI config an error.
+    pub builtin_network: Option<BuiltinNetwork>,
     /// Where the `<pod>_<namespace>_<container>-<id>.log` symlinks to running
     /// containers' log files go (`/var/log/containers`, upstream's
     /// `legacyContainerLogsDir`).
@@ -78,7 +84,11 @@ pub struct ContainerdRuntime {
     /// The lowest `oom_score_adj` runc can set here (see [`oom`]).
     lowest_oom_score_adj: i32,
     /// The bound on kill and delete calls in flight to each shim (see [`limit`]).
-    shim_calls: std::sync::Arc<limit::ShimLimiter>,
+    shim_calls: Arc<limit::ShimLimiter>,
+    /// The CNI config, parsed once and reloaded when its directory changes.
+    cni: Arc<CniCache>,
+    /// The built-in pod network (see [`RuntimeConfig::builtin_network`]).
+    podnet: Option<Arc<PodNetwork>>,
 }
 
 pub(super) fn grpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
@@ -118,17 +128,53 @@ pub(super) fn new_id(bytes: usize) -> Result<String, RuntimeError> {
 }
 
 impl ContainerdRuntime {
+    /// The cached CNI network config.
+    pub(crate) fn cni_cache(&self) -> &CniCache {
+        &self.cni
+    }
+
+    /// The built-in pod network, if configured.
+    pub fn builtin_network(&self) -> Option<&PodNetwork> {
+        self.podnet.as_deref()
+    }
+
+    /// The built-in network when it applies: configured, and no CNI config file present.
+    fn builtin_for_setup(&self, id: &str) -> Result<Option<&PodNetwork>, RuntimeError> {
+        let Some(podnet) = self.podnet.as_deref() else {
+            return Ok(None);
+        };
+        let has_cni = self
+            .cni
+            .has_config()
+            .map_err(|source| RuntimeError::Network {
+                id: id.to_owned(),
+                source: Box::new(source),
+            })?;
+        Ok((!has_cni).then_some(podnet))
+    }
+
     /// Connects to containerd.
     ///
     /// # Errors
     /// [`RuntimeError::Connect`] when containerd can't be reached.
     pub async fn connect(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let containerd = Containerd::connect(&config.endpoint, &config.namespace).await?;
+        let podnet = match &config.builtin_network {
+            Some(net) => Some(Arc::new(PodNetwork::new(net.clone()).map_err(
+                |source| RuntimeError::BuiltinNetwork {
+                    id: String::new(),
+                    source: Box::new(source),
+                },
+            )?)),
+            None => None,
+        };
         Ok(Self {
             containerd,
+            podnet,
+            cni: Arc::new(CniCache::new(config.cni.clone())),
             config,
             lowest_oom_score_adj: oom::lowest_allowed(),
-            shim_calls: std::sync::Arc::default(),
+            shim_calls: Arc::default(),
         })
     }
 

@@ -138,6 +138,15 @@ pub enum RuntimeError {
         #[source]
         source: Box<CniError>,
     },
+    /// The built-in pod network failed (e.g. its address range is exhausted).
+    #[error("pod network for sandbox {id}: {source}")]
+    BuiltinNetwork {
+        /// The sandbox ID (empty for a bad configuration).
+        id: String,
+        /// Why.
+        #[source]
+        source: Box<crate::podnet::PodNetError>,
+    },
     /// The network namespace could not be made or removed.
     #[error(transparent)]
     NetNs(#[from] NetNsError),

@@ -179,10 +179,13 @@ impl ContainerdRuntime {
     pub async fn reclaim_leaked(&self) -> Result<Reclaimed, RuntimeError> {
         let start = Instant::now();
         let live = self.record_ids().await?;
-        let cni = Cni::load(self.config().cni.clone()).ok();
+        let cni = self.cni_cache().get().ok();
         let mut candidates: BTreeSet<String> = BTreeSet::new();
         candidates.extend(ids_in(&self.netns_dir()));
         candidates.extend(ids_in(&self.sandboxes_dir()));
+        if let Some(podnet) = self.builtin_network() {
+            candidates.extend(podnet.allocated_ids().unwrap_or_default());
+        }
         if let Some(cni) = &cni {
             candidates.extend(
                 cni.cached_container_ids("eth0")
@@ -191,12 +194,12 @@ impl ContainerdRuntime {
             );
         }
         let mut out = Reclaimed {
-            cni_cache_temp_files: cni.as_ref().map_or(0, Cni::remove_stale_cache_writes),
+            cni_cache_temp_files: cni.as_deref().map_or(0, Cni::remove_stale_cache_writes),
             ..Reclaimed::default()
         };
         for id in candidates.iter().filter(|id| !live.contains(*id)) {
             out.sandboxes += 1;
-            self.reclaim_sandbox(id, cni.as_ref(), &mut out).await;
+            self.reclaim_sandbox(id, cni.as_deref(), &mut out).await;
         }
         for key in self.own_snapshots().await? {
             if live.contains(&key) {
@@ -238,7 +241,18 @@ impl ContainerdRuntime {
         let cached = cni.is_some_and(|c| c.cached_container_ids("eth0").iter().any(|c| c == id));
         // A pin means CNI may have run (the cache is written after ADD): DEL is owed.
         let mut network_done = true;
-        if let Some(cni) = cni
+        let builtin = self
+            .builtin_network()
+            .filter(|p| p.holds(id).unwrap_or(false));
+        if let Some(podnet) = builtin {
+            match podnet.teardown(id).await {
+                Ok(()) => out.cni_attachments += 1,
+                Err(e) => {
+                    network_done = false;
+                    warn!(sandbox = id, error = %e, "cannot tear down a leaked built-in pod network");
+                }
+            }
+        } else if let Some(cni) = cni
             && (cached || pin.exists())
         {
             let (uid, name, namespace) = intent

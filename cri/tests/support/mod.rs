@@ -63,6 +63,7 @@ impl TestRuntime {
                 cache_dir: dir.path().join("cni-cache"),
                 ..CniConfig::default()
             },
+            builtin_network: None,
         };
         let runtime = match ContainerdRuntime::connect(config).await {
             Ok(r) => r,

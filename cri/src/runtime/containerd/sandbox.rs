@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use tracing::{debug, warn};
 
 use super::{ContainerdRuntime, KILL_WAIT, SIGKILL, io_err, new_id};
-use crate::cni::{Cni, CniRequest};
+use crate::cni::CniRequest;
 use crate::image::ImageInfo;
 use crate::netns::NetNs;
 use crate::runtime::records::{pod_labels, pod_of};
@@ -75,8 +75,21 @@ impl ContainerdRuntime {
         if let Err(e) = self.delete_task(id, id).await {
             errors.push(e);
         }
+        let builtin = self
+            .podnet
+            .as_deref()
+            .filter(|p| p.holds(id).unwrap_or(false));
+        if let (Some(podnet), Some(_)) = (builtin, netns)
+            && let Err(source) = podnet.teardown(id).await
+        {
+            errors.push(RuntimeError::BuiltinNetwork {
+                id: id.to_owned(),
+                source: Box::new(source),
+            });
+        }
         if let Some(netns) = netns {
-            match Cni::load(self.config.cni.clone()) {
+            match self.cni.get() {
+                Ok(_) if builtin.is_some() => {}
                 Ok(cni) => {
                     let req = CniRequest {
                         container_id: id,
@@ -142,11 +155,21 @@ impl ContainerdRuntime {
                     source: std::io::Error::other(e.to_string()),
                 })??;
             crate::failpoint::hit("sandbox-after-netns");
-            let cni =
-                Cni::load(self.config.cni.clone()).map_err(|source| RuntimeError::Network {
-                    id: id.to_owned(),
-                    source: Box::new(source),
+            if let Some(podnet) = self.builtin_for_setup(id)? {
+                ips = podnet.setup(id, netns).await.map_err(|source| {
+                    RuntimeError::BuiltinNetwork {
+                        id: id.to_owned(),
+                        source: Box::new(source),
+                    }
                 })?;
+                crate::failpoint::hit("sandbox-after-cni");
+            }
+        }
+        if let Some(netns) = netns.filter(|_| ips.is_empty()) {
+            let cni = self.cni.get().map_err(|source| RuntimeError::Network {
+                id: id.to_owned(),
+                source: Box::new(source),
+            })?;
             let req = CniRequest {
                 container_id: id,
                 netns,
