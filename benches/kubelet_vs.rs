@@ -7,11 +7,18 @@
 //! over the round (the agent, containerd with its shims, runc and the CRI plugin's CNI
 //! plugins, and the agent's pod cgroups), divided by the pods started. RSS is the agent's.
 //!
+//! The agent `floor` (in `NODELET_BENCH_AGENTS`) starts the same pods through nodelet's
+//! runtime layer alone, with no agent (see `kubelet_vs_floor.rs`): what containerd, the
+//! shims, runc and the pods cost bounds what any agent can reach on this machine.
+//!
 //! Run through `scripts/bench-vs-kubelet.sh`, which builds the kubelet, starts a containerd
 //! with its CRI plugin in a network namespace of its own, and runs this binary there.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "kubelet_vs_floor.rs"]
+mod floor;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +78,29 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Removes `/<name>` and everything below it in every mounted cgroup v1 hierarchy,
+/// deepest first (empty cgroups only: a busy one stays and is left to the script).
+fn remove_cgroup_everywhere(name: &str) {
+    fn rm(dir: &Path) {
+        for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if sub.file_type().is_ok_and(|t| t.is_dir()) {
+                rm(&sub.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    for entry in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = entry.path().join(name.trim_start_matches('/'));
+        if dir.is_dir() {
+            rm(&dir);
+        }
+    }
 }
 
 /// Makes `/<name>` in every mounted cgroup v1 hierarchy (the kubelet checks that its
@@ -403,6 +433,21 @@ async fn round(e: &Env, a: &Agent, http: &reqwest::Client, n: usize) -> Round {
     }
 }
 
+fn print_round(name: &str, r: &Round) {
+    println!(
+        "{name:>12} {:>3} pods: p50 {:6.2} s  p99 {:6.2} s  max {:6.2} s  CPU/pod {:.3} s (agent {:.3}, containerd+shims+runc {:.3}, pods {:.3})  RSS {:.1} MiB",
+        r.n,
+        r.p50,
+        r.p99,
+        r.max,
+        r.cpu.iter().sum::<f64>(),
+        r.cpu[0],
+        r.cpu[1],
+        r.cpu[2],
+        r.rss_mib
+    );
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -452,6 +497,17 @@ async fn main() {
         std::fs::create_dir_all(&manifests).expect("manifest dir");
         let cgroup_root = format!("/{}-{name}", e.cgroup);
         make_cgroup_everywhere(&cgroup_root);
+        if name == "floor" {
+            let rt = floor::runtime(&e, name).await;
+            let mut rounds = Vec::new();
+            for &n in &sizes {
+                let r = floor::round(&e, &rt, name, &cgroup_root, n).await;
+                print_round(name, &r);
+                rounds.push(r);
+            }
+            results.push((name.clone(), f64::NAN, rounds));
+            continue;
+        }
         let mut agent = Agent {
             name: name.clone(),
             port: 10255 + 10 * u16::try_from(k).expect("agents"),
@@ -474,17 +530,7 @@ async fn main() {
         let mut rounds = Vec::new();
         for &n in &sizes {
             let r = round(&e, &agent, &http, n).await;
-            println!(
-                "{name:>12} {n:>3} pods: p50 {:6.2} s  p99 {:6.2} s  max {:6.2} s  CPU/pod {:.3} s (agent {:.3}, containerd+shims+runc {:.3}, pods {:.3})  RSS {:.1} MiB",
-                r.p50,
-                r.p99,
-                r.max,
-                r.cpu.iter().sum::<f64>(),
-                r.cpu[0],
-                r.cpu[1],
-                r.cpu[2],
-                r.rss_mib
-            );
+            print_round(name, &r);
             rounds.push(r);
         }
         agent.stop();
