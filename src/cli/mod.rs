@@ -238,10 +238,10 @@ pub struct AgentArgs {
     /// as upstream's kubelet reads: flags given on the command line override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The service proxy inside the agent, over the agent's apiserver client
-    /// (`nftables`, as `nodelet proxy` runs it); `none` leaves Services to a separate
-    /// `nodelet proxy` or kube-proxy.
-    #[arg(long, value_enum, default_value = "none")]
+    /// The service proxy inside the agent when it joins a cluster (`--kubeconfig`),
+    /// over the agent's apiserver client (`nftables`, as `nodelet proxy` runs it);
+    /// `none` leaves Services to a separate `nodelet proxy` or kube-proxy.
+    #[arg(long, value_enum, default_value = "nftables")]
     pub proxy_mode: AgentProxyMode,
     /// A `KubeProxyConfiguration` file for the in-agent proxy (`--proxy-mode=nftables`);
     /// its node name is the agent's.
