@@ -147,6 +147,40 @@ fn apiserver_addr(kubeconfig: &Path) -> SocketAddr {
     hostport.parse().expect("server is IP:port")
 }
 
+/// A ClusterRoleBinding of `system:node-proxier` to the node's user, deleted on drop.
+struct ProxierBinding(PathBuf, String);
+
+impl ProxierBinding {
+    fn new(kubeconfig: &Path, node: &str) -> Self {
+        let name = format!("nodelet-test-proxier-{node}");
+        let out = support::cluster::kubectl(
+            kubeconfig,
+            &[
+                "create",
+                "clusterrolebinding",
+                &name,
+                "--clusterrole=system:node-proxier",
+                &format!("--user=system:node:{node}"),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(kubeconfig.to_owned(), name)
+    }
+}
+
+impl Drop for ProxierBinding {
+    fn drop(&mut self) {
+        let _ = support::cluster::kubectl(
+            &self.0,
+            &["delete", "clusterrolebinding", &self.1, "--ignore-not-found"],
+        );
+    }
+}
+
 /// A pod bound to `node`.
 fn pod(name: &str, node: &str, labels: serde_json::Value, script: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
@@ -186,6 +220,9 @@ async fn in_agent_proxy_serves_cluster_ips_to_pods_on_the_node() {
     let (_cleanup, mut w) = joined_world(&kubeconfig, &["--proxy-mode", "nftables"]).await;
     let client = admin_client(&kubeconfig).await;
     let ns = TestNamespace::new(&client, &kubeconfig, "nlt-proxy", &w.id).await;
+    // The node's credential may list Services but not EndpointSlices: a cluster running
+    // the proxy in its agents grants the nodes kube-proxy's role (README).
+    let _rbac = ProxierBinding::new(&kubeconfig, &w.node);
 
     // The default proxy mode is nftables: drop the explicit flag so the test runs the
     // default.
@@ -195,6 +232,20 @@ async fn in_agent_proxy_serves_cluster_ips_to_pods_on_the_node() {
         .position(|a| a == "--proxy-mode")
         .expect("the flag");
     w.extra_args.drain(at..at + 2);
+    // The world's pod network, with a route to the service CIDR (10.96.0.0/16) through
+    // the bridge: the only way out of a pod, into the node's namespace.
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": w.network,
+        "plugins": [{
+            "type": "bridge", "bridge": w.bridge, "isGateway": true, "ipMasq": false,
+            "hairpinMode": true,
+            "ipam": {"type": "host-local", "dataDir": w.ipam,
+                     "ranges": [[{"subnet": format!("10.99.{}.0/24", w.subnet)}]],
+                     "routes": [{"dst": "10.96.0.0/16"}]}
+        }]
+    });
+    std::fs::write(w.cni_conf.join("10-test.conflist"), conf.to_string()).expect("CNI config");
     // The agent inside the namespace; the apiserver and the read-only port relayed.
     let node_kubeconfig = w.dir.path().join("node.kubeconfig");
     relay(
@@ -297,17 +348,24 @@ async fn in_agent_proxy_serves_cluster_ips_to_pods_on_the_node() {
     pods.create(&pp, &pod("client", &w.node, serde_json::json!({}), &script))
         .await
         .expect("create the client pod");
-    let logs = w.logs.clone();
-    let seen = wait_for(
-        "the client pod to reach web-a and web-b through the ClusterIP",
-        Duration::from_secs(90),
-        || {
-            let lines = pod_output(&logs, &ns.name, "client");
-            let both = lines.iter().any(|l| l == "web-a") && lines.iter().any(|l| l == "web-b");
-            async move { both.then_some(lines) }
-        },
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let seen = loop {
+        let lines = pod_output(&w.logs, &ns.name, "client");
+        if lines.iter().any(|l| l == "web-a") && lines.iter().any(|l| l == "web-b") {
+            break lines;
+        }
+        if std::time::Instant::now() > deadline {
+            let table = netns.exec(&["nft", "list", "ruleset"]);
+            let tail = lines.len().saturating_sub(20);
+            panic!(
+                "the client pod did not reach web-a and web-b through {vip}; it wrote:\n{}\n\
+                 ruleset in the node's netns:\n{}",
+                lines[tail..].join("\n"),
+                String::from_utf8_lossy(&table.stdout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let client_pod = pods.get("client").await.expect("the client pod");
     assert_eq!(phase(&client_pod), "Running");
     eprintln!(

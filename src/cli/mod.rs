@@ -168,6 +168,43 @@ pub struct ProxyArgs {
     /// Remove the proxy's nftables tables and exit.
     #[arg(long)]
     pub cleanup: bool,
+    /// `nf_conntrack_max` per CPU (0: leave the limit and `--conntrack-min` alone).
+    #[arg(long, default_value_t = 32768)]
+    pub conntrack_max_per_core: u64,
+    /// The floor of `nf_conntrack_max` (over `--conntrack-max-per-core` × CPUs).
+    #[arg(long, default_value_t = 131_072)]
+    pub conntrack_min: u64,
+    /// `nf_conntrack_tcp_timeout_established` (0: leave as is).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_established: Duration,
+    /// `nf_conntrack_tcp_timeout_close_wait` (0: leave as is).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_close_wait: Duration,
+    /// Set `nf_conntrack_tcp_be_liberal` (out-of-window packets are not INVALID).
+    #[arg(long)]
+    pub conntrack_tcp_be_liberal: bool,
+    /// `nf_conntrack_udp_timeout` (0: leave as is).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub conntrack_udp_timeout: Duration,
+    /// `nf_conntrack_udp_timeout_stream` (0: leave as is).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub conntrack_udp_timeout_stream: Duration,
+}
+
+impl ProxyArgs {
+    /// The conntrack sysctls to apply at start (`KubeProxyConfiguration.conntrack`).
+    #[must_use]
+    pub fn conntrack(&self) -> nodelet_netproxy::conntrack::sysctl::ConntrackSettings {
+        nodelet_netproxy::conntrack::sysctl::ConntrackSettings {
+            max_per_core: self.conntrack_max_per_core,
+            min: self.conntrack_min,
+            tcp_established_timeout: self.conntrack_tcp_timeout_established,
+            tcp_close_wait_timeout: self.conntrack_tcp_timeout_close_wait,
+            tcp_be_liberal: self.conntrack_tcp_be_liberal,
+            udp_timeout: self.conntrack_udp_timeout,
+            udp_stream_timeout: self.conntrack_udp_timeout_stream,
+        }
+    }
 }
 
 /// The agent's `--proxy-mode`.

@@ -2,9 +2,11 @@
 //! `RenderConfig`, the apiserver client, the node's zone, then `nodelet-netproxy`'s
 //! watchers and sync loop until SIGINT/SIGTERM. The rules stay in place at exit (as
 //! kube-proxy's do) so traffic keeps flowing across a restart; `--cleanup` removes them.
-//! Only IPv4 is programmed for now. `/healthz` and `/livez` on `--healthz-bind-address`,
-//! `/metrics` on `--metrics-bind-address`, health-check node ports for
-//! `externalTrafficPolicy: Local` services, stale UDP conntrack entries deleted.
+//! One proxier per IP family the node has addresses of. `/healthz` and `/livez` on
+//! `--healthz-bind-address` (503 also while the node is being deleted), `/metrics` on
+//! `--metrics-bind-address`, health-check node ports for `externalTrafficPolicy: Local`
+//! services on every family, stale UDP conntrack entries deleted, and the conntrack
+//! sysctls of `KubeProxyConfiguration.conntrack` set at start.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -76,7 +78,17 @@ pub async fn serve(
         }
     };
     tracing::info!(node = %node_name, ?zone, ?families, "service proxy starting (nftables)");
+    // The conntrack sysctls first, as upstream (a failure stops the proxy there too).
+    use nodelet_netproxy::conntrack::sysctl;
+    sysctl::apply(&args.conntrack(), &sysctl::Sysctls::host(), sysctl::online_cpus())
+        .context("setting the conntrack sysctls (conntrack.* in KubeProxyConfiguration)")?;
     let health = ProxyHealth::new(2 * args.sync_period);
+    // /healthz answers 503 while this node is being deleted (upstream's nodeEligible).
+    let node_watch = tokio::spawn(nodelet_netproxy::health::node::watch_eligibility(
+        client.clone(),
+        node_name.clone(),
+        health.clone(),
+    ));
     let mut servers = Vec::new();
     if let Some(addr) = bind_address(&args.healthz_bind_address, 10256, "healthz")? {
         servers.push(health.serve_healthz(addr)?);
@@ -86,14 +98,17 @@ pub async fn serve(
     }
     let mut proxiers = Vec::new();
     let mut observers = Vec::new();
-    for (i, family) in families.iter().enumerate() {
+    for family in &families {
         let cfg = render_config(args, *family, local_addresses)?;
-        // The first family serves the health-check node ports (on every address of
-        // that family unless --nodeport-addresses narrows them).
-        let hc = (i == 0).then(|| {
-            ServiceHealthServer::new(health.clone(), cfg.nodeport_ips.clone().unwrap_or_default())
-        });
-        let observer = HealthObserver::new(health.clone(), *family, hc);
+        // Every family serves its health-check node ports (with its own local endpoint
+        // counts), on every address of that family unless --nodeport-addresses narrows
+        // them.
+        let hc = ServiceHealthServer::new(
+            health.clone(),
+            *family,
+            cfg.nodeport_ips.clone().unwrap_or_default(),
+        );
+        let observer = HealthObserver::new(health.clone(), *family, Some(hc));
         let proxier = Proxier::new(
             NftCommand::new(),
             cfg,
@@ -122,6 +137,7 @@ pub async fn serve(
     for s in servers {
         s.abort();
     }
+    node_watch.abort();
     result
 }
 
@@ -158,6 +174,28 @@ pub fn in_agent(
     let client = client.clone();
     let cancel = cancel.clone();
     Ok(async move {
+        // `clientConnection.kubeconfig` gives the proxy a credential of its own (as
+        // kube-proxy's service account); otherwise the node's, which then needs
+        // `system:node-proxier` (EndpointSlices are not a node's to list).
+        let client = match &args.kubeconfig {
+            Some(path) => {
+                let quota = crate::cluster::client::quota(0, 0);
+                match quota {
+                    Ok(q) => match crate::cluster::client::build(path, q).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!(error = format!("{e:#}"), path = %path.display(), "the in-agent service proxy's kubeconfig");
+                            return;
+                        }
+                    },
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "the in-agent service proxy's client");
+                        return;
+                    }
+                }
+            }
+            None => client,
+        };
         if let Err(e) = serve(&args, client, cancel.cancelled_owned()).await {
             tracing::error!(
                 error = format!("{e:#}"),

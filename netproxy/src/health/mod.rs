@@ -6,10 +6,12 @@
 //!
 //! As upstream: a proxier is unhealthy when a change has waited longer than the health
 //! timeout (2 × `syncPeriod`) without a successful sync; `/healthz` is 503 also when the
-//! node is not eligible (being deleted), `/livez` ignores that. Bodies are upstream's
+//! node is not eligible (being deleted or tainted for deletion, `node`), `/livez` ignores
+//! that. Bodies are upstream's
 //! JSON with Go's `time.Time` formatting.
 
 pub mod metrics;
+pub mod node;
 pub mod observer;
 pub mod service;
 
@@ -200,17 +202,60 @@ fn status(healthy: bool) -> StatusCode {
 }
 
 /// Binds `addr` (at once, so a taken port is an error here) and serves `app` on a task.
-/// Needs a tokio runtime.
+/// An IPv6 wildcard takes IPv4 too (the kernel's default, as Go's listeners). Needs a
+/// tokio runtime.
 pub(crate) fn serve(
     addr: SocketAddr,
     app: Router,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
-    let bind = |addr| -> std::io::Result<tokio::net::TcpListener> {
-        let l = std::net::TcpListener::bind(addr)?;
+    let listener = std::net::TcpListener::bind(addr);
+    spawn_server(addr, listener, app)
+}
+
+/// [`serve`] with IPv6 sockets limited to IPv6 (`IPV6_V6ONLY`), so an IPv4 and an IPv6
+/// listener can share a port (the health-check node ports of a dual-stack node).
+pub(crate) fn serve_v6only(
+    addr: SocketAddr,
+    app: Router,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let listener = match addr {
+        SocketAddr::V4(_) => std::net::TcpListener::bind(addr),
+        SocketAddr::V6(a) => bind_v6only(a),
+    };
+    spawn_server(addr, listener, app)
+}
+
+fn bind_v6only(addr: std::net::SocketAddrV6) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6, bind, listen, setsockopt, socket,
+        sockopt,
+    };
+    use std::os::fd::AsRawFd as _;
+    let fd = socket(
+        AddressFamily::Inet6,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrIn6::from(addr))?;
+    listen(&fd, Backlog::new(1024)?)?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
+fn spawn_server(
+    addr: SocketAddr,
+    listener: std::io::Result<std::net::TcpListener>,
+    app: Router,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let to_tokio = |l: std::net::TcpListener| -> std::io::Result<tokio::net::TcpListener> {
         l.set_nonblocking(true)?;
         tokio::net::TcpListener::from_std(l)
     };
-    let listener = bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+    let listener = listener
+        .and_then(to_tokio)
+        .map_err(|source| ServeError::Bind { addr, source })?;
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(%addr, error = %e, "proxy health server stopped");

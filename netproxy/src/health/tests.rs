@@ -203,7 +203,11 @@ async fn health_check_node_ports_follow_local_endpoints() {
     );
 
     let health = ProxyHealth::new(Duration::from_secs(60));
-    let mut servers = ServiceHealthServer::new(health, vec!["127.0.0.1".parse().expect("ip")]);
+    let mut servers = ServiceHealthServer::new(
+        health,
+        crate::model::IpFamily::V4,
+        vec!["127.0.0.1".parse().expect("ip")],
+    );
     servers.sync(&wanted);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let (code, b) = get(addr, "/").await.expect("get");

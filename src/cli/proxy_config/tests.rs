@@ -47,7 +47,13 @@ nftables:
   minSyncPeriod: 2s
 nodePortAddresses: ["192.0.2.0/24"]
 conntrack:
-  maxPerCore: 32768
+  maxPerCore: 0
+  min: 4096
+  tcpEstablishedTimeout: 2h0m0s
+  tcpCloseWaitTimeout: 30m
+  tcpBeLiberal: true
+  udpTimeout: 45s
+  udpStreamTimeout: 2m30s
 detectLocalMode: ClusterCIDR
 "#;
 
@@ -67,9 +73,17 @@ fn file_fields_become_flags() {
     assert_eq!(a.sync_period, Duration::from_secs(45));
     assert_eq!(a.min_sync_period, Duration::from_secs(2));
     assert_eq!(a.nodeport_addresses, ["192.0.2.0/24"]);
+    let ct = a.conntrack();
+    assert_eq!(ct.max_per_core, 0, "0 turns the limit off");
+    assert_eq!(ct.min, 4096);
+    assert_eq!(ct.tcp_established_timeout, Duration::from_secs(7200));
+    assert_eq!(ct.tcp_close_wait_timeout, Duration::from_secs(1800));
+    assert!(ct.tcp_be_liberal);
+    assert_eq!(ct.udp_timeout, Duration::from_secs(45));
+    assert_eq!(ct.udp_stream_timeout, Duration::from_secs(150));
     assert_eq!(
         unsupported,
-        ["clientConnection.qps", "conntrack"],
+        ["clientConnection.qps"],
         "ignored fields are named"
     );
 }
@@ -104,6 +118,11 @@ fn defaults_stay_when_the_file_is_silent() {
     assert_eq!(a.healthz_bind_address, "0.0.0.0:10256");
     assert_eq!(a.metrics_bind_address, "127.0.0.1:10249");
     assert_eq!(a.sync_period, Duration::from_secs(30));
+    // Upstream's conntrack defaults.
+    assert_eq!(
+        a.conntrack(),
+        nodelet_netproxy::conntrack::sysctl::ConntrackSettings::default()
+    );
     assert!(unsupported.is_empty());
 }
 
