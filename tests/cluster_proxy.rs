@@ -99,7 +99,10 @@ fn relay(listen_ns: Option<PathBuf>, connect_ns: Option<PathBuf>, addr: SocketAd
                 continue;
             };
             for (mut from, mut to) in [
-                (inbound.try_clone().expect("clone"), outbound.try_clone().expect("clone")),
+                (
+                    inbound.try_clone().expect("clone"),
+                    outbound.try_clone().expect("clone"),
+                ),
                 (outbound, inbound),
             ] {
                 std::thread::spawn(move || {
@@ -176,7 +179,12 @@ impl Drop for ProxierBinding {
     fn drop(&mut self) {
         let _ = support::cluster::kubectl(
             &self.0,
-            &["delete", "clusterrolebinding", &self.1, "--ignore-not-found"],
+            &[
+                "delete",
+                "clusterrolebinding",
+                &self.1,
+                "--ignore-not-found",
+            ],
         );
     }
 }
@@ -248,11 +256,7 @@ async fn in_agent_proxy_serves_cluster_ips_to_pods_on_the_node() {
     std::fs::write(w.cni_conf.join("10-test.conflist"), conf.to_string()).expect("CNI config");
     // The agent inside the namespace; the apiserver and the read-only port relayed.
     let node_kubeconfig = w.dir.path().join("node.kubeconfig");
-    relay(
-        Some(netns.path()),
-        None,
-        apiserver_addr(&node_kubeconfig),
-    );
+    relay(Some(netns.path()), None, apiserver_addr(&node_kubeconfig));
     relay(
         None,
         Some(netns.path()),
@@ -292,9 +296,12 @@ async fn in_agent_proxy_serves_cluster_ips_to_pods_on_the_node() {
     let pp = PostParams::default();
     for name in ["web-a", "web-b"] {
         let script = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
-        pods.create(&pp, &pod(name, &w.node, serde_json::json!({"app": "web"}), script))
-            .await
-            .expect("create a web pod");
+        pods.create(
+            &pp,
+            &pod(name, &w.node, serde_json::json!({"app": "web"}), script),
+        )
+        .await
+        .expect("create a web pod");
     }
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     let svc: Service = serde_json::from_value(serde_json::json!({
@@ -303,7 +310,10 @@ async fn in_agent_proxy_serves_cluster_ips_to_pods_on_the_node() {
                  "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}
     }))
     .expect("service");
-    let svc = services.create(&pp, &svc).await.expect("create the Service");
+    let svc = services
+        .create(&pp, &svc)
+        .await
+        .expect("create the Service");
     let vip = svc
         .spec
         .and_then(|s| s.cluster_ip)
@@ -395,6 +405,9 @@ async fn in_agent_proxy_serves_cluster_ips_to_pods_on_the_node() {
         "something answers on the host's 10256"
     );
     let log = std::fs::read_to_string(w.agent_log()).unwrap_or_default();
-    assert!(log.contains("service proxy starting"), "no proxy in the agent log");
+    assert!(
+        log.contains("service proxy starting"),
+        "no proxy in the agent log"
+    );
     w.stop_agent();
 }

@@ -96,9 +96,7 @@ async fn healthz_follows_the_nodes_eligibility() {
     let body = wait_healthz(&health, 200, "a plain node").await;
     assert!(body.contains("\"nodeEligible\": true"), "{body}");
 
-    let taint = |taints: serde_json::Value| {
-        Patch::Merge(json!({"spec": {"taints": taints}}))
-    };
+    let taint = |taints: serde_json::Value| Patch::Merge(json!({"spec": {"taints": taints}}));
     nodes
         .patch(
             &name,

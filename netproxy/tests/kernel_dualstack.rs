@@ -53,10 +53,36 @@ fn both_families_are_programmed_and_serve_health_check_node_ports() {
     let mut w = World::new();
     // IPv6 beside the world's IPv4: node and client on the veth, the IPv6 service CIDR
     // routed to the node.
-    ip(&["-n", &w.node, "addr", "add", &format!("{NODE_IP6}/64"), "dev", "vn", "nodad"]);
-    ip(&["-n", &w.client, "addr", "add", "fd00:77::2/64", "dev", "vc", "nodad"]);
+    ip(&[
+        "-n",
+        &w.node,
+        "addr",
+        "add",
+        &format!("{NODE_IP6}/64"),
+        "dev",
+        "vn",
+        "nodad",
+    ]);
+    ip(&[
+        "-n",
+        &w.client,
+        "addr",
+        "add",
+        "fd00:77::2/64",
+        "dev",
+        "vc",
+        "nodad",
+    ]);
     ip(&["-n", &w.node, "route", "add", "fd00:30::/108", "dev", "vn"]);
-    ip(&["-n", &w.client, "route", "add", "fd00:30::/108", "via", NODE_IP6]);
+    ip(&[
+        "-n",
+        &w.client,
+        "route",
+        "add",
+        "fd00:30::/108",
+        "via",
+        NODE_IP6,
+    ]);
     w.endpoint("10.180.0.71", 8080);
     w.endpoint("fd00:180::71", 8080);
 
@@ -70,7 +96,14 @@ fn both_families_are_programmed_and_serve_health_check_node_ports() {
                "ports": [{"name": "http", "port": 80, "nodePort": 30870, "protocol": "TCP"}]}),
         None,
     );
-    let slice4 = slice("ns", "ds", "ds-4", "http", 8080, &[ep("10.180.0.71", "node-a")]);
+    let slice4 = slice(
+        "ns",
+        "ds",
+        "ds-4",
+        "http",
+        8080,
+        &[ep("10.180.0.71", "node-a")],
+    );
     let slice6: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
         "metadata": {"namespace": "ns", "name": "ds-6", "labels": {"kubernetes.io/service-name": "ds"}},
         "addressType": "IPv6",
@@ -134,8 +167,14 @@ fn both_families_are_programmed_and_serve_health_check_node_ports() {
         tables.contains("table ip nodelet") && tables.contains("table ip6 nodelet"),
         "{tables}"
     );
-    assert_eq!(w.connect("172.30.0.70", 80).expect("IPv4 ClusterIP"), "10.180.0.71");
-    assert_eq!(w.connect("fd00:30::70", 80).expect("IPv6 ClusterIP"), "fd00:180::71");
+    assert_eq!(
+        w.connect("172.30.0.70", 80).expect("IPv4 ClusterIP"),
+        "10.180.0.71"
+    );
+    assert_eq!(
+        w.connect("fd00:30::70", 80).expect("IPv6 ClusterIP"),
+        "fd00:180::71"
+    );
 
     for addr in [
         SocketAddr::new(NODE_IP.parse().expect("ip"), HC_PORT),

@@ -69,7 +69,10 @@ fn conntrack_settings_apply_inside_a_namespace_and_never_to_the_host() {
     let (outcomes, inside) = std::thread::spawn(move || {
         let f = std::fs::File::open(&path).expect("open netns");
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        assert!(!in_init_netns(), "the thread must be outside the host's netns");
+        assert!(
+            !in_init_netns(),
+            "the thread must be outside the host's netns"
+        );
         let settings = ConntrackSettings {
             // Asks for more than any host has set: the global limit must stay.
             max_per_core: MAX_LIMIT,
@@ -85,11 +88,15 @@ fn conntrack_settings_apply_inside_a_namespace_and_never_to_the_host() {
     })
     .join()
     .expect("thread");
-    assert_eq!(inside[1..], [7200, 1800, 1, 45, 150], "set in the namespace");
+    assert_eq!(
+        inside[1..],
+        [7200, 1800, 1, 45, 150],
+        "set in the namespace"
+    );
     assert!(
-        outcomes
-            .iter()
-            .any(|o| matches!(o, Outcome::NotInInitNetns { entry, .. } if entry == "nf_conntrack_max")),
+        outcomes.iter().any(
+            |o| matches!(o, Outcome::NotInInitNetns { entry, .. } if entry == "nf_conntrack_max")
+        ),
         "{outcomes:?}"
     );
     assert_eq!(values(), host_before, "the host's values moved");

@@ -278,7 +278,11 @@ pub fn apply(
         args.masquerade_all = m;
     }
     for (id, field, name) in [
-        ("conntrack_max_per_core", "maxPerCore", "conntrack.maxPerCore"),
+        (
+            "conntrack_max_per_core",
+            "maxPerCore",
+            "conntrack.maxPerCore",
+        ),
         ("conntrack_min", "min", "conntrack.min"),
     ] {
         if free(id)
@@ -308,7 +312,11 @@ pub fn apply(
             "tcpCloseWaitTimeout",
             "conntrack.tcpCloseWaitTimeout",
         ),
-        ("conntrack_udp_timeout", "udpTimeout", "conntrack.udpTimeout"),
+        (
+            "conntrack_udp_timeout",
+            "udpTimeout",
+            "conntrack.udpTimeout",
+        ),
         (
             "conntrack_udp_timeout_stream",
             "udpStreamTimeout",

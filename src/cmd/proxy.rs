@@ -80,8 +80,12 @@ pub async fn serve(
     tracing::info!(node = %node_name, ?zone, ?families, "service proxy starting (nftables)");
     // The conntrack sysctls first, as upstream (a failure stops the proxy there too).
     use nodelet_netproxy::conntrack::sysctl;
-    sysctl::apply(&args.conntrack(), &sysctl::Sysctls::host(), sysctl::online_cpus())
-        .context("setting the conntrack sysctls (conntrack.* in KubeProxyConfiguration)")?;
+    sysctl::apply(
+        &args.conntrack(),
+        &sysctl::Sysctls::host(),
+        sysctl::online_cpus(),
+    )
+    .context("setting the conntrack sysctls (conntrack.* in KubeProxyConfiguration)")?;
     let health = ProxyHealth::new(2 * args.sync_period);
     // /healthz answers 503 while this node is being deleted (upstream's nodeEligible).
     let node_watch = tokio::spawn(nodelet_netproxy::health::node::watch_eligibility(
@@ -189,7 +193,10 @@ pub fn in_agent(
                         }
                     },
                     Err(e) => {
-                        tracing::error!(error = format!("{e:#}"), "the in-agent service proxy's client");
+                        tracing::error!(
+                            error = format!("{e:#}"),
+                            "the in-agent service proxy's client"
+                        );
                         return;
                     }
                 }

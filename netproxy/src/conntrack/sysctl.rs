@@ -224,7 +224,10 @@ pub fn apply(
             "nf_conntrack_tcp_timeout_close_wait",
             seconds(settings.tcp_close_wait_timeout),
         ),
-        ("nf_conntrack_tcp_be_liberal", u64::from(settings.tcp_be_liberal)),
+        (
+            "nf_conntrack_tcp_be_liberal",
+            u64::from(settings.tcp_be_liberal),
+        ),
         ("nf_conntrack_udp_timeout", seconds(settings.udp_timeout)),
         (
             "nf_conntrack_udp_timeout_stream",
@@ -339,8 +342,14 @@ mod tests {
             Sysctls::read(&dir.path().join("hashsize")).expect("hashsize"),
             65536
         );
-        assert_eq!(read(dir.path(), "nf_conntrack_tcp_timeout_established"), 86400);
-        assert_eq!(read(dir.path(), "nf_conntrack_tcp_timeout_close_wait"), 3600);
+        assert_eq!(
+            read(dir.path(), "nf_conntrack_tcp_timeout_established"),
+            86400
+        );
+        assert_eq!(
+            read(dir.path(), "nf_conntrack_tcp_timeout_close_wait"),
+            3600
+        );
         // Zero durations and false leave the rest alone.
         assert_eq!(read(dir.path(), "nf_conntrack_udp_timeout"), 30);
         assert_eq!(read(dir.path(), "nf_conntrack_udp_timeout_stream"), 120);
@@ -370,7 +379,10 @@ mod tests {
         };
         apply(&settings, &Sysctls::at(dir.path(), true), 2).expect("apply");
         assert_eq!(read(dir.path(), "nf_conntrack_max"), 1_000_000);
-        assert_eq!(read(dir.path(), "nf_conntrack_tcp_timeout_established"), 600);
+        assert_eq!(
+            read(dir.path(), "nf_conntrack_tcp_timeout_established"),
+            600
+        );
         assert_eq!(read(dir.path(), "nf_conntrack_tcp_be_liberal"), 1);
         assert_eq!(read(dir.path(), "nf_conntrack_udp_timeout"), 45);
         assert_eq!(read(dir.path(), "nf_conntrack_udp_timeout_stream"), 150);
@@ -396,7 +408,10 @@ mod tests {
             wanted: 262_144
         }));
         // The per-namespace timeouts are still set.
-        assert_eq!(read(dir.path(), "nf_conntrack_tcp_timeout_established"), 86400);
+        assert_eq!(
+            read(dir.path(), "nf_conntrack_tcp_timeout_established"),
+            86400
+        );
     }
 
     #[test]

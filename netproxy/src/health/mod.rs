@@ -77,7 +77,7 @@ impl ProxyHealth {
         self.with(|s| {
             s.oldest_pending.entry(family).or_insert(now);
         });
-        self.metrics.queued(now);
+        self.metrics.queued(family, now);
     }
 
     /// `family`'s proxier synced successfully (upstream's `Updated`).

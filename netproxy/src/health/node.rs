@@ -61,7 +61,9 @@ mod tests {
 
     #[test]
     fn deleting_or_autoscaler_tainted_nodes_are_not_eligible() {
-        assert!(eligible(&node(serde_json::json!({"metadata": {"name": "n"}}))));
+        assert!(eligible(&node(
+            serde_json::json!({"metadata": {"name": "n"}})
+        )));
         assert!(eligible(&node(serde_json::json!({
             "metadata": {"name": "n"},
             "spec": {"taints": [{"key": "other", "effect": "NoSchedule"}]}

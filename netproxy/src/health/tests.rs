@@ -105,30 +105,42 @@ fn bodies_are_upstreams() {
 
 #[test]
 fn metrics_use_upstream_names_and_buckets() {
+    use crate::model::IpFamily::{V4, V6};
     let m = metrics::Metrics::default();
-    m.synced(true, 0.003, 2);
-    m.synced(false, 0.0005, 0);
-    m.programmed(SystemTime::now() - Duration::from_millis(1500));
+    m.synced(V4, true, 0.003, 2);
+    m.synced(V4, false, 0.0005, 0);
+    m.synced(V6, true, 0.02, 0);
+    m.programmed(V4, SystemTime::now() - Duration::from_millis(1500));
+    m.queued(V6, SystemTime::UNIX_EPOCH + Duration::from_secs(7));
     m.change(true);
     m.sync_failed();
     let t = m.render();
     for line in [
-        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"} 1",
-        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.004\"} 2",
-        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"16.384\"} 2",
-        "kubeproxy_sync_proxy_rules_duration_seconds_count 2",
-        "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1",
-        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count 1",
-        "kubeproxy_network_programming_duration_seconds_bucket{le=\"1\"} 0",
-        "kubeproxy_network_programming_duration_seconds_bucket{le=\"2\"} 1",
-        "kubeproxy_network_programming_duration_seconds_bucket{le=\"300\"} 1",
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.001\"} 1",
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.004\"} 2",
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv4\",le=\"16.384\"} 2",
+        "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 2",
+        "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv6\"} 1",
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv6\",le=\"0.016\"} 0",
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1",
+        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1",
+        "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"1\"} 0",
+        "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"2\"} 1",
+        "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"300\"} 1",
         "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 1",
         "kubeproxy_sync_proxy_rules_endpoint_changes_total 1",
-        "kubeproxy_conntrack_reconciler_deleted_entries_total 2",
+        "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"} 2",
+        "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv6\"} 0",
+        "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"IPv6\"} 7",
         "# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge",
     ] {
         assert!(t.lines().any(|l| l == line), "missing {line}:\n{t}");
     }
+    assert!(
+        t.lines().any(|l| l
+            .starts_with("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\"} ")),
+        "{t}"
+    );
 }
 
 #[tokio::test]
