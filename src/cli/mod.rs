@@ -134,12 +134,22 @@ pub struct ProxyArgs {
     /// The proxy's primary IP (an unspecified one: the node's addresses decide).
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
-    /// `IP:port` of the `/healthz` and `/livez` server (empty: off).
-    #[arg(long, default_value = "0.0.0.0:10256")]
-    pub healthz_bind_address: String,
-    /// `IP:port` of the `/metrics` server (empty: off).
-    #[arg(long, default_value = "127.0.0.1:10249")]
-    pub metrics_bind_address: String,
+    /// `IP:port` (or an IP, with `--healthz-port`) of the `/healthz` and `/livez`
+    /// server; default `0.0.0.0:10256` (`[::]:10256` when `--bind-address` is IPv6).
+    #[arg(long)]
+    pub healthz_bind_address: Option<String>,
+    /// `IP:port` (or an IP, with `--metrics-port`) of the `/metrics` server; default
+    /// `127.0.0.1:10249` (`[::1]:10249` when `--bind-address` is IPv6).
+    #[arg(long)]
+    pub metrics_bind_address: Option<String>,
+    /// The health server's port when `--healthz-bind-address` is a bare IP; 0 turns
+    /// the server off (deprecated upstream, kept for its scripts).
+    #[arg(long, default_value_t = 10256)]
+    pub healthz_port: u16,
+    /// The metrics server's port when `--metrics-bind-address` is a bare IP; 0 turns
+    /// the server off (deprecated upstream).
+    #[arg(long, default_value_t = 10249)]
+    pub metrics_port: u16,
     /// Kubeconfig of the apiserver to watch (required unless `--cleanup`).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,

@@ -247,16 +247,17 @@ pub fn apply(
             .parse()
             .map_err(|e| bad("bindAddress", format!("{b:?}: {e}")))?;
     }
-    // Present-but-empty disables the server, as upstream.
+    // As upstream's defaulting: empty means the default address, a bare IP gets the
+    // default port (resolved with the flags in `cmd::proxy`).
     if free("healthz_bind_address")
-        && let Some(v) = get(doc, &["healthzBindAddress"]).and_then(Value::as_str)
+        && let Some(v) = str_at(doc, &["healthzBindAddress"])
     {
-        args.healthz_bind_address = v.to_owned();
+        args.healthz_bind_address = Some(v.to_owned());
     }
     if free("metrics_bind_address")
-        && let Some(v) = get(doc, &["metricsBindAddress"]).and_then(Value::as_str)
+        && let Some(v) = str_at(doc, &["metricsBindAddress"])
     {
-        args.metrics_bind_address = v.to_owned();
+        args.metrics_bind_address = Some(v.to_owned());
     }
     if free("cluster_cidr")
         && let Some(c) = str_at(doc, &["clusterCIDR"])

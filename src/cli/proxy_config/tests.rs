@@ -67,8 +67,11 @@ fn file_fields_become_flags() {
     );
     assert_eq!(a.cluster_cidr, ["10.244.0.0/16", "fd00:10::/64"]);
     assert_eq!(a.hostname_override.as_deref(), Some("node-a"));
-    assert_eq!(a.healthz_bind_address, "0.0.0.0:20256");
-    assert_eq!(a.metrics_bind_address, "", "empty turns the server off");
+    assert_eq!(a.healthz_bind_address.as_deref(), Some("0.0.0.0:20256"));
+    assert_eq!(
+        a.metrics_bind_address, None,
+        "empty is the default address, as upstream's defaulting"
+    );
     assert!(a.masquerade_all);
     assert_eq!(a.sync_period, Duration::from_secs(45));
     assert_eq!(a.min_sync_period, Duration::from_secs(2));
@@ -105,7 +108,7 @@ fn command_line_flags_win_over_the_file() {
     assert_eq!(a.hostname_override.as_deref(), Some("node-b"));
     assert_eq!(a.min_sync_period, Duration::from_secs(5));
     assert_eq!(a.sync_period, Duration::from_secs(45), "the file's");
-    assert_eq!(a.metrics_bind_address, "127.0.0.1:10249");
+    assert_eq!(a.metrics_bind_address.as_deref(), Some("127.0.0.1:10249"));
 }
 
 #[test]
@@ -115,8 +118,8 @@ fn defaults_stay_when_the_file_is_silent() {
         &[],
     )
     .expect("config");
-    assert_eq!(a.healthz_bind_address, "0.0.0.0:10256");
-    assert_eq!(a.metrics_bind_address, "127.0.0.1:10249");
+    assert_eq!(a.healthz_bind_address, None, "the default, resolved at start");
+    assert_eq!(a.metrics_bind_address, None);
     assert_eq!(a.sync_period, Duration::from_secs(30));
     // Upstream's conntrack defaults.
     assert_eq!(
