@@ -4,9 +4,10 @@
 //! the host's and containerd sees the pods' netns pins), so its nft table, the pods'
 //! bridge and the proxy's health (10256) and metrics (10249) ports all live there; the
 //! apiserver's loopback port and the agent's read-only port are relayed across the
-//! namespace boundary by the test. Two web pods and a Service are created through the
-//! API; the EndpointSlice controller's slice is programmed, and a client pod on the
-//! node reaches the ClusterIP and both backends. The namespace has no default route:
+//! namespace boundary by the test. The proxy's conntrack timeouts (upstream's defaults)
+//! land in that namespace, not the host's. Two web pods and a Service are created
+//! through the API; the EndpointSlice controller's slice is programmed, and a client pod
+//! on the node reaches the ClusterIP and both backends. The namespace has no default route:
 //! a ClusterIP without a rule is unreachable, never sent off the machine. Needs root,
 //! `NODELET_TEST_KUBECONFIG` (see `support::cluster`) and the test containerd.
 
@@ -223,6 +224,11 @@ async fn in_agent_proxy_serves_cluster_ips_to_pods_on_the_node() {
         "needs root (network namespaces)"
     );
     let kubeconfig = admin_kubeconfig();
+    let host_established =
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established")
+            .expect("nf_conntrack loaded")
+            .trim()
+            .to_owned();
     // Declared first, so it goes after the World (and its agent) on drop.
     let netns = Netns::new(format!("nodelet-test-{}-proxy", std::process::id()));
     let (_cleanup, mut w) = joined_world(&kubeconfig, &["--proxy-mode", "nftables"]).await;
@@ -290,6 +296,30 @@ async fn in_agent_proxy_serves_cluster_ips_to_pods_on_the_node() {
     .await;
     assert!(status.contains("200"), "{status}: {body}");
     assert!(body.contains("lastUpdated"), "{body}");
+
+    // Upstream's conntrack defaults were applied in the namespace (per-namespace
+    // timeouts; the global limit is left to the initial namespace), never to the host.
+    let sysctl = |ns: Option<&Netns>, name: &str| {
+        let path = format!("/proc/sys/net/netfilter/{name}");
+        let text = match ns {
+            Some(ns) => String::from_utf8_lossy(&ns.exec(&["cat", &path]).stdout).into_owned(),
+            None => std::fs::read_to_string(&path).expect("read the host's sysctl"),
+        };
+        text.trim().to_owned()
+    };
+    assert_eq!(
+        sysctl(Some(&netns), "nf_conntrack_tcp_timeout_established"),
+        "86400"
+    );
+    assert_eq!(
+        sysctl(Some(&netns), "nf_conntrack_tcp_timeout_close_wait"),
+        "3600"
+    );
+    assert_eq!(
+        sysctl(None, "nf_conntrack_tcp_timeout_established"),
+        host_established,
+        "the host's value moved"
+    );
 
     // Two web pods and a Service selecting them, through the API.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);

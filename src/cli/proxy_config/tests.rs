@@ -118,7 +118,10 @@ fn defaults_stay_when_the_file_is_silent() {
         &[],
     )
     .expect("config");
-    assert_eq!(a.healthz_bind_address, None, "the default, resolved at start");
+    assert_eq!(
+        a.healthz_bind_address, None,
+        "the default, resolved at start"
+    );
     assert_eq!(a.metrics_bind_address, None);
     assert_eq!(a.sync_period, Duration::from_secs(30));
     // Upstream's conntrack defaults.
