@@ -1,8 +1,9 @@
 //! The proxy's Prometheus metrics, upstream's names and buckets (`pkg/proxy/metrics`),
 //! rendered in the text exposition format by hand (a handful of series do not need a
 //! registry crate). As upstream, the sync durations and timestamps, the network
-//! programming latency and the conntrack reconciler's deletions carry an `ip_family`
-//! label (`IPv4`, `IPv6`: one series per proxier); the change and failure counters do not.
+//! programming latency, the nftables sync failures and the conntrack reconciler's
+//! deletions carry an `ip_family` label (`IPv4`, `IPv6`: one series per proxier; as
+//! v1.37's `pkg/proxy/metrics`); the change counters do not.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -116,7 +117,7 @@ struct Inner {
     programming: FamilyHistograms,
     last_sync: BTreeMap<IpFamily, f64>,
     last_queued: BTreeMap<IpFamily, f64>,
-    sync_failures: u64,
+    sync_failures: BTreeMap<IpFamily, u64>,
     endpoint_changes: u64,
     service_changes: u64,
     conntrack_deleted: BTreeMap<IpFamily, u64>,
@@ -133,7 +134,7 @@ impl Default for Inner {
             programming: FamilyHistograms::new(programming_buckets),
             last_sync: BTreeMap::new(),
             last_queued: BTreeMap::new(),
-            sync_failures: 0,
+            sync_failures: BTreeMap::new(),
             endpoint_changes: 0,
             service_changes: 0,
             conntrack_deleted: BTreeMap::new(),
@@ -179,8 +180,8 @@ impl Metrics {
     }
 
     /// A sync failed.
-    pub fn sync_failed(&self) {
-        self.with(|m| m.sync_failures += 1);
+    pub fn sync_failed(&self, family: IpFamily) {
+        self.with(|m| *m.sync_failures.entry(family).or_default() += 1);
     }
 
     /// A change for `family`'s proxier was queued at `at`.
@@ -282,11 +283,15 @@ impl Metrics {
                     .map(|(f, v)| (*f, v.to_string()))
                     .collect(),
             );
-            counter(
+            by_family(
                 &mut out,
                 "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
                 "Cumulative proxy nftables sync failures",
-                m.sync_failures,
+                "counter",
+                m.sync_failures
+                    .iter()
+                    .map(|(f, v)| (*f, v.to_string()))
+                    .collect(),
             );
             counter(
                 &mut out,

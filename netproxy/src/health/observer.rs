@@ -90,7 +90,7 @@ impl<N: Nft> Observer<N> for HealthObserver {
                     s.sync(&proxier.health_check_node_ports());
                 }
             }
-            Err(_) => self.health.metrics.sync_failed(),
+            Err(_) => self.health.metrics.sync_failed(self.family),
         }
     }
 }

@@ -113,7 +113,7 @@ fn metrics_use_upstream_names_and_buckets() {
     m.programmed(V4, SystemTime::now() - Duration::from_millis(1500));
     m.queued(V6, SystemTime::UNIX_EPOCH + Duration::from_secs(7));
     m.change(true);
-    m.sync_failed();
+    m.sync_failed(V4);
     let t = m.render();
     for line in [
         "kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.001\"} 1",
@@ -127,7 +127,7 @@ fn metrics_use_upstream_names_and_buckets() {
         "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"1\"} 0",
         "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"2\"} 1",
         "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"300\"} 1",
-        "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 1",
+        "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 1",
         "kubeproxy_sync_proxy_rules_endpoint_changes_total 1",
         "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"} 2",
         "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv6\"} 0",
