@@ -85,7 +85,7 @@ pub async fn serve(
         &sysctl::Sysctls::host(),
         sysctl::online_cpus(),
     )
-    .context("setting the conntrack sysctls (conntrack.* in KubeProxyConfiguration)")?;
+    .context("could not set conntrack parameters from kube-proxy configuration")?;
     let health = ProxyHealth::new(2 * args.sync_period);
     // /healthz answers 503 while this node is being deleted (upstream's nodeEligible).
     let node_watch = tokio::spawn(nodelet_netproxy::health::node::watch_eligibility(
