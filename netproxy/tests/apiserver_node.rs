@@ -94,7 +94,7 @@ async fn healthz_follows_the_nodes_eligibility() {
         health.clone(),
     ));
     let body = wait_healthz(&health, 200, "a plain node").await;
-    assert!(body.contains("\"nodeEligible\": true"), "{body}");
+    assert!(body.contains("\"nodeEligible\":true"), "{body}");
 
     let taint = |taints: serde_json::Value| Patch::Merge(json!({"spec": {"taints": taints}}));
     nodes
@@ -106,7 +106,7 @@ async fn healthz_follows_the_nodes_eligibility() {
         .await
         .expect("taint");
     let body = wait_healthz(&health, 503, "the autoscaler's taint").await;
-    assert!(body.contains("\"nodeEligible\": false"), "{body}");
+    assert!(body.contains("\"nodeEligible\":false"), "{body}");
     let (live, _) = health.livez(SystemTime::now());
     assert_eq!(live.as_u16(), 200, "/livez ignores eligibility");
 
@@ -122,6 +122,6 @@ async fn healthz_follows_the_nodes_eligibility() {
         .await
         .expect("delete the Node");
     let body = wait_healthz(&health, 503, "the node being deleted").await;
-    assert!(body.contains("\"nodeEligible\": false"), "{body}");
+    assert!(body.contains("\"nodeEligible\":false"), "{body}");
     watch.abort();
 }

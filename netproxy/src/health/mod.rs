@@ -128,38 +128,63 @@ impl ProxyHealth {
         self.with(|s| s.node_eligible.unwrap_or(true))
     }
 
-    /// The `/healthz` answer at `now`: status and upstream's body.
+    /// Upstream v1.37's `ProxyHealth` JSON (`json.Marshal` of its struct: fields in
+    /// declaration order, RFC 3339 times): the latest sync (now when `fresh`), the
+    /// current time, node eligibility (`/healthz` only), the proxiers' health and each
+    /// family's status.
+    fn body(&self, now: SystemTime, eligible: Option<bool>, fresh: bool) -> (bool, String) {
+        let (healthy, last) = self.health_at(now);
+        let status: Vec<String> = self.with(|s| {
+            s.last_updated
+                .iter()
+                .map(|(family, updated)| {
+                    let late = s.oldest_pending.get(family).is_some_and(|q| {
+                        now.duration_since(*q).unwrap_or_default() >= self.timeout
+                    });
+                    format!(
+                        "{:?}:{{\"lastUpdated\":{:?},\"healthy\":{}}}",
+                        family.address_type(),
+                        rfc3339(Some(*updated)),
+                        !late
+                    )
+                })
+                .collect()
+        });
+        let last = if fresh { Some(now) } else { last };
+        let mut out = format!(
+            "{{\"lastUpdated\":{:?},\"currentTime\":{:?}",
+            rfc3339(last),
+            rfc3339(Some(now))
+        );
+        if let Some(e) = eligible {
+            out.push_str(&format!(",\"nodeEligible\":{e}"));
+        }
+        out.push_str(&format!(",\"healthy\":{healthy}"));
+        if !status.is_empty() {
+            out.push_str(&format!(",\"status\":{{{}}}", status.join(",")));
+        }
+        out.push('}');
+        (healthy, out)
+    }
+
+    /// The `/healthz` answer at `now`: 503 when a proxier is late or the node is not
+    /// eligible; upstream's body.
     pub fn healthz(&self, now: SystemTime) -> (StatusCode, String) {
         let eligible = self.node_eligible();
-        let (healthy, last) = self.health_at(now);
-        let healthy = healthy && eligible;
-        let last = if healthy { Some(now) } else { last };
-        let code = status(healthy);
+        let ok = self.health_at(now).0 && eligible;
+        let (_, body) = self.body(now, Some(eligible), ok);
+        let code = status(ok);
         self.metrics.healthz(code.as_u16());
-        (
-            code,
-            format!(
-                "{{\"lastUpdated\": {:?},\"currentTime\": {:?}, \"nodeEligible\": {eligible}}}",
-                go_time(last),
-                go_time(Some(now))
-            ),
-        )
+        (code, body)
     }
 
     /// The `/livez` answer at `now` (node eligibility left out).
     pub fn livez(&self, now: SystemTime) -> (StatusCode, String) {
-        let (healthy, last) = self.health_at(now);
-        let last = if healthy { Some(now) } else { last };
-        let code = status(healthy);
+        let ok = self.health_at(now).0;
+        let (_, body) = self.body(now, None, ok);
+        let code = status(ok);
         self.metrics.livez(code.as_u16());
-        (
-            code,
-            format!(
-                "{{\"lastUpdated\": {:?},\"currentTime\": {:?}}}",
-                go_time(last),
-                go_time(Some(now))
-            ),
-        )
+        (code, body)
     }
 
     /// Serves `/healthz` and `/livez` on `addr` (on a task; abort it to stop).
@@ -297,15 +322,16 @@ async fn metrics_handler(State(h): State<ProxyHealth>) -> Response {
     r
 }
 
-/// Go's `time.Time.String()` in UTC (`2006-01-02 15:04:05.999999999 +0000 UTC`); the
+/// Go's `time.Time` JSON (RFC 3339 with trailing fractional zeros dropped) in UTC; the
 /// zero time for `None`, as upstream prints a proxier that never synced.
-pub fn go_time(t: Option<SystemTime>) -> String {
+pub fn rfc3339(t: Option<SystemTime>) -> String {
+    let zero = || "0001-01-01T00:00:00Z".to_owned();
     let Some(t) = t else {
-        return "0001-01-01 00:00:00 +0000 UTC".into();
+        return zero();
     };
     match jiff::Timestamp::try_from(t) {
-        Ok(ts) => format!("{} +0000 UTC", ts.strftime("%Y-%m-%d %H:%M:%S%.f")),
-        Err(_) => "0001-01-01 00:00:00 +0000 UTC".into(),
+        Ok(ts) => format!("{}Z", ts.strftime("%Y-%m-%dT%H:%M:%S%.f")),
+        Err(_) => zero(),
     }
 }
 

@@ -66,20 +66,33 @@ fn bodies_are_upstreams() {
     assert_eq!(code, StatusCode::OK);
     assert_eq!(
         b,
-        "{\"lastUpdated\": \"2026-12-04 23:00:00.25 +0000 UTC\",\"currentTime\": \"2026-12-04 23:00:00.25 +0000 UTC\", \"nodeEligible\": true}"
+        "{\"lastUpdated\":\"2026-12-04T23:00:00.25Z\",\"currentTime\":\"2026-12-04T23:00:00.25Z\",\"nodeEligible\":true,\"healthy\":true}"
     );
     let v: serde_json::Value = serde_json::from_str(&b).expect("json");
     assert_eq!(v["nodeEligible"], json!(true));
     h.set_node_eligible(false);
     let (code, b) = h.healthz(now);
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        b.contains("\"lastUpdated\": \"0001-01-01 00:00:00 +0000 UTC\""),
-        "{b}"
+    assert_eq!(
+        b,
+        "{\"lastUpdated\":\"0001-01-01T00:00:00Z\",\"currentTime\":\"2026-12-04T23:00:00.25Z\",\"nodeEligible\":false,\"healthy\":true}",
+        "the proxiers are healthy; the node is not eligible"
     );
     let (code, b) = h.livez(now);
     assert_eq!(code, StatusCode::OK, "livez ignores eligibility");
     assert!(!b.contains("nodeEligible"));
+    // Per-family status once proxiers synced; a late one makes both answers 503.
+    let h2 = ProxyHealth::new(Duration::from_secs(60));
+    h2.updated(IpFamily::V4);
+    h2.updated(IpFamily::V6);
+    h2.queued(IpFamily::V6);
+    let later = SystemTime::now() + Duration::from_secs(61);
+    let (code, b) = h2.livez(later);
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    let v: serde_json::Value = serde_json::from_str(&b).expect("json");
+    assert_eq!(v["healthy"], json!(false));
+    assert_eq!(v["status"]["IPv4"]["healthy"], json!(true), "{b}");
+    assert_eq!(v["status"]["IPv6"]["healthy"], json!(false), "{b}");
     let name = ServiceName {
         namespace: "ns".into(),
         name: "lb".into(),
