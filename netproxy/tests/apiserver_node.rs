@@ -1,8 +1,8 @@
 //! `/healthz` node eligibility against the real apiserver tier (`NODELET_TEST_KUBECONFIG`,
 //! see tests/README.md): a Node created through the API is watched; the cluster
 //! autoscaler's `ToBeDeletedByClusterAutoscaler` taint and a deletion held open by a
-//! finalizer each turn `/healthz` to 503 with `"nodeEligible": false`, and removing the
-//! taint turns it back. No kernel state is touched.
+//! finalizer each turn `/healthz` to 503 with `"nodeEligible":false`, removing the
+//! taint turns it back, and the Node gone keeps it 503. No kernel state is touched.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -123,5 +123,21 @@ async fn healthz_follows_the_nodes_eligibility() {
         .expect("delete the Node");
     let body = wait_healthz(&health, 503, "the node being deleted").await;
     assert!(body.contains("\"nodeEligible\":false"), "{body}");
+    // The finalizer released: the Node goes, and stays not eligible.
+    nodes
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("release the finalizer");
+    let end = Instant::now() + Duration::from_secs(30);
+    while nodes.get_opt(&name).await.expect("get").is_some() {
+        assert!(Instant::now() < end, "the Node was not removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_healthz(&health, 503, "the node deleted").await;
     watch.abort();
 }

@@ -2,8 +2,9 @@
 //! `NodeEligibleHandler`): a watch on this node's Node object; the node is not eligible
 //! for load-balancer traffic while it is being deleted (a deletion timestamp) or carries
 //! the cluster autoscaler's `ToBeDeletedByClusterAutoscaler` taint, and `/healthz`
-//! answers 503 then (`/livez` does not look). As upstream, every add, update and delete
-//! event re-evaluates the object it carries.
+//! answers 503 then (`/livez` does not look). Every add and update re-evaluates the
+//! object it carries; a deleted Node is not eligible (upstream v1.37's kube-proxy exits
+//! then; the agent's proxy stays up and answers 503).
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Node;
@@ -38,12 +39,14 @@ pub async fn watch_eligibility(client: Client, name: String, health: ProxyHealth
         .boxed();
     while let Some(ev) = stream.next().await {
         match ev {
-            Ok(
-                watcher::Event::Apply(n) | watcher::Event::InitApply(n) | watcher::Event::Delete(n),
-            ) => {
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
                 let now = eligible(&n);
                 tracing::debug!(node = %name, eligible = now, "node eligibility");
                 health.set_node_eligible(now);
+            }
+            Ok(watcher::Event::Delete(_)) => {
+                tracing::info!(node = %name, "the node was deleted: not eligible");
+                health.set_node_eligible(false);
             }
             Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
             Err(e) => tracing::warn!(node = %name, error = %e, "node watch error, retrying"),
