@@ -134,12 +134,22 @@ pub struct ProxyArgs {
     /// The proxy's primary IP (an unspecified one: the node's addresses decide).
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
-    /// `IP:port` of the `/healthz` and `/livez` server (empty: off).
-    #[arg(long, default_value = "0.0.0.0:10256")]
-    pub healthz_bind_address: String,
-    /// `IP:port` of the `/metrics` server (empty: off).
-    #[arg(long, default_value = "127.0.0.1:10249")]
-    pub metrics_bind_address: String,
+    /// `IP:port` (or an IP, with `--healthz-port`) of the `/healthz` and `/livez`
+    /// server; default `0.0.0.0:10256` (`[::]:10256` when `--bind-address` is IPv6).
+    #[arg(long)]
+    pub healthz_bind_address: Option<String>,
+    /// `IP:port` (or an IP, with `--metrics-port`) of the `/metrics` server; default
+    /// `127.0.0.1:10249` (`[::1]:10249` when `--bind-address` is IPv6).
+    #[arg(long)]
+    pub metrics_bind_address: Option<String>,
+    /// The health server's port when `--healthz-bind-address` is a bare IP; 0 turns
+    /// the server off (deprecated upstream, kept for its scripts).
+    #[arg(long, default_value_t = 10256)]
+    pub healthz_port: u16,
+    /// The metrics server's port when `--metrics-bind-address` is a bare IP; 0 turns
+    /// the server off (deprecated upstream).
+    #[arg(long, default_value_t = 10249)]
+    pub metrics_port: u16,
     /// Kubeconfig of the apiserver to watch (required unless `--cleanup`).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -168,6 +178,43 @@ pub struct ProxyArgs {
     /// Remove the proxy's nftables tables and exit.
     #[arg(long)]
     pub cleanup: bool,
+    /// `nf_conntrack_max` per CPU (0: leave the limit and `--conntrack-min` alone).
+    #[arg(long, default_value_t = 32768)]
+    pub conntrack_max_per_core: u64,
+    /// The floor of `nf_conntrack_max` (over `--conntrack-max-per-core` × CPUs).
+    #[arg(long, default_value_t = 131_072)]
+    pub conntrack_min: u64,
+    /// `nf_conntrack_tcp_timeout_established` (0: leave as is).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_established: Duration,
+    /// `nf_conntrack_tcp_timeout_close_wait` (0: leave as is).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_close_wait: Duration,
+    /// Set `nf_conntrack_tcp_be_liberal` (out-of-window packets are not INVALID).
+    #[arg(long)]
+    pub conntrack_tcp_be_liberal: bool,
+    /// `nf_conntrack_udp_timeout` (0: leave as is).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub conntrack_udp_timeout: Duration,
+    /// `nf_conntrack_udp_timeout_stream` (0: leave as is).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub conntrack_udp_timeout_stream: Duration,
+}
+
+impl ProxyArgs {
+    /// The conntrack sysctls to apply at start (`KubeProxyConfiguration.conntrack`).
+    #[must_use]
+    pub fn conntrack(&self) -> nodelet_netproxy::conntrack::sysctl::ConntrackSettings {
+        nodelet_netproxy::conntrack::sysctl::ConntrackSettings {
+            max_per_core: self.conntrack_max_per_core,
+            min: self.conntrack_min,
+            tcp_established_timeout: self.conntrack_tcp_timeout_established,
+            tcp_close_wait_timeout: self.conntrack_tcp_timeout_close_wait,
+            tcp_be_liberal: self.conntrack_tcp_be_liberal,
+            udp_timeout: self.conntrack_udp_timeout,
+            udp_stream_timeout: self.conntrack_udp_timeout_stream,
+        }
+    }
 }
 
 /// The agent's `--proxy-mode`.
@@ -238,10 +285,10 @@ pub struct AgentArgs {
     /// as upstream's kubelet reads: flags given on the command line override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The service proxy inside the agent, over the agent's apiserver client
-    /// (`nftables`, as `nodelet proxy` runs it); `none` leaves Services to a separate
-    /// `nodelet proxy` or kube-proxy.
-    #[arg(long, value_enum, default_value = "none")]
+    /// The service proxy inside the agent when it joins a cluster (`--kubeconfig`),
+    /// over the agent's apiserver client (`nftables`, as `nodelet proxy` runs it);
+    /// `none` leaves Services to a separate `nodelet proxy` or kube-proxy.
+    #[arg(long, value_enum, default_value = "nftables")]
     pub proxy_mode: AgentProxyMode,
     /// A `KubeProxyConfiguration` file for the in-agent proxy (`--proxy-mode=nftables`);
     /// its node name is the agent's.
