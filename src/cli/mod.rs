@@ -12,8 +12,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// nodelet: the kubelet and the kube-proxy in one small daemon.
+///
+/// A flag given twice takes its last value, as upstream's (pflag) do: a unit's extra
+/// arguments override what the start script set before them.
 #[derive(Debug, Parser)]
-#[command(name = "nodelet", version, about, long_about = None)]
+#[command(name = "nodelet", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// Run the agent (the default), or a tool.
     #[command(subcommand)]
@@ -544,6 +547,20 @@ pub fn parse_log_max_files(text: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value() {
+        let cli = Cli::try_parse_from([
+            "nodelet",
+            "--proxy-mode=none",
+            "--read-only-port=1",
+            "--proxy-mode=nftables",
+            "--read-only-port=2",
+        ])
+        .expect("parses");
+        assert_eq!(cli.agent.read_only_port, 2);
+        assert_eq!(cli.agent.proxy_mode, AgentProxyMode::Nftables);
+    }
 
     #[test]
     fn durations() {
