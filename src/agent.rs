@@ -260,7 +260,7 @@ pub async fn start(
             max_files: args.container_log_max_files,
         },
         registries: nodelet_cri::image::RegistryConfig::default(),
-        runtime_name: "io.containerd.runc.v2".to_owned(),
+        handlers: nodelet_cri::runtime::RuntimeHandlers::default(),
         cni: CniConfig {
             conf_dir: args.cni_conf_dir.clone(),
             bin_dirs: args.cni_bin_dir.clone(),

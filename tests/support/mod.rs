@@ -540,7 +540,7 @@ impl World {
             container_logs_dir: self.container_logs.clone(),
             log_rotation: nodelet_cri::logs::RotationPolicy::default(),
             registries: Default::default(),
-            runtime_name: "io.containerd.runc.v2".into(),
+            handlers: nodelet_cri::runtime::RuntimeHandlers::default(),
             cni: CniConfig {
                 conf_dir: self.cni_conf.clone(),
                 bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
