@@ -628,6 +628,25 @@ impl Drop for World {
     }
 }
 
+/// The `crun` handler for this host: the shipped one (`/usr/bin/crun`), except on a
+/// hybrid cgroup host whose cgroup2 mount still offers controllers, which crun 1.8
+/// refuses; there crun runs through `scripts/crun-hybrid.sh` (see its header).
+pub fn crun_handler_args() -> Vec<String> {
+    let controllers =
+        std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
+    if controllers.trim().is_empty() {
+        return Vec::new();
+    }
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/crun-hybrid.sh");
+    vec![
+        "--runtime-handlers".into(),
+        format!(
+            "crun=io.containerd.runc.v2,BinaryName={}",
+            wrapper.display()
+        ),
+    ]
+}
+
 /// The state of container `name` in a pod's status.
 pub fn container_status<'a>(
     pod: &'a Pod,

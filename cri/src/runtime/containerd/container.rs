@@ -63,8 +63,10 @@ impl ContainerdRuntime {
                 log_path.to_string_lossy().into_owned(),
             ),
         ]);
-        if let Err(e) = self.create_record(&id, &config.image, &spec, labels, handler)
-            .await {
+        if let Err(e) = self
+            .create_record(&id, &config.image, &spec, labels, handler)
+            .await
+        {
             let _ = self.containerd.remove_snapshot(&id).await;
             return Err(e);
         }
