@@ -24,10 +24,7 @@ fn state_dir(w: &World, id: &str) -> PathBuf {
 /// Which OCI runtime made the container, from what it left in its state directory.
 fn made_by(w: &World, id: &str) -> &'static str {
     let dir = state_dir(w, id);
-    match (
-        dir.join("status").exists(),
-        dir.join("state.json").exists(),
-    ) {
+    match (dir.join("status").exists(), dir.join("state.json").exists()) {
         (true, false) => "crun",
         (false, true) => "runc",
         _ => "unknown",
@@ -82,7 +79,9 @@ async fn crun_runs_its_pod_and_an_unknown_handler_fails_only_that_pod() {
         .await;
     // The status shows the class as given.
     assert_eq!(
-        crun.spec.as_ref().and_then(|s| s.runtime_class_name.as_deref()),
+        crun.spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.as_deref()),
         Some("crun")
     );
 
@@ -131,16 +130,20 @@ async fn crun_runs_its_pod_and_an_unknown_handler_fails_only_that_pod() {
         Some(format!("failed to create pod sandbox: {want}").as_str())
     );
     let full = format!("nowhere-{}", w.node);
-    let event = wait_for("the FailedCreatePodSandBox event", Duration::from_secs(30), || {
-        let full = full.clone();
-        let w = &w;
-        async move {
-            events(w).await.into_iter().find(|e| {
-                e.involved_object.name.as_deref() == Some(full.as_str())
-                    && e.reason.as_deref() == Some("FailedCreatePodSandBox")
-            })
-        }
-    })
+    let event = wait_for(
+        "the FailedCreatePodSandBox event",
+        Duration::from_secs(30),
+        || {
+            let full = full.clone();
+            let w = &w;
+            async move {
+                events(w).await.into_iter().find(|e| {
+                    e.involved_object.name.as_deref() == Some(full.as_str())
+                        && e.reason.as_deref() == Some("FailedCreatePodSandBox")
+                })
+            }
+        },
+    )
     .await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     assert_eq!(
