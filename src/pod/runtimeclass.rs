@@ -128,7 +128,7 @@ mod tests {
         );
         let err = runtime_handler(&objects, &pod(Some("slow")))
             .await
-            .unwrap_err();
+            .expect_err("fails");
         assert_eq!(
             err.to_string(),
             "runtimeclass.node.k8s.io \"slow\" not found"
@@ -140,7 +140,7 @@ mod tests {
         let objects = Classes(Err(ObjectError::Unavailable("apiserver away".into())));
         let err = runtime_handler(&objects, &pod(Some("fast")))
             .await
-            .unwrap_err();
+            .expect_err("fails");
         assert_eq!(
             err.to_string(),
             "failed to lookup RuntimeClass fast: apiserver away"

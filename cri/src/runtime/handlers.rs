@@ -280,7 +280,9 @@ mod tests {
     // What `ctr run --runc-systemd-cgroup` stores: field 9 (varint) = 1.
     #[test]
     fn systemd_only_encodes_field_9() {
-        let any = RuntimeHandler::runc().record_options(true).unwrap();
+        let any = RuntimeHandler::runc()
+            .record_options(true)
+            .expect("present");
         assert_eq!(any.type_url, "containerd.runc.v1.Options");
         assert_eq!(any.value, vec![0x48, 0x01]);
     }
@@ -295,12 +297,15 @@ mod tests {
     // `SystemdCgroup = true`.
     #[test]
     fn crun_encodes_binary_name_as_field_6() {
-        let crun = RuntimeHandlers::default().get("crun").cloned().unwrap();
-        let any = crun.record_options(false).unwrap();
+        let crun = RuntimeHandlers::default()
+            .get("crun")
+            .cloned()
+            .expect("present");
+        let any = crun.record_options(false).expect("present");
         let mut want = vec![0x32, 13];
         want.extend_from_slice(b"/usr/bin/crun");
         assert_eq!(any.value, want);
-        let any = crun.record_options(true).unwrap();
+        let any = crun.record_options(true).expect("present");
         want.extend_from_slice(&[0x48, 0x01]);
         assert_eq!(any.value, want);
     }
@@ -311,8 +316,8 @@ mod tests {
             "x=io.containerd.runc.v2,NoPivotRoot=true,NoNewKeyring=true,ShimCgroup=/s,\
              IoUid=1,IoGid=2,BinaryName=/b,Root=/r",
         )
-        .unwrap();
-        let any = h.record_options(false).unwrap();
+        .expect("present");
+        let any = h.record_options(false).expect("present");
         assert_eq!(
             any.value,
             vec![
@@ -332,7 +337,10 @@ mod tests {
         let h = RuntimeHandlers::default();
         assert_eq!(h.get(""), Some(&RuntimeHandler::runc()));
         assert_eq!(h.get("runc"), Some(&RuntimeHandler::runc()));
-        assert_eq!(h.get("crun").unwrap().options.binary_name, "/usr/bin/crun");
+        assert_eq!(
+            h.get("crun").expect("present").options.binary_name,
+            "/usr/bin/crun"
+        );
         assert_eq!(h.get("kata"), None);
         assert_eq!(h.names().collect::<Vec<_>>(), ["crun", "runc"]);
     }
@@ -344,16 +352,25 @@ mod tests {
             "crun=io.containerd.runc.v2,BinaryName=/usr/local/bin/crun,Root=/run/crun-k8s",
             "kata=io.containerd.kata.v2",
         ])
-        .unwrap();
-        assert_eq!(h.get("fast").unwrap().options.binary_name, "/opt/crun");
-        assert_eq!(h.get("crun").unwrap().options.root, "/run/crun-k8s");
-        assert_eq!(h.get("kata").unwrap().runtime_type, "io.containerd.kata.v2");
+        .expect("present");
+        assert_eq!(
+            h.get("fast").expect("present").options.binary_name,
+            "/opt/crun"
+        );
+        assert_eq!(
+            h.get("crun").expect("present").options.root,
+            "/run/crun-k8s"
+        );
+        assert_eq!(
+            h.get("kata").expect("present").runtime_type,
+            "io.containerd.kata.v2"
+        );
         assert_eq!(h.get(""), Some(&RuntimeHandler::runc()));
     }
 
     #[test]
     fn bad_entries_say_what_is_wrong() {
-        let err = |s: &str| parse_handler(s).unwrap_err();
+        let err = |s: &str| parse_handler(s).expect_err("refused");
         assert_eq!(err("crun"), HandlerError::Syntax("crun".into()));
         assert_eq!(
             err("crun").to_string(),
