@@ -384,6 +384,14 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub cni_bin_dir: Vec<PathBuf>,
+    /// Runtime handlers a pod selects through its RuntimeClass's `handler`
+    /// (standalone: its `runtimeClassName`), one per flag or `;`-separated:
+    /// `name=runtime_type[,Option=value...]` with containerd's runc shim options
+    /// (`BinaryName`, `Root`, `NoPivotRoot`, `NoNewKeyring`, `ShimCgroup`, `IoUid`,
+    /// `IoGid`). `runc` and `crun` (`/usr/bin/crun`) ship; a handler named here
+    /// replaces a shipped one.
+    #[arg(long, value_delimiter = ';', value_parser = parse_runtime_handler)]
+    pub runtime_handlers: Vec<String>,
     /// Cluster DNS server IPs (comma separated) for pods with `dnsPolicy: ClusterFirst`.
     #[arg(long, value_delimiter = ',')]
     pub cluster_dns: Vec<IpAddr>,
@@ -474,6 +482,13 @@ impl AgentArgs {
             .clone()
             .unwrap_or_else(|| self.root_dir.join("pki"))
     }
+}
+
+/// A `--runtime-handlers` entry, checked here so a bad one stops the agent at start.
+fn parse_runtime_handler(s: &str) -> Result<String, String> {
+    nodelet_cri::runtime::handlers::parse_handler(s)
+        .map(|_| s.trim().to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// Parses `10s`, `1m30s`, `500ms`, `2h` (Go's `time.ParseDuration` subset kubelet flags use).
@@ -587,6 +602,51 @@ mod tests {
         assert_eq!(cli.agent.read_only_port, 0);
         assert_eq!(cli.agent.root_dir, PathBuf::from("/var/lib/nodelet"));
         assert!(Cli::try_parse_from(["nodelet", "--read-only-port", "x"]).is_err());
+    }
+
+    #[test]
+    fn runtime_handlers_parse_one_per_flag_or_semicolon_separated() {
+        let cli = Cli::try_parse_from([
+            "nodelet",
+            "--runtime-handlers",
+            "fast=io.containerd.runc.v2,BinaryName=/usr/bin/crun",
+            "--runtime-handlers",
+            "a=io.containerd.runc.v2;b=io.containerd.kata.v2",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.agent.runtime_handlers,
+            [
+                "fast=io.containerd.runc.v2,BinaryName=/usr/bin/crun",
+                "a=io.containerd.runc.v2",
+                "b=io.containerd.kata.v2"
+            ]
+        );
+        assert!(
+            Cli::try_parse_from(["nodelet"])
+                .expect("parses")
+                .agent
+                .runtime_handlers
+                .is_empty()
+        );
+        let err = Cli::try_parse_from(["nodelet", "--runtime-handlers", "crun"])
+            .expect_err("no runtime type")
+            .to_string();
+        assert!(
+            err.contains("want name=runtime_type[,Option=value...]"),
+            "{err}"
+        );
+        let err = Cli::try_parse_from([
+            "nodelet",
+            "--runtime-handlers",
+            "fast=io.containerd.runc.v2,NoPivotRoot=maybe",
+        ])
+        .expect_err("bad bool")
+        .to_string();
+        assert!(
+            err.contains("option NoPivotRoot: bad value \"maybe\""),
+            "{err}"
+        );
     }
 
     #[test]
