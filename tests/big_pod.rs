@@ -113,8 +113,9 @@ fn cgroup_procs(root: &str) -> usize {
     count(&dir)
 }
 
-/// The log drivers writing under `logs`: their count and summed PSS and RSS (kB).
-fn drivers(logs: &std::path::Path) -> (usize, u64, u64) {
+/// The log drivers writing under `logs` for pods whose log path holds `pod` (a UID,
+/// or "" for all): their count and summed PSS and RSS (kB).
+fn drivers(logs: &std::path::Path, pod: &str) -> (usize, u64, u64) {
     let logs = logs.to_string_lossy().into_owned();
     let mut out = (0, 0, 0);
     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -127,7 +128,7 @@ fn drivers(logs: &std::path::Path) -> (usize, u64, u64) {
         };
         let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("cri-log") && cmdline.contains(&logs) {
+        if cmdline.contains("cri-log") && cmdline.contains(&logs) && cmdline.contains(pod) {
             out.0 += 1;
             out.1 += kb(&format!("/proc/{pid}/smaps_rollup"), "Pss:");
             out.2 += kb(&format!("/proc/{pid}/status"), "VmRSS:");
@@ -189,7 +190,7 @@ async fn a_pod_with_many_containers_is_created_in_full_and_deleted() {
     let created = start.elapsed();
     assert_eq!(pod.metadata.uid.as_deref(), Some(uid.as_str()));
     let rss_running = kb(&status, "VmRSS:");
-    let (count, pss, rss) = drivers(&w.logs);
+    let (count, pss, rss) = drivers(&w.logs, &uid);
     assert_eq!(count, n, "one log driver per container");
 
     // The records' size: one container's as containerd stores it, times n.
@@ -266,7 +267,7 @@ async fn a_pod_with_many_containers_is_created_in_full_and_deleted() {
     wait_for(
         "no shim and no driver left",
         Duration::from_secs(30),
-        || async { (w.shims().is_empty() && drivers(&w.logs).0 == 0).then_some(()) },
+        || async { (w.shims().is_empty() && drivers(&w.logs, "").0 == 0).then_some(()) },
     )
     .await;
     assert!(w.stop_agent().is_some());
