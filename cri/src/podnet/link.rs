@@ -167,6 +167,7 @@ pub(super) async fn attach(
         .await
         .map_err(nl("add veth", host))?;
     drop(ns);
+    crate::failpoint::hit("podnet-after-veth");
     let index = index_of(handle, host)
         .await?
         .ok_or_else(|| PodNetError::Missing(host.to_owned()))?;

@@ -177,6 +177,7 @@ impl PodNetwork {
         netns: &Path,
     ) -> Result<Vec<IpAddr>, PodNetError> {
         let ip = self.ipam.allocate(container_id)?;
+        crate::failpoint::hit("podnet-after-ipam");
         match self.attach(container_id, netns, ip).await {
             Ok(()) => {
                 info!(container_id, ip = %ip, bridge = %self.cfg.bridge, "pod network set up (built-in)");
