@@ -1060,6 +1060,7 @@ mod tests {
             fqdn: None,
             sysctls: vec![("net.ipv4.ip_unprivileged_port_start".into(), "0".into())],
             oom_score_adj: None,
+            port_mappings: vec![],
         };
         let img = ImageRuntimeConfig {
             entrypoint: vec!["/pause".into()],
