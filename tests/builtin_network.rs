@@ -17,6 +17,10 @@
 //! Tests only the built-in network has (a hostPort, an exhausted range) are in
 //! `pod_network.rs`.
 
+// Each included file declares `mod support;`: the support module is compiled once per
+// file here, which is what reusing the files as they are costs.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "crash.rs"]
 mod crash;
 #[path = "crash_restart.rs"]

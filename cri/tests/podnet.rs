@@ -329,7 +329,10 @@ fn an_exhausted_range_fails_clearly_and_leaks_nothing() {
         let a = net.netns("pod-a");
         let b = net.netns("pod-b");
         podnet.setup(&id(1), &a, &[]).await.expect("setup a");
-        let err = podnet.setup(&id(2), &b, &[]).await.expect_err("range is full");
+        let err = podnet
+            .setup(&id(2), &b, &[])
+            .await
+            .expect_err("range is full");
         assert!(matches!(err, PodNetError::Exhausted { .. }), "{err}");
         assert!(
             err.to_string().contains("no IP addresses available"),
@@ -383,8 +386,7 @@ fn try_send_from(from: Option<&Path>, ip: IpAddr, port: u16) -> std::io::Result<
         if let Some(ns) = ns {
             nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
         }
-        let mut c =
-            TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(3))?;
+        let mut c = TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_secs(3))?;
         c.write_all(b"hello pod")
     })
     .join()
@@ -533,6 +535,10 @@ fn host_ports_reach_the_pod_from_outside_the_node_and_the_pod_itself() {
         let err = try_send_from(Some(&client), node, 18080).expect_err("unmapped");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
         again.teardown(&id(2)).await.expect("teardown b");
-        assert!(!run(&["nft", "list", "table", "ip", &table]).status.success());
+        assert!(
+            !run(&["nft", "list", "table", "ip", &table])
+                .status
+                .success()
+        );
     });
 }

@@ -499,7 +499,9 @@ pub fn parse_bridge_name(text: &str) -> Result<String, String> {
         || text == "."
         || text == ".."
     {
-        return Err(format!("bridge name {text:?} is not a valid interface name"));
+        return Err(format!(
+            "bridge name {text:?} is not a valid interface name"
+        ));
     }
     Ok(text.to_owned())
 }

@@ -273,7 +273,11 @@ pub fn sandbox_config(
 /// `hostIP` that is not an IPv4 address (the built-in network is IPv4) is not mapped.
 fn port_mappings(spec: &PodSpec) -> Vec<nodelet_cri::podnet::PortMapping> {
     let mut out: Vec<nodelet_cri::podnet::PortMapping> = Vec::new();
-    for port in spec.containers.iter().flat_map(|c| c.ports.iter().flatten()) {
+    for port in spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+    {
         let (Some(host_port), Ok(container_port)) = (
             port.host_port
                 .and_then(|p| u16::try_from(p).ok())

@@ -111,8 +111,7 @@ impl Store {
                 continue;
             };
             if name.starts_with('.') {
-                if name.ends_with(".tmp") && !name.contains(&format!(".{}.", std::process::id()))
-                {
+                if name.ends_with(".tmp") && !name.contains(&format!(".{}.", std::process::id())) {
                     let _ = fs::remove_file(entry.path());
                 }
                 continue;

@@ -158,12 +158,11 @@ impl ContainerdRuntime {
             if let Some(podnet) = self.builtin_for_setup(id)? {
                 ips = podnet
                     .setup(id, netns, &config.port_mappings)
-                    .await.map_err(|source| {
-                    RuntimeError::BuiltinNetwork {
+                    .await
+                    .map_err(|source| RuntimeError::BuiltinNetwork {
                         id: id.to_owned(),
                         source: Box::new(source),
-                    }
-                })?;
+                    })?;
                 crate::failpoint::hit("sandbox-after-cni");
             }
         }
