@@ -254,11 +254,12 @@ impl PodNetwork {
             info!(container_id, ips = ?released, "pod network torn down (built-in)");
         }
         if self.ipam.allocations()?.is_empty() {
-            if self.cfg.ip_masq || had_ports || *installed {
-                nft::remove(&nft::table_name(&self.cfg.bridge)).await?;
-            }
+            // Always: a table a crashed agent left goes too.
+            nft::remove(&nft::table_name(&self.cfg.bridge)).await?;
             *installed = false;
-        } else if had_ports {
+        } else if had_ports || !*installed {
+            // Rendered once after a restart too: an agent killed mid-teardown may have
+            // left rules of a pod whose hostPorts file is already gone.
             self.render_table().await?;
             *installed = true;
         }
