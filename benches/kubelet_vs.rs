@@ -7,11 +7,21 @@
 //! over the round (the agent, containerd with its shims, runc and the CRI plugin's CNI
 //! plugins, and the agent's pod cgroups), divided by the pods started. RSS is the agent's.
 //!
+//! The agent `floor` (in `NODELET_BENCH_AGENTS`) starts the same pods through nodelet's
+//! runtime layer alone, with no agent (see `kubelet_vs/floor.rs`): what containerd, the
+//! shims, runc and the pods cost bounds what any agent can reach on this machine.
+//!
+//! The `nodelet-crun` agent is nodelet with its pods on the `crun` runtime handler
+//! (`runtimeClassName: crun`), so one run compares runc against crun.
+//!
 //! Run through `scripts/bench-vs-kubelet.sh`, which builds the kubelet, starts a containerd
 //! with its CRI plugin in a network namespace of its own, and runs this binary there.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "kubelet_vs/floor.rs"]
+mod floor;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,9 +48,11 @@ fn env(name: &str) -> String {
         .unwrap_or_else(|_| panic!("{name} is not set: run scripts/bench-vs-kubelet.sh"))
 }
 
-fn manifest(name: &str) -> String {
+/// A bench pod; `class` sets its `runtimeClassName` (the `nodelet-crun` agent's pods).
+fn manifest(name: &str, class: Option<&str>) -> String {
+    let class = class.map_or(String::new(), |c| format!("  runtimeClassName: {c}\n"));
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    imagePullPolicy: IfNotPresent\n    command: [sleep, '3600']\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{class}  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    imagePullPolicy: IfNotPresent\n    command: [sleep, '3600']\n",
         support::BUSYBOX
     )
 }
@@ -71,6 +83,29 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Removes `/<name>` and everything below it in every mounted cgroup v1 hierarchy,
+/// deepest first (empty cgroups only: a busy one stays and is left to the script).
+fn remove_cgroup_everywhere(name: &str) {
+    fn rm(dir: &Path) {
+        for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if sub.file_type().is_ok_and(|t| t.is_dir()) {
+                rm(&sub.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    for entry in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = entry.path().join(name.trim_start_matches('/'));
+        if dir.is_dir() {
+            rm(&dir);
+        }
+    }
 }
 
 /// Makes `/<name>` in every mounted cgroup v1 hierarchy (the kubelet checks that its
@@ -313,6 +348,11 @@ fn nodelet_command(e: &Env, dir: &Path, a: &Agent) -> Command {
         .args(["--port", &(a.port + 1).to_string()])
         .args(["--healthz-port", &(a.port + 2).to_string()])
         .args(["--v", "info"]);
+    if a.name == "nodelet-crun" {
+        // Its pods name the `crun` handler; on a hybrid cgroup host crun runs through
+        // scripts/crun-hybrid.sh (an unshare and a mount more per crun call).
+        cmd.args(support::crun_handler_args());
+    }
     cmd
 }
 
@@ -347,7 +387,8 @@ async fn round(e: &Env, a: &Agent, http: &reqwest::Client, n: usize) -> Round {
     for i in 0..n {
         let name = format!("b{n}-{i}");
         let tmp = a.manifests.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, manifest(&name)).expect("write manifest");
+        let class = (a.name == "nodelet-crun").then_some("crun");
+        std::fs::write(&tmp, manifest(&name, class)).expect("write manifest");
         std::fs::rename(&tmp, a.manifests.join(format!("{name}.yaml"))).expect("rename manifest");
         written.insert(format!("{name}-bench-node"), Instant::now());
         written.insert(name, Instant::now());
@@ -403,6 +444,21 @@ async fn round(e: &Env, a: &Agent, http: &reqwest::Client, n: usize) -> Round {
     }
 }
 
+fn print_round(name: &str, r: &Round) {
+    println!(
+        "{name:>12} {:>3} pods: p50 {:6.2} s  p99 {:6.2} s  max {:6.2} s  CPU/pod {:.3} s (agent {:.3}, containerd+shims+runc {:.3}, pods {:.3})  RSS {:.1} MiB",
+        r.n,
+        r.p50,
+        r.p99,
+        r.max,
+        r.cpu.iter().sum::<f64>(),
+        r.cpu[0],
+        r.cpu[1],
+        r.cpu[2],
+        r.rss_mib
+    );
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -452,6 +508,17 @@ async fn main() {
         std::fs::create_dir_all(&manifests).expect("manifest dir");
         let cgroup_root = format!("/{}-{name}", e.cgroup);
         make_cgroup_everywhere(&cgroup_root);
+        if name == "floor" {
+            let rt = floor::runtime(&e, name).await;
+            let mut rounds = Vec::new();
+            for &n in &sizes {
+                let r = floor::round(&e, &rt, name, &cgroup_root, n).await;
+                print_round(name, &r);
+                rounds.push(r);
+            }
+            results.push((name.clone(), f64::NAN, rounds));
+            continue;
+        }
         let mut agent = Agent {
             name: name.clone(),
             port: 10255 + 10 * u16::try_from(k).expect("agents"),
@@ -474,17 +541,7 @@ async fn main() {
         let mut rounds = Vec::new();
         for &n in &sizes {
             let r = round(&e, &agent, &http, n).await;
-            println!(
-                "{name:>12} {n:>3} pods: p50 {:6.2} s  p99 {:6.2} s  max {:6.2} s  CPU/pod {:.3} s (agent {:.3}, containerd+shims+runc {:.3}, pods {:.3})  RSS {:.1} MiB",
-                r.p50,
-                r.p99,
-                r.max,
-                r.cpu.iter().sum::<f64>(),
-                r.cpu[0],
-                r.cpu[1],
-                r.cpu[2],
-                r.rss_mib
-            );
+            print_round(name, &r);
             rounds.push(r);
         }
         agent.stop();

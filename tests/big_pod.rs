@@ -10,6 +10,11 @@
 //! set size (PSS, from `smaps_rollup`) of the log drivers: they share the binary's
 //! pages, so their RSS would count those pages once per driver. Once the pod is gone,
 //! no process may be left in its cgroups.
+//!
+//! Another pod starts while the big one is created, and a third while it is deleted:
+//! each must be running before the big pod's creation (or deletion) is over, not
+//! queued behind its containers (the issue's "created and deleted while another pod
+//! starts").
 
 mod support;
 
@@ -17,6 +22,35 @@ use std::time::{Duration, Instant};
 
 use nodelet_cri::runtime::Runtime as _;
 use support::{BUSYBOX, World, phase, wait_for};
+
+/// A one-container pod named `name`.
+fn small(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n"
+    )
+}
+
+/// The big pod's containers that are running, from its status.
+fn running(pod: &k8s_openapi::api::core::v1::Pod) -> usize {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map_or(0, |cs| {
+            cs.iter()
+                .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+                .count()
+        })
+}
+
+/// Whether `pod` is running with every container ready.
+fn all_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    phase(pod) == "Running"
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c.ready))
+}
 
 fn containers() -> usize {
     std::env::var("NODELET_TEST_BIG_POD_CONTAINERS")
@@ -114,6 +148,35 @@ async fn a_pod_with_many_containers_is_created_in_full_and_deleted() {
 
     let start = Instant::now();
     w.write_manifest("big.yaml", &manifest(n));
+    // A pod written once the big one has begun making containers starts beside it.
+    // Progress is read from the runtime: the pod's status is published per sync.
+    let rt = w.runtime().await;
+    let made = |uid: String| {
+        let rt = &rt;
+        async move { rt.list_containers(Some(&uid)).await.map_or(0, |c| c.len()) }
+    };
+    let uid = wait_for("the big pod to appear", per(2000), || async {
+        w.pod("big").await.and_then(|p| p.metadata.uid)
+    })
+    .await;
+    wait_for("the big pod's first containers", per(2000), || async {
+        (made(uid.clone()).await >= n / 20).then_some(())
+    })
+    .await;
+    let beside = Instant::now();
+    w.write_manifest("beside.yaml", &small("beside"));
+    w.wait_pod_for("beside", "running", per(2000), all_ready)
+        .await;
+    let beside_ready = beside.elapsed();
+    let big_then = made(uid.clone()).await;
+    let big_running = w.pod("big").await.map_or(0, |p| running(&p));
+    eprintln!(
+        "figure: a pod written beside the big one ran in {beside_ready:?}; {big_then} of {n} big-pod containers were made then ({big_running} running in its status)"
+    );
+    assert!(
+        big_then < n,
+        "the pod beside started only after all {n} containers of the big one were made"
+    );
     let pod = w
         .wait_pod_for("big", "every container running", per(2000), |p| {
             phase(p) == "Running"
@@ -124,13 +187,12 @@ async fn a_pod_with_many_containers_is_created_in_full_and_deleted() {
         })
         .await;
     let created = start.elapsed();
-    let uid = pod.metadata.uid.clone().expect("uid");
+    assert_eq!(pod.metadata.uid.as_deref(), Some(uid.as_str()));
     let rss_running = kb(&status, "VmRSS:");
     let (count, pss, rss) = drivers(&w.logs);
     assert_eq!(count, n, "one log driver per container");
 
     // The records' size: one container's as containerd stores it, times n.
-    let rt = w.runtime().await;
     let listed = rt.list_containers(Some(&uid)).await.expect("list");
     assert_eq!(listed.len(), n);
     let one = w.ctr(&["containers", "info", &listed[0].id]).stdout.len();
@@ -153,6 +215,24 @@ async fn a_pod_with_many_containers_is_created_in_full_and_deleted() {
 
     let start = Instant::now();
     std::fs::remove_file(w.manifests.join("big.yaml")).expect("remove manifest");
+    // A pod written while the big one is being deleted starts before the deletion ends.
+    w.write_manifest("after.yaml", &small("after"));
+    w.wait_pod_for(
+        "after",
+        "running",
+        per(300) + Duration::from_secs(60),
+        all_ready,
+    )
+    .await;
+    let after_ready = start.elapsed();
+    let big_left = rt.list_containers(Some(&uid)).await.map_or(0, |c| c.len());
+    eprintln!(
+        "figure: a pod written as the big one's deletion began ran in {after_ready:?}; {big_left} of {n} big-pod containers were left then"
+    );
+    assert!(
+        big_left > 0,
+        "the pod written during the deletion started only after all {n} containers were removed"
+    );
     wait_for(
         "the pod, its sandbox and its containers to go",
         per(300) + Duration::from_secs(60),
@@ -166,6 +246,14 @@ async fn a_pod_with_many_containers_is_created_in_full_and_deleted() {
     .await;
     let deleted = start.elapsed();
     let peak = kb(&status, "VmHWM:");
+    // The two small pods go too, so what is left below is the big pod's.
+    for name in ["beside", "after"] {
+        std::fs::remove_file(w.manifests.join(format!("{name}.yaml"))).expect("remove manifest");
+    }
+    wait_for("the small pods to go", Duration::from_secs(60), || async {
+        (w.pod("beside").await.is_none() && w.pod("after").await.is_none()).then_some(())
+    })
+    .await;
     // Every container's processes are gone with it (issue 17 saw 813 of 1,000 left
     // in the pod cgroup five minutes after the deletion, its kills all sent at once).
     let left = cgroup_procs(&w.cgroup_root);

@@ -187,7 +187,10 @@ async fn tls_bootstrap_gets_a_client_certificate_through_an_approved_csr() {
     let kubeconfig = w.dir.path().join("kubelet.conf");
     // --cert-dir left to its default, <root-dir>/pki.
     let pki = w.root.join("pki");
+    // The in-agent proxy would program the host's nftables: off here.
     w.extra_args = vec![
+        "--proxy-mode".into(),
+        "none".into(),
         "--kubeconfig".into(),
         kubeconfig.display().to_string(),
         "--bootstrap-kubeconfig".into(),
@@ -471,6 +474,8 @@ async fn rotation_moves_the_running_client_to_the_new_certificate() {
     .expect("write the kubeconfig");
     let pki = w.dir.path().join("pki");
     w.extra_args = vec![
+        "--proxy-mode".into(),
+        "none".into(),
         "--kubeconfig".into(),
         kubeconfig.display().to_string(),
         "--rotate-certificates".into(),

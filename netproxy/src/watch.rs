@@ -200,7 +200,16 @@ where
             Ok(ev) => ev,
             Err(e) => {
                 // The watcher retries (with backoff) when polled again; log and go on.
-                tracing::warn!(error = %e, kind, "watch error, retrying");
+                if matches!(&e, WatchError::Watch { source, .. } if forbidden(source)) {
+                    tracing::error!(
+                        error = %e,
+                        kind,
+                        "forbidden: the proxy's credential needs kube-proxy's permissions \
+                         (ClusterRole system:node-proxier); retrying"
+                    );
+                } else {
+                    tracing::warn!(error = %e, kind, "watch error, retrying");
+                }
                 continue;
             }
         };
@@ -249,6 +258,17 @@ where
         }
     }
     Ok(())
+}
+
+/// Whether a watch failed with 403 Forbidden.
+fn forbidden(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 403,
+        watcher::Error::WatchError(s) => s.code == 403,
+        _ => false,
+    }
 }
 
 /// Runs the proxy: watches the apiserver through `client` and programs `proxier`, until

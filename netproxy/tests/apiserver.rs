@@ -297,6 +297,7 @@ async fn discovery_finds_v1_and_health_check_node_ports_follow_the_api() {
         IpFamily::V4,
         Some(ServiceHealthServer::new(
             health.clone(),
+            IpFamily::V4,
             vec!["127.0.0.1".parse().expect("ip")],
         )),
     );

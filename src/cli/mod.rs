@@ -12,8 +12,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// nodelet: the kubelet and the kube-proxy in one small daemon.
+///
+/// A flag given twice takes its last value, as upstream's (pflag) do: a unit's extra
+/// arguments override what the start script set before them.
 #[derive(Debug, Parser)]
-#[command(name = "nodelet", version, about, long_about = None)]
+#[command(name = "nodelet", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// Run the agent (the default), or a tool.
     #[command(subcommand)]
@@ -134,12 +137,22 @@ pub struct ProxyArgs {
     /// The proxy's primary IP (an unspecified one: the node's addresses decide).
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
-    /// `IP:port` of the `/healthz` and `/livez` server (empty: off).
-    #[arg(long, default_value = "0.0.0.0:10256")]
-    pub healthz_bind_address: String,
-    /// `IP:port` of the `/metrics` server (empty: off).
-    #[arg(long, default_value = "127.0.0.1:10249")]
-    pub metrics_bind_address: String,
+    /// `IP:port` (or an IP, with `--healthz-port`) of the `/healthz` and `/livez`
+    /// server; default `0.0.0.0:10256` (`[::]:10256` when `--bind-address` is IPv6).
+    #[arg(long)]
+    pub healthz_bind_address: Option<String>,
+    /// `IP:port` (or an IP, with `--metrics-port`) of the `/metrics` server; default
+    /// `127.0.0.1:10249` (`[::1]:10249` when `--bind-address` is IPv6).
+    #[arg(long)]
+    pub metrics_bind_address: Option<String>,
+    /// The health server's port when `--healthz-bind-address` is a bare IP; 0 turns
+    /// the server off (deprecated upstream, kept for its scripts).
+    #[arg(long, default_value_t = 10256)]
+    pub healthz_port: u16,
+    /// The metrics server's port when `--metrics-bind-address` is a bare IP; 0 turns
+    /// the server off (deprecated upstream).
+    #[arg(long, default_value_t = 10249)]
+    pub metrics_port: u16,
     /// Kubeconfig of the apiserver to watch (required unless `--cleanup`).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -168,6 +181,43 @@ pub struct ProxyArgs {
     /// Remove the proxy's nftables tables and exit.
     #[arg(long)]
     pub cleanup: bool,
+    /// `nf_conntrack_max` per CPU (0: leave the limit and `--conntrack-min` alone).
+    #[arg(long, default_value_t = 32768)]
+    pub conntrack_max_per_core: u64,
+    /// The floor of `nf_conntrack_max` (over `--conntrack-max-per-core` × CPUs).
+    #[arg(long, default_value_t = 131_072)]
+    pub conntrack_min: u64,
+    /// `nf_conntrack_tcp_timeout_established` (0: leave as is).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_established: Duration,
+    /// `nf_conntrack_tcp_timeout_close_wait` (0: leave as is).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_close_wait: Duration,
+    /// Set `nf_conntrack_tcp_be_liberal` (out-of-window packets are not INVALID).
+    #[arg(long)]
+    pub conntrack_tcp_be_liberal: bool,
+    /// `nf_conntrack_udp_timeout` (0: leave as is).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub conntrack_udp_timeout: Duration,
+    /// `nf_conntrack_udp_timeout_stream` (0: leave as is).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub conntrack_udp_timeout_stream: Duration,
+}
+
+impl ProxyArgs {
+    /// The conntrack sysctls to apply at start (`KubeProxyConfiguration.conntrack`).
+    #[must_use]
+    pub fn conntrack(&self) -> nodelet_netproxy::conntrack::sysctl::ConntrackSettings {
+        nodelet_netproxy::conntrack::sysctl::ConntrackSettings {
+            max_per_core: self.conntrack_max_per_core,
+            min: self.conntrack_min,
+            tcp_established_timeout: self.conntrack_tcp_timeout_established,
+            tcp_close_wait_timeout: self.conntrack_tcp_timeout_close_wait,
+            tcp_be_liberal: self.conntrack_tcp_be_liberal,
+            udp_timeout: self.conntrack_udp_timeout,
+            udp_stream_timeout: self.conntrack_udp_timeout_stream,
+        }
+    }
 }
 
 /// The agent's `--proxy-mode`.
@@ -238,10 +288,10 @@ pub struct AgentArgs {
     /// as upstream's kubelet reads: flags given on the command line override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The service proxy inside the agent, over the agent's apiserver client
-    /// (`nftables`, as `nodelet proxy` runs it); `none` leaves Services to a separate
-    /// `nodelet proxy` or kube-proxy.
-    #[arg(long, value_enum, default_value = "none")]
+    /// The service proxy inside the agent when it joins a cluster (`--kubeconfig`),
+    /// over the agent's apiserver client (`nftables`, as `nodelet proxy` runs it);
+    /// `none` leaves Services to a separate `nodelet proxy` or kube-proxy.
+    #[arg(long, value_enum, default_value = "nftables")]
     pub proxy_mode: AgentProxyMode,
     /// A `KubeProxyConfiguration` file for the in-agent proxy (`--proxy-mode=nftables`);
     /// its node name is the agent's.
@@ -339,6 +389,14 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub cni_bin_dir: Vec<PathBuf>,
+    /// Runtime handlers a pod selects through its RuntimeClass's `handler`
+    /// (standalone: its `runtimeClassName`), one per flag or `;`-separated:
+    /// `name=runtime_type[,Option=value...]` with containerd's runc shim options
+    /// (`BinaryName`, `Root`, `NoPivotRoot`, `NoNewKeyring`, `ShimCgroup`, `IoUid`,
+    /// `IoGid`). `runc` and `crun` (`/usr/bin/crun`) ship; a handler named here
+    /// replaces a shipped one.
+    #[arg(long, value_delimiter = ';', value_parser = parse_runtime_handler)]
+    pub runtime_handlers: Vec<String>,
     /// Cluster DNS server IPs (comma separated) for pods with `dnsPolicy: ClusterFirst`.
     #[arg(long, value_delimiter = ',')]
     pub cluster_dns: Vec<IpAddr>,
@@ -429,6 +487,13 @@ impl AgentArgs {
             .clone()
             .unwrap_or_else(|| self.root_dir.join("pki"))
     }
+}
+
+/// A `--runtime-handlers` entry, checked here so a bad one stops the agent at start.
+fn parse_runtime_handler(s: &str) -> Result<String, String> {
+    nodelet_cri::runtime::handlers::parse_handler(s)
+        .map(|_| s.trim().to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// Parses `10s`, `1m30s`, `500ms`, `2h` (Go's `time.ParseDuration` subset kubelet flags use).
@@ -534,6 +599,20 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_flag_takes_its_last_value() {
+        let cli = Cli::try_parse_from([
+            "nodelet",
+            "--proxy-mode=none",
+            "--read-only-port=1",
+            "--proxy-mode=nftables",
+            "--read-only-port=2",
+        ])
+        .expect("parses");
+        assert_eq!(cli.agent.read_only_port, 2);
+        assert_eq!(cli.agent.proxy_mode, AgentProxyMode::Nftables);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
@@ -558,6 +637,51 @@ mod tests {
         assert_eq!(cli.agent.read_only_port, 0);
         assert_eq!(cli.agent.root_dir, PathBuf::from("/var/lib/nodelet"));
         assert!(Cli::try_parse_from(["nodelet", "--read-only-port", "x"]).is_err());
+    }
+
+    #[test]
+    fn runtime_handlers_parse_one_per_flag_or_semicolon_separated() {
+        let cli = Cli::try_parse_from([
+            "nodelet",
+            "--runtime-handlers",
+            "fast=io.containerd.runc.v2,BinaryName=/usr/bin/crun",
+            "--runtime-handlers",
+            "a=io.containerd.runc.v2;b=io.containerd.kata.v2",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.agent.runtime_handlers,
+            [
+                "fast=io.containerd.runc.v2,BinaryName=/usr/bin/crun",
+                "a=io.containerd.runc.v2",
+                "b=io.containerd.kata.v2"
+            ]
+        );
+        assert!(
+            Cli::try_parse_from(["nodelet"])
+                .expect("parses")
+                .agent
+                .runtime_handlers
+                .is_empty()
+        );
+        let err = Cli::try_parse_from(["nodelet", "--runtime-handlers", "crun"])
+            .expect_err("no runtime type")
+            .to_string();
+        assert!(
+            err.contains("want name=runtime_type[,Option=value...]"),
+            "{err}"
+        );
+        let err = Cli::try_parse_from([
+            "nodelet",
+            "--runtime-handlers",
+            "fast=io.containerd.runc.v2,NoPivotRoot=maybe",
+        ])
+        .expect_err("bad bool")
+        .to_string();
+        assert!(
+            err.contains("option NoPivotRoot: bad value \"maybe\""),
+            "{err}"
+        );
     }
 
     #[test]

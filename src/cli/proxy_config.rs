@@ -4,7 +4,7 @@
 //! Decoding is strict as the agent's `KubeletConfiguration` loader (`config_file`): a
 //! field upstream's v1alpha1 type lacks is an error with its field path, a mistyped
 //! value too; fields upstream has and nodelet ignores (IPVS, iptables, Windows settings,
-//! the conntrack sysctls, …) are returned to be warned about once. As upstream, flags
+//! …) are returned to be warned about once. As upstream, flags
 //! given on the command line win over the file's values; the file's values win over
 //! flag defaults.
 
@@ -98,13 +98,13 @@ const DETECT_LOCAL: &[Field] = &[
     f("interfaceNamePrefix", Str, No),
 ];
 const CONNTRACK: &[Field] = &[
-    f("maxPerCore", I32, No),
-    f("min", I32, No),
-    f("tcpEstablishedTimeout", Duration, No),
-    f("tcpCloseWaitTimeout", Duration, No),
-    f("tcpBeLiberal", Bool, No),
-    f("udpTimeout", Duration, No),
-    f("udpStreamTimeout", Duration, No),
+    f("maxPerCore", I32, Yes),
+    f("min", I32, Yes),
+    f("tcpEstablishedTimeout", Duration, Yes),
+    f("tcpCloseWaitTimeout", Duration, Yes),
+    f("tcpBeLiberal", Bool, Yes),
+    f("udpTimeout", Duration, Yes),
+    f("udpStreamTimeout", Duration, Yes),
 ];
 
 /// Upstream's v1alpha1 `KubeProxyConfiguration` (v1.37).
@@ -129,7 +129,7 @@ pub const KUBE_PROXY_CONFIGURATION: &[Field] = &[
     f("clusterCIDR", Str, Yes),
     f("nodePortAddresses", StrList, Yes),
     f("oomScoreAdj", I32, No),
-    f("conntrack", Obj(CONNTRACK), No),
+    f("conntrack", Obj(CONNTRACK), Yes),
     f("configSyncPeriod", Duration, No),
     f("portRange", Str, No),
     f("windowsRunAsService", Bool, No),
@@ -247,16 +247,17 @@ pub fn apply(
             .parse()
             .map_err(|e| bad("bindAddress", format!("{b:?}: {e}")))?;
     }
-    // Present-but-empty disables the server, as upstream.
+    // As upstream's defaulting: empty means the default address, a bare IP gets the
+    // default port (resolved with the flags in `cmd::proxy`).
     if free("healthz_bind_address")
-        && let Some(v) = get(doc, &["healthzBindAddress"]).and_then(Value::as_str)
+        && let Some(v) = str_at(doc, &["healthzBindAddress"])
     {
-        args.healthz_bind_address = v.to_owned();
+        args.healthz_bind_address = Some(v.to_owned());
     }
     if free("metrics_bind_address")
-        && let Some(v) = get(doc, &["metricsBindAddress"]).and_then(Value::as_str)
+        && let Some(v) = str_at(doc, &["metricsBindAddress"])
     {
-        args.metrics_bind_address = v.to_owned();
+        args.metrics_bind_address = Some(v.to_owned());
     }
     if free("cluster_cidr")
         && let Some(c) = str_at(doc, &["clusterCIDR"])
@@ -276,6 +277,65 @@ pub fn apply(
         && let Some(m) = get(doc, &["nftables", "masqueradeAll"]).and_then(Value::as_bool)
     {
         args.masquerade_all = m;
+    }
+    for (id, field, name) in [
+        (
+            "conntrack_max_per_core",
+            "maxPerCore",
+            "conntrack.maxPerCore",
+        ),
+        ("conntrack_min", "min", "conntrack.min"),
+    ] {
+        if free(id)
+            && let Some(v) = get(doc, &["conntrack", field]).and_then(Value::as_i64)
+        {
+            let v = u64::try_from(v).map_err(|_| bad(name, format!("{v} is negative")))?;
+            if id == "conntrack_max_per_core" {
+                args.conntrack_max_per_core = v;
+            } else {
+                args.conntrack_min = v;
+            }
+        }
+    }
+    if free("conntrack_tcp_be_liberal")
+        && let Some(b) = get(doc, &["conntrack", "tcpBeLiberal"]).and_then(Value::as_bool)
+    {
+        args.conntrack_tcp_be_liberal = b;
+    }
+    for (id, field, name) in [
+        (
+            "conntrack_tcp_timeout_established",
+            "tcpEstablishedTimeout",
+            "conntrack.tcpEstablishedTimeout",
+        ),
+        (
+            "conntrack_tcp_timeout_close_wait",
+            "tcpCloseWaitTimeout",
+            "conntrack.tcpCloseWaitTimeout",
+        ),
+        (
+            "conntrack_udp_timeout",
+            "udpTimeout",
+            "conntrack.udpTimeout",
+        ),
+        (
+            "conntrack_udp_timeout_stream",
+            "udpStreamTimeout",
+            "conntrack.udpStreamTimeout",
+        ),
+    ] {
+        if !free(id) {
+            continue;
+        }
+        if let Some(s) = str_at(doc, &["conntrack", field]) {
+            let d = parse_duration(s).map_err(|e| bad(name, e))?;
+            match id {
+                "conntrack_tcp_timeout_established" => args.conntrack_tcp_timeout_established = d,
+                "conntrack_tcp_timeout_close_wait" => args.conntrack_tcp_timeout_close_wait = d,
+                "conntrack_udp_timeout" => args.conntrack_udp_timeout = d,
+                _ => args.conntrack_udp_timeout_stream = d,
+            }
+        }
     }
     for (id, field, name) in [
         ("sync_period", "syncPeriod", "nftables.syncPeriod"),

@@ -2,9 +2,11 @@
 //! `RenderConfig`, the apiserver client, the node's zone, then `nodelet-netproxy`'s
 //! watchers and sync loop until SIGINT/SIGTERM. The rules stay in place at exit (as
 //! kube-proxy's do) so traffic keeps flowing across a restart; `--cleanup` removes them.
-//! Only IPv4 is programmed for now. `/healthz` and `/livez` on `--healthz-bind-address`,
-//! `/metrics` on `--metrics-bind-address`, health-check node ports for
-//! `externalTrafficPolicy: Local` services, stale UDP conntrack entries deleted.
+//! One proxier per IP family the node has addresses of. `/healthz` and `/livez` on
+//! `--healthz-bind-address` (503 also while the node is being deleted), `/metrics` on
+//! `--metrics-bind-address`, health-check node ports for `externalTrafficPolicy: Local`
+//! services on every family, stale UDP conntrack entries deleted, and the conntrack
+//! sysctls of `KubeProxyConfiguration.conntrack` set at start.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -76,24 +78,54 @@ pub async fn serve(
         }
     };
     tracing::info!(node = %node_name, ?zone, ?families, "service proxy starting (nftables)");
+    // The conntrack sysctls first, as upstream (a failure stops the proxy there too).
+    use nodelet_netproxy::conntrack::sysctl;
+    sysctl::apply(
+        &args.conntrack(),
+        &sysctl::Sysctls::host(),
+        sysctl::online_cpus(),
+    )
+    .context("could not set conntrack parameters from kube-proxy configuration")?;
     let health = ProxyHealth::new(2 * args.sync_period);
+    // /healthz answers 503 while this node is being deleted (upstream's nodeEligible).
+    let node_watch = tokio::spawn(nodelet_netproxy::health::node::watch_eligibility(
+        client.clone(),
+        node_name.clone(),
+        health.clone(),
+    ));
     let mut servers = Vec::new();
-    if let Some(addr) = bind_address(&args.healthz_bind_address, 10256, "healthz")? {
+    let v6 = args.bind_address.is_ipv6();
+    let healthz = server_address(
+        args.healthz_bind_address.as_deref(),
+        args.healthz_port,
+        if v6 { "::" } else { "0.0.0.0" },
+        "healthz",
+    )?;
+    if let Some(addr) = healthz {
         servers.push(health.serve_healthz(addr)?);
     }
-    if let Some(addr) = bind_address(&args.metrics_bind_address, 10249, "metrics")? {
+    let metrics = server_address(
+        args.metrics_bind_address.as_deref(),
+        args.metrics_port,
+        if v6 { "::1" } else { "127.0.0.1" },
+        "metrics",
+    )?;
+    if let Some(addr) = metrics {
         servers.push(health.serve_metrics(addr)?);
     }
     let mut proxiers = Vec::new();
     let mut observers = Vec::new();
-    for (i, family) in families.iter().enumerate() {
+    for family in &families {
         let cfg = render_config(args, *family, local_addresses)?;
-        // The first family serves the health-check node ports (on every address of
-        // that family unless --nodeport-addresses narrows them).
-        let hc = (i == 0).then(|| {
-            ServiceHealthServer::new(health.clone(), cfg.nodeport_ips.clone().unwrap_or_default())
-        });
-        let observer = HealthObserver::new(health.clone(), *family, hc);
+        // Every family serves its health-check node ports (with its own local endpoint
+        // counts), on every address of that family unless --nodeport-addresses narrows
+        // them.
+        let hc = ServiceHealthServer::new(
+            health.clone(),
+            *family,
+            cfg.nodeport_ips.clone().unwrap_or_default(),
+        );
+        let observer = HealthObserver::new(health.clone(), *family, Some(hc));
         let proxier = Proxier::new(
             NftCommand::new(),
             cfg,
@@ -122,6 +154,7 @@ pub async fn serve(
     for s in servers {
         s.abort();
     }
+    node_watch.abort();
     result
 }
 
@@ -158,6 +191,31 @@ pub fn in_agent(
     let client = client.clone();
     let cancel = cancel.clone();
     Ok(async move {
+        // `clientConnection.kubeconfig` gives the proxy a credential of its own (as
+        // kube-proxy's service account); otherwise the node's, which then needs
+        // `system:node-proxier` (EndpointSlices are not a node's to list).
+        let client = match &args.kubeconfig {
+            Some(path) => {
+                let quota = crate::cluster::client::quota(0, 0);
+                match quota {
+                    Ok(q) => match crate::cluster::client::build(path, q).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!(error = format!("{e:#}"), path = %path.display(), "the in-agent service proxy's kubeconfig");
+                            return;
+                        }
+                    },
+                    Err(e) => {
+                        tracing::error!(
+                            error = format!("{e:#}"),
+                            "the in-agent service proxy's client"
+                        );
+                        return;
+                    }
+                }
+            }
+            None => client,
+        };
         if let Err(e) = serve(&args, client, cancel.cancelled_owned()).await {
             tracing::error!(
                 error = format!("{e:#}"),
@@ -186,19 +244,31 @@ fn families(addresses: &[IpAddr]) -> Vec<IpFamily> {
     out
 }
 
-/// `--healthz-bind-address`/`--metrics-bind-address`: `IP:port`, or an IP with the
-/// default port; empty turns the server off.
-fn bind_address(v: &str, default_port: u16, what: &str) -> anyhow::Result<Option<SocketAddr>> {
-    if v.is_empty() {
+/// `--healthz-bind-address`/`--metrics-bind-address` as upstream v1.37 resolves them:
+/// `IP:port`; a bare IP takes `port` (`--healthz-port`/`--metrics-port`); unset or empty
+/// is `default_host` with `port`; port 0 (of the port flag) turns the server off. No
+/// CIDR forms: v1.37's kube-proxy accepts none (its `--*-bind-addresses` CIDR lists are
+/// not in that release).
+fn server_address(
+    v: Option<&str>,
+    port: u16,
+    default_host: &str,
+    what: &str,
+) -> anyhow::Result<Option<SocketAddr>> {
+    if port == 0 {
         return Ok(None);
     }
-    if let Ok(addr) = v.parse::<SocketAddr>() {
-        return Ok(Some(addr));
+    let v = v.filter(|v| !v.is_empty()).unwrap_or(default_host);
+    if let Ok(ip) = v.parse::<IpAddr>() {
+        return Ok(Some(SocketAddr::new(ip, port)));
     }
-    let ip: IpAddr = v
+    let addr: SocketAddr = v
         .parse()
-        .with_context(|| format!("--{what}-bind-address {v:?}: want IP:port"))?;
-    Ok(Some(SocketAddr::new(ip, default_port)))
+        .with_context(|| format!("--{what}-bind-address {v:?}: must be IP:port"))?;
+    if addr.port() == 0 {
+        bail!("--{what}-bind-address {v:?}: must be a valid port");
+    }
+    Ok(Some(addr))
 }
 
 /// The rendering configuration of `family` the flags ask for; `addresses` lists the
@@ -348,16 +418,39 @@ mod tests {
     }
 
     #[test]
-    fn bind_addresses_take_ip_port_ip_or_nothing() {
+    fn server_addresses_as_upstream_v1_37() {
+        let a = |s: &str| Some(s.parse::<SocketAddr>().expect("addr"));
+        let f = server_address;
         assert_eq!(
-            bind_address("0.0.0.0:10256", 1, "healthz").expect("ok"),
-            Some("0.0.0.0:10256".parse().expect("addr"))
+            f(Some("0.0.0.0:10256"), 10256, "0.0.0.0", "healthz").expect("ok"),
+            a("0.0.0.0:10256")
         );
         assert_eq!(
-            bind_address("127.0.0.1", 10249, "metrics").expect("ok"),
-            Some("127.0.0.1:10249".parse().expect("addr"))
+            f(Some("127.0.0.1"), 10249, "127.0.0.1", "metrics").expect("ok"),
+            a("127.0.0.1:10249"),
+            "a bare IP takes the port flag"
         );
-        assert_eq!(bind_address("", 1, "healthz").expect("ok"), None);
-        assert!(bind_address("nope", 1, "healthz").is_err());
+        assert_eq!(
+            f(Some("[fd00::1]:9999"), 10249, "::1", "metrics").expect("ok"),
+            a("[fd00::1]:9999")
+        );
+        assert_eq!(
+            f(None, 10256, "::", "healthz").expect("ok"),
+            a("[::]:10256"),
+            "unset: the default host of --bind-address's family"
+        );
+        assert_eq!(
+            f(Some(""), 10249, "127.0.0.1", "metrics").expect("ok"),
+            a("127.0.0.1:10249"),
+            "empty is the default, not off"
+        );
+        assert_eq!(
+            f(Some("0.0.0.0:10256"), 0, "0.0.0.0", "healthz").expect("ok"),
+            None,
+            "port 0 turns the server off"
+        );
+        for bad in ["nope", "10.0.0.0/8:10256", "10.0.0.1:0", "10.0.0.1:70000"] {
+            assert!(f(Some(bad), 10256, "0.0.0.0", "healthz").is_err(), "{bad}");
+        }
     }
 }

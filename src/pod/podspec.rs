@@ -264,6 +264,8 @@ pub fn sandbox_config(
             .collect(),
         oom_score_adj: None,
         port_mappings: port_mappings(&spec),
+        // The worker resolves the pod's RuntimeClass into its handler.
+        runtime_handler: String::new(),
         pod: r,
     }
 }

@@ -95,7 +95,8 @@ pub async fn admin_client(kubeconfig: &Path) -> kube::Client {
     kube::Client::try_from(config).expect("admin client")
 }
 
-/// A World whose agent joins the cluster as its own node, with `extra` flags.
+/// A World whose agent joins the cluster as its own node, with `extra` flags
+/// (`--proxy-mode none` unless `extra` names a proxy mode).
 pub async fn joined_world(kubeconfig: &Path, extra: &[&str]) -> (NodeCleanup, World) {
     let mut w = World::new().await;
     let cleanup = NodeCleanup {
@@ -111,8 +112,17 @@ pub async fn joined_world(kubeconfig: &Path, extra: &[&str]) -> (NodeCleanup, Wo
             node_config.to_str().expect("utf-8 path"),
         ],
     );
+    // The in-agent proxy (on by default with a kubeconfig) would program the host's
+    // nftables and bind 10256/10249 there: off unless `extra` asks for a mode (the
+    // proxy's own e2e runs the agent inside a network namespace of its own).
+    let proxy_off: &[&str] = if extra.contains(&"--proxy-mode") {
+        &[]
+    } else {
+        &["--proxy-mode", "none"]
+    };
     w.extra_args = ["--kubeconfig", node_config.to_str().expect("utf-8 path")]
         .iter()
+        .chain(proxy_off)
         .chain(extra)
         .map(|s| (*s).to_owned())
         .collect();

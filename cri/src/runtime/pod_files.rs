@@ -126,6 +126,7 @@ mod tests {
             sysctls: vec![],
             oom_score_adj: None,
             port_mappings: vec![],
+            runtime_handler: String::new(),
         }
     }
 

@@ -690,6 +690,7 @@ mod tests {
             files_dir: "/nonexistent".into(),
             log_directory: "/var/log/pods/x".into(),
             created_at: SystemTime::UNIX_EPOCH,
+            runtime_handler: String::new(),
         }
     }
 
@@ -1061,6 +1062,7 @@ mod tests {
             sysctls: vec![("net.ipv4.ip_unprivileged_port_start".into(), "0".into())],
             oom_score_adj: None,
             port_mappings: vec![],
+            runtime_handler: String::new(),
         };
         let img = ImageRuntimeConfig {
             entrypoint: vec!["/pause".into()],

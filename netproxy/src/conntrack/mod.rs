@@ -18,6 +18,7 @@
 //! for real (ctnetlink over `NETLINK_NETFILTER`) and `RecordingConntrack` for tests.
 
 pub mod netlink;
+pub mod sysctl;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;

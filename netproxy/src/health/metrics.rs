@@ -1,11 +1,16 @@
 //! The proxy's Prometheus metrics, upstream's names and buckets (`pkg/proxy/metrics`),
 //! rendered in the text exposition format by hand (a handful of series do not need a
-//! registry crate).
+//! registry crate). As upstream, the sync durations and timestamps, the network
+//! programming latency, the nftables sync failures and the conntrack reconciler's
+//! deletions carry an `ip_family` label (`IPv4`, `IPv6`: one series per proxier; as
+//! v1.37's `pkg/proxy/metrics`); the change counters do not.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+use crate::model::IpFamily;
 
 /// A cumulative histogram.
 #[derive(Debug, Clone)]
@@ -36,15 +41,57 @@ impl Histogram {
         self.count += 1;
     }
 
+    /// The series of one label set (`labels`: `key="value",` items, or empty).
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
+        let bare = labels.trim_end_matches(',');
+        let braces = if bare.is_empty() {
+            String::new()
+        } else {
+            format!("{{{bare}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+/// One histogram per IP family, created at its first observation.
+#[derive(Debug, Clone)]
+struct FamilyHistograms {
+    bounds: fn() -> Vec<f64>,
+    by_family: BTreeMap<IpFamily, Histogram>,
+}
+
+impl FamilyHistograms {
+    fn new(bounds: fn() -> Vec<f64>) -> Self {
+        Self {
+            bounds,
+            by_family: BTreeMap::new(),
+        }
+    }
+
+    fn observe(&mut self, family: IpFamily, v: f64) {
+        let bounds = self.bounds;
+        self.by_family
+            .entry(family)
+            .or_insert_with(|| Histogram::new(bounds()))
+            .observe(v);
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+        for (family, h) in &self.by_family {
+            h.render_series(out, name, &family_label(*family));
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
     }
+}
+
+/// `ip_family="IPv4",` (upstream's label values are `v1.IPFamily`).
+fn family_label(family: IpFamily) -> String {
+    format!("ip_family=\"{}\",", family.address_type())
 }
 
 /// Upstream's `ExponentialBuckets(0.001, 2, 15)` of the sync durations.
@@ -64,16 +111,16 @@ fn programming_buckets() -> Vec<f64> {
 
 #[derive(Debug)]
 struct Inner {
-    sync: Histogram,
-    sync_full: Histogram,
-    sync_partial: Histogram,
-    programming: Histogram,
-    last_sync: f64,
-    last_queued: f64,
-    sync_failures: u64,
+    sync: FamilyHistograms,
+    sync_full: FamilyHistograms,
+    sync_partial: FamilyHistograms,
+    programming: FamilyHistograms,
+    last_sync: BTreeMap<IpFamily, f64>,
+    last_queued: BTreeMap<IpFamily, f64>,
+    sync_failures: BTreeMap<IpFamily, u64>,
     endpoint_changes: u64,
     service_changes: u64,
-    conntrack_deleted: u64,
+    conntrack_deleted: BTreeMap<IpFamily, u64>,
     healthz: BTreeMap<u16, u64>,
     livez: BTreeMap<u16, u64>,
 }
@@ -81,16 +128,16 @@ struct Inner {
 impl Default for Inner {
     fn default() -> Self {
         Self {
-            sync: Histogram::new(sync_buckets()),
-            sync_full: Histogram::new(sync_buckets()),
-            sync_partial: Histogram::new(sync_buckets()),
-            programming: Histogram::new(programming_buckets()),
-            last_sync: 0.0,
-            last_queued: 0.0,
-            sync_failures: 0,
+            sync: FamilyHistograms::new(sync_buckets),
+            sync_full: FamilyHistograms::new(sync_buckets),
+            sync_partial: FamilyHistograms::new(sync_buckets),
+            programming: FamilyHistograms::new(programming_buckets),
+            last_sync: BTreeMap::new(),
+            last_queued: BTreeMap::new(),
+            sync_failures: BTreeMap::new(),
             endpoint_changes: 0,
             service_changes: 0,
-            conntrack_deleted: 0,
+            conntrack_deleted: BTreeMap::new(),
             healthz: BTreeMap::new(),
             livez: BTreeMap::new(),
         }
@@ -117,30 +164,32 @@ impl Metrics {
         }
     }
 
-    /// A sync (or consistency check) finished successfully after `seconds`.
-    pub fn synced(&self, full: bool, seconds: f64, conntrack_deleted: usize) {
+    /// `family`'s sync (or consistency check) finished successfully after `seconds`.
+    pub fn synced(&self, family: IpFamily, full: bool, seconds: f64, conntrack_deleted: usize) {
         let now = unix_seconds(SystemTime::now());
         self.with(|m| {
-            m.sync.observe(seconds);
+            m.sync.observe(family, seconds);
             if full {
-                m.sync_full.observe(seconds);
+                m.sync_full.observe(family, seconds);
             } else {
-                m.sync_partial.observe(seconds);
+                m.sync_partial.observe(family, seconds);
             }
-            m.last_sync = now;
-            m.conntrack_deleted += conntrack_deleted as u64;
+            m.last_sync.insert(family, now);
+            *m.conntrack_deleted.entry(family).or_default() += conntrack_deleted as u64;
         });
     }
 
     /// A sync failed.
-    pub fn sync_failed(&self) {
-        self.with(|m| m.sync_failures += 1);
+    pub fn sync_failed(&self, family: IpFamily) {
+        self.with(|m| *m.sync_failures.entry(family).or_default() += 1);
     }
 
-    /// A change was queued at `at`.
-    pub fn queued(&self, at: SystemTime) {
+    /// A change for `family`'s proxier was queued at `at`.
+    pub fn queued(&self, family: IpFamily, at: SystemTime) {
         let t = unix_seconds(at);
-        self.with(|m| m.last_queued = t);
+        self.with(|m| {
+            m.last_queued.insert(family, t);
+        });
     }
 
     /// A Service (or EndpointSlice) change was seen.
@@ -155,13 +204,14 @@ impl Metrics {
     }
 
     /// An endpoint change triggered at `trigger` (the slice's
-    /// `endpoints.kubernetes.io/last-change-trigger-time`) is programmed now.
-    pub fn programmed(&self, trigger: SystemTime) {
+    /// `endpoints.kubernetes.io/last-change-trigger-time`) is programmed now by
+    /// `family`'s proxier.
+    pub fn programmed(&self, family: IpFamily, trigger: SystemTime) {
         let d = SystemTime::now()
             .duration_since(trigger)
             .map(|d| d.as_secs_f64())
             .unwrap_or_default();
-        self.with(|m| m.programming.observe(d));
+        self.with(|m| m.programming.observe(family, d));
     }
 
     pub(crate) fn healthz(&self, code: u16) {
@@ -196,32 +246,52 @@ impl Metrics {
                 "kubeproxy_network_programming_duration_seconds",
                 "In Cluster Network Programming Latency in seconds",
             );
-            let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-            };
             let counter = |out: &mut String, name: &str, help: &str, v: u64| {
                 let _ = writeln!(
                     out,
                     "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
                 );
             };
-            gauge(
+            let by_family = |out: &mut String,
+                             name: &str,
+                             help: &str,
+                             kind: &str,
+                             v: Vec<(IpFamily, String)>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (family, v) in v {
+                    let label = family_label(family);
+                    let _ = writeln!(out, "{name}{{{}}} {v}", label.trim_end_matches(','));
+                }
+            };
+            by_family(
                 &mut out,
                 "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
                 "The last time proxy rules were successfully synced",
-                m.last_sync,
+                "gauge",
+                m.last_sync
+                    .iter()
+                    .map(|(f, v)| (*f, v.to_string()))
+                    .collect(),
             );
-            gauge(
+            by_family(
                 &mut out,
                 "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
                 "The last time a sync of proxy rules was queued",
-                m.last_queued,
+                "gauge",
+                m.last_queued
+                    .iter()
+                    .map(|(f, v)| (*f, v.to_string()))
+                    .collect(),
             );
-            counter(
+            by_family(
                 &mut out,
                 "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
                 "Cumulative proxy nftables sync failures",
-                m.sync_failures,
+                "counter",
+                m.sync_failures
+                    .iter()
+                    .map(|(f, v)| (*f, v.to_string()))
+                    .collect(),
             );
             counter(
                 &mut out,
@@ -235,11 +305,15 @@ impl Metrics {
                 "Cumulative proxy rules Service changes",
                 m.service_changes,
             );
-            counter(
+            by_family(
                 &mut out,
                 "kubeproxy_conntrack_reconciler_deleted_entries_total",
                 "Cumulative conntrack flows deleted by conntrack reconciler",
-                m.conntrack_deleted,
+                "counter",
+                m.conntrack_deleted
+                    .iter()
+                    .map(|(f, v)| (*f, v.to_string()))
+                    .collect(),
             );
             for (name, help, by_code) in [
                 (

@@ -6,10 +6,12 @@
 //!
 //! As upstream: a proxier is unhealthy when a change has waited longer than the health
 //! timeout (2 × `syncPeriod`) without a successful sync; `/healthz` is 503 also when the
-//! node is not eligible (being deleted), `/livez` ignores that. Bodies are upstream's
+//! node is not eligible (being deleted or tainted for deletion, `node`), `/livez` ignores
+//! that. Bodies are upstream's
 //! JSON with Go's `time.Time` formatting.
 
 pub mod metrics;
+pub mod node;
 pub mod observer;
 pub mod service;
 
@@ -75,7 +77,7 @@ impl ProxyHealth {
         self.with(|s| {
             s.oldest_pending.entry(family).or_insert(now);
         });
-        self.metrics.queued(now);
+        self.metrics.queued(family, now);
     }
 
     /// `family`'s proxier synced successfully (upstream's `Updated`).
@@ -126,38 +128,63 @@ impl ProxyHealth {
         self.with(|s| s.node_eligible.unwrap_or(true))
     }
 
-    /// The `/healthz` answer at `now`: status and upstream's body.
+    /// Upstream v1.37's `ProxyHealth` JSON (`json.Marshal` of its struct: fields in
+    /// declaration order, RFC 3339 times): the latest sync (now when `fresh`), the
+    /// current time, node eligibility (`/healthz` only), the proxiers' health and each
+    /// family's status.
+    fn body(&self, now: SystemTime, eligible: Option<bool>, fresh: bool) -> (bool, String) {
+        let (healthy, last) = self.health_at(now);
+        let status: Vec<String> = self.with(|s| {
+            s.last_updated
+                .iter()
+                .map(|(family, updated)| {
+                    let late = s.oldest_pending.get(family).is_some_and(|q| {
+                        now.duration_since(*q).unwrap_or_default() >= self.timeout
+                    });
+                    format!(
+                        "{:?}:{{\"lastUpdated\":{:?},\"healthy\":{}}}",
+                        family.address_type(),
+                        rfc3339(Some(*updated)),
+                        !late
+                    )
+                })
+                .collect()
+        });
+        let last = if fresh { Some(now) } else { last };
+        let mut out = format!(
+            "{{\"lastUpdated\":{:?},\"currentTime\":{:?}",
+            rfc3339(last),
+            rfc3339(Some(now))
+        );
+        if let Some(e) = eligible {
+            out.push_str(&format!(",\"nodeEligible\":{e}"));
+        }
+        out.push_str(&format!(",\"healthy\":{healthy}"));
+        if !status.is_empty() {
+            out.push_str(&format!(",\"status\":{{{}}}", status.join(",")));
+        }
+        out.push('}');
+        (healthy, out)
+    }
+
+    /// The `/healthz` answer at `now`: 503 when a proxier is late or the node is not
+    /// eligible; upstream's body.
     pub fn healthz(&self, now: SystemTime) -> (StatusCode, String) {
         let eligible = self.node_eligible();
-        let (healthy, last) = self.health_at(now);
-        let healthy = healthy && eligible;
-        let last = if healthy { Some(now) } else { last };
-        let code = status(healthy);
+        let ok = self.health_at(now).0 && eligible;
+        let (_, body) = self.body(now, Some(eligible), ok);
+        let code = status(ok);
         self.metrics.healthz(code.as_u16());
-        (
-            code,
-            format!(
-                "{{\"lastUpdated\": {:?},\"currentTime\": {:?}, \"nodeEligible\": {eligible}}}",
-                go_time(last),
-                go_time(Some(now))
-            ),
-        )
+        (code, body)
     }
 
     /// The `/livez` answer at `now` (node eligibility left out).
     pub fn livez(&self, now: SystemTime) -> (StatusCode, String) {
-        let (healthy, last) = self.health_at(now);
-        let last = if healthy { Some(now) } else { last };
-        let code = status(healthy);
+        let ok = self.health_at(now).0;
+        let (_, body) = self.body(now, None, ok);
+        let code = status(ok);
         self.metrics.livez(code.as_u16());
-        (
-            code,
-            format!(
-                "{{\"lastUpdated\": {:?},\"currentTime\": {:?}}}",
-                go_time(last),
-                go_time(Some(now))
-            ),
-        )
+        (code, body)
     }
 
     /// Serves `/healthz` and `/livez` on `addr` (on a task; abort it to stop).
@@ -200,17 +227,60 @@ fn status(healthy: bool) -> StatusCode {
 }
 
 /// Binds `addr` (at once, so a taken port is an error here) and serves `app` on a task.
-/// Needs a tokio runtime.
+/// An IPv6 wildcard takes IPv4 too (the kernel's default, as Go's listeners). Needs a
+/// tokio runtime.
 pub(crate) fn serve(
     addr: SocketAddr,
     app: Router,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
-    let bind = |addr| -> std::io::Result<tokio::net::TcpListener> {
-        let l = std::net::TcpListener::bind(addr)?;
+    let listener = std::net::TcpListener::bind(addr);
+    spawn_server(addr, listener, app)
+}
+
+/// [`serve`] with IPv6 sockets limited to IPv6 (`IPV6_V6ONLY`), so an IPv4 and an IPv6
+/// listener can share a port (the health-check node ports of a dual-stack node).
+pub(crate) fn serve_v6only(
+    addr: SocketAddr,
+    app: Router,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let listener = match addr {
+        SocketAddr::V4(_) => std::net::TcpListener::bind(addr),
+        SocketAddr::V6(a) => bind_v6only(a),
+    };
+    spawn_server(addr, listener, app)
+}
+
+fn bind_v6only(addr: std::net::SocketAddrV6) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6, bind, listen, setsockopt, socket,
+        sockopt,
+    };
+    use std::os::fd::AsRawFd as _;
+    let fd = socket(
+        AddressFamily::Inet6,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrIn6::from(addr))?;
+    listen(&fd, Backlog::new(1024)?)?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
+fn spawn_server(
+    addr: SocketAddr,
+    listener: std::io::Result<std::net::TcpListener>,
+    app: Router,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let to_tokio = |l: std::net::TcpListener| -> std::io::Result<tokio::net::TcpListener> {
         l.set_nonblocking(true)?;
         tokio::net::TcpListener::from_std(l)
     };
-    let listener = bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+    let listener = listener
+        .and_then(to_tokio)
+        .map_err(|source| ServeError::Bind { addr, source })?;
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(%addr, error = %e, "proxy health server stopped");
@@ -252,15 +322,16 @@ async fn metrics_handler(State(h): State<ProxyHealth>) -> Response {
     r
 }
 
-/// Go's `time.Time.String()` in UTC (`2006-01-02 15:04:05.999999999 +0000 UTC`); the
+/// Go's `time.Time` JSON (RFC 3339 with trailing fractional zeros dropped) in UTC; the
 /// zero time for `None`, as upstream prints a proxier that never synced.
-pub fn go_time(t: Option<SystemTime>) -> String {
+pub fn rfc3339(t: Option<SystemTime>) -> String {
+    let zero = || "0001-01-01T00:00:00Z".to_owned();
     let Some(t) = t else {
-        return "0001-01-01 00:00:00 +0000 UTC".into();
+        return zero();
     };
     match jiff::Timestamp::try_from(t) {
-        Ok(ts) => format!("{} +0000 UTC", ts.strftime("%Y-%m-%d %H:%M:%S%.f")),
-        Err(_) => "0001-01-01 00:00:00 +0000 UTC".into(),
+        Ok(ts) => format!("{}Z", ts.strftime("%Y-%m-%dT%H:%M:%S%.f")),
+        Err(_) => zero(),
     }
 }
 

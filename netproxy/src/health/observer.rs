@@ -77,17 +77,20 @@ impl<N: Nft> Observer<N> for HealthObserver {
         match result {
             Ok(r) => {
                 self.health.updated(self.family);
-                self.health
-                    .metrics
-                    .synced(r.full, elapsed.as_secs_f64(), r.conntrack_deleted);
+                self.health.metrics.synced(
+                    self.family,
+                    r.full,
+                    elapsed.as_secs_f64(),
+                    r.conntrack_deleted,
+                );
                 for t in self.triggers.drain(..) {
-                    self.health.metrics.programmed(t);
+                    self.health.metrics.programmed(self.family, t);
                 }
                 if let Some(s) = self.services.as_mut() {
                     s.sync(&proxier.health_check_node_ports());
                 }
             }
-            Err(_) => self.health.metrics.sync_failed(),
+            Err(_) => self.health.metrics.sync_failed(self.family),
         }
     }
 }

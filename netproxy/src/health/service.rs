@@ -4,9 +4,13 @@
 //! 200 when there are some and the proxy is healthy, 503 otherwise, so the load balancer
 //! sends traffic only to nodes that have endpoints. Servers follow the services after
 //! every sync; a port that cannot be bound is logged and retried at the next sync.
+//!
+//! One server set per IP family (each family's proxier counts its own endpoints, as
+//! upstream's per-family proxiers do): on that family's `--nodeport-addresses`, or its
+//! wildcard address; an IPv6 listener is `IPV6_V6ONLY` so the two families share ports.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -14,8 +18,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 
-use super::{ProxyHealth, json, serve};
-use crate::model::ServiceName;
+use super::{ProxyHealth, json, serve_v6only};
+use crate::model::{IpFamily, ServiceName};
 
 /// What each health-check node port answers: the service's port and local endpoints.
 pub type Wanted = BTreeMap<ServiceName, (u16, usize)>;
@@ -25,17 +29,19 @@ type Counts = Arc<Mutex<HashMap<ServiceName, usize>>>;
 /// The health-check servers of one node.
 pub struct ServiceHealthServer {
     health: ProxyHealth,
+    family: IpFamily,
     addresses: Vec<IpAddr>,
     counts: Counts,
     servers: HashMap<ServiceName, (u16, Vec<tokio::task::JoinHandle<()>>)>,
 }
 
 impl ServiceHealthServer {
-    /// Servers listening on `addresses` (`--nodeport-addresses`; empty: every IPv4
-    /// address).
-    pub fn new(health: ProxyHealth, addresses: Vec<IpAddr>) -> Self {
+    /// `family`'s servers, listening on `addresses` (`--nodeport-addresses` of that
+    /// family; empty: every address of the family).
+    pub fn new(health: ProxyHealth, family: IpFamily, addresses: Vec<IpAddr>) -> Self {
         Self {
             health,
+            family,
             addresses,
             counts: Counts::default(),
             servers: HashMap::new(),
@@ -71,7 +77,10 @@ impl ServiceHealthServer {
                 continue;
             }
             let addrs: Vec<IpAddr> = if self.addresses.is_empty() {
-                vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+                vec![match self.family {
+                    IpFamily::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpFamily::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                }]
             } else {
                 self.addresses.clone()
             };
@@ -82,7 +91,7 @@ impl ServiceHealthServer {
                     counts: self.counts.clone(),
                     health: self.health.clone(),
                 });
-                match serve(SocketAddr::new(ip, *port), app) {
+                match serve_v6only(SocketAddr::new(ip, *port), app) {
                     Ok(t) => tasks.push(t),
                     Err(e) => {
                         tracing::warn!(service = %name, error = %e, "health-check node port not served");

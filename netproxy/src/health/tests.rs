@@ -66,20 +66,33 @@ fn bodies_are_upstreams() {
     assert_eq!(code, StatusCode::OK);
     assert_eq!(
         b,
-        "{\"lastUpdated\": \"2026-12-04 23:00:00.25 +0000 UTC\",\"currentTime\": \"2026-12-04 23:00:00.25 +0000 UTC\", \"nodeEligible\": true}"
+        "{\"lastUpdated\":\"2026-12-04T23:00:00.25Z\",\"currentTime\":\"2026-12-04T23:00:00.25Z\",\"nodeEligible\":true,\"healthy\":true}"
     );
     let v: serde_json::Value = serde_json::from_str(&b).expect("json");
     assert_eq!(v["nodeEligible"], json!(true));
     h.set_node_eligible(false);
     let (code, b) = h.healthz(now);
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        b.contains("\"lastUpdated\": \"0001-01-01 00:00:00 +0000 UTC\""),
-        "{b}"
+    assert_eq!(
+        b,
+        "{\"lastUpdated\":\"0001-01-01T00:00:00Z\",\"currentTime\":\"2026-12-04T23:00:00.25Z\",\"nodeEligible\":false,\"healthy\":true}",
+        "the proxiers are healthy; the node is not eligible"
     );
     let (code, b) = h.livez(now);
     assert_eq!(code, StatusCode::OK, "livez ignores eligibility");
     assert!(!b.contains("nodeEligible"));
+    // Per-family status once proxiers synced; a late one makes both answers 503.
+    let h2 = ProxyHealth::new(Duration::from_secs(60));
+    h2.updated(IpFamily::V4);
+    h2.updated(IpFamily::V6);
+    h2.queued(IpFamily::V6);
+    let later = SystemTime::now() + Duration::from_secs(61);
+    let (code, b) = h2.livez(later);
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    let v: serde_json::Value = serde_json::from_str(&b).expect("json");
+    assert_eq!(v["healthy"], json!(false));
+    assert_eq!(v["status"]["IPv4"]["healthy"], json!(true), "{b}");
+    assert_eq!(v["status"]["IPv6"]["healthy"], json!(false), "{b}");
     let name = ServiceName {
         namespace: "ns".into(),
         name: "lb".into(),
@@ -105,30 +118,42 @@ fn bodies_are_upstreams() {
 
 #[test]
 fn metrics_use_upstream_names_and_buckets() {
+    use crate::model::IpFamily::{V4, V6};
     let m = metrics::Metrics::default();
-    m.synced(true, 0.003, 2);
-    m.synced(false, 0.0005, 0);
-    m.programmed(SystemTime::now() - Duration::from_millis(1500));
+    m.synced(V4, true, 0.003, 2);
+    m.synced(V4, false, 0.0005, 0);
+    m.synced(V6, true, 0.02, 0);
+    m.programmed(V4, SystemTime::now() - Duration::from_millis(1500));
+    m.queued(V6, SystemTime::UNIX_EPOCH + Duration::from_secs(7));
     m.change(true);
-    m.sync_failed();
+    m.sync_failed(V4);
     let t = m.render();
     for line in [
-        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"} 1",
-        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.004\"} 2",
-        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"16.384\"} 2",
-        "kubeproxy_sync_proxy_rules_duration_seconds_count 2",
-        "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1",
-        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count 1",
-        "kubeproxy_network_programming_duration_seconds_bucket{le=\"1\"} 0",
-        "kubeproxy_network_programming_duration_seconds_bucket{le=\"2\"} 1",
-        "kubeproxy_network_programming_duration_seconds_bucket{le=\"300\"} 1",
-        "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 1",
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.001\"} 1",
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.004\"} 2",
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv4\",le=\"16.384\"} 2",
+        "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 2",
+        "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv6\"} 1",
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv6\",le=\"0.016\"} 0",
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1",
+        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1",
+        "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"1\"} 0",
+        "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"2\"} 1",
+        "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"300\"} 1",
+        "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 1",
         "kubeproxy_sync_proxy_rules_endpoint_changes_total 1",
-        "kubeproxy_conntrack_reconciler_deleted_entries_total 2",
+        "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"} 2",
+        "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv6\"} 0",
+        "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"IPv6\"} 7",
         "# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge",
     ] {
         assert!(t.lines().any(|l| l == line), "missing {line}:\n{t}");
     }
+    assert!(
+        t.lines().any(|l| l
+            .starts_with("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\"} ")),
+        "{t}"
+    );
 }
 
 #[tokio::test]
@@ -203,7 +228,11 @@ async fn health_check_node_ports_follow_local_endpoints() {
     );
 
     let health = ProxyHealth::new(Duration::from_secs(60));
-    let mut servers = ServiceHealthServer::new(health, vec!["127.0.0.1".parse().expect("ip")]);
+    let mut servers = ServiceHealthServer::new(
+        health,
+        crate::model::IpFamily::V4,
+        vec!["127.0.0.1".parse().expect("ip")],
+    );
     servers.sync(&wanted);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let (code, b) = get(addr, "/").await.expect("get");

@@ -51,7 +51,7 @@ pub fn in_ns(ns: &str, cmd: &[&str]) -> String {
 }
 
 /// Enters namespace `ns` on the current thread.
-fn enter(ns: &str) {
+pub fn enter(ns: &str) {
     let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
     setns(f, CloneFlags::CLONE_NEWNET).expect("setns");
 }
@@ -263,18 +263,16 @@ impl World {
         ip(&["-n", &self.client, "route", "add", cidr, "via", NODE_IP]);
     }
 
-    /// Adds endpoint address `ip` in the node namespace with a server on `port` answering
-    /// `ip`.
+    /// Adds endpoint address `ip` (IPv4 or IPv6) in the node namespace with a server on
+    /// `port` answering `ip`.
     pub fn endpoint(&mut self, ip_addr: &str, port: u16) {
-        ip(&[
-            "-n",
-            &self.node,
-            "addr",
-            "add",
-            &format!("{ip_addr}/32"),
-            "dev",
-            "lo",
-        ]);
+        let v6 = ip_addr.contains(':');
+        let with_prefix = format!("{ip_addr}/{}", if v6 { 128 } else { 32 });
+        let mut args = vec!["-n", &self.node, "addr", "add", &with_prefix, "dev", "lo"];
+        if v6 {
+            args.push("nodad");
+        }
+        ip(&args);
         let addr = SocketAddr::new(ip_addr.parse().expect("ip"), port);
         self.servers
             .push(Server::start(&self.node, addr, ip_addr.to_string()));

@@ -47,7 +47,13 @@ nftables:
   minSyncPeriod: 2s
 nodePortAddresses: ["192.0.2.0/24"]
 conntrack:
-  maxPerCore: 32768
+  maxPerCore: 0
+  min: 4096
+  tcpEstablishedTimeout: 2h0m0s
+  tcpCloseWaitTimeout: 30m
+  tcpBeLiberal: true
+  udpTimeout: 45s
+  udpStreamTimeout: 2m30s
 detectLocalMode: ClusterCIDR
 "#;
 
@@ -61,15 +67,26 @@ fn file_fields_become_flags() {
     );
     assert_eq!(a.cluster_cidr, ["10.244.0.0/16", "fd00:10::/64"]);
     assert_eq!(a.hostname_override.as_deref(), Some("node-a"));
-    assert_eq!(a.healthz_bind_address, "0.0.0.0:20256");
-    assert_eq!(a.metrics_bind_address, "", "empty turns the server off");
+    assert_eq!(a.healthz_bind_address.as_deref(), Some("0.0.0.0:20256"));
+    assert_eq!(
+        a.metrics_bind_address, None,
+        "empty is the default address, as upstream's defaulting"
+    );
     assert!(a.masquerade_all);
     assert_eq!(a.sync_period, Duration::from_secs(45));
     assert_eq!(a.min_sync_period, Duration::from_secs(2));
     assert_eq!(a.nodeport_addresses, ["192.0.2.0/24"]);
+    let ct = a.conntrack();
+    assert_eq!(ct.max_per_core, 0, "0 turns the limit off");
+    assert_eq!(ct.min, 4096);
+    assert_eq!(ct.tcp_established_timeout, Duration::from_secs(7200));
+    assert_eq!(ct.tcp_close_wait_timeout, Duration::from_secs(1800));
+    assert!(ct.tcp_be_liberal);
+    assert_eq!(ct.udp_timeout, Duration::from_secs(45));
+    assert_eq!(ct.udp_stream_timeout, Duration::from_secs(150));
     assert_eq!(
         unsupported,
-        ["clientConnection.qps", "conntrack"],
+        ["clientConnection.qps"],
         "ignored fields are named"
     );
 }
@@ -91,7 +108,7 @@ fn command_line_flags_win_over_the_file() {
     assert_eq!(a.hostname_override.as_deref(), Some("node-b"));
     assert_eq!(a.min_sync_period, Duration::from_secs(5));
     assert_eq!(a.sync_period, Duration::from_secs(45), "the file's");
-    assert_eq!(a.metrics_bind_address, "127.0.0.1:10249");
+    assert_eq!(a.metrics_bind_address.as_deref(), Some("127.0.0.1:10249"));
 }
 
 #[test]
@@ -101,9 +118,17 @@ fn defaults_stay_when_the_file_is_silent() {
         &[],
     )
     .expect("config");
-    assert_eq!(a.healthz_bind_address, "0.0.0.0:10256");
-    assert_eq!(a.metrics_bind_address, "127.0.0.1:10249");
+    assert_eq!(
+        a.healthz_bind_address, None,
+        "the default, resolved at start"
+    );
+    assert_eq!(a.metrics_bind_address, None);
     assert_eq!(a.sync_period, Duration::from_secs(30));
+    // Upstream's conntrack defaults.
+    assert_eq!(
+        a.conntrack(),
+        nodelet_netproxy::conntrack::sysctl::ConntrackSettings::default()
+    );
     assert!(unsupported.is_empty());
 }
 
