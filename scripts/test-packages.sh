@@ -4,8 +4,9 @@
 #   installed into a clean Debian root (debootstrap, cached in /var/cache/nodelet-test
 #   with the dependencies preinstalled): refused while containerd is missing, then
 #   `nodelet --version` runs from /usr/bin, the unit
-#   is enabled but nothing started, the default config validates, the default pod network
-#   goes in only where none exists, nodelet-start picks kubeadm's files when `kubeadm
+#   is enabled but nothing started, the default config validates, no CNI config goes in
+#   (the agent's built-in pod network serves), one an earlier version installed goes on
+#   purge while an admin's stays, nodelet-start picks kubeadm's files when `kubeadm
 #   join` left them; a reinstall keeps an edited config; `dpkg -r` keeps the
 #   configs, `dpkg -P` removes them and /var/lib/nodelet (but not while a pod's volume is
 #   mounted under it);
@@ -29,13 +30,13 @@ check() { # description, command...
 
 echo "== $deb"
 contents=$(dpkg-deb -c "$deb")
+if grep -q "10-nodelet.conflist" <<<"$contents"; then fail "deb still ships a CNI config"; else ok "deb ships no CNI config"; fi
 for want in "-rwxr-xr-x 0/0 .* ./usr/bin/nodelet$" "-rwxr-xr-x 0/0 .* ./usr/bin/nodelet-log-driver$" \
   "-rwxr-xr-x 0/0 .* ./usr/lib/nodelet/nodelet-start$" \
   "-rw-r--r-- 0/0 .* ./etc/nodelet/config.yaml$" \
   "-rw-r--r-- 0/0 .* ./etc/default/nodelet$" \
   "-rw-r--r-- 0/0 .* ./usr/lib/systemd/system/nodelet.service$" \
   "-rw-r--r-- 0/0 .* ./usr/lib/systemd/system/nodelet-proxy.service$" \
-  "./usr/share/nodelet/cni/10-nodelet.conflist" \
   "./usr/share/bash-completion/completions/nodelet" \
   "./usr/share/man/man1/nodelet.1.gz" \
   "./usr/share/man/man1/nodelet-proxy.1.gz"; do
@@ -106,7 +107,7 @@ if grep -q "^nodelet " <<<"$version"; then ok "nodelet --version from /usr/bin: 
 check "the unit is enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/nodelet.service"
 check "the proxy unit is not enabled" test ! -e "$root/etc/systemd/system/multi-user.target.wants/nodelet-proxy.service"
 check "the default config validates" in_root /usr/bin/nodelet validate --config /etc/nodelet/config.yaml
-check "the default pod network went in (none existed)" test -f "$root/etc/cni/net.d/10-nodelet.conflist"
+check "no CNI config went in (the built-in network serves)" test ! -e "$root/etc/cni/net.d/10-nodelet.conflist"
 check "/etc/kubernetes/manifests exists" test -d "$root/etc/kubernetes/manifests"
 start=$(in_root sh -c 'NODELET_START_DRY_RUN=1 /usr/lib/nodelet/nodelet-start')
 if [ "$start" = "/usr/bin/nodelet --config=/etc/nodelet/config.yaml" ]; then ok "nodelet-start standalone: $start"; else fail "nodelet-start standalone: $start"; fi
@@ -130,12 +131,20 @@ check "remove kept /var/lib/nodelet" test -d "$root/var/lib/nodelet/pods"
 check "dpkg -P" in_root dpkg -P nodelet
 check "purge removed /etc/nodelet" test ! -e "$root/etc/nodelet/config.yaml"
 check "purge removed /var/lib/nodelet" test ! -e "$root/var/lib/nodelet"
-check "purge removed the pod network it installed" test ! -e "$root/etc/cni/net.d/10-nodelet.conflist"
-# A host with its own network keeps it, and gets none of ours.
+# What an earlier version installed (the file and its marker) goes on purge.
+check "dpkg -i over an earlier version's CNI config" in_root dpkg -i /tmp/nodelet.deb
+mkdir -p "$root/etc/cni/net.d"
+echo '{"cniVersion":"1.0.0","name":"nodelet","plugins":[{"type":"bridge"}]}' >"$root/etc/cni/net.d/10-nodelet.conflist"
+touch "$root/var/lib/nodelet/.package-installed-cni-config"
+check "an upgrade keeps an earlier version's CNI config" in_root dpkg -i /tmp/nodelet.deb
+check "the earlier config is still there" test -f "$root/etc/cni/net.d/10-nodelet.conflist"
+check "dpkg -P of the upgraded package" in_root dpkg -P nodelet
+check "purge removed the CNI config an earlier version installed" test ! -e "$root/etc/cni/net.d/10-nodelet.conflist"
+# A host with its own network keeps it.
 mkdir -p "$root/etc/cni/net.d"
 echo '{"cniVersion":"1.0.0","name":"admin","plugins":[{"type":"bridge"}]}' >"$root/etc/cni/net.d/05-admin.conflist"
 check "dpkg -i with a pod network in place" in_root dpkg -i /tmp/nodelet.deb
-check "ours did not go in beside the admin's" test ! -e "$root/etc/cni/net.d/10-nodelet.conflist"
+check "nothing went in beside the admin's" test ! -e "$root/etc/cni/net.d/10-nodelet.conflist"
 check "dpkg -P again" in_root dpkg -P nodelet
 check "purge left the admin's network" test -f "$root/etc/cni/net.d/05-admin.conflist"
 # Purged while a pod still has a volume mounted (its data lives on): the state stays.

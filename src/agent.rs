@@ -138,9 +138,10 @@ pub async fn start(
     std::fs::create_dir_all(&args.pod_logs_dir)
         .with_context(|| format!("--pod-logs-dir {}", args.pod_logs_dir.display()))?;
     // With no CNI config in --cni-conf-dir, pods get the built-in network (bridge
-    // nodelet0 over --pod-cidr, masquerade), done in-process instead of by CNI plugins.
+    // --pod-network-bridge over --pod-cidr, masquerade), done in-process instead of by
+    // CNI plugins.
     let builtin_network = nodelet_cri::podnet::BuiltinNetwork {
-        bridge: "nodelet0".to_owned(),
+        bridge: args.pod_network_bridge.clone(),
         pod_cidr: args.pod_cidr.clone(),
         ip_masq: true,
         state_dir: args.root_dir.join("network"),

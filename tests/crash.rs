@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nodelet_cri::runtime::Runtime as _;
-use support::{BUSYBOX, Leftovers, World, container_status, phase, wait_for};
+use support::{BUSYBOX, Leftovers, PodNet, World, container_status, phase, wait_for};
 
 fn pod_yaml(name: &str) -> String {
     format!(
@@ -79,12 +79,28 @@ async fn wait_pod_gone(w: &World, name: &str) {
 const SANDBOX_POINTS: &[&str] = &[
     "sandbox-after-intent",
     "sandbox-after-netns",
-    "cni-after-add",
+    // The network's own points go here (see `sandbox_points`).
     "sandbox-after-cni",
     "sandbox-after-snapshot",
     "sandbox-after-record",
     "sandbox-after-task-create",
 ];
+
+/// The sandbox points with the pod network's own: CNI's after `ADD`, or the built-in
+/// network's after the address is allocated and after the veth exists.
+fn sandbox_points(net: PodNet) -> Vec<&'static str> {
+    let network: &[&str] = match net {
+        PodNet::Cni => &["cni-after-add"],
+        PodNet::Builtin => &["podnet-after-ipam", "podnet-after-veth"],
+    };
+    let mut points = SANDBOX_POINTS.to_vec();
+    let at = points
+        .iter()
+        .position(|p| *p == "sandbox-after-netns")
+        .map_or(0, |i| i + 1);
+    points.splice(at..at, network.iter().copied());
+    points
+}
 
 const CONTAINER_POINTS: &[&str] = &["container-after-snapshot", "container-after-task-create"];
 
@@ -92,7 +108,8 @@ const CONTAINER_POINTS: &[&str] = &["container-after-snapshot", "container-after
 async fn killed_at_each_step_of_creation_leaks_nothing() {
     let mut w = World::new().await;
     let mut figures = Vec::new();
-    for (i, point) in SANDBOX_POINTS.iter().chain(CONTAINER_POINTS).enumerate() {
+    let points = sandbox_points(w.pod_net);
+    for (i, point) in points.iter().chain(CONTAINER_POINTS).enumerate() {
         let name = format!("crash{i}");
         let file = format!("{name}.yaml");
         w.agent_env = vec![("NODELET_FAILPOINT".into(), (*point).into())];
@@ -110,14 +127,7 @@ async fn killed_at_each_step_of_creation_leaks_nothing() {
         let ms = reclaim_ms(&w, usize::try_from(from).unwrap_or(0));
         figures.push((*point, left, ms));
         // One pod: one of each, plus its container's snapshot.
-        let one = Leftovers {
-            netns_pins: 1,
-            ips: 1,
-            veths: 1,
-            cni_cache: 1,
-            state_dirs: 1,
-            snapshots: 2,
-        };
+        let one = w.expected_leftovers(1, 1);
         assert_eq!(
             w.leftovers(),
             one,

@@ -37,7 +37,8 @@ async fn ready_sandboxes(w: &World) -> BTreeMap<String, String> {
 }
 
 /// What the host should hold for the runtime's current objects: one pin, IP, veth,
-/// CNI entry and state directory per sandbox, one snapshot per record.
+/// CNI entry (or, with the built-in network, its nft table) and state directory per
+/// sandbox, one snapshot per record.
 async fn expected(w: &World) -> Leftovers {
     let rt = w.runtime().await;
     let sandboxes = rt.list_sandboxes(None).await.expect("list sandboxes").len();
@@ -46,14 +47,7 @@ async fn expected(w: &World) -> Leftovers {
         .await
         .expect("list containers")
         .len();
-    Leftovers {
-        netns_pins: sandboxes,
-        ips: sandboxes,
-        veths: sandboxes,
-        cni_cache: sandboxes,
-        state_dirs: sandboxes,
-        snapshots: sandboxes + containers,
-    }
+    w.expected_leftovers(sandboxes, containers)
 }
 
 fn pods_per_kill() -> usize {

@@ -87,6 +87,7 @@ async fn start_pod(rt: &ContainerdRuntime, dir: &Path, cgroup: &str, i: usize) -
             fqdn: None,
             sysctls: vec![],
             oom_score_adj: None,
+            port_mappings: vec![],
             runtime_handler: String::new(),
         })
         .await

@@ -1,4 +1,5 @@
-# nodelet's %postun: on erase, the default pod network this package installed. RPM has
+# nodelet's %postun: on erase, the CNI config an earlier version of this package
+# installed. RPM has
 # no purge, so the agent's state in /var/lib/nodelet stays (as the kubelet's package
 # leaves /var/lib/kubelet); %config(noreplace) files are saved as .rpmsave.
 if [ "$1" -eq 0 ] && [ -e /var/lib/nodelet/.package-installed-cni-config ]; then

@@ -371,9 +371,14 @@ pub struct AgentArgs {
     /// Address the healthz port listens on.
     #[arg(long, default_value = "127.0.0.1")]
     pub healthz_bind_address: IpAddr,
-    /// The pod CIDR for the default bridge network written when /etc/cni/net.d is empty.
+    /// The pod CIDR of the built-in pod network, used when --cni-conf-dir holds no config.
     #[arg(long, default_value = "10.88.0.0/16")]
     pub pod_cidr: String,
+    /// The Linux bridge of the built-in pod network (nodelet's own flag; at most 15 bytes).
+    /// Its IP allocations live in `<root-dir>/network/ipam/<bridge>`, its nftables
+    /// table is `ip nodelet-pods-<bridge>`.
+    #[arg(long, default_value = "nodelet0", value_parser = parse_bridge_name)]
+    pub pod_network_bridge: String,
     /// CNI configuration directory.
     #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
@@ -545,6 +550,27 @@ pub fn parse_log_max_size(text: &str) -> Result<u64, String> {
     u64::try_from(bytes).map_err(|_| format!("container log max size {text:?} is too large"))
 }
 
+/// `--pod-network-bridge`: a Linux interface name (1-15 bytes, no `/`, whitespace or `:`).
+///
+/// # Errors
+/// What is wrong with the name.
+pub fn parse_bridge_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 15 {
+        return Err(format!("bridge name {text:?} must be 1 to 15 bytes"));
+    }
+    if text
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+        || text == "."
+        || text == ".."
+    {
+        return Err(format!(
+            "bridge name {text:?} is not a valid interface name"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 /// `--container-log-max-files`: at least 2 (upstream's log manager refuses less).
 ///
 /// # Errors
@@ -562,6 +588,15 @@ pub fn parse_log_max_files(text: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bridge_names() {
+        assert_eq!(parse_bridge_name("nodelet0"), Ok("nodelet0".to_owned()));
+        assert!(parse_bridge_name("x".repeat(15).as_str()).is_ok());
+        for bad in ["", "a-name-too-long-16", "a/b", "a b", "a:b", ".."] {
+            assert!(parse_bridge_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_repeated_flag_takes_its_last_value() {

@@ -263,10 +263,54 @@ pub fn sandbox_config(
             .map(|s| (s.name, s.value))
             .collect(),
         oom_score_adj: None,
+        port_mappings: port_mappings(&spec),
         // The worker resolves the pod's RuntimeClass into its handler.
         runtime_handler: String::new(),
         pod: r,
     }
+}
+
+/// The pod's hostPorts, as upstream's `generatePodSandboxConfig` and containerd pass
+/// them on: every app container's port with a `hostPort` above 0, once each. A
+/// `hostIP` that is not an IPv4 address (the built-in network is IPv4) is not mapped.
+fn port_mappings(spec: &PodSpec) -> Vec<nodelet_cri::podnet::PortMapping> {
+    let mut out: Vec<nodelet_cri::podnet::PortMapping> = Vec::new();
+    for port in spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+    {
+        let (Some(host_port), Ok(container_port)) = (
+            port.host_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0),
+            u16::try_from(port.container_port),
+        ) else {
+            continue;
+        };
+        let Some(protocol) =
+            nodelet_cri::podnet::Protocol::from_k8s(port.protocol.as_deref().unwrap_or(""))
+        else {
+            continue;
+        };
+        let host_ip = match port.host_ip.as_deref().unwrap_or("") {
+            "" => None,
+            ip => match ip.parse::<std::net::Ipv4Addr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => continue,
+            },
+        };
+        let m = nodelet_cri::podnet::PortMapping {
+            protocol,
+            host_port,
+            container_port,
+            host_ip,
+        };
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    out
 }
 
 /// The node's capacity, which stands in for a container's unset limits in the

@@ -281,3 +281,42 @@ fn run_as_non_root_refuses_a_named_image_user() {
     });
     assert_eq!(verify_run_as_non_root(&pod, &c, "nginx"), Ok(()));
 }
+
+#[test]
+fn host_ports_become_port_mappings_once_each() {
+    use nodelet_cri::podnet::{PortMapping, Protocol};
+    let spec: PodSpec = serde_json::from_value(serde_json::json!({
+        "containers": [
+            {"name": "a", "ports": [
+                {"containerPort": 80, "hostPort": 8080, "protocol": "TCP"},
+                {"containerPort": 80, "hostPort": 8080, "protocol": "TCP"},
+                {"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "10.0.0.1"},
+                {"containerPort": 81},
+                {"containerPort": 82, "hostPort": 0},
+                {"containerPort": 83, "hostPort": 8083, "hostIP": "fd00::1"}
+            ]},
+            {"name": "b", "ports": [{"containerPort": 9000, "hostPort": 9000, "hostIP": "0.0.0.0"}]}
+        ],
+        "initContainers": [{"name": "i", "ports": [{"containerPort": 1, "hostPort": 1}]}]
+    }))
+    .expect("spec");
+    let tcp = |host_port, container_port, host_ip| PortMapping {
+        protocol: Protocol::Tcp,
+        host_port,
+        container_port,
+        host_ip,
+    };
+    assert_eq!(
+        port_mappings(&spec),
+        vec![
+            tcp(8080, 80, None),
+            PortMapping {
+                protocol: Protocol::Udp,
+                host_port: 5353,
+                container_port: 53,
+                host_ip: Some(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+            },
+            tcp(9000, 9000, Some(std::net::Ipv4Addr::UNSPECIFIED)),
+        ]
+    );
+}

@@ -5,6 +5,14 @@
 
 use std::process::{Command, Output};
 
+/// A number no other caller in this process got: test binaries that compile a support
+/// module more than once (one copy per included test file) still name their worlds
+/// apart.
+pub fn next_in_process() -> u32 {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
 /// The containerd socket tests use: `NODELET_TEST_CONTAINERD` (which
 /// `scripts/test.sh` sets to a containerd private to the tests), else the default.
 pub fn containerd_socket() -> String {

@@ -2,6 +2,12 @@
 //! CNI bridge and /24, cgroup root, directories, ports) and the real `nodelet` binary
 //! running in it. Everything is removed on drop, also when the test fails.
 //!
+//! Pod network: a world writes a CNI conflist of its own (bridge + host-local), except
+//! in the `builtin_network` test binary (which runs the network-relevant test files
+//! again) or with `NODELET_TEST_POD_NETWORK=builtin`: then its CNI directory stays empty
+//! and the agent uses its built-in network, on the same private bridge name and /24
+//! (`--pod-network-bridge`, `--pod-cidr`), its nft table named after that bridge.
+//!
 //! containerd: `NODELET_TEST_CONTAINERD` (a socket path; `scripts/test.sh` starts a
 //! private containerd and sets it), else `/run/containerd/containerd.sock`. If neither
 //! answers, tests fail with a message saying so: they never pass without running.
@@ -14,7 +20,6 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::List;
@@ -22,8 +27,6 @@ use k8s_openapi::api::core::v1::Pod;
 use nodelet_cri::cni::CniConfig;
 use nodelet_cri::image::{ImageRuntimeConfig, Layer, OciImage};
 use nodelet_cri::runtime::{ContainerdRuntime, Runtime, RuntimeConfig};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The containerd socket tests use.
 pub fn containerd_socket() -> String {
@@ -154,6 +157,29 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The pod network a world's agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodNet {
+    /// A conflist of the world's own: the bridge plugin and host-local.
+    Cni,
+    /// The agent's built-in network (no CNI config).
+    Builtin,
+}
+
+/// The network worlds get from [`World::new`]: [`PodNet::Builtin`] in the
+/// `builtin_network` test binary or with `NODELET_TEST_POD_NETWORK=builtin`, else
+/// [`PodNet::Cni`].
+pub fn default_pod_net() -> PodNet {
+    let var = std::env::var("NODELET_TEST_POD_NETWORK").unwrap_or_default();
+    match var.as_str() {
+        "builtin" => PodNet::Builtin,
+        "cni" => PodNet::Cni,
+        "" if env!("CARGO_CRATE_NAME") == "builtin_network" => PodNet::Builtin,
+        "" => PodNet::Cni,
+        other => panic!("NODELET_TEST_POD_NETWORK={other:?}: expected builtin or cni"),
+    }
+}
+
 /// One test's private world.
 pub struct World {
     /// Short unique ID.
@@ -182,6 +208,10 @@ pub struct World {
     pub bridge: String,
     /// The test subnet's third octet (10.99.N.0/24).
     pub subnet: u8,
+    /// The pod network the agent uses.
+    pub pod_net: PodNet,
+    /// `--pod-cidr` (the built-in network's range; `10.99.N.0/24` unless a test sets it).
+    pub pod_cidr: String,
     /// `--cgroup-root`.
     pub cgroup_root: String,
     /// `--read-only-port`.
@@ -218,6 +248,26 @@ pub struct Leftovers {
     pub cni_cache: usize,
     pub state_dirs: usize,
     pub snapshots: usize,
+    /// The built-in network's nft table (0 or 1): there while a pod holds an address.
+    pub nft_tables: usize,
+}
+
+impl Leftovers {
+    /// What `sandboxes` sandboxes and `containers` containers hold on a world using
+    /// `net`: one netns pin, IP, veth and state directory per sandbox, a CNI cache entry
+    /// each with CNI, the nft table with the built-in network while any sandbox exists,
+    /// one snapshot per sandbox and container.
+    pub fn expected(net: PodNet, sandboxes: usize, containers: usize) -> Leftovers {
+        Leftovers {
+            netns_pins: sandboxes,
+            ips: sandboxes,
+            veths: sandboxes,
+            cni_cache: if net == PodNet::Cni { sandboxes } else { 0 },
+            state_dirs: sandboxes,
+            snapshots: sandboxes + containers,
+            nft_tables: usize::from(net == PodNet::Builtin && sandboxes > 0),
+        }
+    }
 }
 
 fn entries(dir: &Path) -> usize {
@@ -225,9 +275,17 @@ fn entries(dir: &Path) -> usize {
 }
 
 impl World {
-    /// Makes the world and imports the busybox image into its namespace.
+    /// Makes the world on [`default_pod_net`] and imports the busybox image into its
+    /// namespace.
     pub async fn new() -> World {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        World::with_pod_net(default_pod_net()).await
+    }
+
+    /// Makes the world on the pod network `pod_net` and imports the busybox image.
+    pub async fn with_pod_net(pod_net: PodNet) -> World {
+        // Process-wide, not this module's: the `builtin_network` binary compiles this
+        // module once per test file it includes.
+        let n = nodelet_testkit::next_in_process();
         let pid = std::process::id();
         let id = format!("{:x}{n:x}", pid % 0xfffff);
         // A /24 per test from 10.99.0.0/16, spread by process and test.
@@ -248,6 +306,8 @@ impl World {
             network: format!("nlt{id}"),
             bridge: format!("nlt{id}"),
             subnet,
+            pod_net,
+            pod_cidr: format!("10.99.{subnet}.0/24"),
             cgroup_root: format!("/nodelet-test-{id}"),
             port: free_port(),
             healthz: free_port(),
@@ -269,7 +329,8 @@ impl World {
             std::fs::create_dir_all(d).unwrap();
         }
         // The test's own network: a bridge of its own, no masquerade, so nothing of
-        // it reaches the host's firewall or leaves the machine.
+        // it reaches the host's firewall or leaves the machine. (The built-in network
+        // masquerades in a table of the world's own, `nodelet-pods-<bridge>`.)
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": w.network,
@@ -280,7 +341,9 @@ impl World {
                          "ranges": [[{"subnet": format!("10.99.{}.0/24", w.subnet)}]]}
             }]
         });
-        std::fs::write(w.cni_conf.join("10-test.conflist"), conf.to_string()).unwrap();
+        if w.pod_net == PodNet::Cni {
+            std::fs::write(w.cni_conf.join("10-test.conflist"), conf.to_string()).unwrap();
+        }
         let containerd = nodelet_cri::containerd::Containerd::connect(&w.socket, &w.namespace)
             .await
             .unwrap_or_else(|e| {
@@ -327,6 +390,10 @@ impl World {
             self.node_ip.clone(),
             "--v".into(),
             self.log_filter.clone(),
+            "--pod-cidr".into(),
+            self.pod_cidr.clone(),
+            "--pod-network-bridge".into(),
+            self.bridge.clone(),
         ]
         .into_iter()
         .chain(self.extra_args.iter().cloned())
@@ -357,7 +424,28 @@ impl World {
             cni_cache: entries(&self.root.join("cni/cache/results")),
             state_dirs: entries(&self.root.join("runtime/sandboxes")),
             snapshots,
+            nft_tables: usize::from(self.has_nft_table()),
         }
+    }
+
+    /// The built-in network's nft table for this world's bridge.
+    pub fn nft_table(&self) -> String {
+        format!("nodelet-pods-{}", self.bridge)
+    }
+
+    /// Whether the built-in network's table for this world's bridge exists.
+    pub fn has_nft_table(&self) -> bool {
+        Command::new("nft")
+            .args(["list", "table", "ip", &self.nft_table()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// What [`Leftovers::expected`] says `sandboxes` and `containers` hold here.
+    pub fn expected_leftovers(&self, sandboxes: usize, containers: usize) -> Leftovers {
+        Leftovers::expected(self.pod_net, sandboxes, containers)
     }
 
     /// Starts the agent binary and waits for its read-only API.
@@ -547,14 +635,26 @@ impl World {
                 cache_dir: self.root.join("cni/cache"),
                 timeout: Duration::from_secs(60),
             },
-            builtin_network: None,
+            builtin_network: (self.pod_net == PodNet::Builtin).then(|| {
+                nodelet_cri::podnet::BuiltinNetwork {
+                    bridge: self.bridge.clone(),
+                    pod_cidr: self.pod_cidr.clone(),
+                    ip_masq: true,
+                    state_dir: self.root.join("network"),
+                }
+            }),
         })
         .await
     }
 
-    /// The IPs host-local has handed out in this network.
+    /// The IPs host-local (or the built-in network's allocator) has handed out in
+    /// this network.
     pub fn allocated_ips(&self) -> Vec<Ipv4Addr> {
-        std::fs::read_dir(self.ipam.join(&self.network))
+        let dir = match self.pod_net {
+            PodNet::Cni => self.ipam.join(&self.network),
+            PodNet::Builtin => self.root.join("network/ipam").join(&self.bridge),
+        };
+        std::fs::read_dir(dir)
             .map(|d| {
                 d.flatten()
                     .filter_map(|e| e.file_name().to_str()?.parse().ok())
@@ -608,6 +708,13 @@ impl World {
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())
             .status();
+        // Only the table the built-in network made for this world's bridge.
+        if self.has_nft_table() {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", &self.nft_table()])
+                .stderr(Stdio::null())
+                .status();
+        }
         if let Err((path, e)) = nodelet_testkit::remove_cgroup(&self.cgroup_root) {
             eprintln!("cleanup: cgroup {} not removed: {e}", path.display());
         }

@@ -2,10 +2,13 @@
 //! store so that a restart (or a second agent on the same root dir) never hands out an
 //! address twice.
 //!
-//! One file per allocated address, `<dir>/<ip>`, holding the sandbox ID; it is created
-//! with `O_EXCL`, so two allocators racing for an address cannot both win, and it
-//! survives a crash between allocation and use (the sandbox's reclaim at the next start
-//! releases it by ID). `<dir>/last_reserved_ip` makes allocation round-robin, as
+//! One file per allocated address, `<dir>/<ip>`, holding the sandbox ID. The ID is
+//! written to a pending file first and hard-linked to `<ip>` (`link(2)` fails if the
+//! name exists), so two allocators racing for an address cannot both win, and no
+//! allocation is ever seen without its owner, even after a crash mid-way; it survives
+//! a crash between allocation and use (the sandbox's reclaim at the next start
+//! releases it by ID). A pending file left by a dead process is removed by the next
+//! allocation. `<dir>/last_reserved_ip` makes allocation round-robin, as
 //! host-local's, so a released address is not reused at once.
 
 use std::fs;
@@ -17,6 +20,10 @@ use std::sync::Mutex;
 use super::PodNetError;
 
 const LAST_RESERVED: &str = "last_reserved_ip";
+/// Prefix of pending files: `.pending-<pid>-<n>`.
+const PENDING: &str = ".pending-";
+
+static PENDING_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// An IPv4 range: the network address and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,20 +129,35 @@ impl Ipam {
             .map(u32::from)
             .filter(|ip| (first..=last).contains(ip))
             .map_or(first, |ip| if ip == last { first } else { ip + 1 });
+        self.remove_dead_pending();
+        let pending = self.dir.join(format!(
+            "{PENDING}{}-{}",
+            std::process::id(),
+            PENDING_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let written = fs::File::create(&pending)
+            .and_then(|mut f| f.write_all(id.as_bytes()).and_then(|()| f.sync_all()))
+            .map_err(self.err(&pending));
+        let result = written.and_then(|()| self.link_first_free(&pending, start, first, last));
+        let _ = fs::remove_file(&pending);
+        result
+    }
+
+    /// Links `pending` to the first free address from `start` on, round the range.
+    fn link_first_free(
+        &self,
+        pending: &Path,
+        start: u32,
+        first: u32,
+        last: u32,
+    ) -> Result<Ipv4Addr, PodNetError> {
         let count = u64::from(last - first) + 1;
         let mut candidate = start;
         for _ in 0..count {
             let ip = Ipv4Addr::from(candidate);
             let path = self.dir.join(ip.to_string());
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    f.write_all(id.as_bytes())
-                        .and_then(|()| f.sync_all())
-                        .map_err(self.err(&path))?;
+            match fs::hard_link(pending, &path) {
+                Ok(()) => {
                     let last_path = self.dir.join(LAST_RESERVED);
                     fs::write(&last_path, ip.to_string()).map_err(self.err(&last_path))?;
                     return Ok(ip);
@@ -152,6 +174,27 @@ impl Ipam {
         Err(PodNetError::Exhausted {
             cidr: self.cidr.to_string(),
         })
+    }
+
+    /// Removes pending files whose process is gone (it crashed mid-allocation).
+    fn remove_dead_pending(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(PENDING))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Releases whatever `id` holds; releasing nothing is not an error.
@@ -192,7 +235,8 @@ impl Ipam {
             else {
                 continue;
             };
-            // A file still empty is an allocation being written: it counts as taken.
+            // Linked from a complete pending file, so never empty; an unreadable
+            // one still counts as taken.
             let id = fs::read_to_string(entry.path()).unwrap_or_default();
             out.push((ip, id.trim().to_owned()));
         }
@@ -272,6 +316,25 @@ mod tests {
         assert_ne!(a, c);
         assert_eq!(again.allocate("a").unwrap(), a);
         assert_eq!(other.allocations().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_dead_allocators_pending_file_is_removed_and_never_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ipam(dir.path(), "10.1.2.0/29");
+        fs::create_dir_all(dir.path().join("ipam")).unwrap();
+        // PID 0 is never a live allocator's; our own pending files are kept.
+        let dead = dir.path().join("ipam").join(format!("{PENDING}0-7"));
+        fs::write(&dead, "half").unwrap();
+        a.allocate("x").unwrap();
+        assert!(!dead.exists());
+        assert_eq!(a.allocations().unwrap().len(), 1);
+        let names: Vec<_> = fs::read_dir(dir.path().join("ipam"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        assert!(!names.iter().any(|n| n.starts_with(PENDING)), "{names:?}");
     }
 
     #[test]

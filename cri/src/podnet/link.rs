@@ -135,6 +135,19 @@ pub(super) async fn ensure_bridge(
     Ok(index)
 }
 
+/// Lets the bridge route packets from 127.0.0.0/8 (the `portmap` plugin's
+/// `route_localnet`): a hostPort reached on the node's localhost is DNATed to the pod,
+/// then masqueraded.
+pub(super) fn route_localnet(bridge: &str) -> Result<(), PodNetError> {
+    let path = Path::new("/proc/sys/net/ipv4/conf")
+        .join(bridge)
+        .join("route_localnet");
+    if std::fs::read_to_string(&path).map_or(true, |v| v.trim() != "1") {
+        std::fs::write(&path, "1").map_err(|source| PodNetError::Sysctl { path, source })?;
+    }
+    Ok(())
+}
+
 /// Creates the pod's veth pair: `host` on the bridge (up, hairpin on, as the bridge
 /// plugin's `hairpinMode`), and its peer as `eth0` inside `netns`, then gives the pod
 /// its address, brings `eth0` and `lo` up and routes everything through the gateway.
@@ -167,6 +180,7 @@ pub(super) async fn attach(
         .await
         .map_err(nl("add veth", host))?;
     drop(ns);
+    crate::failpoint::hit("podnet-after-veth");
     let index = index_of(handle, host)
         .await?
         .ok_or_else(|| PodNetError::Missing(host.to_owned()))?;

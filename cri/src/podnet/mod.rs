@@ -7,13 +7,18 @@
 //! pod's `eth0`, the address on `eth0`, `lo` up and a default route via the bridge's
 //! gateway address ([`link`], over netlink). Once per network: the bridge with the
 //! gateway address, IPv4 forwarding, and (with `ip_masq`) a masquerade rule in an
-//! nftables table of its own ([`nft`]), removed with the last pod.
+//! nftables table of its own ([`nft`]), removed with the last pod. A pod's hostPorts
+//! ([`hostport`], what the `portmap` plugin gives) are DNAT rules in the same table.
 //!
-//! Not (yet): IPv6, and hostPorts (which the CNI path does not pass to portmap either).
+//! Not (yet): IPv6 (nor do the CNI path's capability arguments carry hostPorts to a
+//! configured `portmap`).
 
+pub mod hostport;
 pub mod ipam;
 mod link;
 mod nft;
+
+pub use hostport::{PortMapping, Protocol};
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -109,8 +114,10 @@ pub struct PodNetwork {
     handle: OnceCell<rtnetlink::Handle>,
     /// The bridge's index, once it is made (by the first setup, never by a teardown).
     bridge: OnceCell<u32>,
-    /// Whether the masquerade table is installed; serialises its install and removal.
-    masq: Mutex<bool>,
+    /// The pods' hostPorts, by sandbox ID.
+    hostports: hostport::Store,
+    /// Whether the nft table is installed; serialises its rendering and removal.
+    table: Mutex<bool>,
 }
 
 /// The host end of a pod's veth: derived from the sandbox ID, so teardown (and reclaim
@@ -133,12 +140,14 @@ impl PodNetwork {
     pub fn new(cfg: BuiltinNetwork) -> Result<Self, PodNetError> {
         let cidr = Ipv4Cidr::parse(&cfg.pod_cidr)?;
         let ipam = Ipam::new(cidr, cfg.state_dir.join("ipam").join(&cfg.bridge));
+        let hostports = hostport::Store::new(cfg.state_dir.join("hostports").join(&cfg.bridge));
         Ok(PodNetwork {
             cfg,
             ipam,
             handle: OnceCell::new(),
             bridge: OnceCell::new(),
-            masq: Mutex::new(false),
+            hostports,
+            table: Mutex::new(false),
         })
     }
 
@@ -165,8 +174,8 @@ impl PodNetwork {
     }
 
     /// Attaches the pod whose sandbox is `container_id` and whose netns is pinned at
-    /// `netns`; returns its IPs. On failure nothing of the attempt is left (the address is
-    /// released, the veth deleted).
+    /// `netns`, with its hostPorts `ports`; returns its IPs. On failure nothing of the
+    /// attempt is left (the address is released, the veth deleted, the hostPorts gone).
     ///
     /// # Errors
     ///
@@ -175,9 +184,11 @@ impl PodNetwork {
         &self,
         container_id: &str,
         netns: &Path,
+        ports: &[PortMapping],
     ) -> Result<Vec<IpAddr>, PodNetError> {
         let ip = self.ipam.allocate(container_id)?;
-        match self.attach(container_id, netns, ip).await {
+        crate::failpoint::hit("podnet-after-ipam");
+        match self.attach(container_id, netns, ip, ports).await {
             Ok(()) => {
                 info!(container_id, ip = %ip, bridge = %self.cfg.bridge, "pod network set up (built-in)");
                 Ok(vec![IpAddr::V4(ip)])
@@ -196,14 +207,20 @@ impl PodNetwork {
         container_id: &str,
         netns: &Path,
         ip: Ipv4Addr,
+        ports: &[PortMapping],
     ) -> Result<(), PodNetError> {
         let cidr = self.ipam.cidr();
         let bridge = self.bridge().await?;
         let handle = self.handle().await?;
-        if self.cfg.ip_masq {
-            let mut installed = self.masq.lock().await;
-            if !*installed {
-                nft::install(&nft::table_name(&self.cfg.bridge), cidr).await?;
+        if !ports.is_empty() {
+            // Saved before the rules, so a crash from here on is undone by the reclaim.
+            self.hostports.save(container_id, ports)?;
+            link::route_localnet(&self.cfg.bridge)?;
+        }
+        {
+            let mut installed = self.table.lock().await;
+            if !ports.is_empty() || (self.cfg.ip_masq && !*installed) {
+                self.render_table().await?;
                 *installed = true;
             }
         }
@@ -229,18 +246,47 @@ impl PodNetwork {
     pub async fn teardown(&self, container_id: &str) -> Result<(), PodNetError> {
         let handle = self.handle().await?;
         link::detach(handle, &host_veth_name(container_id)).await?;
+        let mut installed = self.table.lock().await;
+        // The hostPorts go first: no DNAT is ever left to an address given back.
+        let had_ports = self.hostports.remove(container_id)?;
         let released = self.ipam.release(container_id)?;
         if !released.is_empty() {
             info!(container_id, ips = ?released, "pod network torn down (built-in)");
         }
-        if self.cfg.ip_masq {
-            let mut installed = self.masq.lock().await;
-            if self.ipam.allocations()?.is_empty() {
-                nft::remove(&nft::table_name(&self.cfg.bridge)).await?;
-                *installed = false;
-            }
+        if self.ipam.allocations()?.is_empty() {
+            // Always: a table a crashed agent left goes too.
+            nft::remove(&nft::table_name(&self.cfg.bridge)).await?;
+            *installed = false;
+        } else if had_ports || !*installed {
+            // Rendered once after a restart too: an agent killed mid-teardown may have
+            // left rules of a pod whose hostPorts file is already gone.
+            self.render_table().await?;
+            *installed = true;
         }
         Ok(())
+    }
+
+    /// Renders the whole nft table from the pods' addresses and saved hostPorts.
+    async fn render_table(&self) -> Result<(), PodNetError> {
+        let ips: std::collections::BTreeMap<String, Ipv4Addr> = self
+            .ipam
+            .allocations()?
+            .into_iter()
+            .map(|(ip, id)| (id, ip))
+            .collect();
+        let pods: Vec<(Ipv4Addr, Vec<PortMapping>)> = self
+            .hostports
+            .load_all()?
+            .into_iter()
+            .filter_map(|(id, ports)| Some((*ips.get(&id)?, ports)))
+            .collect();
+        nft::install(
+            &nft::table_name(&self.cfg.bridge),
+            self.ipam.cidr(),
+            self.cfg.ip_masq,
+            &pods,
+        )
+        .await
     }
 
     /// Whether `container_id` holds an address of this network.

@@ -1,14 +1,23 @@
-//! The built-in network's masquerade, in an nftables table of nodelet's own (what the
-//! bridge plugin's `ipMasq` does with iptables): traffic from the pod range to anywhere
-//! but the pod range and multicast leaves with the node's address. The table is made with
-//! the first pod and deleted with the last, and never touches another table.
+//! The built-in network's nftables table, of nodelet's own: the masquerade the bridge
+//! plugin's `ipMasq` does with iptables (traffic from the pod range to anywhere but the
+//! pod range and multicast leaves with the node's address), and the hostPorts the
+//! `portmap` plugin sets up (priority -100, `dstnat`, spelled as a number for the
+//! output hook, which older nft refuses by name): DNAT of a hostPort on the node's local addresses (or only
+//! its `hostIP`) to the pod's IP and port, for traffic arriving (prerouting) and made on
+//! the node itself (output), with `snat`'s masquerade of what comes from localhost or
+//! from the pod itself (hairpin). The table is made with the first pod, rendered whole
+//! from what pods hold, and deleted with the last; it never touches another table.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt as _;
 
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
 use super::PodNetError;
+use super::hostport::PortMapping;
 use super::ipam::Ipv4Cidr;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,23 +28,76 @@ pub(super) fn table_name(bridge: &str) -> String {
     format!("nodelet-pods-{bridge}")
 }
 
-/// The ruleset, replaced whole in one transaction (add + delete + define is idempotent).
-pub(super) fn render(table: &str, cidr: Ipv4Cidr) -> String {
-    format!(
-        "add table ip {table}\n\
-         delete table ip {table}\n\
-         table ip {table} {{\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {cidr} ip daddr != {cidr} ip daddr != 224.0.0.0/4 masquerade\n\
-         \t}}\n\
-         }}\n"
-    )
+/// The ruleset, replaced whole in one transaction (add + delete + define is idempotent):
+/// the masquerade with `masq`, and the hostPorts of each pod (its IP and mappings).
+pub(super) fn render(
+    table: &str,
+    cidr: Ipv4Cidr,
+    masq: bool,
+    pods: &[(Ipv4Addr, Vec<PortMapping>)],
+) -> String {
+    let mut dnat = String::new();
+    let mut snat = String::new();
+    for (ip, ports) in pods {
+        for p in ports {
+            let proto = p.protocol.nft();
+            let daddr = p
+                .host_ip
+                .filter(|h| !h.is_unspecified())
+                .map(|h| format!("ip daddr {h} "))
+                .unwrap_or_default();
+            let _ = writeln!(
+                dnat,
+                "\t\t{daddr}{proto} dport {} dnat to {ip}:{}",
+                p.host_port, p.container_port
+            );
+            let line = format!(
+                "\t\tct status dnat ip saddr {{ 127.0.0.0/8, {ip} }} ip daddr {ip} {proto} dport {} masquerade\n",
+                p.container_port
+            );
+            if !snat.contains(&line) {
+                snat.push_str(&line);
+            }
+        }
+    }
+    let mut out = format!("add table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n");
+    if !dnat.is_empty() {
+        let _ = write!(
+            out,
+            "\tchain hostports {{\n{dnat}\t}}\n\
+             \tchain prerouting {{\n\
+             \t\ttype nat hook prerouting priority -100; policy accept;\n\
+             \t\tfib daddr type local jump hostports\n\
+             \t}}\n\
+             \tchain output {{\n\
+             \t\ttype nat hook output priority -100; policy accept;\n\
+             \t\tfib daddr type local jump hostports\n\
+             \t}}\n"
+        );
+    }
+    let _ = write!(
+        out,
+        "\tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n{snat}"
+    );
+    if masq {
+        let _ = writeln!(
+            out,
+            "\t\tip saddr {cidr} ip daddr != {cidr} ip daddr != 224.0.0.0/4 masquerade"
+        );
+    }
+    out.push_str("\t}\n}\n");
+    out
 }
 
 /// Installs (or replaces) the table.
-pub(super) async fn install(table: &str, cidr: Ipv4Cidr) -> Result<(), PodNetError> {
-    run(&render(table, cidr)).await
+pub(super) async fn install(
+    table: &str,
+    cidr: Ipv4Cidr,
+    masq: bool,
+    pods: &[(Ipv4Addr, Vec<PortMapping>)],
+) -> Result<(), PodNetError> {
+    run(&render(table, cidr, masq, pods)).await
 }
 
 /// Deletes the table; one already gone is fine.
@@ -84,7 +146,7 @@ mod tests {
     #[test]
     fn ruleset_masquerades_only_traffic_leaving_the_pod_range() {
         let cidr = Ipv4Cidr::parse("10.88.0.0/16").expect("cidr");
-        let got = render(&table_name("nodelet0"), cidr);
+        let got = render(&table_name("nodelet0"), cidr, true, &[]);
         assert_eq!(
             got,
             "add table ip nodelet-pods-nodelet0\n\
@@ -93,6 +155,52 @@ mod tests {
              \tchain postrouting {\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\tip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 ip daddr != 224.0.0.0/4 masquerade\n\
+             \t}\n\
+             }\n"
+        );
+    }
+
+    #[test]
+    fn hostports_dnat_on_local_addresses_and_masquerade_localhost_and_hairpin() {
+        use super::super::hostport::Protocol;
+        let cidr = Ipv4Cidr::parse("10.88.0.0/16").expect("cidr");
+        let pod = Ipv4Addr::new(10, 88, 0, 5);
+        let ports = vec![
+            PortMapping {
+                protocol: Protocol::Tcp,
+                host_port: 8080,
+                container_port: 80,
+                host_ip: None,
+            },
+            PortMapping {
+                protocol: Protocol::Udp,
+                host_port: 5353,
+                container_port: 53,
+                host_ip: Some(Ipv4Addr::new(192, 168, 1, 10)),
+            },
+        ];
+        let got = render("t", cidr, false, &[(pod, ports)]);
+        assert_eq!(
+            got,
+            "add table ip t\n\
+             delete table ip t\n\
+             table ip t {\n\
+             \tchain hostports {\n\
+             \t\ttcp dport 8080 dnat to 10.88.0.5:80\n\
+             \t\tip daddr 192.168.1.10 udp dport 5353 dnat to 10.88.0.5:53\n\
+             \t}\n\
+             \tchain prerouting {\n\
+             \t\ttype nat hook prerouting priority -100; policy accept;\n\
+             \t\tfib daddr type local jump hostports\n\
+             \t}\n\
+             \tchain output {\n\
+             \t\ttype nat hook output priority -100; policy accept;\n\
+             \t\tfib daddr type local jump hostports\n\
+             \t}\n\
+             \tchain postrouting {\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tct status dnat ip saddr { 127.0.0.0/8, 10.88.0.5 } ip daddr 10.88.0.5 tcp dport 80 masquerade\n\
+             \t\tct status dnat ip saddr { 127.0.0.0/8, 10.88.0.5 } ip daddr 10.88.0.5 udp dport 53 masquerade\n\
              \t}\n\
              }\n"
         );

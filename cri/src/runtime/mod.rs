@@ -264,6 +264,9 @@ pub struct SandboxConfig {
     /// The pause container's `oom_score_adj`; `None` gives containerd's -998. The
     /// runtime raises it to what the host allows.
     pub oom_score_adj: Option<i32>,
+    /// The pod's hostPorts (CRI `port_mappings` with a host port), which the built-in
+    /// network maps to the pod.
+    pub port_mappings: Vec<crate::podnet::PortMapping>,
     /// The runtime handler (CRI `RunPodSandboxRequest.runtime_handler`): the pod's
     /// RuntimeClass `handler`; empty for the default.
     pub runtime_handler: String,

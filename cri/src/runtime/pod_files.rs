@@ -125,6 +125,7 @@ mod tests {
             fqdn: None,
             sysctls: vec![],
             oom_score_adj: None,
+            port_mappings: vec![],
             runtime_handler: String::new(),
         }
     }

@@ -184,7 +184,13 @@ impl ContainerdRuntime {
         candidates.extend(ids_in(&self.netns_dir()));
         candidates.extend(ids_in(&self.sandboxes_dir()));
         if let Some(podnet) = self.builtin_network() {
-            candidates.extend(podnet.allocated_ids().unwrap_or_default());
+            candidates.extend(
+                podnet
+                    .allocated_ids()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|id| is_object_id(id)),
+            );
         }
         if let Some(cni) = &cni {
             candidates.extend(

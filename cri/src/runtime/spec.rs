@@ -1061,6 +1061,7 @@ mod tests {
             fqdn: None,
             sysctls: vec![("net.ipv4.ip_unprivileged_port_start".into(), "0".into())],
             oom_score_adj: None,
+            port_mappings: vec![],
             runtime_handler: String::new(),
         };
         let img = ImageRuntimeConfig {

@@ -105,6 +105,7 @@ impl TestRuntime {
                 fqdn: None,
                 sysctls: vec![],
                 oom_score_adj: None,
+                port_mappings: vec![],
                 runtime_handler: String::new(),
             })
             .await

@@ -159,12 +159,13 @@ impl ContainerdRuntime {
                 })??;
             crate::failpoint::hit("sandbox-after-netns");
             if let Some(podnet) = self.builtin_for_setup(id)? {
-                ips = podnet.setup(id, netns).await.map_err(|source| {
-                    RuntimeError::BuiltinNetwork {
+                ips = podnet
+                    .setup(id, netns, &config.port_mappings)
+                    .await
+                    .map_err(|source| RuntimeError::BuiltinNetwork {
                         id: id.to_owned(),
                         source: Box::new(source),
-                    }
-                })?;
+                    })?;
                 crate::failpoint::hit("sandbox-after-cni");
             }
         }
