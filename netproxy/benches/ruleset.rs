@@ -260,7 +260,7 @@ async fn run(n: usize) {
         ])
         .output()
         .expect("nft list");
-    let json = loadable(&nft.list_table("ip").await.expect("nft -j list"));
+    let json = loadable(&nft.list_table("ip", "nodelet").await.expect("nft -j list"));
     for (label, flags, input) in [
         ("text", "-f", text.stdout),
         ("JSON", "-jf", json.into_bytes()),

@@ -26,6 +26,7 @@ pub mod listing;
 pub mod netlink;
 pub mod render;
 pub mod rule;
+pub mod shard;
 pub mod tx;
 
 use std::net::IpAddr;
