@@ -179,11 +179,12 @@ fn normalise(v: &mut Value) {
     }
 }
 
-/// `nft -j list table` as a map: `chain/NAME`, `set/NAME`, `rule/CHAIN/N` (rules keep
-/// their order) → normalised object.
+/// `nft -j list ruleset` of the family (the namespace holds only our tables: the main
+/// one and the shards) as a map: `chain/TABLE/NAME`, `set/TABLE/NAME`,
+/// `rule/TABLE/CHAIN/N` (rules keep their order) → normalised object.
 fn listing(ns: &str, fam: IpFamily) -> BTreeMap<String, Value> {
     let ip = if fam == IpFamily::V4 { "ip" } else { "ip6" };
-    let out = in_ns(ns, &["nft", "-j", "list", "table", ip, "nodelet"]);
+    let out = in_ns(ns, &["nft", "-j", "list", "ruleset", ip]);
     let v: Value = serde_json::from_str(&out).expect("listing JSON");
     let mut map = BTreeMap::new();
     let mut positions: BTreeMap<String, usize> = BTreeMap::new();
@@ -195,29 +196,47 @@ fn listing(ns: &str, fam: IpFamily) -> BTreeMap<String, Value> {
         let key = match kind.as_str() {
             "metainfo" => continue,
             "rule" => {
-                let chain = body["chain"].as_str().unwrap_or("").to_string();
+                let chain = format!(
+                    "{}/{}",
+                    body["table"].as_str().unwrap_or(""),
+                    body["chain"].as_str().unwrap_or("")
+                );
                 let n = positions.entry(chain.clone()).or_insert(0);
                 *n += 1;
                 format!("rule/{chain}/{n}")
             }
-            _ => format!("{kind}/{}", body["name"].as_str().unwrap_or("")),
+            "table" => format!("table/{}", body["name"].as_str().unwrap_or("")),
+            _ => format!(
+                "{kind}/{}/{}",
+                body["table"].as_str().unwrap_or(""),
+                body["name"].as_str().unwrap_or("")
+            ),
         };
         map.insert(key, item.clone());
     }
     map
 }
 
-/// `nft -t list table` (sets without their elements) as its chain and set blocks, sorted:
-/// the text shows what JSON does not, such as a map's `typeof` key.
+/// `nft -t list ruleset` of the family (sets without their elements) as its chain and
+/// set blocks, each under its table's name, sorted: the text shows what JSON does not,
+/// such as a map's `typeof` key.
 fn terse(ns: &str, fam: IpFamily) -> Vec<String> {
     let ip = if fam == IpFamily::V4 { "ip" } else { "ip6" };
-    let out = in_ns(ns, &["nft", "-t", "list", "table", ip, "nodelet"]);
+    let out = in_ns(ns, &["nft", "-t", "list", "ruleset", ip]);
     let mut blocks = Vec::new();
     let mut cur = String::new();
+    let mut table = String::new();
     for line in out.lines() {
+        if line.starts_with("table ") {
+            table = line.to_string();
+        }
         let opens = line.starts_with('\t') && !line.starts_with("\t\t") && line != "\t}";
         if opens && !cur.is_empty() {
             blocks.push(std::mem::take(&mut cur));
+        }
+        if opens {
+            cur.push_str(&table);
+            cur.push('\n');
         }
         cur.push_str(line);
         cur.push('\n');
@@ -430,7 +449,7 @@ async fn rejected_netlink_batch_falls_back_to_a_full_sync() {
     assert!(p.sync().await.expect("sync").full);
 
     // Someone removes our table: the next batch flushes a chain that is not there.
-    in_ns(&w.node, &["nft", "delete", "table", "ip", "nodelet"]);
+    in_ns(&w.node, &["nft", "flush", "ruleset", "ip"]);
     p.slice_updated(&slice(
         "ns",
         "web",
