@@ -13,7 +13,8 @@
 //! - A full sync (at start, after a failed transaction) lists our tables once, rewrites
 //!   every chain, refills the dispatch maps, deletes whatever else is in the tables and
 //!   removes shard tables a run with more shards left (`resync`).
-//! - The consistency check (every `syncPeriod`) lists our tables and repairs drift:
+//! - The consistency check (every `syncPeriod`) reads our tables back over netlink
+//!   (`nft::netlink::dump`; `nft -j list table` when netlink is off) and repairs drift:
 //!   missing or extra chains, chains whose rule count differs, missing, extra or wrong
 //!   elements. A missing base chain or map falls back to a full sync (`resync`).
 //! - With a conntrack table attached (`with_conntrack`), a sync that touched UDP services

@@ -15,6 +15,8 @@ use nodelet_netproxy::Proxier;
 use nodelet_netproxy::model::{IpFamily, NodeTopology};
 use nodelet_netproxy::nft::RenderConfig;
 use nodelet_netproxy::nft::exec::NftCommand;
+use nodelet_netproxy::nft::listing;
+use nodelet_netproxy::nft::netlink::{Socket, dump};
 use nodelet_netproxy::testing::{cluster_ip, ep, service, slice};
 use serde_json::{Value, json};
 use support::{NODE_IP, World, in_ns};
@@ -269,6 +271,37 @@ fn assert_same(netlink: &BTreeMap<String, Value>, text: &BTreeMap<String, Value>
     assert!(netlink.len() > 20, "a real table was compared: {netlink:?}");
 }
 
+/// Every table of ours read back over netlink (what the consistency check compares) is
+/// what `nft -j list table` shows: chains and rule counts, sets and maps, the dispatch
+/// elements (keys and verdicts), the sizes of the endpoint maps.
+fn read_back_matches_the_listing(ns: &str, fam: IpFamily) {
+    let ip = if fam == IpFamily::V4 { "ip" } else { "ip6" };
+    let sock = Socket::open_in_netns(ns).expect("socket");
+    let tables = in_ns(ns, &["nft", "list", "tables", ip]);
+    let tables: Vec<&str> = tables
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert!(tables.len() > 2, "{tables:?}");
+    let mut elements = 0;
+    for t in tables {
+        let nl = dump::observe(&sock, fam, t).expect("read back");
+        let js = listing::parse(&in_ns(ns, &["nft", "-j", "list", "table", ip, t])).expect("json");
+        assert_eq!(nl.chains, js.chains, "{t}");
+        assert_eq!(nl.sets, js.sets, "{t}");
+        assert_eq!(nl.maps, js.maps, "{t}");
+        assert_eq!(nl.elements, js.elements, "{t}");
+        for (set, n) in &nl.set_sizes {
+            assert_eq!(js.set_sizes.get(set), Some(n), "{t} {set}");
+        }
+        elements += nl.elements.values().map(|m| m.len()).sum::<usize>();
+    }
+    assert!(elements > 5, "dispatch elements were compared");
+    // A table that is not there reads as empty.
+    let none = dump::observe(&sock, fam, "nodelet-absent").expect("absent table");
+    assert!(none.chains.is_empty() && none.sets.is_empty());
+}
+
 /// Builds the scenario in two namespaces, through netlink (incremental syncs after an
 /// empty start) and as text (a full sync, then `nft -f` increments), and compares the
 /// listings after the first sync and after a round of changes.
@@ -287,6 +320,7 @@ async fn same_both_ways(a: &Addrs, cfg: RenderConfig) {
     assert!(text.sync().await.expect("text sync").full);
     assert_same(&listing(&w1.node, a.fam), &listing(&w2.node, a.fam));
     assert_eq!(terse(&w1.node, a.fam), terse(&w2.node, a.fam));
+    read_back_matches_the_listing(&w1.node, a.fam);
     assert_eq!(nl.check().await.expect("check").repaired, 0);
 
     change(&mut nl, a);

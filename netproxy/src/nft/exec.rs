@@ -12,7 +12,9 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use super::listing::Observed;
 use super::netlink::{Batch, NetlinkError, Socket};
+use crate::model::IpFamily;
 
 /// A failed run of `nft`, with everything needed to see why.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,13 @@ pub trait Nft: Send + Sync {
     /// Applies `batch` as one transaction over netlink; `NetlinkError::Unavailable` (or
     /// any error whose `use_text` holds) asks the caller to send the text instead.
     fn apply_batch(&self, batch: &Batch) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Reads table `family table` back over netlink (`netlink::dump`); an error asks the
+    /// caller to list it with `list_table` instead.
+    fn observe_table(
+        &self,
+        family: IpFamily,
+        table: &str,
+    ) -> impl Future<Output = Result<Observed, NetlinkError>> + Send;
 }
 
 /// The netlink side of `NftCommand`: on or off (shared by clones), and the socket,
@@ -205,6 +214,16 @@ impl Nft for NftCommand {
         }
         self.socket()?.apply(batch)
     }
+
+    /// Dumps on the calling thread, as `apply_batch` sends: the kernel answers in about
+    /// the time of the table's size, without `nft`'s parse and print.
+    async fn observe_table(&self, family: IpFamily, table: &str) -> Result<Observed, NetlinkError> {
+        if self.netlink.disabled.load(Ordering::SeqCst) {
+            return Err(NetlinkError::Unavailable);
+        }
+        let sock = self.socket()?;
+        super::netlink::dump::observe(&sock, family, table)
+    }
 }
 
 /// One call the fake saw.
@@ -304,6 +323,11 @@ impl Nft for RecordingNft {
             c.push(NftCall::List(family.to_string()));
         }
         Ok(self.items(|kind, _| kind == "table"))
+    }
+
+    /// The fake reads nothing back: listings come from the preset JSON.
+    async fn observe_table(&self, _: IpFamily, _: &str) -> Result<Observed, NetlinkError> {
+        Err(NetlinkError::Unavailable)
     }
 
     async fn apply_batch(&self, batch: &Batch) -> Result<(), NetlinkError> {

@@ -9,8 +9,8 @@
 //! services × 10 endpoints: 8.0 MiB and 1.28 s as JSON against 2.5 MiB and 0.97 s as
 //! text), nft 1.0.6 cannot even read back its own JSON for `typeof` maps, the text is
 //! what upstream's knftables sends and what `nft list` shows an operator, and a text
-//! snapshot reads as the ruleset itself. Reading the live table for the consistency
-//! check does use `nft -j` (`listing`), where JSON is the stable format.
+//! snapshot reads as the ruleset itself. Reading the live tables for the consistency
+//! check goes over netlink (`netlink::dump`), or `nft -j` (`listing`) without netlink.
 //!
 //! - `render`: pure functions from a service port and its endpoints to a `Fragment`
 //!   (its chains, affinity sets and map elements), and the fixed base ruleset;

@@ -10,14 +10,23 @@ use crate::model::ServicePortName;
 use crate::nft::Container;
 use crate::nft::exec::Nft;
 use crate::nft::listing::{self, Observed};
+use crate::nft::netlink::NetlinkError;
 use crate::nft::render::{self, Element, Fragment};
 use crate::nft::shard::{self, MAIN, TableIx};
 use crate::nft::tx::{ElementIndex, Tx};
 
 impl<N: Nft> Proxier<N> {
-    /// Lists table `t` (an absent table is an empty one).
+    /// Reads table `t` back over netlink, or lists it with `nft -j` when netlink is not
+    /// there or fails (an absent table is an empty one).
     async fn observe(&self, t: TableIx) -> Result<Observed, SyncError> {
         let name = self.layout.table_name(t);
+        match self.nft.observe_table(self.cfg.family, &name).await {
+            Ok(o) => return Ok(o),
+            Err(NetlinkError::Unavailable) => {}
+            Err(e) => {
+                tracing::warn!(table = %name, error = %e, "netlink read-back failed: listing with nft")
+            }
+        }
         let table = format!("{} {name}", self.family());
         match self.nft.list_table(self.family(), &name).await {
             Ok(json) => {
