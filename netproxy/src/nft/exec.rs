@@ -62,13 +62,13 @@ pub trait Nft: Send + Sync {
     /// Applies `batch` as one transaction over netlink; `NetlinkError::Unavailable` (or
     /// any error whose `use_text` holds) asks the caller to send the text instead.
     fn apply_batch(&self, batch: &Batch) -> impl Future<Output = Result<(), NetlinkError>> + Send;
-    /// Reads table `family table` back over netlink (`netlink::dump`); an error asks the
-    /// caller to list it with `list_table` instead.
-    fn observe_table(
+    /// Reads tables `tables` of `family` back over netlink (`netlink::dump`), in that
+    /// order; an error asks the caller to list them with `list_table` instead.
+    fn observe_tables(
         &self,
         family: IpFamily,
-        table: &str,
-    ) -> impl Future<Output = Result<Observed, NetlinkError>> + Send;
+        tables: &[String],
+    ) -> impl Future<Output = Result<Vec<Observed>, NetlinkError>> + Send;
 }
 
 /// The netlink side of `NftCommand`: on or off (shared by clones), and the socket,
@@ -217,12 +217,16 @@ impl Nft for NftCommand {
 
     /// Dumps on the calling thread, as `apply_batch` sends: the kernel answers in about
     /// the time of the table's size, without `nft`'s parse and print.
-    async fn observe_table(&self, family: IpFamily, table: &str) -> Result<Observed, NetlinkError> {
+    async fn observe_tables(
+        &self,
+        family: IpFamily,
+        tables: &[String],
+    ) -> Result<Vec<Observed>, NetlinkError> {
         if self.netlink.disabled.load(Ordering::SeqCst) {
             return Err(NetlinkError::Unavailable);
         }
         let sock = self.socket()?;
-        super::netlink::dump::observe(&sock, family, table)
+        super::netlink::dump::observe_all(&sock, family, tables)
     }
 }
 
@@ -326,7 +330,11 @@ impl Nft for RecordingNft {
     }
 
     /// The fake reads nothing back: listings come from the preset JSON.
-    async fn observe_table(&self, _: IpFamily, _: &str) -> Result<Observed, NetlinkError> {
+    async fn observe_tables(
+        &self,
+        _: IpFamily,
+        _: &[String],
+    ) -> Result<Vec<Observed>, NetlinkError> {
         Err(NetlinkError::Unavailable)
     }
 

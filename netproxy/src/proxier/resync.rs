@@ -16,19 +16,32 @@ use crate::nft::shard::{self, MAIN, TableIx};
 use crate::nft::tx::{ElementIndex, Tx};
 
 impl<N: Nft> Proxier<N> {
-    /// Reads table `t` back over netlink, or lists it with `nft -j` when netlink is not
-    /// there or fails (an absent table is an empty one).
-    async fn observe(&self, t: TableIx) -> Result<Observed, SyncError> {
-        let name = self.layout.table_name(t);
-        match self.nft.observe_table(self.cfg.family, &name).await {
-            Ok(o) => return Ok(o),
-            Err(NetlinkError::Unavailable) => {}
-            Err(e) => {
-                tracing::warn!(table = %name, error = %e, "netlink read-back failed: listing with nft")
+    /// Reads the tables `present` says exist back over netlink, or lists them with
+    /// `nft -j` when netlink is not there or fails; the others read as empty.
+    async fn observe(&self, present: impl Fn(TableIx) -> bool) -> Result<Vec<Observed>, SyncError> {
+        let ixs: Vec<TableIx> = (0..self.layout.tables()).filter(|t| present(*t)).collect();
+        let names: Vec<String> = ixs.iter().map(|t| self.layout.table_name(*t)).collect();
+        let mut out = vec![Observed::default(); self.layout.tables()];
+        match self.nft.observe_tables(self.cfg.family, &names).await {
+            Ok(read) => {
+                for (t, o) in ixs.into_iter().zip(read) {
+                    out[t] = o;
+                }
+                return Ok(out);
             }
+            Err(NetlinkError::Unavailable) => {}
+            Err(e) => tracing::warn!(error = %e, "netlink read-back failed: listing with nft"),
         }
+        for (t, name) in ixs.into_iter().zip(&names) {
+            out[t] = self.list(name).await?;
+        }
+        Ok(out)
+    }
+
+    /// Lists table `name` with `nft -j` (an absent table is an empty one).
+    async fn list(&self, name: &str) -> Result<Observed, SyncError> {
         let table = format!("{} {name}", self.family());
-        match self.nft.list_table(self.family(), &name).await {
+        match self.nft.list_table(self.family(), name).await {
             Ok(json) => {
                 listing::parse(&json).map_err(|source| SyncError::Listing { table, source })
             }
@@ -51,14 +64,9 @@ impl<N: Nft> Proxier<N> {
     /// Rewrites every table from the model and removes shard tables beyond the layout.
     pub(super) async fn full_sync(&mut self) -> Result<SyncReport, SyncError> {
         let existing = self.existing_tables().await?;
-        let mut observed = Vec::with_capacity(self.layout.tables());
-        for t in 0..self.layout.tables() {
-            observed.push(if existing.contains(&self.layout.table_name(t)) {
-                self.observe(t).await?
-            } else {
-                Observed::default()
-            });
-        }
+        let observed = self
+            .observe(|t| existing.contains(&self.layout.table_name(t)))
+            .await?;
         let start = Instant::now();
         self.fragments.clear();
         self.by_service.clear();
@@ -129,10 +137,7 @@ impl<N: Nft> Proxier<N> {
         if self.need_full_sync {
             return self.full_sync().await;
         }
-        let mut observed = Vec::with_capacity(self.layout.tables());
-        for t in 0..self.layout.tables() {
-            observed.push(self.observe(t).await?);
-        }
+        let observed = self.observe(|_| true).await?;
         let start = Instant::now();
         let wanted = self.wanted();
         let base_ok = wanted.iter().zip(&observed).all(|(w, o)| {
