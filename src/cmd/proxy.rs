@@ -17,7 +17,7 @@ use nodelet_netproxy::health::observer::HealthObserver;
 use nodelet_netproxy::health::service::ServiceHealthServer;
 use nodelet_netproxy::model::{Cidr, IpFamily, NodeTopology};
 use nodelet_netproxy::nft::RenderConfig;
-use nodelet_netproxy::nft::exec::{Nft, NftCommand};
+use nodelet_netproxy::nft::exec::NftCommand;
 use nodelet_netproxy::runner::Periods;
 
 use crate::cli::ProxyArgs;
