@@ -6,6 +6,12 @@
 //! takes to read the same table as text and as JSON (`nft -j -f`, the `nftables` crate's
 //! format).
 //!
+//! Each size runs with services in one shard table (the kernel validates every service
+//! chain at each commit, as the single table before sharding did) and with the default
+//! shards (`nft::shard`), or with the shard counts in `NODELET_BENCH_SHARDS` (`1,16`).
+//! `NODELET_BENCH_TEXT=0` skips the `nft -f` increments, `NODELET_BENCH_CHECK=0` the
+//! consistency check.
+//!
 //! `cargo bench -p nodelet-netproxy --bench ruleset` (root; `-- 1000` for one size,
 //! `-- 1000 10000 30000` for the three).
 
@@ -15,10 +21,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nodelet_netproxy::Proxier;
-use nodelet_netproxy::model::{IpFamily, NodeTopology, Protocol, ServicePortName};
+use nodelet_netproxy::model::{IpFamily, NodeTopology, Protocol, ServiceName, ServicePortName};
 use nodelet_netproxy::nft::RenderConfig;
-use nodelet_netproxy::nft::exec::{Nft, NftCommand};
+use nodelet_netproxy::nft::exec::NftCommand;
 use nodelet_netproxy::nft::netlink::{Batch, Socket};
+use nodelet_netproxy::nft::shard::{DEFAULT_SHARDS, Layout};
 use nodelet_netproxy::testing::{Ep, cluster_ip, slice};
 
 /// A network namespace deleted on drop.
@@ -116,11 +123,15 @@ fn rss_mib() -> f64 {
     kib / 1024.0
 }
 
-async fn run(n: usize) {
-    let ns = Netns::new(&n.to_string());
+fn env_on(name: &str, default: bool) -> bool {
+    std::env::var(name).map_or(default, |v| v != "0")
+}
+
+async fn run(n: usize, shards: usize) {
+    let ns = Netns::new(&format!("{n}-{shards}"));
     let nft = NftCommand::new()
         .in_netns(&ns.0)
-        .with_timeout(Duration::from_secs(300));
+        .with_timeout(Duration::from_secs(1500));
     let mut cfg = RenderConfig::new(IpFamily::V4);
     cfg.cluster_cidrs = vec!["10.128.0.0/9".parse().expect("cidr")];
     let mut p = Proxier::new(
@@ -130,7 +141,8 @@ async fn run(n: usize) {
             node_name: "node".into(),
             zone: None,
         },
-    );
+    )
+    .with_shards(shards);
     let t = Instant::now();
     for i in 0..n {
         p.service_updated(&cluster_ip(
@@ -145,7 +157,7 @@ async fn run(n: usize) {
     let feed = t.elapsed();
     let full = p.sync().await.expect("full sync");
     println!(
-        "{n} services x 10 endpoints: full sync render {} + apply {} (script {:.1} MiB; feeding the model {})",
+        "{n} services x 10 endpoints, {shards} shard table(s): full sync render {} + apply {} (script {:.1} MiB; feeding the model {})",
         ms(full.render),
         ms(full.apply),
         full.script_bytes as f64 / 1048576.0,
@@ -158,7 +170,12 @@ async fn run(n: usize) {
     // and through the `nft` binary (which first reads the whole table), one run each.
     let mut removed = [Duration::ZERO; 2];
     let mut added = [Duration::ZERO; 2];
-    for (i, netlink) in [true, false].into_iter().enumerate() {
+    let paths: &[bool] = if env_on("NODELET_BENCH_TEXT", true) {
+        &[true, false]
+    } else {
+        &[true]
+    };
+    for (i, netlink) in paths.iter().copied().enumerate() {
         nft.set_netlink(netlink);
         let how = if netlink { "netlink" } else { "nft -f" };
         // One endpoint gone from one service.
@@ -211,7 +228,7 @@ async fn run(n: usize) {
         removed[1].as_secs_f64() / removed[0].as_secs_f64().max(1e-9),
         added[1].as_secs_f64() / added[0].as_secs_f64().max(1e-9)
     );
-    kernel_costs(&ns.0, n);
+    kernel_costs(&ns.0, n, Layout::new(shards));
 
     // The same endpoint change as a full resync (what a non-incremental proxy pays). Above
     // a few thousand services the kernel's cost of the per-service anonymous vmaps grows
@@ -234,14 +251,14 @@ async fn run(n: usize) {
         );
     }
 
-    if n > 10_000 {
-        println!("  consistency check: skipped above 10k services (minutes of nft -j list)");
+    if !env_on("NODELET_BENCH_CHECK", true) {
+        println!("  consistency check: skipped (NODELET_BENCH_CHECK=0)");
         return;
     }
     let t = Instant::now();
     let check = p.check().await.expect("check");
     println!(
-        "  consistency check (list, parse, compare): {} ({} repaired)",
+        "  consistency check (netlink read-back of every table, compare): {} ({} repaired)",
         ms(t.elapsed()),
         check.repaired
     );
@@ -255,12 +272,15 @@ async fn run(n: usize) {
         return;
     }
     let text = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.0, "nft", "list", "table", "ip", "nodelet",
-        ])
+        .args(["netns", "exec", &ns.0, "nft", "list", "ruleset", "ip"])
         .output()
         .expect("nft list");
-    let json = loadable(&nft.list_table("ip").await.expect("nft -j list"));
+    // Every table of ours (the namespace holds nothing else).
+    let json = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "nft", "-j", "list", "ruleset", "ip"])
+        .output()
+        .expect("nft -j list");
+    let json = loadable(&String::from_utf8_lossy(&json.stdout));
     for (label, flags, input) in [
         ("text", "-f", text.stdout),
         ("JSON", "-jf", json.into_bytes()),
@@ -296,8 +316,13 @@ async fn run(n: usize) {
 /// What the kernel alone charges for a netlink batch: one element without a verdict, and
 /// one with a `goto` (any jump or goto makes the kernel revalidate every chain reachable
 /// from the hooks at commit, which is O(table)).
-fn kernel_costs(ns: &str, n: usize) {
+fn kernel_costs(ns: &str, n: usize, layout: Layout) {
     let sock = Socket::open_in_netns(ns).expect("netlink socket");
+    let svc0 = ServiceName {
+        namespace: "bench".into(),
+        name: "svc-0".into(),
+    };
+    let table = layout.table_name(layout.shard_of(&svc0));
     let chain = format!(
         "service-{}",
         nodelet_netproxy::nft::chain_base(&ServicePortName {
@@ -308,7 +333,7 @@ fn kernel_costs(ns: &str, n: usize) {
         })
     );
     let elem = |set: &str, key: &str, v: Option<String>, add: bool| {
-        let mut b = Batch::new(IpFamily::V4, "nodelet");
+        let mut b = Batch::new(IpFamily::V4, &table);
         if add {
             b.add_elements(set, &[(key.to_string(), v)])
                 .expect("encode");
@@ -319,13 +344,19 @@ fn kernel_costs(ns: &str, n: usize) {
         sock.apply(&b).expect("netlink batch");
         cpu() - c
     };
-    let plain = elem("cluster-ips", "172.99.0.1", None, true);
-    elem("cluster-ips", "172.99.0.1", None, false);
+    // A `drop` verdict needs no loop check: it stands for an element without a jump.
+    let plain = elem(
+        "service-ips",
+        "172.99.0.1 . tcp . 80",
+        Some("drop".into()),
+        true,
+    );
+    elem("service-ips", "172.99.0.1 . tcp . 80", None, false);
     let key = "172.99.0.1 . tcp . 80";
     let goto = elem("service-ips", key, Some(format!("goto {chain}")), true);
     elem("service-ips", key, None, false);
     println!(
-        "  kernel CPU for one netlink element ({n} services): without verdict {}, with a goto {} (table revalidation)",
+        "  kernel CPU for one netlink element in {table} ({n} services): drop verdict {}, goto {} (table revalidation)",
         ms(plain),
         ms(goto)
     );
@@ -361,7 +392,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let shards: Vec<usize> = std::env::var("NODELET_BENCH_SHARDS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, DEFAULT_SHARDS]);
     for n in sizes {
-        rt.block_on(run(n));
+        for &k in &shards {
+            rt.block_on(run(n, k));
+        }
     }
 }

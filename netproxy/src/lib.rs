@@ -1,6 +1,7 @@
 //! nodelet's service proxy (the kube-proxy half of the agent): Services and
 //! EndpointSlices merged per service port (`model`), rendered into upstream's nftables-mode
-//! rule structure (`nft`), and programmed incrementally (`proxier`): full syncs as one
+//! rule structure (`nft`), spread over shard tables so the kernel's per-commit loop check
+//! walks one shard (`nft::shard`), and programmed incrementally (`proxier`): full syncs as one
 //! `nft -f` transaction, incremental ones as one nf_tables netlink batch (`nft::netlink`;
 //! the `nft` binary reads the whole table on every run, so it costs O(table) even for a
 //! one-element change).

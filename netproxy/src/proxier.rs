@@ -8,13 +8,19 @@
 //!   goes out as one nf_tables netlink batch (`Nft::apply_batch`), or as `nft -f` text
 //!   when no netlink writer is there; a batch the kernel rejects is followed at once by a
 //!   full sync.
-//! - A full sync (at start, after a failed transaction) lists our table once, rewrites
-//!   every chain, refills the dispatch maps and deletes whatever else is in the table.
-//! - The consistency check (every `syncPeriod`) lists our table and repairs drift: missing
-//!   or extra chains, chains whose rule count differs, missing, extra or wrong elements.
-//!   A missing base chain or map falls back to a full sync.
+//! - Services are spread over shard tables (`nft::shard`): a transaction carries each
+//!   table's part, and the kernel validates only the tables it touches.
+//! - A full sync (at start, after a failed transaction) lists our tables once, rewrites
+//!   every chain, refills the dispatch maps, deletes whatever else is in the tables and
+//!   removes shard tables a run with more shards left (`resync`).
+//! - The consistency check (every `syncPeriod`) reads our tables back over netlink
+//!   (`nft::netlink::dump`; `nft -j list table` when netlink is off) and repairs drift:
+//!   missing or extra chains, chains whose rule count differs, missing, extra or wrong
+//!   elements. A missing base chain or map falls back to a full sync (`resync`).
 //! - With a conntrack table attached (`with_conntrack`), a sync that touched UDP services
 //!   (and every full sync) then deletes the stale UDP conntrack entries (`conntrack`).
+
+mod resync;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -27,11 +33,13 @@ use crate::model::{
     EndpointsChangeTracker, EndpointsMap, NodeTopology, ServiceChangeTracker, ServiceName,
     ServicePortMap, ServicePortName,
 };
+use crate::nft::RenderConfig;
 use crate::nft::exec::{Nft, NftError};
-use crate::nft::listing::{self, ListingError, Observed};
-use crate::nft::render::{self, Base, Element, Fragment};
+use crate::nft::listing::ListingError;
+use crate::nft::netlink::Batch;
+use crate::nft::render::{self, Base, Fragment};
+use crate::nft::shard::{self, Layout, MAIN, TableIx};
 use crate::nft::tx::{ElementIndex, Tx};
-use crate::nft::{Container, RenderConfig, TABLE};
 
 /// Why a sync failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +89,15 @@ pub struct Proxier<N: Nft> {
     endpoints: EndpointsMap,
     service_changes: ServiceChangeTracker,
     endpoint_changes: EndpointsChangeTracker,
-    base: Base,
+    layout: Layout,
+    /// The base of the main table and that of every shard.
+    main_base: Base,
+    shard_base: Base,
+    /// Whole fragments (split over tables when sent).
     fragments: HashMap<ServicePortName, Fragment>,
     by_service: BTreeMap<ServiceName, BTreeSet<ServicePortName>>,
-    index: ElementIndex,
+    /// Programmed elements, by table index.
+    indexes: Vec<ElementIndex>,
     need_full_sync: bool,
     base_recreated: bool,
     conntrack: Option<Box<dyn Conntrack>>,
@@ -94,10 +107,15 @@ impl<N: Nft> Proxier<N> {
     /// A proxier that programs through `nft`; nothing is sent until the first sync, which
     /// is a full one.
     pub fn new(nft: N, cfg: RenderConfig, node: NodeTopology) -> Self {
+        let layout = Layout::default();
+        let (main_base, shard_base) = shard::split_base(&render::base(&cfg));
         Self {
             service_changes: ServiceChangeTracker::new(cfg.family),
             endpoint_changes: EndpointsChangeTracker::new(cfg.family, node.node_name.clone()),
-            base: render::base(&cfg),
+            layout,
+            main_base,
+            shard_base,
+            indexes: vec![ElementIndex::default(); layout.tables()],
             nft,
             cfg,
             node,
@@ -105,11 +123,20 @@ impl<N: Nft> Proxier<N> {
             endpoints: EndpointsMap::default(),
             fragments: HashMap::new(),
             by_service: BTreeMap::new(),
-            index: ElementIndex::default(),
             need_full_sync: true,
             base_recreated: false,
             conntrack: None,
         }
+    }
+
+    /// Spreads services over `shards` shard tables instead of `DEFAULT_SHARDS` (before
+    /// the first sync; the first full sync removes shard tables beyond the new number).
+    #[must_use]
+    pub fn with_shards(mut self, shards: usize) -> Self {
+        self.layout = Layout::new(shards);
+        self.indexes = vec![ElementIndex::default(); self.layout.tables()];
+        self.need_full_sync = true;
+        self
     }
 
     /// Deletes stale UDP conntrack entries through `ct` after syncs (see `conntrack`).
@@ -239,11 +266,43 @@ impl<N: Nft> Proxier<N> {
         &self.nft
     }
 
-    /// What was programmed: the base, the fragments and the elements (tests build fake
-    /// listings from it).
+    /// What was programmed, table by table (tests build fake listings from it).
     #[cfg(test)]
-    pub(crate) fn programmed(&self) -> (&Base, &HashMap<ServicePortName, Fragment>, &ElementIndex) {
-        (&self.base, &self.fragments, &self.index)
+    pub(crate) fn programmed(&self) -> Vec<Wanted<'_>> {
+        self.wanted()
+    }
+
+    /// The base of table `t`.
+    fn base_of(&self, t: TableIx) -> &Base {
+        if t == MAIN {
+            &self.main_base
+        } else {
+            &self.shard_base
+        }
+    }
+
+    /// Every table as it should be: its name, base, the parts of the fragments it holds
+    /// (in service-port order) and its elements.
+    fn wanted(&self) -> Vec<Wanted<'_>> {
+        let mut out: Vec<Wanted<'_>> = (0..self.layout.tables())
+            .map(|t| Wanted {
+                name: self.layout.table_name(t),
+                base: self.base_of(t),
+                parts: Vec::new(),
+                index: &self.indexes[t],
+            })
+            .collect();
+        let mut names: Vec<&ServicePortName> = self.fragments.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(f) = self.fragments.get(name) else {
+                continue;
+            };
+            let (main, part) = shard::split_fragment(f);
+            out[MAIN].parts.push(main);
+            out[self.layout.shard_of(&name.service())].parts.push(part);
+        }
+        out
     }
 
     fn family(&self) -> &'static str {
@@ -276,14 +335,14 @@ impl<N: Nft> Proxier<N> {
             return Ok(r);
         }
         let start = Instant::now();
-        let mut tx = Tx::new();
+        let mut txs = vec![Tx::new(); self.layout.tables()];
         for service in &changed {
-            self.rerender(service, &mut tx);
+            self.rerender(service, &mut txs);
         }
         // Over netlink when the transaction can be encoded and a writer is there, O(change);
         // `nft -f` reads the whole table first, O(table).
-        let text_tx = tx.clone();
-        match tx.encode(self.cfg.family, &self.index) {
+        let text_txs = txs.clone();
+        match self.encode(txs) {
             Ok(batch) => {
                 let render = start.elapsed();
                 if batch.is_empty() {
@@ -320,7 +379,7 @@ impl<N: Nft> Proxier<N> {
             }
             Err(e) => tracing::debug!(error = %e, "sync not encodable for netlink: sent as text"),
         }
-        let script = text_tx.render(self.family(), &self.index);
+        let script = self.render_txs(text_txs);
         let render = start.elapsed();
         let mut report = SyncReport {
             services: changed.len(),
@@ -356,8 +415,28 @@ impl<N: Nft> Proxier<N> {
         }
     }
 
-    /// Renders `service` again and records the difference with what was programmed.
-    fn rerender(&mut self, service: &ServiceName, tx: &mut Tx) {
+    /// The per-table transactions as one netlink batch (one kernel transaction).
+    fn encode(&self, txs: Vec<Tx>) -> Result<Batch, crate::nft::netlink::EncodeError> {
+        let mut batch = Batch::new(self.cfg.family, &self.layout.table_name(MAIN));
+        for (t, tx) in txs.into_iter().enumerate() {
+            batch.set_table(&self.layout.table_name(t));
+            tx.encode_into(&mut batch, &self.indexes[t])?;
+        }
+        Ok(batch)
+    }
+
+    /// The per-table transactions as one `nft -f` script (one kernel transaction).
+    fn render_txs(&self, txs: Vec<Tx>) -> String {
+        txs.into_iter()
+            .enumerate()
+            .map(|(t, tx)| tx.render(self.family(), &self.layout.table_name(t), &self.indexes[t]))
+            .collect()
+    }
+
+    /// Renders `service` again and records the difference with what was programmed, the
+    /// filter side in the main table's transaction and the rest in its shard's.
+    fn rerender(&mut self, service: &ServiceName, txs: &mut [Tx]) {
+        let t = self.layout.shard_of(service);
         let old_names = self.by_service.remove(service).unwrap_or_default();
         let new_names: BTreeSet<ServicePortName> = self
             .services
@@ -371,11 +450,10 @@ impl<N: Nft> Proxier<N> {
                 render::service_port(name, info, self.endpoints.get(name), &self.node, &self.cfg)
             });
             let old = self.fragments.remove(name);
-            tx.diff(
-                old.as_ref().unwrap_or(&empty),
-                new.as_ref().unwrap_or(&empty),
-                &mut self.index,
-            );
+            let (old_main, old_part) = shard::split_fragment(old.as_ref().unwrap_or(&empty));
+            let (new_main, new_part) = shard::split_fragment(new.as_ref().unwrap_or(&empty));
+            txs[MAIN].diff(&old_main, &new_main, &mut self.indexes[MAIN]);
+            txs[t].diff(&old_part, &new_part, &mut self.indexes[t]);
             if let Some(f) = new {
                 self.fragments.insert(name.clone(), f);
             }
@@ -384,296 +462,13 @@ impl<N: Nft> Proxier<N> {
             self.by_service.insert(service.clone(), new_names);
         }
     }
+}
 
-    async fn observe(&self) -> Result<Observed, SyncError> {
-        let table = format!("{} {TABLE}", self.family());
-        match self.nft.list_table(self.family()).await {
-            Ok(json) => {
-                listing::parse(&json).map_err(|source| SyncError::Listing { table, source })
-            }
-            Err(e) if e.is_not_found() => Ok(Observed::default()),
-            Err(source) => Err(SyncError::List { table, source }),
-        }
-    }
-
-    /// Rewrites the whole table from the model.
-    async fn full_sync(&mut self) -> Result<SyncReport, SyncError> {
-        let observed = self.observe().await?;
-        let start = Instant::now();
-        self.fragments.clear();
-        self.by_service.clear();
-        self.index = ElementIndex::default();
-        let mut tx = Tx::new();
-        let names: Vec<ServicePortName> = self.services.iter().map(|(n, _)| n.clone()).collect();
-        let empty = Fragment::default();
-        let mut services = BTreeSet::new();
-        for name in names {
-            if let Some(info) = self.services.get(&name) {
-                let f = render::service_port(
-                    &name,
-                    info,
-                    self.endpoints.get(&name),
-                    &self.node,
-                    &self.cfg,
-                );
-                // Chains are written below; the diff against nothing only indexes elements.
-                let mut scratch = Tx::new();
-                scratch.diff(
-                    &empty,
-                    &Fragment {
-                        elements: f.elements.clone(),
-                        ..Fragment::default()
-                    },
-                    &mut self.index,
-                );
-                services.insert(name.service());
-                self.by_service
-                    .entry(name.service())
-                    .or_default()
-                    .insert(name.clone());
-                self.fragments.insert(name, f);
-            }
-        }
-        let t = format!("{} {TABLE}", self.family());
-        tx.head(format!(
-            "add table {t} {{ comment \"rules for nodelet's service proxy\"; }}"
-        ));
-        let base_chains: Vec<_> = self
-            .base
-            .chains
-            .iter()
-            .filter(|c| c.hook.is_some())
-            .collect();
-        if !self.base_recreated {
-            // Recreate hooked chains once so a changed priority or hook takes effect.
-            for c in &base_chains {
-                tx.head(format!("add chain {t} {}", c.name));
-                tx.head(format!("delete chain {t} {}", c.name));
-            }
-        }
-        for c in &base_chains {
-            if let Some(hook) = &c.hook {
-                tx.head(format!("add chain {t} {} {{ {hook}; }}", c.name));
-            }
-        }
-        for set in &self.base.sets {
-            tx.head(format!(
-                "add {} {t} {} {{ {}; }}",
-                set.kind, set.name, set.spec
-            ));
-            tx.head(format!("flush {} {t} {}", set.kind, set.name));
-        }
-        for (set, elem) in &self.base.set_elements {
-            tx.head(format!("add element {t} {set} {{ {elem} }}"));
-        }
-        let mut wanted_chains: HashSet<&str> = HashSet::new();
-        let mut wanted_sets: HashSet<&str> =
-            self.base.sets.iter().map(|s| s.name.as_str()).collect();
-        for c in &self.base.chains {
-            wanted_chains.insert(&c.name);
-            if c.hook.is_none() {
-                tx.add_chain(&c.name);
-            }
-            tx.flush_chain(&c.name);
-            tx.rules(c);
-        }
-        let mut names: Vec<&ServicePortName> = self.fragments.keys().collect();
-        names.sort();
-        for name in names {
-            let Some(f) = self.fragments.get(name) else {
-                continue;
-            };
-            for set in &f.sets {
-                wanted_sets.insert(&set.name);
-                tx.add_set(set.clone());
-            }
-            for c in &f.chains {
-                wanted_chains.insert(&c.name);
-                tx.add_chain(&c.name);
-                tx.flush_chain(&c.name);
-                tx.rules(c);
-            }
-        }
-        let mut elements: Vec<(Container, &str, Option<&str>)> = self.index.iter().collect();
-        elements.sort();
-        for (container, key, value) in elements {
-            tx.add_element(&Element {
-                container,
-                key: key.to_string(),
-                value: value.map(str::to_string),
-            });
-        }
-        let mut stale: Vec<&String> = observed
-            .chains
-            .keys()
-            .filter(|c| !wanted_chains.contains(c.as_str()))
-            .collect();
-        stale.sort();
-        for c in stale {
-            tx.delete_chain(c);
-        }
-        let mut stale_sets: Vec<&String> = observed
-            .sets
-            .iter()
-            .filter(|s| !wanted_sets.contains(s.as_str()))
-            .collect();
-        stale_sets.sort();
-        for s in stale_sets {
-            tx.delete_set(
-                if observed.maps.contains(s) {
-                    "map"
-                } else {
-                    "set"
-                },
-                s,
-            );
-        }
-        let script = tx.render(self.family(), &ElementIndex::default());
-        let render = start.elapsed();
-        let t0 = Instant::now();
-        if let Err(e) = self.nft.apply(&script).await {
-            self.need_full_sync = true;
-            return Err(SyncError::Apply(e));
-        }
-        self.need_full_sync = false;
-        self.base_recreated = true;
-        Ok(SyncReport {
-            full: true,
-            services: services.len(),
-            script_bytes: script.len(),
-            repaired: 0,
-            render,
-            apply: t0.elapsed(),
-            ..SyncReport::default()
-        })
-    }
-
-    /// Lists our table and repairs what differs from what was programmed.
-    ///
-    /// # Errors
-    /// Listing or applying the repair failed.
-    pub async fn check(&mut self) -> Result<SyncReport, SyncError> {
-        if self.need_full_sync {
-            return self.full_sync().await;
-        }
-        let observed = self.observe().await?;
-        let start = Instant::now();
-        let base_ok = self
-            .base
-            .chains
-            .iter()
-            .all(|c| observed.chains.get(&c.name) == Some(&c.rules.len()))
-            && self
-                .base
-                .sets
-                .iter()
-                .all(|s| observed.sets.contains(&s.name));
-        if !base_ok {
-            tracing::warn!(table = TABLE, "base chains or maps drifted: full resync");
-            self.need_full_sync = true;
-            return self.full_sync().await;
-        }
-        let mut tx = Tx::new();
-        let mut repaired = 0;
-        let mut wanted_chains: HashSet<&str> =
-            self.base.chains.iter().map(|c| c.name.as_str()).collect();
-        let mut wanted_sets: HashSet<&str> =
-            self.base.sets.iter().map(|s| s.name.as_str()).collect();
-        for f in self.fragments.values() {
-            for set in &f.sets {
-                wanted_sets.insert(&set.name);
-                let drifted = !observed.sets.contains(&set.name)
-                    || (!set.elements.is_empty()
-                        && observed.set_sizes.get(&set.name) != Some(&set.elements.len()));
-                if drifted {
-                    repaired += 1;
-                    tx.add_set(set.clone());
-                }
-            }
-            for c in &f.chains {
-                wanted_chains.insert(&c.name);
-                match observed.chains.get(&c.name) {
-                    None => {
-                        repaired += 1;
-                        tx.add_chain(&c.name);
-                        tx.rules(c);
-                    }
-                    Some(n) if *n != c.rules.len() => {
-                        repaired += 1;
-                        tx.flush_chain(&c.name);
-                        tx.rules(c);
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        for c in observed
-            .chains
-            .keys()
-            .filter(|c| !wanted_chains.contains(c.as_str()))
-        {
-            repaired += 1;
-            tx.delete_chain(c);
-        }
-        for s in observed
-            .sets
-            .iter()
-            .filter(|s| !wanted_sets.contains(s.as_str()))
-        {
-            repaired += 1;
-            tx.delete_set(
-                if observed.maps.contains(s) {
-                    "map"
-                } else {
-                    "set"
-                },
-                s,
-            );
-        }
-        let mut wanted: HashMap<Container, HashMap<&str, Option<&str>>> = HashMap::new();
-        for (c, k, v) in self.index.iter() {
-            wanted.entry(c).or_default().insert(k, v);
-        }
-        for container in Container::ALL {
-            let have = observed.elements.get(&container);
-            let want = wanted.get(&container);
-            for (k, v) in want.into_iter().flatten() {
-                let current = have.and_then(|h| h.get(*k));
-                if current.map(|c| c.as_deref()) != Some(*v) {
-                    repaired += 1;
-                    if current.is_some() {
-                        tx.delete_element(container, k);
-                    }
-                    tx.add_element(&Element {
-                        container,
-                        key: (*k).to_string(),
-                        value: v.map(str::to_string),
-                    });
-                }
-            }
-            for k in have.into_iter().flat_map(|h| h.keys()) {
-                if !want.is_some_and(|w| w.contains_key(k.as_str())) {
-                    repaired += 1;
-                    tx.delete_element(container, k);
-                }
-            }
-        }
-        let script = tx.render(self.family(), &self.index);
-        let mut report = SyncReport {
-            repaired,
-            script_bytes: script.len(),
-            render: start.elapsed(),
-            ..SyncReport::default()
-        };
-        if repaired > 0 {
-            tracing::warn!(table = TABLE, repaired, "nftables drift repaired");
-            let t0 = Instant::now();
-            if let Err(e) = self.nft.apply(&script).await {
-                self.need_full_sync = true;
-                return Err(SyncError::Apply(e));
-            }
-            report.apply = t0.elapsed();
-        }
-        Ok(report)
-    }
+/// One table as the proxier wants it.
+pub(crate) struct Wanted<'a> {
+    pub name: String,
+    pub base: &'a Base,
+    /// The parts of fragments in this table.
+    pub parts: Vec<Fragment>,
+    pub index: &'a ElementIndex,
 }

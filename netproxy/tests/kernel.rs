@@ -202,16 +202,22 @@ async fn endpoint_removal_is_applied_as_a_diff() {
     p.service_deleted(&cluster_ip("ns", "other", "172.30.0.51", "http", 80));
     p.sync().await.expect("sync");
     assert!(w.connect("172.30.0.51", 80).is_err());
-    let table = w.table();
-    let chain = table
+    let ruleset = w.table();
+    // The service port's chain, in the shard table holding it.
+    let mut table = "";
+    let (table, chain) = ruleset
         .lines()
-        .filter(|l| l.contains('/'))
         .find_map(|l| {
+            if let Some(t) = l.strip_prefix("table ip ") {
+                table = t.trim_end_matches(" {");
+            }
             l.trim()
                 .strip_prefix("chain service-")
-                .map(|c| c.trim_end_matches(" {").to_string())
+                .filter(|c| c.contains('/'))
+                .map(|c| (table, c.trim_end_matches(" {").to_string()))
         })
         .expect("a service port's chain");
+    assert!(table.starts_with("nodelet-"), "{ruleset}");
     support::in_ns(
         &w.node,
         &[
@@ -219,7 +225,7 @@ async fn endpoint_removal_is_applied_as_a_diff() {
             "flush",
             "chain",
             "ip",
-            "nodelet",
+            table,
             &format!("service-{chain}"),
         ],
     );
@@ -333,11 +339,111 @@ async fn ipv6_ruleset_is_accepted_and_reads_back_clean() {
         None,
     ));
     assert!(p.sync().await.expect("ip6 full sync").full);
-    let table = support::in_ns(&w.node, &["nft", "list", "table", "ip6", "nodelet"]);
+    let table = support::in_ns(&w.node, &["nft", "list", "ruleset", "ip6"]);
     assert!(table.contains("dnat to [fd00:10::1]:8080"), "{table}");
     assert!(
         table.contains("fd00:30::11 . tcp . 80 : goto reject-chain"),
         "{table}"
     );
     assert_eq!(p.check().await.expect("check").repaired, 0, "{table}");
+}
+
+/// Our tables in the node namespace, sorted.
+fn tables(w: &World) -> Vec<String> {
+    let out = support::in_ns(&w.node, &["nft", "list", "tables", "ip"]);
+    let mut t: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("table ip "))
+        .map(str::to_string)
+        .collect();
+    t.sort();
+    t
+}
+
+#[tokio::test]
+async fn shards_of_another_layout_are_replaced_and_cleanup_removes_every_table() {
+    let mut w = World::new();
+    w.endpoint("10.180.0.40", 8080);
+    // What an unsharded proxy left: one table with the NAT dispatch in it.
+    let old = "table ip nodelet {
+        map service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }
+        chain nat-prerouting { type nat hook prerouting priority -100; jump services; }
+        chain services { ip daddr . meta l4proto . th dport vmap @service-ips; }
+        chain service-old { meta l4proto tcp dnat to 10.180.0.99:8080; }
+    }
+    add element ip nodelet service-ips { 172.30.0.79 . tcp . 80 : goto service-old }
+    ";
+    let path = std::env::temp_dir().join(format!("nodelet-old-{}.nft", std::process::id()));
+    std::fs::write(&path, old).expect("write");
+    support::in_ns(&w.node, &["nft", "-f", path.to_str().expect("path")]);
+    let _ = std::fs::remove_file(&path);
+
+    let feed = |p: &mut Proxier<NftCommand>| {
+        for i in 0..8 {
+            let name = format!("s{i}");
+            p.service_updated(&cluster_ip(
+                "ns",
+                &name,
+                &format!("172.30.0.{}", 70 + i),
+                "http",
+                80,
+            ));
+            p.slice_updated(&slice(
+                "ns",
+                &name,
+                &format!("{name}-1"),
+                "http",
+                8080,
+                &[ep("10.180.0.40", "n")],
+            ));
+        }
+    };
+    let mut p = proxier(&w).with_shards(4);
+    feed(&mut p);
+    assert!(p.sync().await.expect("sync").full);
+    assert_eq!(
+        tables(&w),
+        [
+            "nodelet",
+            "nodelet-0",
+            "nodelet-1",
+            "nodelet-2",
+            "nodelet-3"
+        ]
+    );
+    let ruleset = w.table();
+    assert!(!ruleset.contains("service-old"), "{ruleset}");
+    // Every service answers, whichever shard's NAT chain holds it.
+    for i in 0..8 {
+        let vip = format!("172.30.0.{}", 70 + i);
+        assert_eq!(
+            w.connect(&vip, 80).expect("through its shard"),
+            "10.180.0.40"
+        );
+    }
+    // The unsharded table's stale dispatch is gone: its address is just refused.
+    assert!(w.connect("172.30.0.79", 80).is_err());
+    assert_eq!(p.check().await.expect("check").repaired, 0);
+    drop(p);
+
+    // A restart with fewer shards drops the others in the same transaction.
+    let mut p = proxier(&w).with_shards(2);
+    feed(&mut p);
+    assert!(p.sync().await.expect("sync").full);
+    assert_eq!(tables(&w), ["nodelet", "nodelet-0", "nodelet-1"]);
+    for i in 0..8 {
+        let vip = format!("172.30.0.{}", 70 + i);
+        assert_eq!(
+            w.connect(&vip, 80).expect("after resharding"),
+            "10.180.0.40"
+        );
+    }
+    assert_eq!(p.check().await.expect("check").repaired, 0);
+
+    let nft = NftCommand::new().in_netns(&w.node);
+    let removed = nodelet_netproxy::nft::shard::cleanup(&nft)
+        .await
+        .expect("cleanup");
+    assert_eq!(removed, 3);
+    assert!(tables(&w).is_empty());
 }

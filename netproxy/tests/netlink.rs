@@ -15,6 +15,8 @@ use nodelet_netproxy::Proxier;
 use nodelet_netproxy::model::{IpFamily, NodeTopology};
 use nodelet_netproxy::nft::RenderConfig;
 use nodelet_netproxy::nft::exec::NftCommand;
+use nodelet_netproxy::nft::listing;
+use nodelet_netproxy::nft::netlink::{Socket, dump};
 use nodelet_netproxy::testing::{cluster_ip, ep, service, slice};
 use serde_json::{Value, json};
 use support::{NODE_IP, World, in_ns};
@@ -179,11 +181,12 @@ fn normalise(v: &mut Value) {
     }
 }
 
-/// `nft -j list table` as a map: `chain/NAME`, `set/NAME`, `rule/CHAIN/N` (rules keep
-/// their order) → normalised object.
+/// `nft -j list ruleset` of the family (the namespace holds only our tables: the main
+/// one and the shards) as a map: `chain/TABLE/NAME`, `set/TABLE/NAME`,
+/// `rule/TABLE/CHAIN/N` (rules keep their order) → normalised object.
 fn listing(ns: &str, fam: IpFamily) -> BTreeMap<String, Value> {
     let ip = if fam == IpFamily::V4 { "ip" } else { "ip6" };
-    let out = in_ns(ns, &["nft", "-j", "list", "table", ip, "nodelet"]);
+    let out = in_ns(ns, &["nft", "-j", "list", "ruleset", ip]);
     let v: Value = serde_json::from_str(&out).expect("listing JSON");
     let mut map = BTreeMap::new();
     let mut positions: BTreeMap<String, usize> = BTreeMap::new();
@@ -195,29 +198,47 @@ fn listing(ns: &str, fam: IpFamily) -> BTreeMap<String, Value> {
         let key = match kind.as_str() {
             "metainfo" => continue,
             "rule" => {
-                let chain = body["chain"].as_str().unwrap_or("").to_string();
+                let chain = format!(
+                    "{}/{}",
+                    body["table"].as_str().unwrap_or(""),
+                    body["chain"].as_str().unwrap_or("")
+                );
                 let n = positions.entry(chain.clone()).or_insert(0);
                 *n += 1;
                 format!("rule/{chain}/{n}")
             }
-            _ => format!("{kind}/{}", body["name"].as_str().unwrap_or("")),
+            "table" => format!("table/{}", body["name"].as_str().unwrap_or("")),
+            _ => format!(
+                "{kind}/{}/{}",
+                body["table"].as_str().unwrap_or(""),
+                body["name"].as_str().unwrap_or("")
+            ),
         };
         map.insert(key, item.clone());
     }
     map
 }
 
-/// `nft -t list table` (sets without their elements) as its chain and set blocks, sorted:
-/// the text shows what JSON does not, such as a map's `typeof` key.
+/// `nft -t list ruleset` of the family (sets without their elements) as its chain and
+/// set blocks, each under its table's name, sorted: the text shows what JSON does not,
+/// such as a map's `typeof` key.
 fn terse(ns: &str, fam: IpFamily) -> Vec<String> {
     let ip = if fam == IpFamily::V4 { "ip" } else { "ip6" };
-    let out = in_ns(ns, &["nft", "-t", "list", "table", ip, "nodelet"]);
+    let out = in_ns(ns, &["nft", "-t", "list", "ruleset", ip]);
     let mut blocks = Vec::new();
     let mut cur = String::new();
+    let mut table = String::new();
     for line in out.lines() {
+        if line.starts_with("table ") {
+            table = line.to_string();
+        }
         let opens = line.starts_with('\t') && !line.starts_with("\t\t") && line != "\t}";
         if opens && !cur.is_empty() {
             blocks.push(std::mem::take(&mut cur));
+        }
+        if opens {
+            cur.push_str(&table);
+            cur.push('\n');
         }
         cur.push_str(line);
         cur.push('\n');
@@ -250,6 +271,37 @@ fn assert_same(netlink: &BTreeMap<String, Value>, text: &BTreeMap<String, Value>
     assert!(netlink.len() > 20, "a real table was compared: {netlink:?}");
 }
 
+/// Every table of ours read back over netlink (what the consistency check compares) is
+/// what `nft -j list table` shows: chains and rule counts, sets and maps, the dispatch
+/// elements (keys and verdicts), the sizes of the endpoint maps.
+fn read_back_matches_the_listing(ns: &str, fam: IpFamily) {
+    let ip = if fam == IpFamily::V4 { "ip" } else { "ip6" };
+    let sock = Socket::open_in_netns(ns).expect("socket");
+    let tables = in_ns(ns, &["nft", "list", "tables", ip]);
+    let tables: Vec<&str> = tables
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert!(tables.len() > 2, "{tables:?}");
+    let mut elements = 0;
+    for t in tables {
+        let nl = dump::observe(&sock, fam, t).expect("read back");
+        let js = listing::parse(&in_ns(ns, &["nft", "-j", "list", "table", ip, t])).expect("json");
+        assert_eq!(nl.chains, js.chains, "{t}");
+        assert_eq!(nl.sets, js.sets, "{t}");
+        assert_eq!(nl.maps, js.maps, "{t}");
+        assert_eq!(nl.elements, js.elements, "{t}");
+        for (set, n) in &nl.set_sizes {
+            assert_eq!(js.set_sizes.get(set), Some(n), "{t} {set}");
+        }
+        elements += nl.elements.values().map(|m| m.len()).sum::<usize>();
+    }
+    assert!(elements > 5, "dispatch elements were compared");
+    // A table that is not there reads as empty.
+    let none = dump::observe(&sock, fam, "nodelet-absent").expect("absent table");
+    assert!(none.chains.is_empty() && none.sets.is_empty());
+}
+
 /// Builds the scenario in two namespaces, through netlink (incremental syncs after an
 /// empty start) and as text (a full sync, then `nft -f` increments), and compares the
 /// listings after the first sync and after a round of changes.
@@ -268,6 +320,7 @@ async fn same_both_ways(a: &Addrs, cfg: RenderConfig) {
     assert!(text.sync().await.expect("text sync").full);
     assert_same(&listing(&w1.node, a.fam), &listing(&w2.node, a.fam));
     assert_eq!(terse(&w1.node, a.fam), terse(&w2.node, a.fam));
+    read_back_matches_the_listing(&w1.node, a.fam);
     assert_eq!(nl.check().await.expect("check").repaired, 0);
 
     change(&mut nl, a);
@@ -430,7 +483,7 @@ async fn rejected_netlink_batch_falls_back_to_a_full_sync() {
     assert!(p.sync().await.expect("sync").full);
 
     // Someone removes our table: the next batch flushes a chain that is not there.
-    in_ns(&w.node, &["nft", "delete", "table", "ip", "nodelet"]);
+    in_ns(&w.node, &["nft", "flush", "ruleset", "ip"]);
     p.slice_updated(&slice(
         "ns",
         "web",

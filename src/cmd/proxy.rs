@@ -19,7 +19,7 @@ use nodelet_netproxy::health::observer::HealthObserver;
 use nodelet_netproxy::health::service::ServiceHealthServer;
 use nodelet_netproxy::model::{Cidr, IpFamily, NodeTopology};
 use nodelet_netproxy::nft::RenderConfig;
-use nodelet_netproxy::nft::exec::{Nft, NftCommand};
+use nodelet_netproxy::nft::exec::NftCommand;
 use nodelet_netproxy::runner::Periods;
 
 use crate::cli::ProxyArgs;
@@ -31,13 +31,10 @@ const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let nft = NftCommand::new();
     if args.cleanup {
-        for family in ["ip", "ip6"] {
-            // add + delete: deleting alone fails when the table is absent.
-            let script = format!("add table {family} nodelet\ndelete table {family} nodelet\n");
-            nft.apply(&script)
-                .await
-                .with_context(|| format!("removing table {family} nodelet"))?;
-        }
+        // The main table and every shard table, whatever number a previous run used.
+        nodelet_netproxy::nft::shard::cleanup(&nft)
+            .await
+            .context("removing the nodelet nftables tables")?;
         return Ok(());
     }
     let Some(kubeconfig) = &args.kubeconfig else {

@@ -12,7 +12,9 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use super::listing::Observed;
 use super::netlink::{Batch, NetlinkError, Socket};
+use crate::model::IpFamily;
 
 /// A failed run of `nft`, with everything needed to see why.
 #[derive(Debug, thiserror::Error)]
@@ -49,11 +51,24 @@ impl NftError {
 pub trait Nft: Send + Sync {
     /// Applies `script` as one transaction (`nft -f -`).
     fn apply(&self, script: &str) -> impl Future<Output = Result<(), NftError>> + Send;
-    /// Lists table `family nodelet` as JSON (`nft -j list table`).
-    fn list_table(&self, family: &str) -> impl Future<Output = Result<String, NftError>> + Send;
+    /// Lists table `family table` as JSON (`nft -j list table`).
+    fn list_table(
+        &self,
+        family: &str,
+        table: &str,
+    ) -> impl Future<Output = Result<String, NftError>> + Send;
+    /// Lists the tables of `family` as JSON (`nft -j list tables`).
+    fn list_tables(&self, family: &str) -> impl Future<Output = Result<String, NftError>> + Send;
     /// Applies `batch` as one transaction over netlink; `NetlinkError::Unavailable` (or
     /// any error whose `use_text` holds) asks the caller to send the text instead.
     fn apply_batch(&self, batch: &Batch) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Reads tables `tables` of `family` back over netlink (`netlink::dump`), in that
+    /// order; an error asks the caller to list them with `list_table` instead.
+    fn observe_tables(
+        &self,
+        family: IpFamily,
+        tables: &[String],
+    ) -> impl Future<Output = Result<Vec<Observed>, NetlinkError>> + Send;
 }
 
 /// The netlink side of `NftCommand`: on or off (shared by clones), and the socket,
@@ -182,9 +197,13 @@ impl Nft for NftCommand {
         self.run(&["-f", "-"], Some(script)).await.map(|_| ())
     }
 
-    async fn list_table(&self, family: &str) -> Result<String, NftError> {
-        self.run(&["-j", "list", "table", family, super::TABLE], None)
+    async fn list_table(&self, family: &str, table: &str) -> Result<String, NftError> {
+        self.run(&["-j", "list", "table", family, table], None)
             .await
+    }
+
+    async fn list_tables(&self, family: &str) -> Result<String, NftError> {
+        self.run(&["-j", "list", "tables", family], None).await
     }
 
     /// Sends the batch on the calling thread: the kernel applies it inside `sendmsg`, in
@@ -194,6 +213,20 @@ impl Nft for NftCommand {
             return Err(NetlinkError::Unavailable);
         }
         self.socket()?.apply(batch)
+    }
+
+    /// Dumps on the calling thread, as `apply_batch` sends: the kernel answers in about
+    /// the time of the table's size, without `nft`'s parse and print.
+    async fn observe_tables(
+        &self,
+        family: IpFamily,
+        tables: &[String],
+    ) -> Result<Vec<Observed>, NetlinkError> {
+        if self.netlink.disabled.load(Ordering::SeqCst) {
+            return Err(NetlinkError::Unavailable);
+        }
+        let sock = self.socket()?;
+        super::netlink::dump::observe_all(&sock, family, tables)
     }
 }
 
@@ -218,7 +251,8 @@ pub enum FakeNetlink {
     Reject,
 }
 
-/// A fake `Nft` recording every call; listings answer with a preset JSON (or "no table").
+/// A fake `Nft` recording every call; listings answer with a preset JSON of the whole
+/// ruleset, reduced to the items of the table asked for (or "no table").
 #[derive(Debug, Clone, Default)]
 pub struct RecordingNft {
     pub calls: Arc<Mutex<Vec<NftCall>>>,
@@ -243,6 +277,29 @@ impl RecordingNft {
     }
 }
 
+impl RecordingNft {
+    /// The preset listing's items for which `keep(kind, body)` holds, metainfo always.
+    fn items(&self, keep: impl Fn(&str, &serde_json::Value) -> bool) -> String {
+        let listing = self.listing.lock().ok().and_then(|l| l.clone());
+        let Some(v) = listing.and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        else {
+            return r#"{"nftables": [{"metainfo": {}}]}"#.to_string();
+        };
+        let items: Vec<serde_json::Value> = v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| {
+                i.as_object()
+                    .and_then(|o| o.iter().next())
+                    .is_some_and(|(k, b)| k == "metainfo" || keep(k, b))
+            })
+            .cloned()
+            .collect();
+        serde_json::json!({ "nftables": items }).to_string()
+    }
+}
+
 impl Nft for RecordingNft {
     async fn apply(&self, script: &str) -> Result<(), NftError> {
         if let Ok(mut c) = self.calls.lock() {
@@ -251,12 +308,34 @@ impl Nft for RecordingNft {
         Ok(())
     }
 
-    async fn list_table(&self, family: &str) -> Result<String, NftError> {
+    async fn list_table(&self, family: &str, table: &str) -> Result<String, NftError> {
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(NftCall::List(format!("{family} {table}")));
+        }
+        Ok(self.items(|kind, body| {
+            let of = if kind == "table" {
+                &body["name"]
+            } else {
+                &body["table"]
+            };
+            of.as_str().is_none_or(|t| t == table)
+        }))
+    }
+
+    async fn list_tables(&self, family: &str) -> Result<String, NftError> {
         if let Ok(mut c) = self.calls.lock() {
             c.push(NftCall::List(family.to_string()));
         }
-        let listing = self.listing.lock().ok().and_then(|l| l.clone());
-        Ok(listing.unwrap_or_else(|| r#"{"nftables": [{"metainfo": {}}]}"#.to_string()))
+        Ok(self.items(|kind, _| kind == "table"))
+    }
+
+    /// The fake reads nothing back: listings come from the preset JSON.
+    async fn observe_tables(
+        &self,
+        _: IpFamily,
+        _: &[String],
+    ) -> Result<Vec<Observed>, NetlinkError> {
+        Err(NetlinkError::Unavailable)
     }
 
     async fn apply_batch(&self, batch: &Batch) -> Result<(), NetlinkError> {

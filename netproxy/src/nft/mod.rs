@@ -1,6 +1,7 @@
 //! The nftables backend: upstream's nftables-mode rule structure (`pkg/proxy/nftables`)
-//! in a table of our own (`ip nodelet` / `ip6 nodelet`), rendered as the text `nft -f`
-//! reads, and applied one transaction per sync.
+//! in tables of our own (`ip nodelet` / `ip6 nodelet` for the filter side and
+//! masquerading, `nodelet-<i>` for the NAT side of one shard of the services, see
+//! `shard`), rendered as the text `nft -f` reads, and applied one transaction per sync.
 //!
 //! Why text and not the `nftables` crate's JSON (`nft -j -f`): the crate (0.6) has every
 //! expression we need (numgen, fib, vmaps, dynset `update`), but the JSON of the same
@@ -8,8 +9,8 @@
 //! services × 10 endpoints: 8.0 MiB and 1.28 s as JSON against 2.5 MiB and 0.97 s as
 //! text), nft 1.0.6 cannot even read back its own JSON for `typeof` maps, the text is
 //! what upstream's knftables sends and what `nft list` shows an operator, and a text
-//! snapshot reads as the ruleset itself. Reading the live table for the consistency
-//! check does use `nft -j` (`listing`), where JSON is the stable format.
+//! snapshot reads as the ruleset itself. Reading the live tables for the consistency
+//! check goes over netlink (`netlink::dump`), or `nft -j` (`listing`) without netlink.
 //!
 //! - `render`: pure functions from a service port and its endpoints to a `Fragment`
 //!   (its chains, affinity sets and map elements), and the fixed base ruleset;
@@ -18,6 +19,7 @@
 //!   every `nft` run is O(table));
 //! - `tx`: a transaction builder ordering commands so references are never dangling, and
 //!   the diff of two fragments, rendered as a script or encoded as a netlink batch;
+//! - `shard`: which table a service and each part of its fragment live in, and why;
 //! - `exec`: the `Nft` seam and the real `nft` runner (timeout, status and output kept);
 //! - `listing`: the parsed `nft -j list table`, and the repair of drift found in it.
 
@@ -26,6 +28,7 @@ pub mod listing;
 pub mod netlink;
 pub mod render;
 pub mod rule;
+pub mod shard;
 pub mod tx;
 
 use std::net::IpAddr;
@@ -34,7 +37,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::{Cidr, Endpoint, IpFamily, ServicePortName};
 
-/// Our table's name in both families.
+/// Our main table's name in both families (shards are `nodelet-<i>`).
 pub const TABLE: &str = "nodelet";
 
 /// The masquerade mark (upstream's default `--iptables-masquerade-bit` 14).

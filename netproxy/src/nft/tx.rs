@@ -297,10 +297,10 @@ impl Tx {
         v
     }
 
-    /// The script for `nft -f`, for table `family nodelet`.
-    pub fn render(mut self, family: &str, index: &ElementIndex) -> String {
+    /// The script for `nft -f`, for table `family table`.
+    pub fn render(mut self, family: &str, table: &str, index: &ElementIndex) -> String {
         self.settle_elements(index);
-        let t = format!("{family} {}", super::TABLE);
+        let t = format!("{family} {table}");
         let mut s = String::new();
         for cmd in self.commands() {
             match cmd {
@@ -354,11 +354,20 @@ impl Tx {
     /// command in the order of `render`.
     ///
     /// # Errors
+    /// As `encode_into`.
+    pub fn encode(self, family: IpFamily, index: &ElementIndex) -> Result<Batch, EncodeError> {
+        let mut b = Batch::new(family, super::TABLE);
+        self.encode_into(&mut b, index)?;
+        Ok(b)
+    }
+
+    /// Appends the transaction to `b`, on the table `b` is set to.
+    ///
+    /// # Errors
     /// Something only `nft -f` text can carry: base-table commands of a full sync, or a
     /// rule, set or element outside the shapes the encoder knows.
-    pub fn encode(mut self, family: IpFamily, index: &ElementIndex) -> Result<Batch, EncodeError> {
+    pub fn encode_into(mut self, b: &mut Batch, index: &ElementIndex) -> Result<(), EncodeError> {
         self.settle_elements(index);
-        let mut b = Batch::new(family, super::TABLE);
         for cmd in self.commands() {
             match cmd {
                 Cmd::Raw(c) => return Err(EncodeError::Raw(c.to_string())),
@@ -374,7 +383,7 @@ impl Tx {
                 Cmd::DeleteChain(c) => b.delete_chain(c),
             }
         }
-        Ok(b)
+        Ok(())
     }
 }
 

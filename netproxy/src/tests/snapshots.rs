@@ -38,7 +38,8 @@ pub(crate) fn scenario() -> Proxier<RecordingNft> {
         node_name: "node-a".into(),
         zone: None,
     };
-    let mut p = Proxier::new(RecordingNft::default(), cfg, node);
+    // Two shards: the snapshots show the split (and stay short).
+    let mut p = Proxier::new(RecordingNft::default(), cfg, node).with_shards(2);
     p.service_updated(&cluster_ip("ns1", "svc1", "172.30.0.41", "p80", 80));
     p.slice_updated(&slice(
         "ns1",

@@ -345,9 +345,9 @@ impl World {
         counts
     }
 
-    /// `nft list table ip nodelet` in the node namespace.
+    /// `nft list ruleset ip` in the node namespace: our main table and its shards.
     pub fn table(&self) -> String {
-        in_ns(&self.node, &["nft", "list", "table", "ip", "nodelet"])
+        in_ns(&self.node, &["nft", "list", "ruleset", "ip"])
     }
 }
 

@@ -65,6 +65,15 @@ impl Batch {
         }
     }
 
+    /// Sends the following messages to table `table` (one transaction may span tables).
+    pub fn set_table(&mut self, table: &str) {
+        if self.table != table {
+            self.table = table.to_string();
+            // Set ids stay unique over the batch; names are looked up per table.
+            self.set_ids.clear();
+        }
+    }
+
     /// The nft commands, one per message.
     pub fn commands(&self) -> &[String] {
         &self.commands

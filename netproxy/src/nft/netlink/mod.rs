@@ -16,9 +16,12 @@
 //! - `msg`: headers, attributes and the nf_tables constants;
 //! - `expr`: rules as expressions;
 //! - `batch`: a transaction's messages, each tagged with the nft command it stands for;
+//! - `dump`: a table read back (chains, rule counts, sets, elements) for the consistency
+//!   check, in place of `nft -j list table`;
 //! - this module: the socket, sending a batch and mapping the kernel's answers.
 
 pub mod batch;
+pub mod dump;
 pub mod expr;
 pub mod msg;
 #[cfg(test)]
@@ -36,7 +39,12 @@ use nix::sys::socket::{
 pub use batch::Batch;
 pub use expr::EncodeError;
 
-use msg::consts::NLMSG_ERROR;
+use msg::consts::{NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR};
+
+/// `NLM_F_ROOT | NLM_F_MATCH`: a dump request.
+const NLM_F_DUMP: u16 = 0x300;
+/// The end of a dump.
+const NLMSG_DONE: u16 = 3;
 
 /// Why a netlink transaction failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +67,8 @@ pub enum NetlinkError {
     Rejected { command: String, errno: Errno },
     #[error("the kernel rejected the batch: {0}")]
     Batch(Errno),
+    #[error("the kernel refused the dump: {0}")]
+    Dump(Errno),
     #[error("{missing} of {messages} messages were not acknowledged")]
     MissingAck { missing: usize, messages: usize },
     #[error("the batch of {bytes} bytes is over the {limit}-byte limit of one send")]
@@ -113,6 +123,12 @@ impl Socket {
         if setsockopt(&fd, sockopt::RcvBufForce, &BUFFER).is_err() {
             let _ = setsockopt(&fd, sockopt::RcvBuf, &BUFFER);
         }
+        // Dumps wait for the kernel's answers; a stuck dump fails instead of hanging.
+        let _ = setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(10, 0),
+        );
         Ok(Self {
             fd,
             seq: Mutex::new(std::process::id().wrapping_mul(1000)),
@@ -140,6 +156,74 @@ impl Socket {
             .join()
             .unwrap_or_else(|_| Err(netns_err("the thread opening the socket panicked".into())))
         })
+    }
+
+    /// Runs one nf_tables dump request (`ty`, e.g. `NFT_MSG_GETCHAIN`, with `attrs` as
+    /// filter) and returns the attributes of every answer (after `nfgenmsg`).
+    ///
+    /// # Errors
+    /// The socket failed or the kernel answered with an error (`Dump`, e.g. `ENOENT`
+    /// for a table that is not there).
+    pub fn dump(&self, ty: u16, nfproto: u8, attrs: &[u8]) -> Result<Vec<Vec<u8>>, NetlinkError> {
+        let mut seq_guard = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = *seq_guard;
+        *seq_guard = seq.wrapping_add(1);
+        let mut wire = Vec::new();
+        msg::message(
+            &mut wire,
+            (NFNL_SUBSYS_NFTABLES << 8) | ty,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            nfproto,
+            0,
+            attrs,
+        );
+        send(self.fd.as_raw_fd(), &wire, MsgFlags::empty()).map_err(|source| {
+            NetlinkError::Send {
+                messages: 1,
+                source,
+            }
+        })?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let len = match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Ok(0) => return Err(NetlinkError::Recv(Errno::EIO)),
+                Ok(len) => len,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(NetlinkError::Recv(e)),
+            };
+            let mut off = 0;
+            while off + 16 <= len {
+                let word =
+                    |o: usize| u32::from_ne_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
+                let mlen = word(off) as usize;
+                if mlen < 16 || off + mlen > len {
+                    break;
+                }
+                let mty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                let mseq = word(off + 8);
+                if mseq == seq {
+                    match mty {
+                        NLMSG_DONE => return Ok(out),
+                        NLMSG_ERROR => {
+                            let code = i32::from_ne_bytes([
+                                buf[off + 16],
+                                buf[off + 17],
+                                buf[off + 18],
+                                buf[off + 19],
+                            ]);
+                            if code != 0 {
+                                return Err(NetlinkError::Dump(Errno::from_raw(-code)));
+                            }
+                        }
+                        _ if mlen >= 20 => out.push(buf[off + 20..off + mlen].to_vec()),
+                        _ => {}
+                    }
+                }
+                off += (mlen + 3) & !3;
+            }
+        }
     }
 
     /// Sends `batch` as one transaction and checks every acknowledgement.
