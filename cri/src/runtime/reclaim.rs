@@ -286,6 +286,11 @@ impl ContainerdRuntime {
             // to remove the pod's end of the veth).
             return;
         }
+        if out.cni_attachments > 0 {
+            // A crash here leaves a pin and a state directory whose network is gone:
+            // the next pass sends DEL again (a no-op) and removes them.
+            crate::failpoint::hit("reclaim-after-network");
+        }
         if pin.exists() {
             match NetNs::remove(&pin) {
                 Ok(()) => out.netns_pins += 1,
