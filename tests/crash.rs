@@ -158,6 +158,20 @@ fn spawn_agent(w: &mut World) {
     w.agent = Some(child);
 }
 
+/// The sandboxes with a cached CNI result (`<network>-<id>-<ifname>`; an unfinished
+/// write, `.<entry>.<pid>.tmp`, is none).
+fn cached_sandboxes(w: &World) -> BTreeSet<String> {
+    std::fs::read_dir(w.root.join("cni/cache/results"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| !n.starts_with('.'))
+                .filter_map(|n| Some(n.split('-').nth(1)?.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The agent killed in the middle of its reclaim pass (after the first leaked
 /// sandbox's network was torn down, before its pin and directory went): the next start
 /// finishes the pass, nothing is left beyond the live pods, and no IP freed by the
@@ -181,16 +195,26 @@ async fn killed_during_the_reclaim_the_next_start_finishes_it() {
         "a sandbox past CNI leaked: {leaked:?}"
     );
 
+    let attached = cached_sandboxes(&w);
+    assert!(!attached.is_empty(), "a CNI ADD finished before the crash");
+
     w.agent_env = vec![("NODELET_FAILPOINT".into(), "reclaim-after-network".into())];
     let from = std::fs::metadata(w.agent_log()).map_or(0, |m| m.len());
     spawn_agent(&mut w);
     wait_for_crash(&mut w, "reclaim-after-network").await;
     let half = w.leftovers();
     eprintln!("left by the crash during the reclaim: {half:?}");
-    assert!(half.ips < leaked.ips, "one network was torn down: {half:?}");
-    assert_eq!(
-        half.netns_pins, leaked.netns_pins,
-        "killed before the pin went"
+    assert!(half.ips < leaked.ips, "a network was torn down: {half:?}");
+    // The pass died with the first attached sandbox's network gone, its pin and
+    // directory still there.
+    let still = cached_sandboxes(&w);
+    let gone: Vec<&String> = attached.difference(&still).collect();
+    assert_eq!(gone.len(), 1, "one attachment torn down: {gone:?}");
+    let root = w.root.join("runtime");
+    assert!(root.join("netns").join(gone[0]).exists(), "its pin is left");
+    assert!(
+        root.join("sandboxes").join(gone[0]).exists(),
+        "its directory is left"
     );
     let log = std::fs::read_to_string(w.agent_log()).unwrap_or_default();
     assert!(
