@@ -8,8 +8,11 @@
 //! plugins, and the agent's pod cgroups), divided by the pods started. RSS is the agent's.
 //!
 //! The agent `floor` (in `NODELET_BENCH_AGENTS`) starts the same pods through nodelet's
-//! runtime layer alone, with no agent (see `kubelet_vs_floor.rs`): what containerd, the
+//! runtime layer alone, with no agent (see `kubelet_vs/floor.rs`): what containerd, the
 //! shims, runc and the pods cost bounds what any agent can reach on this machine.
+//!
+//! The `nodelet-crun` agent is nodelet with its pods on the `crun` runtime handler
+//! (`runtimeClassName: crun`), so one run compares runc against crun.
 //!
 //! Run through `scripts/bench-vs-kubelet.sh`, which builds the kubelet, starts a containerd
 //! with its CRI plugin in a network namespace of its own, and runs this binary there.
@@ -17,7 +20,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-#[path = "kubelet_vs_floor.rs"]
+#[path = "kubelet_vs/floor.rs"]
 mod floor;
 
 use std::collections::BTreeMap;
@@ -45,9 +48,11 @@ fn env(name: &str) -> String {
         .unwrap_or_else(|_| panic!("{name} is not set: run scripts/bench-vs-kubelet.sh"))
 }
 
-fn manifest(name: &str) -> String {
+/// A bench pod; `class` sets its `runtimeClassName` (the `nodelet-crun` agent's pods).
+fn manifest(name: &str, class: Option<&str>) -> String {
+    let class = class.map_or(String::new(), |c| format!("  runtimeClassName: {c}\n"));
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    imagePullPolicy: IfNotPresent\n    command: [sleep, '3600']\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{class}  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    imagePullPolicy: IfNotPresent\n    command: [sleep, '3600']\n",
         support::BUSYBOX
     )
 }
@@ -343,6 +348,11 @@ fn nodelet_command(e: &Env, dir: &Path, a: &Agent) -> Command {
         .args(["--port", &(a.port + 1).to_string()])
         .args(["--healthz-port", &(a.port + 2).to_string()])
         .args(["--v", "info"]);
+    if a.name == "nodelet-crun" {
+        // Its pods name the `crun` handler; on a hybrid cgroup host crun runs through
+        // scripts/crun-hybrid.sh (an unshare and a mount more per crun call).
+        cmd.args(support::crun_handler_args());
+    }
     cmd
 }
 
@@ -377,7 +387,8 @@ async fn round(e: &Env, a: &Agent, http: &reqwest::Client, n: usize) -> Round {
     for i in 0..n {
         let name = format!("b{n}-{i}");
         let tmp = a.manifests.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, manifest(&name)).expect("write manifest");
+        let class = (a.name == "nodelet-crun").then_some("crun");
+        std::fs::write(&tmp, manifest(&name, class)).expect("write manifest");
         std::fs::rename(&tmp, a.manifests.join(format!("{name}.yaml"))).expect("rename manifest");
         written.insert(format!("{name}-bench-node"), Instant::now());
         written.insert(name, Instant::now());

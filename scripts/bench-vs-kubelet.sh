@@ -20,7 +20,8 @@
 #   scripts/bench-vs-kubelet.sh                 (as root)
 # Environment: NODELET_BENCH_NO_BUILD=1 (use the binaries the last build left), NODELET_BENCH_SIZES (default 1,10,30,110), NODELET_BENCH_AGENTS (default
 # kubelet,nodelet-cni,nodelet: `nodelet-cni` is nodelet on the kubelet's CNI chain, `nodelet` its
-# built-in network), CARGO_TARGET_DIR.
+# built-in network; `nodelet-crun` is `nodelet` with its pods on the crun handler, not in the
+# default list: NODELET_BENCH_AGENTS=nodelet,nodelet-crun compares runc with crun), CARGO_TARGET_DIR.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PATH=$PATH:/usr/local/go/bin

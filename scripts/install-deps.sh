@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what nodelet needs on a Debian/Ubuntu host, only what is missing:
-# containerd and runc, the CNI plugins, nftables, conntrack, iproute2, iptables (the
+# containerd and runc (and crun, the shipped `crun` runtime handler), the CNI plugins, nftables, conntrack, iproute2, iptables (the
 # bridge plugin's masquerade), busybox-static (the demo and test image) and protoc
 # (containerd's API is compiled from its .proto files), and for the tests a local
 # registry (docker-registry, htpasswd from apache2-utils, openssl) and dbus-daemon (the
@@ -9,7 +9,7 @@
 # Idempotent; needs root.
 set -euo pipefail
 
-packages=(containerd runc containernetworking-plugins nftables conntrack iproute2 iptables
+packages=(containerd runc crun containernetworking-plugins nftables conntrack iproute2 iptables
   busybox-static protobuf-compiler util-linux procps curl
   docker-registry apache2-utils openssl gzip dbus-daemon
   lintian rpm debootstrap binutils)

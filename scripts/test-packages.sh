@@ -115,7 +115,7 @@ echo "kind: KubeletConfiguration" >"$root/var/lib/kubelet/config.yaml"
 echo "apiVersion: v1" >"$root/etc/kubernetes/bootstrap-kubelet.conf"
 echo 'KUBELET_KUBEADM_ARGS="--container-runtime-endpoint=unix:///var/run/containerd/containerd.sock"' >"$root/var/lib/kubelet/kubeadm-flags.env"
 start=$(in_root sh -c 'NODELET_ARGS=--v=2 NODELET_START_DRY_RUN=1 /usr/lib/nodelet/nodelet-start')
-want="/usr/bin/nodelet --bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf --config=/var/lib/kubelet/config.yaml --container-runtime-endpoint=unix:///var/run/containerd/containerd.sock --v=2"
+want="/usr/bin/nodelet --bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf --config=/var/lib/kubelet/config.yaml --proxy-mode=none --container-runtime-endpoint=unix:///var/run/containerd/containerd.sock --v=2"
 if [ "$start" = "$want" ]; then ok "nodelet-start on a kubeadm-joined host"; else fail "nodelet-start on a kubeadm host: $start"; fi
 rm -rf "$root/var/lib/kubelet" "$root/etc/kubernetes/bootstrap-kubelet.conf"
 echo "# edited" >>"$root/etc/nodelet/config.yaml"

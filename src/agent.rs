@@ -101,6 +101,8 @@ pub async fn start(
     let image_gc = args.image_gc.config().context("image garbage collection")?;
     let resources = args.resources.settings()?;
     let eviction = args.eviction.config(resources.enforce_pods)?;
+    let handlers = nodelet_cri::runtime::RuntimeHandlers::with_configured(&args.runtime_handlers)
+        .context("--runtime-handlers")?;
     let pull_limit =
         crate::image::pull_limit::PullLimiter::new(args.registry_qps, args.registry_burst)?;
     let node_name = crate::node::node_name(args.hostname_override.as_deref());
@@ -260,7 +262,7 @@ pub async fn start(
             max_files: args.container_log_max_files,
         },
         registries: nodelet_cri::image::RegistryConfig::default(),
-        runtime_name: "io.containerd.runc.v2".to_owned(),
+        handlers,
         cni: CniConfig {
             conf_dir: args.cni_conf_dir.clone(),
             bin_dirs: args.cni_bin_dir.clone(),

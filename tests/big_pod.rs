@@ -113,8 +113,9 @@ fn cgroup_procs(root: &str) -> usize {
     count(&dir)
 }
 
-/// The log drivers writing under `logs`: their count and summed PSS and RSS (kB).
-fn drivers(logs: &std::path::Path) -> (usize, u64, u64) {
+/// The log drivers writing under `logs` for pods whose log path holds `pod` (a UID,
+/// or "" for all): their count and summed PSS and RSS (kB).
+fn drivers(logs: &std::path::Path, pod: &str) -> (usize, u64, u64) {
     let logs = logs.to_string_lossy().into_owned();
     let mut out = (0, 0, 0);
     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -127,7 +128,7 @@ fn drivers(logs: &std::path::Path) -> (usize, u64, u64) {
         };
         let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("cri-log") && cmdline.contains(&logs) {
+        if cmdline.contains("cri-log") && cmdline.contains(&logs) && cmdline.contains(pod) {
             out.0 += 1;
             out.1 += kb(&format!("/proc/{pid}/smaps_rollup"), "Pss:");
             out.2 += kb(&format!("/proc/{pid}/status"), "VmRSS:");
@@ -148,25 +149,34 @@ async fn a_pod_with_many_containers_is_created_in_full_and_deleted() {
 
     let start = Instant::now();
     w.write_manifest("big.yaml", &manifest(n));
-    // A pod written once the big one has begun starting containers starts beside it.
-    wait_for(
-        "the big pod's first containers to run",
-        per(2000),
-        || async { w.pod("big").await.filter(|p| running(p) >= n / 20) },
-    )
+    // A pod written once the big one has begun making containers starts beside it.
+    // Progress is read from the runtime: the pod's status is published per sync.
+    let rt = w.runtime().await;
+    let made = |uid: String| {
+        let rt = &rt;
+        async move { rt.list_containers(Some(&uid)).await.map_or(0, |c| c.len()) }
+    };
+    let uid = wait_for("the big pod to appear", per(2000), || async {
+        w.pod("big").await.and_then(|p| p.metadata.uid)
+    })
+    .await;
+    wait_for("the big pod's first containers", per(2000), || async {
+        (made(uid.clone()).await >= n / 20).then_some(())
+    })
     .await;
     let beside = Instant::now();
     w.write_manifest("beside.yaml", &small("beside"));
     w.wait_pod_for("beside", "running", per(2000), all_ready)
         .await;
     let beside_ready = beside.elapsed();
-    let big_then = w.pod("big").await.map_or(0, |p| running(&p));
+    let big_then = made(uid.clone()).await;
+    let big_running = w.pod("big").await.map_or(0, |p| running(&p));
     eprintln!(
-        "figure: a pod written beside the big one ran in {beside_ready:?}; {big_then} of {n} big-pod containers were running then"
+        "figure: a pod written beside the big one ran in {beside_ready:?}; {big_then} of {n} big-pod containers were made then ({big_running} running in its status)"
     );
     assert!(
         big_then < n,
-        "the pod beside started only after all {n} containers of the big one"
+        "the pod beside started only after all {n} containers of the big one were made"
     );
     let pod = w
         .wait_pod_for("big", "every container running", per(2000), |p| {
@@ -178,13 +188,12 @@ async fn a_pod_with_many_containers_is_created_in_full_and_deleted() {
         })
         .await;
     let created = start.elapsed();
-    let uid = pod.metadata.uid.clone().expect("uid");
+    assert_eq!(pod.metadata.uid.as_deref(), Some(uid.as_str()));
     let rss_running = kb(&status, "VmRSS:");
-    let (count, pss, rss) = drivers(&w.logs);
+    let (count, pss, rss) = drivers(&w.logs, &uid);
     assert_eq!(count, n, "one log driver per container");
 
     // The records' size: one container's as containerd stores it, times n.
-    let rt = w.runtime().await;
     let listed = rt.list_containers(Some(&uid)).await.expect("list");
     assert_eq!(listed.len(), n);
     let one = w.ctr(&["containers", "info", &listed[0].id]).stdout.len();
@@ -258,7 +267,7 @@ async fn a_pod_with_many_containers_is_created_in_full_and_deleted() {
     wait_for(
         "no shim and no driver left",
         Duration::from_secs(30),
-        || async { (w.shims().is_empty() && drivers(&w.logs).0 == 0).then_some(()) },
+        || async { (w.shims().is_empty() && drivers(&w.logs, "").0 == 0).then_some(()) },
     )
     .await;
     assert!(w.stop_agent().is_some());

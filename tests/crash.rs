@@ -575,6 +575,7 @@ async fn a_thousand_container_records_are_listed_and_removed_while_another_pod_s
         files_dir: w.dir.path().join("thousand-files"),
         log_directory: w.logs.join("thousand"),
         created_at: std::time::SystemTime::now(),
+        runtime_handler: String::new(),
     };
     let made = Instant::now();
     for i in 0..N {

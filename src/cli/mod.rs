@@ -12,8 +12,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// nodelet: the kubelet and the kube-proxy in one small daemon.
+///
+/// A flag given twice takes its last value, as upstream's (pflag) do: a unit's extra
+/// arguments override what the start script set before them.
 #[derive(Debug, Parser)]
-#[command(name = "nodelet", version, about, long_about = None)]
+#[command(name = "nodelet", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// Run the agent (the default), or a tool.
     #[command(subcommand)]
@@ -381,6 +384,14 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub cni_bin_dir: Vec<PathBuf>,
+    /// Runtime handlers a pod selects through its RuntimeClass's `handler`
+    /// (standalone: its `runtimeClassName`), one per flag or `;`-separated:
+    /// `name=runtime_type[,Option=value...]` with containerd's runc shim options
+    /// (`BinaryName`, `Root`, `NoPivotRoot`, `NoNewKeyring`, `ShimCgroup`, `IoUid`,
+    /// `IoGid`). `runc` and `crun` (`/usr/bin/crun`) ship; a handler named here
+    /// replaces a shipped one.
+    #[arg(long, value_delimiter = ';', value_parser = parse_runtime_handler)]
+    pub runtime_handlers: Vec<String>,
     /// Cluster DNS server IPs (comma separated) for pods with `dnsPolicy: ClusterFirst`.
     #[arg(long, value_delimiter = ',')]
     pub cluster_dns: Vec<IpAddr>,
@@ -473,6 +484,13 @@ impl AgentArgs {
     }
 }
 
+/// A `--runtime-handlers` entry, checked here so a bad one stops the agent at start.
+fn parse_runtime_handler(s: &str) -> Result<String, String> {
+    nodelet_cri::runtime::handlers::parse_handler(s)
+        .map(|_| s.trim().to_owned())
+        .map_err(|e| e.to_string())
+}
+
 /// Parses `10s`, `1m30s`, `500ms`, `2h` (Go's `time.ParseDuration` subset kubelet flags use).
 ///
 /// # Errors
@@ -546,6 +564,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_repeated_flag_takes_its_last_value() {
+        let cli = Cli::try_parse_from([
+            "nodelet",
+            "--proxy-mode=none",
+            "--read-only-port=1",
+            "--proxy-mode=nftables",
+            "--read-only-port=2",
+        ])
+        .expect("parses");
+        assert_eq!(cli.agent.read_only_port, 2);
+        assert_eq!(cli.agent.proxy_mode, AgentProxyMode::Nftables);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
@@ -570,6 +602,51 @@ mod tests {
         assert_eq!(cli.agent.read_only_port, 0);
         assert_eq!(cli.agent.root_dir, PathBuf::from("/var/lib/nodelet"));
         assert!(Cli::try_parse_from(["nodelet", "--read-only-port", "x"]).is_err());
+    }
+
+    #[test]
+    fn runtime_handlers_parse_one_per_flag_or_semicolon_separated() {
+        let cli = Cli::try_parse_from([
+            "nodelet",
+            "--runtime-handlers",
+            "fast=io.containerd.runc.v2,BinaryName=/usr/bin/crun",
+            "--runtime-handlers",
+            "a=io.containerd.runc.v2;b=io.containerd.kata.v2",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.agent.runtime_handlers,
+            [
+                "fast=io.containerd.runc.v2,BinaryName=/usr/bin/crun",
+                "a=io.containerd.runc.v2",
+                "b=io.containerd.kata.v2"
+            ]
+        );
+        assert!(
+            Cli::try_parse_from(["nodelet"])
+                .expect("parses")
+                .agent
+                .runtime_handlers
+                .is_empty()
+        );
+        let err = Cli::try_parse_from(["nodelet", "--runtime-handlers", "crun"])
+            .expect_err("no runtime type")
+            .to_string();
+        assert!(
+            err.contains("want name=runtime_type[,Option=value...]"),
+            "{err}"
+        );
+        let err = Cli::try_parse_from([
+            "nodelet",
+            "--runtime-handlers",
+            "fast=io.containerd.runc.v2,NoPivotRoot=maybe",
+        ])
+        .expect_err("bad bool")
+        .to_string();
+        assert!(
+            err.contains("option NoPivotRoot: bad value \"maybe\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use k8s_openapi::api::authentication::v1::{
     BoundObjectReference, TokenRequest, TokenRequestSpec as ApiTokenRequestSpec,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::Api;
 use kube::api::PostParams;
 use kube::runtime::WatchStreamExt as _;
@@ -175,6 +176,19 @@ impl ObjectSource for ApiObjects {
                 Some(cached) => Ok(cached),
                 None => get(self.client.clone(), "secret", &namespace, &name).await,
             }
+        })
+    }
+
+    fn runtime_handler(&self, name: &str) -> BoxFuture<'_, Result<Option<String>, ObjectError>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            // One GET per sandbox of a pod that names a class: fresh, and only pods
+            // with a RuntimeClass pay for it (upstream keeps an informer).
+            let api: Api<RuntimeClass> = Api::all(self.client.clone());
+            call("get", format!("runtimeclass/{name}"), api.get_opt(&name))
+                .await
+                .map(|rc| rc.map(|rc| rc.handler))
+                .map_err(|e| request_error("runtimeclass", "", &name, &e))
         })
     }
 

@@ -204,6 +204,7 @@ impl Runtime for FakeRuntime {
             files_dir: PathBuf::from("/nonexistent"),
             log_directory: config.log_directory.clone(),
             created_at: self.clock.now(),
+            runtime_handler: config.runtime_handler.clone(),
         };
         lock(&self.state).sandboxes.insert(id, sb.clone());
         Ok(sb)

@@ -12,6 +12,7 @@ pub mod mailbox;
 pub mod manager;
 pub mod podspec;
 pub mod router;
+pub mod runtimeclass;
 pub mod status;
 // Consumer registration and versions serve the apiserver status poster (issue 11);
 // until it exists only the tests use them.

@@ -263,6 +263,8 @@ pub fn sandbox_config(
             .map(|s| (s.name, s.value))
             .collect(),
         oom_score_adj: None,
+        // The worker resolves the pod's RuntimeClass into its handler.
+        runtime_handler: String::new(),
         pod: r,
     }
 }

@@ -94,6 +94,13 @@ pub trait ObjectSource: std::fmt::Debug + Send + Sync + 'static {
     fn subscribe(&self) -> Option<broadcast::Receiver<ObjectKey>> {
         None
     }
+    /// The `handler` of the RuntimeClass `name` (`node.k8s.io/v1`), `None` when it
+    /// does not exist. Standalone there are no RuntimeClass objects: the name is the
+    /// handler.
+    fn runtime_handler(&self, name: &str) -> BoxFuture<'_, Result<Option<String>, ObjectError>> {
+        let handler = name.to_owned();
+        Box::pin(async move { Ok(Some(handler)) })
+    }
     /// Takes the ConfigMap and Secret documents of a manifest source (standalone);
     /// whether this source uses them.
     fn replace_documents(&self, _source: &'static str, _objects: Vec<ApiObject>) -> bool {

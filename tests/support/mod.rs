@@ -540,7 +540,7 @@ impl World {
             container_logs_dir: self.container_logs.clone(),
             log_rotation: nodelet_cri::logs::RotationPolicy::default(),
             registries: Default::default(),
-            runtime_name: "io.containerd.runc.v2".into(),
+            handlers: nodelet_cri::runtime::RuntimeHandlers::default(),
             cni: CniConfig {
                 conf_dir: self.cni_conf.clone(),
                 bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
@@ -626,6 +626,25 @@ impl Drop for World {
         }
         self.cleanup();
     }
+}
+
+/// The `crun` handler for this host: the shipped one (`/usr/bin/crun`), except on a
+/// hybrid cgroup host whose cgroup2 mount still offers controllers, which crun 1.8
+/// refuses; there crun runs through `scripts/crun-hybrid.sh` (see its header).
+pub fn crun_handler_args() -> Vec<String> {
+    let controllers =
+        std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
+    if controllers.trim().is_empty() {
+        return Vec::new();
+    }
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/crun-hybrid.sh");
+    vec![
+        "--runtime-handlers".into(),
+        format!(
+            "crun=io.containerd.runc.v2,BinaryName={}",
+            wrapper.display()
+        ),
+    ]
 }
 
 /// The state of container `name` in a pod's status.

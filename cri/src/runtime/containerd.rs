@@ -60,8 +60,9 @@ pub struct RuntimeConfig {
     pub log_driver: PathBuf,
     /// Registry transport settings, mirrors and the node's credentials file.
     pub registries: crate::image::RegistryConfig,
-    /// containerd runtime name (`io.containerd.runc.v2`).
-    pub runtime_name: String,
+    /// The runtime handlers pods can name (see [`crate::runtime::handlers`]); the
+    /// default is runc through `io.containerd.runc.v2`.
+    pub handlers: crate::runtime::RuntimeHandlers,
     /// CNI configuration.
     pub cni: CniConfig,
     /// The built-in pod network, used when the CNI config directory holds no
@@ -136,6 +137,19 @@ impl ContainerdRuntime {
     /// The built-in pod network, if configured.
     pub fn builtin_network(&self) -> Option<&PodNetwork> {
         self.podnet.as_deref()
+    }
+
+    /// The runtime handler of that name (`""`: the default).
+    pub(super) fn runtime_handler(
+        &self,
+        name: &str,
+    ) -> Result<&crate::runtime::RuntimeHandler, RuntimeError> {
+        self.config
+            .handlers
+            .get(name)
+            .ok_or_else(|| RuntimeError::NoRuntimeHandler {
+                handler: name.to_owned(),
+            })
     }
 
     /// The built-in network when it applies: configured, and no CNI config file present.

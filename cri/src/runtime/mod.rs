@@ -8,6 +8,7 @@ mod containerd;
 mod events;
 mod exec;
 mod exec_stream;
+pub mod handlers;
 pub mod oom;
 mod oom_kill;
 mod pod_files;
@@ -29,6 +30,7 @@ pub use self::containerd::{ContainerdRuntime, RuntimeConfig};
 pub use self::events::RuntimeEvent;
 pub use self::exec::{EXEC_OUTPUT_LIMIT, ExecResult};
 pub use self::exec_stream::{ExecControl, ExecSession, ExecStreams};
+pub use self::handlers::{RuntimeHandler, RuntimeHandlers};
 pub use self::reclaim::Reclaimed;
 pub use self::seccomp::SeccompMode;
 
@@ -82,6 +84,9 @@ pub mod keys {
     pub const CGROUP_PARENT: &str = "io.nodelet.cgroup-parent";
     /// The image ID (config digest) a container was created from.
     pub const IMAGE_ID: &str = "io.nodelet.image-id";
+    /// A sandbox's runtime handler (empty: the default), so its containers and an
+    /// agent restarted later use the same one.
+    pub const RUNTIME_HANDLER: &str = "io.nodelet.runtime-handler";
     /// OCI annotation grouping a pod's containers into one runc shim (containerd's
     /// runc v2 shim reads it from the spec), as the CRI plugin does.
     pub const SHIM_GROUP: &str = "io.containerd.runc.v2.group";
@@ -192,6 +197,13 @@ pub enum RuntimeError {
         /// The timeout it ran past.
         timeout: Duration,
     },
+    /// The pod's runtime handler is not configured on this node; worded as
+    /// containerd's CRI plugin words it.
+    #[error("failed to get sandbox runtime: no runtime for {handler:?} is configured")]
+    NoRuntimeHandler {
+        /// The handler asked for.
+        handler: String,
+    },
     /// Several errors during a teardown that kept going.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Teardown(Vec<RuntimeError>),
@@ -252,6 +264,9 @@ pub struct SandboxConfig {
     /// The pause container's `oom_score_adj`; `None` gives containerd's -998. The
     /// runtime raises it to what the host allows.
     pub oom_score_adj: Option<i32>,
+    /// The runtime handler (CRI `RunPodSandboxRequest.runtime_handler`): the pod's
+    /// RuntimeClass `handler`; empty for the default.
+    pub runtime_handler: String,
 }
 
 /// A bind mount into a container.
@@ -369,6 +384,9 @@ pub struct SandboxInfo {
     pub log_directory: PathBuf,
     /// Creation time.
     pub created_at: SystemTime,
+    /// The runtime handler the sandbox runs on (empty: the default); its containers
+    /// use the same.
+    pub runtime_handler: String,
 }
 
 /// A container's lifecycle state as containerd reports it.

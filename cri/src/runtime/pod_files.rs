@@ -125,6 +125,7 @@ mod tests {
             fqdn: None,
             sysctls: vec![],
             oom_score_adj: None,
+            runtime_handler: String::new(),
         }
     }
 

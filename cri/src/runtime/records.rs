@@ -127,6 +127,7 @@ pub(super) fn sandbox_info(
         files_dir,
         log_directory: l.get(keys::LOG_PATH).map(PathBuf::from).unwrap_or_default(),
         created_at: to_system_time(c.created_at.as_ref()).unwrap_or(SystemTime::UNIX_EPOCH),
+        runtime_handler: label(l, keys::RUNTIME_HANDLER),
     }
 }
 

@@ -690,6 +690,7 @@ mod tests {
             files_dir: "/nonexistent".into(),
             log_directory: "/var/log/pods/x".into(),
             created_at: SystemTime::UNIX_EPOCH,
+            runtime_handler: String::new(),
         }
     }
 
@@ -1060,6 +1061,7 @@ mod tests {
             fqdn: None,
             sysctls: vec![("net.ipv4.ip_unprivileged_port_start".into(), "0".into())],
             oom_score_adj: None,
+            runtime_handler: String::new(),
         };
         let img = ImageRuntimeConfig {
             entrypoint: vec!["/pause".into()],

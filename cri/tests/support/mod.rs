@@ -57,7 +57,7 @@ impl TestRuntime {
             container_logs_dir: dir.path().join("containers"),
             log_rotation: nodelet_cri::logs::RotationPolicy::default(),
             registries: Default::default(),
-            runtime_name: "io.containerd.runc.v2".into(),
+            handlers: nodelet_cri::runtime::RuntimeHandlers::default(),
             cni: CniConfig {
                 conf_dir: dir.path().join("cni"),
                 cache_dir: dir.path().join("cni-cache"),
@@ -105,6 +105,7 @@ impl TestRuntime {
                 fqdn: None,
                 sysctls: vec![],
                 oom_score_adj: None,
+                runtime_handler: String::new(),
             })
             .await
             .expect("run sandbox")

@@ -104,6 +104,7 @@ pub const FIELD_ARGS: &[(&str, &str)] = &[
     ("registerWithTaints", "register_with_taints"),
     ("registerNode", "register_node"),
     ("containerRuntimeEndpoint", "container_runtime_endpoint"),
+    ("nodeletRuntimeHandlers", "runtime_handlers"),
 ];
 
 /// An empty `evictionHard` map means no hard thresholds upstream; nodelet's flag
@@ -495,6 +496,23 @@ pub fn apply(
         Unset::Zero,
         Some("unix:///run/containerd/containerd.sock".into()),
         text,
+    )?;
+    // nodelet's own field: `--runtime-handlers` entries as a list of strings.
+    c.set(
+        &mut args.runtime_handlers,
+        "nodeletRuntimeHandlers",
+        Unset::Never,
+        Some(Vec::new()),
+        |v| {
+            list(v)?
+                .iter()
+                .map(|h| {
+                    let h = text(h)?;
+                    nodelet_cri::runtime::handlers::parse_handler(&h).map_err(|e| e.to_string())?;
+                    Ok(h)
+                })
+                .collect()
+        },
     )?;
     Ok(())
 }

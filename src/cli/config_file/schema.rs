@@ -272,6 +272,9 @@ pub const KUBELET_CONFIGURATION: &[Field] = &[
     f("imageServiceEndpoint", Str, No),
     f("failCgroupV1", Bool, No),
     f("userNamespaces", Obj(USER_NAMESPACES), No),
+    // Not upstream's: nodelet's runtime handlers (containerd's CRI plugin config
+    // holds them for the upstream kubelet).
+    f("nodeletRuntimeHandlers", StrList, Yes),
 ];
 
 /// The type-meta fields every document carries.

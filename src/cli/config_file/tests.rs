@@ -663,8 +663,9 @@ fn the_table_matches_the_flags() {
             );
         }
     }
-    // Upstream v1.37's KubeletConfiguration has 126 fields besides the type meta.
-    assert_eq!(KUBELET_CONFIGURATION.len(), 126);
+    // Upstream v1.37's KubeletConfiguration has 126 fields besides the type meta;
+    // nodelet adds one (`nodeletRuntimeHandlers`).
+    assert_eq!(KUBELET_CONFIGURATION.len(), 127);
 }
 
 #[test]
@@ -677,3 +678,39 @@ fn no_config_changes_nothing() {
 
 /// `kubeadm init`'s generated kubelet configuration.
 const KUBEADM: &str = include_str!("testdata/kubeadm.yaml");
+
+#[test]
+fn runtime_handlers_come_from_nodelets_own_field() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        tmp.path(),
+        "k.yaml",
+        &format!(
+            "{HEAD}nodeletRuntimeHandlers:\n- fast=io.containerd.runc.v2,BinaryName=/usr/bin/crun\n"
+        ),
+    );
+    let a = agent(&["--config", file.to_str().expect("utf-8")]);
+    assert_eq!(
+        a.runtime_handlers,
+        ["fast=io.containerd.runc.v2,BinaryName=/usr/bin/crun"]
+    );
+    // The flag wins over the file.
+    let a = agent(&[
+        "--config",
+        file.to_str().expect("utf-8"),
+        "--runtime-handlers",
+        "slow=io.containerd.runc.v2",
+    ]);
+    assert_eq!(a.runtime_handlers, ["slow=io.containerd.runc.v2"]);
+    let bad = write(
+        tmp.path(),
+        "b.yaml",
+        &format!("{HEAD}nodeletRuntimeHandlers: [\"fast=io.containerd.runc.v2,Binary=/x\"]\n"),
+    );
+    let msg = err(&["--config", bad.to_str().expect("utf-8")]);
+    assert!(
+        msg.contains("field \"nodeletRuntimeHandlers\"")
+            && msg.contains("unknown option \"Binary=/x\""),
+        "{msg}"
+    );
+}

@@ -362,22 +362,32 @@ impl<R: Runtime> PodWorker<R> {
             rt.remove_sandbox(&sb.id).await?;
         }
         let attempt = sandboxes.iter().map(|s| s.attempt + 1).max().unwrap_or(0);
-        let config = podspec::sandbox_config(
+        let mut config = podspec::sandbox_config(
             &self.pod,
             attempt,
             &self.env.pod_logs_dir,
             self.env.cgroups.pod_cgroup(&self.pod),
             &self.env.dns,
         );
+        // The RuntimeClass first, as upstream's createPodSandbox: a missing one fails
+        // this pod's sandbox with its own message.
+        let objects = self.env.volumes.objects();
+        let handler = crate::pod::runtimeclass::runtime_handler(&*objects, &self.pod).await;
         // The pod cgroup first, with the pod's limits, as upstream's syncPod does
         // before it asks the runtime for a sandbox.
         // Off the async threads: with the systemd driver this is a D-Bus round trip.
         let cgroups = Arc::clone(&self.env.cgroups);
         let pod = self.pod.clone();
-        let made = match tokio::task::spawn_blocking(move || cgroups.ensure_pod(&pod)).await {
-            Ok(Ok(())) => rt.run_sandbox(&config).await.map_err(|e| e.to_string()),
-            Ok(Err(e)) => Err(format!("pod cgroup: {e}")),
-            Err(e) => Err(format!("pod cgroup: {e}")),
+        let made = match handler {
+            Err(e) => Err(e.to_string()),
+            Ok(handler) => {
+                config.runtime_handler = handler;
+                match tokio::task::spawn_blocking(move || cgroups.ensure_pod(&pod)).await {
+                    Ok(Ok(())) => rt.run_sandbox(&config).await.map_err(|e| e.to_string()),
+                    Ok(Err(e)) => Err(format!("pod cgroup: {e}")),
+                    Err(e) => Err(format!("pod cgroup: {e}")),
+                }
+            }
         };
         match made {
             Ok(sb) => {

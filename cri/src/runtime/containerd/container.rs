@@ -25,6 +25,8 @@ impl ContainerdRuntime {
         config: &ContainerConfig,
         image: &ImageInfo,
     ) -> Result<String, RuntimeError> {
+        // A pod's containers share its sandbox's shim: the same handler.
+        let handler = self.runtime_handler(&sandbox.runtime_handler)?;
         let id = new_id(32)?;
         let mut config = config.clone();
         config.resources.oom_score_adj = config
@@ -61,7 +63,10 @@ impl ContainerdRuntime {
                 log_path.to_string_lossy().into_owned(),
             ),
         ]);
-        if let Err(e) = self.create_record(&id, &config.image, &spec, labels).await {
+        if let Err(e) = self
+            .create_record(&id, &config.image, &spec, labels, handler)
+            .await
+        {
             let _ = self.containerd.remove_snapshot(&id).await;
             return Err(e);
         }

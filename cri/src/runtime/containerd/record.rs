@@ -1,5 +1,5 @@
 //! Container records: creating and deleting them, their labels (a start's time, the
-//! image's stop signal) and the runc options they carry, and the log symlink named
+//! image's stop signal) and the runtime handler's type and options they carry, and the log symlink named
 //! from them.
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use tracing::warn;
 use super::{ContainerdRuntime, grpc};
 use crate::logs;
 use crate::runtime::records::label;
-use crate::runtime::{RuntimeError, keys, spec};
+use crate::runtime::{RuntimeError, RuntimeHandler, keys, spec};
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// The image's `StopSignal`, recorded at creation so a stop doesn't need the image.
@@ -35,29 +35,6 @@ pub(super) fn parse_signal(s: &str) -> Option<u32> {
     name.parse::<nix::sys::signal::Signal>()
         .ok()
         .and_then(|sig| u32::try_from(sig as i32).ok())
-}
-
-/// containerd's `containerd.runc.v1.Options` (api/types/runc/options/oci.proto),
-/// reduced to the one field nodelet sets: containerd-client doesn't generate this
-/// type, so the message is declared here with prost.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RuncOptions {
-    /// `bool systemd_cgroup = 9`: runc manages cgroups through systemd.
-    #[prost(bool, tag = "9")]
-    systemd_cgroup: bool,
-}
-
-/// The runc shim options for the systemd cgroup driver (`SystemdCgroup = true` in
-/// containerd's CRI runc options).
-fn runc_systemd_options() -> prost_types::Any {
-    use prost::Message as _;
-    prost_types::Any {
-        type_url: "containerd.runc.v1.Options".to_owned(),
-        value: RuncOptions {
-            systemd_cgroup: true,
-        }
-        .encode_to_vec(),
-    }
 }
 
 impl ContainerdRuntime {
@@ -133,6 +110,7 @@ impl ContainerdRuntime {
         image: &str,
         spec: &oci_spec::runtime::Spec,
         labels: HashMap<String, String>,
+        handler: &RuntimeHandler,
     ) -> Result<(), RuntimeError> {
         let value = serde_json::to_vec(spec).map_err(|e| RuntimeError::Spec {
             name: id.to_owned(),
@@ -150,8 +128,8 @@ impl ContainerdRuntime {
             labels,
             image: image.to_owned(),
             runtime: Some(ContainerRuntimeInfo {
-                name: self.config.runtime_name.clone(),
-                options: systemd.then(runc_systemd_options),
+                name: handler.runtime_type.clone(),
+                options: handler.record_options(systemd),
             }),
             spec: Some(prost_types::Any {
                 type_url: SPEC_TYPE_URL.to_owned(),
@@ -175,14 +153,6 @@ impl ContainerdRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // What `ctr run --runc-systemd-cgroup` stores: field 9 (varint) = 1.
-    #[test]
-    fn runc_systemd_options_encoding() {
-        let any = runc_systemd_options();
-        assert_eq!(any.type_url, "containerd.runc.v1.Options");
-        assert_eq!(any.value, vec![0x48, 0x01]);
-    }
 
     #[test]
     fn stop_signals_as_images_name_them() {

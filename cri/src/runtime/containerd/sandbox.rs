@@ -22,6 +22,9 @@ impl ContainerdRuntime {
         &self,
         config: &SandboxConfig,
     ) -> Result<SandboxInfo, RuntimeError> {
+        // An unknown handler fails before anything is made, as containerd's CRI
+        // plugin does.
+        self.runtime_handler(&config.runtime_handler)?;
         let pause = self.containerd.ensure_pause_image().await?;
         let id = new_id(32)?;
         let netns = (!config.host_network).then(|| self.netns_path(&id));
@@ -230,7 +233,15 @@ impl ContainerdRuntime {
         if let Some(parent) = &config.cgroup_parent {
             labels.insert(keys::CGROUP_PARENT.to_owned(), parent.clone());
         }
-        self.create_record(id, &pause.name, &spec, labels).await?;
+        if !config.runtime_handler.is_empty() {
+            labels.insert(
+                keys::RUNTIME_HANDLER.to_owned(),
+                config.runtime_handler.clone(),
+            );
+        }
+        let handler = self.runtime_handler(&config.runtime_handler)?;
+        self.create_record(id, &pause.name, &spec, labels, handler)
+            .await?;
         crate::failpoint::hit("sandbox-after-record");
         let pid = self.create_and_start_task(id, id, rootfs, "", None).await?;
         debug!(pod = %config.pod.name, sandbox = %id, pid, ?ips, "sandbox running");
@@ -248,6 +259,7 @@ impl ContainerdRuntime {
             files_dir,
             log_directory: config.log_directory.clone(),
             created_at: SystemTime::now(),
+            runtime_handler: config.runtime_handler.clone(),
         })
     }
 }

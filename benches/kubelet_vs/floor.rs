@@ -43,7 +43,7 @@ pub async fn runtime(e: &Env, name: &str) -> ContainerdRuntime {
         state_dir: dir.join("state"),
         log_driver,
         registries: Default::default(),
-        runtime_name: "io.containerd.runc.v2".into(),
+        handlers: nodelet_cri::runtime::RuntimeHandlers::default(),
         cni: CniConfig {
             conf_dir: dir.join("cni"),
             cache_dir: dir.join("cni-cache"),
@@ -87,6 +87,7 @@ async fn start_pod(rt: &ContainerdRuntime, dir: &Path, cgroup: &str, i: usize) -
             fqdn: None,
             sysctls: vec![],
             oom_score_adj: None,
+            runtime_handler: String::new(),
         })
         .await
         .expect("run sandbox");
