@@ -1,11 +1,13 @@
 //! End-to-end tests of crash safety (issue 17): the agent killed (SIGKILL, through a
 //! debug build's `NODELET_FAILPOINT`) at each step of sandbox and container creation
 //! leaks nothing once restarted (netns pins, IPs, veths, CNI cache entries, state
-//! directories, snapshots), a container left `Created` with a task is started, and a
-//! pod cgroup kept busy by a stray process is emptied and removed.
+//! directories, snapshots), also when killed again in the middle of the reclaim pass
+//! that follows, a container left `Created` with a task is started, and a pod cgroup
+//! kept busy by a stray process is emptied and removed.
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::Command;
@@ -147,6 +149,137 @@ async fn killed_at_each_step_of_creation_leaks_nothing() {
     for (point, left, ms) in figures {
         eprintln!("figure: killed at {point}: left {left:?}; reclaimed at restart in {ms:?} ms");
     }
+}
+
+/// Starts the agent without waiting for its API: it may die at a failpoint first.
+fn spawn_agent(w: &mut World) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(w.agent_log())
+        .expect("agent log");
+    let child = Command::new(env!("CARGO_BIN_EXE_nodelet"))
+        .args(w.agent_args())
+        .envs(w.agent_env.iter().cloned())
+        .stdout(log.try_clone().expect("agent log"))
+        .stderr(log)
+        .spawn()
+        .expect("start nodelet");
+    w.agent = Some(child);
+}
+
+/// The sandboxes with a cached CNI result (`<network>-<id>-<ifname>`; an unfinished
+/// write, `.<entry>.<pid>.tmp`, is none).
+fn cached_sandboxes(w: &World) -> BTreeSet<String> {
+    std::fs::read_dir(w.root.join("cni/cache/results"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| !n.starts_with('.'))
+                .filter_map(|n| Some(n.split('-').nth(1)?.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The agent killed in the middle of its reclaim pass (after the first leaked
+/// sandbox's network was torn down, before its pin and directory went): the next start
+/// finishes the pass, nothing is left beyond the live pods, and no IP freed by the
+/// interrupted pass went to two pods.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_during_the_reclaim_the_next_start_finishes_it() {
+    let mut w = World::new().await;
+    let names: Vec<String> = (0..4).map(|i| format!("reclaim{i}")).collect();
+    // The manifests are there before the agent: it makes the sandboxes at once and
+    // dies when the first is past its CNI ADD, the others part made.
+    for name in &names {
+        w.write_manifest(&format!("{name}.yaml"), &pod_yaml(name));
+    }
+    w.agent_env = vec![("NODELET_FAILPOINT".into(), "sandbox-after-cni".into())];
+    spawn_agent(&mut w);
+    wait_for_crash(&mut w, "sandbox-after-cni").await;
+    let leaked = w.leftovers();
+    eprintln!("left by the crash during creation: {leaked:?}");
+    assert!(
+        leaked.netns_pins >= 1 && leaked.ips >= 1,
+        "a sandbox past CNI leaked: {leaked:?}"
+    );
+
+    let attached = cached_sandboxes(&w);
+    assert!(!attached.is_empty(), "a CNI ADD finished before the crash");
+
+    w.agent_env = vec![("NODELET_FAILPOINT".into(), "reclaim-after-network".into())];
+    let from = std::fs::metadata(w.agent_log()).map_or(0, |m| m.len());
+    spawn_agent(&mut w);
+    wait_for_crash(&mut w, "reclaim-after-network").await;
+    let half = w.leftovers();
+    eprintln!("left by the crash during the reclaim: {half:?}");
+    assert!(half.ips < leaked.ips, "a network was torn down: {half:?}");
+    // The pass died with the first attached sandbox's network gone, its pin and
+    // directory still there.
+    let still = cached_sandboxes(&w);
+    let gone: Vec<&String> = attached.difference(&still).collect();
+    assert_eq!(gone.len(), 1, "one attachment torn down: {gone:?}");
+    let root = w.root.join("runtime");
+    assert!(root.join("netns").join(gone[0]).exists(), "its pin is left");
+    assert!(
+        root.join("sandboxes").join(gone[0]).exists(),
+        "its directory is left"
+    );
+    let log = std::fs::read_to_string(w.agent_log()).unwrap_or_default();
+    assert!(
+        log.get(usize::try_from(from).unwrap_or(0)..)
+            .is_some_and(|l| !l.contains("reclaimed resources")),
+        "the pass did not finish before the kill"
+    );
+
+    w.agent_env.clear();
+    let from = std::fs::metadata(w.agent_log()).map_or(0, |m| m.len());
+    w.start_agent().await;
+    let mut ips = BTreeSet::new();
+    for name in &names {
+        let pod = w.wait_pod(name, "running after the restart", running).await;
+        let ip = pod
+            .status
+            .and_then(|s| s.pod_ip)
+            .unwrap_or_else(|| panic!("pod {name} has no IP"));
+        assert!(ips.insert(ip.clone()), "{ip} was given to two pods");
+    }
+    let ms = reclaim_ms(&w, usize::try_from(from).unwrap_or(0));
+    eprintln!("figure: the interrupted reclaim finished at the next start in {ms:?} ms");
+    assert!(ms.is_some(), "the next start reclaimed the rest");
+    let allocated: BTreeSet<String> = w.allocated_ips().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        allocated, ips,
+        "host-local holds exactly the live pods' IPs"
+    );
+    let pods = names.len();
+    assert_eq!(
+        w.leftovers(),
+        Leftovers {
+            netns_pins: pods,
+            ips: pods,
+            veths: pods,
+            cni_cache: pods,
+            state_dirs: pods,
+            snapshots: 2 * pods,
+        },
+        "one of each per live pod"
+    );
+
+    for name in &names {
+        std::fs::remove_file(w.manifests.join(format!("{name}.yaml"))).expect("remove manifest");
+    }
+    for name in &names {
+        wait_pod_gone(&w, name).await;
+    }
+    wait_for(
+        "nothing left of the pods",
+        Duration::from_secs(30),
+        || async { (w.leftovers() == Leftovers::default()).then_some(()) },
+    )
+    .await;
+    assert!(w.stop_agent().is_some());
 }
 
 /// The `create task <id>: already exists` loop: killed between creating a container's

@@ -250,6 +250,8 @@ impl ContainerdRuntime {
         let builtin = self
             .builtin_network()
             .filter(|p| p.holds(id).unwrap_or(false));
+        // The network was surely made (an allocation or a cached ADD result).
+        let attached = builtin.is_some() || cached;
         if let Some(podnet) = builtin {
             match podnet.teardown(id).await {
                 Ok(()) => out.cni_attachments += 1,
@@ -291,6 +293,11 @@ impl ContainerdRuntime {
             // The pin stays for the DEL that is still owed (the bridge plugin needs it
             // to remove the pod's end of the veth).
             return;
+        }
+        if attached {
+            // A crash here leaves a pin and a state directory whose network is gone:
+            // the next pass sends DEL again (a no-op) and removes them.
+            crate::failpoint::hit("reclaim-after-network");
         }
         if pin.exists() {
             match NetNs::remove(&pin) {

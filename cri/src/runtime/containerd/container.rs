@@ -143,12 +143,15 @@ impl ContainerdRuntime {
         self.record_started(c, &log_path).await
     }
 
-    /// [`Runtime::stop_container`](crate::runtime::Runtime::stop_container).
+    /// [`Runtime::stop_container`](crate::runtime::Runtime::stop_container): the
+    /// grace period runs from this call, so time spent waiting for a turn to signal a
+    /// busy shim (see [`limit`](super::limit)) is taken off it (see [`stop_task`]).
     pub(super) async fn container_stop(
         &self,
         id: &str,
         grace: Duration,
     ) -> Result<(), RuntimeError> {
+        let began = tokio::time::Instant::now();
         // The image's StopSignal, else SIGTERM, as the CRI plugin does.
         let record = self.get_container(id).await?;
         let group = record.as_ref().map_or_else(|| id.to_owned(), shim_group);
@@ -159,30 +162,12 @@ impl ContainerdRuntime {
                     .and_then(|s| parse_signal(s))
             })
             .unwrap_or(SIGTERM);
-        if grace.is_zero() {
-            // No grace: straight to SIGKILL.
-            if self.kill(&group, id, SIGKILL).await? && !self.wait(id, KILL_WAIT).await? {
-                return Err(grpc("stop container", id)(
-                    tonic::Status::deadline_exceeded("process did not exit after SIGKILL"),
-                ));
-            }
-            return Ok(());
-        }
-        if !self.kill(&group, id, signal).await? {
-            return Ok(());
-        }
-        if self.wait(id, grace).await? {
-            return Ok(());
-        }
-        debug!(id, "grace period over, killing");
-        self.kill(&group, id, SIGKILL).await?;
-        if self.wait(id, KILL_WAIT).await? {
-            Ok(())
-        } else {
-            Err(grpc("stop container", id)(
-                tonic::Status::deadline_exceeded("process did not exit after SIGKILL"),
-            ))
-        }
+        let task = ShimTask {
+            rt: self,
+            group: &group,
+            id,
+        };
+        stop_task(&task, id, signal, grace, began).await
     }
 
     /// [`Runtime::remove_container`](crate::runtime::Runtime::remove_container).
@@ -218,6 +203,91 @@ impl ContainerdRuntime {
     }
 }
 
+/// The least a container gets between its stop signal and SIGKILL when waiting for
+/// its turn used up its grace period (upstream's `minimumGracePeriodInSeconds`); a
+/// shorter grace period it was given stays as it was.
+const MIN_GRACE_AFTER_WAIT: Duration = Duration::from_secs(2);
+
+/// What is left of `grace` once `spent` of it went (waiting for a turn to signal the
+/// shim): at least [`MIN_GRACE_AFTER_WAIT`], never more than `grace`.
+fn grace_left(grace: Duration, spent: Duration) -> Duration {
+    grace
+        .saturating_sub(spent)
+        .max(MIN_GRACE_AFTER_WAIT.min(grace))
+}
+
+/// The two task calls stopping a container makes.
+trait StopCalls {
+    /// Sends `signal`; `Ok(false)` when no live process was there.
+    async fn kill(&self, signal: u32) -> Result<bool, RuntimeError>;
+    /// Waits for the exit; `Ok(false)` when `timeout` passed first.
+    async fn wait(&self, timeout: Duration) -> Result<bool, RuntimeError>;
+}
+
+/// A container's task in its shim.
+struct ShimTask<'a> {
+    rt: &'a ContainerdRuntime,
+    group: &'a str,
+    id: &'a str,
+}
+
+impl StopCalls for ShimTask<'_> {
+    async fn kill(&self, signal: u32) -> Result<bool, RuntimeError> {
+        self.rt.kill(self.group, self.id, signal).await
+    }
+
+    async fn wait(&self, timeout: Duration) -> Result<bool, RuntimeError> {
+        self.rt.wait(self.id, timeout).await
+    }
+}
+
+/// Stops task `id`: `signal`, then what is left of `grace` measured from `began`
+/// (upstream's kubelet gives a container its grace period from when the kill began:
+/// a signal that waited for its turn behind a busy shim does not get a full one
+/// after it, see [`grace_left`]), then SIGKILL. No grace: SIGKILL at once.
+async fn stop_task(
+    task: &impl StopCalls,
+    id: &str,
+    signal: u32,
+    grace: Duration,
+    began: tokio::time::Instant,
+) -> Result<(), RuntimeError> {
+    let not_dead = || {
+        Err(grpc("stop container", id)(
+            tonic::Status::deadline_exceeded("process did not exit after SIGKILL"),
+        ))
+    };
+    if grace.is_zero() {
+        if task.kill(SIGKILL).await? && !task.wait(KILL_WAIT).await? {
+            return not_dead();
+        }
+        return Ok(());
+    }
+    if !task.kill(signal).await? {
+        return Ok(());
+    }
+    let spent = began.elapsed();
+    let left = grace_left(grace, spent);
+    if left < grace {
+        debug!(
+            id,
+            ?spent,
+            ?left,
+            "the stop signal waited for its turn: grace period shortened"
+        );
+    }
+    if task.wait(left).await? {
+        return Ok(());
+    }
+    debug!(id, "grace period over, killing");
+    task.kill(SIGKILL).await?;
+    if task.wait(KILL_WAIT).await? {
+        Ok(())
+    } else {
+        not_dead()
+    }
+}
+
 /// The container's OCI spec. An image user with names (`USER nginx`) is first
 /// resolved to numbers from the rootfs that `mounts` make, as containerd's CRI does.
 async fn build_spec(
@@ -245,4 +315,126 @@ async fn build_spec(
     let mut resolved = image.config.clone();
     resolved.user = format!("{uid}:{gid}");
     spec::container_spec(sandbox, config, &resolved, id)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::time::Instant;
+
+    use super::super::limit::{PER_SHIM, ShimLimiter};
+    use super::*;
+
+    /// A task in a shim whose calls go through a real limiter: it ignores the stop
+    /// signal (as `sleep` as PID 1 does) and dies of SIGKILL.
+    struct Stubborn {
+        limiter: Arc<ShimLimiter>,
+        signals: Mutex<Vec<u32>>,
+        waits: Mutex<Vec<Duration>>,
+    }
+
+    impl StopCalls for Stubborn {
+        async fn kill(&self, signal: u32) -> Result<bool, RuntimeError> {
+            let _turn = self.limiter.acquire("sandbox").await;
+            self.signals.lock().expect("signals").push(signal);
+            Ok(true)
+        }
+
+        async fn wait(&self, timeout: Duration) -> Result<bool, RuntimeError> {
+            self.waits.lock().expect("waits").push(timeout);
+            let killed = self.signals.lock().expect("signals").last() == Some(&SIGKILL);
+            if killed {
+                return Ok(true);
+            }
+            tokio::time::sleep(timeout).await;
+            Ok(false)
+        }
+    }
+
+    /// Stops a container with `grace` while its shim is saturated for `queued`;
+    /// returns the grace it got after its signal and the whole stop's length.
+    async fn stop_behind_a_busy_shim(grace: Duration, queued: Duration) -> (Duration, Duration) {
+        let limiter = Arc::new(ShimLimiter::default());
+        let mut busy = Vec::new();
+        for _ in 0..PER_SHIM {
+            busy.push(limiter.acquire("sandbox").await);
+        }
+        let task = Arc::new(Stubborn {
+            limiter: Arc::clone(&limiter),
+            signals: Mutex::new(Vec::new()),
+            waits: Mutex::new(Vec::new()),
+        });
+        let stopping = {
+            let task = Arc::clone(&task);
+            tokio::spawn(async move {
+                let began = Instant::now();
+                stop_task(&*task, "c", SIGTERM, grace, began)
+                    .await
+                    .expect("stopped");
+                began.elapsed()
+            })
+        };
+        tokio::time::sleep(queued).await;
+        assert!(
+            task.signals.lock().expect("signals").is_empty(),
+            "the signal waits for the shim"
+        );
+        drop(busy);
+        let took = stopping.await.expect("stop task");
+        assert_eq!(
+            *task.signals.lock().expect("signals"),
+            vec![SIGTERM, SIGKILL]
+        );
+        let waits = task.waits.lock().expect("waits").clone();
+        assert_eq!(waits.len(), 2, "{waits:?}");
+        assert_eq!(waits[1], KILL_WAIT);
+        (waits[0], took)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_for_a_kill_slot_is_taken_off_the_grace_period() {
+        let (left, took) = stop_behind_a_busy_shim(secs(30), secs(10)).await;
+        assert_eq!(left, secs(20), "30 s of grace, 10 s of it queued");
+        assert_eq!(took, secs(30), "the stop takes its grace period, no more");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_container_queued_past_its_grace_still_gets_the_minimum() {
+        let (left, took) = stop_behind_a_busy_shim(secs(30), secs(29)).await;
+        assert_eq!(left, MIN_GRACE_AFTER_WAIT);
+        assert_eq!(took, secs(31));
+        let (left, _) = stop_behind_a_busy_shim(secs(30), secs(300)).await;
+        assert_eq!(left, MIN_GRACE_AFTER_WAIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grace_shorter_than_the_minimum_is_not_lengthened() {
+        let (left, took) = stop_behind_a_busy_shim(secs(1), secs(5)).await;
+        assert_eq!(left, secs(1));
+        assert_eq!(took, secs(6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unqueued_container_gets_its_whole_grace_period() {
+        let (left, took) = stop_behind_a_busy_shim(secs(30), Duration::ZERO).await;
+        assert_eq!(left, secs(30));
+        assert_eq!(took, secs(30));
+    }
+
+    #[test]
+    fn grace_left_keeps_the_minimum_and_never_lengthens() {
+        assert_eq!(grace_left(secs(30), Duration::ZERO), secs(30));
+        assert_eq!(grace_left(secs(30), secs(12)), secs(18));
+        assert_eq!(grace_left(secs(30), secs(40)), secs(2));
+        assert_eq!(grace_left(secs(1), secs(40)), secs(1));
+        assert_eq!(
+            grace_left(Duration::from_millis(2500), Duration::from_secs(1)),
+            Duration::from_millis(2000)
+        );
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
 }

@@ -157,4 +157,39 @@ mod tests {
         let same = tokio::time::timeout(Duration::from_millis(50), limiter.acquire("a")).await;
         assert!(same.is_err(), "a second call to shim a waited");
     }
+
+    /// With the node's own bounds: calls queued behind one saturated shim hold none
+    /// of the node's slots, the other shims get all that are left, and then no more.
+    #[tokio::test]
+    async fn calls_queued_for_a_busy_shim_leave_the_node_slots_to_others() {
+        let limiter = Arc::new(ShimLimiter::default());
+        let mut held = Vec::new();
+        for _ in 0..PER_SHIM {
+            held.push(limiter.acquire("busy").await);
+        }
+        let queued: Vec<_> = (0..100)
+            .map(|_| {
+                let limiter = Arc::clone(&limiter);
+                tokio::spawn(async move {
+                    let _turn = limiter.acquire("busy").await;
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        for i in 0..PER_NODE - PER_SHIM {
+            let other = format!("other{}", i % 4);
+            let turn = tokio::time::timeout(Duration::from_secs(5), limiter.acquire(&other))
+                .await
+                .unwrap_or_else(|_| panic!("node slot {} of {PER_NODE} was free", i + PER_SHIM));
+            held.push(turn);
+        }
+        let over =
+            tokio::time::timeout(Duration::from_millis(50), limiter.acquire("another")).await;
+        assert!(over.is_err(), "a call past {PER_NODE} in all waited");
+        drop(held);
+        for q in queued {
+            q.await.expect("queued call");
+        }
+        assert_eq!(limiter.shims(), 0);
+    }
 }
