@@ -371,9 +371,10 @@ async fn in_agent_proxy_serves_cluster_ips_to_pods_on_the_node() {
     )
     .await;
 
-    // Programmed into the namespace's `table ip nodelet`: the VIP and both endpoints.
+    // Programmed into the namespace's IPv4 tables (`ip nodelet` and its NAT shards
+    // `ip nodelet-<n>`): the VIP and both endpoints.
     wait_for("the Service programmed", Duration::from_secs(30), || {
-        let out = netns.exec(&["nft", "list", "table", "ip", "nodelet"]);
+        let out = netns.exec(&["nft", "list", "ruleset", "ip"]);
         let table = String::from_utf8_lossy(&out.stdout).into_owned();
         let done = table.contains(&vip) && ips.iter().all(|ip| table.contains(ip.as_str()));
         async move { done.then_some(()) }
