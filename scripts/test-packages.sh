@@ -45,9 +45,16 @@ done
 size=$(dpkg-deb -f "$deb" Installed-Size)
 echo "installed size: $((size / 1024)) MiB; package: $(($(stat -c %s "$deb") / 1048576)) MiB"
 depends=$(dpkg-deb -f "$deb" Depends)
-for dep in "containerd (>= 1.6)" runc containernetworking-plugins nftables conntrack iproute2; do
+for dep in "containerd (>= 1.6)" runc nftables conntrack iproute2; do
   if grep -qF "$dep" <<<"$depends"; then ok "depends on $dep"; else fail "Depends lacks $dep: $depends"; fi
 done
+# The built-in pod network needs no CNI plugins: they are recommended, not required.
+recommends=$(dpkg-deb -f "$deb" Recommends)
+if grep -qF containernetworking-plugins <<<"$recommends" && ! grep -qF containernetworking-plugins <<<"$depends"; then
+  ok "recommends containernetworking-plugins"
+else
+  fail "containernetworking-plugins should be a Recommends: Depends: $depends; Recommends: $recommends"
+fi
 conffiles=$(dpkg-deb -I "$deb" conffiles)
 for c in /etc/nodelet/config.yaml /etc/default/nodelet; do
   if grep -qx "$c" <<<"$conffiles"; then ok "conffile $c"; else fail "$c is not a conffile"; fi
@@ -169,9 +176,15 @@ done
 configs=$(rpm -qpc "$rpm" 2>/dev/null)
 if grep -qx /etc/nodelet/config.yaml <<<"$configs"; then ok "rpm config file"; else fail "rpm: config.yaml is not %config"; fi
 requires=$(rpm -qpR "$rpm" 2>/dev/null)
-for r in "containerd >= 1.6" runc containernetworking-plugins nftables conntrack-tools iproute; do
+for r in "containerd >= 1.6" runc nftables conntrack-tools iproute; do
   if grep -q "^$r" <<<"$requires"; then ok "rpm requires $r"; else fail "rpm requires lacks $r: $requires"; fi
 done
+rpm_recommends=$(rpm -qp --recommends "$rpm" 2>/dev/null)
+if grep -q "^containernetworking-plugins" <<<"$rpm_recommends" && ! grep -q "^containernetworking-plugins" <<<"$requires"; then
+  ok "rpm recommends containernetworking-plugins"
+else
+  fail "rpm: containernetworking-plugins should be Recommends: $rpm_recommends"
+fi
 scripts=$(rpm -qp --scripts "$rpm" 2>/dev/null)
 for s in "postinstall scriptlet" "preuninstall scriptlet" "postuninstall scriptlet"; do
   if grep -q "$s" <<<"$scripts"; then ok "rpm has its $s"; else fail "rpm lacks its $s"; fi

@@ -299,6 +299,7 @@ pub async fn start(
         Some(c) => {
             let api = crate::cluster::objects::ApiObjects::new(c.client.clone());
             tasks.spawn(api.clone().watch_services(cancel.clone()));
+            tasks.spawn(api.clone().watch_runtime_classes(cancel.clone()));
             Arc::new(api)
         }
         None => Arc::new(crate::volume::StaticObjects::new()),

@@ -176,4 +176,12 @@ async fn a_runtime_class_selects_crun_and_a_missing_one_fails_only_its_pod() {
     let p = pods.get_opt("fast").await.expect("get").expect("fast");
     assert_eq!(phase(&p), "Running");
     w.stop_agent();
+    // The node's own credential may list and watch RuntimeClasses (the agent keeps
+    // a watch cache of them, as upstream's informer): its watch never failed.
+    let log = std::fs::read_to_string(w.agent_log()).expect("agent log");
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("watch failed") && l.contains("runtimeclass"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
 }

@@ -7,7 +7,10 @@
 //! change-detection strategy, [`super::object_cache`]), and their changes are
 //! announced so the pods using them are synced at once. Services come from a
 //! watch cache of every namespace (upstream's service lister), for the service
-//! environment variables: [`ApiObjects::watch_services`] keeps it.
+//! environment variables: [`ApiObjects::watch_services`] keeps it. RuntimeClasses
+//! come from a cluster-wide watch cache too (upstream's runtimeclass manager reads an
+//! informer), [`ApiObjects::watch_runtime_classes`]: a pod naming a known class costs
+//! no request, and keeps starting while the apiserver is away.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +45,8 @@ pub struct ApiObjects {
     services: Store<Service>,
     services_writer: Arc<std::sync::Mutex<Option<reflector::store::Writer<Service>>>>,
     services_synced: Arc<AtomicBool>,
+    runtime_classes: Store<RuntimeClass>,
+    runtime_classes_writer: Arc<std::sync::Mutex<Option<reflector::store::Writer<RuntimeClass>>>>,
     config_maps: Arc<ObjectCache<ConfigMap>>,
     secrets: Arc<ObjectCache<Secret>>,
     changes: broadcast::Sender<ObjectKey>,
@@ -57,6 +62,7 @@ impl ApiObjects {
     /// Objects read through `client`.
     pub fn new(client: kube::Client) -> Self {
         let (services, writer) = reflector::store();
+        let (runtime_classes, runtime_classes_writer) = reflector::store();
         let (changes, _) = broadcast::channel(256);
         Self {
             config_maps: Arc::new(ObjectCache::new(
@@ -70,6 +76,8 @@ impl ApiObjects {
             services,
             services_writer: Arc::new(std::sync::Mutex::new(Some(writer))),
             services_synced: Arc::new(AtomicBool::new(false)),
+            runtime_classes,
+            runtime_classes_writer: Arc::new(std::sync::Mutex::new(Some(runtime_classes_writer))),
         }
     }
 
@@ -84,34 +92,79 @@ impl ApiObjects {
         else {
             return;
         };
-        let api: Api<Service> = Api::all(self.client.clone());
-        let config = watcher::Config::default().timeout(290);
-        let stream = watcher::watcher(api, config)
-            .default_backoff()
-            .reflect(writer);
-        let mut stream = std::pin::pin!(stream);
         let synced = Arc::clone(&self.services_synced);
         let changes = self.changes.clone();
-        let follow = async move {
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::InitDone) => {
-                        if !synced.swap(true, Ordering::SeqCst) {
-                            tracing::debug!("services listed");
-                            // Pods waiting for their service variables go on now
-                            // (upstream's kubelet retries once the informer synced).
-                            let _ = changes.send(ObjectKey::services_listed());
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "service watch failed; retrying"),
-                }
+        let on_listed = move || {
+            if !synced.swap(true, Ordering::SeqCst) {
+                tracing::debug!("services listed");
+                // Pods waiting for their service variables go on now (upstream's
+                // kubelet retries once the informer synced).
+                let _ = changes.send(ObjectKey::services_listed());
             }
         };
-        tokio::select! {
-            () = follow => {}
-            () = cancel.cancelled() => {}
+        reflect(
+            Api::all(self.client.clone()),
+            writer,
+            "service",
+            on_listed,
+            cancel,
+        )
+        .await;
+    }
+
+    /// Keeps the RuntimeClass cache until `cancel`, as [`Self::watch_services`] keeps
+    /// the Services'. Run it once.
+    pub async fn watch_runtime_classes(self, cancel: CancellationToken) {
+        let Some(writer) = self
+            .runtime_classes_writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        let on_listed = || tracing::debug!("runtime classes listed");
+        reflect(
+            Api::all(self.client.clone()),
+            writer,
+            "runtimeclass",
+            on_listed,
+            cancel,
+        )
+        .await;
+    }
+}
+
+/// Feeds `writer` from a watch of `api` until `cancel`: resumed from its
+/// resourceVersion, re-listed on `410 Gone`, retried with backoff; `on_listed` runs
+/// after every complete list.
+async fn reflect<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    kind: &'static str,
+    on_listed: impl Fn(),
+    cancel: CancellationToken,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let config = watcher::Config::default().timeout(290);
+    let stream = watcher::watcher(api, config)
+        .default_backoff()
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    let follow = async move {
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => on_listed(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, kind, "watch failed; retrying"),
+            }
         }
+    };
+    tokio::select! {
+        () = follow => {}
+        () = cancel.cancelled() => {}
     }
 }
 
@@ -182,8 +235,12 @@ impl ObjectSource for ApiObjects {
     fn runtime_handler(&self, name: &str) -> BoxFuture<'_, Result<Option<String>, ObjectError>> {
         let name = name.to_owned();
         Box::pin(async move {
-            // One GET per sandbox of a pod that names a class: fresh, and only pods
-            // with a RuntimeClass pay for it (upstream keeps an informer).
+            // The watch cache first, as upstream's informer-backed lister. A class
+            // it lacks (created a moment ago, or the watch not up yet) is asked for
+            // directly, so a pod is never failed on a cache that is behind.
+            if let Some(class) = self.runtime_classes.get(&reflector::ObjectRef::new(&name)) {
+                return Ok(Some(class.handler.clone()));
+            }
             let api: Api<RuntimeClass> = Api::all(self.client.clone());
             call("get", format!("runtimeclass/{name}"), api.get_opt(&name))
                 .await
@@ -305,6 +362,61 @@ mod tests {
         send.send_response(Response::new(Body::from(list("9").into_bytes())));
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(changes.try_recv().is_err());
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listed_runtime_class_needs_no_request_and_a_new_one_is_asked_for() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let objects = ApiObjects::new(kube::Client::new(svc, "default"));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(objects.clone().watch_runtime_classes(cancel.clone()));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert!(
+            req.uri()
+                .path()
+                .ends_with("/apis/node.k8s.io/v1/runtimeclasses"),
+            "{}",
+            req.uri()
+        );
+        let list = serde_json::json!({
+            "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClassList",
+            "metadata": {"resourceVersion": "1"},
+            "items": [{"metadata": {"name": "fast", "resourceVersion": "1"}, "handler": "crun"}]
+        });
+        send.send_response(Response::new(Body::from(list.to_string().into_bytes())));
+        // The watch that follows the list stays open (no response): the apiserver
+        // could be away from here on.
+        let (watch, _keep) = handle.next_request().await.unwrap();
+        assert!(
+            watch
+                .uri()
+                .query()
+                .unwrap_or_default()
+                .contains("watch=true")
+        );
+        assert_eq!(
+            objects.runtime_handler("fast").await.unwrap(),
+            Some("crun".to_owned())
+        );
+        // A class the cache lacks is read directly.
+        let lookup = tokio::spawn({
+            let objects = objects.clone();
+            async move { objects.runtime_handler("new").await }
+        });
+        let (req, send) = handle.next_request().await.unwrap();
+        assert!(
+            req.uri()
+                .path()
+                .ends_with("/apis/node.k8s.io/v1/runtimeclasses/new"),
+            "{}",
+            req.uri()
+        );
+        let class = serde_json::json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+            "metadata": {"name": "new"}, "handler": "runc"});
+        send.send_response(Response::new(Body::from(class.to_string().into_bytes())));
+        assert_eq!(lookup.await.unwrap().unwrap(), Some("runc".to_owned()));
         cancel.cancel();
         task.await.unwrap();
     }
