@@ -13,8 +13,8 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::List;
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Pod;
+use support::events::wait_event;
 use support::{BUSYBOX, PodNet, World, container_status, phase, wait_for};
 
 fn sleeper(name: &str) -> String {
@@ -34,21 +34,6 @@ fn waiting(p: &Pod) -> Option<(String, String)> {
         .waiting
         .as_ref()?;
     Some((w.reason.clone()?, w.message.clone().unwrap_or_default()))
-}
-
-async fn events(w: &World) -> Vec<Event> {
-    let url = format!(
-        "http://127.0.0.1:{}/api/v1/namespaces/default/events",
-        w.port
-    );
-    match reqwest::get(&url).await {
-        Ok(r) => r
-            .json::<List<Event>>()
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    }
 }
 
 /// A /30 holds the gateway and one pod: the second pod stays `ContainerCreating` with
@@ -78,18 +63,7 @@ async fn an_exhausted_range_fails_only_that_pod_with_upstreams_status_and_event(
     assert_eq!(phase(&pod), "Pending");
     let (_, message) = waiting(&pod).expect("waiting");
     eprintln!("status message: {message}");
-    let full = format!("second-{}", w.node);
-    let event = wait_for(
-        "a FailedCreatePodSandBox event",
-        Duration::from_secs(30),
-        || async {
-            events(&w).await.into_iter().find(|e| {
-                e.involved_object.name.as_deref() == Some(full.as_str())
-                    && e.reason.as_deref() == Some("FailedCreatePodSandBox")
-            })
-        },
-    )
-    .await;
+    let event = wait_event(&w, "second", "FailedCreatePodSandBox", |_| true).await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     let text = event.message.clone().unwrap_or_default();
     eprintln!("event message: {text}");

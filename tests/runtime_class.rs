@@ -8,11 +8,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use k8s_openapi::List;
-use k8s_openapi::api::core::v1::{Event, Pod};
-use support::{BUSYBOX, World, container_status, crun_handler_args, phase, wait_for};
+use k8s_openapi::api::core::v1::Pod;
+use support::events::wait_event;
+use support::{BUSYBOX, World, container_status, crun_handler_args, phase};
 
 /// Where the runc shim (default `Root`) keeps the OCI runtime's state of a container.
 fn state_dir(w: &World, id: &str) -> PathBuf {
@@ -45,21 +44,6 @@ fn container_id(pod: &Pod) -> String {
         .and_then(|s| s.container_id.clone())
         .and_then(|id| id.strip_prefix("containerd://").map(str::to_owned))
         .expect("a container ID")
-}
-
-async fn events(w: &World) -> Vec<Event> {
-    let url = format!(
-        "http://127.0.0.1:{}/api/v1/namespaces/default/events",
-        w.port
-    );
-    match reqwest::get(&url).await {
-        Ok(r) => r
-            .json::<List<Event>>()
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,22 +113,7 @@ async fn crun_runs_its_pod_and_an_unknown_handler_fails_only_that_pod() {
         waiting.message.as_deref(),
         Some(format!("failed to create pod sandbox: {want}").as_str())
     );
-    let full = format!("nowhere-{}", w.node);
-    let event = wait_for(
-        "the FailedCreatePodSandBox event",
-        Duration::from_secs(30),
-        || {
-            let full = full.clone();
-            let w = &w;
-            async move {
-                events(w).await.into_iter().find(|e| {
-                    e.involved_object.name.as_deref() == Some(full.as_str())
-                        && e.reason.as_deref() == Some("FailedCreatePodSandBox")
-                })
-            }
-        },
-    )
-    .await;
+    let event = wait_event(&w, "nowhere", "FailedCreatePodSandBox", |_| true).await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     assert_eq!(
         event.message.as_deref(),

@@ -15,6 +15,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod events;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
