@@ -6,28 +6,18 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod support;
+
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use nodelet_netproxy::health::ProxyHealth;
 use nodelet_netproxy::health::node::{TO_BE_DELETED_TAINT, watch_eligibility};
 use nodelet_netproxy::model::IpFamily;
 use serde_json::json;
-
-async fn client() -> Client {
-    let path = std::env::var("NODELET_TEST_KUBECONFIG").expect(
-        "NODELET_TEST_KUBECONFIG must name the real apiserver tier's admin kubeconfig (scripts/apiserver.sh start)",
-    );
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let kc = Kubeconfig::read_from(&path).expect("read kubeconfig");
-    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
-    Client::try_from(cfg).expect("client")
-}
+use support::cluster::client;
 
 const FINALIZER: &str = "nodelet.test/hold";
 

@@ -175,6 +175,11 @@ impl ServiceChangeTracker {
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
+
+    /// The services with a change waiting for a sync.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
 }
 
 fn service_name(service: &Service) -> Option<ServiceName> {
