@@ -349,12 +349,20 @@ async fn a_server_with_slices_is_never_asked_for_endpoints() {
             min_sync_period: Duration::from_millis(100),
             sync_period: Duration::from_secs(30),
         };
-        nodelet_netproxy::watch::run_proxy(watch_client, &mut proxier, periods, |_: &Result<_, _>| {})
-            .await
+        nodelet_netproxy::watch::run_proxy(
+            watch_client,
+            &mut proxier,
+            periods,
+            |_: &Result<_, _>| {},
+        )
+        .await
     });
     let end = Instant::now() + Duration::from_secs(20);
     while !nft.scripts().concat().contains("10.180.0.51") {
-        assert!(Instant::now() < end, "the slice's endpoint was never programmed");
+        assert!(
+            Instant::now() < end,
+            "the slice's endpoint was never programmed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     proxy.abort();

@@ -189,7 +189,10 @@ async fn core_endpoints_reach_the_proxier_when_the_server_lacks_slices() {
     .await;
     let scripts = nft.scripts().concat();
     for needle in [vip.as_str(), "10.180.0.41", "10.180.0.42"] {
-        assert!(scripts.contains(needle), "{needle} not programmed:\n{scripts}");
+        assert!(
+            scripts.contains(needle),
+            "{needle} not programmed:\n{scripts}"
+        );
     }
 
     // An update through the API: the old addresses go, the new one comes.

@@ -230,7 +230,10 @@ async fn the_proxier_cleans_after_udp_changes_only() {
     p.service_updated(&cluster_ip("ns", "web", "172.30.0.11", "http", 80));
     let r = p.sync().await.expect("tcp sync");
     assert_eq!(ct.lists(), lists);
-    assert_eq!(r.conntrack_reconcile, None, "no reconciler run, no duration");
+    assert_eq!(
+        r.conntrack_reconcile, None,
+        "no reconciler run, no duration"
+    );
 
     // An endpoint removed: exactly its entry goes.
     p.slice_updated(&two(&["10.0.0.1"]));

@@ -89,11 +89,7 @@ impl<N: Nft> Observer<N> for HealthObserver {
                 self.health.updated(self.family);
                 metrics.synced(self.family, r.full, elapsed.as_secs_f64());
                 if let Some(d) = r.conntrack_reconcile {
-                    metrics.conntrack_reconciled(
-                        self.family,
-                        d.as_secs_f64(),
-                        r.conntrack_deleted,
-                    );
+                    metrics.conntrack_reconciled(self.family, d.as_secs_f64(), r.conntrack_deleted);
                 }
                 metrics.no_local_endpoints(self.family, proxier.no_local_endpoints());
                 for t in self.triggers.drain(..) {

@@ -117,7 +117,14 @@ async fn pending_changes_and_services_without_local_endpoints() {
     for s in [
         slice("ns", "itp", "itp-1", "http", 8080, &remote),
         etp_slice.clone(),
-        slice("ns", "served", "served-1", "http", 8080, &[ep("10.0.0.1", "node-a")]),
+        slice(
+            "ns",
+            "served",
+            "served-1",
+            "http",
+            8080,
+            &[ep("10.0.0.1", "node-a")],
+        ),
     ] {
         feed(&mut p, &mut o, Event::SliceUpdated(Box::new(s)));
     }

@@ -64,19 +64,17 @@ impl RequestLog {
 pub async fn recording_client(path: &Path) -> (Client, RequestLog) {
     let log = RequestLog::default();
     let l = log.0.clone();
-    let layer = tower::util::MapRequestLayer::new(
-        move |req: http::Request<kube::client::Body>| {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            if let Ok(mut l) = l.lock() {
-                l.push(format!("{} {pq}", req.method()));
-            }
-            req
-        },
-    );
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        if let Ok(mut l) = l.lock() {
+            l.push(format!("{} {pq}", req.method()));
+        }
+        req
+    });
     let client = kube::client::ClientBuilder::try_from(config(path).await)
         .expect("client builder")
         .with_layer(&layer)
