@@ -18,14 +18,16 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use nodelet_netproxy::Proxier;
-use nodelet_netproxy::model::{IpFamily, NodeTopology};
+use nodelet_netproxy::model::IpFamily;
 use nodelet_netproxy::nft::RenderConfig;
 use nodelet_netproxy::nft::exec::NftCommand;
-use nodelet_netproxy::runner::Periods;
 use nodelet_netproxy::testing::{Ep, slice};
 use serde_json::json;
 use support::World;
-use support::cluster::{NsGuard, client, recording_client, shared_kubeconfig};
+use support::cluster::{
+    NsGuard, client, create_web_service, node_a, recording_client, shared_kubeconfig, spawn_proxy,
+    test_slice,
+};
 
 /// Connects until `ok` holds for the answer or `timeout` passes.
 fn wait_for(
@@ -55,20 +57,7 @@ async fn services_and_slices_from_the_apiserver_are_programmed() {
     w.endpoint("10.180.0.21", 8080);
     w.endpoint("10.180.0.22", 8080);
 
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "web"},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-    }))
-    .expect("service");
-    let svc = services
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("create service");
-    let vip = svc
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("allocated ClusterIP");
+    let vip = create_web_service(&client, &ns).await;
 
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
     let eps = |ips: &[&'static str]| -> EndpointSlice {
@@ -98,28 +87,8 @@ async fn services_and_slices_from_the_apiserver_are_programmed() {
 
     let mut cfg = RenderConfig::new(IpFamily::V4);
     cfg.cluster_cidrs = vec!["10.180.0.0/16".parse().expect("cidr")];
-    let mut proxier = Proxier::new(
-        NftCommand::new().in_netns(&w.node),
-        cfg,
-        NodeTopology {
-            node_name: "node-a".into(),
-            zone: None,
-        },
-    );
-    let watch_client = client.clone();
-    let proxy = tokio::spawn(async move {
-        let periods = Periods {
-            min_sync_period: Duration::from_millis(100),
-            sync_period: Duration::from_secs(30),
-        };
-        nodelet_netproxy::watch::run_proxy(
-            watch_client,
-            &mut proxier,
-            periods,
-            |_: &Result<_, _>| {},
-        )
-        .await
-    });
+    let proxier = Proxier::new(NftCommand::new().in_netns(&w.node), cfg, node_a());
+    let proxy = spawn_proxy(client.clone(), proxier, |_: &Result<_, _>| {});
 
     let vip2 = vip.clone();
     let w = tokio::task::spawn_blocking(move || {
@@ -166,7 +135,7 @@ async fn services_and_slices_from_the_apiserver_are_programmed() {
     .expect("client");
 
     // Delete the service: its rules go.
-    services
+    Api::<Service>::namespaced(client.clone(), &ns)
         .delete("web", &DeleteParams::default())
         .await
         .expect("delete service");
@@ -229,19 +198,11 @@ async fn discovery_finds_v1_and_health_check_node_ports_follow_the_api() {
         .and_then(|s| s.health_check_node_port)
         .expect("the apiserver allocates a healthCheckNodePort");
     let hcnp = u16::try_from(hcnp).expect("port");
-    let eps = [Ep {
-        ip: "10.180.0.31",
-        node: "node-a",
-        ready: true,
-        terminating: false,
-    }];
-    let mut s = slice(&ns, "lb", "lb-1", "http", 8080, &eps);
-    s.metadata.labels.get_or_insert_default().insert(
-        "endpointslice.kubernetes.io/managed-by".into(),
-        "nodelet-test".into(),
-    );
     Api::<EndpointSlice>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &s)
+        .create(
+            &PostParams::default(),
+            &test_slice(&ns, "lb", "lb-1", "10.180.0.31"),
+        )
         .await
         .expect("create slice");
 
@@ -255,22 +216,12 @@ async fn discovery_finds_v1_and_health_check_node_ports_follow_the_api() {
             vec!["127.0.0.1".parse().expect("ip")],
         )),
     );
-    let mut proxier = Proxier::new(
+    let proxier = Proxier::new(
         RecordingNft::default(),
         RenderConfig::new(IpFamily::V4),
-        NodeTopology {
-            node_name: "node-a".into(),
-            zone: None,
-        },
+        node_a(),
     );
-    let watch_client = client.clone();
-    let proxy = tokio::spawn(async move {
-        let periods = Periods {
-            min_sync_period: Duration::from_millis(100),
-            sync_period: Duration::from_secs(30),
-        };
-        nodelet_netproxy::watch::run_proxy(watch_client, &mut proxier, periods, observer).await
-    });
+    let proxy = spawn_proxy(client.clone(), proxier, observer);
     let deadline = Instant::now() + Duration::from_secs(20);
     let (code, body) = loop {
         let r = tokio::time::timeout(Duration::from_secs(2), http_get(hcnp)).await;
@@ -303,60 +254,18 @@ async fn a_server_with_slices_is_never_asked_for_endpoints() {
     assert_eq!(discover(&client).await, EndpointsSource::V1);
     let guard = NsGuard::create(&client, &format!("proxynoeps-{}", std::process::id())).await;
     let ns = guard.name().to_string();
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "web"},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-    }))
-    .expect("service");
-    Api::<Service>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("create service");
-    let mut s = slice(
-        &ns,
-        "web",
-        "web-1",
-        "http",
-        8080,
-        &[Ep {
-            ip: "10.180.0.51",
-            node: "node-a",
-            ready: true,
-            terminating: false,
-        }],
-    );
-    s.metadata.labels.get_or_insert_default().insert(
-        "endpointslice.kubernetes.io/managed-by".into(),
-        "nodelet-test".into(),
-    );
+    create_web_service(&client, &ns).await;
     Api::<EndpointSlice>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &s)
+        .create(
+            &PostParams::default(),
+            &test_slice(&ns, "web", "web-1", "10.180.0.51"),
+        )
         .await
         .expect("create slice");
 
     let nft = RecordingNft::default();
-    let mut proxier = Proxier::new(
-        nft.clone(),
-        RenderConfig::new(IpFamily::V4),
-        NodeTopology {
-            node_name: "node-a".into(),
-            zone: None,
-        },
-    );
-    let watch_client = client.clone();
-    let proxy = tokio::spawn(async move {
-        let periods = Periods {
-            min_sync_period: Duration::from_millis(100),
-            sync_period: Duration::from_secs(30),
-        };
-        nodelet_netproxy::watch::run_proxy(
-            watch_client,
-            &mut proxier,
-            periods,
-            |_: &Result<_, _>| {},
-        )
-        .await
-    });
+    let proxier = Proxier::new(nft.clone(), RenderConfig::new(IpFamily::V4), node_a());
+    let proxy = spawn_proxy(client.clone(), proxier, |_: &Result<_, _>| {});
     let end = Instant::now() + Duration::from_secs(20);
     while !nft.scripts().concat().contains("10.180.0.51") {
         assert!(

@@ -20,17 +20,19 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::Endpoints;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use nodelet_netproxy::legacy::{EndpointsSource, discover};
-use nodelet_netproxy::model::{IpFamily, NodeTopology};
+use nodelet_netproxy::model::IpFamily;
 use nodelet_netproxy::nft::RenderConfig;
 use nodelet_netproxy::nft::exec::RecordingNft;
-use nodelet_netproxy::runner::{Observer, Periods};
+use nodelet_netproxy::runner::Observer;
 use nodelet_netproxy::{Proxier, SyncError, SyncReport};
 use serde_json::json;
-use support::cluster::{NsGuard, OwnControlPlane, recording_client};
+use support::cluster::{
+    NsGuard, OwnControlPlane, create_web_service, node_a, recording_client, spawn_proxy,
+};
 
 /// Service port (`ns/name:port`) to its endpoints (`ip:port ready|not-ready local|remote`)
 /// as of the proxier's last sync.
@@ -117,19 +119,7 @@ async fn core_endpoints_reach_the_proxier_when_the_server_lacks_slices() {
     let ns_guard = NsGuard::create(&client, &format!("proxyeps-{}", std::process::id())).await;
     let ns = ns_guard.name().to_string();
 
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "web"},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-    }))
-    .expect("service");
-    let vip = services
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("create service")
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("allocated ClusterIP");
+    let vip = create_web_service(&client, &ns).await;
     let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), &ns);
     let eps = |ready: &[(&str, &str)], not_ready: &[&str]| -> Endpoints {
         let addresses: Vec<_> = ready
@@ -156,24 +146,10 @@ async fn core_endpoints_reach_the_proxier_when_the_server_lacks_slices() {
         .expect("create endpoints");
 
     let nft = RecordingNft::default();
-    let mut proxier = Proxier::new(
-        nft.clone(),
-        RenderConfig::new(IpFamily::V4),
-        NodeTopology {
-            node_name: "node-a".into(),
-            zone: None,
-        },
-    );
+    let proxier = Proxier::new(nft.clone(), RenderConfig::new(IpFamily::V4), node_a());
     let model = Model::default();
     let observer = Snapshot(model.clone());
-    let watch_client = client.clone();
-    let proxy = tokio::spawn(async move {
-        let periods = Periods {
-            min_sync_period: Duration::from_millis(100),
-            sync_period: Duration::from_secs(30),
-        };
-        nodelet_netproxy::watch::run_proxy(watch_client, &mut proxier, periods, observer).await
-    });
+    let proxy = spawn_proxy(client.clone(), proxier, observer);
 
     let port = format!("{ns}/web:http");
     wait_model(

@@ -17,7 +17,7 @@ use nodelet_netproxy::health::ProxyHealth;
 use nodelet_netproxy::health::node::{TO_BE_DELETED_TAINT, watch_eligibility};
 use nodelet_netproxy::model::IpFamily;
 use serde_json::json;
-use support::cluster::client;
+use support::cluster::{block_on_thread, client};
 
 const FINALIZER: &str = "nodelet.test/hold";
 
@@ -27,24 +27,17 @@ struct NodeGuard(Client, String);
 impl Drop for NodeGuard {
     fn drop(&mut self) {
         let (client, name) = (self.0.clone(), self.1.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("rt");
-            rt.block_on(async {
-                let nodes = Api::<Node>::all(client);
-                let _ = nodes
-                    .patch(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                    )
-                    .await;
-                let _ = nodes.delete(&name, &DeleteParams::default()).await;
-            });
-        })
-        .join();
+        block_on_thread(async move {
+            let nodes = Api::<Node>::all(client);
+            let _ = nodes
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
+            let _ = nodes.delete(&name, &DeleteParams::default()).await;
+        });
     }
 }
 

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
@@ -107,19 +108,37 @@ impl NsGuard {
 impl Drop for NsGuard {
     fn drop(&mut self) {
         let (client, name) = (self.0.clone(), self.1.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("rt");
-            rt.block_on(async {
-                let _ = Api::<Namespace>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await;
-            });
-        })
-        .join();
+        block_on_thread(async move {
+            let _ = Api::<Namespace>::all(client)
+                .delete(&name, &DeleteParams::default())
+                .await;
+        });
     }
+}
+
+/// Runs `fut` to its end on a fresh thread and runtime (for clean-up in `Drop`, which
+/// may run inside or outside a runtime).
+pub fn block_on_thread(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt")
+            .block_on(fut);
+    })
+    .join();
+}
+
+/// An EndpointSlice of service `svc` (port `http` 8080) with one ready endpoint `ip` on
+/// `node-a`, labelled as managed by the test so the EndpointSlice controllers leave it.
+pub fn test_slice(ns: &str, svc: &str, name: &str, ip: &str) -> EndpointSlice {
+    let eps = [nodelet_netproxy::testing::ep(ip, "node-a")];
+    let mut s = nodelet_netproxy::testing::slice(ns, svc, name, "http", 8080, &eps);
+    s.metadata.labels.get_or_insert_default().insert(
+        "endpointslice.kubernetes.io/managed-by".into(),
+        "nodelet-test".into(),
+    );
+    s
 }
 
 /// A control plane of the test's own (`scripts/apiserver.sh` in run dir `dir`, ports of
@@ -180,4 +199,49 @@ impl Drop for OwnControlPlane {
             let _ = Self::command(&self.dir, &self.runtime_config, "stop").output();
         }
     }
+}
+
+/// The node the API tests' proxiers run as.
+pub fn node_a() -> nodelet_netproxy::model::NodeTopology {
+    nodelet_netproxy::model::NodeTopology {
+        node_name: "node-a".into(),
+        zone: None,
+    }
+}
+
+/// Creates the selector-less Service `web` (port `http` 80 → 8080) in `ns`; its ClusterIP.
+pub async fn create_web_service(client: &Client, ns: &str) -> String {
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+    .expect("service");
+    Api::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("allocated ClusterIP")
+}
+
+/// Runs `proxier` against the apiserver through `client` on a task (`minSyncPeriod`
+/// 100 ms, `syncPeriod` 30 s), `observer` seeing its events and syncs.
+pub fn spawn_proxy<N, O>(
+    client: Client,
+    mut proxier: nodelet_netproxy::Proxier<N>,
+    observer: O,
+) -> tokio::task::JoinHandle<Result<(), nodelet_netproxy::watch::WatchError>>
+where
+    N: nodelet_netproxy::nft::exec::Nft + Send + 'static,
+    O: nodelet_netproxy::runner::Observer<N> + Send + 'static,
+    nodelet_netproxy::Proxier<N>: Send,
+{
+    tokio::spawn(async move {
+        let periods = nodelet_netproxy::runner::Periods {
+            min_sync_period: std::time::Duration::from_millis(100),
+            sync_period: std::time::Duration::from_secs(30),
+        };
+        nodelet_netproxy::watch::run_proxy(client, &mut proxier, periods, observer).await
+    })
 }
