@@ -241,3 +241,38 @@ fn pending_gauges_add_up_the_proxiers_of_both_families() {
         "{t}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_runner_sets_the_pending_gauges_as_events_arrive() {
+    use crate::runner::{Periods, run};
+    use crate::testing::cluster_ip;
+
+    let health = ProxyHealth::new(Duration::from_secs(60));
+    let observer = HealthObserver::new(health.clone(), IpFamily::V4, None);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let task = tokio::spawn(async move {
+        let mut p = proxier();
+        run(&mut p, rx, Periods::default(), observer).await;
+    });
+    let pending = || {
+        value(
+            &health.metrics.render(),
+            "kubeproxy_sync_proxy_rules_service_changes_pending",
+        )
+    };
+    // Before the initial list is done nothing syncs: the changes stay pending.
+    for (name, ip) in [("a", "172.30.0.1"), ("b", "172.30.0.2")] {
+        tx.send(Event::ServiceUpdated(Box::new(cluster_ip(
+            "ns", name, ip, "http", 80,
+        ))))
+        .await
+        .expect("send");
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(pending().as_deref(), Some("2"));
+    tx.send(Event::InitialListDone).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(pending().as_deref(), Some("0"));
+    drop(tx);
+    task.await.expect("runner");
+}
