@@ -107,6 +107,8 @@ pub struct Proxier<N: Nft> {
     need_full_sync: bool,
     base_recreated: bool,
     conntrack: Option<Box<dyn Conntrack>>,
+    /// Services with Local-policy ports left without local endpoints (`stats`).
+    no_local: BTreeMap<ServiceName, NoLocalEndpoints>,
 }
 
 impl<N: Nft> Proxier<N> {
@@ -132,6 +134,7 @@ impl<N: Nft> Proxier<N> {
             need_full_sync: true,
             base_recreated: false,
             conntrack: None,
+            no_local: BTreeMap::new(),
         }
     }
 
@@ -332,6 +335,7 @@ impl<N: Nft> Proxier<N> {
             .into_iter()
             .chain(ep_update.updated)
             .collect();
+        self.refresh_no_local(&changed);
         let gone = StaleHints {
             destinations: svc_update.stale_udp_destinations,
             node_ports: svc_update.stale_udp_node_ports,

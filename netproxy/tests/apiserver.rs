@@ -242,6 +242,13 @@ async fn discovery_finds_v1_and_health_check_node_ports_follow_the_api() {
             && !l.ends_with(" 0")),
         "{metrics}"
     );
+    // The Local service has its local endpoint: nothing dropped for want of one.
+    for policy in ["internal", "external"] {
+        let series = format!(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{ip_family=\"IPv4\",traffic_policy=\"{policy}\"}} 0"
+        );
+        assert!(metrics.lines().any(|l| l == series), "{series}:\n{metrics}");
+    }
     proxy.abort();
 }
 

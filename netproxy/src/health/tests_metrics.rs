@@ -276,3 +276,59 @@ async fn the_runner_sets_the_pending_gauges_as_events_arrive() {
     drop(tx);
     task.await.expect("runner");
 }
+
+/// Prints how long the no-local-endpoints count takes over 10k and 30k Cluster-policy
+/// service ports × 10 endpoints and over 10k `internalTrafficPolicy: Local` ones (the
+/// fastest of 5 runs; a figure, never failing on time).
+#[tokio::test]
+#[ignore = "a figure: cargo test -p nodelet-netproxy --lib no_local_cost -- --ignored --nocapture"]
+async fn no_local_cost() {
+    use crate::testing::Ep;
+    for (n, local) in [(10_000usize, false), (30_000, false), (10_000, true)] {
+        let mut p = proxier();
+        for i in 0..n {
+            let name = format!("s{i}");
+            let ip = format!("172.30.{}.{}", i / 250, i % 250 + 1);
+            let itp = if local { "Local" } else { "Cluster" };
+            p.service_updated(&service(
+                "ns",
+                &name,
+                json!({"clusterIP": ip, "internalTrafficPolicy": itp,
+                       "ports": [{"name": "http", "port": 80}]}),
+                None,
+            ));
+            let ips: Vec<String> = (0..10)
+                .map(|e| format!("10.{}.{}.{}", i / 250 % 250, i % 250, e + 1))
+                .collect();
+            let eps: Vec<Ep<'_>> = ips
+                .iter()
+                .map(|ip| Ep {
+                    ip,
+                    node: "node-b",
+                    ready: true,
+                    terminating: false,
+                })
+                .collect();
+            p.slice_updated(&slice(
+                "ns",
+                &name,
+                &format!("{name}-1"),
+                "http",
+                8080,
+                &eps,
+            ));
+        }
+        p.sync().await.expect("sync");
+        let mut best = Duration::MAX;
+        let mut r = Default::default();
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            r = p.no_local_endpoints();
+            best = best.min(t.elapsed());
+        }
+        let policy = if local { "Local" } else { "Cluster" };
+        println!(
+            "{n} {policy}-policy service ports × 10 endpoints: no_local_endpoints {best:?} ({r:?})"
+        );
+    }
+}

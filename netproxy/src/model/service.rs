@@ -44,6 +44,14 @@ impl ServicePortMap {
         self.ports.is_empty()
     }
 
+    /// The ports of `service`, in name order (a range of the map, not a scan).
+    pub fn service_ports(
+        &self,
+        service: &ServiceName,
+    ) -> impl Iterator<Item = (&ServicePortName, &ServicePortInfo)> {
+        self.ports.range(port_range(service))
+    }
+
     /// The ports of `service` currently in the map.
     fn ports_of(&self, service: &ServiceName) -> Ports {
         self.ports

@@ -2,8 +2,10 @@
 //! `syncProxyRules` and its change trackers): the changes waiting for a sync, and the
 //! service ports with a Local traffic policy and no local endpoint.
 
+use std::collections::BTreeSet;
+
 use super::Proxier;
-use crate::model::categorize_endpoints;
+use crate::model::{ServiceName, categorize_endpoints};
 use crate::nft::exec::Nft;
 
 /// Service ports whose Local traffic policy finds no local endpoint while the service has
@@ -36,23 +38,40 @@ impl<N: Nft> Proxier<N> {
         }
     }
 
-    /// Counts, over the service ports as of the last sync, those whose Local policy has
-    /// no local endpoint although the service has endpoints (a service without any
-    /// endpoint rejects, and is not counted), as upstream's nftables proxier does.
+    /// The service ports, as of the last sync, whose Local policy has no local endpoint
+    /// although the service has endpoints (a service without any endpoint rejects, and
+    /// is not counted), as upstream's nftables proxier counts them. Kept per service and
+    /// refreshed for the services each sync changes, so reading it costs O(services
+    /// counted), not O(ports).
     pub fn no_local_endpoints(&self) -> NoLocalEndpoints {
-        let mut out = NoLocalEndpoints::default();
-        for (name, info) in self.services.iter() {
-            let c = categorize_endpoints(self.endpoints.get(name), info, &self.node);
-            if !c.has_any {
-                continue;
+        self.no_local
+            .values()
+            .fold(NoLocalEndpoints::default(), |a, n| NoLocalEndpoints {
+                internal: a.internal + n.internal,
+                external: a.external + n.external,
+            })
+    }
+
+    /// Recounts the services in `changed` (their ports and endpoints were just applied).
+    pub(super) fn refresh_no_local(&mut self, changed: &BTreeSet<ServiceName>) {
+        for service in changed {
+            let mut n = NoLocalEndpoints::default();
+            for (name, info) in self.services.service_ports(service) {
+                if !info.internal_policy_local && !info.external_policy_local {
+                    continue;
+                }
+                let c = categorize_endpoints(self.endpoints.get(name), info, &self.node);
+                if !c.has_any || !c.local.is_empty() {
+                    continue;
+                }
+                n.internal += usize::from(info.internal_policy_local);
+                n.external += usize::from(info.external_policy_local);
             }
-            if info.internal_policy_local && c.local.is_empty() {
-                out.internal += 1;
-            }
-            if info.external_policy_local && c.local.is_empty() {
-                out.external += 1;
+            if n == NoLocalEndpoints::default() {
+                self.no_local.remove(service);
+            } else {
+                self.no_local.insert(service.clone(), n);
             }
         }
-        out
     }
 }
