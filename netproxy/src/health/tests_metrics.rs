@@ -277,9 +277,11 @@ async fn the_runner_sets_the_pending_gauges_as_events_arrive() {
     task.await.expect("runner");
 }
 
-/// Prints how long the no-local-endpoints count takes over 10k and 30k Cluster-policy
-/// service ports × 10 endpoints and over 10k `internalTrafficPolicy: Local` ones (the
-/// fastest of 5 runs; a figure, never failing on time).
+/// Prints how long reading the no-local-endpoints count takes after a sync over 10k and
+/// 30k Cluster-policy service ports × 10 endpoints and over 10k `internalTrafficPolicy:
+/// Local` ones, all counted (the fastest of 5 runs; a figure, never failing on time). The
+/// count is refreshed per changed service inside the sync; before, a scan of every port
+/// at each read took 2.6 ms at 30k Cluster ports and 43 ms at 10k Local ones (debug).
 #[tokio::test]
 #[ignore = "a figure: cargo test -p nodelet-netproxy --lib no_local_cost -- --ignored --nocapture"]
 async fn no_local_cost() {
