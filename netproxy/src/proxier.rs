@@ -21,6 +21,9 @@
 //!   (and every full sync) then deletes the stale UDP conntrack entries (`conntrack`).
 
 mod resync;
+mod stats;
+
+pub use stats::{NoLocalEndpoints, PendingChanges};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -78,6 +81,9 @@ pub struct SyncReport {
     pub fell_back: bool,
     /// Stale UDP conntrack entries deleted after the sync.
     pub conntrack_deleted: usize,
+    /// The conntrack reconciler ran after the sync (it listed the table) and took this
+    /// long (upstream's `conntrack_reconciler_sync_duration_seconds`).
+    pub conntrack_reconcile: Option<Duration>,
 }
 
 /// The proxier of one IP family.
@@ -101,6 +107,8 @@ pub struct Proxier<N: Nft> {
     need_full_sync: bool,
     base_recreated: bool,
     conntrack: Option<Box<dyn Conntrack>>,
+    /// Services with Local-policy ports left without local endpoints (`stats`).
+    no_local: BTreeMap<ServiceName, NoLocalEndpoints>,
 }
 
 impl<N: Nft> Proxier<N> {
@@ -126,6 +134,7 @@ impl<N: Nft> Proxier<N> {
             need_full_sync: true,
             base_recreated: false,
             conntrack: None,
+            no_local: BTreeMap::new(),
         }
     }
 
@@ -185,18 +194,21 @@ impl<N: Nft> Proxier<N> {
         })
     }
 
-    /// Deletes the stale UDP conntrack entries; failures are logged (the next UDP change
-    /// or full sync tries again), as upstream does.
-    fn clean_conntrack(&self, gone: &StaleHints) -> usize {
+    /// Deletes the stale UDP conntrack entries: how many, and how long the reconciliation
+    /// took (`None` when it did not run or listing failed: upstream observes its duration
+    /// only past the listing). Failures are logged (the next UDP change or full sync tries
+    /// again), as upstream does.
+    fn clean_conntrack(&self, gone: &StaleHints) -> (usize, Option<Duration>) {
+        let start = Instant::now();
         let Some(ct) = &self.conntrack else {
-            return 0;
+            return (0, None);
         };
         let family = self.cfg.family;
         let entries = match ct.list_udp(family) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "listing conntrack entries failed");
-                return 0;
+                return (0, None);
             }
         };
         let node_port_ips: HashSet<std::net::IpAddr> = match &self.cfg.nodeport_ips {
@@ -211,9 +223,9 @@ impl<N: Nft> Proxier<N> {
             gone,
         );
         if stale.is_empty() {
-            return 0;
+            return (0, Some(start.elapsed()));
         }
-        match ct.delete(family, &stale) {
+        let deleted = match ct.delete(family, &stale) {
             Ok(n) => {
                 tracing::debug!(
                     deleted = n,
@@ -226,7 +238,8 @@ impl<N: Nft> Proxier<N> {
                 tracing::warn!(error = %e, "deleting stale conntrack entries failed");
                 0
             }
-        }
+        };
+        (deleted, Some(start.elapsed()))
     }
 
     /// Records a Service added or modified.
@@ -322,6 +335,7 @@ impl<N: Nft> Proxier<N> {
             .into_iter()
             .chain(ep_update.updated)
             .collect();
+        self.refresh_no_local(&changed);
         let gone = StaleHints {
             destinations: svc_update.stale_udp_destinations,
             node_ports: svc_update.stale_udp_node_ports,
@@ -331,7 +345,7 @@ impl<N: Nft> Proxier<N> {
             || !ep_update.deleted_udp_endpoints.is_empty();
         if self.need_full_sync {
             let mut r = self.full_sync().await?;
-            r.conntrack_deleted = self.clean_conntrack(&gone);
+            (r.conntrack_deleted, r.conntrack_reconcile) = self.clean_conntrack(&gone);
             return Ok(r);
         }
         let start = Instant::now();
@@ -355,12 +369,15 @@ impl<N: Nft> Proxier<N> {
                 let t = Instant::now();
                 match self.nft.apply_batch(&batch).await {
                     Ok(()) => {
+                        let (conntrack_deleted, conntrack_reconcile) =
+                            self.conntrack_after(udp_changed, &changed, &gone);
                         return Ok(SyncReport {
                             services: changed.len(),
                             render,
                             apply: t.elapsed(),
                             netlink_messages: batch.len(),
-                            conntrack_deleted: self.conntrack_after(udp_changed, &changed, &gone),
+                            conntrack_deleted,
+                            conntrack_reconcile,
                             ..SyncReport::default()
                         });
                     }
@@ -372,7 +389,7 @@ impl<N: Nft> Proxier<N> {
                         self.need_full_sync = true;
                         let mut r = self.full_sync().await?;
                         r.fell_back = true;
-                        r.conntrack_deleted = self.clean_conntrack(&gone);
+                        (r.conntrack_deleted, r.conntrack_reconcile) = self.clean_conntrack(&gone);
                         return Ok(r);
                     }
                 }
@@ -396,22 +413,23 @@ impl<N: Nft> Proxier<N> {
             return Err(SyncError::Apply(e));
         }
         report.apply = t.elapsed();
-        report.conntrack_deleted = self.conntrack_after(udp_changed, &changed, &gone);
+        (report.conntrack_deleted, report.conntrack_reconcile) =
+            self.conntrack_after(udp_changed, &changed, &gone);
         Ok(report)
     }
 
     /// After an incremental sync, the stale UDP conntrack entries when it touched UDP
-    /// services (a TCP-only change never lists the table); the number deleted.
+    /// services (a TCP-only change never lists the table); as `clean_conntrack`.
     fn conntrack_after(
         &self,
         udp_changed: bool,
         changed: &BTreeSet<ServiceName>,
         gone: &StaleHints,
-    ) -> usize {
+    ) -> (usize, Option<Duration>) {
         if udp_changed || changed.iter().any(|s| self.has_udp(s)) {
             self.clean_conntrack(gone)
         } else {
-            0
+            (0, None)
         }
     }
 

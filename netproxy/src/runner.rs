@@ -49,6 +49,8 @@ impl Default for Periods {
 pub trait Observer<N: Nft> {
     /// An event arrived (before it reaches the proxier).
     fn event(&mut self, _event: &Event) {}
+    /// The proxier recorded the event `event` announced (its pending changes are current).
+    fn applied(&mut self, _proxier: &Proxier<N>) {}
     /// A sync or consistency check ended after `elapsed`.
     fn synced(
         &mut self,
@@ -96,6 +98,7 @@ pub async fn run<N: Nft>(
                     Event::SliceDeleted(s) => proxier.slice_deleted(&s),
                     Event::InitialListDone => ready = true,
                 }
+                on_sync.applied(proxier);
             }
             () = sleep_until(due.unwrap_or(next_check)), if due.is_some() => {
                 let started = Instant::now();

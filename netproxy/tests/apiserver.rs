@@ -4,6 +4,8 @@
 //! through the ClusterIP the apiserver allocated; an endpoint removed through the API
 //! stops receiving connections. Discovery finds `discovery.k8s.io/v1`, and a
 //! health-check node port follows a LoadBalancer service with a local endpoint. Needs root.
+//! A server that serves slices is never asked for core Endpoints (nor `v1beta1` slices).
+//! (The fallback to core Endpoints: `apiserver_endpoints.rs`, a control plane of its own.)
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -11,52 +13,21 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
 use nodelet_netproxy::Proxier;
-use nodelet_netproxy::model::{IpFamily, NodeTopology};
+use nodelet_netproxy::model::IpFamily;
 use nodelet_netproxy::nft::RenderConfig;
 use nodelet_netproxy::nft::exec::NftCommand;
-use nodelet_netproxy::runner::Periods;
 use nodelet_netproxy::testing::{Ep, slice};
 use serde_json::json;
 use support::World;
-
-async fn client() -> Client {
-    let path = std::env::var("NODELET_TEST_KUBECONFIG").expect(
-        "NODELET_TEST_KUBECONFIG must name the real apiserver tier's admin kubeconfig (scripts/apiserver.sh start)",
-    );
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let kc = Kubeconfig::read_from(&path).expect("read kubeconfig");
-    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
-    Client::try_from(cfg).expect("client")
-}
-
-/// Deletes the test's namespace when dropped (best effort, on a fresh runtime thread).
-struct NsGuard(Client, String);
-
-impl Drop for NsGuard {
-    fn drop(&mut self) {
-        let (client, name) = (self.0.clone(), self.1.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("rt");
-            rt.block_on(async {
-                let _ = Api::<Namespace>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await;
-            });
-        })
-        .join();
-    }
-}
+use support::cluster::{
+    NsGuard, client, create_web_service, node_a, recording_client, shared_kubeconfig, spawn_proxy,
+    test_slice,
+};
 
 /// Connects until `ok` holds for the answer or `timeout` passes.
 fn wait_for(
@@ -78,36 +49,15 @@ fn wait_for(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_and_slices_from_the_apiserver_are_programmed() {
     let client = client().await;
-    let ns = format!("proxytest-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
-        )
-        .await
-        .expect("create namespace");
-    let _guard = NsGuard(client.clone(), ns.clone());
+    let guard = NsGuard::create(&client, &format!("proxytest-{}", std::process::id())).await;
+    let ns = guard.name().to_string();
 
     let mut w = World::new();
     w.route_services("10.96.0.0/16");
     w.endpoint("10.180.0.21", 8080);
     w.endpoint("10.180.0.22", 8080);
 
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "web"},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-    }))
-    .expect("service");
-    let svc = services
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("create service");
-    let vip = svc
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("allocated ClusterIP");
+    let vip = create_web_service(&client, &ns).await;
 
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
     let eps = |ips: &[&'static str]| -> EndpointSlice {
@@ -137,28 +87,8 @@ async fn services_and_slices_from_the_apiserver_are_programmed() {
 
     let mut cfg = RenderConfig::new(IpFamily::V4);
     cfg.cluster_cidrs = vec!["10.180.0.0/16".parse().expect("cidr")];
-    let mut proxier = Proxier::new(
-        NftCommand::new().in_netns(&w.node),
-        cfg,
-        NodeTopology {
-            node_name: "node-a".into(),
-            zone: None,
-        },
-    );
-    let watch_client = client.clone();
-    let proxy = tokio::spawn(async move {
-        let periods = Periods {
-            min_sync_period: Duration::from_millis(100),
-            sync_period: Duration::from_secs(30),
-        };
-        nodelet_netproxy::watch::run_proxy(
-            watch_client,
-            &mut proxier,
-            periods,
-            |_: &Result<_, _>| {},
-        )
-        .await
-    });
+    let proxier = Proxier::new(NftCommand::new().in_netns(&w.node), cfg, node_a());
+    let proxy = spawn_proxy(client.clone(), proxier, |_: &Result<_, _>| {});
 
     let vip2 = vip.clone();
     let w = tokio::task::spawn_blocking(move || {
@@ -205,7 +135,7 @@ async fn services_and_slices_from_the_apiserver_are_programmed() {
     .expect("client");
 
     // Delete the service: its rules go.
-    services
+    Api::<Service>::namespaced(client.clone(), &ns)
         .delete("web", &DeleteParams::default())
         .await
         .expect("delete service");
@@ -251,15 +181,8 @@ async fn discovery_finds_v1_and_health_check_node_ports_follow_the_api() {
 
     let client = client().await;
     assert_eq!(discover(&client).await, EndpointsSource::V1);
-    let ns = format!("proxyhc-{}", std::process::id());
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
-        )
-        .await
-        .expect("create namespace");
-    let _guard = NsGuard(client.clone(), ns.clone());
+    let guard = NsGuard::create(&client, &format!("proxyhc-{}", std::process::id())).await;
+    let ns = guard.name().to_string();
     let svc: Service = serde_json::from_value(json!({
         "metadata": {"name": "lb"},
         "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
@@ -275,19 +198,11 @@ async fn discovery_finds_v1_and_health_check_node_ports_follow_the_api() {
         .and_then(|s| s.health_check_node_port)
         .expect("the apiserver allocates a healthCheckNodePort");
     let hcnp = u16::try_from(hcnp).expect("port");
-    let eps = [Ep {
-        ip: "10.180.0.31",
-        node: "node-a",
-        ready: true,
-        terminating: false,
-    }];
-    let mut s = slice(&ns, "lb", "lb-1", "http", 8080, &eps);
-    s.metadata.labels.get_or_insert_default().insert(
-        "endpointslice.kubernetes.io/managed-by".into(),
-        "nodelet-test".into(),
-    );
     Api::<EndpointSlice>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &s)
+        .create(
+            &PostParams::default(),
+            &test_slice(&ns, "lb", "lb-1", "10.180.0.31"),
+        )
         .await
         .expect("create slice");
 
@@ -301,22 +216,12 @@ async fn discovery_finds_v1_and_health_check_node_ports_follow_the_api() {
             vec!["127.0.0.1".parse().expect("ip")],
         )),
     );
-    let mut proxier = Proxier::new(
+    let proxier = Proxier::new(
         RecordingNft::default(),
         RenderConfig::new(IpFamily::V4),
-        NodeTopology {
-            node_name: "node-a".into(),
-            zone: None,
-        },
+        node_a(),
     );
-    let watch_client = client.clone();
-    let proxy = tokio::spawn(async move {
-        let periods = Periods {
-            min_sync_period: Duration::from_millis(100),
-            sync_period: Duration::from_secs(30),
-        };
-        nodelet_netproxy::watch::run_proxy(watch_client, &mut proxier, periods, observer).await
-    });
+    let proxy = spawn_proxy(client.clone(), proxier, observer);
     let deadline = Instant::now() + Duration::from_secs(20);
     let (code, body) = loop {
         let r = tokio::time::timeout(Duration::from_secs(2), http_get(hcnp)).await;
@@ -337,5 +242,55 @@ async fn discovery_finds_v1_and_health_check_node_ports_follow_the_api() {
             && !l.ends_with(" 0")),
         "{metrics}"
     );
+    // The Local service has its local endpoint: nothing dropped for want of one.
+    for policy in ["internal", "external"] {
+        let series = format!(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{ip_family=\"IPv4\",traffic_policy=\"{policy}\"}} 0"
+        );
+        assert!(metrics.lines().any(|l| l == series), "{series}:\n{metrics}");
+    }
     proxy.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_slices_is_never_asked_for_endpoints() {
+    use nodelet_netproxy::legacy::{EndpointsSource, discover};
+    use nodelet_netproxy::nft::exec::RecordingNft;
+
+    let (client, log) = recording_client(&shared_kubeconfig()).await;
+    assert_eq!(discover(&client).await, EndpointsSource::V1);
+    let guard = NsGuard::create(&client, &format!("proxynoeps-{}", std::process::id())).await;
+    let ns = guard.name().to_string();
+    create_web_service(&client, &ns).await;
+    Api::<EndpointSlice>::namespaced(client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &test_slice(&ns, "web", "web-1", "10.180.0.51"),
+        )
+        .await
+        .expect("create slice");
+
+    let nft = RecordingNft::default();
+    let proxier = Proxier::new(nft.clone(), RenderConfig::new(IpFamily::V4), node_a());
+    let proxy = spawn_proxy(client.clone(), proxier, |_: &Result<_, _>| {});
+    let end = Instant::now() + Duration::from_secs(20);
+    while !nft.scripts().concat().contains("10.180.0.51") {
+        assert!(
+            Instant::now() < end,
+            "the slice's endpoint was never programmed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.abort();
+    let requests = log.requests();
+    assert!(
+        log.has_path("/apis/discovery.k8s.io/v1/endpointslices"),
+        "{requests:#?}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.contains("/api/v1/endpoints") || r.contains("v1beta1")),
+        "Endpoints or v1beta1 slices asked for: {requests:#?}"
+    );
 }

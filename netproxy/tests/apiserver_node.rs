@@ -6,28 +6,18 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod support;
+
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use nodelet_netproxy::health::ProxyHealth;
 use nodelet_netproxy::health::node::{TO_BE_DELETED_TAINT, watch_eligibility};
 use nodelet_netproxy::model::IpFamily;
 use serde_json::json;
-
-async fn client() -> Client {
-    let path = std::env::var("NODELET_TEST_KUBECONFIG").expect(
-        "NODELET_TEST_KUBECONFIG must name the real apiserver tier's admin kubeconfig (scripts/apiserver.sh start)",
-    );
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let kc = Kubeconfig::read_from(&path).expect("read kubeconfig");
-    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
-    Client::try_from(cfg).expect("client")
-}
+use support::cluster::{block_on_thread, client};
 
 const FINALIZER: &str = "nodelet.test/hold";
 
@@ -37,24 +27,17 @@ struct NodeGuard(Client, String);
 impl Drop for NodeGuard {
     fn drop(&mut self) {
         let (client, name) = (self.0.clone(), self.1.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("rt");
-            rt.block_on(async {
-                let nodes = Api::<Node>::all(client);
-                let _ = nodes
-                    .patch(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                    )
-                    .await;
-                let _ = nodes.delete(&name, &DeleteParams::default()).await;
-            });
-        })
-        .join();
+        block_on_thread(async move {
+            let nodes = Api::<Node>::all(client);
+            let _ = nodes
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
+            let _ = nodes.delete(&name, &DeleteParams::default()).await;
+        });
     }
 }
 

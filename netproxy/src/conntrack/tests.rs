@@ -222,13 +222,18 @@ async fn the_proxier_cleans_after_udp_changes_only() {
     let r = p.sync().await.expect("full sync");
     // The entry made before the service existed goes; those of live endpoints stay.
     assert_eq!(r.conntrack_deleted, 1);
+    assert!(r.conntrack_reconcile.is_some(), "the reconciler ran: {r:?}");
     assert_eq!(ct.deleted(), vec![flow("172.30.0.10", 53, "172.30.0.10")]);
 
     // A TCP change: the table is not even listed.
     let lists = ct.lists();
     p.service_updated(&cluster_ip("ns", "web", "172.30.0.11", "http", 80));
-    p.sync().await.expect("tcp sync");
+    let r = p.sync().await.expect("tcp sync");
     assert_eq!(ct.lists(), lists);
+    assert_eq!(
+        r.conntrack_reconcile, None,
+        "no reconciler run, no duration"
+    );
 
     // An endpoint removed: exactly its entry goes.
     p.slice_updated(&two(&["10.0.0.1"]));

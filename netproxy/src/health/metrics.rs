@@ -1,9 +1,16 @@
-//! The proxy's Prometheus metrics, upstream's names and buckets (`pkg/proxy/metrics`),
-//! rendered in the text exposition format by hand (a handful of series do not need a
-//! registry crate). As upstream, the sync durations and timestamps, the network
-//! programming latency, the nftables sync failures and the conntrack reconciler's
-//! deletions carry an `ip_family` label (`IPv4`, `IPv6`: one series per proxier; as
-//! v1.37's `pkg/proxy/metrics`); the change counters do not.
+//! The proxy's Prometheus metrics: those v1.37's `pkg/proxy/metrics` registers in
+//! nftables mode, with upstream's names, types, labels, buckets and help texts, rendered in
+//! the text exposition format by hand (a handful of series do not need a registry crate).
+//! As upstream, the sync durations and timestamps, the network programming latency, the
+//! nftables sync and cleanup failures, the conntrack reconciler's duration and deletions
+//! and the no-local-endpoints gauges carry an `ip_family` label (`IPv4`, `IPv6`: one
+//! series per proxier, present once that proxier set it); the change counters and the
+//! pending-change gauges do not (the gauges add up the proxiers' pending changes, which
+//! for one proxier is upstream's value; upstream's dual-stack proxiers overwrite each
+//! other's).
+//!
+//! Not here: the alpha `KubeProxyNFTablesLocalhostNodePorts` gate's metrics (off by
+//! default upstream, and the gate's localhost node-port proxy is not implemented).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -81,8 +88,13 @@ impl FamilyHistograms {
             .observe(v);
     }
 
+    /// Nothing before the first observation (client_golang writes no family without
+    /// series).
     fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        if self.by_family.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# HELP {name} [ALPHA] {help}\n# TYPE {name} histogram");
         for (family, h) in &self.by_family {
             h.render_series(out, name, &family_label(*family));
         }
@@ -118,8 +130,15 @@ struct Inner {
     last_sync: BTreeMap<IpFamily, f64>,
     last_queued: BTreeMap<IpFamily, f64>,
     sync_failures: BTreeMap<IpFamily, u64>,
+    cleanup_failures: BTreeMap<IpFamily, u64>,
     endpoint_changes: u64,
     service_changes: u64,
+    /// Per proxier: (services, endpoint changes) waiting for a sync.
+    pending: BTreeMap<IpFamily, (usize, usize)>,
+    /// Per proxier: service ports with (internal, external) Local policy and no local
+    /// endpoint, as of its last successful sync.
+    no_local: BTreeMap<IpFamily, (usize, usize)>,
+    conntrack_sync: FamilyHistograms,
     conntrack_deleted: BTreeMap<IpFamily, u64>,
     healthz: BTreeMap<u16, u64>,
     livez: BTreeMap<u16, u64>,
@@ -135,8 +154,12 @@ impl Default for Inner {
             last_sync: BTreeMap::new(),
             last_queued: BTreeMap::new(),
             sync_failures: BTreeMap::new(),
+            cleanup_failures: BTreeMap::new(),
             endpoint_changes: 0,
             service_changes: 0,
+            pending: BTreeMap::new(),
+            no_local: BTreeMap::new(),
+            conntrack_sync: FamilyHistograms::new(sync_buckets),
             conntrack_deleted: BTreeMap::new(),
             healthz: BTreeMap::new(),
             livez: BTreeMap::new(),
@@ -144,7 +167,9 @@ impl Default for Inner {
     }
 }
 
-/// The metrics, shared by the sync loops and the server.
+/// The metrics, shared by the sync loops and the server. Help texts carry component-base's
+/// `[ALPHA]` stability prefix, as upstream's exposition does; label pairs are in name
+/// order, as client_golang writes them.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     inner: Arc<Mutex<Inner>>,
@@ -165,7 +190,7 @@ impl Metrics {
     }
 
     /// `family`'s sync (or consistency check) finished successfully after `seconds`.
-    pub fn synced(&self, family: IpFamily, full: bool, seconds: f64, conntrack_deleted: usize) {
+    pub fn synced(&self, family: IpFamily, full: bool, seconds: f64) {
         let now = unix_seconds(SystemTime::now());
         self.with(|m| {
             m.sync.observe(family, seconds);
@@ -175,13 +200,41 @@ impl Metrics {
                 m.sync_partial.observe(family, seconds);
             }
             m.last_sync.insert(family, now);
-            *m.conntrack_deleted.entry(family).or_default() += conntrack_deleted as u64;
         });
     }
 
     /// A sync failed.
     pub fn sync_failed(&self, family: IpFamily) {
         self.with(|m| *m.sync_failures.entry(family).or_default() += 1);
+    }
+
+    /// Removing stale nftables objects outside the sync's transaction failed (upstream's
+    /// stale-chain cleanup).
+    pub fn cleanup_failed(&self, family: IpFamily) {
+        self.with(|m| *m.cleanup_failures.entry(family).or_default() += 1);
+    }
+
+    /// `family`'s conntrack reconciler ran for `seconds` and deleted `deleted` entries.
+    pub fn conntrack_reconciled(&self, family: IpFamily, seconds: f64, deleted: usize) {
+        self.with(|m| {
+            m.conntrack_sync.observe(family, seconds);
+            *m.conntrack_deleted.entry(family).or_default() += deleted as u64;
+        });
+    }
+
+    /// `family`'s proxier has these changes waiting for a sync (zero after one).
+    pub fn pending(&self, family: IpFamily, pending: crate::proxier::PendingChanges) {
+        self.with(|m| {
+            m.pending
+                .insert(family, (pending.services, pending.endpoints));
+        });
+    }
+
+    /// `family`'s proxier synced with these service ports left without local endpoints.
+    pub fn no_local_endpoints(&self, family: IpFamily, n: crate::proxier::NoLocalEndpoints) {
+        self.with(|m| {
+            m.no_local.insert(family, (n.internal, n.external));
+        });
     }
 
     /// A change for `family`'s proxier was queued at `at`.
@@ -246,18 +299,25 @@ impl Metrics {
                 "kubeproxy_network_programming_duration_seconds",
                 "In Cluster Network Programming Latency in seconds",
             );
-            let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-                );
+            m.conntrack_sync.render(
+                &mut out,
+                "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+                "ReconcileConntrackFlowsLatency latency in seconds",
+            );
+            let scalar = |out: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+                let _ = writeln!(out, "# HELP {name} [ALPHA] {help}\n# TYPE {name} {kind}\n{name} {v}");
             };
+            let counter =
+                |out: &mut String, name: &str, help: &str, v: u64| scalar(out, name, help, "counter", v);
             let by_family = |out: &mut String,
                              name: &str,
                              help: &str,
                              kind: &str,
                              v: Vec<(IpFamily, String)>| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                if v.is_empty() {
+                    return;
+                }
+                let _ = writeln!(out, "# HELP {name} [ALPHA] {help}\n# TYPE {name} {kind}");
                 for (family, v) in v {
                     let label = family_label(family);
                     let _ = writeln!(out, "{name}{{{}}} {v}", label.trim_end_matches(','));
@@ -293,6 +353,42 @@ impl Metrics {
                     .map(|(f, v)| (*f, v.to_string()))
                     .collect(),
             );
+            by_family(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+                "Cumulative proxy nftables cleanup failures",
+                "counter",
+                m.cleanup_failures
+                    .iter()
+                    .map(|(f, v)| (*f, v.to_string()))
+                    .collect(),
+            );
+            scalar(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+                "Pending proxy rules Endpoint changes",
+                "gauge",
+                m.pending.values().map(|p| p.1 as u64).sum(),
+            );
+            scalar(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_service_changes_pending",
+                "Pending proxy rules Service changes",
+                "gauge",
+                m.pending.values().map(|p| p.0 as u64).sum(),
+            );
+            let name = "kubeproxy_sync_proxy_rules_no_local_endpoints_total";
+            let _ = (!m.no_local.is_empty()).then(|| writeln!(
+                out,
+                "# HELP {name} [ALPHA] Number of services with a Local traffic policy and no endpoints\n# TYPE {name} gauge"
+            ));
+            for (family, (internal, external)) in &m.no_local {
+                let f = family.address_type();
+                let _ = writeln!(
+                    out,
+                    "{name}{{ip_family=\"{f}\",traffic_policy=\"external\"}} {external}\n{name}{{ip_family=\"{f}\",traffic_policy=\"internal\"}} {internal}"
+                );
+            }
             counter(
                 &mut out,
                 "kubeproxy_sync_proxy_rules_endpoint_changes_total",
@@ -327,7 +423,10 @@ impl Metrics {
                     &m.livez,
                 ),
             ] {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                if by_code.is_empty() {
+                    continue;
+                }
+                let _ = writeln!(out, "# HELP {name} [ALPHA] {help}\n# TYPE {name} counter");
                 for (code, n) in by_code {
                     let _ = writeln!(out, "{name}{{code=\"{code}\"}} {n}");
                 }

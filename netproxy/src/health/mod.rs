@@ -337,3 +337,5 @@ pub fn rfc3339(t: Option<SystemTime>) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_metrics;

@@ -1,7 +1,9 @@
 //! The sync loop's observer that feeds health, metrics and the health-check node ports:
 //! every change queues an update (and counts in the change metrics, with the slice's
-//! trigger time for the network-programming latency), every successful sync marks the
-//! proxier updated, records its duration and refreshes the health-check servers.
+//! trigger time for the network-programming latency) and sets the pending-change gauges
+//! once the proxier recorded it; every successful sync marks the proxier updated, records
+//! its duration, the conntrack reconciler's and the services left without local
+//! endpoints, and refreshes the health-check servers; every sync resets the pending gauges.
 
 use std::time::{Duration, SystemTime};
 
@@ -68,29 +70,36 @@ impl<N: Nft> Observer<N> for HealthObserver {
         self.health.metrics.change(endpoints);
     }
 
+    fn applied(&mut self, proxier: &Proxier<N>) {
+        self.health
+            .metrics
+            .pending(self.family, proxier.pending_changes());
+    }
+
     fn synced(
         &mut self,
         proxier: &Proxier<N>,
         result: &Result<SyncReport, SyncError>,
         elapsed: Duration,
     ) {
+        let metrics = &self.health.metrics;
+        metrics.pending(self.family, proxier.pending_changes());
         match result {
             Ok(r) => {
                 self.health.updated(self.family);
-                self.health.metrics.synced(
-                    self.family,
-                    r.full,
-                    elapsed.as_secs_f64(),
-                    r.conntrack_deleted,
-                );
+                metrics.synced(self.family, r.full, elapsed.as_secs_f64());
+                if let Some(d) = r.conntrack_reconcile {
+                    metrics.conntrack_reconciled(self.family, d.as_secs_f64(), r.conntrack_deleted);
+                }
+                metrics.no_local_endpoints(self.family, proxier.no_local_endpoints());
                 for t in self.triggers.drain(..) {
-                    self.health.metrics.programmed(self.family, t);
+                    metrics.programmed(self.family, t);
                 }
                 if let Some(s) = self.services.as_mut() {
                     s.sync(&proxier.health_check_node_ports());
                 }
             }
-            Err(_) => self.health.metrics.sync_failed(self.family),
+            Err(_) => metrics.sync_failed(self.family),
         }
     }
 }

@@ -120,9 +120,10 @@ fn bodies_are_upstreams() {
 fn metrics_use_upstream_names_and_buckets() {
     use crate::model::IpFamily::{V4, V6};
     let m = metrics::Metrics::default();
-    m.synced(V4, true, 0.003, 2);
-    m.synced(V4, false, 0.0005, 0);
-    m.synced(V6, true, 0.02, 0);
+    m.synced(V4, true, 0.003);
+    m.synced(V4, false, 0.0005);
+    m.synced(V6, true, 0.02);
+    m.conntrack_reconciled(V4, 0.003, 2);
     m.programmed(V4, SystemTime::now() - Duration::from_millis(1500));
     m.queued(V6, SystemTime::UNIX_EPOCH + Duration::from_secs(7));
     m.change(true);
@@ -143,7 +144,13 @@ fn metrics_use_upstream_names_and_buckets() {
         "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 1",
         "kubeproxy_sync_proxy_rules_endpoint_changes_total 1",
         "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"} 2",
-        "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv6\"} 0",
+        "kubeproxy_conntrack_reconciler_sync_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.002\"} 0",
+        "kubeproxy_conntrack_reconciler_sync_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.004\"} 1",
+        "kubeproxy_conntrack_reconciler_sync_duration_seconds_count{ip_family=\"IPv4\"} 1",
+        "# HELP kubeproxy_conntrack_reconciler_sync_duration_seconds [ALPHA] ReconcileConntrackFlowsLatency latency in seconds",
+        "# HELP kubeproxy_sync_proxy_rules_duration_seconds [ALPHA] SyncProxyRules latency in seconds",
+        "kubeproxy_sync_proxy_rules_endpoint_changes_pending 0",
+        "kubeproxy_sync_proxy_rules_service_changes_pending 0",
         "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"IPv6\"} 7",
         "# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge",
     ] {
@@ -154,6 +161,15 @@ fn metrics_use_upstream_names_and_buckets() {
             .starts_with("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\"} ")),
         "{t}"
     );
+    // Families without series are not written (client_golang's vectors).
+    for absent in [
+        "conntrack_reconciler_deleted_entries_total{ip_family=\"IPv6\"}",
+        "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+        "kubeproxy_proxy_livez_total",
+    ] {
+        assert!(!t.contains(absent), "{absent}:\n{t}");
+    }
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ impl EndpointsMap {
     /// Applies the tracker's pending changes (upstream's `EndpointsMap.Update`).
     pub fn apply(&mut self, tracker: &mut EndpointsChangeTracker) -> EndpointsUpdate {
         let mut result = EndpointsUpdate::default();
+        tracker.changes = 0;
         for service in std::mem::take(&mut tracker.dirty) {
             let current = tracker.merged(&service);
             let previous: BTreeMap<ServicePortName, Vec<Endpoint>> = self
@@ -82,6 +83,9 @@ pub struct EndpointsChangeTracker {
     node_name: String,
     slices: BTreeMap<ServiceName, BTreeMap<String, CachedSlice>>,
     dirty: BTreeSet<ServiceName>,
+    /// Updates and deletions that changed something since the last `apply` (upstream's
+    /// `sync_proxy_rules_endpoint_changes_pending`, incremented per such change).
+    changes: usize,
 }
 
 impl EndpointsChangeTracker {
@@ -92,6 +96,7 @@ impl EndpointsChangeTracker {
             node_name: node_name.into(),
             slices: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            changes: 0,
         }
     }
 
@@ -106,6 +111,7 @@ impl EndpointsChangeTracker {
         if entry.get(&slice_name) != Some(&cached) {
             entry.insert(slice_name, cached);
             self.dirty.insert(service);
+            self.changes += 1;
         }
     }
 
@@ -121,12 +127,18 @@ impl EndpointsChangeTracker {
                 self.slices.remove(&service);
             }
             self.dirty.insert(service);
+            self.changes += 1;
         }
     }
 
     /// Whether any change waits for a sync.
     pub fn has_pending(&self) -> bool {
         !self.dirty.is_empty()
+    }
+
+    /// The slice updates and deletions that changed something since the last `apply`.
+    pub fn pending(&self) -> usize {
+        self.changes
     }
 
     fn key(&self, slice: &EndpointSlice) -> Option<(ServiceName, String)> {

@@ -44,6 +44,14 @@ impl ServicePortMap {
         self.ports.is_empty()
     }
 
+    /// The ports of `service`, in name order (a range of the map, not a scan).
+    pub fn service_ports(
+        &self,
+        service: &ServiceName,
+    ) -> impl Iterator<Item = (&ServicePortName, &ServicePortInfo)> {
+        self.ports.range(port_range(service))
+    }
+
     /// The ports of `service` currently in the map.
     fn ports_of(&self, service: &ServiceName) -> Ports {
         self.ports
@@ -174,6 +182,11 @@ impl ServiceChangeTracker {
     /// Whether any change waits for a sync.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// The services with a change waiting for a sync.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 }
 

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns};
 
+pub mod cluster;
+
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `ip ARGS`, panicking with its output on failure.
