@@ -19,6 +19,7 @@
 //! ([`Loaded::unsupported`]).
 
 mod apply;
+mod convert;
 pub(crate) mod schema;
 #[cfg(test)]
 mod tests;
