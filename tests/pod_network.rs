@@ -226,7 +226,11 @@ async fn a_dual_stack_pod_cidr_gives_the_pod_both_ips() {
     assert_eq!(status.pod_ip.as_deref(), Some(ips[0].as_str()));
     let ipam = w.root.join("network/ipam").join(&w.bridge);
     for ip in &ips {
-        assert!(ipam.join(ip).is_file(), "{ip} allocated under {}", ipam.display());
+        assert!(
+            ipam.join(ip).is_file(),
+            "{ip} allocated under {}",
+            ipam.display()
+        );
     }
     let table6 = |w: &World| {
         std::process::Command::new("nft")

@@ -265,7 +265,11 @@ pub fn registration_node(view: &Node, reg: &Registration, now: jiff::Timestamp) 
 /// comma-joined as `--pod-cidr` takes them: upstream's kubelet takes its pod CIDR
 /// from the Node in a cluster. `None` when the Node does not exist yet, has none, or
 /// the apiserver does not answer within `wait`.
-pub async fn assigned_pod_cidrs(client: &kube::Client, name: &str, wait: Duration) -> Option<String> {
+pub async fn assigned_pod_cidrs(
+    client: &kube::Client,
+    name: &str,
+    wait: Duration,
+) -> Option<String> {
     let api: Api<Node> = Api::all(client.clone());
     let node = match tokio::time::timeout(wait, api.get_opt(name)).await {
         Ok(Ok(node)) => node?,
@@ -274,7 +278,10 @@ pub async fn assigned_pod_cidrs(client: &kube::Client, name: &str, wait: Duratio
             return None;
         }
         Err(_) => {
-            debug!(?wait, "the apiserver did not answer for the Node's pod CIDRs");
+            debug!(
+                ?wait,
+                "the apiserver did not answer for the Node's pod CIDRs"
+            );
             return None;
         }
     };

@@ -191,10 +191,11 @@ mod tests {
         let ns = PathBuf::from("/run/netns/x");
         let r = req(&ns);
         let args = cni_args_string(&r);
-        let caps = json!({"portMappings": [{"hostPort": 80, "containerPort": 8080, "protocol": "tcp"}]})
-            .as_object()
-            .cloned()
-            .expect("object");
+        let caps =
+            json!({"portMappings": [{"hostPort": 80, "containerPort": 8080, "protocol": "tcp"}]})
+                .as_object()
+                .cloned()
+                .expect("object");
         let inv = Invocation {
             command: CniCommand::Add,
             container_id: r.container_id,

@@ -44,14 +44,14 @@ mod request;
 mod result;
 
 use cache::{read_cached_capability_args, read_cached_result, write_atomically};
+pub use config::DefaultNetwork;
+pub(crate) use config::config_files;
+pub use error::{CniError, PluginError};
 use request::{
     capability_args, cni_args_pairs, cni_args_string, validate_ifname, validate_name,
     validate_request,
 };
 use result::{parse_cidr, pod_ips};
-pub use config::DefaultNetwork;
-pub(crate) use config::config_files;
-pub use error::{CniError, PluginError};
 
 /// Where CNI network configs are read from unless configured otherwise.
 pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
@@ -341,7 +341,13 @@ impl Cni {
             plugin_type: LOOPBACK_PLUGIN.into(),
             conf,
         };
-        let stdin = plugin_stdin(&plugin, LOOPBACK_NETWORK, LOOPBACK_VERSION, None, &Map::new())?;
+        let stdin = plugin_stdin(
+            &plugin,
+            LOOPBACK_NETWORK,
+            LOOPBACK_VERSION,
+            None,
+            &Map::new(),
+        )?;
         let lo = Invocation {
             ifname: LOOPBACK_IFNAME,
             ..*inv
@@ -630,9 +636,10 @@ mod tests {
         assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["snat"], true);
         assert_eq!(v["prevResult"], prev);
-        let v: Value =
-            serde_json::from_slice(&plugin_stdin(&plugin, "n", "0.4.0", None, &Map::new()).expect("stdin"))
-                .expect("json");
+        let v: Value = serde_json::from_slice(
+            &plugin_stdin(&plugin, "n", "0.4.0", None, &Map::new()).expect("stdin"),
+        )
+        .expect("json");
         assert!(v.get("prevResult").is_none());
         assert!(v.get("runtimeConfig").is_none());
     }
@@ -670,7 +677,10 @@ mod tests {
                 .expect("json")
         };
         let portmap = conf(json!({"type": "portmap", "capabilities": {"portMappings": true}}));
-        assert_eq!(stdin(&portmap)["runtimeConfig"], json!({"portMappings": want}));
+        assert_eq!(
+            stdin(&portmap)["runtimeConfig"],
+            json!({"portMappings": want})
+        );
         for other in [
             json!({"type": "bridge"}),
             json!({"type": "portmap", "capabilities": {"portMappings": false}}),

@@ -67,8 +67,7 @@ impl PortMapping {
     /// Whether this mapping applies to the pod's address `pod_ip`: as the `portmap`
     /// plugin, a `hostIP` (even `0.0.0.0` or `::`) only to the address of its family.
     pub fn applies_to(&self, pod_ip: IpAddr) -> bool {
-        self.host_ip
-            .is_none_or(|h| h.is_ipv6() == pod_ip.is_ipv6())
+        self.host_ip.is_none_or(|h| h.is_ipv6() == pod_ip.is_ipv6())
     }
 }
 

@@ -336,7 +336,10 @@ mod tests {
         assert!(!v6.contains("10.88.0.1".parse().unwrap()));
         assert!(!c.contains("::1".parse().unwrap()));
         assert_eq!(Cidr::parse("::/0").unwrap().pod_range().1, u128::MAX);
-        assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().pod_range(), (2, 0xffff_fffe));
+        assert_eq!(
+            Cidr::parse("0.0.0.0/0").unwrap().pod_range(),
+            (2, 0xffff_fffe)
+        );
         for bad in [
             "10.0.0.0",
             "10.0.0.0/31",

@@ -103,7 +103,12 @@ pub(super) struct PodAddr {
 /// Adds an address; an IPv6 one without duplicate address detection (`IFA_F_NODAD`),
 /// usable at once and never failed by hairpin's echo of its own solicitation (why the
 /// bridge plugin turns `accept_dad` off on the pod's interface).
-async fn add_address(handle: &Handle, index: u32, ip: IpAddr, prefix: u8) -> Result<(), rtnetlink::Error> {
+async fn add_address(
+    handle: &Handle,
+    index: u32,
+    ip: IpAddr,
+    prefix: u8,
+) -> Result<(), rtnetlink::Error> {
     let mut req = handle.address().add(index, ip, prefix);
     if ip.is_ipv6() {
         let msg = req.message_mut();
@@ -153,7 +158,9 @@ pub(super) async fn ensure_bridge(
     if v6 {
         // The bridge plugin's: the bridge's routes are its own, not a router's adverts.
         let _ = write_sysctl(
-            &Path::new("/proc/sys/net/ipv6/conf").join(name).join("accept_ra"),
+            &Path::new("/proc/sys/net/ipv6/conf")
+                .join(name)
+                .join("accept_ra"),
             "0",
         );
     }

@@ -403,7 +403,10 @@ mod tests {
             ["fd00:88::/64", "10.88.0.0/16"]
         );
         for (bad, why) in [
-            ("10.88.0.0/16,10.89.0.0/16", "at most one CIDR per IP family"),
+            (
+                "10.88.0.0/16,10.89.0.0/16",
+                "at most one CIDR per IP family",
+            ),
             ("fd00::/64,fd01::/64", "at most one CIDR per IP family"),
             ("10.88.0.0/16,fd00::/64,10.1.0.0/16", "two comma-separated"),
             ("10.88.0.0/16,", "not address/prefix"),

@@ -115,10 +115,6 @@ fn host_ports_reach_a_portmap_plugin_and_go_with_del() {
         let nat = run_ok(&["iptables-save", "-t", "nat"]);
         assert!(!nat.contains(&pod_ip.to_string()), "{nat}");
         let err = send_from(&client, node, 18180).expect_err("hostPort gone");
-        assert_eq!(
-            err.kind(),
-            std::io::ErrorKind::ConnectionRefused,
-            "{err}"
-        );
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     });
 }
