@@ -140,14 +140,31 @@ pub async fn start(
     // With no CNI config in --cni-conf-dir, pods get the built-in network (bridge
     // --pod-network-bridge over --pod-cidr, masquerade), done in-process instead of by
     // CNI plugins.
+    // In a cluster the Node's `spec.podCIDRs` (the controller manager's allocation, one
+    // per family when dual-stack) win over --pod-cidr, as upstream's kubelet takes them;
+    // read once here (a Node registered later keeps --pod-cidr until the next start).
+    let pod_cidr = match &cluster {
+        Some(c) => {
+            crate::cluster::node::assigned_pod_cidrs(&c.client, &node_name, Duration::from_secs(3))
+                .await
+        }
+        None => None,
+    };
+    let pod_cidr = match pod_cidr {
+        Some(cidrs) => {
+            info!(pod_cidrs = %cidrs, "built-in pod network on the Node's spec.podCIDRs");
+            cidrs
+        }
+        None => args.pod_cidr.clone(),
+    };
     let builtin_network = nodelet_cri::podnet::BuiltinNetwork {
         bridge: args.pod_network_bridge.clone(),
-        pod_cidr: args.pod_cidr.clone(),
+        pod_cidr: pod_cidr.clone(),
         ip_masq: true,
         state_dir: args.root_dir.join("network"),
     };
     nodelet_cri::podnet::PodNetwork::new(builtin_network.clone())
-        .with_context(|| format!("--pod-cidr {}", args.pod_cidr))?;
+        .with_context(|| format!("--pod-cidr {pod_cidr}"))?;
     let log_driver = nodelet_cri::logs::driver_binary(
         &std::env::current_exe().context("cannot find the nodelet binary")?,
     );
@@ -436,7 +453,7 @@ pub async fn start(
             allocatable,
             ready_since: jiff::Timestamp::now(),
             runtime_version,
-            pod_cidr: Some(args.pod_cidr.clone()).filter(|c| !c.is_empty()),
+            pod_cidr: Some(pod_cidr.clone()).filter(|c| !c.is_empty()),
             kubelet_port: i32::from(args.secure.port),
             ..Default::default()
         },

@@ -386,3 +386,66 @@ async fn without_register_node_the_agent_posts_status_to_a_node_made_by_someone_
     assert!(!labels.contains_key("kubernetes.io/os"), "{labels:?}");
     assert!(w.stop_agent().is_some_and(|s| s.success()));
 }
+
+/// In a cluster the Node's `spec.podCIDRs` win over `--pod-cidr` (upstream's kubelet
+/// takes its pod CIDR from the Node): a Node made with a dual-stack pair before the
+/// agent starts gives the built-in network's pod an address from each.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_nodes_dual_stack_pod_cidrs_feed_the_built_in_network() {
+    let kubeconfig = admin_kubeconfig();
+    let _turn = APISERVER.lock().await;
+    let _forwarding = support::RestoreSysctl::new(support::IPV6_FORWARDING);
+    let (_cleanup, mut w) = joined_world(&kubeconfig, &[]).await;
+    // The built-in network: no CNI config.
+    let _ = std::fs::remove_file(w.cni_conf.join("10-test.conflist"));
+    w.pod_net = support::PodNet::Builtin;
+    w.pod_cidr = format!("10.99.{}.128/25", w.subnet);
+    let (v4, v6) = (
+        format!("10.99.{}.0/25", w.subnet),
+        format!("fd99:{:x}::/64", w.subnet),
+    );
+    let nodes: Api<Node> = Api::all(admin_client(&kubeconfig).await);
+    let made: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": w.node},
+        "spec": {"podCIDR": v4, "podCIDRs": [v4, v6]}
+    }))
+    .expect("node");
+    nodes
+        .create(&kube::api::PostParams::default(), &made)
+        .await
+        .expect("create the Node");
+    w.start_agent().await;
+    w.write_manifest(
+        "dual.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: dual}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n"
+        ),
+    );
+    let pod = w
+        .wait_pod("dual", "running", |p| {
+            phase(p) == "Running" && container_status(p, "main").is_some_and(|c| c.ready)
+        })
+        .await;
+    let ips: Vec<String> = pod
+        .status
+        .and_then(|s| s.pod_ips)
+        .into_iter()
+        .flatten()
+        .map(|p| p.ip)
+        .collect();
+    assert_eq!(
+        ips,
+        [
+            format!("10.99.{}.2", w.subnet),
+            format!("fd99:{:x}::2", w.subnet)
+        ],
+        "from the Node's podCIDRs, not --pod-cidr {}",
+        w.pod_cidr
+    );
+    std::fs::remove_file(w.manifests.join("dual.yaml")).expect("remove manifest");
+    wait_for("the pod gone", Duration::from_secs(60), || async {
+        (w.pod("dual").await.is_none() && !w.has_nft_table()).then_some(())
+    })
+    .await;
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+}

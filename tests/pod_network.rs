@@ -2,7 +2,8 @@
 //! address range fails just the pod that found it full, with upstream's
 //! `FailedCreatePodSandBox` event and a `ContainerCreating` status naming the range, and
 //! the pod starts once an address is free; a pod's hostPort reaches it through the
-//! agent's own nft table and goes with the pod.
+//! agent's own nft table and goes with the pod; a dual-stack `--pod-cidr` gives a pod
+//! both addresses in its status's `podIPs`.
 //!
 //! The hostPort is bound to the world's own bridge address (`hostIP`), so its DNAT
 //! matches only traffic to that address, which only the test sends: nothing else on the
@@ -15,7 +16,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use support::events::wait_event;
-use support::{BUSYBOX, PodNet, World, container_status, phase, wait_for};
+use support::{
+    BUSYBOX, IPV6_FORWARDING, PodNet, RestoreSysctl, World, container_status, phase, wait_for,
+};
 
 fn sleeper(name: &str) -> String {
     format!(
@@ -164,6 +167,64 @@ spec:
         "the pod and its table gone",
         Duration::from_secs(60),
         || async { (w.pod("web").await.is_none() && !w.has_nft_table()).then_some(()) },
+    )
+    .await;
+    w.stop_agent();
+}
+
+/// A dual-stack `--pod-cidr` (IPv4 first): the pod's status has both addresses in
+/// `podIPs`, the IPv4 one as `podIP`, both from the world's ranges, and both are given
+/// back (and the `ip`/`ip6` tables removed) when the pod goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_pod_cidr_gives_the_pod_both_ips() {
+    let _forwarding = RestoreSysctl::new(IPV6_FORWARDING);
+
+    let mut w = World::with_pod_net(PodNet::Builtin).await;
+    let v4 = format!("10.99.{}.0/24", w.subnet);
+    let v6 = format!("fd99:{:x}::/64", w.subnet);
+    w.pod_cidr = format!("{v4},{v6}");
+    w.start_agent().await;
+    w.write_manifest("dual.yaml", &sleeper("dual"));
+    let pod = w.wait_pod("dual", "running", running).await;
+    let status = pod.status.clone().expect("status");
+    let ips: Vec<String> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.clone())
+        .collect();
+    eprintln!("podIPs: {ips:?}");
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    assert_eq!(ips[0], format!("10.99.{}.2", w.subnet));
+    assert_eq!(ips[1], format!("fd99:{:x}::2", w.subnet));
+    assert_eq!(status.pod_ip.as_deref(), Some(ips[0].as_str()));
+    let ipam = w.root.join("network/ipam").join(&w.bridge);
+    for ip in &ips {
+        assert!(
+            ipam.join(ip).is_file(),
+            "{ip} allocated under {}",
+            ipam.display()
+        );
+    }
+    let table6 = |w: &World| {
+        std::process::Command::new("nft")
+            .args(["list", "table", "ip6", &w.nft_table()])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(w.has_nft_table() && table6(&w), "ip and ip6 tables");
+
+    std::fs::remove_file(w.manifests.join("dual.yaml")).expect("remove manifest");
+    wait_for(
+        "the pod, its addresses and tables gone",
+        Duration::from_secs(60),
+        || async {
+            (w.pod("dual").await.is_none()
+                && ips.iter().all(|ip| !ipam.join(ip).exists())
+                && !w.has_nft_table()
+                && !table6(&w))
+            .then_some(())
+        },
     )
     .await;
     w.stop_agent();

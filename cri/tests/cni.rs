@@ -31,6 +31,9 @@ use nodelet_cri::netns::NetNs;
 use serde_json::Value;
 use tempfile::TempDir;
 
+#[path = "cni/portmap.rs"]
+mod portmap;
+
 /// Where Debian's containernetworking-plugins live.
 const DEBIAN_PLUGIN_DIR: &str = "/usr/lib/cni";
 
@@ -330,6 +333,7 @@ impl Pod {
             pod_namespace: "default",
             pod_name: "web-0",
             pod_uid: "5f0e6c1c-1b0e-4c57-9d1e-0c4f4d2b7a10",
+            port_mappings: &[],
         }
     }
 }

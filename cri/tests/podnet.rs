@@ -7,6 +7,8 @@
 //! Like the CNI tests, each runs on its own thread moved into a fresh network namespace
 //! standing in for the node's: the bridge, the veths, the forwarding sysctl and the nft
 //! table live there, so the machine's own network is never touched.
+//!
+//! IPv6 and dual-stack are in `podnet/dual_stack.rs`.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -22,6 +24,9 @@ use nodelet_cri::podnet::{
 };
 use serde_json::Value;
 use tempfile::TempDir;
+
+#[path = "podnet/dual_stack.rs"]
+mod dual_stack;
 
 fn in_node_netns<F, Fut>(body: F)
 where
@@ -463,7 +468,7 @@ fn host_ports_reach_the_pod_from_outside_the_node_and_the_pod_itself() {
                 protocol: Protocol::Tcp,
                 host_port: 18081,
                 container_port,
-                host_ip: Some(Ipv4Addr::new(192, 168, 77, 1)),
+                host_ip: Some(Ipv4Addr::new(192, 168, 77, 1).into()),
             },
             PortMapping {
                 protocol: Protocol::Udp,

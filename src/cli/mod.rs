@@ -371,12 +371,14 @@ pub struct AgentArgs {
     /// Address the healthz port listens on.
     #[arg(long, default_value = "127.0.0.1")]
     pub healthz_bind_address: IpAddr,
-    /// The pod CIDR of the built-in pod network, used when --cni-conf-dir holds no config.
+    /// The pod CIDR of the built-in pod network, used when --cni-conf-dir holds no config:
+    /// one CIDR of either family, or two comma-separated, one IPv4 and one IPv6
+    /// (dual-stack; the first one's family is the pod's primary IP).
     #[arg(long, default_value = "10.88.0.0/16")]
     pub pod_cidr: String,
     /// The Linux bridge of the built-in pod network (nodelet's own flag; at most 15 bytes).
     /// Its IP allocations live in `<root-dir>/network/ipam/<bridge>`, its nftables
-    /// table is `ip nodelet-pods-<bridge>`.
+    /// tables are `ip nodelet-pods-<bridge>` (and `ip6` of that name for IPv6).
     #[arg(long, default_value = "nodelet0", value_parser = parse_bridge_name)]
     pub pod_network_bridge: String,
     /// CNI configuration directory.

@@ -261,6 +261,44 @@ pub fn registration_node(view: &Node, reg: &Registration, now: jiff::Timestamp) 
     }
 }
 
+/// The pod CIDRs the cluster gave Node `name` (`spec.podCIDRs`, or `spec.podCIDR`),
+/// comma-joined as `--pod-cidr` takes them: upstream's kubelet takes its pod CIDR
+/// from the Node in a cluster. `None` when the Node does not exist yet, has none, or
+/// the apiserver does not answer within `wait`.
+pub async fn assigned_pod_cidrs(
+    client: &kube::Client,
+    name: &str,
+    wait: Duration,
+) -> Option<String> {
+    let api: Api<Node> = Api::all(client.clone());
+    let node = match tokio::time::timeout(wait, api.get_opt(name)).await {
+        Ok(Ok(node)) => node?,
+        Ok(Err(error)) => {
+            debug!(%error, "cannot read the Node's pod CIDRs");
+            return None;
+        }
+        Err(_) => {
+            debug!(
+                ?wait,
+                "the apiserver did not answer for the Node's pod CIDRs"
+            );
+            return None;
+        }
+    };
+    pod_cidrs_of(&node)
+}
+
+/// `spec.podCIDRs` comma-joined, or `spec.podCIDR`; `None` when neither is set.
+pub fn pod_cidrs_of(node: &Node) -> Option<String> {
+    let spec = node.spec.as_ref()?;
+    let cidrs: Vec<&str> = match &spec.pod_cidrs {
+        Some(list) if !list.is_empty() => list.iter().map(String::as_str).collect(),
+        _ => spec.pod_cidr.as_deref().into_iter().collect(),
+    };
+    let cidrs: Vec<&str> = cidrs.into_iter().filter(|c| !c.is_empty()).collect();
+    (!cidrs.is_empty()).then(|| cidrs.join(","))
+}
+
 /// Upstream's `updateDefaultLabels`: the default labels `wanted` has are set to its
 /// values on `existing`. Returns the labels to patch (`None` removes one), empty
 /// when nothing changed.

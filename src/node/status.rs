@@ -58,7 +58,7 @@ pub struct NodeInputs {
     pub runtime_version: String,
     /// The images in the runtime.
     pub images: Vec<ImageInfo>,
-    /// The pod CIDR, if one was given.
+    /// The pod CIDR, if one was given: one, or two comma-separated (dual-stack).
     pub pod_cidr: Option<String>,
     /// The kubelet API's secure port (`daemonEndpoints.kubeletEndpoint.port`); 0 when
     /// it is not served.
@@ -102,6 +102,10 @@ pub fn node(inputs: &NodeInputs, now: jiff::Timestamp) -> Node {
     labels.insert("kubernetes.io/arch".to_owned(), go_arch().to_owned());
     labels.insert("beta.kubernetes.io/os".to_owned(), "linux".to_owned());
     labels.insert("beta.kubernetes.io/arch".to_owned(), go_arch().to_owned());
+    let pod_cidrs: Option<Vec<String>> = inputs
+        .pod_cidr
+        .as_deref()
+        .map(|c| c.split(',').map(|c| c.trim().to_owned()).collect());
     Node {
         metadata: ObjectMeta {
             name: Some(inputs.name.clone()),
@@ -109,8 +113,10 @@ pub fn node(inputs: &NodeInputs, now: jiff::Timestamp) -> Node {
             ..Default::default()
         },
         spec: Some(NodeSpec {
-            pod_cidr: inputs.pod_cidr.clone(),
-            pod_cidrs: inputs.pod_cidr.clone().map(|c| vec![c]),
+            // `--pod-cidr` may hold one CIDR per family, comma-separated (dual-stack):
+            // `podCIDRs` lists them, `podCIDR` is the first, as upstream's.
+            pod_cidr: pod_cidrs.as_ref().and_then(|c| c.first().cloned()),
+            pod_cidrs,
             taints: Some(inputs.taints.clone()).filter(|t| !t.is_empty()),
             ..Default::default()
         }),

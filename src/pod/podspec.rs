@@ -272,7 +272,8 @@ pub fn sandbox_config(
 
 /// The pod's hostPorts, as upstream's `generatePodSandboxConfig` and containerd pass
 /// them on: every app container's port with a `hostPort` above 0, once each. A
-/// `hostIP` that is not an IPv4 address (the built-in network is IPv4) is not mapped.
+/// `hostIP` of either family maps only the pod's address of that family; one that is
+/// not an IP address is not mapped.
 fn port_mappings(spec: &PodSpec) -> Vec<nodelet_cri::podnet::PortMapping> {
     let mut out: Vec<nodelet_cri::podnet::PortMapping> = Vec::new();
     for port in spec
@@ -295,7 +296,7 @@ fn port_mappings(spec: &PodSpec) -> Vec<nodelet_cri::podnet::PortMapping> {
         };
         let host_ip = match port.host_ip.as_deref().unwrap_or("") {
             "" => None,
-            ip => match ip.parse::<std::net::Ipv4Addr>() {
+            ip => match ip.parse::<std::net::IpAddr>() {
                 Ok(ip) => Some(ip),
                 Err(_) => continue,
             },

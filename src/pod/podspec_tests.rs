@@ -293,7 +293,8 @@ fn host_ports_become_port_mappings_once_each() {
                 {"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "10.0.0.1"},
                 {"containerPort": 81},
                 {"containerPort": 82, "hostPort": 0},
-                {"containerPort": 83, "hostPort": 8083, "hostIP": "fd00::1"}
+                {"containerPort": 83, "hostPort": 8083, "hostIP": "fd00::1"},
+                {"containerPort": 84, "hostPort": 8084, "hostIP": "not-an-ip"}
             ]},
             {"name": "b", "ports": [{"containerPort": 9000, "hostPort": 9000, "hostIP": "0.0.0.0"}]}
         ],
@@ -314,9 +315,10 @@ fn host_ports_become_port_mappings_once_each() {
                 protocol: Protocol::Udp,
                 host_port: 5353,
                 container_port: 53,
-                host_ip: Some(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+                host_ip: Some(std::net::Ipv4Addr::new(10, 0, 0, 1).into()),
             },
-            tcp(9000, 9000, Some(std::net::Ipv4Addr::UNSPECIFIED)),
+            tcp(8083, 83, Some("fd00::1".parse().expect("ip"))),
+            tcp(9000, 9000, Some(std::net::Ipv4Addr::UNSPECIFIED.into())),
         ]
     );
 }

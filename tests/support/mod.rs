@@ -812,3 +812,35 @@ pub fn require_cgroup_v1() {
          at /sys/fs/cgroup/memory"
     );
 }
+
+/// The host's `net.ipv6.conf.all.forwarding`, which the built-in network turns on with
+/// an IPv6 range (as the bridge plugin does); dual-stack tests put back what they found.
+pub const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// Puts a sysctl back to what it was, when it changed, also when the test fails.
+pub struct RestoreSysctl {
+    path: &'static str,
+    was: String,
+}
+
+impl RestoreSysctl {
+    /// Remembers `path`'s value.
+    pub fn new(path: &'static str) -> RestoreSysctl {
+        let was = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .to_owned();
+        RestoreSysctl { path, was }
+    }
+}
+
+impl Drop for RestoreSysctl {
+    fn drop(&mut self) {
+        let now = std::fs::read_to_string(self.path).unwrap_or_default();
+        if now.trim() != self.was
+            && let Err(e) = std::fs::write(self.path, &self.was)
+        {
+            eprintln!("cannot restore {}: {e}", self.path);
+        }
+    }
+}

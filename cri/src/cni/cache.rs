@@ -10,7 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tracing::warn;
 
 use super::{Cni, CniError, CniRequest, Invocation, cni_args_pairs};
@@ -90,6 +90,7 @@ impl Cni {
             "networkName": self.list.name,
             "netns": inv.netns,
             "cniArgs": cni_args,
+            "capabilityArgs": inv.capability_args,
             "result": result,
         });
         let bytes = serde_json::to_vec(&entry).map_err(|source| CniError::Encode {
@@ -114,6 +115,21 @@ impl Cni {
 /// The cached `ADD` result, if a usable cache entry exists. Like libcni, an unreadable
 /// entry means "no prevResult", not a failed teardown.
 pub(super) fn read_cached_result(path: &Path) -> Option<Value> {
+    read_cached_entry(path)?
+        .get("result")
+        .filter(|r| r.is_object())
+        .cloned()
+}
+
+/// The capability arguments `ADD` was given (libcni's `capabilityArgs`, e.g. the
+/// pod's `portMappings`), for a `DEL` whose caller no longer has them.
+pub(super) fn read_cached_capability_args(path: &Path) -> Map<String, Value> {
+    read_cached_entry(path)
+        .and_then(|e| e.get("capabilityArgs").and_then(Value::as_object).cloned())
+        .unwrap_or_default()
+}
+
+fn read_cached_entry(path: &Path) -> Option<Value> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
@@ -133,7 +149,7 @@ pub(super) fn read_cached_result(path: &Path) -> Option<Value> {
         warn!(file = %path.display(), "ignoring cached CNI result of unknown kind");
         return None;
     }
-    entry.get("result").filter(|r| r.is_object()).cloned()
+    Some(entry)
 }
 
 /// Writes `bytes` to a temporary sibling of `path` and renames it into place.
@@ -175,12 +191,18 @@ mod tests {
         let ns = PathBuf::from("/run/netns/x");
         let r = req(&ns);
         let args = cni_args_string(&r);
+        let caps =
+            json!({"portMappings": [{"hostPort": 80, "containerPort": 8080, "protocol": "tcp"}]})
+                .as_object()
+                .cloned()
+                .expect("object");
         let inv = Invocation {
             command: CniCommand::Add,
             container_id: r.container_id,
             netns: "/run/netns/x",
             ifname: r.ifname,
             cni_args: &args,
+            capability_args: &caps,
         };
         let result = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}]});
         cni.write_cache(&r, &inv, &result).expect("cache");
@@ -195,8 +217,10 @@ mod tests {
             .expect("base64");
         assert_eq!(config, LIST.as_bytes());
         assert_eq!(read_cached_result(&path), Some(result));
+        assert_eq!(read_cached_capability_args(&path), caps);
         fs::write(&path, "garbage").expect("write");
         assert_eq!(read_cached_result(&path), None);
+        assert!(read_cached_capability_args(&path).is_empty());
     }
 
     #[test]

@@ -14,9 +14,13 @@
 //! Rust (the `cni-plugin` crate is for writing plugins, not running them), and the part of
 //! libcni a runtime needs is small.
 //!
-//! Not (yet) supported: `CHECK`, `GC` and `STATUS`, and capability arguments
-//! (`runtimeConfig`, e.g. `portMappings` for hostPort); a `portmap` plugin in the chain is
-//! run and passes the result through unchanged.
+//! Capability arguments: the pod's hostPorts go as `runtimeConfig.portMappings` (as
+//! containerd's CRI plugin passes them) to the plugins whose `capabilities` has
+//! `portMappings: true` (libcni's `injectRuntimeConfig`), on `ADD` and on `DEL` (from
+//! the result cache, where they are kept with the result, when the caller has none).
+//!
+//! Not (yet) supported: `CHECK`, `GC` and `STATUS`, and capability arguments other than
+//! `portMappings`.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -36,11 +40,18 @@ use crate::netns::NetNs;
 mod cache;
 mod config;
 mod error;
+mod request;
+mod result;
 
-use cache::{read_cached_result, write_atomically};
+use cache::{read_cached_capability_args, read_cached_result, write_atomically};
 pub use config::DefaultNetwork;
 pub(crate) use config::config_files;
 pub use error::{CniError, PluginError};
+use request::{
+    capability_args, cni_args_pairs, cni_args_string, validate_ifname, validate_name,
+    validate_request,
+};
+use result::{parse_cidr, pod_ips};
 
 /// Where CNI network configs are read from unless configured otherwise.
 pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
@@ -105,6 +116,9 @@ pub struct CniRequest<'a> {
     pub pod_name: &'a str,
     /// `K8S_POD_UID`.
     pub pod_uid: &'a str,
+    /// The pod's hostPorts, passed as `runtimeConfig.portMappings` to plugins with that
+    /// capability; on teardown, empty means "those `ADD` was given" (from the cache).
+    pub port_mappings: &'a [crate::podnet::PortMapping],
 }
 
 /// What [`Cni::setup`] got from the plugin chain.
@@ -176,6 +190,8 @@ struct Invocation<'a> {
     netns: &'a str,
     ifname: &'a str,
     cni_args: &'a str,
+    /// libcni's `CapabilityArgs`: injected as `runtimeConfig` per plugin capability.
+    capability_args: &'a Map<String, Value>,
 }
 
 impl Cni {
@@ -224,12 +240,14 @@ impl Cni {
         }
         let netns = req.netns.to_string_lossy();
         let cni_args = cni_args_string(req);
+        let caps = capability_args(req.port_mappings);
         let inv = Invocation {
             command: CniCommand::Add,
             container_id: req.container_id,
             netns: &netns,
             ifname: req.ifname,
             cni_args: &cni_args,
+            capability_args: &caps,
         };
 
         self.loopback(&inv).await?;
@@ -269,14 +287,20 @@ impl Cni {
             String::new()
         };
         let cni_args = cni_args_string(req);
+        let cache = self.cache_path(req);
+        let caps = if req.port_mappings.is_empty() {
+            read_cached_capability_args(&cache)
+        } else {
+            capability_args(req.port_mappings)
+        };
         let inv = Invocation {
             command: CniCommand::Del,
             container_id: req.container_id,
             netns: &netns,
             ifname: req.ifname,
             cni_args: &cni_args,
+            capability_args: &caps,
         };
-        let cache = self.cache_path(req);
         let prev = if version_at_least(&self.list.cni_version, (0, 4, 0)) {
             read_cached_result(&cache)
         } else {
@@ -317,7 +341,13 @@ impl Cni {
             plugin_type: LOOPBACK_PLUGIN.into(),
             conf,
         };
-        let stdin = plugin_stdin(&plugin, LOOPBACK_NETWORK, LOOPBACK_VERSION, None)?;
+        let stdin = plugin_stdin(
+            &plugin,
+            LOOPBACK_NETWORK,
+            LOOPBACK_VERSION,
+            None,
+            &Map::new(),
+        )?;
         let lo = Invocation {
             ifname: LOOPBACK_IFNAME,
             ..*inv
@@ -338,6 +368,7 @@ impl Cni {
                 &self.list.name,
                 &self.list.cni_version,
                 prev.as_ref(),
+                inv.capability_args,
             )?;
             let stdout = self.exec(&plugin.plugin_type, inv, stdin).await?;
             let invalid = |reason: String| CniError::InvalidResult {
@@ -384,7 +415,13 @@ impl Cni {
     /// `DEL` over the chain in reverse, stopping at the first failure as libcni does.
     async fn del_chain(&self, inv: &Invocation<'_>, prev: Option<&Value>) -> Result<(), CniError> {
         for plugin in self.list.plugins.iter().rev() {
-            let stdin = plugin_stdin(plugin, &self.list.name, &self.list.cni_version, prev)?;
+            let stdin = plugin_stdin(
+                plugin,
+                &self.list.name,
+                &self.list.cni_version,
+                prev,
+                inv.capability_args,
+            )?;
             self.exec(&plugin.plugin_type, inv, stdin).await?;
         }
         Ok(())
@@ -512,17 +549,28 @@ impl Cni {
     }
 }
 
-/// The plugin's stdin: its config with the list's `name` and `cniVersion`, and
-/// `prevResult` when there is one (libcni's `buildOneConfig`).
+/// The plugin's stdin: its config with the list's `name` and `cniVersion`, the
+/// `runtimeConfig` its `capabilities` ask for from `caps`, and `prevResult` when there
+/// is one (libcni's `buildOneConfig` and `injectRuntimeConfig`).
 fn plugin_stdin(
     plugin: &PluginConf,
     name: &str,
     cni_version: &str,
     prev: Option<&Value>,
+    caps: &Map<String, Value>,
 ) -> Result<Vec<u8>, CniError> {
     let mut conf = plugin.conf.clone();
     conf.insert("name".into(), Value::String(name.into()));
     conf.insert("cniVersion".into(), Value::String(cni_version.into()));
+    let wanted = conf.get("capabilities").and_then(Value::as_object);
+    let runtime_config: Map<String, Value> = caps
+        .iter()
+        .filter(|(cap, _)| wanted.and_then(|w| w.get(*cap)) == Some(&Value::Bool(true)))
+        .map(|(cap, v)| (cap.clone(), v.clone()))
+        .collect();
+    if !runtime_config.is_empty() {
+        conf.insert("runtimeConfig".into(), Value::Object(runtime_config));
+    }
     if let Some(prev) = prev {
         conf.insert("prevResult".into(), prev.clone());
     }
@@ -530,89 +578,6 @@ fn plugin_stdin(
         what: "CNI plugin config",
         source,
     })
-}
-
-/// The `CNI_ARGS` pairs containerd sets for a pod.
-fn cni_args_pairs<'a>(req: &CniRequest<'a>) -> [[&'a str; 2]; 5] {
-    [
-        ["IgnoreUnknown", "1"],
-        ["K8S_POD_NAMESPACE", req.pod_namespace],
-        ["K8S_POD_NAME", req.pod_name],
-        ["K8S_POD_INFRA_CONTAINER_ID", req.container_id],
-        ["K8S_POD_UID", req.pod_uid],
-    ]
-}
-
-fn cni_args_string(req: &CniRequest<'_>) -> String {
-    cni_args_pairs(req)
-        .iter()
-        .map(|[k, v]| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(";")
-}
-
-/// Rejects what plugins would reject (libcni's `ValidateContainerID` and
-/// `ValidateInterfaceName`), and values that would corrupt `CNI_ARGS`.
-fn validate_request(req: &CniRequest<'_>) -> Result<(), CniError> {
-    let invalid = |field, value: &str, reason| CniError::InvalidRequest {
-        field,
-        value: value.to_string(),
-        reason,
-    };
-    validate_name(req.container_id).map_err(|r| invalid("container_id", req.container_id, r))?;
-    validate_ifname(req.ifname).map_err(|r| invalid("ifname", req.ifname, r))?;
-    for (field, value) in [
-        ("pod_namespace", req.pod_namespace),
-        ("pod_name", req.pod_name),
-        ("pod_uid", req.pod_uid),
-    ] {
-        if value.contains(';') {
-            return Err(invalid(
-                field,
-                value,
-                "contains ';', which CNI_ARGS cannot carry",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// libcni's rule for network names and container IDs: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
-fn validate_name(s: &str) -> Result<(), &'static str> {
-    let mut chars = s.chars();
-    match chars.next() {
-        None => Err("is empty"),
-        Some(c) if !c.is_ascii_alphanumeric() => Err("must start with a letter or digit"),
-        Some(_) if chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) => Ok(()),
-        Some(_) => Err("may contain only letters, digits, '_', '.' and '-'"),
-    }
-}
-
-/// libcni's `ValidateInterfaceName`, which is the kernel's rule.
-fn validate_ifname(s: &str) -> Result<(), &'static str> {
-    if s.is_empty() {
-        Err("is empty")
-    } else if s.len() > MAX_IFNAME_LEN {
-        Err("is longer than 15 bytes")
-    } else if s == "." || s == ".." {
-        Err("is not a valid interface name")
-    } else if s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        Err("contains '/', ':' or whitespace")
-    } else {
-        Ok(())
-    }
-}
-
-/// Parses `addr/prefix` and returns the address.
-fn parse_cidr(s: &str) -> Result<IpAddr, &'static str> {
-    let (addr, prefix) = s.split_once('/').ok_or("is not in addr/prefix form")?;
-    let addr: IpAddr = addr.parse().map_err(|_| "has an invalid address")?;
-    let prefix: u8 = prefix.parse().map_err(|_| "has an invalid prefix length")?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    if prefix > max {
-        return Err("has a prefix length too long for its family");
-    }
-    Ok(addr)
 }
 
 fn version_at_least(version: &str, min: (u32, u32, u32)) -> bool {
@@ -623,43 +588,6 @@ fn version_at_least(version: &str, min: (u32, u32, u32)) -> bool {
         parts.next().unwrap_or(0),
     );
     v >= min
-}
-
-/// The IPs a result (0.3.0 and later: `ips[].address` in CIDR form) gives to `ifname`,
-/// IPv4 first. As go-cni does, an IP without an `interface` index belongs to the pod's
-/// interface.
-fn pod_ips(result: &Value, ifname: &str) -> Result<Vec<IpAddr>, String> {
-    let interfaces = match result.get("interfaces") {
-        None | Some(Value::Null) => &Vec::new(),
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err("\"interfaces\" is not an array".into()),
-    };
-    let ips = match result.get("ips") {
-        None | Some(Value::Null) => &Vec::new(),
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err("\"ips\" is not an array".into()),
-    };
-    let mut out = Vec::new();
-    for (i, ip) in ips.iter().enumerate() {
-        let Some(address) = ip.get("address").and_then(Value::as_str) else {
-            return Err(format!("ips[{i}] has no \"address\""));
-        };
-        let addr = parse_cidr(address).map_err(|r| format!("ips[{i}].address {address:?} {r}"))?;
-        if let Some(index) = ip.get("interface").filter(|v| !v.is_null()) {
-            let iface = index
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .and_then(|n| interfaces.get(n))
-                .ok_or_else(|| format!("ips[{i}].interface {index} is not in \"interfaces\""))?;
-            if iface.get("name").and_then(Value::as_str) != Some(ifname) {
-                continue;
-            }
-        }
-        out.push(addr);
-    }
-    // Stable: each family keeps the plugins' order.
-    out.sort_by_key(IpAddr::is_ipv6);
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -684,44 +612,12 @@ mod tests {
             pod_namespace: "default",
             pod_name: "web-0",
             pod_uid: "0b2e-11",
+            port_mappings: &[],
         }
     }
 
     pub(super) const LIST: &str =
         r#"{"cniVersion":"1.0.0","name":"net1","plugins":[{"type":"bridge"},{"type":"portmap"}]}"#;
-
-    #[test]
-    fn pod_ips_for_1_0_0_and_0_4_0_results() {
-        let v100 = json!({
-            "cniVersion": "1.0.0",
-            "interfaces": [{"name": "cni0"}, {"name": "veth1"}, {"name": "eth0", "sandbox": "/x"}],
-            "ips": [
-                {"address": "fd00::5/64", "interface": 2},
-                {"address": "10.1.0.5/24", "gateway": "10.1.0.1", "interface": 2},
-                {"address": "10.1.0.1/24", "interface": 0},
-            ],
-        });
-        assert_eq!(
-            pod_ips(&v100, "eth0").expect("ips"),
-            vec![
-                "10.1.0.5".parse::<IpAddr>().expect("ip"),
-                "fd00::5".parse().expect("ip")
-            ]
-        );
-        let v040 = json!({
-            "cniVersion": "0.4.0",
-            "ips": [{"version": "4", "address": "10.2.0.7/16"}],
-        });
-        assert_eq!(
-            pod_ips(&v040, "eth0").expect("ips"),
-            vec!["10.2.0.7".parse::<IpAddr>().expect("ip")]
-        );
-        let bad_index = json!({"ips": [{"address": "10.2.0.7/16", "interface": 3}]});
-        assert!(pod_ips(&bad_index, "eth0").is_err());
-        let bad_addr = json!({"ips": [{"address": "10.2.0.7"}]});
-        assert!(pod_ips(&bad_addr, "eth0").is_err());
-        assert!(pod_ips(&json!({}), "eth0").expect("empty").is_empty());
-    }
 
     #[test]
     fn stdin_injects_name_version_and_prev_result() {
@@ -733,49 +629,64 @@ mod tests {
                 .expect("object"),
         };
         let prev = json!({"cniVersion": "1.0.0", "ips": []});
-        let stdin = plugin_stdin(&plugin, "net1", "1.0.0", Some(&prev)).expect("stdin");
+        let stdin =
+            plugin_stdin(&plugin, "net1", "1.0.0", Some(&prev), &Map::new()).expect("stdin");
         let v: Value = serde_json::from_slice(&stdin).expect("json");
         assert_eq!(v["name"], "net1");
         assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["snat"], true);
         assert_eq!(v["prevResult"], prev);
-        let v: Value =
-            serde_json::from_slice(&plugin_stdin(&plugin, "n", "0.4.0", None).expect("stdin"))
-                .expect("json");
+        let v: Value = serde_json::from_slice(
+            &plugin_stdin(&plugin, "n", "0.4.0", None, &Map::new()).expect("stdin"),
+        )
+        .expect("json");
         assert!(v.get("prevResult").is_none());
+        assert!(v.get("runtimeConfig").is_none());
     }
 
     #[test]
-    fn cni_args_match_containerd() {
-        let ns = PathBuf::from("/run/netns/x");
+    fn port_mappings_go_only_to_plugins_with_the_capability() {
+        use crate::podnet::{PortMapping, Protocol};
+        let ports = [
+            PortMapping {
+                protocol: Protocol::Tcp,
+                host_port: 8080,
+                container_port: 80,
+                host_ip: None,
+            },
+            PortMapping {
+                protocol: Protocol::Udp,
+                host_port: 5353,
+                container_port: 53,
+                host_ip: Some("fd00::1".parse().expect("ip")),
+            },
+        ];
+        let caps = capability_args(&ports);
+        let want = json!([
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "fd00::1"},
+        ]);
+        assert_eq!(caps["portMappings"], want);
+        assert!(capability_args(&[]).is_empty());
+        let conf = |v: Value| PluginConf {
+            plugin_type: "x".into(),
+            conf: v.as_object().cloned().expect("object"),
+        };
+        let stdin = |p: &PluginConf| -> Value {
+            serde_json::from_slice(&plugin_stdin(p, "n", "1.0.0", None, &caps).expect("stdin"))
+                .expect("json")
+        };
+        let portmap = conf(json!({"type": "portmap", "capabilities": {"portMappings": true}}));
         assert_eq!(
-            cni_args_string(&req(&ns)),
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;\
-             K8S_POD_INFRA_CONTAINER_ID=abc123;K8S_POD_UID=0b2e-11"
+            stdin(&portmap)["runtimeConfig"],
+            json!({"portMappings": want})
         );
-    }
-
-    #[test]
-    fn requests_plugins_would_reject_are_refused() {
-        let ns = PathBuf::from("/run/netns/x");
-        assert!(validate_request(&req(&ns)).is_ok());
-        for (mutate, field) in [
-            (
-                (|r: &mut CniRequest<'_>| r.container_id = "-x") as fn(&mut CniRequest<'_>),
-                "container_id",
-            ),
-            (|r| r.container_id = "a/b", "container_id"),
-            (|r| r.ifname = "eth0:1", "ifname"),
-            (|r| r.ifname = "abcdefghijklmnop", "ifname"),
-            (|r| r.pod_name = "a;K8S_POD_UID=x", "pod_name"),
+        for other in [
+            json!({"type": "bridge"}),
+            json!({"type": "portmap", "capabilities": {"portMappings": false}}),
+            json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
         ] {
-            let mut r = req(&ns);
-            mutate(&mut r);
-            let err = validate_request(&r).expect_err(field);
-            assert!(
-                matches!(&err, CniError::InvalidRequest { field: f, .. } if *f == field),
-                "{err}"
-            );
+            assert!(stdin(&conf(other)).get("runtimeConfig").is_none());
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -57,8 +57,18 @@ pub struct PortMapping {
     pub host_port: u16,
     /// The pod's port it reaches.
     pub container_port: u16,
-    /// Only this node address (`hostIP`); `None` is every local address.
-    pub host_ip: Option<Ipv4Addr>,
+    /// Only this node address (`hostIP`, either family: it maps only the pod's
+    /// address of that family, an unspecified one on every local address of it);
+    /// `None` is every local address of both families.
+    pub host_ip: Option<IpAddr>,
+}
+
+impl PortMapping {
+    /// Whether this mapping applies to the pod's address `pod_ip`: as the `portmap`
+    /// plugin, a `hostIP` (even `0.0.0.0` or `::`) only to the address of its family.
+    pub fn applies_to(&self, pod_ip: IpAddr) -> bool {
+        self.host_ip.is_none_or(|h| h.is_ipv6() == pod_ip.is_ipv6())
+    }
 }
 
 /// The per-pod mappings on disk.
@@ -133,6 +143,7 @@ impl Store {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn saved_mappings_load_back_and_go_with_remove() {
@@ -143,7 +154,7 @@ mod tests {
             protocol: Protocol::Udp,
             host_port: 5353,
             container_port: 53,
-            host_ip: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            host_ip: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
         };
         s.save("a", &[m]).unwrap();
         fs::write(dir.path().join("hostports/.b.1.tmp"), "{").unwrap();
@@ -155,5 +166,31 @@ mod tests {
         assert_eq!(Protocol::from_k8s(""), Some(Protocol::Tcp));
         assert_eq!(Protocol::from_k8s("SCTP"), Some(Protocol::Sctp));
         assert_eq!(Protocol::from_k8s("ICMP"), None);
+        // Files written before hostIP took either family still load.
+        fs::write(
+            dir.path().join("hostports/old"),
+            r#"[{"protocol":"Tcp","host_port":80,"container_port":8080,"host_ip":"10.0.0.1"}]"#,
+        )
+        .unwrap();
+        assert_eq!(s.load_all().unwrap()[0].1[0].host_ip, m.host_ip);
+    }
+
+    #[test]
+    fn a_host_ip_maps_only_its_family_and_none_maps_both() {
+        let v4: IpAddr = "10.0.0.5".parse().unwrap();
+        let v6: IpAddr = "fd00::5".parse().unwrap();
+        let mut m = PortMapping {
+            protocol: Protocol::Tcp,
+            host_port: 80,
+            container_port: 80,
+            host_ip: None,
+        };
+        assert!(m.applies_to(v4) && m.applies_to(v6));
+        m.host_ip = Some("192.168.1.1".parse().unwrap());
+        assert!(m.applies_to(v4) && !m.applies_to(v6));
+        m.host_ip = Some("2001:db8::1".parse().unwrap());
+        assert!(!m.applies_to(v4) && m.applies_to(v6));
+        m.host_ip = Some("::".parse().unwrap());
+        assert!(!m.applies_to(v4) && m.applies_to(v6));
     }
 }

@@ -13,75 +13,114 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::PodNetError;
 
+/// host-local's round-robin marker, for the IPv4 range (the IPv6 range's has a suffix,
+/// both ranges sharing the directory).
 const LAST_RESERVED: &str = "last_reserved_ip";
 /// Prefix of pending files: `.pending-<pid>-<n>`.
 const PENDING: &str = ".pending-";
 
 static PENDING_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// An IPv4 range: the network address and prefix length.
+/// An address range of either family: the network address and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Cidr {
+pub struct Cidr {
     /// The network address (host bits zero).
-    pub network: Ipv4Addr,
-    /// The prefix length, 0-32.
+    pub network: IpAddr,
+    /// The prefix length, 0-32 or 0-128.
     pub prefix: u8,
 }
 
-impl Ipv4Cidr {
-    /// Parses `a.b.c.d/n`, clearing host bits.
+/// An address as a number of its family's width.
+fn to_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n` or `x::y/n`, clearing host bits.
     ///
     /// # Errors
     ///
     /// [`PodNetError::InvalidCidr`] for anything else, or a range too small for a
-    /// gateway and one pod (prefix above 30).
+    /// gateway and one pod (an IPv4 prefix above 30, an IPv6 one above 126).
     pub fn parse(s: &str) -> Result<Self, PodNetError> {
         let bad = |reason: &'static str| PodNetError::InvalidCidr {
             cidr: s.to_owned(),
             reason,
         };
-        let (addr, prefix) = s.split_once('/').ok_or(bad("not address/prefix"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
+        let (addr, prefix) = s.trim().split_once('/').ok_or(bad("not address/prefix"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
         let prefix: u8 = prefix.parse().map_err(|_| bad("bad prefix length"))?;
-        if prefix > 30 {
-            return Err(bad("prefix longer than /30 leaves no pod address"));
+        match addr {
+            IpAddr::V4(_) if prefix > 30 => {
+                return Err(bad("prefix longer than /30 leaves no pod address"));
+            }
+            IpAddr::V6(_) if prefix > 126 => {
+                return Err(bad("prefix longer than /126 leaves no pod address"));
+            }
+            _ => {}
         }
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-        Ok(Ipv4Cidr {
-            network: Ipv4Addr::from(u32::from(addr) & mask),
+        let cidr = Cidr {
+            network: addr,
+            prefix,
+        };
+        Ok(Cidr {
+            network: cidr.addr_of(to_bits(addr) & cidr.mask()),
             prefix,
         })
     }
 
+    /// Whether this is an IPv6 range.
+    pub fn is_ipv6(&self) -> bool {
+        self.network.is_ipv6()
+    }
+
+    fn width(&self) -> u32 {
+        if self.is_ipv6() { 128 } else { 32 }
+    }
+
+    fn mask(&self) -> u128 {
+        let all = u128::MAX >> (128 - self.width());
+        all & !(all.checked_shr(u32::from(self.prefix)).unwrap_or(0))
+    }
+
+    fn addr_of(&self, bits: u128) -> IpAddr {
+        if self.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::from(bits))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(u32::try_from(bits).unwrap_or(u32::MAX)))
+        }
+    }
+
     /// The gateway (the bridge's address): the first host address.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) + 1)
+    pub fn gateway(&self) -> IpAddr {
+        self.addr_of(to_bits(self.network) + 1)
     }
 
     /// Whether `ip` is inside the range.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.network)
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv6() == self.is_ipv6() && to_bits(ip) & self.mask() == to_bits(self.network)
     }
 
-    /// First and last pod address: after the gateway, before broadcast.
-    fn pod_range(&self) -> (u32, u32) {
-        let size = 1u64 << (32 - u32::from(self.prefix));
-        let first = u32::from(self.network) + 2;
-        let last = u32::try_from(u64::from(u32::from(self.network)) + size - 2).unwrap_or(u32::MAX);
-        (first, last)
+    /// First and last pod address, as host-local's defaults: after the gateway, up to
+    /// the last address (IPv4: before broadcast).
+    fn pod_range(&self) -> (u128, u128) {
+        let all = u128::MAX >> (128 - self.width());
+        let net = to_bits(self.network);
+        let last = net | (all & !self.mask());
+        (net + 2, if self.is_ipv6() { last } else { last - 1 })
     }
 }
 
-impl std::fmt::Display for Ipv4Cidr {
+impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.network, self.prefix)
     }
@@ -90,14 +129,15 @@ impl std::fmt::Display for Ipv4Cidr {
 /// The allocator over one range and one state directory.
 #[derive(Debug)]
 pub struct Ipam {
-    cidr: Ipv4Cidr,
+    cidr: Cidr,
     dir: PathBuf,
     lock: Mutex<()>,
 }
 
 impl Ipam {
     /// An allocator keeping its state in `dir` (created on first use).
-    pub fn new(cidr: Ipv4Cidr, dir: PathBuf) -> Self {
+    /// Ranges of both families may share `dir`: each sees only its own family's files.
+    pub fn new(cidr: Cidr, dir: PathBuf) -> Self {
         Ipam {
             cidr,
             dir,
@@ -106,8 +146,16 @@ impl Ipam {
     }
 
     /// The range.
-    pub fn cidr(&self) -> Ipv4Cidr {
+    pub fn cidr(&self) -> Cidr {
         self.cidr
+    }
+
+    fn last_reserved(&self) -> PathBuf {
+        if self.cidr.is_ipv6() {
+            self.dir.join(format!("{LAST_RESERVED}.ipv6"))
+        } else {
+            self.dir.join(LAST_RESERVED)
+        }
     }
 
     /// Allocates an address for `id`, or returns the one it already holds.
@@ -116,17 +164,18 @@ impl Ipam {
     ///
     /// [`PodNetError::Exhausted`] when every address is taken, [`PodNetError::Ipam`] when
     /// the state directory cannot be written.
-    pub fn allocate(&self, id: &str) -> Result<Ipv4Addr, PodNetError> {
+    pub fn allocate(&self, id: &str) -> Result<IpAddr, PodNetError> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         fs::create_dir_all(&self.dir).map_err(self.err(&self.dir))?;
         if let Some(ip) = self.held_by(id)?.first() {
             return Ok(*ip);
         }
         let (first, last) = self.cidr.pod_range();
-        let start = fs::read_to_string(self.dir.join(LAST_RESERVED))
+        let start = fs::read_to_string(self.last_reserved())
             .ok()
-            .and_then(|s| s.trim().parse::<Ipv4Addr>().ok())
-            .map(u32::from)
+            .and_then(|s| s.trim().parse::<IpAddr>().ok())
+            .filter(|ip| self.cidr.contains(*ip))
+            .map(to_bits)
             .filter(|ip| (first..=last).contains(ip))
             .map_or(first, |ip| if ip == last { first } else { ip + 1 });
         self.remove_dead_pending();
@@ -147,18 +196,20 @@ impl Ipam {
     fn link_first_free(
         &self,
         pending: &Path,
-        start: u32,
-        first: u32,
-        last: u32,
-    ) -> Result<Ipv4Addr, PodNetError> {
-        let count = u64::from(last - first) + 1;
+        start: u128,
+        first: u128,
+        last: u128,
+    ) -> Result<IpAddr, PodNetError> {
+        // A huge IPv6 range is never scanned whole: 2^20 taken addresses in a row is
+        // far beyond what a node holds.
+        let count = (last - first).saturating_add(1).min(1 << 20);
         let mut candidate = start;
         for _ in 0..count {
-            let ip = Ipv4Addr::from(candidate);
+            let ip = self.cidr.addr_of(candidate);
             let path = self.dir.join(ip.to_string());
             match fs::hard_link(pending, &path) {
                 Ok(()) => {
-                    let last_path = self.dir.join(LAST_RESERVED);
+                    let last_path = self.last_reserved();
                     fs::write(&last_path, ip.to_string()).map_err(self.err(&last_path))?;
                     return Ok(ip);
                 }
@@ -202,7 +253,7 @@ impl Ipam {
     /// # Errors
     ///
     /// [`PodNetError::Ipam`] when the state cannot be read or a file removed.
-    pub fn release(&self, id: &str) -> Result<Vec<Ipv4Addr>, PodNetError> {
+    pub fn release(&self, id: &str) -> Result<Vec<IpAddr>, PodNetError> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let held = self.held_by(id)?;
         for ip in &held {
@@ -215,12 +266,12 @@ impl Ipam {
         Ok(held)
     }
 
-    /// Every (address, ID) allocated.
+    /// Every (address, ID) allocated in this range's family.
     ///
     /// # Errors
     ///
     /// [`PodNetError::Ipam`] when the directory cannot be read.
-    pub fn allocations(&self) -> Result<Vec<(Ipv4Addr, String)>, PodNetError> {
+    pub fn allocations(&self) -> Result<Vec<(IpAddr, String)>, PodNetError> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -231,7 +282,8 @@ impl Ipam {
             let Some(ip) = entry
                 .file_name()
                 .to_str()
-                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+                .and_then(|n| n.parse::<IpAddr>().ok())
+                .filter(|ip| ip.is_ipv6() == self.cidr.is_ipv6())
             else {
                 continue;
             };
@@ -244,7 +296,7 @@ impl Ipam {
         Ok(out)
     }
 
-    fn held_by(&self, id: &str) -> Result<Vec<Ipv4Addr>, PodNetError> {
+    fn held_by(&self, id: &str) -> Result<Vec<IpAddr>, PodNetError> {
         Ok(self
             .allocations()?
             .into_iter()
@@ -265,19 +317,63 @@ mod tests {
     use super::*;
 
     fn ipam(dir: &Path, cidr: &str) -> Ipam {
-        Ipam::new(Ipv4Cidr::parse(cidr).unwrap(), dir.join("ipam"))
+        Ipam::new(Cidr::parse(cidr).unwrap(), dir.join("ipam"))
     }
 
     #[test]
     fn cidr_parsing_and_gateway() {
-        let c = Ipv4Cidr::parse("10.88.3.7/16").unwrap();
+        let c = Cidr::parse("10.88.3.7/16").unwrap();
         assert_eq!(c.to_string(), "10.88.0.0/16");
-        assert_eq!(c.gateway(), Ipv4Addr::new(10, 88, 0, 1));
-        assert!(c.contains(Ipv4Addr::new(10, 88, 255, 254)));
-        assert!(!c.contains(Ipv4Addr::new(10, 89, 0, 1)));
-        for bad in ["10.0.0.0", "10.0.0.0/31", "x/8", "10.0.0.0/x", "::1/64"] {
-            assert!(Ipv4Cidr::parse(bad).is_err(), "{bad}");
+        assert_eq!(c.gateway(), IpAddr::V4(Ipv4Addr::new(10, 88, 0, 1)));
+        assert!(c.contains(IpAddr::V4(Ipv4Addr::new(10, 88, 255, 254))));
+        assert!(!c.contains(IpAddr::V4(Ipv4Addr::new(10, 89, 0, 1))));
+        let v6 = Cidr::parse("fd00:10:88::7/64").unwrap();
+        assert_eq!(v6.to_string(), "fd00:10:88::/64");
+        assert!(v6.is_ipv6());
+        assert_eq!(v6.gateway().to_string(), "fd00:10:88::1");
+        assert!(v6.contains("fd00:10:88::ffff:1".parse().unwrap()));
+        assert!(!v6.contains("fd00:10:89::1".parse().unwrap()));
+        assert!(!v6.contains("10.88.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        assert_eq!(Cidr::parse("::/0").unwrap().pod_range().1, u128::MAX);
+        assert_eq!(
+            Cidr::parse("0.0.0.0/0").unwrap().pod_range(),
+            (2, 0xffff_fffe)
+        );
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/31",
+            "x/8",
+            "10.0.0.0/x",
+            "fd00::/127",
+            "fd00::/129",
+        ] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ipv6_ranges_use_the_last_address_and_share_the_directory_with_ipv4() {
+        let dir = tempfile::tempdir().unwrap();
+        let v6 = ipam(dir.path(), "fd00:1::/126");
+        let v4 = ipam(dir.path(), "10.1.2.0/30");
+        let a = v6.allocate("a").unwrap();
+        let b = v6.allocate("b").unwrap();
+        assert_eq!(a.to_string(), "fd00:1::2");
+        assert_eq!(b.to_string(), "fd00:1::3");
+        assert!(matches!(
+            v6.allocate("c"),
+            Err(PodNetError::Exhausted { .. })
+        ));
+        assert_eq!(v4.allocate("a").unwrap().to_string(), "10.1.2.2");
+        // Each range sees its own family only, and keeps its own round-robin marker.
+        assert_eq!(v6.allocations().unwrap().len(), 2);
+        assert_eq!(v4.allocations().unwrap().len(), 1);
+        assert_eq!(v6.release("a").unwrap(), vec![a]);
+        assert_eq!(v4.allocations().unwrap().len(), 1);
+        assert_eq!(v6.allocate("c").unwrap(), a);
+        assert!(dir.path().join("ipam/last_reserved_ip.ipv6").is_file());
+        assert!(dir.path().join("ipam/last_reserved_ip").is_file());
     }
 
     #[test]
@@ -287,8 +383,8 @@ mod tests {
         let ips: Vec<_> = (0..5)
             .map(|i| a.allocate(&format!("id{i}")).unwrap())
             .collect();
-        assert_eq!(ips.first(), Some(&Ipv4Addr::new(10, 1, 2, 2)));
-        assert_eq!(ips.last(), Some(&Ipv4Addr::new(10, 1, 2, 6)));
+        assert_eq!(ips.first(), Some(&IpAddr::V4(Ipv4Addr::new(10, 1, 2, 2))));
+        assert_eq!(ips.last(), Some(&IpAddr::V4(Ipv4Addr::new(10, 1, 2, 6))));
         assert!(matches!(
             a.allocate("id5"),
             Err(PodNetError::Exhausted { .. })
@@ -352,7 +448,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut all: Vec<Ipv4Addr> = handles
+        let mut all: Vec<IpAddr> = handles
             .into_iter()
             .flat_map(|h| h.join().unwrap())
             .collect();

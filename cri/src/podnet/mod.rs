@@ -2,16 +2,18 @@
 //! configuration: what the bridge + host-local chain nodelet used to write as its default
 //! gives a pod, done in-process instead of by exec'ing three plugin binaries per pod.
 //!
-//! Per pod: an IPv4 address from the pod CIDR ([`ipam`], persisted under the root dir),
-//! a veth pair whose host end sits on the bridge with hairpin on and whose peer is the
-//! pod's `eth0`, the address on `eth0`, `lo` up and a default route via the bridge's
-//! gateway address ([`link`], over netlink). Once per network: the bridge with the
-//! gateway address, IPv4 forwarding, and (with `ip_masq`) a masquerade rule in an
-//! nftables table of its own ([`nft`]), removed with the last pod. A pod's hostPorts
-//! ([`hostport`], what the `portmap` plugin gives) are DNAT rules in the same table.
-//!
-//! Not (yet): IPv6 (nor do the CNI path's capability arguments carry hostPorts to a
-//! configured `portmap`).
+//! The pod CIDR is one range of either family or two, one IPv4 and one IPv6
+//! (dual-stack, as upstream's `podCIDRs`). Per pod: an address from each range
+//! ([`ipam`], persisted under the root dir), a veth pair whose host end sits on the
+//! bridge with hairpin on and whose peer is the pod's `eth0`, the addresses on `eth0`,
+//! `lo` up and a default route per family via the bridge's gateway address of that
+//! family ([`link`], over netlink). Once per network: the bridge with a gateway address
+//! per range, forwarding of each family, and (with `ip_masq`) a masquerade rule per
+//! range in an nftables table of its own per family (`ip` and `ip6`, same name,
+//! [`nft`]), removed with the last pod. A pod's hostPorts ([`hostport`], what the
+//! `portmap` plugin gives) are DNAT rules in the same tables: a `hostIP` maps only its
+//! family, none maps both. The pod's IPs are reported in the ranges' order, so the
+//! first range's family is the primary.
 
 pub mod hostport;
 pub mod ipam;
@@ -20,13 +22,13 @@ mod nft;
 
 pub use hostport::{PortMapping, Protocol};
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use tokio::sync::{Mutex, OnceCell};
 use tracing::{debug, info};
 
-use ipam::{Ipam, Ipv4Cidr};
+use ipam::{Cidr, Ipam};
 
 /// Errors of the built-in pod network.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +99,8 @@ pub enum PodNetError {
 pub struct BuiltinNetwork {
     /// Linux bridge name, at most 15 bytes.
     pub bridge: String,
-    /// The pod CIDR (IPv4); the bridge takes its first address.
+    /// The pod CIDR: one range of either family, or two comma-separated (one IPv4, one
+    /// IPv6); the bridge takes the first address of each.
     pub pod_cidr: String,
     /// Masquerade traffic leaving the pod CIDR.
     pub ip_masq: bool,
@@ -109,7 +112,8 @@ pub struct BuiltinNetwork {
 #[derive(Debug)]
 pub struct PodNetwork {
     cfg: BuiltinNetwork,
-    ipam: Ipam,
+    /// One allocator per range, in the configured order.
+    ipams: Vec<Ipam>,
     /// The host namespace's netlink handle, made on first use.
     handle: OnceCell<rtnetlink::Handle>,
     /// The bridge's index, once it is made (by the first setup, never by a teardown).
@@ -138,12 +142,17 @@ impl PodNetwork {
     ///
     /// [`PodNetError::InvalidCidr`].
     pub fn new(cfg: BuiltinNetwork) -> Result<Self, PodNetError> {
-        let cidr = Ipv4Cidr::parse(&cfg.pod_cidr)?;
-        let ipam = Ipam::new(cidr, cfg.state_dir.join("ipam").join(&cfg.bridge));
+        let cidrs = parse_pod_cidrs(&cfg.pod_cidr)?;
+        // Both ranges keep their files in one directory (file names are addresses).
+        let dir = cfg.state_dir.join("ipam").join(&cfg.bridge);
+        let ipams = cidrs
+            .into_iter()
+            .map(|c| Ipam::new(c, dir.clone()))
+            .collect();
         let hostports = hostport::Store::new(cfg.state_dir.join("hostports").join(&cfg.bridge));
         Ok(PodNetwork {
             cfg,
-            ipam,
+            ipams,
             handle: OnceCell::new(),
             bridge: OnceCell::new(),
             hostports,
@@ -162,36 +171,69 @@ impl PodNetwork {
             .await
     }
 
+    /// The ranges, in the configured order.
+    pub fn cidrs(&self) -> Vec<Cidr> {
+        self.ipams.iter().map(Ipam::cidr).collect()
+    }
+
     async fn bridge(&self) -> Result<u32, PodNetError> {
-        let cidr = self.ipam.cidr();
+        let gateways: Vec<(IpAddr, u8)> = self
+            .ipams
+            .iter()
+            .map(|i| (i.cidr().gateway(), i.cidr().prefix))
+            .collect();
         let handle = self.handle().await?;
         self.bridge
-            .get_or_try_init(|| {
-                link::ensure_bridge(handle, &self.cfg.bridge, cidr.gateway(), cidr.prefix)
-            })
+            .get_or_try_init(|| link::ensure_bridge(handle, &self.cfg.bridge, &gateways))
             .await
             .copied()
     }
 
+    /// Every (address, sandbox ID) of every range.
+    fn allocations(&self) -> Result<Vec<(IpAddr, String)>, PodNetError> {
+        let mut all = Vec::new();
+        for ipam in &self.ipams {
+            all.extend(ipam.allocations()?);
+        }
+        Ok(all)
+    }
+
     /// Attaches the pod whose sandbox is `container_id` and whose netns is pinned at
-    /// `netns`, with its hostPorts `ports`; returns its IPs. On failure nothing of the
-    /// attempt is left (the address is released, the veth deleted, the hostPorts gone).
+    /// `netns`, with its hostPorts `ports`; returns its IPs, one per range in the ranges'
+    /// order. On failure nothing of the attempt is left (the addresses are released, the
+    /// veth deleted, the hostPorts gone).
     ///
     /// # Errors
     ///
-    /// [`PodNetError::Exhausted`] when the range is full, and netlink, nft or store errors.
+    /// [`PodNetError::Exhausted`] when a range is full, and netlink, nft or store errors.
     pub async fn setup(
         &self,
         container_id: &str,
         netns: &Path,
         ports: &[PortMapping],
     ) -> Result<Vec<IpAddr>, PodNetError> {
-        let ip = self.ipam.allocate(container_id)?;
+        let mut addrs = Vec::with_capacity(self.ipams.len());
+        for ipam in &self.ipams {
+            match ipam.allocate(container_id) {
+                Ok(ip) => addrs.push(link::PodAddr {
+                    ip,
+                    prefix: ipam.cidr().prefix,
+                    gateway: ipam.cidr().gateway(),
+                }),
+                Err(e) => {
+                    if let Err(undo) = self.teardown(container_id).await {
+                        debug!(container_id, error = %undo, "undoing a failed allocation");
+                    }
+                    return Err(e);
+                }
+            }
+        }
         crate::failpoint::hit("podnet-after-ipam");
-        match self.attach(container_id, netns, ip, ports).await {
+        match self.attach(container_id, netns, &addrs, ports).await {
             Ok(()) => {
-                info!(container_id, ip = %ip, bridge = %self.cfg.bridge, "pod network set up (built-in)");
-                Ok(vec![IpAddr::V4(ip)])
+                let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip).collect();
+                info!(container_id, ips = ?ips, bridge = %self.cfg.bridge, "pod network set up (built-in)");
+                Ok(ips)
             }
             Err(e) => {
                 if let Err(undo) = self.teardown(container_id).await {
@@ -206,10 +248,9 @@ impl PodNetwork {
         &self,
         container_id: &str,
         netns: &Path,
-        ip: Ipv4Addr,
+        addrs: &[link::PodAddr],
         ports: &[PortMapping],
     ) -> Result<(), PodNetError> {
-        let cidr = self.ipam.cidr();
         let bridge = self.bridge().await?;
         let handle = self.handle().await?;
         if !ports.is_empty() {
@@ -224,20 +265,11 @@ impl PodNetwork {
                 *installed = true;
             }
         }
-        link::attach(
-            handle,
-            bridge,
-            &host_veth_name(container_id),
-            netns,
-            ip,
-            cidr.prefix,
-            cidr.gateway(),
-        )
-        .await
+        link::attach(handle, bridge, &host_veth_name(container_id), netns, addrs).await
     }
 
     /// Detaches a pod: deletes its veth if its netns did not take it along, releases its
-    /// address, and with the last pod gone removes the masquerade table. Repeating it, or
+    /// addresses, and with the last pod gone removes the masquerade tables. Repeating it, or
     /// calling it for a sandbox the network never saw, succeeds.
     ///
     /// # Errors
@@ -249,11 +281,14 @@ impl PodNetwork {
         let mut installed = self.table.lock().await;
         // The hostPorts go first: no DNAT is ever left to an address given back.
         let had_ports = self.hostports.remove(container_id)?;
-        let released = self.ipam.release(container_id)?;
+        let mut released = Vec::new();
+        for ipam in &self.ipams {
+            released.extend(ipam.release(container_id)?);
+        }
         if !released.is_empty() {
             info!(container_id, ips = ?released, "pod network torn down (built-in)");
         }
-        if self.ipam.allocations()?.is_empty() {
+        if self.allocations()?.is_empty() {
             // Always: a table a crashed agent left goes too.
             nft::remove(&nft::table_name(&self.cfg.bridge)).await?;
             *installed = false;
@@ -266,23 +301,27 @@ impl PodNetwork {
         Ok(())
     }
 
-    /// Renders the whole nft table from the pods' addresses and saved hostPorts.
+    /// Renders the whole nft tables from the pods' addresses and saved hostPorts.
     async fn render_table(&self) -> Result<(), PodNetError> {
-        let ips: std::collections::BTreeMap<String, Ipv4Addr> = self
-            .ipam
-            .allocations()?
-            .into_iter()
-            .map(|(ip, id)| (id, ip))
-            .collect();
-        let pods: Vec<(Ipv4Addr, Vec<PortMapping>)> = self
+        let mut ips: std::collections::BTreeMap<String, Vec<IpAddr>> = Default::default();
+        for (ip, id) in self.allocations()? {
+            ips.entry(id).or_default().push(ip);
+        }
+        let pods: Vec<(IpAddr, Vec<PortMapping>)> = self
             .hostports
             .load_all()?
             .into_iter()
-            .filter_map(|(id, ports)| Some((*ips.get(&id)?, ports)))
+            .flat_map(|(id, ports)| {
+                ips.get(&id)
+                    .into_iter()
+                    .flatten()
+                    .map(move |ip| (*ip, ports.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         nft::install(
             &nft::table_name(&self.cfg.bridge),
-            self.ipam.cidr(),
+            &self.cidrs(),
             self.cfg.ip_masq,
             &pods,
         )
@@ -295,11 +334,7 @@ impl PodNetwork {
     ///
     /// [`PodNetError::Ipam`] when the store cannot be read.
     pub fn holds(&self, container_id: &str) -> Result<bool, PodNetError> {
-        Ok(self
-            .ipam
-            .allocations()?
-            .iter()
-            .any(|(_, id)| id == container_id))
+        Ok(self.allocations()?.iter().any(|(_, id)| id == container_id))
     }
 
     /// Every sandbox ID holding an address (for reclaim after a crash).
@@ -308,12 +343,10 @@ impl PodNetwork {
     ///
     /// [`PodNetError::Ipam`] when the store cannot be read.
     pub fn allocated_ids(&self) -> Result<Vec<String>, PodNetError> {
-        Ok(self
-            .ipam
-            .allocations()?
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect())
+        let mut ids: Vec<String> = self.allocations()?.into_iter().map(|(_, id)| id).collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// Whether the host end of `container_id`'s veth exists (for tests).
@@ -324,5 +357,65 @@ impl PodNetwork {
     pub async fn has_veth(&self, container_id: &str) -> Result<bool, PodNetError> {
         let handle = self.handle().await?;
         link::exists(handle, &host_veth_name(container_id)).await
+    }
+}
+
+/// Parses `--pod-cidr`: one range of either family, or two comma-separated of different
+/// families (upstream's `podCIDRs` rule: at most one per family).
+///
+/// # Errors
+///
+/// [`PodNetError::InvalidCidr`] naming the flag.
+pub fn parse_pod_cidrs(value: &str) -> Result<Vec<Cidr>, PodNetError> {
+    let bad = |reason: &'static str| PodNetError::InvalidCidr {
+        cidr: value.to_owned(),
+        reason,
+    };
+    let cidrs = value
+        .split(',')
+        .map(Cidr::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    match cidrs.as_slice() {
+        [_] => Ok(cidrs),
+        [a, b] if a.is_ipv6() != b.is_ipv6() => Ok(cidrs),
+        [_, _] => Err(bad(
+            "--pod-cidr takes at most one CIDR per IP family (one IPv4 and one IPv6)",
+        )),
+        _ => Err(bad(
+            "--pod-cidr takes one CIDR, or two comma-separated (one IPv4 and one IPv6)",
+        )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_cidr_takes_one_range_or_one_per_family() {
+        let one = parse_pod_cidrs("fd00:88::/64").unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(one[0].is_ipv6());
+        let dual = parse_pod_cidrs("fd00:88::/64,10.88.0.0/16").unwrap();
+        assert_eq!(
+            dual.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["fd00:88::/64", "10.88.0.0/16"]
+        );
+        for (bad, why) in [
+            (
+                "10.88.0.0/16,10.89.0.0/16",
+                "at most one CIDR per IP family",
+            ),
+            ("fd00::/64,fd01::/64", "at most one CIDR per IP family"),
+            ("10.88.0.0/16,fd00::/64,10.1.0.0/16", "two comma-separated"),
+            ("10.88.0.0/16,", "not address/prefix"),
+        ] {
+            let err = parse_pod_cidrs(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+            if why.contains("IP family") {
+                assert!(err.contains("--pod-cidr"), "{err}");
+            }
+        }
     }
 }

@@ -14,45 +14,70 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt as _;
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::PodNetError;
 use super::hostport::PortMapping;
-use super::ipam::Ipv4Cidr;
+use super::ipam::Cidr;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The table's name for a network on `bridge` (one table per bridge, so two agents with
-/// their own bridges never share one).
+/// their own bridges never share one); the IPv4 table is `ip <name>`, the IPv6 one
+/// `ip6 <name>`.
 pub(super) fn table_name(bridge: &str) -> String {
     format!("nodelet-pods-{bridge}")
 }
 
-/// The ruleset, replaced whole in one transaction (add + delete + define is idempotent):
-/// the masquerade with `masq`, and the hostPorts of each pod (its IP and mappings).
+/// The nft family of a range's table, and its address keyword.
+fn family(cidr: Cidr) -> (&'static str, &'static str) {
+    if cidr.is_ipv6() {
+        ("ip6", "ip6")
+    } else {
+        ("ip", "ip")
+    }
+}
+
+/// The ruleset of one range's table, replaced whole in one transaction (add + delete +
+/// define is idempotent): the masquerade with `masq`, and the hostPorts of each pod
+/// (its address in this range and the mappings that apply to it).
 pub(super) fn render(
     table: &str,
-    cidr: Ipv4Cidr,
+    cidr: Cidr,
     masq: bool,
-    pods: &[(Ipv4Addr, Vec<PortMapping>)],
+    pods: &[(IpAddr, Vec<PortMapping>)],
 ) -> String {
+    let (fam, kw) = family(cidr);
+    let v6 = cidr.is_ipv6();
     let mut dnat = String::new();
     let mut snat = String::new();
-    for (ip, ports) in pods {
-        for p in ports {
+    for (ip, ports) in pods.iter().filter(|(ip, _)| cidr.contains(*ip)) {
+        let to = if v6 {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        for p in ports.iter().filter(|p| p.applies_to(*ip)) {
             let proto = p.protocol.nft();
             let daddr = p
                 .host_ip
                 .filter(|h| !h.is_unspecified())
-                .map(|h| format!("ip daddr {h} "))
+                .map(|h| format!("{kw} daddr {h} "))
                 .unwrap_or_default();
             let _ = writeln!(
                 dnat,
-                "\t\t{daddr}{proto} dport {} dnat to {ip}:{}",
+                "\t\t{daddr}{proto} dport {} dnat to {to}:{}",
                 p.host_port, p.container_port
             );
+            // IPv6 never routes ::1 off the node, so (as portmap) only the pod's own
+            // traffic is masqueraded there.
+            let saddr = if v6 {
+                ip.to_string()
+            } else {
+                format!("{{ 127.0.0.0/8, {ip} }}")
+            };
             let line = format!(
-                "\t\tct status dnat ip saddr {{ 127.0.0.0/8, {ip} }} ip daddr {ip} {proto} dport {} masquerade\n",
+                "\t\tct status dnat {kw} saddr {saddr} {kw} daddr {ip} {proto} dport {} masquerade\n",
                 p.container_port
             );
             if !snat.contains(&line) {
@@ -60,7 +85,8 @@ pub(super) fn render(
             }
         }
     }
-    let mut out = format!("add table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n");
+    let mut out =
+        format!("add table {fam} {table}\ndelete table {fam} {table}\ntable {fam} {table} {{\n");
     if !dnat.is_empty() {
         let _ = write!(
             out,
@@ -81,28 +107,38 @@ pub(super) fn render(
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n{snat}"
     );
     if masq {
+        let multicast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
         let _ = writeln!(
             out,
-            "\t\tip saddr {cidr} ip daddr != {cidr} ip daddr != 224.0.0.0/4 masquerade"
+            "\t\t{kw} saddr {cidr} {kw} daddr != {cidr} {kw} daddr != {multicast} masquerade"
         );
     }
     out.push_str("\t}\n}\n");
     out
 }
 
-/// Installs (or replaces) the table.
+/// Installs (or replaces) the tables of every range, in one transaction.
 pub(super) async fn install(
     table: &str,
-    cidr: Ipv4Cidr,
+    cidrs: &[Cidr],
     masq: bool,
-    pods: &[(Ipv4Addr, Vec<PortMapping>)],
+    pods: &[(IpAddr, Vec<PortMapping>)],
 ) -> Result<(), PodNetError> {
-    run(&render(table, cidr, masq, pods)).await
+    let script: String = cidrs
+        .iter()
+        .map(|c| render(table, *c, masq, pods))
+        .collect();
+    run(&script).await
 }
 
-/// Deletes the table; one already gone is fine.
+/// Deletes the tables of both families (whichever the ranges were); ones already gone
+/// are fine.
 pub(super) async fn remove(table: &str) -> Result<(), PodNetError> {
-    run(&format!("add table ip {table}\ndelete table ip {table}\n")).await
+    run(&format!(
+        "add table ip {table}\ndelete table ip {table}\n\
+         add table ip6 {table}\ndelete table ip6 {table}\n"
+    ))
+    .await
 }
 
 async fn run(script: &str) -> Result<(), PodNetError> {
@@ -145,7 +181,7 @@ mod tests {
 
     #[test]
     fn ruleset_masquerades_only_traffic_leaving_the_pod_range() {
-        let cidr = Ipv4Cidr::parse("10.88.0.0/16").expect("cidr");
+        let cidr = Cidr::parse("10.88.0.0/16").expect("cidr");
         let got = render(&table_name("nodelet0"), cidr, true, &[]);
         assert_eq!(
             got,
@@ -163,8 +199,8 @@ mod tests {
     #[test]
     fn hostports_dnat_on_local_addresses_and_masquerade_localhost_and_hairpin() {
         use super::super::hostport::Protocol;
-        let cidr = Ipv4Cidr::parse("10.88.0.0/16").expect("cidr");
-        let pod = Ipv4Addr::new(10, 88, 0, 5);
+        let cidr = Cidr::parse("10.88.0.0/16").expect("cidr");
+        let pod: IpAddr = "10.88.0.5".parse().expect("ip");
         let ports = vec![
             PortMapping {
                 protocol: Protocol::Tcp,
@@ -176,7 +212,13 @@ mod tests {
                 protocol: Protocol::Udp,
                 host_port: 5353,
                 container_port: 53,
-                host_ip: Some(Ipv4Addr::new(192, 168, 1, 10)),
+                host_ip: Some("192.168.1.10".parse().expect("ip")),
+            },
+            PortMapping {
+                protocol: Protocol::Tcp,
+                host_port: 8443,
+                container_port: 443,
+                host_ip: Some("2001:db8::1".parse().expect("ip")),
             },
         ];
         let got = render("t", cidr, false, &[(pod, ports)]);
@@ -201,6 +243,52 @@ mod tests {
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\tct status dnat ip saddr { 127.0.0.0/8, 10.88.0.5 } ip daddr 10.88.0.5 tcp dport 80 masquerade\n\
              \t\tct status dnat ip saddr { 127.0.0.0/8, 10.88.0.5 } ip daddr 10.88.0.5 udp dport 53 masquerade\n\
+             \t}\n\
+             }\n"
+        );
+    }
+
+    #[test]
+    fn ipv6_table_masquerades_its_range_and_maps_unset_and_ipv6_host_ips() {
+        use super::super::hostport::Protocol;
+        let cidr = Cidr::parse("fd00:98::/64").expect("cidr");
+        let v4: IpAddr = "10.88.0.5".parse().expect("ip");
+        let v6: IpAddr = "fd00:98::5".parse().expect("ip");
+        let m = |host_port, host_ip: Option<&str>| PortMapping {
+            protocol: Protocol::Tcp,
+            host_port,
+            container_port: 80,
+            host_ip: host_ip.map(|h| h.parse().expect("ip")),
+        };
+        let ports = vec![
+            m(8080, None),
+            m(8081, Some("192.168.1.10")),
+            m(8082, Some("2001:db8::1")),
+            m(8083, Some("::")),
+        ];
+        let got = render("t", cidr, true, &[(v4, ports.clone()), (v6, ports)]);
+        assert_eq!(
+            got,
+            "add table ip6 t\n\
+             delete table ip6 t\n\
+             table ip6 t {\n\
+             \tchain hostports {\n\
+             \t\ttcp dport 8080 dnat to [fd00:98::5]:80\n\
+             \t\tip6 daddr 2001:db8::1 tcp dport 8082 dnat to [fd00:98::5]:80\n\
+             \t\ttcp dport 8083 dnat to [fd00:98::5]:80\n\
+             \t}\n\
+             \tchain prerouting {\n\
+             \t\ttype nat hook prerouting priority -100; policy accept;\n\
+             \t\tfib daddr type local jump hostports\n\
+             \t}\n\
+             \tchain output {\n\
+             \t\ttype nat hook output priority -100; policy accept;\n\
+             \t\tfib daddr type local jump hostports\n\
+             \t}\n\
+             \tchain postrouting {\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tct status dnat ip6 saddr fd00:98::5 ip6 daddr fd00:98::5 tcp dport 80 masquerade\n\
+             \t\tip6 saddr fd00:98::/64 ip6 daddr != fd00:98::/64 ip6 daddr != ff00::/8 masquerade\n\
              \t}\n\
              }\n"
         );

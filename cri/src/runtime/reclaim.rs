@@ -280,6 +280,8 @@ impl ContainerdRuntime {
                 pod_namespace: namespace,
                 pod_name: name,
                 pod_uid: uid,
+                // Those ADD had, from the CNI cache.
+                port_mappings: &[],
             };
             match cni.teardown(&req).await {
                 Ok(()) => out.cni_attachments += 1,

@@ -246,3 +246,46 @@ fn default_labels_are_fixed_on_an_adopted_node_and_others_left_alone() {
     );
     assert!(default_label_changes(&wanted, &wanted).is_empty());
 }
+
+#[test]
+fn pod_cidrs_of_prefers_the_list_and_falls_back_to_pod_cidr() {
+    let with = |pod_cidr: Option<&str>, pod_cidrs: Option<Vec<&str>>| Node {
+        spec: Some(NodeSpec {
+            pod_cidr: pod_cidr.map(str::to_owned),
+            pod_cidrs: pod_cidrs.map(|l| l.into_iter().map(str::to_owned).collect()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        pod_cidrs_of(&with(
+            Some("10.244.1.0/24"),
+            Some(vec!["10.244.1.0/24", "fd00:10:244:1::/64"])
+        ))
+        .as_deref(),
+        Some("10.244.1.0/24,fd00:10:244:1::/64")
+    );
+    assert_eq!(
+        pod_cidrs_of(&with(Some("10.244.1.0/24"), None)).as_deref(),
+        Some("10.244.1.0/24")
+    );
+    assert_eq!(pod_cidrs_of(&with(None, Some(vec![]))), None);
+    assert_eq!(pod_cidrs_of(&Node::default()), None);
+}
+
+#[test]
+fn the_node_view_lists_each_pod_cidr_once() {
+    let inputs = NodeInputs {
+        name: "n1".to_owned(),
+        pod_cidr: Some("10.88.0.0/16,fd00:88::/64".to_owned()),
+        ..Default::default()
+    };
+    let spec = node(&inputs, jiff::Timestamp::UNIX_EPOCH)
+        .spec
+        .expect("spec");
+    assert_eq!(spec.pod_cidr.as_deref(), Some("10.88.0.0/16"));
+    assert_eq!(
+        spec.pod_cidrs,
+        Some(vec!["10.88.0.0/16".to_owned(), "fd00:88::/64".to_owned()])
+    );
+}

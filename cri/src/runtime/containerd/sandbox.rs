@@ -101,6 +101,8 @@ impl ContainerdRuntime {
                         pod_namespace: &pod.namespace,
                         pod_name: &pod.name,
                         pod_uid: &pod.uid,
+                        // Those ADD had, from the CNI cache.
+                        port_mappings: &[],
                     };
                     if let Err(source) = cni.teardown(&req).await {
                         errors.push(RuntimeError::Network {
@@ -181,6 +183,7 @@ impl ContainerdRuntime {
                 pod_namespace: &config.pod.namespace,
                 pod_name: &config.pod.name,
                 pod_uid: &config.pod.uid,
+                port_mappings: &config.port_mappings,
             };
             ips = cni
                 .setup(&req)
