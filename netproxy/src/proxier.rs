@@ -20,7 +20,10 @@
 //! - With a conntrack table attached (`with_conntrack`), a sync that touched UDP services
 //!   (and every full sync) then deletes the stale UDP conntrack entries (`conntrack`).
 
+mod check;
 mod resync;
+
+pub use check::{CheckPlan, observe_planned};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -101,6 +104,11 @@ pub struct Proxier<N: Nft> {
     need_full_sync: bool,
     base_recreated: bool,
     conntrack: Option<Box<dyn Conntrack>>,
+    /// Per table, bumped whenever a transaction touches it (every table on a full
+    /// sync): a per-table check that read a table at another generation is stale.
+    generations: Vec<u64>,
+    /// The next table the per-table check reads (round-robin).
+    check_cursor: TableIx,
 }
 
 impl<N: Nft> Proxier<N> {
@@ -126,6 +134,8 @@ impl<N: Nft> Proxier<N> {
             need_full_sync: true,
             base_recreated: false,
             conntrack: None,
+            generations: vec![0; layout.tables()],
+            check_cursor: MAIN,
         }
     }
 
@@ -135,6 +145,7 @@ impl<N: Nft> Proxier<N> {
     pub fn with_shards(mut self, shards: usize) -> Self {
         self.layout = Layout::new(shards);
         self.indexes = vec![ElementIndex::default(); self.layout.tables()];
+        self.generations = vec![0; self.layout.tables()];
         self.need_full_sync = true;
         self
     }
@@ -338,6 +349,11 @@ impl<N: Nft> Proxier<N> {
         let mut txs = vec![Tx::new(); self.layout.tables()];
         for service in &changed {
             self.rerender(service, &mut txs);
+        }
+        for (g, tx) in self.generations.iter_mut().zip(&txs) {
+            if tx.touches() {
+                *g += 1;
+            }
         }
         // Over netlink when the transaction can be encoded and a writer is there, O(change);
         // `nft -f` reads the whole table first, O(table).
