@@ -49,7 +49,7 @@ fn other_than_web() -> String {
         .expect("a service in the other shard")
 }
 
-/// The handle of the first rule of chain `prefix*` in table `table`.
+/// The service chain of table `table` and the handle of its rule choosing an endpoint.
 fn rule_handle(ns: &str, table: &str) -> (String, String) {
     let listed = in_ns(ns, &["nft", "-a", "list", "table", "ip", table]);
     let mut chain = None;
@@ -61,7 +61,9 @@ fn rule_handle(ns: &str, table: &str) -> (String, String) {
                 .next()
                 .filter(|c| c.starts_with("service-"))
                 .map(str::to_string);
-        } else if let (Some(c), Some((_, h))) = (&chain, l.rsplit_once("# handle ")) {
+        } else if let (Some(c), Some((_, h))) = (&chain, l.rsplit_once("# handle "))
+            && l.contains("vmap")
+        {
             return (c.clone(), h.trim().to_string());
         }
     }
@@ -202,6 +204,11 @@ async fn a_drifted_shard_is_repaired_within_a_round_while_syncs_go_on() {
             seen.lock().unwrap()
         );
     };
+    println!(
+        "repaired {:?} after the drift; log {:?}",
+        repaired_at - drifted_at,
+        seen.lock().unwrap()
+    );
     // Within one round of the three tables (3 s) and the time of a read.
     assert!(
         repaired_at - drifted_at < periods.sync_period + Duration::from_secs(1),
