@@ -112,17 +112,18 @@ impl CheckSchedule {
     }
 }
 
+/// What a table read yields: the table, or an error; `Elapsed` when abandoned.
+type ReadResult = Result<Result<Observed, SyncError>, tokio::time::error::Elapsed>;
+
 /// A read of one table in flight.
 struct Reading {
     plan: CheckPlan,
     started: Instant,
-    read: Pin<Box<dyn Future<Output = Result<Result<Observed, SyncError>, tokio::time::error::Elapsed>> + Send>>,
+    read: Pin<Box<dyn Future<Output = ReadResult> + Send>>,
 }
 
 /// The next output of the read in flight; never, when there is none.
-async fn read_done(
-    reading: &mut Option<Reading>,
-) -> Result<Result<Observed, SyncError>, tokio::time::error::Elapsed> {
+async fn read_done(reading: &mut Option<Reading>) -> ReadResult {
     match reading {
         Some(r) => r.read.as_mut().await,
         None => std::future::pending().await,
@@ -296,12 +297,17 @@ mod tests {
             sleep_until(start + Duration::from_secs(for_s)).await;
         });
         let mut syncs = Vec::new();
-        run(p, rx, periods, |r: &Result<SyncReport, crate::SyncError>| {
-            syncs.push((
-                (Instant::now() - start).as_secs(),
-                r.as_ref().map(|r| (r.full, r.repaired)).ok(),
-            ));
-        })
+        run(
+            p,
+            rx,
+            periods,
+            |r: &Result<SyncReport, crate::SyncError>| {
+                syncs.push((
+                    (Instant::now() - start).as_secs(),
+                    r.as_ref().map(|r| (r.full, r.repaired)).ok(),
+                ));
+            },
+        )
         .await;
         feeder.await.expect("feeder");
         syncs
@@ -313,7 +319,10 @@ mod tests {
         assert_eq!(s.first(), Duration::from_secs(30) / 17);
         assert_eq!(s.next_after(Duration::from_millis(100)), s.first());
         // A slow read: at most a quarter of the time goes to reading.
-        assert_eq!(s.next_after(Duration::from_secs(3)), Duration::from_secs(12));
+        assert_eq!(
+            s.next_after(Duration::from_secs(3)),
+            Duration::from_secs(12)
+        );
         assert_eq!(s.bound(), Duration::from_secs(30));
         assert_eq!(
             CheckSchedule::new(Periods::default(), 0).first(),
@@ -352,7 +361,9 @@ mod tests {
             .expect("calls")
             .iter()
             .filter_map(|c| match c {
-                crate::nft::exec::NftCall::List(t) if t.starts_with("ip nodelet") => Some(t.clone()),
+                crate::nft::exec::NftCall::List(t) if t.starts_with("ip nodelet") => {
+                    Some(t.clone())
+                }
                 _ => None,
             })
             .collect();

@@ -126,7 +126,11 @@ async fn a_drifted_shard_is_repaired_within_a_round_while_syncs_go_on() {
         async move { tx.send(ev).await.expect("runner alive") }
     };
     send(Event::ServiceUpdated(Box::new(cluster_ip(
-        "ns", "web", "172.30.5.1", "http", 80,
+        "ns",
+        "web",
+        "172.30.5.1",
+        "http",
+        80,
     ))))
     .await;
     send(Event::SliceUpdated(Box::new(slice(
@@ -139,7 +143,11 @@ async fn a_drifted_shard_is_repaired_within_a_round_while_syncs_go_on() {
     ))))
     .await;
     send(Event::ServiceUpdated(Box::new(cluster_ip(
-        "ns", &other, "172.30.5.2", "http", 80,
+        "ns",
+        &other,
+        "172.30.5.2",
+        "http",
+        80,
     ))))
     .await;
     send(Event::InitialListDone).await;
@@ -163,7 +171,9 @@ async fn a_drifted_shard_is_repaired_within_a_round_while_syncs_go_on() {
     let (chain, handle) = rule_handle(&w.node, &shard);
     in_ns(
         &w.node,
-        &["nft", "delete", "rule", "ip", &shard, &chain, "handle", &handle],
+        &[
+            "nft", "delete", "rule", "ip", &shard, &chain, "handle", &handle,
+        ],
     );
     let drifted_at = start.elapsed();
     assert!(
@@ -174,10 +184,7 @@ async fn a_drifted_shard_is_repaired_within_a_round_while_syncs_go_on() {
     // Incremental syncs of the other service every 250 ms until the repair (or 10 s).
     let mut i = 0u8;
     let repaired_at = loop {
-        let eps = [
-            format!("10.180.5.{}", 2 + i % 2),
-            "10.180.5.9".to_string(),
-        ];
+        let eps = [format!("10.180.5.{}", 2 + i % 2), "10.180.5.9".to_string()];
         send(Event::SliceUpdated(Box::new(slice(
             "ns",
             &other,
@@ -216,7 +223,10 @@ async fn a_drifted_shard_is_repaired_within_a_round_while_syncs_go_on() {
         repaired_at - drifted_at
     );
     assert_eq!(
-        connect("172.30.5.1").await.expect("join").expect("repaired"),
+        connect("172.30.5.1")
+            .await
+            .expect("join")
+            .expect("repaired"),
         "10.180.5.1"
     );
     // The syncs went on over netlink meanwhile, none more than a second apart, and the
@@ -229,7 +239,9 @@ async fn a_drifted_shard_is_repaired_within_a_round_while_syncs_go_on() {
         .collect();
     assert!(syncs.len() >= 2, "{log:?}");
     assert!(
-        syncs.windows(2).all(|p| p[1] - p[0] < Duration::from_secs(1)),
+        syncs
+            .windows(2)
+            .all(|p| p[1] - p[0] < Duration::from_secs(1)),
         "{log:?}"
     );
     assert!(
@@ -265,14 +277,20 @@ async fn a_table_read_alone_sees_what_nft_lists() {
     ));
     p.sync().await.expect("sync");
     // An empty chain of our own making (no rules: only the chain dump names it).
-    in_ns(&w.node, &["nft", "add", "chain", "ip", "nodelet-0", "empty-one"]);
+    in_ns(
+        &w.node,
+        &["nft", "add", "chain", "ip", "nodelet-0", "empty-one"],
+    );
     let sock = Socket::open_in_netns(&w.node).expect("socket");
     let layout = Layout::new(SHARDS);
     for t in 0..layout.tables() {
         let name = layout.table_name(t);
         let one = dump::observe_one(&sock, IpFamily::V4, &name).expect("read one");
-        let js = listing::parse(&in_ns(&w.node, &["nft", "-j", "list", "table", "ip", &name]))
-            .expect("json");
+        let js = listing::parse(&in_ns(
+            &w.node,
+            &["nft", "-j", "list", "table", "ip", &name],
+        ))
+        .expect("json");
         assert_eq!(one.chains, js.chains, "{name}");
         assert_eq!(one.sets, js.sets, "{name}");
         assert_eq!(one.elements, js.elements, "{name}");

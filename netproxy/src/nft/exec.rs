@@ -78,7 +78,9 @@ pub trait Nft: Send + Sync + Clone + 'static {
     ) -> impl Future<Output = Result<Observed, NetlinkError>> + Send + 'static {
         let me = self.clone();
         async move {
-            let mut read = me.observe_tables(family, std::slice::from_ref(&table)).await?;
+            let mut read = me
+                .observe_tables(family, std::slice::from_ref(&table))
+                .await?;
             Ok(read.pop().unwrap_or_default())
         }
     }

@@ -45,7 +45,9 @@ pub async fn observe_planned<N: Nft>(nft: N, plan: CheckPlan) -> Result<Observed
     match nft.observe_table(plan.family, plan.name.clone()).await {
         Ok(o) => return Ok(o),
         Err(NetlinkError::Unavailable) => {}
-        Err(e) => tracing::warn!(error = %e, table = plan.name, "netlink read-back failed: listing with nft"),
+        Err(e) => {
+            tracing::warn!(error = %e, table = plan.name, "netlink read-back failed: listing with nft")
+        }
     }
     let family = match plan.family {
         IpFamily::V4 => "ip",
@@ -132,7 +134,10 @@ impl<N: Nft> Proxier<N> {
             .all(|c| observed.chains.get(&c.name) == Some(&c.rules.len()))
             && w.base.sets.iter().all(|s| observed.sets.contains(&s.name));
         if !base_ok {
-            tracing::warn!(table = plan.name, "base chains or maps drifted: full resync");
+            tracing::warn!(
+                table = plan.name,
+                "base chains or maps drifted: full resync"
+            );
             self.need_full_sync = true;
             return Some(self.full_sync().await);
         }

@@ -138,7 +138,12 @@ pub fn observe_one(sock: &Socket, family: IpFamily, table: &str) -> Result<Obser
     observe_rest(&dump, &mut out, family, table)?;
     let counted = out.chains.len() + out.sets.len();
     if uses.and_then(|u| usize::try_from(u).ok()) != Some(counted) {
-        tracing::debug!(table, ?uses, counted, "chains without rules: dumping the chains");
+        tracing::debug!(
+            table,
+            ?uses,
+            counted,
+            "chains without rules: dumping the chains"
+        );
         for m in dump(NFT_MSG_GETCHAIN, Buf::default())? {
             let a = attrs(&m);
             if attr(&a, NFTA_CHAIN_TABLE).map(string).as_deref() == Some(table)
