@@ -13,10 +13,11 @@
 //! - A full sync (at start, after a failed transaction) lists our tables once, rewrites
 //!   every chain, refills the dispatch maps, deletes whatever else is in the tables and
 //!   removes shard tables a run with more shards left (`resync`).
-//! - The consistency check (every `syncPeriod`) reads our tables back over netlink
-//!   (`nft::netlink::dump`; `nft -j list table` when netlink is off) and repairs drift:
-//!   missing or extra chains, chains whose rule count differs, missing, extra or wrong
-//!   elements. A missing base chain or map falls back to a full sync (`resync`).
+//! - The consistency check reads our tables back over netlink (`nft::netlink::dump`;
+//!   `nft -j list table` when netlink is off) and repairs drift: missing or extra
+//!   chains, chains whose rule count differs, missing, extra or wrong elements. A
+//!   missing base chain or map falls back to a full sync (`resync`). The runner checks
+//!   one table per turn beside the syncs (`check`); `check` here reads them all at once.
 //! - With a conntrack table attached (`with_conntrack`), a sync that touched UDP services
 //!   (and every full sync) then deletes the stale UDP conntrack entries (`conntrack`).
 

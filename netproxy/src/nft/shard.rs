@@ -6,6 +6,11 @@
 //! commit at 10k services × 10 endpoints, 530 ms at 30k, whatever the change. The walk is
 //! per table, so each service lives in one of `k` shard tables and a change walks 1/k.
 //!
+//! What sharding cannot remove: every commit also walks every chain of every table in
+//! the network namespace (`nf_tables_commit`, making new rule blobs visible), O(all
+//! chains) whatever the change: ~5–6 ms per 100k chains, ~17 ms at 30k services × 10
+//! endpoints (`benches/COMMIT_COST.md`). Sharding divides the validation, not that.
+//!
 //! The layout (each family):
 //! - `nodelet` (main): the filter side, unchanged from upstream's structure: the filter
 //!   hook chains, `firewall-check` and the per-service `firewall-*` chains,
