@@ -197,24 +197,46 @@ pub fn container_table(c: Container) -> TableIx {
 /// A service port's fragment split into its main-table part (firewall chains, filter-side
 /// elements) and its shard part (everything else).
 pub fn split_fragment(f: &Fragment) -> (Fragment, Fragment) {
-    let mut main = Fragment::default();
-    let mut shard = Fragment::default();
-    for c in &f.chains {
-        if c.name.starts_with("firewall-") {
-            main.chains.push(c.clone());
-        } else {
-            shard.chains.push(c.clone());
-        }
+    (main_part(f), shard_part(f))
+}
+
+/// The main-table part of a fragment alone (the check of the main table needs no copy
+/// of the shard parts, which hold nearly all the chains).
+pub fn main_part(f: &Fragment) -> Fragment {
+    Fragment {
+        chains: f
+            .chains
+            .iter()
+            .filter(|c| c.name.starts_with("firewall-"))
+            .cloned()
+            .collect(),
+        elements: f
+            .elements
+            .iter()
+            .filter(|e| container_table(e.container) == MAIN)
+            .cloned()
+            .collect(),
+        sets: Vec::new(),
     }
-    shard.sets = f.sets.clone();
-    for e in &f.elements {
-        if container_table(e.container) == MAIN {
-            main.elements.push(e.clone());
-        } else {
-            shard.elements.push(e.clone());
-        }
+}
+
+/// The shard part of a fragment alone.
+pub fn shard_part(f: &Fragment) -> Fragment {
+    Fragment {
+        chains: f
+            .chains
+            .iter()
+            .filter(|c| !c.name.starts_with("firewall-"))
+            .cloned()
+            .collect(),
+        sets: f.sets.clone(),
+        elements: f
+            .elements
+            .iter()
+            .filter(|e| container_table(e.container) != MAIN)
+            .cloned()
+            .collect(),
     }
-    (main, shard)
 }
 
 /// Names of our tables in `family` (`ip`/`ip6`) from `nft -j list tables` output.

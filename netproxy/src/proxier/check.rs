@@ -97,8 +97,11 @@ impl<N: Nft> Proxier<N> {
             .into_iter()
             .filter_map(|n| self.fragments.get(n))
             .map(|f| {
-                let (main, part) = shard::split_fragment(f);
-                if t == MAIN { main } else { part }
+                if t == MAIN {
+                    shard::main_part(f)
+                } else {
+                    shard::shard_part(f)
+                }
             })
             .collect();
         Wanted {
