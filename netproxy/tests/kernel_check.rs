@@ -276,13 +276,21 @@ async fn a_table_read_alone_sees_what_nft_lists() {
         &[ep("10.180.6.1", "n")],
     ));
     p.sync().await.expect("sync");
+    let sock = Socket::open_in_netns(&w.node).expect("socket");
+    let layout = Layout::new(SHARDS);
+    // Every chain we program has rules: no table needs the family-wide chain dump.
+    for t in 0..layout.tables() {
+        let name = layout.table_name(t);
+        let (_, dumped) = dump::observe_one_traced(&sock, IpFamily::V4, &name).expect("read");
+        assert!(!dumped, "{name} needed the chain dump");
+    }
     // An empty chain of our own making (no rules: only the chain dump names it).
     in_ns(
         &w.node,
         &["nft", "add", "chain", "ip", "nodelet-0", "empty-one"],
     );
-    let sock = Socket::open_in_netns(&w.node).expect("socket");
-    let layout = Layout::new(SHARDS);
+    let (_, dumped) = dump::observe_one_traced(&sock, IpFamily::V4, "nodelet-0").expect("read");
+    assert!(dumped, "the empty chain is seen through the chain dump");
     for t in 0..layout.tables() {
         let name = layout.table_name(t);
         let one = dump::observe_one(&sock, IpFamily::V4, &name).expect("read one");

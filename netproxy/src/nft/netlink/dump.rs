@@ -116,6 +116,18 @@ const NFTA_TABLE_USE: u16 = 3;
 /// # Errors
 /// As `observe_all`.
 pub fn observe_one(sock: &Socket, family: IpFamily, table: &str) -> Result<Observed, NetlinkError> {
+    observe_one_traced(sock, family, table).map(|(o, _)| o)
+}
+
+/// `observe_one`, and whether it had to run the chain dump (a chain without rules).
+///
+/// # Errors
+/// As `observe_all`.
+pub fn observe_one_traced(
+    sock: &Socket,
+    family: IpFamily,
+    table: &str,
+) -> Result<(Observed, bool), NetlinkError> {
     let nfproto = match family {
         IpFamily::V4 => NFPROTO_IPV4,
         IpFamily::V6 => NFPROTO_IPV6,
@@ -132,12 +144,13 @@ pub fn observe_one(sock: &Socket, family: IpFamily, table: &str) -> Result<Obser
                 .then(|| attr(&a, NFTA_TABLE_USE).and_then(be32))
         });
     let Some(uses) = uses else {
-        return Ok(Observed::default());
+        return Ok((Observed::default(), false));
     };
     let mut out = Observed::default();
     observe_rest(&dump, &mut out, family, table)?;
     let counted = out.chains.len() + out.sets.len();
-    if uses.and_then(|u| usize::try_from(u).ok()) != Some(counted) {
+    let dumped = uses.and_then(|u| usize::try_from(u).ok()) != Some(counted);
+    if dumped {
         tracing::debug!(
             table,
             ?uses,
@@ -153,7 +166,7 @@ pub fn observe_one(sock: &Socket, family: IpFamily, table: &str) -> Result<Obser
             }
         }
     }
-    Ok(out)
+    Ok((out, dumped))
 }
 
 /// Rules, sets and elements of one table into `out`.
