@@ -13,16 +13,19 @@
 //! - A full sync (at start, after a failed transaction) lists our tables once, rewrites
 //!   every chain, refills the dispatch maps, deletes whatever else is in the tables and
 //!   removes shard tables a run with more shards left (`resync`).
-//! - The consistency check (every `syncPeriod`) reads our tables back over netlink
-//!   (`nft::netlink::dump`; `nft -j list table` when netlink is off) and repairs drift:
-//!   missing or extra chains, chains whose rule count differs, missing, extra or wrong
-//!   elements. A missing base chain or map falls back to a full sync (`resync`).
+//! - The consistency check reads our tables back over netlink (`nft::netlink::dump`;
+//!   `nft -j list table` when netlink is off) and repairs drift: missing or extra
+//!   chains, chains whose rule count differs, missing, extra or wrong elements. A
+//!   missing base chain or map falls back to a full sync (`resync`). The runner checks
+//!   one table per turn beside the syncs (`check`); `check` here reads them all at once.
 //! - With a conntrack table attached (`with_conntrack`), a sync that touched UDP services
 //!   (and every full sync) then deletes the stale UDP conntrack entries (`conntrack`).
 
+mod check;
 mod resync;
 mod stats;
 
+pub use check::{CheckPlan, observe_planned};
 pub use stats::{NoLocalEndpoints, PendingChanges};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -109,6 +112,11 @@ pub struct Proxier<N: Nft> {
     conntrack: Option<Box<dyn Conntrack>>,
     /// Services with Local-policy ports left without local endpoints (`stats`).
     no_local: BTreeMap<ServiceName, NoLocalEndpoints>,
+    /// Per table, bumped whenever a transaction touches it (every table on a full
+    /// sync): a per-table check that read a table at another generation is stale.
+    generations: Vec<u64>,
+    /// The next table the per-table check reads (round-robin).
+    check_cursor: TableIx,
 }
 
 impl<N: Nft> Proxier<N> {
@@ -135,6 +143,8 @@ impl<N: Nft> Proxier<N> {
             base_recreated: false,
             conntrack: None,
             no_local: BTreeMap::new(),
+            generations: vec![0; layout.tables()],
+            check_cursor: MAIN,
         }
     }
 
@@ -144,6 +154,7 @@ impl<N: Nft> Proxier<N> {
     pub fn with_shards(mut self, shards: usize) -> Self {
         self.layout = Layout::new(shards);
         self.indexes = vec![ElementIndex::default(); self.layout.tables()];
+        self.generations = vec![0; self.layout.tables()];
         self.need_full_sync = true;
         self
     }
@@ -352,6 +363,11 @@ impl<N: Nft> Proxier<N> {
         let mut txs = vec![Tx::new(); self.layout.tables()];
         for service in &changed {
             self.rerender(service, &mut txs);
+        }
+        for (g, tx) in self.generations.iter_mut().zip(&txs) {
+            if tx.touches() {
+                *g += 1;
+            }
         }
         // Over netlink when the transaction can be encoded and a writer is there, O(change);
         // `nft -f` reads the whole table first, O(table).

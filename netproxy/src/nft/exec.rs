@@ -48,7 +48,7 @@ impl NftError {
 }
 
 /// Runs nft.
-pub trait Nft: Send + Sync {
+pub trait Nft: Send + Sync + Clone + 'static {
     /// Applies `script` as one transaction (`nft -f -`).
     fn apply(&self, script: &str) -> impl Future<Output = Result<(), NftError>> + Send;
     /// Lists table `family table` as JSON (`nft -j list table`).
@@ -69,6 +69,21 @@ pub trait Nft: Send + Sync {
         family: IpFamily,
         tables: &[String],
     ) -> impl Future<Output = Result<Vec<Observed>, NetlinkError>> + Send;
+    /// Reads table `table` back as `observe_tables` does, as a future that borrows
+    /// nothing, so the per-table consistency check runs beside the syncs (`runner`).
+    fn observe_table(
+        &self,
+        family: IpFamily,
+        table: String,
+    ) -> impl Future<Output = Result<Observed, NetlinkError>> + Send + 'static {
+        let me = self.clone();
+        async move {
+            let mut read = me
+                .observe_tables(family, std::slice::from_ref(&table))
+                .await?;
+            Ok(read.pop().unwrap_or_default())
+        }
+    }
 }
 
 /// The netlink side of `NftCommand`: on or off (shared by clones), and the socket,
@@ -227,6 +242,32 @@ impl Nft for NftCommand {
         }
         let sock = self.socket()?;
         super::netlink::dump::observe_all(&sock, family, tables)
+    }
+
+    /// On a blocking thread and a socket of its own (the batch socket stays free for the
+    /// syncs), without the family-wide chain dump when the table allows
+    /// (`dump::observe_one`).
+    fn observe_table(
+        &self,
+        family: IpFamily,
+        table: String,
+    ) -> impl Future<Output = Result<Observed, NetlinkError>> + Send + 'static {
+        let disabled = self.netlink.disabled.load(Ordering::SeqCst);
+        let netns = self.netns.clone();
+        async move {
+            if disabled {
+                return Err(NetlinkError::Unavailable);
+            }
+            tokio::task::spawn_blocking(move || {
+                let sock = match &netns {
+                    Some(ns) => Socket::open_in_netns(ns)?,
+                    None => Socket::open()?,
+                };
+                super::netlink::dump::observe_one(&sock, family, &table)
+            })
+            .await
+            .unwrap_or(Err(NetlinkError::Unavailable))
+        }
     }
 }
 

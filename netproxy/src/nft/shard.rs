@@ -6,6 +6,11 @@
 //! commit at 10k services × 10 endpoints, 530 ms at 30k, whatever the change. The walk is
 //! per table, so each service lives in one of `k` shard tables and a change walks 1/k.
 //!
+//! What sharding cannot remove: every commit also walks every chain of every table in
+//! the network namespace (`nf_tables_commit`, making new rule blobs visible), O(all
+//! chains) whatever the change: ~5–6 ms per 100k chains, ~17 ms at 30k services × 10
+//! endpoints (`benches/COMMIT_COST.md`). Sharding divides the validation, not that.
+//!
 //! The layout (each family):
 //! - `nodelet` (main): the filter side, unchanged from upstream's structure: the filter
 //!   hook chains, `firewall-check` and the per-service `firewall-*` chains,
@@ -192,24 +197,46 @@ pub fn container_table(c: Container) -> TableIx {
 /// A service port's fragment split into its main-table part (firewall chains, filter-side
 /// elements) and its shard part (everything else).
 pub fn split_fragment(f: &Fragment) -> (Fragment, Fragment) {
-    let mut main = Fragment::default();
-    let mut shard = Fragment::default();
-    for c in &f.chains {
-        if c.name.starts_with("firewall-") {
-            main.chains.push(c.clone());
-        } else {
-            shard.chains.push(c.clone());
-        }
+    (main_part(f), shard_part(f))
+}
+
+/// The main-table part of a fragment alone (the check of the main table needs no copy
+/// of the shard parts, which hold nearly all the chains).
+pub fn main_part(f: &Fragment) -> Fragment {
+    Fragment {
+        chains: f
+            .chains
+            .iter()
+            .filter(|c| c.name.starts_with("firewall-"))
+            .cloned()
+            .collect(),
+        elements: f
+            .elements
+            .iter()
+            .filter(|e| container_table(e.container) == MAIN)
+            .cloned()
+            .collect(),
+        sets: Vec::new(),
     }
-    shard.sets = f.sets.clone();
-    for e in &f.elements {
-        if container_table(e.container) == MAIN {
-            main.elements.push(e.clone());
-        } else {
-            shard.elements.push(e.clone());
-        }
+}
+
+/// The shard part of a fragment alone.
+pub fn shard_part(f: &Fragment) -> Fragment {
+    Fragment {
+        chains: f
+            .chains
+            .iter()
+            .filter(|c| !c.name.starts_with("firewall-"))
+            .cloned()
+            .collect(),
+        sets: f.sets.clone(),
+        elements: f
+            .elements
+            .iter()
+            .filter(|e| container_table(e.container) != MAIN)
+            .cloned()
+            .collect(),
     }
-    (main, shard)
 }
 
 /// Names of our tables in `family` (`ip`/`ip6`) from `nft -j list tables` output.

@@ -134,6 +134,13 @@ impl Tx {
             .push(key.to_string());
     }
 
+    /// Whether the transaction may change the table: anything recorded, elements
+    /// included (those are resolved against the index only when encoded), so a
+    /// transaction that nets to nothing may still count.
+    pub fn touches(&self) -> bool {
+        !self.is_empty() || !self.touched.is_empty()
+    }
+
     /// Whether the transaction does nothing.
     pub fn is_empty(&self) -> bool {
         self.head.is_empty()

@@ -68,6 +68,9 @@ impl<N: Nft> Proxier<N> {
             .observe(|t| existing.contains(&self.layout.table_name(t)))
             .await?;
         let start = Instant::now();
+        for g in &mut self.generations {
+            *g += 1;
+        }
         self.fragments.clear();
         self.by_service.clear();
         self.indexes = vec![ElementIndex::default(); self.layout.tables()];
@@ -274,7 +277,7 @@ fn kind_of(observed: &Observed, set: &str) -> &'static str {
 }
 
 /// The repair of one table's drift, and how many things drifted.
-fn repair(w: &Wanted<'_>, observed: &Observed) -> (Tx, usize) {
+pub(super) fn repair(w: &Wanted<'_>, observed: &Observed) -> (Tx, usize) {
     let mut tx = Tx::new();
     let mut repaired = 0;
     let mut wanted_chains: HashSet<&str> = w.base.chains.iter().map(|c| c.name.as_str()).collect();
