@@ -25,6 +25,12 @@
 # $NODELET_APISERVER_RUNTIME_CONFIG, when set, is passed as kube-apiserver's --runtime-config
 # (e.g. discovery.k8s.io/v1=false: a server without EndpointSlices, for the proxy's core
 # Endpoints fallback); unset, the apiserver serves its default API set.
+# Other releases: NODELET_K8S_VERSION (and NODELET_K8S_PROGRAMS) go to build-apiserver.sh
+# (e.g. v1.24.17, the newest serving discovery.k8s.io/v1beta1, with
+# NODELET_APISERVER_RUNTIME_CONFIG=discovery.k8s.io/v1=false for a server with only v1beta1
+# slices); kube-apiserver gets only the flags its release has (keyed on its --version), and a
+# bin dir built without kube-controller-manager and kube-scheduler runs etcd and
+# kube-apiserver alone (the run dir's `components` lists what was started).
 # Nothing listens off loopback; the service range 10.96.0.0/16 and cluster CIDR 10.244.0.0/16
 # are bookkeeping only (nothing routes or sends traffic there).
 set -euo pipefail
@@ -247,8 +253,15 @@ start() {
     --unsafe-no-fsync=true --log-level=warn
   wait_for etcd 30 etcd_healthy
 
-  # --shutdown-watch-termination-grace-period: without it, open watches (the controller-manager's,
-  # the scheduler's, a node's) keep a SIGTERMed apiserver alive until its 60s request timeout.
+  # --shutdown-watch-termination-grace-period (1.27+): without it, open watches (the
+  # controller-manager's, the scheduler's, a node's) keep a SIGTERMed apiserver alive until its
+  # 60s request timeout.
+  local version minor extra=()
+  version=$("$bin/kube-apiserver" --version)
+  minor=${version#Kubernetes v1.}
+  minor=${minor%%.*}
+  [[ $minor =~ ^[0-9]+$ ]] || { log "cannot read the minor version of '$version'"; return 1; }
+  [ "$minor" -lt 27 ] || extra+=(--shutdown-watch-termination-grace-period=2s)
   launch kube-apiserver --bind-address=127.0.0.1 --secure-port="$apiserver_port" \
     --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
@@ -265,9 +278,17 @@ start() {
     --requestheader-allowed-names=front-proxy-client --requestheader-username-headers=X-Remote-User \
     --requestheader-group-headers=X-Remote-Group --requestheader-extra-headers-prefix=X-Remote-Extra- \
     --proxy-client-cert-file="$pki/front-proxy-client.crt" --proxy-client-key-file="$pki/front-proxy-client.key" \
-    --shutdown-watch-termination-grace-period=2s --cert-dir="$dir/apiserver-certs" --v=1 \
+    "${extra[@]}" --cert-dir="$dir/apiserver-certs" --v=1 \
     ${NODELET_APISERVER_RUNTIME_CONFIG:+--runtime-config="$NODELET_APISERVER_RUNTIME_CONFIG"}
   wait_for kube-apiserver 90 apiserver_ready
+
+  if [ ! -x "$bin/kube-controller-manager" ] || [ ! -x "$bin/kube-scheduler" ]; then
+    log "$bin has no kube-controller-manager and kube-scheduler: etcd and kube-apiserver only"
+    echo "etcd kube-apiserver" >"$dir/components"
+    print_env
+    return 0
+  fi
+  echo "${components[*]}" >"$dir/components"
 
   launch kube-controller-manager --kubeconfig="$dir/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$dir/controller-manager.kubeconfig" \
@@ -332,8 +353,9 @@ stop() {
 
 status() {
   load_ports || { log "not started: no $dir/ports.env"; return 1; }
-  local rc=0 name check
-  for name in "${components[@]}"; do
+  local rc=0 name check started
+  read -r -a started <<<"$(cat "$dir/components" 2>/dev/null || echo "${components[*]}")"
+  for name in "${started[@]}"; do
     case $name in
       etcd) check=etcd_healthy ;;
       kube-apiserver) check=apiserver_ready ;;

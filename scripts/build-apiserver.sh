@@ -17,7 +17,16 @@
 #   scripts/build-apiserver.sh   -> prints the bin dir; returns at once when the binaries are
 #                                   there and report the wanted versions
 # Environment: NODELET_K8S_VERSION (default v1.37.2), NODELET_ETCD_VERSION (default v3.7.3),
-# NODELET_APISERVER_CACHE. Every command runs under `nice -n 15`.
+# NODELET_APISERVER_CACHE, NODELET_K8S_PROGRAMS (default "kube-apiserver kube-controller-manager
+# kube-scheduler"; a test that needs only the apiserver builds just that). Every command runs
+# under `nice -n 15`.
+# Older releases (the proxy's discovery.k8s.io/v1beta1 test uses v1.24.17, the newest that serves
+# v1beta1) build with the machine's Go as they are (v1.24.17: 873 s for kube-apiserver alone on
+# 2 busy cores); a kubernetes go.mod without a `godebug` line (before 1.30 or so) gets
+# `godebug default=go1.20` in the wrapper, the runtime defaults of the Go those releases
+# shipped with, rather than the new Go's. An etcd of the wanted version already built in a
+# sibling cache (k8s-*/bin/etcd) is copied rather than built again. The default version's
+# build is unchanged.
 set -euo pipefail
 
 k8s_version=${NODELET_K8S_VERSION:-v1.37.2}
@@ -29,7 +38,7 @@ go=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 log() { echo "build-apiserver: $*" >&2; }
 
 # `kube-apiserver --version` prints "Kubernetes v1.37.2"; `etcd --version` "etcd Version: 3.7.3".
-k8s_programs=(kube-apiserver kube-controller-manager kube-scheduler)
+read -r -a k8s_programs <<<"${NODELET_K8S_PROGRAMS:-kube-apiserver kube-controller-manager kube-scheduler}"
 up_to_date() {
   local p
   for p in "${k8s_programs[@]}"; do
@@ -114,8 +123,15 @@ k8s_info=$(download_field "k8s.io/kubernetes@$k8s_version" Info)
 staging_version=v0.${k8s_version#v1.}
 release_replaces "$k8s_gomod" "$staging_version" >"$cache/kubernetes.replaces"
 [ -s "$cache/kubernetes.replaces" ] || { log "no staging replaces found in $k8s_gomod"; exit 1; }
-# A main module's go.mod also sets its GODEBUG defaults: keep kubernetes' own.
-{ grep -E '^godebug ' "$k8s_gomod" || true; echo; cat "$cache/kubernetes.replaces"; } |
+minor=${k8s_version#v1.}
+minor=${minor%%.*}
+# A main module's go.mod also sets its GODEBUG defaults: keep kubernetes' own; a release whose
+# go.mod has none (before 1.30 or so) gets those of the Go it was built with.
+{
+  grep -E '^godebug ' "$k8s_gomod" || echo "godebug default=go1.20"
+  echo
+  cat "$cache/kubernetes.replaces"
+} |
   write_wrapper "$cache/src/kubernetes" nodelet.test/kubernetes k8s.io/kubernetes "$k8s_version" \
     "${k8s_programs[@]/#/k8s.io/kubernetes/cmd/}"
 log "kubernetes: $(wc -l <"$cache/kubernetes.replaces") staging modules replaced by their $staging_version releases; go mod tidy"
@@ -123,8 +139,6 @@ log "kubernetes: $(wc -l <"$cache/kubernetes.replaces") staging modules replaced
 
 # The version stamp upstream's hack/lib/version.sh sets; the build date is the release's own.
 build_date=$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$k8s_info")
-minor=${k8s_version#v1.}
-minor=${minor%%.*}
 ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
@@ -135,15 +149,27 @@ log "kubernetes: go build (this takes a while the first time)"
   "${k8s_programs[@]/#/k8s.io/kubernetes/cmd/}")
 
 # --- etcd ---------------------------------------------------------------------------------
-log "etcd $etcd_version: reading its go.mod"
-etcd_gomod=$(download_field "go.etcd.io/etcd/server/v3@$etcd_version" GoMod)
-[ -n "$etcd_gomod" ] && [ -f "$etcd_gomod" ] || { log "no go.mod for go.etcd.io/etcd/server/v3@$etcd_version"; exit 1; }
-release_replaces "$etcd_gomod" "$etcd_version" >"$cache/etcd.replaces"
-write_wrapper "$cache/src/etcd" nodelet.test/etcd go.etcd.io/etcd/server/v3 "$etcd_version" \
-  go.etcd.io/etcd/server/v3 <"$cache/etcd.replaces"
-(cd "$cache/src/etcd" && gorun mod tidy)
-log "etcd: go build"
-(cd "$cache/src/etcd" && gorun build -ldflags "-s -w" -o "$bin.tmp/etcd" go.etcd.io/etcd/server/v3)
+built_etcd=""
+for other in "${cache%/*}"/k8s-*/bin/etcd; do
+  if [ -x "$other" ] && "$other" --version 2>/dev/null | grep -qx "etcd Version: ${etcd_version#v}"; then
+    built_etcd=$other
+    break
+  fi
+done
+if [ -n "$built_etcd" ]; then
+  log "etcd $etcd_version: copying $built_etcd"
+  cp "$built_etcd" "$bin.tmp/etcd"
+else
+  log "etcd $etcd_version: reading its go.mod"
+  etcd_gomod=$(download_field "go.etcd.io/etcd/server/v3@$etcd_version" GoMod)
+  [ -n "$etcd_gomod" ] && [ -f "$etcd_gomod" ] || { log "no go.mod for go.etcd.io/etcd/server/v3@$etcd_version"; exit 1; }
+  release_replaces "$etcd_gomod" "$etcd_version" >"$cache/etcd.replaces"
+  write_wrapper "$cache/src/etcd" nodelet.test/etcd go.etcd.io/etcd/server/v3 "$etcd_version" \
+    go.etcd.io/etcd/server/v3 <"$cache/etcd.replaces"
+  (cd "$cache/src/etcd" && gorun mod tidy)
+  log "etcd: go build"
+  (cd "$cache/src/etcd" && gorun build -ldflags "-s -w" -o "$bin.tmp/etcd" go.etcd.io/etcd/server/v3)
+fi
 
 rm -rf "$bin"
 mv "$bin.tmp" "$bin"

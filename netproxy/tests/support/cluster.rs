@@ -2,7 +2,8 @@
 //! `NODELET_TEST_KUBECONFIG` or a given kubeconfig, optionally recording every request's
 //! method and path), a throwaway namespace deleted on drop, and a control plane of the
 //! test's own started with `scripts/apiserver.sh` (its own run dir and ports, so the shared
-//! tier is not disturbed) and stopped on drop.
+//! tier is not disturbed) and stopped on drop, and an observer copying the proxier's model
+//! after every sync for tests to wait on.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -145,7 +146,8 @@ pub fn test_slice(ns: &str, svc: &str, name: &str, ip: &str) -> EndpointSlice {
 /// its own), stopped on drop when this started it.
 pub struct OwnControlPlane {
     dir: PathBuf,
-    runtime_config: String,
+    /// The script's environment (`NODELET_APISERVER_RUNTIME_CONFIG`, `NODELET_K8S_VERSION` …).
+    env: Vec<(String, String)>,
     started_here: bool,
 }
 
@@ -154,11 +156,10 @@ impl OwnControlPlane {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/apiserver.sh")
     }
 
-    fn command(dir: &Path, runtime_config: &str, arg: &str) -> Command {
+    fn command(dir: &Path, env: &[(String, String)], arg: &str) -> Command {
         let mut c = Command::new(Self::script());
-        c.arg(arg)
-            .env("NODELET_APISERVER_DIR", dir)
-            .env("NODELET_APISERVER_RUNTIME_CONFIG", runtime_config);
+        c.arg(arg).env("NODELET_APISERVER_DIR", dir);
+        c.envs(env.iter().map(|(k, v)| (k, v)));
         if Path::new("/usr/local/go/bin").is_dir() {
             let path = std::env::var("PATH").unwrap_or_default();
             c.env("PATH", format!("{path}:/usr/local/go/bin"));
@@ -169,10 +170,20 @@ impl OwnControlPlane {
     /// Starts (or finds running) a control plane in `dir` whose apiserver runs with
     /// `--runtime-config=<runtime_config>`.
     pub fn start(dir: &Path, runtime_config: &str) -> Self {
-        let running = Self::command(dir, runtime_config, "status")
+        Self::start_with(dir, &[("NODELET_APISERVER_RUNTIME_CONFIG", runtime_config)])
+    }
+
+    /// Starts (or finds running) a control plane in `dir`, `scripts/apiserver.sh` (and the
+    /// `scripts/build-apiserver.sh` it calls) run with the environment `env` added.
+    pub fn start_with(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        let running = Self::command(dir, &env, "status")
             .output()
             .is_ok_and(|o| o.status.success());
-        let out = Self::command(dir, runtime_config, "start")
+        let out = Self::command(dir, &env, "start")
             .output()
             .expect("run scripts/apiserver.sh start");
         assert!(
@@ -183,7 +194,7 @@ impl OwnControlPlane {
         );
         Self {
             dir: dir.to_path_buf(),
-            runtime_config: runtime_config.to_string(),
+            env,
             started_here: !running,
         }
     }
@@ -196,7 +207,7 @@ impl OwnControlPlane {
 impl Drop for OwnControlPlane {
     fn drop(&mut self) {
         if self.started_here {
-            let _ = Self::command(&self.dir, &self.runtime_config, "stop").output();
+            let _ = Self::command(&self.dir, &self.env, "stop").output();
         }
     }
 }
@@ -244,4 +255,70 @@ where
         };
         nodelet_netproxy::watch::run_proxy(client, &mut proxier, periods, observer).await
     })
+}
+
+/// Service port (`ns/name:port`) to its endpoints (`ip:port ready|not-ready local|remote`)
+/// as of the proxier's last successful sync.
+pub type Model = Arc<Mutex<std::collections::BTreeMap<String, Vec<String>>>>;
+
+/// An observer copying the proxier's model into a `Model` after every successful sync.
+pub struct ModelSnapshot(pub Model);
+
+impl<N: nodelet_netproxy::nft::exec::Nft> nodelet_netproxy::runner::Observer<N> for ModelSnapshot {
+    fn synced(
+        &mut self,
+        proxier: &nodelet_netproxy::Proxier<N>,
+        result: &Result<nodelet_netproxy::SyncReport, nodelet_netproxy::SyncError>,
+        _elapsed: std::time::Duration,
+    ) {
+        if result.is_err() {
+            return;
+        }
+        let (services, endpoints) = proxier.maps();
+        let model = services
+            .iter()
+            .map(|(name, _)| {
+                let eps = endpoints
+                    .get(name)
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{} {} {}",
+                            e.addr_string(),
+                            if e.ready { "ready" } else { "not-ready" },
+                            if e.is_local { "local" } else { "remote" }
+                        )
+                    })
+                    .collect();
+                (
+                    format!("{}/{}:{}", name.namespace, name.name, name.port),
+                    eps,
+                )
+            })
+            .collect();
+        if let Ok(mut m) = self.0.lock() {
+            *m = model;
+        }
+    }
+}
+
+/// Waits (30 s at most) until the model's endpoints of `port` are `want` (sorted).
+pub async fn wait_model(model: &Model, port: &str, want: &[&str], what: &str) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = model
+            .lock()
+            .map(|m| m.get(port).cloned())
+            .unwrap_or_default();
+        let mut sorted = got.clone().unwrap_or_default();
+        sorted.sort();
+        if got.is_some() && sorted == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{what}: the model's endpoints of {port} are {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
