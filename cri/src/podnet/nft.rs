@@ -7,6 +7,12 @@
 //! the node itself (output), with `snat`'s masquerade of what comes from localhost or
 //! from the pod itself (hairpin). The table is made with the first pod, rendered whole
 //! from what pods hold, and deleted with the last; it never touches another table.
+//!
+//! Rendered as nft's own syntax and applied with `nft -f -`, one transaction per change,
+//! rather than built from the `nftables` crate's JSON schema types: that crate applies
+//! through the same `nft` binary (`nft -j -f`), every value put in a rule here is already
+//! typed (`IpAddr`, `Cidr`, `u16` ports, a protocol enum), and the text is what the unit
+//! tests compare and what an operator reads back with `nft list table`.
 
 use std::process::Stdio;
 use std::time::Duration;
