@@ -1,10 +1,15 @@
 //! The connection to containerd: one gRPC channel over its unix socket, the namespace
-//! every request is made in, and the per-request deadline.
+//! every request is made in, and the per-request deadline; each call counted by method
+//! ([`calls`]).
+
+mod calls;
 
 use std::time::Duration;
 
-use containerd_client::tonic::{self, transport::Channel};
+use containerd_client::tonic;
 use thiserror::Error;
+
+pub use calls::{CountedChannel, call_counts};
 
 /// Labels put on every containerd object nodelet creates.
 pub mod labels {
@@ -43,7 +48,7 @@ pub enum ConnectError {
 /// A handle on containerd, in one namespace. Cheap to clone: clones share the channel.
 #[derive(Clone, Debug)]
 pub struct Containerd {
-    channel: Channel,
+    channel: CountedChannel,
     namespace: String,
     snapshotter: String,
     timeout: Duration,
@@ -65,7 +70,7 @@ impl Containerd {
                     source,
                 })?;
         Ok(Self {
-            channel,
+            channel: CountedChannel::new(channel),
             namespace: namespace.to_owned(),
             snapshotter: "overlayfs".to_owned(),
             timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -82,8 +87,8 @@ impl Containerd {
         &self.snapshotter
     }
 
-    /// The gRPC channel, for building service clients.
-    pub fn channel(&self) -> Channel {
+    /// The gRPC channel, for building service clients (its calls are counted).
+    pub fn channel(&self) -> CountedChannel {
         self.channel.clone()
     }
 

@@ -207,12 +207,12 @@ impl ContainerdRuntime {
         events::follow(self.containerd.clone(), tx).await;
     }
 
-    fn containers(&self) -> ContainersClient<tonic::transport::Channel> {
+    fn containers(&self) -> ContainersClient<crate::containerd::CountedChannel> {
         ContainersClient::new(self.containerd.channel())
             .max_decoding_message_size(MAX_DECODED_REPLY)
     }
 
-    fn tasks(&self) -> TasksClient<tonic::transport::Channel> {
+    fn tasks(&self) -> TasksClient<crate::containerd::CountedChannel> {
         TasksClient::new(self.containerd.channel()).max_decoding_message_size(MAX_DECODED_REPLY)
     }
 

@@ -1,0 +1,81 @@
+//! Counting the gRPC calls made to containerd, by method: a service in front of the
+//! channel that every client is built on ([`CountedChannel`]). The counts are the
+//! process's (every handle on containerd shares them); the agent serves them on its
+//! read-only port so the pod-start bench can report round trips per pod start.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use containerd_client::tonic::{self, transport::Channel};
+
+/// The calls made so far, by gRPC path (`/containerd.services.tasks.v1.Tasks/Create`).
+static CALLS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+fn count(path: &str) {
+    // A poisoned lock only means another thread panicked while counting: the map
+    // is still a map.
+    let mut calls = CALLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match calls.get_mut(path) {
+        Some(n) => *n += 1,
+        None => {
+            calls.insert(path.to_owned(), 1);
+        }
+    }
+}
+
+/// The calls made to containerd by this process so far, by method
+/// (`containerd.services.tasks.v1.Tasks/Create`), in method order.
+pub fn call_counts() -> BTreeMap<String, u64> {
+    CALLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(path, n)| (path.trim_start_matches('/').to_owned(), *n))
+        .collect()
+}
+
+/// The channel to containerd, each request counted by its method on the way out.
+#[derive(Clone, Debug)]
+pub struct CountedChannel {
+    inner: Channel,
+}
+
+impl CountedChannel {
+    pub(super) fn new(inner: Channel) -> Self {
+        Self { inner }
+    }
+}
+
+type Request = http::Request<tonic::body::Body>;
+
+impl tower_service::Service<Request> for CountedChannel {
+    type Response = <Channel as tower_service::Service<Request>>::Response;
+    type Error = <Channel as tower_service::Service<Request>>::Error;
+    type Future = <Channel as tower_service::Service<Request>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        count(req.uri().path());
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_method() {
+        let before = call_counts()
+            .get("test.Service/Method")
+            .copied()
+            .unwrap_or(0);
+        count("/test.Service/Method");
+        count("/test.Service/Method");
+        assert_eq!(call_counts().get("test.Service/Method"), Some(&(before + 2)));
+    }
+}
