@@ -52,6 +52,12 @@ pub struct Containerd {
     namespace: String,
     snapshotter: String,
     timeout: Duration,
+    /// Images followed down from their targets (see `ResolvedCache`), shared by clones.
+    pub(crate) resolved: std::sync::Arc<crate::image::ResolvedCache>,
+    /// The pause image as last looked up or imported, shared by clones: every sandbox
+    /// needs it, and looking it up is an image record, its manifest, its config and a
+    /// snapshot stat (see `Containerd::ensure_pause_image`).
+    pub(crate) pause: std::sync::Arc<tokio::sync::Mutex<Option<crate::image::ImageInfo>>>,
 }
 
 impl Containerd {
@@ -74,6 +80,8 @@ impl Containerd {
             namespace: namespace.to_owned(),
             snapshotter: "overlayfs".to_owned(),
             timeout: DEFAULT_REQUEST_TIMEOUT,
+            resolved: std::sync::Arc::default(),
+            pause: std::sync::Arc::default(),
         })
     }
 
@@ -90,6 +98,12 @@ impl Containerd {
     /// The gRPC channel, for building service clients (its calls are counted).
     pub fn channel(&self) -> CountedChannel {
         self.channel.clone()
+    }
+
+    /// The calls this handle and its clones made to containerd, by method
+    /// (`containerd.services.images.v1.Images/Get`).
+    pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
+        self.channel.calls()
     }
 
     /// containerd's version (`1.6.20`), as `containerRuntimeVersion` reports it.
