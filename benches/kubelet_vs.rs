@@ -76,6 +76,48 @@ fn cpuacct(path: &str) -> u64 {
     .unwrap_or(0)
 }
 
+/// Where a process's memory is, from `/proc`: resident anonymous memory (heap, stacks)
+/// and file-backed (the binary's text, libraries), in KiB, and its thread count.
+struct Mem {
+    anon_kib: u64,
+    file_kib: u64,
+    threads: u64,
+    /// The agent's `/debug/memory` (allocator heap), when it serves one.
+    heap: Option<Value>,
+}
+
+fn proc_field(file: &str, key: &str) -> u64 {
+    file.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn mem(pid: u32) -> Mem {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = proc_field(&rollup, "Rss");
+    let anon = proc_field(&rollup, "Anonymous");
+    Mem {
+        anon_kib: anon,
+        file_kib: rss.saturating_sub(anon),
+        threads: proc_field(&status, "Threads"),
+        heap: None,
+    }
+}
+
+/// Calls per method made between two readings of the call counts.
+fn calls_between(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(m, n)| (m.clone(), n - before.get(m).copied().unwrap_or(0).min(*n)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -207,6 +249,26 @@ impl Agent {
         )
     }
 
+    /// The agent's containerd calls so far by method (`/debug/containerd/calls`; empty
+    /// for an agent that does not serve it).
+    async fn calls(&self, http: &reqwest::Client) -> BTreeMap<String, u64> {
+        let url = format!("http://127.0.0.1:{}/debug/containerd/calls", self.port);
+        match http.get(url).send().await {
+            Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// The agent's allocator heap (`/debug/memory`), when it serves one.
+    async fn heap(&self, http: &reqwest::Client) -> Option<Value> {
+        let url = format!("http://127.0.0.1:{}/debug/memory", self.port);
+        let r = http.get(url).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
     /// Pod cgroups still present under the agent's cgroup root (cpuacct hierarchy).
     fn pod_cgroups(&self) -> usize {
         let base = format!(
@@ -323,7 +385,17 @@ fn nodelet_command(e: &Env, dir: &Path, a: &Agent) -> Command {
         std::fs::write(cni.join("10-bench.conflist"), conf).expect("conflist");
     }
     let p = |p: PathBuf| p.display().to_string();
-    let mut cmd = Command::new(&e.nodelet);
+    // Another binary for one agent (`NODELET_BENCH_AGENT_BIN="nodelet-before:/path;…"`):
+    // two builds side by side in one run.
+    let bin = std::env::var("NODELET_BENCH_AGENT_BIN")
+        .unwrap_or_default()
+        .split(';')
+        .find_map(|entry| {
+            let (agent, path) = entry.split_once(':')?;
+            (agent.trim() == a.name).then(|| PathBuf::from(path.trim()))
+        })
+        .unwrap_or_else(|| e.nodelet.clone());
+    let mut cmd = Command::new(bin);
     cmd.args(["--pod-manifest-path", &p(a.manifests.clone())])
         .args(["--root-dir", &p(dir.join("root"))])
         .args(["--pod-logs-dir", &p(dir.join("pod-logs"))])
@@ -348,6 +420,20 @@ fn nodelet_command(e: &Env, dir: &Path, a: &Agent) -> Command {
         .args(["--port", &(a.port + 1).to_string()])
         .args(["--healthz-port", &(a.port + 2).to_string()])
         .args(["--v", "info"]);
+    // Environment of one agent only: `NODELET_BENCH_AGENT_ENV="nodelet-je:LD_PRELOAD=…;…"`
+    // (an agent of any other `nodelet-*` name runs as `nodelet`), to compare allocators
+    // or allocator settings in one run.
+    for entry in std::env::var("NODELET_BENCH_AGENT_ENV")
+        .unwrap_or_default()
+        .split(';')
+    {
+        if let Some((agent, kv)) = entry.split_once(':')
+            && agent.trim() == a.name
+            && let Some((k, v)) = kv.split_once('=')
+        {
+            cmd.env(k.trim(), v.trim());
+        }
+    }
     if a.name == "nodelet-crun" {
         // Its pods name the `crun` handler; on a hybrid cgroup host crun runs through
         // scripts/crun-hybrid.sh (an unshare and a mount more per crun call).
@@ -370,6 +456,12 @@ struct Round {
     max: f64,
     cpu: [f64; 3],
     rss_mib: f64,
+    /// containerd calls by method made while the round's pods started (manifests
+    /// written → all ready), over all its pods.
+    calls: BTreeMap<String, u64>,
+    mem: Mem,
+    /// RSS and heap again once the round's pods are gone.
+    after: Option<(f64, Option<Value>)>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -382,6 +474,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn round(e: &Env, a: &Agent, http: &reqwest::Client, n: usize) -> Round {
+    let calls0 = a.calls(http).await;
     let cpu0 = a.cpu(e);
     let mut written = BTreeMap::new();
     for i in 0..n {
@@ -411,6 +504,9 @@ async fn round(e: &Env, a: &Agent, http: &reqwest::Client, n: usize) -> Round {
     }
     let cpu1 = a.cpu(e);
     let rss_mib = rss_kib(a.pid()) as f64 / 1024.0;
+    let calls = calls_between(&calls0, &a.calls(http).await);
+    let mut mem = mem(a.pid());
+    mem.heap = a.heap(http).await;
     if ready.len() < n {
         println!(
             "  {}: only {}/{n} pods ready after {ROUND_LIMIT:?}",
@@ -434,6 +530,7 @@ async fn round(e: &Env, a: &Agent, http: &reqwest::Client, n: usize) -> Round {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = Some((rss_kib(a.pid()) as f64 / 1024.0, a.heap(http).await));
     Round {
         n,
         p50: percentile(&lat, 0.5),
@@ -441,6 +538,9 @@ async fn round(e: &Env, a: &Agent, http: &reqwest::Client, n: usize) -> Round {
         max: lat.last().copied().unwrap_or(f64::NAN),
         cpu: [per_pod(0), per_pod(1), per_pod(2)],
         rss_mib,
+        calls,
+        mem,
+        after,
     }
 }
 
@@ -457,6 +557,51 @@ fn print_round(name: &str, r: &Round) {
         r.cpu[2],
         r.rss_mib
     );
+    let total: u64 = r.calls.values().sum();
+    if total > 0 {
+        let per_pod = |v: u64| v as f64 / r.n as f64;
+        let methods: Vec<String> = r
+            .calls
+            .iter()
+            .map(|(m, v)| {
+                let short = m.rsplit('.').next().unwrap_or(m);
+                format!("{short} {:.2}", per_pod(*v))
+            })
+            .collect();
+        println!(
+            "{name:>12} {:>3} pods: containerd calls per pod start {:.1}: {}",
+            r.n,
+            per_pod(total),
+            methods.join(", ")
+        );
+    }
+    let heap = |h: &Option<Value>| {
+        h.as_ref().map_or(String::new(), |h| {
+            let mib = |k: &str| h.get(k).and_then(Value::as_f64).unwrap_or(0.0) / 1048576.0;
+            format!(
+                ", heap in use {:.1} MiB free {:.1} MiB (releasable {:.1}) mapped {:.1} MiB",
+                mib("inUse"),
+                mib("free"),
+                mib("releasable"),
+                mib("mapped")
+            )
+        })
+    };
+    println!(
+        "{name:>12} {:>3} pods: memory anon {:.1} MiB file {:.1} MiB threads {}{}",
+        r.n,
+        r.mem.anon_kib as f64 / 1024.0,
+        r.mem.file_kib as f64 / 1024.0,
+        r.mem.threads,
+        heap(&r.mem.heap)
+    );
+    if let Some((rss, h)) = &r.after {
+        println!(
+            "{name:>12} {:>3} pods: after teardown RSS {rss:.1} MiB{}",
+            r.n,
+            heap(h)
+        );
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -552,7 +697,7 @@ async fn main() {
     );
     print!("{:>5} |", "pods");
     for (name, _, _) in &results {
-        print!(" {name:^44} |");
+        print!(" {name:^55} |");
     }
     println!();
     for (i, &n) in sizes.iter().enumerate() {
@@ -560,11 +705,12 @@ async fn main() {
         for (_, _, rounds) in &results {
             let r = &rounds[i];
             print!(
-                " p50 {:5.2} p99 {:5.2} cpu {:5.3} rss {:5.1}M |",
+                " p50 {:5.2} p99 {:5.2} cpu {:5.3} rss {:5.1}M calls {:4.1} |",
                 r.p50,
                 r.p99,
                 r.cpu.iter().sum::<f64>(),
-                r.rss_mib
+                r.rss_mib,
+                r.calls.values().sum::<u64>() as f64 / r.n as f64
             );
         }
         println!();

@@ -21,7 +21,12 @@
 # Environment: NODELET_BENCH_NO_BUILD=1 (use the binaries the last build left), NODELET_BENCH_SIZES (default 1,10,30,110), NODELET_BENCH_AGENTS (default
 # kubelet,nodelet-cni,nodelet: `nodelet-cni` is nodelet on the kubelet's CNI chain, `nodelet` its
 # built-in network; `nodelet-crun` is `nodelet` with its pods on the crun handler, not in the
-# default list: NODELET_BENCH_AGENTS=nodelet,nodelet-crun compares runc with crun), CARGO_TARGET_DIR.
+# default list: NODELET_BENCH_AGENTS=nodelet,nodelet-crun compares runc with crun; any other
+# `nodelet-*` name runs as `nodelet`, with the environment NODELET_BENCH_AGENT_ENV gives it,
+# e.g. "nodelet-je:LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", and the binary
+# NODELET_BENCH_AGENT_BIN gives it, e.g. "nodelet-before:/path/to/nodelet"), CARGO_TARGET_DIR.
+# Each nodelet round also prints its containerd calls per pod start (the agent's
+# /debug/containerd/calls) and where its memory is (smaps_rollup, threads, /debug/memory).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PATH=$PATH:/usr/local/go/bin

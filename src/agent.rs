@@ -517,6 +517,8 @@ pub async fn start(
         events: routed_rx,
         commands: command_rx,
     };
+    // The heap freed after a burst of pod starts goes back to the kernel.
+    tasks.spawn(crate::heap::trim_loop(cancel.clone()));
     let manager = tokio::spawn(manager.run(inputs, cancel.clone()));
     Ok(Some(RunningAgent {
         statuses: status_rx,

@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod cmd;
 mod events;
+mod heap;
 mod image;
 mod node;
 mod pod;

@@ -129,6 +129,7 @@ pub async fn round(e: &Env, rt: &ContainerdRuntime, name: &str, cgroup: &str, n:
         cpuacct(&format!("{}/containerd", e.cgroup)),
         cpuacct(cgroup),
     ];
+    let calls0 = nodelet_cri::containerd::call_counts();
     let started = futures::future::join_all((0..n).map(|i| start_pod(rt, &dir, cgroup, i))).await;
     let cpu1 = [
         self_cpu_ns(),
@@ -136,6 +137,8 @@ pub async fn round(e: &Env, rt: &ContainerdRuntime, name: &str, cgroup: &str, n:
         cpuacct(cgroup),
     ];
     let rss_mib = rss_kib(std::process::id()) as f64 / 1024.0;
+    let calls = super::calls_between(&calls0, &nodelet_cri::containerd::call_counts());
+    let mem = super::mem(std::process::id());
     let mut lat: Vec<f64> = started.iter().map(|(_, l)| *l).collect();
     lat.sort_by(f64::total_cmp);
     for (sandbox, _) in &started {
@@ -158,5 +161,8 @@ pub async fn round(e: &Env, rt: &ContainerdRuntime, name: &str, cgroup: &str, n:
         max: lat.last().copied().unwrap_or(f64::NAN),
         cpu: [per_pod(0), per_pod(1), per_pod(2)],
         rss_mib,
+        calls,
+        mem,
+        after: None,
     }
 }

@@ -291,3 +291,70 @@ async fn exec_failures_return_errors_without_hanging() {
         .expect("returns");
     assert!(stopped.is_err(), "{stopped:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_created_by_this_process_starts_without_lookups() {
+    let rt = TestRuntime::new("startcalls").await;
+    let archive = busybox_archive(rt.dir.path());
+    let containerd = rt.runtime.containerd();
+    containerd
+        .import_oci_archive(&archive)
+        .await
+        .expect("import busybox");
+    let image = rt
+        .runtime
+        .image(BUSYBOX)
+        .await
+        .expect("image lookup")
+        .expect("busybox imported");
+    let sandbox = rt.host_network_sandbox("startcalls").await;
+    let config = ContainerConfig {
+        name: "main".into(),
+        attempt: 0,
+        image: BUSYBOX.into(),
+        command: vec!["sleep".into(), "3600".into()],
+        args: vec![],
+        working_dir: None,
+        env: vec![],
+        mounts: vec![],
+        log_path: PathBuf::from("main/0.log"),
+        security: SecurityConfig::default(),
+        resources: Default::default(),
+    };
+    let id = rt
+        .runtime
+        .create_container(&sandbox, &config, &image)
+        .await
+        .expect("create container");
+    let before = containerd.calls();
+    rt.runtime.start_container(&id).await.expect("start");
+    let after = containerd.calls();
+    let made: std::collections::BTreeMap<String, u64> = after
+        .iter()
+        .map(|(m, n)| (m.clone(), n - before.get(m).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    // The task made and started and the start time recorded: no record, task or
+    // mounts read back for a container this process just created.
+    assert_eq!(
+        made,
+        std::collections::BTreeMap::from([
+            (
+                "containerd.services.containers.v1.Containers/Update".to_owned(),
+                1
+            ),
+            ("containerd.services.tasks.v1.Tasks/Create".to_owned(), 1),
+            ("containerd.services.tasks.v1.Tasks/Start".to_owned(), 1),
+        ])
+    );
+    let listed = rt.runtime.list_containers(None).await.expect("list");
+    let c = listed.iter().find(|c| c.id == id).expect("listed");
+    assert_eq!(c.state, nodelet_cri::runtime::ContainerState::Running);
+    assert!(c.started_at.is_some(), "start time recorded");
+    // A second start takes the long way and finds the task running.
+    rt.runtime.start_container(&id).await.expect("start again");
+    rt.runtime
+        .stop_container(&id, Duration::from_secs(1))
+        .await
+        .expect("stop");
+}

@@ -196,6 +196,87 @@ async fn pause_image_is_imported_once() {
     );
 }
 
+/// Calls made between two readings of a handle's counts, by method.
+fn calls_since(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> std::collections::BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(m, n)| (m.clone(), n - before.get(m).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_image_is_kept_until_removed() {
+    let t = TestNs::new().await;
+    let first = t.client.ensure_pause_image().await.expect("import pause");
+    let before = t.client.calls();
+    assert!(!before.is_empty(), "the import was counted");
+    // Kept: every sandbox after the first asks containerd nothing for it.
+    let clone = t.client.clone();
+    for _ in 0..3 {
+        assert_eq!(clone.ensure_pause_image().await.expect("kept"), first);
+    }
+    assert_eq!(calls_since(&before, &t.client.calls()), Default::default());
+
+    // Removed through the handle: looked up (and imported) again.
+    t.client.remove_image(PAUSE_IMAGE).await.expect("remove");
+    assert!(t.ctr_lines(&["images", "ls", "-q"]).is_empty());
+    let again = t.client.ensure_pause_image().await.expect("import again");
+    assert_eq!(again.repo_digest, first.repo_digest);
+    assert_eq!(again.chain_id, first.chain_id);
+    assert_eq!(t.ctr_lines(&["images", "ls", "-q"]), [PAUSE_IMAGE]);
+
+    // Removed behind the agent's back: kept until forgotten (what a failed sandbox
+    // does), then imported again.
+    t.ctr_ok(&["images", "rm", PAUSE_IMAGE]);
+    assert_eq!(t.client.ensure_pause_image().await.expect("kept"), again);
+    t.client.forget_pause_image().await;
+    t.client
+        .ensure_pause_image()
+        .await
+        .expect("import after forget");
+    assert_eq!(t.ctr_lines(&["images", "ls", "-q"]), [PAUSE_IMAGE]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_looked_up_again_costs_its_record_and_a_snapshot_stat() {
+    let t = TestNs::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = "nodelet.local/busybox:1.35";
+    let archive = busybox_archive(dir.path(), name);
+    t.client.import_oci_archive(&archive).await.expect("import");
+    let first = t
+        .client
+        .get_image(name)
+        .await
+        .expect("get")
+        .expect("present");
+    let before = t.client.calls();
+    let second = t
+        .client
+        .get_image(name)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(second, first);
+    assert_eq!(
+        calls_since(&before, &t.client.calls()),
+        std::collections::BTreeMap::from([
+            ("containerd.services.images.v1.Images/Get".to_owned(), 1),
+            (
+                "containerd.services.snapshots.v1.Snapshots/Stat".to_owned(),
+                1
+            ),
+        ])
+    );
+    // Removed: gone, however much was resolved before.
+    t.client.remove_image(name).await.expect("remove");
+    assert_eq!(t.client.get_image(name).await.expect("get"), None);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_imports_of_one_image() {
     let t = TestNs::new().await;

@@ -6,6 +6,7 @@
 //! nodelet addition) and the healthz port; the kubelet API's secure port is in
 //! [`secure`], its metrics endpoints in [`metrics`], the pod push API in [`push`].
 
+pub mod debug;
 pub mod logs;
 pub mod metrics;
 pub mod push;
@@ -55,6 +56,7 @@ pub fn read_only_router(
         .with_state(pods)
         .merge(events)
         .merge(node)
+        .merge(debug::router())
 }
 
 fn not_ready() -> axum::response::Response {

@@ -1,10 +1,15 @@
 //! The connection to containerd: one gRPC channel over its unix socket, the namespace
-//! every request is made in, and the per-request deadline.
+//! every request is made in, and the per-request deadline; each call counted by method
+//! ([`calls`]).
+
+mod calls;
 
 use std::time::Duration;
 
-use containerd_client::tonic::{self, transport::Channel};
+use containerd_client::tonic;
 use thiserror::Error;
+
+pub use calls::{CountedChannel, call_counts};
 
 /// Labels put on every containerd object nodelet creates.
 pub mod labels {
@@ -43,10 +48,16 @@ pub enum ConnectError {
 /// A handle on containerd, in one namespace. Cheap to clone: clones share the channel.
 #[derive(Clone, Debug)]
 pub struct Containerd {
-    channel: Channel,
+    channel: CountedChannel,
     namespace: String,
     snapshotter: String,
     timeout: Duration,
+    /// Images followed down from their targets (see `ResolvedCache`), shared by clones.
+    pub(crate) resolved: std::sync::Arc<crate::image::ResolvedCache>,
+    /// The pause image as last looked up or imported, shared by clones: every sandbox
+    /// needs it, and looking it up is an image record, its manifest, its config and a
+    /// snapshot stat (see `Containerd::ensure_pause_image`).
+    pub(crate) pause: std::sync::Arc<tokio::sync::Mutex<Option<crate::image::ImageInfo>>>,
 }
 
 impl Containerd {
@@ -65,10 +76,12 @@ impl Containerd {
                     source,
                 })?;
         Ok(Self {
-            channel,
+            channel: CountedChannel::new(channel),
             namespace: namespace.to_owned(),
             snapshotter: "overlayfs".to_owned(),
             timeout: DEFAULT_REQUEST_TIMEOUT,
+            resolved: std::sync::Arc::default(),
+            pause: std::sync::Arc::default(),
         })
     }
 
@@ -82,9 +95,15 @@ impl Containerd {
         &self.snapshotter
     }
 
-    /// The gRPC channel, for building service clients.
-    pub fn channel(&self) -> Channel {
+    /// The gRPC channel, for building service clients (its calls are counted).
+    pub fn channel(&self) -> CountedChannel {
         self.channel.clone()
+    }
+
+    /// The calls this handle and its clones made to containerd, by method
+    /// (`containerd.services.images.v1.Images/Get`).
+    pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
+        self.channel.calls()
     }
 
     /// containerd's version (`1.6.20`), as `containerRuntimeVersion` reports it.

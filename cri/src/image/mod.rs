@@ -64,6 +64,7 @@ pub use oci::{Blob, ImageBlobs, Layer, OciImage, pause_image};
 pub use pull::{PullError, RequestTarget, Stage};
 pub use reference::normalize_reference;
 pub use registry::{RegistryConfig, RegistryHostConfig};
+pub(crate) use resolve::ResolvedCache;
 
 /// The name the agent gives the pause image it builds and imports itself.
 pub const PAUSE_IMAGE: &str = "nodelet.local/pause:3.10";

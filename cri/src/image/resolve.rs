@@ -124,6 +124,45 @@ impl Resolved {
     }
 }
 
+/// Images already followed down from their target, by the target's digest. Blobs are
+/// content-addressed, so what a digest resolves to never changes: a lookup of an image
+/// found here costs its record and a snapshot stat, not the reads of its index,
+/// manifest and config (three or four round trips to containerd per container start).
+/// Emptied when an image is removed, and when it holds more than [`CACHED_IMAGES`].
+#[derive(Debug, Default)]
+pub(crate) struct ResolvedCache(std::sync::Mutex<HashMap<String, Resolved>>);
+
+/// The most images [`ResolvedCache`] holds (a few hundred bytes each).
+const CACHED_IMAGES: usize = 256;
+
+impl ResolvedCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Resolved>> {
+        // A panic while holding the lock leaves a map that is still whole.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn get(&self, target: &Desc) -> Option<Resolved> {
+        self.lock()
+            .get(&target.digest)
+            .filter(|r| r.target == *target)
+            .cloned()
+    }
+
+    pub(super) fn put(&self, resolved: &Resolved) {
+        let mut map = self.lock();
+        if map.len() >= CACHED_IMAGES {
+            map.clear();
+        }
+        map.insert(resolved.target.digest.clone(), resolved.clone());
+    }
+
+    pub(super) fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
 /// This machine's platform as OCI names it, e.g. `linux/amd64`.
 pub(super) fn host_platform() -> String {
     format!("linux/{}", Arch::default())

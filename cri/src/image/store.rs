@@ -272,24 +272,48 @@ impl Containerd {
                 digest: "(no target)".to_owned(),
                 location: format!("image record {}", record.name),
             })?;
-        resolve(Source::Containerd(self), &target, &record.name).await
+        if let Some(resolved) = self.resolved.get(&target) {
+            return Ok(resolved);
+        }
+        let resolved = resolve(Source::Containerd(self), &target, &record.name).await?;
+        self.resolved.put(&resolved);
+        Ok(resolved)
     }
 
     /// Makes sure the pause image ([`PAUSE_IMAGE`]) is present: imports the one built
     /// from the embedded pause binary when it is missing or differs (a new agent
     /// version), and returns it.
     ///
+    /// What was found is kept (shared by this handle's clones) and returned without a
+    /// call to containerd until [`Containerd::forget_pause_image`]: removing an image
+    /// of that name or ID through this handle forgets it, as does a sandbox whose
+    /// making failed (the image may have been removed behind the agent's back; the next
+    /// sandbox looks again). Image GC never collects the pause image (it is pinned).
+    /// Concurrent callers with nothing kept wait for one lookup.
+    ///
     /// # Errors
     /// As [`Containerd::import_image`] and [`Containerd::get_image`].
     pub async fn ensure_pause_image(&self) -> Result<ImageInfo, ImageError> {
-        let digest = pause_manifest_digest()?;
-        if let Some(info) = self.get_image(PAUSE_IMAGE).await?
-            && info.repo_digest == digest
-        {
-            return Ok(info);
+        let mut kept = self.pause.lock().await;
+        if let Some(info) = kept.as_ref() {
+            return Ok(info.clone());
         }
-        self.import_blobs(&pause_image().build()?, PAUSE_IMAGE.to_owned())
-            .await
+        let digest = pause_manifest_digest()?;
+        let info = match self.get_image(PAUSE_IMAGE).await? {
+            Some(info) if info.repo_digest == digest => info,
+            _ => {
+                self.import_blobs(&pause_image().build()?, PAUSE_IMAGE.to_owned())
+                    .await?
+            }
+        };
+        *kept = Some(info.clone());
+        Ok(info)
+    }
+
+    /// Forgets the pause image [`Containerd::ensure_pause_image`] kept: the next call
+    /// looks it up in containerd again.
+    pub async fn forget_pause_image(&self) {
+        *self.pause.lock().await = None;
     }
 
     /// Removes an image: `name` is a reference (normalized first) or an image ID (the
@@ -303,6 +327,8 @@ impl Containerd {
     /// [`ImageError::InvalidReference`] for a bad name, [`ImageError::Containerd`] when
     /// listing or deleting fails.
     pub async fn remove_image(&self, name: &str) -> Result<(), ImageError> {
+        // Content may go with the image: nothing resolved is trusted past a removal.
+        self.resolved.clear();
         let records = self.image_records().await?;
         let by_id = name.starts_with("sha256:") && super::reference::valid_digest(name);
         let id = if by_id {
@@ -317,7 +343,9 @@ impl Containerd {
                 // Broken or foreign image: it has no ID to share with others.
                 Err(error) => {
                     tracing::debug!(image = %name, %error, "removing an image that does not resolve");
-                    return self.delete_image_record(&name, true).await;
+                    let deleted = self.delete_image_record(&name, true).await;
+                    self.forget_pause_image().await;
+                    return deleted;
                 }
             }
         };
@@ -330,9 +358,17 @@ impl Containerd {
             }
         }
         let last = names.len().saturating_sub(1);
-        for (i, n) in names.iter().enumerate() {
-            self.delete_image_record(n, i == last).await?;
+        let deleted = async {
+            for (i, n) in names.iter().enumerate() {
+                self.delete_image_record(n, i == last).await?;
+            }
+            Ok::<_, ImageError>(())
         }
+        .await;
+        // Whatever was removed, the pause image is looked up again (after the removal,
+        // so a lookup made during it is forgotten too).
+        self.forget_pause_image().await;
+        deleted?;
         if !names.is_empty() {
             tracing::info!(image = %id, names = ?names, "image removed");
         }

@@ -19,6 +19,7 @@ use tokio_stream::StreamExt as _;
 use tonic::Code;
 
 mod container;
+mod created;
 mod exits;
 mod limit;
 mod record;
@@ -90,6 +91,8 @@ pub struct ContainerdRuntime {
     cni: Arc<CniCache>,
     /// The built-in pod network (see [`RuntimeConfig::builtin_network`]).
     podnet: Option<Arc<PodNetwork>>,
+    /// Containers created and not yet started by this process (see [`created`]).
+    created: Arc<created::Created>,
 }
 
 pub(super) fn grpc(op: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
@@ -189,6 +192,7 @@ impl ContainerdRuntime {
             config,
             lowest_oom_score_adj: oom::lowest_allowed(),
             shim_calls: Arc::default(),
+            created: Arc::default(),
         })
     }
 
@@ -207,12 +211,12 @@ impl ContainerdRuntime {
         events::follow(self.containerd.clone(), tx).await;
     }
 
-    fn containers(&self) -> ContainersClient<tonic::transport::Channel> {
+    fn containers(&self) -> ContainersClient<crate::containerd::CountedChannel> {
         ContainersClient::new(self.containerd.channel())
             .max_decoding_message_size(MAX_DECODED_REPLY)
     }
 
-    fn tasks(&self) -> TasksClient<tonic::transport::Channel> {
+    fn tasks(&self) -> TasksClient<crate::containerd::CountedChannel> {
         TasksClient::new(self.containerd.channel()).max_decoding_message_size(MAX_DECODED_REPLY)
     }
 

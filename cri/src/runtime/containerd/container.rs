@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use containerd_client::services::v1::Container;
 use containerd_client::services::v1::snapshots::MountsRequest;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::types::Mount;
 use containerd_client::types::v1::Status as TaskStatus;
 use tracing::{debug, info, warn};
 
@@ -63,51 +65,36 @@ impl ContainerdRuntime {
                 log_path.to_string_lossy().into_owned(),
             ),
         ]);
-        if let Err(e) = self
+        let mut record = match self
             .create_record(&id, &config.image, &spec, labels, handler)
             .await
         {
-            let _ = self.containerd.remove_snapshot(&id).await;
-            return Err(e);
-        }
+            Ok(record) => record,
+            Err(e) => {
+                let _ = self.containerd.remove_snapshot(&id).await;
+                return Err(e);
+            }
+        };
+        // Its start needs the labels and the mounts, not the spec.
+        record.spec = None;
+        self.created.keep(record, mounts);
         debug!(container = %config.name, id = %id, "container created");
         Ok(id)
     }
 
     /// [`Runtime::start_container`](crate::runtime::Runtime::start_container).
     pub(super) async fn container_start(&self, id: &str) -> Result<(), RuntimeError> {
-        let c = self.get_container(id).await?.ok_or_else(|| {
-            grpc("start container", id)(tonic::Status::not_found("no such container"))
-        })?;
+        let (c, rootfs) = match self.created.take(id) {
+            // Created by this process and never started: no task can exist, and the
+            // record and mounts are those containerd answered the create with.
+            Some(created) => created,
+            None => self.created_elsewhere(id).await?,
+        };
         let log_path = PathBuf::from(label(&c.labels, keys::LOG_PATH));
-        // An agent killed half-way through a start left a task: one never started is
-        // made again (its process never ran, and creating it again would only say
-        // `already exists`); one that runs or ran is recorded as started.
-        match self.task_status(id).await? {
-            None => {}
-            Some(TaskStatus::Created) => {
-                info!(id, "recreating a task an interrupted start left created");
-                self.delete_task(&shim_group(&c), id).await?;
-            }
-            Some(_) => {
-                info!(
-                    id,
-                    "recording the start of a task an interrupted start left running"
-                );
-                return self.record_started(c, &log_path).await;
-            }
-        }
-        let mut snapshots = SnapshotsClient::new(self.containerd.channel());
-        let req = self.containerd.request(MountsRequest {
-            snapshotter: c.snapshotter.clone(),
-            key: c.snapshot_key.clone(),
-        });
-        let rootfs = snapshots
-            .mounts(req)
-            .await
-            .map_err(grpc("snapshot mounts", id))?
-            .into_inner()
-            .mounts;
+        let Some(rootfs) = rootfs else {
+            // An interrupted start left a task that runs or ran.
+            return self.record_started(c, &log_path).await;
+        };
         let stdio = logs::driver_uri(&self.config.log_driver, &log_path, self.config.log_rotation);
         if let Err(e) = self
             .create_and_start_task(&shim_group(&c), id, rootfs, &stdio, Some(&log_path))
@@ -143,6 +130,46 @@ impl ContainerdRuntime {
         self.record_started(c, &log_path).await
     }
 
+    /// The record and the root filesystem mounts of a container this process did not
+    /// create (or started before): read from containerd. An agent killed half-way
+    /// through a start left a task: one never started is made again (its process never
+    /// ran, and creating it again would only say `already exists`); one that runs or
+    /// ran is recorded as started (no mounts returned).
+    async fn created_elsewhere(
+        &self,
+        id: &str,
+    ) -> Result<(Container, Option<Vec<Mount>>), RuntimeError> {
+        let c = self.get_container(id).await?.ok_or_else(|| {
+            grpc("start container", id)(tonic::Status::not_found("no such container"))
+        })?;
+        match self.task_status(id).await? {
+            None => {}
+            Some(TaskStatus::Created) => {
+                info!(id, "recreating a task an interrupted start left created");
+                self.delete_task(&shim_group(&c), id).await?;
+            }
+            Some(_) => {
+                info!(
+                    id,
+                    "recording the start of a task an interrupted start left running"
+                );
+                return Ok((c, None));
+            }
+        }
+        let mut snapshots = SnapshotsClient::new(self.containerd.channel());
+        let req = self.containerd.request(MountsRequest {
+            snapshotter: c.snapshotter.clone(),
+            key: c.snapshot_key.clone(),
+        });
+        let rootfs = snapshots
+            .mounts(req)
+            .await
+            .map_err(grpc("snapshot mounts", id))?
+            .into_inner()
+            .mounts;
+        Ok((c, Some(rootfs)))
+    }
+
     /// [`Runtime::stop_container`](crate::runtime::Runtime::stop_container): the
     /// grace period runs from this call, so time spent waiting for a turn to signal a
     /// busy shim (see [`limit`](super::limit)) is taken off it (see [`stop_task`]).
@@ -172,6 +199,8 @@ impl ContainerdRuntime {
 
     /// [`Runtime::remove_container`](crate::runtime::Runtime::remove_container).
     pub(super) async fn container_remove(&self, id: &str) -> Result<(), RuntimeError> {
+        // Never started: what its start would have used goes.
+        drop(self.created.take(id));
         let record = self.get_container(id).await?;
         let link = record.as_ref().map(|c| self.log_symlink(c));
         let log = record

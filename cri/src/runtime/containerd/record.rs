@@ -111,7 +111,7 @@ impl ContainerdRuntime {
         spec: &oci_spec::runtime::Spec,
         labels: HashMap<String, String>,
         handler: &RuntimeHandler,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Container, RuntimeError> {
         let value = serde_json::to_vec(spec).map_err(|e| RuntimeError::Spec {
             name: id.to_owned(),
             reason: e.to_string(),
@@ -140,13 +140,16 @@ impl ContainerdRuntime {
             ..Default::default()
         };
         let req = self.containerd.request(CreateContainerRequest {
-            container: Some(container),
+            container: Some(container.clone()),
         });
-        self.containers()
+        let created = self
+            .containers()
             .create(req)
             .await
-            .map_err(grpc("create container", id))?;
-        Ok(())
+            .map_err(grpc("create container", id))?
+            .into_inner()
+            .container;
+        Ok(created.unwrap_or(container))
     }
 }
 

@@ -35,6 +35,11 @@ impl ContainerdRuntime {
         let result = self
             .make_sandbox(config, &id, netns.as_deref(), &pause)
             .await;
+        if result.is_err() {
+            // The pause image kept may be what failed (removed behind the agent's
+            // back): the next sandbox looks it up again.
+            self.containerd.forget_pause_image().await;
+        }
         if result.is_err()
             && let Err(e) = self
                 .teardown_sandbox(&id, &config.pod, netns.as_deref())
