@@ -88,8 +88,17 @@ EOF
 ssl() { openssl "$@" 2>>"$pki/openssl.log"; }
 
 # cert NAME SUBJECT [SAN [CA]]: a key and a certificate signed by the CA (default ca) for
-# client use, and for server use too when SAN is given.
+# client use, and for server use too when SAN is given. Serialised on a lock in the pki
+# directory: tests ask for node kubeconfigs concurrently, and `openssl x509 -CAcreateserial`
+# rewrites ca.srl in place (a concurrent reader sees a short line and fails).
 cert() {
+  (
+    flock 8
+    cert_unlocked "$@"
+  ) 8>"$pki/.lock"
+}
+
+cert_unlocked() {
   local name=$1 subj=$2 san=${3:-} ca=${4:-ca}
   [ -f "$pki/$name.crt" ] && return 0
   ssl genrsa -out "$pki/$name.key" 2048
@@ -109,8 +118,15 @@ cert() {
   rm -f "$pki/$name.csr" "$pki/$name.ext"
 }
 
-# ca NAME CN: a self-signed CA.
+# ca NAME CN: a self-signed CA (under the same lock as cert).
 ca() {
+  (
+    flock 8
+    ca_unlocked "$@"
+  ) 8>"$pki/.lock"
+}
+
+ca_unlocked() {
   [ -f "$pki/$1.crt" ] && return 0
   ssl genrsa -out "$pki/$1.key" 2048
   ssl req -x509 -new -key "$pki/$1.key" -subj "/CN=$2" -days 3650 -sha256 \
