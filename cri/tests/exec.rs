@@ -351,6 +351,29 @@ async fn a_container_created_by_this_process_starts_without_lookups() {
     let c = listed.iter().find(|c| c.id == id).expect("listed");
     assert_eq!(c.state, nodelet_cri::runtime::ContainerState::Running);
     assert!(c.started_at.is_some(), "start time recorded");
+    // A pod's own listing asks for its tasks one by one: `ListTasks` would have
+    // containerd ask every shim of the namespace for every task's state.
+    let before = containerd.calls();
+    let mine = rt
+        .runtime
+        .list_containers(Some(&sandbox.pod.uid))
+        .await
+        .expect("list the pod's containers");
+    let sandboxes = rt
+        .runtime
+        .list_sandboxes(Some(&sandbox.pod.uid))
+        .await
+        .expect("list the pod's sandbox");
+    let after = containerd.calls();
+    let task_calls = |method: &str| {
+        let m = format!("containerd.services.tasks.v1.Tasks/{method}");
+        after.get(&m).copied().unwrap_or(0) - before.get(&m).copied().unwrap_or(0)
+    };
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0].state, nodelet_cri::runtime::ContainerState::Running);
+    assert_eq!(sandboxes.len(), 1, "{sandboxes:?}");
+    assert_eq!(task_calls("List"), 0);
+    assert_eq!(task_calls("Get"), 2, "one per record");
     // A second start takes the long way and finds the task running.
     rt.runtime.start_container(&id).await.expect("start again");
     rt.runtime

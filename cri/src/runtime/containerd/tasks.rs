@@ -33,6 +33,10 @@ use super::{ContainerdRuntime, grpc, io_err};
 use crate::logs;
 use crate::runtime::RuntimeError;
 
+/// Up to this many records, tasks are read with a `Get` each rather than listed
+/// ([`ContainerdRuntime::tasks_of`]): a pod's sandbox and containers.
+const GET_EACH_UP_TO: usize = 8;
+
 /// How many times a kill that timed out is made.
 const KILL_ATTEMPTS: u32 = 4;
 /// The pause before a kill is made again, times the attempts so far.
@@ -204,13 +208,24 @@ impl ContainerdRuntime {
         Ok(tasks.into_iter().map(|t| (t.id.clone(), t)).collect())
     }
 
-    /// The tasks of `records`, by container ID: the list, completed by a `Get` for each
-    /// record the list left out (see the module doc).
+    /// The tasks of `records`, by container ID: for a few records (a pod's own
+    /// listing) a `Get` each; otherwise the list, completed by a `Get` for each record
+    /// the list left out (see the module doc).
+    ///
+    /// `ListTasks` has no filter and containerd asks every task's shim of the namespace
+    /// for its state, so a pod's listing through it would cost a shim call per task on
+    /// the node: O(N²) shim calls for a burst of N pods, each pod listing several times
+    /// while it starts. A `Get` asks only that task's shim, with the same 2 s timeout and
+    /// the same Unknown answer when the shim is busy.
     pub(super) async fn tasks_of(
         &self,
         records: &[Container],
     ) -> Result<HashMap<String, Process>, RuntimeError> {
-        let mut tasks = self.task_states().await?;
+        let mut tasks = if records.len() <= GET_EACH_UP_TO {
+            HashMap::new()
+        } else {
+            self.task_states().await?
+        };
         for c in records {
             if tasks.contains_key(&c.id) {
                 continue;
