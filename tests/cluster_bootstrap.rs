@@ -20,7 +20,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
 use kube::api::PostParams;
-use support::cluster::{admin_client, admin_kubeconfig, kubectl};
+use support::cluster::{admin_client, admin_kubeconfig, kubectl, node_cert_pem};
 use support::{BUSYBOX, World, phase, wait_for};
 
 /// The apiserver URL (from the admin kubeconfig) and the CA file beside it.
@@ -399,41 +399,6 @@ async fn tls_bootstrap_gets_a_client_certificate_through_an_approved_csr() {
     drop(cleanup);
 }
 
-/// A client certificate for `node` signed by the test CA, valid from `not_before`
-/// to `not_after`, as PEM (certificate then key).
-fn short_lived_node_cert(
-    run_dir: &Path,
-    node: &str,
-    not_before: SystemTime,
-    not_after: SystemTime,
-) -> String {
-    let ca_pem = std::fs::read_to_string(run_dir.join("pki/ca.crt")).expect("ca.crt");
-    let ca_key = rcgen::KeyPair::from_pem(
-        &std::fs::read_to_string(run_dir.join("pki/ca.key")).expect("ca.key"),
-    )
-    .expect("ca key");
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut params = rcgen::CertificateParams::default();
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::OrganizationName, "system:nodes");
-    dn.push(rcgen::DnType::CommonName, format!("system:node:{node}"));
-    params.distinguished_name = dn;
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    let at = |t: SystemTime| {
-        let secs = t
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs();
-        time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).expect("secs")).expect("time")
-    };
-    params.not_before = at(not_before);
-    params.not_after = at(not_after);
-    let cert = params.signed_by(&key, &issuer).expect("sign");
-    format!("{}{}", cert.pem(), key.serialize_pem())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_moves_the_running_client_to_the_new_certificate() {
     let admin = admin_kubeconfig();
@@ -453,9 +418,10 @@ async fn rotation_moves_the_running_client_to_the_new_certificate() {
     let old = w.dir.path().join("node-old.pem");
     std::fs::write(
         &old,
-        short_lived_node_cert(
+        node_cert_pem(
             admin.parent().expect("run dir"),
             &w.node,
+            None,
             now - Duration::from_secs(340),
             expires,
         ),

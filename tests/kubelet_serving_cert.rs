@@ -20,7 +20,9 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use support::cluster::{admin_client, admin_kubeconfig, joined_world, kubectl, wait_ready};
+use support::cluster::{
+    admin_client, admin_kubeconfig, joined_world, kubectl, node_cert_pem, wait_ready,
+};
 use support::wait_for;
 use x509_parser::prelude::FromDer as _;
 
@@ -310,44 +312,6 @@ async fn server_tls_bootstrap_serves_the_approved_kubelet_serving_certificate() 
     drop(cleanup);
 }
 
-/// A serving pair for `node` (SANs the node name and `ip`) signed by the cluster CA,
-/// valid from `not_before` to `not_after`, certificate then key.
-fn short_lived_serving_cert(
-    run: &Path,
-    node: &str,
-    ip: &str,
-    not_before: SystemTime,
-    not_after: SystemTime,
-) -> String {
-    let ca_pem = std::fs::read_to_string(run.join("pki/ca.crt")).expect("ca.crt");
-    let ca_key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(run.join("pki/ca.key")).expect("key"))
-            .expect("ca key");
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut params = rcgen::CertificateParams::new(vec![node.to_owned()]).expect("params");
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress(ip.parse().expect("ip")));
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::OrganizationName, "system:nodes");
-    dn.push(rcgen::DnType::CommonName, format!("system:node:{node}"));
-    params.distinguished_name = dn;
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    let at = |t: SystemTime| {
-        let secs = t
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs();
-        time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).expect("secs")).expect("time")
-    };
-    params.not_before = at(not_before);
-    params.not_after = at(not_after);
-    let cert = params.signed_by(&key, &issuer).expect("sign");
-    format!("{}{}", cert.pem(), key.serialize_pem())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_serving_certificate_near_its_end_is_rotated_without_a_restart() {
     let kubeconfig = admin_kubeconfig();
@@ -370,10 +334,10 @@ async fn a_serving_certificate_near_its_end_is_rotated_without_a_restart() {
     let old = pki.join("kubelet-server-2000-01-01-00-00-00.pem");
     std::fs::write(
         &old,
-        short_lived_serving_cert(
+        node_cert_pem(
             &run,
             &w.node,
-            &w.node_ip,
+            Some(&w.node_ip),
             now - Duration::from_secs(340),
             now + Duration::from_secs(60),
         ),

@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -30,6 +30,10 @@ use nodelet_cri::cni::{
 use nodelet_cri::netns::NetNs;
 use serde_json::Value;
 use tempfile::TempDir;
+
+#[path = "support/netns.rs"]
+mod netns_util;
+use netns_util::{ip_json_in, is_up, link, link_client, link_ips, listen_in, run, run_ok};
 
 #[path = "cni/portmap.rs"]
 mod portmap;
@@ -46,82 +50,26 @@ fn random_u64() -> u64 {
     ))
 }
 
-/// Runs `body` on a new thread moved into a fresh network namespace (the test's stand-in
-/// for the node's host namespace), on a current-thread runtime so that every plugin
-/// process the test spawns inherits that namespace. A panic in `body` fails the test.
+/// Runs `body` in a node namespace of its own (see [`netns_util::in_node_netns`]), once
+/// the CNI plugins are known to be installed.
 fn in_node_netns<F, Fut>(body: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
     assert!(
-        nix::unistd::geteuid().is_root(),
-        "the CNI integration tests need root: they create network namespaces and run CNI plugins"
-    );
-    assert!(
         Path::new(DEBIAN_PLUGIN_DIR).join("bridge").is_file(),
         "CNI plugins missing: install Debian's containernetworking-plugins ({DEBIAN_PLUGIN_DIR})"
     );
-    let handle = std::thread::spawn(move || {
-        nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare the test's node netns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(body());
-    });
-    if let Err(panic) = handle.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Runs a command with a time limit and returns its output.
-fn run(args: &[&str]) -> Output {
-    Command::new("timeout")
-        .arg("10")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"))
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    netns_util::in_node_netns(
+        "the CNI integration tests need root: they create network namespaces and run CNI plugins",
+        body,
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `ip -j addr show` inside the pinned namespace (pins are not under /run/netns, so
-/// `ip -n` cannot name them).
+/// `ip -j addr show` inside the pinned namespace.
 fn addrs_in(pin: &Path) -> Vec<Value> {
-    let net = format!("--net={}", pin.display());
-    let out = run_ok(&["nsenter", &net, "ip", "-j", "addr", "show"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j addr: {e}: {out}"))
-}
-
-fn link<'a>(addrs: &'a [Value], name: &str) -> Option<&'a Value> {
-    addrs.iter().find(|l| l["ifname"] == name)
-}
-
-fn is_up(link: &Value) -> bool {
-    link["flags"]
-        .as_array()
-        .is_some_and(|f| f.iter().any(|f| f == "UP"))
-}
-
-fn link_ips(link: &Value) -> Vec<String> {
-    link["addr_info"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| Some(format!("{}/{}", i["local"].as_str()?, i["prefixlen"])))
-                .collect()
-        })
-        .unwrap_or_default()
+    ip_json_in(pin, &["addr", "show"])
 }
 
 /// Polls `cond` until it holds, failing the test after `timeout`.

@@ -14,7 +14,6 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use nix::sched::CloneFlags;
@@ -25,88 +24,23 @@ use nodelet_cri::podnet::{
 use serde_json::Value;
 use tempfile::TempDir;
 
+#[path = "support/netns.rs"]
+mod netns_util;
+use netns_util::{ip_json_in, is_up, link, link_client, link_ips, listen_in, run, run_ok};
+
 #[path = "podnet/dual_stack.rs"]
 mod dual_stack;
 
+/// Runs `body` in a node namespace of its own (see [`netns_util::in_node_netns`]).
 fn in_node_netns<F, Fut>(body: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the built-in network tests need root: they create network namespaces"
+    netns_util::in_node_netns(
+        "the built-in network tests need root: they create network namespaces",
+        body,
     );
-    let handle = std::thread::spawn(move || {
-        nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare the test's node netns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(body());
-    });
-    if let Err(panic) = handle.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new("timeout")
-        .arg("10")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"))
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ip_json_in(pin: &Path, args: &[&str]) -> Vec<Value> {
-    let net = format!("--net={}", pin.display());
-    let mut full = vec!["nsenter", &net, "ip", "-j"];
-    full.extend_from_slice(args);
-    let out = run_ok(&full);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j {args:?}: {e}: {out}"))
-}
-
-fn link<'a>(addrs: &'a [Value], name: &str) -> Option<&'a Value> {
-    addrs.iter().find(|l| l["ifname"] == name)
-}
-
-fn is_up(link: &Value) -> bool {
-    link["flags"]
-        .as_array()
-        .is_some_and(|f| f.iter().any(|f| f == "UP"))
-}
-
-fn link_ips(link: &Value) -> Vec<String> {
-    link["addr_info"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| Some(format!("{}/{}", i["local"].as_str()?, i["prefixlen"])))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A TCP listener inside `pin`'s namespace.
-fn listen_in(pin: &Path) -> TcpListener {
-    let ns = fs::File::open(pin).expect("open netns pin");
-    std::thread::spawn(move || {
-        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns into pod netns");
-        TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind in pod netns")
-    })
-    .join()
-    .expect("listener thread")
 }
 
 /// Connects to `ip:port` from inside `from` (or from the node when `None`).
@@ -424,22 +358,7 @@ fn udp_in(pin: &Path) -> UdpSocket {
 /// (a node address, the way an external client reaches it), the client `.2`.
 fn client_netns(net: &mut TestNet) -> PathBuf {
     let pin = net.netns("client");
-    let pin_s = pin.display().to_string();
-    run_ok(&[
-        "ip", "link", "add", "nlc0", "type", "veth", "peer", "name", "eth0", "netns", &pin_s,
-    ]);
-    run_ok(&["ip", "addr", "add", "192.168.77.1/30", "dev", "nlc0"]);
-    run_ok(&["ip", "link", "set", "nlc0", "up"]);
-    let net_arg = format!("--net={pin_s}");
-    for args in [
-        &["ip", "addr", "add", "192.168.77.2/30", "dev", "eth0"][..],
-        &["ip", "link", "set", "eth0", "up"],
-        &["ip", "link", "set", "lo", "up"],
-    ] {
-        let mut full = vec!["nsenter", net_arg.as_str()];
-        full.extend_from_slice(args);
-        run_ok(&full);
-    }
+    link_client(&pin, "192.168.77.1/30", "192.168.77.2/30");
     pin
 }
 

@@ -15,90 +15,21 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Endpoints;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
+use nodelet_netproxy::Proxier;
 use nodelet_netproxy::legacy::{EndpointsSource, discover};
 use nodelet_netproxy::model::IpFamily;
 use nodelet_netproxy::nft::RenderConfig;
 use nodelet_netproxy::nft::exec::RecordingNft;
-use nodelet_netproxy::runner::Observer;
-use nodelet_netproxy::{Proxier, SyncError, SyncReport};
 use serde_json::json;
 use support::cluster::{
-    NsGuard, OwnControlPlane, create_web_service, node_a, recording_client, spawn_proxy,
+    Model, ModelSnapshot, NsGuard, OwnControlPlane, create_web_service, node_a, recording_client,
+    spawn_proxy, wait_model,
 };
-
-/// Service port (`ns/name:port`) to its endpoints (`ip:port ready|not-ready local|remote`)
-/// as of the proxier's last sync.
-type Model = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
-
-/// Copies the proxier's model after every sync.
-struct Snapshot(Model);
-
-impl Observer<RecordingNft> for Snapshot {
-    fn synced(
-        &mut self,
-        proxier: &Proxier<RecordingNft>,
-        result: &Result<SyncReport, SyncError>,
-        _elapsed: Duration,
-    ) {
-        if result.is_err() {
-            return;
-        }
-        let (services, endpoints) = proxier.maps();
-        let model = services
-            .iter()
-            .map(|(name, _)| {
-                let eps = endpoints
-                    .get(name)
-                    .iter()
-                    .map(|e| {
-                        format!(
-                            "{} {} {}",
-                            e.addr_string(),
-                            if e.ready { "ready" } else { "not-ready" },
-                            if e.is_local { "local" } else { "remote" }
-                        )
-                    })
-                    .collect();
-                (
-                    format!("{}/{}:{}", name.namespace, name.name, name.port),
-                    eps,
-                )
-            })
-            .collect();
-        if let Ok(mut m) = self.0.lock() {
-            *m = model;
-        }
-    }
-}
-
-/// Waits until the model's endpoints of `port` are `want` (sorted).
-async fn wait_model(model: &Model, port: &str, want: &[&str], what: &str) {
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = model
-            .lock()
-            .map(|m| m.get(port).cloned())
-            .unwrap_or_default();
-        let mut sorted = got.clone().unwrap_or_default();
-        sorted.sort();
-        if got.is_some() && sorted == want {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "{what}: the model's endpoints of {port} are {got:?}, want {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn run_dir() -> PathBuf {
     std::env::var_os("NODELET_TEST_NOSLICES_APISERVER_DIR").map_or_else(
@@ -148,7 +79,7 @@ async fn core_endpoints_reach_the_proxier_when_the_server_lacks_slices() {
     let nft = RecordingNft::default();
     let proxier = Proxier::new(nft.clone(), RenderConfig::new(IpFamily::V4), node_a());
     let model = Model::default();
-    let observer = Snapshot(model.clone());
+    let observer = ModelSnapshot(model.clone());
     let proxy = spawn_proxy(client.clone(), proxier, observer);
 
     let port = format!("{ns}/web:http");

@@ -17,17 +17,7 @@ use serde_json::json;
 use support::{NODE_IP, World};
 
 fn proxier(w: &World) -> Proxier<NftCommand> {
-    let mut cfg = RenderConfig::new(IpFamily::V4);
-    cfg.cluster_cidrs = vec!["10.180.0.0/16".parse().expect("cidr")];
-    cfg.service_cidrs = vec!["172.30.0.0/16".parse().expect("cidr")];
-    Proxier::new(
-        NftCommand::new().in_netns(&w.node),
-        cfg,
-        NodeTopology {
-            node_name: "node-a".into(),
-            zone: None,
-        },
-    )
+    w.proxier()
 }
 
 #[tokio::test]

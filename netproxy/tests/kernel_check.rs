@@ -12,27 +12,18 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nodelet_netproxy::model::{IpFamily, NodeTopology, ServiceName};
-use nodelet_netproxy::nft::RenderConfig;
-use nodelet_netproxy::nft::exec::NftCommand;
+use nodelet_netproxy::model::{IpFamily, ServiceName};
 use nodelet_netproxy::nft::listing;
 use nodelet_netproxy::nft::netlink::{Socket, dump};
 use nodelet_netproxy::nft::shard::Layout;
 use nodelet_netproxy::runner::{self, Event, Periods};
 use nodelet_netproxy::testing::{cluster_ip, ep, slice};
-use nodelet_netproxy::{Proxier, SyncError, SyncReport};
+use nodelet_netproxy::{SyncError, SyncReport};
 use support::{World, in_ns};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 const SHARDS: usize = 2;
-
-fn cfg() -> RenderConfig {
-    let mut cfg = RenderConfig::new(IpFamily::V4);
-    cfg.cluster_cidrs = vec!["10.180.0.0/16".parse().expect("cidr")];
-    cfg.service_cidrs = vec!["172.30.0.0/16".parse().expect("cidr")];
-    cfg
-}
 
 /// A service name in another shard than `web`'s.
 fn other_than_web() -> String {
@@ -84,16 +75,7 @@ async fn a_drifted_shard_is_repaired_within_a_round_while_syncs_go_on() {
     for ip in ["10.180.5.1", "10.180.5.2", "10.180.5.3"] {
         w.endpoint(ip, 8080);
     }
-    let nft = NftCommand::new().in_netns(&w.node);
-    let mut p = Proxier::new(
-        nft,
-        cfg(),
-        NodeTopology {
-            node_name: "node-a".into(),
-            zone: None,
-        },
-    )
-    .with_shards(SHARDS);
+    let mut p = w.proxier().with_shards(SHARDS);
     // Three tables over 3 s: a table read every second.
     let periods = Periods {
         min_sync_period: Duration::from_millis(100),
@@ -257,15 +239,7 @@ async fn a_drifted_shard_is_repaired_within_a_round_while_syncs_go_on() {
 async fn a_table_read_alone_sees_what_nft_lists() {
     let mut w = World::new();
     w.endpoint("10.180.6.1", 8080);
-    let mut p = Proxier::new(
-        NftCommand::new().in_netns(&w.node),
-        cfg(),
-        NodeTopology {
-            node_name: "node-a".into(),
-            zone: None,
-        },
-    )
-    .with_shards(SHARDS);
+    let mut p = w.proxier().with_shards(SHARDS);
     p.service_updated(&cluster_ip("ns", "web", "172.30.6.1", "http", 80));
     p.slice_updated(&slice(
         "ns",

@@ -14,25 +14,14 @@ use std::net::IpAddr;
 use nodelet_netproxy::Proxier;
 use nodelet_netproxy::conntrack::netlink::NetlinkConntrack;
 use nodelet_netproxy::conntrack::{Conntrack, Flow};
-use nodelet_netproxy::model::{IpFamily, NodeTopology};
-use nodelet_netproxy::nft::RenderConfig;
+use nodelet_netproxy::model::IpFamily;
 use nodelet_netproxy::nft::exec::NftCommand;
 use nodelet_netproxy::testing::{cluster_ip, ep, slice, udp, udp_slice};
 use support::{World, udp_ask};
 
 fn proxier(w: &World) -> Proxier<NftCommand> {
-    let mut cfg = RenderConfig::new(IpFamily::V4);
-    cfg.cluster_cidrs = vec!["10.180.0.0/16".parse().expect("cidr")];
-    cfg.service_cidrs = vec!["172.30.0.0/16".parse().expect("cidr")];
-    Proxier::new(
-        NftCommand::new().in_netns(&w.node),
-        cfg,
-        NodeTopology {
-            node_name: "node-a".into(),
-            zone: None,
-        },
-    )
-    .with_conntrack(NetlinkConntrack::in_netns(w.node_path()))
+    w.proxier()
+        .with_conntrack(NetlinkConntrack::in_netns(w.node_path()))
 }
 
 /// The node's UDP entries towards `vip`.

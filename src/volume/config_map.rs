@@ -71,13 +71,7 @@ pub(crate) async fn fetch(
     optional: bool,
 ) -> Result<BTreeMap<String, Vec<u8>>, Reason> {
     let Some(cm) = objects.config_map(namespace, name).await? else {
-        if optional {
-            return Ok(BTreeMap::new());
-        }
-        return Err(Reason::NotFound {
-            kind: "configmap",
-            name: name.to_owned(),
-        });
+        return absent("configmap", name, optional);
     };
     let mut data: BTreeMap<String, Vec<u8>> = cm
         .data
@@ -89,6 +83,22 @@ pub(crate) async fn fetch(
         data.entry(k).or_insert(v.0);
     }
     Ok(data)
+}
+
+/// What a missing source object (`kind` `name`) gives: no keys when `optional`, else
+/// [`Reason::NotFound`] (`<kind> "<name>" not found`). Shared with secret volumes.
+pub(crate) fn absent(
+    kind: &'static str,
+    name: &str,
+    optional: bool,
+) -> Result<BTreeMap<String, Vec<u8>>, Reason> {
+    if optional {
+        return Ok(BTreeMap::new());
+    }
+    Err(Reason::NotFound {
+        kind,
+        name: name.to_owned(),
+    })
 }
 
 /// Upstream's `MakePayload`: without `items` every key under its own name with

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Volume;
 
-use super::config_map::make_payload;
+use super::config_map::{absent, make_payload};
 use super::{ObjectSource, Reason, SetupContext, VolumePlugin, VolumeState, file_mode};
 
 /// The secret plugin.
@@ -68,13 +68,7 @@ pub(crate) async fn fetch(
     optional: bool,
 ) -> Result<BTreeMap<String, Vec<u8>>, Reason> {
     let Some(secret) = objects.secret(namespace, name).await? else {
-        if optional {
-            return Ok(BTreeMap::new());
-        }
-        return Err(Reason::NotFound {
-            kind: "secret",
-            name: name.to_owned(),
-        });
+        return absent("secret", name, optional);
     };
     let mut data: BTreeMap<String, Vec<u8>> = secret
         .data

@@ -222,3 +222,53 @@ impl Drop for TestNamespace {
         );
     }
 }
+
+/// A certificate for `node` (subject `O=system:nodes, CN=system:node:<node>`, as a
+/// kubelet's) signed by the test cluster's CA under `run_dir/pki`, valid from
+/// `not_before` to `not_after`, PEM certificate then key. `serving` makes it a serving
+/// certificate for the node name and `ip`; otherwise it is a client certificate.
+pub fn node_cert_pem(
+    run_dir: &Path,
+    node: &str,
+    serving: Option<&str>,
+    not_before: std::time::SystemTime,
+    not_after: std::time::SystemTime,
+) -> String {
+    let ca_pem = std::fs::read_to_string(run_dir.join("pki/ca.crt")).expect("ca.crt");
+    let ca_key = rcgen::KeyPair::from_pem(
+        &std::fs::read_to_string(run_dir.join("pki/ca.key")).expect("ca.key"),
+    )
+    .expect("ca key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = match serving {
+        Some(ip) => {
+            let mut p = rcgen::CertificateParams::new(vec![node.to_owned()]).expect("params");
+            p.subject_alt_names
+                .push(rcgen::SanType::IpAddress(ip.parse().expect("ip")));
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+            p
+        }
+        None => {
+            let mut p = rcgen::CertificateParams::default();
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            p
+        }
+    };
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::OrganizationName, "system:nodes");
+    dn.push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params.distinguished_name = dn;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    let at = |t: std::time::SystemTime| {
+        let secs = t
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).expect("secs")).expect("time")
+    };
+    params.not_before = at(not_before);
+    params.not_after = at(not_after);
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    format!("{}{}", cert.pem(), key.serialize_pem())
+}

@@ -16,120 +16,32 @@
 
 pub mod cluster;
 pub mod events;
+mod host;
+mod images;
+mod status;
+
+// Each test binary uses a part of these.
+#[allow(unused_imports)]
+pub use host::*;
+#[allow(unused_imports)]
+pub use images::*;
+#[allow(unused_imports)]
+pub use status::*;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::List;
 use k8s_openapi::api::core::v1::Pod;
 use nodelet_cri::cni::CniConfig;
-use nodelet_cri::image::{ImageRuntimeConfig, Layer, OciImage};
+use nodelet_cri::image::OciImage;
 use nodelet_cri::runtime::{ContainerdRuntime, Runtime, RuntimeConfig};
 
 /// The containerd socket tests use.
 pub fn containerd_socket() -> String {
     nodelet_testkit::containerd_socket()
-}
-
-/// The busybox test image archive, built once per test run.
-pub fn busybox_archive() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = root.join("target/nodelet-test/busybox.tar");
-        if !out.exists() {
-            std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-            let tmp = out.with_extension(format!("tar.{}", std::process::id()));
-            let status = Command::new(root.join("scripts/build-busybox-image.sh"))
-                .arg(&tmp)
-                .stdout(Stdio::null())
-                .status()
-                .expect("run scripts/build-busybox-image.sh");
-            assert!(status.success(), "build-busybox-image.sh failed");
-            std::fs::rename(&tmp, &out).unwrap();
-        }
-        out
-    })
-    .clone()
-}
-
-/// The busybox image name in the archive.
-pub const BUSYBOX: &str = "nodelet.local/busybox:1.35";
-
-/// The name the agnhost test image is imported under.
-pub const AGNHOST: &str = "nodelet.local/agnhost:test";
-
-/// The agnhost test image, like upstream's `agnhost`: `/agnhost`, the
-/// `nodelet-agnhost` binary of `nodelet-testkit` (built beside this test binary:
-/// `cargo build -p nodelet-testkit --bin nodelet-agnhost`, which `scripts/test.sh`
-/// runs), stripped, plus the shared libraries `ldd` says it loads, at the same paths,
-/// so the dynamic loader finds them. Entrypoint `/agnhost`.
-pub fn agnhost_image() -> OciImage {
-    // target/<profile>/deps/<test> -> target/<profile>/nodelet-agnhost
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("nodelet-agnhost");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p nodelet-testkit --bin nodelet-agnhost` (scripts/test.sh does)",
-        bin.display()
-    );
-    let stripped = tempfile::NamedTempFile::new().unwrap();
-    let status = Command::new("strip")
-        .arg("-o")
-        .arg(stripped.path())
-        .arg(&bin)
-        .status()
-        .expect("run strip");
-    assert!(status.success(), "strip {} failed", bin.display());
-    let mut layer = Layer::new()
-        .file("/agnhost", std::fs::read(stripped.path()).unwrap(), 0o755)
-        .dir("/tmp", 0o1777);
-    let ldd = Command::new("ldd").arg(&bin).output().expect("run ldd");
-    assert!(ldd.status.success(), "ldd {} failed", bin.display());
-    for lib in shared_libraries(&String::from_utf8_lossy(&ldd.stdout)) {
-        let data = std::fs::read(&lib).unwrap_or_else(|e| panic!("read {lib}: {e}"));
-        layer = layer.file(&lib, data, 0o755);
-    }
-    OciImage::new().layer(layer).config(ImageRuntimeConfig {
-        entrypoint: vec!["/agnhost".into()],
-        ..ImageRuntimeConfig::default()
-    })
-}
-
-/// A minimal busybox image (Debian's static `/bin/busybox`, which
-/// [`busybox_archive`] installs, with `sh` and `sleep` links, `/tmp`) whose config
-/// carries `config`: for tests of image config fields the busybox archive doesn't set.
-pub fn busybox_image(config: ImageRuntimeConfig) -> OciImage {
-    busybox_archive();
-    let layer = Layer::new()
-        .file(
-            "/bin/busybox",
-            std::fs::read("/bin/busybox").unwrap(),
-            0o755,
-        )
-        .symlink("/bin/sh", "busybox")
-        .symlink("/bin/sleep", "busybox")
-        .dir("/tmp", 0o1777);
-    OciImage::new().layer(layer).config(config)
-}
-
-/// The absolute paths in `ldd` output: `libc.so.6 => /lib/.../libc.so.6 (0x...)` and
-/// `/lib64/ld-linux-x86-64.so.2 (0x...)`; `linux-vdso.so.1 (0x...)` has none.
-fn shared_libraries(ldd: &str) -> Vec<String> {
-    ldd.lines()
-        .filter_map(|l| {
-            let l = l.split_once("=>").map_or(l, |(_, r)| r).trim();
-            let path = l.split_whitespace().next()?;
-            path.starts_with('/').then(|| path.to_owned())
-        })
-        .collect()
 }
 
 /// Waits for `cond` to hold, polling, up to `limit`; panics naming `what` on timeout.
@@ -733,114 +645,5 @@ impl Drop for World {
             );
         }
         self.cleanup();
-    }
-}
-
-/// The `crun` handler for this host: the shipped one (`/usr/bin/crun`), except on a
-/// hybrid cgroup host whose cgroup2 mount still offers controllers, which crun 1.8
-/// refuses; there crun runs through `scripts/crun-hybrid.sh` (see its header).
-pub fn crun_handler_args() -> Vec<String> {
-    let controllers =
-        std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
-    if controllers.trim().is_empty() {
-        return Vec::new();
-    }
-    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/crun-hybrid.sh");
-    vec![
-        "--runtime-handlers".into(),
-        format!(
-            "crun=io.containerd.runc.v2,BinaryName={}",
-            wrapper.display()
-        ),
-    ]
-}
-
-/// The state of container `name` in a pod's status.
-pub fn container_status<'a>(
-    pod: &'a Pod,
-    name: &str,
-) -> Option<&'a k8s_openapi::api::core::v1::ContainerStatus> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == name)
-}
-
-/// The status of a pod condition (`True`/`False`) of type `type_`.
-pub fn condition(pod: &Pod, type_: &str) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
-}
-
-/// The pod's phase.
-pub fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
-}
-
-/// The text lines of a CRI log file (timestamp, stream and tag checked and dropped).
-pub fn log_lines(path: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let parsed = nodelet_cri::logs::parse_line(l)?;
-            let stream = match parsed.stream {
-                nodelet_cri::logs::Stream::Stdout => "stdout",
-                nodelet_cri::logs::Stream::Stderr => "stderr",
-            };
-            Some((stream.to_owned(), parsed.text))
-        })
-        .collect()
-}
-
-/// Fails the test unless the host has cgroup v1's memory hierarchy: the resource
-/// and eviction tests read the kernel's v1 files (a green run means they ran).
-pub fn require_cgroup_v1() {
-    assert!(
-        Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists(),
-        "this test reads cgroup v1 memory files; this host has no v1 memory hierarchy \
-         at /sys/fs/cgroup/memory"
-    );
-}
-
-/// The host's `net.ipv6.conf.all.forwarding`, which the built-in network turns on with
-/// an IPv6 range (as the bridge plugin does); dual-stack tests put back what they found.
-pub const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
-
-/// Puts a sysctl back to what it was, when it changed, also when the test fails.
-pub struct RestoreSysctl {
-    path: &'static str,
-    was: String,
-}
-
-impl RestoreSysctl {
-    /// Remembers `path`'s value.
-    pub fn new(path: &'static str) -> RestoreSysctl {
-        let was = std::fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
-            .trim()
-            .to_owned();
-        RestoreSysctl { path, was }
-    }
-}
-
-impl Drop for RestoreSysctl {
-    fn drop(&mut self) {
-        let now = std::fs::read_to_string(self.path).unwrap_or_default();
-        if now.trim() != self.was
-            && let Err(e) = std::fs::write(self.path, &self.was)
-        {
-            eprintln!("cannot restore {}: {e}", self.path);
-        }
     }
 }

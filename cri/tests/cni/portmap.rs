@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,39 +13,14 @@ use nix::sched::CloneFlags;
 use nodelet_cri::podnet::{PortMapping, Protocol};
 use serde_json::{Value, json};
 
-use super::{Pod, TestNet, in_node_netns, run_ok};
+use super::{Pod, TestNet, in_node_netns, link_client, listen_in, run_ok};
 
 /// A client namespace linked to the node by a veth: the node's end `192.168.78.1/30`,
 /// the client `.2`.
 fn client_netns(net: &TestNet) -> std::path::PathBuf {
     let pin = net.netns("client");
-    let pin_s = pin.display().to_string();
-    run_ok(&[
-        "ip", "link", "add", "nlc0", "type", "veth", "peer", "name", "eth0", "netns", &pin_s,
-    ]);
-    run_ok(&["ip", "addr", "add", "192.168.78.1/30", "dev", "nlc0"]);
-    run_ok(&["ip", "link", "set", "nlc0", "up"]);
-    let net_arg = format!("--net={pin_s}");
-    for args in [
-        &["ip", "addr", "add", "192.168.78.2/30", "dev", "eth0"][..],
-        &["ip", "link", "set", "eth0", "up"],
-        &["ip", "link", "set", "lo", "up"],
-    ] {
-        let mut full = vec!["nsenter", net_arg.as_str()];
-        full.extend_from_slice(args);
-        run_ok(&full);
-    }
+    link_client(&pin, "192.168.78.1/30", "192.168.78.2/30");
     pin
-}
-
-fn listen_in(pin: &Path) -> TcpListener {
-    let ns = fs::File::open(pin).expect("open netns pin");
-    std::thread::spawn(move || {
-        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns into pod netns");
-        TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind in pod netns")
-    })
-    .join()
-    .expect("listener thread")
 }
 
 fn send_from(from: &Path, ip: IpAddr, port: u16) -> std::io::Result<()> {

@@ -184,6 +184,23 @@ pub const NODE_IP: &str = "192.168.77.1";
 pub const CLIENT_IP: &str = "192.168.77.2";
 
 impl World {
+    /// A proxier programming the node namespace as `node-a` (no zone): IPv4, cluster CIDR
+    /// 10.180.0.0/16 (the endpoints), service CIDR 172.30.0.0/16.
+    pub fn proxier(&self) -> nodelet_netproxy::Proxier<nodelet_netproxy::nft::exec::NftCommand> {
+        use nodelet_netproxy::model::{IpFamily, NodeTopology};
+        let mut cfg = nodelet_netproxy::nft::RenderConfig::new(IpFamily::V4);
+        cfg.cluster_cidrs = vec!["10.180.0.0/16".parse().expect("cidr")];
+        cfg.service_cidrs = vec!["172.30.0.0/16".parse().expect("cidr")];
+        nodelet_netproxy::Proxier::new(
+            nodelet_netproxy::nft::exec::NftCommand::new().in_netns(&self.node),
+            cfg,
+            NodeTopology {
+                node_name: "node-a".into(),
+                zone: None,
+            },
+        )
+    }
+
     /// Creates the namespaces; panics (fails the test) when not root.
     pub fn new() -> Self {
         assert!(
