@@ -444,7 +444,8 @@ pub async fn start(
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| node_name.clone()),
     };
-    let (pod_cidr_tx, pod_cidr_rx) = watch::channel(Some(pod_cidr.clone()).filter(|c| !c.is_empty()));
+    let (pod_cidr_tx, pod_cidr_rx) =
+        watch::channel(Some(pod_cidr.clone()).filter(|c| !c.is_empty()));
     let view = Arc::new(crate::node::view::NodeView {
         pod_cidr: pod_cidr_rx,
         runtime: Arc::clone(&runtime),

@@ -483,7 +483,11 @@ async fn a_pod_cidr_given_to_the_node_later_applies_to_new_pods() {
     w.start_agent().await;
     w.write_manifest("before.yaml", &pod("before"));
     let before = ips(w.wait_pod("before", "running", running).await);
-    assert_eq!(before, [format!("10.99.{}.130", w.subnet)], "from --pod-cidr");
+    assert_eq!(
+        before,
+        [format!("10.99.{}.130", w.subnet)],
+        "from --pod-cidr"
+    );
 
     let nodes: Api<Node> = Api::all(admin_client(&kubeconfig).await);
     let made: Node = serde_json::from_value(serde_json::json!({
@@ -502,15 +506,23 @@ async fn a_pod_cidr_given_to_the_node_later_applies_to_new_pods() {
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(shown.contains(&assigned), "{shown}");
     let log = w.agent_log();
-    wait_for("the agent to take the Node's pod CIDR", Duration::from_secs(30), || {
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
-        async move { log.contains("Updating Pod CIDR").then_some(()) }
-    })
+    wait_for(
+        "the agent to take the Node's pod CIDR",
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            async move { log.contains("Updating Pod CIDR").then_some(()) }
+        },
+    )
     .await;
 
     w.write_manifest("after.yaml", &pod("after"));
     let after = ips(w.wait_pod("after", "running", running).await);
-    assert_eq!(after, [format!("10.99.{}.2", w.subnet)], "from the Node's podCIDRs");
+    assert_eq!(
+        after,
+        [format!("10.99.{}.2", w.subnet)],
+        "from the Node's podCIDRs"
+    );
     let still = ips(w.pod("before").await.expect("before"));
     assert_eq!(still, before, "a running pod keeps its address");
 

@@ -176,11 +176,7 @@ impl Store {
     pub fn allocate(&self, cidr: Cidr, id: &str) -> Result<IpAddr, PodNetError> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         fs::create_dir_all(&self.dir).map_err(self.err(&self.dir))?;
-        if let Some(ip) = self
-            .held_by(id, |ip| cidr.contains(ip))?
-            .into_iter()
-            .next()
-        {
+        if let Some(ip) = self.held_by(id, |ip| cidr.contains(ip))?.into_iter().next() {
             return Ok(ip);
         }
         let (first, last) = cidr.pod_range();

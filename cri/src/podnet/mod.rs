@@ -312,7 +312,12 @@ impl PodNetwork {
             .collect();
         let handle = self.handle().await?;
         let index = link::ensure_bridge(handle, &self.cfg.bridge, &gateways).await?;
-        done.extend(cidrs.iter().filter(|c| !done.contains(c)).collect::<Vec<_>>());
+        done.extend(
+            cidrs
+                .iter()
+                .filter(|c| !done.contains(c))
+                .collect::<Vec<_>>(),
+        );
         *bridge = Some((index, done));
         Ok(index)
     }
@@ -355,7 +360,10 @@ impl PodNetwork {
             }
         }
         crate::failpoint::hit("podnet-after-ipam");
-        match self.attach(container_id, netns, &cidrs, &addrs, ports).await {
+        match self
+            .attach(container_id, netns, &cidrs, &addrs, ports)
+            .await
+        {
             Ok(()) => {
                 let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip).collect();
                 info!(container_id, ips = ?ips, bridge = %self.cfg.bridge, "pod network set up (built-in)");

@@ -164,7 +164,10 @@ fn script(table: &str, cidrs: &[Cidr], masq: bool, pods: &[(IpAddr, Vec<PortMapp
             }
         }
         if of_family.is_empty() {
-            let _ = writeln!(script, "add table {fam} {table}\ndelete table {fam} {table}");
+            let _ = writeln!(
+                script,
+                "add table {fam} {table}\ndelete table {fam} {table}"
+            );
         } else {
             script.push_str(&render(table, &of_family, masq, pods));
         }
@@ -359,7 +362,10 @@ mod tests {
             ),
             "{got}"
         );
-        assert!(got.contains("tcp dport 8080 dnat to 10.244.1.2:80"), "{got}");
+        assert!(
+            got.contains("tcp dport 8080 dnat to 10.244.1.2:80"),
+            "{got}"
+        );
         assert!(
             got.ends_with("add table ip6 t\ndelete table ip6 t\n"),
             "{got}"

@@ -8,7 +8,9 @@
 
 use std::net::IpAddr;
 
-use super::{TestNet, assert_reachable, id, in_node_netns, ip_json_in, link, link_ips, run, run_ok};
+use super::{
+    TestNet, assert_reachable, id, in_node_netns, ip_json_in, link, link_ips, run, run_ok,
+};
 
 #[test]
 fn a_range_change_applies_to_new_pods_and_keeps_running_ones() {
@@ -89,7 +91,7 @@ fn a_range_change_applies_to_new_pods_and_keeps_running_ones() {
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>(),
-            [old.clone()]
+            std::slice::from_ref(&old)
         );
         let c = net.netns("pod-c");
         let ic = again.setup(&id(3), &c, &[]).await.expect("setup c");
@@ -102,8 +104,15 @@ fn a_range_change_applies_to_new_pods_and_keeps_running_ones() {
         assert!(!net.reservation(ia).exists());
         again.teardown(&id(2)).await.expect("teardown b");
         again.teardown(&id(3)).await.expect("teardown c");
-        assert!(again.retired_cidrs().is_empty(), "forgotten with the last pod");
-        assert!(!run(&["nft", "list", "table", "ip", &table]).status.success());
+        assert!(
+            again.retired_cidrs().is_empty(),
+            "forgotten with the last pod"
+        );
+        assert!(
+            !run(&["nft", "list", "table", "ip", &table])
+                .status
+                .success()
+        );
         let released: Vec<IpAddr> = ib.into_iter().chain(ic).collect();
         assert!(released.iter().all(|ip| !net.reservation(*ip).exists()));
     });

@@ -37,7 +37,10 @@ impl Created {
         let mut map = self.lock();
         let before = map.len();
         map.retain(|_, (record, _)| {
-            record.labels.get(crate::runtime::keys::SANDBOX_ID).map(String::as_str)
+            record
+                .labels
+                .get(crate::runtime::keys::SANDBOX_ID)
+                .map(String::as_str)
                 != Some(sandbox_id)
         });
         before - map.len()
