@@ -25,7 +25,7 @@ pub async fn follow_pod_cidr(
     applied: watch::Sender<Option<String>>,
     cancel: CancellationToken,
 ) {
-    let Some(network) = runtime.containerd().builtin_network() else {
+    let Some(network) = runtime.builtin_network() else {
         return;
     };
     loop {
