@@ -141,7 +141,7 @@ pub struct PodNetwork {
     /// made (by the first setup, never by a teardown).
     bridge: Mutex<Option<(u32, Vec<Cidr>)>>,
     /// The pods' hostPorts, by sandbox ID.
-    hostports: hostport::Store,
+    hostports: Arc<hostport::Store>,
     /// Whether the nft table is installed; serialises its rendering and removal.
     table: Mutex<bool>,
 }
@@ -183,7 +183,7 @@ impl PodNetwork {
             retired: std::sync::Mutex::new(retired),
             handle: OnceCell::new(),
             bridge: Mutex::new(None),
-            hostports,
+            hostports: Arc::new(hostports),
             table: Mutex::new(false),
         })
     }
@@ -287,13 +287,17 @@ impl PodNetwork {
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, PodNetError> + Send + 'static,
     {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| PodNetError::Ipam {
-                path: self.store.dir().to_path_buf(),
-                source: std::io::Error::other(e.to_string()),
-            })?
+        off_thread(Arc::clone(&self.store), self.store.dir(), f).await
+    }
+
+    /// Runs `f` on the hostPorts store on a blocking thread.
+    async fn hostports<T, F>(&self, f: F) -> Result<T, PodNetError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&hostport::Store) -> Result<T, PodNetError> + Send + 'static,
+    {
+        let dir = self.cfg.state_dir.join("hostports");
+        off_thread(Arc::clone(&self.hostports), &dir, f).await
     }
 
     /// The bridge's index, made (or given the gateway addresses of `cidrs` it lacks).
@@ -390,7 +394,8 @@ impl PodNetwork {
         let handle = self.handle().await?;
         if !ports.is_empty() {
             // Saved before the rules, so a crash from here on is undone by the reclaim.
-            self.hostports.save(container_id, ports)?;
+            let (id, ports) = (container_id.to_owned(), ports.to_vec());
+            self.hostports(move |h| h.save(&id, &ports)).await?;
             link::route_localnet(&self.cfg.bridge)?;
         }
         {
@@ -415,7 +420,8 @@ impl PodNetwork {
         link::detach(handle, &host_veth_name(container_id)).await?;
         let mut installed = self.table.lock().await;
         // The hostPorts go first: no DNAT is ever left to an address given back.
-        let had_ports = self.hostports.remove(container_id)?;
+        let id = container_id.to_owned();
+        let had_ports = self.hostports(move |h| h.remove(&id)).await?;
         let id = container_id.to_owned();
         let released = self.blocking(move |s| s.release(&id)).await?;
         if !released.is_empty() {
@@ -457,8 +463,8 @@ impl PodNetwork {
             ips.entry(id).or_default().push(ip);
         }
         let pods: Vec<(IpAddr, Vec<PortMapping>)> = self
-            .hostports
-            .load_all()?
+            .hostports(hostport::Store::load_all)
+            .await?
             .into_iter()
             .flat_map(|(id, ports)| {
                 ips.get(&id)
@@ -516,6 +522,23 @@ impl PodNetwork {
         let handle = self.handle().await?;
         link::exists(handle, &host_veth_name(container_id)).await
     }
+}
+
+/// Runs `f` on `state` on one of tokio's blocking threads (the stores' file I/O, and the
+/// allocation store's in-process lock, never stall an async worker thread); a task that
+/// could not finish is an I/O error on `path`.
+async fn off_thread<S, T, F>(state: Arc<S>, path: &Path, f: F) -> Result<T, PodNetError>
+where
+    S: Send + Sync + 'static,
+    T: Send + 'static,
+    F: FnOnce(&S) -> Result<T, PodNetError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || f(&state))
+        .await
+        .map_err(|e| PodNetError::Ipam {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?
 }
 
 /// Ranges comma-joined, as `--pod-cidr` takes them.
