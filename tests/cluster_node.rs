@@ -516,6 +516,18 @@ async fn a_pod_cidr_given_to_the_node_later_applies_to_new_pods() {
     )
     .await;
 
+    // The node view (the read-only `/node`) shows the pod CIDR in use.
+    let url = format!("http://127.0.0.1:{}/node", w.port);
+    let view: Node = reqwest::get(&url)
+        .await
+        .expect("GET /node")
+        .json()
+        .await
+        .expect("a Node");
+    let spec = view.spec.expect("spec");
+    assert_eq!(spec.pod_cidr.as_deref(), Some(assigned.as_str()));
+    assert_eq!(spec.pod_cidrs, Some(vec![assigned.clone()]));
+
     w.write_manifest("after.yaml", &pod("after"));
     let after = ips(w.wait_pod("after", "running", running).await);
     assert_eq!(
