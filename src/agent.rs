@@ -142,7 +142,8 @@ pub async fn start(
     // CNI plugins.
     // In a cluster the Node's `spec.podCIDRs` (the controller manager's allocation, one
     // per family when dual-stack) win over --pod-cidr, as upstream's kubelet takes them;
-    // read once here (a Node registered later keeps --pod-cidr until the next start).
+    // read here, then followed (`cluster::pod_cidr`: a Node given them later switches
+    // the network for new pods).
     let pod_cidr = match &cluster {
         Some(c) => {
             crate::cluster::node::assigned_pod_cidrs(&c.client, &node_name, Duration::from_secs(3))
@@ -443,7 +444,10 @@ pub async fn start(
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| node_name.clone()),
     };
+    let (pod_cidr_tx, pod_cidr_rx) =
+        watch::channel(Some(pod_cidr.clone()).filter(|c| !c.is_empty()));
     let view = Arc::new(crate::node::view::NodeView {
+        pod_cidr: pod_cidr_rx,
         runtime: Arc::clone(&runtime),
         base: crate::node::status::NodeInputs {
             name: node_name.clone(),
@@ -453,7 +457,7 @@ pub async fn start(
             allocatable,
             ready_since: jiff::Timestamp::now(),
             runtime_version,
-            pod_cidr: Some(pod_cidr.clone()).filter(|c| !c.is_empty()),
+            pod_cidr: None,
             kubelet_port: i32::from(args.secure.port),
             ..Default::default()
         },
@@ -479,11 +483,19 @@ pub async fn start(
         // The pods bound to the node are a source like the others: nothing is
         // cleaned up as orphaned before the apiserver has listed them.
         sources.push(nodelet_manifests::API_SOURCE);
+        let (node_cidr_tx, node_cidr_rx) = watch::channel(None);
+        tasks.spawn(crate::cluster::pod_cidr::follow_pod_cidr(
+            node_cidr_rx,
+            Arc::clone(&runtime),
+            pod_cidr_tx,
+            cancel.clone(),
+        ));
         let pods = crate::cluster::PodSide {
             sources: source_tx.clone(),
             statuses: Arc::clone(&status_store),
             desired: desired_rx,
             admission: admit_tx,
+            pod_cidr: node_cidr_tx,
         };
         for task in cluster.start(node_view_rx.clone(), pods, cancel.clone()) {
             tasks.spawn(task);

@@ -449,3 +449,103 @@ async fn the_nodes_dual_stack_pod_cidrs_feed_the_built_in_network() {
     .await;
     assert!(w.stop_agent().is_some_and(|s| s.success()));
 }
+
+/// Upstream's `updatePodCIDR`: a Node that gets its pod CIDR after the agent started
+/// (made later, as the controller manager assigns one after registration; `podCIDR` is
+/// immutable once set, so the test makes the Node with it, in the world's own range
+/// rather than the controller manager's shared 10.244.0.0/16) switches the built-in
+/// network for new pods; the pod started on `--pod-cidr` keeps its address.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_cidr_given_to_the_node_later_applies_to_new_pods() {
+    let kubeconfig = admin_kubeconfig();
+    let _turn = APISERVER.lock().await;
+    let (_cleanup, mut w) = joined_world(&kubeconfig, &["--register-node=false"]).await;
+    let _ = std::fs::remove_file(w.cni_conf.join("10-test.conflist"));
+    w.pod_net = support::PodNet::Builtin;
+    w.pod_cidr = format!("10.99.{}.128/25", w.subnet);
+    let assigned = format!("10.99.{}.0/25", w.subnet);
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n"
+        )
+    };
+    let running = |p: &k8s_openapi::api::core::v1::Pod| {
+        phase(p) == "Running" && container_status(p, "main").is_some_and(|c| c.ready)
+    };
+    let ips = |p: k8s_openapi::api::core::v1::Pod| -> Vec<String> {
+        p.status
+            .and_then(|s| s.pod_ips)
+            .into_iter()
+            .flatten()
+            .map(|p| p.ip)
+            .collect()
+    };
+    w.start_agent().await;
+    w.write_manifest("before.yaml", &pod("before"));
+    let before = ips(w.wait_pod("before", "running", running).await);
+    assert_eq!(
+        before,
+        [format!("10.99.{}.130", w.subnet)],
+        "from --pod-cidr"
+    );
+
+    let nodes: Api<Node> = Api::all(admin_client(&kubeconfig).await);
+    let made: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": w.node},
+        "spec": {"podCIDR": assigned, "podCIDRs": [assigned]}
+    }))
+    .expect("node");
+    nodes
+        .create(&kube::api::PostParams::default(), &made)
+        .await
+        .expect("create the Node");
+    let shown = kubectl(
+        &kubeconfig,
+        &["get", "node", &w.node, "-o", "jsonpath={.spec.podCIDRs}"],
+    );
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains(&assigned), "{shown}");
+    let log = w.agent_log();
+    wait_for(
+        "the agent to take the Node's pod CIDR",
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            async move { log.contains("Updating Pod CIDR").then_some(()) }
+        },
+    )
+    .await;
+
+    // The node view (the read-only `/node`) shows the pod CIDR in use.
+    let url = format!("http://127.0.0.1:{}/node", w.port);
+    let view: Node = reqwest::get(&url)
+        .await
+        .expect("GET /node")
+        .json()
+        .await
+        .expect("a Node");
+    let spec = view.spec.expect("spec");
+    assert_eq!(spec.pod_cidr.as_deref(), Some(assigned.as_str()));
+    assert_eq!(spec.pod_cidrs, Some(vec![assigned.clone()]));
+
+    w.write_manifest("after.yaml", &pod("after"));
+    let after = ips(w.wait_pod("after", "running", running).await);
+    assert_eq!(
+        after,
+        [format!("10.99.{}.2", w.subnet)],
+        "from the Node's podCIDRs"
+    );
+    let still = ips(w.pod("before").await.expect("before"));
+    assert_eq!(still, before, "a running pod keeps its address");
+
+    for name in ["before", "after"] {
+        std::fs::remove_file(w.manifests.join(format!("{name}.yaml"))).expect("remove manifest");
+    }
+    wait_for("the pods gone", Duration::from_secs(60), || async {
+        (w.pod("before").await.is_none() && w.pod("after").await.is_none() && !w.has_nft_table())
+            .then_some(())
+    })
+    .await;
+    assert!(w.allocated_ips().is_empty(), "{:?}", w.allocated_ips());
+    assert!(w.stop_agent().is_some_and(|s| s.success()));
+}

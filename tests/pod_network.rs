@@ -172,9 +172,10 @@ spec:
     w.stop_agent();
 }
 
-/// A dual-stack `--pod-cidr` (IPv4 first): the pod's status has both addresses in
-/// `podIPs`, the IPv4 one as `podIP`, both from the world's ranges, and both are given
-/// back (and the `ip`/`ip6` tables removed) when the pod goes.
+/// A dual-stack `--pod-cidr` (IPv6 first): the pod's status has both addresses in
+/// `podIPs`, the node IP's family (IPv4) first and as `podIP` whatever the flag's order
+/// (upstream's `sortPodIPs`), both from the world's ranges, and both are given back (and
+/// the `ip`/`ip6` tables removed) when the pod goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dual_stack_pod_cidr_gives_the_pod_both_ips() {
     let _forwarding = RestoreSysctl::new(IPV6_FORWARDING);
@@ -182,7 +183,7 @@ async fn a_dual_stack_pod_cidr_gives_the_pod_both_ips() {
     let mut w = World::with_pod_net(PodNet::Builtin).await;
     let v4 = format!("10.99.{}.0/24", w.subnet);
     let v6 = format!("fd99:{:x}::/64", w.subnet);
-    w.pod_cidr = format!("{v4},{v6}");
+    w.pod_cidr = format!("{v6},{v4}");
     w.start_agent().await;
     w.write_manifest("dual.yaml", &sleeper("dual"));
     let pod = w.wait_pod("dual", "running", running).await;

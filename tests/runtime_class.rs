@@ -96,7 +96,8 @@ async fn crun_runs_its_pod_and_an_unknown_handler_fails_only_that_pod() {
 
     // The unknown handler: that pod waits in ContainerCreating with containerd's
     // message and a FailedCreatePodSandBox event; nothing of it reached containerd.
-    let want = "failed to get sandbox runtime: no runtime for \"nope\" is configured";
+    // Upstream's text: containerd's CRI answer as the kubelet's gRPC client shows it.
+    let want = "rpc error: code = Unknown desc = failed to get sandbox runtime: no runtime for \"nope\" is configured";
     let nowhere = w
         .wait_pod("nowhere", "the handler's error", |p| {
             container_status(p, "main")

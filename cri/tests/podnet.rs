@@ -8,7 +8,8 @@
 //! standing in for the node's: the bridge, the veths, the forwarding sysctl and the nft
 //! table live there, so the machine's own network is never touched.
 //!
-//! IPv6 and dual-stack are in `podnet/dual_stack.rs`.
+//! IPv6 and dual-stack are in `podnet/dual_stack.rs`, a range switched while pods run in
+//! `podnet/range_change.rs`.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -30,6 +31,8 @@ use netns_util::{ip_json_in, is_up, link, link_client, link_ips, listen_in, run,
 
 #[path = "podnet/dual_stack.rs"]
 mod dual_stack;
+#[path = "podnet/range_change.rs"]
+mod range_change;
 
 /// Runs `body` in a node namespace of its own (see [`netns_util::in_node_netns`]).
 fn in_node_netns<F, Fut>(body: F)
@@ -252,7 +255,7 @@ fn a_restart_never_hands_out_an_address_twice() {
         let ib = again.setup(&id(2), &b, &[]).await.expect("setup b")[0];
         let ic = other.setup(&id(3), &c, &[]).await.expect("setup c")[0];
         assert!(ia != ib && ib != ic && ia != ic, "{ia} {ib} {ic}");
-        assert!(again.holds(&id(1)).expect("holds"));
+        assert!(again.holds(&id(1)).await.expect("holds"));
         again.teardown(&id(1)).await.expect("teardown a");
         again.teardown(&id(2)).await.expect("teardown b");
         other.teardown(&id(3)).await.expect("teardown c");

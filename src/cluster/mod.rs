@@ -19,6 +19,7 @@ pub mod node;
 pub mod node_watch;
 pub mod object_cache;
 pub mod objects;
+pub mod pod_cidr;
 pub mod pod_source;
 pub mod pod_status;
 
@@ -277,6 +278,7 @@ impl Cluster {
                 self.client.clone(),
                 self.node_name.clone(),
                 pods.admission,
+                pods.pod_cidr,
                 cancel.clone(),
             )),
             Box::pin(source.run(pods.sources, api_tx, cancel.clone())),
@@ -345,4 +347,6 @@ pub struct PodSide {
     pub desired: watch::Receiver<crate::pod::manager::DesiredPods>,
     /// The node as admission sees it: its labels and taints are the apiserver's.
     pub admission: watch::Sender<Arc<crate::pod::admission::AdmitNode>>,
+    /// The Node's pod CIDRs, comma-joined, once it has some (for the pod network).
+    pub pod_cidr: watch::Sender<Option<String>>,
 }

@@ -1,7 +1,8 @@
 //! The node as the apiserver shows it, for admission: a watch on this node's Node
 //! object whose labels and taints (set by the agent at registration, and by anyone
 //! since: `kubectl label`, `kubectl taint`, the node lifecycle controller) replace
-//! those admission started with. Allocatable stays the agent's own.
+//! those admission started with. Allocatable stays the agent's own. Its pod CIDRs
+//! (`spec.podCIDRs`, once assigned) go to the built-in pod network (`pod_cidr.rs`).
 
 use std::sync::Arc;
 
@@ -16,11 +17,13 @@ use tracing::debug;
 
 use crate::pod::admission::AdmitNode;
 
-/// Follows Node `name` until `cancel`, publishing its labels and taints on `out`.
+/// Follows Node `name` until `cancel`, publishing its labels and taints on `out` and its
+/// pod CIDRs (comma-joined, once it has some) on `pod_cidr`.
 pub async fn follow_node(
     client: kube::Client,
     name: String,
     out: watch::Sender<Arc<AdmitNode>>,
+    pod_cidr: watch::Sender<Option<String>>,
     cancel: CancellationToken,
 ) {
     let api: Api<Node> = Api::all(client);
@@ -40,6 +43,15 @@ pub async fn follow_node(
             None => return,
             Some(Err(error)) => debug!(%error, "watching the Node failed; retrying"),
             Some(Ok(node)) => {
+                if let Some(cidrs) = crate::cluster::node::pod_cidrs_of(&node) {
+                    pod_cidr.send_if_modified(|current| {
+                        let changed = current.as_deref() != Some(cidrs.as_str());
+                        if changed {
+                            *current = Some(cidrs);
+                        }
+                        changed
+                    });
+                }
                 out.send_modify(|current| {
                     let mut updated = (**current).clone();
                     updated.labels = node.metadata.labels.clone().unwrap_or_default();

@@ -26,8 +26,10 @@ use crate::pod::status_store::PodStatuses;
 pub struct NodeView {
     /// The runtime, for images and its version.
     pub runtime: Arc<ContainerdRuntime>,
-    /// Name, addresses, capacity and allocatable, pod CIDR.
+    /// Name, addresses, capacity and allocatable, pod CIDR at start.
     pub base: NodeInputs,
+    /// The pod CIDR in use now (the Node's, once the cluster assigns one).
+    pub pod_cidr: watch::Receiver<Option<String>>,
     /// The eviction loop's conditions and taints.
     pub pressure: watch::Receiver<Pressure>,
     /// The pods.
@@ -111,6 +113,7 @@ impl NodeView {
     /// The Node object now.
     pub async fn node(&self) -> Node {
         let mut inputs = self.base.clone();
+        inputs.pod_cidr = self.pod_cidr.borrow().clone();
         // The image list doubles as upstream's runtime health check: a runtime that
         // can't list its images is down, and the node is not ready.
         let list = self.runtime.containerd().list_images();

@@ -597,6 +597,24 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
+/// Upstream's `sortPodIPs`: of the sandbox's IPs (in the runtime's order), the first of
+/// the node IP's family, then the first of the other family; IPv4 first when the node IP
+/// does not parse. What the pod's `podIPs` and its downward API show.
+pub fn sort_pod_ips<S: AsRef<str>>(ips: &[S], node_ip: &str) -> Vec<String> {
+    let v6 = |ip: &str| ip.parse::<std::net::IpAddr>().ok().map(|ip| ip.is_ipv6());
+    let primary_v6 = v6(node_ip).unwrap_or(false);
+    let first_of = |want_v6: bool| {
+        ips.iter()
+            .map(AsRef::as_ref)
+            .find(|ip| v6(ip) == Some(want_v6))
+            .map(str::to_owned)
+    };
+    first_of(primary_v6)
+        .into_iter()
+        .chain(first_of(!primary_v6))
+        .collect()
+}
+
 #[cfg(test)]
 #[path = "status_tests.rs"]
 mod tests;

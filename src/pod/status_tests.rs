@@ -295,3 +295,20 @@ fn transition_time_kept_while_status_unchanged() {
     assert_eq!(first.conditions, later.conditions);
     assert_eq!(later.pod_ip.as_deref(), Some("10.0.0.2"));
 }
+
+#[test]
+fn pod_ips_put_the_node_ips_family_first_as_upstream() {
+    let dual = ["fd00::5", "10.0.0.5"];
+    assert_eq!(sort_pod_ips(&dual, "192.168.1.2"), ["10.0.0.5", "fd00::5"]);
+    assert_eq!(sort_pod_ips(&dual, "2001:db8::2"), ["fd00::5", "10.0.0.5"]);
+    // No node IP to go by: IPv4 first.
+    assert_eq!(sort_pod_ips(&dual, ""), ["10.0.0.5", "fd00::5"]);
+    // One of each family at most, the runtime's first; what does not parse is dropped.
+    assert_eq!(
+        sort_pod_ips(&["10.0.0.5", "junk", "10.0.0.6", "fd00::6"], "::1"),
+        ["fd00::6", "10.0.0.5"]
+    );
+    // Single-stack pods keep their one IP whatever the node's family.
+    assert_eq!(sort_pod_ips(&["fd00::5"], "192.168.1.2"), ["fd00::5"]);
+    assert!(sort_pod_ips::<&str>(&[], "192.168.1.2").is_empty());
+}

@@ -10,6 +10,11 @@
 //! releases it by ID). A pending file left by a dead process is removed by the next
 //! allocation. `<dir>/last_reserved_ip` makes allocation round-robin, as
 //! host-local's, so a released address is not reused at once.
+//!
+//! The directory ([`Store`]) holds every range's addresses, of both families and of
+//! ranges no longer in use (the pod CIDR changed): an address is taken while its file
+//! exists, whichever range handed it out. Everything here is blocking file I/O, run on
+//! tokio's blocking threads by the pod network.
 
 use std::fs;
 use std::io::{self, Write};
@@ -126,55 +131,59 @@ impl std::fmt::Display for Cidr {
     }
 }
 
-/// The allocator over one range and one state directory.
+/// The allocation store: one directory holding the addresses of every range of both
+/// families, past and present (a range change keeps the old range's allocations valid
+/// until released: addresses are file names, so a new range overlapping an old one never
+/// hands out an address still held). Its methods do blocking file I/O: async callers run
+/// them on a blocking thread ([`tokio::task::spawn_blocking`]).
 #[derive(Debug)]
-pub struct Ipam {
-    cidr: Cidr,
+pub struct Store {
     dir: PathBuf,
+    /// Serialises this process's allocators and releases; other processes are kept
+    /// apart by `link(2)`.
     lock: Mutex<()>,
 }
 
-impl Ipam {
-    /// An allocator keeping its state in `dir` (created on first use).
-    /// Ranges of both families may share `dir`: each sees only its own family's files.
-    pub fn new(cidr: Cidr, dir: PathBuf) -> Self {
-        Ipam {
-            cidr,
+impl Store {
+    /// A store in `dir` (created on first allocation).
+    pub fn new(dir: PathBuf) -> Self {
+        Store {
             dir,
             lock: Mutex::new(()),
         }
     }
 
-    /// The range.
-    pub fn cidr(&self) -> Cidr {
-        self.cidr
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
-    fn last_reserved(&self) -> PathBuf {
-        if self.cidr.is_ipv6() {
+    fn last_reserved(&self, cidr: Cidr) -> PathBuf {
+        if cidr.is_ipv6() {
             self.dir.join(format!("{LAST_RESERVED}.ipv6"))
         } else {
             self.dir.join(LAST_RESERVED)
         }
     }
 
-    /// Allocates an address for `id`, or returns the one it already holds.
+    /// Allocates an address of `cidr` for `id`, or returns the one of `cidr` it already
+    /// holds.
     ///
     /// # Errors
     ///
     /// [`PodNetError::Exhausted`] when every address is taken, [`PodNetError::Ipam`] when
     /// the state directory cannot be written.
-    pub fn allocate(&self, id: &str) -> Result<IpAddr, PodNetError> {
+    pub fn allocate(&self, cidr: Cidr, id: &str) -> Result<IpAddr, PodNetError> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         fs::create_dir_all(&self.dir).map_err(self.err(&self.dir))?;
-        if let Some(ip) = self.held_by(id)?.first() {
-            return Ok(*ip);
+        if let Some(ip) = self.held_by(id, |ip| cidr.contains(ip))?.into_iter().next() {
+            return Ok(ip);
         }
-        let (first, last) = self.cidr.pod_range();
-        let start = fs::read_to_string(self.last_reserved())
+        let (first, last) = cidr.pod_range();
+        let start = fs::read_to_string(self.last_reserved(cidr))
             .ok()
             .and_then(|s| s.trim().parse::<IpAddr>().ok())
-            .filter(|ip| self.cidr.contains(*ip))
+            .filter(|ip| cidr.contains(*ip))
             .map(to_bits)
             .filter(|ip| (first..=last).contains(ip))
             .map_or(first, |ip| if ip == last { first } else { ip + 1 });
@@ -187,14 +196,17 @@ impl Ipam {
         let written = fs::File::create(&pending)
             .and_then(|mut f| f.write_all(id.as_bytes()).and_then(|()| f.sync_all()))
             .map_err(self.err(&pending));
-        let result = written.and_then(|()| self.link_first_free(&pending, start, first, last));
+        let result =
+            written.and_then(|()| self.link_first_free(cidr, &pending, start, first, last));
         let _ = fs::remove_file(&pending);
         result
     }
 
-    /// Links `pending` to the first free address from `start` on, round the range.
+    /// Links `pending` to the first free address of `cidr` from `start` on, round the
+    /// range.
     fn link_first_free(
         &self,
+        cidr: Cidr,
         pending: &Path,
         start: u128,
         first: u128,
@@ -205,11 +217,11 @@ impl Ipam {
         let count = (last - first).saturating_add(1).min(1 << 20);
         let mut candidate = start;
         for _ in 0..count {
-            let ip = self.cidr.addr_of(candidate);
+            let ip = cidr.addr_of(candidate);
             let path = self.dir.join(ip.to_string());
             match fs::hard_link(pending, &path) {
                 Ok(()) => {
-                    let last_path = self.last_reserved();
+                    let last_path = self.last_reserved(cidr);
                     fs::write(&last_path, ip.to_string()).map_err(self.err(&last_path))?;
                     return Ok(ip);
                 }
@@ -223,7 +235,7 @@ impl Ipam {
             };
         }
         Err(PodNetError::Exhausted {
-            cidr: self.cidr.to_string(),
+            cidr: cidr.to_string(),
         })
     }
 
@@ -248,14 +260,19 @@ impl Ipam {
         }
     }
 
-    /// Releases whatever `id` holds; releasing nothing is not an error.
+    /// Releases whatever `id` holds among the addresses `which` accepts; releasing
+    /// nothing is not an error.
     ///
     /// # Errors
     ///
     /// [`PodNetError::Ipam`] when the state cannot be read or a file removed.
-    pub fn release(&self, id: &str) -> Result<Vec<IpAddr>, PodNetError> {
+    pub fn release_where(
+        &self,
+        id: &str,
+        which: impl Fn(IpAddr) -> bool,
+    ) -> Result<Vec<IpAddr>, PodNetError> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let held = self.held_by(id)?;
+        let held = self.held_by(id, which)?;
         for ip in &held {
             let path = self.dir.join(ip.to_string());
             match fs::remove_file(&path) {
@@ -266,7 +283,16 @@ impl Ipam {
         Ok(held)
     }
 
-    /// Every (address, ID) allocated in this range's family.
+    /// Releases every address `id` holds, of any range.
+    ///
+    /// # Errors
+    ///
+    /// [`PodNetError::Ipam`] when the state cannot be read or a file removed.
+    pub fn release(&self, id: &str) -> Result<Vec<IpAddr>, PodNetError> {
+        self.release_where(id, |_| true)
+    }
+
+    /// Every (address, ID) allocated, of any range, sorted.
     ///
     /// # Errors
     ///
@@ -283,7 +309,6 @@ impl Ipam {
                 .file_name()
                 .to_str()
                 .and_then(|n| n.parse::<IpAddr>().ok())
-                .filter(|ip| ip.is_ipv6() == self.cidr.is_ipv6())
             else {
                 continue;
             };
@@ -296,11 +321,15 @@ impl Ipam {
         Ok(out)
     }
 
-    fn held_by(&self, id: &str) -> Result<Vec<IpAddr>, PodNetError> {
+    fn held_by(
+        &self,
+        id: &str,
+        which: impl Fn(IpAddr) -> bool,
+    ) -> Result<Vec<IpAddr>, PodNetError> {
         Ok(self
             .allocations()?
             .into_iter()
-            .filter(|(_, owner)| owner == id)
+            .filter(|(ip, owner)| owner == id && which(*ip))
             .map(|(ip, _)| ip)
             .collect())
     }
@@ -308,6 +337,67 @@ impl Ipam {
     fn err(&self, path: &Path) -> impl FnOnce(io::Error) -> PodNetError {
         let path = path.to_path_buf();
         move |source| PodNetError::Ipam { path, source }
+    }
+}
+
+/// The allocator over one range of a [`Store`]: what it allocates is in the range; what
+/// it lists and releases is of the range's family.
+#[derive(Debug)]
+pub struct Ipam {
+    cidr: Cidr,
+    store: std::sync::Arc<Store>,
+}
+
+impl Ipam {
+    /// An allocator keeping its state in `dir` (created on first use).
+    /// Ranges of both families may share `dir`: each sees only its own family's files.
+    pub fn new(cidr: Cidr, dir: PathBuf) -> Self {
+        Ipam::in_store(cidr, std::sync::Arc::new(Store::new(dir)))
+    }
+
+    /// An allocator over `cidr` in `store`.
+    pub fn in_store(cidr: Cidr, store: std::sync::Arc<Store>) -> Self {
+        Ipam { cidr, store }
+    }
+
+    /// The range.
+    pub fn cidr(&self) -> Cidr {
+        self.cidr
+    }
+
+    /// Allocates an address for `id`, or returns the one it already holds.
+    ///
+    /// # Errors
+    ///
+    /// [`PodNetError::Exhausted`] when every address is taken, [`PodNetError::Ipam`] when
+    /// the state directory cannot be written.
+    pub fn allocate(&self, id: &str) -> Result<IpAddr, PodNetError> {
+        self.store.allocate(self.cidr, id)
+    }
+
+    /// Releases whatever `id` holds of this family; releasing nothing is not an error.
+    ///
+    /// # Errors
+    ///
+    /// [`PodNetError::Ipam`] when the state cannot be read or a file removed.
+    pub fn release(&self, id: &str) -> Result<Vec<IpAddr>, PodNetError> {
+        let v6 = self.cidr.is_ipv6();
+        self.store.release_where(id, |ip| ip.is_ipv6() == v6)
+    }
+
+    /// Every (address, ID) allocated in this range's family.
+    ///
+    /// # Errors
+    ///
+    /// [`PodNetError::Ipam`] when the directory cannot be read.
+    pub fn allocations(&self) -> Result<Vec<(IpAddr, String)>, PodNetError> {
+        let v6 = self.cidr.is_ipv6();
+        Ok(self
+            .store
+            .allocations()?
+            .into_iter()
+            .filter(|(ip, _)| ip.is_ipv6() == v6)
+            .collect())
     }
 }
 
@@ -456,5 +546,31 @@ mod tests {
         let n = all.len();
         all.dedup();
         assert_eq!(all.len(), n);
+    }
+
+    #[test]
+    fn a_range_change_keeps_old_allocations_and_never_hands_them_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("ipam"));
+        let old = Cidr::parse("10.1.2.0/29").unwrap();
+        // The new range overlaps the old one's addresses.
+        let new = Cidr::parse("10.1.2.0/28").unwrap();
+        let a = store.allocate(old, "a").unwrap();
+        let b = store.allocate(old, "b").unwrap();
+        let c = store.allocate(new, "c").unwrap();
+        assert!(c != a && c != b, "{a} {b} {c}");
+        assert!(new.contains(c));
+        // A holder of an old address asking in the new range gets one of the new range
+        // only when it holds none there; the old address stays its until released.
+        assert_eq!(store.allocate(new, "a").unwrap(), a);
+        let moved = Cidr::parse("10.7.0.0/24").unwrap();
+        let a2 = store.allocate(moved, "a").unwrap();
+        assert!(moved.contains(a2));
+        assert_eq!(store.allocations().unwrap().len(), 4);
+        let mut released = store.release("a").unwrap();
+        released.sort();
+        assert_eq!(released, vec![a, a2]);
+        assert_eq!(store.release("b").unwrap(), vec![b]);
+        assert_eq!(store.allocations().unwrap(), vec![(c, "c".to_owned())]);
     }
 }

@@ -12,8 +12,19 @@
 //! range in an nftables table of its own per family (`ip` and `ip6`, same name,
 //! [`nft`]), removed with the last pod. A pod's hostPorts ([`hostport`], what the
 //! `portmap` plugin gives) are DNAT rules in the same tables: a `hostIP` maps only its
-//! family, none maps both. The pod's IPs are reported in the ranges' order, so the
-//! first range's family is the primary.
+//! family, none maps both. The pod's IPs are reported in the ranges' order (the
+//! kubelet puts the node IP's family first).
+//!
+//! The ranges can change while pods run ([`PodNetwork::set_pod_cidr`]: in a cluster the
+//! Node's `spec.podCIDRs`, assigned by the controller manager after registration,
+//! replace `--pod-cidr`, as upstream's `updatePodCIDR`): new pods get addresses from the
+//! new ranges, the bridge gets their gateway addresses beside the old ones, and pods
+//! already running keep their addresses (and their masquerade) until they go. The old
+//! ranges are remembered in the allocation directory (`retired_ranges`) while any of
+//! their addresses is held, so a restart keeps masquerading them. The allocation store
+//! is one directory for every range, addresses as file names, so an address is never
+//! handed out twice across a change either. Its blocking file I/O runs on tokio's
+//! blocking threads.
 
 pub mod hostport;
 pub mod ipam;
@@ -25,10 +36,16 @@ pub use hostport::{PortMapping, Protocol};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use tokio::sync::{Mutex, OnceCell};
 use tracing::{debug, info};
 
-use ipam::{Cidr, Ipam};
+use ipam::{Cidr, Store};
+
+/// The file (in the allocation directory) naming the earlier ranges whose addresses
+/// may still be held.
+const RETIRED: &str = "retired_ranges";
 
 /// Errors of the built-in pod network.
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +116,8 @@ pub enum PodNetError {
 pub struct BuiltinNetwork {
     /// Linux bridge name, at most 15 bytes.
     pub bridge: String,
-    /// The pod CIDR: one range of either family, or two comma-separated (one IPv4, one
-    /// IPv6); the bridge takes the first address of each.
+    /// The pod CIDR at start: one range of either family, or two comma-separated (one
+    /// IPv4, one IPv6); the bridge takes the first address of each.
     pub pod_cidr: String,
     /// Masquerade traffic leaving the pod CIDR.
     pub ip_masq: bool,
@@ -112,14 +129,19 @@ pub struct BuiltinNetwork {
 #[derive(Debug)]
 pub struct PodNetwork {
     cfg: BuiltinNetwork,
-    /// One allocator per range, in the configured order.
-    ipams: Vec<Ipam>,
+    /// The allocations of every range, past and present.
+    store: Arc<Store>,
+    /// The ranges new pods get addresses from, in order.
+    ranges: std::sync::RwLock<Vec<Cidr>>,
+    /// Earlier ranges that pods may still hold addresses of (kept in [`RETIRED`]).
+    retired: std::sync::Mutex<Vec<Cidr>>,
     /// The host namespace's netlink handle, made on first use.
     handle: OnceCell<rtnetlink::Handle>,
-    /// The bridge's index, once it is made (by the first setup, never by a teardown).
-    bridge: OnceCell<u32>,
+    /// The bridge's index and the ranges whose gateway it has been given, once it is
+    /// made (by the first setup, never by a teardown).
+    bridge: Mutex<Option<(u32, Vec<Cidr>)>>,
     /// The pods' hostPorts, by sandbox ID.
-    hostports: hostport::Store,
+    hostports: Arc<hostport::Store>,
     /// Whether the nft table is installed; serialises its rendering and removal.
     table: Mutex<bool>,
 }
@@ -143,19 +165,25 @@ impl PodNetwork {
     /// [`PodNetError::InvalidCidr`].
     pub fn new(cfg: BuiltinNetwork) -> Result<Self, PodNetError> {
         let cidrs = parse_pod_cidrs(&cfg.pod_cidr)?;
-        // Both ranges keep their files in one directory (file names are addresses).
+        // Every range keeps its files in one directory (file names are addresses).
         let dir = cfg.state_dir.join("ipam").join(&cfg.bridge);
-        let ipams = cidrs
-            .into_iter()
-            .map(|c| Ipam::new(c, dir.clone()))
+        // Unreadable or bad entries are dropped: at worst an old range's pods lose
+        // their masquerade, never an address.
+        let retired: Vec<Cidr> = std::fs::read_to_string(dir.join(RETIRED))
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|c| Cidr::parse(c).ok())
+            .filter(|c| !cidrs.contains(c))
             .collect();
         let hostports = hostport::Store::new(cfg.state_dir.join("hostports").join(&cfg.bridge));
         Ok(PodNetwork {
             cfg,
-            ipams,
+            store: Arc::new(Store::new(dir)),
+            ranges: std::sync::RwLock::new(cidrs),
+            retired: std::sync::Mutex::new(retired),
             handle: OnceCell::new(),
-            bridge: OnceCell::new(),
-            hostports,
+            bridge: Mutex::new(None),
+            hostports: Arc::new(hostports),
             table: Mutex::new(false),
         })
     }
@@ -171,31 +199,136 @@ impl PodNetwork {
             .await
     }
 
-    /// The ranges, in the configured order.
+    /// The ranges new pods get addresses from, in order.
     pub fn cidrs(&self) -> Vec<Cidr> {
-        self.ipams.iter().map(Ipam::cidr).collect()
+        self.ranges
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    async fn bridge(&self) -> Result<u32, PodNetError> {
-        let gateways: Vec<(IpAddr, u8)> = self
-            .ipams
+    /// The pod CIDR new pods get addresses from, as `--pod-cidr` spells it.
+    pub fn pod_cidr(&self) -> String {
+        join(&self.cidrs())
+    }
+
+    /// Earlier ranges whose addresses pods may still hold.
+    pub fn retired_cidrs(&self) -> Vec<Cidr> {
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Switches the ranges new pods get addresses from to `value` (as `--pod-cidr`
+    /// takes it), as upstream's `updatePodCIDR`: pods already running keep their
+    /// addresses, which stay allocated (and masqueraded) until released; the bridge, if
+    /// made, gets the new gateway addresses at once. Returns the previous pod CIDR, or
+    /// `None` when `value` is the current one.
+    ///
+    /// # Errors
+    ///
+    /// [`PodNetError::InvalidCidr`] (nothing changes), and store, netlink or nft errors
+    /// (the new ranges are in use all the same: the next setup retries the bridge).
+    pub async fn set_pod_cidr(&self, value: &str) -> Result<Option<String>, PodNetError> {
+        let new = parse_pod_cidrs(value)?;
+        let old = {
+            let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+            if *ranges == new {
+                return Ok(None);
+            }
+            std::mem::replace(&mut *ranges, new.clone())
+        };
+        let retired = {
+            let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            for c in &old {
+                if !retired.contains(c) {
+                    retired.push(*c);
+                }
+            }
+            retired.retain(|c| !new.contains(c));
+            retired.clone()
+        };
+        info!(original = %join(&old), new = %join(&new), bridge = %self.cfg.bridge,
+            "built-in pod network: pod CIDR changed; new pods get addresses from the new ranges");
+        self.save_retired(retired).await?;
+        let made = self.bridge.lock().await.is_some();
+        if made {
+            self.bridge(&new).await?;
+        }
+        let installed = self.table.lock().await;
+        if *installed {
+            self.render_table().await?;
+        }
+        Ok(Some(join(&old)))
+    }
+
+    /// Writes the retired ranges next to the allocations (atomically: a crash leaves
+    /// the old list or the new).
+    async fn save_retired(&self, retired: Vec<Cidr>) -> Result<(), PodNetError> {
+        self.blocking(move |store| {
+            let path = store.dir().join(RETIRED);
+            let tmp = store.dir().join(format!(".{RETIRED}.tmp"));
+            let err = |path: &Path| {
+                let path = path.to_path_buf();
+                move |source| PodNetError::Ipam { path, source }
+            };
+            std::fs::create_dir_all(store.dir()).map_err(err(store.dir()))?;
+            std::fs::write(&tmp, join(&retired)).map_err(err(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(err(&path))
+        })
+        .await
+    }
+
+    /// Runs `f` on the store on a blocking thread: its file I/O (and the in-process
+    /// lock it takes) never stalls an async worker thread.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, PodNetError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, PodNetError> + Send + 'static,
+    {
+        off_thread(Arc::clone(&self.store), self.store.dir(), f).await
+    }
+
+    /// Runs `f` on the hostPorts store on a blocking thread.
+    async fn hostports<T, F>(&self, f: F) -> Result<T, PodNetError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&hostport::Store) -> Result<T, PodNetError> + Send + 'static,
+    {
+        let dir = self.cfg.state_dir.join("hostports");
+        off_thread(Arc::clone(&self.hostports), &dir, f).await
+    }
+
+    /// The bridge's index, made (or given the gateway addresses of `cidrs` it lacks).
+    async fn bridge(&self, cidrs: &[Cidr]) -> Result<u32, PodNetError> {
+        let mut bridge = self.bridge.lock().await;
+        if let Some((index, done)) = &*bridge
+            && cidrs.iter().all(|c| done.contains(c))
+        {
+            return Ok(*index);
+        }
+        let mut done = bridge.as_ref().map(|(_, d)| d.clone()).unwrap_or_default();
+        let gateways: Vec<(IpAddr, u8)> = cidrs
             .iter()
-            .map(|i| (i.cidr().gateway(), i.cidr().prefix))
+            .filter(|c| !done.contains(c))
+            .map(|c| (c.gateway(), c.prefix))
             .collect();
         let handle = self.handle().await?;
-        self.bridge
-            .get_or_try_init(|| link::ensure_bridge(handle, &self.cfg.bridge, &gateways))
-            .await
-            .copied()
+        let index = link::ensure_bridge(handle, &self.cfg.bridge, &gateways).await?;
+        done.extend(
+            cidrs
+                .iter()
+                .filter(|c| !done.contains(c))
+                .collect::<Vec<_>>(),
+        );
+        *bridge = Some((index, done));
+        Ok(index)
     }
 
-    /// Every (address, sandbox ID) of every range.
-    fn allocations(&self) -> Result<Vec<(IpAddr, String)>, PodNetError> {
-        let mut all = Vec::new();
-        for ipam in &self.ipams {
-            all.extend(ipam.allocations()?);
-        }
-        Ok(all)
+    /// Every (address, sandbox ID) of every range, past and present.
+    async fn allocations(&self) -> Result<Vec<(IpAddr, String)>, PodNetError> {
+        self.blocking(Store::allocations).await
     }
 
     /// Attaches the pod whose sandbox is `container_id` and whose netns is pinned at
@@ -212,13 +345,15 @@ impl PodNetwork {
         netns: &Path,
         ports: &[PortMapping],
     ) -> Result<Vec<IpAddr>, PodNetError> {
-        let mut addrs = Vec::with_capacity(self.ipams.len());
-        for ipam in &self.ipams {
-            match ipam.allocate(container_id) {
+        let cidrs = self.cidrs();
+        let mut addrs = Vec::with_capacity(cidrs.len());
+        for cidr in &cidrs {
+            let (cidr, id) = (*cidr, container_id.to_owned());
+            match self.blocking(move |s| s.allocate(cidr, &id)).await {
                 Ok(ip) => addrs.push(link::PodAddr {
                     ip,
-                    prefix: ipam.cidr().prefix,
-                    gateway: ipam.cidr().gateway(),
+                    prefix: cidr.prefix,
+                    gateway: cidr.gateway(),
                 }),
                 Err(e) => {
                     if let Err(undo) = self.teardown(container_id).await {
@@ -229,7 +364,10 @@ impl PodNetwork {
             }
         }
         crate::failpoint::hit("podnet-after-ipam");
-        match self.attach(container_id, netns, &addrs, ports).await {
+        match self
+            .attach(container_id, netns, &cidrs, &addrs, ports)
+            .await
+        {
             Ok(()) => {
                 let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip).collect();
                 info!(container_id, ips = ?ips, bridge = %self.cfg.bridge, "pod network set up (built-in)");
@@ -248,14 +386,16 @@ impl PodNetwork {
         &self,
         container_id: &str,
         netns: &Path,
+        cidrs: &[Cidr],
         addrs: &[link::PodAddr],
         ports: &[PortMapping],
     ) -> Result<(), PodNetError> {
-        let bridge = self.bridge().await?;
+        let bridge = self.bridge(cidrs).await?;
         let handle = self.handle().await?;
         if !ports.is_empty() {
             // Saved before the rules, so a crash from here on is undone by the reclaim.
-            self.hostports.save(container_id, ports)?;
+            let (id, ports) = (container_id.to_owned(), ports.to_vec());
+            self.hostports(move |h| h.save(&id, &ports)).await?;
             link::route_localnet(&self.cfg.bridge)?;
         }
         {
@@ -280,18 +420,25 @@ impl PodNetwork {
         link::detach(handle, &host_veth_name(container_id)).await?;
         let mut installed = self.table.lock().await;
         // The hostPorts go first: no DNAT is ever left to an address given back.
-        let had_ports = self.hostports.remove(container_id)?;
-        let mut released = Vec::new();
-        for ipam in &self.ipams {
-            released.extend(ipam.release(container_id)?);
-        }
+        let id = container_id.to_owned();
+        let had_ports = self.hostports(move |h| h.remove(&id)).await?;
+        let id = container_id.to_owned();
+        let released = self.blocking(move |s| s.release(&id)).await?;
         if !released.is_empty() {
             info!(container_id, ips = ?released, "pod network torn down (built-in)");
         }
-        if self.allocations()?.is_empty() {
+        if self.allocations().await?.is_empty() {
             // Always: a table a crashed agent left goes too.
             nft::remove(&nft::table_name(&self.cfg.bridge)).await?;
             *installed = false;
+            let forget = !self.retired_cidrs().is_empty();
+            if forget {
+                self.retired
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+                self.save_retired(Vec::new()).await?;
+            }
         } else if had_ports || !*installed {
             // Rendered once after a restart too: an agent killed mid-teardown may have
             // left rules of a pod whose hostPorts file is already gone.
@@ -301,15 +448,23 @@ impl PodNetwork {
         Ok(())
     }
 
-    /// Renders the whole nft tables from the pods' addresses and saved hostPorts.
+    /// Renders the whole nft tables from the pods' addresses and saved hostPorts: the
+    /// current ranges, and the retired ones some pod still holds an address of.
     async fn render_table(&self) -> Result<(), PodNetError> {
+        let allocations = self.allocations().await?;
+        let mut cidrs = self.cidrs();
+        cidrs.extend(
+            self.retired_cidrs()
+                .into_iter()
+                .filter(|c| allocations.iter().any(|(ip, _)| c.contains(*ip))),
+        );
         let mut ips: std::collections::BTreeMap<String, Vec<IpAddr>> = Default::default();
-        for (ip, id) in self.allocations()? {
+        for (ip, id) in allocations {
             ips.entry(id).or_default().push(ip);
         }
         let pods: Vec<(IpAddr, Vec<PortMapping>)> = self
-            .hostports
-            .load_all()?
+            .hostports(hostport::Store::load_all)
+            .await?
             .into_iter()
             .flat_map(|(id, ports)| {
                 ips.get(&id)
@@ -321,7 +476,7 @@ impl PodNetwork {
             .collect();
         nft::install(
             &nft::table_name(&self.cfg.bridge),
-            &self.cidrs(),
+            &cidrs,
             self.cfg.ip_masq,
             &pods,
         )
@@ -333,8 +488,12 @@ impl PodNetwork {
     /// # Errors
     ///
     /// [`PodNetError::Ipam`] when the store cannot be read.
-    pub fn holds(&self, container_id: &str) -> Result<bool, PodNetError> {
-        Ok(self.allocations()?.iter().any(|(_, id)| id == container_id))
+    pub async fn holds(&self, container_id: &str) -> Result<bool, PodNetError> {
+        Ok(self
+            .allocations()
+            .await?
+            .iter()
+            .any(|(_, id)| id == container_id))
     }
 
     /// Every sandbox ID holding an address (for reclaim after a crash).
@@ -342,8 +501,13 @@ impl PodNetwork {
     /// # Errors
     ///
     /// [`PodNetError::Ipam`] when the store cannot be read.
-    pub fn allocated_ids(&self) -> Result<Vec<String>, PodNetError> {
-        let mut ids: Vec<String> = self.allocations()?.into_iter().map(|(_, id)| id).collect();
+    pub async fn allocated_ids(&self) -> Result<Vec<String>, PodNetError> {
+        let mut ids: Vec<String> = self
+            .allocations()
+            .await?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
         ids.sort();
         ids.dedup();
         Ok(ids)
@@ -358,6 +522,32 @@ impl PodNetwork {
         let handle = self.handle().await?;
         link::exists(handle, &host_veth_name(container_id)).await
     }
+}
+
+/// Runs `f` on `state` on one of tokio's blocking threads (the stores' file I/O, and the
+/// allocation store's in-process lock, never stall an async worker thread); a task that
+/// could not finish is an I/O error on `path`.
+async fn off_thread<S, T, F>(state: Arc<S>, path: &Path, f: F) -> Result<T, PodNetError>
+where
+    S: Send + Sync + 'static,
+    T: Send + 'static,
+    F: FnOnce(&S) -> Result<T, PodNetError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || f(&state))
+        .await
+        .map_err(|e| PodNetError::Ipam {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+}
+
+/// Ranges comma-joined, as `--pod-cidr` takes them.
+fn join(cidrs: &[Cidr]) -> String {
+    cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Parses `--pod-cidr`: one range of either family, or two comma-separated of different

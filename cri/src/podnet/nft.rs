@@ -44,20 +44,28 @@ fn family(cidr: Cidr) -> (&'static str, &'static str) {
     }
 }
 
-/// The ruleset of one range's table, replaced whole in one transaction (add + delete +
-/// define is idempotent): the masquerade with `masq`, and the hostPorts of each pod
-/// (its address in this range and the mappings that apply to it).
+/// The ruleset of one family's table, for its ranges `cidrs` (the current one, and any
+/// earlier one pods still hold addresses of; none empty, all of one family), replaced
+/// whole in one transaction (add + delete + define is idempotent): the masquerade with
+/// `masq`, and the hostPorts of each pod (its address in these ranges and the mappings
+/// that apply to it).
 pub(super) fn render(
     table: &str,
-    cidr: Cidr,
+    cidrs: &[Cidr],
     masq: bool,
     pods: &[(IpAddr, Vec<PortMapping>)],
 ) -> String {
-    let (fam, kw) = family(cidr);
-    let v6 = cidr.is_ipv6();
+    let Some(first) = cidrs.first() else {
+        return String::new();
+    };
+    let (fam, kw) = family(*first);
+    let v6 = first.is_ipv6();
     let mut dnat = String::new();
     let mut snat = String::new();
-    for (ip, ports) in pods.iter().filter(|(ip, _)| cidr.contains(*ip)) {
+    for (ip, ports) in pods
+        .iter()
+        .filter(|(ip, _)| cidrs.iter().any(|c| c.contains(*ip)))
+    {
         let to = if v6 {
             format!("[{ip}]")
         } else {
@@ -114,27 +122,57 @@ pub(super) fn render(
     );
     if masq {
         let multicast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
+        // Several ranges (after a pod CIDR change) are one pod network: traffic between
+        // them is not masqueraded either.
+        let pod_net = match cidrs {
+            [one] => one.to_string(),
+            many => format!(
+                "{{ {} }}",
+                many.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         let _ = writeln!(
             out,
-            "\t\t{kw} saddr {cidr} {kw} daddr != {cidr} {kw} daddr != {multicast} masquerade"
+            "\t\t{kw} saddr {pod_net} {kw} daddr != {pod_net} {kw} daddr != {multicast} masquerade"
         );
     }
     out.push_str("\t}\n}\n");
     out
 }
 
-/// Installs (or replaces) the tables of every range, in one transaction.
+/// Installs (or replaces) the table of each family of `cidrs`, and deletes the other
+/// family's (its ranges are gone), in one transaction.
 pub(super) async fn install(
     table: &str,
     cidrs: &[Cidr],
     masq: bool,
     pods: &[(IpAddr, Vec<PortMapping>)],
 ) -> Result<(), PodNetError> {
-    let script: String = cidrs
-        .iter()
-        .map(|c| render(table, *c, masq, pods))
-        .collect();
-    run(&script).await
+    run(&script(table, cidrs, masq, pods)).await
+}
+
+fn script(table: &str, cidrs: &[Cidr], masq: bool, pods: &[(IpAddr, Vec<PortMapping>)]) -> String {
+    let mut script = String::new();
+    for (v6, fam) in [(false, "ip"), (true, "ip6")] {
+        let mut of_family: Vec<Cidr> = Vec::new();
+        for c in cidrs.iter().filter(|c| c.is_ipv6() == v6) {
+            if !of_family.contains(c) {
+                of_family.push(*c);
+            }
+        }
+        if of_family.is_empty() {
+            let _ = writeln!(
+                script,
+                "add table {fam} {table}\ndelete table {fam} {table}"
+            );
+        } else {
+            script.push_str(&render(table, &of_family, masq, pods));
+        }
+    }
+    script
 }
 
 /// Deletes the tables of both families (whichever the ranges were); ones already gone
@@ -188,7 +226,7 @@ mod tests {
     #[test]
     fn ruleset_masquerades_only_traffic_leaving_the_pod_range() {
         let cidr = Cidr::parse("10.88.0.0/16").expect("cidr");
-        let got = render(&table_name("nodelet0"), cidr, true, &[]);
+        let got = render(&table_name("nodelet0"), &[cidr], true, &[]);
         assert_eq!(
             got,
             "add table ip nodelet-pods-nodelet0\n\
@@ -227,7 +265,7 @@ mod tests {
                 host_ip: Some("2001:db8::1".parse().expect("ip")),
             },
         ];
-        let got = render("t", cidr, false, &[(pod, ports)]);
+        let got = render("t", &[cidr], false, &[(pod, ports)]);
         assert_eq!(
             got,
             "add table ip t\n\
@@ -272,7 +310,7 @@ mod tests {
             m(8082, Some("2001:db8::1")),
             m(8083, Some("::")),
         ];
-        let got = render("t", cidr, true, &[(v4, ports.clone()), (v6, ports)]);
+        let got = render("t", &[cidr], true, &[(v4, ports.clone()), (v6, ports)]);
         assert_eq!(
             got,
             "add table ip6 t\n\
@@ -297,6 +335,40 @@ mod tests {
              \t\tip6 saddr fd00:98::/64 ip6 daddr != fd00:98::/64 ip6 daddr != ff00::/8 masquerade\n\
              \t}\n\
              }\n"
+        );
+    }
+
+    #[test]
+    fn after_a_range_change_both_ranges_are_one_pod_network_and_a_gone_family_is_deleted() {
+        use super::super::hostport::Protocol;
+        let old = Cidr::parse("10.88.0.0/16").expect("cidr");
+        let new = Cidr::parse("10.244.1.0/24").expect("cidr");
+        let pods = vec![
+            ("10.88.0.9".parse().expect("ip"), vec![]),
+            (
+                "10.244.1.2".parse().expect("ip"),
+                vec![PortMapping {
+                    protocol: Protocol::Tcp,
+                    host_port: 8080,
+                    container_port: 80,
+                    host_ip: None,
+                }],
+            ),
+        ];
+        let got = script("t", &[new, old, new], true, &pods);
+        assert!(
+            got.contains(
+                "ip saddr { 10.244.1.0/24, 10.88.0.0/16 } ip daddr != { 10.244.1.0/24, 10.88.0.0/16 } ip daddr != 224.0.0.0/4 masquerade"
+            ),
+            "{got}"
+        );
+        assert!(
+            got.contains("tcp dport 8080 dnat to 10.244.1.2:80"),
+            "{got}"
+        );
+        assert!(
+            got.ends_with("add table ip6 t\ndelete table ip6 t\n"),
+            "{got}"
         );
     }
 }

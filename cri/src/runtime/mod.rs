@@ -197,9 +197,11 @@ pub enum RuntimeError {
         /// The timeout it ran past.
         timeout: Duration,
     },
-    /// The pod's runtime handler is not configured on this node; worded as
-    /// containerd's CRI plugin words it.
-    #[error("failed to get sandbox runtime: no runtime for {handler:?} is configured")]
+    /// The pod's runtime handler is not configured on this node; worded as the
+    /// kubelet shows containerd's CRI plugin's answer (a gRPC status of code Unknown).
+    #[error(
+        "rpc error: code = Unknown desc = failed to get sandbox runtime: no runtime for {handler:?} is configured"
+    )]
     NoRuntimeHandler {
         /// The handler asked for.
         handler: String,

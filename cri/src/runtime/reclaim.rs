@@ -187,6 +187,7 @@ impl ContainerdRuntime {
             candidates.extend(
                 podnet
                     .allocated_ids()
+                    .await
                     .unwrap_or_default()
                     .into_iter()
                     .filter(|id| is_object_id(id)),
@@ -247,9 +248,10 @@ impl ContainerdRuntime {
         let cached = cni.is_some_and(|c| c.cached_container_ids("eth0").iter().any(|c| c == id));
         // A pin means CNI may have run (the cache is written after ADD): DEL is owed.
         let mut network_done = true;
-        let builtin = self
-            .builtin_network()
-            .filter(|p| p.holds(id).unwrap_or(false));
+        let builtin = match self.builtin_network() {
+            Some(p) if p.holds(id).await.unwrap_or(false) => Some(p),
+            _ => None,
+        };
         // The network was surely made (an allocation or a cached ADD result).
         let attached = builtin.is_some() || cached;
         if let Some(podnet) = builtin {

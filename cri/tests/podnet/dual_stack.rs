@@ -198,8 +198,8 @@ fn dual_stack_pods_get_both_addresses_in_the_ranges_order_and_keep_them_over_a_r
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 6, "{ia:?} {ib:?} {ic:?}");
-        assert!(again.holds(&id(1)).expect("holds"));
-        assert_eq!(again.allocated_ids().expect("ids").len(), 3);
+        assert!(again.holds(&id(1)).await.expect("holds"));
+        assert_eq!(again.allocated_ids().await.expect("ids").len(), 3);
         // Both families work for the restarted agent's pod.
         let la = listen6_in(Some(&a));
         let pa = la.local_addr().expect("addr").port();
@@ -241,8 +241,8 @@ fn an_exhausted_ipv6_range_fails_clearly_and_gives_the_ipv4_address_back() {
             format!("no IP addresses available in range set: {cidr6}")
         );
         // Nothing of the attempt is left: not its IPv4 address, not a veth.
-        assert!(!podnet.holds(&id(2)).expect("holds"));
-        assert_eq!(podnet.allocated_ids().expect("ids").len(), 2);
+        assert!(!podnet.holds(&id(2)).await.expect("holds"));
+        assert_eq!(podnet.allocated_ids().await.expect("ids").len(), 2);
         assert!(!podnet.has_veth(&id(2)).await.expect("veth"));
         assert!(link(&ip_json_in(&pins[2], &["addr", "show"]), "eth0").is_none());
         podnet.teardown(&id(0)).await.expect("teardown 0");

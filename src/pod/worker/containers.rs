@@ -223,16 +223,14 @@ impl<R: Runtime> PodWorker<R> {
             })
             .and(env_objects)
             .and_then(|env_objects| {
+                // Ordered as the pod's status shows them (upstream's `sortPodIPs`).
+                let ips: Vec<String> = sb.ips.iter().map(ToString::to_string).collect();
+                let ips = crate::pod::status::sort_pod_ips(&ips, &self.env.host_ip);
                 let fields = FieldValues {
                     node_name: self.env.node_name.clone(),
                     host_ip: self.env.host_ip.clone(),
-                    pod_ip: sb.ips.first().map(ToString::to_string).unwrap_or_default(),
-                    pod_ips: sb
-                        .ips
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    pod_ip: ips.first().cloned().unwrap_or_default(),
+                    pod_ips: ips.join(","),
                     container: Some(c.clone()),
                     capacity: self.env.capacity,
                     env_objects,

@@ -103,7 +103,9 @@ impl<R: Runtime> PodWorker<R> {
             self.last_ips = if sb.host_network {
                 vec![self.env.host_ip.clone()]
             } else {
-                sb.ips.iter().map(ToString::to_string).collect()
+                // The node IP's family first, as upstream's `sortPodIPs`.
+                let ips: Vec<String> = sb.ips.iter().map(ToString::to_string).collect();
+                crate::pod::status::sort_pod_ips(&ips, &self.env.host_ip)
             };
             // Old sandboxes of this pod go once a new one runs.
             for old in sandboxes.iter().filter(|s| s.id != sb.id) {

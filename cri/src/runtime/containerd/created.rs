@@ -3,7 +3,9 @@
 //! snapshot was prepared with. A start finds them here instead of asking containerd
 //! for the record, the task (none can exist yet) and the mounts again: three round
 //! trips fewer per container start. A start that fails, a container removed, or one
-//! created by an earlier agent process takes the long way (containerd asked).
+//! created by an earlier agent process takes the long way (containerd asked). A
+//! sandbox torn down drops the records of its containers never started nor removed,
+//! so none outlives its pod.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,6 +29,21 @@ impl Created {
         self.lock()
             .remove(id)
             .map(|(record, mounts)| (record, Some(mounts)))
+    }
+
+    /// Drops the records of sandbox `sandbox_id`'s containers (it is being torn down:
+    /// they will never start); returns how many there were.
+    pub(super) fn forget_sandbox(&self, sandbox_id: &str) -> usize {
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, (record, _)| {
+            record
+                .labels
+                .get(crate::runtime::keys::SANDBOX_ID)
+                .map(String::as_str)
+                != Some(sandbox_id)
+        });
+        before - map.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Container, Vec<Mount>)>> {
@@ -56,5 +73,27 @@ mod tests {
         assert_eq!(mounts.map(|m| m.len()), Some(1));
         assert!(created.take("a").is_none());
         assert!(created.take("b").is_none());
+    }
+
+    #[test]
+    fn a_sandbox_torn_down_drops_its_containers_only() {
+        let created = Created::default();
+        let of = |id: &str, sandbox: &str| Container {
+            id: id.into(),
+            labels: [(
+                crate::runtime::keys::SANDBOX_ID.to_owned(),
+                sandbox.to_owned(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        created.keep(of("a1", "sa"), Vec::new());
+        created.keep(of("a2", "sa"), Vec::new());
+        created.keep(of("b1", "sb"), Vec::new());
+        assert_eq!(created.forget_sandbox("sa"), 2);
+        assert_eq!(created.forget_sandbox("sa"), 0);
+        assert!(created.take("a1").is_none());
+        assert!(created.take("a2").is_none());
+        assert_eq!(created.take("b1").map(|(c, _)| c.id), Some("b1".to_owned()));
     }
 }

@@ -77,16 +77,17 @@ impl ContainerdRuntime {
         netns: Option<&Path>,
     ) -> Result<(), RuntimeError> {
         let mut errors = Vec::new();
+        self.created.forget_sandbox(id);
         if self.kill(id, id, SIGKILL).await.unwrap_or(false) {
             let _ = self.wait(id, KILL_WAIT).await;
         }
         if let Err(e) = self.delete_task(id, id).await {
             errors.push(e);
         }
-        let builtin = self
-            .podnet
-            .as_deref()
-            .filter(|p| p.holds(id).unwrap_or(false));
+        let builtin = match self.podnet.as_deref() {
+            Some(p) if p.holds(id).await.unwrap_or(false) => Some(p),
+            _ => None,
+        };
         if let (Some(podnet), Some(_)) = (builtin, netns)
             && let Err(source) = podnet.teardown(id).await
         {
