@@ -17,7 +17,9 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nodelet_netproxy::Proxier;
@@ -27,6 +29,58 @@ use nodelet_netproxy::nft::exec::NftCommand;
 use nodelet_netproxy::nft::netlink::{Batch, Socket};
 use nodelet_netproxy::nft::shard::{DEFAULT_SHARDS, Layout};
 use nodelet_netproxy::testing::{Ep, cluster_ip, slice};
+
+/// The system allocator, counting the bytes live on the heap (requested sizes, without
+/// the allocator's own overhead): the bench prints it beside RSS, whose difference is
+/// freed memory the allocator keeps (or its per-block overhead).
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is `System.alloc`'s.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` with `layout`, as `System.dealloc` needs.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc` is `System.realloc`'s.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_add(new_size, Ordering::Relaxed);
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live_mib() -> f64 {
+    LIVE.load(Ordering::Relaxed) as f64 / 1048576.0
+}
+
+/// What the proxier's service and endpoints maps hold: the heap a clone of them takes.
+fn model_mib(p: &Proxier<NftCommand>) -> f64 {
+    let before = LIVE.load(Ordering::Relaxed);
+    let (services, endpoints) = p.maps();
+    let copy = (services.clone(), endpoints.clone());
+    let took = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    drop(copy);
+    took as f64 / 1048576.0
+}
 
 /// A network namespace deleted on drop.
 struct Netns(String);
@@ -143,6 +197,7 @@ async fn run(n: usize, shards: usize) {
         },
     )
     .with_shards(shards);
+    let heap0 = live_mib();
     let t = Instant::now();
     for i in 0..n {
         p.service_updated(&cluster_ip(
@@ -155,6 +210,7 @@ async fn run(n: usize, shards: usize) {
         feed_slice(&mut p, i, None);
     }
     let feed = t.elapsed();
+    let fed = live_mib() - heap0;
     let full = p.sync().await.expect("full sync");
     println!(
         "{n} services x 10 endpoints, {shards} shard table(s): full sync render {} + apply {} (script {:.1} MiB; feeding the model {})",
@@ -164,7 +220,14 @@ async fn run(n: usize, shards: usize) {
         ms(feed)
     );
 
-    println!("  RSS after the full sync: {:.0} MiB", rss_mib());
+    println!(
+        "  RSS after the full sync: {:.0} MiB; live heap {:.0} MiB (the proxier {:.0} MiB: service and endpoints maps {:.0} MiB; the change trackers' pending state before the sync was {:.0} MiB)",
+        rss_mib(),
+        live_mib(),
+        live_mib() - heap0,
+        model_mib(&p),
+        fed
+    );
 
     // Incremental syncs: the same kinds of change over nf_tables netlink (the default)
     // and through the `nft` binary (which first reads the whole table), one run each.
@@ -291,8 +354,9 @@ async fn run(n: usize, shards: usize) {
         check.repaired
     );
     println!(
-        "  RSS after the check (its JSON listing parsed): {:.0} MiB",
-        rss_mib()
+        "  RSS after the check: {:.0} MiB; live heap {:.0} MiB",
+        rss_mib(),
+        live_mib()
     );
 
     // nft reading the same table as text and as JSON, each into a fresh namespace.
