@@ -2,7 +2,8 @@
 //! 1k and 10k services × 10 endpoints into a throwaway network namespace, then one
 //! endpoint removed and one service added incrementally, each over nf_tables netlink and
 //! through the `nft` binary in the same run (with the ratio), versus a full resync, the
-//! consistency check's cost (list + parse + compare), the proxy's RSS, and how long `nft`
+//! consistency check's cost (list + parse + compare), the proxy's RSS and live heap (a
+//! counting allocator), the proxier's own CPU per change without the kernel, and how long `nft`
 //! takes to read the same table as text and as JSON (`nft -j -f`, the `nftables` crate's
 //! format).
 //!
@@ -10,7 +11,8 @@
 //! chain at each commit, as the single table before sharding did) and with the default
 //! shards (`nft::shard`), or with the shard counts in `NODELET_BENCH_SHARDS` (`1,16`).
 //! `NODELET_BENCH_TEXT=0` skips the `nft -f` increments, `NODELET_BENCH_CHECK=0` the
-//! consistency check.
+//! consistency check, `NODELET_BENCH_KERNEL=0` everything but the proxier's own work per
+//! change over the recording fake (which needs no root).
 //!
 //! `cargo bench -p nodelet-netproxy --bench ruleset` (root; `-- 1000` for one size,
 //! `-- 1000 10000 30000` for the three).
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 use nodelet_netproxy::Proxier;
 use nodelet_netproxy::model::{IpFamily, NodeTopology, Protocol, ServiceName, ServicePortName};
 use nodelet_netproxy::nft::RenderConfig;
-use nodelet_netproxy::nft::exec::NftCommand;
+use nodelet_netproxy::nft::exec::{FakeNetlink, Nft, NftCommand, RecordingNft};
 use nodelet_netproxy::nft::netlink::{Batch, Socket};
 use nodelet_netproxy::nft::shard::{DEFAULT_SHARDS, Layout};
 use nodelet_netproxy::testing::{Ep, cluster_ip, slice};
@@ -120,7 +122,7 @@ fn endpoints(svc: usize, skip: Option<usize>) -> Vec<String> {
         .collect()
 }
 
-fn feed_slice(p: &mut Proxier<NftCommand>, svc: usize, skip: Option<usize>) {
+fn feed_slice<N: Nft>(p: &mut Proxier<N>, svc: usize, skip: Option<usize>) {
     let ips = endpoints(svc, skip);
     let eps: Vec<Ep<'_>> = ips
         .iter()
@@ -175,6 +177,69 @@ fn rss_mib() -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
+}
+
+/// The proxier's own work per change, without the kernel: the same cluster into a proxier
+/// over the recording fake (which accepts netlink batches), then 21 changes of each kind,
+/// each synced alone; the median CPU time of a sync (model update, rendering, diff and
+/// encoding of the batch).
+async fn own_work(n: usize, shards: usize) {
+    let nft = RecordingNft::default();
+    let mut cfg = RenderConfig::new(IpFamily::V4);
+    cfg.cluster_cidrs = vec!["10.128.0.0/9".parse().expect("cidr")];
+    let mut p = Proxier::new(
+        nft.clone(),
+        cfg,
+        NodeTopology {
+            node_name: "node".into(),
+            zone: None,
+        },
+    )
+    .with_shards(shards);
+    for i in 0..n {
+        p.service_updated(&cluster_ip(
+            "bench",
+            &format!("svc-{i}"),
+            &ip_of(i + 1, [172, 30]),
+            "http",
+            80,
+        ));
+        feed_slice(&mut p, i, None);
+    }
+    p.sync().await.expect("full sync");
+    *nft.netlink.lock().expect("lock") = FakeNetlink::Accept;
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let mut removed = Vec::new();
+    let mut added = Vec::new();
+    for k in 0..21 {
+        nft.calls.lock().expect("lock").clear();
+        feed_slice(&mut p, (k * 7919) % n, Some(3));
+        let c = cpu();
+        let r = p.sync().await.expect("sync");
+        removed.push(cpu() - c);
+        assert!(!r.full && r.netlink_messages > 0, "{r:?}");
+        let svc = n + 100 + k;
+        p.service_updated(&cluster_ip(
+            "bench",
+            &format!("svc-{svc}"),
+            &ip_of(svc + 1, [172, 30]),
+            "http",
+            80,
+        ));
+        feed_slice(&mut p, svc, None);
+        let c = cpu();
+        let r = p.sync().await.expect("sync");
+        added.push(cpu() - c);
+        assert!(!r.full && r.netlink_messages > 0, "{r:?}");
+    }
+    println!(
+        "  the proxier's own work per change (fake kernel, median CPU of 21 syncs): one endpoint removed {}, one service added {}",
+        ms(median(removed)),
+        ms(median(added))
+    );
 }
 
 fn env_on(name: &str, default: bool) -> bool {
@@ -518,7 +583,10 @@ fn main() {
         .unwrap_or_else(|| vec![1, DEFAULT_SHARDS]);
     for n in sizes {
         for &k in &shards {
-            rt.block_on(run(n, k));
+            if env_on("NODELET_BENCH_KERNEL", true) {
+                rt.block_on(run(n, k));
+            }
+            rt.block_on(own_work(n, k));
         }
     }
 }

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use super::service::port_range;
 use super::{Endpoint, IpFamily, Protocol, ServiceName, ServicePortName};
 
 /// The label naming the service a slice belongs to.
@@ -31,10 +32,10 @@ impl EndpointsMap {
         tracker.changes = 0;
         for service in std::mem::take(&mut tracker.dirty) {
             let current = tracker.merged(&service);
+            // The service's ports are a range of the ordered map: O(log n), not a scan.
             let previous: BTreeMap<ServicePortName, Vec<Endpoint>> = self
                 .endpoints
-                .iter()
-                .filter(|(k, _)| k.namespace == service.namespace && k.name == service.name)
+                .range(port_range(&service))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if previous == current {
@@ -139,6 +140,11 @@ impl EndpointsChangeTracker {
     /// The slice updates and deletions that changed something since the last `apply`.
     pub fn pending(&self) -> usize {
         self.changes
+    }
+
+    /// The services whose slices changed since the last `apply`.
+    pub fn pending_services(&self) -> impl Iterator<Item = &ServiceName> {
+        self.dirty.iter()
     }
 
     fn key(&self, slice: &EndpointSlice) -> Option<(ServiceName, String)> {
@@ -325,6 +331,32 @@ mod tests {
         t.delete(&slice("s", "s-1", json!([])));
         map.apply(&mut t);
         assert!(map.get(&spn("s", "http", Protocol::Tcp)).is_empty());
+    }
+
+    #[test]
+    fn a_service_change_leaves_services_with_a_longer_name_alone() {
+        // The map is updated by the range of the service's ports: "s" must not take
+        // the ports of "s-2" (nor the reverse).
+        let mut t = EndpointsChangeTracker::new(IpFamily::V4, "n");
+        let mut map = EndpointsMap::default();
+        t.update(&slice("s", "s-1", json!([{"addresses": ["10.0.0.1"]}])));
+        t.update(&slice("s-2", "s-2-1", json!([{"addresses": ["10.0.0.2"]}])));
+        t.update(&slice("r", "r-1", json!([{"addresses": ["10.0.0.3"]}])));
+        map.apply(&mut t);
+        t.delete(&slice("s", "s-1", json!([])));
+        let r = map.apply(&mut t);
+        assert_eq!(r.updated.len(), 1);
+        assert!(map.get(&spn("s", "http", Protocol::Tcp)).is_empty());
+        assert_eq!(map.get(&spn("s-2", "http", Protocol::Tcp)).len(), 1);
+        assert_eq!(map.get(&spn("r", "dns", Protocol::Udp)).len(), 1);
+        assert_eq!(
+            r.deleted_udp_endpoints,
+            vec![(
+                spn("s", "dns", Protocol::Udp),
+                "10.0.0.1".parse().expect("ip"),
+                53
+            )]
+        );
     }
 
     #[test]

@@ -108,8 +108,8 @@ fn udp_destinations(info: &ServicePortInfo) -> impl Iterator<Item = (IpAddr, u16
         .map(|ip| (ip, info.port))
 }
 
-/// The range of `ServicePortName`s that belong to `service` in the ordered map.
-fn port_range(
+/// The range of `ServicePortName`s that belong to `service` in a map ordered by them.
+pub(super) fn port_range(
     service: &ServiceName,
 ) -> (
     std::ops::Bound<ServicePortName>,
@@ -187,6 +187,11 @@ impl ServiceChangeTracker {
     /// The services with a change waiting for a sync.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The names of the services with a change waiting for a sync.
+    pub fn pending_services(&self) -> impl Iterator<Item = &ServiceName> {
+        self.pending.keys()
     }
 }
 
