@@ -169,10 +169,15 @@ fn cpu() -> Duration {
 }
 
 fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// A `/proc/self/status` memory line in MiB (`VmRSS:`, `RssAnon:`, `RssFile:`).
+fn status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
@@ -263,6 +268,7 @@ async fn run(n: usize, shards: usize) {
     )
     .with_shards(shards);
     let heap0 = live_mib();
+    let rss0 = rss_mib();
     let t = Instant::now();
     for i in 0..n {
         p.service_updated(&cluster_ip(
@@ -286,8 +292,11 @@ async fn run(n: usize, shards: usize) {
     );
 
     println!(
-        "  RSS after the full sync: {:.0} MiB; live heap {:.0} MiB (the proxier {:.0} MiB: service and endpoints maps {:.0} MiB; the change trackers' pending state before the sync was {:.0} MiB)",
+        "  RSS after the full sync: {:.0} MiB (anonymous {:.0}, file {:.0}; {:.0} MiB before the proxier was fed); live heap {:.0} MiB (the proxier {:.0} MiB: service and endpoints maps {:.0} MiB; the change trackers' pending state before the sync was {:.0} MiB)",
         rss_mib(),
+        status_mib("RssAnon:"),
+        status_mib("RssFile:"),
+        rss0,
         live_mib(),
         live_mib() - heap0,
         model_mib(&p),

@@ -334,6 +334,15 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_without_hints_stays_small() {
+        // Each endpoint is held twice (slice cache and map): 600k at 30k services × 10.
+        assert!(std::mem::size_of::<Endpoint>() <= 40);
+        let none: crate::model::Hints = Vec::<String>::new().into_iter().collect();
+        assert!(none.is_empty() && !none.contains("z1"));
+        assert_eq!(none, crate::model::Hints::default());
+    }
+
+    #[test]
     fn a_service_change_leaves_services_with_a_longer_name_alone() {
         // The map is updated by the range of the service's ports: "s" must not take
         // the ports of "s-2" (nor the reverse).

@@ -175,8 +175,39 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub zone_hints: BTreeSet<String>,
-    pub node_hints: BTreeSet<String>,
+    pub zone_hints: Hints,
+    pub node_hints: Hints,
+}
+
+/// An endpoint's `hints.forZones` or `hints.forNodes` names: a pointer, null when there
+/// are none (nearly always), so an endpoint takes 40 bytes instead of 72 with two empty
+/// `BTreeSet`s; the proxy holds each endpoint twice (slice cache and endpoints map),
+/// 600k of them at 30k services × 10 endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hints(Option<Box<BTreeSet<String>>>);
+
+impl Hints {
+    /// Whether there is no hint.
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|s| s.is_empty())
+    }
+
+    /// Whether `name` is one of the hints.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.as_ref().is_some_and(|s| s.contains(name))
+    }
+
+    /// Adds a hint.
+    pub fn insert(&mut self, name: String) {
+        self.0.get_or_insert_with(Box::default).insert(name);
+    }
+}
+
+impl FromIterator<String> for Hints {
+    fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Self {
+        let set: BTreeSet<String> = iter.into_iter().collect();
+        Hints((!set.is_empty()).then(|| Box::new(set)))
+    }
 }
 
 impl Endpoint {

@@ -79,8 +79,11 @@ impl<N: Nft> Proxier<N> {
         for g in &mut self.generations {
             *g += 1;
         }
+        // Two passes, each fragment rendered twice: the element index (kept) first, each
+        // fragment dropped as soon as its elements are indexed, so the index is not
+        // strewn over the pages of the transaction built next, and the heap trim after
+        // the sync can give all of those back.
         let mut indexes = vec![ElementIndex::default(); self.layout.tables()];
-        let mut parts: Vec<Vec<Fragment>> = vec![Vec::new(); self.layout.tables()];
         let empty = Fragment::default();
         let mut services = BTreeSet::new();
         let mut shard = None;
@@ -91,22 +94,19 @@ impl<N: Nft> Proxier<N> {
             let t = self.shard_of_port(name, &mut shard);
             // Chains are written below; the diff against nothing only indexes elements.
             let (main, part) = shard::split_fragment(&Fragment {
-                elements: f.elements.clone(),
+                elements: f.elements,
                 ..Fragment::default()
             });
             let mut scratch = Tx::new();
             scratch.diff(&empty, &main, &mut indexes[MAIN]);
             scratch.diff(&empty, &part, &mut indexes[t]);
             services.insert((&name.namespace, &name.name));
-            let (main, part) = shard::split_fragment(&f);
-            parts[MAIN].push(main);
-            parts[t].push(part);
         }
         let services = services.len();
         self.indexes = indexes;
         let family = self.family();
         let mut script = String::new();
-        for (w, observed) in self.wanted_from(parts).iter().zip(&observed) {
+        for (w, observed) in self.wanted().iter().zip(&observed) {
             let tx = full_table(family, w, observed, !self.base_recreated);
             script.push_str(&tx.render(family, &w.name, &ElementIndex::default()));
         }
