@@ -438,7 +438,11 @@ mod tests {
         t.update(&slice);
         assert_eq!(map.apply(&mut t).updated.len(), 1);
         t.delete(&stone);
-        assert_eq!(map.apply(&mut t).updated.len(), 1, "the tombstone names the slice");
+        assert_eq!(
+            map.apply(&mut t).updated.len(),
+            1,
+            "the tombstone names the slice"
+        );
         assert!(!t.has_pending());
     }
 
@@ -471,7 +475,10 @@ mod tests {
         .expect("service");
         let stone = svc.tombstone();
         assert_eq!(
-            (stone.metadata.namespace.as_deref(), stone.metadata.name.as_deref()),
+            (
+                stone.metadata.namespace.as_deref(),
+                stone.metadata.name.as_deref()
+            ),
             (Some("ns"), Some("s"))
         );
         assert!(stone.spec.is_none() && stone.metadata.labels.is_none());
