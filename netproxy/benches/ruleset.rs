@@ -144,6 +144,10 @@ fn feed_slice<N: Nft>(p: &mut Proxier<N>, svc: usize, skip: Option<usize>) {
     ));
 }
 
+fn us(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -242,8 +246,8 @@ async fn own_work(n: usize, shards: usize) {
     }
     println!(
         "  the proxier's own work per change (fake kernel, median CPU of 21 syncs): one endpoint removed {}, one service added {}",
-        ms(median(removed)),
-        ms(median(added))
+        us(median(removed)),
+        us(median(added))
     );
 }
 

@@ -184,7 +184,11 @@ pub struct Endpoint {
 /// two empty `BTreeSet`s; the proxy holds each endpoint twice (slice cache and endpoints
 /// map), 600k of them at 30k services × 10 endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Hints(Option<Box<[String]>>);
+pub struct Hints(Option<Box<HintNames>>);
+
+/// The names behind a non-empty [`Hints`] (a struct, so the pointer to it is thin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HintNames(Vec<String>);
 
 impl Hints {
     /// Whether there is no hint.
@@ -196,12 +200,12 @@ impl Hints {
     pub fn contains(&self, name: &str) -> bool {
         self.0
             .as_deref()
-            .is_some_and(|s| s.binary_search_by(|h| h.as_str().cmp(name)).is_ok())
+            .is_some_and(|s| s.0.binary_search_by(|h| h.as_str().cmp(name)).is_ok())
     }
 
     /// Adds a hint.
     pub fn insert(&mut self, name: String) {
-        let mut all = self.0.take().map(Vec::from).unwrap_or_default();
+        let mut all = self.0.take().map(|s| s.0).unwrap_or_default();
         all.push(name);
         *self = all.into_iter().collect();
     }
@@ -210,7 +214,7 @@ impl Hints {
 impl FromIterator<String> for Hints {
     fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Self {
         let set: BTreeSet<String> = iter.into_iter().collect();
-        Hints((!set.is_empty()).then(|| set.into_iter().collect()))
+        Hints((!set.is_empty()).then(|| Box::new(HintNames(set.into_iter().collect()))))
     }
 }
 
