@@ -82,7 +82,9 @@ type CachedSlice = Vec<((String, Protocol), Vec<Endpoint>)>;
 pub struct EndpointsChangeTracker {
     family: IpFamily,
     node_name: String,
-    slices: BTreeMap<ServiceName, BTreeMap<String, CachedSlice>>,
+    /// Each service's slices, sorted by name: a `Vec`, as a service has one or a few (an
+    /// inner `BTreeMap` allocated a whole 11-slot node per service, ~0.5 KiB).
+    slices: BTreeMap<ServiceName, Vec<(String, CachedSlice)>>,
     dirty: BTreeSet<ServiceName>,
     /// Updates and deletions that changed something since the last `apply` (upstream's
     /// `sync_proxy_rules_endpoint_changes_pending`, incremented per such change).
@@ -109,8 +111,18 @@ impl EndpointsChangeTracker {
         };
         let cached = self.cache(slice);
         let entry = self.slices.entry(service.clone()).or_default();
-        if entry.get(&slice_name) != Some(&cached) {
-            entry.insert(slice_name, cached);
+        let changed = match entry.binary_search_by(|(n, _)| n.cmp(&slice_name)) {
+            Ok(i) if entry[i].1 == cached => false,
+            Ok(i) => {
+                entry[i].1 = cached;
+                true
+            }
+            Err(i) => {
+                entry.insert(i, (slice_name, cached));
+                true
+            }
+        };
+        if changed {
             self.dirty.insert(service);
             self.changes += 1;
         }
@@ -122,8 +134,9 @@ impl EndpointsChangeTracker {
             return;
         };
         if let Some(entry) = self.slices.get_mut(&service)
-            && entry.remove(&slice_name).is_some()
+            && let Ok(i) = entry.binary_search_by(|(n, _)| n.cmp(&slice_name))
         {
+            entry.remove(i);
             if entry.is_empty() {
                 self.slices.remove(&service);
             }
@@ -218,7 +231,7 @@ impl EndpointsChangeTracker {
             .slices
             .get(service)
             .into_iter()
-            .flat_map(|s| s.values())
+            .flat_map(|s| s.iter().map(|(_, slice)| slice))
         {
             for ((port_name, protocol), eps) in slice {
                 let spn = ServicePortName {
