@@ -116,6 +116,8 @@ pub struct Proxier<N: Nft> {
     conntrack: Option<Box<dyn Conntrack>>,
     /// Services with Local-policy ports left without local endpoints (`stats`).
     no_local: BTreeMap<ServiceName, NoLocalEndpoints>,
+    /// Health-check node ports and their local ready endpoints, by service (`stats`).
+    health_checks: crate::health::service::Wanted,
     /// Per table, bumped whenever a transaction touches it (every table on a full
     /// sync): a per-table check that read a table at another generation is stale.
     generations: Vec<u64>,
@@ -145,6 +147,7 @@ impl<N: Nft> Proxier<N> {
             base_recreated: false,
             conntrack: None,
             no_local: BTreeMap::new(),
+            health_checks: BTreeMap::new(),
             generations: vec![0; layout.tables()],
             check_cursor: MAIN,
         }
@@ -175,27 +178,11 @@ impl<N: Nft> Proxier<N> {
 
     /// The health-check node ports to serve: every `externalTrafficPolicy: Local`
     /// service with a `healthCheckNodePort`, with its number of local ready endpoint
-    /// addresses (upstream's `HealthCheckNodePorts` and `LocalReadyEndpoints`).
+    /// addresses (upstream's `HealthCheckNodePorts` and `LocalReadyEndpoints`). Kept per
+    /// service and refreshed for the services each sync changes (`stats`), so reading
+    /// it after every sync costs O(such services), not O(service ports).
     pub fn health_check_node_ports(&self) -> crate::health::service::Wanted {
-        let mut ips: BTreeMap<ServiceName, (u16, HashSet<std::net::IpAddr>)> = BTreeMap::new();
-        for (name, info) in self.services.iter() {
-            if !info.external_policy_local || info.health_check_node_port == 0 {
-                continue;
-            }
-            let entry = ips
-                .entry(name.service())
-                .or_insert_with(|| (info.health_check_node_port, HashSet::new()));
-            entry.1.extend(
-                self.endpoints
-                    .get(name)
-                    .iter()
-                    .filter(|e| e.is_local && e.ready)
-                    .map(|e| e.ip),
-            );
-        }
-        ips.into_iter()
-            .map(|(k, (port, ips))| (k, (port, ips.len())))
-            .collect()
+        self.health_checks.clone()
     }
 
     /// Whether any port of `service` is UDP now.
