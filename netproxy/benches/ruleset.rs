@@ -31,6 +31,7 @@ use nodelet_netproxy::nft::exec::{FakeNetlink, Nft, NftCommand, RecordingNft};
 use nodelet_netproxy::nft::netlink::{Batch, Socket};
 use nodelet_netproxy::nft::shard::{DEFAULT_SHARDS, Layout};
 use nodelet_netproxy::testing::{Ep, cluster_ip, slice};
+use nodelet_netproxy::watch::Tombstone;
 
 /// The system allocator, counting the bytes live on the heap (requested sizes, without
 /// the allocator's own overhead): the bench prints it beside RSS, whose difference is
@@ -248,6 +249,55 @@ async fn own_work(n: usize, shards: usize) {
         "  the proxier's own work per change (fake kernel, median CPU of 21 syncs): one endpoint removed {}, one service added {}",
         us(median(removed)),
         us(median(added))
+    );
+}
+
+/// What the watches keep between relists for `n` services × 10 endpoints (one Service
+/// and one EndpointSlice each, built as the apiserver sends them): the objects
+/// themselves, as they did, or their keys and tombstones (`watch::Tombstone`; a
+/// Service's is empty).
+fn watch_copies(n: usize) {
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut objects = Vec::with_capacity(n);
+    for i in 0..n {
+        let svc = cluster_ip(
+            "bench",
+            &format!("svc-{i}"),
+            &ip_of(i + 1, [172, 30]),
+            "http",
+            80,
+        );
+        let ips = endpoints(i, None);
+        let eps: Vec<Ep<'_>> = ips
+            .iter()
+            .map(|ip| Ep {
+                ip,
+                node: "other",
+                ready: true,
+                terminating: false,
+            })
+            .collect();
+        let name = format!("svc-{i}");
+        let sl = slice("bench", &name, &format!("{name}-1"), "http", 8080, &eps);
+        objects.push((svc, sl));
+    }
+    let full = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    let before = LIVE.load(Ordering::Relaxed);
+    // Each kept under its (namespace, name), as the watch's map does.
+    let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        (m.namespace.clone(), m.name.clone())
+    };
+    let stones: Vec<_> = objects
+        .iter()
+        .map(|(s, e)| (key(&s.metadata), key(&e.metadata), e.tombstone()))
+        .collect();
+    let kept = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    drop(objects);
+    drop(stones);
+    println!(
+        "  what the watches keep between relists: the objects {:.1} MiB, their tombstones {:.1} MiB",
+        full as f64 / 1048576.0,
+        kept as f64 / 1048576.0
     );
 }
 
@@ -600,6 +650,7 @@ fn main() {
                 rt.block_on(run(n, k));
             }
             rt.block_on(own_work(n, k));
+            watch_copies(n);
         }
     }
 }

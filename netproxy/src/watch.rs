@@ -49,71 +49,123 @@ pub enum WatchError {
 }
 
 /// What a watch keeps of an object it has seen, to send its deletion when a relist no
-/// longer lists it: the same kind of object with only what the deletion's conversion
-/// reads (names, the service-name label, the address type).
-pub trait Tombstone {
-    /// The stripped copy.
-    fn tombstone(&self) -> Self;
+/// longer lists it: beside the namespace and name (the key it is kept under), only what
+/// the deletion's conversion reads (the service-name label, the address type), not the
+/// object (an inline k8s-openapi `Service` alone is about a kilobyte before any field).
+pub trait Tombstone: Sized {
+    /// What is kept besides the namespace and name.
+    type Stone;
+
+    /// The part of the object kept.
+    fn tombstone(&self) -> Self::Stone;
+
+    /// The object a deletion event carries, from its key and what was kept.
+    fn revive(namespace: &str, name: &str, stone: Self::Stone) -> Self;
 }
 
-/// The object's namespace and name, and, when `keep_label` says so, its service-name
-/// label.
-fn meta_tombstone(meta: &ObjectMeta, keep_label: bool) -> ObjectMeta {
-    let labels = keep_label
-        .then(|| {
-            let label = crate::model::SERVICE_NAME_LABEL;
-            let value = meta.labels.as_ref()?.get(label)?;
-            Some([(label.to_string(), value.clone())].into_iter().collect())
-        })
-        .flatten();
+/// What a slice's deletion needs besides its name: its service and address type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceStone {
+    service: Option<String>,
+    address_type: Option<String>,
+}
+
+/// Metadata with only a namespace, a name and, if any, the service-name label.
+fn meta(namespace: &str, name: &str, service: Option<String>) -> ObjectMeta {
     ObjectMeta {
-        namespace: meta.namespace.clone(),
-        name: meta.name.clone(),
-        labels,
+        namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
+        name: Some(name.to_string()),
+        labels: service.map(|s| {
+            [(crate::model::SERVICE_NAME_LABEL.to_string(), s)]
+                .into_iter()
+                .collect()
+        }),
         ..ObjectMeta::default()
     }
 }
 
+/// The service-name label of `meta`.
+fn service_label(meta: &ObjectMeta) -> Option<String> {
+    meta.labels
+        .as_ref()?
+        .get(crate::model::SERVICE_NAME_LABEL)
+        .cloned()
+}
+
 impl Tombstone for Service {
-    fn tombstone(&self) -> Self {
+    type Stone = ();
+
+    fn tombstone(&self) -> Self::Stone {}
+
+    fn revive(namespace: &str, name: &str, (): ()) -> Self {
         Service {
-            metadata: meta_tombstone(&self.metadata, false),
+            metadata: meta(namespace, name, None),
             ..Service::default()
         }
     }
 }
 
+impl Tombstone for Endpoints {
+    type Stone = ();
+
+    fn tombstone(&self) -> Self::Stone {}
+
+    fn revive(namespace: &str, name: &str, (): ()) -> Self {
+        Endpoints {
+            metadata: meta(namespace, name, None),
+            subsets: None,
+        }
+    }
+}
+
 impl Tombstone for EndpointSlice {
-    fn tombstone(&self) -> Self {
+    type Stone = SliceStone;
+
+    fn tombstone(&self) -> SliceStone {
+        SliceStone {
+            service: service_label(&self.metadata),
+            address_type: Some(self.address_type.clone()),
+        }
+    }
+
+    fn revive(namespace: &str, name: &str, stone: SliceStone) -> Self {
         EndpointSlice {
-            metadata: meta_tombstone(&self.metadata, true),
-            address_type: self.address_type.clone(),
+            metadata: meta(namespace, name, stone.service),
+            address_type: stone.address_type.unwrap_or_default(),
             endpoints: Vec::new(),
             ports: None,
         }
     }
 }
 
-impl Tombstone for Endpoints {
-    fn tombstone(&self) -> Self {
-        Endpoints {
-            metadata: meta_tombstone(&self.metadata, false),
-            subsets: None,
-        }
-    }
-}
-
 impl Tombstone for DynamicObject {
-    /// A `v1beta1` EndpointSlice: its type, names, label and address type, no endpoints.
-    fn tombstone(&self) -> Self {
+    /// A `v1beta1` EndpointSlice: its type besides the slice's stone.
+    type Stone = (Option<kube::api::TypeMeta>, SliceStone);
+
+    fn tombstone(&self) -> Self::Stone {
+        let address_type = self
+            .data
+            .get("addressType")
+            .and_then(|t| t.as_str())
+            .map(str::to_string);
+        (
+            self.types.clone(),
+            SliceStone {
+                service: service_label(&self.metadata),
+                address_type,
+            },
+        )
+    }
+
+    fn revive(namespace: &str, name: &str, (types, stone): Self::Stone) -> Self {
         let mut data = serde_json::Map::new();
-        if let Some(t) = self.data.get("addressType") {
-            data.insert("addressType".into(), t.clone());
+        if let Some(t) = stone.address_type {
+            data.insert("addressType".into(), t.into());
         }
         data.insert("endpoints".into(), serde_json::Value::Array(Vec::new()));
         DynamicObject {
-            types: self.types.clone(),
-            metadata: meta_tombstone(&self.metadata, true),
+            types,
+            metadata: meta(namespace, name, stone.service),
             data: serde_json::Value::Object(data),
         }
     }
@@ -269,7 +321,7 @@ where
         .boxed();
     // Objects known from earlier lists and events (their tombstones), and those seen in
     // a relist in progress.
-    let mut known: HashMap<(String, String), K> = HashMap::new();
+    let mut known: HashMap<(String, String), K::Stone> = HashMap::new();
     let mut relist: Option<HashSet<(String, String)>> = None;
     let mut announced = false;
     let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
@@ -312,8 +364,8 @@ where
                     .collect();
                 let mut out = Vec::new();
                 for k in gone {
-                    if let Some(o) = known.remove(&k) {
-                        out.extend(convert(Change::Deleted(o)));
+                    if let Some(stone) = known.remove(&k) {
+                        out.extend(convert(Change::Deleted(K::revive(&k.0, &k.1, stone))));
                     }
                 }
                 if !announced {
@@ -424,7 +476,7 @@ mod tests {
             "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]}]
         }))
         .expect("slice");
-        let stone = slice.tombstone();
+        let stone = EndpointSlice::revive("ns", "s-1", slice.tombstone());
         assert!(stone.endpoints.is_empty() && stone.ports.is_none());
         assert_eq!(
             stone.metadata.labels.as_ref().map(|l| l.len()),
@@ -456,7 +508,7 @@ mod tests {
             "endpoints": [{"addresses": ["10.0.0.1"], "topology": {"kubernetes.io/hostname": "n"}}]
         }))
         .expect("object");
-        let stone = obj.tombstone();
+        let stone = DynamicObject::revive("ns", "s-1", obj.tombstone());
         let slice = serde_json::to_value(&stone)
             .ok()
             .and_then(legacy::slice_from_v1beta1)
@@ -473,7 +525,8 @@ mod tests {
             "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}
         }))
         .expect("service");
-        let stone = svc.tombstone();
+        svc.tombstone();
+        let stone = Service::revive("ns", "s", ());
         assert_eq!(
             (
                 stone.metadata.namespace.as_deref(),
@@ -487,7 +540,8 @@ mod tests {
             "subsets": [{"addresses": [{"ip": "10.0.0.1"}]}]
         }))
         .expect("endpoints");
-        let stone = eps.tombstone();
+        eps.tombstone();
+        let stone = Endpoints::revive("ns", "s", ());
         assert_eq!(stone.metadata.name.as_deref(), Some("s"));
         assert!(stone.subsets.is_none());
     }
