@@ -30,39 +30,6 @@ pub async fn trim_loop(cancel: CancellationToken) {
     }
 }
 
-/// Returns the heap's free pages to the kernel; whether any were.
-pub fn trim() -> bool {
-    // SAFETY: malloc_trim takes a plain size and locks each arena itself.
-    unsafe { libc::malloc_trim(0) == 1 }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rss_kib() -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    }
-
-    #[test]
-    fn trim_gives_back_a_fragmented_burst() {
-        // 100 MB of small blocks, one in 200 kept: the heap cannot shrink from its
-        // top, so the free pages stay resident until trimmed.
-        let mut blocks: Vec<Vec<u8>> = (0..100_000).map(|i| vec![(i % 251) as u8; 1000]).collect();
-        let kept: Vec<Vec<u8>> = blocks.iter_mut().step_by(200).map(std::mem::take).collect();
-        drop(blocks);
-        let before = rss_kib();
-        trim();
-        let after = rss_kib();
-        assert!(
-            after + 50 * 1024 < before,
-            "RSS {before} KiB before the trim, {after} KiB after"
-        );
-        drop(kept);
-    }
-}
+/// Returns the heap's free pages to the kernel (the one `malloc_trim` call, shared with
+/// the proxy's full syncs).
+pub use nodelet_netproxy::heap::trim;

@@ -2,7 +2,8 @@
 //! 1k and 10k services × 10 endpoints into a throwaway network namespace, then one
 //! endpoint removed and one service added incrementally, each over nf_tables netlink and
 //! through the `nft` binary in the same run (with the ratio), versus a full resync, the
-//! consistency check's cost (list + parse + compare), the proxy's RSS, and how long `nft`
+//! consistency check's cost (list + parse + compare), the proxy's RSS and live heap (a
+//! counting allocator), the proxier's own CPU per change without the kernel, and how long `nft`
 //! takes to read the same table as text and as JSON (`nft -j -f`, the `nftables` crate's
 //! format).
 //!
@@ -10,23 +11,79 @@
 //! chain at each commit, as the single table before sharding did) and with the default
 //! shards (`nft::shard`), or with the shard counts in `NODELET_BENCH_SHARDS` (`1,16`).
 //! `NODELET_BENCH_TEXT=0` skips the `nft -f` increments, `NODELET_BENCH_CHECK=0` the
-//! consistency check.
+//! consistency check, `NODELET_BENCH_KERNEL=0` everything but the proxier's own work per
+//! change over the recording fake (which needs no root).
 //!
 //! `cargo bench -p nodelet-netproxy --bench ruleset` (root; `-- 1000` for one size,
 //! `-- 1000 10000 30000` for the three).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nodelet_netproxy::Proxier;
 use nodelet_netproxy::model::{IpFamily, NodeTopology, Protocol, ServiceName, ServicePortName};
 use nodelet_netproxy::nft::RenderConfig;
-use nodelet_netproxy::nft::exec::NftCommand;
+use nodelet_netproxy::nft::exec::{FakeNetlink, Nft, NftCommand, RecordingNft};
 use nodelet_netproxy::nft::netlink::{Batch, Socket};
 use nodelet_netproxy::nft::shard::{DEFAULT_SHARDS, Layout};
 use nodelet_netproxy::testing::{Ep, cluster_ip, slice};
+use nodelet_netproxy::watch::Tombstone;
+
+/// The system allocator, counting the bytes live on the heap (requested sizes, without
+/// the allocator's own overhead): the bench prints it beside RSS, whose difference is
+/// freed memory the allocator keeps (or its per-block overhead).
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is `System.alloc`'s.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` with `layout`, as `System.dealloc` needs.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc` is `System.realloc`'s.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_add(new_size, Ordering::Relaxed);
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live_mib() -> f64 {
+    LIVE.load(Ordering::Relaxed) as f64 / 1048576.0
+}
+
+/// What the proxier's service and endpoints maps hold: the heap a clone of them takes.
+fn model_mib(p: &Proxier<NftCommand>) -> f64 {
+    let before = LIVE.load(Ordering::Relaxed);
+    let (services, endpoints) = p.maps();
+    let copy = (services.clone(), endpoints.clone());
+    let took = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    drop(copy);
+    took as f64 / 1048576.0
+}
 
 /// A network namespace deleted on drop.
 struct Netns(String);
@@ -66,7 +123,7 @@ fn endpoints(svc: usize, skip: Option<usize>) -> Vec<String> {
         .collect()
 }
 
-fn feed_slice(p: &mut Proxier<NftCommand>, svc: usize, skip: Option<usize>) {
+fn feed_slice<N: Nft>(p: &mut Proxier<N>, svc: usize, skip: Option<usize>) {
     let ips = endpoints(svc, skip);
     let eps: Vec<Ep<'_>> = ips
         .iter()
@@ -86,6 +143,10 @@ fn feed_slice(p: &mut Proxier<NftCommand>, svc: usize, skip: Option<usize>) {
         8080,
         &eps,
     ));
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn ms(d: Duration) -> String {
@@ -113,14 +174,131 @@ fn cpu() -> Duration {
 }
 
 fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// A `/proc/self/status` memory line in MiB (`VmRSS:`, `RssAnon:`, `RssFile:`).
+fn status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
+}
+
+/// The proxier's own work per change, without the kernel: the same cluster into a proxier
+/// over the recording fake (which accepts netlink batches), then 21 changes of each kind,
+/// each synced alone; the median CPU time of a sync (model update, rendering, diff and
+/// encoding of the batch).
+async fn own_work(n: usize, shards: usize) {
+    let nft = RecordingNft::default();
+    let mut cfg = RenderConfig::new(IpFamily::V4);
+    cfg.cluster_cidrs = vec!["10.128.0.0/9".parse().expect("cidr")];
+    let mut p = Proxier::new(
+        nft.clone(),
+        cfg,
+        NodeTopology {
+            node_name: "node".into(),
+            zone: None,
+        },
+    )
+    .with_shards(shards);
+    for i in 0..n {
+        p.service_updated(&cluster_ip(
+            "bench",
+            &format!("svc-{i}"),
+            &ip_of(i + 1, [172, 30]),
+            "http",
+            80,
+        ));
+        feed_slice(&mut p, i, None);
+    }
+    p.sync().await.expect("full sync");
+    *nft.netlink.lock().expect("lock") = FakeNetlink::Accept;
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let mut removed = Vec::new();
+    let mut added = Vec::new();
+    for k in 0..21 {
+        nft.calls.lock().expect("lock").clear();
+        feed_slice(&mut p, (k * 7919) % n, Some(3));
+        let c = cpu();
+        let r = p.sync().await.expect("sync");
+        removed.push(cpu() - c);
+        assert!(!r.full && r.netlink_messages > 0, "{r:?}");
+        let svc = n + 100 + k;
+        p.service_updated(&cluster_ip(
+            "bench",
+            &format!("svc-{svc}"),
+            &ip_of(svc + 1, [172, 30]),
+            "http",
+            80,
+        ));
+        feed_slice(&mut p, svc, None);
+        let c = cpu();
+        let r = p.sync().await.expect("sync");
+        added.push(cpu() - c);
+        assert!(!r.full && r.netlink_messages > 0, "{r:?}");
+    }
+    println!(
+        "  the proxier's own work per change (fake kernel, median CPU of 21 syncs): one endpoint removed {}, one service added {}",
+        us(median(removed)),
+        us(median(added))
+    );
+}
+
+/// What the watches keep between relists for `n` services × 10 endpoints (one Service
+/// and one EndpointSlice each, built as the apiserver sends them): the objects
+/// themselves, as they did, or their keys and tombstones (`watch::Tombstone`; a
+/// Service's is empty).
+fn watch_copies(n: usize) {
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut objects = Vec::with_capacity(n);
+    for i in 0..n {
+        let svc = cluster_ip(
+            "bench",
+            &format!("svc-{i}"),
+            &ip_of(i + 1, [172, 30]),
+            "http",
+            80,
+        );
+        let ips = endpoints(i, None);
+        let eps: Vec<Ep<'_>> = ips
+            .iter()
+            .map(|ip| Ep {
+                ip,
+                node: "other",
+                ready: true,
+                terminating: false,
+            })
+            .collect();
+        let name = format!("svc-{i}");
+        let sl = slice("bench", &name, &format!("{name}-1"), "http", 8080, &eps);
+        objects.push((svc, sl));
+    }
+    let full = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    let before = LIVE.load(Ordering::Relaxed);
+    // Each kept under its (namespace, name), as the watch's map does.
+    let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        (m.namespace.clone(), m.name.clone())
+    };
+    let stones: Vec<_> = objects
+        .iter()
+        .map(|(s, e)| (key(&s.metadata), key(&e.metadata), e.tombstone()))
+        .collect();
+    let kept = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    drop(objects);
+    drop(stones);
+    println!(
+        "  what the watches keep between relists: the objects {:.1} MiB, their tombstones {:.1} MiB",
+        full as f64 / 1048576.0,
+        kept as f64 / 1048576.0
+    );
 }
 
 fn env_on(name: &str, default: bool) -> bool {
@@ -143,6 +321,8 @@ async fn run(n: usize, shards: usize) {
         },
     )
     .with_shards(shards);
+    let heap0 = live_mib();
+    let rss0 = rss_mib();
     let t = Instant::now();
     for i in 0..n {
         p.service_updated(&cluster_ip(
@@ -155,6 +335,7 @@ async fn run(n: usize, shards: usize) {
         feed_slice(&mut p, i, None);
     }
     let feed = t.elapsed();
+    let fed = live_mib() - heap0;
     let full = p.sync().await.expect("full sync");
     println!(
         "{n} services x 10 endpoints, {shards} shard table(s): full sync render {} + apply {} (script {:.1} MiB; feeding the model {})",
@@ -164,7 +345,17 @@ async fn run(n: usize, shards: usize) {
         ms(feed)
     );
 
-    println!("  RSS after the full sync: {:.0} MiB", rss_mib());
+    println!(
+        "  RSS after the full sync: {:.0} MiB (anonymous {:.0}, file {:.0}; {:.0} MiB before the proxier was fed); live heap {:.0} MiB (the proxier {:.0} MiB: service and endpoints maps {:.0} MiB; the change trackers' pending state before the sync was {:.0} MiB)",
+        rss_mib(),
+        status_mib("RssAnon:"),
+        status_mib("RssFile:"),
+        rss0,
+        live_mib(),
+        live_mib() - heap0,
+        model_mib(&p),
+        fed
+    );
 
     // Incremental syncs: the same kinds of change over nf_tables netlink (the default)
     // and through the `nft` binary (which first reads the whole table), one run each.
@@ -291,8 +482,9 @@ async fn run(n: usize, shards: usize) {
         check.repaired
     );
     println!(
-        "  RSS after the check (its JSON listing parsed): {:.0} MiB",
-        rss_mib()
+        "  RSS after the check: {:.0} MiB; live heap {:.0} MiB",
+        rss_mib(),
+        live_mib()
     );
 
     // nft reading the same table as text and as JSON, each into a fresh namespace.
@@ -454,7 +646,11 @@ fn main() {
         .unwrap_or_else(|| vec![1, DEFAULT_SHARDS]);
     for n in sizes {
         for &k in &shards {
-            rt.block_on(run(n, k));
+            if env_on("NODELET_BENCH_KERNEL", true) {
+                rt.block_on(run(n, k));
+            }
+            rt.block_on(own_work(n, k));
+            watch_copies(n);
         }
     }
 }

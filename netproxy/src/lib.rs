@@ -15,7 +15,8 @@
 //! that touch UDP services (`conntrack`); `/healthz`, `/livez`, `/metrics` and the
 //! health-check node ports (`health`); the watchers (`watch`), falling back to
 //! `v1beta1` EndpointSlices or core Endpoints on old apiservers (`legacy`), one set of
-//! watches feeding one proxier per IP family (dual-stack).
+//! watches feeding one proxier per IP family (dual-stack). After a full sync the heap's
+//! free pages go back to the kernel (`heap`, shared with the agent).
 //!
 //! Known limits, for now: the consistency check compares rule counts, not rule text; dead
 //! chains are deleted in the same transaction that drops their last reference (fine on
@@ -24,6 +25,7 @@
 
 pub mod conntrack;
 pub mod health;
+pub mod heap;
 pub mod legacy;
 pub mod model;
 pub mod nft;

@@ -1,6 +1,13 @@
 //! The nftables proxier: owns the change trackers, the service and endpoints maps and
-//! what it last programmed (one `Fragment` per service port and the reference-counted map
-//! elements), and turns each sync into one transaction.
+//! the reference-counted map elements it programmed, and turns each sync into one
+//! transaction.
+//!
+//! What was programmed is not kept as rendered text: outside a failed sync (after which
+//! the next one is full) the kernel holds exactly `render::service_port` of the service
+//! and endpoints maps, so a service port's `Fragment` is rendered again when it is
+//! needed: before a sync applies the trackers, for the services about to change (the
+//! old side of the diff), and by the consistency check for the tables it compares. At
+//! 30k services × 10 endpoints the fragments were most of the proxy's heap.
 //!
 //! - A partial sync re-renders only the services whose Service or EndpointSlices changed
 //!   and sends the difference: changed chains flushed and refilled, map elements added
@@ -102,9 +109,6 @@ pub struct Proxier<N: Nft> {
     /// The base of the main table and that of every shard.
     main_base: Base,
     shard_base: Base,
-    /// Whole fragments (split over tables when sent).
-    fragments: HashMap<ServicePortName, Fragment>,
-    by_service: BTreeMap<ServiceName, BTreeSet<ServicePortName>>,
     /// Programmed elements, by table index.
     indexes: Vec<ElementIndex>,
     need_full_sync: bool,
@@ -112,6 +116,8 @@ pub struct Proxier<N: Nft> {
     conntrack: Option<Box<dyn Conntrack>>,
     /// Services with Local-policy ports left without local endpoints (`stats`).
     no_local: BTreeMap<ServiceName, NoLocalEndpoints>,
+    /// Health-check node ports and their local ready endpoints, by service (`stats`).
+    health_checks: crate::health::service::Wanted,
     /// Per table, bumped whenever a transaction touches it (every table on a full
     /// sync): a per-table check that read a table at another generation is stale.
     generations: Vec<u64>,
@@ -137,12 +143,11 @@ impl<N: Nft> Proxier<N> {
             node,
             services: ServicePortMap::default(),
             endpoints: EndpointsMap::default(),
-            fragments: HashMap::new(),
-            by_service: BTreeMap::new(),
             need_full_sync: true,
             base_recreated: false,
             conntrack: None,
             no_local: BTreeMap::new(),
+            health_checks: BTreeMap::new(),
             generations: vec![0; layout.tables()],
             check_cursor: MAIN,
         }
@@ -173,36 +178,52 @@ impl<N: Nft> Proxier<N> {
 
     /// The health-check node ports to serve: every `externalTrafficPolicy: Local`
     /// service with a `healthCheckNodePort`, with its number of local ready endpoint
-    /// addresses (upstream's `HealthCheckNodePorts` and `LocalReadyEndpoints`).
+    /// addresses (upstream's `HealthCheckNodePorts` and `LocalReadyEndpoints`). Kept per
+    /// service and refreshed for the services each sync changes (`stats`), so reading
+    /// it after every sync costs O(such services), not O(service ports).
     pub fn health_check_node_ports(&self) -> crate::health::service::Wanted {
-        let mut ips: BTreeMap<ServiceName, (u16, HashSet<std::net::IpAddr>)> = BTreeMap::new();
-        for (name, info) in self.services.iter() {
-            if !info.external_policy_local || info.health_check_node_port == 0 {
-                continue;
-            }
-            let entry = ips
-                .entry(name.service())
-                .or_insert_with(|| (info.health_check_node_port, HashSet::new()));
-            entry.1.extend(
-                self.endpoints
-                    .get(name)
-                    .iter()
-                    .filter(|e| e.is_local && e.ready)
-                    .map(|e| e.ip),
-            );
-        }
-        ips.into_iter()
-            .map(|(k, (port, ips))| (k, (port, ips.len())))
-            .collect()
+        self.health_checks.clone()
     }
 
     /// Whether any port of `service` is UDP now.
     fn has_udp(&self, service: &ServiceName) -> bool {
-        self.by_service.get(service).is_some_and(|ports| {
-            ports
-                .iter()
-                .any(|p| p.protocol == crate::model::Protocol::Udp)
-        })
+        self.services
+            .service_ports(service)
+            .any(|(p, _)| p.protocol == crate::model::Protocol::Udp)
+    }
+
+    /// The fragment of service port `name` as the maps say now (what was programmed for
+    /// it, outside a sync; `None` when the port is not in the map).
+    fn render_port(&self, name: &ServicePortName) -> Option<Fragment> {
+        let info = self.services.get(name)?;
+        Some(render::service_port(
+            name,
+            info,
+            self.endpoints.get(name),
+            &self.node,
+            &self.cfg,
+        ))
+    }
+
+    /// The fragments of every port of `services`, by service, rendered from the maps as
+    /// they are (the programmed side of the next diff).
+    fn render_services<'a>(
+        &self,
+        services: impl Iterator<Item = &'a ServiceName>,
+    ) -> HashMap<ServiceName, Rendered> {
+        let mut out: HashMap<ServiceName, Rendered> = HashMap::new();
+        for service in services {
+            if out.contains_key(service) {
+                continue;
+            }
+            let ports = self
+                .services
+                .service_ports(service)
+                .filter_map(|(name, _)| Some((name.clone(), self.render_port(name)?)))
+                .collect();
+            out.insert(service.clone(), ports);
+        }
+        out
     }
 
     /// Deletes the stale UDP conntrack entries: how many, and how long the reconciliation
@@ -306,27 +327,53 @@ impl<N: Nft> Proxier<N> {
     }
 
     /// Every table as it should be: its name, base, the parts of the fragments it holds
-    /// (in service-port order) and its elements.
+    /// (in service-port order, rendered from the maps) and its elements.
     fn wanted(&self) -> Vec<Wanted<'_>> {
-        let mut out: Vec<Wanted<'_>> = (0..self.layout.tables())
-            .map(|t| Wanted {
-                name: self.layout.table_name(t),
-                base: self.base_of(t),
-                parts: Vec::new(),
-                index: &self.indexes[t],
-            })
-            .collect();
-        let mut names: Vec<&ServicePortName> = self.fragments.keys().collect();
-        names.sort();
-        for name in names {
-            let Some(f) = self.fragments.get(name) else {
+        let mut parts: Vec<Vec<Fragment>> = vec![Vec::new(); self.layout.tables()];
+        let mut shard = None;
+        for (name, _) in self.services.iter() {
+            let Some(f) = self.render_port(name) else {
                 continue;
             };
-            let (main, part) = shard::split_fragment(f);
-            out[MAIN].parts.push(main);
-            out[self.layout.shard_of(&name.service())].parts.push(part);
+            let (main, part) = shard::split_fragment(&f);
+            parts[MAIN].push(main);
+            let t = self.shard_of_port(name, &mut shard);
+            parts[t].push(part);
         }
-        out
+        self.wanted_from(parts)
+    }
+
+    /// The tables as they should be with `parts`, table by table.
+    fn wanted_from(&self, parts: Vec<Vec<Fragment>>) -> Vec<Wanted<'_>> {
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(t, parts)| Wanted {
+                name: self.layout.table_name(t),
+                base: self.base_of(t),
+                parts,
+                index: &self.indexes[t],
+            })
+            .collect()
+    }
+
+    /// The shard of the service of `name`, remembering the last answer in `last`: the
+    /// ports of a service come one after another in name order, and the shard is a hash.
+    fn shard_of_port(
+        &self,
+        name: &ServicePortName,
+        last: &mut Option<(ServiceName, TableIx)>,
+    ) -> TableIx {
+        if let Some((s, t)) = last
+            && s.namespace == name.namespace
+            && s.name == name.name
+        {
+            return *t;
+        }
+        let service = name.service();
+        let t = self.layout.shard_of(&service);
+        *last = Some((service, t));
+        t
     }
 
     fn family(&self) -> &'static str {
@@ -339,6 +386,18 @@ impl<N: Nft> Proxier<N> {
     /// nft failed (the next sync is then a full one) or the listing of a full sync could
     /// not be read.
     pub async fn sync(&mut self) -> Result<SyncReport, SyncError> {
+        let start = Instant::now();
+        // The programmed side of the diff, rendered before the maps move on: every
+        // service with a pending change (a superset of those that changed).
+        let mut old = if self.need_full_sync {
+            HashMap::new()
+        } else {
+            self.render_services(
+                self.service_changes
+                    .pending_services()
+                    .chain(self.endpoint_changes.pending_services()),
+            )
+        };
         let svc_update = self.services.apply(&mut self.service_changes);
         let ep_update = self.endpoints.apply(&mut self.endpoint_changes);
         let changed: BTreeSet<ServiceName> = svc_update
@@ -359,11 +418,12 @@ impl<N: Nft> Proxier<N> {
             (r.conntrack_deleted, r.conntrack_reconcile) = self.clean_conntrack(&gone);
             return Ok(r);
         }
-        let start = Instant::now();
         let mut txs = vec![Tx::new(); self.layout.tables()];
         for service in &changed {
-            self.rerender(service, &mut txs);
+            let programmed = old.remove(service);
+            self.rerender(service, programmed, &mut txs);
         }
+        drop(old);
         for (g, tx) in self.generations.iter_mut().zip(&txs) {
             if tx.touches() {
                 *g += 1;
@@ -467,36 +527,33 @@ impl<N: Nft> Proxier<N> {
             .collect()
     }
 
-    /// Renders `service` again and records the difference with what was programmed, the
-    /// filter side in the main table's transaction and the rest in its shard's.
-    fn rerender(&mut self, service: &ServiceName, txs: &mut [Tx]) {
+    /// Renders `service` again and records the difference with what was programmed
+    /// (its fragments in `old`, rendered before the maps changed), the filter side in the
+    /// main table's transaction and the rest in its shard's. O(the service's ports): its
+    /// ports are a range of the ordered map.
+    fn rerender(&mut self, service: &ServiceName, old: Option<Rendered>, txs: &mut [Tx]) {
         let t = self.layout.shard_of(service);
-        let old_names = self.by_service.remove(service).unwrap_or_default();
-        let new_names: BTreeSet<ServicePortName> = self
+        let mut old = old.unwrap_or_default();
+        let mut names: BTreeSet<ServicePortName> = self
             .services
-            .iter()
-            .filter(|(n, _)| n.namespace == service.namespace && n.name == service.name)
+            .service_ports(service)
             .map(|(n, _)| n.clone())
             .collect();
+        names.extend(old.keys().cloned());
         let empty = Fragment::default();
-        for name in old_names.union(&new_names) {
-            let new = self.services.get(name).map(|info| {
-                render::service_port(name, info, self.endpoints.get(name), &self.node, &self.cfg)
-            });
-            let old = self.fragments.remove(name);
+        for name in &names {
+            let new = self.render_port(name);
+            let old = old.remove(name);
             let (old_main, old_part) = shard::split_fragment(old.as_ref().unwrap_or(&empty));
             let (new_main, new_part) = shard::split_fragment(new.as_ref().unwrap_or(&empty));
             txs[MAIN].diff(&old_main, &new_main, &mut self.indexes[MAIN]);
             txs[t].diff(&old_part, &new_part, &mut self.indexes[t]);
-            if let Some(f) = new {
-                self.fragments.insert(name.clone(), f);
-            }
-        }
-        if !new_names.is_empty() {
-            self.by_service.insert(service.clone(), new_names);
         }
     }
 }
+
+/// The fragments of one service's ports, by port.
+type Rendered = BTreeMap<ServicePortName, Fragment>;
 
 /// One table as the proxier wants it.
 pub(crate) struct Wanted<'a> {

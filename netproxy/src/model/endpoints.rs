@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use super::service::port_range;
 use super::{Endpoint, IpFamily, Protocol, ServiceName, ServicePortName};
 
 /// The label naming the service a slice belongs to.
@@ -31,10 +32,10 @@ impl EndpointsMap {
         tracker.changes = 0;
         for service in std::mem::take(&mut tracker.dirty) {
             let current = tracker.merged(&service);
+            // The service's ports are a range of the ordered map: O(log n), not a scan.
             let previous: BTreeMap<ServicePortName, Vec<Endpoint>> = self
                 .endpoints
-                .iter()
-                .filter(|(k, _)| k.namespace == service.namespace && k.name == service.name)
+                .range(port_range(&service))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if previous == current {
@@ -81,7 +82,9 @@ type CachedSlice = Vec<((String, Protocol), Vec<Endpoint>)>;
 pub struct EndpointsChangeTracker {
     family: IpFamily,
     node_name: String,
-    slices: BTreeMap<ServiceName, BTreeMap<String, CachedSlice>>,
+    /// Each service's slices, sorted by name: a `Vec`, as a service has one or a few (an
+    /// inner `BTreeMap` allocated a whole 11-slot node per service, ~0.5 KiB).
+    slices: BTreeMap<ServiceName, Vec<(String, CachedSlice)>>,
     dirty: BTreeSet<ServiceName>,
     /// Updates and deletions that changed something since the last `apply` (upstream's
     /// `sync_proxy_rules_endpoint_changes_pending`, incremented per such change).
@@ -108,8 +111,18 @@ impl EndpointsChangeTracker {
         };
         let cached = self.cache(slice);
         let entry = self.slices.entry(service.clone()).or_default();
-        if entry.get(&slice_name) != Some(&cached) {
-            entry.insert(slice_name, cached);
+        let changed = match entry.binary_search_by(|(n, _)| n.cmp(&slice_name)) {
+            Ok(i) if entry[i].1 == cached => false,
+            Ok(i) => {
+                entry[i].1 = cached;
+                true
+            }
+            Err(i) => {
+                entry.insert(i, (slice_name, cached));
+                true
+            }
+        };
+        if changed {
             self.dirty.insert(service);
             self.changes += 1;
         }
@@ -121,8 +134,9 @@ impl EndpointsChangeTracker {
             return;
         };
         if let Some(entry) = self.slices.get_mut(&service)
-            && entry.remove(&slice_name).is_some()
+            && let Ok(i) = entry.binary_search_by(|(n, _)| n.cmp(&slice_name))
         {
+            entry.remove(i);
             if entry.is_empty() {
                 self.slices.remove(&service);
             }
@@ -139,6 +153,11 @@ impl EndpointsChangeTracker {
     /// The slice updates and deletions that changed something since the last `apply`.
     pub fn pending(&self) -> usize {
         self.changes
+    }
+
+    /// The services whose slices changed since the last `apply`.
+    pub fn pending_services(&self) -> impl Iterator<Item = &ServiceName> {
+        self.dirty.iter()
     }
 
     fn key(&self, slice: &EndpointSlice) -> Option<(ServiceName, String)> {
@@ -212,7 +231,7 @@ impl EndpointsChangeTracker {
             .slices
             .get(service)
             .into_iter()
-            .flat_map(|s| s.values())
+            .flat_map(|s| s.iter().map(|(_, slice)| slice))
         {
             for ((port_name, protocol), eps) in slice {
                 let spn = ServicePortName {
@@ -325,6 +344,41 @@ mod tests {
         t.delete(&slice("s", "s-1", json!([])));
         map.apply(&mut t);
         assert!(map.get(&spn("s", "http", Protocol::Tcp)).is_empty());
+    }
+
+    #[test]
+    fn an_endpoint_without_hints_stays_small() {
+        // Each endpoint is held twice (slice cache and map): 600k at 30k services × 10.
+        assert!(std::mem::size_of::<Endpoint>() <= 40);
+        let none: crate::model::Hints = Vec::<String>::new().into_iter().collect();
+        assert!(none.is_empty() && !none.contains("z1"));
+        assert_eq!(none, crate::model::Hints::default());
+    }
+
+    #[test]
+    fn a_service_change_leaves_services_with_a_longer_name_alone() {
+        // The map is updated by the range of the service's ports: "s" must not take
+        // the ports of "s-2" (nor the reverse).
+        let mut t = EndpointsChangeTracker::new(IpFamily::V4, "n");
+        let mut map = EndpointsMap::default();
+        t.update(&slice("s", "s-1", json!([{"addresses": ["10.0.0.1"]}])));
+        t.update(&slice("s-2", "s-2-1", json!([{"addresses": ["10.0.0.2"]}])));
+        t.update(&slice("r", "r-1", json!([{"addresses": ["10.0.0.3"]}])));
+        map.apply(&mut t);
+        t.delete(&slice("s", "s-1", json!([])));
+        let r = map.apply(&mut t);
+        assert_eq!(r.updated.len(), 1);
+        assert!(map.get(&spn("s", "http", Protocol::Tcp)).is_empty());
+        assert_eq!(map.get(&spn("s-2", "http", Protocol::Tcp)).len(), 1);
+        assert_eq!(map.get(&spn("r", "dns", Protocol::Udp)).len(), 1);
+        assert_eq!(
+            r.deleted_udp_endpoints,
+            vec![(
+                spn("s", "dns", Protocol::Udp),
+                "10.0.0.1".parse().expect("ip"),
+                53
+            )]
+        );
     }
 
     #[test]

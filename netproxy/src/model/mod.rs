@@ -175,8 +175,47 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub zone_hints: BTreeSet<String>,
-    pub node_hints: BTreeSet<String>,
+    pub zone_hints: Hints,
+    pub node_hints: Hints,
+}
+
+/// An endpoint's `hints.forZones` or `hints.forNodes` names, sorted: a pointer, null
+/// when there are none (nearly always), so an endpoint takes 40 bytes instead of 72 with
+/// two empty `BTreeSet`s; the proxy holds each endpoint twice (slice cache and endpoints
+/// map), 600k of them at 30k services × 10 endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hints(Option<Box<HintNames>>);
+
+/// The names behind a non-empty [`Hints`] (a struct, so the pointer to it is thin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HintNames(Vec<String>);
+
+impl Hints {
+    /// Whether there is no hint.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Whether `name` is one of the hints.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0
+            .as_deref()
+            .is_some_and(|s| s.0.binary_search_by(|h| h.as_str().cmp(name)).is_ok())
+    }
+
+    /// Adds a hint.
+    pub fn insert(&mut self, name: String) {
+        let mut all = self.0.take().map(|s| s.0).unwrap_or_default();
+        all.push(name);
+        *self = all.into_iter().collect();
+    }
+}
+
+impl FromIterator<String> for Hints {
+    fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Self {
+        let set: BTreeSet<String> = iter.into_iter().collect();
+        Hints((!set.is_empty()).then(|| Box::new(HintNames(set.into_iter().collect()))))
+    }
 }
 
 impl Endpoint {

@@ -64,6 +64,7 @@ impl ServicePortMap {
     pub fn apply(&mut self, tracker: &mut ServiceChangeTracker) -> ServiceUpdate {
         let mut result = ServiceUpdate::default();
         for (service, current) in std::mem::take(&mut tracker.pending) {
+            let current: Ports = current.into_vec().into_iter().collect();
             let previous = self.ports_of(&service);
             if previous == current {
                 continue;
@@ -108,8 +109,8 @@ fn udp_destinations(info: &ServicePortInfo) -> impl Iterator<Item = (IpAddr, u16
         .map(|ip| (ip, info.port))
 }
 
-/// The range of `ServicePortName`s that belong to `service` in the ordered map.
-fn port_range(
+/// The range of `ServicePortName`s that belong to `service` in a map ordered by them.
+pub(super) fn port_range(
     service: &ServiceName,
 ) -> (
     std::ops::Bound<ServicePortName>,
@@ -152,7 +153,10 @@ pub struct ServiceUpdate {
 #[derive(Debug)]
 pub struct ServiceChangeTracker {
     family: IpFamily,
-    pending: BTreeMap<ServiceName, Ports>,
+    /// The latest ports of each changed service, in name order: a boxed slice, as a
+    /// `BTreeMap` per service allocated a whole 11-slot node (~2 KiB) per service, and
+    /// a burst of 30k services left that many holes in the heap once applied.
+    pending: BTreeMap<ServiceName, Box<[(ServicePortName, ServicePortInfo)]>>,
 }
 
 impl ServiceChangeTracker {
@@ -168,14 +172,14 @@ impl ServiceChangeTracker {
     pub fn update(&mut self, service: &Service) {
         if let Some(name) = service_name(service) {
             let ports = service_ports(service, self.family);
-            self.pending.insert(name, ports);
+            self.pending.insert(name, ports.into_iter().collect());
         }
     }
 
     /// Records that a Service was deleted.
     pub fn delete(&mut self, service: &Service) {
         if let Some(name) = service_name(service) {
-            self.pending.insert(name, Ports::new());
+            self.pending.insert(name, Box::default());
         }
     }
 
@@ -187,6 +191,11 @@ impl ServiceChangeTracker {
     /// The services with a change waiting for a sync.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The names of the services with a change waiting for a sync.
+    pub fn pending_services(&self) -> impl Iterator<Item = &ServiceName> {
+        self.pending.keys()
     }
 }
 

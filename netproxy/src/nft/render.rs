@@ -258,6 +258,12 @@ pub fn base(cfg: &RenderConfig) -> Base {
     }
 }
 
+/// Whether a service port's fragment has a `firewall-` chain (`loadBalancerSourceRanges`
+/// on a service with load-balancer IPs): the only chains of the main table.
+pub fn has_firewall(svc: &ServicePortInfo) -> bool {
+    !svc.load_balancer_vips.is_empty() && !svc.load_balancer_source_ranges.is_empty()
+}
+
 /// The fragment of one service port (upstream's per-service body of `syncProxyRules`).
 pub fn service_port(
     spn: &ServicePortName,
@@ -337,8 +343,7 @@ pub fn service_port(
             );
         }
     }
-    let uses_fw_chain =
-        !svc.load_balancer_vips.is_empty() && !svc.load_balancer_source_ranges.is_empty();
+    let uses_fw_chain = has_firewall(svc);
     for vip in &svc.load_balancer_vips {
         if cat.has_any {
             elem(

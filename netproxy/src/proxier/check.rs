@@ -21,7 +21,7 @@
 use std::time::Instant;
 
 use super::{Proxier, SyncError, SyncReport, Wanted};
-use crate::model::{IpFamily, ServicePortName};
+use crate::model::IpFamily;
 use crate::nft::exec::Nft;
 use crate::nft::listing::{self, Observed};
 use crate::nft::netlink::{Batch, NetlinkError};
@@ -85,25 +85,31 @@ impl<N: Nft> Proxier<N> {
         !self.need_full_sync && self.generations.get(plan.table) == Some(&plan.generation)
     }
 
-    /// Table `t` as wanted: the parts of the fragments it holds, in service-port order.
+    /// Table `t` as wanted: the parts of the fragments it holds, in service-port order,
+    /// rendered from the maps: for a shard the ports of its services; for the main table
+    /// the ports with a firewall chain (the repair takes elements from the index, and
+    /// the main part of every other fragment has no chain and no set).
     fn wanted_table(&self, t: TableIx) -> Wanted<'_> {
-        let mut names: Vec<&ServicePortName> = self
-            .fragments
-            .keys()
-            .filter(|n| t == MAIN || self.layout.shard_of(&n.service()) == t)
-            .collect();
-        names.sort();
-        let parts = names
-            .into_iter()
-            .filter_map(|n| self.fragments.get(n))
-            .map(|f| {
-                if t == MAIN {
-                    shard::main_part(f)
-                } else {
-                    shard::shard_part(f)
-                }
-            })
-            .collect();
+        let mut shard = None;
+        let mut parts = Vec::new();
+        for (name, info) in self.services.iter() {
+            let ours = if t == MAIN {
+                crate::nft::render::has_firewall(info)
+            } else {
+                self.shard_of_port(name, &mut shard) == t
+            };
+            if !ours {
+                continue;
+            }
+            let Some(f) = self.render_port(name) else {
+                continue;
+            };
+            parts.push(if t == MAIN {
+                shard::main_part(&f)
+            } else {
+                shard::shard_part(&f)
+            });
+        }
         Wanted {
             name: self.layout.table_name(t),
             base: self.base_of(t),

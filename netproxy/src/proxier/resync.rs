@@ -6,12 +6,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use super::{Proxier, SyncError, SyncReport, Wanted};
-use crate::model::ServicePortName;
 use crate::nft::Container;
 use crate::nft::exec::Nft;
 use crate::nft::listing::{self, Observed};
 use crate::nft::netlink::NetlinkError;
-use crate::nft::render::{self, Element, Fragment};
+use crate::nft::render::{Element, Fragment};
 use crate::nft::shard::{self, MAIN, TableIx};
 use crate::nft::tx::{ElementIndex, Tx};
 
@@ -61,8 +60,17 @@ impl<N: Nft> Proxier<N> {
         }
     }
 
-    /// Rewrites every table from the model and removes shard tables beyond the layout.
+    /// Rewrites every table from the model and removes shard tables beyond the layout,
+    /// then gives the transaction's memory back to the kernel (`heap::trim`: the
+    /// transaction of every table is freed by then, and glibc would keep it resident).
     pub(super) async fn full_sync(&mut self) -> Result<SyncReport, SyncError> {
+        let r = self.rewrite_all().await;
+        crate::heap::trim();
+        r
+    }
+
+    /// The full sync proper.
+    async fn rewrite_all(&mut self) -> Result<SyncReport, SyncError> {
         let existing = self.existing_tables().await?;
         let observed = self
             .observe(|t| existing.contains(&self.layout.table_name(t)))
@@ -71,39 +79,31 @@ impl<N: Nft> Proxier<N> {
         for g in &mut self.generations {
             *g += 1;
         }
-        self.fragments.clear();
-        self.by_service.clear();
-        self.indexes = vec![ElementIndex::default(); self.layout.tables()];
-        let names: Vec<ServicePortName> = self.services.iter().map(|(n, _)| n.clone()).collect();
+        // Two passes, each fragment rendered twice: the element index (kept) first, each
+        // fragment dropped as soon as its elements are indexed, so the index is not
+        // strewn over the pages of the transaction built next, and the heap trim after
+        // the sync can give all of those back.
+        let mut indexes = vec![ElementIndex::default(); self.layout.tables()];
         let empty = Fragment::default();
         let mut services = BTreeSet::new();
-        for name in names {
-            let Some(info) = self.services.get(&name) else {
+        let mut shard = None;
+        for (name, _) in self.services.iter() {
+            let Some(f) = self.render_port(name) else {
                 continue;
             };
-            let f = render::service_port(
-                &name,
-                info,
-                self.endpoints.get(&name),
-                &self.node,
-                &self.cfg,
-            );
+            let t = self.shard_of_port(name, &mut shard);
             // Chains are written below; the diff against nothing only indexes elements.
             let (main, part) = shard::split_fragment(&Fragment {
-                elements: f.elements.clone(),
+                elements: f.elements,
                 ..Fragment::default()
             });
-            let t = self.layout.shard_of(&name.service());
             let mut scratch = Tx::new();
-            scratch.diff(&empty, &main, &mut self.indexes[MAIN]);
-            scratch.diff(&empty, &part, &mut self.indexes[t]);
-            services.insert(name.service());
-            self.by_service
-                .entry(name.service())
-                .or_default()
-                .insert(name.clone());
-            self.fragments.insert(name, f);
+            scratch.diff(&empty, &main, &mut indexes[MAIN]);
+            scratch.diff(&empty, &part, &mut indexes[t]);
+            services.insert((&name.namespace, &name.name));
         }
+        let services = services.len();
+        self.indexes = indexes;
         let family = self.family();
         let mut script = String::new();
         for (w, observed) in self.wanted().iter().zip(&observed) {
@@ -123,7 +123,7 @@ impl<N: Nft> Proxier<N> {
         self.base_recreated = true;
         Ok(SyncReport {
             full: true,
-            services: services.len(),
+            services,
             script_bytes: script.len(),
             repaired: 0,
             render,
@@ -132,11 +132,20 @@ impl<N: Nft> Proxier<N> {
         })
     }
 
-    /// Lists our tables and repairs what differs from what was programmed.
+    /// Lists our tables and repairs what differs from what was programmed, then gives
+    /// the listing's memory back to the kernel (`heap::trim`; every table read back at
+    /// once is hundreds of MiB at 30k services).
     ///
     /// # Errors
     /// Listing or applying the repair failed.
     pub async fn check(&mut self) -> Result<SyncReport, SyncError> {
+        let r = self.check_all().await;
+        crate::heap::trim();
+        r
+    }
+
+    /// The whole-ruleset check proper.
+    async fn check_all(&mut self) -> Result<SyncReport, SyncError> {
         if self.need_full_sync {
             return self.full_sync().await;
         }

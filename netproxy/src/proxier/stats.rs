@@ -2,7 +2,8 @@
 //! `syncProxyRules` and its change trackers): the changes waiting for a sync, and the
 //! service ports with a Local traffic policy and no local endpoint.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::net::IpAddr;
 
 use super::Proxier;
 use crate::model::{ServiceName, categorize_endpoints};
@@ -52,9 +53,12 @@ impl<N: Nft> Proxier<N> {
             })
     }
 
-    /// Recounts the services in `changed` (their ports and endpoints were just applied).
+    /// Recounts the services in `changed` (their ports and endpoints were just applied):
+    /// their Local-policy ports without local endpoints and their health-check node
+    /// port.
     pub(super) fn refresh_no_local(&mut self, changed: &BTreeSet<ServiceName>) {
         for service in changed {
+            self.refresh_health_check(service);
             let mut n = NoLocalEndpoints::default();
             for (name, info) in self.services.service_ports(service) {
                 if !info.internal_policy_local && !info.external_policy_local {
@@ -71,6 +75,35 @@ impl<N: Nft> Proxier<N> {
                 self.no_local.remove(service);
             } else {
                 self.no_local.insert(service.clone(), n);
+            }
+        }
+    }
+
+    /// `service`'s health-check node port (that of its first port with
+    /// `externalTrafficPolicy: Local` and one) and its local ready endpoint addresses
+    /// over those ports.
+    fn refresh_health_check(&mut self, service: &ServiceName) {
+        let mut port = None;
+        let mut ips: HashSet<IpAddr> = HashSet::new();
+        for (name, info) in self.services.service_ports(service) {
+            if !info.external_policy_local || info.health_check_node_port == 0 {
+                continue;
+            }
+            port.get_or_insert(info.health_check_node_port);
+            ips.extend(
+                self.endpoints
+                    .get(name)
+                    .iter()
+                    .filter(|e| e.is_local && e.ready)
+                    .map(|e| e.ip),
+            );
+        }
+        match port {
+            Some(p) => {
+                self.health_checks.insert(service.clone(), (p, ips.len()));
+            }
+            None => {
+                self.health_checks.remove(service);
             }
         }
     }
