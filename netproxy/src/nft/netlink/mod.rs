@@ -193,35 +193,16 @@ impl Socket {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(NetlinkError::Recv(e)),
             };
-            let mut off = 0;
-            while off + 16 <= len {
-                let word =
-                    |o: usize| u32::from_ne_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
-                let mlen = word(off) as usize;
-                if mlen < 16 || off + mlen > len {
-                    break;
+            for m in msg::received(&buf[..len]).filter(|m| m.seq == seq) {
+                match m.ty {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => match m.error_code() {
+                        Some(0) | None => {}
+                        Some(code) => return Err(NetlinkError::Dump(Errno::from_raw(-code))),
+                    },
+                    // The attributes after the 4-byte `nfgenmsg`.
+                    _ => out.extend(m.payload.get(4..).map(<[u8]>::to_vec)),
                 }
-                let mty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                let mseq = word(off + 8);
-                if mseq == seq {
-                    match mty {
-                        NLMSG_DONE => return Ok(out),
-                        NLMSG_ERROR => {
-                            let code = i32::from_ne_bytes([
-                                buf[off + 16],
-                                buf[off + 17],
-                                buf[off + 18],
-                                buf[off + 19],
-                            ]);
-                            if code != 0 {
-                                return Err(NetlinkError::Dump(Errno::from_raw(-code)));
-                            }
-                        }
-                        _ if mlen >= 20 => out.push(buf[off + 20..off + mlen].to_vec()),
-                        _ => {}
-                    }
-                }
-                off += (mlen + 3) & !3;
             }
         }
     }
@@ -273,39 +254,24 @@ impl Socket {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(NetlinkError::Recv(e)),
             };
-            let mut off = 0;
-            while off + 16 <= len {
-                let word =
-                    |o: usize| u32::from_ne_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
-                let mlen = word(off) as usize;
-                if mlen < 16 || off + mlen > len {
-                    break;
+            for m in msg::received(&buf[..len]).filter(|m| m.ty == NLMSG_ERROR) {
+                let (Some(code), Some(seq)) = (m.error_code(), m.acked_seq()) else {
+                    continue;
+                };
+                let idx = seq.wrapping_sub(first).wrapping_sub(1) as usize;
+                if code != 0 && failure.is_none() {
+                    let errno = Errno::from_raw(-code);
+                    failure = Some(match batch.commands().get(idx) {
+                        Some(c) => NetlinkError::Rejected {
+                            command: c.clone(),
+                            errno,
+                        },
+                        None => NetlinkError::Batch(errno),
+                    });
                 }
-                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                if ty == NLMSG_ERROR && mlen >= 16 + 4 + 16 {
-                    let code = i32::from_ne_bytes([
-                        buf[off + 16],
-                        buf[off + 17],
-                        buf[off + 18],
-                        buf[off + 19],
-                    ]);
-                    let seq = word(off + 20 + 8);
-                    let idx = seq.wrapping_sub(first).wrapping_sub(1) as usize;
-                    if code != 0 && failure.is_none() {
-                        let errno = Errno::from_raw(-code);
-                        failure = Some(match batch.commands().get(idx) {
-                            Some(c) => NetlinkError::Rejected {
-                                command: c.clone(),
-                                errno,
-                            },
-                            None => NetlinkError::Batch(errno),
-                        });
-                    }
-                    if let Some(a) = acked.get_mut(idx) {
-                        *a = true;
-                    }
+                if let Some(a) = acked.get_mut(idx) {
+                    *a = true;
                 }
-                off += (mlen + 3) & !3;
             }
         }
         if let Some(f) = failure {

@@ -176,6 +176,52 @@ pub fn message(
     out.extend_from_slice(attrs);
 }
 
+/// One netlink message of a received buffer: its type, sequence number and payload
+/// (what follows the 16-byte `nlmsghdr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received<'a> {
+    pub ty: u16,
+    pub seq: u32,
+    pub payload: &'a [u8],
+}
+
+impl Received<'_> {
+    /// The error code of an `NLMSG_ERROR` message (0 for an acknowledgement), from its
+    /// first four payload bytes.
+    pub fn error_code(&self) -> Option<i32> {
+        Some(i32::from_ne_bytes(self.payload.get(..4)?.try_into().ok()?))
+    }
+
+    /// The sequence number of the request an `NLMSG_ERROR` message answers (in the
+    /// request's header that follows the error code).
+    pub fn acked_seq(&self) -> Option<u32> {
+        Some(u32::from_ne_bytes(
+            self.payload.get(12..16)?.try_into().ok()?,
+        ))
+    }
+}
+
+/// The whole messages in `buf`, as one `recv` returned them (4-byte aligned); a
+/// truncated or malformed tail ends the walk.
+pub fn received(buf: &[u8]) -> impl Iterator<Item = Received<'_>> {
+    let mut off = 0usize;
+    std::iter::from_fn(move || {
+        let word = |o: usize| Some(u32::from_ne_bytes(buf.get(o..o + 4)?.try_into().ok()?));
+        let mlen = word(off)? as usize;
+        if mlen < 16 || off + mlen > buf.len() {
+            return None;
+        }
+        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        let msg = Received {
+            ty,
+            seq: word(off + 8)?,
+            payload: &buf[off + 16..off + mlen],
+        };
+        off += (mlen + 3) & !3;
+        Some(msg)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +234,32 @@ mod tests {
         let mut n = Buf::default();
         n.nest(2, |i| i.put_be32(1, 6));
         assert_eq!(n.bytes, [12, 0, 2, 0x80, 8, 0, 1, 0, 0, 0, 0, 6]);
+    }
+
+    #[test]
+    fn received_walks_whole_messages_and_stops_at_a_truncated_tail() {
+        let mut buf = Vec::new();
+        message(&mut buf, 0x0a03, 0, 7, 2, 0, &[1, 2, 3, 4]);
+        // An acknowledgement of request 9: code 0, then the request's header.
+        let mut ack = 0i32.to_ne_bytes().to_vec();
+        message(&mut ack, 0x0a06, 0, 9, 2, 0, &[]);
+        let len = u32::try_from(16 + ack.len()).expect("len");
+        buf.extend_from_slice(&len.to_ne_bytes());
+        buf.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        buf.extend_from_slice(&[0, 0]);
+        buf.extend_from_slice(&9u32.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&ack);
+        // A header announcing more than the buffer holds.
+        buf.extend_from_slice(&64u32.to_ne_bytes());
+        buf.extend_from_slice(&[0; 12]);
+
+        let got: Vec<Received<'_>> = received(&buf).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].ty, got[0].seq), (0x0a03, 7));
+        assert_eq!(got[0].payload, [2, 0, 0, 0, 1, 2, 3, 4]);
+        assert_eq!((got[1].ty, got[1].error_code()), (NLMSG_ERROR, Some(0)));
+        assert_eq!(got[1].acked_seq(), Some(9));
+        assert_eq!(received(&buf[..10]).count(), 0);
     }
 }
