@@ -10,6 +10,7 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use support::cluster::condition_status;
 use support::{BUSYBOX, World, phase, wait_for};
 
 fn mem_total() -> u64 {
@@ -25,16 +26,6 @@ fn mem_total() -> u64 {
 async fn get_json<T: serde::de::DeserializeOwned>(w: &World, path: &str) -> Option<T> {
     let url = format!("http://127.0.0.1:{}{path}", w.port);
     reqwest::get(&url).await.ok()?.json::<T>().await.ok()
-}
-
-fn condition(node: &Node, type_: &str) -> Option<String> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
 }
 
 fn running(pod: &Pod) -> bool {
@@ -84,8 +75,11 @@ spec:
         get_json::<Node>(&w, "/node").await
     })
     .await;
-    assert_eq!(condition(&node, "MemoryPressure").as_deref(), Some("False"));
-    assert_eq!(condition(&node, "Ready").as_deref(), Some("True"));
+    assert_eq!(
+        condition_status(&node, "MemoryPressure").as_deref(),
+        Some("False")
+    );
+    assert_eq!(condition_status(&node, "Ready").as_deref(), Some("True"));
     let allocatable = node
         .status
         .as_ref()
@@ -155,7 +149,7 @@ spec:
         let (w, seen) = (&w, &pressure_seen);
         async move {
             if let Some(node) = get_json::<Node>(w, "/node").await
-                && condition(&node, "MemoryPressure").as_deref() == Some("True")
+                && condition_status(&node, "MemoryPressure").as_deref() == Some("True")
             {
                 seen.store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -243,7 +237,7 @@ spec:
     // Pressure was seen (with its taint), and clears once the transition period passes.
     if !saw_pressure {
         let node: Node = get_json(&w, "/node").await.expect("node");
-        saw_pressure = condition(&node, "MemoryPressure").as_deref() == Some("True");
+        saw_pressure = condition_status(&node, "MemoryPressure").as_deref() == Some("True");
         let tainted = node.spec.and_then(|s| s.taints).is_some_and(|t| {
             t.iter()
                 .any(|t| t.key == "node.kubernetes.io/memory-pressure")
@@ -256,7 +250,7 @@ spec:
         Duration::from_secs(60),
         || async {
             let node = get_json::<Node>(&w, "/node").await?;
-            (condition(&node, "MemoryPressure").as_deref() == Some("False")).then_some(())
+            (condition_status(&node, "MemoryPressure").as_deref() == Some("False")).then_some(())
         },
     )
     .await;

@@ -189,23 +189,29 @@ fn status_mib(field: &str) -> f64 {
     kib / 1024.0
 }
 
-/// The proxier's own work per change, without the kernel: the same cluster into a proxier
-/// over the recording fake (which accepts netlink batches), then 21 changes of each kind,
-/// each synced alone; the median CPU time of a sync (model update, rendering, diff and
-/// encoding of the batch).
-async fn own_work(n: usize, shards: usize) {
-    let nft = RecordingNft::default();
+/// A proxier over `nft` as node `node` (no zone), cluster CIDR 10.128.0.0/9 (the
+/// synthetic endpoints), services spread over `shards` tables.
+fn bench_proxier<N: Nft>(nft: N, shards: usize) -> Proxier<N> {
     let mut cfg = RenderConfig::new(IpFamily::V4);
     cfg.cluster_cidrs = vec!["10.128.0.0/9".parse().expect("cidr")];
-    let mut p = Proxier::new(
-        nft.clone(),
+    Proxier::new(
+        nft,
         cfg,
         NodeTopology {
             node_name: "node".into(),
             zone: None,
         },
     )
-    .with_shards(shards);
+    .with_shards(shards)
+}
+
+/// The proxier's own work per change, without the kernel: the same cluster into a proxier
+/// over the recording fake (which accepts netlink batches), then 21 changes of each kind,
+/// each synced alone; the median CPU time of a sync (model update, rendering, diff and
+/// encoding of the batch).
+async fn own_work(n: usize, shards: usize) {
+    let nft = RecordingNft::default();
+    let mut p = bench_proxier(nft.clone(), shards);
     for i in 0..n {
         p.service_updated(&cluster_ip(
             "bench",
@@ -310,17 +316,7 @@ async fn run(n: usize, shards: usize) {
     let nft = NftCommand::new()
         .in_netns(&ns.0)
         .with_timeout(Duration::from_secs(1500));
-    let mut cfg = RenderConfig::new(IpFamily::V4);
-    cfg.cluster_cidrs = vec!["10.128.0.0/9".parse().expect("cidr")];
-    let mut p = Proxier::new(
-        nft.clone(),
-        cfg,
-        NodeTopology {
-            node_name: "node".into(),
-            zone: None,
-        },
-    )
-    .with_shards(shards);
+    let mut p = bench_proxier(nft.clone(), shards);
     let heap0 = live_mib();
     let rss0 = rss_mib();
     let t = Instant::now();
