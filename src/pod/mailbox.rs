@@ -204,7 +204,10 @@ mod tests {
         mb.update(pod("b"));
         mb.oom("c1".into());
         let p = mb.recv().await;
-        assert_eq!(p.update.and_then(|p| p.metadata.name.clone()), Some("b".into()));
+        assert_eq!(
+            p.update.and_then(|p| p.metadata.name.clone()),
+            Some("b".into())
+        );
         assert!(p.sync);
         assert_eq!(p.oom, vec!["c1".to_owned()]);
         assert!(mb.take().is_empty());

@@ -520,8 +520,12 @@ impl<R: Runtime> PodManager<R> {
         );
         let terminating = slot.state == SlotState::Terminating;
         let mailbox = Mailbox::new();
-        let worker = PodWorker::new(Arc::clone(&self.env), Arc::clone(&slot.pod), mailbox.clone())
-            .rejected(PANIC_REASON, message);
+        let worker = PodWorker::new(
+            Arc::clone(&self.env),
+            Arc::clone(&slot.pod),
+            mailbox.clone(),
+        )
+        .rejected(PANIC_REASON, message);
         self.start(uid.to_owned(), slot.pod, worker, mailbox);
         if terminating || !self.desired.values().any(|m| m.contains_key(uid)) {
             self.on_gone(uid);

@@ -272,7 +272,10 @@ mod tests {
         };
         let a = vec![pod("a", "x"), pod("b", "y")];
         assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
-        assert_ne!(fingerprint(&a), fingerprint(&[pod("a", "x"), pod("b", "z")]));
+        assert_ne!(
+            fingerprint(&a),
+            fingerprint(&[pod("a", "x"), pod("b", "z")])
+        );
         assert_ne!(fingerprint(&a), fingerprint(&a[..1]));
         assert_ne!(fingerprint(&[]), fingerprint(&a[..1]));
     }
