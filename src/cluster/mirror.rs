@@ -337,7 +337,7 @@ mod tests {
             ready,
             pods: Arc::new(
                 pods.into_iter()
-                    .map(|p| (p.metadata.uid.clone().unwrap_or_default(), p))
+                    .map(|p| (p.metadata.uid.clone().unwrap_or_default(), Arc::new(p)))
                     .collect(),
             ),
         }

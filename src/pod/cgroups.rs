@@ -5,7 +5,7 @@
 //! active pods, as upstream's QoS container manager updates them on each pod sync.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use nodelet_cgroups::values::{self, container_resources, qos_level_resources};
@@ -25,8 +25,9 @@ pub struct PodCgroups {
     settings: ResourceSettings,
     container: ContainerSettings,
     kubepods: ResourceConfig,
-    /// The pods with a cgroup, by UID, for the QoS levels' values.
-    active: Mutex<BTreeMap<String, PodSpec>>,
+    /// The pods with a cgroup, by UID, for the QoS levels' values (the worker's own
+    /// copy of the pod, shared).
+    active: Mutex<BTreeMap<String, Arc<Pod>>>,
 }
 
 impl PodCgroups {
@@ -123,7 +124,7 @@ impl PodCgroups {
     ///
     /// # Errors
     /// A cgroup that can't be made or a value the kernel refuses.
-    pub fn ensure_pod(&self, pod: &Pod) -> Result<(), CgroupError> {
+    pub fn ensure_pod(&self, pod: &Arc<Pod>) -> Result<(), CgroupError> {
         let (Some(name), Some(spec), Some(uid)) = (
             self.pod_cgroup(pod),
             pod.spec.as_ref(),
@@ -140,7 +141,7 @@ impl PodCgroups {
         rc.pids_limit = self.settings.pod_pids_limit;
         let newly = {
             let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-            active.insert(uid.to_owned(), spec.clone()).is_none()
+            active.insert(uid.to_owned(), Arc::clone(pod)).is_none()
         };
         if newly {
             self.update_qos_from_active()?;
@@ -243,11 +244,11 @@ impl PodCgroups {
         if !self.settings.cgroups_per_qos {
             return Ok(());
         }
-        let specs: Vec<PodSpec> = {
+        let pods: Vec<Arc<Pod>> = {
             let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
             active.values().cloned().collect()
         };
-        let refs: Vec<&PodSpec> = specs.iter().collect();
+        let refs: Vec<&PodSpec> = pods.iter().filter_map(|p| p.spec.as_ref()).collect();
         self.update_qos(&refs)
     }
 
@@ -318,13 +319,15 @@ mod tests {
     use super::*;
     use nodelet_cgroups::CgroupVersion;
 
-    fn pod(uid: &str, cpu: &str) -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": uid, "uid": uid},
-            "spec": {"containers": [{"name": "c", "image": "i",
-                "resources": {"requests": {"cpu": cpu}}}]}
-        }))
-        .expect("pod")
+    fn pod(uid: &str, cpu: &str) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": uid, "uid": uid},
+                "spec": {"containers": [{"name": "c", "image": "i",
+                    "resources": {"requests": {"cpu": cpu}}}]}
+            }))
+            .expect("pod"),
+        )
     }
 
     fn read(dir: &tempfile::TempDir, rel: &str) -> String {

@@ -49,7 +49,7 @@ pub struct Terminate {
 #[derive(Debug, Default)]
 pub struct Pending {
     /// The newest version of the pod, if it changed.
-    pub update: Option<Box<Pod>>,
+    pub update: Option<Arc<Pod>>,
     /// Termination asked for (sticky: later requests only shorten the grace).
     pub terminate: Option<Terminate>,
     /// An eviction (the first one counts).
@@ -119,8 +119,9 @@ impl Mailbox {
     }
 
     /// A new version of the pod: replaces any update not yet taken.
-    pub fn update(&self, pod: Pod) {
-        self.post(|p| p.update = Some(Box::new(pod)));
+    pub fn update(&self, pod: impl Into<Arc<Pod>>) {
+        let pod = pod.into();
+        self.post(|p| p.update = Some(pod));
     }
 
     /// Asks for termination. A second request keeps the first reason and only ever
@@ -203,7 +204,10 @@ mod tests {
         mb.update(pod("b"));
         mb.oom("c1".into());
         let p = mb.recv().await;
-        assert_eq!(p.update.and_then(|p| p.metadata.name), Some("b".into()));
+        assert_eq!(
+            p.update.and_then(|p| p.metadata.name.clone()),
+            Some("b".into())
+        );
         assert!(p.sync);
         assert_eq!(p.oom, vec!["c1".to_owned()]);
         assert!(mb.take().is_empty());

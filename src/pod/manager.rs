@@ -54,9 +54,10 @@ struct Slot {
     mailbox: Mailbox,
     state: SlotState,
     /// Listed anew while terminating: start afresh once the worker is done.
-    restart: Option<Pod>,
-    /// The pod as last sent to the worker, for telling updates apart.
-    pod: Pod,
+    restart: Option<Arc<Pod>>,
+    /// The pod as last sent to the worker, for telling updates apart (the same
+    /// allocation as the desired map's and the worker's).
+    pod: Arc<Pod>,
     /// Admitted (its requests count against the node's allocatable).
     admitted: bool,
 }
@@ -68,7 +69,7 @@ pub struct PodManager<R> {
     tasks: JoinSet<Outcome>,
     task_uids: HashMap<tokio::task::Id, String>,
     /// Desired pods by source.
-    desired: HashMap<&'static str, BTreeMap<String, Pod>>,
+    desired: HashMap<&'static str, BTreeMap<String, Arc<Pod>>>,
     /// Sources that have not sent their first snapshot.
     unready_sources: HashSet<&'static str>,
     /// Whether runtime objects no source wants are removed (not when the namespace is
@@ -90,7 +91,7 @@ pub struct DesiredPods {
     /// Every source has sent its first snapshot.
     pub ready: bool,
     /// The pods, by UID.
-    pub pods: Arc<BTreeMap<String, Pod>>,
+    pub pods: Arc<BTreeMap<String, Arc<Pod>>>,
 }
 
 /// Whether `new` differs from `old` in what a worker acts on: spec, labels and
@@ -249,21 +250,36 @@ impl<R: Runtime> PodManager<R> {
         }
     }
 
-    fn all_desired(&self) -> BTreeMap<String, Pod> {
+    fn all_desired(&self) -> BTreeMap<String, Arc<Pod>> {
         self.desired
             .values()
-            .flat_map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .flat_map(|m| m.iter().map(|(k, v)| (k.clone(), Arc::clone(v))))
             .collect()
     }
 
     /// A source's new snapshot: moves the workers toward the union of all sources.
+    /// A pod equal to the one already held keeps that allocation, so the desired
+    /// map, the slots and the workers share one copy of each pod.
     fn on_snapshot(&mut self, source: &'static str, pods: Vec<Pod>) {
-        let pods: BTreeMap<String, Pod> = pods
+        let old = self.desired.remove(source).unwrap_or_default();
+        let pods: BTreeMap<String, Arc<Pod>> = pods
             .into_iter()
-            .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
+            .filter_map(|p| {
+                let uid = p.metadata.uid.clone()?;
+                let pod = match old.get(&uid) {
+                    Some(held) if **held == p => Arc::clone(held),
+                    _ => Arc::new(p),
+                };
+                Some((uid, pod))
+            })
             .collect();
         debug!(source, count = pods.len(), "source snapshot");
-        let before: HashSet<String> = self.all_desired().into_keys().collect();
+        let before: HashSet<String> = self
+            .desired
+            .values()
+            .flat_map(|m| m.keys().cloned())
+            .chain(old.into_keys())
+            .collect();
         self.desired.insert(source, pods);
         let desired = self.all_desired();
         for (uid, pod) in &desired {
@@ -281,9 +297,9 @@ impl<R: Runtime> PodManager<R> {
         }
     }
 
-    fn on_desired(&mut self, uid: &str, pod: &Pod, added: bool) {
+    fn on_desired(&mut self, uid: &str, pod: &Arc<Pod>, added: bool) {
         let Some(slot) = self.slots.get_mut(uid) else {
-            self.spawn(pod.clone());
+            self.spawn(Arc::clone(pod));
             if let Some(req) = deletion(pod) {
                 self.terminate(uid, req);
             }
@@ -293,7 +309,7 @@ impl<R: Runtime> PodManager<R> {
             // Removed and listed anew: a fresh start (it was fully removed).
             SlotState::Tombstone if added => {
                 self.slots.remove(uid);
-                self.spawn(pod.clone());
+                self.spawn(Arc::clone(pod));
             }
             SlotState::Tombstone => {}
             SlotState::Terminating if added => {
@@ -301,12 +317,16 @@ impl<R: Runtime> PodManager<R> {
                     uid,
                     "pod listed again while terminating: restarts once terminated"
                 );
-                slot.restart = Some(pod.clone());
+                slot.restart = Some(Arc::clone(pod));
             }
             SlotState::Terminating | SlotState::Active => {
-                if is_update(&slot.pod, pod) {
-                    slot.pod = pod.clone();
-                    slot.mailbox.update(pod.clone());
+                if !Arc::ptr_eq(&slot.pod, pod) {
+                    if is_update(&slot.pod, pod) {
+                        slot.mailbox.update(Arc::clone(pod));
+                    }
+                    // Either way the slot shares the desired map's copy, so that
+                    // only one is kept.
+                    slot.pod = Arc::clone(pod);
                 }
                 if let Some(req) = deletion(pod) {
                     self.terminate(uid, req);
@@ -381,7 +401,7 @@ impl<R: Runtime> PodManager<R> {
         }
     }
 
-    fn spawn(&mut self, pod: Pod) {
+    fn spawn(&mut self, pod: Arc<Pod>) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         info!(
             pod = pod.metadata.name.as_deref().unwrap_or(""),
@@ -400,7 +420,7 @@ impl<R: Runtime> PodManager<R> {
             None => self.unfit(&pod).map(|r| (r.reason, r.message)),
         };
         let mailbox = Mailbox::new();
-        let mut worker = PodWorker::new(Arc::clone(&self.env), pod.clone(), mailbox.clone());
+        let mut worker = PodWorker::new(Arc::clone(&self.env), Arc::clone(&pod), mailbox.clone());
         let admitted = refusal.is_none();
         if let Some((reason, message)) = refusal {
             info!(uid = %uid, reason, message, "pod rejected");
@@ -430,12 +450,12 @@ impl<R: Runtime> PodManager<R> {
                         )
                     })
             })
-            .map(|(_, slot)| &slot.pod)
+            .map(|(_, slot)| &*slot.pod)
             .collect();
         admission::admit(&node, pod, &others).err()
     }
 
-    fn start(&mut self, uid: String, pod: Pod, worker: PodWorker<R>, mailbox: Mailbox) {
+    fn start(&mut self, uid: String, pod: Arc<Pod>, worker: PodWorker<R>, mailbox: Mailbox) {
         let stop = self.workers_stop.clone();
         let handle = self.tasks.spawn(worker.run(stop));
         self.task_uids.insert(handle.id(), uid.clone());
@@ -500,8 +520,12 @@ impl<R: Runtime> PodManager<R> {
         );
         let terminating = slot.state == SlotState::Terminating;
         let mailbox = Mailbox::new();
-        let worker = PodWorker::new(Arc::clone(&self.env), slot.pod.clone(), mailbox.clone())
-            .rejected(PANIC_REASON, message);
+        let worker = PodWorker::new(
+            Arc::clone(&self.env),
+            Arc::clone(&slot.pod),
+            mailbox.clone(),
+        )
+        .rejected(PANIC_REASON, message);
         self.start(uid.to_owned(), slot.pod, worker, mailbox);
         if terminating || !self.desired.values().any(|m| m.contains_key(uid)) {
             self.on_gone(uid);
@@ -602,7 +626,7 @@ impl<R: Runtime> PodManager<R> {
                 continue;
             }
             info!(uid = %uid, pod = pod.metadata.name.as_deref().unwrap_or(""), "removing pod no source wants");
-            self.spawn(pod);
+            self.spawn(Arc::new(pod));
             self.terminate(
                 &uid,
                 Terminate {

@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{Pod, Volume};
 
 // The agent builds these (StaticObjects standalone) once it wires the manager in.
 #[allow(unused_imports)]
@@ -132,21 +132,30 @@ impl PodContext<'_> {
 }
 
 /// The pod fields a volume's content depends on: when they change, every volume is
-/// redone (downwardAPI labels and annotations, a changed volume source).
+/// redone (downwardAPI labels and annotations, a changed volume source). Kept as a
+/// digest of their `Debug` form (which shows every field), not as a copy of the spec.
 #[derive(Debug, Clone, PartialEq)]
-struct Fingerprint {
-    spec: Option<PodSpec>,
-    labels: Option<BTreeMap<String, String>>,
-    annotations: Option<BTreeMap<String, String>>,
-}
+struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
     fn of(pod: &Pod) -> Self {
-        Self {
-            spec: pod.spec.clone(),
-            labels: pod.metadata.labels.clone(),
-            annotations: pod.metadata.annotations.clone(),
+        use sha2::Digest as _;
+        use std::fmt::Write as _;
+        struct Hasher(sha2::Sha256);
+        impl std::fmt::Write for Hasher {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0.update(s.as_bytes());
+                Ok(())
+            }
         }
+        let mut h = Hasher(sha2::Sha256::new());
+        // Writing into a hasher cannot fail.
+        let _ = write!(
+            h,
+            "{:?}{:?}{:?}",
+            pod.spec, pod.metadata.labels, pod.metadata.annotations
+        );
+        Self(h.0.finalize().into())
     }
 }
 

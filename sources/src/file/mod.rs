@@ -30,6 +30,24 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Lower bound on the rescan period (a zero period would spin).
 const MIN_RESCAN: Duration = Duration::from_millis(100);
 
+/// A digest of `pods` (of their `Debug` form, which shows every field), so that an
+/// unchanged set is told apart without keeping a copy of it.
+fn fingerprint(pods: &[Pod]) -> [u8; 32] {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    struct Hasher(sha2::Sha256);
+    impl std::fmt::Write for Hasher {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.update(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut h = Hasher(sha2::Sha256::new());
+    // Writing into a hasher cannot fail.
+    let _ = write!(h, "{pods:?}");
+    h.0.finalize().into()
+}
+
 /// Watches a manifest directory (or file) and sends the static pods it holds.
 #[derive(Debug, Clone)]
 pub struct FileSource {
@@ -59,7 +77,8 @@ impl FileSource {
         let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
         let mut watch = Watch::new(wake_tx);
         let mut scanner = Some(Scanner::new(self.path.clone(), self.node_name));
-        let mut sent: Option<Vec<Pod>> = None;
+        // What was last sent, as a digest: the manager holds the pods themselves.
+        let mut sent: Option<[u8; 32]> = None;
         let mut sent_objects: Option<Vec<nodelet_manifests::ApiObject>> = None;
         let mut ticker = tokio::time::interval(self.rescan.max(MIN_RESCAN));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,9 +120,10 @@ impl FileSource {
                     result = tx.send(event) => if result.is_err() { return },
                 }
             }
-            if sent.as_ref() != Some(&pods) {
+            let digest = fingerprint(&pods);
+            if sent != Some(digest) {
                 debug!(path = %self.path.display(), pods = pods.len(), "static pods changed");
-                sent = Some(pods.clone());
+                sent = Some(digest);
                 let event = SourceEvent::Snapshot {
                     source: FILE_SOURCE,
                     pods,
@@ -112,6 +132,9 @@ impl FileSource {
                     () = cancel.cancelled() => return,
                     result = tx.send(event) => if result.is_err() { return },
                 }
+            } else {
+                // Not kept while the source waits for the next change.
+                drop(pods);
             }
             if newly_watched {
                 continue;
@@ -238,6 +261,24 @@ mod tests {
     use std::time::Instant;
 
     use super::testing::{manifest, names, uid};
+
+    #[test]
+    fn fingerprint_tells_sets_apart() {
+        let pod = |name: &str, label: &str| {
+            let mut p = Pod::default();
+            p.metadata.name = Some(name.to_owned());
+            p.metadata.labels = Some([("app".to_owned(), label.to_owned())].into());
+            p
+        };
+        let a = vec![pod("a", "x"), pod("b", "y")];
+        assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
+        assert_ne!(
+            fingerprint(&a),
+            fingerprint(&[pod("a", "x"), pod("b", "z")])
+        );
+        assert_ne!(fingerprint(&a), fingerprint(&a[..1]));
+        assert_ne!(fingerprint(&[]), fingerprint(&a[..1]));
+    }
 
     // --- the watching task ---
 

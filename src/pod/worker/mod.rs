@@ -145,7 +145,9 @@ pub enum Outcome {
 /// One pod's worker.
 pub struct PodWorker<R> {
     env: Arc<WorkerEnv<R>>,
-    pod: Pod,
+    /// The pod as the manager last sent it: shared with the manager's copy (a pod's
+    /// spec is kilobytes; one copy per pod, not one per holder).
+    pod: Arc<Pod>,
     uid: String,
     phase: Phase,
     start_time: SystemTime,
@@ -165,8 +167,10 @@ pub struct PodWorker<R> {
     endings: HashMap<String, Ending>,
     /// Containers the OOM killer hit.
     oom_killed: HashSet<String>,
-    /// Probe results come back here.
-    probe_tx: mpsc::Sender<ProbeUpdate>,
+    /// Probe results come back here; made with the first probe worker (a channel's
+    /// first block of slots is ~3 KB, and most pods have no probes).
+    probe_tx: Option<mpsc::Sender<ProbeUpdate>>,
+    /// Its receiving end.
     probe_rx: Option<mpsc::Receiver<ProbeUpdate>>,
     /// The probe workers of each running container instance, by container ID.
     probes: HashMap<String, CancellationToken>,
@@ -203,6 +207,14 @@ fn display_name(pod: &Pod) -> String {
     )
 }
 
+/// The next probe result, or never when no probe worker was started.
+async fn recv_probe(rx: &mut Option<mpsc::Receiver<ProbeUpdate>>) -> Option<ProbeUpdate> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The newest instance of container `name` and the one before it.
 fn latest(infos: &[ContainerInfo], name: &str) -> (Option<ContainerInfo>, Option<ContainerInfo>) {
     let mut mine: Vec<&ContainerInfo> = infos.iter().filter(|c| c.name == name).collect();
@@ -221,9 +233,9 @@ fn restart_wanted(policy: &str, exit_code: Option<i32>) -> bool {
 
 impl<R: Runtime> PodWorker<R> {
     /// A worker for `pod`, reading its inbox from `mailbox`.
-    pub fn new(env: Arc<WorkerEnv<R>>, pod: Pod, mailbox: Mailbox) -> Self {
+    pub fn new(env: Arc<WorkerEnv<R>>, pod: impl Into<Arc<Pod>>, mailbox: Mailbox) -> Self {
+        let pod = pod.into();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let (probe_tx, probe_rx) = mpsc::channel(64);
         let now = env.clock.now();
         Self {
             env,
@@ -241,8 +253,8 @@ impl<R: Runtime> PodWorker<R> {
             terminating_since: None,
             endings: HashMap::new(),
             oom_killed: HashSet::new(),
-            probe_tx,
-            probe_rx: Some(probe_rx),
+            probe_tx: None,
+            probe_rx: None,
             probes: HashMap::new(),
             ready: HashMap::new(),
             started: HashMap::new(),
@@ -285,15 +297,15 @@ impl<R: Runtime> PodWorker<R> {
                 let now = self.env.clock.now();
                 self.publish(&[], None, HashMap::new(), true, now);
             }
-            let Some(mut probe_rx) = self.probe_rx.take() else {
-                return Outcome::Shutdown;
-            };
             // An orphan's worker is told to terminate before it first runs.
             let pending = self.mailbox.take();
             self.apply(pending);
             let mut failures = 0u32;
             loop {
-                let result = self.step(&shutdown).await;
+                // Boxed: a sync's state machine (runtime calls, volumes, images) is
+                // tens of kilobytes, held only while the step runs, not while the
+                // worker waits.
+                let result = Box::pin(self.step(&shutdown)).await;
                 let wait = match result {
                     Ok(Next::Done) => return Outcome::Removed,
                     Ok(Next::After(d)) => {
@@ -326,14 +338,14 @@ impl<R: Runtime> PodWorker<R> {
                         return Outcome::Shutdown;
                     }
                     pending = self.mailbox.recv() => self.apply(pending),
-                    Some(update) = probe_rx.recv() => self.on_probe(update),
+                    Some(update) = recv_probe(&mut self.probe_rx) => self.on_probe(update),
                     () = sleep => {}
                 }
                 // Everything already queued counts for the next step: a burst of
                 // events costs one sync.
                 let pending = self.mailbox.take();
                 self.apply(pending);
-                while let Ok(update) = probe_rx.try_recv() {
+                while let Some(update) = self.probe_rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
                     self.on_probe(update);
                 }
             }
@@ -369,9 +381,9 @@ impl<R: Runtime> PodWorker<R> {
             // A terminated pod keeps the spec it ended with; its metadata (a deletion
             // timestamp) still shows.
             if self.phase == Phase::Terminated {
-                self.pod.metadata = pod.metadata;
+                Arc::make_mut(&mut self.pod).metadata = pod.metadata.clone();
             } else {
-                self.pod = *pod;
+                self.pod = pod;
             }
             // Readers see the new labels and annotations at once, with the status
             // they had.
@@ -428,6 +440,17 @@ impl<R: Runtime> PodWorker<R> {
             .chain(spec.init_containers.iter().flatten())
             .find(|c| c.name == name)
             .cloned()
+    }
+
+    /// Where probe workers send their results (the channel is made on first use).
+    fn probe_sender(&mut self) -> mpsc::Sender<ProbeUpdate> {
+        if let Some(tx) = &self.probe_tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(64);
+        self.probe_rx = Some(rx);
+        self.probe_tx = Some(tx.clone());
+        tx
     }
 
     /// The IP hooks and probes reach the pod on.

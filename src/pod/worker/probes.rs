@@ -70,13 +70,14 @@ impl<R: Runtime> PodWorker<R> {
             };
             let started_at =
                 probe::worker::instant_of(info.started_at.unwrap_or_else(SystemTime::now));
+            let probe_tx = self.probe_sender();
             probe::worker::spawn_container_probes(
                 &spec,
                 &target,
                 &self.env.runtime,
                 started_at,
                 self.env.agent_start,
-                &self.probe_tx,
+                &probe_tx,
                 &cancel,
                 &self.events_of(&spec.name),
             );

@@ -97,7 +97,7 @@ impl<R: Runtime> PodWorker<R> {
         if self.pod.metadata.deletion_timestamp.is_some() {
             return;
         }
-        let mut shown = self.pod.clone();
+        let mut shown = Pod::clone(&self.pod);
         shown.metadata.deletion_timestamp = status::k8s_time(since + grace);
         shown.metadata.deletion_grace_period_seconds = i64::try_from(grace.as_secs()).ok();
         self.env.statuses.set_object(&shown);

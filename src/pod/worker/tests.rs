@@ -366,3 +366,22 @@ async fn an_oom_kill_reported_after_the_exit_still_shows() {
     .await;
     w.stop.cancel();
 }
+
+#[tokio::test]
+async fn a_waiting_worker_holds_little() {
+    // A pod's task lives as long as the pod; a sync's state machine (runtime calls,
+    // volumes, images) is boxed while the step runs instead of being part of it.
+    let h = Harness::new();
+    let mut w = PodWorker::new(
+        std::sync::Arc::clone(&h.env),
+        simple_pod("u1", "Always"),
+        Mailbox::new(),
+    );
+    let stop = CancellationToken::new();
+    let step = std::mem::size_of_val(&w.step(&stop));
+    let run = std::mem::size_of_val(&w.run(stop));
+    assert!(
+        run < 8 * 1024 && run < step,
+        "the worker's task is {run} bytes, a step {step}"
+    );
+}
