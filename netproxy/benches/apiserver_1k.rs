@@ -21,6 +21,10 @@
 //! bench panics. No conntrack cleaner is attached (it would act on the host's table; the
 //! services are TCP, so it would have nothing to do).
 //!
+//! With `NODELET_BENCH_KUBE_PROXY` naming an upstream kube-proxy binary, kube-proxy then
+//! runs over the same services in nftables mode, makes the same changes, and the bench
+//! prints its figures and the ratios (`support/kube_proxy.rs`).
+//!
 //! `cargo bench -p nodelet-netproxy --bench apiserver_1k` as root with
 //! `NODELET_TEST_KUBECONFIG` naming the apiserver tier's admin kubeconfig
 //! (`scripts/apiserver.sh start`); `-- N` for N services instead of 1000.
@@ -30,6 +34,8 @@
 #[allow(dead_code)]
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
+#[path = "support/kube_proxy.rs"]
+mod kube_proxy;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -66,7 +72,11 @@ struct Netns(String);
 
 impl Netns {
     fn create() -> Self {
-        let name = format!("nodelet-bench-{}", std::process::id());
+        Self::create_named(&format!("nodelet-bench-{}", std::process::id()))
+    }
+
+    fn create_named(name: &str) -> Self {
+        let name = name.to_string();
         let out = Command::new("ip")
             .args(["netns", "add", &name])
             .output()
@@ -248,6 +258,25 @@ async fn create(client: &Client, ns: &str, i: usize) {
         .expect("create slice");
 }
 
+/// Service `i`'s slice as it is now, less its last endpoint.
+async fn one_endpoint_fewer(slices: &Api<EndpointSlice>, i: usize) -> EndpointSlice {
+    let mut current = slices.get(&format!("svc-{i}-1")).await.expect("get slice");
+    current.endpoints.pop();
+    current
+}
+
+/// Writes `slice` back (a replace through the API).
+async fn replace_slice(slices: &Api<EndpointSlice>, slice: &EndpointSlice) {
+    slices
+        .replace(
+            slice.metadata.name.as_deref().unwrap_or_default(),
+            &PostParams::default(),
+            slice,
+        )
+        .await
+        .expect("replace slice");
+}
+
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -261,10 +290,17 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// The median of `v`.
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
 /// Median and max of `v`.
 fn summary(mut v: Vec<Duration>) -> String {
     v.sort();
-    let median = v.get(v.len() / 2).copied().unwrap_or_default();
+    let median = median(&v);
     let max = v.last().copied().unwrap_or_default();
     format!(
         "median {} max {}  (all: {})",
@@ -358,25 +394,22 @@ async fn run(n: usize) {
     let mut removed_syncs = Vec::new();
     for i in 0..REPEATS.min(n) {
         tokio::time::sleep(pause).await;
-        let name = format!("svc-{i}");
-        let mut current = slices.get(&format!("{name}-1")).await.expect("get slice");
-        current.endpoints.pop();
-        let id = probe(&probes, Want::Service(name, ENDPOINTS - 1));
+        let fewer = one_endpoint_fewer(&slices, i).await;
+        let id = probe(&probes, Want::Service(format!("svc-{i}"), ENDPOINTS - 1));
         let t = Instant::now();
-        slices
-            .replace(
-                current.metadata.name.as_deref().unwrap_or_default(),
-                &PostParams::default(),
-                &current,
-            )
-            .await
-            .expect("replace slice");
+        replace_slice(&slices, &fewer).await;
         let hit = wait_hit(&probes, id, Duration::from_secs(60), "endpoint removed").await;
         removed.push(hit.at - t);
         removed_syncs.push(hit.elapsed);
     }
-    println!("one endpoint removed → programmed: {}", summary(removed));
-    println!("  those syncs' own duration: {}", summary(removed_syncs));
+    println!(
+        "one endpoint removed → programmed: {}",
+        summary(removed.clone())
+    );
+    println!(
+        "  those syncs' own duration: {}",
+        summary(removed_syncs.clone())
+    );
 
     let mut added = Vec::new();
     let mut added_syncs = Vec::new();
@@ -390,8 +423,14 @@ async fn run(n: usize) {
         added.push(hit.at - t);
         added_syncs.push(hit.elapsed);
     }
-    println!("one service + slice added → programmed: {}", summary(added));
-    println!("  those syncs' own duration: {}", summary(added_syncs));
+    println!(
+        "one service + slice added → programmed: {}",
+        summary(added.clone())
+    );
+    println!(
+        "  those syncs' own duration: {}",
+        summary(added_syncs.clone())
+    );
 
     println!(
         "RSS (bench process: proxy + the bench's client): VmRSS {:.1} MiB, VmHWM {:.1} MiB; {} syncs",
@@ -399,9 +438,34 @@ async fn run(n: usize) {
         status_kib("VmHWM:") as f64 / 1024.0,
         probes.lock().unwrap().syncs
     );
+    let ours = kube_proxy::Ours {
+        first: first.at - start,
+        first_sync: first.elapsed,
+        removed: median(&removed),
+        removed_sync: median(&removed_syncs),
+        added: median(&added),
+        added_sync: median(&added_syncs),
+        rss_kib: status_kib("VmRSS:"),
+    };
     proxy.abort();
     let _ = proxy.await;
     drop(netns);
+
+    if let Some(bin) = std::env::var_os("NODELET_BENCH_KUBE_PROXY") {
+        println!("upstream, same services, same changes:");
+        kube_proxy::run(
+            std::path::Path::new(&bin),
+            &cluster::shared_kubeconfig(),
+            &client,
+            &ns,
+            n,
+            n + REPEATS,
+            REPEATS,
+            pause,
+            &ours,
+        )
+        .await;
+    }
     drop(guard);
     println!("cleaned up: namespace {ns} deleted, netns removed");
 }
