@@ -30,6 +30,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{Command, ImageCommand, LogFormat, ValidateOutputArg};
 
 fn main() -> ExitCode {
+    heap::one_arena();
     if nodelet_cri::logs::is_driver_invocation() {
         nodelet_cri::logs::run_driver();
     }
