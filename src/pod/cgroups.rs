@@ -28,6 +28,11 @@ pub struct PodCgroups {
     /// The pods with a cgroup, by UID, for the QoS levels' values (the worker's own
     /// copy of the pod, shared).
     active: Mutex<BTreeMap<String, Arc<Pod>>>,
+    /// Held from reading `active` to the end of writing the QoS levels, so the last
+    /// write is always from the latest set of pods: two pods starting together each
+    /// update the levels, and without it the one whose snapshot lacked the other could
+    /// write last (the Burstable level left at 2 shares beside a Burstable pod).
+    qos_writes: Mutex<()>,
 }
 
 impl PodCgroups {
@@ -58,6 +63,7 @@ impl PodCgroups {
             container,
             kubepods,
             active: Mutex::new(BTreeMap::new()),
+            qos_writes: Mutex::new(()),
         };
         if this.settings.cgroups_per_qos {
             this.update_qos(&[])?;
@@ -244,6 +250,7 @@ impl PodCgroups {
         if !self.settings.cgroups_per_qos {
             return Ok(());
         }
+        let _writing = self.qos_writes.lock().unwrap_or_else(|e| e.into_inner());
         let pods: Vec<Arc<Pod>> = {
             let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
             active.values().cloned().collect()
@@ -386,6 +393,7 @@ mod tests {
             container,
             kubepods: ResourceConfig::default(),
             active: Mutex::new(BTreeMap::new()),
+            qos_writes: Mutex::new(()),
         };
         let cg = pc.pod_cgroup(&pod("ab-cd", "100m")).expect("pod cgroup");
         assert_eq!(
