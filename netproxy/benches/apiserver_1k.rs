@@ -277,13 +277,9 @@ async fn replace_slice(slices: &Api<EndpointSlice>, slice: &EndpointSlice) {
         .expect("replace slice");
 }
 
+/// A `/proc/self/status` field in KiB.
 fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    kube_proxy::status_kib(std::process::id(), field)
 }
 
 fn ms(d: Duration) -> String {

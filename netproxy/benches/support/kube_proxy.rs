@@ -235,7 +235,8 @@ fn syncs_between(before: &Scrape, after: &Scrape) -> Duration {
     })
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
+/// A `/proc/<pid>/status` field in KiB (0 when absent).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
