@@ -10,6 +10,8 @@
 //! The agent `floor` (in `NODELET_BENCH_AGENTS`) starts the same pods through nodelet's
 //! runtime layer alone, with no agent (see `kubelet_vs/floor.rs`): what containerd, the
 //! shims, runc and the pods cost bounds what any agent can reach on this machine.
+//! `floor-hostnet` is that floor with the pods on the host's network, so the two rows
+//! give the pod network's share of a start.
 //!
 //! The `nodelet-crun` agent is nodelet with its pods on the `crun` runtime handler
 //! (`runtimeClassName: crun`), so one run compares runc against crun.
@@ -653,7 +655,7 @@ async fn main() {
         std::fs::create_dir_all(&manifests).expect("manifest dir");
         let cgroup_root = format!("/{}-{name}", e.cgroup);
         make_cgroup_everywhere(&cgroup_root);
-        if name == "floor" {
+        if name == "floor" || name == "floor-hostnet" {
             let rt = floor::runtime(&e, name).await;
             let mut rounds = Vec::new();
             for &n in &sizes {

@@ -19,7 +19,8 @@
 #
 #   scripts/bench-vs-kubelet.sh                 (as root)
 # Environment: NODELET_BENCH_NO_BUILD=1 (use the binaries the last build left), NODELET_BENCH_SIZES (default 1,10,30,110), NODELET_BENCH_AGENTS (default
-# kubelet,nodelet-cni,nodelet: `nodelet-cni` is nodelet on the kubelet's CNI chain, `nodelet` its
+# kubelet,nodelet-cni,nodelet: `floor` and `floor-hostnet` are the runtime layer alone with no
+# agent, on the built-in network and on the host network; `nodelet-cni` is nodelet on the kubelet's CNI chain, `nodelet` its
 # built-in network; `nodelet-crun` is `nodelet` with its pods on the crun handler, not in the
 # default list: NODELET_BENCH_AGENTS=nodelet,nodelet-crun compares runc with crun; any other
 # `nodelet-*` name runs as `nodelet`, with the environment NODELET_BENCH_AGENT_ENV gives it,
@@ -32,7 +33,11 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 export PATH=$PATH:/usr/local/go/bin
 log() { echo "bench-vs-kubelet: $*" >&2; }
 
-kubelet=$("$here/scripts/build-kubelet.sh")
+# The kubelet is built only when it runs (the floor and nodelet rows need no Go build).
+case ",${NODELET_BENCH_AGENTS:-kubelet}," in
+  *,kubelet,*) kubelet=$("$here/scripts/build-kubelet.sh") ;;
+  *) kubelet=/nonexistent/kubelet ;;
+esac
 target=${CARGO_TARGET_DIR:-$here/target}
 if [ -n "${NODELET_BENCH_NO_BUILD:-}" ]; then
   # What the last build left (to rerun without rebuilding on a busy machine).

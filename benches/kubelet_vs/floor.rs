@@ -4,6 +4,11 @@
 //! workers, cgroup manager, status or `/pods` polling. What containerd, its shims,
 //! runc and the pods' own processes cost here bounds how fast any agent can start pods;
 //! the agents' rows in the same run show how close each gets to it.
+//!
+//! `floor-hostnet` is the same floor with every pod on the host's network: no netns, no
+//! veth, no addresses or routes. The difference between the two rows is the pod
+//! network's share of a pod start (what a pool of ready network namespaces could save at
+//! most).
 
 use std::path::Path;
 use std::time::Instant;
@@ -63,7 +68,13 @@ pub async fn runtime(e: &Env, name: &str) -> ContainerdRuntime {
 }
 
 /// One pod, started: its sandbox, then its container created and started.
-async fn start_pod(rt: &ContainerdRuntime, dir: &Path, cgroup: &str, i: usize) -> (String, f64) {
+async fn start_pod(
+    rt: &ContainerdRuntime,
+    dir: &Path,
+    cgroup: &str,
+    host_network: bool,
+    i: usize,
+) -> (String, f64) {
     let t = Instant::now();
     let name = format!("f{i}");
     let logs = dir.join("pods").join(&name);
@@ -76,7 +87,7 @@ async fn start_pod(rt: &ContainerdRuntime, dir: &Path, cgroup: &str, i: usize) -
             },
             attempt: 0,
             hostname: name.clone(),
-            host_network: false,
+            host_network,
             host_ipc: false,
             host_pid: false,
             share_process_namespace: false,
@@ -121,16 +132,18 @@ async fn start_pod(rt: &ContainerdRuntime, dir: &Path, cgroup: &str, i: usize) -
     (sandbox.id, t.elapsed().as_secs_f64())
 }
 
-/// `n` pods started at once through the runtime alone, then removed.
+/// `n` pods started at once through the runtime alone, then removed; on the host's
+/// network when `name` ends in `-hostnet`.
 pub async fn round(e: &Env, rt: &ContainerdRuntime, name: &str, cgroup: &str, n: usize) -> Round {
     let dir = e.dir.join(name);
+    let host_network = name.ends_with("-hostnet");
     let cpu0 = [
         self_cpu_ns(),
         cpuacct(&format!("{}/containerd", e.cgroup)),
         cpuacct(cgroup),
     ];
     let calls0 = nodelet_cri::containerd::call_counts();
-    let started = futures::future::join_all((0..n).map(|i| start_pod(rt, &dir, cgroup, i))).await;
+    let started = futures::future::join_all((0..n).map(|i| start_pod(rt, &dir, cgroup, host_network, i))).await;
     let cpu1 = [
         self_cpu_ns(),
         cpuacct(&format!("{}/containerd", e.cgroup)),
