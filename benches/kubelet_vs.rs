@@ -11,7 +11,8 @@
 //! runtime layer alone, with no agent (see `kubelet_vs/floor.rs`): what containerd, the
 //! shims, runc and the pods cost bounds what any agent can reach on this machine.
 //! `floor-hostnet` is that floor with the pods on the host's network, so the two rows
-//! give the pod network's share of a start.
+//! give the pod network's share of a start; `floor-netonly` sets up only the pods'
+//! network (netns and built-in network, no container), so its rows time that alone.
 //!
 //! The `nodelet-crun` agent is nodelet with its pods on the `crun` runtime handler
 //! (`runtimeClassName: crun`), so one run compares runc against crun.
@@ -655,6 +656,16 @@ async fn main() {
         std::fs::create_dir_all(&manifests).expect("manifest dir");
         let cgroup_root = format!("/{}-{name}", e.cgroup);
         make_cgroup_everywhere(&cgroup_root);
+        if name == "floor-netonly" {
+            let mut rounds = Vec::new();
+            for &n in &sizes {
+                let r = floor::net_round(&e, name, n).await;
+                print_round(name, &r);
+                rounds.push(r);
+            }
+            results.push((name.clone(), f64::NAN, rounds));
+            continue;
+        }
         if name == "floor" || name == "floor-hostnet" {
             let rt = floor::runtime(&e, name).await;
             let mut rounds = Vec::new();

@@ -20,7 +20,8 @@
 #   scripts/bench-vs-kubelet.sh                 (as root)
 # Environment: NODELET_BENCH_NO_BUILD=1 (use the binaries the last build left), NODELET_BENCH_SIZES (default 1,10,30,110), NODELET_BENCH_AGENTS (default
 # kubelet,nodelet-cni,nodelet: `floor` and `floor-hostnet` are the runtime layer alone with no
-# agent, on the built-in network and on the host network; `nodelet-cni` is nodelet on the kubelet's CNI chain, `nodelet` its
+# agent, on the built-in network and on the host network, `floor-netonly` the network setup
+# alone; `nodelet-cni` is nodelet on the kubelet's CNI chain, `nodelet` its
 # built-in network; `nodelet-crun` is `nodelet` with its pods on the crun handler, not in the
 # default list: NODELET_BENCH_AGENTS=nodelet,nodelet-crun compares runc with crun; any other
 # `nodelet-*` name runs as `nodelet`, with the environment NODELET_BENCH_AGENT_ENV gives it,

@@ -179,3 +179,59 @@ pub async fn round(e: &Env, rt: &ContainerdRuntime, name: &str, cgroup: &str, n:
         after: None,
     }
 }
+
+/// The built-in network alone (`floor-netonly`): `n` pods' network namespaces created
+/// and attached at once (netns pinned, addresses allocated, veth pair, addresses and
+/// routes), with no container; each pod's latency is that setup's, the CPU the bench
+/// process's (the netlink and namespace work runs in its syscalls). Then torn down.
+pub async fn net_round(e: &Env, name: &str, n: usize) -> Round {
+    use nodelet_cri::netns::NetNs;
+    use nodelet_cri::podnet::PodNetwork;
+    let dir = e.dir.join(name);
+    let net = std::sync::Arc::new(
+        PodNetwork::new(BuiltinNetwork {
+            bridge: "nlnetonly0".to_owned(),
+            pod_cidr: "10.88.0.0/16".to_owned(),
+            ip_masq: true,
+            state_dir: dir.join("network"),
+        })
+        .expect("the built-in network"),
+    );
+    let pins = dir.join("netns");
+    let cpu0 = self_cpu_ns();
+    let started = futures::future::join_all((0..n).map(|i| {
+        let (net, pin) = (net.clone(), pins.join(format!("n{i}")));
+        async move {
+            let t = Instant::now();
+            let id = format!("netonly{i:03}");
+            let p = pin.clone();
+            tokio::task::spawn_blocking(move || NetNs::create(&p))
+                .await
+                .expect("netns thread")
+                .expect("create netns");
+            net.setup(&id, &pin, &[]).await.expect("attach");
+            (id, pin, t.elapsed().as_secs_f64())
+        }
+    }))
+    .await;
+    let cpu = self_cpu_ns().saturating_sub(cpu0) as f64 / 1e9 / n as f64;
+    let rss_mib = rss_kib(std::process::id()) as f64 / 1024.0;
+    let mem = super::mem(std::process::id());
+    let mut lat: Vec<f64> = started.iter().map(|(_, _, l)| *l).collect();
+    lat.sort_by(f64::total_cmp);
+    for (id, pin, _) in &started {
+        net.teardown(id).await.expect("detach");
+        NetNs::remove(pin).expect("remove netns");
+    }
+    Round {
+        n,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        max: lat.last().copied().unwrap_or(f64::NAN),
+        cpu: [cpu, 0.0, 0.0],
+        rss_mib,
+        calls: Default::default(),
+        mem,
+        after: None,
+    }
+}
