@@ -11,6 +11,7 @@
 //! [`default_pod`] → [`apply_identity`] → [`validate_pod`] for each document.
 
 pub mod defaults;
+pub mod digest;
 pub mod event;
 pub mod identity;
 pub mod limits;
@@ -22,6 +23,7 @@ pub mod static_pod;
 pub mod validate;
 
 pub use defaults::default_pod;
+pub use digest::debug_digest;
 pub use event::SourceEvent;
 pub use identity::{
     API_SOURCE, CONFIG_HASH_ANNOTATION, CONFIG_MIRROR_ANNOTATION, CONFIG_SEEN_ANNOTATION,

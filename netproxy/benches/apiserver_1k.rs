@@ -294,10 +294,9 @@ fn median(v: &[Duration]) -> Duration {
 }
 
 /// Median and max of `v`.
-fn summary(mut v: Vec<Duration>) -> String {
-    v.sort();
-    let median = median(&v);
-    let max = v.last().copied().unwrap_or_default();
+fn summary(v: &[Duration]) -> String {
+    let max = v.iter().max().copied().unwrap_or_default();
+    let median = median(v);
     format!(
         "median {} max {}  (all: {})",
         ms(median),
@@ -400,11 +399,11 @@ async fn run(n: usize) {
     }
     println!(
         "one endpoint removed → programmed: {}",
-        summary(removed.clone())
+        summary(&removed)
     );
     println!(
         "  those syncs' own duration: {}",
-        summary(removed_syncs.clone())
+        summary(&removed_syncs)
     );
 
     let mut added = Vec::new();
@@ -421,11 +420,11 @@ async fn run(n: usize) {
     }
     println!(
         "one service + slice added → programmed: {}",
-        summary(added.clone())
+        summary(&added)
     );
     println!(
         "  those syncs' own duration: {}",
-        summary(added_syncs.clone())
+        summary(&added_syncs)
     );
 
     println!(

@@ -139,23 +139,11 @@ struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
     fn of(pod: &Pod) -> Self {
-        use sha2::Digest as _;
-        use std::fmt::Write as _;
-        struct Hasher(sha2::Sha256);
-        impl std::fmt::Write for Hasher {
-            fn write_str(&mut self, s: &str) -> std::fmt::Result {
-                self.0.update(s.as_bytes());
-                Ok(())
-            }
-        }
-        let mut h = Hasher(sha2::Sha256::new());
-        // Writing into a hasher cannot fail.
-        let _ = write!(
-            h,
-            "{:?}{:?}{:?}",
-            pod.spec, pod.metadata.labels, pod.metadata.annotations
-        );
-        Self(h.0.finalize().into())
+        Self(nodelet_manifests::debug_digest(&(
+            &pod.spec,
+            &pod.metadata.labels,
+            &pod.metadata.annotations,
+        )))
     }
 }
 

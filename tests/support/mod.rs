@@ -385,7 +385,9 @@ impl World {
         self.agent = Some(child);
         let url = format!("http://127.0.0.1:{}/healthz", self.port);
         let http = self.http.clone();
-        wait_for("the agent's read-only API", Duration::from_secs(30), || {
+        // 60 s: on a cold CI machine with both cores busy (a Go build beside the tests)
+        // the agent once took over 30 s to serve its first request.
+        wait_for("the agent's read-only API", Duration::from_secs(60), || {
             let (http, url) = (http.clone(), url.clone());
             async move {
                 http.get(&url)

@@ -275,7 +275,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
@@ -433,15 +434,15 @@ pub async fn run(
     };
     println!(
         "one endpoint removed → programmed: median {:.1} ms (all: {}); those syncs' own duration: median {:.1} ms",
-        median(removed.clone()),
+        median(&removed),
         fmt(&removed),
-        median(removed_syncs.clone())
+        median(&removed_syncs)
     );
     println!(
         "one service + slice added → programmed: median {:.1} ms (all: {}); those syncs' own duration: median {:.1} ms",
-        median(added.clone()),
+        median(&added),
         fmt(&added),
-        median(added_syncs.clone())
+        median(&added_syncs)
     );
     let (rss, hwm) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
     println!(
@@ -460,25 +461,25 @@ pub async fn run(
     ratio("the first sync", ms(first_sync), ms(ours.first_sync), "ms");
     ratio(
         "endpoint removed → programmed (median)",
-        median(removed),
+        median(&removed),
         ms(ours.removed),
         "ms",
     );
     ratio(
         "  its syncs (median of the mean per change)",
-        median(removed_syncs),
+        median(&removed_syncs),
         ms(ours.removed_sync),
         "ms",
     );
     ratio(
         "service added → programmed (median)",
-        median(added),
+        median(&added),
         ms(ours.added),
         "ms",
     );
     ratio(
         "  its syncs (median of the mean per change)",
-        median(added_syncs),
+        median(&added_syncs),
         ms(ours.added_sync),
         "ms",
     );

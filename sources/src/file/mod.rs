@@ -33,19 +33,7 @@ const MIN_RESCAN: Duration = Duration::from_millis(100);
 /// A digest of `pods` (of their `Debug` form, which shows every field), so that an
 /// unchanged set is told apart without keeping a copy of it.
 fn fingerprint(pods: &[Pod]) -> [u8; 32] {
-    use sha2::Digest as _;
-    use std::fmt::Write as _;
-    struct Hasher(sha2::Sha256);
-    impl std::fmt::Write for Hasher {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            self.0.update(s.as_bytes());
-            Ok(())
-        }
-    }
-    let mut h = Hasher(sha2::Sha256::new());
-    // Writing into a hasher cannot fail.
-    let _ = write!(h, "{pods:?}");
-    h.0.finalize().into()
+    nodelet_manifests::debug_digest(&pods)
 }
 
 /// Watches a manifest directory (or file) and sends the static pods it holds.
