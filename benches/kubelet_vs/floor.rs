@@ -143,7 +143,9 @@ pub async fn round(e: &Env, rt: &ContainerdRuntime, name: &str, cgroup: &str, n:
         cpuacct(cgroup),
     ];
     let calls0 = nodelet_cri::containerd::call_counts();
-    let started = futures::future::join_all((0..n).map(|i| start_pod(rt, &dir, cgroup, host_network, i))).await;
+    let started =
+        futures::future::join_all((0..n).map(|i| start_pod(rt, &dir, cgroup, host_network, i)))
+            .await;
     let cpu1 = [
         self_cpu_ns(),
         cpuacct(&format!("{}/containerd", e.cgroup)),

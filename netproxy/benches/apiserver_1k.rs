@@ -397,14 +397,8 @@ async fn run(n: usize) {
         removed.push(hit.at - t);
         removed_syncs.push(hit.elapsed);
     }
-    println!(
-        "one endpoint removed → programmed: {}",
-        summary(&removed)
-    );
-    println!(
-        "  those syncs' own duration: {}",
-        summary(&removed_syncs)
-    );
+    println!("one endpoint removed → programmed: {}", summary(&removed));
+    println!("  those syncs' own duration: {}", summary(&removed_syncs));
 
     let mut added = Vec::new();
     let mut added_syncs = Vec::new();
@@ -422,10 +416,7 @@ async fn run(n: usize) {
         "one service + slice added → programmed: {}",
         summary(&added)
     );
-    println!(
-        "  those syncs' own duration: {}",
-        summary(&added_syncs)
-    );
+    println!("  those syncs' own duration: {}", summary(&added_syncs));
 
     println!(
         "RSS (bench process: proxy + the bench's client): VmRSS {:.1} MiB, VmHWM {:.1} MiB; {} syncs",
