@@ -25,6 +25,12 @@
 //! is one directory for every range, addresses as file names, so an address is never
 //! handed out twice across a change either. Its blocking file I/O runs on tokio's
 //! blocking threads.
+//!
+//! No pool of namespaces prepared ahead of demand: measured in `benches/kubelet_vs.rs`
+//! (`floor-netonly`), a pod's netns and its attachment cost ~3 ms of CPU, and 10, 30
+//! and 110 pods get theirs at once in 0.03, 0.07 and 0.26 s, 2–5 % of what starting
+//! the same pods' containers takes (0.6–0.75, 2.2–2.5 and 10.2–14 s), below the
+//! spread between runs; a pool would still allocate and assign the addresses on use.
 
 pub mod hostport;
 pub mod ipam;
