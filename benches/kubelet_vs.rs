@@ -476,6 +476,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank - 1]
 }
 
+/// p50, p99 and max of a round's latencies.
+fn spread(mut lat: Vec<f64>) -> (f64, f64, f64) {
+    lat.sort_by(f64::total_cmp);
+    (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
 async fn round(e: &Env, a: &Agent, http: &reqwest::Client, n: usize) -> Round {
     let calls0 = a.calls(http).await;
     let cpu0 = a.cpu(e);
@@ -517,8 +527,7 @@ async fn round(e: &Env, a: &Agent, http: &reqwest::Client, n: usize) -> Round {
             ready.len()
         );
     }
-    let mut lat: Vec<f64> = ready.values().copied().collect();
-    lat.sort_by(f64::total_cmp);
+    let (p50, p99, max) = spread(ready.values().copied().collect());
     let per_pod = |i: usize| cpu1[i].saturating_sub(cpu0[i]) as f64 / 1e9 / n as f64;
     // Tear the round down: manifests removed, pods gone from /pods and their cgroups removed.
     for i in 0..n {
@@ -536,9 +545,9 @@ async fn round(e: &Env, a: &Agent, http: &reqwest::Client, n: usize) -> Round {
     let after = Some((rss_kib(a.pid()) as f64 / 1024.0, a.heap(http).await));
     Round {
         n,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-        max: lat.last().copied().unwrap_or(f64::NAN),
+        p50,
+        p99,
+        max,
         cpu: [per_pod(0), per_pod(1), per_pod(2)],
         rss_mib,
         calls,

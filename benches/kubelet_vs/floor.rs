@@ -19,7 +19,7 @@ use nodelet_cri::runtime::{
     ContainerConfig, ContainerdRuntime, PodRef, Runtime as _, RuntimeConfig, SandboxConfig,
 };
 
-use super::{Env, Round, cpuacct, percentile, rss_kib, support};
+use super::{Env, Round, cpuacct, rss_kib, support};
 
 /// This process's user + system CPU time, in nanoseconds (`/proc/self/stat`, fields
 /// 14 and 15, in clock ticks of 10 ms).
@@ -154,16 +154,15 @@ pub async fn round(e: &Env, rt: &ContainerdRuntime, name: &str, cgroup: &str, n:
     let rss_mib = rss_kib(std::process::id()) as f64 / 1024.0;
     let calls = super::calls_between(&calls0, &nodelet_cri::containerd::call_counts());
     let mem = super::mem(std::process::id());
-    let mut lat: Vec<f64> = started.iter().map(|(_, l)| *l).collect();
-    lat.sort_by(f64::total_cmp);
+    let (p50, p99, max) = super::spread(started.iter().map(|(_, l)| *l).collect());
+    // One listing for the whole round (the containers of its sandboxes), not one per pod.
+    let containers = rt.list_containers(None).await.unwrap_or_default();
     for (sandbox, _) in &started {
-        for c in rt.list_containers(None).await.unwrap_or_default() {
-            if &c.sandbox_id == sandbox {
-                let _ = rt
-                    .stop_container(&c.id, std::time::Duration::from_secs(1))
-                    .await;
-                let _ = rt.remove_container(&c.id).await;
-            }
+        for c in containers.iter().filter(|c| &c.sandbox_id == sandbox) {
+            let _ = rt
+                .stop_container(&c.id, std::time::Duration::from_secs(1))
+                .await;
+            let _ = rt.remove_container(&c.id).await;
         }
         let _ = rt.remove_sandbox(sandbox).await;
     }
@@ -171,9 +170,9 @@ pub async fn round(e: &Env, rt: &ContainerdRuntime, name: &str, cgroup: &str, n:
     let per_pod = |i: usize| cpu1[i].saturating_sub(cpu0[i]) as f64 / 1e9 / n as f64;
     Round {
         n,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-        max: lat.last().copied().unwrap_or(f64::NAN),
+        p50,
+        p99,
+        max,
         cpu: [per_pod(0), per_pod(1), per_pod(2)],
         rss_mib,
         calls,
@@ -219,17 +218,16 @@ pub async fn net_round(e: &Env, name: &str, n: usize) -> Round {
     let cpu = self_cpu_ns().saturating_sub(cpu0) as f64 / 1e9 / n as f64;
     let rss_mib = rss_kib(std::process::id()) as f64 / 1024.0;
     let mem = super::mem(std::process::id());
-    let mut lat: Vec<f64> = started.iter().map(|(_, _, l)| *l).collect();
-    lat.sort_by(f64::total_cmp);
+    let (p50, p99, max) = super::spread(started.iter().map(|(_, _, l)| *l).collect());
     for (id, pin, _) in &started {
         net.teardown(id).await.expect("detach");
         NetNs::remove(pin).expect("remove netns");
     }
     Round {
         n,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-        max: lat.last().copied().unwrap_or(f64::NAN),
+        p50,
+        p99,
+        max,
         cpu: [cpu, 0.0, 0.0],
         rss_mib,
         calls: Default::default(),
